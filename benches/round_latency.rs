@@ -1,0 +1,277 @@
+//! Round latency over mutual TLS on loopback: pure orchestration and
+//! transport cost.
+//!
+//! The coordinator runs in a child process (so its peak memory can be read
+//! from /proc); the partners are in-process agents that return the model they
+//! received plus a small change, so no training time is counted.
+//!
+//! ```text
+//! cargo bench --bench round_latency -- [--params 1000000] [--rounds 10] [--partners 3,10]
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use consortia_coordinator::orchestrator::Hub;
+use consortia_coordinator::server::{revocation_check, serve};
+use consortia_coordinator::store::{Store, StoredStandardizer};
+use consortia_model::metrics::EvalPartial;
+use consortia_model::{LogisticModel, TaskSpec};
+use consortia_pki::{ClientTls, ClientTlsFiles, Pki, ServerTls, ServerTlsFiles};
+use consortia_proto::federation_client::FederationClient;
+use consortia_proto::{
+    ClientMessage, EvalReport, Hello, MAX_MESSAGE_BYTES, UpdateChunk, chunk_count, chunk_range,
+    client_message::Kind as Up, server_message::Kind as Down,
+};
+
+const TASK: &str = include_str!("../examples/telco_churn_task.toml");
+
+struct Options {
+    params: usize,
+    rounds: u32,
+    partners: Vec<usize>,
+}
+
+fn options(args: &[String]) -> Options {
+    let mut o = Options {
+        params: 1_000_000,
+        rounds: 10,
+        partners: vec![3, 10],
+    };
+    let mut i = 0;
+    while i < args.len() {
+        let v = args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--params" => o.params = v.parse().expect("--params N"),
+            "--rounds" => o.rounds = v.parse().expect("--rounds N"),
+            "--partners" => {
+                o.partners = v.split(',').map(|x| x.parse().expect("--partners 3,10")).collect()
+            }
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    o
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--coordinator-child") {
+        coordinator_child(&args[2..]);
+        return;
+    }
+    let o = options(&args[1..]);
+    println!(
+        "round latency, {} parameters, {} rounds per run, mutual TLS on 127.0.0.1",
+        o.params, o.rounds
+    );
+    println!(
+        "{:>8}  {:>12}  {:>12}  {:>12}  {:>22}",
+        "partners", "mean s/round", "min s/round", "max s/round", "coordinator peak RSS MiB"
+    );
+    for &n in &o.partners {
+        let r = run(n, o.params, o.rounds);
+        println!(
+            "{:>8}  {:>12.3}  {:>12.3}  {:>12.3}  {:>22.1}",
+            n, r.0, r.1, r.2, r.3
+        );
+    }
+}
+
+/// Runs one federation; returns (mean, min, max) seconds per round and peak MiB.
+fn run(partners: usize, params: usize, rounds: u32) -> (f64, f64, f64, f64) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let names: Vec<String> = (0..partners).map(|i| format!("bench-{i}")).collect();
+    let pki = Pki::init(&dir.path().join("pki"), &["127.0.0.1".to_string()], &names)
+        .expect("pki");
+    let addr_file = dir.path().join("addr");
+    let child = Command::new(std::env::current_exe().expect("exe"))
+        .arg("--coordinator-child")
+        .arg(dir.path())
+        .arg(partners.to_string())
+        .arg(params.to_string())
+        .arg(rounds.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("coordinator child");
+    let until = Instant::now() + Duration::from_secs(60);
+    let addr = loop {
+        if let Ok(a) = std::fs::read_to_string(&addr_file) {
+            if !a.is_empty() {
+                break a;
+            }
+        }
+        assert!(Instant::now() < until, "coordinator did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for name in &names {
+            let tls = ClientTls::new(ClientTlsFiles {
+                ca_cert: pki.ca_cert_path(),
+                cert: pki.partner_cert_path(name),
+                key: pki.partner_key_path(name),
+            })
+            .expect("client tls");
+            let addr = addr.clone();
+            tasks.push(tokio::spawn(async move { echo_partner(tls, addr).await }));
+        }
+        for t in tasks {
+            t.await.expect("partner task");
+        }
+    });
+    let out = child.wait_with_output().expect("coordinator output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let peak_kib: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("peak_kib="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(f64::NAN);
+    let store = Store::open(&dir.path().join("state")).expect("state");
+    let times: Vec<u64> = store
+        .rounds()
+        .expect("rounds")
+        .iter()
+        .map(|r| r.completed_unix_ms)
+        .collect();
+    // Latency of round r = completion(r) - completion(r-1): skips round 1's connection set-up.
+    let lat: Vec<f64> = times.windows(2).map(|w| (w[1] - w[0]) as f64 / 1000.0).collect();
+    let mean = lat.iter().sum::<f64>() / lat.len().max(1) as f64;
+    let min = lat.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = lat.iter().copied().fold(0.0, f64::max);
+    (mean, min, max, peak_kib / 1024.0)
+}
+
+async fn echo_partner(tls: ClientTls, addr: String) {
+    let channel = tls
+        .connect(&format!("https://{addr}"), "127.0.0.1")
+        .await
+        .expect("connect");
+    let mut client = FederationClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let up = |k| ClientMessage { kind: Some(k) };
+    tx.send(up(Up::Hello(Hello { agent_version: "bench".into() })))
+        .await
+        .expect("hello");
+    let mut inbound = client
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("session")
+        .into_inner();
+    let eval = {
+        let m = LogisticModel::zeros(1);
+        let x = ndarray::Array2::zeros((1, 1));
+        let y = ndarray::Array1::from_elem(1, 1.0);
+        serde_json::to_vec(&EvalPartial::evaluate(&m, &x, &y).expect("eval")).expect("eval json")
+    };
+    let mut round = None;
+    let mut buf: Vec<f64> = Vec::new();
+    while let Ok(Some(msg)) = inbound.message().await {
+        match msg.kind {
+            Some(Down::RoundStart(s)) => {
+                buf.clear();
+                round = Some(s);
+            }
+            Some(Down::ModelChunk(c)) => {
+                buf.extend_from_slice(&c.values);
+                let Some(s) = round.as_ref() else { continue };
+                if c.index + 1 < s.chunk_count {
+                    continue;
+                }
+                tx.send(up(Up::Eval(EvalReport {
+                    model_round: s.model_round,
+                    partial_json: eval.clone(),
+                })))
+                .await
+                .expect("send eval");
+                if !s.train {
+                    continue;
+                }
+                let n = buf.len();
+                for index in 0..chunk_count(n) {
+                    let values = buf[chunk_range(n, index)].iter().map(|v| v + 1e-3).collect();
+                    tx.send(up(Up::Update(UpdateChunk {
+                        round: s.round,
+                        index,
+                        chunk_count: chunk_count(n),
+                        example_count: 100,
+                        values,
+                        train_loss: 0.5,
+                    })))
+                    .await
+                    .expect("send update");
+                }
+            }
+            Some(Down::Finished(_)) => return,
+            _ => {}
+        }
+    }
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn coordinator_child(args: &[String]) {
+    let dir = PathBuf::from(&args[0]);
+    let partners: u32 = args[1].parse().expect("partners");
+    let params: usize = args[2].parse().expect("params");
+    let rounds: u32 = args[3].parse().expect("rounds");
+    let mut task = TaskSpec::from_toml_str(TASK).expect("task");
+    task.rounds = rounds;
+    task.min_partners = partners;
+    task.round_deadline_secs = 120;
+    let text = task.to_toml_string().expect("toml");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let store = Arc::new(Store::open(&dir.join("state")).expect("store"));
+        store.init_task(&text, &vec![0.0; params]).expect("init");
+        let f = task.schema.feature_count();
+        store
+            .put_standardizer(&StoredStandardizer {
+                mean: vec![0.0; f],
+                std: vec![1.0; f],
+            })
+            .expect("standardizer");
+        let pki = Path::new(&dir).join("pki");
+        let tls = Arc::new(
+            ServerTls::new(ServerTlsFiles {
+                ca_cert: pki.join("ca.pem"),
+                cert: pki.join("coordinator.pem"),
+                key: pki.join("coordinator.key"),
+                crl: pki.join("crl.pem"),
+            })
+            .expect("server tls"),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        std::fs::write(dir.join("addr"), listener.local_addr().expect("addr").to_string())
+            .expect("addr file");
+        let hub = Arc::new(Hub::new(task, text, params, revocation_check(&tls)));
+        serve(hub, store, tls, listener, std::future::pending())
+            .await
+            .expect("serve");
+    });
+    println!("peak_kib={}", peak_rss_kib());
+}

@@ -1,0 +1,112 @@
+//! The partner agent's configuration file.
+//!
+//! ```toml
+//! coordinator = "https://fl.operator.example:7443"
+//! server_name = "fl.operator.example"   # must be in the coordinator certificate
+//! data = "/srv/consortia/customers.csv"
+//!
+//! [tls]
+//! ca_cert = "/etc/consortia/ca.pem"
+//! cert = "/etc/consortia/acme-bank.pem"
+//! key = "/etc/consortia/acme-bank.key"
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::AgentError;
+
+/// The agent's certificate material.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentTls {
+    /// Federation CA certificate (PEM), to authenticate the coordinator.
+    pub ca_cert: PathBuf,
+    /// This partner's certificate (PEM): its common name is the partner's identity.
+    pub cert: PathBuf,
+    /// This partner's private key (PKCS#8 PEM, mode 0600).
+    pub key: PathBuf,
+}
+
+/// Everything a partner configures.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Coordinator URL, `https://host:port`.
+    pub coordinator: String,
+    /// Name to verify in the coordinator's certificate (defaults to the URL's host).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// The partner's private CSV file.
+    pub data: PathBuf,
+    /// TLS material.
+    pub tls: AgentTls,
+    /// Give up after this many failed connection attempts in a row (default: never).
+    #[serde(default)]
+    pub max_connect_attempts: Option<u32>,
+}
+
+impl AgentConfig {
+    /// Reads a configuration file; relative paths are taken relative to it.
+    pub fn load(path: &Path) -> Result<Self, AgentError> {
+        let text = std::fs::read_to_string(path).map_err(|e| AgentError::Config {
+            path: path.to_path_buf(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let mut cfg: AgentConfig = toml::from_str(&text).map_err(|e| AgentError::Config {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut cfg.data,
+            &mut cfg.tls.ca_cert,
+            &mut cfg.tls.cert,
+            &mut cfg.tls.key,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// The name the coordinator's certificate must carry.
+    pub fn server_name(&self) -> String {
+        if let Some(n) = &self.server_name {
+            return n.clone();
+        }
+        let rest = self
+            .coordinator
+            .split("://")
+            .nth(1)
+            .unwrap_or(&self.coordinator);
+        let host_port = rest.split('/').next().unwrap_or(rest);
+        match host_port.rsplit_once(':') {
+            Some((h, _)) => h.trim_matches(['[', ']']).to_string(),
+            None => host_port.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_name_defaults_to_the_url_host() {
+        let cfg = AgentConfig {
+            coordinator: "https://fl.example.org:7443".into(),
+            server_name: None,
+            data: "d.csv".into(),
+            tls: AgentTls {
+                ca_cert: "a".into(),
+                cert: "b".into(),
+                key: "c".into(),
+            },
+            max_connect_attempts: None,
+        };
+        assert_eq!(cfg.server_name(), "fl.example.org");
+    }
+}

@@ -1,0 +1,20 @@
+//! consortia-client: the partner agent that runs next to a partner's private data.
+//!
+//! The agent connects to the coordinator over mutual TLS, keeps one live
+//! session, and for every round it is asked into: scores the global model on
+//! its held-out rows, trains locally, and sends back only the model update.
+//! Raw rows never leave the partner. It reconnects with backoff when the
+//! coordinator goes away and reports what it is doing as it goes.
+//!
+//! * [`config`] — what the partner configures.
+//! * [`local`] — the partner's data: loading, hold-out split, standardisation, training.
+//! * [`agent`] — the session loop.
+
+pub mod agent;
+pub mod config;
+pub mod error;
+pub mod local;
+
+pub use agent::{AgentSummary, run};
+pub use config::AgentConfig;
+pub use error::AgentError;

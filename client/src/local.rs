@@ -1,0 +1,146 @@
+//! The partner's private data and what the agent computes on it.
+//!
+//! Rows are split once into training and held-out rows (stratified, seeded
+//! by the task seed and the partner's name, so a restarted agent holds out
+//! the same rows). Features are standardised with the federation-wide
+//! statistics the coordinator sends, never with this partner's own alone.
+
+use std::path::Path;
+
+use consortia_model::TaskSpec;
+use consortia_model::data::Dataset;
+use consortia_model::logistic::{LogisticModel, TrainConfig, TrainProgress, TrainReport};
+use consortia_model::metrics::EvalPartial;
+use consortia_model::standardize::{FeatureStats, Standardizer};
+use ndarray::Array2;
+use rand::SeedableRng;
+
+use crate::AgentError;
+
+/// Standardised design matrices for one standardisation.
+struct Prepared {
+    mean: Vec<f64>,
+    std: Vec<f64>,
+    train_x: Array2<f64>,
+    test_x: Array2<f64>,
+}
+
+/// A partner's rows, split and ready to train on.
+pub struct LocalData {
+    train: Dataset,
+    test: Dataset,
+    prepared: Option<Prepared>,
+    seed: u64,
+}
+
+/// A stable 64-bit hash of a name (FNV-1a), to derive per-partner seeds.
+pub fn name_seed(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+impl LocalData {
+    /// Loads `path` under the task's schema and holds out the task's fraction of rows.
+    pub fn load(path: &Path, task: &TaskSpec, partner: &str) -> Result<Self, AgentError> {
+        let data = Dataset::load_csv(path, &task.schema).map_err(|e| AgentError::Data(e.to_string()))?;
+        let (train, test) = data.split_holdout(task.holdout_fraction, task.seed);
+        let seed = task.seed ^ name_seed(partner);
+        if train.is_empty() || test.is_empty() {
+            return Err(AgentError::Data(format!(
+                "{}: {} rows are too few to hold out {:.0} % for evaluation",
+                path.display(),
+                data.len(),
+                task.holdout_fraction * 100.0
+            )));
+        }
+        Ok(LocalData {
+            train,
+            test,
+            prepared: None,
+            seed,
+        })
+    }
+
+    /// Training rows.
+    pub fn train_rows(&self) -> usize {
+        self.train.len()
+    }
+
+    /// Held-out rows.
+    pub fn test_rows(&self) -> usize {
+        self.test.len()
+    }
+
+    /// Feature sums of the training rows, for federation-wide standardisation.
+    pub fn feature_stats(&self) -> FeatureStats {
+        self.train.feature_stats()
+    }
+
+    fn prepare(&mut self, mean: &[f64], std: &[f64]) -> Result<&Prepared, AgentError> {
+        let stale = self
+            .prepared
+            .as_ref()
+            .is_none_or(|p| p.mean != mean || p.std != std);
+        if stale {
+            let n = self.train.feature_count();
+            if mean.len() != n || std.len() != n {
+                return Err(AgentError::Protocol(format!(
+                    "standardisation has {} features, the schema has {n}",
+                    mean.len()
+                )));
+            }
+            let bad = |e: consortia_model::StandardizeError| {
+                AgentError::Protocol(format!("standardisation from the coordinator: {e}"))
+            };
+            let s = Standardizer::from_parts(mean.to_vec(), std.to_vec()).map_err(bad)?;
+            self.prepared = Some(Prepared {
+                mean: mean.to_vec(),
+                std: std.to_vec(),
+                train_x: s.apply(&self.train).map_err(bad)?,
+                test_x: s.apply(&self.test).map_err(bad)?,
+            });
+        }
+        self.prepared
+            .as_ref()
+            .ok_or_else(|| AgentError::Protocol("standardisation missing".into()))
+    }
+
+    /// Scores `model` on the held-out rows.
+    pub fn evaluate(
+        &mut self,
+        model: &LogisticModel,
+        mean: &[f64],
+        std: &[f64],
+    ) -> Result<EvalPartial, AgentError> {
+        let labels = self.test.labels().clone();
+        let p = self.prepare(mean, std)?;
+        EvalPartial::evaluate(model, &p.test_x, &labels)
+            .map_err(|e| AgentError::Protocol(format!("cannot score the global model: {e}")))
+    }
+
+    /// Trains `model` in place on the training rows.
+    pub fn train(
+        &mut self,
+        model: &mut LogisticModel,
+        task: &TaskSpec,
+        round: u64,
+        mean: &[f64],
+        std: &[f64],
+        progress: impl FnMut(TrainProgress),
+    ) -> Result<TrainReport, AgentError> {
+        let labels = self.train.labels().clone();
+        let seed = self.seed ^ round.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let p = self.prepare(mean, std)?;
+        let cfg = TrainConfig {
+            epochs: task.local_epochs,
+            batch_size: task.batch_size,
+            learning_rate: task.learning_rate,
+            l2: task.model.l2,
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        model
+            .train(&p.train_x, &labels, &cfg, &mut rng, progress)
+            .map_err(|e| AgentError::Data(format!("local training failed: {e}")))
+    }
+}

@@ -1,0 +1,85 @@
+//! The coordinator's configuration file.
+//!
+//! ```toml
+//! listen = "0.0.0.0:7443"
+//! state_dir = "/var/lib/consortia/coordinator"
+//! task = "/etc/consortia/churn-task.toml"
+//!
+//! [tls]
+//! ca_cert = "/etc/consortia/pki/ca.pem"
+//! cert = "/etc/consortia/pki/coordinator.pem"
+//! key = "/etc/consortia/pki/coordinator.key"
+//! crl = "/etc/consortia/pki/crl.pem"
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::CoordinatorError;
+
+/// Where the coordinator's certificate material lives.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// Federation CA certificate (PEM): partners' certificates must chain to it.
+    pub ca_cert: PathBuf,
+    /// The coordinator's certificate (PEM).
+    pub cert: PathBuf,
+    /// The coordinator's private key (PKCS#8 PEM, mode 0600).
+    pub key: PathBuf,
+    /// Certificate revocation list (PEM), re-read when it changes or on SIGHUP.
+    pub crl: PathBuf,
+}
+
+/// Everything the operator configures.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// Address to listen on; port 0 picks a free port (see `addr_file`).
+    pub listen: SocketAddr,
+    /// Directory of the coordinator's sled database.
+    pub state_dir: PathBuf,
+    /// Task file (TOML). May be omitted on restart: the stored task is used.
+    #[serde(default)]
+    pub task: Option<PathBuf>,
+    /// TLS material.
+    pub tls: TlsFiles,
+    /// When set, the bound address is written here once listening.
+    #[serde(default)]
+    pub addr_file: Option<PathBuf>,
+}
+
+impl CoordinatorConfig {
+    /// Reads a configuration file; relative paths in it are taken relative to the file.
+    pub fn load(path: &Path) -> Result<Self, CoordinatorError> {
+        let text = std::fs::read_to_string(path).map_err(|e| CoordinatorError::Config {
+            path: path.to_path_buf(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let mut cfg: CoordinatorConfig =
+            toml::from_str(&text).map_err(|e| CoordinatorError::Config {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut cfg.state_dir);
+        if let Some(t) = cfg.task.as_mut() {
+            fix(t);
+        }
+        if let Some(a) = cfg.addr_file.as_mut() {
+            fix(a);
+        }
+        fix(&mut cfg.tls.ca_cert);
+        fix(&mut cfg.tls.cert);
+        fix(&mut cfg.tls.key);
+        fix(&mut cfg.tls.crl);
+        Ok(cfg)
+    }
+}

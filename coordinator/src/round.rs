@@ -1,0 +1,409 @@
+//! One round: who was asked, who answered, and the running FedAvg sum.
+//!
+//! Updates are folded into the running sum as each one completes, so the
+//! collector holds one model-sized sum however many partners take part
+//! (McMahan et al. 2017, "Communication-Efficient Learning of Deep Networks
+//! from Decentralized Data", Algorithm 1: weights `n_k / n`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::Instant;
+
+use consortia_model::fedavg::WeightedSum;
+use consortia_model::metrics::EvalPartial;
+
+/// What the round asks of partners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoundKind {
+    /// Evaluate the model, train locally, send the update.
+    Train,
+    /// Only evaluate the model (the final evaluation after the last round).
+    Evaluate,
+}
+
+/// Why a message from a partner was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rejection {
+    /// No round is open.
+    NoOpenRound {
+        /// Round the message was for.
+        round: u64,
+    },
+    /// The message names a round other than the open one.
+    WrongRound {
+        /// Round the message was for.
+        got: u64,
+        /// The open round.
+        open: u64,
+    },
+    /// The round the message was for has closed.
+    Closed {
+        /// Round the message was for.
+        round: u64,
+    },
+    /// The partner was not selected for this round.
+    NotSelected {
+        /// The open round.
+        round: u64,
+    },
+    /// The partner already answered this round.
+    Duplicate {
+        /// The open round.
+        round: u64,
+    },
+    /// The message is malformed.
+    Malformed(String),
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::NoOpenRound { round } => {
+                write!(f, "update for round {round} refused: no round is open")
+            }
+            Rejection::WrongRound { got, open } => write!(
+                f,
+                "update for round {got} refused: the open round is {open}"
+            ),
+            Rejection::Closed { round } => write!(
+                f,
+                "update for round {round} refused: the round has closed (late)"
+            ),
+            Rejection::NotSelected { round } => {
+                write!(f, "update refused: you were not selected for round {round}")
+            }
+            Rejection::Duplicate { round } => write!(
+                f,
+                "update refused: your answer for round {round} was already received"
+            ),
+            Rejection::Malformed(why) => write!(f, "message refused: {why}"),
+        }
+    }
+}
+
+/// A partner's answer to the round.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// A model update weighted by its example count.
+    Update {
+        /// Training examples.
+        examples: u64,
+        /// Mean local training loss.
+        loss: f64,
+    },
+    /// The partner declined (its own budget, a local failure).
+    Declined(String),
+    /// Evaluation only.
+    Evaluated,
+}
+
+/// The outcome of a closed round.
+#[derive(Debug)]
+pub struct RoundResult {
+    /// Round number.
+    pub round: u64,
+    /// The kind of round.
+    pub kind: RoundKind,
+    /// Partners whose updates were aggregated.
+    pub contributors: Vec<String>,
+    /// Total examples behind the aggregate.
+    pub examples: u64,
+    /// Example-weighted mean training loss.
+    pub train_loss: f64,
+    /// New global model (FedAvg), when any update arrived.
+    pub model: Option<Vec<f64>>,
+    /// Combined evaluation of the round's input model.
+    pub eval: Option<(Vec<String>, EvalPartial)>,
+    /// Partners who declined, with reasons.
+    pub declined: Vec<(String, String)>,
+    /// Selected partners that never answered.
+    pub missing: Vec<String>,
+}
+
+/// Collects one round's answers.
+pub struct RoundCollector {
+    /// Round number on the wire.
+    pub round: u64,
+    /// Round that produced the model being trained/evaluated.
+    pub model_round: u64,
+    /// What the round asks.
+    pub kind: RoundKind,
+    /// Model size.
+    pub param_count: usize,
+    /// Partners asked to take part.
+    pub selected: BTreeSet<String>,
+    /// When the round closes regardless of answers.
+    pub deadline: Instant,
+    answers: BTreeMap<String, Answer>,
+    sum: WeightedSum,
+    loss_sum: f64,
+    eval: Option<EvalPartial>,
+    eval_partners: Vec<String>,
+}
+
+impl RoundCollector {
+    /// Opens a round.
+    pub fn new(
+        round: u64,
+        model_round: u64,
+        kind: RoundKind,
+        param_count: usize,
+        selected: BTreeSet<String>,
+        deadline: Instant,
+    ) -> Self {
+        RoundCollector {
+            round,
+            model_round,
+            kind,
+            param_count,
+            selected,
+            deadline,
+            answers: BTreeMap::new(),
+            sum: WeightedSum::new(param_count),
+            loss_sum: 0.0,
+            eval: None,
+            eval_partners: Vec::new(),
+        }
+    }
+
+    /// Checks that `partner` may still send an update for `round`.
+    pub fn admits(&self, partner: &str, round: u64) -> Result<(), Rejection> {
+        if round != self.round {
+            return Err(if round < self.round {
+                Rejection::Closed { round }
+            } else {
+                Rejection::WrongRound {
+                    got: round,
+                    open: self.round,
+                }
+            });
+        }
+        if !self.selected.contains(partner) {
+            return Err(Rejection::NotSelected { round });
+        }
+        if self.answers.contains_key(partner) {
+            return Err(Rejection::Duplicate { round });
+        }
+        Ok(())
+    }
+
+    /// Folds a complete update into the running sum.
+    pub fn add_update(
+        &mut self,
+        partner: &str,
+        round: u64,
+        examples: u64,
+        loss: f64,
+        params: &[f64],
+    ) -> Result<(), Rejection> {
+        self.admits(partner, round)?;
+        if self.kind != RoundKind::Train {
+            return Err(Rejection::Malformed(format!(
+                "round {round} is an evaluation round; no update was asked for"
+            )));
+        }
+        if examples == 0 {
+            return Err(Rejection::Malformed(
+                "an update must be trained on at least one example".into(),
+            ));
+        }
+        if params.len() != self.param_count {
+            return Err(Rejection::Malformed(format!(
+                "update has {} parameters, the model has {}",
+                params.len(),
+                self.param_count
+            )));
+        }
+        if let Some(i) = params.iter().position(|v| !v.is_finite()) {
+            return Err(Rejection::Malformed(format!(
+                "update parameter {i} is not a finite number"
+            )));
+        }
+        self.sum
+            .add_chunk(0, params, examples as f64)
+            .map_err(|e| Rejection::Malformed(e.to_string()))?;
+        if loss.is_finite() {
+            self.loss_sum += loss * examples as f64;
+        }
+        self.answers
+            .insert(partner.to_string(), Answer::Update { examples, loss });
+        Ok(())
+    }
+
+    /// Records a partner's evaluation of the round's input model.
+    pub fn add_eval(
+        &mut self,
+        partner: &str,
+        model_round: u64,
+        partial: EvalPartial,
+    ) -> Result<(), Rejection> {
+        if model_round != self.model_round {
+            return Err(Rejection::Malformed(format!(
+                "evaluation of model {model_round} refused: round {} evaluates model {}",
+                self.round, self.model_round
+            )));
+        }
+        if !self.selected.contains(partner) {
+            return Err(Rejection::NotSelected { round: self.round });
+        }
+        if self.eval_partners.iter().any(|p| p == partner) {
+            return Err(Rejection::Duplicate { round: self.round });
+        }
+        match self.eval.as_mut() {
+            None => {
+                partial
+                    .validate()
+                    .map_err(|e| Rejection::Malformed(e.to_string()))?;
+                self.eval = Some(partial)
+            }
+            Some(acc) => acc
+                .merge(&partial)
+                .map_err(|e| Rejection::Malformed(e.to_string()))?,
+        }
+        self.eval_partners.push(partner.to_string());
+        if self.kind == RoundKind::Evaluate {
+            self.answers.insert(partner.to_string(), Answer::Evaluated);
+        }
+        Ok(())
+    }
+
+    /// Records that a partner declined the round.
+    pub fn decline(&mut self, partner: &str, round: u64, reason: String) -> Result<(), Rejection> {
+        self.admits(partner, round)?;
+        self.answers
+            .insert(partner.to_string(), Answer::Declined(reason));
+        Ok(())
+    }
+
+    /// Marks a selected partner that disconnected as gone (it will not answer).
+    pub fn drop_partner(&mut self, partner: &str) {
+        if self.selected.contains(partner) && !self.answers.contains_key(partner) {
+            self.answers.insert(
+                partner.to_string(),
+                Answer::Declined("disconnected".to_string()),
+            );
+        }
+    }
+
+    /// True when every selected partner has answered.
+    pub fn complete(&self) -> bool {
+        self.selected.iter().all(|p| self.answers.contains_key(p))
+    }
+
+    /// Number of updates received.
+    pub fn updates(&self) -> usize {
+        self.answers
+            .values()
+            .filter(|a| matches!(a, Answer::Update { .. }))
+            .count()
+    }
+
+    /// Closes the round.
+    pub fn finish(self) -> RoundResult {
+        let mut contributors = Vec::new();
+        let mut declined = Vec::new();
+        let mut examples = 0u64;
+        for (p, a) in &self.answers {
+            match a {
+                Answer::Update { examples: n, .. } => {
+                    contributors.push(p.clone());
+                    examples += n;
+                }
+                Answer::Declined(r) => declined.push((p.clone(), r.clone())),
+                Answer::Evaluated => {}
+            }
+        }
+        let missing = self
+            .selected
+            .iter()
+            .filter(|p| !self.answers.contains_key(*p))
+            .cloned()
+            .collect();
+        let train_loss = if examples > 0 {
+            self.loss_sum / examples as f64
+        } else {
+            f64::NAN
+        };
+        let model = if contributors.is_empty() {
+            None
+        } else {
+            self.sum.finish().ok()
+        };
+        RoundResult {
+            round: self.round,
+            kind: self.kind,
+            contributors,
+            examples,
+            train_loss,
+            model,
+            eval: self.eval.map(|e| (self.eval_partners, e)),
+            declined,
+            missing,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn collector() -> RoundCollector {
+        RoundCollector::new(
+            3,
+            2,
+            RoundKind::Train,
+            2,
+            ["a".to_string(), "b".to_string()].into_iter().collect(),
+            Instant::now() + Duration::from_secs(60),
+        )
+    }
+
+    #[test]
+    fn fedavg_weights_by_example_count() {
+        let mut c = collector();
+        c.add_update("a", 3, 1, 0.5, &[1.0, 0.0]).unwrap();
+        assert!(!c.complete());
+        c.add_update("b", 3, 3, 0.1, &[5.0, 4.0]).unwrap();
+        assert!(c.complete());
+        let r = c.finish();
+        assert_eq!(r.model.unwrap(), vec![4.0, 3.0]);
+        assert_eq!(r.examples, 4);
+        assert!((r.train_loss - 0.2).abs() < 1e-12);
+    }
+
+    #[test]
+    fn late_duplicate_wrong_round_and_unselected_are_refused() {
+        let mut c = collector();
+        c.add_update("a", 3, 1, 0.5, &[1.0, 0.0]).unwrap();
+        assert_eq!(
+            c.add_update("a", 3, 1, 0.5, &[1.0, 0.0]),
+            Err(Rejection::Duplicate { round: 3 })
+        );
+        assert_eq!(
+            c.add_update("b", 2, 1, 0.5, &[1.0, 0.0]),
+            Err(Rejection::Closed { round: 2 })
+        );
+        assert_eq!(
+            c.add_update("b", 4, 1, 0.5, &[1.0, 0.0]),
+            Err(Rejection::WrongRound { got: 4, open: 3 })
+        );
+        assert_eq!(
+            c.add_update("z", 3, 1, 0.5, &[1.0, 0.0]),
+            Err(Rejection::NotSelected { round: 3 })
+        );
+        assert!(matches!(
+            c.add_update("b", 3, 1, 0.5, &[1.0]),
+            Err(Rejection::Malformed(_))
+        ));
+        assert!(matches!(
+            c.add_update("b", 3, 1, 0.5, &[f64::NAN, 1.0]),
+            Err(Rejection::Malformed(_))
+        ));
+        // Refused messages changed nothing: only a's update is in.
+        let r = c.finish();
+        assert_eq!(r.contributors, vec!["a".to_string()]);
+        assert_eq!(r.model.unwrap(), vec![1.0, 0.0]);
+        assert_eq!(r.missing, vec!["b".to_string()]);
+    }
+}

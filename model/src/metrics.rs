@@ -1,0 +1,285 @@
+//! Evaluation that merges across partners.
+//!
+//! Each partner evaluates the global model on its held-out rows and produces an
+//! [`EvalPartial`]: confusion counts at threshold 0.5, the summed log-loss, and
+//! per-class histograms of the predicted score over [`SCORE_BINS`] equal-width bins
+//! of [0, 1]. Partials add up, and [`Metrics::from_partial`] turns the total into
+//! metrics. The ROC-AUC is computed from the merged histograms, so it is the AUC of
+//! the pooled held-out rows (to within the bin width), not an average of
+//! per-partner AUCs.
+
+use ndarray::Array1;
+use serde::{Deserialize, Serialize};
+
+use crate::logistic::{LogisticModel, ModelError, log_loss_from_logit, sigmoid};
+
+/// Number of equal-width score bins on [0, 1] in an [`EvalPartial`].
+pub const SCORE_BINS: usize = 1000;
+
+/// A score at or above this is a positive prediction.
+pub const THRESHOLD: f64 = 0.5;
+
+/// Additive evaluation counts for one partner, or for several merged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalPartial {
+    /// Examples evaluated.
+    pub n: u64,
+    /// Positives predicted positive.
+    pub tp: u64,
+    /// Negatives predicted positive.
+    pub fp: u64,
+    /// Negatives predicted negative.
+    pub tn: u64,
+    /// Positives predicted negative.
+    pub fn_: u64,
+    /// Sum of per-example log-loss.
+    pub log_loss_sum: f64,
+    /// Positives per score bin; bin `k` holds scores in `[k/B, (k+1)/B)`, the last
+    /// bin also holds 1.
+    pub pos_hist: Vec<u64>,
+    /// Negatives per score bin.
+    pub neg_hist: Vec<u64>,
+}
+
+/// Metrics of a model on a set of examples.
+///
+/// A metric that is undefined (the ROC-AUC of examples of one class only, the
+/// accuracy or log-loss of no examples) is NaN, which serialises as `null`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Examples evaluated.
+    pub examples: u64,
+    /// Fraction predicted correctly at threshold 0.5.
+    #[serde(with = "nan_as_null")]
+    pub accuracy: f64,
+    /// tp / (tp + fp); 0 when nothing is predicted positive.
+    #[serde(with = "nan_as_null")]
+    pub precision: f64,
+    /// tp / (tp + fn); 0 when there are no positives.
+    #[serde(with = "nan_as_null")]
+    pub recall: f64,
+    /// Harmonic mean of precision and recall; 0 when both are 0.
+    #[serde(with = "nan_as_null")]
+    pub f1: f64,
+    /// Mean log-loss.
+    #[serde(with = "nan_as_null")]
+    pub log_loss: f64,
+    /// Area under the ROC curve from the score histograms (see
+    /// [`EvalPartial::roc_auc`]); NaN when the examples hold only one class.
+    #[serde(with = "nan_as_null")]
+    pub roc_auc: f64,
+}
+
+/// Serialises a non-finite `f64` as `null` and reads `null` back as NaN, since JSON
+/// has no NaN.
+mod nan_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else {
+            s.serialize_none()
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
+}
+
+/// Why partials could not be computed, merged or summarised.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MetricsError {
+    /// The model could not score the examples.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A partial whose counts contradict each other.
+    #[error("inconsistent evaluation partial: {0}")]
+    Inconsistent(String),
+}
+
+impl Default for EvalPartial {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+/// The score bin of probability `p` in [0, 1].
+fn bin_of(p: f64) -> usize {
+    // p is in [0, 1], so the product is in [0, SCORE_BINS] and the cast is exact
+    // enough; the min puts p = 1 in the last bin.
+    ((p * SCORE_BINS as f64) as usize).min(SCORE_BINS - 1)
+}
+
+impl EvalPartial {
+    /// Counts over no examples.
+    pub fn empty() -> Self {
+        Self {
+            n: 0,
+            tp: 0,
+            fp: 0,
+            tn: 0,
+            fn_: 0,
+            log_loss_sum: 0.0,
+            pos_hist: vec![0; SCORE_BINS],
+            neg_hist: vec![0; SCORE_BINS],
+        }
+    }
+
+    /// Evaluates `model` on the rows of `x` (standardised) with 0/1 labels `y`.
+    pub fn evaluate(
+        model: &LogisticModel,
+        x: &ndarray::Array2<f64>,
+        y: &Array1<f64>,
+    ) -> Result<Self, MetricsError> {
+        if x.nrows() != y.len() {
+            return Err(
+                ModelError::Shape(format!("{} rows but {} labels", x.nrows(), y.len())).into(),
+            );
+        }
+        let logits = model.decision_function(x)?;
+        let mut partial = Self::empty();
+        for (&z, &label) in logits.iter().zip(y) {
+            let positive = label == 1.0;
+            let p = sigmoid(z);
+            let predicted = p >= THRESHOLD;
+            let bin = bin_of(p);
+            match (positive, predicted) {
+                (true, true) => partial.tp += 1,
+                (true, false) => partial.fn_ += 1,
+                (false, true) => partial.fp += 1,
+                (false, false) => partial.tn += 1,
+            }
+            if positive {
+                partial.pos_hist[bin] += 1;
+            } else {
+                partial.neg_hist[bin] += 1;
+            }
+            partial.log_loss_sum += log_loss_from_logit(z, if positive { 1.0 } else { 0.0 });
+            partial.n += 1;
+        }
+        Ok(partial)
+    }
+
+    /// Checks that the histograms have [`SCORE_BINS`] bins, that they and the
+    /// confusion counts describe the same examples, and that the loss is finite and
+    /// non-negative. Call it on partials received from elsewhere.
+    pub fn validate(&self) -> Result<(), MetricsError> {
+        let bad = |m: String| Err(MetricsError::Inconsistent(m));
+        if self.pos_hist.len() != SCORE_BINS || self.neg_hist.len() != SCORE_BINS {
+            return bad(format!(
+                "histograms have {} and {} bins, expected {SCORE_BINS}",
+                self.pos_hist.len(),
+                self.neg_hist.len()
+            ));
+        }
+        let sum = |h: &[u64]| h.iter().try_fold(0u64, |a, &b| a.checked_add(b));
+        let (Some(pos), Some(neg)) = (sum(&self.pos_hist), sum(&self.neg_hist)) else {
+            return bad("histogram counts overflow".into());
+        };
+        let positives = self.tp.checked_add(self.fn_);
+        let negatives = self.fp.checked_add(self.tn);
+        if positives != Some(pos) || negatives != Some(neg) || pos.checked_add(neg) != Some(self.n)
+        {
+            return bad(format!(
+                "n = {}, tp + fn = {:?}, fp + tn = {:?}, but the histograms hold {pos} positives and {neg} negatives",
+                self.n, positives, negatives
+            ));
+        }
+        if !(self.log_loss_sum.is_finite() && self.log_loss_sum >= 0.0) {
+            return bad(format!(
+                "log_loss_sum is {}, not a finite number at least 0",
+                self.log_loss_sum
+            ));
+        }
+        Ok(())
+    }
+
+    /// Adds `other`'s examples to this partial. Both must be valid (see
+    /// [`EvalPartial::validate`]).
+    pub fn merge(&mut self, other: &EvalPartial) -> Result<(), MetricsError> {
+        self.validate()?;
+        other.validate()?;
+        let overflow = || MetricsError::Inconsistent("merged counts overflow".into());
+        let add = |a: u64, b: u64| a.checked_add(b).ok_or_else(overflow);
+        let merged = EvalPartial {
+            n: add(self.n, other.n)?,
+            tp: add(self.tp, other.tp)?,
+            fp: add(self.fp, other.fp)?,
+            tn: add(self.tn, other.tn)?,
+            fn_: add(self.fn_, other.fn_)?,
+            log_loss_sum: self.log_loss_sum + other.log_loss_sum,
+            pos_hist: self
+                .pos_hist
+                .iter()
+                .zip(&other.pos_hist)
+                .map(|(&a, &b)| add(a, b))
+                .collect::<Result<_, _>>()?,
+            neg_hist: self
+                .neg_hist
+                .iter()
+                .zip(&other.neg_hist)
+                .map(|(&a, &b)| add(a, b))
+                .collect::<Result<_, _>>()?,
+        };
+        *self = merged;
+        Ok(())
+    }
+
+    /// ROC-AUC from the histograms: the probability that a random positive scores
+    /// in a higher bin than a random negative, counting a shared bin as one half.
+    /// This equals the trapezoid area under the ROC curve traced through the bin
+    /// edges (Fawcett, "An introduction to ROC analysis", Pattern Recognition
+    /// Letters 27(8), 2006, section 7, with scores quantised to bins). `None` when
+    /// either class is absent.
+    pub fn roc_auc(&self) -> Option<f64> {
+        let positives: u128 = self.pos_hist.iter().map(|&c| u128::from(c)).sum();
+        let negatives: u128 = self.neg_hist.iter().map(|&c| u128::from(c)).sum();
+        if positives == 0 || negatives == 0 {
+            return None;
+        }
+        // Twice the number of (positive, negative) pairs ranked correctly, with
+        // same-bin pairs counting 1 instead of 2; exact in integers.
+        let mut twice_correct: u128 = 0;
+        let mut negatives_below: u128 = 0;
+        for (&pos, &neg) in self.pos_hist.iter().zip(&self.neg_hist) {
+            let (pos, neg) = (u128::from(pos), u128::from(neg));
+            twice_correct += pos * (2 * negatives_below + neg);
+            negatives_below += neg;
+        }
+        Some(twice_correct as f64 / (2.0 * positives as f64 * negatives as f64))
+    }
+}
+
+impl Metrics {
+    /// Metrics of the examples counted in `partial`. The partial is taken as it is:
+    /// call [`EvalPartial::validate`] first on a partial from elsewhere
+    /// ([`EvalPartial::merge`] validates both sides).
+    pub fn from_partial(partial: &EvalPartial) -> Self {
+        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        let per_example = |x: f64| {
+            if partial.n == 0 {
+                f64::NAN
+            } else {
+                x / partial.n as f64
+            }
+        };
+        let precision = ratio(partial.tp, partial.tp.saturating_add(partial.fp));
+        let recall = ratio(partial.tp, partial.tp.saturating_add(partial.fn_));
+        let f1 = if precision + recall > 0.0 {
+            2.0 * precision * recall / (precision + recall)
+        } else {
+            0.0
+        };
+        Self {
+            examples: partial.n,
+            accuracy: per_example(partial.tp.saturating_add(partial.tn) as f64),
+            precision,
+            recall,
+            f1,
+            log_loss: per_example(partial.log_loss_sum),
+            roc_auc: partial.roc_auc().unwrap_or(f64::NAN),
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! The feature schema: which CSV columns are the label and the features, and how
+//! each becomes numbers.
+//!
+//! The design matrix has one column per numeric feature, in the order listed, then
+//! one one-hot column per category of each categorical feature, in the order listed.
+//! The category lists are fixed by the task file so that every partner encodes the
+//! same value into the same column; a value outside the list is an error.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The largest number of encoded features a schema may describe. It bounds the
+/// memory a task file can make a partner allocate.
+pub const MAX_FEATURES: usize = 100_000;
+
+/// Which columns are the label and the features.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureSchema {
+    /// The label column and its positive value.
+    pub label: LabelSpec,
+    /// Numeric feature columns, one design-matrix column each.
+    #[serde(default)]
+    pub numeric: Vec<String>,
+    /// Categorical feature columns, one-hot encoded over a fixed category list.
+    #[serde(default)]
+    pub categorical: Vec<CategoricalSpec>,
+    /// What to do with an empty cell in a numeric column, by column name. Columns
+    /// not named here treat an empty cell as an error.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub missing: BTreeMap<String, MissingPolicy>,
+}
+
+/// The label column.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelSpec {
+    /// Column holding the label.
+    pub column: String,
+    /// The value that means "positive" (encoded as 1).
+    pub positive: String,
+    /// The value that means "negative" (encoded as 0). When absent, any single
+    /// value other than `positive` is accepted as the negative one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative: Option<String>,
+}
+
+/// A categorical column and its fixed list of categories.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CategoricalSpec {
+    /// Column holding the category.
+    pub column: String,
+    /// The categories, one one-hot feature each, in this order.
+    pub categories: Vec<String>,
+}
+
+/// Policy for an empty cell in a numeric column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingPolicy {
+    /// An empty cell is an error (the default for every column).
+    Error,
+    /// An empty cell reads as 0.
+    Zero,
+}
+
+/// A field of a task file or schema that holds a value it must not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidField {
+    /// Dotted path of the field, such as `schema.numeric[2]`.
+    pub field: String,
+    /// The offending value, as written.
+    pub value: String,
+    /// What the value must be instead.
+    pub expected: String,
+}
+
+impl InvalidField {
+    pub(crate) fn new(
+        field: impl Into<String>,
+        value: impl fmt::Debug,
+        expected: impl Into<String>,
+    ) -> Self {
+        Self {
+            field: field.into(),
+            value: format!("{value:?}"),
+            expected: expected.into(),
+        }
+    }
+}
+
+impl fmt::Display for InvalidField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "`{}` is {}, but it must be {}",
+            self.field, self.value, self.expected
+        )
+    }
+}
+
+impl std::error::Error for InvalidField {}
+
+impl FeatureSchema {
+    /// Checks that column names are non-empty and distinct, that category lists are
+    /// non-empty without duplicates, that `missing` names numeric columns only, and
+    /// that there is at least one and at most [`MAX_FEATURES`] features.
+    pub fn validate(&self) -> Result<(), InvalidField> {
+        let mut seen = BTreeSet::new();
+        let mut claim = |field: String, column: &str| -> Result<(), InvalidField> {
+            if column.trim().is_empty() {
+                return Err(InvalidField::new(field, column, "a non-empty column name"));
+            }
+            if !seen.insert(column.to_owned()) {
+                return Err(InvalidField::new(
+                    field,
+                    column,
+                    "a column not already used as the label or another feature",
+                ));
+            }
+            Ok(())
+        };
+        claim("schema.label.column".into(), &self.label.column)?;
+        for (i, column) in self.numeric.iter().enumerate() {
+            claim(format!("schema.numeric[{i}]"), column)?;
+        }
+        for (i, cat) in self.categorical.iter().enumerate() {
+            claim(format!("schema.categorical[{i}].column"), &cat.column)?;
+        }
+
+        if self.label.positive.trim().is_empty() {
+            return Err(InvalidField::new(
+                "schema.label.positive",
+                &self.label.positive,
+                "a non-empty label value",
+            ));
+        }
+        if let Some(negative) = &self.label.negative
+            && (negative.trim().is_empty() || *negative == self.label.positive)
+        {
+            return Err(InvalidField::new(
+                "schema.label.negative",
+                negative,
+                "a non-empty label value different from `schema.label.positive`",
+            ));
+        }
+
+        for (i, cat) in self.categorical.iter().enumerate() {
+            if cat.categories.is_empty() {
+                return Err(InvalidField::new(
+                    format!("schema.categorical[{i}].categories"),
+                    &cat.categories,
+                    "a non-empty list of categories",
+                ));
+            }
+            let mut distinct = BTreeSet::new();
+            for (j, category) in cat.categories.iter().enumerate() {
+                if category.trim().is_empty() || !distinct.insert(category.as_str()) {
+                    return Err(InvalidField::new(
+                        format!("schema.categorical[{i}].categories[{j}]"),
+                        category,
+                        "a non-empty category not listed earlier for this column",
+                    ));
+                }
+            }
+        }
+
+        for column in self.missing.keys() {
+            if !self.numeric.contains(column) {
+                return Err(InvalidField::new(
+                    format!("schema.missing.{column}"),
+                    column,
+                    "the name of a column listed in `schema.numeric`",
+                ));
+            }
+        }
+
+        let count = self
+            .categorical
+            .iter()
+            .try_fold(self.numeric.len(), |acc, c| {
+                acc.checked_add(c.categories.len())
+            });
+        match count {
+            Some(n) if (1..=MAX_FEATURES).contains(&n) => Ok(()),
+            _ => Err(InvalidField::new(
+                "schema",
+                count.unwrap_or(usize::MAX),
+                format!("a schema with between 1 and {MAX_FEATURES} encoded features"),
+            )),
+        }
+    }
+
+    /// Number of encoded features: numeric columns plus every category of every
+    /// categorical column.
+    pub fn feature_count(&self) -> usize {
+        self.numeric.len()
+            + self
+                .categorical
+                .iter()
+                .map(|c| c.categories.len())
+                .sum::<usize>()
+    }
+
+    /// Number of model parameters: one weight per feature plus the bias.
+    pub fn param_count(&self) -> usize {
+        self.feature_count() + 1
+    }
+
+    /// Names of the encoded features in design-matrix order: each numeric column's
+    /// name, then `column=category` for each one-hot feature.
+    pub fn feature_names(&self) -> Vec<String> {
+        let mut names = self.numeric.clone();
+        for cat in &self.categorical {
+            names.extend(
+                cat.categories
+                    .iter()
+                    .map(|category| format!("{}={category}", cat.column)),
+            );
+        }
+        names
+    }
+
+    /// The policy for empty cells in numeric column `column`.
+    pub fn missing_policy(&self, column: &str) -> MissingPolicy {
+        self.missing
+            .get(column)
+            .copied()
+            .unwrap_or(MissingPolicy::Error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> FeatureSchema {
+        FeatureSchema {
+            label: LabelSpec {
+                column: "y".into(),
+                positive: "Yes".into(),
+                negative: None,
+            },
+            numeric: vec!["a".into(), "b".into()],
+            categorical: vec![CategoricalSpec {
+                column: "c".into(),
+                categories: vec!["x".into(), "y".into(), "z".into()],
+            }],
+            missing: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn counts_and_names() {
+        let s = schema();
+        s.validate().unwrap();
+        assert_eq!(s.feature_count(), 5);
+        assert_eq!(s.param_count(), 6);
+        assert_eq!(s.feature_names(), ["a", "b", "c=x", "c=y", "c=z"]);
+    }
+
+    #[test]
+    fn rejects_duplicate_columns_and_categories() {
+        let mut s = schema();
+        s.numeric.push("c".into());
+        let err = s.validate().unwrap_err();
+        assert_eq!(err.field, "schema.categorical[0].column");
+
+        let mut s = schema();
+        s.numeric[1] = "y".into();
+        assert_eq!(s.validate().unwrap_err().field, "schema.numeric[1]");
+
+        let mut s = schema();
+        s.categorical[0].categories[2] = "x".into();
+        let err = s.validate().unwrap_err();
+        assert_eq!(err.field, "schema.categorical[0].categories[2]");
+        assert_eq!(err.value, "\"x\"");
+    }
+
+    #[test]
+    fn rejects_bad_label_missing_and_empty_schemas() {
+        let mut s = schema();
+        s.label.negative = Some("Yes".into());
+        assert_eq!(s.validate().unwrap_err().field, "schema.label.negative");
+
+        let mut s = schema();
+        s.missing.insert("c".into(), MissingPolicy::Zero);
+        assert_eq!(s.validate().unwrap_err().field, "schema.missing.c");
+
+        let mut s = schema();
+        s.numeric.clear();
+        s.categorical.clear();
+        assert_eq!(s.validate().unwrap_err().field, "schema");
+
+        let mut s = schema();
+        s.categorical[0].categories.clear();
+        assert_eq!(
+            s.validate().unwrap_err().field,
+            "schema.categorical[0].categories"
+        );
+    }
+}

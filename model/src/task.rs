@@ -1,0 +1,270 @@
+//! The task file: what the federation learns, for how many rounds, with which
+//! training settings, over which features.
+//!
+//! A task file is TOML. Every field is validated when it is read, and an error names
+//! the field, the value found and what is allowed. The `[privacy]` table is kept as
+//! raw TOML for the privacy crate to interpret; any other unknown key is an error.
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::logistic::TrainConfig;
+pub use crate::schema::{CategoricalSpec, FeatureSchema, InvalidField, LabelSpec, MissingPolicy};
+
+/// The largest task file accepted, in bytes.
+pub const MAX_TASK_FILE_BYTES: usize = 1 << 20;
+/// The most rounds a task may ask for.
+pub const MAX_ROUNDS: u32 = 100_000;
+/// The most local epochs per round a task may ask for.
+pub const MAX_LOCAL_EPOCHS: u32 = 10_000;
+/// The largest mini-batch a task may ask for.
+pub const MAX_BATCH_SIZE: usize = 1 << 24;
+/// The longest round deadline a task may set: one week.
+pub const MAX_ROUND_DEADLINE_SECS: u64 = 7 * 24 * 3600;
+/// The longest task name.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// A learning task, as written in a task file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// Task name: 1 to 64 characters from `A-Z a-z 0-9 . _ -`, not starting with `.`.
+    pub name: String,
+    /// Number of federated rounds (at least 1).
+    pub rounds: u32,
+    /// Fewest partners whose updates a round needs (at least 1).
+    pub min_partners: u32,
+    /// Fraction of connected partners sampled each round, in (0, 1]; all when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_fraction: Option<f64>,
+    /// Seconds a round waits for updates before it closes.
+    pub round_deadline_secs: u64,
+    /// Passes over its training rows that each partner makes per round.
+    pub local_epochs: u32,
+    /// Mini-batch size of local SGD.
+    pub batch_size: usize,
+    /// Step size of local SGD.
+    pub learning_rate: f64,
+    /// Seed from which every random choice of the task is derived.
+    pub seed: u64,
+    /// Fraction of each partner's rows held out for evaluation, in (0, 1); 0.2 when
+    /// absent.
+    #[serde(default = "default_holdout_fraction")]
+    pub holdout_fraction: f64,
+    /// Whether updates are summed under encryption; false when absent.
+    #[serde(default)]
+    pub secure_aggregation: bool,
+    /// The model to train.
+    pub model: ModelSpec,
+    /// How CSV columns become features.
+    pub schema: FeatureSchema,
+    /// The `[privacy]` table, uninterpreted here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<toml::Table>,
+}
+
+fn default_holdout_fraction() -> f64 {
+    0.2
+}
+
+/// The model section of a task file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// The model family.
+    pub kind: ModelKind,
+    /// L2 penalty on the weights (not the bias), at least 0; 0 when absent.
+    #[serde(default)]
+    pub l2: f64,
+}
+
+/// Model families this crate can train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// Binary logistic regression ([`crate::LogisticModel`]).
+    LogisticRegression,
+}
+
+/// Why a task file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// The file could not be read.
+    #[error("cannot read task file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is larger than [`MAX_TASK_FILE_BYTES`].
+    #[error(
+        "task file {origin} is larger than {MAX_TASK_FILE_BYTES} bytes; a task file holds settings only"
+    )]
+    TooLarge {
+        /// The file, or `<string>`.
+        origin: String,
+    },
+    /// The file is not TOML, or its structure does not match a task file.
+    #[error("task file {origin} is not a valid task file: {source}")]
+    Parse {
+        /// The file, or `<string>`.
+        origin: String,
+        /// The TOML error, with line and column.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A field holds a value that is not allowed.
+    #[error("task file {origin}: {field}")]
+    Invalid {
+        /// The file, or `<string>`.
+        origin: String,
+        /// Which field, what it holds, what it must hold.
+        field: InvalidField,
+    },
+    /// The task could not be written as TOML.
+    #[error("cannot write the task as TOML: {0}")]
+    Serialize(#[from] toml::ser::Error),
+}
+
+impl TaskSpec {
+    /// Parses and validates a task file held in a string.
+    pub fn from_toml_str(text: &str) -> Result<Self, TaskError> {
+        Self::parse(text, "<string>")
+    }
+
+    /// Reads, parses and validates a task file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, TaskError> {
+        let path = path.as_ref();
+        let read_err = |source| TaskError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(read_err)?;
+        let mut bytes = Vec::new();
+        file.take(MAX_TASK_FILE_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read_err)?;
+        let origin = path.display().to_string();
+        if bytes.len() > MAX_TASK_FILE_BYTES {
+            return Err(TaskError::TooLarge { origin });
+        }
+        let text = String::from_utf8(bytes)
+            .map_err(|e| read_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+        Self::parse(&text, &origin)
+    }
+
+    fn parse(text: &str, origin: &str) -> Result<Self, TaskError> {
+        if text.len() > MAX_TASK_FILE_BYTES {
+            return Err(TaskError::TooLarge {
+                origin: origin.to_owned(),
+            });
+        }
+        let spec: TaskSpec = toml::from_str(text).map_err(|source| TaskError::Parse {
+            origin: origin.to_owned(),
+            source,
+        })?;
+        spec.validate().map_err(|field| TaskError::Invalid {
+            origin: origin.to_owned(),
+            field,
+        })?;
+        Ok(spec)
+    }
+
+    /// Checks every field against its allowed range (see each field's doc).
+    pub fn validate(&self) -> Result<(), InvalidField> {
+        let name_ok = (1..=MAX_NAME_LEN).contains(&self.name.len())
+            && !self.name.starts_with('.')
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !name_ok {
+            return Err(InvalidField::new(
+                "name",
+                &self.name,
+                format!(
+                    "1 to {MAX_NAME_LEN} characters from A-Z a-z 0-9 . _ - not starting with ."
+                ),
+            ));
+        }
+        check_range("rounds", self.rounds, 1, MAX_ROUNDS)?;
+        if self.min_partners == 0 {
+            return Err(InvalidField::new("min_partners", 0, "at least 1"));
+        }
+        if let Some(f) = self.sample_fraction
+            && !(f > 0.0 && f <= 1.0)
+        {
+            return Err(InvalidField::new(
+                "sample_fraction",
+                f,
+                "a fraction in (0, 1]",
+            ));
+        }
+        check_range(
+            "round_deadline_secs",
+            self.round_deadline_secs,
+            1,
+            MAX_ROUND_DEADLINE_SECS,
+        )?;
+        check_range("local_epochs", self.local_epochs, 1, MAX_LOCAL_EPOCHS)?;
+        check_range("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)?;
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return Err(InvalidField::new(
+                "learning_rate",
+                self.learning_rate,
+                "a finite number greater than 0",
+            ));
+        }
+        if !(self.holdout_fraction > 0.0 && self.holdout_fraction < 1.0) {
+            return Err(InvalidField::new(
+                "holdout_fraction",
+                self.holdout_fraction,
+                "a fraction in (0, 1)",
+            ));
+        }
+        if !(self.model.l2.is_finite() && self.model.l2 >= 0.0) {
+            return Err(InvalidField::new(
+                "model.l2",
+                self.model.l2,
+                "a finite number at least 0",
+            ));
+        }
+        self.schema.validate()
+    }
+
+    /// Writes the task as TOML that [`TaskSpec::from_toml_str`] reads back unchanged.
+    pub fn to_toml_string(&self) -> Result<String, TaskError> {
+        Ok(toml::to_string(self)?)
+    }
+
+    /// The local training settings of one round.
+    pub fn train_config(&self) -> TrainConfig {
+        TrainConfig {
+            epochs: self.local_epochs,
+            batch_size: self.batch_size,
+            learning_rate: self.learning_rate,
+            l2: self.model.l2,
+        }
+    }
+}
+
+fn check_range<T: PartialOrd + fmt::Debug + fmt::Display + Copy>(
+    field: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<(), InvalidField> {
+    if value < min || value > max {
+        return Err(InvalidField::new(
+            field,
+            value,
+            format!("between {min} and {max}"),
+        ));
+    }
+    Ok(())
+}

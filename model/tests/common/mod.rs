@@ -1,0 +1,123 @@
+//! Shared fixtures: the telco data, the demo task, and an in-process federation.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use consortia_model::{
+    Dataset, EvalPartial, FeatureStats, LogisticModel, Metrics, Standardizer, TaskSpec,
+    TrainConfig, WeightedSum, partition_csv_by_column,
+};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+pub fn telco_csv() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/data/telco_churn_ibm.csv")
+}
+
+pub fn telco_task() -> TaskSpec {
+    TaskSpec::load(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/telco_task.toml"))
+        .unwrap()
+}
+
+/// One partner's rows after the holdout split.
+pub struct Partner {
+    pub value: String,
+    pub train: Dataset,
+    pub test: Dataset,
+}
+
+/// Splits the telco CSV by `contract` into partner files and holds out each
+/// partner's rows (stratified), as the demo does.
+pub fn telco_partners(task: &TaskSpec, dir: &Path) -> Vec<Partner> {
+    partition_csv_by_column(telco_csv(), "contract", dir)
+        .unwrap()
+        .into_iter()
+        .map(|(value, path, _)| {
+            let data = Dataset::load_csv(&path, &task.schema).unwrap();
+            let (train, test) = data.split_holdout(task.holdout_fraction, task.seed);
+            Partner { value, train, test }
+        })
+        .collect()
+}
+
+/// A different, fixed generator for every (round, partner) pair.
+pub fn rng_for(seed: u64, round: u64, partner: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed ^ (round << 32) ^ (partner << 16) ^ 0x5eed)
+}
+
+/// Federation-wide standardizer from the partners' merged training statistics.
+pub fn federated_standardizer(partners: &[Partner]) -> Standardizer {
+    let mut stats = FeatureStats::empty(partners[0].train.feature_count());
+    for p in partners {
+        stats.merge(&p.train.feature_stats()).unwrap();
+    }
+    Standardizer::from_stats(&stats).unwrap()
+}
+
+/// `rounds` of FedAvg: every partner trains from the global model on its own
+/// rows, and the global model becomes the example-weighted average.
+pub fn fedavg(
+    partners: &[Partner],
+    standardizer: &Standardizer,
+    cfg: &TrainConfig,
+    rounds: u32,
+    seed: u64,
+) -> LogisticModel {
+    let xs: Vec<_> = partners
+        .iter()
+        .map(|p| standardizer.apply(&p.train).unwrap())
+        .collect();
+    let features = standardizer.feature_count();
+    let mut global = LogisticModel::zeros(features);
+    for round in 0..rounds {
+        let mut sum = WeightedSum::new(features + 1);
+        for (k, (p, x)) in partners.iter().zip(&xs).enumerate() {
+            let mut local = global.clone();
+            let mut rng = rng_for(seed, u64::from(round), k as u64);
+            local
+                .train(x, p.train.labels(), cfg, &mut rng, |_| {})
+                .unwrap();
+            sum.add(&local.to_params(), p.train.len() as f64).unwrap();
+        }
+        global = LogisticModel::from_params(&sum.finish().unwrap(), features).unwrap();
+    }
+    global
+}
+
+/// Trains a fresh model centrally on `train` (standardised by `standardizer`).
+pub fn train_central(
+    train: &Dataset,
+    standardizer: &Standardizer,
+    cfg: &TrainConfig,
+    seed: u64,
+) -> LogisticModel {
+    let mut model = LogisticModel::zeros(train.feature_count());
+    let x = standardizer.apply(train).unwrap();
+    model
+        .train(
+            &x,
+            train.labels(),
+            cfg,
+            &mut rng_for(seed, 999, 999),
+            |_| {},
+        )
+        .unwrap();
+    model
+}
+
+/// Metrics of `model` on the union of `tests`, merged from per-partner partials.
+pub fn pooled_metrics(
+    model: &LogisticModel,
+    standardizer: &Standardizer,
+    tests: &[&Dataset],
+) -> Metrics {
+    let mut total = EvalPartial::empty();
+    for t in tests {
+        let x = standardizer.apply(t).unwrap();
+        total
+            .merge(&EvalPartial::evaluate(model, &x, t.labels()).unwrap())
+            .unwrap();
+    }
+    Metrics::from_partial(&total)
+}

@@ -1,0 +1,179 @@
+//! Metrics from merged partials, and the histogram ROC-AUC against exact AUCs.
+
+use consortia_model::{EvalPartial, LogisticModel, Metrics, MetricsError, SCORE_BINS};
+use ndarray::{Array1, Array2, array};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// A one-feature model with weight 1 and bias 0 scores row `[z]` as sigmoid(z), so
+/// rows are chosen as logits of the wanted scores.
+fn identity_model() -> LogisticModel {
+    LogisticModel {
+        weights: array![1.0],
+        bias: 0.0,
+    }
+}
+
+fn logit(p: f64) -> f64 {
+    (p / (1.0 - p)).ln()
+}
+
+fn partial(scores: &[f64], labels: &[f64]) -> EvalPartial {
+    let x = Array2::from_shape_fn((scores.len(), 1), |(i, _)| logit(scores[i]));
+    EvalPartial::evaluate(&identity_model(), &x, &Array1::from(labels.to_vec())).unwrap()
+}
+
+/// AUC by comparing every (positive, negative) pair, ties counting one half.
+fn exact_auc(scores: &[f64], labels: &[f64]) -> f64 {
+    let (mut correct, mut pairs) = (0.0, 0.0);
+    for (i, &si) in scores.iter().enumerate() {
+        for (j, &sj) in scores.iter().enumerate() {
+            if labels[i] == 1.0 && labels[j] == 0.0 {
+                pairs += 1.0;
+                correct += if si > sj {
+                    1.0
+                } else if si == sj {
+                    0.5
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+    correct / pairs
+}
+
+#[test]
+fn hand_computed_cases() {
+    // Perfect ranking.
+    let p = partial(&[0.1, 0.2, 0.8, 0.9], &[0.0, 0.0, 1.0, 1.0]);
+    assert_eq!(p.roc_auc(), Some(1.0));
+    // Reversed ranking.
+    let p = partial(&[0.9, 0.8, 0.2, 0.1], &[0.0, 0.0, 1.0, 1.0]);
+    assert_eq!(p.roc_auc(), Some(0.0));
+    // Positives 0.35, 0.8; negatives 0.1, 0.4, 0.7: pairs won 1 + 3 of 6.
+    let p = partial(&[0.35, 0.8, 0.1, 0.4, 0.7], &[1.0, 1.0, 0.0, 0.0, 0.0]);
+    assert!((p.roc_auc().unwrap() - 4.0 / 6.0).abs() < 1e-12);
+    // Same bin counts one half: positive 0.5001 vs negative 0.5004 share a bin.
+    let p = partial(&[0.5001, 0.5004, 0.9], &[1.0, 0.0, 0.0]);
+    assert!((p.roc_auc().unwrap() - 0.25).abs() < 1e-12);
+    // One class only: undefined.
+    assert_eq!(partial(&[0.3, 0.6], &[1.0, 1.0]).roc_auc(), None);
+}
+
+#[test]
+fn confusion_counts_and_metrics() {
+    // Threshold 0.5: predicted positive are 0.5, 0.9, 0.6.
+    let p = partial(&[0.5, 0.9, 0.2, 0.6, 0.1], &[1.0, 1.0, 1.0, 0.0, 0.0]);
+    assert_eq!((p.n, p.tp, p.fn_, p.fp, p.tn), (5, 2, 1, 1, 1));
+    let m = Metrics::from_partial(&p);
+    assert_eq!(m.examples, 5);
+    assert!((m.accuracy - 0.6).abs() < 1e-12);
+    assert!((m.precision - 2.0 / 3.0).abs() < 1e-12);
+    assert!((m.recall - 2.0 / 3.0).abs() < 1e-12);
+    assert!((m.f1 - 2.0 / 3.0).abs() < 1e-12);
+    let expected_loss =
+        -(0.5f64.ln() + 0.9f64.ln() + 0.2f64.ln() + 0.4f64.ln() + 0.9f64.ln()) / 5.0;
+    assert!((m.log_loss - expected_loss).abs() < 1e-9, "{}", m.log_loss);
+
+    let json = serde_json::to_string(&m).unwrap();
+    assert_eq!(serde_json::from_str::<Metrics>(&json).unwrap(), m);
+
+    // Undefined metrics are NaN, and travel through JSON as null.
+    let empty = Metrics::from_partial(&EvalPartial::empty());
+    assert_eq!(empty.examples, 0);
+    assert!(empty.accuracy.is_nan() && empty.log_loss.is_nan() && empty.roc_auc.is_nan());
+    let one_class = Metrics::from_partial(&partial(&[0.3, 0.6], &[1.0, 1.0]));
+    assert!(one_class.roc_auc.is_nan());
+    assert_eq!(one_class.accuracy, 0.5);
+    let json = serde_json::to_string(&one_class).unwrap();
+    assert!(json.contains("\"roc_auc\":null"), "{json}");
+    let back: Metrics = serde_json::from_str(&json).unwrap();
+    assert!(back.roc_auc.is_nan());
+    assert_eq!(back.accuracy, one_class.accuracy);
+}
+
+#[test]
+fn histogram_auc_matches_exact_auc_on_random_scores() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for trial in 0..5 {
+        let n = 1500;
+        let labels: Vec<f64> = (0..n)
+            .map(|_| if rng.random_bool(0.3) { 1.0 } else { 0.0 })
+            .collect();
+        // Overlapping classes: positives shifted up by a trial-dependent margin.
+        let scores: Vec<f64> = labels
+            .iter()
+            .map(|&y| {
+                let z: f64 = rng.random_range(-3.0..3.0) + y * (0.5 + trial as f64 * 0.4);
+                1.0 / (1.0 + (-z).exp())
+            })
+            .collect();
+        let hist = partial(&scores, &labels).roc_auc().unwrap();
+        let exact = exact_auc(&scores, &labels);
+        assert!(
+            (hist - exact).abs() < 1e-3,
+            "trial {trial}: {hist} vs {exact}"
+        );
+    }
+}
+
+#[test]
+fn merged_partials_equal_the_pooled_partial() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let scores: Vec<f64> = (0..600).map(|_| rng.random_range(0.01..0.99)).collect();
+    let labels: Vec<f64> = scores
+        .iter()
+        .map(|&s| if rng.random_bool(s) { 1.0 } else { 0.0 })
+        .collect();
+    let pooled = partial(&scores, &labels);
+    let mut merged = EvalPartial::empty();
+    for (s, l) in [(0, 100), (100, 350), (350, 600)] {
+        merged
+            .merge(&partial(&scores[s..l], &labels[s..l]))
+            .unwrap();
+    }
+    assert_eq!(merged.pos_hist, pooled.pos_hist);
+    assert_eq!(merged.neg_hist, pooled.neg_hist);
+    assert_eq!(
+        (merged.n, merged.tp, merged.fp, merged.tn, merged.fn_),
+        (pooled.n, pooled.tp, pooled.fp, pooled.tn, pooled.fn_)
+    );
+    assert!((merged.log_loss_sum - pooled.log_loss_sum).abs() < 1e-9);
+    let m = Metrics::from_partial(&merged);
+    assert_eq!(Some(m.roc_auc), pooled.roc_auc());
+
+    // The pooled AUC is not the mean of per-part AUCs in general, and merging
+    // must give the pooled one: two parts each ranked perfectly but offset.
+    let a = partial(&[0.6, 0.7], &[0.0, 1.0]);
+    let b = partial(&[0.1, 0.2], &[0.0, 1.0]);
+    let mut ab = a.clone();
+    ab.merge(&b).unwrap();
+    assert_eq!((a.roc_auc(), b.roc_auc()), (Some(1.0), Some(1.0)));
+    assert_eq!(ab.roc_auc(), Some(0.75));
+
+    let json = serde_json::to_string(&merged).unwrap();
+    assert_eq!(serde_json::from_str::<EvalPartial>(&json).unwrap(), merged);
+}
+
+#[test]
+fn inconsistent_partials_are_refused() {
+    let good = partial(&[0.2, 0.8], &[0.0, 1.0]);
+    let mut short = good.clone();
+    short.pos_hist.truncate(SCORE_BINS - 1);
+    let mut lying = good.clone();
+    lying.tp += 1;
+    let mut nan = good.clone();
+    nan.log_loss_sum = f64::NAN;
+    for bad in [short, lying, nan] {
+        let mut acc = good.clone();
+        assert!(matches!(
+            acc.merge(&bad),
+            Err(MetricsError::Inconsistent(_))
+        ));
+        assert_eq!(acc, good, "a refused merge leaves the partial unchanged");
+        assert!(bad.validate().is_err());
+    }
+    let x = array![[0.0], [1.0]];
+    assert!(EvalPartial::evaluate(&identity_model(), &x, &array![1.0]).is_err());
+}

@@ -1,0 +1,86 @@
+//! Costs of the multiparty scheme per value: encryption, aggregation from wire
+//! bytes, partial decryption; prints the wire size per value.
+
+use consortia_privacy::he::*;
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use std::hint::black_box;
+
+const PARTIES: u32 = 3;
+
+fn setup(params: HeParams) -> (Vec<KeyShare>, CollectivePublicKey) {
+    let session = KeySession::new(params, [7; 32]);
+    let shares: Vec<KeyShare> = (0..PARTIES)
+        .map(|i| KeyShareGen::new(&session).generate(PartyId(i)))
+        .collect();
+    let mut agg = CollectiveKeyAggregator::new(&session, PARTIES).expect("committee");
+    for s in &shares {
+        agg.add_commitment(s.public.party(), s.commitment)
+            .expect("commitment");
+    }
+    for s in &shares {
+        agg.add_share(s.public.party(), s.public.clone())
+            .expect("share");
+    }
+    (shares, agg.finish().expect("key"))
+}
+
+fn bench_params(c: &mut Criterion, params: HeParams) {
+    let (shares, key) = setup(params);
+    let values = 16 * params.polynomial_size();
+    let update: Vec<u64> = (0..values as u64).map(|i| i % 1000).collect();
+    let mut enc = Encryptor::new(&key);
+    let shape = enc.shape(values).expect("shape");
+    let wire = enc.encrypt(&update).expect("encrypt");
+    let bytes = wire.to_bytes();
+    println!(
+        "{params:?}: {} bytes for {values} values = {:.2} bytes/value on the wire; plaintext bits for {PARTIES} partners: {}",
+        bytes.len(),
+        bytes.len() as f64 / values as f64,
+        key.plaintext_bits()
+    );
+
+    let mut g = c.benchmark_group(format!("he/{params:?}"));
+    g.throughput(Throughput::Elements(values as u64));
+    g.bench_function("encrypt", |b| {
+        b.iter(|| black_box(enc.encrypt(black_box(&update)).expect("encrypt")))
+    });
+    g.bench_function("aggregate_add_bytes", |b| {
+        b.iter_batched_ref(
+            || Aggregate::new(shape).expect("aggregate"),
+            |agg| {
+                for (i, chunk) in wire.chunks().enumerate() {
+                    agg.add_bytes(i as u32, black_box(chunk)).expect("add");
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    let agg = Aggregate::from_ciphertexts(shape, [bytes.as_slice()]).expect("aggregate");
+    g.bench_function("partial_decrypt", |b| {
+        b.iter_batched(
+            || PartialDecryptor::new(&shares[0].secret),
+            |mut d| black_box(d.partial_decrypt(&agg, 1).expect("share")),
+            BatchSize::SmallInput,
+        )
+    });
+    let ds: Vec<DecryptionShare> = shares
+        .iter()
+        .map(|s| {
+            PartialDecryptor::new(&s.secret)
+                .partial_decrypt(&agg, 1)
+                .expect("share")
+        })
+        .collect();
+    g.bench_function("combine_3_shares", |b| {
+        b.iter(|| black_box(combine(&agg, &ds).expect("combine")))
+    });
+    g.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    bench_params(c, HeParams::Fast64);
+    bench_params(c, HeParams::Secure128);
+}
+
+criterion_group!(he, benches);
+criterion_main!(he);

@@ -1,0 +1,254 @@
+//! The task file's `[privacy]` table and what one round costs a partner.
+//!
+//! ```toml
+//! [privacy]
+//! unit = "record"            # or "partner"; default "record"
+//! placement = "local"        # or "distributed"; default "local"
+//! epsilon = 3.0
+//! delta = 1e-6
+//! clip_norm = 1.0
+//! noise_multiplier = 1.1
+//! sampling_rate = 0.01       # record unit only: each partner's Poisson rate per local step
+//! steps_per_round = 10       # record unit only: local DP-SGD steps per round; default 1
+//! accountant = "rdp"         # default "rdp"
+//!
+//! [privacy.adaptive_clipping]  # optional (Andrew et al. 2021)
+//! target_quantile = 0.5
+//! learning_rate = 0.2
+//! count_noise_multiplier = 10.0
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use super::accountant::{AccountantKind, DpEvent};
+use super::budget::Budget;
+use super::ddg::DdgParams;
+use super::error::DpError;
+use super::mechanism::{NoisePlacement, PrivacyUnit, check_clip, check_noise_multiplier};
+
+fn default_steps() -> u64 {
+    1
+}
+
+/// Differential-privacy settings of a task (`[privacy]` of the task file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacySpec {
+    /// Whose participation is hidden; default [`PrivacyUnit::Record`].
+    #[serde(default)]
+    pub unit: PrivacyUnit,
+    /// Who adds noise; default [`NoisePlacement::Local`].
+    #[serde(default)]
+    pub placement: NoisePlacement,
+    /// Total ε budget per partner over the whole task.
+    pub epsilon: f64,
+    /// δ of the budget; must be below 1/rows of the smallest partner.
+    pub delta: f64,
+    /// L2 clip C: per example (record unit) or of the model delta (partner unit).
+    pub clip_norm: f64,
+    /// z: noise standard deviation / C.
+    pub noise_multiplier: f64,
+    /// Record unit: the probability with which each row of a partner joins a local batch,
+    /// drawn independently per row and per step inside the partner (Poisson sampling, the
+    /// condition of the amplification the accountant applies). Not allowed for the partner unit
+    /// (no amplification by partner selection is claimed).
+    #[serde(default)]
+    pub sampling_rate: Option<f64>,
+    /// Record unit: local DP-SGD steps per round (each one Poisson-sampled Gaussian event).
+    #[serde(default = "default_steps")]
+    pub steps_per_round: u64,
+    /// Accountant; default [`AccountantKind::Rdp`].
+    #[serde(default)]
+    pub accountant: AccountantKind,
+    /// Quantile-based adaptive clipping, when present.
+    #[serde(default)]
+    pub adaptive_clipping: Option<AdaptiveClipping>,
+}
+
+/// Quantile-based adaptive clipping (Andrew, Thakkar, McMahan, Ramaswamy 2021, "Differentially
+/// Private Learning with Adaptive Clipping", Alg. 1 and §3): each unit reports the bit
+/// `1[‖x‖ ≤ C]`, the noisy mean `b̄` of the bits updates `C ← C·exp(−η(b̄ − γ))`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveClipping {
+    /// γ: quantile of the norms the clip tracks (0.5 = median).
+    #[serde(default = "default_quantile")]
+    pub target_quantile: f64,
+    /// η of the geometric update.
+    #[serde(default = "default_learning_rate")]
+    pub learning_rate: f64,
+    /// Noise multiplier of the count query: std of the noise on the sum of bits divided by the
+    /// sum's sensitivity (1 under add/remove). Its Gaussian release is composed as a separate
+    /// event with the same sampling as the update.
+    pub count_noise_multiplier: f64,
+}
+
+fn default_quantile() -> f64 {
+    0.5
+}
+fn default_learning_rate() -> f64 {
+    0.2
+}
+
+impl AdaptiveClipping {
+    /// Geometric clip update of Andrew et al. 2021, Eq. (3):
+    /// `C' = C·exp(−η·(b̄ − γ))`, with `b̄` the noisy fraction of units whose norm was ≤ C.
+    pub fn next_clip(&self, clip: f64, noisy_fraction_unclipped: f64) -> f64 {
+        clip * (-self.learning_rate * (noisy_fraction_unclipped - self.target_quantile)).exp()
+    }
+
+    fn validate(&self) -> Result<(), DpError> {
+        if !(self.target_quantile > 0.0 && self.target_quantile < 1.0) {
+            return Err(DpError::InvalidParameter {
+                name: "adaptive_clipping.target_quantile",
+                value: self.target_quantile.to_string(),
+                hint: "the target quantile must be in (0, 1), e.g. 0.5",
+            });
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return Err(DpError::InvalidParameter {
+                name: "adaptive_clipping.learning_rate",
+                value: self.learning_rate.to_string(),
+                hint: "the learning rate must be finite and > 0, e.g. 0.2",
+            });
+        }
+        check_noise_multiplier(self.count_noise_multiplier)
+    }
+}
+
+impl PrivacySpec {
+    /// The (ε, δ) budget.
+    pub fn budget(&self) -> Budget {
+        Budget {
+            epsilon: self.epsilon,
+            delta: self.delta,
+        }
+    }
+
+    /// Checks every figure: ε > 0, δ ∈ (0, 1), C > 0, z > 0, q ∈ (0, 1] for the record unit
+    /// (and absent for the partner unit), steps ≥ 1, adaptive clipping parameters.
+    pub fn validate(&self) -> Result<(), DpError> {
+        self.budget().validate()?;
+        check_clip(self.clip_norm)?;
+        check_noise_multiplier(self.noise_multiplier)?;
+        match (self.unit, self.sampling_rate) {
+            (PrivacyUnit::Record, None) => {
+                return Err(DpError::InvalidParameter {
+                    name: "sampling_rate",
+                    value: "missing".into(),
+                    hint: "unit = \"record\" needs `sampling_rate` (each row's Poisson rate per local step, e.g. 0.01)",
+                });
+            }
+            (PrivacyUnit::Record, Some(q)) if !(q > 0.0 && q <= 1.0) => {
+                return Err(DpError::InvalidSamplingRate(q));
+            }
+            (PrivacyUnit::Partner, Some(_)) => {
+                return Err(DpError::Unsupported(
+                    "`sampling_rate` applies to unit = \"record\" only; remove it for unit = \"partner\" \
+                     (no amplification by partner selection is claimed)",
+                ));
+            }
+            _ => {}
+        }
+        if self.steps_per_round == 0 {
+            return Err(DpError::InvalidParameter {
+                name: "steps_per_round",
+                value: "0".into(),
+                hint: "set `steps_per_round` to at least 1",
+            });
+        }
+        if self.unit == PrivacyUnit::Record && self.placement == NoisePlacement::Distributed {
+            return Err(DpError::Unsupported(
+                "unit = \"record\" with placement = \"distributed\" is not supported; \
+                 use placement = \"local\" or unit = \"partner\"",
+            ));
+        }
+        if let Some(ac) = &self.adaptive_clipping {
+            ac.validate()?;
+        }
+        Ok(())
+    }
+
+    /// [`validate`](Self::validate) plus δ < 1/rows of the smallest partner.
+    pub fn validate_for_rows(&self, smallest_partner_rows: usize) -> Result<(), DpError> {
+        self.validate()?;
+        self.budget().validate_for_rows(smallest_partner_rows)
+    }
+
+    /// What one round costs a partner with `partner_rows` rows, local placement:
+    ///
+    /// * record unit: `steps_per_round` × `PoissonSampledGaussian { q, z }` (DP-SGD; per step the
+    ///   clipped sum has sensitivity C under add/remove of one row, noise z·C);
+    /// * partner unit: 1 × `Gaussian { z }` (DP-FedAvg; the clipped delta has sensitivity C
+    ///   under add/remove of the partner, noise z·C);
+    /// * with adaptive clipping, the count query's Gaussian with `count_noise_multiplier` and
+    ///   the same sampling, as many times.
+    ///
+    /// Distributed placement needs the round's DDG parameters: see
+    /// [`round_events_distributed`](Self::round_events_distributed).
+    pub fn round_events(&self, partner_rows: usize) -> Result<Vec<(DpEvent, u64)>, DpError> {
+        self.validate_for_rows(partner_rows)?;
+        if self.placement == NoisePlacement::Distributed {
+            return Err(DpError::Unsupported(
+                "placement = \"distributed\" is charged per round from its DDG parameters \
+                 (round_events_distributed)",
+            ));
+        }
+        let mut events = Vec::with_capacity(2);
+        match self.unit {
+            PrivacyUnit::Record => {
+                let q = self.sampling_rate.unwrap_or(1.0);
+                let step = |z| DpEvent::PoissonSampledGaussian {
+                    sampling_rate: q,
+                    noise_multiplier: z,
+                };
+                events.push((step(self.noise_multiplier), self.steps_per_round));
+                if let Some(ac) = &self.adaptive_clipping {
+                    events.push((step(ac.count_noise_multiplier), self.steps_per_round));
+                }
+            }
+            PrivacyUnit::Partner => {
+                events.push((
+                    DpEvent::Gaussian {
+                        noise_multiplier: self.noise_multiplier,
+                    },
+                    1,
+                ));
+                if let Some(ac) = &self.adaptive_clipping {
+                    events.push((
+                        DpEvent::Gaussian {
+                            noise_multiplier: ac.count_noise_multiplier,
+                        },
+                        1,
+                    ));
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    /// What one distributed-discrete-Gaussian round costs a partner (partner unit):
+    /// `Zcdp { ρ = ddg_round_rho(params) }`, plus the adaptive-clipping count query when
+    /// configured (charged as a Gaussian with `count_noise_multiplier`).
+    pub fn round_events_distributed(
+        &self,
+        params: &DdgParams,
+    ) -> Result<Vec<(DpEvent, u64)>, DpError> {
+        self.validate()?;
+        if self.placement != NoisePlacement::Distributed || self.unit != PrivacyUnit::Partner {
+            return Err(DpError::Unsupported(
+                "DDG rounds need unit = \"partner\" and placement = \"distributed\"",
+            ));
+        }
+        let mut events = vec![(params.round_event(), 1)];
+        if let Some(ac) = &self.adaptive_clipping {
+            events.push((
+                DpEvent::Gaussian {
+                    noise_multiplier: ac.count_noise_multiplier,
+                },
+                1,
+            ));
+        }
+        Ok(events)
+    }
+}

@@ -1,0 +1,33 @@
+//! Differential privacy: clipping and noise for each partner's update, the distributed discrete
+//! Gaussian for noise shared across partners, and the accountant that turns the rounds into
+//! (ε, δ) per partner budget.
+//!
+//! Adjacency throughout is add/remove of one privacy unit (`dp_accounting`'s
+//! `ADD_OR_REMOVE_ONE`): one record for [`PrivacyUnit::Record`], one partner's whole
+//! contribution for [`PrivacyUnit::Partner`]. Under that adjacency a sum of contributions clipped
+//! to L2 norm C has sensitivity C (replace-one adjacency would double it to 2C); every mechanism
+//! states its privacy map next to its formula, and the accountant composes exactly those maps.
+//!
+//! All noise is drawn through OpenDP's samplers. With the crate feature `secure-rng` they read
+//! OpenSSL's `RAND_priv_bytes`; without it (tests, development) OpenDP falls back to rand 0.7's
+//! OS-seeded ChaCha `ThreadRng`, which OpenDP does not vouch for. Release builds of the partner
+//! agents (client) and coordinator must enable `secure-rng`; tests run without it because the
+//! vendored OpenSSL build takes minutes.
+
+pub mod accountant;
+pub mod budget;
+pub mod config;
+pub mod ddg;
+pub mod error;
+pub mod mechanism;
+mod special;
+
+pub use accountant::{
+    AccountantKind, DpEvent, RdpAccountant, compute_delta, compute_epsilon, default_orders,
+    epsilon_after, zcdp_delta, zcdp_epsilon,
+};
+pub use budget::{Budget, PartnerBudget, check_plan, plan_epsilon, plan_epsilon_with};
+pub use config::{AdaptiveClipping, PrivacySpec};
+pub use ddg::{DdgParams, ddg_round_rho};
+pub use error::DpError;
+pub use mechanism::{NoisePlacement, PrivacyUnit, clip_and_sum, clip_l2};

@@ -1,0 +1,399 @@
+//! Joint decryption: every partner's flooded partial decryption, then the
+//! combination into the plaintext sum.
+//!
+//! Protocol CKS (collective key switching to the zero key, i.e. decryption) of
+//! Mouchet et al., PoPETs 2021(4), Lattigo `multiparty.KeySwitchProtocol` with
+//! noise flooding: partner `i` publishes `D_i[j] = ±(mask ⊙ s_i)_{N-1-j} +
+//! round(n·B_i[j]/2) + F_i[j]` with `F_i ← TUniform(b_f)`; anyone holding all
+//! `K` shares computes `body − Σ D_i = Δ·Σm + G − ΣF_i` and rounds
+//! (params module docs for `B_i`, `b_f` and the bounds).
+//!
+//! Security notes (Lattigo `SECURITY.md`; Mouchet et al.): a key share must
+//! never decrypt the same ciphertext twice (fresh flooding on the same mask
+//! lets the noise be averaged away) — [`PartialDecryptor`] refuses a digest it
+//! has answered, but remembering digests across restarts is the caller's job;
+//! partners must recompute the aggregate themselves from the submitted
+//! ciphertexts ([`super::Aggregate::from_ciphertexts`]) and compare
+//! [`super::Aggregate::digest`]s, and require a minimum of contributors, so a
+//! coordinator cannot pass a single update off as a sum.
+
+use std::collections::HashSet;
+
+use super::aggregate::Aggregate;
+use super::encrypt::Shape;
+use super::error::HeError;
+use super::keygen::{PartyId, SecretKeyShare, hex_prefix};
+use super::params::HeParams;
+use super::wire::{HEADER_LEN, Reader, put_header};
+use super::word::{Rng, Word, Words};
+
+const SHARE_MAGIC: &[u8; 4] = b"CHDS";
+
+/// One partner's partial decryption of an aggregate.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DecryptionShare {
+    party: PartyId,
+    session_id: [u8; 32],
+    aggregate_digest: [u8; 32],
+    words: Words,
+}
+
+impl std::fmt::Debug for DecryptionShare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecryptionShare")
+            .field("party", &self.party)
+            .field("aggregate", &hex_prefix(&self.aggregate_digest))
+            .finish_non_exhaustive()
+    }
+}
+
+impl DecryptionShare {
+    /// The partner.
+    pub fn party(&self) -> PartyId {
+        self.party
+    }
+
+    /// Digest of the aggregate it decrypts.
+    pub fn aggregate_digest(&self) -> [u8; 32] {
+        self.aggregate_digest
+    }
+
+    fn encoded_len(shape: &Shape) -> usize {
+        HEADER_LEN
+            + 32
+            + 4
+            + 32
+            + shape.polys() as usize * shape.polynomial_size() * shape.params.word_bytes()
+    }
+
+    /// Wire form: header ‖ session id ‖ party ‖ aggregate digest ‖ words.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let params = match self.words {
+            Words::W64(_) => HeParams::Fast64,
+            Words::W128(_) => HeParams::Secure128,
+        };
+        let mut out = Vec::new();
+        put_header(&mut out, SHARE_MAGIC, params);
+        out.extend_from_slice(&self.session_id);
+        out.extend_from_slice(&self.party.0.to_le_bytes());
+        out.extend_from_slice(&self.aggregate_digest);
+        self.words.write_le(&mut out);
+        out
+    }
+
+    /// Decodes an untrusted share for aggregates of `shape`.
+    pub fn from_bytes(bytes: &[u8], shape: &Shape) -> Result<Self, HeError> {
+        let mut r = Reader::new(bytes, "decryption share");
+        r.header(SHARE_MAGIC, Some(shape.params))?;
+        r.expect_len(Self::encoded_len(shape))?;
+        let session_id = r.array32()?;
+        if session_id != shape.session_id {
+            return Err(HeError::WrongKey {
+                what: "decryption share",
+            });
+        }
+        let party = PartyId(r.u32()?);
+        if party.0 >= shape.parties {
+            return Err(HeError::UnknownParty {
+                party,
+                parties: shape.parties,
+            });
+        }
+        let aggregate_digest = r.array32()?;
+        let words = Words::read_le(shape.params, r.rest());
+        Ok(Self {
+            party,
+            session_id,
+            aggregate_digest,
+            words,
+        })
+    }
+}
+
+/// A partner's decryption step, holding its key share.
+pub struct PartialDecryptor<'a> {
+    key: &'a SecretKeyShare,
+    rng: Rng,
+    answered: HashSet<[u8; 32]>,
+}
+
+impl std::fmt::Debug for PartialDecryptor<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartialDecryptor")
+            .field("key", &self.key)
+            .field("answered", &self.answered.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> PartialDecryptor<'a> {
+    /// A decryptor for `key`, with its own CSPRNG for the flooding noise.
+    pub fn new(key: &'a SecretKeyShare) -> Self {
+        Self {
+            key,
+            rng: Rng::new(),
+            answered: HashSet::new(),
+        }
+    }
+
+    /// Digests this decryptor has answered (persist them to refuse repeats
+    /// across restarts).
+    pub fn answered(&self) -> impl Iterator<Item = &[u8; 32]> {
+        self.answered.iter()
+    }
+
+    /// Marks digests answered earlier (e.g. loaded from storage).
+    pub fn remember(&mut self, digests: impl IntoIterator<Item = [u8; 32]>) {
+        self.answered.extend(digests);
+    }
+
+    /// This partner's flooded partial decryption of `aggregate`. Refuses an
+    /// aggregate of another session, one with fewer than `min_contributors`
+    /// (at least 1) contributions, and one already answered.
+    pub fn partial_decrypt(
+        &mut self,
+        aggregate: &Aggregate,
+        min_contributors: u32,
+    ) -> Result<DecryptionShare, HeError> {
+        let shape = *aggregate.shape();
+        if shape.session_id != self.key.session.id || shape.params != self.key.session.params {
+            return Err(HeError::WrongKey { what: "aggregate" });
+        }
+        if self.key.party.0 >= shape.parties {
+            return Err(HeError::UnknownParty {
+                party: self.key.party,
+                parties: shape.parties,
+            });
+        }
+        let have = aggregate.contributors();
+        let min = min_contributors.max(1);
+        if have < min {
+            return Err(HeError::TooFewContributors { have, min });
+        }
+        let digest = aggregate.digest();
+        if self.answered.contains(&digest) {
+            return Err(HeError::AlreadyDecrypted {
+                digest: hex_prefix(&digest),
+            });
+        }
+        let words = match (aggregate.words(), &self.key.secret) {
+            (Words::W64(sum), Words::W64(s)) => Words::W64(self.share(sum, s, &shape, have)),
+            (Words::W128(sum), Words::W128(s)) => Words::W128(self.share(sum, s, &shape, have)),
+            _ => {
+                return Err(HeError::WrongParams {
+                    expected: shape.params,
+                    got: aggregate.params().id(),
+                });
+            }
+        };
+        self.answered.insert(digest);
+        Ok(DecryptionShare {
+            party: self.key.party,
+            session_id: shape.session_id,
+            aggregate_digest: digest,
+            words,
+        })
+    }
+
+    fn share<T: Word>(
+        &mut self,
+        sum: &[T],
+        secret: &[T],
+        shape: &Shape,
+        contributors: u32,
+    ) -> Vec<T> {
+        let n = shape.polynomial_size();
+        let polys = shape.polys() as usize;
+        let negated = self.key.party.negated();
+        // round(n·B_i[j]/2): this partner's share of the public-key noise bias.
+        let bias: Vec<T> = self
+            .key
+            .bias
+            .iter()
+            .map(|&b| T::from_i128((i128::from(contributors) * i128::from(b) + 1) >> 1))
+            .collect();
+        let mut out = vec![T::ZERO; polys * n];
+        let mut conv = vec![T::ZERO; n];
+        for (poly, d) in out.chunks_exact_mut(n).enumerate() {
+            let (mask, _) = Aggregate::poly(sum, shape, poly);
+            T::binary_semi_reverse_conv(&mut conv, mask, secret);
+            for ((dst, &c), &b) in d.iter_mut().zip(conv.iter().rev()).zip(&bias) {
+                let c = if negated { c.wrapping_neg() } else { c };
+                *dst = c.wrapping_add(b);
+            }
+        }
+        T::add_tuniform(
+            &mut out,
+            shape.params.flood_bound_log2(shape.parties),
+            &mut self.rng,
+        );
+        out
+    }
+}
+
+/// Combines all `K` partners' shares into the plaintext sum modulo
+/// `2^plaintext_bits` (one value per update coefficient). Requires exactly one
+/// share per committee member, each over this aggregate.
+pub fn combine(aggregate: &Aggregate, shares: &[DecryptionShare]) -> Result<Vec<u64>, HeError> {
+    let shape = *aggregate.shape();
+    if shares.len() as u64 != u64::from(shape.parties) {
+        return Err(HeError::Incomplete {
+            what: "decryption shares",
+            have: shares.len() as u32,
+            need: shape.parties,
+        });
+    }
+    let digest = aggregate.digest();
+    let mut seen = HashSet::new();
+    let expected_words = shape.polys() as usize * shape.polynomial_size();
+    for s in shares {
+        if s.party.0 >= shape.parties {
+            return Err(HeError::UnknownParty {
+                party: s.party,
+                parties: shape.parties,
+            });
+        }
+        if !seen.insert(s.party) {
+            return Err(HeError::DuplicateParty(s.party));
+        }
+        if s.session_id != shape.session_id {
+            return Err(HeError::WrongKey {
+                what: "decryption share",
+            });
+        }
+        if s.aggregate_digest != digest {
+            return Err(HeError::DigestMismatch(s.party));
+        }
+        if s.words.len() != expected_words {
+            return Err(HeError::WrongCount {
+                what: "decryption share words",
+                expected: expected_words as u64,
+                got: s.words.len() as u64,
+            });
+        }
+    }
+    let mut out = match aggregate.words() {
+        Words::W64(sum) => phase::<u64>(sum, &shape, shares)?,
+        Words::W128(sum) => phase::<u128>(sum, &shape, shares)?,
+    };
+    out.truncate(shape.values as usize);
+    Ok(out)
+}
+
+fn phase<T: Word>(
+    sum: &[T],
+    shape: &Shape,
+    shares: &[DecryptionShare],
+) -> Result<Vec<u64>, HeError> {
+    let n = shape.polynomial_size();
+    let mut phase = Vec::with_capacity(shape.polys() as usize * n);
+    for poly in 0..shape.polys() as usize {
+        phase.extend_from_slice(Aggregate::poly(sum, shape, poly).1);
+    }
+    for s in shares {
+        let words = words_as::<T>(&s.words).ok_or(HeError::WrongParams {
+            expected: shape.params,
+            got: 0,
+        })?;
+        for (p, &d) in phase.iter_mut().zip(words) {
+            *p = p.wrapping_sub(d);
+        }
+    }
+    let delta_log = shape.delta_log();
+    let mask = (1u64 << shape.plaintext_bits()) - 1;
+    let half = T::ONE.shl_bits(delta_log - 1);
+    Ok(phase
+        .iter()
+        .map(|&p| p.wrapping_add(half).shr_u64(delta_log) & mask)
+        .collect())
+}
+
+/// The decryption noise `phase − Δ·expected` of every value (signed), given
+/// the known plaintext sum `expected` — for tests and parameter audits.
+pub fn decryption_noise(
+    aggregate: &Aggregate,
+    shares: &[DecryptionShare],
+    expected: &[u64],
+) -> Result<Vec<i128>, HeError> {
+    let shape = *aggregate.shape();
+    // Validates the shares exactly as `combine` does.
+    combine(aggregate, shares)?;
+    let n = shape.polynomial_size();
+    let take = shape.values as usize;
+    if expected.len() != take {
+        return Err(HeError::WrongCount {
+            what: "values",
+            expected: take as u64,
+            got: expected.len() as u64,
+        });
+    }
+    let delta_log = shape.delta_log();
+    fn noise<T: Word>(
+        sum: &[T],
+        shape: &Shape,
+        shares: &[DecryptionShare],
+        expected: &[u64],
+        delta_log: u32,
+    ) -> Vec<i128> {
+        let n = shape.polynomial_size();
+        let mut out = Vec::with_capacity(expected.len());
+        for (i, &m) in expected.iter().enumerate() {
+            let (_, body) = Aggregate::poly(sum, shape, i / n);
+            let mut p = body[i % n];
+            for s in shares {
+                if let Some(w) = words_as::<T>(&s.words) {
+                    p = p.wrapping_sub(w[i]);
+                }
+            }
+            out.push(p.wrapping_sub(T::from_u64(m).shl_bits(delta_log)).to_i128());
+        }
+        out
+    }
+    let _ = n;
+    Ok(match aggregate.words() {
+        Words::W64(sum) => noise::<u64>(sum, &shape, shares, expected, delta_log),
+        Words::W128(sum) => noise::<u128>(sum, &shape, shares, expected, delta_log),
+    })
+}
+
+fn words_as<T: Word>(words: &Words) -> Option<&[T]> {
+    let any: &dyn std::any::Any = match words {
+        Words::W64(v) => v,
+        Words::W128(v) => v,
+    };
+    any.downcast_ref::<Vec<T>>().map(Vec::as_slice)
+}
+
+/// Encodes signed values in two's complement on `bits` plaintext bits;
+/// refuses values outside `[-2^(bits-1), 2^(bits-1))`.
+pub fn encode_signed(values: &[i64], bits: u32) -> Result<Vec<u64>, HeError> {
+    let bits = bits.clamp(1, 63);
+    let lo = -(1i64 << (bits - 1));
+    let hi = 1i64 << (bits - 1);
+    let mask = (1u64 << bits) - 1;
+    values
+        .iter()
+        .enumerate()
+        .map(|(index, &v)| {
+            if v < lo || v >= hi {
+                Err(HeError::ValueOutOfRange {
+                    index,
+                    value: i128::from(v),
+                    bits,
+                })
+            } else {
+                Ok(v as u64 & mask)
+            }
+        })
+        .collect()
+}
+
+/// Decodes `bits`-bit two's-complement values (as returned by [`combine`]).
+pub fn decode_signed(values: &[u64], bits: u32) -> Vec<i64> {
+    let bits = bits.clamp(1, 63);
+    let shift = 64 - bits;
+    values
+        .iter()
+        .map(|&v| ((v << shift) as i64) >> shift)
+        .collect()
+}

@@ -1,0 +1,46 @@
+//! Multiparty additive homomorphic encryption of quantised model updates.
+//!
+//! An N-out-of-N RLWE scheme after Mouchet, Troncoso-Pastoriza, Bossuat,
+//! Hubaux, "Multiparty Homomorphic Encryption from Ring-Learning-with-Errors",
+//! PoPETs 2021(4) (and Lattigo's `multiparty` package), built on tfhe 1.8.2's
+//! `core_crypto` compact public-key encryption (Joye, eprint 2023/603). One
+//! value is packed per polynomial coefficient; sums are exact modulo
+//! `2^plaintext_bits`.
+//!
+//! Protocol steps, one type each:
+//! 1. [`KeyShareGen`]: each partner draws a [`SecretKeyShare`], a
+//!    [`PublicKeyShare`] and its [`KeyCommitment`].
+//! 2. [`CollectiveKeyAggregator`]: commitments first, then shares, into the
+//!    [`CollectivePublicKey`].
+//! 3. [`Encryptor`]: each partner encrypts its update into an
+//!    [`EncryptedVector`] of chunks.
+//! 4. [`Aggregate`]: the coordinator sums chunks from their wire bytes.
+//! 5. [`PartialDecryptor`]: every partner recomputes the aggregate, checks its
+//!    digest and publishes a flooded [`DecryptionShare`].
+//! 6. [`combine`]: all shares give the sum.
+//!
+//! Threat model: partners and coordinator are honest-but-curious; a malicious
+//! client could craft ciphertexts whose noise leaks key bits through the
+//! decryption (no zero-knowledge proof of well-formed encryption is required
+//! here).
+
+mod aggregate;
+mod decrypt;
+mod encrypt;
+mod error;
+mod keygen;
+mod params;
+mod wire;
+mod word;
+
+pub use aggregate::Aggregate;
+pub use decrypt::{
+    DecryptionShare, PartialDecryptor, combine, decode_signed, decryption_noise, encode_signed,
+};
+pub use encrypt::{EncryptedVector, Encryptor, MAX_CHUNK_BYTES, MAX_VALUES, Shape};
+pub use error::HeError;
+pub use keygen::{
+    CollectiveKeyAggregator, CollectivePublicKey, KeyCommitment, KeySession, KeyShare, KeyShareGen,
+    MAX_PARTIES, PartyId, PublicKeyShare, SecretKeyShare,
+};
+pub use params::HeParams;

@@ -1,0 +1,10 @@
+//! consortia-privacy: the privacy mathematics of the federation.
+//!
+//! `dp` holds the differential-privacy mechanisms and the accountant; `he`
+//! holds the multiparty additive homomorphic encryption on tfhe's
+//! `core_crypto`. Pure computation: no network, no storage, no crate of ours.
+
+#[cfg(feature = "dp-wip")]
+pub mod dp;
+#[cfg(feature = "he-wip")]
+pub mod he;

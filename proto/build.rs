@@ -1,0 +1,12 @@
+//! Compiles `proto/consortia.proto` with protox (a pure-Rust protobuf
+//! compiler), so building needs no system `protoc`.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let file = "proto/consortia.proto";
+    println!("cargo:rerun-if-changed={file}");
+    let fds = protox::compile([file], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! consortia-proto: the gRPC contract between the coordinator and partner
+//! agents, generated from `proto/consortia.proto`, and the limits both sides
+//! apply to it.
+//!
+//! Models travel as chunks of at most [`CHUNK_VALUES`] parameters so that no
+//! single message exceeds [`MAX_MESSAGE_BYTES`]; both sides configure tonic to
+//! refuse larger messages before decoding them.
+
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+mod generated {
+    tonic::include_proto!("consortia.v1");
+}
+
+pub use generated::*;
+
+/// Parameters per `ModelChunk` / `UpdateChunk` (512 KiB of `f64`).
+pub const CHUNK_VALUES: usize = 65_536;
+
+/// Largest encoded message either side accepts (checked by tonic before decoding).
+pub const MAX_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
+
+/// Largest model, in parameters, a task may declare.
+pub const MAX_PARAMS: usize = 16 * 1024 * 1024;
+
+/// Number of chunks needed for `param_count` parameters.
+pub fn chunk_count(param_count: usize) -> u32 {
+    param_count.div_ceil(CHUNK_VALUES).max(1) as u32
+}
+
+/// Range of parameter indices carried by chunk `index`.
+pub fn chunk_range(param_count: usize, index: u32) -> std::ops::Range<usize> {
+    let start = (index as usize).saturating_mul(CHUNK_VALUES).min(param_count);
+    let end = start.saturating_add(CHUNK_VALUES).min(param_count);
+    start..end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_every_parameter_once() {
+        for n in [1usize, 2, CHUNK_VALUES - 1, CHUNK_VALUES, CHUNK_VALUES + 1, 1_000_000] {
+            let count = chunk_count(n);
+            let mut next = 0;
+            for i in 0..count {
+                let r = chunk_range(n, i);
+                assert_eq!(r.start, next);
+                assert!(!r.is_empty());
+                next = r.end;
+            }
+            assert_eq!(next, n);
+        }
+    }
+
+    #[test]
+    fn largest_chunk_fits_the_message_limit() {
+        let msg = UpdateChunk {
+            round: u64::MAX,
+            index: u32::MAX,
+            chunk_count: u32::MAX,
+            example_count: u64::MAX,
+            values: vec![f64::MAX; CHUNK_VALUES],
+            train_loss: 1.0,
+        };
+        assert!(prost::Message::encoded_len(&msg) < MAX_MESSAGE_BYTES);
+    }
+}

@@ -1,0 +1,228 @@
+//! `consortia demo`: a whole federation on loopback.
+//!
+//! Creates a throwaway PKI, splits the bundled telco churn data by its
+//! `contract` column into three partners, writes the coordinator's and the
+//! agents' configuration files (the same files a real deployment uses), and
+//! starts the coordinator and three agents as separate processes over mutual
+//! TLS on 127.0.0.1.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use consortia_pki::Pki;
+
+/// The bundled dataset (IBM telco churn sample, MIT licence; see examples/data/LICENSE.md).
+const BUNDLED_DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/data/telco_churn_ibm.csv");
+/// The demo's task file.
+const TASK: &str = include_str!("../examples/telco_churn_task.toml");
+
+/// Options of `consortia demo`.
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Directory for the demo's PKI, data splits, state and logs (default: a fresh temporary directory).
+    #[arg(long)]
+    workdir: Option<PathBuf>,
+    /// The telco churn CSV to use.
+    #[arg(long, default_value = BUNDLED_DATA)]
+    data: PathBuf,
+    /// Number of rounds (overrides the task file).
+    #[arg(long)]
+    rounds: Option<u32>,
+    /// Give up if the federation has not finished after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+}
+
+struct Procs(Vec<(String, Child)>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn partner_name(contract: &str) -> String {
+    contract
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .collect()
+}
+
+/// Runs the demo.
+pub fn run(args: DemoArgs) -> Result<()> {
+    let _keep;
+    let work = match &args.workdir {
+        Some(w) => {
+            std::fs::create_dir_all(w)?;
+            w.clone()
+        }
+        None => {
+            let t = tempfile::Builder::new().prefix("consortia-demo-").tempdir()?;
+            let p = t.path().to_path_buf();
+            _keep = t.keep();
+            p
+        }
+    };
+    let work = std::fs::canonicalize(&work)?;
+    if work.join("pki").exists() || work.join("state").exists() {
+        bail!(
+            "{} already holds a demo; pass an empty --workdir or omit it",
+            work.display()
+        );
+    }
+    println!("Consortia demo in {}", work.display());
+
+    // 1. Partners: the telco data split by contract type.
+    let data_dir = work.join("data");
+    std::fs::create_dir_all(&data_dir)?;
+    let parts = consortia_model::data::partition_csv_by_column(&args.data, "contract", &data_dir)
+        .with_context(|| format!("splitting {}", args.data.display()))?;
+    let mut partners = Vec::new();
+    for (value, path, rows) in &parts {
+        let name = partner_name(value);
+        println!("  partner {name:<16} {rows:>5} rows  ({})", path.display());
+        partners.push((name, path.clone()));
+    }
+
+    // 2. A throwaway PKI.
+    let pki_dir = work.join("pki");
+    let names: Vec<String> = partners.iter().map(|(n, _)| n.clone()).collect();
+    let pki = Pki::init(
+        &pki_dir,
+        &["localhost".to_string(), "127.0.0.1".to_string()],
+        &names,
+    )?;
+
+    // 3. Task and configuration files.
+    let mut task = TASK.to_string();
+    if let Some(r) = args.rounds {
+        let mut spec = consortia_model::TaskSpec::from_toml_str(&task)?;
+        spec.rounds = r;
+        task = spec.to_toml_string()?;
+    }
+    let task_path = work.join("task.toml");
+    std::fs::write(&task_path, &task)?;
+    let addr_file = work.join("coordinator.addr");
+    let coord_cfg = work.join("coordinator.toml");
+    std::fs::write(
+        &coord_cfg,
+        format!(
+            "listen = \"127.0.0.1:0\"\nstate_dir = \"state\"\ntask = \"task.toml\"\naddr_file = \"coordinator.addr\"\n\n[tls]\nca_cert = \"pki/ca.pem\"\ncert = \"pki/coordinator.pem\"\nkey = \"pki/coordinator.key\"\ncrl = \"pki/crl.pem\"\n"
+        ),
+    )?;
+    let logs = work.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let exe = std::env::current_exe().context("cannot find the consortia executable")?;
+
+    // 4. Coordinator.
+    let started = Instant::now();
+    let mut procs = Procs(Vec::new());
+    let coordinator = Command::new(&exe)
+        .arg("coordinator")
+        .arg("--config")
+        .arg(&coord_cfg)
+        .stdout(Stdio::inherit())
+        .stderr(log_file(&logs, "coordinator")?)
+        .spawn()
+        .context("cannot start the coordinator")?;
+    procs.0.push(("coordinator".into(), coordinator));
+    let addr = wait_for_file(&addr_file, Duration::from_secs(30))
+        .context("the coordinator did not start listening; see logs/coordinator.log")?;
+    println!("  coordinator listening on {addr} (mutual TLS)\n");
+
+    // 5. Agents.
+    for (name, data) in &partners {
+        let cfg = work.join(format!("agent-{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "coordinator = \"https://{addr}\"\nserver_name = \"127.0.0.1\"\ndata = \"{}\"\n\n[tls]\nca_cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                data.display(),
+                pki.ca_cert_path().display(),
+                pki.partner_cert_path(name).display(),
+                pki.partner_key_path(name).display()
+            ),
+        )?;
+        let child = Command::new(&exe)
+            .arg("agent")
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(log_file(&logs, &format!("agent-{name}"))?)
+            .stderr(log_file(&logs, &format!("agent-{name}.err"))?)
+            .spawn()
+            .with_context(|| format!("cannot start agent {name}"))?;
+        procs.0.push((format!("agent {name}"), child));
+    }
+
+    // 6. Wait for the coordinator to finish the task.
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+    let status = loop {
+        if let Some(s) = procs.0[0].1.try_wait()? {
+            break s;
+        }
+        for (name, c) in procs.0.iter_mut().skip(1) {
+            if let Some(s) = c.try_wait()? {
+                if !s.success() {
+                    bail!("{name} failed ({s}); see {}", logs.display());
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the federation did not finish within {} s; see {}", args.timeout_secs, logs.display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    if !status.success() {
+        bail!("the coordinator failed ({status}); see {}", logs.join("coordinator.log").display());
+    }
+    let elapsed = started.elapsed();
+    // Agents exit once told the task finished.
+    let agent_deadline = Instant::now() + Duration::from_secs(15);
+    for (name, c) in procs.0.iter_mut().skip(1) {
+        loop {
+            if let Some(s) = c.try_wait()? {
+                if !s.success() {
+                    eprintln!("{name} exited with {s}");
+                }
+                break;
+            }
+            if Instant::now() > agent_deadline {
+                eprintln!("{name} did not exit; stopping it");
+                let _ = c.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    println!(
+        "\nfederation finished in {:.1} s. Work directory: {}\n  logs/  coordinator and agent logs\n  state/ the coordinator's database (try: consortia metrics --state {}/state)",
+        elapsed.as_secs_f64(),
+        work.display(),
+        work.display()
+    );
+    Ok(())
+}
+
+fn log_file(dir: &Path, name: &str) -> Result<Stdio> {
+    let f = std::fs::File::create(dir.join(format!("{name}.log")))?;
+    Ok(Stdio::from(f))
+}
+
+fn wait_for_file(path: &Path, timeout: Duration) -> Result<String> {
+    let until = Instant::now() + timeout;
+    while Instant::now() < until {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if !s.trim().is_empty() {
+                return Ok(s.trim().to_string());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{} did not appear within {:?}", path.display(), timeout)
+}

@@ -1,0 +1,331 @@
+//! `consortia`: the command line of the Consortia federated learning system.
+//!
+//! Operators run `consortia coordinator`, partners run `consortia agent`,
+//! both get their certificates from `consortia pki`, and `consortia demo`
+//! runs a whole federation on loopback with bundled data.
+
+mod demo;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use consortia_client::AgentConfig;
+use consortia_client::config::AgentTls;
+use consortia_coordinator::CoordinatorConfig;
+use consortia_coordinator::config::TlsFiles;
+use consortia_pki::Pki;
+
+#[derive(Parser)]
+#[command(name = "consortia", version, about = "Cross-silo federated learning over mutual TLS")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a whole federation on this machine: PKI, coordinator and 3 partner agents on bundled data.
+    Demo(demo::DemoArgs),
+    /// Manage the federation's certificates.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+    /// Run the coordinator (the operator's side).
+    Coordinator(CoordinatorArgs),
+    /// Run a partner agent next to the partner's data.
+    Agent(AgentArgs),
+    /// Show the per-round metrics stored by a coordinator.
+    Metrics {
+        /// The coordinator's state directory.
+        #[arg(long)]
+        state: PathBuf,
+    },
+    /// Work with stored global models.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// Create a federation CA, the coordinator's certificate and one per partner.
+    Init {
+        /// Directory to create the PKI in (must not hold one already).
+        #[arg(long, default_value = "pki")]
+        dir: PathBuf,
+        /// A partner to issue a certificate for (repeatable).
+        #[arg(long = "partner")]
+        partners: Vec<String>,
+        /// Host names / IP addresses the coordinator is reached at (repeatable).
+        #[arg(long = "host", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        hosts: Vec<String>,
+    },
+    /// Issue a certificate for a new partner.
+    Issue {
+        /// Partner name (becomes the certificate's common name).
+        name: String,
+        /// PKI directory.
+        #[arg(long, default_value = "pki")]
+        dir: PathBuf,
+    },
+    /// Revoke a partner's certificate; a running coordinator picks the change up by itself.
+    Revoke {
+        /// Partner name.
+        name: String,
+        /// PKI directory.
+        #[arg(long, default_value = "pki")]
+        dir: PathBuf,
+    },
+    /// List issued certificates.
+    List {
+        /// PKI directory.
+        #[arg(long, default_value = "pki")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct CoordinatorArgs {
+    /// Configuration file (TOML). The flags below are an alternative for quick set-ups.
+    #[arg(long, conflicts_with_all = ["task", "state", "pki"])]
+    config: Option<PathBuf>,
+    /// Task file (TOML).
+    #[arg(long)]
+    task: Option<PathBuf>,
+    /// State directory (sled database).
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// PKI directory made by `consortia pki init` (uses ca.pem, coordinator.pem/.key, crl.pem).
+    #[arg(long)]
+    pki: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    listen: std::net::SocketAddr,
+    /// Write the bound address to this file once listening.
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// Configuration file (TOML). The flags below are an alternative for quick set-ups.
+    #[arg(long, conflicts_with_all = ["coordinator", "data", "pki", "name"])]
+    config: Option<PathBuf>,
+    /// Coordinator URL, e.g. https://127.0.0.1:7443.
+    #[arg(long)]
+    coordinator: Option<String>,
+    /// The partner's CSV file.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// PKI directory holding ca.pem and partners/NAME.pem/.key.
+    #[arg(long)]
+    pki: Option<PathBuf>,
+    /// Partner name (selects the certificate in --pki).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Export the global model of a round as JSON (feature names, weights, bias).
+    Export {
+        /// The coordinator's state directory.
+        #[arg(long)]
+        state: PathBuf,
+        /// Round (default: the last completed one).
+        #[arg(long)]
+        round: Option<u64>,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Pki(cmd) => pki(cmd),
+        Command::Coordinator(args) => coordinator(args),
+        Command::Agent(args) => agent(args),
+        Command::Metrics { state } => metrics(&state),
+        Command::Model(ModelCommand::Export { state, round, out }) => {
+            export_model(&state, round, &out)
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+async fn ctrl_c() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn pki(cmd: PkiCommand) -> Result<()> {
+    match cmd {
+        PkiCommand::Init {
+            dir,
+            partners,
+            hosts,
+        } => {
+            Pki::init(&dir, &hosts, &partners)?;
+            println!("created a federation PKI in {}", dir.display());
+            println!("  coordinator: {0}/coordinator.pem + {0}/coordinator.key (keep on the coordinator host)", dir.display());
+            for p in &partners {
+                println!(
+                    "  partner {p}: {0}/partners/{p}.pem + {0}/partners/{p}.key, with {0}/ca.pem (send to {p} only)",
+                    dir.display()
+                );
+            }
+            println!("  {}/ca.key signs new certificates: keep it offline", dir.display());
+        }
+        PkiCommand::Issue { name, dir } => {
+            let mut pki = Pki::open(&dir)?;
+            pki.issue(&name)?;
+            println!(
+                "issued a certificate for `{name}`: {} and {}",
+                pki.partner_cert_path(&name).display(),
+                pki.partner_key_path(&name).display()
+            );
+        }
+        PkiCommand::Revoke { name, dir } => {
+            let mut pki = Pki::open(&dir)?;
+            pki.revoke(&name)?;
+            println!(
+                "revoked `{name}`; {} updated. A running coordinator reloads it on its own (or send it SIGHUP).",
+                pki.crl_path().display()
+            );
+        }
+        PkiCommand::List { dir } => {
+            let pki = Pki::open(&dir)?;
+            println!("{:<24} {:<12} {:<12} {}", "name", "role", "state", "serial");
+            for c in pki.list() {
+                let state = if c.is_revoked() { "revoked" } else { "active" };
+                println!("{:<24} {:<12} {:<12} {}", c.name, format!("{:?}", c.role), state, c.serial);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn coordinator(args: CoordinatorArgs) -> Result<()> {
+    let mut cfg = match &args.config {
+        Some(path) => CoordinatorConfig::load(path)?,
+        None => {
+            let (Some(state), Some(pki)) = (args.state.clone(), args.pki.clone()) else {
+                bail!("give --config FILE, or --state DIR and --pki DIR (and --task FILE for a new task)");
+            };
+            CoordinatorConfig {
+                listen: args.listen,
+                state_dir: state,
+                task: args.task.clone(),
+                tls: TlsFiles {
+                    ca_cert: pki.join("ca.pem"),
+                    cert: pki.join("coordinator.pem"),
+                    key: pki.join("coordinator.key"),
+                    crl: pki.join("crl.pem"),
+                },
+                addr_file: None,
+            }
+        }
+    };
+    if args.addr_file.is_some() {
+        cfg.addr_file = args.addr_file;
+    }
+    let rt = runtime()?;
+    let summary = rt.block_on(consortia_coordinator::run(cfg, ctrl_c()))?;
+    match summary {
+        Some(s) => println!("task complete after {} rounds", s.rounds),
+        None => println!("coordinator stopped; restart it with the same state directory to continue"),
+    }
+    Ok(())
+}
+
+fn agent(args: AgentArgs) -> Result<()> {
+    let cfg = match &args.config {
+        Some(path) => AgentConfig::load(path)?,
+        None => {
+            let (Some(coordinator), Some(data), Some(pki), Some(name)) =
+                (args.coordinator, args.data, args.pki, args.name)
+            else {
+                bail!("give --config FILE, or --coordinator URL --data CSV --pki DIR --name PARTNER");
+            };
+            AgentConfig {
+                coordinator,
+                server_name: None,
+                data,
+                tls: AgentTls {
+                    ca_cert: pki.join("ca.pem"),
+                    cert: pki.join("partners").join(format!("{name}.pem")),
+                    key: pki.join("partners").join(format!("{name}.key")),
+                },
+                max_connect_attempts: None,
+            }
+        }
+    };
+    let rt = runtime()?;
+    let summary = rt.block_on(consortia_client::run(cfg, ctrl_c()))?;
+    println!("agent done: trained in {} rounds", summary.rounds_trained);
+    Ok(())
+}
+
+fn metrics(state: &std::path::Path) -> Result<()> {
+    let store = consortia_coordinator::store::Store::open(state)?;
+    let rounds = store.rounds()?;
+    consortia_coordinator::orchestrator::print_table_header();
+    for m in store.all_metrics()? {
+        if m.model_round == 0 {
+            continue;
+        }
+        let rec = rounds.iter().find(|r| r.round == m.model_round);
+        consortia_coordinator::orchestrator::print_table_row(rec, m.model_round, &m.metrics);
+    }
+    Ok(())
+}
+
+fn export_model(state: &std::path::Path, round: Option<u64>, out: &std::path::Path) -> Result<()> {
+    let store = consortia_coordinator::store::Store::open(state)?;
+    let round = match round {
+        Some(r) => r,
+        None => store.last_round()?,
+    };
+    let task_text = store
+        .task_toml()?
+        .context("the state directory holds no task")?;
+    let task = consortia_model::TaskSpec::from_toml_str(&task_text)?;
+    let params = store
+        .model(round)?
+        .with_context(|| format!("no model stored for round {round}"))?;
+    let model = consortia_model::logistic::LogisticModel::from_params(
+        &params,
+        task.schema.feature_count(),
+    )?;
+    let doc = serde_json::json!({
+        "task": task.name,
+        "round": round,
+        "kind": "logistic_regression",
+        "features": task.schema.feature_names(),
+        "weights": model.weights.to_vec(),
+        "bias": model.bias,
+        "standardization": store.standardizer()?,
+    });
+    std::fs::write(out, serde_json::to_string_pretty(&doc)?)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    println!("model of round {round} written to {}", out.display());
+    Ok(())
+}

@@ -1,0 +1,234 @@
+//! A federation of real processes on loopback for the integration tests.
+//!
+//! Every process is killed when the [`Federation`] is dropped; every wait is
+//! bounded in time.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use consortia_pki::Pki;
+
+pub const EXE: &str = env!("CARGO_BIN_EXE_consortia");
+pub const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/data/telco_churn_ibm.csv");
+pub const TASK: &str = include_str!("../../examples/telco_churn_task.toml");
+
+/// The demo task with a few fields changed.
+pub fn task_with(rounds: u32, min_partners: u32, deadline_secs: u64) -> String {
+    let mut spec = consortia_model::TaskSpec::from_toml_str(TASK).expect("bundled task parses");
+    spec.rounds = rounds;
+    spec.min_partners = min_partners;
+    spec.round_deadline_secs = deadline_secs;
+    spec.to_toml_string().expect("task serialises")
+}
+
+pub struct Federation {
+    pub dir: tempfile::TempDir,
+    pub pki: Pki,
+    pub partners: Vec<(String, PathBuf)>,
+    pub coordinator: Option<Child>,
+    pub agents: Vec<(String, Child)>,
+    pub addr: Option<String>,
+    coordinator_runs: u32,
+}
+
+impl Drop for Federation {
+    fn drop(&mut self) {
+        if let Some(c) = self.coordinator.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for (_, a) in &mut self.agents {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+    }
+}
+
+fn partner_name(contract: &str) -> String {
+    contract
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .collect()
+}
+
+impl Federation {
+    /// PKI and partner data (the telco rows split by contract), nothing running.
+    pub fn new(task_toml: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data_dir = dir.path().join("data");
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let parts = consortia_model::data::partition_csv_by_column(Path::new(DATA), "contract", &data_dir)
+            .expect("split data");
+        let partners: Vec<(String, PathBuf)> = parts
+            .into_iter()
+            .map(|(v, p, _)| (partner_name(&v), p))
+            .collect();
+        let names: Vec<String> = partners.iter().map(|(n, _)| n.clone()).collect();
+        let pki = Pki::init(
+            &dir.path().join("pki"),
+            &["localhost".to_string(), "127.0.0.1".to_string()],
+            &names,
+        )
+        .expect("pki init");
+        std::fs::write(dir.path().join("task.toml"), task_toml).unwrap();
+        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+        Federation {
+            dir,
+            pki,
+            partners,
+            coordinator: None,
+            agents: Vec::new(),
+            addr: None,
+            coordinator_runs: 0,
+        }
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    pub fn coordinator_log(&self, run: u32) -> PathBuf {
+        self.path(&format!("logs/coordinator-{run}.err"))
+    }
+
+    pub fn coordinator_out(&self, run: u32) -> PathBuf {
+        self.path(&format!("logs/coordinator-{run}.out"))
+    }
+
+    /// Starts (or restarts) the coordinator and waits until it listens.
+    pub fn start_coordinator(&mut self) -> String {
+        self.coordinator_runs += 1;
+        let run = self.coordinator_runs;
+        let addr_file = self.path("coordinator.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        // Restarts reuse the first port so agents find the coordinator again.
+        let listen = self.addr.clone().unwrap_or_else(|| "127.0.0.1:0".to_string());
+        let child = Command::new(EXE)
+            .args(["coordinator", "--task"])
+            .arg(self.path("task.toml"))
+            .arg("--state")
+            .arg(self.path("state"))
+            .arg("--pki")
+            .arg(self.path("pki"))
+            .args(["--listen", &listen])
+            .arg("--addr-file")
+            .arg(&addr_file)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(std::fs::File::create(self.coordinator_out(run)).unwrap()))
+            .stderr(Stdio::from(std::fs::File::create(self.coordinator_log(run)).unwrap()))
+            .spawn()
+            .expect("start coordinator");
+        self.coordinator = Some(child);
+        let addr = wait_until(Duration::from_secs(30), || {
+            std::fs::read_to_string(&addr_file)
+                .ok()
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("coordinator did not listen: {}", self.read(&self.coordinator_log(run))));
+        self.addr = Some(addr.clone());
+        addr
+    }
+
+    /// Starts the agent of partner `i` with its own data file (or `data`).
+    pub fn start_agent(&mut self, i: usize, data: Option<&Path>) -> String {
+        let (name, own) = self.partners[i].clone();
+        let addr = self.addr.clone().expect("coordinator started");
+        let child = Command::new(EXE)
+            .args(["agent", "--coordinator", &format!("https://{addr}")])
+            .arg("--data")
+            .arg(data.unwrap_or(&own))
+            .arg("--pki")
+            .arg(self.path("pki"))
+            .args(["--name", &name])
+            .stdout(Stdio::from(std::fs::File::create(self.path(&format!("logs/{name}.out"))).unwrap()))
+            .stderr(Stdio::from(std::fs::File::create(self.path(&format!("logs/{name}.err"))).unwrap()))
+            .spawn()
+            .expect("start agent");
+        self.agents.push((name.clone(), child));
+        name
+    }
+
+    pub fn start_all_agents(&mut self) {
+        for i in 0..self.partners.len() {
+            self.start_agent(i, None);
+        }
+    }
+
+    pub fn read(&self, p: &Path) -> String {
+        std::fs::read_to_string(p).unwrap_or_default()
+    }
+
+    /// Everything the processes wrote, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        if let Ok(rd) = std::fs::read_dir(self.path("logs")) {
+            let mut files: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+            files.sort();
+            for f in files {
+                let text = self.read(&f);
+                let tail: String = text.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+                out.push_str(&format!("===== {} =====\n{tail}\n", f.display()));
+            }
+        }
+        out
+    }
+
+    /// Waits for the coordinator to exit.
+    pub fn wait_coordinator(&mut self, timeout: Duration) -> ExitStatus {
+        let c = self.coordinator.as_mut().expect("coordinator started");
+        let status = wait_until(timeout, || c.try_wait().ok().flatten());
+        match status {
+            Some(s) => s,
+            None => panic!("coordinator did not finish within {timeout:?}\n{}", self.logs()),
+        }
+    }
+
+    /// Waits for an agent to exit.
+    pub fn wait_agent(&mut self, name: &str, timeout: Duration) -> ExitStatus {
+        let c = &mut self.agents.iter_mut().find(|(n, _)| n == name).expect("agent").1;
+        let status = wait_until(timeout, || c.try_wait().ok().flatten());
+        match status {
+            Some(s) => s,
+            None => panic!("agent {name} did not finish within {timeout:?}\n{}", self.logs()),
+        }
+    }
+
+    /// Waits until the coordinator's log of run `run` contains `needle`.
+    pub fn wait_log(&self, run: u32, needle: &str, timeout: Duration) {
+        let log = self.coordinator_log(run);
+        if wait_until(timeout, || self.read(&log).contains(needle).then_some(())).is_none() {
+            panic!("coordinator log never showed `{needle}`\n{}", self.logs());
+        }
+    }
+
+    pub fn kill_agent(&mut self, name: &str) {
+        if let Some((_, c)) = self.agents.iter_mut().find(|(n, _)| n == name) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn kill_coordinator(&mut self) {
+        if let Some(mut c) = self.coordinator.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Polls `f` every 50 ms until it returns `Some` or `timeout` passes.
+pub fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let until = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
