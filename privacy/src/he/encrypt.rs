@@ -210,7 +210,7 @@ impl EncryptedVector {
     }
 
     /// All chunks in order.
-    pub fn chunks(&self) -> impl Iterator<Item = &[u8]> {
+    pub fn chunks(&self) -> impl DoubleEndedIterator<Item = &[u8]> + ExactSizeIterator {
         self.chunks.iter().map(Vec::as_slice)
     }
 
