@@ -212,6 +212,21 @@ fn malformed_ciphertexts_are_rejected() {
         Err(HeError::TooManyContributors { chunk: 0, max: 2 })
     ));
     assert_eq!(agg.contributors(), 1);
+    // Chunks holding different numbers of updates are not decrypted.
+    let err = PartialDecryptor::new(&shares[0].secret)
+        .partial_decrypt(&agg, 1)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            HeError::Incomplete {
+                have: 1,
+                need: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(matches!(
         Aggregate::from_bytes(&agg.to_bytes()[1..], &shape),
         Err(HeError::BadHeader { .. } | HeError::WrongSize { .. })

@@ -229,7 +229,11 @@ impl Aggregate {
     }
 
     /// Masks (`polys·N` words) and bodies of polynomial `poly` (global index).
-    pub(crate) fn poly<'a, T: Word>(words: &'a [T], shape: &Shape, poly: usize) -> (&'a [T], &'a [T]) {
+    pub(crate) fn poly<'a, T: Word>(
+        words: &'a [T],
+        shape: &Shape,
+        poly: usize,
+    ) -> (&'a [T], &'a [T]) {
         let n = shape.polynomial_size();
         let cp = shape.chunk_polys as usize;
         let index = (poly / cp) as u32;

@@ -148,8 +148,9 @@ impl<'a> PartialDecryptor<'a> {
     }
 
     /// This partner's flooded partial decryption of `aggregate`. Refuses an
-    /// aggregate of another session, one with fewer than `min_contributors`
-    /// (at least 1) contributions, and one already answered.
+    /// aggregate of another session, one whose chunks hold different numbers
+    /// of contributions, one with fewer than `min_contributors` (at least 1)
+    /// contributions, and one already answered.
     pub fn partial_decrypt(
         &mut self,
         aggregate: &Aggregate,
@@ -166,6 +167,16 @@ impl<'a> PartialDecryptor<'a> {
             });
         }
         let have = aggregate.contributors();
+        let counts = aggregate.chunk_contributors();
+        if counts.iter().any(|&c| c != have) {
+            // Some update was only partly added: the chunks do not sum the same updates.
+            let most = counts.iter().copied().max().unwrap_or(0);
+            return Err(HeError::Incomplete {
+                what: "chunks of the aggregate",
+                have,
+                need: most,
+            });
+        }
         let min = min_contributors.max(1);
         if have < min {
             return Err(HeError::TooFewContributors { have, min });
@@ -318,7 +329,6 @@ pub fn decryption_noise(
     let shape = *aggregate.shape();
     // Validates the shares exactly as `combine` does.
     combine(aggregate, shares)?;
-    let n = shape.polynomial_size();
     let take = shape.values as usize;
     if expected.len() != take {
         return Err(HeError::WrongCount {
@@ -349,7 +359,6 @@ pub fn decryption_noise(
         }
         out
     }
-    let _ = n;
     Ok(match aggregate.words() {
         Words::W64(sum) => noise::<u64>(sum, &shape, shares, expected, delta_log),
         Words::W128(sum) => noise::<u128>(sum, &shape, shares, expected, delta_log),

@@ -14,8 +14,13 @@ use super::error::HeError;
 use super::keygen::CollectivePublicKey;
 use super::params::HeParams;
 use super::wire::{HEADER_LEN, Reader, put_header};
+use super::word::Words;
 use super::word::{Rng, Word};
-use tfhe::core_crypto::prelude::LweCompactPublicKeyOwned;
+use tfhe::conformance::{ListSizeConstraint, ParameterSetConformant};
+use tfhe::core_crypto::prelude::{
+    CiphertextModulus, LweCiphertextCount, LweCiphertextListConformanceParams,
+    LweCompactCiphertextList, LweCompactPublicKeyOwned, LweDimension,
+};
 
 /// Most values in one update.
 pub const MAX_VALUES: u64 = 1 << 30;
@@ -268,11 +273,44 @@ impl EncryptedVector {
     /// `expected_shape` before anything is allocated.
     pub fn from_bytes(bytes: &[u8], expected_shape: &Shape) -> Result<Self, HeError> {
         let chunks = Self::split(bytes, expected_shape)?;
+        for (index, chunk) in chunks.iter().enumerate() {
+            let payload = &chunk[CHUNK_HEADER_LEN..];
+            let polys = expected_shape.polys_in_chunk(index as u32) as usize;
+            let conformant = match Words::read_le(expected_shape.params, payload) {
+                Words::W64(w) => conformant(w, expected_shape.polynomial_size(), polys),
+                Words::W128(w) => conformant(w, expected_shape.polynomial_size(), polys),
+            };
+            if !conformant {
+                return Err(HeError::NotConformant {
+                    what: "ciphertext chunk",
+                });
+            }
+        }
         Ok(Self {
             shape: *expected_shape,
             chunks: chunks.into_iter().map(<[u8]>::to_vec).collect(),
         })
     }
+}
+
+/// tfhe's conformance check of a chunk as an `LweCompactCiphertextList` of
+/// `polys·N` ciphertexts of dimension `N` over the native modulus.
+fn conformant<T: Word>(words: Vec<T>, n: usize, polys: usize) -> bool {
+    let count = polys * n;
+    if words.len() != 2 * count {
+        return false;
+    }
+    let list = LweCompactCiphertextList::from_container(
+        words,
+        LweDimension(n).to_lwe_size(),
+        LweCiphertextCount(count),
+        CiphertextModulus::new_native(),
+    );
+    list.is_conformant(&LweCiphertextListConformanceParams {
+        lwe_dim: LweDimension(n),
+        lwe_ciphertext_count_constraint: ListSizeConstraint::exact_size(count),
+        ct_modulus: CiphertextModulus::new_native(),
+    })
 }
 
 enum PublicKey {

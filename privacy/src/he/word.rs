@@ -313,3 +313,79 @@ pub(crate) fn add_le_bytes<T: Word>(acc: &mut [T], bytes: &[u8]) {
         *a = a.wrapping_add(T::read_le(b));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tfhe::core_crypto::algorithms::slice_algorithms::slice_semi_reverse_negacyclic_convolution;
+
+    fn random_words<T: Word>(rng: &mut Rng, n: usize) -> Vec<T> {
+        let mut v = vec![T::ZERO; n];
+        rng.plain.fill_slice_with_random_uniform(&mut v);
+        v
+    }
+
+    /// The NTT products equal tfhe's schoolbook/Karatsuba semi-reverse product.
+    fn conv_matches_reference<T: Word>(n: usize) {
+        let mut rng = Rng::new();
+        let lhs: Vec<T> = random_words(&mut rng, n);
+        let mut rhs = vec![T::ZERO; n];
+        T::fill_binary(&mut rhs, &mut rng);
+        let mut fast = vec![T::ZERO; n];
+        let mut reference = vec![T::ZERO; n];
+        T::binary_semi_reverse_conv(&mut fast, &lhs, &rhs);
+        slice_semi_reverse_negacyclic_convolution(&mut reference, &lhs, &rhs);
+        assert_eq!(fast, reference);
+    }
+
+    #[test]
+    fn ntt_products_match_tfhe_reference() {
+        conv_matches_reference::<u64>(2048);
+        conv_matches_reference::<u128>(4096);
+    }
+
+    /// Ciphertexts decrypt with tfhe's own expansion and LWE decryption.
+    fn encryption_matches_tfhe<T: Word>(n: usize, bound: u32, delta_log: u32) {
+        let mut seeder = new_seeder();
+        let seeder = seeder.as_mut();
+        let mut secret_gen = SecretRandomGenerator::<DefaultRandomGenerator>::new(seeder.seed());
+        let mut enc_gen =
+            EncryptionRandomGenerator::<DefaultRandomGenerator>::new(seeder.seed(), seeder);
+        let sk: LweSecretKeyOwned<T> =
+            allocate_and_generate_new_binary_lwe_secret_key(LweDimension(n), &mut secret_gen);
+        let pk = allocate_and_generate_new_lwe_compact_public_key(
+            &sk,
+            TUniform::<T>::new(bound),
+            CiphertextModulus::new_native(),
+            &mut enc_gen,
+        );
+        let mut rng = Rng::new();
+        let messages: Vec<u64> = (0..2 * n as u64).map(|i| i % 1000).collect();
+        let encoded: Vec<T> = messages
+            .iter()
+            .map(|&m| T::from_u64(m).shl_bits(delta_log))
+            .collect();
+        let words = T::encrypt(&pk, encoded, bound, &mut rng);
+        let list = LweCompactCiphertextList::from_container(
+            words,
+            LweDimension(n).to_lwe_size(),
+            LweCiphertextCount(2 * n),
+            CiphertextModulus::new_native(),
+        );
+        let lwe = list.expand_into_lwe_ciphertext_list();
+        let mut out = PlaintextList::new(T::ZERO, PlaintextCount(2 * n));
+        decrypt_lwe_ciphertext_list(&sk, &lwe, &mut out);
+        let half = T::ONE.shl_bits(delta_log - 1);
+        let decoded: Vec<u64> = out
+            .iter()
+            .map(|p| p.0.wrapping_add(half).shr_u64(delta_log))
+            .collect();
+        assert_eq!(decoded, messages);
+    }
+
+    #[test]
+    fn encryption_decrypts_with_tfhe() {
+        encryption_matches_tfhe::<u64>(2048, 17, 40);
+        encryption_matches_tfhe::<u128>(4096, 30, 80);
+    }
+}
