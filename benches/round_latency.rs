@@ -47,7 +47,10 @@ fn options(args: &[String]) -> Options {
             "--params" => o.params = v.parse().expect("--params N"),
             "--rounds" => o.rounds = v.parse().expect("--rounds N"),
             "--partners" => {
-                o.partners = v.split(',').map(|x| x.parse().expect("--partners 3,10")).collect()
+                o.partners = v
+                    .split(',')
+                    .map(|x| x.parse().expect("--partners 3,10"))
+                    .collect()
             }
             _ => {
                 i += 1;
@@ -87,8 +90,7 @@ fn main() {
 fn run(partners: usize, params: usize, rounds: u32) -> (f64, f64, f64, f64) {
     let dir = tempfile::tempdir().expect("temp dir");
     let names: Vec<String> = (0..partners).map(|i| format!("bench-{i}")).collect();
-    let pki = Pki::init(&dir.path().join("pki"), &["127.0.0.1".to_string()], &names)
-        .expect("pki");
+    let pki = Pki::init(&dir.path().join("pki"), &["127.0.0.1".to_string()], &names).expect("pki");
     let addr_file = dir.path().join("addr");
     let child = Command::new(std::env::current_exe().expect("exe"))
         .arg("--coordinator-child")
@@ -145,7 +147,10 @@ fn run(partners: usize, params: usize, rounds: u32) -> (f64, f64, f64, f64) {
         .map(|r| r.completed_unix_ms)
         .collect();
     // Latency of round r = completion(r) - completion(r-1): skips round 1's connection set-up.
-    let lat: Vec<f64> = times.windows(2).map(|w| (w[1] - w[0]) as f64 / 1000.0).collect();
+    let lat: Vec<f64> = times
+        .windows(2)
+        .map(|w| (w[1] - w[0]) as f64 / 1000.0)
+        .collect();
     let mean = lat.iter().sum::<f64>() / lat.len().max(1) as f64;
     let min = lat.iter().copied().fold(f64::INFINITY, f64::min);
     let max = lat.iter().copied().fold(0.0, f64::max);
@@ -162,9 +167,11 @@ async fn echo_partner(tls: ClientTls, addr: String) {
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let up = |k| ClientMessage { kind: Some(k) };
-    tx.send(up(Up::Hello(Hello { agent_version: "bench".into() })))
-        .await
-        .expect("hello");
+    tx.send(up(Up::Hello(Hello {
+        agent_version: "bench".into(),
+    })))
+    .await
+    .expect("hello");
     let mut inbound = client
         .session(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
@@ -201,7 +208,10 @@ async fn echo_partner(tls: ClientTls, addr: String) {
                 }
                 let n = buf.len();
                 for index in 0..chunk_count(n) {
-                    let values = buf[chunk_range(n, index)].iter().map(|v| v + 1e-3).collect();
+                    let values = buf[chunk_range(n, index)]
+                        .iter()
+                        .map(|v| v + 1e-3)
+                        .collect();
                     tx.send(up(Up::Update(UpdateChunk {
                         round: s.round,
                         index,
@@ -265,9 +275,14 @@ fn coordinator_child(args: &[String]) {
             })
             .expect("server tls"),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        std::fs::write(dir.join("addr"), listener.local_addr().expect("addr").to_string())
-            .expect("addr file");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        std::fs::write(
+            dir.join("addr"),
+            listener.local_addr().expect("addr").to_string(),
+        )
+        .expect("addr file");
         let hub = Arc::new(Hub::new(task, text, params, revocation_check(&tls)));
         serve(hub, store, tls, listener, std::future::pending())
             .await

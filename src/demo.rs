@@ -15,7 +15,10 @@ use clap::Args;
 use consortia_pki::Pki;
 
 /// The bundled dataset (IBM telco churn sample, MIT licence; see examples/data/LICENSE.md).
-const BUNDLED_DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/data/telco_churn_ibm.csv");
+const BUNDLED_DATA: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/examples/data/telco_churn_ibm.csv"
+);
 /// The demo's task file.
 const TASK: &str = include_str!("../examples/telco_churn_task.toml");
 
@@ -50,7 +53,13 @@ impl Drop for Procs {
 fn partner_name(contract: &str) -> String {
     contract
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect()
 }
 
@@ -63,7 +72,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
             w.clone()
         }
         None => {
-            let t = tempfile::Builder::new().prefix("consortia-demo-").tempdir()?;
+            let t = tempfile::Builder::new()
+                .prefix("consortia-demo-")
+                .tempdir()?;
             let p = t.path().to_path_buf();
             _keep = t.keep();
             p
@@ -174,12 +185,19 @@ pub fn run(args: DemoArgs) -> Result<()> {
             }
         }
         if Instant::now() > deadline {
-            bail!("the federation did not finish within {} s; see {}", args.timeout_secs, logs.display());
+            bail!(
+                "the federation did not finish within {} s; see {}",
+                args.timeout_secs,
+                logs.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     };
     if !status.success() {
-        bail!("the coordinator failed ({status}); see {}", logs.join("coordinator.log").display());
+        bail!(
+            "the coordinator failed ({status}); see {}",
+            logs.join("coordinator.log").display()
+        );
     }
     let elapsed = started.elapsed();
     // Agents exit once told the task finished.

@@ -17,7 +17,11 @@ use consortia_coordinator::config::TlsFiles;
 use consortia_pki::Pki;
 
 #[derive(Parser)]
-#[command(name = "consortia", version, about = "Cross-silo federated learning over mutual TLS")]
+#[command(
+    name = "consortia",
+    version,
+    about = "Cross-silo federated learning over mutual TLS"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -186,14 +190,20 @@ fn pki(cmd: PkiCommand) -> Result<()> {
         } => {
             Pki::init(&dir, &hosts, &partners)?;
             println!("created a federation PKI in {}", dir.display());
-            println!("  coordinator: {0}/coordinator.pem + {0}/coordinator.key (keep on the coordinator host)", dir.display());
+            println!(
+                "  coordinator: {0}/coordinator.pem + {0}/coordinator.key (keep on the coordinator host)",
+                dir.display()
+            );
             for p in &partners {
                 println!(
                     "  partner {p}: {0}/partners/{p}.pem + {0}/partners/{p}.key, with {0}/ca.pem (send to {p} only)",
                     dir.display()
                 );
             }
-            println!("  {}/ca.key signs new certificates: keep it offline", dir.display());
+            println!(
+                "  {}/ca.key signs new certificates: keep it offline",
+                dir.display()
+            );
         }
         PkiCommand::Issue { name, dir } => {
             let mut pki = Pki::open(&dir)?;
@@ -217,7 +227,13 @@ fn pki(cmd: PkiCommand) -> Result<()> {
             println!("{:<24} {:<12} {:<12} {}", "name", "role", "state", "serial");
             for c in pki.list() {
                 let state = if c.is_revoked() { "revoked" } else { "active" };
-                println!("{:<24} {:<12} {:<12} {}", c.name, format!("{:?}", c.role), state, c.serial);
+                println!(
+                    "{:<24} {:<12} {:<12} {}",
+                    c.name,
+                    format!("{:?}", c.role),
+                    state,
+                    c.serial
+                );
             }
         }
     }
@@ -229,7 +245,9 @@ fn coordinator(args: CoordinatorArgs) -> Result<()> {
         Some(path) => CoordinatorConfig::load(path)?,
         None => {
             let (Some(state), Some(pki)) = (args.state.clone(), args.pki.clone()) else {
-                bail!("give --config FILE, or --state DIR and --pki DIR (and --task FILE for a new task)");
+                bail!(
+                    "give --config FILE, or --state DIR and --pki DIR (and --task FILE for a new task)"
+                );
             };
             CoordinatorConfig {
                 listen: args.listen,
@@ -252,7 +270,9 @@ fn coordinator(args: CoordinatorArgs) -> Result<()> {
     let summary = rt.block_on(consortia_coordinator::run(cfg, ctrl_c()))?;
     match summary {
         Some(s) => println!("task complete after {} rounds", s.rounds),
-        None => println!("coordinator stopped; restart it with the same state directory to continue"),
+        None => {
+            println!("coordinator stopped; restart it with the same state directory to continue")
+        }
     }
     Ok(())
 }
@@ -264,7 +284,9 @@ fn agent(args: AgentArgs) -> Result<()> {
             let (Some(coordinator), Some(data), Some(pki), Some(name)) =
                 (args.coordinator, args.data, args.pki, args.name)
             else {
-                bail!("give --config FILE, or --coordinator URL --data CSV --pki DIR --name PARTNER");
+                bail!(
+                    "give --config FILE, or --coordinator URL --data CSV --pki DIR --name PARTNER"
+                );
             };
             AgentConfig {
                 coordinator,

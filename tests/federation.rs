@@ -44,7 +44,11 @@ fn three_partners_train_a_churn_model_together() {
         last.metrics.roc_auc
     );
     // Held-out rows of all partners were scored: about 20 % of 7,043.
-    assert!((1300..=1500).contains(&last.metrics.examples), "{}", last.metrics.examples);
+    assert!(
+        (1300..=1500).contains(&last.metrics.examples),
+        "{}",
+        last.metrics.examples
+    );
     let out = fed.read(&fed.coordinator_out(1));
     assert!(out.contains("final model (round 8)"), "{out}");
 }
@@ -58,7 +62,11 @@ fn a_coordinator_killed_mid_task_resumes_from_the_last_completed_round() {
     fed.kill_coordinator(); // SIGKILL, mid-task
     fed.start_coordinator();
     let status = fed.wait_coordinator(LONG);
-    assert!(status.success(), "restarted coordinator failed\n{}", fed.logs());
+    assert!(
+        status.success(),
+        "restarted coordinator failed\n{}",
+        fed.logs()
+    );
     let log2 = fed.read(&fed.coordinator_log(2));
     let resumed: u64 = log2
         .split("last_completed=")
@@ -105,7 +113,10 @@ fn a_partner_killed_mid_round_does_not_stop_the_round() {
     let last = rounds.last().unwrap();
     assert_eq!(last.participants.len(), 2);
     assert!(!last.participants.contains(&victim));
-    assert!(fed.read(&fed.coordinator_log(1)).contains("partner disconnected"));
+    assert!(
+        fed.read(&fed.coordinator_log(1))
+            .contains("partner disconnected")
+    );
 }
 
 #[test]
@@ -148,11 +159,21 @@ fn a_partner_whose_data_does_not_match_the_schema_is_refused_with_file_row_and_c
     let b = fed.start_agent(1, Some(&bad_value));
     for (name, file) in [(&a, "no_tenure.csv"), (&b, "bad_value.csv")] {
         let status = fed.wait_agent(name, Duration::from_secs(60));
-        assert!(!status.success(), "agent {name} accepted bad data\n{}", fed.logs());
+        assert!(
+            !status.success(),
+            "agent {name} accepted bad data\n{}",
+            fed.logs()
+        );
         let err = fed.read(&fed.path(&format!("logs/{name}.err")));
         assert!(err.contains(file), "error does not name the file: {err}");
-        assert!(err.contains("tenure"), "error does not name the column: {err}");
+        assert!(
+            err.contains("tenure"),
+            "error does not name the column: {err}"
+        );
     }
     let err = fed.read(&fed.path(&format!("logs/{b}.err")));
-    assert!(err.contains("twelve") || err.contains("row 6") || err.contains("line 6"), "{err}");
+    assert!(
+        err.contains("twelve") || err.contains("row 6") || err.contains("line 6"),
+        "{err}"
+    );
 }

@@ -49,11 +49,9 @@ fn roots(ca: &std::path::Path) -> rustls::RootCertStore {
 }
 
 fn builder() -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier> {
-    rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
 }
 
 fn config_with_cert(
@@ -98,18 +96,31 @@ async fn certificates_that_are_missing_foreign_expired_or_revoked_are_refused() 
         .expect("a valid partner certificate must be accepted");
 
     // No client certificate.
-    let none = builder().with_root_certificates(roots(&ca)).with_no_client_auth();
-    assert!(tls_attempt(&addr, none).await.is_err(), "no client certificate was accepted");
+    let none = builder()
+        .with_root_certificates(roots(&ca))
+        .with_no_client_auth();
+    assert!(
+        tls_attempt(&addr, none).await.is_err(),
+        "no client certificate was accepted"
+    );
 
     // A certificate for the same name from another CA.
     let other_dir = fed.path("other-pki");
-    let other = Pki::init(&other_dir, &["localhost".to_string()], std::slice::from_ref(&name)).unwrap();
+    let other = Pki::init(
+        &other_dir,
+        &["localhost".to_string()],
+        std::slice::from_ref(&name),
+    )
+    .unwrap();
     let foreign = config_with_cert(
         &ca,
         &other.partner_cert_path(&name),
         &other.partner_key_path(&name),
     );
-    assert!(tls_attempt(&addr, foreign).await.is_err(), "a foreign CA was accepted");
+    assert!(
+        tls_attempt(&addr, foreign).await.is_err(),
+        "a foreign CA was accepted"
+    );
 
     // An expired certificate.
     let day = Duration::from_secs(86_400);
@@ -122,12 +133,18 @@ async fn certificates_that_are_missing_foreign_expired_or_revoked_are_refused() 
         &fed.pki.partner_cert_path("expired-partner"),
         &fed.pki.partner_key_path("expired-partner"),
     );
-    assert!(tls_attempt(&addr, expired).await.is_err(), "an expired certificate was accepted");
+    assert!(
+        tls_attempt(&addr, expired).await.is_err(),
+        "an expired certificate was accepted"
+    );
 
     // Revoked while the coordinator runs: refused without a restart.
     fed.pki.revoke(&name).unwrap();
     let revoked = config_with_cert(&ca, &cert, &key);
-    assert!(tls_attempt(&addr, revoked).await.is_err(), "a revoked certificate was accepted");
+    assert!(
+        tls_attempt(&addr, revoked).await.is_err(),
+        "a revoked certificate was accepted"
+    );
 
     // Every refusal is logged with its reason.
     assert!(coordinator_log_shows(&fed, "revoked"), "{}", fed.logs());
@@ -149,19 +166,28 @@ async fn oversized_and_out_of_round_messages_are_refused_without_changing_state(
     .unwrap();
 
     // An update for a round that is not open: refused with a reason, session stays up.
-    let channel = tls.connect(&format!("https://{addr}"), "127.0.0.1").await.unwrap();
-    let mut client = FederationClient::new(channel).max_encoding_message_size(usize::MAX);
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(ClientMessage { kind: Some(Up::Hello(Hello { agent_version: "test".into() })) })
+    let channel = tls
+        .connect(&format!("https://{addr}"), "127.0.0.1")
         .await
         .unwrap();
+    let mut client = FederationClient::new(channel).max_encoding_message_size(usize::MAX);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(ClientMessage {
+        kind: Some(Up::Hello(Hello {
+            agent_version: "test".into(),
+        })),
+    })
+    .await
+    .unwrap();
     let mut inbound = client
         .session(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
         .unwrap()
         .into_inner();
     let welcome = inbound.message().await.unwrap().unwrap();
-    assert!(matches!(welcome.kind, Some(consortia_proto::server_message::Kind::Welcome(ref w)) if w.partner == name));
+    assert!(
+        matches!(welcome.kind, Some(consortia_proto::server_message::Kind::Welcome(ref w)) if w.partner == name)
+    );
     tx.send(ClientMessage {
         kind: Some(Up::Update(UpdateChunk {
             round: 99,

@@ -152,7 +152,11 @@ async fn run_session(
     loop {
         let msg = match inbound.message().await {
             Ok(Some(m)) => m,
-            Ok(None) => return Err(SessionEnd::Lost("the coordinator closed the session".into())),
+            Ok(None) => {
+                return Err(SessionEnd::Lost(
+                    "the coordinator closed the session".into(),
+                ));
+            }
             Err(s) => return Err(classify(state, &s)),
         };
         let Some(kind) = msg.kind else { continue };
@@ -204,18 +208,25 @@ async fn run_session(
                 });
             }
             Down::ModelChunk(chunk) => {
-                let Some(inc) = incoming.as_mut() else { continue };
+                let Some(inc) = incoming.as_mut() else {
+                    continue;
+                };
                 let n = inc.start.param_count as usize;
                 if chunk.round != inc.start.round
                     || chunk.index != inc.next
                     || chunk.values.len() != chunk_range(n, chunk.index).len()
                 {
-                    return Err(fatal(state, protocol("model chunk out of order or of the wrong size")));
+                    return Err(fatal(
+                        state,
+                        protocol("model chunk out of order or of the wrong size"),
+                    ));
                 }
                 inc.values.extend_from_slice(&chunk.values);
                 inc.next += 1;
                 if inc.next == inc.start.chunk_count {
-                    let Some(done) = incoming.take() else { continue };
+                    let Some(done) = incoming.take() else {
+                        continue;
+                    };
                     play_round(&tx, state, &partner, done).await?;
                 }
             }
@@ -254,7 +265,12 @@ fn classify(state: &mut AgentState, s: &tonic::Status) -> SessionEnd {
     }
 }
 
-fn welcome(cfg: &AgentConfig, state: &mut AgentState, partner: &str, task_toml: &str) -> Result<(), AgentError> {
+fn welcome(
+    cfg: &AgentConfig,
+    state: &mut AgentState,
+    partner: &str,
+    task_toml: &str,
+) -> Result<(), AgentError> {
     let task = TaskSpec::from_toml_str(task_toml).map_err(|e| AgentError::Task(e.to_string()))?;
     let same_task = state.task.as_ref().is_some_and(|t| t.name == task.name);
     if !same_task || state.data.is_none() {
@@ -342,7 +358,9 @@ async fn play_round(
         }),
     )
     .await?;
-    let Some(trained) = trained else { return Ok(()) };
+    let Some(trained) = trained else {
+        return Ok(());
+    };
     let (local, report) = match trained {
         Ok(x) => x,
         Err(e) => {

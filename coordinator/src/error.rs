@@ -6,7 +6,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinatorError {
     /// The state database could not be opened or written.
-    #[error("state database at {path}: {source} (is another coordinator using this state directory?)")]
+    #[error(
+        "state database at {path}: {source} (is another coordinator using this state directory?)"
+    )]
     Store {
         /// State directory.
         path: PathBuf,
@@ -14,7 +16,9 @@ pub enum CoordinatorError {
         source: sled::Error,
     },
     /// A stored record could not be read back.
-    #[error("state database is corrupt: {0}; restore the state directory from a backup or start a new one")]
+    #[error(
+        "state database is corrupt: {0}; restore the state directory from a backup or start a new one"
+    )]
     Corrupt(String),
     /// The state directory belongs to another task.
     #[error(

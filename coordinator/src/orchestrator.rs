@@ -7,9 +7,9 @@
 //! closes rounds.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use consortia_model::TaskSpec;
@@ -27,7 +27,7 @@ use tonic::Status;
 use crate::CoordinatorError;
 use crate::round::{Rejection, RoundCollector, RoundKind, RoundResult};
 use crate::session::{Outbound, SessionHandle, message};
-use crate::store::{MetricsRecord, RoundRecord, StoredStandardizer, Store};
+use crate::store::{MetricsRecord, RoundRecord, Store, StoredStandardizer};
 
 /// Checks a certificate serial number against the current revocation list.
 pub type RevocationCheck = Box<dyn Fn(&[u8]) -> bool + Send + Sync>;
@@ -289,8 +289,16 @@ fn now_ms() -> u64 {
 pub fn print_table_header() {
     println!(
         "{:>5}  {:>8}  {:>8}  {:>10}  {:>7}  {:>8}  {:>9}  {:>6}  {:>6}  {:>8}",
-        "round", "partners", "examples", "train-loss", "ROC-AUC", "accuracy", "precision", "recall",
-        "F1", "log-loss"
+        "round",
+        "partners",
+        "examples",
+        "train-loss",
+        "ROC-AUC",
+        "accuracy",
+        "precision",
+        "recall",
+        "F1",
+        "log-loss"
     );
 }
 
@@ -306,7 +314,15 @@ pub fn print_table_row(rec: Option<&RoundRecord>, model_round: u64, m: &Metrics)
     };
     println!(
         "{:>5}  {:>8}  {:>8}  {:>10}  {:>7.4}  {:>8.4}  {:>9.4}  {:>6.4}  {:>6.4}  {:>8.4}",
-        model_round, partners, examples, loss, m.roc_auc, m.accuracy, m.precision, m.recall, m.f1,
+        model_round,
+        partners,
+        examples,
+        loss,
+        m.roc_auc,
+        m.accuracy,
+        m.precision,
+        m.recall,
+        m.f1,
         m.log_loss
     );
 }
@@ -328,7 +344,10 @@ pub async fn run_task(hub: Arc<Hub>, store: Arc<Store>) -> Result<TaskSummary, C
     };
     let mut last = store.last_round()?;
     if last > 0 {
-        tracing::info!(last_completed = last, "resuming after the last completed round");
+        tracing::info!(
+            last_completed = last,
+            "resuming after the last completed round"
+        );
     }
     print_table_header();
     let mut attempt = 0u64;
@@ -348,7 +367,11 @@ pub async fn run_task(hub: Arc<Hub>, store: Arc<Store>) -> Result<TaskSummary, C
         if selected.len() < min {
             continue;
         }
-        let kind = if train { RoundKind::Train } else { RoundKind::Evaluate };
+        let kind = if train {
+            RoundKind::Train
+        } else {
+            RoundKind::Evaluate
+        };
         let mut result = collect_round(
             &hub,
             round,
@@ -482,7 +505,11 @@ async fn wait_for_partners(hub: &Hub, min: usize) {
             return;
         }
         if last_log.elapsed() >= Duration::from_secs(10) {
-            tracing::info!(connected = n, needed = min, "waiting for partners to connect");
+            tracing::info!(
+                connected = n,
+                needed = min,
+                "waiting for partners to connect"
+            );
             last_log = Instant::now();
         }
         hub.wait_change(Duration::from_secs(1)).await;
@@ -496,9 +523,8 @@ fn select(hub: &Hub, task: &TaskSpec, round: u64, attempt: u64, min: usize) -> B
         let k = ((connected.len() as f64 * f).ceil() as usize)
             .max(min)
             .min(connected.len());
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
-            task.seed ^ round.rotate_left(32) ^ attempt,
-        );
+        let mut rng =
+            rand_chacha::ChaCha8Rng::seed_from_u64(task.seed ^ round.rotate_left(32) ^ attempt);
         connected.shuffle(&mut rng);
         connected.truncate(k);
     }
@@ -522,7 +548,10 @@ async fn agree_standardization(hub: &Hub, min: usize, deadline: Duration) -> Sto
                 Outbound::Message(message(Kind::StatsRequest(StatsRequest { request_id }))),
             );
         }
-        tracing::info!(partners = expected.len(), "asking partners for feature statistics");
+        tracing::info!(
+            partners = expected.len(),
+            "asking partners for feature statistics"
+        );
         let until = Instant::now() + deadline;
         loop {
             let done = {
@@ -633,7 +662,8 @@ async fn collect_round(
     hub.closed_up_to.store(round, Ordering::Relaxed);
     match collector {
         Some(c) => c.finish(),
-        None => RoundCollector::new(round, model_round, kind, hub.param_count, selected, until)
-            .finish(),
+        None => {
+            RoundCollector::new(round, model_round, kind, hub.param_count, selected, until).finish()
+        }
     }
 }

@@ -18,7 +18,10 @@ use crate::{CoordinatorConfig, CoordinatorError};
 
 /// Loads the task: from the task file when given (it must match a stored
 /// one), otherwise from the state directory.
-fn load_task(cfg: &CoordinatorConfig, store: &Store) -> Result<(TaskSpec, String), CoordinatorError> {
+fn load_task(
+    cfg: &CoordinatorConfig,
+    store: &Store,
+) -> Result<(TaskSpec, String), CoordinatorError> {
     let stored = store.task_toml()?;
     let text = match (&cfg.task, &stored) {
         (Some(path), _) => std::fs::read_to_string(path).map_err(|e| CoordinatorError::Config {
@@ -105,8 +108,7 @@ pub async fn serve(
     #[cfg(unix)]
     {
         let tls = tls.clone();
-        if let Ok(mut hup) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         {
             tokio::spawn(async move {
                 while hup.recv().await.is_some() {

@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use consortia_model::metrics::EvalPartial;
 use consortia_proto::{
-    ClientMessage, Rejection as WireRejection, ServerMessage, UpdateChunk, Welcome,
-    chunk_count, chunk_range, client_message, federation_server::Federation,
-    server_message::Kind,
+    ClientMessage, Rejection as WireRejection, ServerMessage, UpdateChunk, Welcome, chunk_count,
+    chunk_range, client_message, federation_server::Federation, server_message::Kind,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;

@@ -72,7 +72,11 @@ pub async fn writer(
             Outbound::Round { start, model } => {
                 let round = start.round;
                 let n = model.len();
-                if out.send(Ok(message(Kind::RoundStart(start)))).await.is_err() {
+                if out
+                    .send(Ok(message(Kind::RoundStart(start))))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 for index in 0..chunk_count(n) {
@@ -82,7 +86,11 @@ pub async fn writer(
                         index,
                         values,
                     };
-                    if out.send(Ok(message(Kind::ModelChunk(chunk)))).await.is_err() {
+                    if out
+                        .send(Ok(message(Kind::ModelChunk(chunk))))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }

@@ -219,7 +219,9 @@ impl Store {
     /// Stores the federation's standardisation.
     pub fn put_standardizer(&self, s: &StoredStandardizer) -> Result<(), CoordinatorError> {
         let bytes = serde_json::to_vec(s).map_err(|e| corrupt("standardizer", e))?;
-        self.meta.insert("standardizer", bytes).map_err(self.err())?;
+        self.meta
+            .insert("standardizer", bytes)
+            .map_err(self.err())?;
         self.flush()
     }
 

@@ -4,7 +4,6 @@
 //! holds the multiparty additive homomorphic encryption on tfhe's
 //! `core_crypto`. Pure computation: no network, no storage, no crate of ours.
 
-#[cfg(feature = "dp-wip")]
 pub mod dp;
 #[cfg(feature = "he-wip")]
 pub mod he;

@@ -8,7 +8,6 @@
 //!
 //! Every row must agree within 0.5 % relative, and ours may never be lower than the reference by
 //! more than that (a lower ε would under-report the privacy loss).
-#![cfg(feature = "dp-wip")]
 
 use consortia_privacy::dp::{DpEvent, RdpAccountant};
 

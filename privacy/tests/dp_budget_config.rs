@@ -1,5 +1,4 @@
 //! `[privacy]` parsing, validation messages, per-partner budgets and the plan check.
-#![cfg(feature = "dp-wip")]
 
 use consortia_privacy::dp::{
     AccountantKind, Budget, DdgParams, DpError, DpEvent, NoisePlacement, PartnerBudget,

@@ -1,5 +1,4 @@
 //! Distributed discrete Gaussian: encode → modular sum → decode, rotation, wrap-around, ρ.
-#![cfg(feature = "dp-wip")]
 
 use consortia_privacy::dp::ddg::{
     DdgParams, add_mod, ddg_round_rho, decode, encode, inverse_rotate, rotate, unwrap_signed, wrap,

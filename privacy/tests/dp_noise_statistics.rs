@@ -1,5 +1,4 @@
 //! Statistical checks that the sampled noise has the configured standard deviation.
-#![cfg(feature = "dp-wip")]
 
 use consortia_privacy::dp::mechanism::{add_gaussian_noise, discrete_gaussian};
 

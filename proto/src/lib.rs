@@ -29,7 +29,9 @@ pub fn chunk_count(param_count: usize) -> u32 {
 
 /// Range of parameter indices carried by chunk `index`.
 pub fn chunk_range(param_count: usize, index: u32) -> std::ops::Range<usize> {
-    let start = (index as usize).saturating_mul(CHUNK_VALUES).min(param_count);
+    let start = (index as usize)
+        .saturating_mul(CHUNK_VALUES)
+        .min(param_count);
     let end = start.saturating_add(CHUNK_VALUES).min(param_count);
     start..end
 }
@@ -40,7 +42,14 @@ mod tests {
 
     #[test]
     fn chunks_cover_every_parameter_once() {
-        for n in [1usize, 2, CHUNK_VALUES - 1, CHUNK_VALUES, CHUNK_VALUES + 1, 1_000_000] {
+        for n in [
+            1usize,
+            2,
+            CHUNK_VALUES - 1,
+            CHUNK_VALUES,
+            CHUNK_VALUES + 1,
+            1_000_000,
+        ] {
             let count = chunk_count(n);
             let mut next = 0;
             for i in 0..count {

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use consortia_pki::Pki;
 
 pub const EXE: &str = env!("CARGO_BIN_EXE_consortia");
-pub const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/data/telco_churn_ibm.csv");
+pub const DATA: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/examples/data/telco_churn_ibm.csv"
+);
 pub const TASK: &str = include_str!("../../examples/telco_churn_task.toml");
 
 /// The demo task with a few fields changed.
@@ -49,7 +52,13 @@ impl Drop for Federation {
 fn partner_name(contract: &str) -> String {
     contract
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect()
 }
 
@@ -59,8 +68,9 @@ impl Federation {
         let dir = tempfile::tempdir().expect("temp dir");
         let data_dir = dir.path().join("data");
         std::fs::create_dir_all(&data_dir).unwrap();
-        let parts = consortia_model::data::partition_csv_by_column(Path::new(DATA), "contract", &data_dir)
-            .expect("split data");
+        let parts =
+            consortia_model::data::partition_csv_by_column(Path::new(DATA), "contract", &data_dir)
+                .expect("split data");
         let partners: Vec<(String, PathBuf)> = parts
             .into_iter()
             .map(|(v, p, _)| (partner_name(&v), p))
@@ -104,7 +114,10 @@ impl Federation {
         let addr_file = self.path("coordinator.addr");
         let _ = std::fs::remove_file(&addr_file);
         // Restarts reuse the first port so agents find the coordinator again.
-        let listen = self.addr.clone().unwrap_or_else(|| "127.0.0.1:0".to_string());
+        let listen = self
+            .addr
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1:0".to_string());
         let child = Command::new(EXE)
             .args(["coordinator", "--task"])
             .arg(self.path("task.toml"))
@@ -116,8 +129,12 @@ impl Federation {
             .arg("--addr-file")
             .arg(&addr_file)
             .env("RUST_LOG", "info")
-            .stdout(Stdio::from(std::fs::File::create(self.coordinator_out(run)).unwrap()))
-            .stderr(Stdio::from(std::fs::File::create(self.coordinator_log(run)).unwrap()))
+            .stdout(Stdio::from(
+                std::fs::File::create(self.coordinator_out(run)).unwrap(),
+            ))
+            .stderr(Stdio::from(
+                std::fs::File::create(self.coordinator_log(run)).unwrap(),
+            ))
             .spawn()
             .expect("start coordinator");
         self.coordinator = Some(child);
@@ -127,7 +144,12 @@ impl Federation {
                 .filter(|s| !s.trim().is_empty())
                 .map(|s| s.trim().to_string())
         })
-        .unwrap_or_else(|| panic!("coordinator did not listen: {}", self.read(&self.coordinator_log(run))));
+        .unwrap_or_else(|| {
+            panic!(
+                "coordinator did not listen: {}",
+                self.read(&self.coordinator_log(run))
+            )
+        });
         self.addr = Some(addr.clone());
         addr
     }
@@ -143,8 +165,12 @@ impl Federation {
             .arg("--pki")
             .arg(self.path("pki"))
             .args(["--name", &name])
-            .stdout(Stdio::from(std::fs::File::create(self.path(&format!("logs/{name}.out"))).unwrap()))
-            .stderr(Stdio::from(std::fs::File::create(self.path(&format!("logs/{name}.err"))).unwrap()))
+            .stdout(Stdio::from(
+                std::fs::File::create(self.path(&format!("logs/{name}.out"))).unwrap(),
+            ))
+            .stderr(Stdio::from(
+                std::fs::File::create(self.path(&format!("logs/{name}.err"))).unwrap(),
+            ))
             .spawn()
             .expect("start agent");
         self.agents.push((name.clone(), child));
@@ -169,7 +195,15 @@ impl Federation {
             files.sort();
             for f in files {
                 let text = self.read(&f);
-                let tail: String = text.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+                let tail: String = text
+                    .lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n");
                 out.push_str(&format!("===== {} =====\n{tail}\n", f.display()));
             }
         }
@@ -182,17 +216,28 @@ impl Federation {
         let status = wait_until(timeout, || c.try_wait().ok().flatten());
         match status {
             Some(s) => s,
-            None => panic!("coordinator did not finish within {timeout:?}\n{}", self.logs()),
+            None => panic!(
+                "coordinator did not finish within {timeout:?}\n{}",
+                self.logs()
+            ),
         }
     }
 
     /// Waits for an agent to exit.
     pub fn wait_agent(&mut self, name: &str, timeout: Duration) -> ExitStatus {
-        let c = &mut self.agents.iter_mut().find(|(n, _)| n == name).expect("agent").1;
+        let c = &mut self
+            .agents
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .expect("agent")
+            .1;
         let status = wait_until(timeout, || c.try_wait().ok().flatten());
         match status {
             Some(s) => s,
-            None => panic!("agent {name} did not finish within {timeout:?}\n{}", self.logs()),
+            None => panic!(
+                "agent {name} did not finish within {timeout:?}\n{}",
+                self.logs()
+            ),
         }
     }
 
