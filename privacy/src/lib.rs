@@ -5,5 +5,4 @@
 //! `core_crypto`. Pure computation: no network, no storage, no crate of ours.
 
 pub mod dp;
-#[cfg(feature = "he-wip")]
 pub mod he;

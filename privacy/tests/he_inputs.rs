@@ -1,5 +1,4 @@
 //! Rejection of rogue keys, malformed inputs and protocol misuse.
-#![cfg(feature = "he-wip")]
 
 use consortia_privacy::he::*;
 

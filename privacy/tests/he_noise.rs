@@ -1,7 +1,6 @@
 //! Empirical noise budget: sums of max-magnitude updates from every partner
 //! decode exactly at the documented plaintext bits, and the measured noise
 //! stays below the model.
-#![cfg(feature = "he-wip")]
 
 use consortia_privacy::he::*;
 

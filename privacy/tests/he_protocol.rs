@@ -1,6 +1,5 @@
 //! End-to-end multiparty protocol: collective key generation, encryption,
 //! aggregation, joint decryption.
-#![cfg(feature = "he-wip")]
 
 use consortia_privacy::he::*;
 use rand::Rng;
