@@ -284,7 +284,7 @@ fn coordinator_child(args: &[String]) {
         )
         .expect("addr file");
         let hub = Arc::new(Hub::new(task, text, params, revocation_check(&tls)));
-        serve(hub, store, tls, listener, std::future::pending())
+        serve(hub, store, None, tls, listener, std::future::pending())
             .await
             .expect("serve");
     });

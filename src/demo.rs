@@ -31,6 +31,9 @@ pub struct DemoArgs {
     /// The telco churn CSV to use.
     #[arg(long, default_value = BUNDLED_DATA)]
     data: PathBuf,
+    /// Task file to run instead of the bundled `examples/telco_churn_task.toml`.
+    #[arg(long)]
+    task: Option<PathBuf>,
     /// Number of rounds (overrides the task file).
     #[arg(long)]
     rounds: Option<u32>,
@@ -111,7 +114,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
     )?;
 
     // 3. Task and configuration files.
-    let mut task = TASK.to_string();
+    let mut task = match &args.task {
+        Some(p) => std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+        None => TASK.to_string(),
+    };
     if let Some(r) = args.rounds {
         let mut spec = consortia_model::TaskSpec::from_toml_str(&task)?;
         spec.rounds = r;
@@ -153,7 +159,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         std::fs::write(
             &cfg,
             format!(
-                "coordinator = \"https://{addr}\"\nserver_name = \"127.0.0.1\"\ndata = \"{}\"\n\n[tls]\nca_cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                "coordinator = \"https://{addr}\"\nserver_name = \"127.0.0.1\"\ndata = \"{}\"\nstate_dir = \"agent-{name}-state\"\n\n[tls]\nca_cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
                 data.display(),
                 pki.ca_cert_path().display(),
                 pki.partner_cert_path(name).display(),

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use consortia_client::AgentConfig;
-use consortia_client::config::AgentTls;
+use consortia_client::config::{AgentTls, OwnBudget};
 use consortia_coordinator::CoordinatorConfig;
 use consortia_coordinator::config::TlsFiles;
 use consortia_pki::Pki;
@@ -47,6 +47,15 @@ enum Command {
     /// Work with stored global models.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Plan a task's privacy: the ε its rounds reach, or the noise a target ε needs.
+    PrivacyPlan {
+        /// Task file with a [privacy] table.
+        #[arg(long)]
+        task: PathBuf,
+        /// Print the smallest noise multiplier that keeps the planned rounds within this ε.
+        #[arg(long)]
+        target_epsilon: Option<f64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -112,7 +121,7 @@ struct CoordinatorArgs {
 #[derive(Args)]
 struct AgentArgs {
     /// Configuration file (TOML). The flags below are an alternative for quick set-ups.
-    #[arg(long, conflicts_with_all = ["coordinator", "data", "pki", "name"])]
+    #[arg(long, conflicts_with_all = ["coordinator", "data", "pki", "name", "state"])]
     config: Option<PathBuf>,
     /// Coordinator URL, e.g. https://127.0.0.1:7443.
     #[arg(long)]
@@ -126,6 +135,15 @@ struct AgentArgs {
     /// Partner name (selects the certificate in --pki).
     #[arg(long)]
     name: Option<String>,
+    /// The agent's state directory (its own privacy ledger); default `consortia-agent-NAME`.
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// The partner's own ε budget for the task (with --budget-delta); default: the task's.
+    #[arg(long, requires = "budget_delta")]
+    budget_epsilon: Option<f64>,
+    /// The partner's own δ budget for the task.
+    #[arg(long, requires = "budget_epsilon")]
+    budget_delta: Option<f64>,
 }
 
 #[derive(Subcommand)]
@@ -167,6 +185,10 @@ fn main() -> Result<()> {
         Command::Model(ModelCommand::Export { state, round, out }) => {
             export_model(&state, round, &out)
         }
+        Command::PrivacyPlan {
+            task,
+            target_epsilon,
+        } => privacy_plan(&task, target_epsilon),
     }
 }
 
@@ -298,6 +320,14 @@ fn agent(args: AgentArgs) -> Result<()> {
                     key: pki.join("partners").join(format!("{name}.key")),
                 },
                 max_connect_attempts: None,
+                state_dir: args
+                    .state
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(format!("consortia-agent-{name}"))),
+                privacy: match (args.budget_epsilon, args.budget_delta) {
+                    (Some(epsilon), Some(delta)) => Some(OwnBudget { epsilon, delta }),
+                    _ => None,
+                },
             }
         }
     };
@@ -350,5 +380,53 @@ fn export_model(state: &std::path::Path, round: Option<u64>, out: &std::path::Pa
     std::fs::write(out, serde_json::to_string_pretty(&doc)?)
         .with_context(|| format!("cannot write {}", out.display()))?;
     println!("model of round {round} written to {}", out.display());
+    Ok(())
+}
+
+fn privacy_plan(task_path: &std::path::Path, target: Option<f64>) -> Result<()> {
+    use consortia_privacy::dp::{PrivacySpec, plan_epsilon_with};
+    let task = consortia_model::TaskSpec::load(task_path)?;
+    let table = task
+        .privacy
+        .clone()
+        .with_context(|| format!("{} has no [privacy] table", task_path.display()))?;
+    let mut spec: PrivacySpec = toml::Value::Table(table).try_into()?;
+    spec.validate()?;
+    let rounds = u64::from(task.rounds);
+    let eps = |spec: &PrivacySpec| -> Result<f64> {
+        let events = spec.round_events(1)?;
+        Ok(plan_epsilon_with(spec, &events, rounds)?)
+    };
+    println!(
+        "{} rounds at noise multiplier {}: ε {:.4} at δ {} (budget ε {})",
+        rounds,
+        spec.noise_multiplier,
+        eps(&spec)?,
+        spec.delta,
+        spec.epsilon
+    );
+    if let Some(target) = target {
+        // ε falls as the noise multiplier grows: bisect on it.
+        let (mut lo, mut hi) = (0.05f64, 1000.0f64);
+        spec.noise_multiplier = hi;
+        if eps(&spec)? > target {
+            bail!("even a noise multiplier of {hi} exceeds ε {target}");
+        }
+        for _ in 0..60 {
+            let mid = (lo * hi).sqrt();
+            spec.noise_multiplier = mid;
+            if eps(&spec)? > target {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        spec.noise_multiplier = hi;
+        println!(
+            "smallest noise multiplier for ε ≤ {target}: {:.4} (ε {:.4})",
+            hi,
+            eps(&spec)?
+        );
+    }
     Ok(())
 }

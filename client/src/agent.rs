@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
+use crate::accounting::{PartnerPrivacy, task_privacy};
 use crate::local::LocalData;
 use crate::{AgentConfig, AgentError};
 
@@ -114,6 +115,7 @@ pub async fn run(
 struct AgentState {
     task: Option<TaskSpec>,
     data: Option<LocalData>,
+    privacy: Option<PartnerPrivacy>,
     summary: AgentSummary,
     fatal: Option<AgentError>,
     connected_once_this_try: bool,
@@ -282,6 +284,20 @@ fn welcome(
             data.test_rows()
         );
         state.data = Some(data);
+        state.privacy = match task_privacy(&task)? {
+            Some(spec) => {
+                let p = PartnerPrivacy::open(cfg, spec, &task.name, partner)?;
+                println!(
+                    "differential privacy: {:?} unit, clip {}, noise multiplier {}; own ledger in {}",
+                    p.spec.unit,
+                    p.spec.clip_norm,
+                    p.spec.noise_multiplier,
+                    cfg.state_dir.display()
+                );
+                Some(p)
+            }
+            None => None,
+        };
     }
     state.task = Some(task);
     Ok(())
@@ -314,24 +330,47 @@ async fn play_round(
     };
     let mean = start.feature_mean.clone();
     let std = start.feature_std.clone();
-    let train = start.train;
+    let rows = data.train_rows();
+    // The partner's own budget decides, before any work on private rows.
+    let mut declined = None;
+    let mut private_spec = None;
+    if start.train {
+        if let Some(p) = state.privacy.as_mut() {
+            match p.admit(round, rows) {
+                Ok(eps) => {
+                    println!("round {round}: privacy spend recorded, ε after this round {eps:.3}");
+                    private_spec = Some(p.spec.clone());
+                }
+                Err(reason) => declined = Some(reason),
+            }
+        }
+    }
+    let train = start.train && declined.is_none();
     let rounds = task.rounds;
     let partner = partner.to_string();
-    // FedAvg weight: the number of training rows behind the update.
-    let rows = data.train_rows();
     // Evaluation and training are CPU work: keep them off the async threads.
     let work = tokio::task::spawn_blocking(move || {
         let mut data = data;
         let eval = data.evaluate(&model, &mean, &std);
         let trained = if train && eval.is_ok() {
             let mut local = model.clone();
-            let report = data.train(&mut local, &task, round, &mean, &std, |p| {
-                println!(
-                    "[{partner}] round {round}/{rounds}: epoch {}/{} on {rows} rows, loss {:.4}",
-                    p.epoch, p.epochs, p.mean_loss
-                );
-            });
-            Some(report.map(|r| (local, r)))
+            let report = match &private_spec {
+                Some(spec) => data
+                    .train_private(&mut local, &task, spec, round, &mean, &std)
+                    .map(|loss| {
+                        println!("[{partner}] round {round}/{rounds}: private training done, local loss {loss:.4} (not sent)");
+                        f64::NAN
+                    }),
+                None => data
+                    .train(&mut local, &task, round, &mean, &std, |p| {
+                        println!(
+                            "[{partner}] round {round}/{rounds}: epoch {}/{} on {rows} rows, loss {:.4}",
+                            p.epoch, p.epochs, p.mean_loss
+                        );
+                    })
+                    .map(|r| r.mean_loss),
+            };
+            Some(report.map(|loss| (local, loss)))
         } else {
             None
         };
@@ -361,7 +400,7 @@ async fn play_round(
     let Some(trained) = trained else {
         return Ok(());
     };
-    let (local, report) = match trained {
+    let (local, loss) = match trained {
         Ok(x) => x,
         Err(e) => {
             send(
@@ -369,6 +408,7 @@ async fn play_round(
                 Up::Decline(Decline {
                     round,
                     reason: format!("local training failed: {e}"),
+                    budget_exhausted: false,
                 }),
             )
             .await?;
@@ -388,15 +428,12 @@ async fn play_round(
                 chunk_count: chunks,
                 example_count: rows as u64,
                 values,
-                train_loss: report.mean_loss,
+                train_loss: loss,
             }),
         )
         .await?;
     }
     state.summary.rounds_trained += 1;
-    println!(
-        "round {round}: update sent ({rows} rows, loss {:.4})",
-        report.mean_loss
-    );
+    println!("round {round}: update sent ({rows} rows)");
     Ok(())
 }

@@ -5,6 +5,12 @@
 //! server_name = "fl.operator.example"   # must be in the coordinator certificate
 //! data = "/srv/consortia/customers.csv"
 //!
+//! state_dir = "/var/lib/consortia/agent"   # the partner's own privacy ledger
+//!
+//! [privacy]                  # the partner's own budget (optional)
+//! epsilon = 3.0
+//! delta = 1e-5
+//!
 //! [tls]
 //! ca_cert = "/etc/consortia/ca.pem"
 //! cert = "/etc/consortia/acme-bank.pem"
@@ -45,6 +51,28 @@ pub struct AgentConfig {
     /// Give up after this many failed connection attempts in a row (default: never).
     #[serde(default)]
     pub max_connect_attempts: Option<u32>,
+    /// Directory of the agent's own state: its privacy ledger (default `consortia-agent-state`).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// The partner's own privacy budget. The agent declines any round that
+    /// would exceed it, whatever the coordinator says. Without it the task's
+    /// budget is used.
+    #[serde(default)]
+    pub privacy: Option<OwnBudget>,
+}
+
+/// A partner's own (ε, δ) budget for a task.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnBudget {
+    /// ε over the whole task.
+    pub epsilon: f64,
+    /// δ of the budget.
+    pub delta: f64,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("consortia-agent-state")
 }
 
 impl AgentConfig {
@@ -61,6 +89,7 @@ impl AgentConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
             &mut cfg.data,
+            &mut cfg.state_dir,
             &mut cfg.tls.ca_cert,
             &mut cfg.tls.cert,
             &mut cfg.tls.key,
@@ -106,6 +135,8 @@ mod tests {
                 key: "c".into(),
             },
             max_connect_attempts: None,
+            state_dir: "s".into(),
+            privacy: None,
         };
         assert_eq!(cfg.server_name(), "fl.example.org");
     }

@@ -7,9 +7,11 @@
 //! coordinator goes away and reports what it is doing as it goes.
 //!
 //! * [`config`] — what the partner configures.
+//! * [`accounting`] — the partner's own privacy budget and ledger.
 //! * [`local`] — the partner's data: loading, hold-out split, standardisation, training.
 //! * [`agent`] — the session loop.
 
+pub mod accounting;
 pub mod agent;
 pub mod config;
 pub mod error;

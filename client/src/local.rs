@@ -145,3 +145,85 @@ impl LocalData {
             .map_err(|e| AgentError::Data(format!("local training failed: {e}")))
     }
 }
+
+impl LocalData {
+    /// Trains `model` in place under the task's differential privacy.
+    ///
+    /// * Record unit — DP-SGD (Abadi et al. 2016, "Deep Learning with
+    ///   Differential Privacy", Alg. 1) in federated form: each of
+    ///   `steps_per_round` steps Poisson-samples this partner's rows with rate
+    ///   q, clips every per-example gradient to C, adds N(0, z²C²) to the sum
+    ///   and divides by the expected batch q·n. Each step is one
+    ///   Poisson-sampled Gaussian event for the accountant.
+    /// * Partner unit — DP-FedAvg (McMahan et al. 2018, "Learning Differentially
+    ///   Private Recurrent Language Models", Alg. 1): ordinary local training,
+    ///   then the model delta is clipped to C and N(0, z²C²) is added.
+    ///
+    /// Returns a loss figure for the partner's own display only: it is computed
+    /// on private rows without noise, so it is never sent.
+    #[allow(clippy::too_many_arguments)]
+    pub fn train_private(
+        &mut self,
+        model: &mut LogisticModel,
+        task: &TaskSpec,
+        spec: &consortia_privacy::dp::PrivacySpec,
+        round: u64,
+        mean: &[f64],
+        std: &[f64],
+    ) -> Result<f64, AgentError> {
+        use consortia_privacy::dp::PrivacyUnit;
+        use consortia_privacy::dp::mechanism::{DpSgdStep, privatize_partner_update};
+        let dp_err = |e: consortia_privacy::dp::DpError| AgentError::Data(format!("private training: {e}"));
+        match spec.unit {
+            PrivacyUnit::Record => {
+                let labels = self.train.labels().clone();
+                let p = self.prepare(mean, std)?;
+                let x = &p.train_x;
+                let n = x.nrows();
+                let dim = model.param_count();
+                let f = dim - 1;
+                let step = DpSgdStep {
+                    clip_norm: spec.clip_norm,
+                    noise_multiplier: spec.noise_multiplier,
+                    sampling_rate: spec.sampling_rate.unwrap_or(1.0),
+                };
+                let lr = task.learning_rate;
+                let l2 = task.model.l2;
+                for _ in 0..spec.steps_per_round {
+                    let current = &*model;
+                    let g = step
+                        .noisy_gradient(n, dim, |i| {
+                            current
+                                .per_example_gradients(x.row(i), labels[i])
+                                .unwrap_or_else(|_| vec![0.0; dim])
+                        })
+                        .map_err(dp_err)?;
+                    for j in 0..f {
+                        let w = model.weights[j];
+                        model.weights[j] = w - lr * (g[j] + l2 * w);
+                    }
+                    model.bias -= lr * g[f];
+                }
+                model
+                    .log_loss(x, &labels)
+                    .map_err(|e| AgentError::Data(e.to_string()))
+            }
+            PrivacyUnit::Partner => {
+                let global = model.to_params();
+                let report = self.train(model, task, round, mean, std, |_| {})?;
+                let mut delta: Vec<f64> = model
+                    .to_params()
+                    .iter()
+                    .zip(&global)
+                    .map(|(a, b)| a - b)
+                    .collect();
+                privatize_partner_update(&mut delta, spec.clip_norm, spec.noise_multiplier)
+                    .map_err(dp_err)?;
+                let noised: Vec<f64> = global.iter().zip(&delta).map(|(g, d)| g + d).collect();
+                *model = LogisticModel::from_params(&noised, model.feature_count())
+                    .map_err(|e| AgentError::Data(e.to_string()))?;
+                Ok(report.mean_loss)
+            }
+        }
+    }
+}

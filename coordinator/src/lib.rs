@@ -7,12 +7,14 @@
 //!
 //! * [`config`] — what the operator configures: listen address, TLS files, state directory.
 //! * [`store`] — the durable state: task, standardisation, global models, metrics.
+//! * [`accounting`] — privacy budgets, refusals and the write-ahead ledger.
 //! * [`round`] — one round's collection and FedAvg aggregation.
 //! * [`session`] — one connected partner agent and its outbound stream.
 //! * [`service`] — the gRPC service that authenticates callers and routes their messages.
 //! * [`orchestrator`] — the round loop.
 //! * [`server`] — wiring: TLS listener, revocation reload, shutdown.
 
+pub mod accounting;
 pub mod config;
 pub mod error;
 pub mod orchestrator;

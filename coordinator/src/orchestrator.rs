@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 use tonic::Status;
 
 use crate::CoordinatorError;
+use crate::accounting::Accounting;
 use crate::round::{Rejection, RoundCollector, RoundKind, RoundResult};
 use crate::session::{Outbound, SessionHandle, message};
 use crate::store::{MetricsRecord, RoundRecord, Store, StoredStandardizer};
@@ -54,6 +55,8 @@ pub struct Hub {
     changed: Notify,
     next_session: AtomicU64,
     revoked: RevocationCheck,
+    rows: Mutex<BTreeMap<String, u64>>,
+    exhausted: Mutex<BTreeMap<String, String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -79,6 +82,8 @@ impl Hub {
             changed: Notify::new(),
             next_session: AtomicU64::new(1),
             revoked,
+            rows: Mutex::new(BTreeMap::new()),
+            exhausted: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -164,6 +169,7 @@ impl Hub {
         };
         if result.is_ok() {
             tracing::info!(partner, round, examples, "update received");
+            lock(&self.rows).insert(partner.to_string(), examples);
             self.changed.notify_one();
         }
         result
@@ -186,8 +192,18 @@ impl Hub {
         result
     }
 
-    /// Records that a partner declined a round.
-    pub fn decline(&self, partner: &str, round: u64, reason: String) -> Result<(), Rejection> {
+    /// Records that a partner declined a round; one whose own privacy budget
+    /// is exhausted is not selected again.
+    pub fn decline(
+        &self,
+        partner: &str,
+        round: u64,
+        reason: String,
+        budget_exhausted: bool,
+    ) -> Result<(), Rejection> {
+        if budget_exhausted {
+            lock(&self.exhausted).insert(partner.to_string(), reason.clone());
+        }
         let result = match lock(&self.round).as_mut() {
             Some(r) => r.decline(partner, round, reason),
             None => Err(self.closed_or_none(round)),
@@ -228,6 +244,7 @@ impl Hub {
                 "feature statistics must cover at least one row and be finite".into(),
             ));
         }
+        lock(&self.rows).insert(partner.to_string(), report.count);
         c.received.insert(
             partner.to_string(),
             FeatureStats {
@@ -308,7 +325,8 @@ pub fn print_table_row(rec: Option<&RoundRecord>, model_round: u64, m: &Metrics)
         Some(r) => (
             r.participants.len().to_string(),
             r.examples.to_string(),
-            format!("{:.4}", r.train_loss),
+            r.train_loss
+                .map_or_else(|| "-".to_string(), |l| format!("{l:.4}")),
         ),
         None => ("-".into(), "-".into(), "-".into()),
     };
@@ -328,7 +346,11 @@ pub fn print_table_row(rec: Option<&RoundRecord>, model_round: u64, m: &Metrics)
 }
 
 /// Runs the task to completion (or until the process is stopped).
-pub async fn run_task(hub: Arc<Hub>, store: Arc<Store>) -> Result<TaskSummary, CoordinatorError> {
+pub async fn run_task(
+    hub: Arc<Hub>,
+    store: Arc<Store>,
+    mut accounting: Option<Accounting>,
+) -> Result<TaskSummary, CoordinatorError> {
     let task = hub.task.clone();
     let total = u64::from(task.rounds);
     let min = task.min_partners as usize;
@@ -337,7 +359,12 @@ pub async fn run_task(hub: Arc<Hub>, store: Arc<Store>) -> Result<TaskSummary, C
     let standardizer = match store.standardizer()? {
         Some(s) => s,
         None => {
-            let s = agree_standardization(&hub, min, deadline).await;
+            let (s, smallest) = agree_standardization(&hub, min, deadline).await;
+            if let Some(acc) = &accounting {
+                acc.book.spec().validate_for_rows(smallest as usize).map_err(|e| {
+                    CoordinatorError::Stopped(format!("[privacy] does not suit the partners' data: {e}"))
+                })?;
+            }
             store.put_standardizer(&s)?;
             s
         }
@@ -363,7 +390,10 @@ pub async fn run_task(hub: Arc<Hub>, store: Arc<Store>) -> Result<TaskSummary, C
         hub.drop_revoked();
         let round = last + 1;
         attempt += 1;
-        let selected = select(&hub, &task, round, attempt, min);
+        let mut selected = select(&hub, &task, round, attempt, min);
+        if train {
+            leave_out_over_budget(&hub, &mut selected, accounting.as_mut(), min, round)?;
+        }
         if selected.len() < min {
             continue;
         }
@@ -397,13 +427,18 @@ pub async fn run_task(hub: Arc<Hub>, store: Arc<Store>) -> Result<TaskSummary, C
                 print_table_row(rec.as_ref(), last, &record.metrics);
             }
         }
+        // Write-ahead: the spend of every update received is durable before
+        // anything computed from it is released.
+        if let (Some(acc), false) = (accounting.as_mut(), result.contributions.is_empty()) {
+            acc.record_round(round, now_ms(), &result.contributions)?;
+        }
         let completed = match (kind, result.model.take()) {
             (RoundKind::Train, Some(new_model)) if result.contributors.len() >= min => {
                 let rec = RoundRecord {
                     round,
                     participants: result.contributors.clone(),
                     examples: result.examples,
-                    train_loss: result.train_loss,
+                    train_loss: result.train_loss.is_finite().then_some(result.train_loss),
                     completed_unix_ms: now_ms(),
                 };
                 store.commit_round(&rec, &new_model)?;
@@ -497,6 +532,44 @@ fn announce(hub: &Hub, s: &Summary) {
     }
 }
 
+/// Leaves out of a training round every partner whose budget the round would
+/// exceed (by the coordinator's book or by the partner's own word); stops the
+/// task when fewer than the minimum remain.
+fn leave_out_over_budget(
+    hub: &Hub,
+    selected: &mut BTreeSet<String>,
+    accounting: Option<&mut Accounting>,
+    min: usize,
+    round: u64,
+) -> Result<(), CoordinatorError> {
+    let mut reasons = Vec::new();
+    let declared = lock(&hub.exhausted).clone();
+    let rows = lock(&hub.rows).clone();
+    let mut accounting = accounting;
+    selected.retain(|p| {
+        if let Some(why) = declared.get(p) {
+            reasons.push(format!("{p} declined: {why}"));
+            return false;
+        }
+        if let Some(acc) = accounting.as_deref_mut() {
+            if let Err(why) = acc.admits(p, rows.get(p).copied().unwrap_or(1)) {
+                tracing::warn!(partner = %p, round, "left out of the round: {why}");
+                reasons.push(format!("{p}: {why}"));
+                return false;
+            }
+        }
+        true
+    });
+    if selected.len() < min && !reasons.is_empty() {
+        return Err(CoordinatorError::Stopped(format!(
+            "only {} partner(s) can still afford round {round} within their privacy budgets, fewer than min_partners = {min} ({})",
+            selected.len(),
+            reasons.join("; ")
+        )));
+    }
+    Ok(())
+}
+
 async fn wait_for_partners(hub: &Hub, min: usize) {
     let mut last_log = Instant::now() - Duration::from_secs(60);
     loop {
@@ -531,7 +604,13 @@ fn select(hub: &Hub, task: &TaskSpec, round: u64, attempt: u64, min: usize) -> B
     connected.into_iter().collect()
 }
 
-async fn agree_standardization(hub: &Hub, min: usize, deadline: Duration) -> StoredStandardizer {
+/// Agrees on the federation-wide standardisation; also returns the smallest
+/// partner's row count.
+async fn agree_standardization(
+    hub: &Hub,
+    min: usize,
+    deadline: Duration,
+) -> (StoredStandardizer, u64) {
     let mut request_id = 0u64;
     loop {
         wait_for_partners(hub, min).await;
@@ -598,10 +677,14 @@ async fn agree_standardization(hub: &Hub, min: usize, deadline: Duration) -> Sto
             rows = merged.count,
             "federation-wide standardisation agreed"
         );
-        return StoredStandardizer {
-            mean: st.mean().to_vec(),
-            std: st.std().to_vec(),
-        };
+        let smallest = c.received.values().map(|s| s.count).min().unwrap_or(0);
+        return (
+            StoredStandardizer {
+                mean: st.mean().to_vec(),
+                std: st.std().to_vec(),
+            },
+            smallest,
+        );
     }
 }
 

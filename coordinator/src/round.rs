@@ -106,6 +106,8 @@ pub struct RoundResult {
     pub kind: RoundKind,
     /// Partners whose updates were aggregated.
     pub contributors: Vec<String>,
+    /// Each contributor with its example count.
+    pub contributions: Vec<(String, u64)>,
     /// Total examples behind the aggregate.
     pub examples: u64,
     /// Example-weighted mean training loss.
@@ -137,6 +139,7 @@ pub struct RoundCollector {
     answers: BTreeMap<String, Answer>,
     sum: WeightedSum,
     loss_sum: f64,
+    loss_weight: f64,
     eval: Option<EvalPartial>,
     eval_partners: Vec<String>,
 }
@@ -161,6 +164,7 @@ impl RoundCollector {
             answers: BTreeMap::new(),
             sum: WeightedSum::new(param_count),
             loss_sum: 0.0,
+            loss_weight: 0.0,
             eval: None,
             eval_partners: Vec::new(),
         }
@@ -222,8 +226,10 @@ impl RoundCollector {
         self.sum
             .add_chunk(0, params, examples as f64)
             .map_err(|e| Rejection::Malformed(e.to_string()))?;
+        // Under differential privacy partners do not report a loss (NaN).
         if loss.is_finite() {
             self.loss_sum += loss * examples as f64;
+            self.loss_weight += examples as f64;
         }
         self.answers
             .insert(partner.to_string(), Answer::Update { examples, loss });
@@ -301,12 +307,14 @@ impl RoundCollector {
     /// Closes the round.
     pub fn finish(self) -> RoundResult {
         let mut contributors = Vec::new();
+        let mut contributions = Vec::new();
         let mut declined = Vec::new();
         let mut examples = 0u64;
         for (p, a) in &self.answers {
             match a {
                 Answer::Update { examples: n, .. } => {
                     contributors.push(p.clone());
+                    contributions.push((p.clone(), *n));
                     examples += n;
                 }
                 Answer::Declined(r) => declined.push((p.clone(), r.clone())),
@@ -319,8 +327,8 @@ impl RoundCollector {
             .filter(|p| !self.answers.contains_key(*p))
             .cloned()
             .collect();
-        let train_loss = if examples > 0 {
-            self.loss_sum / examples as f64
+        let train_loss = if self.loss_weight > 0.0 {
+            self.loss_sum / self.loss_weight
         } else {
             f64::NAN
         };
@@ -333,6 +341,7 @@ impl RoundCollector {
             round: self.round,
             kind: self.kind,
             contributors,
+            contributions,
             examples,
             train_loss,
             model,

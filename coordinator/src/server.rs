@@ -36,6 +36,14 @@ fn load_task(
         }
     };
     let task = TaskSpec::from_toml_str(&text).map_err(|e| CoordinatorError::Task(e.to_string()))?;
+    // Refuse a bad privacy plan before anything is stored.
+    crate::accounting::task_privacy(&task)?;
+    if task.secure_aggregation {
+        return Err(CoordinatorError::Task(
+            "secure_aggregation = true is not served by this coordinator yet: set it to false"
+                .into(),
+        ));
+    }
     if let Some(s) = &stored {
         if s.trim() != text.trim() {
             let stored_name = TaskSpec::from_toml_str(s)
@@ -71,6 +79,15 @@ pub async fn run(
         })
         .map_err(|e| CoordinatorError::Tls(e.to_string()))?,
     );
+    let accounting = match crate::accounting::task_privacy(&task)? {
+        Some(spec) => Some(crate::accounting::Accounting::open(
+            spec,
+            &task.name,
+            &cfg.state_dir,
+            &cfg.tls.key,
+        )?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
     let addr = listener.local_addr()?;
     if let Some(path) = &cfg.addr_file {
@@ -86,7 +103,7 @@ pub async fn run(
         param_count,
         revocation_check(&tls),
     ));
-    serve(hub, store, tls, listener, shutdown).await
+    serve(hub, store, accounting, tls, listener, shutdown).await
 }
 
 /// The revocation check the hub applies to live sessions.
@@ -100,6 +117,7 @@ pub fn revocation_check(tls: &Arc<ServerTls>) -> RevocationCheck {
 pub async fn serve(
     hub: Arc<Hub>,
     store: Arc<Store>,
+    accounting: Option<crate::accounting::Accounting>,
     tls: Arc<ServerTls>,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -136,7 +154,7 @@ pub async fn serve(
     let server = tokio::spawn(server);
 
     let outcome = tokio::select! {
-        r = run_task(hub.clone(), store.clone()) => Some(r),
+        r = run_task(hub.clone(), store.clone(), accounting) => Some(r),
         () = shutdown => None,
     };
     // Give partners a moment to receive the final messages.

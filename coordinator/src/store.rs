@@ -1,6 +1,6 @@
 //! Durable coordinator state in sled.
 //!
-//! Layout (one sled database per task):
+//! Layout (one sled database per task, in `<state_dir>/db`):
 //! * tree `meta`: `task` (the task file text), `standardizer` (JSON),
 //!   `last_round` (u64, big-endian): the last *completed* round.
 //! * tree `models`: round (u64 BE) → global model after that round (f64 LE);
@@ -29,8 +29,9 @@ pub struct RoundRecord {
     pub participants: Vec<String>,
     /// Training examples behind the aggregate.
     pub examples: u64,
-    /// Example-weighted mean training loss reported by the partners.
-    pub train_loss: f64,
+    /// Example-weighted mean training loss reported by the partners (none
+    /// under differential privacy, where partners do not report it).
+    pub train_loss: Option<f64>,
     /// Completion time, milliseconds since the Unix epoch.
     pub completed_unix_ms: u64,
 }
@@ -75,7 +76,7 @@ impl Store {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, CoordinatorError> {
         std::fs::create_dir_all(dir)?;
-        let db = sled::open(dir).map_err(CoordinatorError::store(dir))?;
+        let db = sled::open(dir.join("db")).map_err(CoordinatorError::store(dir))?;
         let tree = |name: &str| db.open_tree(name).map_err(CoordinatorError::store(dir));
         Ok(Store {
             meta: tree("meta")?,
@@ -272,7 +273,7 @@ mod tests {
                 round: 1,
                 participants: vec!["a".into()],
                 examples: 10,
-                train_loss: 0.5,
+                train_loss: Some(0.5),
                 completed_unix_ms: 1,
             };
             s.commit_round(&rec, &[1.5, -2.0]).unwrap();

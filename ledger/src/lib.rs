@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod audit;
+pub mod book;
 pub mod entry;
 mod error;
 pub mod keys;

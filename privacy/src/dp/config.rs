@@ -63,6 +63,11 @@ pub struct PrivacySpec {
     /// Quantile-based adaptive clipping, when present.
     #[serde(default)]
     pub adaptive_clipping: Option<AdaptiveClipping>,
+    /// Per-partner ε budgets that replace `epsilon` for the named partners
+    /// (`[privacy.partner_epsilon]`, partner name → ε). A partner whose budget
+    /// runs out is left out of later rounds.
+    #[serde(default)]
+    pub partner_epsilon: std::collections::BTreeMap<String, f64>,
 }
 
 /// Quantile-based adaptive clipping (Andrew, Thakkar, McMahan, Ramaswamy 2021, "Differentially
@@ -125,10 +130,21 @@ impl PrivacySpec {
         }
     }
 
+    /// The (ε, δ) budget of `partner`: its entry in `partner_epsilon`, else the task's.
+    pub fn budget_for(&self, partner: &str) -> Budget {
+        Budget {
+            epsilon: self.partner_epsilon.get(partner).copied().unwrap_or(self.epsilon),
+            delta: self.delta,
+        }
+    }
+
     /// Checks every figure: ε > 0, δ ∈ (0, 1), C > 0, z > 0, q ∈ (0, 1] for the record unit
     /// (and absent for the partner unit), steps ≥ 1, adaptive clipping parameters.
     pub fn validate(&self) -> Result<(), DpError> {
         self.budget().validate()?;
+        for partner in self.partner_epsilon.keys() {
+            self.budget_for(partner).validate()?;
+        }
         check_clip(self.clip_norm)?;
         check_noise_multiplier(self.noise_multiplier)?;
         match (self.unit, self.sampling_rate) {
