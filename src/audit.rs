@@ -220,7 +220,13 @@ fn compare(
     let mine = read_ledger(partner_ledger)?;
     let theirs = read_ledger(coordinator_ledger)?;
     for (whose, path, entries, cert, flag) in [
-        ("partner's", partner_ledger, &mine, partner_cert, "--partner-cert"),
+        (
+            "partner's",
+            partner_ledger,
+            &mine,
+            partner_cert,
+            "--partner-cert",
+        ),
         (
             "coordinator's",
             coordinator_ledger,

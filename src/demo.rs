@@ -115,7 +115,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
 
     // 3. Task and configuration files.
     let mut task = match &args.task {
-        Some(p) => std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?
+        }
         None => TASK.to_string(),
     };
     if let Some(r) = args.rounds {

@@ -79,11 +79,10 @@ impl PartnerPrivacy {
             }
         };
         if let Some(b) = own {
-            b.validate()
-                .map_err(|e| AgentError::Config {
-                    path: "[privacy]".into(),
-                    message: e.to_string(),
-                })?;
+            b.validate().map_err(|e| AgentError::Config {
+                path: "[privacy]".into(),
+                message: e.to_string(),
+            })?;
         }
         let entries = ledger.entries().map_err(ledger_err)?;
         let book = PrivacyBook::new(spec.clone(), task, own, &entries)

@@ -397,6 +397,19 @@ async fn play_round(
         }),
     )
     .await?;
+    if let Some(reason) = declined {
+        println!("round {round}: declined: {reason}");
+        send(
+            tx,
+            Up::Decline(Decline {
+                round,
+                reason,
+                budget_exhausted: true,
+            }),
+        )
+        .await?;
+        return Ok(());
+    }
     let Some(trained) = trained else {
         return Ok(());
     };

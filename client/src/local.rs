@@ -173,7 +173,8 @@ impl LocalData {
     ) -> Result<f64, AgentError> {
         use consortia_privacy::dp::PrivacyUnit;
         use consortia_privacy::dp::mechanism::{DpSgdStep, privatize_partner_update};
-        let dp_err = |e: consortia_privacy::dp::DpError| AgentError::Data(format!("private training: {e}"));
+        let dp_err =
+            |e: consortia_privacy::dp::DpError| AgentError::Data(format!("private training: {e}"));
         match spec.unit {
             PrivacyUnit::Record => {
                 let labels = self.train.labels().clone();

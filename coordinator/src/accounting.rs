@@ -21,7 +21,8 @@ pub fn task_privacy(task: &TaskSpec) -> Result<Option<PrivacySpec>, CoordinatorE
     let Some(table) = &task.privacy else {
         return Ok(None);
     };
-    let spec = parse_privacy(table).map_err(|e| CoordinatorError::Task(format!("[privacy]: {e}")))?;
+    let spec =
+        parse_privacy(table).map_err(|e| CoordinatorError::Task(format!("[privacy]: {e}")))?;
     let bad = |m: String| CoordinatorError::Task(format!("[privacy]: {m}"));
     spec.validate().map_err(|e| bad(e.to_string()))?;
     if spec.placement == NoisePlacement::Distributed {
@@ -113,7 +114,9 @@ impl Accounting {
         let err = |e: consortia_ledger::LedgerError| {
             CoordinatorError::Task(format!("privacy ledger: {e}"))
         };
-        self.ledger.append(record.clone(), &self.signer).map_err(err)?;
+        self.ledger
+            .append(record.clone(), &self.signer)
+            .map_err(err)?;
         self.ledger.export_json(&self.export).map_err(err)?;
         for (p, eps) in &record.epsilon_cumulative {
             tracing::info!(partner = %p, round, epsilon = eps, budget = record.budget_epsilon.get(p).copied().unwrap_or(f64::NAN), "privacy spend recorded");

@@ -361,9 +361,14 @@ pub async fn run_task(
         None => {
             let (s, smallest) = agree_standardization(&hub, min, deadline).await;
             if let Some(acc) = &accounting {
-                acc.book.spec().validate_for_rows(smallest as usize).map_err(|e| {
-                    CoordinatorError::Stopped(format!("[privacy] does not suit the partners' data: {e}"))
-                })?;
+                acc.book
+                    .spec()
+                    .validate_for_rows(smallest as usize)
+                    .map_err(|e| {
+                        CoordinatorError::Stopped(format!(
+                            "[privacy] does not suit the partners' data: {e}"
+                        ))
+                    })?;
             }
             store.put_standardizer(&s)?;
             s

@@ -67,6 +67,8 @@ pub struct Store {
 }
 
 const LAST_ROUND: &[u8] = b"last_round";
+/// sled page cache of the coordinator's database.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> CoordinatorError {
     CoordinatorError::Corrupt(format!("{what}: {e}"))
@@ -76,7 +78,13 @@ impl Store {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, CoordinatorError> {
         std::fs::create_dir_all(dir)?;
-        let db = sled::open(dir.join("db")).map_err(CoordinatorError::store(dir))?;
+        // A small page cache: old rounds' models are read rarely (export), and
+        // sled's 1 GiB default would keep every committed model resident.
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .map_err(CoordinatorError::store(dir))?;
         let tree = |name: &str| db.open_tree(name).map_err(CoordinatorError::store(dir));
         Ok(Store {
             meta: tree("meta")?,

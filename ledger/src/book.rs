@@ -192,7 +192,9 @@ impl PrivacyBook {
             record.dataset_sizes.insert(p.clone(), *rows);
             // ε is not additive under RDP composition: the round's figure is the
             // increase of the cumulative ε at the budget's δ.
-            record.epsilon_round.insert(p.clone(), (after - before).max(0.0));
+            record
+                .epsilon_round
+                .insert(p.clone(), (after - before).max(0.0));
             record.epsilon_cumulative.insert(p.clone(), after);
             record.budget_epsilon.insert(p.clone(), budget);
         }

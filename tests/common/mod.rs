@@ -156,6 +156,16 @@ impl Federation {
 
     /// Starts the agent of partner `i` with its own data file (or `data`).
     pub fn start_agent(&mut self, i: usize, data: Option<&Path>) -> String {
+        self.start_agent_with(i, data, &[])
+    }
+
+    /// The agent's state directory (its own privacy ledger).
+    pub fn agent_state(&self, name: &str) -> PathBuf {
+        self.path(&format!("agent-{name}"))
+    }
+
+    /// Starts the agent of partner `i` with extra command-line arguments.
+    pub fn start_agent_with(&mut self, i: usize, data: Option<&Path>, extra: &[&str]) -> String {
         let (name, own) = self.partners[i].clone();
         let addr = self.addr.clone().expect("coordinator started");
         let child = Command::new(EXE)
@@ -165,6 +175,9 @@ impl Federation {
             .arg("--pki")
             .arg(self.path("pki"))
             .args(["--name", &name])
+            .arg("--state")
+            .arg(self.agent_state(&name))
+            .args(extra)
             .stdout(Stdio::from(
                 std::fs::File::create(self.path(&format!("logs/{name}.out"))).unwrap(),
             ))

@@ -133,7 +133,11 @@ impl PrivacySpec {
     /// The (ε, δ) budget of `partner`: its entry in `partner_epsilon`, else the task's.
     pub fn budget_for(&self, partner: &str) -> Budget {
         Budget {
-            epsilon: self.partner_epsilon.get(partner).copied().unwrap_or(self.epsilon),
+            epsilon: self
+                .partner_epsilon
+                .get(partner)
+                .copied()
+                .unwrap_or(self.epsilon),
             delta: self.delta,
         }
     }

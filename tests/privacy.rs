@@ -1,0 +1,125 @@
+//! Differential privacy in a running federation: plans refused at task
+//! creation, budgets enforced by the coordinator and by each partner, and
+//! signed ledgers that verify and reconcile.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Federation, TASK};
+use consortia_ledger::Verifier;
+use consortia_ledger::audit::{compare, verify};
+
+const LONG: Duration = Duration::from_secs(240);
+
+/// The bundled task with a `[privacy]` table appended.
+fn dp_task(rounds: u32, min_partners: u32, noise: f64, extra: &str) -> String {
+    let mut spec = consortia_model::TaskSpec::from_toml_str(TASK).unwrap();
+    spec.rounds = rounds;
+    spec.min_partners = min_partners;
+    spec.round_deadline_secs = 120;
+    format!(
+        "{}\n[privacy]\nunit = \"record\"\nepsilon = 8.0\ndelta = 1e-5\nclip_norm = 1.0\nnoise_multiplier = {noise}\nsampling_rate = 0.02\nsteps_per_round = 50\n{extra}",
+        spec.to_toml_string().unwrap()
+    )
+}
+
+#[test]
+fn a_task_with_too_little_noise_for_its_rounds_is_refused_at_creation() {
+    let mut fed = Federation::new(&dp_task(20, 3, 0.5, ""));
+    let child = std::process::Command::new(common::EXE)
+        .args(["coordinator", "--task"])
+        .arg(fed.path("task.toml"))
+        .arg("--state")
+        .arg(fed.path("state"))
+        .arg("--pki")
+        .arg(fed.path("pki"))
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!child.status.success());
+    let err = String::from_utf8_lossy(&child.stderr);
+    assert!(err.contains("planned 20 rounds would spend"), "{err}");
+    assert!(err.contains("budget is epsilon = 8"), "{err}");
+    // Nothing was stored: the same state directory takes a corrected task.
+    std::fs::write(fed.path("task.toml"), dp_task(3, 3, 1.0, "")).unwrap();
+    fed.start_coordinator();
+    fed.start_all_agents();
+    let status = fed.wait_coordinator(LONG);
+    assert!(status.success(), "{}", fed.logs());
+}
+
+#[test]
+fn budgets_are_enforced_by_the_coordinator_and_by_each_partner_and_ledgers_agree() {
+    // one-year gets a small budget from the task (the coordinator leaves it out
+    // once a round would exceed it); two-year sets a small budget of its own
+    // (its agent declines). With min_partners = 2 the task then stops.
+    let task = dp_task(
+        20,
+        2,
+        0.768,
+        "\n[privacy.partner_epsilon]\none-year = 5.0\n",
+    );
+    let mut fed = Federation::new(&task);
+    fed.start_coordinator();
+    let names: Vec<String> = fed.partners.iter().map(|(n, _)| n.clone()).collect();
+    assert_eq!(names, ["month-to-month", "one-year", "two-year"]);
+    fed.start_agent(0, None);
+    fed.start_agent(1, None);
+    fed.start_agent_with(
+        2,
+        None,
+        &["--budget-epsilon", "4.0", "--budget-delta", "1e-5"],
+    );
+    let status = fed.wait_coordinator(LONG);
+    assert!(
+        !status.success(),
+        "the task should have stopped\n{}",
+        fed.logs()
+    );
+    let log = fed.read(&fed.coordinator_log(1));
+    assert!(log.contains("can still afford round"), "{log}");
+    assert!(log.contains("one-year"), "{log}");
+    assert!(log.contains("two-year declined"), "{log}");
+    let out = fed.read(&fed.path("logs/two-year.out"));
+    assert!(out.contains("declined: our privacy budget"), "{out}");
+    for name in &names {
+        fed.kill_agent(name);
+    }
+
+    // The coordinator's ledger verifies against its certificate and never
+    // shows a partner past its budget.
+    let coordinator = Verifier::from_cert_pem_file(fed.pki.coordinator_cert_path()).unwrap();
+    let entries = consortia_ledger::load_entries(fed.path("state/privacy-ledger.json")).unwrap();
+    assert!(!entries.is_empty());
+    let report = verify(&entries, &coordinator);
+    assert!(report.is_valid(), "{report:?}");
+    let mut one_year_rounds = 0;
+    for e in &entries {
+        if let Some(eps) = e.record.epsilon_cumulative.get("one-year") {
+            one_year_rounds += 1;
+            assert!(
+                *eps <= 5.0,
+                "one-year spent ε {eps} > 5 in round {}",
+                e.record.round
+            );
+        }
+    }
+    assert!(one_year_rounds >= 1);
+
+    // two-year's own ledger, signed with its own key, stays within its own budget.
+    let own = consortia_ledger::load_entries(fed.agent_state("two-year").join("ledger")).unwrap();
+    let two_year = Verifier::from_cert_pem_file(fed.pki.partner_cert_path("two-year")).unwrap();
+    assert!(verify(&own, &two_year).is_valid());
+    assert!(!own.is_empty());
+    for e in &own {
+        assert!(e.record.epsilon_cumulative["two-year"] <= 4.0);
+    }
+
+    // month-to-month's own ledger reconciles with the coordinator's.
+    let m2m =
+        consortia_ledger::load_entries(fed.agent_state("month-to-month").join("ledger")).unwrap();
+    assert!(!m2m.is_empty());
+    let disagreements = compare("month-to-month", &m2m, &entries);
+    assert!(disagreements.is_empty(), "{disagreements:?}");
+}
