@@ -90,7 +90,7 @@ fn main() {
 fn run(partners: usize, params: usize, rounds: u32) -> (f64, f64, f64, f64) {
     let dir = tempfile::tempdir().expect("temp dir");
     let names: Vec<String> = (0..partners).map(|i| format!("bench-{i}")).collect();
-    let pki = Pki::init(&dir.path().join("pki"), &["127.0.0.1".to_string()], &names).expect("pki");
+    let pki = Pki::init(dir.path().join("pki"), &["127.0.0.1".to_string()], &names).expect("pki");
     let addr_file = dir.path().join("addr");
     let child = Command::new(std::env::current_exe().expect("exe"))
         .arg("--coordinator-child")
@@ -104,10 +104,10 @@ fn run(partners: usize, params: usize, rounds: u32) -> (f64, f64, f64, f64) {
         .expect("coordinator child");
     let until = Instant::now() + Duration::from_secs(60);
     let addr = loop {
-        if let Ok(a) = std::fs::read_to_string(&addr_file) {
-            if !a.is_empty() {
-                break a;
-            }
+        if let Ok(a) = std::fs::read_to_string(&addr_file)
+            && !a.is_empty()
+        {
+            break a;
         }
         assert!(Instant::now() < until, "coordinator did not start");
         std::thread::sleep(Duration::from_millis(20));

@@ -131,9 +131,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let coord_cfg = work.join("coordinator.toml");
     std::fs::write(
         &coord_cfg,
-        format!(
-            "listen = \"127.0.0.1:0\"\nstate_dir = \"state\"\ntask = \"task.toml\"\naddr_file = \"coordinator.addr\"\n\n[tls]\nca_cert = \"pki/ca.pem\"\ncert = \"pki/coordinator.pem\"\nkey = \"pki/coordinator.key\"\ncrl = \"pki/crl.pem\"\n"
-        ),
+        "listen = \"127.0.0.1:0\"\nstate_dir = \"state\"\ntask = \"task.toml\"\naddr_file = \"coordinator.addr\"\n\n[tls]\nca_cert = \"pki/ca.pem\"\ncert = \"pki/coordinator.pem\"\nkey = \"pki/coordinator.key\"\ncrl = \"pki/crl.pem\"\n",
     )?;
     let logs = work.join("logs");
     std::fs::create_dir_all(&logs)?;
@@ -186,10 +184,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
             break s;
         }
         for (name, c) in procs.0.iter_mut().skip(1) {
-            if let Some(s) = c.try_wait()? {
-                if !s.success() {
-                    bail!("{name} failed ({s}); see {}", logs.display());
-                }
+            if let Some(s) = c.try_wait()?
+                && !s.success()
+            {
+                bail!("{name} failed ({s}); see {}", logs.display());
             }
         }
         if Instant::now() > deadline {
@@ -243,10 +241,10 @@ fn log_file(dir: &Path, name: &str) -> Result<Stdio> {
 fn wait_for_file(path: &Path, timeout: Duration) -> Result<String> {
     let until = Instant::now() + timeout;
     while Instant::now() < until {
-        if let Ok(s) = std::fs::read_to_string(path) {
-            if !s.trim().is_empty() {
-                return Ok(s.trim().to_string());
-            }
+        if let Ok(s) = std::fs::read_to_string(path)
+            && !s.trim().is_empty()
+        {
+            return Ok(s.trim().to_string());
         }
         std::thread::sleep(Duration::from_millis(50));
     }

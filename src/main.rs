@@ -4,6 +4,7 @@
 //! both get their certificates from `consortia pki`, and `consortia demo`
 //! runs a whole federation on loopback with bundled data.
 
+mod audit;
 mod demo;
 
 use std::path::PathBuf;
@@ -47,6 +48,9 @@ enum Command {
     /// Work with stored global models.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Verify, report and reconcile privacy ledgers.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Plan a task's privacy: the ε its rounds reach, or the noise a target ε needs.
     PrivacyPlan {
         /// Task file with a [privacy] table.
@@ -185,6 +189,7 @@ fn main() -> Result<()> {
         Command::Model(ModelCommand::Export { state, round, out }) => {
             export_model(&state, round, &out)
         }
+        Command::Audit(cmd) => audit::run(cmd),
         Command::PrivacyPlan {
             task,
             target_epsilon,
@@ -246,7 +251,7 @@ fn pki(cmd: PkiCommand) -> Result<()> {
         }
         PkiCommand::List { dir } => {
             let pki = Pki::open(&dir)?;
-            println!("{:<24} {:<12} {:<12} {}", "name", "role", "state", "serial");
+            println!("{:<24} {:<12} {:<12} serial", "name", "role", "state");
             for c in pki.list() {
                 let state = if c.is_revoked() { "revoked" } else { "active" };
                 println!(

@@ -334,15 +334,13 @@ async fn play_round(
     // The partner's own budget decides, before any work on private rows.
     let mut declined = None;
     let mut private_spec = None;
-    if start.train {
-        if let Some(p) = state.privacy.as_mut() {
-            match p.admit(round, rows) {
-                Ok(eps) => {
-                    println!("round {round}: privacy spend recorded, ε after this round {eps:.3}");
-                    private_spec = Some(p.spec.clone());
-                }
-                Err(reason) => declined = Some(reason),
+    if let (true, Some(p)) = (start.train, state.privacy.as_mut()) {
+        match p.admit(round, rows) {
+            Ok(eps) => {
+                println!("round {round}: privacy spend recorded, ε after this round {eps:.3}");
+                private_spec = Some(p.spec.clone());
             }
+            Err(reason) => declined = Some(reason),
         }
     }
     let train = start.train && declined.is_none();

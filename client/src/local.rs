@@ -199,9 +199,8 @@ impl LocalData {
                                 .unwrap_or_else(|_| vec![0.0; dim])
                         })
                         .map_err(dp_err)?;
-                    for j in 0..f {
-                        let w = model.weights[j];
-                        model.weights[j] = w - lr * (g[j] + l2 * w);
+                    for (w, gj) in model.weights.iter_mut().zip(&g[..f]) {
+                        *w -= lr * (gj + l2 * *w);
                     }
                     model.bias -= lr * g[f];
                 }

@@ -556,12 +556,12 @@ fn leave_out_over_budget(
             reasons.push(format!("{p} declined: {why}"));
             return false;
         }
-        if let Some(acc) = accounting.as_deref_mut() {
-            if let Err(why) = acc.admits(p, rows.get(p).copied().unwrap_or(1)) {
-                tracing::warn!(partner = %p, round, "left out of the round: {why}");
-                reasons.push(format!("{p}: {why}"));
-                return false;
-            }
+        if let Some(acc) = accounting.as_deref_mut()
+            && let Err(why) = acc.admits(p, rows.get(p).copied().unwrap_or(1))
+        {
+            tracing::warn!(partner = %p, round, "left out of the round: {why}");
+            reasons.push(format!("{p}: {why}"));
+            return false;
         }
         true
     });
@@ -732,10 +732,8 @@ async fn collect_round(
                 model: model.clone(),
             },
         );
-        if !sent {
-            if let Some(r) = lock(&hub.round).as_mut() {
-                r.drop_partner(p);
-            }
+        if !sent && let Some(r) = lock(&hub.round).as_mut() {
+            r.drop_partner(p);
         }
     }
     loop {

@@ -254,7 +254,7 @@ fn encode_f64(values: &[f64]) -> Vec<u8> {
 }
 
 fn decode_f64(bytes: &[u8]) -> Result<Vec<f64>, CoordinatorError> {
-    if bytes.len() % 8 != 0 {
+    if !bytes.len().is_multiple_of(8) {
         return Err(corrupt("model", "length is not a multiple of 8"));
     }
     Ok(bytes

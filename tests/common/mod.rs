@@ -77,7 +77,7 @@ impl Federation {
             .collect();
         let names: Vec<String> = partners.iter().map(|(n, _)| n.clone()).collect();
         let pki = Pki::init(
-            &dir.path().join("pki"),
+            dir.path().join("pki"),
             &["localhost".to_string(), "127.0.0.1".to_string()],
             &names,
         )
