@@ -3,13 +3,16 @@
 //! Layout (one sled database per task, in `<state_dir>/db`):
 //! * tree `meta`: `task` (the task file text), `standardizer` (JSON),
 //!   `last_round` (u64, big-endian): the last *completed* round.
-//! * tree `models`: round (u64 BE) → global model after that round (f64 LE);
-//!   round 0 is the initial model.
+//! * directory `models/`: one file per round, `round-<N>.f64`, the global
+//!   model after that round (f64 little-endian); round 0 is the initial model.
+//!   Models live outside sled so that its page cache does not keep every
+//!   round's model resident.
 //! * tree `rounds`: round → [`RoundRecord`] (JSON).
 //! * tree `metrics`: model round → [`MetricsRecord`] (JSON).
 //!
-//! A round is committed in one sled transaction (model, record, counter) and
-//! flushed before the next round starts, so after a crash the coordinator
+//! A round is committed by writing its model file (synced, then renamed into
+//! place) and then one sled transaction (record, counter), flushed before the
+//! next round starts, so after a crash the coordinator
 //! resumes from the last completed round and never applies a round twice.
 
 use std::path::{Path, PathBuf};
@@ -61,7 +64,7 @@ pub struct Store {
     path: PathBuf,
     db: sled::Db,
     meta: sled::Tree,
-    models: sled::Tree,
+    models: PathBuf,
     rounds: sled::Tree,
     metrics: sled::Tree,
 }
@@ -78,8 +81,7 @@ impl Store {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, CoordinatorError> {
         std::fs::create_dir_all(dir)?;
-        // A small page cache: old rounds' models are read rarely (export), and
-        // sled's 1 GiB default would keep every committed model resident.
+        // Only small records live in sled; a small page cache is plenty.
         let db = sled::Config::new()
             .path(dir.join("db"))
             .cache_capacity(CACHE_BYTES)
@@ -88,7 +90,11 @@ impl Store {
         let tree = |name: &str| db.open_tree(name).map_err(CoordinatorError::store(dir));
         Ok(Store {
             meta: tree("meta")?,
-            models: tree("models")?,
+            models: {
+                let m = dir.join("models");
+                std::fs::create_dir_all(&m)?;
+                m
+            },
             rounds: tree("rounds")?,
             metrics: tree("metrics")?,
             path: dir.to_path_buf(),
@@ -112,9 +118,7 @@ impl Store {
 
     /// Starts a task: stores its text and the initial model (round 0).
     pub fn init_task(&self, task_toml: &str, initial: &[f64]) -> Result<(), CoordinatorError> {
-        self.models
-            .insert(0u64.to_be_bytes(), encode_f64(initial))
-            .map_err(self.err())?;
+        self.write_model(0, initial)?;
         self.meta
             .insert(LAST_ROUND, &0u64.to_be_bytes())
             .map_err(self.err())?;
@@ -132,11 +136,33 @@ impl Store {
         }
     }
 
+    fn model_path(&self, round: u64) -> PathBuf {
+        self.models.join(format!("round-{round:08}.f64"))
+    }
+
+    /// Writes a model file durably: temporary file, fsync, rename, fsync of the directory.
+    fn write_model(&self, round: u64, model: &[f64]) -> Result<(), CoordinatorError> {
+        use std::io::Write;
+        let path = self.model_path(round);
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&encode_f64(model))?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&self.models)?.sync_all()?;
+        Ok(())
+    }
+
     /// The global model after `round`.
     pub fn model(&self, round: u64) -> Result<Option<Vec<f64>>, CoordinatorError> {
-        match self.models.get(round.to_be_bytes()).map_err(self.err())? {
-            None => Ok(None),
-            Some(v) => decode_f64(&v).map(Some),
+        if round > self.last_round()? {
+            return Ok(None);
+        }
+        match std::fs::read(self.model_path(round)) {
+            Ok(bytes) => decode_f64(&bytes).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -147,11 +173,12 @@ impl Store {
         model: &[f64],
     ) -> Result<(), CoordinatorError> {
         let key = record.round.to_be_bytes();
-        let model_bytes = encode_f64(model);
+        // The model file first: a crash before the transaction leaves a file
+        // for a round that is not committed, overwritten when it is redone.
+        self.write_model(record.round, model)?;
         let record_bytes = serde_json::to_vec(record).map_err(|e| corrupt("round record", e))?;
-        (&self.meta, &self.models, &self.rounds)
-            .transaction(|(meta, models, rounds)| {
-                models.insert(&key, model_bytes.as_slice())?;
+        (&self.meta, &self.rounds)
+            .transaction(|(meta, rounds)| {
                 rounds.insert(&key, record_bytes.as_slice())?;
                 meta.insert(LAST_ROUND, &key)?;
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
