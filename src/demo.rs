@@ -53,19 +53,6 @@ impl Drop for Procs {
     }
 }
 
-fn partner_name(contract: &str) -> String {
-    contract
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect()
-}
-
 /// Runs the demo.
 pub fn run(args: DemoArgs) -> Result<()> {
     let _keep;
@@ -99,7 +86,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         .with_context(|| format!("splitting {}", args.data.display()))?;
     let mut partners = Vec::new();
     for (value, path, rows) in &parts {
-        let name = partner_name(value);
+        let name = consortia_model::data::partner_name(value);
         println!("  partner {name:<16} {rows:>5} rows  ({})", path.display());
         partners.push((name, path.clone()));
     }

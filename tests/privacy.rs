@@ -27,16 +27,7 @@ fn dp_task(rounds: u32, min_partners: u32, noise: f64, extra: &str) -> String {
 #[test]
 fn a_task_with_too_little_noise_for_its_rounds_is_refused_at_creation() {
     let mut fed = Federation::new(&dp_task(20, 3, 0.5, ""));
-    let child = std::process::Command::new(common::EXE)
-        .args(["coordinator", "--task"])
-        .arg(fed.path("task.toml"))
-        .arg("--state")
-        .arg(fed.path("state"))
-        .arg("--pki")
-        .arg(fed.path("pki"))
-        .args(["--listen", "127.0.0.1:0"])
-        .output()
-        .unwrap();
+    let child = fed.coordinator_command("127.0.0.1:0").output().unwrap();
     assert!(!child.status.success());
     let err = String::from_utf8_lossy(&child.stderr);
     assert!(err.contains("planned 20 rounds would spend"), "{err}");

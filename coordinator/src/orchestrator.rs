@@ -428,7 +428,7 @@ pub async fn run_task(
             };
             store.put_metrics(&record)?;
             if last > 0 {
-                let rec = store.rounds()?.into_iter().find(|r| r.round == last);
+                let rec = store.round(last)?;
                 print_table_row(rec.as_ref(), last, &record.metrics);
             }
         }

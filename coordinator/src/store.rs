@@ -195,6 +195,16 @@ impl Store {
         self.flush()
     }
 
+    /// The record of one completed round.
+    pub fn round(&self, round: u64) -> Result<Option<RoundRecord>, CoordinatorError> {
+        match self.rounds.get(round.to_be_bytes()).map_err(self.err())? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| corrupt("round record", e)),
+        }
+    }
+
     /// Every completed round, in order.
     pub fn rounds(&self) -> Result<Vec<RoundRecord>, CoordinatorError> {
         self.rounds

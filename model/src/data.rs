@@ -476,6 +476,21 @@ fn read_table(text: &str, file: &str) -> Result<(Vec<String>, Vec<csv::Record>),
     Ok((header, rows))
 }
 
+/// A partner name (`[a-z0-9-]`, as `consortia pki` accepts) for the partner
+/// holding the rows with `value`, e.g. `"Month-to-month"` → `"month-to-month"`.
+pub fn partner_name(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
 /// Writes one CSV file into `out_dir` (created if needed) for each distinct
 /// (trimmed) value of `column` in `input_path`, each with the input's header and
 /// its rows in input order. Files are named after the value: lower-cased, every run

@@ -49,19 +49,6 @@ impl Drop for Federation {
     }
 }
 
-fn partner_name(contract: &str) -> String {
-    contract
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect()
-}
-
 impl Federation {
     /// PKI and partner data (the telco rows split by contract), nothing running.
     pub fn new(task_toml: &str) -> Self {
@@ -73,7 +60,7 @@ impl Federation {
                 .expect("split data");
         let partners: Vec<(String, PathBuf)> = parts
             .into_iter()
-            .map(|(v, p, _)| (partner_name(&v), p))
+            .map(|(v, p, _)| (consortia_model::data::partner_name(&v), p))
             .collect();
         let names: Vec<String> = partners.iter().map(|(n, _)| n.clone()).collect();
         let pki = Pki::init(
@@ -107,6 +94,19 @@ impl Federation {
         self.path(&format!("logs/coordinator-{run}.out"))
     }
 
+    /// The coordinator command line for this federation's task, state and PKI.
+    pub fn coordinator_command(&self, listen: &str) -> Command {
+        let mut cmd = Command::new(EXE);
+        cmd.args(["coordinator", "--task"])
+            .arg(self.path("task.toml"))
+            .arg("--state")
+            .arg(self.path("state"))
+            .arg("--pki")
+            .arg(self.path("pki"))
+            .args(["--listen", listen]);
+        cmd
+    }
+
     /// Starts (or restarts) the coordinator and waits until it listens.
     pub fn start_coordinator(&mut self) -> String {
         self.coordinator_runs += 1;
@@ -118,14 +118,8 @@ impl Federation {
             .addr
             .clone()
             .unwrap_or_else(|| "127.0.0.1:0".to_string());
-        let child = Command::new(EXE)
-            .args(["coordinator", "--task"])
-            .arg(self.path("task.toml"))
-            .arg("--state")
-            .arg(self.path("state"))
-            .arg("--pki")
-            .arg(self.path("pki"))
-            .args(["--listen", &listen])
+        let child = self
+            .coordinator_command(&listen)
             .arg("--addr-file")
             .arg(&addr_file)
             .env("RUST_LOG", "info")
