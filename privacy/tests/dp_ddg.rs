@@ -1,7 +1,8 @@
 //! Distributed discrete Gaussian: encode → modular sum → decode, rotation, wrap-around, ρ.
 
 use consortia_privacy::dp::ddg::{
-    DdgParams, add_mod, ddg_round_rho, decode, encode, inverse_rotate, rotate, unwrap_signed, wrap,
+    DdgParams, add_mod, ddg_round_rho, decode, encode, encode_sum, inverse_rotate, rotate,
+    unwrap_signed, wrap,
 };
 
 #[test]
@@ -128,4 +129,38 @@ fn encode_rejects_bad_input() {
     assert!(DdgParams::new(4, 1.0, 0.01, 1.0, 1.0, 3, 20).is_err());
     assert!(DdgParams::new(4, 1.0, 0.01, 0.5, 1.0, 0, 20).is_err());
     assert!(DdgParams::new(4, 1.0, 1e-9, 0.5, 1.0, 3, 20).is_err());
+}
+
+/// The record unit's encoding keeps a partner's sum of clipped rows whole (its norm is many
+/// times C) and refuses conditional rounding. Three partners, d = 41 (d' = 64), sums of norm
+/// ≈ 50 with C = 1, γ = 2^-16, local σ = z·2^16/√3 with z = 0.01: the decoded total differs
+/// from the true total by noise of real std ≈ 0.01 per coordinate (plus rounding of 2^-16),
+/// so ‖error‖ ≈ 0.01·√41 ≈ 0.064; the test allows 0.2 (a χ²(64) tail beyond 9.7× its mean,
+/// probability < 1e-30), while a clip to C would be off by about 100.
+#[test]
+fn encode_sum_keeps_a_partner_sum_whole() {
+    let spec_gamma = 1.0 / 65536.0;
+    let sigma = 0.01 * 65536.0 / 3f64.sqrt();
+    let p = DdgParams::new(41, 1.0, spec_gamma, 0.0, sigma, 3, 40).unwrap();
+    let seed = [9u8; 32];
+    let mut total = vec![0.0; 41];
+    let mut acc = vec![0u64; 64];
+    for k in 0..3 {
+        let sum: Vec<f64> = (0..41)
+            .map(|i| ((i * 7 + k * 13) as f64 * 0.61).sin() * 8.0)
+            .collect();
+        total.iter_mut().zip(&sum).for_each(|(t, s)| *t += s);
+        let enc = encode_sum(&p, &sum, &seed).unwrap();
+        add_mod(&mut acc, &enc, 40).unwrap();
+    }
+    let got = decode(&p, &acc, &seed).unwrap();
+    let err: f64 = got
+        .iter()
+        .zip(&total)
+        .map(|(a, b)| (a - b) * (a - b))
+        .sum::<f64>()
+        .sqrt();
+    assert!(err < 0.2, "decoded total off by {err}");
+    let with_beta = DdgParams::new(41, 1.0, spec_gamma, 0.5, sigma, 3, 40).unwrap();
+    assert!(encode_sum(&with_beta, &total, &seed).is_err());
 }

@@ -68,7 +68,28 @@ pub struct PrivacySpec {
     /// runs out is left out of later rounds.
     #[serde(default)]
     pub partner_epsilon: std::collections::BTreeMap<String, f64>,
+    /// Distributed placement: the update length and `n_min` the round's DDG
+    /// parameters are derived from (set with
+    /// [`with_distributed_shape`](Self::with_distributed_shape); not in the task file).
+    #[serde(skip)]
+    pub distributed_shape: Option<DistributedShape>,
 }
+
+/// What distributed rounds are calibrated on, besides the `[privacy]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DistributedShape {
+    /// Length of the vector each partner encodes (model parameters).
+    pub dim: usize,
+    /// Least number of partners whose noise shares are in every decrypted sum
+    /// (the task's `min_partners`).
+    pub n_min: usize,
+}
+
+/// Integer steps per clip norm in distributed rounds: γ = C / 2^16, so one
+/// row's (or one partner's) clipped contribution spans 65,536 integer units
+/// and the rounding error (at most √d' units, KLS21 Thm 1 Eq. 2 with β = 0) is
+/// negligible next to it.
+pub const DDG_SCALE_BITS: u32 = 16;
 
 /// Quantile-based adaptive clipping (Andrew, Thakkar, McMahan, Ramaswamy 2021, "Differentially
 /// Private Learning with Adaptive Clipping", Alg. 1 and §3): each unit reports the bit
@@ -152,6 +173,15 @@ impl PrivacySpec {
         check_clip(self.clip_norm)?;
         check_noise_multiplier(self.noise_multiplier)?;
         match (self.unit, self.sampling_rate) {
+            (PrivacyUnit::Record, None | Some(1.0))
+                if self.placement == NoisePlacement::Distributed => {}
+            (PrivacyUnit::Record, Some(_)) if self.placement == NoisePlacement::Distributed => {
+                return Err(DpError::Unsupported(
+                    "placement = \"distributed\" with unit = \"record\" takes one full-batch step per \
+                     round over every row (no amplification by sampling is claimed for the discrete \
+                     Gaussian sum): remove `sampling_rate`",
+                ));
+            }
             (PrivacyUnit::Record, None) => {
                 return Err(DpError::InvalidParameter {
                     name: "sampling_rate",
@@ -177,10 +207,13 @@ impl PrivacySpec {
                 hint: "set `steps_per_round` to at least 1",
             });
         }
-        if self.unit == PrivacyUnit::Record && self.placement == NoisePlacement::Distributed {
+        if self.placement == NoisePlacement::Distributed
+            && self.unit == PrivacyUnit::Record
+            && self.steps_per_round != 1
+        {
             return Err(DpError::Unsupported(
-                "unit = \"record\" with placement = \"distributed\" is not supported; \
-                 use placement = \"local\" or unit = \"partner\"",
+                "placement = \"distributed\" adds one noise share per round: set steps_per_round = 1 \
+                 (or remove it)",
             ));
         }
         if let Some(ac) = &self.adaptive_clipping {
@@ -209,10 +242,12 @@ impl PrivacySpec {
     pub fn round_events(&self, partner_rows: usize) -> Result<Vec<(DpEvent, u64)>, DpError> {
         self.validate_for_rows(partner_rows)?;
         if self.placement == NoisePlacement::Distributed {
-            return Err(DpError::Unsupported(
-                "placement = \"distributed\" is charged per round from its DDG parameters \
-                 (round_events_distributed)",
-            ));
+            let shape = self.distributed_shape.ok_or(DpError::Unsupported(
+                "placement = \"distributed\" is charged from its DDG parameters: give the spec the \
+                 update length and n_min first (with_distributed_shape)",
+            ))?;
+            let params = self.ddg_params(shape.dim, shape.n_min, 62)?;
+            return self.round_events_distributed(&params);
         }
         let mut events = Vec::with_capacity(2);
         match self.unit {
@@ -250,14 +285,38 @@ impl PrivacySpec {
     /// What one distributed-discrete-Gaussian round costs a partner (partner unit):
     /// `Zcdp { ρ = ddg_round_rho(params) }`, plus the adaptive-clipping count query when
     /// configured (charged as a Gaussian with `count_noise_multiplier`).
+    /// The same spec, calibrated for distributed rounds on `dim`-long updates
+    /// with at least `n_min` partners in every sum.
+    pub fn with_distributed_shape(mut self, dim: usize, n_min: usize) -> Self {
+        self.distributed_shape = Some(DistributedShape { dim, n_min });
+        self
+    }
+
+    /// DDG parameters of a distributed round (KLS21 Alg. 1 with β = 0, i.e.
+    /// unconditional randomised rounding): γ = C/2^[`DDG_SCALE_BITS`], each
+    /// partner's integer σ = z·2^16/√n_min so that a sum over n ≥ n_min
+    /// partners carries noise of real std ≥ z·C, reduced modulo 2^`bits`.
+    ///
+    /// Sensitivity (both units): neighbouring inputs differ by one clipped
+    /// vector of norm ≤ C (a row's gradient or a partner's delta). Coupling
+    /// the two roundings on the same uniforms moves each coordinate by less
+    /// than one more unit, so the rounded vectors differ by at most
+    /// `C/γ + √d'` — KLS21 Thm 1 Eq. 2's bound for β = 0 ([`DdgParams::norm_bound`]).
+    pub fn ddg_params(&self, dim: usize, n_min: usize, bits: u32) -> Result<DdgParams, DpError> {
+        let scale = f64::from(1u32 << DDG_SCALE_BITS);
+        let gamma = self.clip_norm / scale;
+        let local_sigma = self.noise_multiplier * scale / (n_min.max(1) as f64).sqrt();
+        DdgParams::new(dim, self.clip_norm, gamma, 0.0, local_sigma, n_min, bits)
+    }
+
     pub fn round_events_distributed(
         &self,
         params: &DdgParams,
     ) -> Result<Vec<(DpEvent, u64)>, DpError> {
         self.validate()?;
-        if self.placement != NoisePlacement::Distributed || self.unit != PrivacyUnit::Partner {
+        if self.placement != NoisePlacement::Distributed {
             return Err(DpError::Unsupported(
-                "DDG rounds need unit = \"partner\" and placement = \"distributed\"",
+                "DDG rounds need placement = \"distributed\"",
             ));
         }
         let mut events = vec![(params.round_event(), 1)];

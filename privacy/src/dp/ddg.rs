@@ -420,6 +420,30 @@ fn conditional_round(x: &[f64], bound: f64) -> Result<Vec<i64>, DpError> {
 /// by 1/γ, conditionally round, add `N_Z(0, σ²)` per coordinate (OpenDP
 /// `sample_discrete_gaussian`, CKS20 Alg. 3), reduce modulo 2^bits. Returns d' residues.
 pub fn encode(params: &DdgParams, update: &[f64], seed: &[u8; 32]) -> Result<Vec<u64>, DpError> {
+    encode_with(params, update, seed, true)
+}
+
+/// Client side for the record unit: `sum` is a partner's sum of per-row clipped gradients
+/// (norm up to rows·C), so it is not clipped again and is rounded unconditionally; needs
+/// β = 0, under which the rounded vectors of neighbouring sums differ by at most `C/γ + √d'`
+/// ([`DdgParams::norm_bound`]). Otherwise as [`encode`].
+pub fn encode_sum(params: &DdgParams, sum: &[f64], seed: &[u8; 32]) -> Result<Vec<u64>, DpError> {
+    if params.beta != 0.0 {
+        return Err(DpError::InvalidParameter {
+            name: "beta",
+            value: params.beta.to_string(),
+            hint: "a sum of clipped rows is rounded unconditionally: use beta = 0",
+        });
+    }
+    encode_with(params, sum, seed, false)
+}
+
+fn encode_with(
+    params: &DdgParams,
+    update: &[f64],
+    seed: &[u8; 32],
+    clip: bool,
+) -> Result<Vec<u64>, DpError> {
     if update.len() != params.dim {
         return Err(DpError::LengthMismatch {
             expected: params.dim,
@@ -433,11 +457,18 @@ pub fn encode(params: &DdgParams, update: &[f64], seed: &[u8; 32]) -> Result<Vec
         });
     }
     let mut clipped = update.to_vec();
-    clip_l2(&mut clipped, params.clip);
+    if clip {
+        clip_l2(&mut clipped, params.clip);
+    }
     let mut rotated = rotate(&clipped, params.padded_dim, seed)?;
     let inv_gamma = 1.0 / params.gamma;
     rotated.iter_mut().for_each(|v| *v *= inv_gamma);
-    let rounded = conditional_round(&rotated, params.norm_bound())?;
+    let bound = if clip {
+        params.norm_bound()
+    } else {
+        f64::INFINITY
+    };
+    let rounded = conditional_round(&rotated, bound)?;
     let sigma = RBig::try_from(params.local_sigma).map_err(|_| DpError::InvalidParameter {
         name: "local sigma",
         value: params.local_sigma.to_string(),

@@ -27,7 +27,7 @@ pub use accountant::{
     epsilon_after, zcdp_delta, zcdp_epsilon,
 };
 pub use budget::{Budget, PartnerBudget, check_plan, plan_epsilon, plan_epsilon_with};
-pub use config::{AdaptiveClipping, PrivacySpec};
+pub use config::{AdaptiveClipping, DDG_SCALE_BITS, DistributedShape, PrivacySpec};
 pub use ddg::{DdgParams, ddg_round_rho};
 pub use error::DpError;
 pub use mechanism::{NoisePlacement, PrivacyUnit, clip_and_sum, clip_l2};

@@ -151,6 +151,13 @@ impl Shape {
         self.params.delta_log(self.parties)
     }
 
+    /// Checks one chunk's wire bytes against this shape (header, key, index,
+    /// polynomial count, exact length) without keeping them: what a receiver
+    /// does before storing a chunk it will add later.
+    pub fn check_chunk_bytes(&self, index: u32, bytes: &[u8]) -> Result<(), HeError> {
+        self.check_chunk(index, bytes).map(|_| ())
+    }
+
     /// Checks a chunk's header against this shape; returns its payload.
     pub(crate) fn check_chunk<'a>(&self, index: u32, bytes: &'a [u8]) -> Result<&'a [u8], HeError> {
         if index >= self.chunks() {
