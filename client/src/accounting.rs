@@ -35,10 +35,17 @@ pub fn task_privacy(task: &TaskSpec) -> Result<Option<PrivacySpec>, AgentError> 
     spec.validate()
         .map_err(|e| AgentError::Task(format!("[privacy]: {e}")))?;
     if spec.placement == NoisePlacement::Distributed {
-        return Err(AgentError::Task(
-            "[privacy] placement = \"distributed\" needs encrypted aggregation, which this agent does not run yet"
-                .into(),
-        ));
+        if !task.secure_aggregation {
+            return Err(AgentError::Task(
+                "[privacy] placement = \"distributed\" is only private with secure_aggregation = true \
+                 (each partner adds only a share of the noise): this agent will not send such updates in the clear"
+                    .into(),
+            ));
+        }
+        return Ok(Some(spec.with_distributed_shape(
+            task.schema.param_count(),
+            task.min_partners as usize,
+        )));
     }
     Ok(Some(spec))
 }

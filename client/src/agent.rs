@@ -12,8 +12,12 @@ use consortia_model::TaskSpec;
 use consortia_model::logistic::LogisticModel;
 use consortia_pki::{ClientTls, ClientTlsFiles};
 use consortia_proto::federation_client::FederationClient;
+use consortia_privacy::dp::{NoisePlacement, PrivacySpec, PrivacyUnit};
+use consortia_privacy::he::{CollectivePublicKey, Encryptor};
+use consortia_privacy::update::UpdateEncoding;
 use consortia_proto::{
-    ClientMessage, Decline, EvalReport, Hello, MAX_MESSAGE_BYTES, RoundStart, StatsReport,
+    ClientMessage, Decline, DecryptionSharePiece, EncryptedChunk, EvalReport, Hello, KeyCommit,
+    KeyShare as KeyShareMsg, MAX_MESSAGE_BYTES, RoundStart, SHARE_PIECE_BYTES, StatsReport,
     UpdateChunk, chunk_count, chunk_range, client_message::Kind as Up,
     server_message::Kind as Down,
 };
@@ -22,6 +26,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
 use crate::accounting::{PartnerPrivacy, task_privacy};
+use crate::keys::{DecryptJob, KeyHolder};
 use crate::local::LocalData;
 use crate::{AgentConfig, AgentError};
 
@@ -116,6 +121,7 @@ struct AgentState {
     task: Option<TaskSpec>,
     data: Option<LocalData>,
     privacy: Option<PartnerPrivacy>,
+    keys: Option<KeyHolder>,
     summary: AgentSummary,
     fatal: Option<AgentError>,
     connected_once_this_try: bool,
@@ -150,6 +156,7 @@ async fn run_session(
     let mut inbound = response.into_inner();
     state.connected_once_this_try = true;
     let mut incoming: Option<Incoming> = None;
+    let mut decrypting: Option<DecryptJob> = None;
     let mut partner = String::new();
     loop {
         let msg = match inbound.message().await {
@@ -239,12 +246,166 @@ async fn run_session(
                     println!("round {} did not complete: {}", o.round, o.detail);
                 }
             }
+            Down::Keygen(req) => {
+                let keys = key_holder(state, &partner)?;
+                match keys.keygen(&req) {
+                    Ok(commitment) => {
+                        println!(
+                            "key generation: drew secret key share {} of {} (stored 0600 in {})",
+                            req.party + 1,
+                            req.parties,
+                            cfg.state_dir.join("keys").display()
+                        );
+                        send(
+                            &tx,
+                            Up::KeyCommit(KeyCommit {
+                                session_id: req.session_id,
+                                commitment: commitment.to_vec(),
+                            }),
+                        )
+                        .await?;
+                    }
+                    Err(e) => eprintln!("key generation refused: {e}"),
+                }
+            }
+            Down::KeyReveal(r) => {
+                let keys = key_holder(state, &partner)?;
+                match keys.reveal(&r.session_id) {
+                    Ok(public_share) => {
+                        send(
+                            &tx,
+                            Up::KeyShare(KeyShareMsg {
+                                session_id: r.session_id,
+                                public_share,
+                            }),
+                        )
+                        .await?;
+                    }
+                    Err(e) => eprintln!("{e}"),
+                }
+            }
+            Down::CollectiveKey(k) => {
+                let keys = key_holder(state, &partner)?;
+                match keys.install(&k) {
+                    Ok(fed) => println!(
+                        "federation key installed: {} key holders ({}); this partner {}",
+                        fed.committee.len(),
+                        fed.committee.join(", "),
+                        if fed.is_key_holder() {
+                            "holds a share of the decryption key"
+                        } else {
+                            "is not a key holder"
+                        }
+                    ),
+                    Err(e) => return Err(fatal(state, e)),
+                }
+            }
+            Down::Decrypt(req) => {
+                let (Some(task), Some(keys)) = (state.task.as_ref(), state.keys.as_ref()) else {
+                    return Err(fatal(state, protocol("decryption asked before Welcome")));
+                };
+                let values = secure_values(task, state.privacy.as_ref().map(|p| &p.spec));
+                decrypting = None;
+                match keys.begin_decrypt(&req, task.min_partners, values as u64) {
+                    Ok(job) => {
+                        println!(
+                            "round {}: summing {} contributors' ciphertexts before decrypting",
+                            req.round,
+                            req.contributors.len()
+                        );
+                        decrypting = Some(job);
+                    }
+                    Err(e) => refuse_decryption(&tx, req.round, &e).await?,
+                }
+            }
+            Down::Ciphertext(c) => {
+                let Some(job) = decrypting.as_mut() else {
+                    continue;
+                };
+                if let Err(e) = job.add(&c) {
+                    decrypting = None;
+                    refuse_decryption(&tx, c.round, &e).await?;
+                    continue;
+                }
+                if job.complete() {
+                    let job = decrypting.take().expect("job present");
+                    let round = job.round();
+                    let Some(keys) = state.keys.as_ref() else {
+                        continue;
+                    };
+                    match keys.finish_decrypt(job) {
+                        Ok(share) => {
+                            send_share(&tx, round, &share).await?;
+                            println!("round {round}: partial decryption sent");
+                        }
+                        Err(e) => refuse_decryption(&tx, round, &e).await?,
+                    }
+                }
+            }
             Down::Finished(f) => return Ok(f.detail),
             Down::Rejection(r) => {
                 eprintln!("the coordinator refused a message: {}", r.reason);
             }
         }
     }
+}
+
+fn key_holder<'a>(
+    state: &'a mut AgentState,
+    partner: &str,
+) -> Result<&'a mut KeyHolder, SessionEnd> {
+    if state.keys.is_none() {
+        return Err(fatal(state, protocol(&format!("key generation asked of `{partner}` before Welcome"))));
+    }
+    Ok(state.keys.as_mut().expect("checked"))
+}
+
+/// Values a partner encrypts per update in this task: the DDG vector
+/// (padded to a power of two) or the weighted deltas and the row count.
+pub fn secure_values(task: &TaskSpec, spec: Option<&PrivacySpec>) -> usize {
+    let dim = task.schema.param_count();
+    match spec {
+        Some(s) if s.placement == NoisePlacement::Distributed => dim.next_power_of_two(),
+        _ => dim + 1,
+    }
+}
+
+async fn refuse_decryption(
+    tx: &mpsc::Sender<ClientMessage>,
+    round: u64,
+    e: &AgentError,
+) -> Result<(), SessionEnd> {
+    eprintln!("round {round}: decryption refused: {e}");
+    send(
+        tx,
+        Up::Decline(Decline {
+            round,
+            reason: format!("decryption refused: {e}"),
+            budget_exhausted: false,
+        }),
+    )
+    .await
+}
+
+async fn send_share(
+    tx: &mpsc::Sender<ClientMessage>,
+    round: u64,
+    share: &[u8],
+) -> Result<(), SessionEnd> {
+    let pieces = share.len().div_ceil(SHARE_PIECE_BYTES).max(1) as u32;
+    for (index, bytes) in share.chunks(SHARE_PIECE_BYTES).enumerate() {
+        send(
+            tx,
+            Up::DecryptionShare(DecryptionSharePiece {
+                round,
+                index: index as u32,
+                piece_count: pieces,
+                bytes: bytes.to_vec(),
+            }),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 fn protocol(msg: &str) -> AgentError {
@@ -299,6 +460,9 @@ fn welcome(
             None => None,
         };
     }
+    if state.keys.is_none() {
+        state.keys = Some(KeyHolder::new(&cfg.state_dir, partner));
+    }
     state.task = Some(task);
     Ok(())
 }
@@ -344,38 +508,81 @@ async fn play_round(
         }
     }
     let train = start.train && declined.is_none();
+    // Secure aggregation: the round names the collective key to encrypt under.
+    // A task that promises secure aggregation never gets a plaintext update.
+    if train && task.secure_aggregation && start.key_id.is_empty() {
+        state.data = Some(data);
+        eprintln!("round {round}: refused: the task requires secure aggregation but the round asks for a plaintext update");
+        return send(
+            tx,
+            Up::Decline(Decline {
+                round,
+                reason: "the task requires secure aggregation; this partner sends no plaintext update".into(),
+                budget_exhausted: false,
+            }),
+        )
+        .await;
+    }
+    let secure_key: Option<CollectivePublicKey> = if start.key_id.is_empty() {
+        None
+    } else {
+        match state.keys.as_ref().and_then(|k| k.current.as_ref()) {
+            Some(fed) if fed.key.key_id().as_slice() == start.key_id.as_slice() => {
+                Some(fed.key.clone())
+            }
+            _ => {
+                state.data = Some(data);
+                eprintln!("round {round}: the round's encryption key is not the one installed here");
+                return send(
+                    tx,
+                    Up::Decline(Decline {
+                        round,
+                        reason: "this partner does not have the round's collective key".into(),
+                        budget_exhausted: false,
+                    }),
+                )
+                .await;
+            }
+        }
+    };
     let rounds = task.rounds;
     let partner = partner.to_string();
     // Evaluation and training are CPU work: keep them off the async threads.
     let work = tokio::task::spawn_blocking(move || {
         let mut data = data;
         let eval = data.evaluate(&model, &mean, &std);
-        let trained = if train && eval.is_ok() {
-            let mut local = model.clone();
-            let report = match &private_spec {
-                Some(spec) => data
-                    .train_private(&mut local, &task, spec, round, &mean, &std)
-                    .map(|loss| {
-                        println!("[{partner}] round {round}/{rounds}: private training done, local loss {loss:.4} (not sent)");
-                        f64::NAN
-                    }),
-                None => data
-                    .train(&mut local, &task, round, &mean, &std, |p| {
-                        println!(
-                            "[{partner}] round {round}/{rounds}: epoch {}/{} on {rows} rows, loss {:.4}",
-                            p.epoch, p.epochs, p.mean_loss
-                        );
-                    })
-                    .map(|r| r.mean_loss),
-            };
-            Some(report.map(|loss| (local, loss)))
+        let outgoing = if train && eval.is_ok() {
+            Some(match &secure_key {
+                None => plain_update(
+                    &mut data,
+                    &model,
+                    &task,
+                    private_spec.as_ref(),
+                    round,
+                    &mean,
+                    &std,
+                    &partner,
+                )
+                .map(|(local, loss)| Outgoing::Plain(local, loss)),
+                Some(key) => secure_update(
+                    &mut data,
+                    &model,
+                    &task,
+                    private_spec.as_ref(),
+                    key,
+                    round,
+                    &mean,
+                    &std,
+                )
+                .map(Outgoing::Encrypted),
+            })
         } else {
             None
         };
-        (data, eval, trained)
+        (data, eval, outgoing)
     })
     .await;
-    let (data, eval, trained) = match work {
+    let (data, eval, outgoing) = match work {
         Ok(x) => x,
         Err(e) => return Err(SessionEnd::Lost(format!("local work failed: {e}"))),
     };
@@ -408,10 +615,10 @@ async fn play_round(
         .await?;
         return Ok(());
     }
-    let Some(trained) = trained else {
+    let Some(outgoing) = outgoing else {
         return Ok(());
     };
-    let (local, loss) = match trained {
+    let outgoing = match outgoing {
         Ok(x) => x,
         Err(e) => {
             send(
@@ -426,25 +633,157 @@ async fn play_round(
             return Ok(());
         }
     };
-    let params = local.to_params();
-    let n = params.len();
-    let chunks = chunk_count(n);
-    for index in 0..chunks {
-        let values = params[chunk_range(n, index)].to_vec();
-        send(
-            tx,
-            Up::Update(UpdateChunk {
-                round,
-                index,
-                chunk_count: chunks,
-                example_count: rows as u64,
-                values,
-                train_loss: loss,
-            }),
-        )
-        .await?;
+    match outgoing {
+        Outgoing::Plain(local, loss) => {
+            let params = local.to_params();
+            let n = params.len();
+            let chunks = chunk_count(n);
+            for index in 0..chunks {
+                let values = params[chunk_range(n, index)].to_vec();
+                send(
+                    tx,
+                    Up::Update(UpdateChunk {
+                        round,
+                        index,
+                        chunk_count: chunks,
+                        example_count: rows as u64,
+                        values,
+                        train_loss: loss,
+                    }),
+                )
+                .await?;
+            }
+            println!("[{}/{rounds}] round {round}: update sent ({rows} rows)", state.summary.rounds_trained + 1);
+        }
+        Outgoing::Encrypted(chunks) => {
+            let count = chunks.len() as u32;
+            let bytes: usize = chunks.iter().map(Vec::len).sum();
+            for (index, ciphertext) in chunks.into_iter().enumerate() {
+                send(
+                    tx,
+                    Up::Encrypted(EncryptedChunk {
+                        round,
+                        index: index as u32,
+                        chunk_count: count,
+                        example_count: rows as u64,
+                        ciphertext,
+                    }),
+                )
+                .await?;
+            }
+            println!(
+                "[{}/{rounds}] round {round}: encrypted update sent ({rows} rows, {:.1} MiB of ciphertext)",
+                state.summary.rounds_trained + 1,
+                bytes as f64 / (1024.0 * 1024.0)
+            );
+        }
     }
     state.summary.rounds_trained += 1;
-    println!("round {round}: update sent ({rows} rows)");
     Ok(())
+}
+
+/// What a partner sends for a round.
+enum Outgoing {
+    /// The trained model in the clear, with its mean training loss.
+    Plain(LogisticModel, f64),
+    /// The encrypted update, chunk by chunk (wire form).
+    Encrypted(Vec<Vec<u8>>),
+}
+
+/// Local training for a plaintext round (private when `spec` is set).
+#[allow(clippy::too_many_arguments)]
+fn plain_update(
+    data: &mut LocalData,
+    model: &LogisticModel,
+    task: &TaskSpec,
+    spec: Option<&PrivacySpec>,
+    round: u64,
+    mean: &[f64],
+    std: &[f64],
+    partner: &str,
+) -> Result<(LogisticModel, f64), AgentError> {
+    let mut local = model.clone();
+    let rows = data.train_rows();
+    let rounds = task.rounds;
+    let loss = match spec {
+        Some(spec) => data
+            .train_private(&mut local, task, spec, round, mean, std)
+            .map(|loss| {
+                println!("[{partner}] round {round}/{rounds}: private training done, local loss {loss:.4} (not sent)");
+                f64::NAN
+            })?,
+        None => {
+            data.train(&mut local, task, round, mean, std, |p| {
+                println!(
+                    "[{partner}] round {round}/{rounds}: epoch {}/{} on {rows} rows, loss {:.4}",
+                    p.epoch, p.epochs, p.mean_loss
+                );
+            })?
+            .mean_loss
+        }
+    };
+    Ok((local, loss))
+}
+
+/// The encrypted update of a secure round: what the task's privacy settings
+/// call for, encoded (`UpdateEncoding`) and encrypted under the collective key.
+///
+/// * distributed DP, record unit: the sum of this partner's clipped per-row
+///   gradients at the global model, with this partner's noise share;
+/// * distributed DP, partner unit: the clipped model delta, with the share;
+/// * otherwise: the example-weighted delta of (locally private, when
+///   configured) training.
+#[allow(clippy::too_many_arguments)]
+fn secure_update(
+    data: &mut LocalData,
+    model: &LogisticModel,
+    task: &TaskSpec,
+    spec: Option<&PrivacySpec>,
+    key: &CollectivePublicKey,
+    round: u64,
+    mean: &[f64],
+    std: &[f64],
+) -> Result<Vec<Vec<u8>>, AgentError> {
+    let dim = model.param_count();
+    let encoding = UpdateEncoding::for_round(spec, dim, task.min_partners as usize, key, round)
+        .map_err(|e| AgentError::Task(format!("secure round {round}: {e}")))?;
+    let dp = |e: consortia_privacy::dp::DpError| AgentError::Data(format!("encoding the update: {e}"));
+    let delta_of = |data: &mut LocalData, private: Option<&PrivacySpec>| {
+        let mut local = model.clone();
+        match private {
+            Some(spec) => {
+                data.train_private(&mut local, task, spec, round, mean, std)?;
+            }
+            None => {
+                data.train(&mut local, task, round, mean, std, |_| {})?;
+            }
+        }
+        Ok::<Vec<f64>, AgentError>(
+            local
+                .to_params()
+                .iter()
+                .zip(model.to_params())
+                .map(|(a, b)| a - b)
+                .collect(),
+        )
+    };
+    let values = match spec {
+        Some(s) if s.placement == NoisePlacement::Distributed => {
+            let vector = match s.unit {
+                PrivacyUnit::Record => data.clipped_gradient_sum(model, s.clip_norm, mean, std)?,
+                PrivacyUnit::Partner => delta_of(data, None)?,
+            };
+            encoding.encode_ddg(&vector).map_err(dp)?
+        }
+        local => {
+            let delta = delta_of(data, local)?;
+            encoding
+                .encode_weighted(&delta, data.train_rows() as u64)
+                .map_err(dp)?
+        }
+    };
+    let encrypted = Encryptor::new(key)
+        .encrypt(&values)
+        .map_err(|e| AgentError::Protocol(format!("encrypting the update: {e}")))?;
+    Ok(encrypted.chunks().map(<[u8]>::to_vec).collect())
 }

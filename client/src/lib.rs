@@ -9,12 +9,14 @@
 //! * [`config`] — what the partner configures.
 //! * [`accounting`] — the partner's own privacy budget and ledger.
 //! * [`local`] — the partner's data: loading, hold-out split, standardisation, training.
+//! * [`keys`] — its share of the federation key and its partial decryptions.
 //! * [`agent`] — the session loop.
 
 pub mod accounting;
 pub mod agent;
 pub mod config;
 pub mod error;
+pub mod keys;
 pub mod local;
 
 pub use agent::{AgentSummary, run};

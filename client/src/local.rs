@@ -147,6 +147,33 @@ impl LocalData {
 }
 
 impl LocalData {
+    /// Distributed DP with the record unit (one full-batch step of the
+    /// federation per round): the sum over every training row of its
+    /// log-loss gradient at `model`, each clipped to L2 norm `clip` (Abadi et
+    /// al. 2016, Alg. 1, with q = 1). No noise is added here: the partner's
+    /// noise share is added when the sum is encoded
+    /// (`consortia_privacy::update::UpdateEncoding::encode_ddg`).
+    pub fn clipped_gradient_sum(
+        &mut self,
+        model: &LogisticModel,
+        clip: f64,
+        mean: &[f64],
+        std: &[f64],
+    ) -> Result<Vec<f64>, AgentError> {
+        let labels = self.train.labels().clone();
+        let p = self.prepare(mean, std)?;
+        let dim = model.param_count();
+        let mut sum = vec![0.0; dim];
+        for i in 0..p.train_x.nrows() {
+            let mut g = model
+                .per_example_gradients(p.train_x.row(i), labels[i])
+                .map_err(|e| AgentError::Data(format!("gradient of row {i}: {e}")))?;
+            consortia_privacy::dp::clip_l2(&mut g, clip);
+            sum.iter_mut().zip(&g).for_each(|(s, v)| *s += v);
+        }
+        Ok(sum)
+    }
+
     /// Trains `model` in place under the task's differential privacy.
     ///
     /// * Record unit — DP-SGD (Abadi et al. 2016, "Deep Learning with

@@ -19,6 +19,9 @@ pub const CHUNK_VALUES: usize = 65_536;
 /// Largest encoded message either side accepts (checked by tonic before decoding).
 pub const MAX_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
 
+/// Bytes per `DecryptionSharePiece` (the share wire form is cut into pieces this long).
+pub const SHARE_PIECE_BYTES: usize = 1024 * 1024;
+
 /// Largest model, in parameters, a task may declare.
 pub const MAX_PARAMS: usize = 16 * 1024 * 1024;
 

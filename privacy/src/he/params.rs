@@ -108,14 +108,15 @@ impl HeParams {
     }
 
     /// Wire identifier.
-    pub(crate) const fn id(self) -> u8 {
+    pub const fn id(self) -> u8 {
         match self {
             Self::Secure128 => 1,
             Self::Fast64 => 2,
         }
     }
 
-    pub(crate) fn from_id(id: u8) -> Option<Self> {
+    /// The parameter set with wire identifier `id`.
+    pub fn from_id(id: u8) -> Option<Self> {
         match id {
             1 => Some(Self::Secure128),
             2 => Some(Self::Fast64),
