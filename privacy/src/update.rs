@@ -111,14 +111,9 @@ impl UpdateEncoding {
         round: u64,
     ) -> Result<Self, DpError> {
         match spec {
-            Some(s) if s.placement == NoisePlacement::Distributed => Self::ddg(
-                s,
-                dim,
-                n_min,
-                key.plaintext_bits(),
-                &key.key_id(),
-                round,
-            ),
+            Some(s) if s.placement == NoisePlacement::Distributed => {
+                Self::ddg(s, dim, n_min, key.plaintext_bits(), &key.key_id(), round)
+            }
             _ => Self::weighted(dim, key.plaintext_bits(), key.parties()),
         }
     }

@@ -162,7 +162,9 @@ fn round_events_per_unit() {
     rec.steps_per_round = 1;
     rec.validate().unwrap();
     rec.steps_per_round = 10;
-    assert!(matches!(rec.validate(), Err(DpError::Unsupported(m)) if m.contains("steps_per_round")));
+    assert!(
+        matches!(rec.validate(), Err(DpError::Unsupported(m)) if m.contains("steps_per_round"))
+    );
 }
 
 #[test]

@@ -254,17 +254,77 @@ pub fn combine(aggregate: &Aggregate, shares: &[DecryptionShare]) -> Result<Vec<
             need: shape.parties,
         });
     }
-    let digest = aggregate.digest();
-    let mut seen = HashSet::new();
-    let expected_words = shape.polys() as usize * shape.polynomial_size();
+    let mut c = Combiner::new(aggregate);
     for s in shares {
+        c.add(s)?;
+    }
+    c.finish()
+}
+
+/// [`combine`] one share at a time: holds the aggregate's bodies (one word
+/// per value) and subtracts each share as it arrives, so a combiner needs
+/// the memory of one share however many partners hold the key.
+pub struct Combiner {
+    shape: Shape,
+    digest: [u8; 32],
+    phase: Words,
+    seen: HashSet<PartyId>,
+}
+
+impl std::fmt::Debug for Combiner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Combiner")
+            .field("digest", &hex_prefix(&self.digest))
+            .field("shares", &self.seen.len())
+            .finish()
+    }
+}
+
+impl Combiner {
+    /// Starts combining shares of `aggregate`.
+    pub fn new(aggregate: &Aggregate) -> Self {
+        let shape = *aggregate.shape();
+        fn bodies<T: Word>(sum: &[T], shape: &Shape) -> Vec<T> {
+            let n = shape.polynomial_size();
+            let mut out = Vec::with_capacity(shape.polys() as usize * n);
+            for poly in 0..shape.polys() as usize {
+                out.extend_from_slice(Aggregate::poly(sum, shape, poly).1);
+            }
+            out
+        }
+        let phase = match aggregate.words() {
+            Words::W64(sum) => Words::W64(bodies(sum, &shape)),
+            Words::W128(sum) => Words::W128(bodies(sum, &shape)),
+        };
+        Self {
+            shape,
+            digest: aggregate.digest(),
+            phase,
+            seen: HashSet::new(),
+        }
+    }
+
+    /// Committee members whose shares are still missing.
+    pub fn missing(&self) -> u32 {
+        self.shape.parties - self.seen.len() as u32
+    }
+
+    /// True if `party`'s share is already in.
+    pub fn has(&self, party: PartyId) -> bool {
+        self.seen.contains(&party)
+    }
+
+    /// Subtracts one share, after checking party, session, aggregate digest
+    /// and length; a refused share changes nothing.
+    pub fn add(&mut self, s: &DecryptionShare) -> Result<(), HeError> {
+        let shape = self.shape;
         if s.party.0 >= shape.parties {
             return Err(HeError::UnknownParty {
                 party: s.party,
                 parties: shape.parties,
             });
         }
-        if !seen.insert(s.party) {
+        if self.seen.contains(&s.party) {
             return Err(HeError::DuplicateParty(s.party));
         }
         if s.session_id != shape.session_id {
@@ -272,9 +332,10 @@ pub fn combine(aggregate: &Aggregate, shares: &[DecryptionShare]) -> Result<Vec<
                 what: "decryption share",
             });
         }
-        if s.aggregate_digest != digest {
+        if s.aggregate_digest != self.digest {
             return Err(HeError::DigestMismatch(s.party));
         }
+        let expected_words = shape.polys() as usize * shape.polynomial_size();
         if s.words.len() != expected_words {
             return Err(HeError::WrongCount {
                 what: "decryption share words",
@@ -282,41 +343,49 @@ pub fn combine(aggregate: &Aggregate, shares: &[DecryptionShare]) -> Result<Vec<
                 got: s.words.len() as u64,
             });
         }
-    }
-    let mut out = match aggregate.words() {
-        Words::W64(sum) => phase::<u64>(sum, &shape, shares)?,
-        Words::W128(sum) => phase::<u128>(sum, &shape, shares)?,
-    };
-    out.truncate(shape.values as usize);
-    Ok(out)
-}
-
-fn phase<T: Word>(
-    sum: &[T],
-    shape: &Shape,
-    shares: &[DecryptionShare],
-) -> Result<Vec<u64>, HeError> {
-    let n = shape.polynomial_size();
-    let mut phase = Vec::with_capacity(shape.polys() as usize * n);
-    for poly in 0..shape.polys() as usize {
-        phase.extend_from_slice(Aggregate::poly(sum, shape, poly).1);
-    }
-    for s in shares {
-        let words = words_as::<T>(&s.words).ok_or(HeError::WrongParams {
-            expected: shape.params,
-            got: 0,
-        })?;
-        for (p, &d) in phase.iter_mut().zip(words) {
-            *p = p.wrapping_sub(d);
+        fn sub<T: Word>(phase: &mut [T], share: &Words, params: HeParams) -> Result<(), HeError> {
+            let words = words_as::<T>(share).ok_or(HeError::WrongParams {
+                expected: params,
+                got: 0,
+            })?;
+            for (p, &d) in phase.iter_mut().zip(words) {
+                *p = p.wrapping_sub(d);
+            }
+            Ok(())
         }
+        match &mut self.phase {
+            Words::W64(p) => sub(p, &s.words, shape.params)?,
+            Words::W128(p) => sub(p, &s.words, shape.params)?,
+        }
+        self.seen.insert(s.party);
+        Ok(())
     }
-    let delta_log = shape.delta_log();
-    let mask = (1u64 << shape.plaintext_bits()) - 1;
-    let half = T::ONE.shl_bits(delta_log - 1);
-    Ok(phase
-        .iter()
-        .map(|&p| p.wrapping_add(half).shr_u64(delta_log) & mask)
-        .collect())
+
+    /// The plaintext sum, once every committee member's share is in.
+    pub fn finish(self) -> Result<Vec<u64>, HeError> {
+        if self.missing() > 0 {
+            return Err(HeError::Incomplete {
+                what: "decryption shares",
+                have: self.seen.len() as u32,
+                need: self.shape.parties,
+            });
+        }
+        fn round<T: Word>(phase: &[T], shape: &Shape) -> Vec<u64> {
+            let delta_log = shape.delta_log();
+            let mask = (1u64 << shape.plaintext_bits()) - 1;
+            let half = T::ONE.shl_bits(delta_log - 1);
+            phase
+                .iter()
+                .map(|&p| p.wrapping_add(half).shr_u64(delta_log) & mask)
+                .collect()
+        }
+        let mut out = match &self.phase {
+            Words::W64(p) => round(p, &self.shape),
+            Words::W128(p) => round(p, &self.shape),
+        };
+        out.truncate(self.shape.values as usize);
+        Ok(out)
+    }
 }
 
 /// The decryption noise `phase − Δ·expected` of every value (signed), given

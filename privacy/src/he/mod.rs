@@ -35,7 +35,8 @@ mod word;
 
 pub use aggregate::Aggregate;
 pub use decrypt::{
-    DecryptionShare, PartialDecryptor, combine, decode_signed, decryption_noise, encode_signed,
+    Combiner, DecryptionShare, PartialDecryptor, combine, decode_signed, decryption_noise,
+    encode_signed,
 };
 pub use encrypt::{EncryptedVector, Encryptor, MAX_CHUNK_BYTES, MAX_VALUES, Shape};
 pub use error::HeError;
