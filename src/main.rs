@@ -391,12 +391,9 @@ fn export_model(state: &std::path::Path, round: Option<u64>, out: &std::path::Pa
 fn privacy_plan(task_path: &std::path::Path, target: Option<f64>) -> Result<()> {
     use consortia_privacy::dp::{PrivacySpec, plan_epsilon_with};
     let task = consortia_model::TaskSpec::load(task_path)?;
-    let table = task
-        .privacy
-        .clone()
+    let mut spec: PrivacySpec = task
+        .privacy_spec()?
         .with_context(|| format!("{} has no [privacy] table", task_path.display()))?;
-    let mut spec: PrivacySpec = toml::Value::Table(table).try_into()?;
-    spec.validate()?;
     let rounds = u64::from(task.rounds);
     let eps = |spec: &PrivacySpec| -> Result<f64> {
         let events = spec.round_events(1)?;

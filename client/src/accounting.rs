@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use consortia_ledger::book::{BookError, PrivacyBook};
 use consortia_ledger::{Ledger, Signer};
 use consortia_model::TaskSpec;
-use consortia_privacy::dp::{Budget, NoisePlacement, PrivacySpec};
+use consortia_privacy::dp::{Budget, PrivacySpec};
 
 use crate::{AgentConfig, AgentError};
 
@@ -26,28 +26,8 @@ pub struct PartnerPrivacy {
 
 /// Parses the task's `[privacy]` table.
 pub fn task_privacy(task: &TaskSpec) -> Result<Option<PrivacySpec>, AgentError> {
-    let Some(table) = &task.privacy else {
-        return Ok(None);
-    };
-    let spec: PrivacySpec = toml::Value::Table(table.clone())
-        .try_into()
-        .map_err(|e| AgentError::Task(format!("[privacy]: {e}")))?;
-    spec.validate()
-        .map_err(|e| AgentError::Task(format!("[privacy]: {e}")))?;
-    if spec.placement == NoisePlacement::Distributed {
-        if !task.secure_aggregation {
-            return Err(AgentError::Task(
-                "[privacy] placement = \"distributed\" is only private with secure_aggregation = true \
-                 (each partner adds only a share of the noise): this agent will not send such updates in the clear"
-                    .into(),
-            ));
-        }
-        return Ok(Some(spec.with_distributed_shape(
-            task.schema.param_count(),
-            task.min_partners as usize,
-        )));
-    }
-    Ok(Some(spec))
+    task.privacy_spec()
+        .map_err(|e| AgentError::Task(e.to_string()))
 }
 
 fn ledger_err(e: consortia_ledger::LedgerError) -> AgentError {

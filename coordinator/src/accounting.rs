@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use consortia_ledger::book::{BookError, PrivacyBook};
 use consortia_ledger::{Ledger, Signer};
 use consortia_model::TaskSpec;
-use consortia_privacy::dp::{NoisePlacement, PrivacySpec, check_plan};
+use consortia_privacy::dp::{PrivacySpec, check_plan};
 
 use crate::CoordinatorError;
 
@@ -18,21 +18,13 @@ use crate::CoordinatorError;
 /// a plan whose rounds exceed the budget (the message gives the ε reached),
 /// and settings this coordinator cannot honour.
 pub fn task_privacy(task: &TaskSpec) -> Result<Option<PrivacySpec>, CoordinatorError> {
-    let Some(table) = &task.privacy else {
+    let bad = |m: String| CoordinatorError::Task(format!("[privacy]: {m}"));
+    let Some(spec) = task
+        .privacy_spec()
+        .map_err(|e| CoordinatorError::Task(e.to_string()))?
+    else {
         return Ok(None);
     };
-    let spec =
-        parse_privacy(table).map_err(|e| CoordinatorError::Task(format!("[privacy]: {e}")))?;
-    let bad = |m: String| CoordinatorError::Task(format!("[privacy]: {m}"));
-    spec.validate().map_err(|e| bad(e.to_string()))?;
-    if spec.placement == NoisePlacement::Distributed {
-        return Err(bad(
-            "placement = \"distributed\" is only sound with encrypted aggregation (each partner adds \
-             only a share of the noise, so individual updates must never be seen in the clear), \
-             which this coordinator does not run yet: use placement = \"local\""
-                .into(),
-        ));
-    }
     if spec.adaptive_clipping.is_some() {
         return Err(bad(
             "adaptive_clipping is not supported by the partner agents yet: remove the table and set clip_norm"
@@ -44,11 +36,6 @@ pub fn task_privacy(task: &TaskSpec) -> Result<Option<PrivacySpec>, CoordinatorE
     let events = spec.round_events(1).map_err(|e| bad(e.to_string()))?;
     check_plan(&spec, &events, u64::from(task.rounds)).map_err(|e| bad(e.to_string()))?;
     Ok(Some(spec))
-}
-
-/// Parses a `[privacy]` table.
-pub fn parse_privacy(table: &toml::Table) -> Result<PrivacySpec, toml::de::Error> {
-    toml::Value::Table(table.clone()).try_into()
 }
 
 /// The coordinator's privacy book and ledger.

@@ -9,6 +9,7 @@
 //! * [`store`] — the durable state: task, standardisation, global models, metrics.
 //! * [`accounting`] — privacy budgets, refusals and the write-ahead ledger.
 //! * [`round`] — one round's collection and FedAvg aggregation.
+//! * [`secure`] — secure aggregation: the key ceremony, encrypted updates, joint decryption.
 //! * [`session`] — one connected partner agent and its outbound stream.
 //! * [`service`] — the gRPC service that authenticates callers and routes their messages.
 //! * [`orchestrator`] — the round loop.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod error;
 pub mod orchestrator;
 pub mod round;
+pub mod secure;
 pub mod server;
 pub mod service;
 pub mod session;

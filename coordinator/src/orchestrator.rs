@@ -15,9 +15,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use consortia_model::TaskSpec;
 use consortia_model::metrics::{EvalPartial, Metrics};
 use consortia_model::standardize::{FeatureStats, Standardizer};
+use consortia_privacy::dp::{NoisePlacement, PrivacySpec, PrivacyUnit};
+use consortia_privacy::he::{Aggregate, HeParams, Shape};
+use consortia_privacy::update::UpdateEncoding;
 use consortia_proto::{
-    RoundOutcome, RoundStart, StatsReport, StatsRequest, TaskFinished, chunk_count,
-    server_message::Kind,
+    DecryptRequest, KeyGenRequest, KeyReveal, RoundOutcome, RoundStart, StatsReport,
+    StatsRequest, TaskFinished, chunk_count, server_message::Kind,
 };
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -27,6 +30,7 @@ use tonic::Status;
 use crate::CoordinatorError;
 use crate::accounting::Accounting;
 use crate::round::{Rejection, RoundCollector, RoundKind, RoundResult};
+use crate::secure::{CiphertextStore, Decryption, FederationKey, KeyCeremony, StoredUpdate};
 use crate::session::{Outbound, SessionHandle, message};
 use crate::store::{MetricsRecord, RoundRecord, Store, StoredStandardizer};
 
@@ -57,6 +61,11 @@ pub struct Hub {
     revoked: RevocationCheck,
     rows: Mutex<BTreeMap<String, u64>>,
     exhausted: Mutex<BTreeMap<String, String>>,
+    key: Mutex<Option<Arc<FederationKey>>>,
+    ceremony: Mutex<Option<KeyCeremony>>,
+    decryption: Mutex<Option<Decryption>>,
+    /// Where encrypted updates are kept (secure aggregation).
+    pub ciphertexts: Option<CiphertextStore>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -84,7 +93,99 @@ impl Hub {
             revoked,
             rows: Mutex::new(BTreeMap::new()),
             exhausted: Mutex::new(BTreeMap::new()),
+            key: Mutex::new(None),
+            ceremony: Mutex::new(None),
+            decryption: Mutex::new(None),
+            ciphertexts: None,
         }
+    }
+
+    /// Serves a task with secure aggregation: encrypted updates are kept in
+    /// `ciphertexts`; `key` is the federation key if one was made before.
+    pub fn with_secure_aggregation(
+        mut self,
+        ciphertexts: CiphertextStore,
+        key: Option<FederationKey>,
+    ) -> Self {
+        self.ciphertexts = Some(ciphertexts);
+        *lock(&self.key) = key.map(Arc::new);
+        self
+    }
+
+    /// The federation key, once made.
+    pub fn federation_key(&self) -> Option<Arc<FederationKey>> {
+        lock(&self.key).clone()
+    }
+
+    /// Records a key-generation commitment.
+    pub fn key_commit(&self, partner: &str, msg: &consortia_proto::KeyCommit) -> Result<(), Rejection> {
+        let r = match lock(&self.ceremony).as_mut() {
+            Some(c) => c.commit(partner, msg),
+            None => Err(Rejection::Malformed("no key generation is in progress".into())),
+        };
+        self.changed.notify_one();
+        r
+    }
+
+    /// Records a revealed public-key share.
+    pub fn key_share(&self, partner: &str, msg: &consortia_proto::KeyShare) -> Result<(), Rejection> {
+        let r = match lock(&self.ceremony).as_mut() {
+            Some(c) => c.reveal(partner, msg),
+            None => Err(Rejection::Malformed("no key generation is in progress".into())),
+        };
+        self.changed.notify_one();
+        r
+    }
+
+    /// The ciphertext shape of the open round, checking that `partner` may
+    /// send an encrypted update for `round`.
+    pub fn admits_encrypted(
+        &self,
+        partner: &str,
+        round: u64,
+    ) -> Result<consortia_privacy::he::Shape, Rejection> {
+        match lock(&self.round).as_ref() {
+            Some(r) => {
+                r.admits(partner, round)?;
+                r.secure_shape().ok_or_else(|| {
+                    Rejection::Malformed(format!("round {round} takes plaintext updates"))
+                })
+            }
+            None => Err(self.closed_or_none(round)),
+        }
+    }
+
+    /// Folds a complete stored encrypted update into the open round.
+    pub fn add_encrypted(&self, round: u64, update: StoredUpdate) -> Result<(), Rejection> {
+        let partner = update.partner.clone();
+        let examples = update.examples;
+        let result = match lock(&self.round).as_mut() {
+            Some(r) => r.add_encrypted(round, update),
+            None => Err(self.closed_or_none(round)),
+        };
+        if result.is_ok() {
+            tracing::info!(partner = %partner, round, examples, "encrypted update received");
+            lock(&self.rows).insert(partner, examples);
+            self.changed.notify_one();
+        }
+        result
+    }
+
+    /// One piece of a key holder's partial decryption.
+    pub fn add_share_piece(
+        &self,
+        partner: &str,
+        piece: consortia_proto::DecryptionSharePiece,
+    ) -> Result<(), Rejection> {
+        let r = match lock(&self.decryption).as_mut() {
+            Some(d) => d.add_piece(partner, piece),
+            None => Err(Rejection::Malformed(format!(
+                "decryption share for round {} refused: no decryption is in progress",
+                piece.round
+            ))),
+        };
+        self.changed.notify_one();
+        r
     }
 
     /// True if the certificate with this serial has been revoked.
@@ -123,6 +224,9 @@ impl Hub {
             }
             if let Some(s) = lock(&self.stats).as_mut() {
                 s.expected.remove(partner);
+            }
+            if let Some(d) = lock(&self.decryption).as_mut() {
+                d.fail(partner, "disconnected during decryption");
             }
         }
         self.changed.notify_one();
@@ -203,6 +307,13 @@ impl Hub {
     ) -> Result<(), Rejection> {
         if budget_exhausted {
             lock(&self.exhausted).insert(partner.to_string(), reason.clone());
+        }
+        if let Some(d) = lock(&self.decryption).as_mut()
+            && d.round == round
+        {
+            d.fail(partner, &reason);
+            self.changed.notify_one();
+            return Ok(());
         }
         let result = match lock(&self.round).as_mut() {
             Some(r) => r.decline(partner, round, reason),
@@ -381,6 +492,24 @@ pub async fn run_task(
             "resuming after the last completed round"
         );
     }
+    let privacy_spec = crate::accounting::task_privacy(&task)?;
+    let fed_key = match &hub.ciphertexts {
+        Some(ciphertexts) => {
+            // Ciphertexts of other rounds, or of a round whose sum was already
+            // sent for decryption, are never used again.
+            ciphertexts.discard_all_but(last + 1)?;
+            if ciphertexts.decrypting(last + 1) {
+                tracing::warn!(
+                    round = last + 1,
+                    "round {} was being decrypted when the coordinator stopped: its ciphertexts are discarded and the round runs again",
+                    last + 1
+                );
+                ciphertexts.discard(last + 1)?;
+            }
+            Some(ensure_key(&hub, &store, min, deadline).await?)
+        }
+        None => None,
+    };
     print_table_header();
     let mut attempt = 0u64;
     loop {
@@ -396,26 +525,59 @@ pub async fn run_task(
         let round = last + 1;
         attempt += 1;
         let mut selected = select(&hub, &task, round, attempt, min);
+        if let Some(key) = &fed_key {
+            // Only key holders contribute: the sum's noise budget counts them.
+            selected.retain(|p| key.party(p).is_some());
+            let absent: Vec<&String> = key
+                .committee
+                .iter()
+                .filter(|p| !hub.connected().contains(p))
+                .collect();
+            if !absent.is_empty() {
+                tracing::warn!(
+                    round,
+                    absent = ?absent,
+                    "not every key holder is connected: the round cannot be decrypted without them \
+                     (all key holders must take part; `consortia coordinator rekey` makes a new key without an absent partner)"
+                );
+            }
+        }
         if train {
             leave_out_over_budget(&hub, &mut selected, accounting.as_mut(), min, round)?;
         }
         if selected.len() < min {
+            if fed_key.is_some() {
+                hub.wait_change(Duration::from_secs(1)).await;
+            }
             continue;
         }
+        let secure = match (&fed_key, train) {
+            (Some(key), true) => Some(prepare_secure_round(
+                &hub,
+                key,
+                privacy_spec.as_ref(),
+                round,
+                &mut selected,
+            )?),
+            _ => None,
+        };
         let kind = if train {
             RoundKind::Train
         } else {
             RoundKind::Evaluate
         };
+        let secure_encoding = secure.as_ref().map(|s| s.encoding.clone());
+        let model = Arc::new(model);
         let mut result = collect_round(
             &hub,
             round,
             last,
             kind,
             selected,
-            Arc::new(model),
+            model.clone(),
             &standardizer,
             deadline,
+            secure,
         )
         .await;
 
@@ -437,6 +599,32 @@ pub async fn run_task(
         if let (Some(acc), false) = (accounting.as_mut(), result.contributions.is_empty()) {
             acc.record_round(round, now_ms(), &result.contributions)?;
         }
+        let mut failure = None;
+        if let (Some(key), Some(encoding)) = (&fed_key, &secure_encoding) {
+            if result.contributors.len() >= min {
+                match decrypt_round(&hub, key, &mut result, min, deadline).await {
+                    Ok(sum) => match secure_step(
+                        &task,
+                        privacy_spec.as_ref(),
+                        encoding,
+                        &model,
+                        &sum,
+                        result.contributors.len(),
+                        result.examples,
+                    ) {
+                        Ok(m) => result.model = Some(m),
+                        Err(e) => failure = Some(format!("the decrypted sum is unusable: {e}")),
+                    },
+                    Err(why) => failure = Some(why),
+                }
+            }
+            if let Some(c) = &hub.ciphertexts {
+                c.discard(round)?;
+            }
+            if let Some(why) = &failure {
+                tracing::warn!(round, "round discarded: {why}");
+            }
+        }
         let completed = match (kind, result.model.take()) {
             (RoundKind::Train, Some(new_model)) if result.contributors.len() >= min => {
                 let rec = RoundRecord {
@@ -450,6 +638,7 @@ pub async fn run_task(
                 last = round;
                 true
             }
+            (RoundKind::Train, _) if failure.is_some() => false,
             (RoundKind::Train, _) => {
                 tracing::warn!(
                     round,
@@ -463,7 +652,11 @@ pub async fn run_task(
             }
             (RoundKind::Evaluate, _) => result.eval.is_some(),
         };
-        announce(&hub, &result_summary(round, completed, &result));
+        let mut summary = result_summary(round, completed, &result);
+        if let Some(why) = failure {
+            summary.detail = format!("discarded: {why}");
+        }
+        announce(&hub, &summary);
         if !train && !completed {
             tracing::warn!("final evaluation got no reports; asking again");
         }
@@ -703,16 +896,34 @@ async fn collect_round(
     model: Arc<Vec<f64>>,
     standardizer: &StoredStandardizer,
     deadline: Duration,
+    secure: Option<SecureRound>,
 ) -> RoundResult {
     let until = Instant::now() + deadline;
-    *lock(&hub.round) = Some(RoundCollector::new(
+    let mut collector = RoundCollector::new(
         round,
         model_round,
         kind,
         hub.param_count,
         selected.clone(),
         until,
-    ));
+    );
+    let mut key_id = Vec::new();
+    let mut already = BTreeSet::new();
+    if let Some(s) = secure {
+        key_id = s.key_id.to_vec();
+        collector = collector.with_aggregate(s.aggregate);
+        for update in s.stored {
+            let partner = update.partner.clone();
+            match collector.add_encrypted(round, update) {
+                Ok(()) => {
+                    tracing::info!(partner = %partner, round, "encrypted update kept from before the restart");
+                    already.insert(partner);
+                }
+                Err(e) => tracing::warn!(partner = %partner, round, "stored encrypted update not used: {e}"),
+            }
+        }
+    }
+    *lock(&hub.round) = Some(collector);
     let start = RoundStart {
         round,
         param_count: hub.param_count as u64,
@@ -722,9 +933,10 @@ async fn collect_round(
         feature_std: standardizer.std.clone(),
         train: kind == RoundKind::Train,
         model_round,
+        key_id,
     };
     tracing::info!(round, partners = ?selected, train = kind == RoundKind::Train, "round started");
-    for p in &selected {
+    for p in selected.iter().filter(|p| !already.contains(*p)) {
         let sent = hub.send_to(
             p,
             Outbound::Round {
@@ -752,4 +964,302 @@ async fn collect_round(
             RoundCollector::new(round, model_round, kind, hub.param_count, selected, until).finish()
         }
     }
+}
+
+/// What a secure round starts with.
+struct SecureRound {
+    encoding: UpdateEncoding,
+    key_id: [u8; 32],
+    aggregate: Aggregate,
+    stored: Vec<StoredUpdate>,
+}
+
+/// Sets up a secure training round: its encoding and ciphertext shape, and
+/// the encrypted updates already received before a restart (their senders
+/// join the round without being asked again).
+fn prepare_secure_round(
+    hub: &Hub,
+    key: &FederationKey,
+    spec: Option<&PrivacySpec>,
+    round: u64,
+    selected: &mut BTreeSet<String>,
+) -> Result<SecureRound, CoordinatorError> {
+    let encoding = UpdateEncoding::for_round(
+        spec,
+        hub.param_count,
+        hub.task.min_partners as usize,
+        &key.key,
+        round,
+    )
+    .map_err(|e| CoordinatorError::Task(format!("secure aggregation: {e}")))?;
+    let shape = Shape::new(&key.key, encoding.encoded_len() as u64)
+        .map_err(|e| CoordinatorError::Task(format!("secure aggregation: {e}")))?;
+    let aggregate = Aggregate::new(shape)
+        .map_err(|e| CoordinatorError::Task(format!("secure aggregation: {e}")))?;
+    let stored = match &hub.ciphertexts {
+        Some(c) => c.completed(round)?,
+        None => Vec::new(),
+    };
+    let stored: Vec<StoredUpdate> = stored
+        .into_iter()
+        .filter(|u| key.party(&u.partner).is_some())
+        .collect();
+    for u in &stored {
+        selected.insert(u.partner.clone());
+    }
+    Ok(SecureRound {
+        encoding,
+        key_id: key.key.key_id(),
+        aggregate,
+        stored,
+    })
+}
+
+/// The federation key: the stored one, or a new one made by the partners
+/// connected now (commit, then reveal; started again if a member leaves or
+/// does not answer within the round deadline).
+async fn ensure_key(
+    hub: &Hub,
+    store: &Store,
+    min: usize,
+    deadline: Duration,
+) -> Result<Arc<FederationKey>, CoordinatorError> {
+    if let Some(k) = hub.federation_key() {
+        tracing::info!(
+            holders = ?k.committee,
+            "federation key loaded: every round is decrypted jointly by its key holders"
+        );
+        return Ok(k);
+    }
+    loop {
+        wait_for_partners(hub, min).await;
+        let committee = hub.connected();
+        let ceremony = KeyCeremony::new(HeParams::default(), committee.clone())?;
+        let session = ceremony.session;
+        *lock(&hub.ceremony) = Some(ceremony);
+        tracing::info!(holders = ?committee, "generating the federation key (commit, then reveal)");
+        for (party, p) in committee.iter().enumerate() {
+            hub.send_to(
+                p,
+                Outbound::Message(message(Kind::Keygen(KeyGenRequest {
+                    session_id: session.id.to_vec(),
+                    params: u32::from(session.params.id()),
+                    party: party as u32,
+                    parties: committee.len() as u32,
+                    committee: committee.clone(),
+                }))),
+            );
+        }
+        if !wait_ceremony(hub, &committee, deadline, KeyCeremony::all_committed).await {
+            continue;
+        }
+        for p in &committee {
+            hub.send_to(
+                p,
+                Outbound::Message(message(Kind::KeyReveal(KeyReveal {
+                    session_id: session.id.to_vec(),
+                }))),
+            );
+        }
+        if !wait_ceremony(hub, &committee, deadline, KeyCeremony::all_revealed).await {
+            continue;
+        }
+        let Some(ceremony) = lock(&hub.ceremony).take() else {
+            continue;
+        };
+        let key = ceremony.finish()?;
+        key.save(store.dir())?;
+        let key = Arc::new(key);
+        *lock(&hub.key) = Some(key.clone());
+        tracing::info!(
+            holders = ?key.committee,
+            plaintext_bits = key.key.plaintext_bits(),
+            "federation key made: updates are encrypted under it and only the key holders together can decrypt a sum"
+        );
+        let msg = key.message();
+        for p in hub.connected() {
+            hub.send_to(
+                &p,
+                Outbound::Message(message(Kind::CollectiveKey(msg.clone()))),
+            );
+        }
+        return Ok(key);
+    }
+}
+
+/// Waits for a ceremony step; false (and the ceremony dropped) if a member
+/// disconnects or the deadline passes.
+async fn wait_ceremony(
+    hub: &Hub,
+    committee: &[String],
+    deadline: Duration,
+    done: fn(&KeyCeremony) -> bool,
+) -> bool {
+    let until = Instant::now() + deadline;
+    loop {
+        let (finished, waiting) = match lock(&hub.ceremony).as_ref() {
+            Some(c) => (done(c), c.waiting_for()),
+            None => return false,
+        };
+        if finished {
+            return true;
+        }
+        let connected = hub.connected();
+        let gone: Vec<&String> = committee.iter().filter(|p| !connected.contains(p)).collect();
+        if !gone.is_empty() || Instant::now() >= until {
+            tracing::warn!(
+                gone = ?gone,
+                waiting_for = ?waiting,
+                "key generation did not complete; starting it again with the partners connected"
+            );
+            *lock(&hub.ceremony) = None;
+            return false;
+        }
+        hub.wait_change(until.saturating_duration_since(Instant::now()))
+            .await;
+    }
+}
+
+/// Joint decryption of a secure round's sum: every key holder gets the
+/// contributors' ciphertexts, recomputes the sum, and returns its partial
+/// decryption. Marked durably first, so that the ciphertexts are never used
+/// again whatever happens.
+async fn decrypt_round(
+    hub: &Hub,
+    key: &FederationKey,
+    result: &mut RoundResult,
+    min: usize,
+    deadline: Duration,
+) -> Result<Vec<u64>, String> {
+    let round = result.round;
+    let Some(aggregate) = result.aggregate.take() else {
+        return Err("the encrypted sum is unusable".into());
+    };
+    let connected = hub.connected();
+    let absent: Vec<&String> = key
+        .committee
+        .iter()
+        .filter(|p| !connected.contains(p))
+        .collect();
+    if !absent.is_empty() {
+        return Err(format!(
+            "key holder(s) {absent:?} not connected, and all {} must decrypt together; \
+             re-key without an absent partner with `consortia coordinator rekey`",
+            key.committee.len()
+        ));
+    }
+    if let Some(c) = &hub.ciphertexts {
+        c.mark_decrypting(round).map_err(|e| e.to_string())?;
+    }
+    let request = DecryptRequest {
+        round,
+        contributors: result.ciphertexts.iter().map(|u| u.partner.clone()).collect(),
+        min_contributors: min as u32,
+        aggregate_digest: aggregate.digest().to_vec(),
+        values: aggregate.shape().values,
+    };
+    let files = Arc::new(
+        result
+            .ciphertexts
+            .iter()
+            .map(|u| u.path.clone())
+            .collect::<Vec<_>>(),
+    );
+    *lock(&hub.decryption) = Some(Decryption::new(round, &aggregate, key));
+    drop(aggregate);
+    tracing::info!(round, holders = key.committee.len(), "asking the key holders to decrypt the sum");
+    for p in &key.committee {
+        if !hub.send_to(
+            p,
+            Outbound::Decrypt {
+                request: request.clone(),
+                files: files.clone(),
+            },
+        ) && let Some(d) = lock(&hub.decryption).as_mut()
+        {
+            d.fail(p, "could not be reached");
+        }
+    }
+    let until = Instant::now() + deadline;
+    loop {
+        let state = lock(&hub.decryption)
+            .as_ref()
+            .map(|d| (d.complete(), d.failed.clone(), d.waiting_for()));
+        match state {
+            None => return Err("decryption state lost".into()),
+            Some((true, _, _)) => break,
+            Some((_, Some(why), _)) => {
+                *lock(&hub.decryption) = None;
+                return Err(format!("decryption failed: {why}"));
+            }
+            Some((_, None, waiting)) if Instant::now() >= until => {
+                *lock(&hub.decryption) = None;
+                return Err(format!(
+                    "decryption shares missing at the deadline from {waiting:?}"
+                ));
+            }
+            _ => {}
+        }
+        hub.wait_change(until.saturating_duration_since(Instant::now()))
+            .await;
+    }
+    let d = lock(&hub.decryption)
+        .take()
+        .ok_or_else(|| "decryption state lost".to_string())?;
+    d.finish()
+}
+
+/// The next global model from a secure round's decrypted sum.
+///
+/// * weighted (no distributed DP): the FedAvg mean delta is added;
+/// * DDG, partner unit: the mean of the noised clipped deltas is added
+///   (DP-FedAvg, McMahan et al. 2018, Alg. 1, with the noise added by the
+///   partners in shares);
+/// * DDG, record unit: one full-batch DP gradient step,
+///   `w ← w − lr·(Σ clipped gradients + noise)/rows − lr·l2·w`
+///   (Abadi et al. 2016, Alg. 1 with q = 1; the penalty is data-independent).
+fn secure_step(
+    task: &TaskSpec,
+    spec: Option<&PrivacySpec>,
+    encoding: &UpdateEncoding,
+    global: &[f64],
+    sum: &[u64],
+    contributors: usize,
+    examples: u64,
+) -> Result<Vec<f64>, String> {
+    let decoded = encoding.decode(sum).map_err(|e| e.to_string())?;
+    if decoded.len() != global.len() {
+        return Err(format!(
+            "decoded {} values for a model of {}",
+            decoded.len(),
+            global.len()
+        ));
+    }
+    let distributed = spec.filter(|s| s.placement == NoisePlacement::Distributed);
+    let next: Vec<f64> = match distributed.map(|s| s.unit) {
+        None => global.iter().zip(&decoded).map(|(w, d)| w + d).collect(),
+        Some(PrivacyUnit::Partner) => {
+            let n = contributors.max(1) as f64;
+            global.iter().zip(&decoded).map(|(w, d)| w + d / n).collect()
+        }
+        Some(PrivacyUnit::Record) => {
+            let rows = examples.max(1) as f64;
+            let lr = task.learning_rate;
+            let l2 = task.model.l2;
+            let bias = global.len() - 1;
+            global
+                .iter()
+                .zip(&decoded)
+                .enumerate()
+                .map(|(i, (w, g))| {
+                    let penalty = if i == bias { 0.0 } else { l2 * w };
+                    w - lr * (g / rows + penalty)
+                })
+                .collect()
+        }
+    };
+    if let Some(i) = next.iter().position(|v| !v.is_finite()) {
+        return Err(format!("parameter {i} is not finite"));
+    }
+    Ok(next)
 }

@@ -11,6 +11,9 @@ use std::time::Instant;
 
 use consortia_model::fedavg::WeightedSum;
 use consortia_model::metrics::EvalPartial;
+use consortia_privacy::he::{Aggregate, Shape};
+
+use crate::secure::{StoredUpdate, for_each_chunk};
 
 /// What the round asks of partners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +123,10 @@ pub struct RoundResult {
     pub declined: Vec<(String, String)>,
     /// Selected partners that never answered.
     pub missing: Vec<String>,
+    /// Secure aggregation: the encrypted sum of the contributors' updates.
+    pub aggregate: Option<Aggregate>,
+    /// Secure aggregation: the contributors' stored ciphertexts.
+    pub ciphertexts: Vec<StoredUpdate>,
 }
 
 /// Collects one round's answers.
@@ -142,6 +149,9 @@ pub struct RoundCollector {
     loss_weight: f64,
     eval: Option<EvalPartial>,
     eval_partners: Vec<String>,
+    aggregate: Option<Aggregate>,
+    ciphertexts: Vec<StoredUpdate>,
+    poisoned: Option<String>,
 }
 
 impl RoundCollector {
@@ -167,7 +177,76 @@ impl RoundCollector {
             loss_weight: 0.0,
             eval: None,
             eval_partners: Vec::new(),
+            aggregate: None,
+            ciphertexts: Vec::new(),
+            poisoned: None,
         }
+    }
+
+    /// The same round under secure aggregation: only encrypted updates of
+    /// `aggregate`'s shape are taken, summed into `aggregate`.
+    pub fn with_aggregate(mut self, aggregate: Aggregate) -> Self {
+        self.aggregate = Some(aggregate);
+        self
+    }
+
+    /// The ciphertext shape of a secure round.
+    pub fn secure_shape(&self) -> Option<Shape> {
+        self.aggregate.as_ref().map(|a| *a.shape())
+    }
+
+    /// Folds a complete, stored encrypted update into the encrypted running sum.
+    pub fn add_encrypted(&mut self, round: u64, update: StoredUpdate) -> Result<(), Rejection> {
+        self.admits(&update.partner, round)?;
+        if self.kind != RoundKind::Train {
+            return Err(Rejection::Malformed(format!(
+                "round {round} is an evaluation round; no update was asked for"
+            )));
+        }
+        if update.examples == 0 {
+            return Err(Rejection::Malformed(
+                "an update must be trained on at least one example".into(),
+            ));
+        }
+        let Some(agg) = self.aggregate.as_mut() else {
+            return Err(Rejection::Malformed(format!(
+                "round {round} takes plaintext updates"
+            )));
+        };
+        if agg.contributors() >= agg.shape().parties {
+            return Err(Rejection::Malformed(format!(
+                "round {round} already sums {} updates, as many as the key allows",
+                agg.contributors()
+            )));
+        }
+        // Every chunk was checked against the shape when it arrived; a
+        // failure here (a damaged file) spoils the sum, so the round is
+        // abandoned rather than decrypted.
+        let mut index = 0u32;
+        let folded = for_each_chunk(&update.path, |chunk| {
+            agg.add_bytes(index, chunk)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+            index += 1;
+            Ok(())
+        });
+        if let Err(e) = folded {
+            self.poisoned = Some(format!(
+                "the encrypted update of `{}` could not be added: {e}",
+                update.partner
+            ));
+            return Err(Rejection::Malformed(format!(
+                "your encrypted update could not be added: {e}"
+            )));
+        }
+        self.answers.insert(
+            update.partner.clone(),
+            Answer::Update {
+                examples: update.examples,
+                loss: f64::NAN,
+            },
+        );
+        self.ciphertexts.push(update);
+        Ok(())
     }
 
     /// Checks that `partner` may still send an update for `round`.
@@ -204,6 +283,11 @@ impl RoundCollector {
         if self.kind != RoundKind::Train {
             return Err(Rejection::Malformed(format!(
                 "round {round} is an evaluation round; no update was asked for"
+            )));
+        }
+        if self.aggregate.is_some() {
+            return Err(Rejection::Malformed(format!(
+                "round {round} takes encrypted updates only (secure aggregation)"
             )));
         }
         if examples == 0 {
@@ -332,10 +416,18 @@ impl RoundCollector {
         } else {
             f64::NAN
         };
-        let model = if contributors.is_empty() {
+        let model = if contributors.is_empty() || self.aggregate.is_some() {
             None
         } else {
             self.sum.finish().ok()
+        };
+        if let Some(why) = &self.poisoned {
+            tracing::warn!(round = self.round, "encrypted sum unusable: {why}");
+        }
+        let aggregate = if self.poisoned.is_some() {
+            None
+        } else {
+            self.aggregate
         };
         RoundResult {
             round: self.round,
@@ -348,6 +440,8 @@ impl RoundCollector {
             eval: self.eval.map(|e| (self.eval_partners, e)),
             declined,
             missing,
+            aggregate,
+            ciphertexts: self.ciphertexts,
         }
     }
 }

@@ -12,6 +12,7 @@ use consortia_proto::MAX_MESSAGE_BYTES;
 use consortia_proto::federation_server::FederationServer;
 
 use crate::orchestrator::{Hub, RevocationCheck, TaskSummary, run_task};
+use crate::secure::{CiphertextStore, FederationKey};
 use crate::service::FederationService;
 use crate::store::Store;
 use crate::{CoordinatorConfig, CoordinatorError};
@@ -38,12 +39,6 @@ fn load_task(
     let task = TaskSpec::from_toml_str(&text).map_err(|e| CoordinatorError::Task(e.to_string()))?;
     // Refuse a bad privacy plan before anything is stored.
     crate::accounting::task_privacy(&task)?;
-    if task.secure_aggregation {
-        return Err(CoordinatorError::Task(
-            "secure_aggregation = true is not served by this coordinator yet: set it to false"
-                .into(),
-        ));
-    }
     if let Some(s) = &stored {
         if s.trim() != text.trim() {
             let stored_name = TaskSpec::from_toml_str(s)
@@ -97,12 +92,15 @@ pub async fn run(
     }
     tracing::info!(%addr, task = %task.name, rounds = task.rounds, "coordinator listening (mutual TLS)");
     let param_count = task.schema.param_count();
-    let hub = Arc::new(Hub::new(
-        task,
-        task_toml,
-        param_count,
-        revocation_check(&tls),
-    ));
+    let secure = task.secure_aggregation;
+    let mut hub = Hub::new(task, task_toml, param_count, revocation_check(&tls));
+    if secure {
+        hub = hub.with_secure_aggregation(
+            CiphertextStore::new(&cfg.state_dir),
+            FederationKey::load(&cfg.state_dir)?,
+        );
+    }
+    let hub = Arc::new(hub);
     serve(hub, store, accounting, tls, listener, shutdown).await
 }
 

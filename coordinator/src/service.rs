@@ -10,9 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use consortia_model::metrics::EvalPartial;
+use consortia_privacy::he::Shape;
 use consortia_proto::{
-    ClientMessage, Rejection as WireRejection, ServerMessage, UpdateChunk, Welcome, chunk_count,
-    chunk_range, client_message, federation_server::Federation, server_message::Kind,
+    ClientMessage, EncryptedChunk, Rejection as WireRejection, ServerMessage, UpdateChunk,
+    Welcome, chunk_count, chunk_range, client_message, federation_server::Federation,
+    server_message::Kind,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -20,6 +22,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::orchestrator::Hub;
 use crate::round::Rejection;
+use crate::secure::{StoredUpdate, Upload};
 use crate::session::{self, COMMAND_QUEUE, Outbound, STREAM_BUFFER, SessionHandle};
 
 /// How long a new session may take to say `Hello`.
@@ -93,6 +96,16 @@ struct PendingUpdate {
     values: Vec<f64>,
 }
 
+/// An encrypted update arriving chunk by chunk, written to disk as it comes
+/// (one per connection at most; the partial file is removed if it fails).
+struct PendingEncrypted {
+    round: u64,
+    example_count: u64,
+    next: u32,
+    shape: Shape,
+    upload: Upload,
+}
+
 async fn read_session(
     hub: Arc<Hub>,
     partner: String,
@@ -144,6 +157,16 @@ async fn read_session(
     {
         return;
     }
+    if let Some(key) = hub.federation_key()
+        && tx
+            .send(Outbound::Message(session::message(Kind::CollectiveKey(
+                key.message(),
+            ))))
+            .await
+            .is_err()
+    {
+        return;
+    }
     let id = hub.register(
         &partner,
         SessionHandle {
@@ -154,6 +177,7 @@ async fn read_session(
     );
 
     let mut pending: Option<PendingUpdate> = None;
+    let mut encrypted: Option<PendingEncrypted> = None;
     loop {
         let msg = match inbound.message().await {
             Ok(Some(m)) => m,
@@ -190,6 +214,18 @@ async fn read_session(
                 }
                 r
             }
+            Some(client_message::Kind::KeyCommit(c)) => hub.key_commit(&partner, &c),
+            Some(client_message::Kind::KeyShare(k)) => hub.key_share(&partner, &k),
+            Some(client_message::Kind::Encrypted(chunk)) => {
+                let r = take_encrypted(&hub, &partner, &mut encrypted, chunk);
+                if r.is_err() {
+                    encrypted = None;
+                }
+                r
+            }
+            Some(client_message::Kind::DecryptionShare(piece)) => {
+                hub.add_share_piece(&partner, piece)
+            }
         };
         if let Err(rejection) = outcome {
             tracing::warn!(partner = %partner, "{rejection}");
@@ -205,6 +241,87 @@ async fn read_session(
     }
     hub.unregister(&partner, id);
     tracing::info!(partner = %partner, "partner disconnected");
+}
+
+fn take_encrypted(
+    hub: &Hub,
+    partner: &str,
+    pending: &mut Option<PendingEncrypted>,
+    chunk: EncryptedChunk,
+) -> Result<(), Rejection> {
+    if chunk.index == 0 {
+        *pending = None;
+        let shape = hub.admits_encrypted(partner, chunk.round)?;
+        if chunk.chunk_count != shape.chunks() {
+            return Err(Rejection::Malformed(format!(
+                "encrypted update announces {} chunks; this round's updates take {}",
+                chunk.chunk_count,
+                shape.chunks()
+            )));
+        }
+        if chunk.example_count == 0 {
+            return Err(Rejection::Malformed(
+                "an update must be trained on at least one example".into(),
+            ));
+        }
+        let store = hub
+            .ciphertexts
+            .as_ref()
+            .ok_or_else(|| Rejection::Malformed("this task takes plaintext updates".into()))?;
+        let upload = store
+            .begin(chunk.round, partner, chunk.example_count, shape.chunks())
+            .map_err(|e| {
+                tracing::error!("cannot store an encrypted update: {e}");
+                Rejection::Malformed("the coordinator cannot store your update now".into())
+            })?;
+        *pending = Some(PendingEncrypted {
+            round: chunk.round,
+            example_count: chunk.example_count,
+            next: 0,
+            shape,
+            upload,
+        });
+    }
+    let p = match pending.as_mut() {
+        Some(p) if p.round == chunk.round && p.next == chunk.index => p,
+        _ => {
+            return Err(Rejection::Malformed(format!(
+                "encrypted chunk {} of round {} arrived out of order",
+                chunk.index, chunk.round
+            )));
+        }
+    };
+    if chunk.example_count != p.example_count || chunk.chunk_count != p.shape.chunks() {
+        return Err(Rejection::Malformed(
+            "example or chunk count changed between chunks of one update".into(),
+        ));
+    }
+    // Wrong size, dimension, key or parameter set: refused before it is stored.
+    p.shape
+        .check_chunk_bytes(chunk.index, &chunk.ciphertext)
+        .map_err(|e| Rejection::Malformed(format!("encrypted chunk {} refused: {e}", chunk.index)))?;
+    p.upload.append(&chunk.ciphertext).map_err(|e| {
+        tracing::error!("cannot store an encrypted update: {e}");
+        Rejection::Malformed("the coordinator cannot store your update now".into())
+    })?;
+    p.next += 1;
+    if p.next == p.shape.chunks() {
+        let done = pending.take().expect("pending update present");
+        let path = done.upload.finish().map_err(|e| {
+            tracing::error!("cannot store an encrypted update: {e}");
+            Rejection::Malformed("the coordinator cannot store your update now".into())
+        })?;
+        let update = StoredUpdate {
+            partner: partner.to_string(),
+            examples: done.example_count,
+            path: path.clone(),
+        };
+        if let Err(e) = hub.add_encrypted(done.round, update) {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 fn take_chunk(

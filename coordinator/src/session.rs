@@ -5,10 +5,12 @@
 //! every session, and the outbound stream is bounded, so a slow partner holds
 //! back only its own stream and costs a few chunks of memory.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use consortia_proto::{
-    ModelChunk, RoundStart, ServerMessage, chunk_count, chunk_range, server_message::Kind,
+    CiphertextChunk, DecryptRequest, ModelChunk, RoundStart, ServerMessage, chunk_count,
+    chunk_range, server_message::Kind,
 };
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -29,6 +31,14 @@ pub enum Outbound {
         start: RoundStart,
         /// The global model (shared by all sessions).
         model: Arc<Vec<f64>>,
+    },
+    /// A decryption request, then every contributor's stored ciphertext,
+    /// read from disk one chunk at a time.
+    Decrypt {
+        /// The request.
+        request: DecryptRequest,
+        /// The contributors' encrypted updates, in the request's order.
+        files: Arc<Vec<PathBuf>>,
     },
     /// End the stream with this status.
     Close(Status),
@@ -92,6 +102,52 @@ pub async fn writer(
                         .is_err()
                     {
                         return;
+                    }
+                }
+            }
+            Outbound::Decrypt { request, files } => {
+                let round = request.round;
+                if out.send(Ok(message(Kind::Decrypt(request)))).await.is_err() {
+                    return;
+                }
+                for (contributor, path) in files.iter().enumerate() {
+                    let mut reader = match crate::secure::ChunkReader::open(path) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::warn!(path = %path.display(), "stored ciphertext unreadable: {e}");
+                            let _ = out
+                                .send(Err(Status::internal("stored ciphertext unreadable")))
+                                .await;
+                            return;
+                        }
+                    };
+                    let mut index = 0u32;
+                    loop {
+                        let ciphertext = match reader.next_chunk() {
+                            Ok(Some(c)) => c,
+                            Ok(None) => break,
+                            Err(e) => {
+                                tracing::warn!(path = %path.display(), "stored ciphertext unreadable: {e}");
+                                let _ = out
+                                    .send(Err(Status::internal("stored ciphertext unreadable")))
+                                    .await;
+                                return;
+                            }
+                        };
+                        let chunk = CiphertextChunk {
+                            round,
+                            contributor: contributor as u32,
+                            index,
+                            ciphertext,
+                        };
+                        index += 1;
+                        if out
+                            .send(Ok(message(Kind::Ciphertext(chunk))))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
                     }
                 }
             }

@@ -106,6 +106,11 @@ impl Store {
         CoordinatorError::store(&self.path)
     }
 
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.path
+    }
+
     /// The stored task file text, if a task was started here.
     pub fn task_toml(&self) -> Result<Option<String>, CoordinatorError> {
         match self.meta.get("task").map_err(self.err())? {

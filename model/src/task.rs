@@ -5,6 +5,7 @@
 //! the field, the value found and what is allowed. The `[privacy]` table is kept as
 //! raw TOML for the privacy crate to interpret; any other unknown key is an error.
 
+use consortia_privacy::dp::{NoisePlacement, PrivacySpec};
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -129,9 +130,44 @@ pub enum TaskError {
     /// The task could not be written as TOML.
     #[error("cannot write the task as TOML: {0}")]
     Serialize(#[from] toml::ser::Error),
+    /// The `[privacy]` table is not a valid privacy setting, or cannot run
+    /// with the rest of the task.
+    #[error("[privacy]: {0}")]
+    Privacy(String),
 }
 
 impl TaskSpec {
+    /// The task's `[privacy]` table, checked (`None` without one): the one
+    /// place coordinator, partners and tools read it. Distributed placement
+    /// needs `secure_aggregation = true` (each partner adds only a share of
+    /// the noise, so no update may be seen in the clear) and is calibrated to
+    /// this task's model size and `min_partners`.
+    pub fn privacy_spec(&self) -> Result<Option<PrivacySpec>, TaskError> {
+        let Some(table) = &self.privacy else {
+            return Ok(None);
+        };
+        let spec: PrivacySpec = toml::Value::Table(table.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| TaskError::Privacy(e.message().to_string()))?;
+        spec.validate()
+            .map_err(|e| TaskError::Privacy(e.to_string()))?;
+        if spec.placement != NoisePlacement::Distributed {
+            return Ok(Some(spec));
+        }
+        if !self.secure_aggregation {
+            return Err(TaskError::Privacy(
+                "placement = \"distributed\" is only sound with encrypted aggregation (each partner \
+                 adds only a share of the noise, so individual updates must never be seen in the \
+                 clear): set secure_aggregation = true, or use placement = \"local\""
+                    .into(),
+            ));
+        }
+        Ok(Some(spec.with_distributed_shape(
+            self.schema.param_count(),
+            self.min_partners as usize,
+        )))
+    }
+
     /// Parses and validates a task file held in a string.
     pub fn from_toml_str(text: &str) -> Result<Self, TaskError> {
         Self::parse(text, "<string>")

@@ -1,0 +1,598 @@
+//! Secure aggregation at the coordinator, which never holds a key to open
+//! an individual update: the federation key ceremony, encrypted updates kept
+//! on disk, and the joint decryption of the round's sum.
+//!
+//! Protocol (Mouchet, Troncoso-Pastoriza, Bossuat, Hubaux, PoPETs 2021, §4;
+//! one type per step as in Lattigo's `multiparty`):
+//! 1. [`KeyCeremony`]: each key holder commits to a public-key share, then
+//!    reveals it; the coordinator sums the shares into the collective key
+//!    ([`FederationKey`], stored in `<state>/keys/federation-key.json`).
+//! 2. Encrypted updates stream in chunk by chunk; each chunk is checked
+//!    against the round's ciphertext shape and appended to the partner's file
+//!    in `<state>/secure/round-N/` ([`CiphertextStore`]); a complete update is
+//!    folded into the round's encrypted running sum. A coordinator restarted
+//!    mid-round keeps every update already received.
+//! 3. [`Decryption`]: every key holder is sent the contributors' ciphertexts,
+//!    recomputes the sum itself, and returns a flooded partial decryption;
+//!    the shares are combined one by one into the (noised) sum. Once shares
+//!    have been asked for, a round's ciphertexts are discarded whatever
+//!    happens (`decrypting` marker), so none is ever decrypted twice.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use consortia_privacy::he::{
+    Aggregate, CollectiveKeyAggregator, CollectivePublicKey, Combiner, DecryptionShare, HeParams,
+    KeyCommitment, KeySession, PartyId, PublicKeyShare, Shape,
+};
+use consortia_proto::{CollectiveKey, DecryptionSharePiece, KeyCommit, KeyShare};
+use serde::{Deserialize, Serialize};
+
+use crate::CoordinatorError;
+use crate::round::Rejection;
+
+/// The federation's collective public key and its key holders.
+#[derive(Debug, Clone)]
+pub struct FederationKey {
+    /// The key.
+    pub key: CollectivePublicKey,
+    /// Key holders in party order (party `i` is `committee[i]`).
+    pub committee: Vec<String>,
+    bytes: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredKey {
+    session_id: String,
+    params: u8,
+    committee: Vec<String>,
+    key: String,
+}
+
+fn key_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("keys").join("federation-key.json")
+}
+
+impl FederationKey {
+    /// Builds the key from the ceremony's result.
+    pub fn new(key: CollectivePublicKey, committee: Vec<String>) -> Self {
+        let bytes = key.to_bytes();
+        FederationKey {
+            key,
+            committee,
+            bytes,
+        }
+    }
+
+    /// The party number of `partner`, if it holds a key share.
+    pub fn party(&self, partner: &str) -> Option<PartyId> {
+        self.committee
+            .iter()
+            .position(|p| p == partner)
+            .map(|i| PartyId(i as u32))
+    }
+
+    /// The message that distributes the key.
+    pub fn message(&self) -> CollectiveKey {
+        CollectiveKey {
+            session_id: self.key.session().id.to_vec(),
+            params: u32::from(self.key.params().id()),
+            committee: self.committee.clone(),
+            key: self.bytes.clone(),
+        }
+    }
+
+    /// Reads the stored key, if the federation has one.
+    pub fn load(state_dir: &Path) -> Result<Option<Self>, CoordinatorError> {
+        let path = key_path(state_dir);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let bad = |m: String| CoordinatorError::Corrupt(format!("{}: {m}", path.display()));
+        let stored: StoredKey = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let params = HeParams::from_id(stored.params)
+            .ok_or_else(|| bad(format!("unknown parameter set {}", stored.params)))?;
+        let id: [u8; 32] = hex::decode(&stored.session_id)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| bad("session id is not 32 hex bytes".into()))?;
+        let bytes = hex::decode(&stored.key).map_err(|e| bad(e.to_string()))?;
+        let key = CollectivePublicKey::from_bytes(&bytes, &KeySession::new(params, id))
+            .map_err(|e| bad(e.to_string()))?;
+        if key.parties() as usize != stored.committee.len() {
+            return Err(bad("committee size does not match the key".into()));
+        }
+        Ok(Some(FederationKey {
+            key,
+            committee: stored.committee,
+            bytes,
+        }))
+    }
+
+    /// Stores the key durably (it is public; the file is replaced atomically).
+    pub fn save(&self, state_dir: &Path) -> Result<(), CoordinatorError> {
+        let path = key_path(state_dir);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let stored = StoredKey {
+            session_id: hex::encode(self.key.session().id),
+            params: self.key.params().id(),
+            committee: self.committee.clone(),
+            key: hex::encode(&self.bytes),
+        };
+        let text = serde_json::to_string(&stored)
+            .map_err(|e| CoordinatorError::Corrupt(format!("federation key: {e}")))?;
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    /// Forgets the federation key and every round's stored ciphertexts, so the
+    /// next start generates a new key with the partners connected then.
+    /// Returns the key holders of the removed key.
+    pub fn remove(state_dir: &Path) -> Result<Option<Vec<String>>, CoordinatorError> {
+        let old = Self::load(state_dir)?;
+        match std::fs::remove_file(key_path(state_dir)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        let secure = state_dir.join("secure");
+        if secure.exists() {
+            std::fs::remove_dir_all(&secure)?;
+        }
+        Ok(old.map(|k| k.committee))
+    }
+}
+
+/// Key generation in progress: commitments first, then shares.
+pub struct KeyCeremony {
+    /// The session (parameters and fresh public id).
+    pub session: KeySession,
+    /// Key holders in party order.
+    pub committee: Vec<String>,
+    aggregator: CollectiveKeyAggregator,
+    committed: BTreeSet<String>,
+    revealed: BTreeSet<String>,
+}
+
+impl KeyCeremony {
+    /// A ceremony for `committee` with a fresh random session id.
+    pub fn new(params: HeParams, committee: Vec<String>) -> Result<Self, CoordinatorError> {
+        let session = KeySession::new(params, rand::random());
+        let aggregator = CollectiveKeyAggregator::new(&session, committee.len() as u32)
+            .map_err(|e| CoordinatorError::Task(format!("key generation: {e}")))?;
+        Ok(KeyCeremony {
+            session,
+            committee,
+            aggregator,
+            committed: BTreeSet::new(),
+            revealed: BTreeSet::new(),
+        })
+    }
+
+    fn party(&self, partner: &str, session: &[u8]) -> Result<PartyId, Rejection> {
+        if session != self.session.id.as_slice() {
+            return Err(Rejection::Malformed(
+                "key share for another key-generation session".into(),
+            ));
+        }
+        self.committee
+            .iter()
+            .position(|p| p == partner)
+            .map(|i| PartyId(i as u32))
+            .ok_or_else(|| {
+                Rejection::Malformed(format!(
+                    "`{partner}` is not a member of the key-generation committee"
+                ))
+            })
+    }
+
+    /// Step 1: a commitment.
+    pub fn commit(&mut self, partner: &str, msg: &KeyCommit) -> Result<(), Rejection> {
+        let party = self.party(partner, &msg.session_id)?;
+        let c: [u8; 32] = msg
+            .commitment
+            .as_slice()
+            .try_into()
+            .map_err(|_| Rejection::Malformed("key commitment is not 32 bytes".into()))?;
+        self.aggregator
+            .add_commitment(party, KeyCommitment(c))
+            .map_err(|e| Rejection::Malformed(format!("key commitment refused: {e}")))?;
+        self.committed.insert(partner.to_string());
+        Ok(())
+    }
+
+    /// Step 2: a public-key share, checked against its commitment.
+    pub fn reveal(&mut self, partner: &str, msg: &KeyShare) -> Result<(), Rejection> {
+        let party = self.party(partner, &msg.session_id)?;
+        let share = PublicKeyShare::from_bytes(&msg.public_share, &self.session)
+            .map_err(|e| Rejection::Malformed(format!("public key share refused: {e}")))?;
+        self.aggregator
+            .add_share(party, share)
+            .map_err(|e| Rejection::Malformed(format!("public key share refused: {e}")))?;
+        self.revealed.insert(partner.to_string());
+        Ok(())
+    }
+
+    /// True once every member has committed.
+    pub fn all_committed(&self) -> bool {
+        self.committed.len() == self.committee.len()
+    }
+
+    /// True once every member has revealed.
+    pub fn all_revealed(&self) -> bool {
+        self.revealed.len() == self.committee.len()
+    }
+
+    /// Members that have not answered the current step.
+    pub fn waiting_for(&self) -> Vec<String> {
+        let done = if self.all_committed() {
+            &self.revealed
+        } else {
+            &self.committed
+        };
+        self.committee
+            .iter()
+            .filter(|p| !done.contains(*p))
+            .cloned()
+            .collect()
+    }
+
+    /// The collective key.
+    pub fn finish(&self) -> Result<FederationKey, CoordinatorError> {
+        let key = self
+            .aggregator
+            .finish()
+            .map_err(|e| CoordinatorError::Task(format!("key generation: {e}")))?;
+        Ok(FederationKey::new(key, self.committee.clone()))
+    }
+}
+
+const UPLOAD_MAGIC: &[u8; 4] = b"CSUP";
+
+/// Encrypted updates on disk, one directory per round.
+#[derive(Debug, Clone)]
+pub struct CiphertextStore {
+    root: PathBuf,
+}
+
+/// One partner's complete encrypted update of a round.
+#[derive(Debug, Clone)]
+pub struct StoredUpdate {
+    /// Partner.
+    pub partner: String,
+    /// Training rows behind it.
+    pub examples: u64,
+    /// Its file.
+    pub path: PathBuf,
+}
+
+impl CiphertextStore {
+    /// The store under `<state_dir>/secure`.
+    pub fn new(state_dir: &Path) -> Self {
+        CiphertextStore {
+            root: state_dir.join("secure"),
+        }
+    }
+
+    fn dir(&self, round: u64) -> PathBuf {
+        self.root.join(format!("round-{round:08}"))
+    }
+
+    /// Starts receiving `partner`'s update for `round`.
+    pub fn begin(
+        &self,
+        round: u64,
+        partner: &str,
+        examples: u64,
+        chunks: u32,
+    ) -> Result<Upload, std::io::Error> {
+        let dir = self.dir(round);
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{partner}.part"));
+        let mut file = std::fs::File::create(&path)?;
+        file.write_all(UPLOAD_MAGIC)?;
+        file.write_all(&examples.to_le_bytes())?;
+        file.write_all(&chunks.to_le_bytes())?;
+        Ok(Upload {
+            file: Some(file),
+            path,
+            done: dir.join(format!("{partner}.ct")),
+        })
+    }
+
+    /// The complete updates stored for `round` (none once it was sent for decryption).
+    pub fn completed(&self, round: u64) -> Result<Vec<StoredUpdate>, CoordinatorError> {
+        let dir = self.dir(round);
+        if !dir.exists() || self.decrypting(round) {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("ct") {
+                continue;
+            }
+            let Some(partner) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            let mut head = [0u8; 16];
+            std::fs::File::open(&path)?.read_exact(&mut head)?;
+            if &head[..4] != UPLOAD_MAGIC {
+                return Err(CoordinatorError::Corrupt(format!(
+                    "{} is not an encrypted update",
+                    path.display()
+                )));
+            }
+            let examples = u64::from_le_bytes(head[4..12].try_into().expect("8 bytes"));
+            out.push(StoredUpdate {
+                partner: partner.to_string(),
+                examples,
+                path,
+            });
+        }
+        out.sort_by(|a, b| a.partner.cmp(&b.partner));
+        Ok(out)
+    }
+
+    /// Records, durably, that `round`'s sum is being decrypted: its
+    /// ciphertexts will not be used again.
+    pub fn mark_decrypting(&self, round: u64) -> Result<(), CoordinatorError> {
+        let dir = self.dir(round);
+        std::fs::create_dir_all(&dir)?;
+        let f = std::fs::File::create(dir.join("decrypting"))?;
+        f.sync_all()?;
+        std::fs::File::open(&dir)?.sync_all()?;
+        Ok(())
+    }
+
+    /// True if `round`'s sum was sent for decryption.
+    pub fn decrypting(&self, round: u64) -> bool {
+        self.dir(round).join("decrypting").exists()
+    }
+
+    /// Deletes `round`'s ciphertexts.
+    pub fn discard(&self, round: u64) -> Result<(), CoordinatorError> {
+        let dir = self.dir(round);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the ciphertexts of every round other than `keep`.
+    pub fn discard_all_but(&self, keep: u64) -> Result<(), CoordinatorError> {
+        if !self.root.exists() {
+            return Ok(());
+        }
+        let keep = self.dir(keep);
+        for entry in std::fs::read_dir(&self.root)? {
+            let path = entry?.path();
+            if path != keep {
+                std::fs::remove_dir_all(&path)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads a stored update's chunks in order, one at a time.
+pub struct ChunkReader {
+    r: std::io::BufReader<std::fs::File>,
+    left: u32,
+}
+
+fn invalid(m: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string())
+}
+
+impl ChunkReader {
+    /// Opens a stored update.
+    pub fn open(path: &Path) -> Result<Self, std::io::Error> {
+        let mut r = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+        let mut head = [0u8; 16];
+        r.read_exact(&mut head)?;
+        if &head[..4] != UPLOAD_MAGIC {
+            return Err(invalid("not an encrypted update"));
+        }
+        let left = u32::from_le_bytes(head[12..16].try_into().expect("4 bytes"));
+        Ok(ChunkReader { r, left })
+    }
+
+    /// The next chunk, `None` after the last.
+    pub fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, std::io::Error> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        let mut len = [0u8; 4];
+        self.r.read_exact(&mut len)?;
+        let len = u32::from_le_bytes(len) as usize;
+        if len > consortia_privacy::he::MAX_CHUNK_BYTES {
+            return Err(invalid("chunk longer than the limit"));
+        }
+        let mut buf = vec![0u8; len];
+        self.r.read_exact(&mut buf)?;
+        self.left -= 1;
+        Ok(Some(buf))
+    }
+}
+
+/// Calls `f` with each chunk of a stored update in order.
+pub fn for_each_chunk(
+    path: &Path,
+    mut f: impl FnMut(&[u8]) -> Result<(), std::io::Error>,
+) -> Result<(), std::io::Error> {
+    let mut r = ChunkReader::open(path)?;
+    while let Some(c) = r.next_chunk()? {
+        f(&c)?;
+    }
+    Ok(())
+}
+
+/// A partner's encrypted update being written; the partial file is removed
+/// unless [`Upload::finish`] is reached.
+pub struct Upload {
+    file: Option<std::fs::File>,
+    path: PathBuf,
+    done: PathBuf,
+}
+
+impl Upload {
+    /// Appends one (already checked) chunk.
+    pub fn append(&mut self, chunk: &[u8]) -> Result<(), std::io::Error> {
+        let f = self
+            .file
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("upload already finished"))?;
+        f.write_all(&(chunk.len() as u32).to_le_bytes())?;
+        f.write_all(chunk)
+    }
+
+    /// Syncs the update and publishes it as complete; returns its path.
+    pub fn finish(mut self) -> Result<PathBuf, std::io::Error> {
+        if let Some(f) = self.file.take() {
+            f.sync_all()?;
+        }
+        std::fs::rename(&self.path, &self.done)?;
+        if let Some(dir) = self.done.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(self.done.clone())
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Joint decryption of one round's sum.
+pub struct Decryption {
+    /// Round.
+    pub round: u64,
+    shape: Shape,
+    committee: Vec<String>,
+    combiner: Combiner,
+    pieces: BTreeMap<String, (u32, u32, Vec<u8>)>,
+    max_share_bytes: usize,
+    /// Why the decryption cannot complete, once known.
+    pub failed: Option<String>,
+}
+
+impl Decryption {
+    /// Starts decrypting `aggregate` with the key holders of `key`.
+    pub fn new(round: u64, aggregate: &Aggregate, key: &FederationKey) -> Self {
+        let shape = *aggregate.shape();
+        let words = shape.polys() as usize * shape.polynomial_size();
+        Decryption {
+            round,
+            shape,
+            committee: key.committee.clone(),
+            combiner: Combiner::new(aggregate),
+            pieces: BTreeMap::new(),
+            max_share_bytes: words * shape.params.word_bytes() + 1024,
+            failed: None,
+        }
+    }
+
+    /// Key holders whose shares are missing.
+    pub fn waiting_for(&self) -> Vec<String> {
+        self.committee
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.combiner.has(PartyId(*i as u32)))
+            .map(|(_, p)| p.clone())
+            .collect()
+    }
+
+    /// True once every share is in.
+    pub fn complete(&self) -> bool {
+        self.combiner.missing() == 0
+    }
+
+    /// A key holder refused or went away.
+    pub fn fail(&mut self, partner: &str, why: &str) {
+        if self.committee.iter().any(|p| p == partner) && self.failed.is_none() {
+            self.failed = Some(format!("key holder `{partner}`: {why}"));
+        }
+    }
+
+    /// One piece of a key holder's share; the share is checked and combined
+    /// when its last piece arrives. A refused piece changes nothing.
+    pub fn add_piece(&mut self, partner: &str, p: DecryptionSharePiece) -> Result<(), Rejection> {
+        if p.round != self.round {
+            return Err(Rejection::WrongRound {
+                got: p.round,
+                open: self.round,
+            });
+        }
+        let Some(party) = self.committee.iter().position(|c| c == partner) else {
+            return Err(Rejection::Malformed(format!(
+                "decryption share from `{partner}`, which holds no share of the federation key"
+            )));
+        };
+        let party = PartyId(party as u32);
+        if self.combiner.has(party) {
+            return Err(Rejection::Duplicate { round: self.round });
+        }
+        let max_pieces = self.max_share_bytes.div_ceil(consortia_proto::SHARE_PIECE_BYTES) as u32;
+        if p.piece_count == 0 || p.piece_count > max_pieces {
+            return Err(Rejection::Malformed(format!(
+                "decryption share announced in {} pieces; a share of this round takes at most {max_pieces}",
+                p.piece_count
+            )));
+        }
+        let entry = self
+            .pieces
+            .entry(partner.to_string())
+            .or_insert((0, p.piece_count, Vec::new()));
+        if p.index != entry.0 || p.piece_count != entry.1 {
+            let next = entry.0;
+            self.pieces.remove(partner);
+            return Err(Rejection::Malformed(format!(
+                "decryption share piece {} out of order (expected {next}); send the share again",
+                p.index
+            )));
+        }
+        if entry.2.len() + p.bytes.len() > self.max_share_bytes {
+            self.pieces.remove(partner);
+            return Err(Rejection::Malformed(
+                "decryption share longer than a share of this round".into(),
+            ));
+        }
+        entry.2.extend_from_slice(&p.bytes);
+        entry.0 += 1;
+        if entry.0 < entry.1 {
+            return Ok(());
+        }
+        let (_, _, bytes) = self.pieces.remove(partner).expect("entry present");
+        let share = DecryptionShare::from_bytes(&bytes, &self.shape)
+            .map_err(|e| Rejection::Malformed(format!("decryption share refused: {e}")))?;
+        if share.party() != party {
+            return Err(Rejection::Malformed(format!(
+                "decryption share is for party {}, `{partner}` is party {}",
+                share.party().0,
+                party.0
+            )));
+        }
+        self.combiner
+            .add(&share)
+            .map_err(|e| Rejection::Malformed(format!("decryption share refused: {e}")))
+    }
+
+    /// The decrypted sum.
+    pub fn finish(self) -> Result<Vec<u64>, String> {
+        self.combiner.finish().map_err(|e| e.to_string())
+    }
+}
