@@ -11,10 +11,10 @@ use std::time::Duration;
 use consortia_model::TaskSpec;
 use consortia_model::logistic::LogisticModel;
 use consortia_pki::{ClientTls, ClientTlsFiles};
-use consortia_proto::federation_client::FederationClient;
 use consortia_privacy::dp::{NoisePlacement, PrivacySpec, PrivacyUnit};
 use consortia_privacy::he::{CollectivePublicKey, Encryptor};
 use consortia_privacy::update::UpdateEncoding;
+use consortia_proto::federation_client::FederationClient;
 use consortia_proto::{
     ClientMessage, Decline, DecryptionSharePiece, EncryptedChunk, EvalReport, Hello, KeyCommit,
     KeyShare as KeyShareMsg, MAX_MESSAGE_BYTES, RoundStart, SHARE_PIECE_BYTES, StatsReport,
@@ -355,7 +355,12 @@ fn key_holder<'a>(
     partner: &str,
 ) -> Result<&'a mut KeyHolder, SessionEnd> {
     if state.keys.is_none() {
-        return Err(fatal(state, protocol(&format!("key generation asked of `{partner}` before Welcome"))));
+        return Err(fatal(
+            state,
+            protocol(&format!(
+                "key generation asked of `{partner}` before Welcome"
+            )),
+        ));
     }
     Ok(state.keys.as_mut().expect("checked"))
 }
@@ -512,12 +517,16 @@ async fn play_round(
     // A task that promises secure aggregation never gets a plaintext update.
     if train && task.secure_aggregation && start.key_id.is_empty() {
         state.data = Some(data);
-        eprintln!("round {round}: refused: the task requires secure aggregation but the round asks for a plaintext update");
+        eprintln!(
+            "round {round}: refused: the task requires secure aggregation but the round asks for a plaintext update"
+        );
         return send(
             tx,
             Up::Decline(Decline {
                 round,
-                reason: "the task requires secure aggregation; this partner sends no plaintext update".into(),
+                reason:
+                    "the task requires secure aggregation; this partner sends no plaintext update"
+                        .into(),
                 budget_exhausted: false,
             }),
         )
@@ -532,7 +541,9 @@ async fn play_round(
             }
             _ => {
                 state.data = Some(data);
-                eprintln!("round {round}: the round's encryption key is not the one installed here");
+                eprintln!(
+                    "round {round}: the round's encryption key is not the one installed here"
+                );
                 return send(
                     tx,
                     Up::Decline(Decline {
@@ -653,7 +664,10 @@ async fn play_round(
                 )
                 .await?;
             }
-            println!("[{}/{rounds}] round {round}: update sent ({rows} rows)", state.summary.rounds_trained + 1);
+            println!(
+                "[{}/{rounds}] round {round}: update sent ({rows} rows)",
+                state.summary.rounds_trained + 1
+            );
         }
         Outgoing::Encrypted(chunks) => {
             let count = chunks.len() as u32;
@@ -747,7 +761,8 @@ fn secure_update(
     let dim = model.param_count();
     let encoding = UpdateEncoding::for_round(spec, dim, task.min_partners as usize, key, round)
         .map_err(|e| AgentError::Task(format!("secure round {round}: {e}")))?;
-    let dp = |e: consortia_privacy::dp::DpError| AgentError::Data(format!("encoding the update: {e}"));
+    let dp =
+        |e: consortia_privacy::dp::DpError| AgentError::Data(format!("encoding the update: {e}"));
     let delta_of = |data: &mut LocalData, private: Option<&PrivacySpec>| {
         let mut local = model.clone();
         match private {

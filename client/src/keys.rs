@@ -34,9 +34,9 @@ fn key_err(what: &str, e: impl std::fmt::Display) -> AgentError {
 }
 
 fn session_id(bytes: &[u8]) -> Result<[u8; 32], AgentError> {
-    bytes
-        .try_into()
-        .map_err(|_| AgentError::Protocol(format!("key session id has {} bytes, not 32", bytes.len())))
+    bytes.try_into().map_err(|_| {
+        AgentError::Protocol(format!("key session id has {} bytes, not 32", bytes.len()))
+    })
 }
 
 fn params(id: u32) -> Result<HeParams, AgentError> {
@@ -117,7 +117,9 @@ impl KeyHolder {
         {
             return Err(AgentError::Protocol(format!(
                 "key generation names `{}` party {} of {}, which is not this partner (`{}`)",
-                req.committee.get(req.party as usize).map_or("nobody", |s| s),
+                req.committee
+                    .get(req.party as usize)
+                    .map_or("nobody", |s| s),
                 req.party,
                 req.parties,
                 self.partner
@@ -340,7 +342,9 @@ fn read_answered(path: &Path) -> Result<Vec<[u8; 32]>, AgentError> {
     };
     let mut out = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let bytes = hex::decode(line.trim()).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
+        let bytes = hex::decode(line.trim())
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok());
         match bytes {
             Some(d) => out.push(d),
             None => {

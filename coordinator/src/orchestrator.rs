@@ -19,8 +19,8 @@ use consortia_privacy::dp::{NoisePlacement, PrivacySpec, PrivacyUnit};
 use consortia_privacy::he::{Aggregate, HeParams, Shape};
 use consortia_privacy::update::UpdateEncoding;
 use consortia_proto::{
-    DecryptRequest, KeyGenRequest, KeyReveal, RoundOutcome, RoundStart, StatsReport,
-    StatsRequest, TaskFinished, chunk_count, server_message::Kind,
+    DecryptRequest, KeyGenRequest, KeyReveal, RoundOutcome, RoundStart, StatsReport, StatsRequest,
+    TaskFinished, chunk_count, server_message::Kind,
 };
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -118,20 +118,32 @@ impl Hub {
     }
 
     /// Records a key-generation commitment.
-    pub fn key_commit(&self, partner: &str, msg: &consortia_proto::KeyCommit) -> Result<(), Rejection> {
+    pub fn key_commit(
+        &self,
+        partner: &str,
+        msg: &consortia_proto::KeyCommit,
+    ) -> Result<(), Rejection> {
         let r = match lock(&self.ceremony).as_mut() {
             Some(c) => c.commit(partner, msg),
-            None => Err(Rejection::Malformed("no key generation is in progress".into())),
+            None => Err(Rejection::Malformed(
+                "no key generation is in progress".into(),
+            )),
         };
         self.changed.notify_one();
         r
     }
 
     /// Records a revealed public-key share.
-    pub fn key_share(&self, partner: &str, msg: &consortia_proto::KeyShare) -> Result<(), Rejection> {
+    pub fn key_share(
+        &self,
+        partner: &str,
+        msg: &consortia_proto::KeyShare,
+    ) -> Result<(), Rejection> {
         let r = match lock(&self.ceremony).as_mut() {
             Some(c) => c.reveal(partner, msg),
-            None => Err(Rejection::Malformed("no key generation is in progress".into())),
+            None => Err(Rejection::Malformed(
+                "no key generation is in progress".into(),
+            )),
         };
         self.changed.notify_one();
         r
@@ -919,7 +931,9 @@ async fn collect_round(
                     tracing::info!(partner = %partner, round, "encrypted update kept from before the restart");
                     already.insert(partner);
                 }
-                Err(e) => tracing::warn!(partner = %partner, round, "stored encrypted update not used: {e}"),
+                Err(e) => {
+                    tracing::warn!(partner = %partner, round, "stored encrypted update not used: {e}")
+                }
             }
         }
     }
@@ -1105,7 +1119,10 @@ async fn wait_ceremony(
             return true;
         }
         let connected = hub.connected();
-        let gone: Vec<&String> = committee.iter().filter(|p| !connected.contains(p)).collect();
+        let gone: Vec<&String> = committee
+            .iter()
+            .filter(|p| !connected.contains(p))
+            .collect();
         if !gone.is_empty() || Instant::now() >= until {
             tracing::warn!(
                 gone = ?gone,
@@ -1153,7 +1170,11 @@ async fn decrypt_round(
     }
     let request = DecryptRequest {
         round,
-        contributors: result.ciphertexts.iter().map(|u| u.partner.clone()).collect(),
+        contributors: result
+            .ciphertexts
+            .iter()
+            .map(|u| u.partner.clone())
+            .collect(),
         min_contributors: min as u32,
         aggregate_digest: aggregate.digest().to_vec(),
         values: aggregate.shape().values,
@@ -1167,7 +1188,11 @@ async fn decrypt_round(
     );
     *lock(&hub.decryption) = Some(Decryption::new(round, &aggregate, key));
     drop(aggregate);
-    tracing::info!(round, holders = key.committee.len(), "asking the key holders to decrypt the sum");
+    tracing::info!(
+        round,
+        holders = key.committee.len(),
+        "asking the key holders to decrypt the sum"
+    );
     for p in &key.committee {
         if !hub.send_to(
             p,
@@ -1240,7 +1265,11 @@ fn secure_step(
         None => global.iter().zip(&decoded).map(|(w, d)| w + d).collect(),
         Some(PrivacyUnit::Partner) => {
             let n = contributors.max(1) as f64;
-            global.iter().zip(&decoded).map(|(w, d)| w + d / n).collect()
+            global
+                .iter()
+                .zip(&decoded)
+                .map(|(w, d)| w + d / n)
+                .collect()
         }
         Some(PrivacyUnit::Record) => {
             let rows = examples.max(1) as f64;

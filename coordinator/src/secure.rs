@@ -546,17 +546,19 @@ impl Decryption {
         if self.combiner.has(party) {
             return Err(Rejection::Duplicate { round: self.round });
         }
-        let max_pieces = self.max_share_bytes.div_ceil(consortia_proto::SHARE_PIECE_BYTES) as u32;
+        let max_pieces = self
+            .max_share_bytes
+            .div_ceil(consortia_proto::SHARE_PIECE_BYTES) as u32;
         if p.piece_count == 0 || p.piece_count > max_pieces {
             return Err(Rejection::Malformed(format!(
                 "decryption share announced in {} pieces; a share of this round takes at most {max_pieces}",
                 p.piece_count
             )));
         }
-        let entry = self
-            .pieces
-            .entry(partner.to_string())
-            .or_insert((0, p.piece_count, Vec::new()));
+        let entry =
+            self.pieces
+                .entry(partner.to_string())
+                .or_insert((0, p.piece_count, Vec::new()));
         if p.index != entry.0 || p.piece_count != entry.1 {
             let next = entry.0;
             self.pieces.remove(partner);

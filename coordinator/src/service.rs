@@ -12,9 +12,8 @@ use std::time::Duration;
 use consortia_model::metrics::EvalPartial;
 use consortia_privacy::he::Shape;
 use consortia_proto::{
-    ClientMessage, EncryptedChunk, Rejection as WireRejection, ServerMessage, UpdateChunk,
-    Welcome, chunk_count, chunk_range, client_message, federation_server::Federation,
-    server_message::Kind,
+    ClientMessage, EncryptedChunk, Rejection as WireRejection, ServerMessage, UpdateChunk, Welcome,
+    chunk_count, chunk_range, client_message, federation_server::Federation, server_message::Kind,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -299,7 +298,9 @@ fn take_encrypted(
     // Wrong size, dimension, key or parameter set: refused before it is stored.
     p.shape
         .check_chunk_bytes(chunk.index, &chunk.ciphertext)
-        .map_err(|e| Rejection::Malformed(format!("encrypted chunk {} refused: {e}", chunk.index)))?;
+        .map_err(|e| {
+            Rejection::Malformed(format!("encrypted chunk {} refused: {e}", chunk.index))
+        })?;
     p.upload.append(&chunk.ciphertext).map_err(|e| {
         tracing::error!("cannot store an encrypted update: {e}");
         Rejection::Malformed("the coordinator cannot store your update now".into())
