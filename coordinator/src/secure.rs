@@ -425,6 +425,17 @@ impl ChunkReader {
     }
 }
 
+/// Every chunk of a stored update, in order (for audits and tests; the
+/// coordinator itself reads one chunk at a time).
+pub fn read_chunks(path: &Path) -> Result<Vec<Vec<u8>>, std::io::Error> {
+    let mut r = ChunkReader::open(path)?;
+    let mut out = Vec::new();
+    while let Some(c) = r.next_chunk()? {
+        out.push(c);
+    }
+    Ok(out)
+}
+
 /// Calls `f` with each chunk of a stored update in order.
 pub fn for_each_chunk(
     path: &Path,
