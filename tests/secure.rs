@@ -186,8 +186,14 @@ fn stored_updates_survive_a_restart_and_all_but_one_share_open_only_noise() {
         .unwrap();
     signal(pid, "-STOP");
     let state = fed.path("state");
-    let dir = wait_until(Duration::from_secs(120), || two_stored_updates(&state))
-        .unwrap_or_else(|| panic!("no round with two stored updates\n{}", fed.logs()));
+    // Updates already in flight when the partner stopped may still land: wait
+    // until a round has held exactly two updates, undecrypted, for 2 s.
+    let dir = wait_until(Duration::from_secs(120), || {
+        let dir = two_stored_updates(&state)?;
+        std::thread::sleep(Duration::from_secs(2));
+        (two_stored_updates(&state).as_ref() == Some(&dir)).then_some(dir)
+    })
+    .unwrap_or_else(|| panic!("no round with two stored updates\n{}", fed.logs()));
 
     // The coordinator's data: the key and one partner's stored update.
     let key = FederationKey::load(&state).unwrap().expect("key stored");
