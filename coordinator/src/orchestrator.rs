@@ -249,6 +249,19 @@ impl Hub {
         lock(&self.sessions).keys().cloned().collect()
     }
 
+    /// Opens `collector`'s round for answers (replacing any open round).
+    pub fn open(&self, collector: RoundCollector) {
+        *lock(&self.round) = Some(collector);
+        self.changed.notify_one();
+    }
+
+    /// Updates received so far in the open round (0 when none is open).
+    pub fn updates_received(&self) -> usize {
+        lock(&self.round)
+            .as_ref()
+            .map_or(0, RoundCollector::updates)
+    }
+
     /// The round being collected, if any.
     pub fn open_round(&self) -> Option<u64> {
         lock(&self.round).as_ref().map(|r| r.round)
@@ -937,7 +950,7 @@ async fn collect_round(
             }
         }
     }
-    *lock(&hub.round) = Some(collector);
+    hub.open(collector);
     let start = RoundStart {
         round,
         param_count: hub.param_count as u64,

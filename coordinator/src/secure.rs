@@ -609,3 +609,190 @@ impl Decryption {
         self.combiner.finish().map_err(|e| e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use consortia_privacy::he::{Encryptor, KeyShareGen, PartialDecryptor};
+    use consortia_proto::SHARE_PIECE_BYTES;
+
+    fn ceremony_key(names: &[&str]) -> (FederationKey, Vec<consortia_privacy::he::SecretKeyShare>) {
+        let committee: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut c = KeyCeremony::new(HeParams::Secure128, committee.clone()).unwrap();
+        let generator = KeyShareGen::new(&c.session);
+        let shares: Vec<_> = (0..names.len())
+            .map(|i| generator.generate(PartyId(i as u32)))
+            .collect();
+        let sid = c.session.id.to_vec();
+        // Reveal before every commitment is in: refused.
+        let early = KeyShare {
+            session_id: sid.clone(),
+            public_share: shares[0].public.to_bytes(),
+        };
+        assert!(c.reveal(names[0], &early).is_err());
+        for (name, s) in names.iter().zip(&shares) {
+            c.commit(
+                name,
+                &KeyCommit {
+                    session_id: sid.clone(),
+                    commitment: s.commitment.0.to_vec(),
+                },
+            )
+            .unwrap();
+        }
+        // A non-member's commitment is refused.
+        assert!(
+            c.commit(
+                "mallory",
+                &KeyCommit {
+                    session_id: sid.clone(),
+                    commitment: vec![0; 32]
+                }
+            )
+            .is_err()
+        );
+        assert!(c.all_committed() && !c.all_revealed());
+        // A share that is not the one committed to (another party's) is refused.
+        let swapped = KeyShare {
+            session_id: sid.clone(),
+            public_share: shares[1].public.to_bytes(),
+        };
+        assert!(c.reveal(names[0], &swapped).is_err());
+        for (name, s) in names.iter().zip(&shares) {
+            c.reveal(
+                name,
+                &KeyShare {
+                    session_id: sid.clone(),
+                    public_share: s.public.to_bytes(),
+                },
+            )
+            .unwrap();
+        }
+        assert!(c.all_revealed());
+        let key = c.finish().unwrap();
+        (key, shares.into_iter().map(|s| s.secret).collect())
+    }
+
+    fn pieces(round: u64, bytes: &[u8]) -> Vec<DecryptionSharePiece> {
+        let count = bytes.len().div_ceil(SHARE_PIECE_BYTES) as u32;
+        bytes
+            .chunks(SHARE_PIECE_BYTES)
+            .enumerate()
+            .map(|(i, b)| DecryptionSharePiece {
+                round,
+                index: i as u32,
+                piece_count: count,
+                bytes: b.to_vec(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn key_is_stored_and_reloaded() {
+        let (key, _) = ceremony_key(&["a", "b"]);
+        let dir = tempfile::tempdir().unwrap();
+        key.save(dir.path()).unwrap();
+        let back = FederationKey::load(dir.path()).unwrap().unwrap();
+        assert_eq!(back.key.key_id(), key.key.key_id());
+        assert_eq!(back.committee, key.committee);
+        assert_eq!(back.party("b"), Some(PartyId(1)));
+        assert_eq!(
+            FederationKey::remove(dir.path()).unwrap(),
+            Some(key.committee)
+        );
+        assert!(FederationKey::load(dir.path()).unwrap().is_none());
+    }
+
+    #[test]
+    fn decryption_takes_each_key_holders_share_once_and_nobody_elses() {
+        let (key, secrets) = ceremony_key(&["a", "b", "c"]);
+        let values: Vec<u64> = (0..300).collect();
+        let shape = Shape::new(&key.key, values.len() as u64).unwrap();
+        let mut agg = Aggregate::new(shape).unwrap();
+        for _ in 0..3 {
+            agg.add_vector(&Encryptor::new(&key.key).encrypt(&values).unwrap())
+                .unwrap();
+        }
+        let mut d = Decryption::new(7, &agg, &key);
+        let shares: Vec<Vec<u8>> = secrets
+            .iter()
+            .map(|s| {
+                PartialDecryptor::new(s)
+                    .partial_decrypt(&agg, 3)
+                    .unwrap()
+                    .to_bytes()
+            })
+            .collect();
+        // From a partner that holds no key share.
+        for p in pieces(7, &shares[0]) {
+            assert!(matches!(
+                d.add_piece("mallory", p),
+                Err(Rejection::Malformed(m)) if m.contains("holds no share")
+            ));
+        }
+        // Of the wrong length.
+        let short = &shares[0][..shares[0].len() - 16];
+        let r = pieces(7, short)
+            .into_iter()
+            .map(|p| d.add_piece("a", p))
+            .last()
+            .unwrap();
+        assert!(matches!(r, Err(Rejection::Malformed(m)) if m.contains("refused")));
+        // b's share sent as a's.
+        let r = pieces(7, &shares[1])
+            .into_iter()
+            .map(|p| d.add_piece("a", p))
+            .last()
+            .unwrap();
+        assert!(matches!(r, Err(Rejection::Malformed(m)) if m.contains("party 1")));
+        // For another round.
+        assert!(matches!(
+            d.add_piece("a", pieces(8, &shares[0]).remove(0)),
+            Err(Rejection::WrongRound { got: 8, open: 7 })
+        ));
+        assert_eq!(d.waiting_for(), vec!["a", "b", "c"]);
+        for (name, bytes) in ["a", "b", "c"].iter().zip(&shares) {
+            for p in pieces(7, bytes) {
+                d.add_piece(name, p).unwrap();
+            }
+        }
+        // A second share from the same key holder.
+        assert_eq!(
+            d.add_piece("b", pieces(7, &shares[1]).remove(0)),
+            Err(Rejection::Duplicate { round: 7 })
+        );
+        assert!(d.complete());
+        let sum = d.finish().unwrap();
+        assert_eq!(sum, values.iter().map(|v| v * 3).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn uploads_are_published_only_when_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CiphertextStore::new(dir.path());
+        {
+            let mut u = store.begin(3, "a", 10, 1).unwrap();
+            u.append(b"chunk").unwrap();
+            // Dropped unfinished: nothing remains.
+        }
+        assert!(store.completed(3).unwrap().is_empty());
+        let mut u = store.begin(3, "a", 10, 2).unwrap();
+        u.append(b"one").unwrap();
+        u.append(b"two").unwrap();
+        let path = u.finish().unwrap();
+        let done = store.completed(3).unwrap();
+        assert_eq!(done.len(), 1);
+        assert_eq!((done[0].partner.as_str(), done[0].examples), ("a", 10));
+        assert_eq!(
+            read_chunks(&path).unwrap(),
+            vec![b"one".to_vec(), b"two".to_vec()]
+        );
+        store.mark_decrypting(3).unwrap();
+        assert!(
+            store.completed(3).unwrap().is_empty(),
+            "never reused once decrypting"
+        );
+        store.discard_all_but(4).unwrap();
+        assert!(!dir.path().join("secure/round-00000003").exists());
+    }
+}

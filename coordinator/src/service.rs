@@ -216,11 +216,7 @@ async fn read_session(
             Some(client_message::Kind::KeyCommit(c)) => hub.key_commit(&partner, &c),
             Some(client_message::Kind::KeyShare(k)) => hub.key_share(&partner, &k),
             Some(client_message::Kind::Encrypted(chunk)) => {
-                let r = take_encrypted(&hub, &partner, &mut encrypted, chunk);
-                if r.is_err() {
-                    encrypted = None;
-                }
-                r
+                take_encrypted(&hub, &partner, &mut encrypted, chunk)
             }
             Some(client_message::Kind::DecryptionShare(piece)) => {
                 hub.add_share_piece(&partner, piece)
@@ -242,7 +238,22 @@ async fn read_session(
     tracing::info!(partner = %partner, "partner disconnected");
 }
 
+/// Takes one chunk of an encrypted update; a refused chunk drops the whole
+/// pending update (its partial file included), so the round is untouched.
 fn take_encrypted(
+    hub: &Hub,
+    partner: &str,
+    pending: &mut Option<PendingEncrypted>,
+    chunk: EncryptedChunk,
+) -> Result<(), Rejection> {
+    let r = take_encrypted_chunk(hub, partner, pending, chunk);
+    if r.is_err() {
+        *pending = None;
+    }
+    r
+}
+
+fn take_encrypted_chunk(
     hub: &Hub,
     partner: &str,
     pending: &mut Option<PendingEncrypted>,
@@ -388,4 +399,160 @@ fn take_chunk(
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::round::{RoundCollector, RoundKind};
+    use crate::secure::{CiphertextStore, FederationKey};
+    use consortia_model::TaskSpec;
+    use consortia_privacy::he::{
+        Aggregate, CollectiveKeyAggregator, CollectivePublicKey, Encryptor, HeParams, KeySession,
+        KeyShareGen, PartyId,
+    };
+    use std::time::Instant;
+
+    const TASK: &str = include_str!("../../examples/telco_churn_secure.toml");
+    const VALUES: usize = 42;
+
+    fn key(params: HeParams, parties: u32, id: u8) -> CollectivePublicKey {
+        let session = KeySession::new(params, [id; 32]);
+        let generator = KeyShareGen::new(&session);
+        let shares: Vec<_> = (0..parties)
+            .map(|i| generator.generate(PartyId(i)))
+            .collect();
+        let mut agg = CollectiveKeyAggregator::new(&session, parties).unwrap();
+        for s in &shares {
+            agg.add_commitment(s.public.party(), s.commitment).unwrap();
+        }
+        for s in shares {
+            agg.add_share(s.public.party(), s.public).unwrap();
+        }
+        agg.finish().unwrap()
+    }
+
+    /// A hub serving the secure example task with round 1 open to a, b, c.
+    fn secure_hub(dir: &std::path::Path) -> (Hub, CollectivePublicKey) {
+        let task = TaskSpec::from_toml_str(TASK).unwrap();
+        let n = task.schema.param_count();
+        let k = key(HeParams::Secure128, 3, 1);
+        let fed = FederationKey::new(k.clone(), vec!["a".into(), "b".into(), "c".into()]);
+        let hub = Hub::new(task, TASK.into(), n, Box::new(|_: &[u8]| false))
+            .with_secure_aggregation(CiphertextStore::new(dir), Some(fed));
+        let shape = Shape::new(&k, VALUES as u64).unwrap();
+        let collector = RoundCollector::new(
+            1,
+            0,
+            RoundKind::Train,
+            n,
+            ["a", "b", "c"].iter().map(|s| s.to_string()).collect(),
+            Instant::now() + Duration::from_secs(60),
+        )
+        .with_aggregate(Aggregate::new(shape).unwrap());
+        hub.open(collector);
+        (hub, k)
+    }
+
+    fn chunk(round: u64, bytes: Vec<u8>) -> EncryptedChunk {
+        EncryptedChunk {
+            round,
+            index: 0,
+            chunk_count: 1,
+            example_count: 100,
+            ciphertext: bytes,
+        }
+    }
+
+    fn stored(dir: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.join("secure/round-00000001"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn bad_encrypted_updates_are_refused_and_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (hub, k) = secure_hub(dir.path());
+        let good = Encryptor::new(&k).encrypt(&[5u64; VALUES]).unwrap();
+        let good = good.chunk(0).unwrap().to_vec();
+        let mut pending = None;
+        let refused = |r: Result<(), Rejection>, needle: &str| match r {
+            Err(Rejection::Malformed(m)) => assert!(m.contains(needle), "{m}"),
+            other => panic!("expected a refusal naming `{needle}`, got {other:?}"),
+        };
+        // Wrong size: a truncated chunk.
+        let r = take_encrypted(
+            &hub,
+            "a",
+            &mut pending,
+            chunk(1, good[..good.len() - 16].to_vec()),
+        );
+        refused(r, "encrypted chunk 0 refused");
+        // Wrong dimension: an update of another length under the same key.
+        let other_len = Encryptor::new(&k).encrypt(&[5u64; 5000]).unwrap();
+        let r = take_encrypted(
+            &hub,
+            "a",
+            &mut pending,
+            chunk(1, other_len.chunk(0).unwrap().to_vec()),
+        );
+        refused(r, "refused");
+        // Another key, and another modulus (the 2^64 parameter set).
+        for other in [key(HeParams::Secure128, 3, 2), key(HeParams::Fast64, 3, 1)] {
+            let c = Encryptor::new(&other).encrypt(&[5u64; VALUES]).unwrap();
+            let r = take_encrypted(
+                &hub,
+                "a",
+                &mut pending,
+                chunk(1, c.chunk(0).unwrap().to_vec()),
+            );
+            refused(r, "refused");
+        }
+        // A plaintext update in a secure round.
+        let mut plain = None;
+        let r = take_chunk(
+            &hub,
+            "a",
+            &mut plain,
+            UpdateChunk {
+                round: 1,
+                index: 0,
+                chunk_count: 1,
+                example_count: 100,
+                values: vec![0.0; hub.param_count],
+                train_loss: 0.1,
+            },
+        );
+        refused(r, "encrypted updates only");
+        assert_eq!(hub.updates_received(), 0);
+        assert!(stored(dir.path()).is_empty(), "{:?}", stored(dir.path()));
+
+        // A good update is stored and counted; a second one is refused.
+        take_encrypted(&hub, "a", &mut pending, chunk(1, good.clone())).unwrap();
+        assert_eq!(hub.updates_received(), 1);
+        assert_eq!(stored(dir.path()), vec!["a.ct".to_string()]);
+        let before = std::fs::read(dir.path().join("secure/round-00000001/a.ct")).unwrap();
+        let r = take_encrypted(&hub, "a", &mut pending, chunk(1, good.clone()));
+        assert_eq!(r, Err(Rejection::Duplicate { round: 1 }));
+        assert_eq!(hub.updates_received(), 1);
+        let after = std::fs::read(dir.path().join("secure/round-00000001/a.ct")).unwrap();
+        assert_eq!(before, after);
+        // A partner that is not in the round, and a round that is not open.
+        assert_eq!(
+            take_encrypted(&hub, "z", &mut pending, chunk(1, good.clone())),
+            Err(Rejection::NotSelected { round: 1 })
+        );
+        assert_eq!(
+            take_encrypted(&hub, "b", &mut pending, chunk(2, good)),
+            Err(Rejection::WrongRound { got: 2, open: 1 })
+        );
+        assert_eq!(hub.updates_received(), 1);
+    }
 }
