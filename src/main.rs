@@ -51,6 +51,17 @@ enum Command {
     /// Verify, report and reconcile privacy ledgers.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Make a new federation key at the coordinator's next start (secure
+    /// aggregation), e.g. to go on without a key holder that is gone for good.
+    /// Run it while the coordinator is stopped.
+    Rekey {
+        /// The coordinator's state directory.
+        #[arg(long)]
+        state: PathBuf,
+        /// A partner to leave out of the new key (repeatable).
+        #[arg(long = "without")]
+        without: Vec<String>,
+    },
     /// Plan a task's privacy: the ε its rounds reach, or the noise a target ε needs.
     PrivacyPlan {
         /// Task file with a [privacy] table.
@@ -194,7 +205,39 @@ fn main() -> Result<()> {
             task,
             target_epsilon,
         } => privacy_plan(&task, target_epsilon),
+        Command::Rekey { state, without } => rekey(&state, &without),
     }
+}
+
+fn rekey(state: &std::path::Path, without: &[String]) -> Result<()> {
+    use consortia_coordinator::secure::FederationKey;
+    if !state.join("db").exists() {
+        bail!(
+            "{} is not a coordinator state directory (no db/ inside)",
+            state.display()
+        );
+    }
+    // Opening the database fails while a coordinator holds it.
+    let store = consortia_coordinator::store::Store::open(state)
+        .context("stop the coordinator before re-keying")?;
+    drop(store);
+    let old = FederationKey::remove(state, without)?;
+    match old {
+        Some(holders) => println!(
+            "removed the federation key of {} key holders ({})",
+            holders.len(),
+            holders.join(", ")
+        ),
+        None => println!("no federation key was stored"),
+    }
+    if !without.is_empty() {
+        println!("left out of the next key: {}", without.join(", "));
+    }
+    println!(
+        "the coordinator makes a new key with the partners connected at its next start; \
+         rounds already completed are kept, the round in progress starts again"
+    );
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

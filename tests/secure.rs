@@ -290,3 +290,61 @@ fn stored_updates_survive_a_restart_and_all_but_one_share_open_only_noise() {
     );
     assert!(rounds.iter().all(|r| r.participants.len() == 3));
 }
+
+/// A key holder gone for good stops the rounds visibly (no round starts
+/// that could not be decrypted); `consortia rekey --without` makes a new key
+/// with the others and the task finishes without it.
+#[test]
+fn rekey_goes_on_without_a_key_holder_that_is_gone() {
+    let mut spec = consortia_model::TaskSpec::from_toml_str(include_str!(
+        "../examples/telco_churn_secure.toml"
+    ))
+    .unwrap();
+    spec.rounds = 4;
+    spec.min_partners = 2;
+    let mut fed = Federation::new(&spec.to_toml_string().unwrap());
+    fed.start_coordinator();
+    fed.start_all_agents();
+    fed.wait_log(1, "round started round=2", LONG);
+    let state = fed.path("state");
+    let key = FederationKey::load(&state).unwrap().expect("key stored");
+    let gone = key.committee[0].clone();
+    fed.kill_agent(&gone);
+    fed.wait_log(1, "waits for every key holder", LONG);
+    fed.kill_coordinator();
+
+    let out = std::process::Command::new(common::EXE)
+        .args(["rekey", "--state"])
+        .arg(&state)
+        .args(["--without", &gone])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("removed the federation key"), "{text}");
+    assert!(FederationKey::load(&state).unwrap().is_none());
+
+    fed.start_coordinator();
+    let status = fed.wait_coordinator(LONG);
+    assert!(status.success(), "coordinator failed\n{}", fed.logs());
+    let new_key = FederationKey::load(&state)
+        .unwrap()
+        .expect("new key stored");
+    assert_ne!(new_key.key.key_id(), key.key.key_id());
+    assert!(
+        !new_key.committee.contains(&gone),
+        "{:?}",
+        new_key.committee
+    );
+    let rounds = Store::open(&state).unwrap().rounds().unwrap();
+    assert_eq!(
+        rounds.iter().map(|r| r.round).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    let last = rounds.last().unwrap();
+    assert!(!last.participants.contains(&gone), "{last:?}");
+}

@@ -169,7 +169,7 @@ impl KeyHolder {
                     AgentError::Protocol(format!(
                         "this partner is key holder {party} of the federation key, but its secret \
                          share cannot be read ({e}); without it no round can be decrypted: ask the \
-                         operator to re-key the federation (`consortia coordinator rekey`)"
+                         operator to re-key the federation (`consortia rekey`)"
                     ))
                 })?;
                 if secret.party() != PartyId(party as u32) {

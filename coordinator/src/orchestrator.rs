@@ -537,6 +537,7 @@ pub async fn run_task(
     };
     print_table_header();
     let mut attempt = 0u64;
+    let mut absent_log = Instant::now() - Duration::from_secs(60);
     loop {
         let train = last < total;
         if !train && store.metrics(last)?.is_some() {
@@ -553,18 +554,28 @@ pub async fn run_task(
         if let Some(key) = &fed_key {
             // Only key holders contribute: the sum's noise budget counts them.
             selected.retain(|p| key.party(p).is_some());
+            // A sum can only be opened by every key holder together: no round
+            // starts (and no privacy budget is spent) while one is away.
+            let connected = hub.connected();
             let absent: Vec<&String> = key
                 .committee
                 .iter()
-                .filter(|p| !hub.connected().contains(p))
+                .filter(|p| !connected.contains(p))
                 .collect();
-            if !absent.is_empty() {
-                tracing::warn!(
-                    round,
-                    absent = ?absent,
-                    "not every key holder is connected: the round cannot be decrypted without them \
-                     (all key holders must take part; `consortia coordinator rekey` makes a new key without an absent partner)"
-                );
+            if train && !absent.is_empty() {
+                if absent_log.elapsed() >= Duration::from_secs(10) {
+                    tracing::warn!(
+                        round,
+                        absent = ?absent,
+                        "round {round} waits for every key holder: the sum cannot be decrypted without them. \
+                         To go on without a partner that is gone for good, stop the coordinator and run \
+                         `consortia rekey --state <dir> --without <partner>`"
+                    );
+                    absent_log = Instant::now();
+                }
+                attempt -= 1;
+                hub.wait_change(Duration::from_secs(1)).await;
+                continue;
             }
         }
         if train {
@@ -1058,9 +1069,28 @@ async fn ensure_key(
         );
         return Ok(k);
     }
+    let excluded = crate::secure::excluded(store.dir())?;
+    let mut last_log = Instant::now() - Duration::from_secs(60);
     loop {
         wait_for_partners(hub, min).await;
-        let committee = hub.connected();
+        let committee: Vec<String> = hub
+            .connected()
+            .into_iter()
+            .filter(|p| !excluded.contains(p))
+            .collect();
+        if committee.len() < min {
+            if last_log.elapsed() >= Duration::from_secs(10) {
+                tracing::info!(
+                    candidates = ?committee,
+                    excluded = ?excluded,
+                    needed = min,
+                    "waiting for enough partners to make the federation key"
+                );
+                last_log = Instant::now();
+            }
+            hub.wait_change(Duration::from_secs(1)).await;
+            continue;
+        }
         let ceremony = KeyCeremony::new(HeParams::default(), committee.clone())?;
         let session = ceremony.session;
         *lock(&hub.ceremony) = Some(ceremony);
@@ -1174,7 +1204,7 @@ async fn decrypt_round(
     if !absent.is_empty() {
         return Err(format!(
             "key holder(s) {absent:?} not connected, and all {} must decrypt together; \
-             re-key without an absent partner with `consortia coordinator rekey`",
+             re-key without an absent partner: stop the coordinator, run `consortia rekey --state <dir> --without <partner>`",
             key.committee.len()
         ));
     }

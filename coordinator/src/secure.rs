@@ -135,10 +135,19 @@ impl FederationKey {
     }
 
     /// Forgets the federation key and every round's stored ciphertexts, so the
-    /// next start generates a new key with the partners connected then.
-    /// Returns the key holders of the removed key.
-    pub fn remove(state_dir: &Path) -> Result<Option<Vec<String>>, CoordinatorError> {
+    /// next start generates a new key with the partners connected then,
+    /// leaving out `excluded` (kept in `keys/excluded.json` until the next
+    /// re-key). Returns the key holders of the removed key.
+    pub fn remove(
+        state_dir: &Path,
+        excluded: &[String],
+    ) -> Result<Option<Vec<String>>, CoordinatorError> {
         let old = Self::load(state_dir)?;
+        let dir = state_dir.join("keys");
+        std::fs::create_dir_all(&dir)?;
+        let text = serde_json::to_string(excluded)
+            .map_err(|e| CoordinatorError::Corrupt(format!("excluded partners: {e}")))?;
+        std::fs::write(dir.join("excluded.json"), text)?;
         match std::fs::remove_file(key_path(state_dir)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -149,6 +158,17 @@ impl FederationKey {
             std::fs::remove_dir_all(&secure)?;
         }
         Ok(old.map(|k| k.committee))
+    }
+}
+
+/// Partners a re-key left out of the next federation key.
+pub fn excluded(state_dir: &Path) -> Result<Vec<String>, CoordinatorError> {
+    let path = state_dir.join("keys").join("excluded.json");
+    match std::fs::read_to_string(&path) {
+        Ok(t) => serde_json::from_str(&t)
+            .map_err(|e| CoordinatorError::Corrupt(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
     }
 }
 
