@@ -717,10 +717,11 @@ mod tests {
         assert_eq!(back.committee, key.committee);
         assert_eq!(back.party("b"), Some(PartyId(1)));
         assert_eq!(
-            FederationKey::remove(dir.path()).unwrap(),
+            FederationKey::remove(dir.path(), &["b".to_string()]).unwrap(),
             Some(key.committee)
         );
         assert!(FederationKey::load(dir.path()).unwrap().is_none());
+        assert_eq!(excluded(dir.path()).unwrap(), vec!["b".to_string()]);
     }
 
     #[test]
