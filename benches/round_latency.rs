@@ -1,12 +1,16 @@
-//! Round latency over mutual TLS on loopback: pure orchestration and
-//! transport cost.
+//! Round latency over mutual TLS on loopback: pure orchestration, transport
+//! and (with secure aggregation) cryptography cost.
 //!
 //! The coordinator runs in a child process (so its peak memory can be read
 //! from /proc); the partners are in-process agents that return the model they
-//! received plus a small change, so no training time is counted.
+//! received plus a small change, so no training time is counted. In `secure`
+//! mode they take part in the key ceremony, encrypt their update under the
+//! collective key (`consortia_privacy::he`), and recompute and partially
+//! decrypt every round's sum with the agent's own key-holder code
+//! (`consortia_client::keys`); every partner runs on this one machine.
 //!
 //! ```text
-//! cargo bench --bench round_latency -- [--params 1000000] [--rounds 10] [--partners 3,10]
+//! cargo bench --bench round_latency -- [--params 1000000] [--rounds 10] [--partners 3,10] [--modes plain,secure]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -14,7 +18,11 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use consortia_client::keys::{DecryptJob, KeyHolder};
 use consortia_coordinator::orchestrator::Hub;
+use consortia_coordinator::secure::CiphertextStore;
+use consortia_privacy::he::Encryptor;
+use consortia_privacy::update::UpdateEncoding;
 use consortia_coordinator::server::{revocation_check, serve};
 use consortia_coordinator::store::{Store, StoredStandardizer};
 use consortia_model::metrics::EvalPartial;
@@ -22,7 +30,8 @@ use consortia_model::{LogisticModel, TaskSpec};
 use consortia_pki::{ClientTls, ClientTlsFiles, Pki, ServerTls, ServerTlsFiles};
 use consortia_proto::federation_client::FederationClient;
 use consortia_proto::{
-    ClientMessage, EvalReport, Hello, MAX_MESSAGE_BYTES, UpdateChunk, chunk_count, chunk_range,
+    ClientMessage, DecryptionSharePiece, EncryptedChunk, EvalReport, Hello, KeyCommit, KeyShare,
+    MAX_MESSAGE_BYTES, SHARE_PIECE_BYTES, UpdateChunk, chunk_count, chunk_range,
     client_message::Kind as Up, server_message::Kind as Down,
 };
 
@@ -32,6 +41,7 @@ struct Options {
     params: usize,
     rounds: u32,
     partners: Vec<usize>,
+    modes: Vec<String>,
 }
 
 fn options(args: &[String]) -> Options {
@@ -39,6 +49,7 @@ fn options(args: &[String]) -> Options {
         params: 1_000_000,
         rounds: 10,
         partners: vec![3, 10],
+        modes: vec!["plain".into(), "secure".into()],
     };
     let mut i = 0;
     while i < args.len() {
@@ -46,6 +57,7 @@ fn options(args: &[String]) -> Options {
         match args[i].as_str() {
             "--params" => o.params = v.parse().expect("--params N"),
             "--rounds" => o.rounds = v.parse().expect("--rounds N"),
+            "--modes" => o.modes = v.split(',').map(str::to_string).collect(),
             "--partners" => {
                 o.partners = v
                     .split(',')
@@ -74,20 +86,36 @@ fn main() {
         o.params, o.rounds
     );
     println!(
-        "{:>8}  {:>12}  {:>12}  {:>12}  {:>22}",
-        "partners", "mean s/round", "min s/round", "max s/round", "coordinator peak RSS MiB"
+        "{:>8}  {:>7}  {:>12}  {:>12}  {:>12}  {:>22}  {:>14}",
+        "partners",
+        "mode",
+        "mean s/round",
+        "min s/round",
+        "max s/round",
+        "coordinator peak RSS MiB",
+        "vs plain (mean)"
     );
     for &n in &o.partners {
-        let r = run(n, o.params, o.rounds);
-        println!(
-            "{:>8}  {:>12.3}  {:>12.3}  {:>12.3}  {:>22.1}",
-            n, r.0, r.1, r.2, r.3
-        );
+        let mut plain_mean = None;
+        for mode in &o.modes {
+            let secure = mode == "secure";
+            let r = run(n, o.params, o.rounds, secure);
+            if !secure {
+                plain_mean = Some(r.0);
+            }
+            let ratio = plain_mean
+                .filter(|_| secure)
+                .map_or("-".to_string(), |p| format!("{:.2}x", r.0 / p));
+            println!(
+                "{:>8}  {:>7}  {:>12.3}  {:>12.3}  {:>12.3}  {:>22.1}  {:>14}",
+                n, mode, r.0, r.1, r.2, r.3, ratio
+            );
+        }
     }
 }
 
 /// Runs one federation; returns (mean, min, max) seconds per round and peak MiB.
-fn run(partners: usize, params: usize, rounds: u32) -> (f64, f64, f64, f64) {
+fn run(partners: usize, params: usize, rounds: u32, secure: bool) -> (f64, f64, f64, f64) {
     let dir = tempfile::tempdir().expect("temp dir");
     let names: Vec<String> = (0..partners).map(|i| format!("bench-{i}")).collect();
     let pki = Pki::init(dir.path().join("pki"), &["127.0.0.1".to_string()], &names).expect("pki");
@@ -98,8 +126,13 @@ fn run(partners: usize, params: usize, rounds: u32) -> (f64, f64, f64, f64) {
         .arg(partners.to_string())
         .arg(params.to_string())
         .arg(rounds.to_string())
+        .arg(if secure { "secure" } else { "plain" })
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(match std::env::var_os("ROUND_LATENCY_LOG") {
+            // The coordinator's log, for a breakdown of where a round's time goes.
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+            None => Stdio::null(),
+        })
         .spawn()
         .expect("coordinator child");
     let until = Instant::now() + Duration::from_secs(60);
@@ -126,7 +159,11 @@ fn run(partners: usize, params: usize, rounds: u32) -> (f64, f64, f64, f64) {
             })
             .expect("client tls");
             let addr = addr.clone();
-            tasks.push(tokio::spawn(async move { echo_partner(tls, addr).await }));
+            let keys = KeyHolder::new(&dir.path().join(format!("agent-{name}")), name);
+            let min = partners as u32;
+            tasks.push(tokio::spawn(async move {
+                echo_partner(tls, addr, keys, min).await
+            }));
         }
         for t in tasks {
             t.await.expect("partner task");
@@ -157,7 +194,7 @@ fn run(partners: usize, params: usize, rounds: u32) -> (f64, f64, f64, f64) {
     (mean, min, max, peak_kib / 1024.0)
 }
 
-async fn echo_partner(tls: ClientTls, addr: String) {
+async fn echo_partner(tls: ClientTls, addr: String, mut keys: KeyHolder, min: u32) {
     let channel = tls
         .connect(&format!("https://{addr}"), "127.0.0.1")
         .await
@@ -185,6 +222,7 @@ async fn echo_partner(tls: ClientTls, addr: String) {
     };
     let mut round = None;
     let mut buf: Vec<f64> = Vec::new();
+    let mut job: Option<DecryptJob> = None;
     while let Ok(Some(msg)) = inbound.message().await {
         match msg.kind {
             Some(Down::RoundStart(s)) => {
@@ -207,6 +245,34 @@ async fn echo_partner(tls: ClientTls, addr: String) {
                     continue;
                 }
                 let n = buf.len();
+                if !s.key_id.is_empty() {
+                    let key = keys.current.as_ref().expect("key installed").key.clone();
+                    let r = s.round;
+                    let chunks = tokio::task::spawn_blocking(move || {
+                        let enc = UpdateEncoding::for_round(None, n, min as usize, &key, r)
+                            .expect("encoding");
+                        let values = enc
+                            .encode_weighted(&vec![1e-3; n], 100)
+                            .expect("encode");
+                        let v = Encryptor::new(&key).encrypt(&values).expect("encrypt");
+                        v.chunks().map(<[u8]>::to_vec).collect::<Vec<_>>()
+                    })
+                    .await
+                    .expect("encrypt task");
+                    let count = chunks.len() as u32;
+                    for (index, ciphertext) in chunks.into_iter().enumerate() {
+                        tx.send(up(Up::Encrypted(EncryptedChunk {
+                            round: s.round,
+                            index: index as u32,
+                            chunk_count: count,
+                            example_count: 100,
+                            ciphertext,
+                        })))
+                        .await
+                        .expect("send update");
+                    }
+                    continue;
+                }
                 for index in 0..chunk_count(n) {
                     let values = buf[chunk_range(n, index)]
                         .iter()
@@ -222,6 +288,51 @@ async fn echo_partner(tls: ClientTls, addr: String) {
                     })))
                     .await
                     .expect("send update");
+                }
+            }
+            Some(Down::Keygen(req)) => {
+                let commitment = keys.keygen(&req).expect("keygen");
+                tx.send(up(Up::KeyCommit(KeyCommit {
+                    session_id: req.session_id,
+                    commitment: commitment.to_vec(),
+                })))
+                .await
+                .expect("send commitment");
+            }
+            Some(Down::KeyReveal(r)) => {
+                let public_share = keys.reveal(&r.session_id).expect("reveal");
+                tx.send(up(Up::KeyShare(KeyShare {
+                    session_id: r.session_id,
+                    public_share,
+                })))
+                .await
+                .expect("send share");
+            }
+            Some(Down::CollectiveKey(k)) => {
+                keys.install(&k).expect("install key");
+            }
+            Some(Down::Decrypt(req)) => {
+                let values = req.values;
+                job = Some(keys.begin_decrypt(&req, min, values).expect("decrypt request"));
+            }
+            Some(Down::Ciphertext(c)) => {
+                let Some(j) = job.as_mut() else { continue };
+                j.add(&c).expect("ciphertext");
+                if j.complete() {
+                    let j = job.take().expect("job");
+                    let round = j.round();
+                    let share = keys.finish_decrypt(j).expect("partial decryption");
+                    let count = share.len().div_ceil(SHARE_PIECE_BYTES) as u32;
+                    for (index, bytes) in share.chunks(SHARE_PIECE_BYTES).enumerate() {
+                        tx.send(up(Up::DecryptionShare(DecryptionSharePiece {
+                            round,
+                            index: index as u32,
+                            piece_count: count,
+                            bytes: bytes.to_vec(),
+                        })))
+                        .await
+                        .expect("send share");
+                    }
                 }
             }
             Some(Down::Finished(_)) => return,
@@ -242,12 +353,20 @@ fn peak_rss_kib() -> u64 {
 }
 
 fn coordinator_child(args: &[String]) {
+    if std::env::var_os("ROUND_LATENCY_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init();
+    }
     let dir = PathBuf::from(&args[0]);
     let partners: u32 = args[1].parse().expect("partners");
     let params: usize = args[2].parse().expect("params");
     let rounds: u32 = args[3].parse().expect("rounds");
+    let secure = args.get(4).map(String::as_str) == Some("secure");
     let mut task = TaskSpec::from_toml_str(TASK).expect("task");
     task.rounds = rounds;
+    task.secure_aggregation = secure;
     task.min_partners = partners;
     task.round_deadline_secs = 120;
     let text = task.to_toml_string().expect("toml");
@@ -283,7 +402,11 @@ fn coordinator_child(args: &[String]) {
             listener.local_addr().expect("addr").to_string(),
         )
         .expect("addr file");
-        let hub = Arc::new(Hub::new(task, text, params, revocation_check(&tls)));
+        let mut hub = Hub::new(task, text, params, revocation_check(&tls));
+        if secure {
+            hub = hub.with_secure_aggregation(CiphertextStore::new(&dir.join("state")), None);
+        }
+        let hub = Arc::new(hub);
         serve(hub, store, None, tls, listener, std::future::pending())
             .await
             .expect("serve");

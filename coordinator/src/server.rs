@@ -145,6 +145,8 @@ pub async fn serve(
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .initial_stream_window_size(Some(consortia_pki::client::STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(consortia_pki::client::CONNECTION_WINDOW_BYTES))
         .add_service(service)
         .serve_with_incoming_shutdown(tls.incoming(listener), async move {
             let _ = stop_rx.await;

@@ -138,6 +138,11 @@ impl ClientTls {
     }
 }
 
+/// HTTP/2 flow-control window of one stream.
+pub const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+/// HTTP/2 flow-control window of one connection.
+pub const CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+
 fn default_endpoint(endpoint: &str) -> Result<Endpoint, PkiError> {
     let invalid = |reason: String| PkiError::Endpoint {
         endpoint: endpoint.to_owned(),
@@ -151,9 +156,13 @@ fn default_endpoint(endpoint: &str) -> Result<Endpoint, PkiError> {
         Some("https") => {}
         _ => return Err(invalid("the scheme must be https".into())),
     }
+    // Models and ciphertexts stream in megabyte messages: HTTP/2 windows of a
+    // few MiB keep the pipe full instead of waiting on window updates.
     Ok(parsed
         .connect_timeout(DEFAULT_CONNECT_TIMEOUT)
-        .tcp_nodelay(true))
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES)))
 }
 
 /// A tower service from a URI to a TLS stream: dials the URI's host and port
