@@ -21,13 +21,13 @@ use std::time::{Duration, Instant};
 use consortia_client::keys::{DecryptJob, KeyHolder};
 use consortia_coordinator::orchestrator::Hub;
 use consortia_coordinator::secure::CiphertextStore;
-use consortia_privacy::he::Encryptor;
-use consortia_privacy::update::UpdateEncoding;
 use consortia_coordinator::server::{revocation_check, serve};
 use consortia_coordinator::store::{Store, StoredStandardizer};
 use consortia_model::metrics::EvalPartial;
 use consortia_model::{LogisticModel, TaskSpec};
 use consortia_pki::{ClientTls, ClientTlsFiles, Pki, ServerTls, ServerTlsFiles};
+use consortia_privacy::he::Encryptor;
+use consortia_privacy::update::UpdateEncoding;
 use consortia_proto::federation_client::FederationClient;
 use consortia_proto::{
     ClientMessage, DecryptionSharePiece, EncryptedChunk, EvalReport, Hello, KeyCommit, KeyShare,
@@ -251,9 +251,7 @@ async fn echo_partner(tls: ClientTls, addr: String, mut keys: KeyHolder, min: u3
                     let chunks = tokio::task::spawn_blocking(move || {
                         let enc = UpdateEncoding::for_round(None, n, min as usize, &key, r)
                             .expect("encoding");
-                        let values = enc
-                            .encode_weighted(&vec![1e-3; n], 100)
-                            .expect("encode");
+                        let values = enc.encode_weighted(&vec![1e-3; n], 100).expect("encode");
                         let v = Encryptor::new(&key).encrypt(&values).expect("encrypt");
                         v.chunks().map(<[u8]>::to_vec).collect::<Vec<_>>()
                     })
@@ -313,7 +311,10 @@ async fn echo_partner(tls: ClientTls, addr: String, mut keys: KeyHolder, min: u3
             }
             Some(Down::Decrypt(req)) => {
                 let values = req.values;
-                job = Some(keys.begin_decrypt(&req, min, values).expect("decrypt request"));
+                job = Some(
+                    keys.begin_decrypt(&req, min, values)
+                        .expect("decrypt request"),
+                );
             }
             Some(Down::Ciphertext(c)) => {
                 let Some(j) = job.as_mut() else { continue };
@@ -329,6 +330,7 @@ async fn echo_partner(tls: ClientTls, addr: String, mut keys: KeyHolder, min: u3
                             index: index as u32,
                             piece_count: count,
                             bytes: bytes.to_vec(),
+                            total_bytes: share.len() as u64,
                         })))
                         .await
                         .expect("send share");

@@ -406,6 +406,7 @@ async fn send_share(
                 index: index as u32,
                 piece_count: pieces,
                 bytes: bytes.to_vec(),
+                total_bytes: share.len() as u64,
             }),
         )
         .await?;

@@ -23,8 +23,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use consortia_privacy::he::{
-    Aggregate, CollectiveKeyAggregator, CollectivePublicKey, Combiner, DecryptionShare, HeParams,
-    KeyCommitment, KeySession, PartyId, PublicKeyShare, Shape,
+    Aggregate, CollectiveKeyAggregator, CollectivePublicKey, Combiner, HeParams, KeyCommitment,
+    KeySession, PartyId, PublicKeyShare,
 };
 use consortia_proto::{CollectiveKey, DecryptionSharePiece, KeyCommit, KeyShare};
 use serde::{Deserialize, Serialize};
@@ -508,15 +508,28 @@ impl Drop for Upload {
     }
 }
 
-/// Joint decryption of one round's sum.
+/// A key holder's share arriving piece by piece.
+struct ShareStream {
+    party: PartyId,
+    next: u32,
+    pieces: u32,
+    /// Words subtracted so far.
+    words: usize,
+    /// Bytes of a word split across two pieces.
+    carry: Vec<u8>,
+}
+
+/// Joint decryption of one round's sum. Shares are combined piece by piece
+/// as they arrive ([`Combiner::subtract_share_words`]), so the coordinator
+/// holds the aggregate's bodies and a few messages, however many key holders
+/// there are.
 pub struct Decryption {
     /// Round.
     pub round: u64,
-    shape: Shape,
     committee: Vec<String>,
     combiner: Combiner,
-    pieces: BTreeMap<String, (u32, u32, Vec<u8>)>,
-    max_share_bytes: usize,
+    streams: BTreeMap<String, ShareStream>,
+    word_bytes: usize,
     /// Why the decryption cannot complete, once known.
     pub failed: Option<String>,
 }
@@ -524,15 +537,12 @@ pub struct Decryption {
 impl Decryption {
     /// Starts decrypting `aggregate` with the key holders of `key`.
     pub fn new(round: u64, aggregate: &Aggregate, key: &FederationKey) -> Self {
-        let shape = *aggregate.shape();
-        let words = shape.polys() as usize * shape.polynomial_size();
         Decryption {
             round,
-            shape,
             committee: key.committee.clone(),
             combiner: Combiner::new(aggregate),
-            pieces: BTreeMap::new(),
-            max_share_bytes: words * shape.params.word_bytes() + 1024,
+            streams: BTreeMap::new(),
+            word_bytes: aggregate.shape().params.word_bytes(),
             failed: None,
         }
     }
@@ -559,8 +569,19 @@ impl Decryption {
         }
     }
 
-    /// One piece of a key holder's share; the share is checked and combined
-    /// when its last piece arrives. A refused piece changes nothing.
+    fn piece_len(total: usize, pieces: u32, index: u32) -> usize {
+        if index + 1 < pieces {
+            consortia_proto::SHARE_PIECE_BYTES
+        } else {
+            total - consortia_proto::SHARE_PIECE_BYTES * (pieces as usize - 1)
+        }
+    }
+
+    /// One piece of a key holder's share. The first piece is checked whole
+    /// (sender, round, declared length, header) before anything is combined,
+    /// so a share from a non-key-holder, of the wrong length, of another
+    /// aggregate or sent twice is refused with the round untouched. A key
+    /// holder that then breaks its own share off fails the decryption.
     pub fn add_piece(&mut self, partner: &str, p: DecryptionSharePiece) -> Result<(), Rejection> {
         if p.round != self.round {
             return Err(Rejection::WrongRound {
@@ -577,51 +598,93 @@ impl Decryption {
         if self.combiner.has(party) {
             return Err(Rejection::Duplicate { round: self.round });
         }
-        let max_pieces = self
-            .max_share_bytes
-            .div_ceil(consortia_proto::SHARE_PIECE_BYTES) as u32;
-        if p.piece_count == 0 || p.piece_count > max_pieces {
-            return Err(Rejection::Malformed(format!(
-                "decryption share announced in {} pieces; a share of this round takes at most {max_pieces}",
-                p.piece_count
-            )));
+        let total = self.combiner.share_len();
+        let pieces = total.div_ceil(consortia_proto::SHARE_PIECE_BYTES) as u32;
+        if p.index == 0 {
+            if self.streams.contains_key(partner) {
+                return Err(Rejection::Duplicate { round: self.round });
+            }
+            if p.total_bytes != total as u64 || p.piece_count != pieces {
+                return Err(Rejection::Malformed(format!(
+                    "decryption share of {} bytes in {} pieces refused: a share of this round has {total} bytes in {pieces}",
+                    p.total_bytes, p.piece_count
+                )));
+            }
+            if p.bytes.len() != Self::piece_len(total, pieces, 0) {
+                return Err(Rejection::Malformed(format!(
+                    "decryption share piece 0 has {} bytes, expected {}",
+                    p.bytes.len(),
+                    Self::piece_len(total, pieces, 0)
+                )));
+            }
+            let got = self
+                .combiner
+                .check_share_header(&p.bytes)
+                .map_err(|e| Rejection::Malformed(format!("decryption share refused: {e}")))?;
+            if got != party {
+                return Err(Rejection::Malformed(format!(
+                    "decryption share is for party {}, `{partner}` is party {}",
+                    got.0, party.0
+                )));
+            }
+            self.streams.insert(
+                partner.to_string(),
+                ShareStream {
+                    party,
+                    next: 0,
+                    pieces,
+                    words: 0,
+                    carry: Vec::new(),
+                },
+            );
         }
-        let entry =
-            self.pieces
-                .entry(partner.to_string())
-                .or_insert((0, p.piece_count, Vec::new()));
-        if p.index != entry.0 || p.piece_count != entry.1 {
-            let next = entry.0;
-            self.pieces.remove(partner);
+        let Some(stream) = self.streams.get_mut(partner) else {
             return Err(Rejection::Malformed(format!(
-                "decryption share piece {} out of order (expected {next}); send the share again",
+                "decryption share piece {} arrived before piece 0",
                 p.index
             )));
+        };
+        let expected = Self::piece_len(total, stream.pieces, p.index);
+        if p.index != stream.next || p.piece_count != stream.pieces || p.bytes.len() != expected {
+            let why = format!(
+                "decryption share piece {} ({} bytes) out of order or of the wrong size",
+                p.index,
+                p.bytes.len()
+            );
+            self.streams.remove(partner);
+            if p.index > 0 {
+                // Part of this share is already combined: the sum cannot be opened.
+                self.fail(partner, &why);
+            }
+            return Err(Rejection::Malformed(why));
         }
-        if entry.2.len() + p.bytes.len() > self.max_share_bytes {
-            self.pieces.remove(partner);
-            return Err(Rejection::Malformed(
-                "decryption share longer than a share of this round".into(),
-            ));
+        let body = if p.index == 0 {
+            &p.bytes[Combiner::SHARE_HEADER_LEN..]
+        } else {
+            &p.bytes[..]
+        };
+        stream.carry.extend_from_slice(body);
+        let whole = stream.carry.len() / self.word_bytes * self.word_bytes;
+        let subtracted = self
+            .combiner
+            .subtract_share_words(stream.words, &stream.carry[..whole]);
+        if let Err(e) = subtracted {
+            let why = format!("decryption share refused: {e}");
+            self.streams.remove(partner);
+            self.fail(partner, &why);
+            return Err(Rejection::Malformed(why));
         }
-        entry.2.extend_from_slice(&p.bytes);
-        entry.0 += 1;
-        if entry.0 < entry.1 {
-            return Ok(());
+        stream.words += whole / self.word_bytes;
+        stream.carry.drain(..whole);
+        stream.next += 1;
+        if stream.next == stream.pieces {
+            let party = stream.party;
+            self.streams.remove(partner);
+            self.combiner
+                .complete_share(party)
+                .map_err(|e| Rejection::Malformed(format!("decryption share refused: {e}")))?;
         }
-        let (_, _, bytes) = self.pieces.remove(partner).expect("entry present");
-        let share = DecryptionShare::from_bytes(&bytes, &self.shape)
-            .map_err(|e| Rejection::Malformed(format!("decryption share refused: {e}")))?;
-        if share.party() != party {
-            return Err(Rejection::Malformed(format!(
-                "decryption share is for party {}, `{partner}` is party {}",
-                share.party().0,
-                party.0
-            )));
-        }
-        self.combiner
-            .add(&share)
-            .map_err(|e| Rejection::Malformed(format!("decryption share refused: {e}")))
+        Ok(())
     }
 
     /// The decrypted sum.
@@ -633,7 +696,7 @@ impl Decryption {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use consortia_privacy::he::{Encryptor, KeyShareGen, PartialDecryptor};
+    use consortia_privacy::he::{Encryptor, KeyShareGen, PartialDecryptor, Shape};
     use consortia_proto::SHARE_PIECE_BYTES;
 
     fn ceremony_key(names: &[&str]) -> (FederationKey, Vec<consortia_privacy::he::SecretKeyShare>) {
@@ -703,6 +766,7 @@ mod tests {
                 index: i as u32,
                 piece_count: count,
                 bytes: b.to_vec(),
+                total_bytes: bytes.len() as u64,
             })
             .collect()
     }
@@ -727,7 +791,8 @@ mod tests {
     #[test]
     fn decryption_takes_each_key_holders_share_once_and_nobody_elses() {
         let (key, secrets) = ceremony_key(&["a", "b", "c"]);
-        let values: Vec<u64> = (0..300).collect();
+        // Over 1 MiB per share: two pieces, split inside a word.
+        let values: Vec<u64> = (0..70_000).collect();
         let shape = Shape::new(&key.key, values.len() as u64).unwrap();
         let mut agg = Aggregate::new(shape).unwrap();
         for _ in 0..3 {
@@ -753,25 +818,36 @@ mod tests {
         }
         // Of the wrong length.
         let short = &shares[0][..shares[0].len() - 16];
-        let r = pieces(7, short)
+        let rs: Vec<_> = pieces(7, short)
             .into_iter()
             .map(|p| d.add_piece("a", p))
-            .last()
-            .unwrap();
-        assert!(matches!(r, Err(Rejection::Malformed(m)) if m.contains("refused")));
+            .collect();
+        assert!(matches!(&rs[0], Err(Rejection::Malformed(m)) if m.contains("refused")));
+        assert!(rs.iter().all(Result::is_err));
         // b's share sent as a's.
-        let r = pieces(7, &shares[1])
+        let rs: Vec<_> = pieces(7, &shares[1])
             .into_iter()
             .map(|p| d.add_piece("a", p))
-            .last()
-            .unwrap();
-        assert!(matches!(r, Err(Rejection::Malformed(m)) if m.contains("party 1")));
+            .collect();
+        assert!(matches!(&rs[0], Err(Rejection::Malformed(m)) if m.contains("party 1")));
+        assert!(rs.iter().all(Result::is_err));
         // For another round.
         assert!(matches!(
             d.add_piece("a", pieces(8, &shares[0]).remove(0)),
             Err(Rejection::WrongRound { got: 8, open: 7 })
         ));
         assert_eq!(d.waiting_for(), vec!["a", "b", "c"]);
+        assert!(d.failed.is_none());
+        // A key holder that breaks its share off after the first piece fails
+        // the decryption (part of it is combined already).
+        let mut broken = Decryption::new(7, &agg, &key);
+        let mut ps = pieces(7, &shares[0]);
+        assert!(ps.len() >= 2);
+        broken.add_piece("a", ps.remove(0)).unwrap();
+        let mut wrong = ps.remove(0);
+        wrong.bytes.pop();
+        assert!(broken.add_piece("a", wrong).is_err());
+        assert!(broken.failed.as_deref().is_some_and(|f| f.contains("`a`")));
         for (name, bytes) in ["a", "b", "c"].iter().zip(&shares) {
             for p in pieces(7, bytes) {
                 d.add_piece(name, p).unwrap();

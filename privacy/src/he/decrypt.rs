@@ -58,7 +58,7 @@ impl DecryptionShare {
         self.aggregate_digest
     }
 
-    fn encoded_len(shape: &Shape) -> usize {
+    pub(crate) fn encoded_len(shape: &Shape) -> usize {
         HEADER_LEN
             + 32
             + 4
@@ -358,6 +358,98 @@ impl Combiner {
             Words::W128(p) => sub(p, &s.words, shape.params)?,
         }
         self.seen.insert(s.party);
+        Ok(())
+    }
+
+    /// Bytes of one share's wire form ([`DecryptionShare::to_bytes`]).
+    pub fn share_len(&self) -> usize {
+        DecryptionShare::encoded_len(&self.shape)
+    }
+
+    /// Bytes of a share's header, before its words.
+    pub const SHARE_HEADER_LEN: usize = HEADER_LEN + 32 + 4 + 32;
+
+    /// Streaming form of [`Combiner::add`], step 1: checks the first
+    /// [`Combiner::SHARE_HEADER_LEN`] bytes of a share (parameters, session,
+    /// party not yet combined, aggregate digest). Changes nothing.
+    pub fn check_share_header(&self, header: &[u8]) -> Result<PartyId, HeError> {
+        let shape = self.shape;
+        let header = header
+            .get(..Self::SHARE_HEADER_LEN)
+            .ok_or(HeError::WrongCount {
+                what: "decryption share header bytes",
+                expected: Self::SHARE_HEADER_LEN as u64,
+                got: header.len() as u64,
+            })?;
+        let mut r = Reader::new(header, "decryption share");
+        r.header(SHARE_MAGIC, Some(shape.params))?;
+        if r.array32()? != shape.session_id {
+            return Err(HeError::WrongKey {
+                what: "decryption share",
+            });
+        }
+        let party = PartyId(r.u32()?);
+        if party.0 >= shape.parties {
+            return Err(HeError::UnknownParty {
+                party,
+                parties: shape.parties,
+            });
+        }
+        if self.seen.contains(&party) {
+            return Err(HeError::DuplicateParty(party));
+        }
+        if r.array32()? != self.digest {
+            return Err(HeError::DigestMismatch(party));
+        }
+        Ok(party)
+    }
+
+    /// Streaming step 2: subtracts whole words of a share (little-endian,
+    /// `bytes.len()` a multiple of the word size) starting at word
+    /// `word_offset`. The caller checks the header first and must treat a
+    /// share that then breaks off as a failed decryption: words already
+    /// subtracted cannot be taken back.
+    pub fn subtract_share_words(
+        &mut self,
+        word_offset: usize,
+        bytes: &[u8],
+    ) -> Result<(), HeError> {
+        let word = self.shape.params.word_bytes();
+        let total = match &self.phase {
+            Words::W64(p) => p.len(),
+            Words::W128(p) => p.len(),
+        };
+        let count = bytes.len() / word;
+        if bytes.len() % word != 0 || word_offset + count > total {
+            return Err(HeError::WrongCount {
+                what: "decryption share words",
+                expected: total as u64,
+                got: (word_offset + count) as u64,
+            });
+        }
+        fn sub<T: Word>(phase: &mut [T], bytes: &[u8], word: usize) {
+            for (p, b) in phase.iter_mut().zip(bytes.chunks_exact(word)) {
+                *p = p.wrapping_sub(T::read_le(b));
+            }
+        }
+        match &mut self.phase {
+            Words::W64(p) => sub(&mut p[word_offset..word_offset + count], bytes, word),
+            Words::W128(p) => sub(&mut p[word_offset..word_offset + count], bytes, word),
+        }
+        Ok(())
+    }
+
+    /// Streaming step 3: records that all of `party`'s words were subtracted.
+    pub fn complete_share(&mut self, party: PartyId) -> Result<(), HeError> {
+        if party.0 >= self.shape.parties {
+            return Err(HeError::UnknownParty {
+                party,
+                parties: self.shape.parties,
+            });
+        }
+        if !self.seen.insert(party) {
+            return Err(HeError::DuplicateParty(party));
+        }
         Ok(())
     }
 
