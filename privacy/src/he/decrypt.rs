@@ -420,7 +420,7 @@ impl Combiner {
             Words::W128(p) => p.len(),
         };
         let count = bytes.len() / word;
-        if bytes.len() % word != 0 || word_offset + count > total {
+        if !bytes.len().is_multiple_of(word) || word_offset + count > total {
             return Err(HeError::WrongCount {
                 what: "decryption share words",
                 expected: total as u64,
