@@ -86,14 +86,15 @@ fn main() {
         o.params, o.rounds
     );
     println!(
-        "{:>8}  {:>7}  {:>12}  {:>12}  {:>12}  {:>22}  {:>14}",
+        "{:>8}  {:>7}  {:>12}  {:>12}  {:>12}  {:>22}  {:>14}  {:>22}",
         "partners",
         "mode",
         "mean s/round",
         "min s/round",
         "max s/round",
         "coordinator peak RSS MiB",
-        "vs plain (mean)"
+        "vs plain (mean)",
+        "coordinator CPU s/round"
     );
     for &n in &o.partners {
         let mut plain_mean = None;
@@ -101,21 +102,21 @@ fn main() {
             let secure = mode == "secure";
             let r = run(n, o.params, o.rounds, secure);
             if !secure {
-                plain_mean = Some(r.0);
+                plain_mean = Some(r.mean);
             }
             let ratio = plain_mean
                 .filter(|_| secure)
-                .map_or("-".to_string(), |p| format!("{:.2}x", r.0 / p));
+                .map_or("-".to_string(), |p| format!("{:.2}x", r.mean / p));
             println!(
-                "{:>8}  {:>7}  {:>12.3}  {:>12.3}  {:>12.3}  {:>22.1}  {:>14}",
-                n, mode, r.0, r.1, r.2, r.3, ratio
+                "{:>8}  {:>7}  {:>12.3}  {:>12.3}  {:>12.3}  {:>22.1}  {:>14}  {:>22.3}",
+                n, mode, r.mean, r.min, r.max, r.peak_mib, ratio, r.cpu_per_round
             );
         }
     }
 }
 
 /// Runs one federation; returns (mean, min, max) seconds per round and peak MiB.
-fn run(partners: usize, params: usize, rounds: u32, secure: bool) -> (f64, f64, f64, f64) {
+fn run(partners: usize, params: usize, rounds: u32, secure: bool) -> RunResult {
     let dir = tempfile::tempdir().expect("temp dir");
     let names: Vec<String> = (0..partners).map(|i| format!("bench-{i}")).collect();
     let pki = Pki::init(dir.path().join("pki"), &["127.0.0.1".to_string()], &names).expect("pki");
@@ -171,11 +172,14 @@ fn run(partners: usize, params: usize, rounds: u32, secure: bool) -> (f64, f64, 
     });
     let out = child.wait_with_output().expect("coordinator output");
     let text = String::from_utf8_lossy(&out.stdout);
-    let peak_kib: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("peak_kib="))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(f64::NAN);
+    let field = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let peak_kib = field("peak_kib=");
+    let cpu = field("cpu_s=");
     let store = Store::open(&dir.path().join("state")).expect("state");
     let times: Vec<u64> = store
         .rounds()
@@ -191,7 +195,23 @@ fn run(partners: usize, params: usize, rounds: u32, secure: bool) -> (f64, f64, 
     let mean = lat.iter().sum::<f64>() / lat.len().max(1) as f64;
     let min = lat.iter().copied().fold(f64::INFINITY, f64::min);
     let max = lat.iter().copied().fold(0.0, f64::max);
-    (mean, min, max, peak_kib / 1024.0)
+    RunResult {
+        mean,
+        min,
+        max,
+        peak_mib: peak_kib / 1024.0,
+        cpu_per_round: cpu / f64::from(rounds),
+    }
+}
+
+/// What one federation run measured.
+struct RunResult {
+    mean: f64,
+    min: f64,
+    max: f64,
+    peak_mib: f64,
+    /// The coordinator process's CPU seconds over the run, per round.
+    cpu_per_round: f64,
 }
 
 async fn echo_partner(tls: ClientTls, addr: String, mut keys: KeyHolder, min: u32) {
@@ -343,6 +363,21 @@ async fn echo_partner(tls: ClientTls, addr: String, mut keys: KeyHolder, min: u3
     }
 }
 
+/// User + system CPU seconds of this process (/proc/self/stat fields 14, 15).
+fn cpu_seconds() -> f64 {
+    let ticks = 100.0; // USER_HZ on Linux
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(") ")?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let u: f64 = f.get(11)?.parse().ok()?;
+            let k: f64 = f.get(12)?.parse().ok()?;
+            Some((u + k) / ticks)
+        })
+        .unwrap_or(f64::NAN)
+}
+
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -414,4 +449,5 @@ fn coordinator_child(args: &[String]) {
             .expect("serve");
     });
     println!("peak_kib={}", peak_rss_kib());
+    println!("cpu_s={}", cpu_seconds());
 }
