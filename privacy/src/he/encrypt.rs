@@ -152,10 +152,22 @@ impl Shape {
     }
 
     /// Checks one chunk's wire bytes against this shape (header, key, index,
-    /// polynomial count, exact length) without keeping them: what a receiver
-    /// does before storing a chunk it will add later.
+    /// polynomial count, exact length, and tfhe's conformance check of the
+    /// list) without keeping them: what a receiver does before storing a
+    /// chunk it will add later.
     pub fn check_chunk_bytes(&self, index: u32, bytes: &[u8]) -> Result<(), HeError> {
-        self.check_chunk(index, bytes).map(|_| ())
+        let payload = self.check_chunk(index, bytes)?;
+        let polys = self.polys_in_chunk(index) as usize;
+        let ok = match Words::read_le(self.params, payload) {
+            Words::W64(w) => conformant(w, self.polynomial_size(), polys),
+            Words::W128(w) => conformant(w, self.polynomial_size(), polys),
+        };
+        if !ok {
+            return Err(HeError::NotConformant {
+                what: "ciphertext chunk",
+            });
+        }
+        Ok(())
     }
 
     /// Checks a chunk's header against this shape; returns its payload.
