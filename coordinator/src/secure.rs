@@ -317,7 +317,9 @@ impl CiphertextStore {
     ) -> Result<Upload, std::io::Error> {
         let dir = self.dir(round);
         std::fs::create_dir_all(&dir)?;
-        let path = dir.join(format!("{partner}.part"));
+        // Unique per upload: a reconnected partner's new upload never shares
+        // a file with the one its old session leaves behind.
+        let path = dir.join(format!("{partner}.{:016x}.part", rand::random::<u64>()));
         let mut file = std::fs::File::create(&path)?;
         file.write_all(UPLOAD_MAGIC)?;
         file.write_all(&examples.to_le_bytes())?;
