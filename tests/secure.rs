@@ -109,6 +109,15 @@ fn secure_aggregation_with_distributed_dp_keeps_the_plaintext_quality() {
     for (p, eps) in &last.epsilon_cumulative {
         assert!(*eps <= 8.0 && *eps > 7.0, "{p} spent ε {eps}");
     }
+    // Each partner's own ledger, signed with its own key, reconciles with it.
+    for (name, _) in &fed.partners {
+        let own = consortia_ledger::load_entries(fed.agent_state(name).join("ledger")).unwrap();
+        let cert = Verifier::from_cert_pem_file(fed.pki.partner_cert_path(name)).unwrap();
+        assert!(verify(&own, &cert).is_valid(), "{name}'s ledger");
+        assert_eq!(own.len(), 60, "{name}'s ledger");
+        let disagreements = consortia_ledger::audit::compare(name, &own, &entries);
+        assert!(disagreements.is_empty(), "{name}: {disagreements:?}");
+    }
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {

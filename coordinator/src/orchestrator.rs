@@ -1335,3 +1335,124 @@ fn secure_step(
     }
     Ok(next)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use consortia_privacy::he::{
+        CollectiveKeyAggregator, CollectivePublicKey, KeySession, KeyShareGen, PartyId,
+    };
+
+    const SECURE: &str = include_str!("../../examples/telco_churn_secure.toml");
+    const DDG: &str = include_str!("../../examples/telco_churn_ddg_eps8.toml");
+
+    fn key(parties: u32) -> CollectivePublicKey {
+        let session = KeySession::new(HeParams::Secure128, [3; 32]);
+        let generator = KeyShareGen::new(&session);
+        let shares: Vec<_> = (0..parties)
+            .map(|i| generator.generate(PartyId(i)))
+            .collect();
+        let mut agg = CollectiveKeyAggregator::new(&session, parties).unwrap();
+        for s in &shares {
+            agg.add_commitment(s.public.party(), s.commitment).unwrap();
+        }
+        for s in shares {
+            agg.add_share(s.public.party(), s.public).unwrap();
+        }
+        agg.finish().unwrap()
+    }
+
+    /// The plaintext sum of encoded vectors, as joint decryption returns it.
+    fn sum(vectors: &[Vec<u64>], bits: u32) -> Vec<u64> {
+        let mask = (1u64 << bits) - 1;
+        let mut out = vec![0u64; vectors[0].len()];
+        for v in vectors {
+            for (o, x) in out.iter_mut().zip(v) {
+                *o = o.wrapping_add(*x) & mask;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn weighted_secure_round_is_fedavg() {
+        let task = TaskSpec::from_toml_str(SECURE).unwrap();
+        let n = task.schema.param_count();
+        let k = key(3);
+        let enc = UpdateEncoding::for_round(None, n, 3, &k, 1).unwrap();
+        let global = vec![0.5; n];
+        let a = enc.encode_weighted(&vec![0.25; n], 100).unwrap();
+        let b = enc.encode_weighted(&vec![-0.5; n], 300).unwrap();
+        let s = sum(&[a, b], k.plaintext_bits());
+        let next = secure_step(&task, None, &enc, &global, &s, 2, 400).unwrap();
+        // (100·0.25 − 300·0.5)/400 = −0.3125
+        for v in &next {
+            assert!((v - (0.5 - 0.3125)).abs() < 1e-4, "{v}");
+        }
+    }
+
+    #[test]
+    fn distributed_record_round_is_one_gradient_step() {
+        let task = TaskSpec::from_toml_str(DDG).unwrap();
+        let mut spec = task.privacy_spec().unwrap().unwrap();
+        // Almost no noise, so the step is checked to the rounding precision.
+        spec.noise_multiplier = 1e-4;
+        let n = task.schema.param_count();
+        let k = key(3);
+        let enc = UpdateEncoding::for_round(Some(&spec), n, 3, &k, 5).unwrap();
+        let grads: Vec<Vec<f64>> = (0..3)
+            .map(|p| {
+                (0..n)
+                    .map(|i| ((i + p) as f64 * 0.3).sin() * 20.0)
+                    .collect()
+            })
+            .collect();
+        let encoded: Vec<Vec<u64>> = grads.iter().map(|g| enc.encode_ddg(g).unwrap()).collect();
+        let s = sum(&encoded, k.plaintext_bits());
+        let global: Vec<f64> = (0..n).map(|i| i as f64 * 0.01).collect();
+        let rows = 1000u64;
+        let next = secure_step(&task, Some(&spec), &enc, &global, &s, 3, rows).unwrap();
+        let lr = task.learning_rate;
+        let l2 = task.model.l2;
+        for i in 0..n {
+            let g: f64 = grads.iter().map(|v| v[i]).sum::<f64>() / rows as f64;
+            let penalty = if i == n - 1 { 0.0 } else { l2 * global[i] };
+            let want = global[i] - lr * (g + penalty);
+            assert!(
+                (next[i] - want).abs() < 1e-3,
+                "parameter {i}: {} vs {want}",
+                next[i]
+            );
+        }
+    }
+
+    #[test]
+    fn distributed_partner_round_adds_the_mean_clipped_delta() {
+        let mut task = TaskSpec::from_toml_str(DDG).unwrap();
+        let mut table = task.privacy.clone().unwrap();
+        table.insert("unit".into(), "partner".into());
+        task.privacy = Some(table);
+        let mut spec = task.privacy_spec().unwrap().unwrap();
+        spec.noise_multiplier = 1e-4;
+        spec.clip_norm = 1.0;
+        let n = task.schema.param_count();
+        let k = key(3);
+        let enc = UpdateEncoding::for_round(Some(&spec), n, 3, &k, 2).unwrap();
+        // One delta inside the clip, one far outside it (clipped to norm 1).
+        let small = vec![0.01; n];
+        let big = vec![10.0; n];
+        let s = sum(
+            &[
+                enc.encode_ddg(&small).unwrap(),
+                enc.encode_ddg(&big).unwrap(),
+            ],
+            k.plaintext_bits(),
+        );
+        let global = vec![0.0; n];
+        let next = secure_step(&task, Some(&spec), &enc, &global, &s, 2, 500).unwrap();
+        let clipped = 1.0 / (n as f64).sqrt();
+        for v in &next {
+            assert!((v - (0.01 + clipped) / 2.0).abs() < 1e-3, "{v}");
+        }
+    }
+}
