@@ -160,7 +160,9 @@ fn run(partners: usize, params: usize, rounds: u32, secure: bool) -> RunResult {
             })
             .expect("client tls");
             let addr = addr.clone();
-            let keys = KeyHolder::new(&dir.path().join(format!("agent-{name}")), name);
+            let keys = KeyHolder::new(&dir.path().join(format!("agent-{name}")), name)
+                .with_identity(&pki.partner_key_path(name), &pki.ca_cert_path())
+                .expect("key holder identity");
             let min = partners as u32;
             tasks.push(tokio::spawn(async move {
                 echo_partner(tls, addr, keys, min).await
@@ -278,13 +280,18 @@ async fn echo_partner(tls: ClientTls, addr: String, mut keys: KeyHolder, min: u3
                     .await
                     .expect("encrypt task");
                     let count = chunks.len() as u32;
+                    let signature = keys
+                        .sign_update(&s.key_id, s.round, 100, &chunks)
+                        .expect("sign");
                     for (index, ciphertext) in chunks.into_iter().enumerate() {
+                        let last = index as u32 + 1 == count;
                         tx.send(up(Up::Encrypted(EncryptedChunk {
                             round: s.round,
                             index: index as u32,
                             chunk_count: count,
                             example_count: 100,
                             ciphertext,
+                            signature: if last { signature.clone() } else { Vec::new() },
                         })))
                         .await
                         .expect("send update");

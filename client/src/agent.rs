@@ -311,7 +311,7 @@ async fn run_session(
                         println!(
                             "round {}: summing {} contributors' ciphertexts before decrypting",
                             req.round,
-                            req.contributors.len()
+                            req.contributions.len()
                         );
                         decrypting = Some(job);
                     }
@@ -468,7 +468,10 @@ fn welcome(
         };
     }
     if state.keys.is_none() {
-        state.keys = Some(KeyHolder::new(&cfg.state_dir, partner));
+        state.keys = Some(
+            KeyHolder::new(&cfg.state_dir, partner)
+                .with_identity(&cfg.tls.key, &cfg.tls.ca_cert)?,
+        );
     }
     state.task = Some(task);
     Ok(())
@@ -674,7 +677,19 @@ async fn play_round(
         Outgoing::Encrypted(chunks) => {
             let count = chunks.len() as u32;
             let bytes: usize = chunks.iter().map(Vec::len).sum();
+            // Signed with this partner's certificate key, so key holders can
+            // tell its update from one the coordinator made up.
+            let signature = match state.keys.as_ref().map(|k| {
+                tokio::task::block_in_place(|| {
+                    k.sign_update(&start.key_id, round, rows as u64, &chunks)
+                })
+            }) {
+                Some(Ok(s)) => s,
+                Some(Err(e)) => return Err(fatal(state, e)),
+                None => return Err(fatal(state, protocol("no key material"))),
+            };
             for (index, ciphertext) in chunks.into_iter().enumerate() {
+                let last = index as u32 + 1 == count;
                 send(
                     tx,
                     Up::Encrypted(EncryptedChunk {
@@ -683,6 +698,7 @@ async fn play_round(
                         chunk_count: count,
                         example_count: rows as u64,
                         ciphertext,
+                        signature: if last { signature.clone() } else { Vec::new() },
                     }),
                 )
                 .await?;

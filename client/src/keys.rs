@@ -12,17 +12,23 @@
 //! A decryption request is honoured only after the partner has summed the
 //! contributors' ciphertexts itself and found at least the task's
 //! `min_partners` distinct updates in the sum (Mouchet et al., PoPETs 2021,
-//! §4: the decryptor must know what it decrypts).
+//! §4: the decryptor must know what it decrypts), each signed by the partner
+//! named for it with the key of a certificate the federation CA issued — so
+//! the coordinator can neither pass one partner's update off as a sum nor pad
+//! it with updates of its own making.
 
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use consortia_ledger::{Signer, Verifier};
 use consortia_privacy::he::{
     Aggregate, CollectivePublicKey, HeParams, KeySession, KeyShare, KeyShareGen, PartialDecryptor,
     PartyId, SecretKeyShare, Shape,
 };
-use consortia_proto::{CiphertextChunk, CollectiveKey, DecryptRequest, KeyGenRequest};
+use consortia_proto::{
+    CiphertextChunk, CollectiveKey, ContributionDigest, DecryptRequest, KeyGenRequest,
+};
 
 use crate::AgentError;
 
@@ -68,6 +74,8 @@ impl FederationKey {
 pub struct KeyHolder {
     dir: PathBuf,
     partner: String,
+    signer: Option<Signer>,
+    ca: Option<Vec<u8>>,
     pending: Option<(KeySession, KeyShare)>,
     /// The collective key, once distributed.
     pub current: Option<FederationKey>,
@@ -77,6 +85,10 @@ pub struct KeyHolder {
 /// contributors' ciphertexts.
 pub struct DecryptJob {
     round: u64,
+    key_id: [u8; 32],
+    /// Each contributor: name, example count, its certificate's key, its signature.
+    signed: Vec<(String, u64, Verifier, Vec<u8>)>,
+    running: Option<ContributionDigest>,
     contributors: usize,
     min: u32,
     digest: [u8; 32],
@@ -91,9 +103,52 @@ impl KeyHolder {
         KeyHolder {
             dir: state_dir.join("keys"),
             partner: partner.to_string(),
+            signer: None,
+            ca: None,
             pending: None,
             current: None,
         }
+    }
+
+    /// Signs updates with the partner's TLS key and checks other partners'
+    /// signatures against the federation CA.
+    pub fn with_identity(mut self, tls_key: &Path, ca_cert: &Path) -> Result<Self, AgentError> {
+        self.signer =
+            Some(
+                Signer::from_pkcs8_pem_file(tls_key).map_err(|e| AgentError::Config {
+                    path: tls_key.to_path_buf(),
+                    message: format!("cannot load the key that signs encrypted updates: {e}"),
+                })?,
+            );
+        self.ca = Some(
+            consortia_pki::read_ca_certificate(ca_cert).map_err(|message| AgentError::Config {
+                path: ca_cert.to_path_buf(),
+                message,
+            })?,
+        );
+        Ok(self)
+    }
+
+    /// This partner's signature of its encrypted update (the chunks in wire
+    /// form) for `round` under `key_id`.
+    pub fn sign_update(
+        &self,
+        key_id: &[u8],
+        round: u64,
+        example_count: u64,
+        chunks: &[Vec<u8>],
+    ) -> Result<Vec<u8>, AgentError> {
+        let signer = self
+            .signer
+            .as_ref()
+            .ok_or_else(|| AgentError::Protocol("no signing key loaded".into()))?;
+        let mut d = ContributionDigest::new(key_id, round, &self.partner, example_count);
+        for c in chunks {
+            d.chunk(c);
+        }
+        signer
+            .sign_hash(&d.finish())
+            .map_err(|e| AgentError::Protocol(format!("cannot sign the update: {e}")))
     }
 
     fn path(&self, session: &[u8; 32], ext: &str) -> PathBuf {
@@ -218,8 +273,9 @@ impl KeyHolder {
             ));
         }
         let min = req.min_contributors.max(task_min_partners).max(1);
-        let distinct: HashSet<&String> = req.contributors.iter().collect();
-        if req.contributors.len() > MAX_CONTRIBUTORS || distinct.len() != req.contributors.len() {
+        let names: Vec<&String> = req.contributions.iter().map(|c| &c.partner).collect();
+        let distinct: HashSet<&String> = names.iter().copied().collect();
+        if names.len() > MAX_CONTRIBUTORS || distinct.len() != names.len() {
             return Err(AgentError::Protocol(
                 "decryption request names a contributor twice (or too many)".into(),
             ));
@@ -242,11 +298,42 @@ impl KeyHolder {
             .as_slice()
             .try_into()
             .map_err(|_| AgentError::Protocol("aggregate digest is not 32 bytes".into()))?;
+        let ca = self
+            .ca
+            .as_ref()
+            .ok_or_else(|| AgentError::Protocol("no federation CA certificate loaded".into()))?;
+        let mut signed = Vec::with_capacity(req.contributions.len());
+        for c in &req.contributions {
+            let who = consortia_pki::verify_partner_certificate(ca, &c.certificate).map_err(|e| {
+                AgentError::Protocol(format!(
+                    "decryption of round {} refused: the certificate given for `{}` is not one of \
+                     this federation's partner certificates ({e})",
+                    req.round, c.partner
+                ))
+            })?;
+            if who.name != c.partner {
+                return Err(AgentError::Protocol(format!(
+                    "decryption of round {} refused: the certificate given for `{}` names `{}`",
+                    req.round, c.partner, who.name
+                )));
+            }
+            let verifier = Verifier::from_cert_der(&c.certificate)
+                .map_err(|e| key_err(&format!("certificate of `{}`", c.partner), e))?;
+            signed.push((
+                c.partner.clone(),
+                c.example_count,
+                verifier,
+                c.signature.clone(),
+            ));
+        }
         let shape = Shape::new(&fed.key, req.values).map_err(|e| key_err("ciphertext shape", e))?;
         let aggregate = Aggregate::new(shape).map_err(|e| key_err("aggregate", e))?;
         Ok(DecryptJob {
             round: req.round,
-            contributors: req.contributors.len(),
+            key_id: fed.key.key_id(),
+            signed,
+            running: None,
+            contributors: req.contributions.len(),
             min,
             digest,
             chunks: shape.chunks(),
@@ -317,14 +404,42 @@ impl DecryptJob {
                 c.round, c.contributor, c.index
             )));
         }
+        let Some((partner, examples, verifier, signature)) =
+            self.signed.get(c.contributor as usize)
+        else {
+            return Err(AgentError::Protocol(format!(
+                "ciphertext chunk for contributor {} of {}",
+                c.contributor, self.contributors
+            )));
+        };
+        if c.index == 0 {
+            self.running = Some(ContributionDigest::new(
+                &self.key_id,
+                self.round,
+                partner,
+                *examples,
+            ));
+        }
         self.aggregate
             .add_bytes(c.index, &c.ciphertext)
             .map_err(|e| key_err("contributor ciphertext refused", e))?;
-        self.next = if c.index + 1 == self.chunks {
-            (c.contributor + 1, 0)
+        let running = self
+            .running
+            .as_mut()
+            .ok_or_else(|| AgentError::Protocol("ciphertext chunk out of order".into()))?;
+        running.chunk(&c.ciphertext);
+        if c.index + 1 == self.chunks {
+            let d = self.running.take().expect("digest present").finish();
+            if !verifier.verify_hash(&d, signature) {
+                return Err(AgentError::Protocol(format!(
+                    "decryption of round {} refused: the update given as `{partner}`'s is not signed by `{partner}`",
+                    self.round
+                )));
+            }
+            self.next = (c.contributor + 1, 0);
         } else {
-            (c.contributor, c.index + 1)
-        };
+            self.next = (c.contributor, c.index + 1);
+        }
         Ok(())
     }
 }
@@ -375,6 +490,174 @@ fn append_answered(path: &Path, digest: &[u8; 32]) -> Result<(), AgentError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use consortia_privacy::he::{
+        CollectiveKeyAggregator, Encryptor, KeyCommitment, PublicKeyShare,
+    };
+    use consortia_proto::Contribution;
+
+    struct Committee {
+        _dir: tempfile::TempDir,
+        holders: Vec<KeyHolder>,
+        certs: Vec<Vec<u8>>,
+        key: CollectivePublicKey,
+    }
+
+    /// Three key holders a, b, c with a federation PKI, through the real
+    /// commit-then-reveal steps.
+    fn committee() -> Committee {
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let pki = consortia_pki::Pki::init(dir.path().join("pki"), &["127.0.0.1".into()], &names)
+            .unwrap();
+        let mut holders: Vec<KeyHolder> = names
+            .iter()
+            .map(|n| {
+                KeyHolder::new(&dir.path().join(n), n)
+                    .with_identity(&pki.partner_key_path(n), &pki.ca_cert_path())
+                    .unwrap()
+            })
+            .collect();
+        let session_id = vec![7u8; 32];
+        let session = KeySession::new(HeParams::Secure128, [7u8; 32]);
+        let mut agg = CollectiveKeyAggregator::new(&session, 3).unwrap();
+        for (i, h) in holders.iter_mut().enumerate() {
+            let c = h
+                .keygen(&KeyGenRequest {
+                    session_id: session_id.clone(),
+                    params: 1,
+                    party: i as u32,
+                    parties: 3,
+                    committee: names.clone(),
+                })
+                .unwrap();
+            agg.add_commitment(PartyId(i as u32), KeyCommitment(c))
+                .unwrap();
+        }
+        for (i, h) in holders.iter().enumerate() {
+            let share =
+                PublicKeyShare::from_bytes(&h.reveal(&session_id).unwrap(), &session).unwrap();
+            agg.add_share(PartyId(i as u32), share).unwrap();
+        }
+        let key = agg.finish().unwrap();
+        let msg = CollectiveKey {
+            session_id,
+            params: 1,
+            committee: names.clone(),
+            key: key.to_bytes(),
+        };
+        for h in &mut holders {
+            assert!(h.install(&msg).unwrap().is_key_holder());
+        }
+        let certs = names
+            .iter()
+            .map(|n| consortia_pki::read_ca_certificate(&pki.partner_cert_path(n)).unwrap())
+            .collect();
+        Committee {
+            _dir: dir,
+            holders,
+            certs,
+            key,
+        }
+    }
+
+    const VALUES: usize = 100;
+
+    /// An update as the coordinator relays it: partner name, index of the
+    /// certificate given for it, ciphertext chunks, signature.
+    type Relayed<'a> = (&'a str, usize, Vec<Vec<u8>>, Vec<u8>);
+
+    fn chunks(key: &CollectivePublicKey, value: u64) -> Vec<Vec<u8>> {
+        Encryptor::new(key)
+            .encrypt(&[value; VALUES])
+            .unwrap()
+            .chunks()
+            .map(<[u8]>::to_vec)
+            .collect()
+    }
+
+    /// Runs holder 0's side of a decryption of `updates` (name, cert index,
+    /// chunks, signature); the result of its partial decryption.
+    fn decrypt(
+        c: &Committee,
+        updates: &[Relayed<'_>],
+    ) -> Result<Vec<u8>, AgentError> {
+        let shape = Shape::new(&c.key, VALUES as u64).unwrap();
+        let mut agg = Aggregate::new(shape).unwrap();
+        for (_, _, ch, _) in updates {
+            for (i, b) in ch.iter().enumerate() {
+                agg.add_bytes(i as u32, b).unwrap();
+            }
+        }
+        let req = DecryptRequest {
+            round: 4,
+            contributions: updates
+                .iter()
+                .map(|(name, cert, _, sig)| Contribution {
+                    partner: name.to_string(),
+                    example_count: 100,
+                    signature: sig.clone(),
+                    certificate: c.certs[*cert].clone(),
+                })
+                .collect(),
+            min_contributors: 3,
+            aggregate_digest: agg.digest().to_vec(),
+            values: VALUES as u64,
+        };
+        let mut job = c.holders[0].begin_decrypt(&req, 3, VALUES as u64)?;
+        for (k, (_, _, ch, _)) in updates.iter().enumerate() {
+            for (i, b) in ch.iter().enumerate() {
+                job.add(&CiphertextChunk {
+                    round: 4,
+                    contributor: k as u32,
+                    index: i as u32,
+                    ciphertext: b.clone(),
+                })?;
+            }
+        }
+        c.holders[0].finish_decrypt(job)
+    }
+
+    #[test]
+    fn key_holders_open_only_sums_of_signed_updates() {
+        let c = committee();
+        let kid = c.key.key_id();
+        let genuine: Vec<Relayed<'_>> = (0..3)
+            .map(|i| {
+                let ch = chunks(&c.key, i as u64 + 1);
+                let sig = c.holders[i].sign_update(&kid, 4, 100, &ch).unwrap();
+                (["a", "b", "c"][i], i, ch, sig)
+            })
+            .collect();
+
+        // The coordinator pads a's update with one of its own making, given as c's.
+        let mut padded = genuine.clone();
+        let made_up = chunks(&c.key, 0);
+        padded[2] = ("c", 2, made_up.clone(), genuine[2].3.clone());
+        let e = decrypt(&c, &padded).unwrap_err().to_string();
+        assert!(e.contains("not signed by `c`"), "{e}");
+        // Or signs it itself with another partner's certificate.
+        let sig_b = c.holders[1].sign_update(&kid, 4, 100, &made_up).unwrap();
+        let mut wrong_cert = genuine.clone();
+        wrong_cert[2] = ("c", 1, made_up.clone(), sig_b);
+        let e = decrypt(&c, &wrong_cert).unwrap_err().to_string();
+        assert!(e.contains("names `b`"), "{e}");
+        // A signature for another round does not carry over.
+        let mut replayed = genuine.clone();
+        replayed[1].3 = c.holders[1]
+            .sign_update(&kid, 3, 100, &genuine[1].2)
+            .unwrap();
+        let e = decrypt(&c, &replayed).unwrap_err().to_string();
+        assert!(e.contains("not signed by `b`"), "{e}");
+        // Fewer contributors than the task's minimum.
+        let e = decrypt(&c, &genuine[..2]).unwrap_err().to_string();
+        assert!(e.contains("at least 3"), "{e}");
+
+        // Three signed updates: the share comes, once.
+        assert!(decrypt(&c, &genuine).is_ok());
+        let e = decrypt(&c, &genuine).unwrap_err().to_string();
+        assert!(e.contains("refused"), "{e}");
+    }
 
     #[test]
     fn answered_digests_survive_a_restart() {

@@ -1213,10 +1213,15 @@ async fn decrypt_round(
     }
     let request = DecryptRequest {
         round,
-        contributors: result
+        contributions: result
             .ciphertexts
             .iter()
-            .map(|u| u.partner.clone())
+            .map(|u| consortia_proto::Contribution {
+                partner: u.partner.clone(),
+                example_count: u.examples,
+                signature: u.signature.clone(),
+                certificate: u.certificate.clone(),
+            })
             .collect(),
         min_contributors: min as u32,
         aggregate_digest: aggregate.digest().to_vec(),

@@ -293,6 +293,16 @@ pub struct StoredUpdate {
     pub examples: u64,
     /// Its file.
     pub path: PathBuf,
+    /// The partner's signature of the update ([`consortia_proto::ContributionDigest`]).
+    pub signature: Vec<u8>,
+    /// The certificate (DER) the partner presented when it sent the update.
+    pub certificate: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSignature {
+    signature: String,
+    certificate: String,
 }
 
 impl CiphertextStore {
@@ -355,10 +365,17 @@ impl CiphertextStore {
                 )));
             }
             let examples = u64::from_le_bytes(head[4..12].try_into().expect("8 bytes"));
+            let sig_path = path.with_extension("sig");
+            let bad = |m: String| CoordinatorError::Corrupt(format!("{}: {m}", sig_path.display()));
+            let stored: StoredSignature =
+                serde_json::from_str(&std::fs::read_to_string(&sig_path)?)
+                    .map_err(|e| bad(e.to_string()))?;
             out.push(StoredUpdate {
                 partner: partner.to_string(),
                 examples,
                 path,
+                signature: hex::decode(&stored.signature).map_err(|e| bad(e.to_string()))?,
+                certificate: hex::decode(&stored.certificate).map_err(|e| bad(e.to_string()))?,
             });
         }
         out.sort_by(|a, b| a.partner.cmp(&b.partner));
@@ -489,11 +506,27 @@ impl Upload {
         f.write_all(chunk)
     }
 
-    /// Syncs the update and publishes it as complete; returns its path.
-    pub fn finish(mut self) -> Result<PathBuf, std::io::Error> {
+    /// Syncs the update with its sender's signature and certificate and
+    /// publishes it as complete; returns its path.
+    pub fn finish(
+        mut self,
+        signature: &[u8],
+        certificate: &[u8],
+    ) -> Result<PathBuf, std::io::Error> {
         if let Some(f) = self.file.take() {
             f.sync_all()?;
         }
+        let sig = StoredSignature {
+            signature: hex::encode(signature),
+            certificate: hex::encode(certificate),
+        };
+        let mut f = std::fs::File::create(self.done.with_extension("sig"))?;
+        f.write_all(
+            serde_json::to_string(&sig)
+                .map_err(std::io::Error::other)?
+                .as_bytes(),
+        )?;
+        f.sync_all()?;
         std::fs::rename(&self.path, &self.done)?;
         if let Some(dir) = self.done.parent() {
             std::fs::File::open(dir)?.sync_all()?;
@@ -878,10 +911,14 @@ mod tests {
         let mut u = store.begin(3, "a", 10, 2).unwrap();
         u.append(b"one").unwrap();
         u.append(b"two").unwrap();
-        let path = u.finish().unwrap();
+        let path = u.finish(b"sig", b"cert").unwrap();
         let done = store.completed(3).unwrap();
         assert_eq!(done.len(), 1);
         assert_eq!((done[0].partner.as_str(), done[0].examples), ("a", 10));
+        assert_eq!(
+            (&done[0].signature[..], &done[0].certificate[..]),
+            (&b"sig"[..], &b"cert"[..])
+        );
         assert_eq!(
             read_chunks(&path).unwrap(),
             vec![b"one".to_vec(), b"two".to_vec()]

@@ -12,8 +12,9 @@ use std::time::Duration;
 use consortia_model::metrics::EvalPartial;
 use consortia_privacy::he::Shape;
 use consortia_proto::{
-    ClientMessage, EncryptedChunk, Rejection as WireRejection, ServerMessage, UpdateChunk, Welcome,
-    chunk_count, chunk_range, client_message, federation_server::Federation, server_message::Kind,
+    ClientMessage, ContributionDigest, EncryptedChunk, Rejection as WireRejection, ServerMessage,
+    UpdateChunk, Welcome, chunk_count, chunk_range, client_message, federation_server::Federation,
+    server_message::Kind,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -64,13 +65,22 @@ impl Federation for FederationService {
                 peer.name
             )));
         }
+        // The certificate key holders check an encrypted update's signature against.
+        let certificate = consortia_pki::peer_connect_info(&request)
+            .and_then(|info| info.peer_certs().first().map(|c| c.to_vec()))
+            .unwrap_or_default();
         let inbound = request.into_inner();
         let (out_tx, out_rx) = mpsc::channel(STREAM_BUFFER);
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         tokio::spawn(session::writer(cmd_rx, out_tx));
         let hub = self.hub.clone();
         tokio::spawn(async move {
-            read_session(hub, peer.name, peer.serial, inbound, cmd_tx).await;
+            let peer = Peer {
+                name: peer.name,
+                serial: peer.serial,
+                certificate,
+            };
+            read_session(hub, peer, inbound, cmd_tx).await;
         });
         Ok(Response::new(ReceiverStream::new(out_rx)))
     }
@@ -103,15 +113,28 @@ struct PendingEncrypted {
     next: u32,
     shape: Shape,
     upload: Upload,
+    digest: ContributionDigest,
+}
+
+/// The authenticated partner behind a session.
+struct Peer {
+    name: String,
+    serial: Vec<u8>,
+    /// Its certificate (DER) as presented in the TLS handshake.
+    certificate: Vec<u8>,
 }
 
 async fn read_session(
     hub: Arc<Hub>,
-    partner: String,
-    serial: Vec<u8>,
+    peer: Peer,
     mut inbound: Streaming<ClientMessage>,
     tx: mpsc::Sender<Outbound>,
 ) {
+    let Peer {
+        name: partner,
+        serial,
+        certificate,
+    } = peer;
     // The first message must be Hello.
     let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await;
     match first {
@@ -216,7 +239,7 @@ async fn read_session(
             Some(client_message::Kind::KeyCommit(c)) => hub.key_commit(&partner, &c),
             Some(client_message::Kind::KeyShare(k)) => hub.key_share(&partner, &k),
             Some(client_message::Kind::Encrypted(chunk)) => {
-                take_encrypted(&hub, &partner, &mut encrypted, chunk)
+                take_encrypted(&hub, &partner, &certificate, &mut encrypted, chunk)
             }
             Some(client_message::Kind::DecryptionShare(piece)) => {
                 hub.add_share_piece(&partner, piece)
@@ -243,10 +266,11 @@ async fn read_session(
 fn take_encrypted(
     hub: &Hub,
     partner: &str,
+    certificate: &[u8],
     pending: &mut Option<PendingEncrypted>,
     chunk: EncryptedChunk,
 ) -> Result<(), Rejection> {
-    let r = take_encrypted_chunk(hub, partner, pending, chunk);
+    let r = take_encrypted_chunk(hub, partner, certificate, pending, chunk);
     if r.is_err() {
         *pending = None;
     }
@@ -256,6 +280,7 @@ fn take_encrypted(
 fn take_encrypted_chunk(
     hub: &Hub,
     partner: &str,
+    certificate: &[u8],
     pending: &mut Option<PendingEncrypted>,
     chunk: EncryptedChunk,
 ) -> Result<(), Rejection> {
@@ -290,6 +315,12 @@ fn take_encrypted_chunk(
             next: 0,
             shape,
             upload,
+            digest: ContributionDigest::new(
+                &shape.key_id,
+                chunk.round,
+                partner,
+                chunk.example_count,
+            ),
         });
     }
     let p = match pending.as_mut() {
@@ -316,17 +347,36 @@ fn take_encrypted_chunk(
         tracing::error!("cannot store an encrypted update: {e}");
         Rejection::Malformed("the coordinator cannot store your update now".into())
     })?;
+    p.digest.chunk(&chunk.ciphertext);
     p.next += 1;
     if p.next == p.shape.chunks() {
         let done = pending.take().expect("pending update present");
-        let path = done.upload.finish().map_err(|e| {
-            tracing::error!("cannot store an encrypted update: {e}");
-            Rejection::Malformed("the coordinator cannot store your update now".into())
-        })?;
+        // Key holders will check this signature too; refusing a bad one here
+        // gives the partner a clear error instead of a failed decryption.
+        let digest = done.digest.finish();
+        let signed = consortia_ledger::Verifier::from_cert_der(certificate)
+            .map(|v| v.verify_hash(&digest, &chunk.signature))
+            .unwrap_or(false);
+        if !signed {
+            return Err(Rejection::Malformed(
+                "the encrypted update's signature does not verify with your certificate's key \
+                 (sign the update's ContributionDigest on its last chunk)"
+                    .into(),
+            ));
+        }
+        let path = done
+            .upload
+            .finish(&chunk.signature, certificate)
+            .map_err(|e| {
+                tracing::error!("cannot store an encrypted update: {e}");
+                Rejection::Malformed("the coordinator cannot store your update now".into())
+            })?;
         let update = StoredUpdate {
             partner: partner.to_string(),
             examples: done.example_count,
             path: path.clone(),
+            signature: chunk.signature.clone(),
+            certificate: certificate.to_vec(),
         };
         if let Err(e) = hub.add_encrypted(done.round, update) {
             let _ = std::fs::remove_file(&path);
@@ -454,13 +504,36 @@ mod tests {
         (hub, k)
     }
 
-    fn chunk(round: u64, bytes: Vec<u8>) -> EncryptedChunk {
+    /// Partner `a`'s certificate (DER) and signing key.
+    fn identity(dir: &std::path::Path) -> (Vec<u8>, consortia_ledger::Signer) {
+        let pki = consortia_pki::Pki::init(
+            dir.join("pki"),
+            &["127.0.0.1".to_string()],
+            &["a".to_string(), "b".to_string()],
+        )
+        .unwrap();
+        let cert = consortia_pki::read_ca_certificate(&pki.partner_cert_path("a")).unwrap();
+        let signer =
+            consortia_ledger::Signer::from_pkcs8_pem_file(pki.partner_key_path("a")).unwrap();
+        (cert, signer)
+    }
+
+    /// A one-chunk update from `a`, signed by `signer`.
+    fn chunk(
+        signer: &consortia_ledger::Signer,
+        key: &CollectivePublicKey,
+        round: u64,
+        bytes: Vec<u8>,
+    ) -> EncryptedChunk {
+        let mut d = ContributionDigest::new(&key.key_id(), round, "a", 100);
+        d.chunk(&bytes);
         EncryptedChunk {
             round,
             index: 0,
             chunk_count: 1,
             example_count: 100,
             ciphertext: bytes,
+            signature: signer.sign_hash(&d.finish()).unwrap(),
         }
     }
 
@@ -480,6 +553,7 @@ mod tests {
     fn bad_encrypted_updates_are_refused_and_change_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let (hub, k) = secure_hub(dir.path());
+        let (cert, signer) = identity(dir.path());
         let good = Encryptor::new(&k).encrypt(&[5u64; VALUES]).unwrap();
         let good = good.chunk(0).unwrap().to_vec();
         let mut pending = None;
@@ -491,8 +565,9 @@ mod tests {
         let r = take_encrypted(
             &hub,
             "a",
+            &cert,
             &mut pending,
-            chunk(1, good[..good.len() - 16].to_vec()),
+            chunk(&signer, &k, 1, good[..good.len() - 16].to_vec()),
         );
         refused(r, "encrypted chunk 0 refused");
         // Wrong dimension: an update of another length under the same key.
@@ -500,8 +575,9 @@ mod tests {
         let r = take_encrypted(
             &hub,
             "a",
+            &cert,
             &mut pending,
-            chunk(1, other_len.chunk(0).unwrap().to_vec()),
+            chunk(&signer, &k, 1, other_len.chunk(0).unwrap().to_vec()),
         );
         refused(r, "refused");
         // Another key, and another modulus (the 2^64 parameter set).
@@ -510,8 +586,9 @@ mod tests {
             let r = take_encrypted(
                 &hub,
                 "a",
+                &cert,
                 &mut pending,
-                chunk(1, c.chunk(0).unwrap().to_vec()),
+                chunk(&signer, &k, 1, c.chunk(0).unwrap().to_vec()),
             );
             refused(r, "refused");
         }
@@ -534,23 +611,62 @@ mod tests {
         assert_eq!(hub.updates_received(), 0);
         assert!(stored(dir.path()).is_empty(), "{:?}", stored(dir.path()));
 
+        // A good ciphertext whose signature is not over this update (signed
+        // for another round), and one with no signature at all.
+        let mut forged = chunk(&signer, &k, 1, good.clone());
+        forged.signature = chunk(&signer, &k, 2, good.clone()).signature;
+        refused(
+            take_encrypted(&hub, "a", &cert, &mut pending, forged),
+            "signature",
+        );
+        let mut unsigned = chunk(&signer, &k, 1, good.clone());
+        unsigned.signature.clear();
+        refused(
+            take_encrypted(&hub, "a", &cert, &mut pending, unsigned),
+            "signature",
+        );
+        assert_eq!(hub.updates_received(), 0);
+        assert!(stored(dir.path()).is_empty(), "{:?}", stored(dir.path()));
+
         // A good update is stored and counted; a second one is refused.
-        take_encrypted(&hub, "a", &mut pending, chunk(1, good.clone())).unwrap();
+        take_encrypted(
+            &hub,
+            "a",
+            &cert,
+            &mut pending,
+            chunk(&signer, &k, 1, good.clone()),
+        )
+        .unwrap();
         assert_eq!(hub.updates_received(), 1);
-        assert_eq!(stored(dir.path()), vec!["a.ct".to_string()]);
+        assert_eq!(
+            stored(dir.path()),
+            vec!["a.ct".to_string(), "a.sig".to_string()]
+        );
         let before = std::fs::read(dir.path().join("secure/round-00000001/a.ct")).unwrap();
-        let r = take_encrypted(&hub, "a", &mut pending, chunk(1, good.clone()));
+        let r = take_encrypted(
+            &hub,
+            "a",
+            &cert,
+            &mut pending,
+            chunk(&signer, &k, 1, good.clone()),
+        );
         assert_eq!(r, Err(Rejection::Duplicate { round: 1 }));
         assert_eq!(hub.updates_received(), 1);
         let after = std::fs::read(dir.path().join("secure/round-00000001/a.ct")).unwrap();
         assert_eq!(before, after);
         // A partner that is not in the round, and a round that is not open.
         assert_eq!(
-            take_encrypted(&hub, "z", &mut pending, chunk(1, good.clone())),
+            take_encrypted(
+                &hub,
+                "z",
+                &cert,
+                &mut pending,
+                chunk(&signer, &k, 1, good.clone())
+            ),
             Err(Rejection::NotSelected { round: 1 })
         );
         assert_eq!(
-            take_encrypted(&hub, "b", &mut pending, chunk(2, good)),
+            take_encrypted(&hub, "b", &cert, &mut pending, chunk(&signer, &k, 2, good)),
             Err(Rejection::WrongRound { got: 2, open: 1 })
         );
         assert_eq!(hub.updates_received(), 1);

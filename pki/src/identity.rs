@@ -46,6 +46,42 @@ impl PeerIdentity {
     }
 }
 
+/// Checks that `cert_der` is a partner certificate issued by the federation
+/// CA whose certificate is `ca_der` (issuer name, CA signature, validity
+/// period now) and returns the partner it names. Key holders use it to check
+/// who signed an encrypted update the coordinator relays. Revocation is not
+/// checked here: the coordinator checks it on every connection.
+pub fn verify_partner_certificate(ca_der: &[u8], cert_der: &[u8]) -> Result<PeerIdentity, String> {
+    let (_, ca) = X509Certificate::from_der(ca_der)
+        .map_err(|e| format!("cannot parse the CA certificate: {e}"))?;
+    let (rest, cert) = X509Certificate::from_der(cert_der)
+        .map_err(|e| format!("cannot parse the partner certificate: {e}"))?;
+    if !rest.is_empty() {
+        return Err("trailing bytes after the partner certificate".into());
+    }
+    if cert.issuer().as_raw() != ca.subject().as_raw() {
+        return Err("the certificate was issued by another CA".into());
+    }
+    cert.verify_signature(Some(ca.public_key()))
+        .map_err(|e| format!("the certificate's CA signature does not verify: {e}"))?;
+    if !cert.validity().is_valid() {
+        return Err("the certificate is outside its validity period".into());
+    }
+    let identity = PeerIdentity::from_certificate(&CertificateDer::from(cert_der))?;
+    if identity.name == "coordinator" {
+        return Err("the coordinator's certificate is not a partner certificate".into());
+    }
+    Ok(identity)
+}
+
+/// The federation CA's certificate (DER) from a PEM file's first certificate.
+pub fn read_ca_certificate(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use rustls_pki_types::pem::PemObject;
+    CertificateDer::from_pem_file(path)
+        .map(|c| c.to_vec())
+        .map_err(|e| format!("{}: cannot read a PEM certificate: {e}", path.display()))
+}
+
 /// Connection information attached by the server to every request received
 /// on a [`crate::PeerStream`] (tonic puts it in the request extensions).
 #[derive(Debug, Clone)]

@@ -24,6 +24,9 @@ pub mod store;
 
 pub use client::{ClientTls, ClientTlsFiles, TlsConnector};
 pub use error::PkiError;
-pub use identity::{PeerConnectInfo, PeerIdentity, peer_connect_info, peer_identity};
+pub use identity::{
+    PeerConnectInfo, PeerIdentity, peer_connect_info, peer_identity, read_ca_certificate,
+    verify_partner_certificate,
+};
 pub use server::{PeerStream, ServerTls, ServerTlsFiles};
 pub use store::{CertRecord, IssuedCert, Pki, Role};

@@ -25,6 +25,43 @@ pub const SHARE_PIECE_BYTES: usize = 1024 * 1024;
 /// Largest model, in parameters, a task may declare.
 pub const MAX_PARAMS: usize = 16 * 1024 * 1024;
 
+/// What a partner signs for an encrypted update: SHA-256 of a label, the
+/// collective key's id, the round, the partner's name, its example count and
+/// every ciphertext chunk in order (each length-prefixed). Computed the same
+/// way by the sender, the coordinator and every key holder.
+pub struct ContributionDigest {
+    hash: sha2::Sha256,
+}
+
+impl ContributionDigest {
+    /// Starts the digest of `partner`'s update for `round` under key `key_id`.
+    pub fn new(key_id: &[u8], round: u64, partner: &str, example_count: u64) -> Self {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        hash.update(b"consortia/secure-update/v1");
+        hash.update((key_id.len() as u64).to_le_bytes());
+        hash.update(key_id);
+        hash.update(round.to_le_bytes());
+        hash.update((partner.len() as u64).to_le_bytes());
+        hash.update(partner.as_bytes());
+        hash.update(example_count.to_le_bytes());
+        ContributionDigest { hash }
+    }
+
+    /// Absorbs the next ciphertext chunk.
+    pub fn chunk(&mut self, bytes: &[u8]) {
+        use sha2::Digest;
+        self.hash.update((bytes.len() as u64).to_le_bytes());
+        self.hash.update(bytes);
+    }
+
+    /// The digest to sign or verify.
+    pub fn finish(self) -> [u8; 32] {
+        use sha2::Digest;
+        self.hash.finalize().into()
+    }
+}
+
 /// Number of chunks needed for `param_count` parameters.
 pub fn chunk_count(param_count: usize) -> u32 {
     param_count.div_ceil(CHUNK_VALUES).max(1) as u32
