@@ -578,10 +578,7 @@ mod tests {
 
     /// Runs holder 0's side of a decryption of `updates` (name, cert index,
     /// chunks, signature); the result of its partial decryption.
-    fn decrypt(
-        c: &Committee,
-        updates: &[Relayed<'_>],
-    ) -> Result<Vec<u8>, AgentError> {
+    fn decrypt(c: &Committee, updates: &[Relayed<'_>]) -> Result<Vec<u8>, AgentError> {
         let shape = Shape::new(&c.key, VALUES as u64).unwrap();
         let mut agg = Aggregate::new(shape).unwrap();
         for (_, _, ch, _) in updates {

@@ -17,12 +17,15 @@
 //! 4. [`Aggregate`]: the coordinator sums chunks from their wire bytes.
 //! 5. [`PartialDecryptor`]: every partner recomputes the aggregate, checks its
 //!    digest and publishes a flooded [`DecryptionShare`].
-//! 6. [`combine`]: all shares give the sum.
+//! 6. [`combine`] (or [`Combiner`], one share — or one piece of a share — at
+//!    a time): all shares give the sum.
 //!
-//! Threat model: partners and coordinator are honest-but-curious; a malicious
-//! client could craft ciphertexts whose noise leaks key bits through the
-//! decryption (no zero-knowledge proof of well-formed encryption is required
-//! here).
+//! Threat model of this module: partners and coordinator are
+//! honest-but-curious; a malicious client could craft ciphertexts whose noise
+//! leaks key bits through the decryption (no zero-knowledge proof of
+//! well-formed encryption is required here). The federation protocol adds
+//! signed contributions on top (`consortia-client`'s `keys`), so that key
+//! holders only open sums of updates their senders signed.
 
 mod aggregate;
 mod decrypt;
