@@ -196,3 +196,78 @@ fn all_but_one_share_reveal_only_noise() {
         let _ = &c.session;
     }
 }
+
+/// Key holders that receive only the masks of the contributors' chunks
+/// recompute the same mask digest as the coordinator's full sum, and their
+/// shares open the coordinator's sum; a mask chunk of another index, key or
+/// length is refused.
+#[test]
+fn masks_only_recomputation_opens_the_full_sum() {
+    let c = committee(HeParams::Secure128, 3);
+    let n = 3 * 4096 + 17;
+    let shape = Shape::new(&c.key, n as u64)
+        .unwrap()
+        .with_chunk_polys(2)
+        .unwrap();
+    assert!(shape.chunks() >= 2);
+    let updates: Vec<Vec<u64>> = (0..3)
+        .map(|k| (0..n as u64).map(|v| (v * 7 + k) % 1000).collect())
+        .collect();
+    let vectors: Vec<EncryptedVector> = updates
+        .iter()
+        .map(|u| {
+            Encryptor::new(&c.key)
+                .encrypt_with_shape(u, &shape)
+                .unwrap()
+        })
+        .collect();
+    let mut full = Aggregate::new(shape).unwrap();
+    let mut masks_only = Aggregate::new(shape).unwrap();
+    for v in &vectors {
+        for (i, chunk) in v.chunks().enumerate() {
+            full.add_bytes(i as u32, chunk).unwrap();
+            let (masks, bodies) = shape.chunk_parts(i as u32, chunk).unwrap();
+            assert_eq!(masks.len(), bodies.len());
+            let wire = shape.mask_chunk(i as u32, masks);
+            assert_eq!(wire.len(), shape.mask_chunk_bytes(i as u32));
+            masks_only.add_mask_bytes(i as u32, &wire).unwrap();
+        }
+    }
+    assert_eq!(masks_only.mask_digest(), full.mask_digest());
+    assert_ne!(masks_only.digest(), full.digest());
+    let mut combiner = Combiner::new(&full);
+    for sk in &c.secrets {
+        let share = PartialDecryptor::new(sk)
+            .partial_decrypt(&masks_only, 3)
+            .unwrap();
+        combiner.add(&share).unwrap();
+    }
+    let sum = combiner.finish().unwrap();
+    let mask = (1u64 << c.key.plaintext_bits()) - 1;
+    for (i, s) in sum.iter().enumerate() {
+        assert_eq!(*s, updates.iter().map(|u| u[i]).sum::<u64>() & mask);
+    }
+    // Refused mask chunks leave a sum as it was.
+    let mut fresh = Aggregate::new(shape).unwrap();
+    let before = fresh.mask_digest();
+    let (m0, _) = shape.chunk_parts(0, vectors[0].chunk(0).unwrap()).unwrap();
+    let wire = shape.mask_chunk(0, m0);
+    assert!(matches!(
+        fresh.add_mask_bytes(1, &wire),
+        Err(HeError::WrongCount { .. })
+    ));
+    assert!(fresh.add_mask_bytes(0, &wire[..wire.len() - 16]).is_err());
+    let other = committee(HeParams::Secure128, 3);
+    let other_shape = Shape::new(&other.key, n as u64)
+        .unwrap()
+        .with_chunk_polys(2)
+        .unwrap();
+    let foreign = other_shape.mask_chunk(0, m0);
+    assert!(matches!(
+        fresh.add_mask_bytes(0, &foreign),
+        Err(HeError::WrongKey { .. })
+    ));
+    assert_eq!(fresh.mask_digest(), before);
+    fresh.add_mask_bytes(0, &wire).unwrap();
+    assert_eq!(fresh.chunk_contributors()[0], 1);
+}

@@ -112,6 +112,23 @@ impl Aggregate {
         self.counts[index as usize] += 1;
     }
 
+    /// Adds the masks of chunk `chunk_index` of one update from its mask
+    /// form ([`Shape::mask_chunk`]), leaving the bodies alone: a key holder's
+    /// recomputation needs only the masks (see [`Aggregate::mask_digest`]).
+    pub fn add_mask_bytes(&mut self, chunk_index: u32, bytes: &[u8]) -> Result<(), HeError> {
+        let masks = self.shape.check_mask_chunk(chunk_index, bytes)?;
+        self.check_room(chunk_index)?;
+        let range = self.chunk_range(chunk_index);
+        let len = self.shape.polys_in_chunk(chunk_index) as usize * self.shape.polynomial_size();
+        let range = range.start..range.start + len;
+        match &mut self.sum {
+            Words::W64(s) => add_le_bytes(&mut s[range], masks),
+            Words::W128(s) => add_le_bytes(&mut s[range], masks),
+        }
+        self.counts[chunk_index as usize] += 1;
+        Ok(())
+    }
+
     /// Adds a whole update in wire form; all of it or nothing.
     pub fn add_vector_bytes(&mut self, bytes: &[u8]) -> Result<(), HeError> {
         let chunks = EncryptedVector::split(bytes, &self.shape)?;
@@ -225,6 +242,45 @@ impl Aggregate {
         let mut h = Sha256::new();
         h.update(b"consortia/he/aggregate/v1");
         h.update(self.to_bytes());
+        h.finalize().into()
+    }
+
+    /// SHA-256 of the shape, the per-chunk contribution counts and the masks
+    /// only — everything a partial decryption depends on (it reads the masks
+    /// and the count, never the bodies). Decryption shares name the sum by
+    /// this digest, so a key holder that received only masks can check what
+    /// it opens, and never opens the same masks twice. A coordinator that
+    /// altered the bodies would only garble its own result: `body − Σ D_i`
+    /// with foreign bodies is uniformly random.
+    pub fn mask_digest(&self) -> [u8; 32] {
+        let s = &self.shape;
+        let mut h = Sha256::new();
+        h.update(b"consortia/he/aggregate-masks/v1");
+        h.update([s.params.id()]);
+        h.update(s.key_id);
+        h.update(s.session_id);
+        h.update(s.parties.to_le_bytes());
+        h.update(s.values.to_le_bytes());
+        h.update(s.chunk_polys.to_le_bytes());
+        for c in &self.counts {
+            h.update(c.to_le_bytes());
+        }
+        let n = s.polynomial_size();
+        let mut buf = Vec::new();
+        for index in 0..s.chunks() {
+            let start = 2 * s.first_poly(index) * n;
+            let len = s.polys_in_chunk(index) as usize * n;
+            buf.clear();
+            match &self.sum {
+                Words::W64(w) => w[start..start + len]
+                    .iter()
+                    .for_each(|x| x.write_le(&mut buf)),
+                Words::W128(w) => w[start..start + len]
+                    .iter()
+                    .for_each(|x| x.write_le(&mut buf)),
+            }
+            h.update(&buf);
+        }
         h.finalize().into()
     }
 

@@ -181,7 +181,7 @@ impl<'a> PartialDecryptor<'a> {
         if have < min {
             return Err(HeError::TooFewContributors { have, min });
         }
-        let digest = aggregate.digest();
+        let digest = aggregate.mask_digest();
         if self.answered.contains(&digest) {
             return Err(HeError::AlreadyDecrypted {
                 digest: hex_prefix(&digest),
@@ -298,7 +298,7 @@ impl Combiner {
         };
         Self {
             shape,
-            digest: aggregate.digest(),
+            digest: aggregate.mask_digest(),
             phase,
             seen: HashSet::new(),
         }

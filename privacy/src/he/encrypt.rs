@@ -30,6 +30,7 @@ pub const MAX_CHUNK_BYTES: usize = 16 << 20;
 const DEFAULT_CHUNK_BYTES: usize = 1 << 20;
 
 pub(crate) const CHUNK_MAGIC: &[u8; 4] = b"CHCT";
+pub(crate) const MASK_CHUNK_MAGIC: &[u8; 4] = b"CHMK";
 const VECTOR_MAGIC: &[u8; 4] = b"CHEV";
 /// Chunk header: common header, key id, index, polynomial count.
 pub(crate) const CHUNK_HEADER_LEN: usize = HEADER_LEN + 32 + 4 + 4;
@@ -168,6 +169,76 @@ impl Shape {
             });
         }
         Ok(())
+    }
+
+    /// A checked chunk's masks and bodies (the two halves of its payload,
+    /// little-endian words): a partial decryption reads only the masks.
+    pub fn chunk_parts<'a>(
+        &self,
+        index: u32,
+        bytes: &'a [u8],
+    ) -> Result<(&'a [u8], &'a [u8]), HeError> {
+        let payload = self.check_chunk(index, bytes)?;
+        Ok(payload.split_at(payload.len() / 2))
+    }
+
+    /// Wire bytes of the mask form of chunk `index`.
+    pub fn mask_chunk_bytes(&self, index: u32) -> usize {
+        CHUNK_HEADER_LEN
+            + self.polys_in_chunk(index) as usize
+                * self.polynomial_size()
+                * self.params.word_bytes()
+    }
+
+    /// The mask form of chunk `index` (`masks` from [`Shape::chunk_parts`]):
+    /// header ‖ key id ‖ index ‖ polynomial count ‖ masks. What key holders
+    /// receive to recompute the masks of a sum.
+    pub fn mask_chunk(&self, index: u32, masks: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(CHUNK_HEADER_LEN + masks.len());
+        put_header(&mut out, MASK_CHUNK_MAGIC, self.params);
+        out.extend_from_slice(&self.key_id);
+        out.extend_from_slice(&index.to_le_bytes());
+        out.extend_from_slice(&self.polys_in_chunk(index).to_le_bytes());
+        out.extend_from_slice(masks);
+        out
+    }
+
+    /// Checks a mask chunk's header and length; returns its masks.
+    pub(crate) fn check_mask_chunk<'a>(
+        &self,
+        index: u32,
+        bytes: &'a [u8],
+    ) -> Result<&'a [u8], HeError> {
+        if index >= self.chunks() {
+            return Err(HeError::WrongCount {
+                what: "chunk index",
+                expected: u64::from(self.chunks()),
+                got: u64::from(index),
+            });
+        }
+        let mut r = Reader::new(bytes, "mask chunk");
+        r.header(MASK_CHUNK_MAGIC, Some(self.params))?;
+        if r.array32()? != self.key_id {
+            return Err(HeError::WrongKey { what: "mask chunk" });
+        }
+        let got_index = r.u32()?;
+        if got_index != index {
+            return Err(HeError::WrongCount {
+                what: "chunk index",
+                expected: u64::from(index),
+                got: u64::from(got_index),
+            });
+        }
+        let polys = r.u32()?;
+        if polys != self.polys_in_chunk(index) {
+            return Err(HeError::WrongCount {
+                what: "polynomials in chunk",
+                expected: u64::from(self.polys_in_chunk(index)),
+                got: u64::from(polys),
+            });
+        }
+        r.expect_len(self.mask_chunk_bytes(index))?;
+        Ok(r.rest())
     }
 
     /// Checks a chunk's header against this shape; returns its payload.
