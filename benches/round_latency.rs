@@ -270,18 +270,21 @@ async fn echo_partner(tls: ClientTls, addr: String, mut keys: KeyHolder, min: u3
                 if !s.key_id.is_empty() {
                     let key = keys.current.as_ref().expect("key installed").key.clone();
                     let r = s.round;
-                    let chunks = tokio::task::spawn_blocking(move || {
+                    let (shape, chunks) = tokio::task::spawn_blocking(move || {
                         let enc = UpdateEncoding::for_round(None, n, min as usize, &key, r)
                             .expect("encoding");
                         let values = enc.encode_weighted(&vec![1e-3; n], 100).expect("encode");
                         let v = Encryptor::new(&key).encrypt(&values).expect("encrypt");
-                        v.chunks().map(<[u8]>::to_vec).collect::<Vec<_>>()
+                        (
+                            *v.shape(),
+                            v.chunks().map(<[u8]>::to_vec).collect::<Vec<_>>(),
+                        )
                     })
                     .await
                     .expect("encrypt task");
                     let count = chunks.len() as u32;
                     let signature = keys
-                        .sign_update(&s.key_id, s.round, 100, &chunks)
+                        .sign_update(&shape, s.round, 100, &chunks)
                         .expect("sign");
                     for (index, ciphertext) in chunks.into_iter().enumerate() {
                         let last = index as u32 + 1 == count;

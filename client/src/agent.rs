@@ -12,7 +12,7 @@ use consortia_model::TaskSpec;
 use consortia_model::logistic::LogisticModel;
 use consortia_pki::{ClientTls, ClientTlsFiles};
 use consortia_privacy::dp::{NoisePlacement, PrivacySpec, PrivacyUnit};
-use consortia_privacy::he::{CollectivePublicKey, Encryptor};
+use consortia_privacy::he::{CollectivePublicKey, Encryptor, Shape};
 use consortia_privacy::update::UpdateEncoding;
 use consortia_proto::federation_client::FederationClient;
 use consortia_proto::{
@@ -590,7 +590,7 @@ async fn play_round(
                     &mean,
                     &std,
                 )
-                .map(Outgoing::Encrypted),
+                .map(|(shape, chunks)| Outgoing::Encrypted(shape, chunks)),
             })
         } else {
             None
@@ -674,15 +674,13 @@ async fn play_round(
                 state.summary.rounds_trained + 1
             );
         }
-        Outgoing::Encrypted(chunks) => {
+        Outgoing::Encrypted(shape, chunks) => {
             let count = chunks.len() as u32;
             let bytes: usize = chunks.iter().map(Vec::len).sum();
             // Signed with this partner's certificate key, so key holders can
             // tell its update from one the coordinator made up.
             let signature = match state.keys.as_ref().map(|k| {
-                tokio::task::block_in_place(|| {
-                    k.sign_update(&start.key_id, round, rows as u64, &chunks)
-                })
+                tokio::task::block_in_place(|| k.sign_update(&shape, round, rows as u64, &chunks))
             }) {
                 Some(Ok(s)) => s,
                 Some(Err(e)) => return Err(fatal(state, e)),
@@ -718,8 +716,8 @@ async fn play_round(
 enum Outgoing {
     /// The trained model in the clear, with its mean training loss.
     Plain(LogisticModel, f64),
-    /// The encrypted update, chunk by chunk (wire form).
-    Encrypted(Vec<Vec<u8>>),
+    /// The encrypted update's shape and its chunks (wire form).
+    Encrypted(Shape, Vec<Vec<u8>>),
 }
 
 /// Local training for a plaintext round (private when `spec` is set).
@@ -775,7 +773,7 @@ fn secure_update(
     round: u64,
     mean: &[f64],
     std: &[f64],
-) -> Result<Vec<Vec<u8>>, AgentError> {
+) -> Result<(Shape, Vec<Vec<u8>>), AgentError> {
     let dim = model.param_count();
     let encoding = UpdateEncoding::for_round(spec, dim, task.min_partners as usize, key, round)
         .map_err(|e| AgentError::Task(format!("secure round {round}: {e}")))?;
@@ -818,5 +816,8 @@ fn secure_update(
     let encrypted = Encryptor::new(key)
         .encrypt(&values)
         .map_err(|e| AgentError::Protocol(format!("encrypting the update: {e}")))?;
-    Ok(encrypted.chunks().map(<[u8]>::to_vec).collect())
+    Ok((
+        *encrypted.shape(),
+        encrypted.chunks().map(<[u8]>::to_vec).collect(),
+    ))
 }

@@ -27,7 +27,7 @@ use consortia_privacy::he::{
     PartyId, SecretKeyShare, Shape,
 };
 use consortia_proto::{
-    CiphertextChunk, CollectiveKey, ContributionDigest, DecryptRequest, KeyGenRequest,
+    CiphertextChunk, CollectiveKey, ContributionDigest, DecryptRequest, KeyGenRequest, sha256,
 };
 
 use crate::AgentError;
@@ -129,11 +129,11 @@ impl KeyHolder {
         Ok(self)
     }
 
-    /// This partner's signature of its encrypted update (the chunks in wire
-    /// form) for `round` under `key_id`.
+    /// This partner's signature of its encrypted update (the chunks of
+    /// `shape` in wire form) for `round`.
     pub fn sign_update(
         &self,
-        key_id: &[u8],
+        shape: &Shape,
         round: u64,
         example_count: u64,
         chunks: &[Vec<u8>],
@@ -142,9 +142,12 @@ impl KeyHolder {
             .signer
             .as_ref()
             .ok_or_else(|| AgentError::Protocol("no signing key loaded".into()))?;
-        let mut d = ContributionDigest::new(key_id, round, &self.partner, example_count);
-        for c in chunks {
-            d.chunk(c);
+        let mut d = ContributionDigest::new(&shape.key_id, round, &self.partner, example_count);
+        for (index, c) in chunks.iter().enumerate() {
+            let (masks, bodies) = shape
+                .chunk_parts(index as u32, c)
+                .map_err(|e| key_err("cannot sign the update", e))?;
+            d.chunk(&sha256(masks), &sha256(bodies));
         }
         signer
             .sign_hash(&d.finish())
@@ -367,7 +370,7 @@ impl KeyHolder {
                 job.contributors
             )));
         }
-        if job.aggregate.digest() != job.digest {
+        if job.aggregate.mask_digest() != job.digest {
             return Err(AgentError::Protocol(format!(
                 "decryption of round {} refused: the sum of the contributors' ciphertexts is not \
                  the aggregate the coordinator asks to open",
@@ -420,14 +423,25 @@ impl DecryptJob {
                 *examples,
             ));
         }
+        let body_hash: [u8; 32] = c
+            .body_hash
+            .as_slice()
+            .try_into()
+            .map_err(|_| AgentError::Protocol("a chunk's body hash is not 32 bytes".into()))?;
+        let masks = self
+            .aggregate
+            .shape()
+            .check_mask_chunk(c.index, &c.masks)
+            .map_err(|e| key_err("contributor ciphertext refused", e))?;
+        let masks_hash = sha256(masks);
         self.aggregate
-            .add_bytes(c.index, &c.ciphertext)
+            .add_mask_bytes(c.index, &c.masks)
             .map_err(|e| key_err("contributor ciphertext refused", e))?;
         let running = self
             .running
             .as_mut()
             .ok_or_else(|| AgentError::Protocol("ciphertext chunk out of order".into()))?;
-        running.chunk(&c.ciphertext);
+        running.chunk(&masks_hash, &body_hash);
         if c.index + 1 == self.chunks {
             let d = self.running.take().expect("digest present").finish();
             if !verifier.verify_hash(&d, signature) {
@@ -598,17 +612,19 @@ mod tests {
                 })
                 .collect(),
             min_contributors: 3,
-            aggregate_digest: agg.digest().to_vec(),
+            aggregate_digest: agg.mask_digest().to_vec(),
             values: VALUES as u64,
         };
         let mut job = c.holders[0].begin_decrypt(&req, 3, VALUES as u64)?;
         for (k, (_, _, ch, _)) in updates.iter().enumerate() {
             for (i, b) in ch.iter().enumerate() {
+                let (masks, bodies) = shape.chunk_parts(i as u32, b).unwrap();
                 job.add(&CiphertextChunk {
                     round: 4,
                     contributor: k as u32,
                     index: i as u32,
-                    ciphertext: b.clone(),
+                    masks: shape.mask_chunk(i as u32, masks),
+                    body_hash: sha256(bodies).to_vec(),
                 })?;
             }
         }
@@ -618,7 +634,7 @@ mod tests {
     #[test]
     fn key_holders_open_only_sums_of_signed_updates() {
         let c = committee();
-        let kid = c.key.key_id();
+        let kid = Shape::new(&c.key, VALUES as u64).unwrap();
         let genuine: Vec<Relayed<'_>> = (0..3)
             .map(|i| {
                 let ch = chunks(&c.key, i as u64 + 1);

@@ -1224,16 +1224,17 @@ async fn decrypt_round(
             })
             .collect(),
         min_contributors: min as u32,
-        aggregate_digest: aggregate.digest().to_vec(),
+        aggregate_digest: aggregate.mask_digest().to_vec(),
         values: aggregate.shape().values,
     };
     let files = Arc::new(
         result
             .ciphertexts
             .iter()
-            .map(|u| u.path.clone())
+            .map(|u| (u.path.clone(), u.body_hashes.clone()))
             .collect::<Vec<_>>(),
     );
+    let shape = *aggregate.shape();
     *lock(&hub.decryption) = Some(Decryption::new(round, &aggregate, key));
     drop(aggregate);
     tracing::info!(
@@ -1247,6 +1248,7 @@ async fn decrypt_round(
             Outbound::Decrypt {
                 request: request.clone(),
                 files: files.clone(),
+                shape,
             },
         ) && let Some(d) = lock(&hub.decryption).as_mut()
         {

@@ -297,12 +297,15 @@ pub struct StoredUpdate {
     pub signature: Vec<u8>,
     /// The certificate (DER) the partner presented when it sent the update.
     pub certificate: Vec<u8>,
+    /// SHA-256 of each chunk's bodies (key holders get masks only).
+    pub body_hashes: Vec<[u8; 32]>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct StoredSignature {
     signature: String,
     certificate: String,
+    body_hashes: Vec<String>,
 }
 
 impl CiphertextStore {
@@ -370,12 +373,21 @@ impl CiphertextStore {
             let stored: StoredSignature =
                 serde_json::from_str(&std::fs::read_to_string(&sig_path)?)
                     .map_err(|e| bad(e.to_string()))?;
+            let mut body_hashes = Vec::with_capacity(stored.body_hashes.len());
+            for h in &stored.body_hashes {
+                let h: [u8; 32] = hex::decode(h)
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| bad("a body hash is not 32 hex bytes".into()))?;
+                body_hashes.push(h);
+            }
             out.push(StoredUpdate {
                 partner: partner.to_string(),
                 examples,
                 path,
                 signature: hex::decode(&stored.signature).map_err(|e| bad(e.to_string()))?,
                 certificate: hex::decode(&stored.certificate).map_err(|e| bad(e.to_string()))?,
+                body_hashes,
             });
         }
         out.sort_by(|a, b| a.partner.cmp(&b.partner));
@@ -512,6 +524,7 @@ impl Upload {
         mut self,
         signature: &[u8],
         certificate: &[u8],
+        body_hashes: &[[u8; 32]],
     ) -> Result<PathBuf, std::io::Error> {
         if let Some(f) = self.file.take() {
             f.sync_all()?;
@@ -519,6 +532,7 @@ impl Upload {
         let sig = StoredSignature {
             signature: hex::encode(signature),
             certificate: hex::encode(certificate),
+            body_hashes: body_hashes.iter().map(hex::encode).collect(),
         };
         let mut f = std::fs::File::create(self.done.with_extension("sig"))?;
         f.write_all(
@@ -911,7 +925,7 @@ mod tests {
         let mut u = store.begin(3, "a", 10, 2).unwrap();
         u.append(b"one").unwrap();
         u.append(b"two").unwrap();
-        let path = u.finish(b"sig", b"cert").unwrap();
+        let path = u.finish(b"sig", b"cert", &[[1; 32], [2; 32]]).unwrap();
         let done = store.completed(3).unwrap();
         assert_eq!(done.len(), 1);
         assert_eq!((done[0].partner.as_str(), done[0].examples), ("a", 10));

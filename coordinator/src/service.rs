@@ -14,7 +14,7 @@ use consortia_privacy::he::Shape;
 use consortia_proto::{
     ClientMessage, ContributionDigest, EncryptedChunk, Rejection as WireRejection, ServerMessage,
     UpdateChunk, Welcome, chunk_count, chunk_range, client_message, federation_server::Federation,
-    server_message::Kind,
+    server_message::Kind, sha256,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -114,6 +114,7 @@ struct PendingEncrypted {
     shape: Shape,
     upload: Upload,
     digest: ContributionDigest,
+    body_hashes: Vec<[u8; 32]>,
 }
 
 /// The authenticated partner behind a session.
@@ -321,6 +322,7 @@ fn take_encrypted_chunk(
                 partner,
                 chunk.example_count,
             ),
+            body_hashes: Vec::with_capacity(shape.chunks() as usize),
         });
     }
     let p = match pending.as_mut() {
@@ -347,7 +349,15 @@ fn take_encrypted_chunk(
         tracing::error!("cannot store an encrypted update: {e}");
         Rejection::Malformed("the coordinator cannot store your update now".into())
     })?;
-    p.digest.chunk(&chunk.ciphertext);
+    let (masks, bodies) = p
+        .shape
+        .chunk_parts(chunk.index, &chunk.ciphertext)
+        .map_err(|e| {
+            Rejection::Malformed(format!("encrypted chunk {} refused: {e}", chunk.index))
+        })?;
+    let body_hash = sha256(bodies);
+    p.digest.chunk(&sha256(masks), &body_hash);
+    p.body_hashes.push(body_hash);
     p.next += 1;
     if p.next == p.shape.chunks() {
         let done = pending.take().expect("pending update present");
@@ -366,7 +376,7 @@ fn take_encrypted_chunk(
         }
         let path = done
             .upload
-            .finish(&chunk.signature, certificate)
+            .finish(&chunk.signature, certificate, &done.body_hashes)
             .map_err(|e| {
                 tracing::error!("cannot store an encrypted update: {e}");
                 Rejection::Malformed("the coordinator cannot store your update now".into())
@@ -377,6 +387,7 @@ fn take_encrypted_chunk(
             path: path.clone(),
             signature: chunk.signature.clone(),
             certificate: certificate.to_vec(),
+            body_hashes: done.body_hashes,
         };
         if let Err(e) = hub.add_encrypted(done.round, update) {
             let _ = std::fs::remove_file(&path);
@@ -525,15 +536,23 @@ mod tests {
         round: u64,
         bytes: Vec<u8>,
     ) -> EncryptedChunk {
+        let shape = Shape::new(key, VALUES as u64).unwrap();
         let mut d = ContributionDigest::new(&key.key_id(), round, "a", 100);
-        d.chunk(&bytes);
+        // Chunks that are not of this shape are refused before their signature is read.
+        let signature = match shape.chunk_parts(0, &bytes) {
+            Ok((masks, bodies)) => {
+                d.chunk(&sha256(masks), &sha256(bodies));
+                signer.sign_hash(&d.finish()).unwrap()
+            }
+            Err(_) => Vec::new(),
+        };
         EncryptedChunk {
             round,
             index: 0,
             chunk_count: 1,
             example_count: 100,
             ciphertext: bytes,
-            signature: signer.sign_hash(&d.finish()).unwrap(),
+            signature,
         }
     }
 

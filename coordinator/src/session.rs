@@ -8,6 +8,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use consortia_privacy::he::Shape;
+
 use consortia_proto::{
     CiphertextChunk, DecryptRequest, ModelChunk, RoundStart, ServerMessage, chunk_count,
     chunk_range, server_message::Kind,
@@ -32,13 +34,16 @@ pub enum Outbound {
         /// The global model (shared by all sessions).
         model: Arc<Vec<f64>>,
     },
-    /// A decryption request, then every contributor's stored ciphertext,
-    /// read from disk one chunk at a time.
+    /// A decryption request, then the masks of every contributor's stored
+    /// ciphertext, read from disk one chunk at a time.
     Decrypt {
         /// The request.
         request: DecryptRequest,
-        /// The contributors' encrypted updates, in the request's order.
-        files: Arc<Vec<PathBuf>>,
+        /// The contributors' encrypted updates with the hashes of their
+        /// chunks' bodies, in the request's order.
+        files: Arc<Vec<(PathBuf, Vec<[u8; 32]>)>>,
+        /// The round's ciphertext shape.
+        shape: Shape,
     },
     /// End the stream with this status.
     Close(Status),
@@ -105,12 +110,16 @@ pub async fn writer(
                     }
                 }
             }
-            Outbound::Decrypt { request, files } => {
+            Outbound::Decrypt {
+                request,
+                files,
+                shape,
+            } => {
                 let round = request.round;
                 if out.send(Ok(message(Kind::Decrypt(request)))).await.is_err() {
                     return;
                 }
-                for (contributor, path) in files.iter().enumerate() {
+                for (contributor, (path, body_hashes)) in files.iter().enumerate() {
                     let mut reader = match crate::secure::ChunkReader::open(path) {
                         Ok(r) => r,
                         Err(e) => {
@@ -134,11 +143,24 @@ pub async fn writer(
                                 return;
                             }
                         };
+                        // Key holders need the masks only; the bodies' hash
+                        // lets them check the sender's signature.
+                        let Ok((masks, _)) = shape.chunk_parts(index, &ciphertext) else {
+                            tracing::warn!(path = %path.display(), "stored ciphertext does not match the round's shape");
+                            let _ = out
+                                .send(Err(Status::internal("stored ciphertext unreadable")))
+                                .await;
+                            return;
+                        };
                         let chunk = CiphertextChunk {
                             round,
                             contributor: contributor as u32,
                             index,
-                            ciphertext,
+                            masks: shape.mask_chunk(index, masks),
+                            body_hash: body_hashes
+                                .get(index as usize)
+                                .map(|h| h.to_vec())
+                                .unwrap_or_default(),
                         };
                         index += 1;
                         if out

@@ -26,11 +26,19 @@ pub const SHARE_PIECE_BYTES: usize = 1024 * 1024;
 pub const MAX_PARAMS: usize = 16 * 1024 * 1024;
 
 /// What a partner signs for an encrypted update: SHA-256 of a label, the
-/// collective key's id, the round, the partner's name, its example count and
-/// every ciphertext chunk in order (each length-prefixed). Computed the same
+/// collective key's id, the round, the partner's name, its example count and,
+/// for every ciphertext chunk in order, the SHA-256 of its masks and of its
+/// bodies. Hashing the two halves separately lets key holders, who receive
+/// only the masks and the bodies' hash, check the signature. Computed the same
 /// way by the sender, the coordinator and every key holder.
 pub struct ContributionDigest {
     hash: sha2::Sha256,
+}
+
+/// SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
 }
 
 impl ContributionDigest {
@@ -38,7 +46,7 @@ impl ContributionDigest {
     pub fn new(key_id: &[u8], round: u64, partner: &str, example_count: u64) -> Self {
         use sha2::Digest;
         let mut hash = sha2::Sha256::new();
-        hash.update(b"consortia/secure-update/v1");
+        hash.update(b"consortia/secure-update/v2");
         hash.update((key_id.len() as u64).to_le_bytes());
         hash.update(key_id);
         hash.update(round.to_le_bytes());
@@ -48,11 +56,11 @@ impl ContributionDigest {
         ContributionDigest { hash }
     }
 
-    /// Absorbs the next ciphertext chunk.
-    pub fn chunk(&mut self, bytes: &[u8]) {
+    /// Absorbs the next chunk, given the SHA-256 of its masks and of its bodies.
+    pub fn chunk(&mut self, masks_sha256: &[u8; 32], bodies_sha256: &[u8; 32]) {
         use sha2::Digest;
-        self.hash.update((bytes.len() as u64).to_le_bytes());
-        self.hash.update(bytes);
+        self.hash.update(masks_sha256);
+        self.hash.update(bodies_sha256);
     }
 
     /// The digest to sign or verify.

@@ -203,12 +203,9 @@ impl Shape {
         out
     }
 
-    /// Checks a mask chunk's header and length; returns its masks.
-    pub(crate) fn check_mask_chunk<'a>(
-        &self,
-        index: u32,
-        bytes: &'a [u8],
-    ) -> Result<&'a [u8], HeError> {
+    /// Checks a mask chunk ([`Shape::mask_chunk`]) against this shape
+    /// (header, key, index, polynomial count, length); returns its masks.
+    pub fn check_mask_chunk<'a>(&self, index: u32, bytes: &'a [u8]) -> Result<&'a [u8], HeError> {
         if index >= self.chunks() {
             return Err(HeError::WrongCount {
                 what: "chunk index",
