@@ -123,14 +123,7 @@ impl Hub {
         partner: &str,
         msg: &consortia_proto::KeyCommit,
     ) -> Result<(), Rejection> {
-        let r = match lock(&self.ceremony).as_mut() {
-            Some(c) => c.commit(partner, msg),
-            None => Err(Rejection::Malformed(
-                "no key generation is in progress".into(),
-            )),
-        };
-        self.changed.notify_one();
-        r
+        self.with_ceremony(|c| c.commit(partner, msg))
     }
 
     /// Records a revealed public-key share.
@@ -139,8 +132,15 @@ impl Hub {
         partner: &str,
         msg: &consortia_proto::KeyShare,
     ) -> Result<(), Rejection> {
+        self.with_ceremony(|c| c.reveal(partner, msg))
+    }
+
+    fn with_ceremony(
+        &self,
+        step: impl FnOnce(&mut KeyCeremony) -> Result<(), Rejection>,
+    ) -> Result<(), Rejection> {
         let r = match lock(&self.ceremony).as_mut() {
-            Some(c) => c.reveal(partner, msg),
+            Some(c) => step(c),
             None => Err(Rejection::Malformed(
                 "no key generation is in progress".into(),
             )),

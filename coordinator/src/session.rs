@@ -114,69 +114,70 @@ pub async fn writer(
                 request,
                 files,
                 shape,
-            } => {
-                let round = request.round;
-                if out.send(Ok(message(Kind::Decrypt(request)))).await.is_err() {
+            } => match send_masks(&out, request, &files, &shape).await {
+                Ok(()) => {}
+                Err(Stop::Gone) => return,
+                Err(Stop::Unreadable(why)) => {
+                    tracing::warn!("stored ciphertext unreadable: {why}");
+                    let _ = out
+                        .send(Err(Status::internal("stored ciphertext unreadable")))
+                        .await;
                     return;
                 }
-                for (contributor, (path, body_hashes)) in files.iter().enumerate() {
-                    let mut reader = match crate::secure::ChunkReader::open(path) {
-                        Ok(r) => r,
-                        Err(e) => {
-                            tracing::warn!(path = %path.display(), "stored ciphertext unreadable: {e}");
-                            let _ = out
-                                .send(Err(Status::internal("stored ciphertext unreadable")))
-                                .await;
-                            return;
-                        }
-                    };
-                    let mut index = 0u32;
-                    loop {
-                        let ciphertext = match reader.next_chunk() {
-                            Ok(Some(c)) => c,
-                            Ok(None) => break,
-                            Err(e) => {
-                                tracing::warn!(path = %path.display(), "stored ciphertext unreadable: {e}");
-                                let _ = out
-                                    .send(Err(Status::internal("stored ciphertext unreadable")))
-                                    .await;
-                                return;
-                            }
-                        };
-                        // Key holders need the masks only; the bodies' hash
-                        // lets them check the sender's signature.
-                        let Ok((masks, _)) = shape.chunk_parts(index, &ciphertext) else {
-                            tracing::warn!(path = %path.display(), "stored ciphertext does not match the round's shape");
-                            let _ = out
-                                .send(Err(Status::internal("stored ciphertext unreadable")))
-                                .await;
-                            return;
-                        };
-                        let chunk = CiphertextChunk {
-                            round,
-                            contributor: contributor as u32,
-                            index,
-                            masks: shape.mask_chunk(index, masks),
-                            body_hash: body_hashes
-                                .get(index as usize)
-                                .map(|h| h.to_vec())
-                                .unwrap_or_default(),
-                        };
-                        index += 1;
-                        if out
-                            .send(Ok(message(Kind::Ciphertext(chunk))))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                }
-            }
+            },
             Outbound::Close(status) => {
                 let _ = out.send(Err(status)).await;
                 return;
             }
         }
     }
+}
+
+/// Why a writer stops streaming.
+enum Stop {
+    /// The peer went away.
+    Gone,
+    /// A stored ciphertext could not be read back.
+    Unreadable(String),
+}
+
+/// Sends a decryption request, then the masks of every contributor's stored
+/// chunks (read one at a time) with the hashes of their bodies: all a key
+/// holder needs to recompute the sum's masks and check the signatures.
+async fn send_masks(
+    out: &mpsc::Sender<Result<ServerMessage, Status>>,
+    request: DecryptRequest,
+    files: &[(PathBuf, Vec<[u8; 32]>)],
+    shape: &Shape,
+) -> Result<(), Stop> {
+    let round = request.round;
+    out.send(Ok(message(Kind::Decrypt(request))))
+        .await
+        .map_err(|_| Stop::Gone)?;
+    for (contributor, (path, body_hashes)) in files.iter().enumerate() {
+        let unreadable = |e: String| Stop::Unreadable(format!("{}: {e}", path.display()));
+        let mut reader =
+            crate::secure::ChunkReader::open(path).map_err(|e| unreadable(e.to_string()))?;
+        let mut index = 0u32;
+        while let Some(stored) = reader.next_chunk().map_err(|e| unreadable(e.to_string()))? {
+            let (masks, _) = shape
+                .chunk_parts(index, &stored)
+                .map_err(|e| unreadable(e.to_string()))?;
+            let body_hash = body_hashes
+                .get(index as usize)
+                .ok_or_else(|| unreadable(format!("no body hash for chunk {index}")))?;
+            let chunk = CiphertextChunk {
+                round,
+                contributor: contributor as u32,
+                index,
+                masks: shape.mask_chunk(index, masks),
+                body_hash: body_hash.to_vec(),
+            };
+            index += 1;
+            out.send(Ok(message(Kind::Ciphertext(chunk))))
+                .await
+                .map_err(|_| Stop::Gone)?;
+        }
+    }
+    Ok(())
 }

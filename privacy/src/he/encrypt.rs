@@ -206,40 +206,36 @@ impl Shape {
     /// Checks a mask chunk ([`Shape::mask_chunk`]) against this shape
     /// (header, key, index, polynomial count, length); returns its masks.
     pub fn check_mask_chunk<'a>(&self, index: u32, bytes: &'a [u8]) -> Result<&'a [u8], HeError> {
-        if index >= self.chunks() {
-            return Err(HeError::WrongCount {
-                what: "chunk index",
-                expected: u64::from(self.chunks()),
-                got: u64::from(index),
-            });
-        }
-        let mut r = Reader::new(bytes, "mask chunk");
-        r.header(MASK_CHUNK_MAGIC, Some(self.params))?;
-        if r.array32()? != self.key_id {
-            return Err(HeError::WrongKey { what: "mask chunk" });
-        }
-        let got_index = r.u32()?;
-        if got_index != index {
-            return Err(HeError::WrongCount {
-                what: "chunk index",
-                expected: u64::from(index),
-                got: u64::from(got_index),
-            });
-        }
-        let polys = r.u32()?;
-        if polys != self.polys_in_chunk(index) {
-            return Err(HeError::WrongCount {
-                what: "polynomials in chunk",
-                expected: u64::from(self.polys_in_chunk(index)),
-                got: u64::from(polys),
-            });
-        }
-        r.expect_len(self.mask_chunk_bytes(index))?;
-        Ok(r.rest())
+        self.check_framed(
+            index,
+            bytes,
+            MASK_CHUNK_MAGIC,
+            "mask chunk",
+            self.mask_chunk_bytes(index),
+        )
     }
 
     /// Checks a chunk's header against this shape; returns its payload.
     pub(crate) fn check_chunk<'a>(&self, index: u32, bytes: &'a [u8]) -> Result<&'a [u8], HeError> {
+        self.check_framed(
+            index,
+            bytes,
+            CHUNK_MAGIC,
+            "ciphertext chunk",
+            self.chunk_bytes(index),
+        )
+    }
+
+    /// The checks common to both chunk forms: index in range, header (magic
+    /// and parameter set), key id, index, polynomial count, exact length.
+    fn check_framed<'a>(
+        &self,
+        index: u32,
+        bytes: &'a [u8],
+        magic: &[u8; 4],
+        what: &'static str,
+        len: usize,
+    ) -> Result<&'a [u8], HeError> {
         if index >= self.chunks() {
             return Err(HeError::WrongCount {
                 what: "chunk index",
@@ -247,12 +243,10 @@ impl Shape {
                 got: u64::from(index),
             });
         }
-        let mut r = Reader::new(bytes, "ciphertext chunk");
-        r.header(CHUNK_MAGIC, Some(self.params))?;
+        let mut r = Reader::new(bytes, what);
+        r.header(magic, Some(self.params))?;
         if r.array32()? != self.key_id {
-            return Err(HeError::WrongKey {
-                what: "ciphertext chunk",
-            });
+            return Err(HeError::WrongKey { what });
         }
         let got_index = r.u32()?;
         if got_index != index {
@@ -270,7 +264,7 @@ impl Shape {
                 got: u64::from(polys),
             });
         }
-        r.expect_len(self.chunk_bytes(index))?;
+        r.expect_len(len)?;
         Ok(r.rest())
     }
 }
