@@ -7,16 +7,21 @@
 //! 1. [`KeyCeremony`]: each key holder commits to a public-key share, then
 //!    reveals it; the coordinator sums the shares into the collective key
 //!    ([`FederationKey`], stored in `<state>/keys/federation-key.json`).
-//! 2. Encrypted updates stream in chunk by chunk; each chunk is checked
-//!    against the round's ciphertext shape and appended to the partner's file
-//!    in `<state>/secure/round-N/` ([`CiphertextStore`]); a complete update is
-//!    folded into the round's encrypted running sum. A coordinator restarted
-//!    mid-round keeps every update already received.
-//! 3. [`Decryption`]: every key holder is sent the contributors' ciphertexts,
-//!    recomputes the sum itself, and returns a flooded partial decryption;
-//!    the shares are combined one by one into the (noised) sum. Once shares
-//!    have been asked for, a round's ciphertexts are discarded whatever
-//!    happens (`decrypting` marker), so none is ever decrypted twice.
+//! 2. Encrypted updates stream in chunk by chunk, signed by their senders
+//!    (`consortia_proto::ContributionDigest`); each chunk is checked against
+//!    the round's ciphertext shape and appended to the partner's file in
+//!    `<state>/secure/round-N/` ([`CiphertextStore`]), with the signature,
+//!    the sender's certificate and the hashes of the chunks' bodies beside
+//!    it; a complete update is folded into the round's encrypted running
+//!    sum. A coordinator restarted mid-round keeps every update already
+//!    received.
+//! 3. [`Decryption`]: every key holder is sent the contributors' signatures,
+//!    certificates and chunk masks (`session` streams them from disk), checks
+//!    the signatures, recomputes the sum's masks itself and returns a flooded
+//!    partial decryption; the shares are combined piece by piece into the
+//!    (noised) sum. Once shares have been asked for, a round's ciphertexts
+//!    are discarded whatever happens (`decrypting` marker), so none is ever
+//!    decrypted twice.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
