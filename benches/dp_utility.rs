@@ -1,7 +1,8 @@
 //! Utility of record-level differential privacy on the telco churn demo:
-//! final federated ROC-AUC at ε = 1, 3 and 8 per partner (δ = 1e-5) next to
-//! the non-private federation, each run `--repeats` times (DP noise differs
-//! between runs).
+//! final federated ROC-AUC at ε = 1, 3 and 8 per partner (δ = 1e-5) with
+//! local noise, and at ε = 1 and 8 with distributed noise under secure
+//! aggregation, next to the non-private federation, each run `--repeats`
+//! times (DP noise differs between runs).
 //!
 //! ```text
 //! cargo bench --bench dp_utility -- [--repeats 3]
@@ -23,6 +24,7 @@ fn final_auc(task: &str) -> f64 {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "demo failed: {text}");
     text.lines()
+        .filter(|l| l.starts_with("final model"))
         .find_map(|l| l.split("ROC-AUC ").nth(1))
         .and_then(|s| s.split(',').next())
         .and_then(|s| s.trim().parse().ok())
@@ -42,12 +44,22 @@ fn main() {
         ("ε = 8", "telco_churn_dp_eps8.toml", Some(0.02)),
         ("ε = 3", "telco_churn_dp_eps3.toml", None),
         ("ε = 1", "telco_churn_dp_eps1.toml", Some(0.05)),
+        (
+            "ε = 8, distributed + secure aggregation",
+            "telco_churn_ddg_eps8.toml",
+            Some(0.02),
+        ),
+        (
+            "ε = 1, distributed + secure aggregation",
+            "telco_churn_ddg_eps1.toml",
+            Some(0.05),
+        ),
     ];
     println!(
-        "final federated ROC-AUC, telco churn demo, 3 partners, 20 rounds, {repeats} runs each"
+        "final federated ROC-AUC, telco churn demo, 3 partners (20 rounds; 60 one-step rounds when distributed), {repeats} runs each"
     );
     println!(
-        "{:<12} {:>8} {:>8} {:>8} {:>14}",
+        "{:<40} {:>8} {:>8} {:>8} {:>14}",
         "privacy", "mean", "min", "max", "mean - non-DP"
     );
     let mut baseline = f64::NAN;
@@ -65,6 +77,6 @@ fn main() {
             Some(g) => format!("  (goal: within {g}: NOT met)"),
             None => String::new(),
         };
-        println!("{label:<12} {mean:>8.4} {min:>8.4} {max:>8.4} {gap:>+14.4}{verdict}");
+        println!("{label:<40} {mean:>8.4} {min:>8.4} {max:>8.4} {gap:>+14.4}{verdict}");
     }
 }
