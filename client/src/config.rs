@@ -5,7 +5,7 @@
 //! server_name = "fl.operator.example"   # must be in the coordinator certificate
 //! data = "/srv/consortia/customers.csv"
 //!
-//! state_dir = "/var/lib/consortia/agent"   # the partner's own privacy ledger
+//! state_dir = "/var/lib/consortia/agent"   # own privacy ledger and key share (back it up)
 //!
 //! [privacy]                  # the partner's own budget (optional)
 //! epsilon = 3.0
@@ -51,7 +51,8 @@ pub struct AgentConfig {
     /// Give up after this many failed connection attempts in a row (default: never).
     #[serde(default)]
     pub max_connect_attempts: Option<u32>,
-    /// Directory of the agent's own state: its privacy ledger (default `consortia-agent-state`).
+    /// Directory of the agent's own state: its privacy ledger and its share of
+    /// the federation key (default `consortia-agent-state`).
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
     /// The partner's own privacy budget. The agent declines any round that
