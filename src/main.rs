@@ -150,7 +150,7 @@ struct AgentArgs {
     /// Partner name (selects the certificate in --pki).
     #[arg(long)]
     name: Option<String>,
-    /// The agent's state directory (its own privacy ledger); default `consortia-agent-NAME`.
+    /// The agent's state directory (its own privacy ledger and key share); default `consortia-agent-NAME`.
     #[arg(long)]
     state: Option<PathBuf>,
     /// The partner's own ε budget for the task (with --budget-delta); default: the task's.
