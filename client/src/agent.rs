@@ -388,6 +388,7 @@ async fn refuse_decryption(
             round,
             reason: format!("decryption refused: {e}"),
             budget_exhausted: false,
+            decryption: true,
         }),
     )
     .await
@@ -533,6 +534,7 @@ async fn play_round(
                     "the task requires secure aggregation; this partner sends no plaintext update"
                         .into(),
                 budget_exhausted: false,
+                decryption: false,
             }),
         )
         .await;
@@ -555,6 +557,7 @@ async fn play_round(
                         round,
                         reason: "this partner does not have the round's collective key".into(),
                         budget_exhausted: false,
+                        decryption: false,
                     }),
                 )
                 .await;
@@ -626,6 +629,7 @@ async fn play_round(
                 round,
                 reason,
                 budget_exhausted: true,
+                decryption: false,
             }),
         )
         .await?;
@@ -643,6 +647,7 @@ async fn play_round(
                     round,
                     reason: format!("local training failed: {e}"),
                     budget_exhausted: false,
+                    decryption: false,
                 }),
             )
             .await?;

@@ -322,23 +322,31 @@ impl Hub {
     }
 
     /// Records that a partner declined a round; one whose own privacy budget
-    /// is exhausted is not selected again.
+    /// is exhausted is not selected again. A key holder's refusal to decrypt
+    /// (`decryption`) fails the decryption in progress.
     pub fn decline(
         &self,
         partner: &str,
         round: u64,
         reason: String,
         budget_exhausted: bool,
+        decryption: bool,
     ) -> Result<(), Rejection> {
         if budget_exhausted {
             lock(&self.exhausted).insert(partner.to_string(), reason.clone());
         }
-        if let Some(d) = lock(&self.decryption).as_mut()
-            && d.round == round
-        {
-            d.fail(partner, &reason);
+        if decryption {
+            let r = match lock(&self.decryption).as_mut() {
+                Some(d) if d.round == round => {
+                    d.fail(partner, &reason);
+                    Ok(())
+                }
+                _ => Err(Rejection::Malformed(format!(
+                    "refusal to decrypt round {round}: no decryption of that round is in progress"
+                ))),
+            };
             self.changed.notify_one();
-            return Ok(());
+            return r;
         }
         let result = match lock(&self.round).as_mut() {
             Some(r) => r.decline(partner, round, reason),

@@ -228,7 +228,13 @@ async fn read_session(
             }
             Some(client_message::Kind::Decline(d)) => {
                 tracing::info!(partner = %partner, round = d.round, reason = %d.reason, "partner declined the round");
-                hub.decline(&partner, d.round, d.reason, d.budget_exhausted)
+                hub.decline(
+                    &partner,
+                    d.round,
+                    d.reason,
+                    d.budget_exhausted,
+                    d.decryption,
+                )
             }
             Some(client_message::Kind::Update(chunk)) => {
                 let r = take_chunk(&hub, &partner, &mut pending, chunk);
