@@ -30,9 +30,9 @@ use consortia_privacy::he::Encryptor;
 use consortia_privacy::update::UpdateEncoding;
 use consortia_proto::federation_client::FederationClient;
 use consortia_proto::{
-    ClientMessage, DecryptionSharePiece, EncryptedChunk, EvalReport, Hello, KeyCommit, KeyShare,
-    MAX_MESSAGE_BYTES, SHARE_PIECE_BYTES, UpdateChunk, chunk_count, chunk_range,
-    client_message::Kind as Up, server_message::Kind as Down,
+    ClientMessage, EncryptedChunk, EvalReport, Hello, KeyCommit, KeyShare, MAX_MESSAGE_BYTES,
+    UpdateChunk, chunk_count, chunk_range, client_message::Kind as Up,
+    server_message::Kind as Down, share_pieces,
 };
 
 const TASK: &str = include_str!("../examples/telco_churn_task.toml");
@@ -353,17 +353,10 @@ async fn echo_partner(tls: ClientTls, addr: String, mut keys: KeyHolder, min: u3
                     let j = job.take().expect("job");
                     let round = j.round();
                     let share = keys.finish_decrypt(j).expect("partial decryption");
-                    let count = share.len().div_ceil(SHARE_PIECE_BYTES) as u32;
-                    for (index, bytes) in share.chunks(SHARE_PIECE_BYTES).enumerate() {
-                        tx.send(up(Up::DecryptionShare(DecryptionSharePiece {
-                            round,
-                            index: index as u32,
-                            piece_count: count,
-                            bytes: bytes.to_vec(),
-                            total_bytes: share.len() as u64,
-                        })))
-                        .await
-                        .expect("send share");
+                    for piece in share_pieces(round, &share) {
+                        tx.send(up(Up::DecryptionShare(piece)))
+                            .await
+                            .expect("send share");
                     }
                 }
             }

@@ -16,10 +16,9 @@ use consortia_privacy::he::{CollectivePublicKey, Encryptor, Shape};
 use consortia_privacy::update::UpdateEncoding;
 use consortia_proto::federation_client::FederationClient;
 use consortia_proto::{
-    ClientMessage, Decline, DecryptionSharePiece, EncryptedChunk, EvalReport, Hello, KeyCommit,
-    KeyShare as KeyShareMsg, MAX_MESSAGE_BYTES, RoundStart, SHARE_PIECE_BYTES, StatsReport,
-    UpdateChunk, chunk_count, chunk_range, client_message::Kind as Up,
-    server_message::Kind as Down,
+    ClientMessage, Decline, EncryptedChunk, EvalReport, Hello, KeyCommit, KeyShare as KeyShareMsg,
+    MAX_MESSAGE_BYTES, RoundStart, StatsReport, UpdateChunk, chunk_count, chunk_range,
+    client_message::Kind as Up, server_message::Kind as Down, share_pieces,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -304,9 +303,11 @@ async fn run_session(
                 let (Some(task), Some(keys)) = (state.task.as_ref(), state.keys.as_ref()) else {
                     return Err(fatal(state, protocol("decryption asked before Welcome")));
                 };
-                let values = secure_values(task, state.privacy.as_ref().map(|p| &p.spec));
+                let spec = state.privacy.as_ref().map(|p| &p.spec);
                 decrypting = None;
-                match keys.begin_decrypt(&req, task.min_partners, values as u64) {
+                let job = update_len(task, spec, keys, req.round)
+                    .and_then(|values| keys.begin_decrypt(&req, task.min_partners, values));
+                match job {
                     Ok(job) => {
                         println!(
                             "round {}: summing {} contributors' ciphertexts before decrypting",
@@ -366,14 +367,27 @@ fn key_holder<'a>(
     Ok(state.keys.as_mut().expect("checked"))
 }
 
-/// Values a partner encrypts per update in this task: the DDG vector
-/// (padded to a power of two) or the weighted deltas and the row count.
-pub fn secure_values(task: &TaskSpec, spec: Option<&PrivacySpec>) -> usize {
-    let dim = task.schema.param_count();
-    match spec {
-        Some(s) if s.placement == NoisePlacement::Distributed => dim.next_power_of_two(),
-        _ => dim + 1,
-    }
+/// Values per encrypted update of `round`: what the round's
+/// `UpdateEncoding` (the one the coordinator uses too) produces.
+fn update_len(
+    task: &TaskSpec,
+    spec: Option<&PrivacySpec>,
+    keys: &KeyHolder,
+    round: u64,
+) -> Result<u64, AgentError> {
+    let fed = keys
+        .current
+        .as_ref()
+        .ok_or_else(|| protocol("decryption asked before the collective key was installed"))?;
+    let encoding = UpdateEncoding::for_round(
+        spec,
+        task.schema.param_count(),
+        task.min_partners as usize,
+        &fed.key,
+        round,
+    )
+    .map_err(|e| AgentError::Task(format!("secure round {round}: {e}")))?;
+    Ok(encoding.encoded_len() as u64)
 }
 
 async fn refuse_decryption(
@@ -385,10 +399,8 @@ async fn refuse_decryption(
     send(
         tx,
         Up::Decline(Decline {
-            round,
-            reason: format!("decryption refused: {e}"),
-            budget_exhausted: false,
             decryption: true,
+            ..decline(round, format!("decryption refused: {e}"))
         }),
     )
     .await
@@ -399,21 +411,20 @@ async fn send_share(
     round: u64,
     share: &[u8],
 ) -> Result<(), SessionEnd> {
-    let pieces = share.len().div_ceil(SHARE_PIECE_BYTES).max(1) as u32;
-    for (index, bytes) in share.chunks(SHARE_PIECE_BYTES).enumerate() {
-        send(
-            tx,
-            Up::DecryptionShare(DecryptionSharePiece {
-                round,
-                index: index as u32,
-                piece_count: pieces,
-                bytes: bytes.to_vec(),
-                total_bytes: share.len() as u64,
-            }),
-        )
-        .await?;
+    for piece in share_pieces(round, share) {
+        send(tx, Up::DecryptionShare(piece)).await?;
     }
     Ok(())
+}
+
+/// A `Decline` of `round` for `reason` (not a budget or decryption refusal).
+fn decline(round: u64, reason: impl Into<String>) -> Decline {
+    Decline {
+        round,
+        reason: reason.into(),
+        budget_exhausted: false,
+        decryption: false,
+    }
 }
 
 fn protocol(msg: &str) -> AgentError {
@@ -528,14 +539,10 @@ async fn play_round(
         );
         return send(
             tx,
-            Up::Decline(Decline {
+            Up::Decline(decline(
                 round,
-                reason:
-                    "the task requires secure aggregation; this partner sends no plaintext update"
-                        .into(),
-                budget_exhausted: false,
-                decryption: false,
-            }),
+                "the task requires secure aggregation; this partner sends no plaintext update",
+            )),
         )
         .await;
     }
@@ -553,12 +560,10 @@ async fn play_round(
                 );
                 return send(
                     tx,
-                    Up::Decline(Decline {
+                    Up::Decline(decline(
                         round,
-                        reason: "this partner does not have the round's collective key".into(),
-                        budget_exhausted: false,
-                        decryption: false,
-                    }),
+                        "this partner does not have the round's collective key",
+                    )),
                 )
                 .await;
             }
@@ -626,10 +631,8 @@ async fn play_round(
         send(
             tx,
             Up::Decline(Decline {
-                round,
-                reason,
                 budget_exhausted: true,
-                decryption: false,
+                ..decline(round, reason)
             }),
         )
         .await?;
@@ -643,12 +646,7 @@ async fn play_round(
         Err(e) => {
             send(
                 tx,
-                Up::Decline(Decline {
-                    round,
-                    reason: format!("local training failed: {e}"),
-                    budget_exhausted: false,
-                    decryption: false,
-                }),
+                Up::Decline(decline(round, format!("local training failed: {e}"))),
             )
             .await?;
             return Ok(());

@@ -430,13 +430,9 @@ impl DecryptJob {
             .map_err(|_| AgentError::Protocol("a chunk's body hash is not 32 bytes".into()))?;
         let masks = self
             .aggregate
-            .shape()
-            .check_mask_chunk(c.index, &c.masks)
-            .map_err(|e| key_err("contributor ciphertext refused", e))?;
-        let masks_hash = sha256(masks);
-        self.aggregate
             .add_mask_bytes(c.index, &c.masks)
             .map_err(|e| key_err("contributor ciphertext refused", e))?;
+        let masks_hash = sha256(masks);
         let running = self
             .running
             .as_mut()

@@ -525,7 +525,8 @@ pub async fn run_task(
             "resuming after the last completed round"
         );
     }
-    let privacy_spec = crate::accounting::task_privacy(&task)?;
+    // The checked privacy settings, as the accounting holds them.
+    let privacy_spec = accounting.as_ref().map(|a| a.book.spec().clone());
     let fed_key = match &hub.ciphertexts {
         Some(ciphertexts) => {
             // Ciphertexts of other rounds, or of a round whose sum was already
@@ -954,7 +955,7 @@ async fn collect_round(
     let mut key_id = Vec::new();
     let mut already = BTreeSet::new();
     if let Some(s) = secure {
-        key_id = s.key_id.to_vec();
+        key_id = s.aggregate.shape().key_id.to_vec();
         collector = collector.with_aggregate(s.aggregate);
         for update in s.stored {
             let partner = update.partner.clone();
@@ -1015,7 +1016,6 @@ async fn collect_round(
 /// What a secure round starts with.
 struct SecureRound {
     encoding: UpdateEncoding,
-    key_id: [u8; 32],
     aggregate: Aggregate,
     stored: Vec<StoredUpdate>,
 }
@@ -1055,7 +1055,6 @@ fn prepare_secure_round(
     }
     Ok(SecureRound {
         encoding,
-        key_id: key.key.key_id(),
         aggregate,
         stored,
     })

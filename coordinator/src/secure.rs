@@ -751,7 +751,6 @@ impl Decryption {
 mod tests {
     use super::*;
     use consortia_privacy::he::{Encryptor, KeyShareGen, PartialDecryptor, Shape};
-    use consortia_proto::SHARE_PIECE_BYTES;
 
     fn ceremony_key(names: &[&str]) -> (FederationKey, Vec<consortia_privacy::he::SecretKeyShare>) {
         let committee: Vec<String> = names.iter().map(|s| s.to_string()).collect();
@@ -811,18 +810,7 @@ mod tests {
     }
 
     fn pieces(round: u64, bytes: &[u8]) -> Vec<DecryptionSharePiece> {
-        let count = bytes.len().div_ceil(SHARE_PIECE_BYTES) as u32;
-        bytes
-            .chunks(SHARE_PIECE_BYTES)
-            .enumerate()
-            .map(|(i, b)| DecryptionSharePiece {
-                round,
-                index: i as u32,
-                piece_count: count,
-                bytes: b.to_vec(),
-                total_bytes: bytes.len() as u64,
-            })
-            .collect()
+        consortia_proto::share_pieces(round, bytes).collect()
     }
 
     #[test]

@@ -268,6 +268,13 @@ async fn read_session(
     tracing::info!(partner = %partner, "partner disconnected");
 }
 
+/// The coordinator's own disk failed while storing an update: logged for the
+/// operator, answered without detail.
+fn storage_failed(e: std::io::Error) -> Rejection {
+    tracing::error!("cannot store an encrypted update: {e}");
+    Rejection::Malformed("the coordinator cannot store your update now".into())
+}
+
 /// Takes one chunk of an encrypted update; a refused chunk drops the whole
 /// pending update (its partial file included), so the round is untouched.
 fn take_encrypted(
@@ -312,10 +319,7 @@ fn take_encrypted_chunk(
             .ok_or_else(|| Rejection::Malformed("this task takes plaintext updates".into()))?;
         let upload = store
             .begin(chunk.round, partner, chunk.example_count, shape.chunks())
-            .map_err(|e| {
-                tracing::error!("cannot store an encrypted update: {e}");
-                Rejection::Malformed("the coordinator cannot store your update now".into())
-            })?;
+            .map_err(storage_failed)?;
         *pending = Some(PendingEncrypted {
             round: chunk.round,
             example_count: chunk.example_count,
@@ -346,21 +350,13 @@ fn take_encrypted_chunk(
         ));
     }
     // Wrong size, dimension, key or parameter set: refused before it is stored.
-    p.shape
+    let (masks, bodies) = p
+        .shape
         .check_chunk_bytes(chunk.index, &chunk.ciphertext)
         .map_err(|e| {
             Rejection::Malformed(format!("encrypted chunk {} refused: {e}", chunk.index))
         })?;
-    p.upload.append(&chunk.ciphertext).map_err(|e| {
-        tracing::error!("cannot store an encrypted update: {e}");
-        Rejection::Malformed("the coordinator cannot store your update now".into())
-    })?;
-    let (masks, bodies) = p
-        .shape
-        .chunk_parts(chunk.index, &chunk.ciphertext)
-        .map_err(|e| {
-            Rejection::Malformed(format!("encrypted chunk {} refused: {e}", chunk.index))
-        })?;
+    p.upload.append(&chunk.ciphertext).map_err(storage_failed)?;
     let body_hash = sha256(bodies);
     p.digest.chunk(&sha256(masks), &body_hash);
     p.body_hashes.push(body_hash);
@@ -383,10 +379,7 @@ fn take_encrypted_chunk(
         let path = done
             .upload
             .finish(&chunk.signature, certificate, &done.body_hashes)
-            .map_err(|e| {
-                tracing::error!("cannot store an encrypted update: {e}");
-                Rejection::Malformed("the coordinator cannot store your update now".into())
-            })?;
+            .map_err(storage_failed)?;
         let update = StoredUpdate {
             partner: partner.to_string(),
             examples: done.example_count,

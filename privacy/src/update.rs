@@ -199,11 +199,8 @@ impl UpdateEncoding {
             });
         }
         let bits = self.bits();
-        let mask = if bits >= 64 {
-            u64::MAX
-        } else {
-            (1u64 << bits) - 1
-        };
+        // bits <= MAX_BITS (62), so the mask fits.
+        let mask = (1u64 << bits) - 1;
         let reduced: Vec<u64> = sum.iter().map(|v| v & mask).collect();
         match self {
             Self::Weighted { dim, .. } => {

@@ -70,6 +70,22 @@ impl ContributionDigest {
     }
 }
 
+/// A decryption share's wire form cut into [`DecryptionSharePiece`]s of
+/// [`SHARE_PIECE_BYTES`] (the last one shorter), in order.
+pub fn share_pieces(round: u64, share: &[u8]) -> impl Iterator<Item = DecryptionSharePiece> + '_ {
+    let piece_count = share.len().div_ceil(SHARE_PIECE_BYTES).max(1) as u32;
+    share
+        .chunks(SHARE_PIECE_BYTES)
+        .enumerate()
+        .map(move |(index, bytes)| DecryptionSharePiece {
+            round,
+            index: index as u32,
+            piece_count,
+            bytes: bytes.to_vec(),
+            total_bytes: share.len() as u64,
+        })
+}
+
 /// Number of chunks needed for `param_count` parameters.
 pub fn chunk_count(param_count: usize) -> u32 {
     param_count.div_ceil(CHUNK_VALUES).max(1) as u32

@@ -115,7 +115,12 @@ impl Aggregate {
     /// Adds the masks of chunk `chunk_index` of one update from its mask
     /// form ([`Shape::mask_chunk`]), leaving the bodies alone: a key holder's
     /// recomputation needs only the masks (see [`Aggregate::mask_digest`]).
-    pub fn add_mask_bytes(&mut self, chunk_index: u32, bytes: &[u8]) -> Result<(), HeError> {
+    /// Returns the masks added (for the caller's own hashing).
+    pub fn add_mask_bytes<'b>(
+        &mut self,
+        chunk_index: u32,
+        bytes: &'b [u8],
+    ) -> Result<&'b [u8], HeError> {
         let masks = self.shape.check_mask_chunk(chunk_index, bytes)?;
         self.check_room(chunk_index)?;
         let range = self.chunk_range(chunk_index);
@@ -126,7 +131,7 @@ impl Aggregate {
             Words::W128(s) => add_le_bytes(&mut s[range], masks),
         }
         self.counts[chunk_index as usize] += 1;
-        Ok(())
+        Ok(masks)
     }
 
     /// Adds a whole update in wire form; all of it or nothing.

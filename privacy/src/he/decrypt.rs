@@ -29,6 +29,28 @@ use super::word::{Rng, Word, Words};
 
 const SHARE_MAGIC: &[u8; 4] = b"CHDS";
 
+/// Reads the fields after a share's common header (session, party,
+/// aggregate digest) and checks the session and party against `shape`.
+fn read_share_fields(
+    r: &mut Reader<'_>,
+    shape: &Shape,
+) -> Result<([u8; 32], PartyId, [u8; 32]), HeError> {
+    let session_id = r.array32()?;
+    if session_id != shape.session_id {
+        return Err(HeError::WrongKey {
+            what: "decryption share",
+        });
+    }
+    let party = PartyId(r.u32()?);
+    if party.0 >= shape.parties {
+        return Err(HeError::UnknownParty {
+            party,
+            parties: shape.parties,
+        });
+    }
+    Ok((session_id, party, r.array32()?))
+}
+
 /// One partner's partial decryption of an aggregate.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DecryptionShare {
@@ -86,20 +108,7 @@ impl DecryptionShare {
         let mut r = Reader::new(bytes, "decryption share");
         r.header(SHARE_MAGIC, Some(shape.params))?;
         r.expect_len(Self::encoded_len(shape))?;
-        let session_id = r.array32()?;
-        if session_id != shape.session_id {
-            return Err(HeError::WrongKey {
-                what: "decryption share",
-            });
-        }
-        let party = PartyId(r.u32()?);
-        if party.0 >= shape.parties {
-            return Err(HeError::UnknownParty {
-                party,
-                parties: shape.parties,
-            });
-        }
-        let aggregate_digest = r.array32()?;
+        let (session_id, party, aggregate_digest) = read_share_fields(&mut r, shape)?;
         let words = Words::read_le(shape.params, r.rest());
         Ok(Self {
             party,
@@ -383,22 +392,11 @@ impl Combiner {
             })?;
         let mut r = Reader::new(header, "decryption share");
         r.header(SHARE_MAGIC, Some(shape.params))?;
-        if r.array32()? != shape.session_id {
-            return Err(HeError::WrongKey {
-                what: "decryption share",
-            });
-        }
-        let party = PartyId(r.u32()?);
-        if party.0 >= shape.parties {
-            return Err(HeError::UnknownParty {
-                party,
-                parties: shape.parties,
-            });
-        }
+        let (_, party, digest) = read_share_fields(&mut r, &shape)?;
         if self.seen.contains(&party) {
             return Err(HeError::DuplicateParty(party));
         }
-        if r.array32()? != self.digest {
+        if digest != self.digest {
             return Err(HeError::DigestMismatch(party));
         }
         Ok(party)

@@ -155,8 +155,13 @@ impl Shape {
     /// Checks one chunk's wire bytes against this shape (header, key, index,
     /// polynomial count, exact length, and tfhe's conformance check of the
     /// list) without keeping them: what a receiver does before storing a
-    /// chunk it will add later.
-    pub fn check_chunk_bytes(&self, index: u32, bytes: &[u8]) -> Result<(), HeError> {
+    /// chunk it will add later. Returns the chunk's masks and bodies, as
+    /// [`Shape::chunk_parts`] does.
+    pub fn check_chunk_bytes<'a>(
+        &self,
+        index: u32,
+        bytes: &'a [u8],
+    ) -> Result<(&'a [u8], &'a [u8]), HeError> {
         let payload = self.check_chunk(index, bytes)?;
         let polys = self.polys_in_chunk(index) as usize;
         let ok = match Words::read_le(self.params, payload) {
@@ -168,7 +173,7 @@ impl Shape {
                 what: "ciphertext chunk",
             });
         }
-        Ok(())
+        Ok(payload.split_at(payload.len() / 2))
     }
 
     /// A checked chunk's masks and bodies (the two halves of its payload,
