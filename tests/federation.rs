@@ -19,14 +19,7 @@ fn completed_rounds(fed: &Federation) -> Vec<consortia_coordinator::store::Round
 #[test]
 fn three_partners_train_a_churn_model_together() {
     let mut fed = Federation::new(&task_with(8, 3, 120));
-    fed.start_coordinator();
-    fed.start_all_agents();
-    let status = fed.wait_coordinator(LONG);
-    assert!(status.success(), "coordinator failed\n{}", fed.logs());
-    for (name, _) in fed.partners.clone() {
-        let s = fed.wait_agent(&name, Duration::from_secs(30));
-        assert!(s.success(), "agent {name} failed\n{}", fed.logs());
-    }
+    fed.run_to_completion(LONG);
     let rounds = completed_rounds(&fed);
     assert_eq!(
         rounds.iter().map(|r| r.round).collect::<Vec<_>>(),

@@ -28,14 +28,7 @@ fn ddg_task(rounds: u32, deadline_secs: u64) -> String {
 }
 
 fn run_to_end(fed: &mut Federation) -> f64 {
-    fed.start_coordinator();
-    fed.start_all_agents();
-    let status = fed.wait_coordinator(LONG);
-    assert!(status.success(), "coordinator failed\n{}", fed.logs());
-    for (name, _) in fed.partners.clone() {
-        let s = fed.wait_agent(&name, Duration::from_secs(30));
-        assert!(s.success(), "agent {name} failed\n{}", fed.logs());
-    }
+    fed.run_to_completion(LONG);
     let store = Store::open(&fed.path("state")).unwrap();
     let last = store.last_round().unwrap();
     store

@@ -230,6 +230,19 @@ impl Federation {
         }
     }
 
+    /// Starts the coordinator and every agent, and waits until all of them
+    /// have finished successfully (within `timeout` for the coordinator).
+    pub fn run_to_completion(&mut self, timeout: Duration) {
+        self.start_coordinator();
+        self.start_all_agents();
+        let status = self.wait_coordinator(timeout);
+        assert!(status.success(), "coordinator failed\n{}", self.logs());
+        for (name, _) in self.partners.clone() {
+            let s = self.wait_agent(&name, Duration::from_secs(30));
+            assert!(s.success(), "agent {name} failed\n{}", self.logs());
+        }
+    }
+
     /// Waits for an agent to exit.
     pub fn wait_agent(&mut self, name: &str, timeout: Duration) -> ExitStatus {
         let c = &mut self
