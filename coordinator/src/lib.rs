@@ -25,6 +25,8 @@ pub mod server;
 pub mod service;
 pub mod session;
 pub mod store;
+#[cfg(test)]
+mod testing;
 
 pub use config::CoordinatorConfig;
 pub use error::CoordinatorError;

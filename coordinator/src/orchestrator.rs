@@ -1353,27 +1353,13 @@ fn secure_step(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use consortia_privacy::he::{
-        CollectiveKeyAggregator, CollectivePublicKey, KeySession, KeyShareGen, PartyId,
-    };
+    use consortia_privacy::he::CollectivePublicKey;
 
     const SECURE: &str = include_str!("../../examples/telco_churn_secure.toml");
     const DDG: &str = include_str!("../../examples/telco_churn_ddg_eps8.toml");
 
     fn key(parties: u32) -> CollectivePublicKey {
-        let session = KeySession::new(HeParams::Secure128, [3; 32]);
-        let generator = KeyShareGen::new(&session);
-        let shares: Vec<_> = (0..parties)
-            .map(|i| generator.generate(PartyId(i)))
-            .collect();
-        let mut agg = CollectiveKeyAggregator::new(&session, parties).unwrap();
-        for s in &shares {
-            agg.add_commitment(s.public.party(), s.commitment).unwrap();
-        }
-        for s in shares {
-            agg.add_share(s.public.party(), s.public).unwrap();
-        }
-        agg.finish().unwrap()
+        crate::testing::collective_key(HeParams::Secure128, parties, 3)
     }
 
     /// The plaintext sum of encoded vectors, as joint decryption returns it.

@@ -467,29 +467,14 @@ mod tests {
     use crate::round::{RoundCollector, RoundKind};
     use crate::secure::{CiphertextStore, FederationKey};
     use consortia_model::TaskSpec;
-    use consortia_privacy::he::{
-        Aggregate, CollectiveKeyAggregator, CollectivePublicKey, Encryptor, HeParams, KeySession,
-        KeyShareGen, PartyId,
-    };
+    use consortia_privacy::he::{Aggregate, CollectivePublicKey, Encryptor, HeParams};
     use std::time::Instant;
 
     const TASK: &str = include_str!("../../examples/telco_churn_secure.toml");
     const VALUES: usize = 42;
 
     fn key(params: HeParams, parties: u32, id: u8) -> CollectivePublicKey {
-        let session = KeySession::new(params, [id; 32]);
-        let generator = KeyShareGen::new(&session);
-        let shares: Vec<_> = (0..parties)
-            .map(|i| generator.generate(PartyId(i)))
-            .collect();
-        let mut agg = CollectiveKeyAggregator::new(&session, parties).unwrap();
-        for s in &shares {
-            agg.add_commitment(s.public.party(), s.commitment).unwrap();
-        }
-        for s in shares {
-            agg.add_share(s.public.party(), s.public).unwrap();
-        }
-        agg.finish().unwrap()
+        crate::testing::collective_key(params, parties, id)
     }
 
     /// A hub serving the secure example task with round 1 open to a, b, c.
