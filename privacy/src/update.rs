@@ -11,9 +11,12 @@
 //! * [`UpdateEncoding::Ddg`] (`placement = "distributed"`): the distributed
 //!   discrete Gaussian of Kairouz, Liu, Steinke 2021 (Alg. 1 client, Alg. 2
 //!   server) with the parameters of [`PrivacySpec::ddg_params`]. The decoded
-//!   sum is the sum of the partners' clipped vectors plus noise of real std
-//!   ≥ z·C: clipped deltas (partner unit) or sums of per-row clipped
-//!   gradients (record unit).
+//!   sum is the sum of the partners' clipped vectors (clipped deltas for the
+//!   partner unit, sums of per-row clipped gradients for the record unit)
+//!   plus noise. Against the coordinator plus up to `t` colluding partners
+//!   (the spec's [`colluders`](PrivacySpec::colluders)), that noise holds at
+//!   least `min_partners − t` shares the coalition does not know, of total
+//!   real std z·C.
 
 use sha2::{Digest, Sha256};
 
@@ -82,7 +85,9 @@ impl UpdateEncoding {
         })
     }
 
-    /// Distributed DP for round `round` under the key `key_id`.
+    /// Distributed DP for round `round` under the key `key_id`, with `n_min`
+    /// partners in every sum and the colluders of the spec's
+    /// [`DistributedShape`](crate::dp::DistributedShape) (refused without one).
     pub fn ddg(
         spec: &PrivacySpec,
         dim: usize,
@@ -91,7 +96,7 @@ impl UpdateEncoding {
         key_id: &[u8; 32],
         round: u64,
     ) -> Result<Self, DpError> {
-        let params = spec.ddg_params(dim, n_min, bits_for(plaintext_bits)?)?;
+        let params = spec.ddg_params(dim, n_min, spec.colluders()?, bits_for(plaintext_bits)?)?;
         Ok(Self::Ddg {
             params,
             seed: rotation_seed(key_id, round),

@@ -147,7 +147,7 @@ fn round_events_per_unit() {
     assert!(plan_epsilon_with(&d, &ev, 10).unwrap() > zcdp_epsilon(5.0, 1e-6).unwrap() * 0.999);
     // Calibrated from the update length and n_min: z = 1 split over n_min = 3 shares gives
     // ρ = (C/γ + √d')²/(2·n_min·σ_local²) = ((2^16 + 8)/2^16)²/2 ≈ 0.500122 (τ ≈ 0 at σ ≈ 37,800).
-    let shaped = d.clone().with_distributed_shape(41, 3);
+    let shaped = d.clone().with_distributed_shape(41, 3, 0).unwrap();
     let ev = shaped.round_events(5000).unwrap();
     let expected = ((65536.0f64 + 8.0) / 65536.0).powi(2) / 2.0;
     assert!(

@@ -68,14 +68,23 @@ pub struct PrivacySpec {
     /// runs out is left out of later rounds.
     #[serde(default)]
     pub partner_epsilon: std::collections::BTreeMap<String, f64>,
-    /// Distributed placement: the update length and `n_min` the round's DDG
-    /// parameters are derived from (set with
+    /// Distributed placement: the update length, `n_min` and the number of
+    /// colluders the round's DDG parameters are derived from (set with
     /// [`with_distributed_shape`](Self::with_distributed_shape); not in the task file).
     #[serde(skip)]
     pub distributed_shape: Option<DistributedShape>,
 }
 
 /// What distributed rounds are calibrated on, besides the `[privacy]` table.
+///
+/// Threat model: the coordinator plus up to `colluders` partners pool what
+/// they know. Each colluder knows its own noise share and can subtract it from
+/// a decrypted sum, so only the shares of the other `n_min − colluders`
+/// partners count (Kairouz, Liu, Steinke 2021 calibrate the local noise on the
+/// clients whose shares are guaranteed in the sum and unknown to the
+/// adversary, σ_local = σ/√n_honest). Every partner therefore adds a
+/// share of variance `σ²/(n_min − colluders)`, and a round is charged for
+/// `n_min − colluders` honest shares, whose total variance is `σ²`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DistributedShape {
     /// Length of the vector each partner encodes (model parameters).
@@ -83,6 +92,25 @@ pub struct DistributedShape {
     /// Least number of partners whose noise shares are in every decrypted sum
     /// (the task's `min_partners`).
     pub n_min: usize,
+    /// `t`: partners that may collude with the coordinator (the task's
+    /// `colluders`); always below `n_min`.
+    pub colluders: usize,
+}
+
+impl DistributedShape {
+    /// `n_min − colluders`: the noise shares in every sum that the coordinator
+    /// and its colluders do not know.
+    pub fn honest_shares(&self) -> usize {
+        self.n_min.saturating_sub(self.colluders)
+    }
+}
+
+/// `n_min − colluders`, refusing `colluders >= n_min` (and `n_min = 0`).
+fn honest_shares(n_min: usize, colluders: usize) -> Result<usize, DpError> {
+    if colluders >= n_min {
+        return Err(DpError::TooManyColluders { colluders, n_min });
+    }
+    Ok(n_min - colluders)
 }
 
 /// Integer steps per clip norm in distributed rounds: γ = C / 2^16, so one
@@ -244,9 +272,9 @@ impl PrivacySpec {
         if self.placement == NoisePlacement::Distributed {
             let shape = self.distributed_shape.ok_or(DpError::Unsupported(
                 "placement = \"distributed\" is charged from its DDG parameters: give the spec the \
-                 update length and n_min first (with_distributed_shape)",
+                 update length, n_min and colluders first (with_distributed_shape)",
             ))?;
-            let params = self.ddg_params(shape.dim, shape.n_min, 62)?;
+            let params = self.ddg_params(shape.dim, shape.n_min, shape.colluders, 62)?;
             return self.round_events_distributed(&params);
         }
         let mut events = Vec::with_capacity(2);
@@ -282,33 +310,69 @@ impl PrivacySpec {
         Ok(events)
     }
 
-    /// What one distributed-discrete-Gaussian round costs a partner (partner unit):
-    /// `Zcdp { ρ = ddg_round_rho(params) }`, plus the adaptive-clipping count query when
-    /// configured (charged as a Gaussian with `count_noise_multiplier`).
     /// The same spec, calibrated for distributed rounds on `dim`-long updates
-    /// with at least `n_min` partners in every sum.
-    pub fn with_distributed_shape(mut self, dim: usize, n_min: usize) -> Self {
-        self.distributed_shape = Some(DistributedShape { dim, n_min });
-        self
+    /// with at least `n_min` partners in every sum, up to `colluders` of whom
+    /// may pool their knowledge with the coordinator ([`DistributedShape`]).
+    /// Refuses `colluders >= n_min` with [`DpError::TooManyColluders`].
+    pub fn with_distributed_shape(
+        mut self,
+        dim: usize,
+        n_min: usize,
+        colluders: usize,
+    ) -> Result<Self, DpError> {
+        honest_shares(n_min, colluders)?;
+        self.distributed_shape = Some(DistributedShape {
+            dim,
+            n_min,
+            colluders,
+        });
+        Ok(self)
+    }
+
+    /// `t` of the spec's [`DistributedShape`]; refuses a spec without one
+    /// (distributed noise cannot be calibrated without knowing `t`).
+    pub fn colluders(&self) -> Result<usize, DpError> {
+        self.distributed_shape
+            .map(|s| s.colluders)
+            .ok_or(DpError::Unsupported(
+                "placement = \"distributed\" is calibrated on the colluders the task assumes: give \
+                 the spec its update length, n_min and colluders first (with_distributed_shape)",
+            ))
     }
 
     /// DDG parameters of a distributed round (KLS21 Alg. 1 with β = 0, i.e.
-    /// unconditional randomised rounding): γ = C/2^[`DDG_SCALE_BITS`], each
-    /// partner's integer σ = z·2^16/√n_min so that a sum over n ≥ n_min
-    /// partners carries noise of real std ≥ z·C, reduced modulo 2^`bits`.
+    /// unconditional randomised rounding): γ = C/2^[`DDG_SCALE_BITS`], and with
+    /// `h = n_min − colluders` honest shares, each partner's integer σ =
+    /// z·2^16/√h, reduced modulo 2^`bits`. Against the coordinator plus up to
+    /// `colluders` partners, any sum over n ≥ n_min partners still holds at
+    /// least `h` shares the coalition does not know, whose sum has real std
+    /// z·C (variance h·σ²·γ² = z²C²); the returned parameters carry `h` as
+    /// their [`DdgParams::n_min`], so [`ddg_round_rho`](super::ddg::ddg_round_rho)
+    /// charges exactly those shares (KLS21 Thm 1 with n = h).
+    /// Refuses `colluders >= n_min` with [`DpError::TooManyColluders`].
     ///
     /// Sensitivity (both units): neighbouring inputs differ by one clipped
     /// vector of norm ≤ C (a row's gradient or a partner's delta). Coupling
     /// the two roundings on the same uniforms moves each coordinate by less
     /// than one more unit, so the rounded vectors differ by at most
     /// `C/γ + √d'` — KLS21 Thm 1 Eq. 2's bound for β = 0 ([`DdgParams::norm_bound`]).
-    pub fn ddg_params(&self, dim: usize, n_min: usize, bits: u32) -> Result<DdgParams, DpError> {
+    pub fn ddg_params(
+        &self,
+        dim: usize,
+        n_min: usize,
+        colluders: usize,
+        bits: u32,
+    ) -> Result<DdgParams, DpError> {
+        let honest = honest_shares(n_min, colluders)?;
         let scale = f64::from(1u32 << DDG_SCALE_BITS);
         let gamma = self.clip_norm / scale;
-        let local_sigma = self.noise_multiplier * scale / (n_min.max(1) as f64).sqrt();
-        DdgParams::new(dim, self.clip_norm, gamma, 0.0, local_sigma, n_min, bits)
+        let local_sigma = self.noise_multiplier * scale / (honest as f64).sqrt();
+        DdgParams::new(dim, self.clip_norm, gamma, 0.0, local_sigma, honest, bits)
     }
 
+    /// What one distributed-discrete-Gaussian round costs a partner (partner unit):
+    /// `Zcdp { ρ = ddg_round_rho(params) }`, plus the adaptive-clipping count query when
+    /// configured (charged as a Gaussian with `count_noise_multiplier`).
     pub fn round_events_distributed(
         &self,
         params: &DdgParams,

@@ -5,12 +5,16 @@
 //! Each partner clips its update, rotates it with a randomised Walsh–Hadamard transform from a
 //! shared per-round seed, scales it to integers, rounds it randomly (retrying until the rounded
 //! norm is within the bound of Thm 1, Eq. 2 / Prop. 22), adds a share of discrete Gaussian noise
-//! and reduces modulo the plaintext modulus 2^bits. The encrypted sum of all partners carries
-//! noise of variance ≥ n_min·σ²; the decoder maps the sum back to signed integers, unscales and
-//! rotates back.
+//! and reduces modulo the plaintext modulus 2^bits. The decoder maps the sum back to signed
+//! integers, unscales and rotates back.
 //!
-//! Privacy unit: one partner (add/remove adjacency), against anyone who only sees the sum
-//! (the aggregator after threshold decryption): the per-round ρ of [`ddg_round_rho`].
+//! Privacy unit: one partner (add/remove adjacency). Adversary: the coordinator, which sees the
+//! decrypted sum, together with up to `t` colluding partners, who know their own noise shares
+//! and can subtract them. With `h = n_min − t` (the parameters' [`DdgParams::n_min`]), every sum
+//! of n ≥ n_min partners holds at least `h` shares the coalition does not know; each share has
+//! variance σ_local² = σ²/h, so the unknown part of the noise has variance ≥ h·σ_local² = σ², and
+//! the per-round ρ of [`ddg_round_rho`] is that of those `h` shares alone (KLS21 Thm 1 with
+//! n = h). The shares the coalition knows only add noise it can remove; they are not counted.
 
 use dashu::rational::RBig;
 use opendp::traits::samplers::{sample_bernoulli_float, sample_discrete_gaussian};
@@ -54,7 +58,9 @@ impl DdgParams {
     /// * `gamma` — granularity γ: one integer step is γ real units;
     /// * `beta` — conditional rounding parameter β ∈ [0, 1) (0 = unconditional rounding);
     /// * `local_sigma` — each partner's discrete Gaussian σ in integer units;
-    /// * `n_min` — least number of honest, non-dropped partners whose noise is in every sum;
+    /// * `n_min` — `h`: least number of noise shares in every sum that the adversary does not
+    ///   know (honest, non-dropped partners: the task's `min_partners − colluders`); ρ is
+    ///   charged for these shares only;
     /// * `bits` — plaintext modulus 2^bits, 2 ≤ bits ≤ 62.
     pub fn new(
         dim: usize,
@@ -212,7 +218,8 @@ impl DdgParams {
     pub fn local_sigma(&self) -> f64 {
         self.local_sigma
     }
-    /// Honest partners guaranteed in every sum.
+    /// `h`: honest noise shares (unknown to the coordinator and its colluders) guaranteed in
+    /// every sum; the privacy analysis counts only these.
     pub fn n_min(&self) -> usize {
         self.n_min
     }
@@ -270,7 +277,8 @@ impl DdgParams {
 /// ρ-zCDP of one DDG round for one partner (add/remove), KLS21 Thm 1 and Prop. 14 / Eq. 17,
 /// keeping the pure-zCDP branches (so the event composes in OpenDP and in the RDP accountant):
 ///
-/// `l2 = Δ₂/(√n·σ)`, `l1 = Δ₁/(√n·σ)`, with n = n_min and σ the local integer std;
+/// `l2 = Δ₂/(√n·σ)`, `l1 = Δ₁/(√n·σ)`, with n = [`DdgParams::n_min`] (the honest shares `h`,
+/// not the colluders' shares the adversary can subtract) and σ the local integer std;
 /// `ρ = ½·min{ (l2 + τ√d')²,  l2² + 2·l1·τ + τ²·d' }`.
 pub fn ddg_round_rho(params: &DdgParams) -> f64 {
     let central = (params.n_min as f64).sqrt() * params.local_sigma;

@@ -105,6 +105,19 @@ pub enum DpError {
         /// δ of the budget.
         delta: f64,
     },
+    /// Distributed noise cannot tolerate as many colluders as there are
+    /// partners in every sum: no share would be unknown to the coalition.
+    #[error(
+        "colluders = {colluders} must be below n_min = {n_min} (min_partners): distributed noise is \
+         calibrated on the n_min - colluders shares the coordinator and its colluders do not know, \
+         so lower `colluders` or raise `min_partners`"
+    )]
+    TooManyColluders {
+        /// `t`: partners assumed to collude with the coordinator.
+        colluders: usize,
+        /// Least number of partners whose noise shares are in every sum.
+        n_min: usize,
+    },
     /// Two settings that cannot be combined.
     #[error("unsupported combination: {0}")]
     Unsupported(&'static str),
