@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use consortia_client::keys::{DecryptJob, KeyHolder};
+use consortia_client::policy::Policy;
 use consortia_coordinator::orchestrator::Hub;
 use consortia_coordinator::secure::CiphertextStore;
 use consortia_coordinator::server::{revocation_check, serve};
@@ -245,8 +246,23 @@ async fn echo_partner(tls: ClientTls, addr: String, mut keys: KeyHolder, min: u3
     let mut round = None;
     let mut buf: Vec<f64> = Vec::new();
     let mut job: Option<DecryptJob> = None;
+    // The bench partner admits whatever task it is sent, as a permissive
+    // policy would; the real agent's policy checks are tested elsewhere.
+    let policy = Policy {
+        require_secure_aggregation: false,
+        require_dp: false,
+        min_contributors: 1,
+        max_colluders_assumed: 0,
+        ..Policy::default()
+    };
+    let mut task: Option<(TaskSpec, [u8; 32])> = None;
     while let Ok(Some(msg)) = inbound.message().await {
         match msg.kind {
+            Some(Down::Welcome(w)) => {
+                let t = TaskSpec::from_toml_str(&w.task_toml).expect("task");
+                let h = t.canonical_hash().expect("task hash");
+                task = Some((t, h));
+            }
             Some(Down::RoundStart(s)) => {
                 buf.clear();
                 round = Some(s);
@@ -283,8 +299,9 @@ async fn echo_partner(tls: ClientTls, addr: String, mut keys: KeyHolder, min: u3
                     .await
                     .expect("encrypt task");
                     let count = chunks.len() as u32;
+                    let hash = task.as_ref().expect("welcomed").1;
                     let signature = keys
-                        .sign_update(&shape, s.round, 100, &chunks)
+                        .sign_update(&shape, &hash, s.round, s.attempt, 100, &chunks)
                         .expect("sign");
                     for (index, ciphertext) in chunks.into_iter().enumerate() {
                         let last = index as u32 + 1 == count;
@@ -319,7 +336,8 @@ async fn echo_partner(tls: ClientTls, addr: String, mut keys: KeyHolder, min: u3
                 }
             }
             Some(Down::Keygen(req)) => {
-                let commitment = keys.keygen(&req).expect("keygen");
+                let t = &task.as_ref().expect("welcomed").0;
+                let commitment = keys.keygen(&req, t, &policy).expect("keygen");
                 tx.send(up(Up::KeyCommit(KeyCommit {
                     session_id: req.session_id,
                     commitment: commitment.to_vec(),
@@ -328,21 +346,24 @@ async fn echo_partner(tls: ClientTls, addr: String, mut keys: KeyHolder, min: u3
                 .expect("send commitment");
             }
             Some(Down::KeyReveal(r)) => {
-                let public_share = keys.reveal(&r.session_id).expect("reveal");
+                let hash = task.as_ref().expect("welcomed").1;
+                let (public_share, signature) = keys.reveal(&r.session_id, &hash).expect("reveal");
                 tx.send(up(Up::KeyShare(KeyShare {
                     session_id: r.session_id,
                     public_share,
+                    signature,
                 })))
                 .await
                 .expect("send share");
             }
             Some(Down::CollectiveKey(k)) => {
-                keys.install(&k).expect("install key");
+                let (t, h) = task.as_ref().expect("welcomed");
+                keys.install(&k, t, h, &policy).expect("install key");
             }
             Some(Down::Decrypt(req)) => {
                 let values = req.values;
                 job = Some(
-                    keys.begin_decrypt(&req, min, values)
+                    keys.begin_decrypt(&req, min, values, &task.as_ref().expect("welcomed").1)
                         .expect("decrypt request"),
                 );
             }

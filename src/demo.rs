@@ -140,13 +140,23 @@ pub fn run(args: DemoArgs) -> Result<()> {
         .context("the coordinator did not start listening; see logs/coordinator.log")?;
     println!("  coordinator listening on {addr} (mutual TLS)\n");
 
-    // 5. Agents.
+    // 5. Agents. Each partner's policy admits exactly what this demo task
+    // asks for; a real partner writes the policy its organisation agreed to
+    // (the defaults require secure aggregation and differential privacy).
+    let spec = consortia_model::TaskSpec::from_toml_str(&task)?;
+    let policy = format!(
+        "# What this partner accepts (see `consortia_client::policy`).\n[policy]\nrequire_secure_aggregation = {}\nrequire_dp = {}\nmin_noise_multiplier = 0.0\nmax_sampling_rate = 1.0\nmin_contributors = {}\nallow_insecure_rng = {}\n",
+        spec.secure_aggregation,
+        spec.privacy.is_some(),
+        spec.min_partners.min(3),
+        !consortia_privacy::dp::secure_rng(),
+    );
     for (name, data) in &partners {
         let cfg = work.join(format!("agent-{name}.toml"));
         std::fs::write(
             &cfg,
             format!(
-                "coordinator = \"https://{addr}\"\nserver_name = \"127.0.0.1\"\ndata = \"{}\"\nstate_dir = \"agent-{name}-state\"\n\n[tls]\nca_cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                "coordinator = \"https://{addr}\"\nserver_name = \"127.0.0.1\"\ndata = \"{}\"\nstate_dir = \"agent-{name}-state\"\n\n{policy}\n[tls]\nca_cert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
                 data.display(),
                 pki.ca_cert_path().display(),
                 pki.partner_cert_path(name).display(),

@@ -159,6 +159,13 @@ struct AgentArgs {
     /// The partner's own δ budget for the task.
     #[arg(long, requires = "budget_epsilon")]
     budget_delta: Option<f64>,
+    /// Policy file (TOML with a [policy] table): what this partner accepts.
+    /// Without it the safe defaults apply (secure aggregation and DP required).
+    #[arg(long, conflicts_with = "config")]
+    policy: Option<PathBuf>,
+    /// Give up after this many failed connection attempts in a row (default: never).
+    #[arg(long, conflicts_with = "config")]
+    max_connect_attempts: Option<u32>,
 }
 
 #[derive(Subcommand)]
@@ -367,7 +374,12 @@ fn agent(args: AgentArgs) -> Result<()> {
                     cert: pki.join("partners").join(format!("{name}.pem")),
                     key: pki.join("partners").join(format!("{name}.key")),
                 },
-                max_connect_attempts: None,
+                max_connect_attempts: args.max_connect_attempts,
+                dataset_name: None,
+                policy: match &args.policy {
+                    Some(path) => consortia_client::policy::Policy::load(path)?,
+                    None => consortia_client::policy::Policy::default(),
+                },
                 state_dir: args
                     .state
                     .clone()

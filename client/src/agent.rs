@@ -118,6 +118,8 @@ pub async fn run(
 #[derive(Default)]
 struct AgentState {
     task: Option<TaskSpec>,
+    /// The canonical hash of `task`, pinned at admission.
+    task_hash: Option<[u8; 32]>,
     data: Option<LocalData>,
     privacy: Option<PartnerPrivacy>,
     keys: Option<KeyHolder>,
@@ -157,6 +159,7 @@ async fn run_session(
     let mut incoming: Option<Incoming> = None;
     let mut decrypting: Option<DecryptJob> = None;
     let mut partner = String::new();
+    let own_name = own_name(cfg).map_err(|e| fatal(state, e))?;
     loop {
         let msg = match inbound.message().await {
             Ok(Some(m)) => m,
@@ -170,8 +173,24 @@ async fn run_session(
         let Some(kind) = msg.kind else { continue };
         match kind {
             Down::Welcome(w) => {
-                partner = w.partner.clone();
-                welcome(cfg, state, &w.partner, &w.task_toml).map_err(|e| fatal(state, e))?;
+                // Who this partner is comes from its own certificate, never
+                // from the coordinator.
+                if w.partner != own_name {
+                    return Err(fatal(
+                        state,
+                        protocol(&format!(
+                            "the coordinator calls this partner `{}`, its certificate says `{own_name}`",
+                            w.partner
+                        )),
+                    ));
+                }
+                partner = own_name.clone();
+                if let Err(e) = welcome(cfg, state, &partner, &w.task_toml) {
+                    eprintln!("{e}");
+                    // Tell the operator why before leaving; nothing private is in it.
+                    let _ = send(&tx, Up::Decline(decline(0, e.to_string()))).await;
+                    return Err(fatal(state, e));
+                }
                 println!(
                     "connected to the coordinator as `{}` for task `{}`",
                     w.partner, w.task_name
@@ -235,7 +254,7 @@ async fn run_session(
                     let Some(done) = incoming.take() else {
                         continue;
                     };
-                    play_round(&tx, state, &partner, done).await?;
+                    play_round(&tx, cfg, state, &partner, done).await?;
                 }
             }
             Down::Outcome(o) => {
@@ -246,8 +265,14 @@ async fn run_session(
                 }
             }
             Down::Keygen(req) => {
+                let Some(task) = state.task.clone() else {
+                    return Err(fatal(
+                        state,
+                        protocol("key generation asked before Welcome"),
+                    ));
+                };
                 let keys = key_holder(state, &partner)?;
-                match keys.keygen(&req) {
+                match keys.keygen(&req, &task, &cfg.policy) {
                     Ok(commitment) => {
                         println!(
                             "key generation: drew secret key share {} of {} (stored 0600 in {})",
@@ -268,14 +293,18 @@ async fn run_session(
                 }
             }
             Down::KeyReveal(r) => {
+                let Some(hash) = state.task_hash else {
+                    return Err(fatal(state, protocol("key reveal asked before Welcome")));
+                };
                 let keys = key_holder(state, &partner)?;
-                match keys.reveal(&r.session_id) {
-                    Ok(public_share) => {
+                match keys.reveal(&r.session_id, &hash) {
+                    Ok((public_share, signature)) => {
                         send(
                             &tx,
                             Up::KeyShare(KeyShareMsg {
                                 session_id: r.session_id,
                                 public_share,
+                                signature,
                             }),
                         )
                         .await?;
@@ -284,8 +313,11 @@ async fn run_session(
                 }
             }
             Down::CollectiveKey(k) => {
+                let (Some(task), Some(hash)) = (state.task.clone(), state.task_hash) else {
+                    return Err(fatal(state, protocol("collective key sent before Welcome")));
+                };
                 let keys = key_holder(state, &partner)?;
-                match keys.install(&k) {
+                match keys.install(&k, &task, &hash, &cfg.policy) {
                     Ok(fed) => println!(
                         "federation key installed: {} key holders ({}); this partner {}",
                         fed.committee.len(),
@@ -303,10 +335,14 @@ async fn run_session(
                 let (Some(task), Some(keys)) = (state.task.as_ref(), state.keys.as_ref()) else {
                     return Err(fatal(state, protocol("decryption asked before Welcome")));
                 };
+                let Some(hash) = state.task_hash else {
+                    return Err(fatal(state, protocol("decryption asked before Welcome")));
+                };
                 let spec = state.privacy.as_ref().map(|p| &p.spec);
                 decrypting = None;
+                let floor = cfg.policy.contributor_floor(task);
                 let job = update_len(task, spec, keys, req.round)
-                    .and_then(|values| keys.begin_decrypt(&req, task.min_partners, values));
+                    .and_then(|values| keys.begin_decrypt(&req, floor, values, &hash));
                 match job {
                     Ok(job) => {
                         println!(
@@ -350,6 +386,24 @@ async fn run_session(
             }
         }
     }
+}
+
+/// This partner's name, from its own certificate (checked against the federation CA).
+fn own_name(cfg: &AgentConfig) -> Result<String, AgentError> {
+    let read = |p: &std::path::Path| {
+        consortia_pki::read_ca_certificate(p).map_err(|message| AgentError::Config {
+            path: p.to_path_buf(),
+            message,
+        })
+    };
+    let ca = read(&cfg.tls.ca_cert)?;
+    let cert = read(&cfg.tls.cert)?;
+    consortia_pki::verify_partner_certificate(&ca, &cert)
+        .map(|who| who.name)
+        .map_err(|message| AgentError::Config {
+            path: cfg.tls.cert.clone(),
+            message,
+        })
 }
 
 fn key_holder<'a>(
@@ -454,8 +508,37 @@ fn welcome(
     task_toml: &str,
 ) -> Result<(), AgentError> {
     let task = TaskSpec::from_toml_str(task_toml).map_err(|e| AgentError::Task(e.to_string()))?;
-    let same_task = state.task.as_ref().is_some_and(|t| t.name == task.name);
-    if !same_task || state.data.is_none() {
+    let hash = task
+        .canonical_hash()
+        .map_err(|e| AgentError::Task(e.to_string()))?;
+    // One task per agent run, and never another version of it.
+    if let Some(current) = &state.task
+        && current.name != task.name
+    {
+        return Err(AgentError::Task(format!(
+            "this agent serves task `{}`; the coordinator now sends task `{}`: refused              (start the agent again to take part in another task)",
+            current.name, task.name
+        )));
+    }
+    crate::pins::check(&cfg.state_dir, &task.name, &hash)?;
+    if state.task_hash.is_some_and(|h| h != hash) {
+        return Err(AgentError::Task(format!(
+            "the coordinator changed task `{}` mid-task: refused",
+            task.name
+        )));
+    }
+    // The partner's policy decides before any private row is read.
+    let spec = task_privacy(&task)?;
+    cfg.policy
+        .admit(&task, spec.as_ref(), consortia_privacy::dp::secure_rng())?;
+    if spec.is_none() && cfg.privacy.is_some() {
+        return Err(AgentError::Task(format!(
+            "task `{}` has no [privacy] table, but this partner's configuration sets a privacy              budget: refused (its rows are never used without differential privacy)",
+            task.name
+        )));
+    }
+    crate::pins::pin(&cfg.state_dir, &task.name, &hash)?;
+    if state.data.is_none() {
         let data = LocalData::load(&cfg.data, &task, partner)?;
         println!(
             "loaded {}: {} training rows, {} held-out rows",
@@ -464,9 +547,9 @@ fn welcome(
             data.test_rows()
         );
         state.data = Some(data);
-        state.privacy = match task_privacy(&task)? {
+        state.privacy = match spec {
             Some(spec) => {
-                let p = PartnerPrivacy::open(cfg, spec, &task.name, partner)?;
+                let p = PartnerPrivacy::open(cfg, spec, &task.name, partner, hash)?;
                 println!(
                     "differential privacy: {:?} unit, clip {}, noise multiplier {}; own ledger in {}",
                     p.spec.unit,
@@ -485,6 +568,12 @@ fn welcome(
                 .with_identity(&cfg.tls.key, &cfg.tls.ca_cert)?,
         );
     }
+    println!(
+        "task `{}` admitted by this partner's policy (task hash {})",
+        task.name,
+        hex::encode(hash)
+    );
+    state.task_hash = Some(hash);
     state.task = Some(task);
     Ok(())
 }
@@ -497,6 +586,7 @@ async fn send(tx: &mpsc::Sender<ClientMessage>, kind: Up) -> Result<(), SessionE
 
 async fn play_round(
     tx: &mpsc::Sender<ClientMessage>,
+    cfg: &AgentConfig,
     state: &mut AgentState,
     partner: &str,
     inc: Incoming,
@@ -517,6 +607,31 @@ async fn play_round(
     let mean = start.feature_mean.clone();
     let std = start.feature_std.clone();
     let rows = data.train_rows();
+    // One update per (round, attempt): a rerun of a round under the same
+    // attempt is refused before any work (or spend) on private rows.
+    if start.train && !start.key_id.is_empty() {
+        let signed = state
+            .keys
+            .as_ref()
+            .map(|k| k.has_signed(round, start.attempt))
+            .transpose();
+        match signed {
+            Ok(Some(true)) => {
+                state.data = Some(data);
+                let reason = format!(
+                    "this partner already sent its update for attempt {} of round {round}",
+                    start.attempt
+                );
+                eprintln!("round {round}: refused: {reason}");
+                return send(tx, Up::Decline(decline(round, reason))).await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                state.data = Some(data);
+                return Err(fatal(state, e));
+            }
+        }
+    }
     // The partner's own budget decides, before any work on private rows.
     let mut declined = None;
     let mut private_spec = None;
@@ -529,7 +644,46 @@ async fn play_round(
             Err(reason) => declined = Some(reason),
         }
     }
-    let train = start.train && declined.is_none();
+    // A partner whose budget is spent answers nothing about its rows, not
+    // even an evaluation.
+    if let Some(reason) = declined {
+        state.data = Some(data);
+        println!("round {round}: declined: {reason}");
+        return send(
+            tx,
+            Up::Decline(Decline {
+                budget_exhausted: true,
+                ..decline(round, reason)
+            }),
+        )
+        .await;
+    }
+    // Each evaluation is a query on the held-out rows: the policy caps them.
+    let evaluations = match crate::pins::count_evaluation(&cfg.state_dir, &task.name) {
+        Ok(n) => n,
+        Err(e) => {
+            state.data = Some(data);
+            return Err(fatal(state, e));
+        }
+    };
+    if evaluations > cfg.policy.max_evaluations {
+        state.data = Some(data);
+        let reason = format!(
+            "this partner's policy allows {} evaluations per task (max_evaluations); the \
+             coordinator asks for evaluation {evaluations}",
+            cfg.policy.max_evaluations
+        );
+        eprintln!("round {round}: refused: {reason}");
+        return send(
+            tx,
+            Up::Decline(Decline {
+                budget_exhausted: true,
+                ..decline(round, reason)
+            }),
+        )
+        .await;
+    }
+    let train = start.train;
     // Secure aggregation: the round names the collective key to encrypt under.
     // A task that promises secure aggregation never gets a plaintext update.
     if train && task.secure_aggregation && start.key_id.is_empty() {
@@ -626,18 +780,6 @@ async fn play_round(
         }),
     )
     .await?;
-    if let Some(reason) = declined {
-        println!("round {round}: declined: {reason}");
-        send(
-            tx,
-            Up::Decline(Decline {
-                budget_exhausted: true,
-                ..decline(round, reason)
-            }),
-        )
-        .await?;
-        return Ok(());
-    }
     let Some(outgoing) = outgoing else {
         return Ok(());
     };
@@ -682,11 +824,22 @@ async fn play_round(
             let bytes: usize = chunks.iter().map(Vec::len).sum();
             // Signed with this partner's certificate key, so key holders can
             // tell its update from one the coordinator made up.
+            let hash = state.task_hash.unwrap_or_default();
+            let attempt = start.attempt;
             let signature = match state.keys.as_ref().map(|k| {
-                tokio::task::block_in_place(|| k.sign_update(&shape, round, rows as u64, &chunks))
+                tokio::task::block_in_place(|| {
+                    k.sign_update(&shape, &hash, round, attempt, rows as u64, &chunks)
+                })
             }) {
                 Some(Ok(s)) => s,
-                Some(Err(e)) => return Err(fatal(state, e)),
+                Some(Err(e)) => {
+                    eprintln!("round {round}: refused: {e}");
+                    return send(
+                        tx,
+                        Up::Decline(decline(round, format!("update not signed: {e}"))),
+                    )
+                    .await;
+                }
                 None => return Err(fatal(state, protocol("no key material"))),
             };
             for (index, ciphertext) in chunks.into_iter().enumerate() {

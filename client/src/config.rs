@@ -11,6 +11,10 @@
 //! epsilon = 3.0
 //! delta = 1e-5
 //!
+//! [policy]                   # what this partner accepts (safe defaults: see `policy`)
+//! require_secure_aggregation = true
+//! min_contributors = 3
+//!
 //! [tls]
 //! ca_cert = "/etc/consortia/ca.pem"
 //! cert = "/etc/consortia/acme-bank.pem"
@@ -22,6 +26,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::AgentError;
+use crate::policy::Policy;
 
 /// The agent's certificate material.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,6 +65,15 @@ pub struct AgentConfig {
     /// budget is used.
     #[serde(default)]
     pub privacy: Option<OwnBudget>,
+    /// The name the partner gives its data file in its own ledger. The
+    /// lifetime privacy budget covers this dataset (its name and the SHA-256
+    /// of its contents) across every task; default: the file's name.
+    #[serde(default)]
+    pub dataset_name: Option<String>,
+    /// What this partner will train, spend and decrypt, whatever the
+    /// coordinator asks (`[policy]`; safe defaults, see [`crate::policy`]).
+    #[serde(default)]
+    pub policy: Policy,
 }
 
 /// A partner's own (ε, δ) budget for a task.
@@ -87,6 +101,12 @@ impl AgentConfig {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
+        cfg.policy
+            .validate()
+            .map_err(|message| AgentError::Config {
+                path: path.to_path_buf(),
+                message,
+            })?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
             &mut cfg.data,
@@ -138,6 +158,8 @@ mod tests {
             max_connect_attempts: None,
             state_dir: "s".into(),
             privacy: None,
+            dataset_name: None,
+            policy: Policy::default(),
         };
         assert_eq!(cfg.server_name(), "fl.example.org");
     }

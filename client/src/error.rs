@@ -22,6 +22,9 @@ pub enum AgentError {
     /// TLS material could not be loaded.
     #[error("TLS set-up: {0}")]
     Tls(String),
+    /// The task, or a request of the coordinator, is outside the partner's policy.
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyViolation),
     /// The coordinator refused this partner for good (revoked or unknown certificate).
     #[error("the coordinator refused this partner: {0}")]
     Refused(String),

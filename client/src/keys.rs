@@ -7,7 +7,22 @@
 //! * `<session>.public` — the collective public key and its committee;
 //! * `<session>.answered` — digests of every aggregate this partner has
 //!   partially decrypted, appended and synced *before* the share leaves, so
-//!   no aggregate is ever decrypted twice, across restarts too.
+//!   no aggregate is ever decrypted twice, across restarts too;
+//! * `<session>.used` — every (round, attempt) this key holder decrypted and
+//!   every contribution (partner, round, attempt) in those sums: a key holder
+//!   answers at most one decryption per (round, attempt), with attempts
+//!   strictly increasing, and never opens a sum that reuses a contribution —
+//!   so a coordinator cannot open {A, B, C, D} and then {A, B, C} and subtract;
+//! * `<session>.signed` — every (round, attempt) this partner signed an
+//!   update for: it never signs two updates for one (round, attempt).
+//!
+//! The collective key is authenticated: each key holder signs its public
+//! share (with the session, its party number, its name and the task's
+//! canonical hash, [`consortia_proto::key_share_digest`]) with its
+//! certificate key; every partner checks the whole transcript against the
+//! federation CA and the committee, recomputes the key from it and installs
+//! only that key. A coordinator that swaps in a key it holds the secret of,
+//! or sends different tasks to different partners, is refused.
 //!
 //! A decryption request is honoured only after the partner has summed the
 //! contributors' ciphertexts itself and found at least the task's
@@ -22,15 +37,18 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use consortia_ledger::{Signer, Verifier};
+use consortia_model::TaskSpec;
 use consortia_privacy::he::{
-    Aggregate, CollectivePublicKey, HeParams, KeySession, KeyShare, KeyShareGen, PartialDecryptor,
-    PartyId, SecretKeyShare, Shape,
+    Aggregate, CollectiveKeyAggregator, CollectivePublicKey, HeParams, KeySession, KeyShare,
+    KeyShareGen, PartialDecryptor, PartyId, PublicKeyShare, SecretKeyShare, Shape,
 };
 use consortia_proto::{
-    CiphertextChunk, CollectiveKey, ContributionDigest, DecryptRequest, KeyGenRequest, sha256,
+    CiphertextChunk, CollectiveKey, ContributionDigest, DecryptRequest, KeyGenRequest,
+    key_share_digest, sha256,
 };
 
 use crate::AgentError;
+use crate::policy::Policy;
 
 /// Most contributors a decryption request may name.
 const MAX_CONTRIBUTORS: usize = 1024;
@@ -61,6 +79,18 @@ pub struct FederationKey {
     /// This partner's secret share, when it is a key holder.
     secret: Option<SecretKeyShare>,
     answered_path: PathBuf,
+    used_path: PathBuf,
+    signed_path: PathBuf,
+}
+
+impl std::fmt::Debug for FederationKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FederationKey")
+            .field("key_id", &hex::encode(self.key.key_id()))
+            .field("committee", &self.committee)
+            .field("key_holder", &self.secret.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl FederationKey {
@@ -85,6 +115,8 @@ pub struct KeyHolder {
 /// contributors' ciphertexts.
 pub struct DecryptJob {
     round: u64,
+    attempt: u64,
+    task_hash: [u8; 32],
     key_id: [u8; 32],
     /// Each contributor: name, example count, its certificate's key, its signature.
     signed: Vec<(String, u64, Verifier, Vec<u8>)>,
@@ -130,11 +162,16 @@ impl KeyHolder {
     }
 
     /// This partner's signature of its encrypted update (the chunks of
-    /// `shape` in wire form) for `round`.
+    /// `shape` in wire form) for attempt `attempt` of `round` of the task
+    /// with hash `task_hash`. Refuses a second update for the same (round,
+    /// attempt) under the installed key, across restarts (the record is
+    /// synced before the signature is returned).
     pub fn sign_update(
         &self,
         shape: &Shape,
+        task_hash: &[u8; 32],
         round: u64,
+        attempt: u64,
         example_count: u64,
         chunks: &[Vec<u8>],
     ) -> Result<Vec<u8>, AgentError> {
@@ -142,16 +179,45 @@ impl KeyHolder {
             .signer
             .as_ref()
             .ok_or_else(|| AgentError::Protocol("no signing key loaded".into()))?;
-        let mut d = ContributionDigest::new(&shape.key_id, round, &self.partner, example_count);
+        let fed = self.current.as_ref().ok_or_else(|| {
+            AgentError::Protocol("no collective key installed to sign an update under".into())
+        })?;
+        let tag = format!("{round} {attempt}");
+        if read_lines(&fed.signed_path)?.iter().any(|l| l == &tag) {
+            return Err(AgentError::Protocol(format!(
+                "this partner already signed an update for attempt {attempt} of round {round}: \
+                 it signs at most one per attempt"
+            )));
+        }
+        let mut d = ContributionDigest::new(
+            &shape.key_id,
+            task_hash,
+            round,
+            attempt,
+            &self.partner,
+            example_count,
+        );
         for (index, c) in chunks.iter().enumerate() {
             let (masks, bodies) = shape
                 .chunk_parts(index as u32, c)
                 .map_err(|e| key_err("cannot sign the update", e))?;
             d.chunk(&sha256(masks), &sha256(bodies));
         }
+        append_lines(&fed.signed_path, &[tag])?;
         signer
             .sign_hash(&d.finish())
             .map_err(|e| AgentError::Protocol(format!("cannot sign the update: {e}")))
+    }
+
+    /// True when this partner already signed an update for (`round`,
+    /// `attempt`) under the installed key.
+    pub fn has_signed(&self, round: u64, attempt: u64) -> Result<bool, AgentError> {
+        match &self.current {
+            Some(fed) => Ok(read_lines(&fed.signed_path)?
+                .iter()
+                .any(|l| l == &format!("{round} {attempt}"))),
+            None => Ok(false),
+        }
     }
 
     fn path(&self, session: &[u8; 32], ext: &str) -> PathBuf {
@@ -165,11 +231,20 @@ impl KeyHolder {
         })
     }
 
-    /// Key generation step 1: draws this partner's secret share, stores it
-    /// (0600) and returns the commitment to its public share.
-    pub fn keygen(&mut self, req: &KeyGenRequest) -> Result<[u8; 32], AgentError> {
+    /// Key generation step 1: checks the request against the partner's
+    /// policy, draws this partner's secret share, stores it (0600) and
+    /// returns the commitment to its public share.
+    pub fn keygen(
+        &mut self,
+        req: &KeyGenRequest,
+        task: &TaskSpec,
+        policy: &Policy,
+    ) -> Result<[u8; 32], AgentError> {
         let id = session_id(&req.session_id)?;
-        let session = KeySession::new(params(req.params)?, id);
+        let params = params(req.params)?;
+        policy.admit_he_params(task, params)?;
+        check_committee(&req.committee, task, policy)?;
+        let session = KeySession::new(params, id);
         if req.committee.get(req.party as usize) != Some(&self.partner)
             || req.committee.len() != req.parties as usize
         {
@@ -194,32 +269,74 @@ impl KeyHolder {
         Ok(commitment)
     }
 
-    /// Key generation step 2: the public share committed to in step 1.
-    pub fn reveal(&self, session: &[u8]) -> Result<Vec<u8>, AgentError> {
+    /// Key generation step 2: the public share committed to in step 1, and
+    /// this partner's signature of it for the task with hash `task_hash`.
+    pub fn reveal(
+        &self,
+        session: &[u8],
+        task_hash: &[u8; 32],
+    ) -> Result<(Vec<u8>, Vec<u8>), AgentError> {
         let id = session_id(session)?;
-        match &self.pending {
-            Some((s, share)) if s.id == id => Ok(share.public.to_bytes()),
-            _ => Err(AgentError::Protocol(
-                "asked to reveal a key share this agent did not commit to (it may have restarted): \
-                 the coordinator will start key generation again"
-                    .into(),
-            )),
-        }
+        let (s, share) = match &self.pending {
+            Some((s, share)) if s.id == id => (s, share),
+            _ => {
+                return Err(AgentError::Protocol(
+                    "asked to reveal a key share this agent did not commit to (it may have restarted): \
+                     the coordinator will start key generation again"
+                        .into(),
+                ));
+            }
+        };
+        let bytes = share.public.to_bytes();
+        let digest = key_share_digest(
+            &s.id,
+            share.public.party().0,
+            &self.partner,
+            task_hash,
+            &bytes,
+        );
+        let signature = self
+            .signer
+            .as_ref()
+            .ok_or_else(|| AgentError::Protocol("no signing key loaded".into()))?
+            .sign_hash(&digest)
+            .map_err(|e| AgentError::Protocol(format!("cannot sign the key share: {e}")))?;
+        Ok((bytes, signature))
     }
 
-    /// Installs the collective key; a key holder loads its secret share.
-    pub fn install(&mut self, msg: &CollectiveKey) -> Result<&FederationKey, AgentError> {
+    /// Installs the collective key after checking its transcript: every key
+    /// holder's share signed by that key holder for this task, every
+    /// certificate issued by the federation CA to the partner named, the
+    /// key the sum of the shares, this partner's own share the one it drew.
+    /// A key holder loads its secret share.
+    ///
+    /// The installed key is replaced only by the key of a new, complete and
+    /// valid ceremony (the re-key path); a different key under the installed
+    /// session is refused.
+    pub fn install(
+        &mut self,
+        msg: &CollectiveKey,
+        task: &TaskSpec,
+        task_hash: &[u8; 32],
+        policy: &Policy,
+    ) -> Result<&FederationKey, AgentError> {
         let id = session_id(&msg.session_id)?;
-        let session = KeySession::new(params(msg.params)?, id);
-        let key = CollectivePublicKey::from_bytes(&msg.key, &session)
-            .map_err(|e| key_err("collective key refused", e))?;
-        if key.parties() as usize != msg.committee.len() {
-            return Err(AgentError::Protocol(format!(
-                "collective key of {} parties comes with a committee of {}",
-                key.parties(),
-                msg.committee.len()
-            )));
+        let params = params(msg.params)?;
+        policy.admit_he_params(task, params)?;
+        check_committee(&msg.committee, task, policy)?;
+        let session = KeySession::new(params, id);
+        if let Some(cur) = &self.current
+            && cur.key.session().id == id
+        {
+            if cur.key.to_bytes() == msg.key && cur.committee == msg.committee {
+                return Ok(self.current.as_ref().expect("checked"));
+            }
+            return Err(AgentError::Protocol(
+                "the coordinator sends a different key for the installed key session: refused"
+                    .into(),
+            ));
         }
+        let key = self.check_transcript(msg, &session, task_hash)?;
         let secret = match msg.committee.iter().position(|p| p == &self.partner) {
             Some(party) => {
                 let path = self.path(&id, "secret");
@@ -255,8 +372,89 @@ impl KeyHolder {
             committee: msg.committee.clone(),
             secret,
             answered_path: self.path(&id, "answered"),
+            used_path: self.path(&id, "used"),
+            signed_path: self.path(&id, "signed"),
         });
         Ok(self.current.as_ref().expect("just set"))
+    }
+
+    /// Checks a key's transcript and recomputes the key from it.
+    fn check_transcript(
+        &self,
+        msg: &CollectiveKey,
+        session: &KeySession,
+        task_hash: &[u8; 32],
+    ) -> Result<CollectivePublicKey, AgentError> {
+        let refuse = |why: String| AgentError::Protocol(format!("federation key refused: {why}"));
+        if msg.transcript.len() != msg.committee.len() {
+            return Err(refuse(format!(
+                "its transcript has {} signed shares for a committee of {} (a key without a full \
+                 signed transcript may be one the coordinator holds the secret of)",
+                msg.transcript.len(),
+                msg.committee.len()
+            )));
+        }
+        let ca = self
+            .ca
+            .as_ref()
+            .ok_or_else(|| AgentError::Protocol("no federation CA certificate loaded".into()))?;
+        let mut agg = CollectiveKeyAggregator::new(session, msg.committee.len() as u32)
+            .map_err(|e| refuse(e.to_string()))?;
+        let mut shares = Vec::with_capacity(msg.transcript.len());
+        for (i, t) in msg.transcript.iter().enumerate() {
+            let name = &msg.committee[i];
+            if t.party as usize != i || &t.partner != name {
+                return Err(refuse(format!(
+                    "transcript entry {i} is party {} `{}`, the committee names `{name}`",
+                    t.party, t.partner
+                )));
+            }
+            let who = consortia_pki::verify_partner_certificate(ca, &t.certificate)
+                .map_err(|e| refuse(format!("the certificate given for `{name}`: {e}")))?;
+            if &who.name != name {
+                return Err(refuse(format!(
+                    "the certificate given for `{name}` names `{}`",
+                    who.name
+                )));
+            }
+            let verifier = Verifier::from_cert_der(&t.certificate)
+                .map_err(|e| refuse(format!("certificate of `{name}`: {e}")))?;
+            let digest = key_share_digest(&session.id, i as u32, name, task_hash, &t.public_share);
+            if !verifier.verify_hash(&digest, &t.signature) {
+                return Err(refuse(format!(
+                    "the share given as `{name}`'s is not signed by `{name}` for this task \
+                     (a forged share, or another task sent to `{name}`)"
+                )));
+            }
+            if name == &self.partner
+                && let Some((s, own)) = &self.pending
+                && s.id == session.id
+                && own.public.to_bytes() != t.public_share
+            {
+                return Err(refuse(
+                    "the share given as this partner's is not the one it drew".into(),
+                ));
+            }
+            let share = PublicKeyShare::from_bytes(&t.public_share, session)
+                .map_err(|e| refuse(format!("share of `{name}`: {e}")))?;
+            if share.party() != PartyId(i as u32) {
+                return Err(refuse(format!("share of `{name}` is for another party")));
+            }
+            agg.add_commitment(share.party(), share.commitment())
+                .map_err(|e| refuse(e.to_string()))?;
+            shares.push(share);
+        }
+        for share in shares {
+            agg.add_share(share.party(), share)
+                .map_err(|e| refuse(e.to_string()))?;
+        }
+        let key = agg.finish().map_err(|e| refuse(e.to_string()))?;
+        if key.to_bytes() != msg.key {
+            return Err(refuse(
+                "the key sent is not the sum of the signed shares".into(),
+            ));
+        }
+        Ok(key)
     }
 
     /// Starts a partial decryption: checks the request against the task's
@@ -264,8 +462,9 @@ impl KeyHolder {
     pub fn begin_decrypt(
         &self,
         req: &DecryptRequest,
-        task_min_partners: u32,
+        floor: u32,
         expected_values: u64,
+        task_hash: &[u8; 32],
     ) -> Result<DecryptJob, AgentError> {
         let fed = self.current.as_ref().ok_or_else(|| {
             AgentError::Protocol("decryption asked before the collective key was installed".into())
@@ -275,7 +474,17 @@ impl KeyHolder {
                 "decryption asked of a partner that holds no key share".into(),
             ));
         }
-        let min = req.min_contributors.max(task_min_partners).max(1);
+        if req.task_hash.as_slice() != task_hash.as_slice() {
+            return Err(AgentError::Protocol(format!(
+                "decryption of round {} refused: the request is for task hash {}, this partner \
+                 admitted {}",
+                req.round,
+                hex::encode(&req.task_hash),
+                hex::encode(task_hash)
+            )));
+        }
+        // The coordinator's figure only ever raises the partner's own floor.
+        let min = req.min_contributors.max(floor).max(1);
         let names: Vec<&String> = req.contributions.iter().map(|c| &c.partner).collect();
         let distinct: HashSet<&String> = names.iter().copied().collect();
         if names.len() > MAX_CONTRIBUTORS || distinct.len() != names.len() {
@@ -329,10 +538,13 @@ impl KeyHolder {
                 c.signature.clone(),
             ));
         }
+        check_fresh(&read_lines(&fed.used_path)?, req)?;
         let shape = Shape::new(&fed.key, req.values).map_err(|e| key_err("ciphertext shape", e))?;
         let aggregate = Aggregate::new(shape).map_err(|e| key_err("aggregate", e))?;
         Ok(DecryptJob {
             round: req.round,
+            attempt: req.attempt,
+            task_hash: *task_hash,
             key_id: fed.key.key_id(),
             signed,
             running: None,
@@ -378,11 +590,25 @@ impl KeyHolder {
             )));
         }
         let answered = read_answered(&fed.answered_path)?;
+        // Checked again right before the share is made: nothing answered
+        // since `begin_decrypt` may be reused.
+        let used = read_lines(&fed.used_path)?;
+        let names: Vec<&str> = job.signed.iter().map(|(n, ..)| n.as_str()).collect();
+        check_fresh_parts(&used, job.round, job.attempt, &names)?;
         let mut decryptor = PartialDecryptor::new(secret);
         decryptor.remember(answered);
         let share = decryptor
             .partial_decrypt(&job.aggregate, job.min)
             .map_err(|e| key_err(&format!("decryption of round {} refused", job.round), e))?;
+        // Durable before the share leaves: this (round, attempt) and every
+        // contribution in the sum are never opened again.
+        let mut lines = vec![format!("answered {} {}", job.round, job.attempt)];
+        lines.extend(
+            names
+                .iter()
+                .map(|n| format!("contribution {} {} {n}", job.round, job.attempt)),
+        );
+        append_lines(&fed.used_path, &lines)?;
         append_answered(&fed.answered_path, &job.digest)?;
         Ok(share.to_bytes())
     }
@@ -418,7 +644,9 @@ impl DecryptJob {
         if c.index == 0 {
             self.running = Some(ContributionDigest::new(
                 &self.key_id,
+                &self.task_hash,
                 self.round,
+                self.attempt,
                 partner,
                 *examples,
             ));
@@ -452,6 +680,111 @@ impl DecryptJob {
         }
         Ok(())
     }
+}
+
+/// Refuses a committee too small for the colluders assumed, or with a
+/// partner named twice.
+fn check_committee(
+    committee: &[String],
+    task: &TaskSpec,
+    policy: &Policy,
+) -> Result<(), AgentError> {
+    let floor = policy.key_holder_floor(task);
+    if (committee.len() as u32) < floor {
+        return Err(crate::policy::PolicyViolation {
+            task: task.name.clone(),
+            field: "key holders",
+            task_value: committee.len().to_string(),
+            policy_value: format!(
+                "requires at least {floor} (more than the colluders assumed, so that every key \
+                 has an honest holder)"
+            ),
+        }
+        .into());
+    }
+    let distinct: HashSet<&String> = committee.iter().collect();
+    if distinct.len() != committee.len() {
+        return Err(AgentError::Protocol(
+            "the key committee names a partner twice".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a decryption whose (round, attempt) is not newer than every one
+/// answered for that round, or whose sum reuses a contribution.
+fn check_fresh(used: &[String], req: &DecryptRequest) -> Result<(), AgentError> {
+    let names: Vec<&str> = req
+        .contributions
+        .iter()
+        .map(|c| c.partner.as_str())
+        .collect();
+    check_fresh_parts(used, req.round, req.attempt, &names)
+}
+
+fn check_fresh_parts(
+    used: &[String],
+    round: u64,
+    attempt: u64,
+    names: &[&str],
+) -> Result<(), AgentError> {
+    for line in used {
+        let parts: Vec<&str> = line.splitn(4, ' ').collect();
+        let num = |i: usize| parts.get(i).and_then(|x| x.parse::<u64>().ok());
+        match (parts.first().copied(), num(1), num(2)) {
+            (Some("answered"), Some(r), Some(a)) if r == round && a >= attempt => {
+                return Err(AgentError::Protocol(format!(
+                    "decryption of attempt {attempt} of round {round} refused: this key holder \
+                     already decrypted attempt {a} of that round (one decryption per attempt, \
+                     attempts strictly increasing)"
+                )));
+            }
+            (Some("contribution"), Some(r), Some(a)) if r == round && a == attempt => {
+                if let Some(p) = parts.get(3)
+                    && names.contains(p)
+                {
+                    return Err(AgentError::Protocol(format!(
+                        "decryption of round {round} refused: `{p}`'s update of attempt {attempt} \
+                         was already in a sum this key holder decrypted (no contribution is \
+                         opened twice)"
+                    )));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn read_lines(path: &Path) -> Result<Vec<String>, AgentError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(t
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(AgentError::Config {
+            path: path.to_path_buf(),
+            message: format!("cannot read the key holder's record: {e}"),
+        }),
+    }
+}
+
+fn append_lines(path: &Path, lines: &[String]) -> Result<(), AgentError> {
+    let err = |e: std::io::Error| AgentError::Config {
+        path: path.to_path_buf(),
+        message: format!("cannot write the key holder's record: {e}"),
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(err)?;
+    for l in lines {
+        writeln!(f, "{l}").map_err(err)?;
+    }
+    f.sync_all().map_err(err)
 }
 
 fn read_answered(path: &Path) -> Result<Vec<[u8; 32]>, AgentError> {
@@ -501,20 +834,89 @@ fn append_answered(path: &Path, digest: &[u8; 32]) -> Result<(), AgentError> {
 mod tests {
     use super::*;
 
-    use consortia_privacy::he::{
-        CollectiveKeyAggregator, Encryptor, KeyCommitment, PublicKeyShare,
-    };
-    use consortia_proto::Contribution;
+    use consortia_privacy::he::Encryptor;
+    use consortia_proto::{Contribution, SignedKeyShare};
+
+    const HASH: [u8; 32] = [5u8; 32];
 
     struct Committee {
         _dir: tempfile::TempDir,
+        pki: consortia_pki::Pki,
         holders: Vec<KeyHolder>,
         certs: Vec<Vec<u8>>,
         key: CollectivePublicKey,
+        msg: CollectiveKey,
+        task: TaskSpec,
+        policy: Policy,
+    }
+
+    fn task() -> TaskSpec {
+        let text = include_str!("../../examples/telco_churn_task.toml").replacen(
+            "secure_aggregation = false",
+            "secure_aggregation = true",
+            1,
+        );
+        TaskSpec::from_toml_str(&text).unwrap()
+    }
+
+    /// Runs a key ceremony among `holders` (party order) for session `id`
+    /// with every share signed for `hashes[i]`; the message the coordinator
+    /// would send.
+    fn ceremony(
+        holders: &mut [KeyHolder],
+        certs: &[Vec<u8>],
+        names: &[String],
+        id: u8,
+        hashes: &[[u8; 32]],
+        task: &TaskSpec,
+        policy: &Policy,
+    ) -> (CollectivePublicKey, CollectiveKey) {
+        let session_id = vec![id; 32];
+        let session = KeySession::new(HeParams::Secure128, [id; 32]);
+        let mut agg = CollectiveKeyAggregator::new(&session, names.len() as u32).unwrap();
+        for (i, h) in holders.iter_mut().enumerate() {
+            let c = h
+                .keygen(
+                    &KeyGenRequest {
+                        session_id: session_id.clone(),
+                        params: 1,
+                        party: i as u32,
+                        parties: names.len() as u32,
+                        committee: names.to_vec(),
+                    },
+                    task,
+                    policy,
+                )
+                .unwrap();
+            agg.add_commitment(PartyId(i as u32), consortia_privacy::he::KeyCommitment(c))
+                .unwrap();
+        }
+        let mut transcript = Vec::new();
+        for (i, h) in holders.iter().enumerate() {
+            let (bytes, signature) = h.reveal(&session_id, &hashes[i]).unwrap();
+            let share = PublicKeyShare::from_bytes(&bytes, &session).unwrap();
+            agg.add_share(PartyId(i as u32), share).unwrap();
+            transcript.push(SignedKeyShare {
+                party: i as u32,
+                partner: names[i].clone(),
+                public_share: bytes,
+                signature,
+                certificate: certs[i].clone(),
+            });
+        }
+        let key = agg.finish().unwrap();
+        let msg = CollectiveKey {
+            session_id,
+            params: 1,
+            committee: names.to_vec(),
+            key: key.to_bytes(),
+            transcript,
+        };
+        (key, msg)
     }
 
     /// Three key holders a, b, c with a federation PKI, through the real
-    /// commit-then-reveal steps.
+    /// commit-then-reveal steps, every share signed.
     fn committee() -> Committee {
         let dir = tempfile::tempdir().unwrap();
         let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
@@ -528,47 +930,131 @@ mod tests {
                     .unwrap()
             })
             .collect();
-        let session_id = vec![7u8; 32];
-        let session = KeySession::new(HeParams::Secure128, [7u8; 32]);
-        let mut agg = CollectiveKeyAggregator::new(&session, 3).unwrap();
-        for (i, h) in holders.iter_mut().enumerate() {
-            let c = h
-                .keygen(&KeyGenRequest {
-                    session_id: session_id.clone(),
-                    params: 1,
-                    party: i as u32,
-                    parties: 3,
-                    committee: names.clone(),
-                })
-                .unwrap();
-            agg.add_commitment(PartyId(i as u32), KeyCommitment(c))
-                .unwrap();
-        }
-        for (i, h) in holders.iter().enumerate() {
-            let share =
-                PublicKeyShare::from_bytes(&h.reveal(&session_id).unwrap(), &session).unwrap();
-            agg.add_share(PartyId(i as u32), share).unwrap();
-        }
-        let key = agg.finish().unwrap();
-        let msg = CollectiveKey {
-            session_id,
-            params: 1,
-            committee: names.clone(),
-            key: key.to_bytes(),
-        };
-        for h in &mut holders {
-            assert!(h.install(&msg).unwrap().is_key_holder());
-        }
-        let certs = names
+        let certs: Vec<Vec<u8>> = names
             .iter()
             .map(|n| consortia_pki::read_ca_certificate(&pki.partner_cert_path(n)).unwrap())
             .collect();
+        let (task, policy) = (task(), Policy::default());
+        let (key, msg) = ceremony(&mut holders, &certs, &names, 7, &[HASH; 3], &task, &policy);
+        for h in &mut holders {
+            assert!(
+                h.install(&msg, &task, &HASH, &policy)
+                    .unwrap()
+                    .is_key_holder()
+            );
+        }
         Committee {
             _dir: dir,
+            pki,
             holders,
             certs,
             key,
+            msg,
+            task,
+            policy,
         }
+    }
+
+    #[test]
+    fn a_key_without_a_valid_signed_transcript_is_refused() {
+        let mut c = committee();
+        // An outsider (the coordinator) with its own key: no transcript.
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let mut fresh: Vec<KeyHolder> = names
+            .iter()
+            .map(|n| {
+                KeyHolder::new(&dir.path().join(n), n)
+                    .with_identity(&c.pki.partner_key_path(n), &c.pki.ca_cert_path())
+                    .unwrap()
+            })
+            .collect();
+        let (_, mut swapped) = ceremony(
+            &mut fresh[..],
+            &c.certs,
+            &names,
+            9,
+            &[HASH; 3],
+            &c.task,
+            &c.policy,
+        );
+        let full = swapped.clone();
+        swapped.transcript.clear();
+        let outsider = &mut c.holders[0];
+        let e = outsider
+            .install(&swapped, &c.task, &HASH, &c.policy)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("transcript"), "{e}");
+        // A forged transcript: b's share replaced by one the coordinator drew,
+        // with b's certificate and b's old signature.
+        let mut forged = full.clone();
+        let session = KeySession::new(HeParams::Secure128, [9; 32]);
+        let mine = consortia_privacy::he::KeyShareGen::new(&session).generate(PartyId(1));
+        forged.transcript[1].public_share = mine.public.to_bytes();
+        let e = outsider
+            .install(&forged, &c.task, &HASH, &c.policy)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not signed by `b`"), "{e}");
+        // A key that is not the sum of the shares.
+        let mut wrong = full.clone();
+        wrong.key = c.key.to_bytes();
+        wrong.session_id = vec![9; 32];
+        let e = outsider
+            .install(&wrong, &c.task, &HASH, &c.policy)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("federation key refused"), "{e}");
+        // A different key under the installed session.
+        let mut same_session = c.msg.clone();
+        same_session.key = full.key.clone();
+        let e = outsider
+            .install(&same_session, &c.task, &HASH, &c.policy)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("installed key session"), "{e}");
+        // Shares signed for another task (another task sent to `c`).
+        let (_, other_task) = ceremony(
+            &mut fresh[..],
+            &c.certs,
+            &names,
+            10,
+            &[HASH, HASH, [6u8; 32]],
+            &c.task,
+            &c.policy,
+        );
+        let e = outsider
+            .install(&other_task, &c.task, &HASH, &c.policy)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not signed by `c` for this task"), "{e}");
+        // Fast64 and a one-holder committee are outside the default policy.
+        let mut fast = full.clone();
+        fast.params = 2;
+        let e = outsider
+            .install(&fast, &c.task, &HASH, &c.policy)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fast64"), "{e}");
+        // The re-key path: a complete, valid new ceremony that this partner
+        // took part in replaces the key.
+        let (new_key, rekey) = ceremony(
+            &mut c.holders[..],
+            &c.certs,
+            &names,
+            11,
+            &[HASH; 3],
+            &c.task,
+            &c.policy,
+        );
+        let a = &mut c.holders[0];
+        assert!(
+            a.install(&rekey, &c.task, &HASH, &c.policy)
+                .unwrap()
+                .is_key_holder()
+        );
+        assert_eq!(a.current.as_ref().unwrap().key.key_id(), new_key.key_id());
     }
 
     const VALUES: usize = 100;
@@ -587,8 +1073,13 @@ mod tests {
     }
 
     /// Runs holder 0's side of a decryption of `updates` (name, cert index,
-    /// chunks, signature); the result of its partial decryption.
-    fn decrypt(c: &Committee, updates: &[Relayed<'_>]) -> Result<Vec<u8>, AgentError> {
+    /// chunks, signature) for (round 4, `attempt`); the result of its
+    /// partial decryption.
+    fn decrypt(
+        c: &Committee,
+        attempt: u64,
+        updates: &[Relayed<'_>],
+    ) -> Result<Vec<u8>, AgentError> {
         let shape = Shape::new(&c.key, VALUES as u64).unwrap();
         let mut agg = Aggregate::new(shape).unwrap();
         for (_, _, ch, _) in updates {
@@ -607,11 +1098,13 @@ mod tests {
                     certificate: c.certs[*cert].clone(),
                 })
                 .collect(),
-            min_contributors: 3,
+            min_contributors: 1,
             aggregate_digest: agg.mask_digest().to_vec(),
             values: VALUES as u64,
+            attempt,
+            task_hash: HASH.to_vec(),
         };
-        let mut job = c.holders[0].begin_decrypt(&req, 3, VALUES as u64)?;
+        let mut job = c.holders[0].begin_decrypt(&req, 3, VALUES as u64, &HASH)?;
         for (k, (_, _, ch, _)) in updates.iter().enumerate() {
             for (i, b) in ch.iter().enumerate() {
                 let (masks, bodies) = shape.chunk_parts(i as u32, b).unwrap();
@@ -627,45 +1120,126 @@ mod tests {
         c.holders[0].finish_decrypt(job)
     }
 
+    fn genuine<'a>(c: &Committee, attempt: u64, n: usize) -> Vec<Relayed<'a>> {
+        let kid = Shape::new(&c.key, VALUES as u64).unwrap();
+        (0..n)
+            .map(|i| {
+                let ch = chunks(&c.key, i as u64 + 1);
+                let sig = c.holders[i % 3]
+                    .sign_update(&kid, &HASH, 4, attempt, 100, &ch)
+                    .unwrap();
+                (["a", "b", "c"][i % 3], i % 3, ch, sig)
+            })
+            .collect()
+    }
+
     #[test]
     fn key_holders_open_only_sums_of_signed_updates() {
         let c = committee();
         let kid = Shape::new(&c.key, VALUES as u64).unwrap();
-        let genuine: Vec<Relayed<'_>> = (0..3)
-            .map(|i| {
-                let ch = chunks(&c.key, i as u64 + 1);
-                let sig = c.holders[i].sign_update(&kid, 4, 100, &ch).unwrap();
-                (["a", "b", "c"][i], i, ch, sig)
-            })
-            .collect();
+        let genuine = genuine(&c, 1, 3);
 
         // The coordinator pads a's update with one of its own making, given as c's.
         let mut padded = genuine.clone();
         let made_up = chunks(&c.key, 0);
         padded[2] = ("c", 2, made_up.clone(), genuine[2].3.clone());
-        let e = decrypt(&c, &padded).unwrap_err().to_string();
+        let e = decrypt(&c, 1, &padded).unwrap_err().to_string();
         assert!(e.contains("not signed by `c`"), "{e}");
         // Or signs it itself with another partner's certificate.
-        let sig_b = c.holders[1].sign_update(&kid, 4, 100, &made_up).unwrap();
+        let sig_b = c.holders[1]
+            .sign_update(&kid, &HASH, 4, 9, 100, &made_up)
+            .unwrap();
         let mut wrong_cert = genuine.clone();
         wrong_cert[2] = ("c", 1, made_up.clone(), sig_b);
-        let e = decrypt(&c, &wrong_cert).unwrap_err().to_string();
+        let e = decrypt(&c, 1, &wrong_cert).unwrap_err().to_string();
         assert!(e.contains("names `b`"), "{e}");
-        // A signature for another round does not carry over.
+        // A signature for another round or attempt does not carry over.
         let mut replayed = genuine.clone();
         replayed[1].3 = c.holders[1]
-            .sign_update(&kid, 3, 100, &genuine[1].2)
+            .sign_update(&kid, &HASH, 3, 1, 100, &genuine[1].2)
             .unwrap();
-        let e = decrypt(&c, &replayed).unwrap_err().to_string();
+        let e = decrypt(&c, 1, &replayed).unwrap_err().to_string();
         assert!(e.contains("not signed by `b`"), "{e}");
-        // Fewer contributors than the task's minimum.
-        let e = decrypt(&c, &genuine[..2]).unwrap_err().to_string();
+        // Fewer contributors than the partner's own floor, whatever the request says.
+        let e = decrypt(&c, 1, &genuine[..2]).unwrap_err().to_string();
         assert!(e.contains("at least 3"), "{e}");
 
         // Three signed updates: the share comes, once.
-        assert!(decrypt(&c, &genuine).is_ok());
-        let e = decrypt(&c, &genuine).unwrap_err().to_string();
+        assert!(decrypt(&c, 1, &genuine).is_ok());
+        let e = decrypt(&c, 1, &genuine).unwrap_err().to_string();
         assert!(e.contains("refused"), "{e}");
+    }
+
+    #[test]
+    fn partners_sign_one_update_per_attempt() {
+        let c = committee();
+        let kid = Shape::new(&c.key, VALUES as u64).unwrap();
+        let ch = chunks(&c.key, 1);
+        c.holders[0]
+            .sign_update(&kid, &HASH, 4, 1, 100, &ch)
+            .unwrap();
+        assert!(c.holders[0].has_signed(4, 1).unwrap());
+        let e = c.holders[0]
+            .sign_update(&kid, &HASH, 4, 1, 100, &ch)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("already signed"), "{e}");
+        assert!(
+            c.holders[0]
+                .sign_update(&kid, &HASH, 4, 2, 100, &ch)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn nested_sums_and_reruns_that_share_contributions_are_refused() {
+        let c = committee();
+        // Attempt 1 signs four updates (a, b, c, and a second set never opened).
+        let first = genuine(&c, 1, 3);
+        assert!(decrypt(&c, 1, &first).is_ok());
+        // The same round and attempt again (a nested subset): refused.
+        let e = decrypt(&c, 1, &first[..3]).unwrap_err().to_string();
+        assert!(e.contains("already decrypted attempt 1"), "{e}");
+        // An older attempt: refused.
+        let e = decrypt(&c, 0, &first).unwrap_err().to_string();
+        assert!(e.contains("already decrypted attempt 1"), "{e}");
+        // A rerun under a new attempt with fresh updates is answered.
+        let second = genuine(&c, 2, 3);
+        assert!(decrypt(&c, 2, &second).is_ok());
+        // The record survives a restart of the key holder.
+        let used = read_lines(&c.holders[0].current.as_ref().unwrap().used_path).unwrap();
+        assert!(used.contains(&"answered 4 2".to_string()), "{used:?}");
+        assert!(used.contains(&"contribution 4 1 a".to_string()), "{used:?}");
+    }
+
+    #[test]
+    fn a_request_for_another_task_is_refused() {
+        let c = committee();
+        let ups = genuine(&c, 1, 3);
+        let shape = Shape::new(&c.key, VALUES as u64).unwrap();
+        let req = DecryptRequest {
+            round: 4,
+            contributions: ups
+                .iter()
+                .map(|(name, cert, _, sig)| Contribution {
+                    partner: name.to_string(),
+                    example_count: 100,
+                    signature: sig.clone(),
+                    certificate: c.certs[*cert].clone(),
+                })
+                .collect(),
+            min_contributors: 3,
+            aggregate_digest: Aggregate::new(shape).unwrap().mask_digest().to_vec(),
+            values: VALUES as u64,
+            attempt: 1,
+            task_hash: vec![6u8; 32],
+        };
+        let e = c.holders[0]
+            .begin_decrypt(&req, 3, VALUES as u64, &HASH)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("task hash"), "{e}");
     }
 
     #[test]

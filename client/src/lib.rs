@@ -7,6 +7,8 @@
 //! coordinator goes away and reports what it is doing as it goes.
 //!
 //! * [`config`] — what the partner configures.
+//! * [`policy`] — what the partner accepts, checked before any private row is read.
+//! * [`pins`] — the tasks it admitted, pinned by their canonical hash.
 //! * [`accounting`] — the partner's own privacy budget and ledger.
 //! * [`local`] — the partner's data: loading, hold-out split, standardisation, training.
 //! * [`keys`] — its share of the federation key and its partial decryptions.
@@ -18,6 +20,8 @@ pub mod config;
 pub mod error;
 pub mod keys;
 pub mod local;
+pub mod pins;
+pub mod policy;
 
 pub use agent::{AgentSummary, run};
 pub use config::AgentConfig;

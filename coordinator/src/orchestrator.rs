@@ -52,6 +52,10 @@ pub struct Hub {
     pub task_toml: String,
     /// Parameters of the model.
     pub param_count: usize,
+    /// The task's canonical hash (`TaskSpec::canonical_hash`): partners sign
+    /// key shares and updates for it.
+    pub task_hash: [u8; 32],
+    attempt: AtomicU64,
     sessions: Mutex<BTreeMap<String, SessionHandle>>,
     round: Mutex<Option<RoundCollector>>,
     closed_up_to: AtomicU64,
@@ -80,10 +84,13 @@ impl Hub {
         param_count: usize,
         revoked: RevocationCheck,
     ) -> Self {
+        let task_hash = task.canonical_hash().unwrap_or_default();
         Hub {
             task,
             task_toml,
             param_count,
+            task_hash,
+            attempt: AtomicU64::new(0),
             sessions: Mutex::new(BTreeMap::new()),
             round: Mutex::new(None),
             closed_up_to: AtomicU64::new(0),
@@ -126,13 +133,20 @@ impl Hub {
         self.with_ceremony(|c| c.commit(partner, msg))
     }
 
-    /// Records a revealed public-key share.
+    /// Records a revealed public-key share, signed with the key of
+    /// `certificate` (the partner's, as presented in TLS).
     pub fn key_share(
         &self,
         partner: &str,
+        certificate: &[u8],
         msg: &consortia_proto::KeyShare,
     ) -> Result<(), Rejection> {
-        self.with_ceremony(|c| c.reveal(partner, msg))
+        self.with_ceremony(|c| c.reveal(partner, certificate, msg))
+    }
+
+    /// The attempt number of the round in progress.
+    pub fn attempt(&self) -> u64 {
+        self.attempt.load(Ordering::Relaxed)
     }
 
     fn with_ceremony(
@@ -612,6 +626,17 @@ pub async fn run_task(
             RoundKind::Evaluate
         };
         let secure_encoding = secure.as_ref().map(|s| s.encoding.clone());
+        // Write-ahead: every partner asked to train is charged, durably,
+        // before the round starts — a partner that then declines or is late
+        // is over-counted, never under-counted.
+        if let (Some(acc), RoundKind::Train) = (accounting.as_mut(), kind) {
+            let rows = lock(&hub.rows).clone();
+            let charged: Vec<(String, u64)> = selected
+                .iter()
+                .map(|p| (p.clone(), rows.get(p).copied().unwrap_or(1)))
+                .collect();
+            acc.record_round(round, now_ms(), &charged)?;
+        }
         let model = Arc::new(model);
         let mut result = collect_round(
             &hub,
@@ -638,11 +663,6 @@ pub async fn run_task(
                 let rec = store.round(last)?;
                 print_table_row(rec.as_ref(), last, &record.metrics);
             }
-        }
-        // Write-ahead: the spend of every update received is durable before
-        // anything computed from it is released.
-        if let (Some(acc), false) = (accounting.as_mut(), result.contributions.is_empty()) {
-            acc.record_round(round, now_ms(), &result.contributions)?;
         }
         let mut failure = None;
         if let (Some(key), Some(encoding)) = (&fed_key, &secure_encoding) {
@@ -970,6 +990,17 @@ async fn collect_round(
             }
         }
     }
+    let attempt = match &hub.ciphertexts {
+        Some(c) if !key_id.is_empty() => match c.attempt(round) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(round, "cannot store the round's attempt number: {e}");
+                now_ms()
+            }
+        },
+        _ => now_ms(),
+    };
+    hub.attempt.store(attempt, Ordering::Relaxed);
     hub.open(collector);
     let start = RoundStart {
         round,
@@ -981,6 +1012,7 @@ async fn collect_round(
         train: kind == RoundKind::Train,
         model_round,
         key_id,
+        attempt,
     };
     tracing::info!(round, partners = ?selected, train = kind == RoundKind::Train, "round started");
     for p in selected.iter().filter(|p| !already.contains(*p)) {
@@ -1098,7 +1130,7 @@ async fn ensure_key(
             hub.wait_change(Duration::from_secs(1)).await;
             continue;
         }
-        let ceremony = KeyCeremony::new(HeParams::default(), committee.clone())?;
+        let ceremony = KeyCeremony::new(HeParams::default(), committee.clone(), hub.task_hash)?;
         let session = ceremony.session;
         *lock(&hub.ceremony) = Some(ceremony);
         tracing::info!(holders = ?committee, "generating the federation key (commit, then reveal)");
@@ -1233,6 +1265,8 @@ async fn decrypt_round(
         min_contributors: min as u32,
         aggregate_digest: aggregate.mask_digest().to_vec(),
         values: aggregate.shape().values,
+        attempt: hub.attempt(),
+        task_hash: hub.task_hash.to_vec(),
     };
     let files = Arc::new(
         result

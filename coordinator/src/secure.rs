@@ -31,7 +31,9 @@ use consortia_privacy::he::{
     Aggregate, CollectiveKeyAggregator, CollectivePublicKey, Combiner, HeParams, KeyCommitment,
     KeySession, PartyId, PublicKeyShare,
 };
-use consortia_proto::{CollectiveKey, DecryptionSharePiece, KeyCommit, KeyShare};
+use consortia_proto::{
+    CollectiveKey, DecryptionSharePiece, KeyCommit, KeyShare, SignedKeyShare, key_share_digest,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::CoordinatorError;
@@ -44,6 +46,9 @@ pub struct FederationKey {
     pub key: CollectivePublicKey,
     /// Key holders in party order (party `i` is `committee[i]`).
     pub committee: Vec<String>,
+    /// Every key holder's signed public share, in party order: partners
+    /// install the key only after checking it.
+    pub transcript: Vec<SignedKeyShare>,
     bytes: Vec<u8>,
 }
 
@@ -53,6 +58,19 @@ struct StoredKey {
     params: u8,
     committee: Vec<String>,
     key: String,
+    /// Signed shares (absent in keys made before transcripts: partners
+    /// refuse such a key; re-key with `consortia rekey`).
+    #[serde(default)]
+    transcript: Vec<StoredShare>,
+}
+
+/// A signed public share as stored (hex).
+#[derive(Serialize, Deserialize)]
+struct StoredShare {
+    partner: String,
+    public_share: String,
+    signature: String,
+    certificate: String,
 }
 
 fn key_path(state_dir: &Path) -> PathBuf {
@@ -61,11 +79,16 @@ fn key_path(state_dir: &Path) -> PathBuf {
 
 impl FederationKey {
     /// Builds the key from the ceremony's result.
-    pub fn new(key: CollectivePublicKey, committee: Vec<String>) -> Self {
+    pub fn new(
+        key: CollectivePublicKey,
+        committee: Vec<String>,
+        transcript: Vec<SignedKeyShare>,
+    ) -> Self {
         let bytes = key.to_bytes();
         FederationKey {
             key,
             committee,
+            transcript,
             bytes,
         }
     }
@@ -85,6 +108,7 @@ impl FederationKey {
             params: u32::from(self.key.params().id()),
             committee: self.committee.clone(),
             key: self.bytes.clone(),
+            transcript: self.transcript.clone(),
         }
     }
 
@@ -110,9 +134,21 @@ impl FederationKey {
         if key.parties() as usize != stored.committee.len() {
             return Err(bad("committee size does not match the key".into()));
         }
+        let mut transcript = Vec::with_capacity(stored.transcript.len());
+        for (party, t) in stored.transcript.into_iter().enumerate() {
+            let h = |x: &str| hex::decode(x).map_err(|e| bad(format!("transcript: {e}")));
+            transcript.push(SignedKeyShare {
+                party: party as u32,
+                public_share: h(&t.public_share)?,
+                signature: h(&t.signature)?,
+                certificate: h(&t.certificate)?,
+                partner: t.partner,
+            });
+        }
         Ok(Some(FederationKey {
             key,
             committee: stored.committee,
+            transcript,
             bytes,
         }))
     }
@@ -128,6 +164,16 @@ impl FederationKey {
             params: self.key.params().id(),
             committee: self.committee.clone(),
             key: hex::encode(&self.bytes),
+            transcript: self
+                .transcript
+                .iter()
+                .map(|t| StoredShare {
+                    partner: t.partner.clone(),
+                    public_share: hex::encode(&t.public_share),
+                    signature: hex::encode(&t.signature),
+                    certificate: hex::encode(&t.certificate),
+                })
+                .collect(),
         };
         let text = serde_json::to_string(&stored)
             .map_err(|e| CoordinatorError::Corrupt(format!("federation key: {e}")))?;
@@ -186,11 +232,17 @@ pub struct KeyCeremony {
     aggregator: CollectiveKeyAggregator,
     committed: BTreeSet<String>,
     revealed: BTreeSet<String>,
+    task_hash: [u8; 32],
+    signed: BTreeMap<u32, SignedKeyShare>,
 }
 
 impl KeyCeremony {
     /// A ceremony for `committee` with a fresh random session id.
-    pub fn new(params: HeParams, committee: Vec<String>) -> Result<Self, CoordinatorError> {
+    pub fn new(
+        params: HeParams,
+        committee: Vec<String>,
+        task_hash: [u8; 32],
+    ) -> Result<Self, CoordinatorError> {
         let session = KeySession::new(params, rand::random());
         let aggregator = CollectiveKeyAggregator::new(&session, committee.len() as u32)
             .map_err(|e| CoordinatorError::Task(format!("key generation: {e}")))?;
@@ -200,6 +252,8 @@ impl KeyCeremony {
             aggregator,
             committed: BTreeSet::new(),
             revealed: BTreeSet::new(),
+            task_hash,
+            signed: BTreeMap::new(),
         })
     }
 
@@ -235,14 +289,45 @@ impl KeyCeremony {
         Ok(())
     }
 
-    /// Step 2: a public-key share, checked against its commitment.
-    pub fn reveal(&mut self, partner: &str, msg: &KeyShare) -> Result<(), Rejection> {
+    /// Step 2: a public-key share, checked against its commitment and its
+    /// signature by `partner`'s certificate (DER, as presented in TLS) for
+    /// this task.
+    pub fn reveal(
+        &mut self,
+        partner: &str,
+        certificate: &[u8],
+        msg: &KeyShare,
+    ) -> Result<(), Rejection> {
         let party = self.party(partner, &msg.session_id)?;
+        let digest = key_share_digest(
+            &self.session.id,
+            party.0,
+            partner,
+            &self.task_hash,
+            &msg.public_share,
+        );
+        let verifier = consortia_ledger::Verifier::from_cert_der(certificate)
+            .map_err(|e| Rejection::Malformed(format!("certificate of `{partner}`: {e}")))?;
+        if !verifier.verify_hash(&digest, &msg.signature) {
+            return Err(Rejection::Malformed(format!(
+                "public key share refused: not signed by `{partner}` for this task"
+            )));
+        }
         let share = PublicKeyShare::from_bytes(&msg.public_share, &self.session)
             .map_err(|e| Rejection::Malformed(format!("public key share refused: {e}")))?;
         self.aggregator
             .add_share(party, share)
             .map_err(|e| Rejection::Malformed(format!("public key share refused: {e}")))?;
+        self.signed.insert(
+            party.0,
+            SignedKeyShare {
+                party: party.0,
+                partner: partner.to_string(),
+                public_share: msg.public_share.clone(),
+                signature: msg.signature.clone(),
+                certificate: certificate.to_vec(),
+            },
+        );
         self.revealed.insert(partner.to_string());
         Ok(())
     }
@@ -277,7 +362,11 @@ impl KeyCeremony {
             .aggregator
             .finish()
             .map_err(|e| CoordinatorError::Task(format!("key generation: {e}")))?;
-        Ok(FederationKey::new(key, self.committee.clone()))
+        Ok(FederationKey::new(
+            key,
+            self.committee.clone(),
+            self.signed.values().cloned().collect(),
+        ))
     }
 }
 
@@ -323,6 +412,33 @@ impl CiphertextStore {
 
     fn dir(&self, round: u64) -> PathBuf {
         self.root.join(format!("round-{round:08}"))
+    }
+
+    /// The attempt number of `round`'s run in progress: the one stored with
+    /// its ciphertexts (a restarted coordinator keeps the updates it has and
+    /// their attempt), or a new one larger than any before — the clock in
+    /// milliseconds, so attempts strictly increase without a counter —
+    /// stored durably before any partner is asked.
+    pub fn attempt(&self, round: u64) -> Result<u64, CoordinatorError> {
+        let dir = self.dir(round);
+        let path = dir.join("attempt");
+        if let Ok(t) = std::fs::read_to_string(&path)
+            && let Ok(a) = t.trim().parse::<u64>()
+        {
+            return Ok(a);
+        }
+        let a = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(1)
+            .max(1);
+        std::fs::create_dir_all(&dir)?;
+        let tmp = dir.join("attempt.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(format!("{a}\n").as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(a)
     }
 
     /// Starts receiving `partner`'s update for `round`.
@@ -752,20 +868,49 @@ mod tests {
     use super::*;
     use consortia_privacy::he::{Encryptor, KeyShareGen, PartialDecryptor, Shape};
 
+    const TASK_HASH: [u8; 32] = [3u8; 32];
+
     fn ceremony_key(names: &[&str]) -> (FederationKey, Vec<consortia_privacy::he::SecretKeyShare>) {
         let committee: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-        let mut c = KeyCeremony::new(HeParams::Secure128, committee.clone()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let pki =
+            consortia_pki::Pki::init(dir.path().join("pki"), &["127.0.0.1".into()], &committee)
+                .unwrap();
+        let certs: Vec<Vec<u8>> = names
+            .iter()
+            .map(|n| consortia_pki::read_ca_certificate(&pki.partner_cert_path(n)).unwrap())
+            .collect();
+        let signers: Vec<consortia_ledger::Signer> = names
+            .iter()
+            .map(|n| {
+                consortia_ledger::Signer::from_pkcs8_pem_file(pki.partner_key_path(n)).unwrap()
+            })
+            .collect();
+        let mut c = KeyCeremony::new(HeParams::Secure128, committee.clone(), TASK_HASH).unwrap();
         let generator = KeyShareGen::new(&c.session);
         let shares: Vec<_> = (0..names.len())
             .map(|i| generator.generate(PartyId(i as u32)))
             .collect();
         let sid = c.session.id.to_vec();
-        // Reveal before every commitment is in: refused.
-        let early = KeyShare {
-            session_id: sid.clone(),
-            public_share: shares[0].public.to_bytes(),
+        let session_id = c.session.id;
+        let signed = |i: usize, party: usize| {
+            let bytes = shares[i].public.to_bytes();
+            let d = key_share_digest(
+                &session_id,
+                party as u32,
+                names[party],
+                &TASK_HASH,
+                &bytes,
+            );
+            KeyShare {
+                session_id: sid.clone(),
+                public_share: bytes,
+                signature: signers[party].sign_hash(&d).unwrap(),
+            }
         };
-        assert!(c.reveal(names[0], &early).is_err());
+        // Reveal before every commitment is in: refused.
+        let early = signed(0, 0);
+        assert!(c.reveal(names[0], &certs[0], &early).is_err());
         for (name, s) in names.iter().zip(&shares) {
             c.commit(
                 name,
@@ -789,20 +934,17 @@ mod tests {
         );
         assert!(c.all_committed() && !c.all_revealed());
         // A share that is not the one committed to (another party's) is refused.
-        let swapped = KeyShare {
-            session_id: sid.clone(),
-            public_share: shares[1].public.to_bytes(),
-        };
-        assert!(c.reveal(names[0], &swapped).is_err());
-        for (name, s) in names.iter().zip(&shares) {
-            c.reveal(
-                name,
-                &KeyShare {
-                    session_id: sid.clone(),
-                    public_share: s.public.to_bytes(),
-                },
-            )
-            .unwrap();
+        let swapped = signed(1, 0);
+        assert!(c.reveal(names[0], &certs[0], &swapped).is_err());
+        // A share not signed by its sender (signed by another partner) is refused.
+        if names.len() > 1 {
+            let mut forged = signed(0, 0);
+            forged.signature = signed(1, 1).signature;
+            let e = c.reveal(names[0], &certs[0], &forged).unwrap_err();
+            assert!(format!("{e:?}").contains("not signed"), "{e:?}");
+        }
+        for (i, name) in names.iter().enumerate() {
+            c.reveal(name, &certs[i], &signed(i, i)).unwrap();
         }
         assert!(c.all_revealed());
         let key = c.finish().unwrap();
@@ -821,6 +963,8 @@ mod tests {
         let back = FederationKey::load(dir.path()).unwrap().unwrap();
         assert_eq!(back.key.key_id(), key.key.key_id());
         assert_eq!(back.committee, key.committee);
+        assert_eq!(back.transcript, key.transcript);
+        assert_eq!(back.transcript.len(), 2);
         assert_eq!(back.party("b"), Some(PartyId(1)));
         assert_eq!(
             FederationKey::remove(dir.path(), &["b".to_string()]).unwrap(),

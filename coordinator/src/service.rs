@@ -244,7 +244,7 @@ async fn read_session(
                 r
             }
             Some(client_message::Kind::KeyCommit(c)) => hub.key_commit(&partner, &c),
-            Some(client_message::Kind::KeyShare(k)) => hub.key_share(&partner, &k),
+            Some(client_message::Kind::KeyShare(k)) => hub.key_share(&partner, &certificate, &k),
             Some(client_message::Kind::Encrypted(chunk)) => {
                 take_encrypted(&hub, &partner, &certificate, &mut encrypted, chunk)
             }
@@ -328,7 +328,9 @@ fn take_encrypted_chunk(
             upload,
             digest: ContributionDigest::new(
                 &shape.key_id,
+                &hub.task_hash,
                 chunk.round,
+                hub.attempt(),
                 partner,
                 chunk.example_count,
             ),
@@ -482,7 +484,7 @@ mod tests {
         let task = TaskSpec::from_toml_str(TASK).unwrap();
         let n = task.schema.param_count();
         let k = key(HeParams::Secure128, 3, 1);
-        let fed = FederationKey::new(k.clone(), vec!["a".into(), "b".into(), "c".into()]);
+        let fed = FederationKey::new(k.clone(), vec!["a".into(), "b".into(), "c".into()], vec![]);
         let hub = Hub::new(task, TASK.into(), n, Box::new(|_: &[u8]| false))
             .with_secure_aggregation(CiphertextStore::new(dir), Some(fed));
         let shape = Shape::new(&k, VALUES as u64).unwrap();
@@ -521,7 +523,11 @@ mod tests {
         bytes: Vec<u8>,
     ) -> EncryptedChunk {
         let shape = Shape::new(key, VALUES as u64).unwrap();
-        let mut d = ContributionDigest::new(&key.key_id(), round, "a", 100);
+        let hash = TaskSpec::from_toml_str(TASK)
+            .unwrap()
+            .canonical_hash()
+            .unwrap();
+        let mut d = ContributionDigest::new(&key.key_id(), &hash, round, 0, "a", 100);
         // Chunks that are not of this shape are refused before their signature is read.
         let signature = match shape.chunk_parts(0, &bytes) {
             Ok((masks, bodies)) => {

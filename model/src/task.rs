@@ -58,6 +58,11 @@ pub struct TaskSpec {
     /// Whether updates are summed under encryption; false when absent.
     #[serde(default)]
     pub secure_aggregation: bool,
+    /// `t`: how many partners may collude with the coordinator. Distributed DP
+    /// counts only `min_partners − t` noise shares as honest, and partners pin
+    /// it with the rest of the task; 1 when absent.
+    #[serde(default = "default_colluders")]
+    pub colluders: u32,
     /// The model to train.
     pub model: ModelSpec,
     /// How CSV columns become features.
@@ -70,6 +75,13 @@ pub struct TaskSpec {
 fn default_holdout_fraction() -> f64 {
     0.2
 }
+
+fn default_colluders() -> u32 {
+    1
+}
+
+/// Domain tag that starts the bytes [`TaskSpec::canonical_hash`] hashes.
+pub const TASK_HASH_DOMAIN: &[u8] = b"consortia-task/v1\0";
 
 /// The model section of a task file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -162,10 +174,14 @@ impl TaskSpec {
                     .into(),
             ));
         }
-        Ok(Some(spec.with_distributed_shape(
-            self.schema.param_count(),
-            self.min_partners as usize,
-        )))
+        Ok(Some(
+            spec.with_distributed_shape(
+                self.schema.param_count(),
+                self.min_partners as usize,
+                self.colluders as usize,
+            )
+            .map_err(|e| TaskError::Privacy(e.to_string()))?,
+        ))
     }
 
     /// Parses and validates a task file held in a string.
@@ -232,6 +248,17 @@ impl TaskSpec {
         if self.min_partners == 0 {
             return Err(InvalidField::new("min_partners", 0, "at least 1"));
         }
+        if self.colluders >= self.min_partners && self.privacy.is_some() && self.secure_aggregation
+        {
+            return Err(InvalidField::new(
+                "colluders",
+                self.colluders,
+                format!(
+                    "fewer than min_partners ({}): distributed noise needs at least one honest share in every sum",
+                    self.min_partners
+                ),
+            ));
+        }
         if let Some(f) = self.sample_fraction
             && !(f > 0.0 && f <= 1.0)
         {
@@ -271,6 +298,23 @@ impl TaskSpec {
             ));
         }
         self.schema.validate()
+    }
+
+    /// SHA-256 (FIPS 180-4) of the task's canonical form: [`TASK_HASH_DOMAIN`]
+    /// followed by the UTF-8 bytes of [`TaskSpec::to_toml_string`] — every
+    /// field in declaration order with defaults written out, the keys of the
+    /// `[privacy]` table sorted, floats in the shortest form that reads back
+    /// to the same binary64 value. Two task files that differ only in
+    /// comments, key order or omitted defaults hash the same; any change to a
+    /// setting, `[privacy]` included, changes the hash. Partners pin a task
+    /// by this hash at first admission.
+    pub fn canonical_hash(&self) -> Result<[u8; 32], TaskError> {
+        use sha2::{Digest, Sha256};
+        let text = self.to_toml_string()?;
+        let mut h = Sha256::new();
+        h.update(TASK_HASH_DOMAIN);
+        h.update(text.as_bytes());
+        Ok(h.finalize().into())
     }
 
     /// Writes the task as TOML that [`TaskSpec::from_toml_str`] reads back unchanged.

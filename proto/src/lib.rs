@@ -42,14 +42,24 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
 }
 
 impl ContributionDigest {
-    /// Starts the digest of `partner`'s update for `round` under key `key_id`.
-    pub fn new(key_id: &[u8], round: u64, partner: &str, example_count: u64) -> Self {
+    /// Starts the digest of `partner`'s update for attempt `attempt` of
+    /// `round` of the task with canonical hash `task_hash`, under key `key_id`.
+    pub fn new(
+        key_id: &[u8],
+        task_hash: &[u8; 32],
+        round: u64,
+        attempt: u64,
+        partner: &str,
+        example_count: u64,
+    ) -> Self {
         use sha2::Digest;
         let mut hash = sha2::Sha256::new();
-        hash.update(b"consortia/secure-update/v2");
+        hash.update(b"consortia/secure-update/v3");
         hash.update((key_id.len() as u64).to_le_bytes());
         hash.update(key_id);
+        hash.update(task_hash);
         hash.update(round.to_le_bytes());
+        hash.update(attempt.to_le_bytes());
         hash.update((partner.len() as u64).to_le_bytes());
         hash.update(partner.as_bytes());
         hash.update(example_count.to_le_bytes());
@@ -68,6 +78,29 @@ impl ContributionDigest {
         use sha2::Digest;
         self.hash.finalize().into()
     }
+}
+
+/// What a key holder signs of its public-key share: SHA-256 over the domain
+/// tag `consortia/key-share/v1`, the 32-byte session id, the party number
+/// (u32 little-endian), the partner name (u64 length, UTF-8), the task's
+/// 32-byte canonical hash and the SHA-256 of the share's wire form.
+pub fn key_share_digest(
+    session_id: &[u8; 32],
+    party: u32,
+    partner: &str,
+    task_hash: &[u8; 32],
+    public_share: &[u8],
+) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"consortia/key-share/v1");
+    h.update(session_id);
+    h.update(party.to_le_bytes());
+    h.update((partner.len() as u64).to_le_bytes());
+    h.update(partner.as_bytes());
+    h.update(task_hash);
+    h.update(sha256(public_share));
+    h.finalize().into()
 }
 
 /// A decryption share's wire form cut into [`DecryptionSharePiece`]s of

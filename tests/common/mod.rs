@@ -10,12 +10,19 @@ use std::time::{Duration, Instant};
 
 use consortia_pki::Pki;
 
+pub mod rogue;
+
 pub const EXE: &str = env!("CARGO_BIN_EXE_consortia");
 pub const DATA: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/examples/data/telco_churn_ibm.csv"
 );
 pub const TASK: &str = include_str!("../../examples/telco_churn_task.toml");
+
+/// A partner policy that admits every task the tests run (plaintext and
+/// encrypted, with and without differential privacy, in builds without
+/// `secure-rng`). The malicious-coordinator tests use stricter ones.
+pub const PERMISSIVE_POLICY: &str = "[policy]\nrequire_secure_aggregation = false\nrequire_dp = false\nmin_noise_multiplier = 0.0\nmax_sampling_rate = 1.0\nmin_contributors = 1\nmax_colluders_assumed = 0\nallowed_he_params = [\"secure128\", \"fast64\"]\nallow_insecure_rng = true\n";
 
 /// The demo task with a few fields changed.
 pub fn task_with(rounds: u32, min_partners: u32, deadline_secs: u64) -> String {
@@ -70,6 +77,7 @@ impl Federation {
         )
         .expect("pki init");
         std::fs::write(dir.path().join("task.toml"), task_toml).unwrap();
+        std::fs::write(dir.path().join("policy.toml"), PERMISSIVE_POLICY).unwrap();
         std::fs::create_dir_all(dir.path().join("logs")).unwrap();
         Federation {
             dir,
@@ -171,6 +179,11 @@ impl Federation {
             .args(["--name", &name])
             .arg("--state")
             .arg(self.agent_state(&name))
+            .args(if extra.contains(&"--policy") {
+                Vec::new()
+            } else {
+                vec!["--policy".into(), self.path("policy.toml")]
+            })
             .args(extra)
             .stdout(Stdio::from(
                 std::fs::File::create(self.path(&format!("logs/{name}.out"))).unwrap(),

@@ -18,7 +18,7 @@ use super::accountant::DpEvent;
 use super::error::DpError;
 
 /// Whose participation the guarantee hides.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PrivacyUnit {
     /// One record (row) of a partner: DP-SGD with per-example clipping inside each partner.
@@ -29,7 +29,7 @@ pub enum PrivacyUnit {
 }
 
 /// Who adds the noise.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NoisePlacement {
     /// Each partner adds the full calibrated noise to its own update.

@@ -31,3 +31,10 @@ pub use config::{AdaptiveClipping, DDG_SCALE_BITS, DistributedShape, PrivacySpec
 pub use ddg::{DdgParams, ddg_round_rho};
 pub use error::DpError;
 pub use mechanism::{NoisePlacement, PrivacyUnit, clip_and_sum, clip_l2};
+
+/// Whether this build draws differential-privacy noise from OpenSSL (the
+/// crate feature `secure-rng`). Partners refuse private tasks in builds
+/// without it unless their policy allows it.
+pub fn secure_rng() -> bool {
+    cfg!(feature = "secure-rng")
+}

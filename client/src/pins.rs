@@ -1,0 +1,133 @@
+//! Tasks this partner has admitted, pinned by their canonical hash.
+//!
+//! The first time a task passes the partner's policy, the SHA-256 of its
+//! canonical form ([`consortia_model::TaskSpec::canonical_hash`], the
+//! `[privacy]` table included) is written to `<state_dir>/tasks/<name>.sha256`
+//! and synced. A later `Welcome` with the same task name and another hash is
+//! refused: a coordinator cannot change a task's settings — its noise, its
+//! minimum of partners, whether it is encrypted — once a partner has joined.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::AgentError;
+
+fn pin_path(state_dir: &Path, task: &str) -> PathBuf {
+    state_dir.join("tasks").join(format!("{task}.sha256"))
+}
+
+/// The hash pinned for `task`, if any.
+pub fn pinned(state_dir: &Path, task: &str) -> Result<Option<[u8; 32]>, AgentError> {
+    let path = pin_path(state_dir, task);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(AgentError::Config {
+                path,
+                message: format!("cannot read the pinned task hash: {e}"),
+            });
+        }
+    };
+    let hash = hex::decode(text.trim())
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| AgentError::Config {
+            path: path.clone(),
+            message: "not a SHA-256 in hex: restore it from a backup of the state directory".into(),
+        })?;
+    Ok(Some(hash))
+}
+
+/// Refuses `hash` for `task` when another hash is pinned.
+pub fn check(state_dir: &Path, task: &str, hash: &[u8; 32]) -> Result<(), AgentError> {
+    match pinned(state_dir, task)? {
+        Some(p) if &p != hash => Err(AgentError::Task(format!(
+            "task `{task}` was admitted here with hash {}; the coordinator now sends a task of \
+             that name with hash {}: refused (a task's settings, [privacy] included, cannot \
+             change once a partner has joined; a new task needs a new name)",
+            hex::encode(p),
+            hex::encode(hash)
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Pins `hash` for `task` (durably) unless it is pinned already.
+pub fn pin(state_dir: &Path, task: &str, hash: &[u8; 32]) -> Result<(), AgentError> {
+    check(state_dir, task, hash)?;
+    let path = pin_path(state_dir, task);
+    if path.exists() {
+        return Ok(());
+    }
+    let err = |e: std::io::Error| AgentError::Config {
+        path: path.clone(),
+        message: format!("cannot pin the task: {e}"),
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    f.write_all(format!("{}\n", hex::encode(hash)).as_bytes())
+        .map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, &path).map_err(err)?;
+    Ok(())
+}
+
+/// Counts one more evaluation of a global model for `task` and returns the
+/// count, written and synced *before* the evaluation runs (so a restart can
+/// only over-count). The policy's `max_evaluations` caps it.
+pub fn count_evaluation(state_dir: &Path, task: &str) -> Result<u32, AgentError> {
+    let path = state_dir.join("tasks").join(format!("{task}.evaluations"));
+    let err = |e: String| AgentError::Config {
+        path: path.clone(),
+        message: format!("evaluation count: {e}"),
+    };
+    let before = match std::fs::read_to_string(&path) {
+        Ok(t) => t.trim().parse::<u32>().map_err(|e| err(e.to_string()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(err(e.to_string())),
+    };
+    let now = before.saturating_add(1);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    }
+    let tmp = path.with_extension("evaluations.tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
+    f.write_all(format!("{now}\n").as_bytes())
+        .map_err(|e| err(e.to_string()))?;
+    f.sync_all().map_err(|e| err(e.to_string()))?;
+    std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))?;
+    Ok(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pinned_task_refuses_another_hash_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(pinned(dir.path(), "t").unwrap(), None);
+        pin(dir.path(), "t", &[1; 32]).unwrap();
+        pin(dir.path(), "t", &[1; 32]).unwrap();
+        let e = pin(dir.path(), "t", &[2; 32]).unwrap_err().to_string();
+        assert!(
+            e.contains("refused") && e.contains(&hex::encode([2u8; 32])),
+            "{e}"
+        );
+        assert!(check(dir.path(), "u", &[2; 32]).is_ok());
+        assert_eq!(pinned(dir.path(), "t").unwrap(), Some([1; 32]));
+    }
+
+    #[test]
+    fn evaluations_are_counted_durably() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(count_evaluation(dir.path(), "t").unwrap(), 1);
+        assert_eq!(count_evaluation(dir.path(), "t").unwrap(), 2);
+        assert_eq!(count_evaluation(dir.path(), "u").unwrap(), 1);
+        assert_eq!(count_evaluation(dir.path(), "t").unwrap(), 3);
+    }
+}

@@ -1,0 +1,428 @@
+//! The partner's own policy: what it will train, spend and decrypt, whatever
+//! the coordinator asks.
+//!
+//! Every message that reaches an agent is untrusted, the coordinator's
+//! included. A task arrives in the coordinator's `Welcome`; the agent checks
+//! it against the `[policy]` table of its own configuration **before any
+//! private row is read**, and refuses a task outside it with a message that
+//! names the field, the task's value and the policy's value. The defaults are
+//! the safe ones, so a partner that writes no `[policy]` gets:
+//!
+//! ```toml
+//! [policy]
+//! require_secure_aggregation = true   # no update ever leaves in the clear
+//! require_dp = true                   # every task must carry a [privacy] table
+//! allowed_units = ["record", "partner"]
+//! allowed_placements = ["local", "distributed"]
+//! min_noise_multiplier = 0.5
+//! max_sampling_rate = 0.1             # record unit: Poisson rate per step
+//! min_contributors = 3                # own floor for any sum this partner helps decrypt
+//! max_colluders_assumed = 1           # the task's `colluders` must be at least this
+//! allowed_he_params = ["secure128"]   # "fast64" only if the partner opts in
+//! allowed_models = ["logistic_regression"]
+//! max_rounds = 1000
+//! max_evaluations = 1001              # evaluations of global models per task
+//! allow_insecure_rng = false          # refuse DP in a build without `secure-rng`
+//! ```
+//!
+//! The demo and the tests set what they need explicitly.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::Path;
+
+use consortia_model::TaskSpec;
+use consortia_model::task::ModelKind;
+use consortia_privacy::dp::{NoisePlacement, PrivacySpec, PrivacyUnit};
+use consortia_privacy::he::HeParams;
+use serde::{Deserialize, Serialize};
+
+use crate::AgentError;
+
+/// The largest policy file accepted, in bytes.
+pub const MAX_POLICY_FILE_BYTES: u64 = 64 * 1024;
+
+/// A partner's policy (`[policy]` of `agent.toml`). See the module docs for
+/// the defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// Refuse tasks whose updates are not summed under encryption.
+    pub require_secure_aggregation: bool,
+    /// Refuse tasks without a `[privacy]` table.
+    pub require_dp: bool,
+    /// Privacy units this partner accepts.
+    pub allowed_units: BTreeSet<PrivacyUnit>,
+    /// Noise placements this partner accepts.
+    pub allowed_placements: BTreeSet<NoisePlacement>,
+    /// Smallest noise multiplier z accepted.
+    pub min_noise_multiplier: f64,
+    /// Largest record sampling rate q accepted (record unit; a task without
+    /// one samples every row, q = 1).
+    pub max_sampling_rate: f64,
+    /// This partner's own floor on the number of distinct contributors in
+    /// any sum it helps decrypt, and on the task's `min_partners`.
+    pub min_contributors: u32,
+    /// The number of partners this partner assumes may collude with the
+    /// coordinator: the task's `colluders` must be at least this, and a
+    /// federation key must have more key holders than that.
+    pub max_colluders_assumed: u32,
+    /// Encryption parameter sets accepted (`"secure128"`, `"fast64"`).
+    pub allowed_he_params: BTreeSet<HeParamsName>,
+    /// Model kinds accepted.
+    pub allowed_models: Vec<ModelKind>,
+    /// Most rounds a task may ask for.
+    pub max_rounds: u32,
+    /// Most evaluations of global models this partner makes per task.
+    pub max_evaluations: u32,
+    /// Accept differentially private tasks in a build whose noise is not
+    /// drawn from OpenSSL (built without the `secure-rng` feature).
+    pub allow_insecure_rng: bool,
+}
+
+/// An encryption parameter set, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeParamsName {
+    /// [`HeParams::Secure128`].
+    Secure128,
+    /// [`HeParams::Fast64`].
+    Fast64,
+}
+
+impl HeParamsName {
+    /// The name of `params`.
+    pub fn of(params: HeParams) -> Self {
+        match params {
+            HeParams::Secure128 => HeParamsName::Secure128,
+            HeParams::Fast64 => HeParamsName::Fast64,
+        }
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            require_secure_aggregation: true,
+            require_dp: true,
+            allowed_units: [PrivacyUnit::Record, PrivacyUnit::Partner].into(),
+            allowed_placements: [NoisePlacement::Local, NoisePlacement::Distributed].into(),
+            min_noise_multiplier: 0.5,
+            max_sampling_rate: 0.1,
+            min_contributors: 3,
+            max_colluders_assumed: 1,
+            allowed_he_params: [HeParamsName::Secure128].into(),
+            allowed_models: vec![ModelKind::LogisticRegression],
+            max_rounds: 1000,
+            max_evaluations: 1001,
+            allow_insecure_rng: false,
+        }
+    }
+}
+
+/// A task outside the partner's policy.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "policy refuses task `{task}`: {field}: the task has {task_value}, the policy {policy_value} \
+     (change the task, or this partner's [policy] if it agrees)"
+)]
+pub struct PolicyViolation {
+    /// The task's name.
+    pub task: String,
+    /// The field of the task (or of the request) that is outside the policy.
+    pub field: &'static str,
+    /// What the task (or request) has.
+    pub task_value: String,
+    /// What the policy allows, as a phrase ("requires true", "allows at most 0.1").
+    pub policy_value: String,
+}
+
+fn list<T: fmt::Debug>(items: impl IntoIterator<Item = T>) -> String {
+    let v: Vec<String> = items
+        .into_iter()
+        .map(|x| format!("{x:?}").to_lowercase())
+        .collect();
+    format!("[{}]", v.join(", "))
+}
+
+impl Policy {
+    /// Reads a policy file: TOML with a `[policy]` table (the same table as
+    /// in `agent.toml`). Fields not given take their safe defaults.
+    pub fn load(path: &Path) -> Result<Self, AgentError> {
+        use std::io::Read;
+        let err = |message: String| AgentError::Config {
+            path: path.to_path_buf(),
+            message,
+        };
+        let file = std::fs::File::open(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let mut text = String::new();
+        file.take(MAX_POLICY_FILE_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| err(format!("cannot read: {e}")))?;
+        if text.len() as u64 > MAX_POLICY_FILE_BYTES {
+            return Err(err(format!(
+                "larger than {MAX_POLICY_FILE_BYTES} bytes; a policy file holds settings only"
+            )));
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct File {
+            #[serde(default)]
+            policy: Policy,
+        }
+        let file: File = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        file.policy.validate().map_err(err)?;
+        Ok(file.policy)
+    }
+
+    /// Checks the policy's own values.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.min_noise_multiplier.is_finite() && self.min_noise_multiplier >= 0.0) {
+            return Err(format!(
+                "[policy] min_noise_multiplier = {}: must be a finite number at least 0",
+                self.min_noise_multiplier
+            ));
+        }
+        if !(self.max_sampling_rate > 0.0 && self.max_sampling_rate <= 1.0) {
+            return Err(format!(
+                "[policy] max_sampling_rate = {}: must be in (0, 1]",
+                self.max_sampling_rate
+            ));
+        }
+        if self.min_contributors == 0 {
+            return Err("[policy] min_contributors = 0: must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    fn violation(
+        task: &TaskSpec,
+        field: &'static str,
+        task_value: impl fmt::Display,
+        policy_value: impl Into<String>,
+    ) -> PolicyViolation {
+        PolicyViolation {
+            task: task.name.clone(),
+            field,
+            task_value: task_value.to_string(),
+            policy_value: policy_value.into(),
+        }
+    }
+
+    /// Admits `task` (with its parsed `[privacy]` table `privacy`) or says
+    /// which field is outside the policy. `secure_rng` tells whether this
+    /// build draws noise from OpenSSL.
+    pub fn admit(
+        &self,
+        task: &TaskSpec,
+        privacy: Option<&PrivacySpec>,
+        secure_rng: bool,
+    ) -> Result<(), PolicyViolation> {
+        let v = |field, t: String, p: String| Err(Self::violation(task, field, t, p));
+        if !self.allowed_models.contains(&task.model.kind) {
+            return v(
+                "model.kind",
+                format!("{:?}", task.model.kind).to_lowercase(),
+                format!("allows {}", list(&self.allowed_models)),
+            );
+        }
+        if task.rounds > self.max_rounds {
+            return v(
+                "rounds",
+                task.rounds.to_string(),
+                format!("allows at most {}", self.max_rounds),
+            );
+        }
+        if self.require_secure_aggregation && !task.secure_aggregation {
+            return v(
+                "secure_aggregation",
+                "false".into(),
+                "requires true (require_secure_aggregation)".into(),
+            );
+        }
+        if task.min_partners < self.min_contributors {
+            return v(
+                "min_partners",
+                task.min_partners.to_string(),
+                format!(
+                    "requires at least {} (min_contributors)",
+                    self.min_contributors
+                ),
+            );
+        }
+        if task.colluders < self.max_colluders_assumed {
+            return v(
+                "colluders",
+                task.colluders.to_string(),
+                format!(
+                    "requires at least {} (max_colluders_assumed)",
+                    self.max_colluders_assumed
+                ),
+            );
+        }
+        let Some(spec) = privacy else {
+            if self.require_dp {
+                return v(
+                    "[privacy]",
+                    "no [privacy] table".into(),
+                    "requires differential privacy (require_dp)".into(),
+                );
+            }
+            return Ok(());
+        };
+        if !secure_rng && !self.allow_insecure_rng {
+            return v(
+                "[privacy] (noise source)",
+                "noise drawn by this build without the `secure-rng` feature".into(),
+                "requires noise from OpenSSL: build with --features secure-rng, or set \
+                 allow_insecure_rng = true"
+                    .into(),
+            );
+        }
+        if !self.allowed_units.contains(&spec.unit) {
+            return v(
+                "[privacy] unit",
+                format!("{:?}", spec.unit).to_lowercase(),
+                format!("allows {}", list(&self.allowed_units)),
+            );
+        }
+        if !self.allowed_placements.contains(&spec.placement) {
+            return v(
+                "[privacy] placement",
+                format!("{:?}", spec.placement).to_lowercase(),
+                format!("allows {}", list(&self.allowed_placements)),
+            );
+        }
+        if spec.noise_multiplier < self.min_noise_multiplier {
+            return v(
+                "[privacy] noise_multiplier",
+                spec.noise_multiplier.to_string(),
+                format!(
+                    "requires at least {} (min_noise_multiplier)",
+                    self.min_noise_multiplier
+                ),
+            );
+        }
+        if spec.unit == PrivacyUnit::Record {
+            let q = spec.sampling_rate.unwrap_or(1.0);
+            if q > self.max_sampling_rate {
+                return v(
+                    "[privacy] sampling_rate",
+                    q.to_string(),
+                    format!(
+                        "allows at most {} (max_sampling_rate)",
+                        self.max_sampling_rate
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Admits an encryption parameter set offered for a federation key.
+    pub fn admit_he_params(
+        &self,
+        task: &TaskSpec,
+        params: HeParams,
+    ) -> Result<(), PolicyViolation> {
+        if self.allowed_he_params.contains(&HeParamsName::of(params)) {
+            return Ok(());
+        }
+        Err(Self::violation(
+            task,
+            "encryption parameter set",
+            format!("{:?}", HeParamsName::of(params)).to_lowercase(),
+            format!("allows {}", list(&self.allowed_he_params)),
+        ))
+    }
+
+    /// The fewest distinct contributors a sum this partner decrypts may have.
+    pub fn contributor_floor(&self, task: &TaskSpec) -> u32 {
+        self.min_contributors.max(task.min_partners).max(1)
+    }
+
+    /// The fewest key holders a federation key may have: more than the
+    /// colluders assumed, so an N-out-of-N key always has an honest holder.
+    pub fn key_holder_floor(&self, task: &TaskSpec) -> u32 {
+        self.max_colluders_assumed.max(task.colluders) + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(extra: &str) -> TaskSpec {
+        let base = include_str!("../../examples/telco_churn_task.toml");
+        let text = base.replacen("secure_aggregation = false\n", extra, 1);
+        TaskSpec::from_toml_str(&text).unwrap()
+    }
+
+    const PRIVATE: &str = "secure_aggregation = true\n[privacy]\nunit = \"partner\"\nepsilon = 8.0\ndelta = 1e-6\nclip_norm = 1.0\nnoise_multiplier = 1.0\n";
+
+    fn spec(t: &TaskSpec) -> Option<PrivacySpec> {
+        t.privacy_spec().unwrap()
+    }
+
+    #[test]
+    fn the_default_policy_refuses_plaintext_and_non_private_tasks() {
+        let p = Policy::default();
+        let plain = task("secure_aggregation = false\n");
+        let e = p.admit(&plain, None, true).unwrap_err();
+        assert_eq!(e.field, "secure_aggregation");
+        assert!(e.to_string().contains("the task has false"), "{e}");
+        let no_dp = task("secure_aggregation = true\n");
+        let e = p.admit(&no_dp, None, true).unwrap_err();
+        assert_eq!(e.field, "[privacy]");
+        let ok = task(PRIVATE);
+        p.admit(&ok, spec(&ok).as_ref(), true).unwrap();
+        // Without OpenSSL noise the default refuses.
+        let e = p.admit(&ok, spec(&ok).as_ref(), false).unwrap_err();
+        assert!(e.field.contains("noise source"), "{e}");
+    }
+
+    #[test]
+    fn each_limit_names_its_field_and_both_values() {
+        let p = Policy::default();
+        let mut t = task(PRIVATE);
+        t.min_partners = 1;
+        let e = p
+            .admit(&t, spec(&task(PRIVATE)).as_ref(), true)
+            .unwrap_err();
+        assert_eq!(e.field, "min_partners");
+        assert!(e.to_string().contains("has 1") && e.to_string().contains("at least 3"));
+        let low = task(&PRIVATE.replace("noise_multiplier = 1.0", "noise_multiplier = 0.1"));
+        let e = p.admit(&low, spec(&low).as_ref(), true).unwrap_err();
+        assert_eq!(e.field, "[privacy] noise_multiplier");
+        assert!(e.to_string().contains("0.1") && e.to_string().contains("0.5"));
+        let mut many = task(PRIVATE);
+        many.rounds = 5000;
+        let e = p.admit(&many, spec(&many).as_ref(), true).unwrap_err();
+        assert_eq!(e.field, "rounds");
+        let mut trusting = task(PRIVATE);
+        trusting.colluders = 0;
+        let e = p
+            .admit(&trusting, spec(&trusting).as_ref(), true)
+            .unwrap_err();
+        assert_eq!(e.field, "colluders");
+        let e = p.admit_he_params(&t, HeParams::Fast64).unwrap_err();
+        assert!(e.to_string().contains("fast64"), "{e}");
+        p.admit_he_params(&t, HeParams::Secure128).unwrap();
+    }
+
+    #[test]
+    fn a_policy_file_fills_in_safe_defaults_and_rejects_unknown_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("policy.toml");
+        std::fs::write(&f, "[policy]\nrequire_dp = false\n").unwrap();
+        let p = Policy::load(&f).unwrap();
+        assert!(!p.require_dp);
+        assert!(p.require_secure_aggregation);
+        assert_eq!(p.min_contributors, 3);
+        std::fs::write(&f, "[policy]\nrequire_dpp = false\n").unwrap();
+        let e = Policy::load(&f).unwrap_err().to_string();
+        assert!(e.contains("require_dpp"), "{e}");
+        std::fs::write(&f, "[policy]\nmax_sampling_rate = 2.0\n").unwrap();
+        assert!(Policy::load(&f).is_err());
+    }
+}
