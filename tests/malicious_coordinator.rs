@@ -1,0 +1,677 @@
+//! A malicious coordinator against real partner agents.
+//!
+//! Each test starts real agents (the built binary, over mutual TLS on
+//! loopback) against [`Rogue`], a coordinator that holds the federation's
+//! genuine certificate but follows a script, and shows that the attack fails:
+//! the agent's log names its refusal and the rogue received nothing derived
+//! from the partner's rows. A control test shows the same harness does get
+//! private answers when nothing is wrong, so the negative checks cannot pass
+//! vacuously.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::rogue::{Peer, Rogue, WAIT};
+use common::{Federation, TASK};
+use consortia_model::TaskSpec;
+use consortia_privacy::he::{CollectiveKeyAggregator, HeParams, KeySession, PublicKeyShare};
+use consortia_proto::{
+    CollectiveKey, KeyGenRequest, KeyReveal, ModelChunk, RoundStart, SignedKeyShare, StatsRequest,
+    TaskFinished, chunk_count, chunk_range, client_message::Kind as Up,
+    server_message::Kind as Down,
+};
+
+/// An acceptable `[privacy]` table: partner-level DP, noise added locally.
+const LOCAL_DP: &str = r#"unit = "partner"
+placement = "local"
+epsilon = 8.0
+delta = 1e-6
+clip_norm = 1.0
+noise_multiplier = 1.0
+"#;
+
+/// The telco task with the given settings and `[privacy]` table (`None`:
+/// none). The result is a valid task on its own, so a refusal can only come
+/// from the partner's policy or pins.
+fn task(secure_aggregation: bool, min_partners: u32, privacy: Option<&str>) -> String {
+    let mut spec = TaskSpec::from_toml_str(TASK).expect("bundled task parses");
+    spec.secure_aggregation = secure_aggregation;
+    spec.min_partners = min_partners;
+    spec.privacy = privacy.map(|p| toml::from_str::<toml::Table>(p).expect("privacy table"));
+    let text = spec.to_toml_string().expect("task serialises");
+    let back = TaskSpec::from_toml_str(&text).expect("the test task is valid");
+    assert_eq!(back.secure_aggregation, secure_aggregation);
+    assert_eq!(back.min_partners, min_partners);
+    assert_eq!(back.privacy.is_some(), privacy.is_some());
+    text
+}
+
+/// The canonical hash of a task, in hex, as the agent pins it.
+fn hash_hex(task_toml: &str) -> String {
+    let hash = TaskSpec::from_toml_str(task_toml)
+        .expect("task parses")
+        .canonical_hash()
+        .expect("task hashes");
+    hash.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A policy that allows everything a policy can allow (tests then tighten
+/// the one field under test).
+const PERMISSIVE: &[(&str, &str)] = &[
+    ("require_secure_aggregation", "false"),
+    ("require_dp", "false"),
+    ("allowed_units", r#"["record", "partner"]"#),
+    ("allowed_placements", r#"["local", "distributed"]"#),
+    ("min_noise_multiplier", "0.0"),
+    ("max_sampling_rate", "1.0"),
+    ("min_contributors", "1"),
+    ("max_colluders_assumed", "0"),
+    ("allowed_he_params", r#"["secure128", "fast64"]"#),
+    ("allowed_models", r#"["logistic_regression"]"#),
+    ("max_rounds", "1000000"),
+    ("max_evaluations", "1000001"),
+    // Test builds draw noise without OpenSSL (no `secure-rng` feature).
+    ("allow_insecure_rng", "true"),
+];
+
+/// The permissive policy file with `overrides` in place of its values.
+fn policy(overrides: &[(&str, &str)]) -> String {
+    for (k, _) in overrides {
+        assert!(
+            PERMISSIVE.iter().any(|(p, _)| p == k),
+            "unknown policy field {k}"
+        );
+    }
+    let mut out = String::from("[policy]\n");
+    for (k, v) in PERMISSIVE {
+        let v = overrides
+            .iter()
+            .find(|(o, _)| o == k)
+            .map_or(*v, |(_, v)| *v);
+        out.push_str(&format!("{k} = {v}\n"));
+    }
+    out
+}
+
+/// What the agent prints once it has read its rows.
+const LOADED_ROWS: &str = "training rows";
+
+/// The rogue's opening against one agent: `Welcome` with `task`, then at
+/// once the request for the partner's feature sums that an honest
+/// coordinator makes next; then it waits for the agent to leave.
+async fn welcome_then_ask_stats(mut peer: Peer, task: String) {
+    if !peer.expect_hello(WAIT).await {
+        return;
+    }
+    peer.welcome(&task).await;
+    peer.send_kind(Down::StatsRequest(StatsRequest { request_id: 1 }))
+        .await;
+    peer.closed(WAIT).await;
+}
+
+/// One agent with `policy` is sent `task`: it must exit non-zero, log
+/// `expect`, never read its rows and send the rogue nothing private.
+fn refused_at_welcome(task: String, policy: String, expect: &[&str]) {
+    let fed = Federation::new(TASK);
+    let mut rogue = Rogue::start(fed, move |peer| welcome_then_ask_stats(peer, task.clone()));
+    let name = rogue.start_agent(0, &policy);
+    let status = rogue.wait_agent_exit(&name, WAIT);
+    let log = rogue.agent_log(&name);
+    assert!(
+        !status.success(),
+        "agent accepted the task ({status})\n{}",
+        rogue.report()
+    );
+    for needle in expect {
+        assert!(
+            log.contains(needle),
+            "agent log lacks `{needle}`\n{}",
+            rogue.report()
+        );
+    }
+    assert!(
+        !log.contains(LOADED_ROWS),
+        "agent read its rows before refusing\n{}",
+        rogue.report()
+    );
+    rogue.assert_nothing_private(&name);
+    assert_eq!(rogue.sessions(&name), 1, "{}", rogue.report());
+}
+
+/// Control: with a task its policy allows, the agent does answer the
+/// rogue's statistics request (so the refusals below are the policy's doing,
+/// and the harness would see a private message if one were sent).
+#[test]
+fn control_an_acceptable_task_gets_statistics() {
+    let t = task(false, 3, Some(LOCAL_DP));
+    let fed = Federation::new(TASK);
+    let mut rogue = Rogue::start(fed, move |mut peer| {
+        let t = t.clone();
+        async move {
+            if !peer.expect_hello(WAIT).await {
+                return;
+            }
+            peer.welcome(&t).await;
+            peer.send_kind(Down::StatsRequest(StatsRequest { request_id: 42 }))
+                .await;
+            if peer.recv_kind("StatsReport", WAIT).await.is_some() {
+                peer.send_kind(Down::Finished(TaskFinished {
+                    detail: "control done".into(),
+                }))
+                .await;
+            }
+            peer.closed(WAIT).await;
+        }
+    });
+    let name = rogue.start_agent(0, &policy(&[]));
+    let report = rogue.wait_received(&name, "StatsReport", WAIT);
+    let Some(Up::Stats(stats)) = report.message.kind else {
+        unreachable!("a StatsReport")
+    };
+    assert_eq!(stats.request_id, 42);
+    assert!(stats.count > 0, "{}", rogue.report());
+    let status = rogue.wait_agent_exit(&name, WAIT);
+    assert!(status.success(), "{status}\n{}", rogue.report());
+    let log = rogue.agent_log(&name);
+    assert!(log.contains(LOADED_ROWS), "{}", rogue.report());
+    assert!(log.contains("control done"), "{}", rogue.report());
+    rogue.check_scripts();
+}
+
+/// (a) A plaintext task against a policy that requires secure aggregation.
+#[test]
+fn a_plaintext_task_is_refused_when_the_policy_requires_secure_aggregation() {
+    refused_at_welcome(
+        task(false, 3, Some(LOCAL_DP)),
+        policy(&[("require_secure_aggregation", "true")]),
+        &[
+            "policy refuses task `telco-churn`: secure_aggregation: the task has false, the policy requires true",
+        ],
+    );
+}
+
+/// (b) A task without `[privacy]` against a policy that requires DP.
+#[test]
+fn a_task_without_privacy_is_refused_when_the_policy_requires_dp() {
+    refused_at_welcome(
+        task(false, 3, None),
+        policy(&[("require_dp", "true")]),
+        &[
+            "policy refuses task `telco-churn`: [privacy]: the task has no [privacy] table, the policy requires differential privacy",
+        ],
+    );
+}
+
+/// (c) `min_partners = 1` against a policy's `min_contributors = 3`: a sum
+/// of one partner's update is that partner's update.
+#[test]
+fn a_task_of_one_partner_is_refused_below_the_policys_min_contributors() {
+    refused_at_welcome(
+        task(false, 1, Some(LOCAL_DP)),
+        policy(&[("min_contributors", "3")]),
+        &[
+            "policy refuses task `telco-churn`: min_partners: the task has 1, the policy requires at least 3",
+        ],
+    );
+}
+
+/// (d) The rogue admits the agent to task `first`, closes the session, and
+/// on the agent's reconnection welcomes it to `second`, a task of the same
+/// name with another setting: the pinned hash refuses it. With `restart`, the
+/// agent process is killed and started again in between (the pin is durable).
+fn changed_mid_task(first: String, second: String, restart: bool) {
+    assert_ne!(hash_hex(&first), hash_hex(&second));
+    let (t1, t2) = (first.clone(), second.clone());
+    let fed = Federation::new(TASK);
+    let mut rogue = Rogue::start(fed, move |mut peer| {
+        let (t1, t2) = (t1.clone(), t2.clone());
+        async move {
+            if !peer.expect_hello(WAIT).await {
+                return;
+            }
+            if peer.session == 0 {
+                // Honest so far: the agent admits the task and answers.
+                peer.welcome(&t1).await;
+                peer.send_kind(Down::StatsRequest(StatsRequest { request_id: 1 }))
+                    .await;
+                let _ = peer.recv_kind("StatsReport", WAIT).await;
+                if restart {
+                    // The test kills the agent.
+                    peer.closed(WAIT).await;
+                }
+                // Otherwise returning closes the session; the agent reconnects.
+            } else {
+                peer.welcome(&t2).await;
+                peer.send_kind(Down::StatsRequest(StatsRequest { request_id: 2 }))
+                    .await;
+                peer.closed(WAIT).await;
+            }
+        }
+    });
+    let p = policy(&[]);
+    let name = rogue.start_agent(0, &p);
+    rogue.wait_received(&name, "StatsReport", WAIT);
+    if restart {
+        rogue.kill_agent(&name);
+        rogue.start_agent(0, &p);
+    }
+    let status = rogue.wait_agent_exit(&name, WAIT);
+    assert!(
+        !status.success(),
+        "agent accepted the changed task ({status})\n{}",
+        rogue.report()
+    );
+    assert_eq!(rogue.sessions(&name), 2, "{}", rogue.report());
+    // Session 0 really admitted the task (so the pin was in force) ...
+    assert!(
+        rogue.kinds_in(&name, 0).contains(&"StatsReport"),
+        "{}",
+        rogue.report()
+    );
+    // ... and session 1 got nothing.
+    rogue.assert_nothing_private_in(&name, 1);
+    let log = rogue.agent_log(&name);
+    for needle in [
+        format!(
+            "task `telco-churn` was admitted here with hash {}",
+            hash_hex(&first)
+        ),
+        format!("a task of that name with hash {}", hash_hex(&second)),
+    ] {
+        assert!(
+            log.contains(&needle),
+            "agent log lacks `{needle}`\n{}",
+            rogue.report()
+        );
+    }
+}
+
+/// The acceptable task, and the same with a lower noise multiplier.
+fn task_and_less_noise() -> (String, String) {
+    (
+        task(false, 3, Some(LOCAL_DP)),
+        task(
+            false,
+            3,
+            Some(&LOCAL_DP.replace("noise_multiplier = 1.0", "noise_multiplier = 0.6")),
+        ),
+    )
+}
+
+/// (d) `[privacy]` changed mid-task, across a reconnection.
+#[test]
+fn a_changed_privacy_table_is_refused_on_reconnection() {
+    let (first, second) = task_and_less_noise();
+    changed_mid_task(first, second, false);
+}
+
+/// (d) `[privacy]` changed mid-task, across a restart of the agent.
+#[test]
+fn a_changed_privacy_table_is_refused_after_an_agent_restart() {
+    let (first, second) = task_and_less_noise();
+    changed_mid_task(first, second, true);
+}
+
+/// (d) Secure aggregation switched off mid-task (the policy alone would
+/// allow either).
+#[test]
+fn secure_aggregation_switched_off_mid_task_is_refused() {
+    changed_mid_task(
+        task(true, 3, Some(LOCAL_DP)),
+        task(false, 3, Some(LOCAL_DP)),
+        false,
+    );
+}
+
+/// (d) A renamed task is not a fresh start: an agent that admitted task T
+/// refuses, in the same run, a task of another name.
+#[test]
+fn a_renamed_task_is_refused_mid_run() {
+    let first = task(false, 3, Some(LOCAL_DP));
+    let renamed = first.replacen("name = \"telco-churn\"", "name = \"telco-churn-2\"", 1);
+    assert_eq!(
+        TaskSpec::from_toml_str(&renamed).expect("renamed").name,
+        "telco-churn-2"
+    );
+    let (t1, t2) = (first.clone(), renamed.clone());
+    let fed = Federation::new(TASK);
+    let mut rogue = Rogue::start(fed, move |mut peer| {
+        let (t1, t2) = (t1.clone(), t2.clone());
+        async move {
+            if !peer.expect_hello(WAIT).await {
+                return;
+            }
+            let t = if peer.session == 0 { t1 } else { t2 };
+            peer.welcome(&t).await;
+            peer.send_kind(Down::StatsRequest(StatsRequest { request_id: 1 }))
+                .await;
+            if peer.session == 0 {
+                let _ = peer.recv_kind("StatsReport", WAIT).await;
+            } else {
+                peer.closed(WAIT).await;
+            }
+        }
+    });
+    let name = rogue.start_agent(0, &policy(&[]));
+    let status = rogue.wait_agent_exit(&name, WAIT);
+    assert!(!status.success(), "{status}\n{}", rogue.report());
+    assert_eq!(rogue.sessions(&name), 2, "{}", rogue.report());
+    assert!(rogue.kinds_in(&name, 0).contains(&"StatsReport"));
+    rogue.assert_nothing_private_in(&name, 1);
+    let log = rogue.agent_log(&name);
+    assert!(
+        log.contains(
+            "this agent serves task `telco-churn`; the coordinator now sends task `telco-churn-2`"
+        ),
+        "{}",
+        rogue.report()
+    );
+}
+
+/// A task that promises secure aggregation, then a round that asks for a
+/// plaintext update (no collective key named): the agent declines the round
+/// and sends neither an update nor an evaluation.
+#[test]
+fn a_plaintext_round_in_a_secure_task_is_declined() {
+    let t = task(true, 3, Some(LOCAL_DP));
+    let spec = TaskSpec::from_toml_str(&t).expect("task");
+    let fed = Federation::new(TASK);
+    let mut rogue = Rogue::start(fed, move |mut peer| {
+        let t = t.clone();
+        let spec = spec.clone();
+        async move {
+            if !peer.expect_hello(WAIT).await {
+                return;
+            }
+            peer.welcome(&t).await;
+            send_round(&peer, &spec, Vec::new()).await;
+            if peer.recv_kind("Decline", WAIT).await.is_some() {
+                peer.send_kind(Down::Finished(TaskFinished {
+                    detail: "rogue gives up".into(),
+                }))
+                .await;
+            }
+            peer.closed(WAIT).await;
+        }
+    });
+    let name = rogue.start_agent(0, &policy(&[]));
+    let decline = rogue.wait_received(&name, "Decline", WAIT);
+    let Some(Up::Decline(d)) = decline.message.kind else {
+        unreachable!("a Decline")
+    };
+    assert_eq!(d.round, 1);
+    assert!(
+        d.reason.contains("secure aggregation"),
+        "{d:?}\n{}",
+        rogue.report()
+    );
+    rogue.wait_agent_exit(&name, WAIT);
+    rogue.assert_nothing_private(&name);
+    assert!(
+        rogue.agent_log(&name).contains(
+            "the task requires secure aggregation but the round asks for a plaintext update"
+        ),
+        "{}",
+        rogue.report()
+    );
+}
+
+/// Round 1 (attempt 1) with an all-zero model, under the collective key
+/// `key_id` (empty: a plaintext round), as an honest coordinator starts it.
+async fn send_round(peer: &Peer, spec: &TaskSpec, key_id: Vec<u8>) {
+    let n = spec.schema.param_count();
+    let features = spec.schema.feature_count();
+    let deadline = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+        + 120_000;
+    peer.send_kind(Down::RoundStart(RoundStart {
+        round: 1,
+        param_count: n as u64,
+        chunk_count: chunk_count(n),
+        deadline_unix_ms: deadline,
+        feature_mean: vec![0.0; features],
+        feature_std: vec![1.0; features],
+        train: true,
+        model_round: 0,
+        key_id,
+        attempt: 1,
+    }))
+    .await;
+    for index in 0..chunk_count(n) {
+        peer.send_kind(Down::ModelChunk(ModelChunk {
+            round: 1,
+            index,
+            values: vec![0.0; chunk_range(n, index).len()],
+        }))
+        .await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// (e) A different task to one partner.
+
+/// The rogue's shared state for one key ceremony among three partners.
+struct Ceremony {
+    /// Partner → the task it is sent.
+    tasks: BTreeMap<String, String>,
+    /// The key holders, in party order.
+    committee: Vec<String>,
+    session_id: [u8; 32],
+    barrier: tokio::sync::Barrier,
+    /// Party → its signed share, as received.
+    shares: Mutex<BTreeMap<u32, SignedKeyShare>>,
+    /// The key and its transcript, once computed.
+    key: Mutex<Option<(CollectiveKey, [u8; 32])>>,
+}
+
+impl Ceremony {
+    async fn all_here(&self) -> bool {
+        tokio::time::timeout(WAIT, self.barrier.wait())
+            .await
+            .is_ok()
+    }
+
+    /// The collective key the rogue sends: the honest sum of the shares it
+    /// received, with the transcript of signed shares (the rogue cannot forge
+    /// a partner's signature, and does not need to).
+    fn collective_key(&self) -> (CollectiveKey, [u8; 32]) {
+        let mut key = self.key.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = key.as_ref() {
+            return k.clone();
+        }
+        let shares = self
+            .shares
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let session = KeySession::new(HeParams::Secure128, self.session_id);
+        let mut agg =
+            CollectiveKeyAggregator::new(&session, self.committee.len() as u32).expect("committee");
+        let parsed: Vec<PublicKeyShare> = shares
+            .values()
+            .map(|s| PublicKeyShare::from_bytes(&s.public_share, &session).expect("public share"))
+            .collect();
+        for p in &parsed {
+            agg.add_commitment(p.party(), p.commitment())
+                .expect("commitment");
+        }
+        for p in parsed {
+            agg.add_share(p.party(), p).expect("share");
+        }
+        let collective = agg.finish().expect("collective key");
+        let msg = CollectiveKey {
+            session_id: self.session_id.to_vec(),
+            params: u32::from(HeParams::Secure128.id()),
+            committee: self.committee.clone(),
+            key: collective.to_bytes(),
+            transcript: shares.into_values().collect(),
+        };
+        let made = (msg, collective.key_id());
+        *key = Some(made.clone());
+        made
+    }
+}
+
+/// One partner's session in the ceremony: Welcome with its task, key
+/// generation (commit, reveal), the collective key, then a training round
+/// under that key. The rogue relays honestly; only the tasks may differ.
+async fn ceremony_session(mut peer: Peer, c: Arc<Ceremony>) {
+    if !peer.expect_hello(WAIT).await || peer.session > 0 {
+        return;
+    }
+    let task_toml = c.tasks[&peer.name].clone();
+    let spec = TaskSpec::from_toml_str(&task_toml).expect("task");
+    let party = c
+        .committee
+        .iter()
+        .position(|p| p == &peer.name)
+        .expect("in the committee") as u32;
+    peer.welcome(&task_toml).await;
+    if !c.all_here().await {
+        return;
+    }
+    peer.send_kind(Down::Keygen(KeyGenRequest {
+        session_id: c.session_id.to_vec(),
+        params: u32::from(HeParams::Secure128.id()),
+        party,
+        parties: c.committee.len() as u32,
+        committee: c.committee.clone(),
+    }))
+    .await;
+    if peer.recv_kind("KeyCommit", WAIT).await.is_none() || !c.all_here().await {
+        return;
+    }
+    peer.send_kind(Down::KeyReveal(KeyReveal {
+        session_id: c.session_id.to_vec(),
+    }))
+    .await;
+    let Some(Up::KeyShare(share)) = peer.recv_kind("KeyShare", WAIT).await.and_then(|m| m.kind)
+    else {
+        return;
+    };
+    c.shares.lock().unwrap_or_else(|e| e.into_inner()).insert(
+        party,
+        SignedKeyShare {
+            party,
+            partner: peer.name.clone(),
+            public_share: share.public_share,
+            signature: share.signature,
+            certificate: peer.certificate.clone(),
+        },
+    );
+    if !c.all_here().await {
+        return;
+    }
+    let (key, key_id) = c.collective_key();
+    peer.send_kind(Down::CollectiveKey(key)).await;
+    // A training round under the key, as an honest coordinator would start it.
+    send_round(&peer, &spec, key_id.to_vec()).await;
+    if peer.recv_kind("EncryptedChunk", WAIT).await.is_some() {
+        peer.send_kind(Down::Finished(TaskFinished {
+            detail: "ceremony control done".into(),
+        }))
+        .await;
+    }
+    peer.closed(WAIT).await;
+}
+
+/// Three agents (secure aggregation required by their policies); partner
+/// `i` is sent `tasks[i]`. Runs the ceremony and a round; returns the rogue
+/// once every agent has exited, with the partner names.
+fn ceremony(tasks: [String; 3]) -> (Rogue, Vec<String>) {
+    let fed = Federation::new(TASK);
+    let names: Vec<String> = fed.partners.iter().map(|(n, _)| n.clone()).collect();
+    let mut committee = names.clone();
+    committee.sort();
+    let c = Arc::new(Ceremony {
+        tasks: names.iter().cloned().zip(tasks).collect(),
+        committee,
+        session_id: consortia_proto::sha256(b"rogue key ceremony"),
+        barrier: tokio::sync::Barrier::new(3),
+        shares: Mutex::default(),
+        key: Mutex::default(),
+    });
+    let mut rogue = Rogue::start(fed, move |peer| ceremony_session(peer, c.clone()));
+    let p = policy(&[("require_secure_aggregation", "true")]);
+    for i in 0..3 {
+        rogue.start_agent(i, &p);
+    }
+    (rogue, names)
+}
+
+/// Control for (e): the same task to all three, and the rogue's honest
+/// relay of the ceremony gives a key every agent installs and encrypts
+/// under (so the refusal in (e) is the tasks' doing).
+#[test]
+fn control_one_task_to_all_gives_a_key_and_encrypted_updates() {
+    let t = task(true, 3, Some(LOCAL_DP));
+    let (mut rogue, names) = ceremony([t.clone(), t.clone(), t]);
+    for name in &names {
+        rogue.wait_received(name, "EncryptedChunk", WAIT);
+    }
+    for name in &names {
+        let status = rogue.wait_agent_exit(name, WAIT);
+        assert!(status.success(), "{name}: {status}\n{}", rogue.report());
+        assert!(
+            rogue.agent_log(name).contains("federation key installed"),
+            "{}",
+            rogue.report()
+        );
+    }
+    rogue.check_scripts();
+}
+
+/// (e) Two partners are sent task T, one a task of the same name with
+/// another noise multiplier; each task alone is acceptable. Key holders
+/// sign their public shares together with the task hash they pinned, so the
+/// transcript of the collective key shows the split and every agent refuses
+/// the key: nobody trains, nobody sends an update.
+#[test]
+fn a_different_task_to_one_partner_is_caught_by_the_key_transcript() {
+    let t = task(true, 3, Some(LOCAL_DP));
+    let other = task(
+        true,
+        3,
+        Some(&LOCAL_DP.replace("noise_multiplier = 1.0", "noise_multiplier = 0.6")),
+    );
+    let (mut rogue, names) = ceremony([t.clone(), t, other]);
+    let odd = names[2].clone();
+    for name in &names {
+        let status = rogue.wait_agent_exit(name, WAIT);
+        assert!(
+            !status.success(),
+            "{name} accepted the key ({status})\n{}",
+            rogue.report()
+        );
+    }
+    for name in &names {
+        rogue.assert_nothing_private(name);
+        // The ceremony really ran: the refusal is of the key, not earlier.
+        assert!(
+            rogue.kinds(name).contains(&"KeyShare"),
+            "{}",
+            rogue.report()
+        );
+        let log = rogue.agent_log(name);
+        assert!(
+            log.contains("federation key refused"),
+            "{name}\n{}",
+            rogue.report()
+        );
+        let needle = if name == &odd {
+            "is not signed by".to_string()
+        } else {
+            format!("the share given as `{odd}`'s is not signed by `{odd}` for this task")
+        };
+        assert!(
+            log.contains(&needle),
+            "{name}'s log lacks `{needle}`\n{}",
+            rogue.report()
+        );
+    }
+}
