@@ -1,9 +1,11 @@
 //! `consortia audit`: what a compliance team does with a privacy ledger.
 //!
 //! `verify` checks a ledger's hash chain and signatures against the signer's certificate,
-//! `report` prints and renders what a ledger says about each partner's privacy budget, and
-//! `compare` reconciles a partner's own ledger against the coordinator's. All three only read
-//! ledgers; none repairs or rewrites one.
+//! `report` prints and renders what a ledger says about each partner's privacy budget (and flags
+//! every entry whose noise was not drawn from the secure generator, OpenSSL — builds without the
+//! `secure-rng` feature, or format v1 entries that did not record it), and `compare` reconciles
+//! a partner's own ledger against the coordinator's. All three only read ledgers; none repairs or
+//! rewrites one. Ledgers of entry format v1 and v2 are read alike.
 //!
 //! A ledger is given either as its sled database directory (`STATE_DIR/ledger` for the
 //! coordinator; it cannot be opened while the coordinator runs) or as an exported JSON file
@@ -35,7 +37,7 @@ pub enum AuditCommand {
         #[arg(long)]
         head: Option<ExpectedHead>,
     },
-    /// Print a table and write a self-contained HTML report (chart of cumulative ε per partner vs budget) and a JSON export.
+    /// Print a table and write a self-contained HTML report (chart of cumulative ε per partner vs budget) and a JSON export; entries drawn without the secure RNG are flagged.
     Report {
         /// The ledger: its database directory or an exported JSON file.
         #[arg(long)]
@@ -192,6 +194,16 @@ fn report(
         }
     }
     print!("{}", audit::report_table(&entries));
+    let insecure = audit::rng_warnings(&entries);
+    if !insecure.is_empty() {
+        eprintln!(
+            "warning: {} of {} entries were not drawn from the secure generator (OpenSSL, \
+             `--features secure-rng`): the rows marked INSECURE RNG; the JSON export lists them \
+             under `insecure_rng`",
+            insecure.len(),
+            entries.len()
+        );
+    }
     let title = title.unwrap_or_else(|| {
         let name = ledger.file_name().unwrap_or(ledger.as_os_str());
         format!("Privacy ledger: {}", name.to_string_lossy())

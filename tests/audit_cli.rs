@@ -6,7 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use consortia_ledger::{Ledger, LedgerFile, Signer, SpendRecord};
+use consortia_ledger::entry::{GENESIS_PREV_HASH, entry_hash};
+use consortia_ledger::{
+    Adjacency, ChargeDetails, Ledger, LedgerEntry, LedgerFile, Placement, Signer, SpendRecord,
+    StoredEvent,
+};
 use consortia_pki::Pki;
 
 const PARTNER: &str = "acme";
@@ -37,6 +41,19 @@ fn record(round: u64, eps: &dyn Fn(u64) -> f64) -> SpendRecord {
         delta: 1e-5,
         epsilon_cumulative: one((1..=round).map(eps).sum()),
         budget_epsilon: one(4.0),
+        charged: Some(ChargeDetails {
+            events: vec![StoredEvent::Zcdp {
+                rho: 0.01,
+                count: 1,
+            }],
+            placement: Placement::Distributed,
+            adjacency: Adjacency::AddRemove,
+            honest_contributors: Some(2),
+            dimension: Some(41),
+            rng: "openssl".into(),
+            dataset: None,
+            task_hash: [0x5a; 32],
+        }),
     }
 }
 
@@ -79,12 +96,17 @@ impl Fixture {
         n: u64,
         eps: &dyn Fn(u64) -> f64,
     ) -> (PathBuf, PathBuf) {
+        self.ledger_of(name, key, (1..=n).map(|round| record(round, eps)).collect())
+    }
+
+    /// Like [`Fixture::ledger`], holding `records`.
+    fn ledger_of(&self, name: &str, key: &Path, records: Vec<SpendRecord>) -> (PathBuf, PathBuf) {
         let signer = Signer::from_pkcs8_pem_file(key).expect("load signing key");
         let db = self.path(name);
         let json = self.path(&format!("{name}.json"));
         let ledger = Ledger::open(&db).expect("open ledger");
-        for round in 1..=n {
-            ledger.append(record(round, eps), &signer).expect("append");
+        for r in records {
+            ledger.append(r, &signer).expect("append");
         }
         ledger.export_json(&json).expect("export ledger");
         drop(ledger);
@@ -471,4 +493,103 @@ fn compare_rejects_an_unknown_partner_name() {
         coordinator.as_os_str(),
     ]);
     run.fails().says("\"nobody\" took part in no round");
+}
+
+/// Runs `consortia audit report` on `ledger` (verified against `cert`), writing `NAME.html` and
+/// `NAME.out.json`; returns the run, the HTML and the parsed JSON export.
+fn report_files(
+    fx: &Fixture,
+    ledger: &Path,
+    cert: &Path,
+    name: &str,
+) -> (Run, String, serde_json::Value) {
+    let (html, out) = (
+        fx.path(&format!("{name}.html")),
+        fx.path(&format!("{name}.out.json")),
+    );
+    let run = audit(&[
+        OsStr::new("report"),
+        "--ledger".as_ref(),
+        ledger.as_os_str(),
+        "--cert".as_ref(),
+        cert.as_os_str(),
+        "--html".as_ref(),
+        html.as_os_str(),
+        "--json".as_ref(),
+        out.as_os_str(),
+    ])
+    .ok();
+    let page = std::fs::read_to_string(&html).expect("HTML report written");
+    let json = serde_json::from_str(&std::fs::read_to_string(&out).expect("JSON written"))
+        .expect("JSON export parses");
+    (run, page, json)
+}
+
+#[test]
+fn report_flags_entries_drawn_without_the_secure_generator() {
+    let fx = Fixture::new();
+    let key = fx.pki.coordinator_key_path();
+    let mut records: Vec<SpendRecord> = (1..=3).map(|r| record(r, &epsilon)).collect();
+    if let Some(c) = records[1].charged.as_mut() {
+        c.rng = "rand-thread-rng".into();
+    }
+    let (_, json) = fx.ledger_of("mixed", &key, records);
+    let (run, page, export) = report_files(&fx, &json, &fx.coordinator_cert(), "mixed");
+    run.says("WARNING: INSECURE RNG")
+        .says("1 of 3 entries drew their noise without the secure generator")
+        .says("INSECURE RNG");
+    assert!(page.contains("class=\"warning\""), "{page}");
+    assert!(page.contains("<tr class=\"insecure\">"), "{page}");
+    assert_eq!(
+        export["insecure_rng"],
+        serde_json::json!([{"index": 1, "rng": "rand-thread-rng"}])
+    );
+
+    // A ledger drawn from OpenSSL throughout has no warning, and an empty list in the export.
+    let clean = fx.coordinator_ledger(2);
+    let (run, page, export) = report_files(&fx, &clean, &fx.coordinator_cert(), "clean");
+    assert!(!run.text().contains("INSECURE"), "{}", run.text());
+    assert!(!page.contains("class=\"warning\""));
+    assert_eq!(export["insecure_rng"], serde_json::json!([]));
+}
+
+/// A ledger exported before entry format v2 (file format consortia-ledger/v1, entries without
+/// mechanism details) still verifies, reports and compares.
+#[test]
+fn ledgers_of_format_v1_still_verify_report_and_compare() {
+    let fx = Fixture::new();
+    let signer = Signer::from_pkcs8_pem_file(fx.pki.coordinator_key_path()).unwrap();
+    let mut prev_hash = GENESIS_PREV_HASH;
+    let mut entries = Vec::new();
+    for round in 1..=3u64 {
+        let mut record = record(round, &epsilon);
+        record.charged = None;
+        let index = round - 1;
+        let hash = entry_hash(index, &prev_hash, &record);
+        entries.push(LedgerEntry {
+            index,
+            prev_hash,
+            record,
+            hash,
+            signature: signer.sign_hash(&hash).unwrap(),
+        });
+        prev_hash = hash;
+    }
+    let old = fx.path("old.json");
+    let file = serde_json::json!({"format": "consortia-ledger/v1", "entries": entries});
+    std::fs::write(&old, serde_json::to_vec_pretty(&file).unwrap()).unwrap();
+
+    verify(&old, &fx.coordinator_cert())
+        .ok()
+        .says("OK: 3 entries");
+    let (run, _, export) = report_files(&fx, &old, &fx.coordinator_cert(), "old");
+    run.says("3 of 3 entries (format v1) did not record their generator");
+    assert_eq!(export["format"], serde_json::json!("consortia-ledger/v2"));
+    assert_eq!(export["insecure_rng"].as_array().map(Vec::len), Some(3));
+
+    // The partner's v2 copy of the same rounds agrees with the coordinator's v1 ledger.
+    let partner = fx
+        .ledger("partner", &fx.pki.partner_key_path(PARTNER), 3, &epsilon)
+        .1;
+    compare(&fx, &partner, &old).ok().says("OK");
 }

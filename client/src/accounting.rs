@@ -1,5 +1,14 @@
-//! The partner's own privacy accounting: its budget, its own signed ledger,
-//! and the decision to decline a round — whatever the coordinator says.
+//! The partner's own privacy accounting: its lifetime budget per dataset, its
+//! own signed ledger, and the decision to decline a round — whatever the
+//! coordinator says.
+//!
+//! The budget covers the partner's data file, identified by a name (the
+//! configured `dataset_name`, by default the file's name) and the SHA-256 of
+//! its bytes ([`DatasetId`]). Every round the partner ever spent on that
+//! dataset counts against it, whatever the task was called, and each is
+//! replayed from the DP events its ledger entry stored — so neither renaming a
+//! task, nor a second task on the same data, nor lowering a task's noise
+//! mid-way gives the data a fresh or cheaper budget.
 //!
 //! The spend of a round is appended to the partner's ledger (and flushed)
 //! before the noised update leaves the partner, so a crash can only
@@ -7,14 +16,14 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use consortia_ledger::book::{BookError, PrivacyBook};
-use consortia_ledger::{Ledger, Signer};
+use consortia_ledger::book::{BookError, PrivacyBook, TaskId};
+use consortia_ledger::{DatasetId, Ledger, Signer};
 use consortia_model::TaskSpec;
 use consortia_privacy::dp::{Budget, PrivacySpec};
 
 use crate::{AgentConfig, AgentError};
 
-/// A partner's privacy state for one task.
+/// A partner's privacy state for one task on its dataset.
 pub struct PartnerPrivacy {
     /// The task's privacy settings.
     pub spec: PrivacySpec,
@@ -37,18 +46,32 @@ fn ledger_err(e: consortia_ledger::LedgerError) -> AgentError {
     }
 }
 
+/// The dataset the partner's budget covers: `cfg.dataset_name` (default: the file name of
+/// `cfg.data`) and the SHA-256 of the file's bytes.
+pub fn dataset_id(cfg: &AgentConfig) -> Result<DatasetId, AgentError> {
+    DatasetId::from_file(cfg.dataset_name.as_deref(), &cfg.data).map_err(|e| AgentError::Config {
+        path: cfg.data.clone(),
+        message: format!("cannot identify the dataset for privacy accounting: {e}"),
+    })
+}
+
 impl PartnerPrivacy {
-    /// Opens the partner's ledger in `cfg.state_dir/ledger` and replays its spend.
+    /// Opens the partner's ledger in `cfg.state_dir/ledger` and replays every entry it holds
+    /// for its dataset ([`dataset_id`]), of any task, against its own budget (`cfg.privacy`;
+    /// without one, the task's). New rounds are charged to `task` (name and canonical hash
+    /// `task_hash`, `TaskSpec::canonical_hash`) and to the dataset.
     pub fn open(
         cfg: &AgentConfig,
         spec: PrivacySpec,
         task: &str,
         partner: &str,
+        task_hash: [u8; 32],
     ) -> Result<Self, AgentError> {
         std::fs::create_dir_all(&cfg.state_dir).map_err(|e| AgentError::Config {
             path: cfg.state_dir.clone(),
             message: format!("cannot create the agent's state directory: {e}"),
         })?;
+        let dataset = dataset_id(cfg)?;
         let ledger = Ledger::open(cfg.state_dir.join("ledger")).map_err(ledger_err)?;
         let signer = Signer::from_pkcs8_pem_file(&cfg.tls.key).map_err(ledger_err)?;
         let own = match cfg.privacy {
@@ -72,8 +95,15 @@ impl PartnerPrivacy {
             })?;
         }
         let entries = ledger.entries().map_err(ledger_err)?;
-        let book = PrivacyBook::new(spec.clone(), task, own, &entries)
+        let task = TaskId {
+            name: task.to_string(),
+            hash: task_hash,
+        };
+        let book = PrivacyBook::for_dataset(spec.clone(), task, dataset, own, &entries)
             .map_err(|e| AgentError::Task(e.to_string()))?;
+        for note in book.notes() {
+            eprintln!("privacy ledger: {note}");
+        }
         Ok(PartnerPrivacy {
             spec,
             book,
@@ -81,6 +111,16 @@ impl PartnerPrivacy {
             signer,
             partner: partner.to_string(),
         })
+    }
+
+    /// The dataset this partner's budget covers.
+    pub fn dataset(&self) -> Option<&DatasetId> {
+        self.book.dataset()
+    }
+
+    /// ε the partner has spent on its dataset so far, over every task.
+    pub fn spent(&self) -> Result<f64, String> {
+        self.book.spent(&self.partner).map_err(|e| e.to_string())
     }
 
     /// Charges `round` to the partner's own budget and ledger, or says why not.
@@ -112,5 +152,131 @@ impl PartnerPrivacy {
             .append(record, &self.signer)
             .map_err(|e| format!("cannot write the privacy ledger: {e}"))?;
         Ok(quote.after)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const PARTNER: &str = "acme";
+
+    /// An agent configuration for `data`, with its state and key under `dir`.
+    fn config(dir: &Path, key: &Path, data: &Path, dataset_name: Option<&str>) -> AgentConfig {
+        let name = dataset_name.map_or(String::new(), |n| format!("dataset_name = {n:?}\n"));
+        toml::from_str(&format!(
+            "coordinator = \"https://localhost:7443\"\ndata = {:?}\nstate_dir = {:?}\n{name}\
+             [privacy]\nepsilon = 6.0\ndelta = 1e-5\n\
+             [tls]\nca_cert = \"ca.pem\"\ncert = \"acme.pem\"\nkey = {:?}\n",
+            data.display().to_string(),
+            dir.join("state").display().to_string(),
+            key.display().to_string(),
+        ))
+        .expect("agent configuration")
+    }
+
+    fn spec() -> PrivacySpec {
+        toml::from_str(
+            "epsilon = 10.0\ndelta = 1e-5\nclip_norm = 1.0\nnoise_multiplier = 1.0\nsampling_rate = 0.01\nsteps_per_round = 10\n",
+        )
+        .expect("privacy spec")
+    }
+
+    /// Admits rounds until the partner's own ε 6 budget refuses one; returns how many fit.
+    fn rounds_until_refused(p: &mut PartnerPrivacy, first_round: u64) -> u64 {
+        let mut n = 0;
+        while p.admit(first_round + n, 2000).is_ok() {
+            n += 1;
+            assert!(n < 1000, "the budget never ran out");
+        }
+        n
+    }
+
+    #[test]
+    fn tasks_on_one_dataset_share_its_budget_and_another_dataset_has_its_own() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let pki = consortia_pki::Pki::init(
+            dir.path().join("pki"),
+            &["localhost".into()],
+            &[PARTNER.into()],
+        )
+        .expect("PKI");
+        let key = pki.partner_key_path(PARTNER);
+        let data = dir.path().join("customers.csv");
+        std::fs::write(&data, "age,income\n30,1\n40,2\n").expect("data");
+        let cfg = config(dir.path(), &key, &data, None);
+
+        // Task "churn" spends part of the dataset's budget.
+        let mut churn = PartnerPrivacy::open(&cfg, spec(), "churn", PARTNER, [1; 32]).unwrap();
+        assert_eq!(
+            churn.dataset().map(|d| d.name.as_str()),
+            Some("customers.csv")
+        );
+        for round in 1..=2 {
+            churn.admit(round, 2000).unwrap();
+        }
+        let spent = churn.spent().unwrap();
+        assert!(spent > 0.0);
+        drop(churn);
+
+        // A task of another name on the same file starts from that spend, and the two together
+        // stop where one task alone would.
+        let mut renamed = PartnerPrivacy::open(&cfg, spec(), "churn-v2", PARTNER, [2; 32]).unwrap();
+        assert!((renamed.spent().unwrap() - spent).abs() < 1e-12);
+        let more = rounds_until_refused(&mut renamed, 1);
+        drop(renamed);
+        let alone_dir = tempfile::tempdir().expect("temporary directory");
+        let alone_cfg = config(alone_dir.path(), &key, &data, None);
+        let mut alone = PartnerPrivacy::open(&alone_cfg, spec(), "x", PARTNER, [3; 32]).unwrap();
+        assert_eq!(2 + more, rounds_until_refused(&mut alone, 1));
+
+        // The same rows under another dataset name are still the same data.
+        let renamed_data = config(dir.path(), &key, &data, Some("crm-export"));
+        let p = PartnerPrivacy::open(&renamed_data, spec(), "y", PARTNER, [4; 32]).unwrap();
+        assert!(p.spent().unwrap() >= spent);
+        assert!(p.admit_would_fail());
+        drop(p);
+
+        // Another file under another name has a budget of its own.
+        let other = dir.path().join("suppliers.csv");
+        std::fs::write(&other, "age,income\n50,3\n").expect("data");
+        let other_cfg = config(dir.path(), &key, &other, None);
+        let mut fresh =
+            PartnerPrivacy::open(&other_cfg, spec(), "churn", PARTNER, [1; 32]).unwrap();
+        assert_eq!(fresh.spent().unwrap(), 0.0);
+        fresh.admit(1, 2000).unwrap();
+    }
+
+    impl PartnerPrivacy {
+        /// Whether the next round would be declined (without charging it).
+        fn admit_would_fail(&self) -> bool {
+            !matches!(self.book.quote(&self.partner, 2000), Ok(q) if q.fits())
+        }
+    }
+
+    #[test]
+    fn rounds_charged_before_a_noise_change_keep_their_cost() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let pki = consortia_pki::Pki::init(
+            dir.path().join("pki"),
+            &["localhost".into()],
+            &[PARTNER.into()],
+        )
+        .expect("PKI");
+        let data = dir.path().join("d.csv");
+        std::fs::write(&data, "a\n1\n").expect("data");
+        let cfg = config(dir.path(), &pki.partner_key_path(PARTNER), &data, None);
+        let mut low = spec();
+        low.noise_multiplier = 0.8;
+        let mut p = PartnerPrivacy::open(&cfg, low, "t", PARTNER, [1; 32]).unwrap();
+        p.admit(1, 2000).unwrap();
+        let spent = p.spent().unwrap();
+        drop(p);
+        let mut high = spec();
+        high.noise_multiplier = 2.0;
+        let p = PartnerPrivacy::open(&cfg, high, "t", PARTNER, [5; 32]).unwrap();
+        assert!((p.spent().unwrap() - spent).abs() < 1e-12);
     }
 }

@@ -2,10 +2,15 @@
 //! cannot finish within budget, leave out partners a round would take over
 //! budget, and write each round's spend to the signed ledger *before* the
 //! round's result is released (write-ahead: a crash can only over-count).
+//!
+//! The book keeps each partner's spend per task (by the task's name), replayed
+//! from the DP events every ledger entry stored — never from the task's current
+//! settings, so changing the noise mid-task cannot make past rounds cheaper.
+//! Each partner also keeps its own lifetime budget per dataset, across tasks.
 
 use std::path::{Path, PathBuf};
 
-use consortia_ledger::book::{BookError, PrivacyBook};
+use consortia_ledger::book::{BookError, PrivacyBook, TaskId};
 use consortia_ledger::{Ledger, Signer};
 use consortia_model::TaskSpec;
 use consortia_privacy::dp::{PrivacySpec, check_plan};
@@ -48,21 +53,32 @@ pub struct Accounting {
 }
 
 impl Accounting {
-    /// Opens the ledger in `state_dir/ledger`, signing with the coordinator's key.
+    /// Opens the ledger in `state_dir/ledger`, signing with the coordinator's key, and replays
+    /// the spend of `task`'s rounds from their stored events. New rounds are recorded with the
+    /// task's name and canonical hash.
     pub fn open(
         spec: PrivacySpec,
-        task: &str,
+        task: &TaskSpec,
         state_dir: &Path,
         key: &Path,
     ) -> Result<Self, CoordinatorError> {
+        let task_id = TaskId {
+            name: task.name.clone(),
+            hash: task
+                .canonical_hash()
+                .map_err(|e| CoordinatorError::Task(e.to_string()))?,
+        };
         let ledger_err = |e: consortia_ledger::LedgerError| {
             CoordinatorError::Task(format!("privacy ledger: {e}"))
         };
         let ledger = Ledger::open(state_dir.join("ledger")).map_err(ledger_err)?;
         let signer = Signer::from_pkcs8_pem_file(key).map_err(ledger_err)?;
         let entries = ledger.entries().map_err(ledger_err)?;
-        let book = PrivacyBook::new(spec, task, None, &entries)
+        let book = PrivacyBook::new(spec, task_id, None, &entries)
             .map_err(|e| CoordinatorError::Task(format!("privacy ledger: {e}")))?;
+        for note in book.notes() {
+            tracing::warn!(task = %task.name, "privacy ledger: {note}");
+        }
         Ok(Accounting {
             book,
             ledger,
@@ -109,5 +125,61 @@ impl Accounting {
             tracing::info!(partner = %p, round, epsilon = eps, budget = record.budget_epsilon.get(p).copied().unwrap_or(f64::NAN), "privacy spend recorded");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use consortia_ledger::load_entries;
+
+    use super::*;
+
+    const TASK: &str = include_str!("../../examples/telco_churn_dp_eps3.toml");
+
+    /// Rounds recorded under one noise multiplier keep their cost when the
+    /// coordinator restarts with another: the book replays the ledger's
+    /// stored events, per task.
+    #[test]
+    fn reopening_with_other_noise_replays_the_recorded_rounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki =
+            consortia_pki::Pki::init(dir.path().join("pki"), &["localhost".into()], &[]).unwrap();
+        let key = pki.coordinator_key_path();
+        let task = TaskSpec::from_toml_str(TASK).unwrap();
+        let mut spec = task_privacy(&task).unwrap().unwrap();
+        spec.noise_multiplier *= 0.5;
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        let mut acc = Accounting::open(spec.clone(), &task, &state, &key).unwrap();
+        let parts = [("a".to_string(), 2000u64), ("b".to_string(), 3000)];
+        for round in 1..=3 {
+            acc.record_round(round, 0, &parts).unwrap();
+        }
+        let spent = acc.book.spent("a").unwrap();
+        assert!(spent > 0.0);
+        drop(acc);
+
+        spec.noise_multiplier *= 4.0;
+        let mut again = Accounting::open(spec.clone(), &task, &state, &key).unwrap();
+        assert!((again.book.spent("a").unwrap() - spent).abs() < 1e-12);
+        // The rounds at half the noise took `a` past its budget, whatever the new noise.
+        assert!(spent > task_privacy(&task).unwrap().unwrap().epsilon);
+        let refusal = again.admits("a", 2000).unwrap_err();
+        assert!(refusal.contains("is spent"), "{refusal}");
+        let entries = load_entries(state.join("privacy-ledger.json")).unwrap();
+        let hash = task.canonical_hash().unwrap();
+        assert!(entries.iter().all(|e| {
+            e.record
+                .charged
+                .as_ref()
+                .is_some_and(|c| c.task_hash == hash && c.dataset.is_none())
+        }));
+        drop(again);
+
+        // Another task's book does not see these rounds.
+        let mut other = task.clone();
+        other.name = "another-task".into();
+        let fresh = Accounting::open(spec, &other, &state, &key).unwrap();
+        assert_eq!(fresh.book.spent("a").unwrap(), 0.0);
     }
 }

@@ -77,7 +77,7 @@ pub async fn run(
     let accounting = match crate::accounting::task_privacy(&task)? {
         Some(spec) => Some(crate::accounting::Accounting::open(
             spec,
-            &task.name,
+            &task,
             &cfg.state_dir,
             &cfg.tls.key,
         )?),

@@ -10,8 +10,10 @@
 //! [`audit::report_html`]) and reconcile a partner's copy with the coordinator's
 //! ([`audit::compare`]).
 //!
-//! The crate does no privacy accounting itself: ε values are computed by the accountant and
-//! recorded here as given.
+//! Each entry (format v2, [`entry`]) also stores the exact mechanism it charged: the DP events,
+//! the noise placement, the adjacency, the randomness source, the dataset and the task's hash.
+//! The [`book`] replays a partner's spend from those stored events — never from a task's current
+//! settings — so changing a task's noise, or renaming it, cannot make past rounds look cheaper.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -23,7 +25,9 @@ mod error;
 pub mod keys;
 pub mod store;
 
-pub use entry::{LedgerEntry, SpendRecord};
+pub use entry::{
+    Adjacency, ChargeDetails, DatasetId, LedgerEntry, Placement, SpendRecord, StoredEvent, rng_name,
+};
 pub use error::LedgerError;
 pub use keys::{Signer, Verifier};
 pub use store::{Ledger, LedgerFile, load_entries};

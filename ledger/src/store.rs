@@ -15,6 +15,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{RngWarning, rng_warnings};
 use crate::entry::{GENESIS_PREV_HASH, LedgerEntry, SpendRecord, entry_hash};
 use crate::error::LedgerError;
 pub use crate::keys::{Signer, Verifier};
@@ -22,8 +23,14 @@ pub use crate::keys::{Signer, Verifier};
 /// Name of the sled tree that holds the entries.
 pub const ENTRIES_TREE: &str = "entries";
 
-/// Format string of exported ledger files this build writes and reads.
-pub const EXPORT_FORMAT: &str = "consortia-ledger/v1";
+/// Format string of the exported ledger files this build writes.
+///
+/// v2 adds [`LedgerFile::insecure_rng`]; the entries of either file format may be of entry
+/// format v1 or v2 ([`crate::entry`]).
+pub const EXPORT_FORMAT: &str = "consortia-ledger/v2";
+
+/// Format strings of the exported ledger files this build reads.
+pub const EXPORT_FORMATS_READ: [&str; 2] = ["consortia-ledger/v1", EXPORT_FORMAT];
 
 /// Largest exported ledger file [`LedgerFile::load`] reads (bytes).
 pub const MAX_EXPORT_BYTES: u64 = 256 * 1024 * 1024;
@@ -228,10 +235,15 @@ fn decode_stored(key: &[u8], value: &[u8]) -> Result<LedgerEntry, LedgerError> {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LedgerFile {
-    /// Always [`EXPORT_FORMAT`].
+    /// [`EXPORT_FORMAT`] when written by this build.
     pub format: String,
     /// The entries, in ledger order.
     pub entries: Vec<LedgerEntry>,
+    /// The entries whose noise was not drawn from the secure generator (`rng` other than
+    /// [`crate::entry::SECURE_RNG`], or not recorded), for readers of the JSON. Derived from
+    /// `entries`: recomputed when the file is written and when it is read, never trusted.
+    #[serde(default)]
+    pub insecure_rng: Vec<RngWarning>,
 }
 
 impl LedgerFile {
@@ -239,6 +251,7 @@ impl LedgerFile {
     pub fn from_entries(entries: Vec<LedgerEntry>) -> Self {
         Self {
             format: EXPORT_FORMAT.to_string(),
+            insecure_rng: rng_warnings(&entries),
             entries,
         }
     }
@@ -275,23 +288,49 @@ impl LedgerFile {
                 limit,
             });
         }
-        let file: LedgerFile =
+        // The format is checked before the entries are decoded, so that a file of another
+        // format is named as such rather than reported as malformed.
+        #[derive(Deserialize)]
+        struct Header {
+            format: String,
+        }
+        let header: Header =
             serde_json::from_slice(&bytes).map_err(|source| LedgerError::Json {
                 path: path.to_path_buf(),
                 source,
             })?;
-        if file.format != EXPORT_FORMAT {
+        if !EXPORT_FORMATS_READ.contains(&header.format.as_str()) {
             return Err(LedgerError::UnsupportedFormat {
-                found: file.format,
-                expected: EXPORT_FORMAT,
+                found: header.format,
+                expected: "consortia-ledger/v1 or consortia-ledger/v2",
             });
         }
+        let mut file: LedgerFile =
+            serde_json::from_slice(&bytes).map_err(|source| LedgerError::Json {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        file.insecure_rng = rng_warnings(&file.entries);
         Ok(file)
     }
 
     /// Writes the file atomically (temporary file, fsync, rename).
+    ///
+    /// The file is written in [`EXPORT_FORMAT`] with [`insecure_rng`](Self::insecure_rng)
+    /// recomputed from the entries.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), LedgerError> {
         let path = path.as_ref();
+        #[derive(Serialize)]
+        struct Out<'a> {
+            format: &'a str,
+            insecure_rng: Vec<RngWarning>,
+            entries: &'a [LedgerEntry],
+        }
+        let this = Out {
+            format: EXPORT_FORMAT,
+            insecure_rng: rng_warnings(&self.entries),
+            entries: &self.entries,
+        };
         let mut tmp_name = path.as_os_str().to_owned();
         tmp_name.push(".tmp");
         let tmp = PathBuf::from(tmp_name);
@@ -301,7 +340,7 @@ impl LedgerFile {
         };
         let file = File::create(&tmp).map_err(io_err(&tmp))?;
         let mut out = BufWriter::new(file);
-        serde_json::to_writer_pretty(&mut out, self).map_err(LedgerError::Encode)?;
+        serde_json::to_writer_pretty(&mut out, &this).map_err(LedgerError::Encode)?;
         out.write_all(b"\n").map_err(io_err(&tmp))?;
         let file = out.into_inner().map_err(|e| LedgerError::Io {
             path: tmp.clone(),

@@ -2,9 +2,11 @@
 
 mod common;
 
-use common::{PARTNERS, chain, fresh_signer, record};
-use consortia_ledger::SpendRecord;
-use consortia_ledger::audit::{Disagreement, compare, report_html, report_table};
+use common::{PARTNERS, chain, fresh_signer, record, record_v1};
+use consortia_ledger::audit::{
+    Disagreement, RngWarning, compare, report_html, report_table, rng_warnings,
+};
+use consortia_ledger::{LedgerFile, SpendRecord, StoredEvent};
 
 fn records(n: u64) -> Vec<SpendRecord> {
     (1..=n).map(record).collect()
@@ -283,4 +285,100 @@ fn reports_of_an_empty_ledger_are_well_formed() {
     let html = report_html(&[], "empty");
     assert!(html.contains("<svg"));
     assert_eq!(html.matches("<polyline").count(), 0);
+}
+
+#[test]
+fn mechanism_details_of_v2_entries_are_compared() {
+    let coordinator = chain(records(3), &fresh_signer());
+    let mut mine = records(3);
+    mine[0].charged.as_mut().unwrap().events = vec![StoredEvent::Zcdp {
+        rho: 0.02,
+        count: 1,
+    }];
+    mine[1].charged.as_mut().unwrap().task_hash = [0; 32];
+    // Each writer records its own generator and dataset: not a disagreement.
+    mine[2].charged.as_mut().unwrap().rng = "rand-thread-rng".into();
+    mine[2].charged.as_mut().unwrap().dataset = None;
+    let partner = chain(mine, &fresh_signer());
+    let d = compare("bank-a", &partner, &coordinator);
+    let names: Vec<(u64, &str)> = d
+        .iter()
+        .filter_map(|x| match x {
+            Disagreement::Parameter { round, name, .. } => Some((*round, *name)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(names, vec![(1, "events"), (2, "task_hash")], "{d:?}");
+    assert!(
+        d[0].to_string()
+            .contains("events 1 × zcdp(ρ=0.02) (partner) vs 1 × zcdp(ρ=0.0125) (coordinator)"),
+        "{}",
+        d[0]
+    );
+    // A v1 entry against a v2 one: the common fields agree, nothing else is compared.
+    let partner = chain(vec![record_v1(1)], &fresh_signer());
+    let coordinator = chain(vec![record(1)], &fresh_signer());
+    assert_eq!(compare("bank-a", &partner, &coordinator), vec![]);
+}
+
+#[test]
+fn entries_drawn_without_the_secure_generator_are_flagged() {
+    let mut rs = records(4);
+    rs[1].charged.as_mut().unwrap().rng = "rand-thread-rng".into();
+    let mut all = vec![record_v1(0)];
+    all.extend(rs);
+    let entries = chain(all, &fresh_signer());
+    assert_eq!(
+        rng_warnings(&entries),
+        vec![
+            RngWarning {
+                index: 0,
+                rng: None
+            },
+            RngWarning {
+                index: 2,
+                rng: Some("rand-thread-rng".into())
+            },
+        ]
+    );
+
+    let table = report_table(&entries);
+    let first = table.lines().next().unwrap();
+    assert!(first.starts_with("WARNING: INSECURE RNG"), "{table}");
+    assert!(first.contains("1 of 5 entries drew their noise without the secure generator"));
+    assert!(first.contains("entries 2"), "{first}");
+    assert!(first.contains("1 of 5 entries (format v1) did not record their generator: entries 0"));
+    let flagged: Vec<&str> = table
+        .lines()
+        .filter(|l| l.ends_with("INSECURE RNG"))
+        .collect();
+    assert_eq!(flagged.len(), 6, "{table}"); // 3 partners x entries 0 and 2
+    assert!(
+        flagged
+            .iter()
+            .all(|l| l.contains("rand-thread-rng") || l.contains("unrecorded"))
+    );
+
+    let html = report_html(&entries, "rng");
+    assert!(html.contains("<p class=\"warning\" id=\"insecure-rng\">WARNING: INSECURE RNG"));
+    assert_eq!(html.matches("<tr class=\"insecure\">").count(), 6);
+
+    // The JSON export names them too.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("export.json");
+    LedgerFile::from_entries(entries.clone())
+        .save(&path)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(
+        v["insecure_rng"],
+        serde_json::json!([{"index": 0, "rng": null}, {"index": 2, "rng": "rand-thread-rng"}])
+    );
+    assert_eq!(LedgerFile::load(&path).unwrap().entries, entries);
+
+    // A ledger drawn entirely from OpenSSL carries no warning.
+    let secure = chain(records(3), &fresh_signer());
+    assert!(rng_warnings(&secure).is_empty());
+    assert!(!report_table(&secure).contains("INSECURE"));
+    assert!(!report_html(&secure, "ok").contains("class=\"warning\""));
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{PARTNERS, build_ledger, chain, fresh_signer, record};
+use common::{PARTNERS, build_ledger, chain, fresh_signer, record, record_v1};
 use consortia_ledger::audit::{ExpectedHead, ProblemKind, verify, verify_with_head};
 use consortia_ledger::entry::entry_hash;
 use consortia_ledger::store::{ENTRIES_TREE, EXPORT_FORMAT};
@@ -500,6 +500,21 @@ fn invalid_records_are_refused_and_nothing_is_stored() {
             r.budget_epsilon.insert("bank-a".into(), 0.0);
         }),
         Box::new(|r| r.task.clear()),
+        // Format v1 (no mechanism details) is read, never written.
+        Box::new(|r| r.charged = None),
+        Box::new(|r| r.charged.as_mut().unwrap().events.clear()),
+        Box::new(|r| {
+            r.charged.as_mut().unwrap().events[0] = consortia_ledger::StoredEvent::Gaussian {
+                noise_multiplier: 0.0,
+                count: 1,
+            }
+        }),
+        Box::new(|r| {
+            r.charged.as_mut().unwrap().events[0] =
+                consortia_ledger::StoredEvent::Zcdp { rho: 0.1, count: 0 }
+        }),
+        Box::new(|r| r.charged.as_mut().unwrap().rng.clear()),
+        Box::new(|r| r.charged.as_mut().unwrap().honest_contributors = Some(0)),
     ];
     for (i, edit) in cases.iter().enumerate() {
         let mut r = record(1);
@@ -590,4 +605,43 @@ fn concurrent_appends_form_one_valid_chain() {
     let entries = ledger.entries().unwrap();
     assert_eq!(entries.len(), 20);
     assert!(verify(&entries, &signer.verifier()).is_valid());
+}
+
+/// A ledger written before format v2 keeps verifying, and new (v2) entries chain onto it.
+#[test]
+fn a_v1_ledger_verifies_and_v2_entries_extend_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = fresh_signer();
+    let old = chain((1..=3).map(record_v1).collect(), &signer);
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree(ENTRIES_TREE).unwrap();
+        for e in &old {
+            tree.insert(e.index.to_be_bytes(), serde_json::to_vec(e).unwrap())
+                .unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let ledger = Ledger::open(dir.path()).unwrap();
+    assert_eq!(ledger.entries().unwrap(), old);
+    let appended = ledger.append(record(4), &signer).unwrap();
+    assert_eq!(appended.prev_hash, old[2].hash);
+    let entries = ledger.entries().unwrap();
+    let formats: Vec<u32> = entries.iter().map(|e| e.record.format()).collect();
+    assert_eq!(formats, vec![1, 1, 1, 2]);
+    let report = verify(&entries, &signer.verifier());
+    assert!(report.is_valid(), "{report}");
+
+    // An export of format consortia-ledger/v1 (before `insecure_rng`) still loads.
+    let path = dir.path().join("old.json");
+    let v1_file = serde_json::json!({"format": "consortia-ledger/v1", "entries": old});
+    std::fs::write(&path, serde_json::to_vec_pretty(&v1_file).unwrap()).unwrap();
+    let file = LedgerFile::load(&path).unwrap();
+    assert_eq!(file.entries, old);
+    assert_eq!(
+        file.insecure_rng.len(),
+        3,
+        "v1 entries did not record their generator"
+    );
+    assert!(verify(&file.entries, &signer.verifier()).is_valid());
 }

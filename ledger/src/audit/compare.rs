@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::entry::LedgerEntry;
+use crate::entry::{LedgerEntry, StoredEvent};
 
 /// Relative tolerance under which two ε or parameter values count as equal.
 pub const RELATIVE_TOLERANCE: f64 = 1e-9;
@@ -38,7 +38,9 @@ pub enum Disagreement {
     },
     /// A privacy parameter of a round differs: `clip_norm`, `noise_multiplier`,
     /// `sampling_rate`, `dataset_size` (the partner's), `delta`, `mechanism`, `privacy_unit` or
-    /// `budget_epsilon` (the partner's).
+    /// `budget_epsilon` (the partner's); and when both entries are of format v2, `events`,
+    /// `placement`, `adjacency`, `honest_contributors`, `dimension` or `task_hash`. (`rng` and
+    /// `dataset` are each writer's own and are not compared.)
     Parameter {
         /// The task.
         task: String,
@@ -143,6 +145,41 @@ fn opt_approx_eq(a: Option<f64>, b: Option<f64>) -> bool {
         (None, None) => true,
         _ => false,
     }
+}
+
+/// Whether two event lists agree: same kinds and counts in the same order, figures within
+/// [`RELATIVE_TOLERANCE`].
+fn events_approx_eq(a: &[StoredEvent], b: &[StoredEvent]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| match (*x, *y) {
+            (
+                StoredEvent::Gaussian {
+                    noise_multiplier: za,
+                    count: na,
+                },
+                StoredEvent::Gaussian {
+                    noise_multiplier: zb,
+                    count: nb,
+                },
+            ) => na == nb && approx_eq(za, zb),
+            (
+                StoredEvent::PoissonSampledGaussian {
+                    sampling_rate: qa,
+                    noise_multiplier: za,
+                    count: na,
+                },
+                StoredEvent::PoissonSampledGaussian {
+                    sampling_rate: qb,
+                    noise_multiplier: zb,
+                    count: nb,
+                },
+            ) => na == nb && approx_eq(qa, qb) && approx_eq(za, zb),
+            (
+                StoredEvent::Zcdp { rho: ra, count: na },
+                StoredEvent::Zcdp { rho: rb, count: nb },
+            ) => na == nb && approx_eq(ra, rb),
+            _ => false,
+        })
 }
 
 /// Reconciles `partner`'s own ledger against the coordinator's, as far as `partner` is
@@ -282,6 +319,50 @@ fn compare_round(
         rb.budget_epsilon.get(partner).copied(),
     );
     param("budget_epsilon", opt_approx_eq(ba, bb), opt(&ba), opt(&bb));
+    if let (Some(ca), Some(cb)) = (&ra.charged, &rb.charged) {
+        let events = |evs: &[StoredEvent]| {
+            evs.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        param(
+            "events",
+            events_approx_eq(&ca.events, &cb.events),
+            events(&ca.events),
+            events(&cb.events),
+        );
+        param(
+            "placement",
+            ca.placement == cb.placement,
+            ca.placement.as_str().into(),
+            cb.placement.as_str().into(),
+        );
+        param(
+            "adjacency",
+            ca.adjacency == cb.adjacency,
+            ca.adjacency.as_str().into(),
+            cb.adjacency.as_str().into(),
+        );
+        param(
+            "honest_contributors",
+            ca.honest_contributors == cb.honest_contributors,
+            opt(&ca.honest_contributors),
+            opt(&cb.honest_contributors),
+        );
+        param(
+            "dimension",
+            ca.dimension == cb.dimension,
+            opt(&ca.dimension),
+            opt(&cb.dimension),
+        );
+        param(
+            "task_hash",
+            ca.task_hash == cb.task_hash,
+            hex::encode(ca.task_hash),
+            hex::encode(cb.task_hash),
+        );
+    }
 
     let cum_a = ra.epsilon_cumulative.get(partner).copied();
     let cum_b = rb.epsilon_cumulative.get(partner).copied();

@@ -6,5 +6,5 @@ mod report;
 mod verify;
 
 pub use compare::{Disagreement, RELATIVE_TOLERANCE, approx_eq, compare};
-pub use report::{format_time_utc, report_html, report_table};
+pub use report::{RngWarning, format_time_utc, report_html, report_table, rng_warnings};
 pub use verify::{ExpectedHead, Problem, ProblemKind, VerifyReport, verify, verify_with_head};

@@ -1,9 +1,89 @@
 //! Human-readable reports of a ledger: a plain-text table and a self-contained HTML page.
+//!
+//! Both flag the entries whose noise was not drawn from the secure generator
+//! ([`SECURE_RNG`], OpenSSL, the crate feature `secure-rng`): a build without it draws DP noise
+//! from a generator OpenDP does not vouch for, and format v1 entries did not record their
+//! generator at all ([`rng_warnings`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use crate::entry::LedgerEntry;
+use serde::{Deserialize, Serialize};
+
+use crate::entry::{LedgerEntry, SECURE_RNG};
+
+/// An entry whose noise was not drawn from [`SECURE_RNG`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RngWarning {
+    /// The entry's index.
+    pub index: u64,
+    /// The generator it recorded; `None` for a format v1 entry, which recorded none.
+    pub rng: Option<String>,
+}
+
+impl std::fmt::Display for RngWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.rng {
+            Some(rng) => write!(f, "entry {}: rng {rng:?}", self.index),
+            None => write!(f, "entry {}: rng not recorded (format v1)", self.index),
+        }
+    }
+}
+
+/// The entries whose `rng` is not [`SECURE_RNG`] (including format v1 entries, which did not
+/// record it), in ledger order.
+pub fn rng_warnings(entries: &[LedgerEntry]) -> Vec<RngWarning> {
+    entries
+        .iter()
+        .filter(|e| !e.record.rng_is_secure())
+        .map(|e| RngWarning {
+            index: e.index,
+            rng: e.record.rng().map(str::to_string),
+        })
+        .collect()
+}
+
+/// The warning line about entries drawn without the secure generator, if any.
+fn rng_warning_text(entries: &[LedgerEntry]) -> Option<String> {
+    let warnings = rng_warnings(entries);
+    if warnings.is_empty() {
+        return None;
+    }
+    let insecure: Vec<String> = warnings
+        .iter()
+        .filter(|w| w.rng.is_some())
+        .map(|w| w.index.to_string())
+        .collect();
+    let unrecorded: Vec<String> = warnings
+        .iter()
+        .filter(|w| w.rng.is_none())
+        .map(|w| w.index.to_string())
+        .collect();
+    let mut parts = Vec::new();
+    if !insecure.is_empty() {
+        parts.push(format!(
+            "{} of {} entries drew their noise without the secure generator (rng is not {SECURE_RNG:?}: \
+             built without the `secure-rng` feature): entries {}",
+            insecure.len(),
+            entries.len(),
+            insecure.join(", ")
+        ));
+    }
+    if !unrecorded.is_empty() {
+        parts.push(format!(
+            "{} of {} entries (format v1) did not record their generator: entries {}",
+            unrecorded.len(),
+            entries.len(),
+            unrecorded.join(", ")
+        ));
+    }
+    Some(format!(
+        "WARNING: INSECURE RNG — {}. Noise from a generator other than OpenSSL is not \
+         vouched for; build the agents and coordinator with `--features secure-rng`.",
+        parts.join("; ")
+    ))
+}
 
 /// Formats milliseconds since the Unix epoch as RFC 3339 UTC, e.g. `2026-11-25T10:27:14.123Z`.
 ///
@@ -50,11 +130,17 @@ fn fmt_eps(v: f64) -> String {
 
 /// One line of the per-round table: one partner in one entry.
 struct Row {
-    cells: [String; 11],
+    cells: [String; 12],
     over_budget: bool,
+    insecure_rng: bool,
 }
 
-const HEADERS: [&str; 11] = [
+/// Columns shown left-aligned (text); the others are numbers.
+fn is_text_column(i: usize) -> bool {
+    matches!(i, 1 | 3 | 4 | 6 | 11)
+}
+
+const HEADERS: [&str; 12] = [
     "entry",
     "task",
     "round",
@@ -66,6 +152,7 @@ const HEADERS: [&str; 11] = [
     "eps cumulative",
     "eps budget",
     "used",
+    "rng",
 ];
 
 fn rows(entries: &[LedgerEntry]) -> Vec<Row> {
@@ -92,8 +179,10 @@ fn rows(entries: &[LedgerEntry]) -> Vec<Row> {
                     cum.map_or("-".into(), fmt_eps),
                     budget.map_or("-".into(), fmt_eps),
                     used.map_or("-".into(), |u| format!("{:.1}%", u * 100.0)),
+                    r.rng().unwrap_or("unrecorded").to_string(),
                 ],
                 over_budget: used.is_some_and(|u| u > 1.0),
+                insecure_rng: !r.rng_is_secure(),
             });
         }
     }
@@ -128,7 +217,9 @@ fn head_line(entries: &[LedgerEntry]) -> String {
 
 /// A plain-text table of the ledger: for each entry and participant, the round, time, ε spent
 /// in the round and cumulatively, against the partner's budget (rows over budget are marked
-/// `OVER BUDGET`), followed by each partner's latest total and the ledger head.
+/// `OVER BUDGET`), and the noise's generator (rows not drawn from [`SECURE_RNG`] are marked
+/// `INSECURE RNG`), followed by each partner's latest total and the ledger head. A ledger with
+/// such rows starts with a `WARNING: INSECURE RNG` line.
 ///
 /// Reports contents as recorded; check integrity with [`super::verify`] first.
 pub fn report_table(entries: &[LedgerEntry]) -> String {
@@ -147,7 +238,7 @@ pub fn report_table(entries: &[LedgerEntry]) -> String {
             }
             let pad = w.saturating_sub(c.chars().count());
             // Text columns left-aligned, numbers right-aligned.
-            if matches!(i, 1 | 3 | 4 | 6) {
+            if is_text_column(i) {
                 s.push_str(c);
                 s.extend(std::iter::repeat_n(' ', pad));
             } else {
@@ -161,15 +252,23 @@ pub fn report_table(entries: &[LedgerEntry]) -> String {
         }
         s.trim_end().to_string() + "\n"
     };
-    let mut out = line(&HEADERS.map(String::from), "");
+    let mut out = String::new();
+    if let Some(w) = rng_warning_text(entries) {
+        out.push_str(&w);
+        out.push_str("\n\n");
+    }
+    out.push_str(&line(&HEADERS.map(String::from), ""));
     let total: usize = widths.iter().sum::<usize>() + 2 * (widths.len() - 1);
     out.push_str(&"-".repeat(total));
     out.push('\n');
     for row in &rows {
-        out.push_str(&line(
-            &row.cells,
-            if row.over_budget { "OVER BUDGET" } else { "" },
-        ));
+        let flag = match (row.over_budget, row.insecure_rng) {
+            (true, true) => "OVER BUDGET  INSECURE RNG",
+            (true, false) => "OVER BUDGET",
+            (false, true) => "INSECURE RNG",
+            (false, false) => "",
+        };
+        out.push_str(&line(&row.cells, flag));
     }
     out.push('\n');
     for (p, (cum, budget)) in latest_per_partner(entries) {
@@ -442,11 +541,19 @@ pub fn report_html(entries: &[LedgerEntry], title: &str) -> String {
          table{border-collapse:collapse;font-size:0.9em}\n\
          th,td{border:1px solid #ccc;padding:0.25em 0.6em;text-align:right}\n\
          td.t,th.t{text-align:left}\nth{background:#f3f3f3}\n\
-         tr.over td{background:#fde2e2}\n.tick{font-size:11px;fill:#555}\n\
+         tr.over td{background:#fde2e2}\ntr.insecure td.rng{color:#b00020;font-weight:bold}\n\
+         p.warning{border:2px solid #b00020;background:#fde2e2;padding:0.6em;font-weight:bold}\n.tick{font-size:11px;fill:#555}\n\
          svg text{font-size:12px}\ncode{font-size:0.85em;word-break:break-all}\n</style>\n",
     );
     s.push_str("</head>\n<body>\n");
     let _ = writeln!(s, "<h1>{title}</h1>");
+    if let Some(w) = rng_warning_text(entries) {
+        let _ = writeln!(
+            s,
+            "<p class=\"warning\" id=\"insecure-rng\">{}</p>",
+            esc(&w)
+        );
+    }
     let _ = writeln!(s, "<p>{}</p>", esc(&head_line(entries)));
     s.push_str("<h2>Cumulative ε per partner</h2>\n");
     s.push_str(&chart_svg(entries));
@@ -476,7 +583,7 @@ pub fn report_html(entries: &[LedgerEntry], title: &str) -> String {
 
     s.push_str("<h2>Rounds</h2>\n<table>\n<tr>");
     for (i, h) in HEADERS.iter().enumerate() {
-        let class = if matches!(i, 1 | 3 | 4 | 6) {
+        let class = if is_text_column(i) {
             " class=\"t\""
         } else {
             ""
@@ -485,20 +592,21 @@ pub fn report_html(entries: &[LedgerEntry], title: &str) -> String {
     }
     s.push_str("</tr>\n");
     for row in rows(entries) {
-        let _ = write!(
-            s,
-            "<tr{}>",
-            if row.over_budget {
-                " class=\"over\""
-            } else {
-                ""
-            }
-        );
+        let classes: Vec<&str> = [(row.over_budget, "over"), (row.insecure_rng, "insecure")]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, c)| *c)
+            .collect();
+        if classes.is_empty() {
+            s.push_str("<tr>");
+        } else {
+            let _ = write!(s, "<tr class=\"{}\">", classes.join(" "));
+        }
         for (i, c) in row.cells.iter().enumerate() {
-            let class = if matches!(i, 1 | 3 | 4 | 6) {
-                " class=\"t\""
-            } else {
-                ""
+            let class = match (i, is_text_column(i)) {
+                (11, _) => " class=\"t rng\"",
+                (_, true) => " class=\"t\"",
+                (_, false) => "",
             };
             let _ = write!(s, "<td{class}>{}</td>", esc(c));
         }

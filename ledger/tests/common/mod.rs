@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use consortia_ledger::entry::{GENESIS_PREV_HASH, entry_hash};
-use consortia_ledger::{Ledger, LedgerEntry, Signer, SpendRecord};
+use consortia_ledger::{
+    Adjacency, ChargeDetails, DatasetId, Ledger, LedgerEntry, Placement, Signer, SpendRecord,
+    StoredEvent,
+};
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 
@@ -19,9 +22,37 @@ pub fn fresh_signer() -> Signer {
     Signer::from_pkcs8_der(pkcs8.as_ref()).expect("load the generated key")
 }
 
-/// Round `round` (1-based) of a three-partner task; ε per round varies by partner and round,
-/// cumulative ε is the running sum (a stand-in for the accountant's value).
+/// Round `round` (1-based) of a three-partner task, format v2; ε per round varies by partner
+/// and round, cumulative ε is the running sum (a stand-in for the accountant's value).
 pub fn record(round: u64) -> SpendRecord {
+    SpendRecord {
+        charged: Some(charged()),
+        ..record_v1(round)
+    }
+}
+
+/// The mechanism details of [`record`]: one ρ-zCDP event, distributed placement, OpenSSL noise.
+pub fn charged() -> ChargeDetails {
+    ChargeDetails {
+        events: vec![StoredEvent::Zcdp {
+            rho: 0.0125,
+            count: 1,
+        }],
+        placement: Placement::Distributed,
+        adjacency: Adjacency::AddRemove,
+        honest_contributors: Some(2),
+        dimension: Some(41),
+        rng: "openssl".into(),
+        dataset: Some(DatasetId {
+            name: "customers.csv".into(),
+            sha256: [0x11; 32],
+        }),
+        task_hash: [0xab; 32],
+    }
+}
+
+/// [`record`] in format v1 (no `charged` details), as ledgers written before v2 hold.
+pub fn record_v1(round: u64) -> SpendRecord {
     let eps = |p: usize, r: u64| 0.05 * (p as f64 + 1.0) + 0.01 * (r % 3) as f64;
     let mut epsilon_round = BTreeMap::new();
     let mut epsilon_cumulative = BTreeMap::new();
@@ -48,6 +79,7 @@ pub fn record(round: u64) -> SpendRecord {
         delta: 1e-5,
         epsilon_cumulative,
         budget_epsilon,
+        charged: None,
     }
 }
 
