@@ -371,6 +371,68 @@ fn a_renamed_task_is_refused_mid_run() {
     );
 }
 
+/// (d) A renamed task is not a fresh budget: the agent spends on task T,
+/// is restarted, and the rogue offers the same task under a new name. The
+/// partner's own budget (ε 6: one round of this task costs ε 5.22, two 7.77)
+/// covers its dataset whatever the task is called, so the renamed task's
+/// first round is declined as over budget, before any use of the rows.
+#[test]
+fn a_renamed_task_after_a_restart_is_not_a_fresh_budget() {
+    let first = task(false, 3, Some(LOCAL_DP));
+    let renamed = first.replacen("name = \"telco-churn\"", "name = \"telco-churn-fresh\"", 1);
+    let spec = TaskSpec::from_toml_str(&renamed).expect("renamed task");
+    assert_eq!(spec.name, "telco-churn-fresh");
+    let (t1, t2) = (first.clone(), renamed.clone());
+    let fed = Federation::new(TASK);
+    let mut rogue = Rogue::start(fed, move |mut peer| {
+        let (t1, t2, spec) = (t1.clone(), t2.clone(), spec.clone());
+        async move {
+            if !peer.expect_hello(WAIT).await {
+                return;
+            }
+            if peer.session == 0 {
+                peer.welcome(&t1).await;
+                send_round(&peer, &spec, Vec::new()).await;
+                // The test kills the agent once its update is in.
+                peer.closed(WAIT).await;
+            } else {
+                peer.welcome(&t2).await;
+                send_round(&peer, &spec, Vec::new()).await;
+                if peer.recv_kind("Decline", WAIT).await.is_some() {
+                    peer.send_kind(Down::Finished(TaskFinished {
+                        detail: "rogue gives up".into(),
+                    }))
+                    .await;
+                }
+                peer.closed(WAIT).await;
+            }
+        }
+    });
+    let p = policy(&[]);
+    let budget = ["--budget-epsilon", "6.0", "--budget-delta", "1e-6"];
+    let name = rogue.start_agent_with(0, &p, &budget);
+    rogue.wait_received(&name, "UpdateChunk", WAIT);
+    rogue.kill_agent(&name);
+    rogue.start_agent_with(0, &p, &budget);
+    rogue.wait_sessions(&name, 2, WAIT);
+    rogue.wait_agent_exit(&name, WAIT);
+    assert!(
+        rogue.kinds_in(&name, 0).contains(&"UpdateChunk"),
+        "{}",
+        rogue.report()
+    );
+    rogue.assert_nothing_private_in(&name, 1);
+    let decline = rogue
+        .received(&name)
+        .into_iter()
+        .find(|r| r.session == 1 && r.kind() == "Decline")
+        .unwrap_or_else(|| panic!("no Decline in session 1\n{}", rogue.report()));
+    let Some(Up::Decline(d)) = decline.message.kind else {
+        unreachable!("a Decline")
+    };
+    assert!(d.budget_exhausted, "{d:?}\n{}", rogue.report());
+}
+
 /// A task that promises secure aggregation, then a round that asks for a
 /// plaintext update (no collective key named): the agent declines the round
 /// and sends neither an update nor an evaluation.

@@ -428,6 +428,11 @@ impl Rogue {
     /// Starts the real agent of partner `i` against the rogue with `policy`
     /// (the text of a policy file) and returns its name.
     pub fn start_agent(&mut self, i: usize, policy: &str) -> String {
+        self.start_agent_with(i, policy, &[])
+    }
+
+    /// As [`start_agent`](Self::start_agent), with more command-line arguments.
+    pub fn start_agent_with(&mut self, i: usize, policy: &str, args: &[&str]) -> String {
         let name = self.partner(i);
         let policy_file = self.fed.path(&format!("policy-{name}.toml"));
         std::fs::write(&policy_file, policy).expect("write the policy file");
@@ -436,6 +441,7 @@ impl Rogue {
         if agent_has_max_connect_attempts() {
             extra.extend(["--max-connect-attempts", "3"]);
         }
+        extra.extend_from_slice(args);
         self.fed.start_agent_with(i, None, &extra)
     }
 
