@@ -530,7 +530,7 @@ fn welcome(
     // The partner's policy decides before any private row is read.
     let spec = task_privacy(&task)?;
     cfg.policy
-        .admit(&task, spec.as_ref(), consortia_privacy::dp::secure_rng())?;
+        .admit(&task, partner, spec.as_ref(), consortia_privacy::dp::secure_rng())?;
     if spec.is_none() && cfg.privacy.is_some() {
         return Err(AgentError::Task(format!(
             "task `{}` has no [privacy] table, but this partner's configuration sets a privacy              budget: refused (its rows are never used without differential privacy)",

@@ -16,6 +16,8 @@
 //! allowed_placements = ["local", "distributed"]
 //! min_noise_multiplier = 0.5
 //! max_sampling_rate = 0.1             # record unit: Poisson rate per step
+//! max_epsilon = 10.0                  # largest budget a task may set for this partner
+//! max_delta = 1e-5
 //! min_contributors = 3                # own floor for any sum this partner helps decrypt
 //! max_colluders_assumed = 1           # the task's `colluders` must be at least this
 //! allowed_he_params = ["secure128"]   # "fast64" only if the partner opts in
@@ -60,6 +62,13 @@ pub struct Policy {
     /// Largest record sampling rate q accepted (record unit; a task without
     /// one samples every row, q = 1).
     pub max_sampling_rate: f64,
+    /// Largest ε a task may grant this partner (its `epsilon`, or its
+    /// `[privacy.partner_epsilon]` entry for this partner). Without an own
+    /// budget in `agent.toml` the task's figure is the dataset's lifetime
+    /// budget, so a coordinator must not be able to raise it at will.
+    pub max_epsilon: f64,
+    /// Largest δ a task may set.
+    pub max_delta: f64,
     /// This partner's own floor on the number of distinct contributors in
     /// any sum it helps decrypt, and on the task's `min_partners`.
     pub min_contributors: u32,
@@ -109,6 +118,8 @@ impl Default for Policy {
             allowed_placements: [NoisePlacement::Local, NoisePlacement::Distributed].into(),
             min_noise_multiplier: 0.5,
             max_sampling_rate: 0.1,
+            max_epsilon: 10.0,
+            max_delta: 1e-5,
             min_contributors: 3,
             max_colluders_assumed: 1,
             allowed_he_params: [HeParamsName::Secure128].into(),
@@ -189,6 +200,18 @@ impl Policy {
                 self.max_sampling_rate
             ));
         }
+        if !(self.max_epsilon.is_finite() && self.max_epsilon > 0.0) {
+            return Err(format!(
+                "[policy] max_epsilon = {}: must be a finite number greater than 0",
+                self.max_epsilon
+            ));
+        }
+        if !(self.max_delta > 0.0 && self.max_delta < 1.0) {
+            return Err(format!(
+                "[policy] max_delta = {}: must be in (0, 1)",
+                self.max_delta
+            ));
+        }
         if self.min_contributors == 0 {
             return Err("[policy] min_contributors = 0: must be at least 1".into());
         }
@@ -215,6 +238,7 @@ impl Policy {
     pub fn admit(
         &self,
         task: &TaskSpec,
+        partner: &str,
         privacy: Option<&PrivacySpec>,
         secure_rng: bool,
     ) -> Result<(), PolicyViolation> {
@@ -293,6 +317,21 @@ impl Policy {
                 format!("allows {}", list(&self.allowed_placements)),
             );
         }
+        let budget = spec.budget_for(partner);
+        if budget.epsilon > self.max_epsilon {
+            return v(
+                "[privacy] epsilon",
+                budget.epsilon.to_string(),
+                format!("allows at most {} (max_epsilon)", self.max_epsilon),
+            );
+        }
+        if budget.delta > self.max_delta {
+            return v(
+                "[privacy] delta",
+                budget.delta.to_string(),
+                format!("allows at most {} (max_delta)", self.max_delta),
+            );
+        }
         if spec.noise_multiplier < self.min_noise_multiplier {
             return v(
                 "[privacy] noise_multiplier",
@@ -368,16 +407,16 @@ mod tests {
     fn the_default_policy_refuses_plaintext_and_non_private_tasks() {
         let p = Policy::default();
         let plain = task("secure_aggregation = false\n");
-        let e = p.admit(&plain, None, true).unwrap_err();
+        let e = p.admit(&plain, "a", None, true).unwrap_err();
         assert_eq!(e.field, "secure_aggregation");
         assert!(e.to_string().contains("the task has false"), "{e}");
         let no_dp = task("secure_aggregation = true\n");
-        let e = p.admit(&no_dp, None, true).unwrap_err();
+        let e = p.admit(&no_dp, "a", None, true).unwrap_err();
         assert_eq!(e.field, "[privacy]");
         let ok = task(PRIVATE);
-        p.admit(&ok, spec(&ok).as_ref(), true).unwrap();
+        p.admit(&ok, "a", spec(&ok).as_ref(), true).unwrap();
         // Without OpenSSL noise the default refuses.
-        let e = p.admit(&ok, spec(&ok).as_ref(), false).unwrap_err();
+        let e = p.admit(&ok, "a", spec(&ok).as_ref(), false).unwrap_err();
         assert!(e.field.contains("noise source"), "{e}");
     }
 
@@ -387,24 +426,30 @@ mod tests {
         let mut t = task(PRIVATE);
         t.min_partners = 1;
         let e = p
-            .admit(&t, spec(&task(PRIVATE)).as_ref(), true)
+            .admit(&t, "a", spec(&task(PRIVATE)).as_ref(), true)
             .unwrap_err();
         assert_eq!(e.field, "min_partners");
         assert!(e.to_string().contains("has 1") && e.to_string().contains("at least 3"));
         let low = task(&PRIVATE.replace("noise_multiplier = 1.0", "noise_multiplier = 0.1"));
-        let e = p.admit(&low, spec(&low).as_ref(), true).unwrap_err();
+        let e = p.admit(&low, "a", spec(&low).as_ref(), true).unwrap_err();
         assert_eq!(e.field, "[privacy] noise_multiplier");
         assert!(e.to_string().contains("0.1") && e.to_string().contains("0.5"));
         let mut many = task(PRIVATE);
         many.rounds = 5000;
-        let e = p.admit(&many, spec(&many).as_ref(), true).unwrap_err();
+        let e = p.admit(&many, "a", spec(&many).as_ref(), true).unwrap_err();
         assert_eq!(e.field, "rounds");
         let mut trusting = task(PRIVATE);
         trusting.colluders = 0;
         let e = p
-            .admit(&trusting, spec(&trusting).as_ref(), true)
+            .admit(&trusting, "a", spec(&trusting).as_ref(), true)
             .unwrap_err();
         assert_eq!(e.field, "colluders");
+        let generous = task(&PRIVATE.replace("epsilon = 8.0", "epsilon = 50.0"));
+        let e = p
+            .admit(&generous, "a", spec(&generous).as_ref(), true)
+            .unwrap_err();
+        assert_eq!(e.field, "[privacy] epsilon");
+        assert!(e.to_string().contains("50") && e.to_string().contains("10"));
         let e = p.admit_he_params(&t, HeParams::Fast64).unwrap_err();
         assert!(e.to_string().contains("fast64"), "{e}");
         p.admit_he_params(&t, HeParams::Secure128).unwrap();

@@ -1343,7 +1343,9 @@ fn secure_step(
     contributors: usize,
     examples: u64,
 ) -> Result<Vec<f64>, String> {
-    let decoded = encoding.decode(sum).map_err(|e| e.to_string())?;
+    let decoded = encoding
+        .decode(sum, contributors as u64)
+        .map_err(|e| e.to_string())?;
     if decoded.len() != global.len() {
         return Err(format!(
             "decoded {} values for a model of {}",

@@ -27,6 +27,24 @@ use crate::he::CollectivePublicKey;
 /// Fraction bits of the weighted encoding: deltas are kept to 2^-16 per row.
 pub const WEIGHTED_FRACTION_BITS: u32 = 16;
 
+/// Headroom of the weighted encoding: one update's values stay below
+/// `2^(bits − 1 − HEADROOM_BITS) / parties`, so the values of any sum of
+/// well-formed updates stay below `2^(bits − 1 − HEADROOM_BITS)` and a
+/// decoded value beyond that is proof of a malformed ciphertext.
+///
+/// Why it matters: a ciphertext is checked for its shape (tfhe's conformance
+/// check) but not for how it was made — there are no zero-knowledge proofs of
+/// encryption yet (tfhe's `zk-pok` refuses moduli above 2^64). A contributor
+/// that sends a crafted mask (`Δ·2^j·X^k` instead of a fresh encryption of
+/// zero's) makes the joint decryption return secret-key coefficients scaled
+/// into the plaintext. Most such choices land far outside this range, which
+/// [`UpdateEncoding::decode`] refuses, so the round is discarded and the
+/// coordinator re-keys; a contributor that aims its probe into the range is
+/// not detected, and that remains open until proofs of encryption exist.
+/// Distributed-DP encodings are not range-checked: their residues are
+/// uniformly spread by design.
+pub const HEADROOM_BITS: u32 = 8;
+
 /// Most plaintext bits an encoding uses (DDG's residues must fit an `i64`).
 const MAX_BITS: u32 = 62;
 
@@ -73,6 +91,11 @@ fn bits_for(plaintext_bits: u32) -> Result<u32, DpError> {
         });
     }
     Ok(plaintext_bits.min(MAX_BITS))
+}
+
+/// The largest magnitude one weighted update's value may have.
+fn weighted_limit(bits: u32, parties: u32) -> f64 {
+    2f64.powi(bits as i32 - 1 - HEADROOM_BITS as i32) / f64::from(parties.max(1))
 }
 
 impl UpdateEncoding {
@@ -152,8 +175,9 @@ impl UpdateEncoding {
                 got: delta.len(),
             });
         }
-        // Each value must leave room for `parties` of them in `bits − 1` bits.
-        let limit = (2f64.powi(*bits as i32 - 1)) / f64::from(*parties);
+        // Each value must leave room for `parties` of them in
+        // `bits − 1 − HEADROOM_BITS` bits (see [`HEADROOM_BITS`]).
+        let limit = weighted_limit(*bits, *parties);
         let scale = 2f64.powi(WEIGHTED_FRACTION_BITS as i32) * rows as f64;
         let mut out = Vec::with_capacity(dim + 1);
         for (index, &d) in delta.iter().enumerate() {
@@ -193,10 +217,14 @@ impl UpdateEncoding {
         }
     }
 
-    /// Decodes the decrypted sum (residues modulo at least `2^bits`):
-    /// the example-weighted mean delta (weighted), or the noisy sum of the
-    /// partners' vectors (DDG; divide as the unit requires).
-    pub fn decode(&self, sum: &[u64]) -> Result<Vec<f64>, DpError> {
+    /// Decodes the decrypted sum of `contributors` updates (residues modulo
+    /// at least `2^bits`): the example-weighted mean delta (weighted), or the
+    /// noisy sum of the partners' vectors (DDG; divide as the unit requires).
+    ///
+    /// A weighted sum whose values are outside what `contributors`
+    /// well-formed updates can add up to is refused with
+    /// [`DpError::OutOfRange`] (see [`HEADROOM_BITS`]).
+    pub fn decode(&self, sum: &[u64], contributors: u64) -> Result<Vec<f64>, DpError> {
         if sum.len() != self.encoded_len() {
             return Err(DpError::LengthMismatch {
                 expected: self.encoded_len(),
@@ -208,7 +236,19 @@ impl UpdateEncoding {
         let mask = (1u64 << bits) - 1;
         let reduced: Vec<u64> = sum.iter().map(|v| v & mask).collect();
         match self {
-            Self::Weighted { dim, .. } => {
+            Self::Weighted { dim, parties, .. } => {
+                let bound = (weighted_limit(bits, *parties) * contributors.max(1) as f64) as i64;
+                for (index, &v) in reduced.iter().enumerate() {
+                    let value = unwrap_signed(v, bits);
+                    if value.unsigned_abs() >= bound.unsigned_abs() {
+                        return Err(DpError::OutOfRange {
+                            index,
+                            value,
+                            bound,
+                            contributors,
+                        });
+                    }
+                }
                 let rows = unwrap_signed(reduced[*dim], bits);
                 if rows <= 0 {
                     return Err(DpError::InvalidParameter {
@@ -242,7 +282,7 @@ mod tests {
             .zip(&b)
             .map(|(x, y)| (x + y) & ((1u64 << 44) - 1))
             .collect();
-        let mean = e.decode(&sum).unwrap();
+        let mean = e.decode(&sum, 2).unwrap();
         let want = [
             (0.5 * 100.0 - 0.25 * 300.0) / 400.0,
             (-100.0 + 600.0) / 400.0,
@@ -257,6 +297,36 @@ mod tests {
             Err(DpError::Overflow { .. })
         ));
         assert!(e.encode_weighted(&[f64::NAN, 0.0, 0.0], 1).is_err());
+    }
+
+    #[test]
+    fn a_weighted_sum_outside_the_range_of_well_formed_updates_is_refused() {
+        let bits = 44;
+        let e = UpdateEncoding::weighted(3, bits, 3).unwrap();
+        let a = e.encode_weighted(&[0.5, -1.0, 0.0], 100).unwrap();
+        let mask = (1u64 << bits) - 1;
+        // What a crafted mask does: secret-key bits land high in the plaintext.
+        let mut probed = a.clone();
+        probed[1] = (probed[1] + (1u64 << 40)) & mask;
+        match e.decode(&probed, 1) {
+            Err(DpError::OutOfRange { index, .. }) => assert_eq!(index, 1),
+            other => panic!("expected OutOfRange, got {other:?}"),
+        }
+        // The largest well-formed values of three updates still decode.
+        let limit = weighted_limit(bits, 3) as i64 - 1;
+        let big: Vec<u64> = [limit, -limit, 1]
+            .iter()
+            .map(|&v| wrap(v, bits))
+            .collect();
+        let sum: Vec<u64> = (0..4)
+            .map(|i| if i < 3 { big[i].wrapping_mul(3) & mask } else { 3 })
+            .collect();
+        assert!(e.decode(&sum, 3).is_ok());
+        // The same sum claimed for one update is out of range.
+        assert!(matches!(
+            e.decode(&sum, 1),
+            Err(DpError::OutOfRange { .. })
+        ));
     }
 
     #[test]

@@ -142,6 +142,23 @@ pub enum DpError {
         /// Bits of the modulus.
         bits: u32,
     },
+    /// A decrypted sum holds a value that no sum of well-formed updates can
+    /// hold: a contributor sent a malformed ciphertext (see
+    /// `crate::update::UpdateEncoding::decode`).
+    #[error(
+        "the decrypted sum is outside the range {contributors} well-formed updates can add up to \
+         (value {index}: {value}, bound {bound}): a contributor sent a malformed ciphertext"
+    )]
+    OutOfRange {
+        /// Position in the sum.
+        index: usize,
+        /// The signed value found.
+        value: i64,
+        /// The largest magnitude allowed.
+        bound: i64,
+        /// Updates in the sum.
+        contributors: u64,
+    },
     /// OpenDP refused or failed (entropy, map overflow, ...).
     #[error("OpenDP: {0}")]
     OpenDp(String),
