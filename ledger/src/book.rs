@@ -371,9 +371,7 @@ impl PrivacyBook {
                     NoisePlacement::Local => Placement::Local,
                     NoisePlacement::Distributed => Placement::Distributed,
                 },
-                // consortia-privacy's mechanisms and accountant are add/remove throughout
-                // (privacy/src/dp/mod.rs).
-                adjacency: Adjacency::AddRemove,
+                adjacency: adjacency(&self.spec),
                 honest_contributors: honest_contributors(&self.spec),
                 dimension: match self.spec.placement {
                     NoisePlacement::Local => None,
@@ -406,6 +404,25 @@ impl PrivacyBook {
     }
 }
 
+/// The neighbouring relation a spec's rounds are private for.
+///
+/// * Record unit: add/remove one row (the relation of consortia-privacy's
+///   mechanisms and accountant, privacy/src/dp/mod.rs).
+/// * Partner unit: zero-out (Kairouz, McMahan, Song, Thakkar, Thakurta, Xu
+///   2021, "Practical and Private (Deep) Learning without Sampling or
+///   Shuffling", §2): updates carry their sender's name, so whether a partner
+///   took part is not hidden — what is hidden is its update, which may be
+///   replaced by zeros. A clipped delta and zeros differ by at most C in L2,
+///   the sensitivity the add/remove analysis uses, so the Gaussian's RDP curve
+///   (and every ε figure) is the same; the ledger names the relation that
+///   holds.
+fn adjacency(spec: &PrivacySpec) -> Adjacency {
+    match spec.unit {
+        PrivacyUnit::Record => Adjacency::AddRemove,
+        PrivacyUnit::Partner => Adjacency::ZeroOut,
+    }
+}
+
 /// `n_min − t` of a distributed spec (`DistributedShape::honest_shares`): the noise shares in
 /// every released sum that the coordinator and its colluders do not know. `None` for local
 /// placement.
@@ -430,10 +447,12 @@ fn stored_events(e: &LedgerEntry) -> Result<Vec<(DpEvent, u64)>, BookError> {
     let r = &e.record;
     let events: Vec<(DpEvent, u64)> = match &r.charged {
         Some(c) => {
-            if c.adjacency != Adjacency::AddRemove {
+            // Zero-out events of a clipped partner delta have the add/remove
+            // sensitivity C (see `adjacency`), so they compose the same way.
+            if c.adjacency == Adjacency::ReplaceOne {
                 return Err(bad(format!(
                     "its events hold under {} adjacency, and this accountant composes add/remove \
-                     events only",
+                     and zero-out events only",
                     c.adjacency.as_str()
                 )));
             }
@@ -495,6 +514,26 @@ mod tests {
 
     fn spec() -> PrivacySpec {
         spec_z(2.0)
+    }
+
+    #[test]
+    fn partner_unit_rounds_are_recorded_under_zero_out_adjacency_and_replay() {
+        let partner: PrivacySpec = toml::from_str(
+            "unit = \"partner\"\nepsilon = 8.0\ndelta = 1e-5\nclip_norm = 1.0\nnoise_multiplier = 1.0\n",
+        )
+        .unwrap();
+        let mut book = PrivacyBook::new(partner.clone(), task("p"), None, &[]).unwrap();
+        let r = book.charge(1, 0, &[("a".into(), 100)]).unwrap();
+        assert_eq!(r.charged.as_ref().unwrap().adjacency, Adjacency::ZeroOut);
+        let entries = vec![LedgerEntry {
+            index: 0,
+            prev_hash: [0; 32],
+            record: r.clone(),
+            hash: [0; 32],
+            signature: vec![],
+        }];
+        let again = PrivacyBook::new(partner, task("p"), None, &entries).unwrap();
+        assert!((again.spent("a").unwrap() - r.epsilon_cumulative["a"]).abs() < 1e-12);
     }
 
     fn task(name: &str) -> TaskId {
