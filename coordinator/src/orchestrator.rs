@@ -541,7 +541,7 @@ pub async fn run_task(
     }
     // The checked privacy settings, as the accounting holds them.
     let privacy_spec = accounting.as_ref().map(|a| a.book.spec().clone());
-    let fed_key = match &hub.ciphertexts {
+    let mut fed_key = match &hub.ciphertexts {
         Some(ciphertexts) => {
             // Ciphertexts of other rounds, or of a round whose sum was already
             // sent for decryption, are never used again.
@@ -665,6 +665,7 @@ pub async fn run_task(
             }
         }
         let mut failure = None;
+        let mut malformed = false;
         if let (Some(key), Some(encoding)) = (&fed_key, &secure_encoding) {
             if result.contributors.len() >= min {
                 match decrypt_round(&hub, key, &mut result, min, deadline).await {
@@ -678,7 +679,13 @@ pub async fn run_task(
                         result.examples,
                     ) {
                         Ok(m) => result.model = Some(m),
-                        Err(e) => failure = Some(format!("the decrypted sum is unusable: {e}")),
+                        Err(StepError::Malformed(e)) => {
+                            malformed = true;
+                            failure = Some(format!("the decrypted sum is unusable: {e}"));
+                        }
+                        Err(StepError::Other(e)) => {
+                            failure = Some(format!("the decrypted sum is unusable: {e}"))
+                        }
                     },
                     Err(why) => failure = Some(why),
                 }
@@ -688,6 +695,24 @@ pub async fn run_task(
             }
             if let Some(why) = &failure {
                 tracing::warn!(round, "round discarded: {why}");
+            }
+            if malformed {
+                // A malformed-but-conformant ciphertext may have made the joint
+                // decryption reveal secret-key material: record the incident and
+                // never use this key again.
+                let why = failure.clone().unwrap_or_default();
+                record_incident(store.dir(), round, &result.contributors, &why)?;
+                tracing::error!(
+                    round,
+                    contributors = ?result.contributors,
+                    "INCIDENT: round {round}'s decrypted sum is outside what well-formed updates can add up to \
+                     (a contributor sent a malformed ciphertext, which may expose key material): the \
+                     federation key is retired and a new one is made; see {}",
+                    store.dir().join("incidents.log").display()
+                );
+                FederationKey::remove(store.dir(), &[])?;
+                *lock(&hub.key) = None;
+                fed_key = Some(ensure_key(&hub, &store, min, deadline).await?);
             }
         }
         let completed = match (kind, result.model.take()) {
@@ -1325,6 +1350,48 @@ async fn decrypt_round(
     d.finish()
 }
 
+/// Appends an incident (JSON, one line) to `<state>/incidents.log`, synced.
+fn record_incident(
+    state_dir: &std::path::Path,
+    round: u64,
+    contributors: &[String],
+    detail: &str,
+) -> Result<(), CoordinatorError> {
+    use std::io::Write;
+    let line = serde_json::json!({
+        "time_unix_ms": now_ms(),
+        "round": round,
+        "kind": "malformed-ciphertext",
+        "contributors": contributors,
+        "detail": detail,
+        "action": "federation key retired; a new key ceremony started",
+    });
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(state_dir.join("incidents.log"))?;
+    writeln!(f, "{line}")?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Why a decrypted sum gives no model.
+#[derive(Debug)]
+enum StepError {
+    /// Outside what well-formed updates can add up to: a malformed ciphertext.
+    Malformed(String),
+    /// Anything else.
+    Other(String),
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepError::Malformed(s) | StepError::Other(s) => f.write_str(s),
+        }
+    }
+}
+
 /// The next global model from a secure round's decrypted sum.
 ///
 /// * weighted (no distributed DP): the FedAvg mean delta is added;
@@ -1342,16 +1409,21 @@ fn secure_step(
     sum: &[u64],
     contributors: usize,
     examples: u64,
-) -> Result<Vec<f64>, String> {
+) -> Result<Vec<f64>, StepError> {
     let decoded = encoding
         .decode(sum, contributors as u64)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match e {
+            consortia_privacy::dp::DpError::OutOfRange { .. } => {
+                StepError::Malformed(e.to_string())
+            }
+            e => StepError::Other(e.to_string()),
+        })?;
     if decoded.len() != global.len() {
-        return Err(format!(
+        return Err(StepError::Other(format!(
             "decoded {} values for a model of {}",
             decoded.len(),
             global.len()
-        ));
+        )));
     }
     let distributed = spec.filter(|s| s.placement == NoisePlacement::Distributed);
     let next: Vec<f64> = match distributed.map(|s| s.unit) {
@@ -1381,7 +1453,7 @@ fn secure_step(
         }
     };
     if let Some(i) = next.iter().position(|v| !v.is_finite()) {
-        return Err(format!("parameter {i} is not finite"));
+        return Err(StepError::Other(format!("parameter {i} is not finite")));
     }
     Ok(next)
 }
@@ -1425,6 +1497,14 @@ mod tests {
         for v in &next {
             assert!((v - (0.5 - 0.3125)).abs() < 1e-4, "{v}");
         }
+        // A sum with a value no two well-formed updates can reach is a
+        // malformed ciphertext: the round is an incident.
+        let mut probed = s.clone();
+        probed[0] = (probed[0] + (1u64 << 40)) & ((1u64 << k.plaintext_bits().min(62)) - 1);
+        assert!(matches!(
+            secure_step(&task, None, &enc, &global, &probed, 2, 400),
+            Err(StepError::Malformed(_))
+        ));
     }
 
     #[test]
