@@ -17,11 +17,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use common::rogue::{Peer, Rogue, WAIT};
 use common::{Federation, TASK};
 use consortia_model::TaskSpec;
-use consortia_privacy::he::{CollectiveKeyAggregator, HeParams, KeySession, PublicKeyShare};
+use consortia_privacy::he::{
+    Aggregate, CollectiveKeyAggregator, CollectivePublicKey, HeParams, KeySession, PublicKeyShare,
+    Shape,
+};
+use consortia_privacy::update::UpdateEncoding;
 use consortia_proto::{
-    CollectiveKey, KeyGenRequest, KeyReveal, ModelChunk, RoundStart, SignedKeyShare, StatsRequest,
-    TaskFinished, chunk_count, chunk_range, client_message::Kind as Up,
-    server_message::Kind as Down,
+    CiphertextChunk, CollectiveKey, Contribution, DecryptRequest, KeyGenRequest, KeyReveal,
+    ModelChunk, RoundStart, SignedKeyShare, StatsRequest, TaskFinished, chunk_count, chunk_range,
+    client_message::Kind as Up, server_message::Kind as Down,
 };
 
 /// An acceptable `[privacy]` table: partner-level DP, noise added locally.
@@ -529,6 +533,21 @@ struct Ceremony {
     shares: Mutex<BTreeMap<u32, SignedKeyShare>>,
     /// The key and its transcript, once computed.
     key: Mutex<Option<(CollectiveKey, [u8; 32])>>,
+    /// Partner → its encrypted update of round 1 (chunks, signature, rows).
+    updates: Mutex<BTreeMap<String, (Vec<Vec<u8>>, Vec<u8>, u64)>>,
+    /// Partner → how it answered each decryption request, in order.
+    outcomes: Mutex<BTreeMap<String, Vec<Answer>>>,
+}
+
+/// A key holder's answer to a decryption request.
+#[derive(Debug, Clone, PartialEq)]
+enum Answer {
+    /// Its partial decryption.
+    Share,
+    /// A `Decline { decryption: true }` with this reason.
+    Refused(String),
+    /// Nothing within the wait.
+    Silent,
 }
 
 impl Ceremony {
@@ -583,53 +602,9 @@ impl Ceremony {
 /// generation (commit, reveal), the collective key, then a training round
 /// under that key. The rogue relays honestly; only the tasks may differ.
 async fn ceremony_session(mut peer: Peer, c: Arc<Ceremony>) {
-    if !peer.expect_hello(WAIT).await || peer.session > 0 {
-        return;
-    }
-    let task_toml = c.tasks[&peer.name].clone();
-    let spec = TaskSpec::from_toml_str(&task_toml).expect("task");
-    let party = c
-        .committee
-        .iter()
-        .position(|p| p == &peer.name)
-        .expect("in the committee") as u32;
-    peer.welcome(&task_toml).await;
-    if !c.all_here().await {
-        return;
-    }
-    peer.send_kind(Down::Keygen(KeyGenRequest {
-        session_id: c.session_id.to_vec(),
-        params: u32::from(HeParams::Secure128.id()),
-        party,
-        parties: c.committee.len() as u32,
-        committee: c.committee.clone(),
-    }))
-    .await;
-    if peer.recv_kind("KeyCommit", WAIT).await.is_none() || !c.all_here().await {
-        return;
-    }
-    peer.send_kind(Down::KeyReveal(KeyReveal {
-        session_id: c.session_id.to_vec(),
-    }))
-    .await;
-    let Some(Up::KeyShare(share)) = peer.recv_kind("KeyShare", WAIT).await.and_then(|m| m.kind)
-    else {
+    let Some((key, key_id, spec)) = key_ceremony(&mut peer, &c).await else {
         return;
     };
-    c.shares.lock().unwrap_or_else(|e| e.into_inner()).insert(
-        party,
-        SignedKeyShare {
-            party,
-            partner: peer.name.clone(),
-            public_share: share.public_share,
-            signature: share.signature,
-            certificate: peer.certificate.clone(),
-        },
-    );
-    if !c.all_here().await {
-        return;
-    }
-    let (key, key_id) = c.collective_key();
     peer.send_kind(Down::CollectiveKey(key)).await;
     // A training round under the key, as an honest coordinator would start it.
     send_round(&peer, &spec, key_id.to_vec()).await;
@@ -642,10 +617,77 @@ async fn ceremony_session(mut peer: Peer, c: Arc<Ceremony>) {
     peer.closed(WAIT).await;
 }
 
+/// Welcome and an honest key ceremony (commit, reveal); the collective key
+/// with its signed transcript, not yet sent, and the task the partner got.
+async fn key_ceremony(
+    peer: &mut Peer,
+    c: &Ceremony,
+) -> Option<(CollectiveKey, [u8; 32], TaskSpec)> {
+    if !peer.expect_hello(WAIT).await || peer.session > 0 {
+        return None;
+    }
+    let task_toml = c.tasks[&peer.name].clone();
+    let spec = TaskSpec::from_toml_str(&task_toml).expect("task");
+    let party = c
+        .committee
+        .iter()
+        .position(|p| p == &peer.name)
+        .expect("in the committee") as u32;
+    peer.welcome(&task_toml).await;
+    if !c.all_here().await {
+        return None;
+    }
+    peer.send_kind(Down::Keygen(KeyGenRequest {
+        session_id: c.session_id.to_vec(),
+        params: u32::from(HeParams::Secure128.id()),
+        party,
+        parties: c.committee.len() as u32,
+        committee: c.committee.clone(),
+    }))
+    .await;
+    if peer.recv_kind("KeyCommit", WAIT).await.is_none() || !c.all_here().await {
+        return None;
+    }
+    peer.send_kind(Down::KeyReveal(KeyReveal {
+        session_id: c.session_id.to_vec(),
+    }))
+    .await;
+    let Some(Up::KeyShare(share)) = peer.recv_kind("KeyShare", WAIT).await.and_then(|m| m.kind)
+    else {
+        return None;
+    };
+    c.shares.lock().unwrap_or_else(|e| e.into_inner()).insert(
+        party,
+        SignedKeyShare {
+            party,
+            partner: peer.name.clone(),
+            public_share: share.public_share,
+            signature: share.signature,
+            certificate: peer.certificate.clone(),
+        },
+    );
+    if !c.all_here().await {
+        return None;
+    }
+    let (key, key_id) = c.collective_key();
+    Some((key, key_id, spec))
+}
+
 /// Three agents (secure aggregation required by their policies); partner
 /// `i` is sent `tasks[i]`. Runs the ceremony and a round; returns the rogue
 /// once every agent has exited, with the partner names.
 fn ceremony(tasks: [String; 3]) -> (Rogue, Vec<String>) {
+    let (c, fed, names) = ceremony_state(tasks);
+    let mut rogue = Rogue::start(fed, move |peer| ceremony_session(peer, c.clone()));
+    let p = policy(&[("require_secure_aggregation", "true")]);
+    for i in 0..3 {
+        rogue.start_agent(i, &p);
+    }
+    (rogue, names)
+}
+
+/// The shared ceremony state for three partners, partner `i` sent `tasks[i]`.
+fn ceremony_state(tasks: [String; 3]) -> (Arc<Ceremony>, Federation, Vec<String>) {
     let fed = Federation::new(TASK);
     let names: Vec<String> = fed.partners.iter().map(|(n, _)| n.clone()).collect();
     let mut committee = names.clone();
@@ -657,13 +699,10 @@ fn ceremony(tasks: [String; 3]) -> (Rogue, Vec<String>) {
         barrier: tokio::sync::Barrier::new(3),
         shares: Mutex::default(),
         key: Mutex::default(),
+        updates: Mutex::default(),
+        outcomes: Mutex::default(),
     });
-    let mut rogue = Rogue::start(fed, move |peer| ceremony_session(peer, c.clone()));
-    let p = policy(&[("require_secure_aggregation", "true")]);
-    for i in 0..3 {
-        rogue.start_agent(i, &p);
-    }
-    (rogue, names)
+    (c, fed, names)
 }
 
 /// Control for (e): the same task to all three, and the rogue's honest
@@ -735,5 +774,222 @@ fn a_different_task_to_one_partner_is_caught_by_the_key_transcript() {
             "{name}'s log lacks `{needle}`\n{}",
             rogue.report()
         );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Decryption attacks: reopening contributions.
+
+/// What the rogue asks the key holders to decrypt after the honest first
+/// decryption of {A, B, C} (round 1, attempt 1).
+#[derive(Clone, Copy)]
+enum Reopen {
+    /// {A, B} in the same round and attempt: with the first sum, the
+    /// difference is C's update.
+    NestedSubset,
+    /// The same three updates again under attempt 2 (a "rerun" reusing them).
+    RerunSameUpdates,
+}
+
+/// One partner's session: ceremony, key, an encrypted round, the honest
+/// decryption of all three updates, then the `reopen` attack.
+async fn decryption_session(mut peer: Peer, c: Arc<Ceremony>, reopen: Reopen) {
+    let Some((key_msg, key_id, spec)) = key_ceremony(&mut peer, &c).await else {
+        return;
+    };
+    peer.send_kind(Down::CollectiveKey(key_msg.clone())).await;
+    send_round(&peer, &spec, key_id.to_vec()).await;
+    // The partner's whole encrypted update.
+    let mut chunks = Vec::new();
+    let (signature, rows) = loop {
+        let Some(Up::Encrypted(e)) = peer
+            .recv_kind("EncryptedChunk", WAIT)
+            .await
+            .and_then(|m| m.kind)
+        else {
+            return;
+        };
+        chunks.push(e.ciphertext);
+        if e.index + 1 == e.chunk_count {
+            break (e.signature, e.example_count);
+        }
+    };
+    c.updates
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(peer.name.clone(), (chunks, signature, rows));
+    if !c.all_here().await {
+        return;
+    }
+    let session = KeySession::new(HeParams::Secure128, c.session_id);
+    let key = CollectivePublicKey::from_bytes(&key_msg.key, &session).expect("collective key");
+    let spec_privacy = spec.privacy_spec().expect("privacy");
+    let values = UpdateEncoding::for_round(
+        spec_privacy.as_ref(),
+        spec.schema.param_count(),
+        spec.min_partners as usize,
+        &key,
+        1,
+    )
+    .expect("encoding")
+    .encoded_len() as u64;
+    let hash = spec.canonical_hash().expect("task hash");
+    let all = c.committee.clone();
+    let (second, attempt) = match reopen {
+        Reopen::NestedSubset => (all[..2].to_vec(), 1),
+        Reopen::RerunSameUpdates => (all.clone(), 2),
+    };
+    for (contributors, attempt) in [(all, 1), (second, attempt)] {
+        let answer =
+            ask_decryption(&mut peer, &c, &key, values, &hash, &contributors, attempt).await;
+        c.outcomes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(peer.name.clone())
+            .or_default()
+            .push(answer);
+        if !c.all_here().await {
+            return;
+        }
+    }
+    peer.send_kind(Down::Finished(TaskFinished {
+        detail: "decryption attacks done".into(),
+    }))
+    .await;
+    peer.closed(WAIT).await;
+}
+
+/// Sends one decryption request of the sum of `contributors`' round-1
+/// updates (as attempt `attempt`) with their masks, as the coordinator
+/// does, and reads the key holder's answer.
+async fn ask_decryption(
+    peer: &mut Peer,
+    c: &Ceremony,
+    key: &CollectivePublicKey,
+    values: u64,
+    task_hash: &[u8; 32],
+    contributors: &[String],
+    attempt: u64,
+) -> Answer {
+    let updates = c.updates.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let shape = Shape::new(key, values).expect("shape");
+    let mut aggregate = Aggregate::new(shape).expect("aggregate");
+    for name in contributors {
+        for (i, chunk) in updates[name].0.iter().enumerate() {
+            aggregate.add_bytes(i as u32, chunk).expect("chunk");
+        }
+    }
+    let certificates: BTreeMap<String, Vec<u8>> = c
+        .shares
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .map(|s| (s.partner.clone(), s.certificate.clone()))
+        .collect();
+    peer.send_kind(Down::Decrypt(DecryptRequest {
+        round: 1,
+        contributions: contributors
+            .iter()
+            .map(|n| Contribution {
+                partner: n.clone(),
+                example_count: updates[n].2,
+                signature: updates[n].1.clone(),
+                certificate: certificates[n].clone(),
+            })
+            .collect(),
+        min_contributors: 2,
+        aggregate_digest: aggregate.mask_digest().to_vec(),
+        values,
+        attempt,
+        task_hash: task_hash.to_vec(),
+    }))
+    .await;
+    for (k, name) in contributors.iter().enumerate() {
+        for (i, chunk) in updates[name].0.iter().enumerate() {
+            let (masks, bodies) = shape.chunk_parts(i as u32, chunk).expect("chunk parts");
+            peer.send_kind(Down::Ciphertext(CiphertextChunk {
+                round: 1,
+                contributor: k as u32,
+                index: i as u32,
+                masks: shape.mask_chunk(i as u32, masks),
+                body_hash: consortia_proto::sha256(bodies).to_vec(),
+            }))
+            .await;
+        }
+    }
+    let until = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        match peer.recv_timeout(left).await.and_then(|m| m.kind) {
+            Some(Up::DecryptionShare(p)) if p.index + 1 == p.piece_count => return Answer::Share,
+            Some(Up::Decline(d)) if d.decryption => return Answer::Refused(d.reason),
+            Some(_) => continue,
+            None => return Answer::Silent,
+        }
+    }
+}
+
+/// Runs the decryption attack `reopen` against three key holders whose
+/// policy lets a sum of two be opened (so only reuse can refuse it).
+fn decryption_attack(reopen: Reopen) -> (Rogue, Arc<Ceremony>, Vec<String>) {
+    let t = task(true, 2, Some(LOCAL_DP));
+    let (c, fed, names) = ceremony_state([t.clone(), t.clone(), t]);
+    let shared = c.clone();
+    let mut rogue = Rogue::start(fed, move |peer| {
+        decryption_session(peer, shared.clone(), reopen)
+    });
+    let p = policy(&[
+        ("require_secure_aggregation", "true"),
+        ("min_contributors", "2"),
+    ]);
+    for i in 0..3 {
+        rogue.start_agent(i, &p);
+    }
+    for name in &names {
+        let status = rogue.wait_agent_exit(name, WAIT);
+        assert!(status.success(), "{name}: {status}\n{}", rogue.report());
+    }
+    rogue.check_scripts();
+    (rogue, c, names)
+}
+
+/// Two decryptions in one round with nested contributor sets: every key
+/// holder answers the first ({A, B, C}, the control) and refuses the second
+/// ({A, B}), so C's update is never the difference of two opened sums.
+#[test]
+fn a_second_decryption_of_a_nested_set_in_the_same_round_is_refused() {
+    let (rogue, c, names) = decryption_attack(Reopen::NestedSubset);
+    let outcomes = c.outcomes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for name in &names {
+        let got = &outcomes[name];
+        assert_eq!(got[0], Answer::Share, "{name}: {got:?}\n{}", rogue.report());
+        match &got[1] {
+            Answer::Refused(why) => assert!(
+                why.contains("already decrypted attempt 1 of that round"),
+                "{name}: {why}"
+            ),
+            other => panic!("{name} answered the nested sum: {other:?}\n{}", rogue.report()),
+        }
+        assert!(
+            rogue.agent_log(name).contains("decryption refused"),
+            "{}",
+            rogue.report()
+        );
+    }
+}
+
+/// A rerun that reuses the same updates under a new attempt number: the
+/// updates' signatures cover the attempt, so every key holder refuses.
+#[test]
+fn a_rerun_reusing_contributions_under_a_new_attempt_is_refused() {
+    let (rogue, c, names) = decryption_attack(Reopen::RerunSameUpdates);
+    let outcomes = c.outcomes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for name in &names {
+        let got = &outcomes[name];
+        assert_eq!(got[0], Answer::Share, "{name}: {got:?}\n{}", rogue.report());
+        match &got[1] {
+            Answer::Refused(why) => assert!(why.contains("is not signed by"), "{name}: {why}"),
+            other => panic!("{name} answered the rerun: {other:?}\n{}", rogue.report()),
+        }
     }
 }
