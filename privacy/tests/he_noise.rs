@@ -1,6 +1,7 @@
 //! Empirical noise budget: sums of max-magnitude updates from every partner
-//! decode exactly at the documented plaintext bits, and the measured noise
-//! stays below the model.
+//! decode exactly at the documented plaintext bits under Gaussian flooding of
+//! σ_f = 2^r·B per partner, the measured noise matches the model, and the key
+//! tolerates the documented number of releases.
 
 use consortia_privacy::he::*;
 
@@ -50,13 +51,14 @@ fn check(params: HeParams, parties: u32) {
 
     let noise = decryption_noise(&sum, &ds, &expected).unwrap();
     let var = noise.iter().map(|&e| (e as f64).powi(2)).sum::<f64>() / noise.len() as f64;
-    // Model: Var(G) + K·Var(TUniform(b_f)); the flooding dominates.
-    let b_f = params.flood_bound_log2(parties) as i32;
-    let model = params.encryption_noise_variance(parties, parties)
-        + f64::from(parties) * (2f64.powi(2 * b_f + 1) + 1.0) / 6.0;
-    // The sample variance of N ≥ 2048 values of a sum of bounded terms has a
-    // relative standard deviation below 3 %; 1.25× is over 8 of them away, so
-    // the false-failure probability is below 10^-12.
+    // Model: Var(G) + K·σ_f²; the Gaussian flooding dominates.
+    let sigma_f = params.flood_sigma(parties);
+    let model =
+        params.encryption_noise_variance(parties, parties) + f64::from(parties) * sigma_f * sigma_f;
+    // The noise is Gaussian up to a relative 2^-40 of its variance, so the
+    // sample variance of N ≥ 2048 values has a relative standard deviation of
+    // sqrt(2/N) ≤ 3.2 %; 1.25× is over 7 of them away, so the false-failure
+    // probability is below 10^-12.
     assert!(
         var < 1.25 * model,
         "{params:?} K={parties}: variance 2^{:.2} > model 2^{:.2}",
@@ -90,14 +92,14 @@ fn check(params: HeParams, parties: u32) {
 
 #[test]
 fn fast64_noise_budget() {
-    for parties in [2, 5, 10] {
+    for parties in [2, 3, 5, 10] {
         check(HeParams::Fast64, parties);
     }
 }
 
 #[test]
 fn secure128_noise_budget() {
-    for parties in [2, 7] {
+    for parties in [2, 3, 7] {
         check(HeParams::Secure128, parties);
     }
 }
@@ -111,21 +113,27 @@ fn plaintext_bits_shrink_with_partners() {
             assert!(bits <= last, "{params:?}: {bits} bits at {k} partners");
             last = bits;
         }
-        // Secure128 floods at 2^40 × the encryption-noise bound.
+        // σ_f = 2^r × the encryption-noise bound B (r = 40 for Secure128).
         let k = 10;
-        let ratio = f64::from(params.flood_bound_log2(k)) - params.encryption_noise_bound_log2(k);
-        assert!(ratio >= f64::from(params.flooding_ratio_log2()));
+        let ratio = params.flood_sigma(k).log2() - params.encryption_noise_bound_log2(k);
+        assert!((ratio - f64::from(params.flooding_ratio_log2())).abs() < 1e-9);
+        // Decoding room: Δ/2 above the summed flooding's 12σ bound plus B.
+        let half_delta = 2f64.powi(params.delta_log(k) as i32 - 1);
+        let b = 2f64.powf(params.encryption_noise_bound_log2(k));
+        assert!(half_delta > 12.0 * f64::from(k).sqrt() * params.flood_sigma(k) + b);
+        assert!(half_delta <= 2.0 * (params.flood_sum_bound(k) + b));
     }
+    assert_eq!(HeParams::Secure128.flooding_ratio_log2(), 40);
     // The table documented on `HeParams::plaintext_bits`.
     for (k, secure, fast) in [
-        (2, 45, 26),
-        (3, 44, 26),
-        (5, 43, 24),
-        (10, 41, 22),
-        (20, 39, 20),
-        (50, 36, 18),
+        (2, 43, 24),
+        (3, 42, 23),
+        (5, 41, 22),
+        (10, 39, 21),
+        (20, 38, 19),
+        (50, 36, 17),
         (100, 34, 16),
-        (1000, 28, 10),
+        (1000, 29, 11),
     ] {
         assert_eq!(
             HeParams::Secure128.plaintext_bits(k),
@@ -138,4 +146,27 @@ fn plaintext_bits_shrink_with_partners() {
             "Fast64, {k} partners"
         );
     }
+}
+
+/// How many releases a key tolerates (params module docs): 2^40 flooded
+/// coefficients for Secure128 (σ_f = 2^40·B), 2^10 for Fast64 (σ_f = 2^8·B).
+#[test]
+fn releases_per_key_follow_the_renyi_budget() {
+    assert_eq!(HeParams::Secure128.max_flooded_coefficients_log2(), 40);
+    assert_eq!(HeParams::Fast64.max_flooded_coefficients_log2(), 10);
+    // Per coefficient, ln R_α ≤ 1.5625·α·(B/σ_f)²/2 (dither included); the
+    // flooding's own total at the cap stays far below the allowed ln R_α ≤ 1,
+    // and at 2^(2r − 5.64) coefficients it reaches it.
+    let per_coefficient = |r: i32| 1.5625 * FLOODING_RENYI_ORDER * 2f64.powi(-2 * r) / 2.0;
+    assert!(per_coefficient(40) * 2f64.powi(40) < 1e-6);
+    assert!(per_coefficient(8) * 2f64.powi(10) <= 1.0);
+    assert!(per_coefficient(8) * 2f64.powi(11) > 1.0);
+    // One 4096-value polynomial per release: 2^28 releases; 2^20 values: 2^20.
+    assert_eq!(HeParams::Secure128.max_releases_per_key(4096), 1 << 28);
+    assert_eq!(HeParams::Secure128.max_releases_per_key(1), 1 << 28);
+    assert_eq!(HeParams::Secure128.max_releases_per_key(4097), 1 << 27);
+    assert_eq!(HeParams::Secure128.max_releases_per_key(1 << 20), 1 << 20);
+    // Fast64: not even one polynomial's release fits the stated loss.
+    assert_eq!(HeParams::Fast64.max_releases_per_key(2048), 0);
+    assert_eq!(HeParams::Fast64.max_releases_per_key(1), 0);
 }

@@ -4,9 +4,20 @@
 //! Protocol CKS (collective key switching to the zero key, i.e. decryption) of
 //! Mouchet et al., PoPETs 2021(4), Lattigo `multiparty.KeySwitchProtocol` with
 //! noise flooding: partner `i` publishes `D_i[j] = ±(mask ⊙ s_i)_{N-1-j} +
-//! round(n·B_i[j]/2) + F_i[j]` with `F_i ← TUniform(b_f)`; anyone holding all
-//! `K` shares computes `body − Σ D_i = Δ·Σm + G − ΣF_i` and rounds
-//! (params module docs for `B_i`, `b_f` and the bounds).
+//! round(n·B_i[j]/2) + F_i[j]` with `F_i[j]` integer flooding noise of
+//! standard deviation σ_f = 2^r·B ([`HeParams::flood_sigma`]): a discrete
+//! Gaussian on multiples of `2^s ≤ B/4` plus a uniform dither on the low `s`
+//! bits (sampler in `flood.rs`);
+//! anyone holding all `K` shares computes `body − Σ D_i = Δ·Σm + G − ΣF_i` and
+//! rounds (params module docs for `B_i`, `B`, σ_f and the bounds).
+//!
+//! Flooding hides the decryption noise `G` (which depends on the key shares)
+//! from the partners and the coordinator: each published coefficient costs
+//! `(B/σ_f)²·α/2` of Rényi divergence of order α, and one key may publish
+//! [`HeParams::max_flooded_coefficients_log2`] coefficients in all
+//! ([`HeParams::max_releases_per_key`] decryptions) at the security loss the
+//! params module docs derive (Mouchet et al. PoPETs 2021 §4; Bai et al. J.
+//! Cryptology 2018 for the Rényi-divergence argument).
 //!
 //! Security notes (Lattigo `SECURITY.md`; Mouchet et al.): a key share must
 //! never decrypt the same ciphertext twice (fresh flooding on the same mask
@@ -19,9 +30,12 @@
 
 use std::collections::HashSet;
 
+use zeroize::Zeroize;
+
 use super::aggregate::Aggregate;
 use super::encrypt::Shape;
 use super::error::HeError;
+use super::flood::Flooding;
 use super::keygen::{PartyId, SecretKeyShare, hex_prefix};
 use super::params::HeParams;
 use super::wire::{HEADER_LEN, Reader, put_header};
@@ -226,13 +240,14 @@ impl<'a> PartialDecryptor<'a> {
         let polys = shape.polys() as usize;
         let negated = self.key.party.negated();
         // round(n·B_i[j]/2): this partner's share of the public-key noise bias.
-        let bias: Vec<T> = self
+        let mut bias: Vec<T> = self
             .key
             .bias
             .iter()
             .map(|&b| T::from_i128((i128::from(contributors) * i128::from(b) + 1) >> 1))
             .collect();
         let mut out = vec![T::ZERO; polys * n];
+        // M ⊙ s_i of one polynomial: key-dependent, wiped once added in.
         let mut conv = vec![T::ZERO; n];
         for (poly, d) in out.chunks_exact_mut(n).enumerate() {
             let (mask, _) = Aggregate::poly(sum, shape, poly);
@@ -242,11 +257,15 @@ impl<'a> PartialDecryptor<'a> {
                 *dst = c.wrapping_add(b);
             }
         }
-        T::add_tuniform(
-            &mut out,
-            shape.params.flood_bound_log2(shape.parties),
-            &mut self.rng,
-        );
+        conv.zeroize();
+        bias.zeroize();
+        // Until the flooding is in, `out` is the unflooded M ⊙ s_i: flood it in place.
+        let params = shape.params;
+        Flooding::new(
+            params.flood_sigma(shape.parties),
+            params.flood_dither_bits(shape.parties),
+        )
+        .add_to(&mut out, &mut self.rng);
         out
     }
 }

@@ -26,11 +26,18 @@
 //! well-formed encryption is required here). The federation protocol adds
 //! signed contributions on top (`consortia-client`'s `keys`), so that key
 //! holders only open sums of updates their senders signed.
+//!
+//! Decryption shares are flooded with Gaussian noise 2^40 times the noise
+//! they hide (Secure128), which bounds what all published shares together
+//! reveal about the key shares in Rényi divergence: one key tolerates
+//! [`HeParams::max_releases_per_key`] decryptions at a stated loss of under 4
+//! bits of security (params module docs), after which it must be replaced.
 
 mod aggregate;
 mod decrypt;
 mod encrypt;
 mod error;
+mod flood;
 mod keygen;
 mod params;
 mod wire;
@@ -47,4 +54,4 @@ pub use keygen::{
     CollectiveKeyAggregator, CollectivePublicKey, KeyCommitment, KeySession, KeyShare, KeyShareGen,
     MAX_PARTIES, PartyId, PublicKeyShare, SecretKeyShare,
 };
-pub use params::HeParams;
+pub use params::{FLOOD_TAIL_SIGMAS, FLOODING_RENYI_ORDER, HeParams, SAMPLER_COEFFICIENTS_LOG2};
