@@ -444,15 +444,17 @@ fn export_model(state: &std::path::Path, round: Option<u64>, out: &std::path::Pa
 }
 
 fn privacy_plan(task_path: &std::path::Path, target: Option<f64>) -> Result<()> {
+    use consortia_privacy::dp::accountant::smallest_noise_multiplier;
     use consortia_privacy::dp::{PrivacySpec, plan_epsilon_with};
     let task = consortia_model::TaskSpec::load(task_path)?;
-    let mut spec: PrivacySpec = task
+    let spec: PrivacySpec = task
         .privacy_spec()?
         .with_context(|| format!("{} has no [privacy] table", task_path.display()))?;
     let rounds = u64::from(task.rounds);
-    let eps = |spec: &PrivacySpec| -> Result<f64> {
+    // The coordinator's own check at task creation (`check_plan`): the same events, the same ε.
+    let eps = |spec: &PrivacySpec| -> Result<f64, consortia_privacy::dp::DpError> {
         let events = spec.round_events(1)?;
-        Ok(plan_epsilon_with(spec, &events, rounds)?)
+        plan_epsilon_with(spec, &events, rounds)
     };
     println!(
         "{} rounds at noise multiplier {}: ε {:.4} at δ {} (budget ε {})",
@@ -463,27 +465,15 @@ fn privacy_plan(task_path: &std::path::Path, target: Option<f64>) -> Result<()> 
         spec.epsilon
     );
     if let Some(target) = target {
-        // ε falls as the noise multiplier grows: bisect on it.
-        let (mut lo, mut hi) = (0.05f64, 1000.0f64);
-        spec.noise_multiplier = hi;
-        if eps(&spec)? > target {
-            bail!("even a noise multiplier of {hi} exceeds ε {target}");
-        }
-        for _ in 0..60 {
-            let mid = (lo * hi).sqrt();
-            spec.noise_multiplier = mid;
-            if eps(&spec)? > target {
-                lo = mid;
-            } else {
-                hi = mid;
-            }
-        }
-        spec.noise_multiplier = hi;
-        println!(
-            "smallest noise multiplier for ε ≤ {target}: {:.4} (ε {:.4})",
-            hi,
-            eps(&spec)?
-        );
+        // Bisection, then rounded UP to the 4 printed decimals and re-checked: the printed
+        // figure itself (as a task file would carry it) spends at most `target`.
+        const DECIMALS: usize = 4;
+        let (z, reached) = smallest_noise_multiplier(target, DECIMALS as u32, |z| {
+            let mut s = spec.clone();
+            s.noise_multiplier = z;
+            eps(&s)
+        })?;
+        println!("smallest noise multiplier for ε ≤ {target}: {z:.DECIMALS$} (ε {reached:.6})");
     }
     Ok(())
 }

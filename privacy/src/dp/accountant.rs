@@ -486,6 +486,77 @@ pub fn epsilon_after(q: f64, sigma: f64, steps: u64, delta: f64) -> Result<f64, 
     acc.epsilon(delta)
 }
 
+/// Search range of [`smallest_noise_multiplier`]: `[0.05, 1000]`.
+pub const NOISE_MULTIPLIER_RANGE: (f64, f64) = (0.05, 1000.0);
+
+/// The smallest noise multiplier `z`, written with `decimals` decimals and rounded **up** at the
+/// last one, whose ε (`epsilon_at(z)`, non-increasing in `z`: more noise never costs more) is at
+/// most `target_epsilon`; returns `(z, epsilon_at(z))`.
+///
+/// Bisection (60 geometric steps over [`NOISE_MULTIPLIER_RANGE`]) finds the boundary to well
+/// below `10^-decimals`; the result is then rounded up to the decimal grid and **re-checked**:
+/// `z` is the value that `format!("{z:.decimals$}")` prints and that reads back exactly, and its
+/// own ε is within the target — so a task file or coordinator given the printed figure accepts
+/// it (a figure rounded to nearest can fall just below the boundary and overspend by a hair).
+/// Refuses with [`DpError::TargetUnreachable`] when even the top of the range overspends.
+pub fn smallest_noise_multiplier<F>(
+    target_epsilon: f64,
+    decimals: u32,
+    mut epsilon_at: F,
+) -> Result<(f64, f64), DpError>
+where
+    F: FnMut(f64) -> Result<f64, DpError>,
+{
+    if !(target_epsilon.is_finite() && target_epsilon > 0.0) {
+        return Err(DpError::InvalidEpsilon(target_epsilon));
+    }
+    let decimals = decimals.min(12) as usize;
+    let (mut lo, mut hi) = NOISE_MULTIPLIER_RANGE;
+    let top = epsilon_at(hi)?;
+    if top > target_epsilon {
+        return Err(DpError::TargetUnreachable {
+            target_epsilon,
+            noise_multiplier: hi,
+            epsilon_reached: top,
+        });
+    }
+    // ε falls as the noise multiplier grows: `hi` always stays within the target.
+    for _ in 0..60 {
+        let mid = (lo * hi).sqrt();
+        if epsilon_at(mid)? > target_epsilon {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    // Round up onto the printed grid, through the decimal text itself, and step up until the
+    // printed value's own ε is within the target (a step or two at most: ε is monotone, and
+    // only float noise at the boundary can need the second).
+    let step = 10f64.powi(-(decimals as i32));
+    let printed = |k: f64| -> Result<f64, DpError> {
+        format!("{:.*}", decimals, k * step)
+            .parse::<f64>()
+            .map_err(|_| DpError::InvalidNoiseMultiplier(k * step))
+    };
+    let mut k = (hi / step).ceil();
+    for _ in 0..1000 {
+        let z = printed(k)?;
+        if z >= hi {
+            let eps = epsilon_at(z)?;
+            if eps <= target_epsilon {
+                return Ok((z, eps));
+            }
+        }
+        k += 1.0;
+    }
+    let z = printed(k)?;
+    Err(DpError::TargetUnreachable {
+        target_epsilon,
+        noise_multiplier: z,
+        epsilon_reached: epsilon_at(z)?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -536,6 +607,44 @@ mod tests {
         assert!(acc.compose_all(&bad).is_err());
         assert_eq!(acc, before);
         assert_eq!(acc.zcdp_rho(), Some(0.2));
+    }
+
+    /// The calibrated figure is rounded up, reads back as printed, and stays within the target
+    /// while one step below it does not (1000 Poisson-subsampled steps, q = 0.01, δ = 1e-5).
+    #[test]
+    fn calibrated_noise_multiplier_is_rounded_up_and_within_target() {
+        let eps_at = |z: f64| epsilon_after(0.01, z, 1000, 1e-5);
+        for target in [8.0, 3.0, 1.0, 0.5] {
+            let (z, eps) = smallest_noise_multiplier(target, 4, eps_at).unwrap();
+            let text = format!("{z:.4}");
+            assert_eq!(text.parse::<f64>().unwrap(), z, "{text}");
+            assert_eq!(eps, eps_at(z).unwrap());
+            assert!(eps <= target, "target {target}: z {text} spends {eps}");
+            // One grid step lower already overspends: z is the smallest printed value.
+            let below: f64 = format!("{:.4}", z - 1e-4).parse().unwrap();
+            assert!(
+                eps_at(below).unwrap() > target,
+                "target {target}: {below} also fits"
+            );
+        }
+        // An unreachable target is refused with the figures.
+        assert!(matches!(
+            smallest_noise_multiplier(1e-9, 4, eps_at),
+            Err(DpError::TargetUnreachable { noise_multiplier, .. }) if noise_multiplier == 1000.0
+        ));
+        assert!(smallest_noise_multiplier(-1.0, 4, eps_at).is_err());
+    }
+
+    /// A step function of z whose boundary lies just above a grid point: rounding to nearest
+    /// would print that grid point (and overspend); rounding up prints the next one.
+    #[test]
+    fn calibration_never_prints_a_value_below_the_boundary() {
+        let boundary = 0.767_640_1;
+        let eps_at = |z: f64| Ok(if z >= boundary { 7.9 } else { 8.0002 });
+        let (z, eps) = smallest_noise_multiplier(8.0, 4, eps_at).unwrap();
+        assert_eq!(format!("{z:.4}"), "0.7677");
+        assert_eq!(eps, 7.9);
+        assert_eq!(format!("{boundary:.4}"), "0.7676");
     }
 
     #[test]

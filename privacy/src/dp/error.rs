@@ -118,6 +118,19 @@ pub enum DpError {
         /// Least number of partners whose noise shares are in every sum.
         n_min: usize,
     },
+    /// No noise multiplier in the searched range reaches the target ε.
+    #[error(
+        "even a noise multiplier of {noise_multiplier} spends epsilon = {epsilon_reached:.4}, over the \
+         target epsilon = {target_epsilon}: raise the target, plan fewer rounds or lower the sampling rate"
+    )]
+    TargetUnreachable {
+        /// The ε asked for.
+        target_epsilon: f64,
+        /// The largest noise multiplier tried.
+        noise_multiplier: f64,
+        /// ε it reaches.
+        epsilon_reached: f64,
+    },
     /// Two settings that cannot be combined.
     #[error("unsupported combination: {0}")]
     Unsupported(&'static str),
