@@ -538,7 +538,20 @@ impl KeyHolder {
                 c.signature.clone(),
             ));
         }
-        check_fresh(&read_lines(&fed.used_path)?, req)?;
+        let used = read_lines(&fed.used_path)?;
+        check_fresh(&used, req)?;
+        // Each release publishes flooded coefficients; the flooding's security
+        // argument holds for a bounded number of them per key (`privacy::he`).
+        let answered = used.iter().filter(|l| l.starts_with("answered ")).count() as u64;
+        let budget = fed.key.params().max_releases_per_key(req.values);
+        if answered >= budget {
+            return Err(AgentError::Protocol(format!(
+                "decryption of round {} refused: this key holder has already decrypted {answered} \
+                 sums under the federation key, the most its flooding tolerates for updates of \
+                 {} values; the coordinator must make a new key",
+                req.round, req.values
+            )));
+        }
         let shape = Shape::new(&fed.key, req.values).map_err(|e| key_err("ciphertext shape", e))?;
         let aggregate = Aggregate::new(shape).map_err(|e| key_err("aggregate", e))?;
         Ok(DecryptJob {
@@ -871,15 +884,29 @@ mod tests {
         task: &TaskSpec,
         policy: &Policy,
     ) -> (CollectivePublicKey, CollectiveKey) {
+        ceremony_with(HeParams::Secure128, holders, certs, names, id, hashes, task, policy)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn ceremony_with(
+        params: HeParams,
+        holders: &mut [KeyHolder],
+        certs: &[Vec<u8>],
+        names: &[String],
+        id: u8,
+        hashes: &[[u8; 32]],
+        task: &TaskSpec,
+        policy: &Policy,
+    ) -> (CollectivePublicKey, CollectiveKey) {
         let session_id = vec![id; 32];
-        let session = KeySession::new(HeParams::Secure128, [id; 32]);
+        let session = KeySession::new(params, [id; 32]);
         let mut agg = CollectiveKeyAggregator::new(&session, names.len() as u32).unwrap();
         for (i, h) in holders.iter_mut().enumerate() {
             let c = h
                 .keygen(
                     &KeyGenRequest {
                         session_id: session_id.clone(),
-                        params: 1,
+                        params: u32::from(params.id()),
                         party: i as u32,
                         parties: names.len() as u32,
                         committee: names.to_vec(),
@@ -907,7 +934,7 @@ mod tests {
         let key = agg.finish().unwrap();
         let msg = CollectiveKey {
             session_id,
-            params: 1,
+            params: u32::from(params.id()),
             committee: names.to_vec(),
             key: key.to_bytes(),
             transcript,
@@ -1168,6 +1195,39 @@ mod tests {
         assert!(decrypt(&c, 1, &genuine).is_ok());
         let e = decrypt(&c, 1, &genuine).unwrap_err().to_string();
         assert!(e.contains("refused"), "{e}");
+    }
+
+    #[test]
+    fn a_key_holder_stops_decrypting_when_the_keys_release_budget_is_spent() {
+        // Fast64's flooding tolerates no release at the stated loss
+        // (`HeParams::max_releases_per_key` is 0), so its first is refused.
+        let mut c = committee();
+        let policy = Policy {
+            allowed_he_params: [
+                crate::policy::HeParamsName::Secure128,
+                crate::policy::HeParamsName::Fast64,
+            ]
+            .into(),
+            ..Policy::default()
+        };
+        let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let (key, msg) = ceremony_with(
+            HeParams::Fast64,
+            &mut c.holders[..],
+            &c.certs,
+            &names,
+            12,
+            &[HASH; 3],
+            &c.task,
+            &policy,
+        );
+        for h in &mut c.holders {
+            h.install(&msg, &c.task, &HASH, &policy).unwrap();
+        }
+        assert_eq!(HeParams::Fast64.max_releases_per_key(VALUES as u64), 0);
+        c.key = key;
+        let e = decrypt(&c, 1, &genuine(&c, 1, 3)).unwrap_err().to_string();
+        assert!(e.contains("most its flooding tolerates"), "{e}");
     }
 
     #[test]
