@@ -968,7 +968,10 @@ fn a_second_decryption_of_a_nested_set_in_the_same_round_is_refused() {
                 why.contains("already decrypted attempt 1 of that round"),
                 "{name}: {why}"
             ),
-            other => panic!("{name} answered the nested sum: {other:?}\n{}", rogue.report()),
+            other => panic!(
+                "{name} answered the nested sum: {other:?}\n{}",
+                rogue.report()
+            ),
         }
         assert!(
             rogue.agent_log(name).contains("decryption refused"),
@@ -992,4 +995,181 @@ fn a_rerun_reusing_contributions_under_a_new_attempt_is_refused() {
             other => panic!("{name} answered the rerun: {other:?}\n{}", rogue.report()),
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Key attacks against one agent.
+
+/// A key the rogue made itself (it holds every secret share), in the form a
+/// coordinator sends: `transcript` as given.
+fn rogue_key(committee: &[String], transcript: Vec<SignedKeyShare>) -> CollectiveKey {
+    let session = KeySession::new(HeParams::Secure128, [42; 32]);
+    let generator = consortia_privacy::he::KeyShareGen::new(&session);
+    let mut agg =
+        CollectiveKeyAggregator::new(&session, committee.len() as u32).expect("committee");
+    let shares: Vec<_> = (0..committee.len() as u32)
+        .map(|i| generator.generate(consortia_privacy::he::PartyId(i)))
+        .collect();
+    for s in &shares {
+        agg.add_commitment(s.public.party(), s.commitment)
+            .expect("commitment");
+    }
+    for s in shares {
+        agg.add_share(s.public.party(), s.public).expect("share");
+    }
+    CollectiveKey {
+        session_id: vec![42; 32],
+        params: u32::from(HeParams::Secure128.id()),
+        committee: committee.to_vec(),
+        key: agg.finish().expect("key").to_bytes(),
+        transcript,
+    }
+}
+
+/// The rogue welcomes the agent with an acceptable secure task, then sends
+/// `key` as the federation key and starts an encrypted round under it.
+async fn swap_key(mut peer: Peer, task: String, key: CollectiveKey) {
+    if !peer.expect_hello(WAIT).await {
+        return;
+    }
+    peer.welcome(&task).await;
+    let spec = TaskSpec::from_toml_str(&task).expect("task");
+    let session = KeySession::new(HeParams::Secure128, [42; 32]);
+    let key_id = CollectivePublicKey::from_bytes(&key.key, &session)
+        .expect("key")
+        .key_id();
+    peer.send_kind(Down::CollectiveKey(key)).await;
+    send_round(&peer, &spec, key_id.to_vec()).await;
+    peer.closed(WAIT).await;
+}
+
+fn key_swap_is_refused(transcript: impl Fn(&Federation) -> Vec<SignedKeyShare>, expect: &str) {
+    let fed = Federation::new(TASK);
+    let mut committee: Vec<String> = fed.partners.iter().map(|(n, _)| n.clone()).collect();
+    committee.sort();
+    let key = rogue_key(&committee, transcript(&fed));
+    let t = task(true, 3, Some(LOCAL_DP));
+    let mut rogue = Rogue::start(fed, move |peer| swap_key(peer, t.clone(), key.clone()));
+    let name = rogue.start_agent(0, &policy(&[("require_secure_aggregation", "true")]));
+    let status = rogue.wait_agent_exit(&name, WAIT);
+    assert!(
+        !status.success(),
+        "agent took the key ({status})\n{}",
+        rogue.report()
+    );
+    let log = rogue.agent_log(&name);
+    assert!(
+        log.contains("federation key refused") && log.contains(expect),
+        "agent log lacks `{expect}`\n{}",
+        rogue.report()
+    );
+    for kind in ["EncryptedChunk", "UpdateChunk", "EvalReport"] {
+        assert!(
+            !rogue.kinds(&name).contains(&kind),
+            "{kind} sent under a rogue key\n{}",
+            rogue.report()
+        );
+    }
+}
+
+/// Key swap without a transcript: the rogue sends a key it holds the secret
+/// of; the agent refuses it and encrypts nothing under it.
+#[test]
+fn a_key_without_a_transcript_is_refused() {
+    key_swap_is_refused(|_| Vec::new(), "transcript has 0 signed shares");
+}
+
+/// Key swap with a forged transcript: every share carries the named
+/// partner's genuine certificate, but the signatures are the rogue's own
+/// (made with the coordinator's key), so none verifies.
+#[test]
+fn a_key_with_a_forged_transcript_is_refused() {
+    key_swap_is_refused(
+        |fed| {
+            let signer =
+                consortia_ledger::Signer::from_pkcs8_pem_file(fed.pki.coordinator_key_path())
+                    .expect("coordinator key");
+            let mut names: Vec<String> = fed.partners.iter().map(|(n, _)| n.clone()).collect();
+            names.sort();
+            let session = KeySession::new(HeParams::Secure128, [42; 32]);
+            let generator = consortia_privacy::he::KeyShareGen::new(&session);
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    let share = generator
+                        .generate(consortia_privacy::he::PartyId(i as u32))
+                        .public
+                        .to_bytes();
+                    let d =
+                        consortia_proto::key_share_digest(&[42; 32], i as u32, n, &[0; 32], &share);
+                    SignedKeyShare {
+                        party: i as u32,
+                        partner: n.clone(),
+                        public_share: share,
+                        signature: signer.sign_hash(&d).expect("sign"),
+                        certificate: consortia_pki::read_ca_certificate(
+                            &fed.pki.partner_cert_path(n),
+                        )
+                        .expect("certificate"),
+                    }
+                })
+                .collect()
+        },
+        "is not signed by",
+    );
+}
+
+/// Fast64 instead of Secure128: the agent refuses to take part in the key
+/// generation (no commitment leaves it).
+#[test]
+fn a_key_generation_with_fast64_is_refused() {
+    let fed = Federation::new(TASK);
+    let mut committee: Vec<String> = fed.partners.iter().map(|(n, _)| n.clone()).collect();
+    committee.sort();
+    let t = task(true, 3, Some(LOCAL_DP));
+    let mut rogue = Rogue::start(fed, move |mut peer| {
+        let (t, committee) = (t.clone(), committee.clone());
+        async move {
+            if !peer.expect_hello(WAIT).await {
+                return;
+            }
+            peer.welcome(&t).await;
+            let party = committee.iter().position(|p| p == &peer.name).unwrap_or(0) as u32;
+            peer.send_kind(Down::Keygen(KeyGenRequest {
+                session_id: vec![7; 32],
+                params: u32::from(HeParams::Fast64.id()),
+                party,
+                parties: committee.len() as u32,
+                committee,
+            }))
+            .await;
+            peer.wait_log("key generation refused", WAIT).await;
+            peer.send_kind(Down::Finished(TaskFinished {
+                detail: "fast64 attack done".into(),
+            }))
+            .await;
+            peer.closed(WAIT).await;
+        }
+    });
+    let name = rogue.start_agent(
+        0,
+        &policy(&[
+            ("require_secure_aggregation", "true"),
+            ("allowed_he_params", r#"["secure128"]"#),
+        ]),
+    );
+    rogue.wait_agent_exit(&name, WAIT);
+    let log = rogue.agent_log(&name);
+    assert!(
+        log.contains("key generation refused") && log.contains("fast64"),
+        "{}",
+        rogue.report()
+    );
+    assert!(
+        !rogue.kinds(&name).contains(&"KeyCommit"),
+        "a commitment left for a Fast64 key\n{}",
+        rogue.report()
+    );
+    rogue.check_scripts();
 }
