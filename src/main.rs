@@ -400,13 +400,32 @@ fn agent(args: AgentArgs) -> Result<()> {
 fn metrics(state: &std::path::Path) -> Result<()> {
     let store = consortia_coordinator::store::Store::open(state)?;
     let rounds = store.rounds()?;
+    let private = match store.task_toml()? {
+        Some(text) => consortia_model::TaskSpec::from_toml_str(&text)?
+            .privacy_spec()?
+            .is_some(),
+        None => false,
+    };
     consortia_coordinator::orchestrator::print_table_header();
+    let mut shown = 0;
     for m in store.all_metrics()? {
         if m.model_round == 0 {
             continue;
         }
         let rec = rounds.iter().find(|r| r.round == m.model_round);
         consortia_coordinator::orchestrator::print_table_row(rec, m.model_round, &m.metrics);
+        shown += 1;
+    }
+    if private {
+        println!(
+            "(a [privacy] task: only the scheduled models are evaluated — the final one, and every \
+             `evaluate_every`-th — and every figure is estimated from {}-bin score histograms with \
+             discrete Gaussian noise)",
+            consortia_privacy::dp::DP_SCORE_BINS
+        );
+    }
+    if shown == 0 {
+        println!("no evaluation of a trained model is stored yet");
     }
     Ok(())
 }
@@ -445,25 +464,42 @@ fn export_model(state: &std::path::Path, round: Option<u64>, out: &std::path::Pa
 
 fn privacy_plan(task_path: &std::path::Path, target: Option<f64>) -> Result<()> {
     use consortia_privacy::dp::accountant::smallest_noise_multiplier;
-    use consortia_privacy::dp::{PrivacySpec, plan_epsilon_with};
+    use consortia_privacy::dp::{PrivacySpec, task_plan_epsilon};
     let task = consortia_model::TaskSpec::load(task_path)?;
     let spec: PrivacySpec = task
         .privacy_spec()?
         .with_context(|| format!("{} has no [privacy] table", task_path.display()))?;
     let rounds = u64::from(task.rounds);
-    // The coordinator's own check at task creation (`check_plan`): the same events, the same ε.
+    // The coordinator's own check at task creation (`check_task_plan`): the same events —
+    // the rounds and the planned evaluations — the same ε.
     let eps = |spec: &PrivacySpec| -> Result<f64, consortia_privacy::dp::DpError> {
         let events = spec.round_events(1)?;
-        plan_epsilon_with(spec, &events, rounds)
+        task_plan_epsilon(spec, &events, rounds)
     };
+    let evaluations = spec.planned_evaluations(rounds);
     println!(
-        "{} rounds at noise multiplier {}: ε {:.4} at δ {} (budget ε {})",
+        "{} rounds at noise multiplier {} and {} evaluation(s) at evaluation_noise {} (ρ {} each): ε {:.4} at δ {} (budget ε {})",
         rounds,
         spec.noise_multiplier,
+        evaluations,
+        spec.evaluation_noise,
+        1.0 / (2.0 * spec.evaluation_noise * spec.evaluation_noise),
         eps(&spec)?,
         spec.delta,
         spec.epsilon
     );
+    if evaluations == 0 {
+        println!(
+            "  no evaluation is released: under unit = \"partner\" no noise independent of the data protects a whole partner's held-out rows"
+        );
+    } else if spec.evaluate_every == 0 {
+        println!("  evaluations: the final model only (evaluate_every = 0)");
+    } else {
+        println!(
+            "  evaluations: the final model and the model of every {}th round",
+            spec.evaluate_every
+        );
+    }
     if let Some(target) = target {
         // Bisection, then rounded UP to the 4 printed decimals and re-checked: the printed
         // figure itself (as a task file would carry it) spends at most `target`.

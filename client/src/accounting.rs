@@ -12,14 +12,15 @@
 //!
 //! The spend of a round is appended to the partner's ledger (and flushed)
 //! before the noised update leaves the partner, so a crash can only
-//! over-count.
+//! over-count. So is each evaluation's ([`PartnerPrivacy::admit_evaluation`]),
+//! before a held-out row is scored.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use consortia_ledger::book::{BookError, PrivacyBook, TaskId};
 use consortia_ledger::{DatasetId, Ledger, Signer};
 use consortia_model::TaskSpec;
-use consortia_privacy::dp::{Budget, PrivacySpec};
+use consortia_privacy::dp::{Budget, DpEvent, EVALUATION_MECHANISM, PrivacySpec};
 
 use crate::{AgentConfig, AgentError};
 
@@ -153,6 +154,62 @@ impl PartnerPrivacy {
             .map_err(|e| format!("cannot write the privacy ledger: {e}"))?;
         Ok(quote.after)
     }
+
+    /// Checks that releasing `events` fits the partner's own budget: ε after them, or the
+    /// reason to send the coordinator with a `Decline`.
+    fn fits(&self, events: &[(DpEvent, u64)], what: &str) -> Result<f64, String> {
+        let quote = match self.book.quote_events(&self.partner, events) {
+            Ok(q) => q,
+            Err(BookError::Overspent { budget, .. }) => {
+                return Err(format!("our privacy budget (ε {budget}) is spent"));
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        if !quote.fits() {
+            return Err(format!(
+                "{what} would take our privacy budget from ε {:.3} to ε {:.3}, over our ε {}",
+                quote.spent, quote.after, quote.budget
+            ));
+        }
+        Ok(quote.after)
+    }
+
+    /// Checks, before anything is charged, that a round that trains on `rows` rows *and*
+    /// evaluates the model fits the budget as a whole, so that a partner never pays for a
+    /// training round whose evaluation it must then decline.
+    pub fn check_round_and_evaluation(&self, rows: usize) -> Result<f64, String> {
+        let mut events = self.book.round_events(rows).map_err(|e| e.to_string())?;
+        events.extend(self.spec.evaluation_events());
+        self.fits(&events, "this round and its evaluation")
+    }
+
+    /// Charges one evaluation release of `round` (`PrivacySpec::evaluation_events`, mechanism
+    /// [`EVALUATION_MECHANISM`]) to the partner's own budget and ledger — appended and flushed
+    /// before any held-out row is scored — or says why not (`Err` carries the reason for a
+    /// `Decline`). `rows` is the partner's training row count, the dataset size its ledger
+    /// records for every release.
+    pub fn admit_evaluation(&mut self, round: u64, rows: usize) -> Result<f64, String> {
+        let events = self.spec.evaluation_events();
+        let after = self.fits(&events, "this evaluation")?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let record = self
+            .book
+            .charge_events(
+                round,
+                now,
+                &[(self.partner.clone(), rows as u64)],
+                &events,
+                EVALUATION_MECHANISM,
+            )
+            .map_err(|e| e.to_string())?;
+        self.ledger
+            .append(record, &self.signer)
+            .map_err(|e| format!("cannot write the privacy ledger: {e}"))?;
+        Ok(after)
+    }
 }
 
 #[cfg(test)]
@@ -254,6 +311,92 @@ mod tests {
         fn admit_would_fail(&self) -> bool {
             !matches!(self.book.quote(&self.partner, 2000), Ok(q) if q.fits())
         }
+    }
+
+    /// An evaluation is written to the partner's own ledger (mechanism
+    /// "evaluation-discrete-gaussian", ρ = 1/(2σ_e²)) and its spend grows by exactly that
+    /// event; one that does not fit the budget is refused and writes nothing.
+    #[test]
+    fn an_evaluation_is_charged_to_the_partners_own_ledger() {
+        use consortia_ledger::entry::StoredEvent;
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let pki = consortia_pki::Pki::init(
+            dir.path().join("pki"),
+            &["localhost".into()],
+            &[PARTNER.into()],
+        )
+        .expect("PKI");
+        let data = dir.path().join("d.csv");
+        std::fs::write(&data, "a\n1\n").expect("data");
+        let cfg = config(dir.path(), &pki.partner_key_path(PARTNER), &data, None);
+        let mut s = spec();
+        s.evaluation_noise = 5.0;
+        let mut p = PartnerPrivacy::open(&cfg, s.clone(), "t", PARTNER, [1; 32]).unwrap();
+        p.admit(1, 2000).unwrap();
+        let before = p.spent().unwrap();
+        let planned = p.check_round_and_evaluation(2000).unwrap();
+        assert!(planned > before);
+        let after = p.admit_evaluation(1, 2000).unwrap();
+        assert!((p.spent().unwrap() - after).abs() < 1e-12);
+        // The increase is that of ρ = 1/(2·25) composed onto the round.
+        let mut by_hand = consortia_privacy::dp::RdpAccountant::new();
+        by_hand.compose_all(&s.round_events(2000).unwrap()).unwrap();
+        by_hand.compose(DpEvent::Zcdp { rho: 0.02 }, 1).unwrap();
+        assert!((after - by_hand.epsilon(1e-5).unwrap()).abs() < 1e-12);
+        drop(p);
+
+        let entries = Ledger::open(cfg.state_dir.join("ledger"))
+            .unwrap()
+            .entries()
+            .unwrap();
+        assert_eq!(entries.len(), 2);
+        let e = &entries[1].record;
+        assert_eq!(e.mechanism, "evaluation-discrete-gaussian");
+        assert_eq!(
+            (e.round, e.participants.as_slice()),
+            (1, [PARTNER.to_string()].as_slice())
+        );
+        let charged = e.charged.as_ref().unwrap();
+        assert_eq!(
+            charged.events,
+            vec![StoredEvent::Zcdp {
+                rho: 0.02,
+                count: 1
+            }]
+        );
+        assert_eq!(
+            charged.dataset.as_ref().map(|d| d.name.as_str()),
+            Some("d.csv")
+        );
+        assert!((e.epsilon_cumulative[PARTNER] - after).abs() < 1e-12);
+        assert!((e.epsilon_round[PARTNER] - (after - before)).abs() < 1e-12);
+        let verifier =
+            consortia_ledger::Verifier::from_cert_pem_file(pki.partner_cert_path(PARTNER)).unwrap();
+        assert!(consortia_ledger::audit::verify(&entries, &verifier).is_valid());
+
+        // Reopened, the book replays the evaluation; with σ_e = 1 (ρ = 0.5 each) the own
+        // budget of ε 6 runs out, and the refused evaluation leaves no entry.
+        s.evaluation_noise = 1.0;
+        let mut p = PartnerPrivacy::open(&cfg, s, "t", PARTNER, [1; 32]).unwrap();
+        assert!((p.spent().unwrap() - after).abs() < 1e-12);
+        let mut admitted = 0;
+        let refusal = loop {
+            match p.admit_evaluation(2 + admitted, 2000) {
+                Ok(eps) => assert!(eps <= 6.0),
+                Err(why) => break why,
+            }
+            admitted += 1;
+            assert!(admitted < 100, "the budget never ran out");
+        };
+        assert!(refusal.contains("this evaluation"), "{refusal}");
+        assert!(p.spent().unwrap() <= 6.0);
+        assert!(p.check_round_and_evaluation(2000).is_err());
+        drop(p);
+        let entries = Ledger::open(cfg.state_dir.join("ledger"))
+            .unwrap()
+            .entries()
+            .unwrap();
+        assert_eq!(entries.len() as u64, 2 + admitted);
     }
 
     #[test]

@@ -10,8 +10,11 @@ use std::time::Duration;
 
 use consortia_model::TaskSpec;
 use consortia_model::logistic::LogisticModel;
+use consortia_model::metrics::EvalPartial;
 use consortia_pki::{ClientTls, ClientTlsFiles};
-use consortia_privacy::dp::{NoisePlacement, PrivacySpec, PrivacyUnit};
+use consortia_privacy::dp::{
+    DP_SCORE_BINS, NoisePlacement, PrivacySpec, PrivacyUnit, noisy_histograms,
+};
 use consortia_privacy::he::{CollectivePublicKey, Encryptor, Shape};
 use consortia_privacy::update::UpdateEncoding;
 use consortia_proto::federation_client::FederationClient;
@@ -529,8 +532,12 @@ fn welcome(
     }
     // The partner's policy decides before any private row is read.
     let spec = task_privacy(&task)?;
-    cfg.policy
-        .admit(&task, partner, spec.as_ref(), consortia_privacy::dp::secure_rng())?;
+    cfg.policy.admit(
+        &task,
+        partner,
+        spec.as_ref(),
+        consortia_privacy::dp::secure_rng(),
+    )?;
     if spec.is_none() && cfg.privacy.is_some() {
         return Err(AgentError::Task(format!(
             "task `{}` has no [privacy] table, but this partner's configuration sets a privacy              budget: refused (its rows are never used without differential privacy)",
@@ -607,6 +614,21 @@ async fn play_round(
     let mean = start.feature_mean.clone();
     let std = start.feature_std.clone();
     let rows = data.train_rows();
+    // Under [privacy] only the scheduled models are evaluated — the final one, and every
+    // `evaluate_every`-th when set (PrivacySpec::evaluates, as the coordinator decides) —
+    // and nothing else about the held-out rows leaves. Without [privacy] every model is
+    // evaluated, exactly.
+    let evaluate = state
+        .privacy
+        .as_ref()
+        .is_none_or(|p| p.spec.evaluates(start.model_round, start.train));
+    if !start.train && !evaluate {
+        state.data = Some(data);
+        let reason = "this task releases no evaluation (unit = \"partner\": no noise independent \
+                      of the data protects a whole partner's held-out rows)";
+        eprintln!("round {round}: refused: {reason}");
+        return send(tx, Up::Decline(decline(round, reason))).await;
+    }
     // One update per (round, attempt): a rerun of a round under the same
     // attempt is refused before any work (or spend) on private rows.
     if start.train && !start.key_id.is_empty() {
@@ -636,7 +658,14 @@ async fn play_round(
     let mut declined = None;
     let mut private_spec = None;
     if let (true, Some(p)) = (start.train, state.privacy.as_mut()) {
-        match p.admit(round, rows) {
+        // A round that also evaluates is checked as a whole first, so that its training
+        // is never charged when its evaluation could not be afforded.
+        let whole = if evaluate {
+            p.check_round_and_evaluation(rows).map(|_| ())
+        } else {
+            Ok(())
+        };
+        match whole.and_then(|()| p.admit(round, rows)) {
             Ok(eps) => {
                 println!("round {round}: privacy spend recorded, ε after this round {eps:.3}");
                 private_spec = Some(p.spec.clone());
@@ -659,12 +688,16 @@ async fn play_round(
         .await;
     }
     // Each evaluation is a query on the held-out rows: the policy caps them.
-    let evaluations = match crate::pins::count_evaluation(&cfg.state_dir, &task.name) {
-        Ok(n) => n,
-        Err(e) => {
-            state.data = Some(data);
-            return Err(fatal(state, e));
+    let evaluations = if evaluate {
+        match crate::pins::count_evaluation(&cfg.state_dir, &task.name) {
+            Ok(n) => n,
+            Err(e) => {
+                state.data = Some(data);
+                return Err(fatal(state, e));
+            }
         }
+    } else {
+        0
     };
     if evaluations > cfg.policy.max_evaluations {
         state.data = Some(data);
@@ -723,13 +756,45 @@ async fn play_round(
             }
         }
     };
+    // Write-ahead: a private evaluation is charged to this partner's own ledger (and
+    // flushed) before any held-out row is scored; one its budget cannot afford is declined.
+    let mut eval_noise = None;
+    if let (true, Some(p)) = (evaluate, state.privacy.as_mut()) {
+        match p.admit_evaluation(round, rows) {
+            Ok(eps) => {
+                println!(
+                    "round {round}: evaluation of model {} charged to the privacy ledger, ε after it {eps:.3}",
+                    start.model_round
+                );
+                eval_noise = Some(p.spec.evaluation_noise);
+            }
+            Err(reason) => {
+                state.data = Some(data);
+                println!("round {round}: declined: {reason}");
+                return send(
+                    tx,
+                    Up::Decline(Decline {
+                        budget_exhausted: true,
+                        ..decline(round, reason)
+                    }),
+                )
+                .await;
+            }
+        }
+    }
     let rounds = task.rounds;
     let partner = partner.to_string();
     // Evaluation and training are CPU work: keep them off the async threads.
     let work = tokio::task::spawn_blocking(move || {
         let mut data = data;
-        let eval = data.evaluate(&model, &mean, &std);
-        let outgoing = if train && eval.is_ok() {
+        let eval = evaluate.then(|| {
+            let exact = data.evaluate(&model, &mean, &std)?;
+            match eval_noise {
+                None => Ok(exact),
+                Some(sigma) => private_evaluation(&exact, sigma),
+            }
+        });
+        let outgoing = if train && eval.as_ref().is_none_or(Result::is_ok) {
             Some(match &secure_key {
                 None => plain_update(
                     &mut data,
@@ -765,21 +830,31 @@ async fn play_round(
         Err(e) => return Err(SessionEnd::Lost(format!("local work failed: {e}"))),
     };
     state.data = Some(data);
-    let eval = eval.map_err(|e| fatal(state, e))?;
-    let partial_json = serde_json::to_vec(&eval)
-        .map_err(|e| SessionEnd::Lost(format!("cannot encode evaluation: {e}")))?;
-    println!(
-        "round {round}: model of round {} scored on {} held-out rows",
-        start.model_round, eval.n
-    );
-    send(
-        tx,
-        Up::Eval(EvalReport {
-            model_round: start.model_round,
-            partial_json,
-        }),
-    )
-    .await?;
+    if let Some(eval) = eval {
+        let eval = eval.map_err(|e| fatal(state, e))?;
+        let partial_json = serde_json::to_vec(&eval)
+            .map_err(|e| SessionEnd::Lost(format!("cannot encode evaluation: {e}")))?;
+        match eval_noise {
+            None => println!(
+                "round {round}: model of round {} scored on {} held-out rows",
+                start.model_round, eval.n
+            ),
+            Some(sigma) => println!(
+                "round {round}: model of round {} scored; sending {}-bin score histograms with \
+                 discrete Gaussian noise (σ {sigma}) on every count",
+                start.model_round,
+                eval.bins()
+            ),
+        }
+        send(
+            tx,
+            Up::Eval(EvalReport {
+                model_round: start.model_round,
+                partial_json,
+            }),
+        )
+        .await?;
+    }
     let Some(outgoing) = outgoing else {
         return Ok(());
     };
@@ -866,6 +941,20 @@ async fn play_round(
     }
     state.summary.rounds_trained += 1;
     Ok(())
+}
+
+/// The evaluation a partner releases under `[privacy]`: its exact partial coarsened to
+/// [`DP_SCORE_BINS`] bins, independent discrete Gaussian noise of scale `sigma` on each of the
+/// `2·DP_SCORE_BINS` counts (clamped at 0), and every other figure rebuilt from the noised
+/// histograms (`consortia_privacy::dp::release`: `1/(2σ²)`-zCDP, CKS20 Thm 14 with Δ = 1).
+fn private_evaluation(exact: &EvalPartial, sigma: f64) -> Result<EvalPartial, AgentError> {
+    let coarse = exact
+        .coarsen(DP_SCORE_BINS)
+        .map_err(|e| AgentError::Data(format!("coarsening the evaluation: {e}")))?;
+    let (pos, neg) = noisy_histograms(&coarse.pos_hist, &coarse.neg_hist, sigma)
+        .map_err(|e| AgentError::Data(format!("noising the evaluation: {e}")))?;
+    EvalPartial::from_histograms(pos, neg)
+        .map_err(|e| AgentError::Data(format!("the noised evaluation: {e}")))
 }
 
 /// What a partner sends for a round.

@@ -13,15 +13,16 @@ use std::path::{Path, PathBuf};
 use consortia_ledger::book::{BookError, PrivacyBook, TaskId};
 use consortia_ledger::{Ledger, Signer};
 use consortia_model::TaskSpec;
-use consortia_privacy::dp::{PrivacySpec, check_plan};
+use consortia_privacy::dp::{DpEvent, EVALUATION_MECHANISM, PrivacySpec, check_task_plan};
 
 use crate::CoordinatorError;
 
 /// Reads the task's `[privacy]` table, if any, and checks it can run here.
 ///
-/// Refused at task creation: invalid figures (ε ≤ 0, δ ∉ (0,1), C ≤ 0, z ≤ 0),
-/// a plan whose rounds exceed the budget (the message gives the ε reached),
-/// and settings this coordinator cannot honour.
+/// Refused at task creation: invalid figures (ε ≤ 0, δ ∉ (0,1), C ≤ 0, z ≤ 0,
+/// σ_e < 1), a plan whose rounds and planned evaluations exceed the budget
+/// (`check_task_plan`; the message gives the ε reached), and settings this
+/// coordinator cannot honour.
 pub fn task_privacy(task: &TaskSpec) -> Result<Option<PrivacySpec>, CoordinatorError> {
     let bad = |m: String| CoordinatorError::Task(format!("[privacy]: {m}"));
     let Some(spec) = task
@@ -39,7 +40,15 @@ pub fn task_privacy(task: &TaskSpec) -> Result<Option<PrivacySpec>, CoordinatorE
     // Events of a round do not depend on a partner's size (the sampling rate is
     // fixed by the task); δ against each partner's rows is checked once known.
     let events = spec.round_events(1).map_err(|e| bad(e.to_string()))?;
-    check_plan(&spec, &events, u64::from(task.rounds)).map_err(|e| bad(e.to_string()))?;
+    let rounds = u64::from(task.rounds);
+    check_task_plan(&spec, &events, rounds).map_err(|e| {
+        bad(format!(
+            "{e} (the plan includes {} evaluation(s) at evaluation_noise = {}: raise \
+             `evaluation_noise` or `evaluate_every` to make them cheaper)",
+            spec.planned_evaluations(rounds),
+            spec.evaluation_noise
+        ))
+    })?;
     Ok(Some(spec))
 }
 
@@ -90,7 +99,30 @@ impl Accounting {
     /// Whether `partner` (with `rows` training rows) can afford the next round;
     /// the reason when it cannot.
     pub fn admits(&mut self, partner: &str, rows: u64) -> Result<(), String> {
-        match self.book.quote(partner, rows as usize) {
+        self.admits_round(partner, rows, true, false)
+    }
+
+    /// Whether `partner` (with `rows` training rows) can afford what the next round
+    /// releases about it: a training round (`train`), an evaluation of the model
+    /// (`evaluate`), or both together; the reason when it cannot.
+    pub fn admits_round(
+        &mut self,
+        partner: &str,
+        rows: u64,
+        train: bool,
+        evaluate: bool,
+    ) -> Result<(), String> {
+        let mut events: Vec<(DpEvent, u64)> = Vec::new();
+        if train {
+            events = self
+                .book
+                .round_events(rows as usize)
+                .map_err(|e| e.to_string())?;
+        }
+        if evaluate {
+            events.extend(self.book.spec().evaluation_events());
+        }
+        match self.book.quote_events(partner, &events) {
             Ok(q) if q.fits() => Ok(()),
             Ok(q) => Err(format!(
                 "its budget would go from ε {:.3} to ε {:.3}, over its ε {}",
@@ -126,6 +158,34 @@ impl Accounting {
         }
         Ok(())
     }
+
+    /// Writes the spend of the evaluation released in `round` by each of `partners` (name →
+    /// training rows) to the ledger (durably, *before* the round asks for it: write-ahead,
+    /// like [`record_round`](Self::record_round)) and exports it: one record of mechanism
+    /// [`EVALUATION_MECHANISM`] charging `PrivacySpec::evaluation_events`.
+    pub fn record_evaluation(
+        &mut self,
+        round: u64,
+        time_unix_ms: u64,
+        partners: &[(String, u64)],
+    ) -> Result<(), CoordinatorError> {
+        let events = self.book.spec().evaluation_events();
+        let record = self
+            .book
+            .charge_events(round, time_unix_ms, partners, &events, EVALUATION_MECHANISM)
+            .map_err(|e| CoordinatorError::Task(format!("privacy accounting: {e}")))?;
+        let err = |e: consortia_ledger::LedgerError| {
+            CoordinatorError::Task(format!("privacy ledger: {e}"))
+        };
+        self.ledger
+            .append(record.clone(), &self.signer)
+            .map_err(err)?;
+        self.ledger.export_json(&self.export).map_err(err)?;
+        for (p, eps) in &record.epsilon_cumulative {
+            tracing::info!(partner = %p, round, epsilon = eps, budget = record.budget_epsilon.get(p).copied().unwrap_or(f64::NAN), "privacy spend of the evaluation recorded");
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -135,6 +195,69 @@ mod tests {
     use super::*;
 
     const TASK: &str = include_str!("../../examples/telco_churn_dp_eps3.toml");
+
+    /// The plan counts the final evaluation: a task whose rounds fit the budget but whose
+    /// rounds and evaluations do not is refused, with the evaluations named.
+    #[test]
+    fn the_task_plan_includes_the_evaluations() {
+        let mut task = TaskSpec::from_toml_str(TASK).unwrap();
+        let spec = task_privacy(&task).unwrap().unwrap();
+        let events = spec.round_events(1).unwrap();
+        let rounds = u64::from(task.rounds);
+        let rounds_only = consortia_privacy::dp::plan_epsilon_with(&spec, &events, rounds).unwrap();
+        // Evaluating every 2nd model at σ_e = 2 costs more than the ε left over.
+        let mut table = task.privacy.clone().unwrap();
+        table.insert("evaluate_every".into(), 2.into());
+        table.insert("evaluation_noise".into(), 2.0.into());
+        task.privacy = Some(table);
+        assert!(rounds_only <= spec.epsilon);
+        let err = task_privacy(&task).unwrap_err().to_string();
+        assert!(
+            err.contains("would spend") && err.contains("10 evaluation(s) at evaluation_noise = 2"),
+            "{err}"
+        );
+        // And σ_e below 1 is refused as a figure.
+        let mut table = task.privacy.clone().unwrap();
+        table.insert("evaluation_noise".into(), 0.5.into());
+        task.privacy = Some(table);
+        let err = task_privacy(&task).unwrap_err().to_string();
+        assert!(err.contains("evaluation_noise"), "{err}");
+    }
+
+    /// An evaluation is recorded as its own ledger entry, after the round's.
+    #[test]
+    fn evaluations_are_recorded_after_the_round() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki =
+            consortia_pki::Pki::init(dir.path().join("pki"), &["localhost".into()], &[]).unwrap();
+        let task = TaskSpec::from_toml_str(TASK).unwrap();
+        let spec = task_privacy(&task).unwrap().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        let mut acc =
+            Accounting::open(spec.clone(), &task, &state, &pki.coordinator_key_path()).unwrap();
+        let parts = [("a".to_string(), 2000u64), ("b".to_string(), 3000)];
+        acc.record_round(1, 0, &parts).unwrap();
+        let before = acc.book.spent("a").unwrap();
+        acc.admits_round("a", 2000, false, true).unwrap();
+        acc.record_evaluation(1, 0, &parts).unwrap();
+        assert!(acc.book.spent("a").unwrap() > before);
+        let entries = load_entries(state.join("privacy-ledger.json")).unwrap();
+        assert_eq!(entries.len(), 2);
+        let e = &entries[1].record;
+        assert_eq!(
+            (e.round, e.mechanism.as_str()),
+            (1, "evaluation-discrete-gaussian")
+        );
+        assert_eq!(e.participants, ["a", "b"]);
+        assert_eq!(
+            e.charged.as_ref().unwrap().events,
+            vec![consortia_ledger::entry::StoredEvent::Zcdp {
+                rho: 1.0 / (2.0 * spec.evaluation_noise * spec.evaluation_noise),
+                count: 1
+            }]
+        );
+    }
 
     /// Rounds recorded under one noise multiplier keep their cost when the
     /// coordinator restarts with another: the book replays the ledger's

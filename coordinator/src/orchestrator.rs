@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use consortia_model::TaskSpec;
-use consortia_model::metrics::{EvalPartial, Metrics};
+use consortia_model::metrics::{EvalPartial, Metrics, SCORE_BINS};
 use consortia_model::standardize::{FeatureStats, Standardizer};
-use consortia_privacy::dp::{NoisePlacement, PrivacySpec, PrivacyUnit};
+use consortia_privacy::dp::{DP_SCORE_BINS, NoisePlacement, PrivacySpec, PrivacyUnit};
 use consortia_privacy::he::{Aggregate, HeParams, Shape};
 use consortia_privacy::update::UpdateEncoding;
 use consortia_proto::{
@@ -541,6 +541,14 @@ pub async fn run_task(
     }
     // The checked privacy settings, as the accounting holds them.
     let privacy_spec = accounting.as_ref().map(|a| a.book.spec().clone());
+    // Under [privacy] partners release only the scheduled evaluations
+    // (`PrivacySpec::evaluates`, which they apply too), as noised coarse histograms;
+    // without it every round's input model is evaluated exactly.
+    let eval_bins = if privacy_spec.is_some() {
+        DP_SCORE_BINS
+    } else {
+        SCORE_BINS
+    };
     let mut fed_key = match &hub.ciphertexts {
         Some(ciphertexts) => {
             // Ciphertexts of other rounds, or of a round whose sum was already
@@ -563,7 +571,10 @@ pub async fn run_task(
     let mut absent_log = Instant::now() - Duration::from_secs(60);
     loop {
         let train = last < total;
-        if !train && store.metrics(last)?.is_some() {
+        let evaluate = privacy_spec
+            .as_ref()
+            .is_none_or(|s| s.evaluates(last, train));
+        if !train && (!evaluate || store.metrics(last)?.is_some()) {
             break;
         }
         let model = store
@@ -601,10 +612,30 @@ pub async fn run_task(
                 continue;
             }
         }
+        // The final evaluation of a private task goes ahead with the partners that can
+        // afford it (each report is private on its own; min_partners is about sums).
+        let mut needed = min;
         if train {
-            leave_out_over_budget(&hub, &mut selected, accounting.as_mut(), min, round)?;
+            leave_out_over_budget(
+                &hub,
+                &mut selected,
+                accounting.as_mut(),
+                min,
+                round,
+                evaluate,
+            )?;
+        } else if let Some(acc) = accounting.as_mut() {
+            let reasons = leave_out_unaffordable_evaluation(&hub, &mut selected, acc, round);
+            if selected.is_empty() {
+                tracing::warn!(
+                    reasons = ?reasons,
+                    "no partner can afford the final evaluation within its privacy budget; the task ends without it"
+                );
+                break;
+            }
+            needed = 1;
         }
-        if selected.len() < min {
+        if selected.len() < needed {
             if fed_key.is_some() {
                 hub.wait_change(Duration::from_secs(1)).await;
             }
@@ -637,6 +668,25 @@ pub async fn run_task(
                 .collect();
             acc.record_round(round, now_ms(), &charged)?;
         }
+        // The same for the evaluation of the model going in: every partner asked to
+        // evaluate it is charged before it is asked (after the training charge, the order
+        // in which partners charge their own ledgers). Partners whose encrypted update was
+        // kept from before a restart are not asked again.
+        if let (Some(acc), true) = (accounting.as_mut(), evaluate) {
+            let rows = lock(&hub.rows).clone();
+            let kept: BTreeSet<&str> = secure
+                .as_ref()
+                .map(|s| s.stored.iter().map(|u| u.partner.as_str()).collect())
+                .unwrap_or_default();
+            let charged: Vec<(String, u64)> = selected
+                .iter()
+                .filter(|p| !kept.contains(p.as_str()))
+                .map(|p| (p.clone(), rows.get(p).copied().unwrap_or(1)))
+                .collect();
+            if !charged.is_empty() {
+                acc.record_evaluation(round, now_ms(), &charged)?;
+            }
+        }
         let model = Arc::new(model);
         let mut result = collect_round(
             &hub,
@@ -648,6 +698,7 @@ pub async fn run_task(
             &standardizer,
             deadline,
             secure,
+            evaluate.then_some(eval_bins),
         )
         .await;
 
@@ -752,19 +803,32 @@ pub async fn run_task(
         }
     }
     let final_metrics = store.metrics(last)?;
-    if let Some(m) = &final_metrics {
-        let x = &m.metrics;
-        println!(
-            "final model (round {last}) on {} held-out rows of {} partners: ROC-AUC {:.4}, accuracy {:.4}, precision {:.4}, recall {:.4}, F1 {:.4}, log-loss {:.4}",
-            x.examples,
-            m.partners.len(),
-            x.roc_auc,
-            x.accuracy,
-            x.precision,
-            x.recall,
-            x.f1,
-            x.log_loss
-        );
+    match &final_metrics {
+        Some(m) => {
+            let x = &m.metrics;
+            println!(
+                "final model (round {last}) on {} held-out rows of {} partners: ROC-AUC {:.4}, accuracy {:.4}, precision {:.4}, recall {:.4}, F1 {:.4}, log-loss {:.4}{}",
+                x.examples,
+                m.partners.len(),
+                x.roc_auc,
+                x.accuracy,
+                x.precision,
+                x.recall,
+                x.f1,
+                x.log_loss,
+                if privacy_spec.is_some() {
+                    format!(
+                        " (differentially private estimates from {DP_SCORE_BINS}-bin noised score histograms)"
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
+        None if privacy_spec.is_some() => println!(
+            "final model (round {last}): no evaluation was released (see the coordinator's log)"
+        ),
+        None => {}
     }
     for partner in hub.connected() {
         hub.send_to(
@@ -829,6 +893,7 @@ fn leave_out_over_budget(
     accounting: Option<&mut Accounting>,
     min: usize,
     round: u64,
+    evaluate: bool,
 ) -> Result<(), CoordinatorError> {
     let mut reasons = Vec::new();
     let declared = lock(&hub.exhausted).clone();
@@ -840,7 +905,7 @@ fn leave_out_over_budget(
             return false;
         }
         if let Some(acc) = accounting.as_deref_mut()
-            && let Err(why) = acc.admits(p, rows.get(p).copied().unwrap_or(1))
+            && let Err(why) = acc.admits_round(p, rows.get(p).copied().unwrap_or(1), true, evaluate)
         {
             tracing::warn!(partner = %p, round, "left out of the round: {why}");
             reasons.push(format!("{p}: {why}"));
@@ -856,6 +921,34 @@ fn leave_out_over_budget(
         )));
     }
     Ok(())
+}
+
+/// Leaves out of the final evaluation of a private task every partner that
+/// declared its budget exhausted or whose evaluation the coordinator's book
+/// cannot afford; returns why each was left out.
+fn leave_out_unaffordable_evaluation(
+    hub: &Hub,
+    selected: &mut BTreeSet<String>,
+    accounting: &mut Accounting,
+    round: u64,
+) -> Vec<String> {
+    let mut reasons = Vec::new();
+    let declared = lock(&hub.exhausted).clone();
+    let rows = lock(&hub.rows).clone();
+    selected.retain(|p| {
+        if let Some(why) = declared.get(p) {
+            reasons.push(format!("{p} declined: {why}"));
+            return false;
+        }
+        if let Err(why) = accounting.admits_round(p, rows.get(p).copied().unwrap_or(1), false, true)
+        {
+            tracing::warn!(partner = %p, round, "left out of the final evaluation: {why}");
+            reasons.push(format!("{p}: {why}"));
+            return false;
+        }
+        true
+    });
+    reasons
 }
 
 async fn wait_for_partners(hub: &Hub, min: usize) {
@@ -987,6 +1080,7 @@ async fn collect_round(
     standardizer: &StoredStandardizer,
     deadline: Duration,
     secure: Option<SecureRound>,
+    eval_bins: Option<usize>,
 ) -> RoundResult {
     let until = Instant::now() + deadline;
     let mut collector = RoundCollector::new(
@@ -996,7 +1090,8 @@ async fn collect_round(
         hub.param_count,
         selected.clone(),
         until,
-    );
+    )
+    .with_evaluation(eval_bins);
     let mut key_id = Vec::new();
     let mut already = BTreeSet::new();
     if let Some(s) = secure {

@@ -10,7 +10,7 @@ use std::fmt;
 use std::time::Instant;
 
 use consortia_model::fedavg::WeightedSum;
-use consortia_model::metrics::EvalPartial;
+use consortia_model::metrics::{EvalPartial, SCORE_BINS};
 use consortia_privacy::he::{Aggregate, Shape};
 
 use crate::secure::{StoredUpdate, for_each_chunk};
@@ -149,6 +149,7 @@ pub struct RoundCollector {
     loss_weight: f64,
     eval: Option<EvalPartial>,
     eval_partners: Vec<String>,
+    eval_bins: Option<usize>,
     aggregate: Option<Aggregate>,
     ciphertexts: Vec<StoredUpdate>,
     poisoned: Option<String>,
@@ -177,6 +178,7 @@ impl RoundCollector {
             loss_weight: 0.0,
             eval: None,
             eval_partners: Vec::new(),
+            eval_bins: Some(SCORE_BINS),
             aggregate: None,
             ciphertexts: Vec::new(),
             poisoned: None,
@@ -187,6 +189,14 @@ impl RoundCollector {
     /// `aggregate`'s shape are taken, summed into `aggregate`.
     pub fn with_aggregate(mut self, aggregate: Aggregate) -> Self {
         self.aggregate = Some(aggregate);
+        self
+    }
+
+    /// Which evaluation reports the round takes: `Some(bins)` (by default [`SCORE_BINS`],
+    /// the exact evaluation) takes partials whose histograms have `bins` bins; `None` takes
+    /// none (a round of a `[privacy]` task whose input model is not scheduled for evaluation).
+    pub fn with_evaluation(mut self, bins: Option<usize>) -> Self {
+        self.eval_bins = bins;
         self
     }
 
@@ -333,8 +343,22 @@ impl RoundCollector {
                 self.round, self.model_round
             )));
         }
+        let Some(bins) = self.eval_bins else {
+            return Err(Rejection::Malformed(format!(
+                "evaluation of model {model_round} refused: round {} asks for no evaluation \
+                 (the task's [privacy] schedules evaluations)",
+                self.round
+            )));
+        };
         if !self.selected.contains(partner) {
             return Err(Rejection::NotSelected { round: self.round });
+        }
+        if partial.bins() != bins {
+            return Err(Rejection::Malformed(format!(
+                "evaluation refused: its histograms have {} bins, round {} takes {bins}",
+                partial.bins(),
+                self.round
+            )));
         }
         if self.eval_partners.iter().any(|p| p == partner) {
             return Err(Rejection::Duplicate { round: self.round });
@@ -473,6 +497,47 @@ mod tests {
         assert_eq!(r.model.unwrap(), vec![4.0, 3.0]);
         assert_eq!(r.examples, 4);
         assert!((r.train_loss - 0.2).abs() < 1e-12);
+    }
+
+    /// A partial of `pos` positives and `neg` negatives, all in the top bin of `bins`.
+    fn partial(bins: usize, pos: u64, neg: u64) -> EvalPartial {
+        let mut p = vec![0; bins];
+        let mut n = vec![0; bins];
+        p[bins - 1] = pos;
+        n[bins - 1] = neg;
+        EvalPartial::from_histograms(p, n).unwrap()
+    }
+
+    #[test]
+    fn evaluations_are_taken_only_when_asked_for_and_with_the_expected_bins() {
+        // By default (no [privacy]): exact partials of SCORE_BINS bins.
+        let mut c = collector();
+        assert!(matches!(
+            c.add_eval("a", 2, partial(20, 3, 4)),
+            Err(Rejection::Malformed(m)) if m.contains("20 bins")
+        ));
+        c.add_eval("a", 2, partial(SCORE_BINS, 3, 4)).unwrap();
+        // A private round evaluating its model: 20-bin partials, merged across partners.
+        let mut c = collector().with_evaluation(Some(20));
+        assert!(matches!(
+            c.add_eval("a", 2, partial(SCORE_BINS, 3, 4)),
+            Err(Rejection::Malformed(_))
+        ));
+        c.add_eval("a", 2, partial(20, 3, 4)).unwrap();
+        c.add_eval("b", 2, partial(20, 1, 1)).unwrap();
+        let (partners, merged) = c.finish().eval.unwrap();
+        assert_eq!(partners, ["a", "b"]);
+        assert_eq!(
+            (merged.n, merged.bins(), merged.tp, merged.fp),
+            (9, 20, 4, 5)
+        );
+        // A private round whose model is not scheduled: no report is taken.
+        let mut c = collector().with_evaluation(None);
+        assert!(matches!(
+            c.add_eval("a", 2, partial(20, 3, 4)),
+            Err(Rejection::Malformed(m)) if m.contains("asks for no evaluation")
+        ));
+        assert!(c.finish().eval.is_none());
     }
 
     #[test]

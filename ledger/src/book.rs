@@ -310,8 +310,27 @@ impl PrivacyBook {
             });
         }
         let events = self.round_events(rows)?;
+        self.quote_events(partner, &events)
+    }
+
+    /// What releasing `events` (e.g. a training round's and an evaluation's together) would
+    /// cost `partner`; [`BookError::Overspent`] when the ledger already shows it past its
+    /// budget.
+    pub fn quote_events(
+        &self,
+        partner: &str,
+        events: &[(DpEvent, u64)],
+    ) -> Result<Quote, BookError> {
+        let budget = self.budget_for(partner).epsilon;
+        let spent = self.spent(partner)?;
+        if spent > budget {
+            return Err(BookError::Overspent {
+                partner: partner.to_string(),
+                budget,
+            });
+        }
         let mut acc = self.spent.get(partner).cloned().unwrap_or_default();
-        acc.compose_all(&events)?;
+        acc.compose_all(events)?;
         Ok(Quote {
             spent,
             after: self.epsilon_of(partner, &acc)?,
@@ -343,6 +362,86 @@ impl PrivacyBook {
             Some(e) => e,
             None => self.round_events(1)?,
         };
+        let summary = Mechanism {
+            name: mechanism_name(&self.spec),
+            clip_norm: self.spec.clip_norm,
+            noise_multiplier: self.spec.noise_multiplier,
+            sampling_rate: self.spec.sampling_rate.unwrap_or(1.0),
+            placement: match self.spec.placement {
+                NoisePlacement::Local => Placement::Local,
+                NoisePlacement::Distributed => Placement::Distributed,
+            },
+            adjacency: adjacency(&self.spec),
+            honest_contributors: honest_contributors(&self.spec),
+            dimension: match self.spec.placement {
+                NoisePlacement::Local => None,
+                NoisePlacement::Distributed => self.spec.distributed_shape.map(|s| s.dim as u64),
+            },
+        };
+        self.record(round, time_unix_ms, participants, &events, summary)
+    }
+
+    /// Charges a release other than a training round — `events`, e.g. an evaluation's
+    /// (`PrivacySpec::evaluation_events`) — to `participants` (name → training rows, stated in
+    /// the record as their dataset sizes) and returns the ledger record (format v2) to append
+    /// *before* the release, with `mechanism` as its mechanism name (e.g.
+    /// [`EVALUATION_MECHANISM`](consortia_privacy::dp::EVALUATION_MECHANISM)).
+    ///
+    /// Such releases are noised by each partner on its own (placement `local`, no honest
+    /// contributors or dimension) and private under add/remove of one record (the record
+    /// unit; under the partner unit no evaluation is released). The record's summary fields describe the events as one
+    /// Gaussian-equivalent release of unit sensitivity: `clip_norm` 1, `sampling_rate` 1 and
+    /// `noise_multiplier` `1/√(2ρ)` with ρ the events' total zCDP ρ (σ_e for one evaluation;
+    /// 0 when an event has no ρ). The events themselves are what the book replays.
+    ///
+    /// As with [`charge`](Self::charge), a participant whose budget the release exceeds is
+    /// still charged; quote first with [`quote_events`](Self::quote_events).
+    pub fn charge_events(
+        &mut self,
+        round: u64,
+        time_unix_ms: u64,
+        participants: &[(String, u64)],
+        events: &[(DpEvent, u64)],
+        mechanism: &str,
+    ) -> Result<SpendRecord, BookError> {
+        if events.is_empty() {
+            return Err(BookError::Privacy(DpError::Unsupported(
+                "a release charges at least one DP event",
+            )));
+        }
+        for (event, _) in events {
+            event.validate()?;
+        }
+        let rho = events.iter().try_fold(0.0f64, |total, &(e, n)| {
+            e.zcdp_rho().map(|r| total + r * n as f64)
+        });
+        let summary = Mechanism {
+            name: mechanism,
+            clip_norm: 1.0,
+            noise_multiplier: match rho {
+                Some(r) if r > 0.0 => 1.0 / (2.0 * r).sqrt(),
+                _ => 0.0,
+            },
+            sampling_rate: 1.0,
+            placement: Placement::Local,
+            // Evaluations are charged under the record unit only (one held-out row added or
+            // removed; consortia_privacy::dp::release).
+            adjacency: Adjacency::AddRemove,
+            honest_contributors: None,
+            dimension: None,
+        };
+        self.record(round, time_unix_ms, participants, events, summary)
+    }
+
+    /// Composes `events` into each participant's spend and returns the record stating it.
+    fn record(
+        &mut self,
+        round: u64,
+        time_unix_ms: u64,
+        participants: &[(String, u64)],
+        events: &[(DpEvent, u64)],
+        summary: Mechanism<'_>,
+    ) -> Result<SpendRecord, BookError> {
         let delta = self.own_budget.map_or(self.spec.delta, |b| b.delta);
         let mut record = SpendRecord {
             task: self.task.name.clone(),
@@ -353,10 +452,10 @@ impl PrivacyBook {
                 PrivacyUnit::Record => "record".into(),
                 PrivacyUnit::Partner => "partner".into(),
             },
-            mechanism: mechanism_name(&self.spec).into(),
-            clip_norm: self.spec.clip_norm,
-            noise_multiplier: self.spec.noise_multiplier,
-            sampling_rate: self.spec.sampling_rate.unwrap_or(1.0),
+            mechanism: summary.name.into(),
+            clip_norm: summary.clip_norm,
+            noise_multiplier: summary.noise_multiplier,
+            sampling_rate: summary.sampling_rate,
             dataset_sizes: BTreeMap::new(),
             epsilon_round: BTreeMap::new(),
             delta,
@@ -367,18 +466,10 @@ impl PrivacyBook {
                     .iter()
                     .map(|&(e, n)| StoredEvent::from_dp(e, n))
                     .collect(),
-                placement: match self.spec.placement {
-                    NoisePlacement::Local => Placement::Local,
-                    NoisePlacement::Distributed => Placement::Distributed,
-                },
-                adjacency: adjacency(&self.spec),
-                honest_contributors: honest_contributors(&self.spec),
-                dimension: match self.spec.placement {
-                    NoisePlacement::Local => None,
-                    NoisePlacement::Distributed => {
-                        self.spec.distributed_shape.map(|s| s.dim as u64)
-                    }
-                },
+                placement: summary.placement,
+                adjacency: summary.adjacency,
+                honest_contributors: summary.honest_contributors,
+                dimension: summary.dimension,
                 rng: rng_name().to_string(),
                 dataset: self.dataset().cloned(),
                 task_hash: self.task.hash,
@@ -388,7 +479,7 @@ impl PrivacyBook {
             let budget = self.budget_for(p).epsilon;
             let before = self.spent(p)?;
             let mut acc = self.spent.get(p).cloned().unwrap_or_default();
-            acc.compose_all(&events)?;
+            acc.compose_all(events)?;
             let after = self.epsilon_of(p, &acc)?;
             self.spent.insert(p.clone(), acc);
             record.dataset_sizes.insert(p.clone(), *rows);
@@ -421,6 +512,18 @@ fn adjacency(spec: &PrivacySpec) -> Adjacency {
         PrivacyUnit::Record => Adjacency::AddRemove,
         PrivacyUnit::Partner => Adjacency::ZeroOut,
     }
+}
+
+/// What a ledger record states about the mechanism besides its events.
+struct Mechanism<'a> {
+    name: &'a str,
+    clip_norm: f64,
+    noise_multiplier: f64,
+    sampling_rate: f64,
+    placement: Placement,
+    adjacency: Adjacency,
+    honest_contributors: Option<u64>,
+    dimension: Option<u64>,
 }
 
 /// `n_min − t` of a distributed spec (`DistributedShape::honest_shares`): the noise shares in
@@ -699,6 +802,72 @@ mod tests {
         for p in ["a", "b"] {
             assert!((reopened.spent(p).unwrap() - r.epsilon_cumulative[p]).abs() < 1e-12);
         }
+    }
+
+    /// An evaluation is charged as a release of its own: a v2 record of mechanism
+    /// "evaluation-discrete-gaussian" storing ρ = 1/(2σ_e²), composed into the spend and
+    /// replayed from the entry like a round.
+    #[test]
+    fn an_evaluation_is_charged_with_its_own_events() {
+        use consortia_privacy::dp::EVALUATION_MECHANISM;
+        let mut book = PrivacyBook::new(spec(), task("t"), None, &[]).unwrap();
+        let round = book.charge(1, 0, &[("a".into(), 1000)]).unwrap();
+        let before = book.spent("a").unwrap();
+        let mut spec_e = spec();
+        spec_e.evaluation_noise = 8.0;
+        let events = spec_e.evaluation_events();
+        assert_eq!(events, vec![(DpEvent::Zcdp { rho: 1.0 / 128.0 }, 1)]);
+        let q = book.quote_events("a", &events).unwrap();
+        assert!((q.spent - before).abs() < 1e-12 && q.after > before);
+        let r = book
+            .charge_events(2, 0, &[("a".into(), 1000)], &events, EVALUATION_MECHANISM)
+            .unwrap();
+        r.validate().unwrap();
+        assert_eq!(r.mechanism, "evaluation-discrete-gaussian");
+        assert_eq!(r.round, 2);
+        assert!((r.noise_multiplier - 8.0).abs() < 1e-12);
+        assert_eq!((r.clip_norm, r.sampling_rate), (1.0, 1.0));
+        assert_eq!(r.dataset_sizes["a"], 1000);
+        let c = r.charged.as_ref().unwrap();
+        assert_eq!(
+            c.events,
+            vec![StoredEvent::Zcdp {
+                rho: 1.0 / 128.0,
+                count: 1
+            }]
+        );
+        assert_eq!(
+            (c.placement, c.adjacency, c.honest_contributors, c.dimension),
+            (Placement::Local, Adjacency::AddRemove, None, None)
+        );
+        let after = book.spent("a").unwrap();
+        assert!((after - q.after).abs() < 1e-12);
+        assert!((r.epsilon_cumulative["a"] - after).abs() < 1e-12);
+        assert!((r.epsilon_round["a"] - (after - before)).abs() < 1e-12);
+        // The same as composing the round's events and ρ by hand.
+        let mut by_hand = RdpAccountant::new();
+        by_hand
+            .compose_all(&spec().round_events(1000).unwrap())
+            .unwrap();
+        by_hand
+            .compose(DpEvent::Zcdp { rho: 1.0 / 128.0 }, 1)
+            .unwrap();
+        assert!((after - by_hand.epsilon(1e-5).unwrap()).abs() < 1e-12);
+        // Replayed from the entries, whatever the current σ_e.
+        let entries = vec![fake(round, 0), fake(r, 1)];
+        let again = PrivacyBook::new(spec(), task("t"), None, &entries).unwrap();
+        assert!((again.spent("a").unwrap() - after).abs() < 1e-12);
+        // An empty or invalid list of events is refused, and charges nothing.
+        assert!(
+            book.charge_events(3, 0, &[("a".into(), 1)], &[], EVALUATION_MECHANISM)
+                .is_err()
+        );
+        let bad = [(DpEvent::Zcdp { rho: -1.0 }, 1)];
+        assert!(
+            book.charge_events(3, 0, &[("a".into(), 1)], &bad, EVALUATION_MECHANISM)
+                .is_err()
+        );
+        assert!((book.spent("a").unwrap() - after).abs() < 1e-12);
     }
 
     #[test]

@@ -7,6 +7,11 @@
 //! metrics. The ROC-AUC is computed from the merged histograms, so it is the AUC of
 //! the pooled held-out rows (to within the bin width), not an average of
 //! per-partner AUCs.
+//!
+//! A partial may also hold coarser histograms: [`EvalPartial::coarsen`] merges bins, and
+//! [`EvalPartial::from_histograms`] rebuilds every other field from two histograms alone
+//! (how a differentially private evaluation, which releases only noised coarse histograms, is
+//! turned into metrics). Partials merge only with partials of the same bin count.
 
 use ndarray::Array1;
 use serde::{Deserialize, Serialize};
@@ -162,14 +167,20 @@ impl EvalPartial {
         Ok(partial)
     }
 
-    /// Checks that the histograms have [`SCORE_BINS`] bins, that they and the
-    /// confusion counts describe the same examples, and that the loss is finite and
-    /// non-negative. Call it on partials received from elsewhere.
+    /// Bins per histogram ([`SCORE_BINS`] for a partial from [`EvalPartial::evaluate`]).
+    pub fn bins(&self) -> usize {
+        self.pos_hist.len()
+    }
+
+    /// Checks that the two histograms have the same number of bins (at least one), that
+    /// they and the confusion counts describe the same examples, and that the loss is
+    /// finite and non-negative. Call it on partials received from elsewhere, and check
+    /// [`EvalPartial::bins`] against the bin count expected.
     pub fn validate(&self) -> Result<(), MetricsError> {
         let bad = |m: String| Err(MetricsError::Inconsistent(m));
-        if self.pos_hist.len() != SCORE_BINS || self.neg_hist.len() != SCORE_BINS {
+        if self.pos_hist.len() != self.neg_hist.len() || self.pos_hist.is_empty() {
             return bad(format!(
-                "histograms have {} and {} bins, expected {SCORE_BINS}",
+                "histograms have {} and {} bins; they need the same number, at least 1",
                 self.pos_hist.len(),
                 self.neg_hist.len()
             ));
@@ -197,10 +208,17 @@ impl EvalPartial {
     }
 
     /// Adds `other`'s examples to this partial. Both must be valid (see
-    /// [`EvalPartial::validate`]).
+    /// [`EvalPartial::validate`]) and have the same number of bins.
     pub fn merge(&mut self, other: &EvalPartial) -> Result<(), MetricsError> {
         self.validate()?;
         other.validate()?;
+        if self.bins() != other.bins() {
+            return Err(MetricsError::Inconsistent(format!(
+                "cannot merge histograms of {} bins with histograms of {} bins",
+                self.bins(),
+                other.bins()
+            )));
+        }
         let overflow = || MetricsError::Inconsistent("merged counts overflow".into());
         let add = |a: u64, b: u64| a.checked_add(b).ok_or_else(overflow);
         let merged = EvalPartial {
@@ -227,12 +245,91 @@ impl EvalPartial {
         Ok(())
     }
 
+    /// The same partial with histograms of `bins` bins, each the sum of `self.bins() / bins`
+    /// consecutive bins (bin `k` then holds scores in `[k/bins, (k+1)/bins)`). The other
+    /// fields are kept as they are. `self` must be valid and `bins` a divisor of
+    /// `self.bins()` (1000 = [`SCORE_BINS`] divides into 20 bins of 50).
+    pub fn coarsen(&self, bins: usize) -> Result<EvalPartial, MetricsError> {
+        self.validate()?;
+        if bins == 0 || !self.bins().is_multiple_of(bins) {
+            return Err(MetricsError::Inconsistent(format!(
+                "{} bins cannot be merged into {bins} equal bins",
+                self.bins()
+            )));
+        }
+        let width = self.bins() / bins;
+        // The sums cannot overflow: `validate` checked the total of each histogram.
+        let merge = |h: &[u64]| -> Vec<u64> { h.chunks(width).map(|c| c.iter().sum()).collect() };
+        Ok(EvalPartial {
+            pos_hist: merge(&self.pos_hist),
+            neg_hist: merge(&self.neg_hist),
+            ..self.clone()
+        })
+    }
+
+    /// A partial built from two score histograms alone (positives and negatives over the
+    /// same equal-width bins of [0, 1]); every other field is derived from them:
+    ///
+    /// * `n`: the total count;
+    /// * confusion counts: a bin counts as predicted positive when its centre is at least
+    ///   [`THRESHOLD`]. With an even number of bins 0.5 is a bin edge, so these are exactly
+    ///   the counts of the rule "score ≥ 0.5" on the binned examples;
+    /// * `log_loss_sum`: each example's log-loss at its bin's centre `c_k = (k + ½)/B`
+    ///   (`−ln c_k` for a positive, `−ln(1 − c_k)` for a negative). This is an
+    ///   approximation: the true loss of scores spread within a bin differs from the loss at
+    ///   its centre (by convexity of the loss, the centre value is lower than the bin's mean
+    ///   loss when scores spread evenly), and scores near 0 or 1 lose their tails.
+    ///
+    /// The ROC-AUC ([`EvalPartial::roc_auc`]) only ever reads the histograms, so it is that of
+    /// the histograms at their own resolution. Refuses histograms of different lengths or no
+    /// bins, and counts whose total overflows `u64`.
+    pub fn from_histograms(pos: Vec<u64>, neg: Vec<u64>) -> Result<EvalPartial, MetricsError> {
+        if pos.len() != neg.len() || pos.is_empty() {
+            return Err(MetricsError::Inconsistent(format!(
+                "histograms have {} and {} bins; they need the same number, at least 1",
+                pos.len(),
+                neg.len()
+            )));
+        }
+        let bins = pos.len();
+        let overflow = || MetricsError::Inconsistent("histogram counts overflow".into());
+        let (mut tp, mut fp, mut tn, mut fn_) = (0u64, 0u64, 0u64, 0u64);
+        let mut log_loss_sum = 0.0;
+        for (k, (&p, &q)) in pos.iter().zip(&neg).enumerate() {
+            let centre = (k as f64 + 0.5) / bins as f64;
+            if centre >= THRESHOLD {
+                tp = tp.checked_add(p).ok_or_else(overflow)?;
+                fp = fp.checked_add(q).ok_or_else(overflow)?;
+            } else {
+                fn_ = fn_.checked_add(p).ok_or_else(overflow)?;
+                tn = tn.checked_add(q).ok_or_else(overflow)?;
+            }
+            log_loss_sum += p as f64 * -centre.ln() + q as f64 * -(1.0 - centre).ln();
+        }
+        let n = [tp, fp, tn]
+            .into_iter()
+            .try_fold(fn_, u64::checked_add)
+            .ok_or_else(overflow)?;
+        let partial = EvalPartial {
+            n,
+            tp,
+            fp,
+            tn,
+            fn_,
+            log_loss_sum,
+            pos_hist: pos,
+            neg_hist: neg,
+        };
+        partial.validate()?;
+        Ok(partial)
+    }
+
     /// ROC-AUC from the histograms: the probability that a random positive scores
     /// in a higher bin than a random negative, counting a shared bin as one half.
     /// This equals the trapezoid area under the ROC curve traced through the bin
     /// edges (Fawcett, "An introduction to ROC analysis", Pattern Recognition
-    /// Letters 27(8), 2006, section 7, with scores quantised to bins). `None` when
-    /// either class is absent.
+    /// Letters 27(8), 2006, section 7, with scores quantised to bins). Any number of
+    /// bins works (only their order matters). `None` when either class is absent.
     pub fn roc_auc(&self) -> Option<f64> {
         let positives: u128 = self.pos_hist.iter().map(|&c| u128::from(c)).sum();
         let negatives: u128 = self.neg_hist.iter().map(|&c| u128::from(c)).sum();

@@ -177,3 +177,82 @@ fn inconsistent_partials_are_refused() {
     let x = array![[0.0], [1.0]];
     assert!(EvalPartial::evaluate(&identity_model(), &x, &array![1.0]).is_err());
 }
+
+/// Coarsening to 20 bins and rebuilding a partial from the two histograms alone (what a
+/// differentially private evaluation releases) keeps the example and confusion counts
+/// exactly (0.5 is the edge between bins 9 and 10), gives the ROC-AUC of the merged bins,
+/// and a log-loss close to the exact one.
+#[test]
+fn coarse_histograms_round_trip_the_metrics() {
+    let mut rng = ChaCha8Rng::seed_from_u64(23);
+    let n = 1500;
+    let labels: Vec<f64> = (0..n)
+        .map(|_| if rng.random_bool(0.3) { 1.0 } else { 0.0 })
+        .collect();
+    let scores: Vec<f64> = labels
+        .iter()
+        .map(|&y| {
+            let z: f64 = rng.random_range(-3.0..3.0) + y * 1.5;
+            1.0 / (1.0 + (-z).exp())
+        })
+        .collect();
+    let fine = partial(&scores, &labels);
+    let coarse = fine.coarsen(20).unwrap();
+    assert_eq!(coarse.bins(), 20);
+    for k in 0..20 {
+        let range = 50 * k..50 * (k + 1);
+        assert_eq!(
+            coarse.pos_hist[k],
+            fine.pos_hist[range.clone()].iter().sum::<u64>()
+        );
+        assert_eq!(coarse.neg_hist[k], fine.neg_hist[range].iter().sum::<u64>());
+    }
+    let rebuilt =
+        EvalPartial::from_histograms(coarse.pos_hist.clone(), coarse.neg_hist.clone()).unwrap();
+    rebuilt.validate().unwrap();
+    assert_eq!(
+        (rebuilt.n, rebuilt.tp, rebuilt.fp, rebuilt.tn, rebuilt.fn_),
+        (fine.n, fine.tp, fine.fp, fine.tn, fine.fn_)
+    );
+    // The AUC of the 20-bin histograms is the pairwise AUC with each score replaced by its
+    // 20-bin index (the fine bin divided by 50), ties counting one half.
+    let binned: Vec<f64> = scores
+        .iter()
+        .map(|&p| (((p * SCORE_BINS as f64) as usize).min(SCORE_BINS - 1) / 50) as f64)
+        .collect();
+    let expected = exact_auc(&binned, &labels);
+    let auc = rebuilt.roc_auc().unwrap();
+    assert!((auc - expected).abs() < 1e-12, "{auc} vs {expected}");
+    assert_eq!(coarse.roc_auc(), rebuilt.roc_auc());
+    // Coarser bins tie more pairs, so the AUC moves towards 1/2, here by little.
+    let exact = exact_auc(&scores, &labels);
+    assert!(auc <= exact && exact - auc < 0.02, "{auc} vs {exact}");
+    // Log-loss at bin centres approximates the exact mean log-loss.
+    let (approx, truth) = (
+        Metrics::from_partial(&rebuilt).log_loss,
+        Metrics::from_partial(&fine).log_loss,
+    );
+    assert!((approx - truth).abs() < 0.05 * truth, "{approx} vs {truth}");
+
+    // Partials of 20 bins merge with each other (the coordinator's sum over partners), not
+    // with partials of another bin count.
+    let mut twice = rebuilt.clone();
+    twice.merge(&rebuilt).unwrap();
+    assert_eq!(twice.n, 2 * fine.n);
+    assert_eq!(twice.roc_auc(), rebuilt.roc_auc());
+    let mut mixed = rebuilt.clone();
+    assert!(matches!(
+        mixed.merge(&fine),
+        Err(MetricsError::Inconsistent(_))
+    ));
+    assert_eq!(mixed, rebuilt);
+
+    // Bin counts that do not divide the histograms, and mismatched histograms, are refused.
+    assert!(fine.coarsen(7).is_err());
+    assert!(fine.coarsen(0).is_err());
+    assert!(EvalPartial::from_histograms(vec![1, 2], vec![3]).is_err());
+    assert!(EvalPartial::from_histograms(Vec::new(), Vec::new()).is_err());
+    // An odd bin count: the middle bin's centre is 0.5, so it counts as predicted positive.
+    let odd = EvalPartial::from_histograms(vec![1, 2, 3], vec![4, 5, 6]).unwrap();
+    assert_eq!((odd.tp, odd.fn_, odd.fp, odd.tn, odd.n), (5, 1, 11, 4, 21));
+}

@@ -310,3 +310,37 @@ pub fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The exact ROC-AUC of the coordinator's final model on the pooled held-out rows of every
+/// partner (the split each agent makes, [`consortia_client::local::LocalData::load`]), at the
+/// full [`consortia_model::SCORE_BINS`] resolution. A `[privacy]` task's stored metrics are
+/// noised estimates; this is what the model itself achieves. Open the state after the
+/// coordinator has exited.
+pub fn exact_final_auc(fed: &Federation) -> f64 {
+    let store = consortia_coordinator::store::Store::open(&fed.path("state")).expect("state");
+    let task = consortia_model::TaskSpec::from_toml_str(
+        &store.task_toml().expect("task").expect("a stored task"),
+    )
+    .expect("task parses");
+    let last = store.last_round().expect("last round");
+    let params = store
+        .model(last)
+        .expect("model")
+        .expect("final model stored");
+    let model = consortia_model::LogisticModel::from_params(&params, task.schema.feature_count())
+        .expect("model");
+    let st = store
+        .standardizer()
+        .expect("standardisation")
+        .expect("standardisation stored");
+    let mut pooled = consortia_model::EvalPartial::empty();
+    for (name, data) in &fed.partners {
+        let mut local =
+            consortia_client::local::LocalData::load(data, &task, name).expect("partner data");
+        let partial = local
+            .evaluate(&model, &st.mean, &st.std)
+            .expect("evaluation");
+        pooled.merge(&partial).expect("merge");
+    }
+    pooled.roc_auc().expect("both classes held out")
+}

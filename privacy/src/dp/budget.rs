@@ -153,7 +153,8 @@ pub fn plan_epsilon(
 }
 
 /// ε at the spec's δ after `planned_rounds` rounds each costing `round_events` (e.g.
-/// `spec.round_events_distributed(&ddg)` for distributed placement).
+/// `spec.round_events_distributed(&ddg)` for distributed placement). Training rounds only: see
+/// [`task_plan_epsilon`] for the whole task, evaluations included.
 pub fn plan_epsilon_with(
     spec: &PrivacySpec,
     round_events: &[(DpEvent, u64)],
@@ -167,9 +168,10 @@ pub fn plan_epsilon_with(
     per_round.repeated(planned_rounds).epsilon(spec.delta)
 }
 
-/// Refuses, at task creation, a plan that cannot finish within budget: returns the ε that
+/// Refuses a plan of training rounds that cannot finish within budget: returns the ε that
 /// `planned_rounds` rounds of `round_events` reach, or [`DpError::PlanExceedsBudget`] carrying
-/// that ε and how many rounds would fit.
+/// that ε and how many rounds would fit. Task creation uses [`check_task_plan`], which also
+/// counts the evaluations.
 pub fn check_plan(
     spec: &PrivacySpec,
     round_events: &[(DpEvent, u64)],
@@ -197,6 +199,80 @@ pub fn check_plan(
         delta: spec.delta,
         affordable_rounds: lo,
     })
+}
+
+/// ε at the spec's δ after the whole task: `planned_rounds` rounds of `round_events` and the
+/// evaluations the task releases ([`PrivacySpec::planned_evaluations`], each
+/// [`PrivacySpec::evaluation_events`]). This is what a partner's budget must cover; [`plan_epsilon_with`]
+/// counts the training rounds alone.
+pub fn task_plan_epsilon(
+    spec: &PrivacySpec,
+    round_events: &[(DpEvent, u64)],
+    planned_rounds: u64,
+) -> Result<f64, DpError> {
+    spec.validate()?;
+    let acc = task_accountant(spec, round_events, planned_rounds)?;
+    if acc.ledger().is_empty() {
+        return Ok(0.0);
+    }
+    acc.epsilon(spec.delta)
+}
+
+/// [`check_plan`] for the whole task, evaluations included ([`task_plan_epsilon`]): returns the
+/// ε the task reaches, or [`DpError::PlanExceedsBudget`] with that ε and the largest number of
+/// rounds that fits together with its evaluations.
+pub fn check_task_plan(
+    spec: &PrivacySpec,
+    round_events: &[(DpEvent, u64)],
+    planned_rounds: u64,
+) -> Result<f64, DpError> {
+    let reached = task_plan_epsilon(spec, round_events, planned_rounds)?;
+    if reached <= spec.epsilon {
+        return Ok(reached);
+    }
+    let fits = |rounds: u64| -> Result<bool, DpError> {
+        let acc = task_accountant(spec, round_events, rounds)?;
+        Ok(acc.ledger().is_empty() || acc.epsilon(spec.delta)? <= spec.epsilon)
+    };
+    // ε grows with the number of rounds (and of evaluations): binary search the largest count
+    // within budget; 0 when even the final evaluation alone does not fit.
+    let (mut lo, mut hi) = (0u64, planned_rounds);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if fits(mid)? {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Err(DpError::PlanExceedsBudget {
+        rounds: planned_rounds,
+        epsilon_reached: reached,
+        epsilon_budget: spec.epsilon,
+        delta: spec.delta,
+        affordable_rounds: lo,
+    })
+}
+
+/// `planned_rounds` rounds of `round_events` and the task's planned evaluations, composed.
+fn task_accountant(
+    spec: &PrivacySpec,
+    round_events: &[(DpEvent, u64)],
+    planned_rounds: u64,
+) -> Result<RdpAccountant, DpError> {
+    let mut acc = if planned_rounds == 0 {
+        check_kind(spec.accountant)?;
+        RdpAccountant::new()
+    } else {
+        per_round_accountant(spec, round_events)?.repeated(planned_rounds)
+    };
+    let evaluations = spec.planned_evaluations(planned_rounds);
+    if evaluations > 0 {
+        for (event, count) in spec.evaluation_events() {
+            acc.compose(event, count.saturating_mul(evaluations))?;
+        }
+    }
+    Ok(acc)
 }
 
 fn per_round_accountant(

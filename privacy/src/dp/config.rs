@@ -11,6 +11,8 @@
 //! sampling_rate = 0.01       # record unit only: each partner's Poisson rate per local step
 //! steps_per_round = 10       # record unit only: local DP-SGD steps per round; default 1
 //! accountant = "rdp"         # default "rdp"
+//! evaluation_noise = 10.0    # σ_e of the discrete Gaussian on each evaluation count; default 10, ≥ 1
+//! evaluate_every = 0         # 0 (default): evaluate only the final model; N: also every N-th round's
 //!
 //! [privacy.adaptive_clipping]  # optional (Andrew et al. 2021)
 //! target_quantile = 0.5
@@ -28,6 +30,10 @@ use super::mechanism::{NoisePlacement, PrivacyUnit, check_clip, check_noise_mult
 
 fn default_steps() -> u64 {
     1
+}
+
+fn default_evaluation_noise() -> f64 {
+    super::release::DEFAULT_EVALUATION_NOISE
 }
 
 /// Differential-privacy settings of a task (`[privacy]` of the task file).
@@ -68,6 +74,15 @@ pub struct PrivacySpec {
     /// runs out is left out of later rounds.
     #[serde(default)]
     pub partner_epsilon: std::collections::BTreeMap<String, f64>,
+    /// σ_e: standard deviation of the discrete Gaussian noise a partner adds to each count of
+    /// its evaluation histograms (each evaluation is `1/(2σ_e²)`-zCDP, see
+    /// [`release`](super::release)). Default 10; must be finite and ≥ 1.
+    #[serde(default = "default_evaluation_noise")]
+    pub evaluation_noise: f64,
+    /// Which models partners evaluate: 0 (default) only the final model; N > 0 also the model
+    /// of every N-th round. Each evaluation is charged to every partner's budget.
+    #[serde(default)]
+    pub evaluate_every: u32,
     /// Distributed placement: the update length, `n_min` and the number of
     /// colluders the round's DDG parameters are derived from (set with
     /// [`with_distributed_shape`](Self::with_distributed_shape); not in the task file).
@@ -192,7 +207,7 @@ impl PrivacySpec {
     }
 
     /// Checks every figure: ε > 0, δ ∈ (0, 1), C > 0, z > 0, q ∈ (0, 1] for the record unit
-    /// (and absent for the partner unit), steps ≥ 1, adaptive clipping parameters.
+    /// (and absent for the partner unit), steps ≥ 1, adaptive clipping parameters, σ_e ≥ 1.
     pub fn validate(&self) -> Result<(), DpError> {
         self.budget().validate()?;
         for partner in self.partner_epsilon.keys() {
@@ -247,7 +262,7 @@ impl PrivacySpec {
         if let Some(ac) = &self.adaptive_clipping {
             ac.validate()?;
         }
-        Ok(())
+        super::release::check_evaluation_noise(self.evaluation_noise)
     }
 
     /// [`validate`](Self::validate) plus δ < 1/rows of the smallest partner.

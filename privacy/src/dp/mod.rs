@@ -20,17 +20,24 @@ pub mod config;
 pub mod ddg;
 pub mod error;
 pub mod mechanism;
+pub mod release;
 mod special;
 
 pub use accountant::{
     AccountantKind, DpEvent, RdpAccountant, compute_delta, compute_epsilon, default_orders,
     epsilon_after, zcdp_delta, zcdp_epsilon,
 };
-pub use budget::{Budget, PartnerBudget, check_plan, plan_epsilon, plan_epsilon_with};
+pub use budget::{
+    Budget, PartnerBudget, check_plan, check_task_plan, plan_epsilon, plan_epsilon_with,
+    task_plan_epsilon,
+};
 pub use config::{AdaptiveClipping, DDG_SCALE_BITS, DistributedShape, PrivacySpec};
 pub use ddg::{DdgParams, ddg_round_rho};
 pub use error::DpError;
 pub use mechanism::{NoisePlacement, PrivacyUnit, clip_and_sum, clip_l2};
+pub use release::{
+    DP_SCORE_BINS, EVALUATION_MECHANISM, evaluation_event, noisy_histograms, planned_evaluations,
+};
 
 /// Whether this build draws differential-privacy noise from OpenSSL (the
 /// crate feature `secure-rng`). Partners refuse private tasks in builds

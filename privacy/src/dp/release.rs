@@ -1,0 +1,331 @@
+//! Differentially private evaluation releases.
+//!
+//! Under a task's `[privacy]` table, a partner's evaluation of a global model leaves it only as
+//! two coarse histograms of the predicted score — positives and negatives over
+//! [`DP_SCORE_BINS`] equal-width bins of [0, 1] — with independent discrete Gaussian noise on
+//! each of the `2·DP_SCORE_BINS` counts, clamped at 0 afterwards. Every metric the coordinator
+//! shows (example count, confusion counts at 0.5, accuracy, precision, recall, F1, ROC-AUC,
+//! log-loss from bin centres) is computed from the noised histograms, which is post-processing
+//! and costs nothing more (Dwork & Roth 2014, "The Algorithmic Foundations of Differential
+//! Privacy", Prop. 2.1).
+//!
+//! # Privacy map
+//!
+//! Adding or removing one held-out record changes one bin of one histogram by 1, so the
+//! histogram pair has L2 sensitivity Δ = 1 under add/remove adjacency. Adding discrete Gaussian
+//! noise N_Z(0, σ²) to each count of an integer query of L2 sensitivity Δ is Δ²/(2σ²)-zCDP
+//! (Canonne, Kamath, Steinke 2020, "The Discrete Gaussian for Differential Privacy", Thm 14), so
+//! one evaluation is ρ = 1/(2σ²)-zCDP ([`evaluation_event`]). Clamping at 0 is post-processing.
+//! Held-out rows are rows of the partner's dataset, so the evaluation is charged to the same
+//! budget as training.
+//!
+//! The bound Δ = 1 holds for the record unit only. Under `unit = "partner"` (adjacency: a
+//! partner's whole dataset) one partner's histograms have sensitivity equal to its number of
+//! held-out rows, which is private and unbounded, so no noise scale independent of the data
+//! protects them: under the partner unit no evaluation is released at all
+//! ([`PrivacySpec::evaluates`] is always false).
+
+use dashu::integer::IBig;
+use dashu::rational::RBig;
+use opendp::traits::samplers::sample_discrete_gaussian;
+
+use super::accountant::DpEvent;
+use super::config::PrivacySpec;
+use super::error::DpError;
+use super::mechanism::PrivacyUnit;
+
+/// Bins per score histogram of a differentially private evaluation. Even, so that the
+/// threshold 0.5 is the edge between bins 9 and 10.
+pub const DP_SCORE_BINS: usize = 20;
+
+/// The ledger's `mechanism` name of an evaluation release.
+pub const EVALUATION_MECHANISM: &str = "evaluation-discrete-gaussian";
+
+/// Smallest `evaluation_noise` a task may set: with σ < 1 the noise no longer hides a change of
+/// one count well (ρ = 1/(2σ²) > 0.5 per evaluation).
+pub const MIN_EVALUATION_NOISE: f64 = 1.0;
+
+/// The `evaluation_noise` of a task that does not set one.
+pub const DEFAULT_EVALUATION_NOISE: f64 = 10.0;
+
+/// Checks `sigma` as an evaluation noise scale: finite and at least [`MIN_EVALUATION_NOISE`].
+pub fn check_evaluation_noise(sigma: f64) -> Result<(), DpError> {
+    if sigma.is_finite() && sigma >= MIN_EVALUATION_NOISE {
+        Ok(())
+    } else {
+        Err(DpError::InvalidParameter {
+            name: "evaluation_noise",
+            value: sigma.to_string(),
+            hint: "set `evaluation_noise` (the standard deviation of the discrete Gaussian noise on \
+                   each evaluation count) to a finite number >= 1, e.g. 10",
+        })
+    }
+}
+
+/// The histograms `pos` and `neg` (of the same length) with independent discrete Gaussian noise
+/// N_Z(0, `sigma`²) added to every count, each result clamped at 0 (post-processing). Noise is
+/// drawn with OpenDP's exact sampler (CKS20 Alg. 3), as the distributed rounds do.
+///
+/// Releasing the result is `1/(2·sigma²)`-zCDP under add/remove of one record
+/// ([`evaluation_event`]; CKS20 Thm 14 with Δ = 1).
+pub fn noisy_histograms(
+    pos: &[u64],
+    neg: &[u64],
+    sigma: f64,
+) -> Result<(Vec<u64>, Vec<u64>), DpError> {
+    check_evaluation_noise(sigma)?;
+    if pos.len() != neg.len() {
+        return Err(DpError::LengthMismatch {
+            expected: pos.len(),
+            got: neg.len(),
+        });
+    }
+    let scale = RBig::try_from(sigma).map_err(|_| DpError::InvalidParameter {
+        name: "evaluation_noise",
+        value: sigma.to_string(),
+        hint: "the noise scale must be a finite number",
+    })?;
+    let noised = |counts: &[u64]| -> Result<Vec<u64>, DpError> {
+        counts
+            .iter()
+            .map(|&c| {
+                let noise: IBig = sample_discrete_gaussian(scale.clone())?;
+                let noise = i64::try_from(noise.clone()).map_err(|_| DpError::Overflow {
+                    value: noise.to_string(),
+                    bits: 64,
+                })?;
+                let y = i128::from(c) + i128::from(noise);
+                u64::try_from(y.max(0)).map_err(|_| DpError::Overflow {
+                    value: y.to_string(),
+                    bits: 64,
+                })
+            })
+            .collect()
+    };
+    Ok((noised(pos)?, noised(neg)?))
+}
+
+/// The privacy cost of one evaluation release with noise scale `sigma`:
+/// `Zcdp { rho: 1/(2·sigma²) }` (CKS20 Thm 14, Δ = 1 under add/remove of one record).
+pub fn evaluation_event(sigma: f64) -> DpEvent {
+    DpEvent::Zcdp {
+        rho: 1.0 / (2.0 * sigma * sigma),
+    }
+}
+
+/// How many evaluations a task of `rounds` rounds releases under `[privacy]`: the final model's,
+/// plus every `evaluate_every`-th round's model (rounds `N, 2N, …` up to `rounds`) when
+/// `evaluate_every > 0`. The model of the last round is evaluated once (as the final model)
+/// even when `rounds` is a multiple of `evaluate_every`.
+pub fn planned_evaluations(rounds: u64, evaluate_every: u32) -> u64 {
+    if evaluate_every == 0 {
+        return 1;
+    }
+    let every = u64::from(evaluate_every);
+    // Model `rounds` is the final model: counted once.
+    let periodic = rounds / every - u64::from(rounds > 0 && rounds.is_multiple_of(every));
+    1 + periodic
+}
+
+impl PrivacySpec {
+    /// Whether the model produced by round `model_round` is evaluated in a round that trains
+    /// (`train`) or in the final evaluation (`!train`):
+    ///
+    /// * record unit: always for the final evaluation; during training when
+    ///   `evaluate_every > 0`, `model_round > 0` and `model_round % evaluate_every == 0`;
+    /// * partner unit: never (no data-independent noise scale protects a whole partner's
+    ///   held-out rows; see the module documentation).
+    ///
+    /// Partner agents and the coordinator both decide with this function.
+    pub fn evaluates(&self, model_round: u64, train: bool) -> bool {
+        if self.unit == PrivacyUnit::Partner {
+            return false;
+        }
+        if !train {
+            return true;
+        }
+        self.evaluate_every > 0
+            && model_round > 0
+            && model_round.is_multiple_of(u64::from(self.evaluate_every))
+    }
+
+    /// The events one evaluation release costs a partner: `[(evaluation_event(σ_e), 1)]`.
+    pub fn evaluation_events(&self) -> Vec<(DpEvent, u64)> {
+        vec![(evaluation_event(self.evaluation_noise), 1)]
+    }
+
+    /// Evaluations a task of `rounds` rounds releases ([`planned_evaluations`]; none under the
+    /// partner unit).
+    pub fn planned_evaluations(&self, rounds: u64) -> u64 {
+        if self.unit == PrivacyUnit::Partner {
+            return 0;
+        }
+        planned_evaluations(rounds, self.evaluate_every)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dp::{
+        RdpAccountant, check_plan, check_task_plan, plan_epsilon_with, task_plan_epsilon,
+        zcdp_epsilon,
+    };
+
+    fn spec(extra: &str) -> PrivacySpec {
+        toml::from_str(&format!(
+            "epsilon = 3.0\ndelta = 1e-6\nclip_norm = 1.0\nnoise_multiplier = 1.0\nsampling_rate = 0.01\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    /// The noise on large counts (never clamped) has mean 0 and variance σ².
+    ///
+    /// 25,000 draws at σ = 10. The discrete Gaussian's variance is below σ² by less than
+    /// 1e-80 at this σ (CKS20 Prop. 19 / Cor. 9), its kurtosis is that of a normal to the same
+    /// precision, so the sample variance has standard deviation σ²·√(2/n) ≈ 0.0089·σ²; the
+    /// 5 % tolerance is 5.6 standard deviations (false-failure rate ≈ 2e-8). The sample mean has
+    /// standard deviation σ/√n ≈ 0.063; the tolerance 0.35 is 5.5 of them (≈ 4e-8).
+    #[test]
+    fn noise_has_the_stated_variance() {
+        let sigma = 10.0;
+        let base = 1_000_000u64;
+        let (mut sum, mut sum_sq, mut n) = (0.0f64, 0.0f64, 0usize);
+        for _ in 0..625 {
+            let (p, q) = noisy_histograms(&[base; 20], &[base; 20], sigma).unwrap();
+            assert_eq!((p.len(), q.len()), (20, 20));
+            for v in p.into_iter().chain(q) {
+                let e = v as f64 - base as f64;
+                sum += e;
+                sum_sq += e * e;
+                n += 1;
+            }
+        }
+        assert_eq!(n, 25_000);
+        let mean = sum / n as f64;
+        let var = sum_sq / n as f64 - mean * mean;
+        assert!(mean.abs() < 0.35, "mean {mean}");
+        assert!(
+            (var / (sigma * sigma) - 1.0).abs() < 0.05,
+            "variance {var} vs σ² = {}",
+            sigma * sigma
+        );
+    }
+
+    /// Empty bins stay non-negative: about half of them come out as 0 (clamped noise ≤ 0,
+    /// P = 1/2 + P(Z = 0)/2 ≈ 0.520 at σ = 10), the others positive.
+    ///
+    /// 4,000 empty cells; the fraction of zeros has standard deviation ≈ 0.0079, and the band
+    /// [0.47, 0.57] is more than 6 of them either side (false-failure rate < 1e-9).
+    #[test]
+    fn noisy_counts_are_clamped_at_zero() {
+        let mut zeros = 0usize;
+        let mut total = 0usize;
+        for _ in 0..100 {
+            let (p, q) = noisy_histograms(&[0; 20], &[0; 20], 10.0).unwrap();
+            zeros += p.iter().chain(&q).filter(|&&v| v == 0).count();
+            total += p.len() + q.len();
+        }
+        let fraction = zeros as f64 / total as f64;
+        assert!((0.47..0.57).contains(&fraction), "{fraction}");
+    }
+
+    #[test]
+    fn bad_inputs_are_refused() {
+        assert!(matches!(
+            noisy_histograms(&[1, 2], &[1], 10.0),
+            Err(DpError::LengthMismatch { .. })
+        ));
+        for sigma in [0.5, f64::NAN, f64::INFINITY, -3.0] {
+            assert!(matches!(
+                noisy_histograms(&[1], &[1], sigma),
+                Err(DpError::InvalidParameter {
+                    name: "evaluation_noise",
+                    ..
+                })
+            ));
+        }
+    }
+
+    /// ρ = 1/(2σ²): 0.005 at σ = 10; composed by the RDP accountant as α·ρ.
+    #[test]
+    fn one_evaluation_is_rho_zcdp() {
+        assert_eq!(evaluation_event(10.0), DpEvent::Zcdp { rho: 0.005 });
+        assert_eq!(evaluation_event(1.0), DpEvent::Zcdp { rho: 0.5 });
+        let mut acc = RdpAccountant::new();
+        acc.compose(evaluation_event(10.0), 1).unwrap();
+        assert_eq!(acc.zcdp_rho(), Some(0.005));
+        // The RDP curve's conversion is never better than the zCDP one it comes from.
+        let eps = acc.epsilon(1e-6).unwrap();
+        assert!(eps >= zcdp_epsilon(0.005, 1e-6).unwrap() * 0.999, "{eps}");
+        assert_eq!(
+            spec("evaluation_noise = 4.0").evaluation_events(),
+            vec![(DpEvent::Zcdp { rho: 1.0 / 32.0 }, 1)]
+        );
+    }
+
+    /// The task's plan composes its rounds and its evaluations; a budget that covers the
+    /// rounds alone but not the evaluations is refused by the task plan.
+    #[test]
+    fn the_task_plan_counts_the_evaluations() {
+        let mut s = spec("evaluate_every = 5\nevaluation_noise = 3.0");
+        let ev = s.round_events(5000).unwrap();
+        let rounds_only = plan_epsilon_with(&s, &ev, 20).unwrap();
+        let whole = task_plan_epsilon(&s, &ev, 20).unwrap();
+        let mut by_hand = RdpAccountant::new();
+        for _ in 0..20 {
+            by_hand.compose_all(&ev).unwrap();
+        }
+        by_hand.compose(evaluation_event(3.0), 4).unwrap();
+        let expected = by_hand.epsilon(s.delta).unwrap();
+        assert!(
+            (whole - expected).abs() < 1e-9 * expected,
+            "{whole} vs {expected}"
+        );
+        assert!(whole > rounds_only);
+        s.epsilon = (whole + rounds_only) / 2.0;
+        assert_eq!(check_plan(&s, &ev, 20).unwrap(), rounds_only);
+        match check_task_plan(&s, &ev, 20) {
+            Err(DpError::PlanExceedsBudget {
+                epsilon_reached,
+                affordable_rounds,
+                ..
+            }) => {
+                assert!((epsilon_reached - whole).abs() < 1e-12);
+                assert!(affordable_rounds < 20);
+                assert!(task_plan_epsilon(&s, &ev, affordable_rounds).unwrap() <= s.epsilon);
+                assert!(task_plan_epsilon(&s, &ev, affordable_rounds + 1).unwrap() > s.epsilon);
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // Without rounds, the final evaluation alone is still planned.
+        let alone = task_plan_epsilon(&s, &ev, 0).unwrap();
+        let mut one = RdpAccountant::new();
+        one.compose(evaluation_event(3.0), 1).unwrap();
+        assert!((alone - one.epsilon(s.delta).unwrap()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_schedule_evaluates_the_final_model_and_every_nth() {
+        assert_eq!(planned_evaluations(20, 0), 1);
+        assert_eq!(planned_evaluations(20, 5), 4); // models 5, 10, 15 and the final 20
+        assert_eq!(planned_evaluations(21, 5), 5); // 5, 10, 15, 20 and the final 21
+        assert_eq!(planned_evaluations(3, 5), 1);
+        assert_eq!(planned_evaluations(0, 5), 1);
+        let s = spec("evaluate_every = 5");
+        let evaluated: Vec<u64> = (0..20).filter(|&m| s.evaluates(m, true)).collect();
+        assert_eq!(evaluated, vec![5, 10, 15]);
+        assert!(s.evaluates(20, false));
+        assert_eq!(s.planned_evaluations(20), 1 + evaluated.len() as u64);
+        let final_only = spec("");
+        assert_eq!(final_only.evaluate_every, 0);
+        assert!((0..100).all(|m| !final_only.evaluates(m, true)));
+        assert!(final_only.evaluates(7, false));
+        let partner: PrivacySpec = toml::from_str(
+            "unit = \"partner\"\nepsilon = 3.0\ndelta = 1e-6\nclip_norm = 1.0\nnoise_multiplier = 1.0\nevaluate_every = 2\n",
+        )
+        .unwrap();
+        assert!(!partner.evaluates(4, true) && !partner.evaluates(4, false));
+        assert_eq!(partner.planned_evaluations(20), 0);
+    }
+}
