@@ -115,3 +115,62 @@ fn budgets_are_enforced_by_the_coordinator_and_by_each_partner_and_ledgers_agree
     let disagreements = compare("month-to-month", &m2m, &entries);
     assert!(disagreements.is_empty(), "{disagreements:?}");
 }
+
+/// With `evaluate_every = 2` in a 5-round task, the models of rounds 2 and 4 are evaluated
+/// during training (in rounds 3 and 5) and the final model 5 at the end; no other model's
+/// metrics exist. Each evaluation is charged in the coordinator's ledger and in every
+/// partner's own, and the ledgers reconcile entry by entry.
+#[test]
+fn only_scheduled_models_are_evaluated_and_both_ledgers_charge_them() {
+    let mut fed = Federation::new(&dp_task(5, 3, 1.0, "evaluate_every = 2\n"));
+    fed.run_to_completion(LONG);
+    let store = consortia_coordinator::store::Store::open(&fed.path("state")).unwrap();
+    let evaluated: Vec<u64> = store
+        .all_metrics()
+        .unwrap()
+        .iter()
+        .map(|m| m.model_round)
+        .collect();
+    assert_eq!(evaluated, [2, 4, 5], "{}", fed.logs());
+    drop(store);
+    let out = fed.read(&fed.coordinator_out(1));
+    assert!(
+        out.contains("final model (round 5)") && out.contains("differentially private estimates"),
+        "{out}"
+    );
+
+    let coordinator = Verifier::from_cert_pem_file(fed.pki.coordinator_cert_path()).unwrap();
+    let entries = consortia_ledger::load_entries(fed.path("state/privacy-ledger.json")).unwrap();
+    assert!(verify(&entries, &coordinator).is_valid());
+    let evaluation_rounds: Vec<u64> = entries
+        .iter()
+        .filter(|e| e.record.mechanism == "evaluation-discrete-gaussian")
+        .map(|e| e.record.round)
+        .collect();
+    assert_eq!(evaluation_rounds, [3, 5, 6]);
+    assert_eq!(entries.len(), 5 + 3);
+    for (name, _) in &fed.partners {
+        let own = consortia_ledger::load_entries(fed.agent_state(name).join("ledger")).unwrap();
+        let cert = Verifier::from_cert_pem_file(fed.pki.partner_cert_path(name)).unwrap();
+        assert!(verify(&own, &cert).is_valid(), "{name}'s ledger");
+        assert_eq!(own.len(), 8, "{name}'s ledger");
+        let disagreements = compare(name, &own, &entries);
+        assert!(disagreements.is_empty(), "{name}: {disagreements:?}");
+    }
+
+    // `consortia metrics` lists the evaluated rounds only.
+    let shown = std::process::Command::new(common::EXE)
+        .args(["metrics", "--state"])
+        .arg(fed.path("state"))
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&shown.stdout);
+    let rows: Vec<&str> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.parse::<u64>().is_ok())
+        .collect();
+    assert_eq!(rows, ["2", "4", "5"], "{table}");
+    assert!(table.contains("noise"), "{table}");
+}
