@@ -70,6 +70,7 @@ const PERMISSIVE: &[(&str, &str)] = &[
     ("allowed_units", r#"["record", "partner"]"#),
     ("allowed_placements", r#"["local", "distributed"]"#),
     ("min_noise_multiplier", "0.0"),
+    ("min_evaluation_noise", "1.0"),
     ("max_sampling_rate", "1.0"),
     ("min_contributors", "1"),
     ("max_colluders_assumed", "0"),
@@ -533,11 +534,14 @@ struct Ceremony {
     shares: Mutex<BTreeMap<u32, SignedKeyShare>>,
     /// The key and its transcript, once computed.
     key: Mutex<Option<(CollectiveKey, [u8; 32])>>,
-    /// Partner → its encrypted update of round 1 (chunks, signature, rows).
-    updates: Mutex<BTreeMap<String, (Vec<Vec<u8>>, Vec<u8>, u64)>>,
+    /// Partner → its encrypted update of round 1.
+    updates: Mutex<BTreeMap<String, Relayed>>,
     /// Partner → how it answered each decryption request, in order.
     outcomes: Mutex<BTreeMap<String, Vec<Answer>>>,
 }
+
+/// A partner's encrypted update as the rogue holds it: chunks, signature, rows.
+type Relayed = (Vec<Vec<u8>>, Vec<u8>, u64);
 
 /// A key holder's answer to a decryption request.
 #[derive(Debug, Clone, PartialEq)]

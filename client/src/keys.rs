@@ -884,7 +884,16 @@ mod tests {
         task: &TaskSpec,
         policy: &Policy,
     ) -> (CollectivePublicKey, CollectiveKey) {
-        ceremony_with(HeParams::Secure128, holders, certs, names, id, hashes, task, policy)
+        ceremony_with(
+            HeParams::Secure128,
+            holders,
+            certs,
+            names,
+            id,
+            hashes,
+            task,
+            policy,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]

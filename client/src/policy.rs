@@ -15,6 +15,7 @@
 //! allowed_units = ["record", "partner"]
 //! allowed_placements = ["local", "distributed"]
 //! min_noise_multiplier = 0.5
+//! min_evaluation_noise = 5.0          # σ of the noise on each released evaluation count
 //! max_sampling_rate = 0.1             # record unit: Poisson rate per step
 //! max_epsilon = 10.0                  # largest budget a task may set for this partner
 //! max_delta = 1e-5
@@ -59,6 +60,10 @@ pub struct Policy {
     pub allowed_placements: BTreeSet<NoisePlacement>,
     /// Smallest noise multiplier z accepted.
     pub min_noise_multiplier: f64,
+    /// Smallest `evaluation_noise` (σ of the discrete Gaussian on each
+    /// released evaluation count) accepted: a task may not buy exact-ish
+    /// evaluations with a large share of the budget.
+    pub min_evaluation_noise: f64,
     /// Largest record sampling rate q accepted (record unit; a task without
     /// one samples every row, q = 1).
     pub max_sampling_rate: f64,
@@ -117,6 +122,7 @@ impl Default for Policy {
             allowed_units: [PrivacyUnit::Record, PrivacyUnit::Partner].into(),
             allowed_placements: [NoisePlacement::Local, NoisePlacement::Distributed].into(),
             min_noise_multiplier: 0.5,
+            min_evaluation_noise: 5.0,
             max_sampling_rate: 0.1,
             max_epsilon: 10.0,
             max_delta: 1e-5,
@@ -192,6 +198,12 @@ impl Policy {
             return Err(format!(
                 "[policy] min_noise_multiplier = {}: must be a finite number at least 0",
                 self.min_noise_multiplier
+            ));
+        }
+        if !(self.min_evaluation_noise.is_finite() && self.min_evaluation_noise >= 0.0) {
+            return Err(format!(
+                "[policy] min_evaluation_noise = {}: must be a finite number at least 0",
+                self.min_evaluation_noise
             ));
         }
         if !(self.max_sampling_rate > 0.0 && self.max_sampling_rate <= 1.0) {
@@ -342,6 +354,16 @@ impl Policy {
                 ),
             );
         }
+        if spec.unit == PrivacyUnit::Record && spec.evaluation_noise < self.min_evaluation_noise {
+            return v(
+                "[privacy] evaluation_noise",
+                spec.evaluation_noise.to_string(),
+                format!(
+                    "requires at least {} (min_evaluation_noise)",
+                    self.min_evaluation_noise
+                ),
+            );
+        }
         if spec.unit == PrivacyUnit::Record {
             let q = spec.sampling_rate.unwrap_or(1.0);
             if q > self.max_sampling_rate {
@@ -438,6 +460,14 @@ mod tests {
         many.rounds = 5000;
         let e = p.admit(&many, "a", spec(&many).as_ref(), true).unwrap_err();
         assert_eq!(e.field, "rounds");
+        let record = "secure_aggregation = true\n[privacy]\nepsilon = 8.0\ndelta = 1e-6\nclip_norm = 1.0\nnoise_multiplier = 1.0\nsampling_rate = 0.05\nevaluation_noise = 1.0\n";
+        let cheap = task(record);
+        let e = p
+            .admit(&cheap, "a", spec(&cheap).as_ref(), true)
+            .unwrap_err();
+        assert_eq!(e.field, "[privacy] evaluation_noise");
+        let fine = task(&record.replace("evaluation_noise = 1.0", "evaluation_noise = 10.0"));
+        p.admit(&fine, "a", spec(&fine).as_ref(), true).unwrap();
         let mut trusting = task(PRIVATE);
         trusting.colluders = 0;
         let e = p

@@ -895,13 +895,7 @@ mod tests {
         let session_id = c.session.id;
         let signed = |i: usize, party: usize| {
             let bytes = shares[i].public.to_bytes();
-            let d = key_share_digest(
-                &session_id,
-                party as u32,
-                names[party],
-                &TASK_HASH,
-                &bytes,
-            );
+            let d = key_share_digest(&session_id, party as u32, names[party], &TASK_HASH, &bytes);
             KeyShare {
                 session_id: sid.clone(),
                 public_share: bytes,

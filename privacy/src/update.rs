@@ -314,19 +314,19 @@ mod tests {
         }
         // The largest well-formed values of three updates still decode.
         let limit = weighted_limit(bits, 3) as i64 - 1;
-        let big: Vec<u64> = [limit, -limit, 1]
-            .iter()
-            .map(|&v| wrap(v, bits))
-            .collect();
+        let big: Vec<u64> = [limit, -limit, 1].iter().map(|&v| wrap(v, bits)).collect();
         let sum: Vec<u64> = (0..4)
-            .map(|i| if i < 3 { big[i].wrapping_mul(3) & mask } else { 3 })
+            .map(|i| {
+                if i < 3 {
+                    big[i].wrapping_mul(3) & mask
+                } else {
+                    3
+                }
+            })
             .collect();
         assert!(e.decode(&sum, 3).is_ok());
         // The same sum claimed for one update is out of range.
-        assert!(matches!(
-            e.decode(&sum, 1),
-            Err(DpError::OutOfRange { .. })
-        ));
+        assert!(matches!(e.decode(&sum, 1), Err(DpError::OutOfRange { .. })));
     }
 
     #[test]

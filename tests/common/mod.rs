@@ -22,7 +22,7 @@ pub const TASK: &str = include_str!("../../examples/telco_churn_task.toml");
 /// A partner policy that admits every task the tests run (plaintext and
 /// encrypted, with and without differential privacy, in builds without
 /// `secure-rng`). The malicious-coordinator tests use stricter ones.
-pub const PERMISSIVE_POLICY: &str = "[policy]\nrequire_secure_aggregation = false\nrequire_dp = false\nmin_noise_multiplier = 0.0\nmax_sampling_rate = 1.0\nmax_epsilon = 1000.0\nmax_delta = 0.1\nmin_contributors = 1\nmax_colluders_assumed = 0\nallowed_he_params = [\"secure128\", \"fast64\"]\nallow_insecure_rng = true\n";
+pub const PERMISSIVE_POLICY: &str = "[policy]\nrequire_secure_aggregation = false\nrequire_dp = false\nmin_noise_multiplier = 0.0\nmin_evaluation_noise = 1.0\nmax_sampling_rate = 1.0\nmax_epsilon = 1000.0\nmax_delta = 0.1\nmin_contributors = 1\nmax_colluders_assumed = 0\nallowed_he_params = [\"secure128\", \"fast64\"]\nallow_insecure_rng = true\n";
 
 /// The demo task with a few fields changed.
 pub fn task_with(rounds: u32, min_partners: u32, deadline_secs: u64) -> String {
