@@ -651,6 +651,27 @@ pub async fn run_task(
             )?),
             _ => None,
         };
+        // Re-key before the key's flooding release budget runs out (key
+        // holders refuse past it): `HeParams::max_releases_per_key`.
+        if let (Some(key), Some(s)) = (&fed_key, &secure) {
+            let values = s.encoding.encoded_len() as u64;
+            let budget = key.key.params().max_releases_per_key(values);
+            let done = key.releases(store.dir())?;
+            if done >= budget {
+                tracing::warn!(
+                    round,
+                    releases = done,
+                    budget,
+                    "the federation key has been used for {done} decryptions, the most its flooding \
+                     tolerates for updates of {values} values: making a new key"
+                );
+                FederationKey::remove(store.dir(), &[])?;
+                *lock(&hub.key) = None;
+                fed_key = Some(ensure_key(&hub, &store, min, deadline).await?);
+                attempt -= 1;
+                continue;
+            }
+        }
         let kind = if train {
             RoundKind::Train
         } else {
@@ -1369,6 +1390,8 @@ async fn decrypt_round(
     }
     if let Some(c) = &hub.ciphertexts {
         c.mark_decrypting(round).map_err(|e| e.to_string())?;
+        key.count_release(c.state_dir())
+            .map_err(|e| e.to_string())?;
     }
     let request = DecryptRequest {
         round,

@@ -112,6 +112,40 @@ impl FederationKey {
         }
     }
 
+    fn releases_path(&self, state_dir: &Path) -> PathBuf {
+        state_dir
+            .join("keys")
+            .join(format!("{}.releases", hex::encode(self.key.session().id)))
+    }
+
+    /// How many sums have been sent for decryption under this key.
+    pub fn releases(&self, state_dir: &Path) -> Result<u64, CoordinatorError> {
+        let path = self.releases_path(state_dir);
+        match std::fs::read_to_string(&path) {
+            Ok(t) => t
+                .trim()
+                .parse()
+                .map_err(|e| CoordinatorError::Corrupt(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Counts one more decryption under this key, durably, before it is asked.
+    pub fn count_release(&self, state_dir: &Path) -> Result<(), CoordinatorError> {
+        let n = self.releases(state_dir)? + 1;
+        let path = self.releases_path(state_dir);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("releases.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(format!("{n}\n").as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
     /// Reads the stored key, if the federation has one.
     pub fn load(state_dir: &Path) -> Result<Option<Self>, CoordinatorError> {
         let path = key_path(state_dir);
@@ -412,6 +446,11 @@ impl CiphertextStore {
 
     fn dir(&self, round: u64) -> PathBuf {
         self.root.join(format!("round-{round:08}"))
+    }
+
+    /// The coordinator's state directory (the store's parent).
+    pub fn state_dir(&self) -> &Path {
+        self.root.parent().unwrap_or(&self.root)
     }
 
     /// The attempt number of `round`'s run in progress: the one stored with
@@ -953,6 +992,10 @@ mod tests {
     fn key_is_stored_and_reloaded() {
         let (key, _) = ceremony_key(&["a", "b"]);
         let dir = tempfile::tempdir().unwrap();
+        assert_eq!(key.releases(dir.path()).unwrap(), 0);
+        key.count_release(dir.path()).unwrap();
+        key.count_release(dir.path()).unwrap();
+        assert_eq!(key.releases(dir.path()).unwrap(), 2);
         key.save(dir.path()).unwrap();
         let back = FederationKey::load(dir.path()).unwrap().unwrap();
         assert_eq!(back.key.key_id(), key.key.key_id());
