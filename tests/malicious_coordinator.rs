@@ -1177,3 +1177,103 @@ fn a_key_generation_with_fast64_is_refused() {
     );
     rogue.check_scripts();
 }
+
+// ---------------------------------------------------------------------------
+// Evaluation the partner's budget cannot pay for.
+
+/// Record-level local DP (the unit under which models are evaluated).
+const RECORD_DP: &str = r#"unit = "record"
+placement = "local"
+epsilon = 8.0
+delta = 1e-5
+clip_norm = 1.0
+noise_multiplier = 1.0
+sampling_rate = 0.02
+steps_per_round = 10
+"#;
+
+/// The rogue asks for the final evaluation (`train = false`) of a model of
+/// its choosing from a partner whose own budget cannot pay for one: the
+/// partner declines before scoring a held-out row, and no report leaves.
+#[test]
+fn an_evaluation_the_budget_cannot_pay_for_is_declined_before_scoring() {
+    let t = task(true, 3, Some(RECORD_DP));
+    let spec = TaskSpec::from_toml_str(&t).expect("task");
+    let fed = Federation::new(TASK);
+    let mut rogue = Rogue::start(fed, move |mut peer| {
+        let (t, spec) = (t.clone(), spec.clone());
+        async move {
+            if !peer.expect_hello(WAIT).await {
+                return;
+            }
+            peer.welcome(&t).await;
+            let n = spec.schema.param_count();
+            let features = spec.schema.feature_count();
+            peer.send_kind(Down::RoundStart(RoundStart {
+                round: 21,
+                param_count: n as u64,
+                chunk_count: chunk_count(n),
+                deadline_unix_ms: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .expect("clock")
+                    .as_millis() as u64
+                    + 120_000,
+                // A crafted standardisation and model: one feature blown up.
+                feature_mean: vec![0.0; features],
+                feature_std: vec![1e-3; features],
+                train: false,
+                model_round: 20,
+                key_id: Vec::new(),
+                attempt: 1,
+            }))
+            .await;
+            for index in 0..chunk_count(n) {
+                let len = chunk_range(n, index).len();
+                let mut values = vec![0.0; len];
+                if index == 0 {
+                    values[0] = 50.0;
+                }
+                peer.send_kind(Down::ModelChunk(ModelChunk {
+                    round: 21,
+                    index,
+                    values,
+                }))
+                .await;
+            }
+            peer.recv_kind("Decline", WAIT).await;
+            peer.send_kind(Down::Finished(TaskFinished {
+                detail: "evaluation attack done".into(),
+            }))
+            .await;
+            peer.closed(WAIT).await;
+        }
+    });
+    // One evaluation at σ_e = 10 costs about ε 0.5 at δ = 1e-5; this
+    // partner's own budget is ε 0.1.
+    let name = rogue.start_agent_with(
+        0,
+        &policy(&[("require_secure_aggregation", "true")]),
+        &["--budget-epsilon", "0.1", "--budget-delta", "1e-5"],
+    );
+    rogue.wait_agent_exit(&name, WAIT);
+    rogue.check_scripts();
+    let kinds = rogue.kinds(&name);
+    assert!(kinds.contains(&"Decline"), "{}", rogue.report());
+    for private in ["EvalReport", "StatsReport", "UpdateChunk", "EncryptedChunk"] {
+        assert!(
+            !kinds.contains(&private),
+            "{private} sent although the budget cannot pay for it\n{}",
+            rogue.report()
+        );
+    }
+    let declined = rogue
+        .received(&name)
+        .into_iter()
+        .find_map(|r| match r.message.kind {
+            Some(Up::Decline(d)) => Some(d),
+            _ => None,
+        });
+    let d = declined.expect("a decline");
+    assert!(d.budget_exhausted, "{d:?}");
+    assert!(d.reason.contains("budget"), "{}", d.reason);
+}
