@@ -471,7 +471,7 @@ fn privacy_plan(task_path: &std::path::Path, target: Option<f64>) -> Result<()> 
         .with_context(|| format!("{} has no [privacy] table", task_path.display()))?;
     let rounds = u64::from(task.rounds);
     // The coordinator's own check at task creation (`check_task_plan`): the same events —
-    // the rounds and the planned evaluations — the same ε.
+    // the feature statistics, the rounds and the planned evaluations — the same ε.
     let eps = |spec: &PrivacySpec| -> Result<f64, consortia_privacy::dp::DpError> {
         let events = spec.round_events(1)?;
         task_plan_epsilon(spec, &events, rounds)
@@ -488,6 +488,17 @@ fn privacy_plan(task_path: &std::path::Path, target: Option<f64>) -> Result<()> 
         spec.delta,
         spec.epsilon
     );
+    if spec.statistics_events().is_empty() {
+        println!(
+            "  feature statistics: from the public [schema.bounds] only (no charge under unit = \"partner\")"
+        );
+    } else {
+        println!(
+            "  feature statistics: released once, Gaussian noise multiplier {} (ρ {})",
+            spec.statistics_noise_multiplier,
+            1.0 / (2.0 * spec.statistics_noise_multiplier * spec.statistics_noise_multiplier)
+        );
+    }
     if evaluations == 0 {
         println!(
             "  no evaluation is released: under unit = \"partner\" no noise independent of the data protects a whole partner's held-out rows"

@@ -1,6 +1,6 @@
 //! What a partner's evaluation report carries, seen by a coordinator: a scripted one
 //! ([`Rogue`]) that asks a real agent for the final evaluation of a model it chose, once in a
-//! task with `[privacy]` and once in a task without.
+//! task with `[privacy]` and once in a task without; and what its feature statistics carry.
 
 mod common;
 
@@ -10,8 +10,8 @@ use common::rogue::{Rogue, WAIT};
 use common::{Federation, PERMISSIVE_POLICY, TASK};
 use consortia_model::{EvalPartial, LogisticModel, TaskSpec};
 use consortia_proto::{
-    ModelChunk, RoundStart, TaskFinished, chunk_count, chunk_range, client_message::Kind as Up,
-    server_message::Kind as Down,
+    ModelChunk, RoundStart, StatsRequest, TaskFinished, chunk_count, chunk_range,
+    client_message::Kind as Up, server_message::Kind as Down,
 };
 
 /// Record-level local DP at the default evaluation noise (σ_e = 10).
@@ -187,4 +187,123 @@ fn with_privacy_the_evaluation_is_a_noised_coarse_histogram() {
             count: 1
         }]
     );
+}
+
+/// The rogue sends `task` and asks twice for feature statistics; returns the two reports.
+fn statistics_reports(task_toml: String) -> (Vec<consortia_proto::StatsReport>, Rogue, String) {
+    let fed = Federation::new(TASK);
+    let mut rogue = Rogue::start(fed, move |mut peer| {
+        let t = task_toml.clone();
+        async move {
+            if !peer.expect_hello(WAIT).await {
+                return;
+            }
+            peer.welcome(&t).await;
+            for request_id in [1, 2] {
+                peer.send_kind(Down::StatsRequest(StatsRequest { request_id }))
+                    .await;
+                if peer.recv_kind("StatsReport", WAIT).await.is_none() {
+                    return;
+                }
+            }
+            peer.send_kind(Down::Finished(TaskFinished {
+                detail: "statistics received".into(),
+            }))
+            .await;
+            peer.closed(WAIT).await;
+        }
+    });
+    let name = rogue.start_agent(0, PERMISSIVE_POLICY);
+    let status = rogue.wait_agent_exit(&name, WAIT);
+    assert!(status.success(), "{status}\n{}", rogue.report());
+    let reports = rogue
+        .received(&name)
+        .into_iter()
+        .filter_map(|r| match r.message.kind {
+            Some(Up::Stats(s)) => Some(s),
+            _ => None,
+        })
+        .collect();
+    (reports, rogue, name)
+}
+
+/// With `[privacy]` the partner's feature statistics are noised and charged once: the report
+/// differs from the exact sums of its training rows, its own ledger holds one
+/// `statistics-gaussian` charge (written before the report), and the second request gets the
+/// same answer again without a new charge.
+///
+/// The count is the partner's training-row count (every update publishes it); each mean and
+/// variance comes from sums with Gaussian noise of standard deviation z_s·√(1 + 2·40) = 90.
+/// A column constant at one of its bounds on this partner's rows (e.g. the contract types it
+/// does not hold) can come back exact after clamping; every other column's sum and sum of
+/// squares differ from the exact ones with probability 1 (continuous noise), so the test's
+/// false-failure rate is 0 up to floating-point coincidence.
+#[test]
+fn with_privacy_feature_statistics_are_noised_charged_once_and_resent() {
+    let (reports, rogue, name) = statistics_reports(task(Some(DP)));
+    assert_eq!(reports.len(), 2, "{}", rogue.report());
+    let (first, second) = (&reports[0], &reports[1]);
+    assert_eq!(
+        (first.count, &first.sum, &first.sum_sq),
+        (second.count, &second.sum, &second.sum_sq),
+        "the second request gets the stored answer"
+    );
+    let spec = TaskSpec::from_toml_str(&task(Some(DP))).expect("task");
+    let data = consortia_client::local::LocalData::load(&rogue.fed.partners[0].1, &spec, &name)
+        .expect("partner data");
+    let exact = data.feature_stats();
+    assert_eq!(first.sum.len(), exact.sum.len());
+    assert_eq!(first.count, exact.count);
+    let differing = first
+        .sum
+        .iter()
+        .zip(&exact.sum)
+        .chain(first.sum_sq.iter().zip(&exact.sum_sq))
+        .filter(|(a, b)| a != b)
+        .count();
+    let bounds = spec.schema.feature_bounds().expect("bounds");
+    let n = exact.count as f64;
+    let constant_at_a_bound = exact
+        .sum
+        .iter()
+        .zip(&bounds)
+        .filter(|&(&s, &(lo, hi))| s == n * lo || s == n * hi)
+        .count();
+    assert!(
+        differing >= 2 * (exact.sum.len() - constant_at_a_bound),
+        "only {differing} of 80 sums are noised ({constant_at_a_bound} constant columns)"
+    );
+    assert!(constant_at_a_bound < 10);
+
+    let entries =
+        consortia_ledger::load_entries(rogue.fed.agent_state(&name).join("ledger")).unwrap();
+    assert_eq!(entries.len(), 1, "one charge for two requests: {entries:?}");
+    let e = &entries[0].record;
+    assert_eq!((e.mechanism.as_str(), e.round), ("statistics-gaussian", 0));
+    assert_eq!(
+        e.charged.as_ref().unwrap().events,
+        vec![consortia_ledger::entry::StoredEvent::from_dp(
+            consortia_privacy::dp::statistics_event(10.0),
+            1
+        )]
+    );
+    let log = rogue.agent_log(&name);
+    assert!(log.contains("re-sending"), "{log}");
+}
+
+/// Without `[privacy]` the statistics are the exact sums, as before.
+#[test]
+fn without_privacy_feature_statistics_are_exact() {
+    let (reports, rogue, name) = statistics_reports(task(None));
+    assert_eq!(reports.len(), 2, "{}", rogue.report());
+    let spec = TaskSpec::from_toml_str(&task(None)).expect("task");
+    let data = consortia_client::local::LocalData::load(&rogue.fed.partners[0].1, &spec, &name)
+        .expect("partner data");
+    let exact = data.feature_stats();
+    for r in &reports {
+        assert_eq!(
+            (r.count, &r.sum, &r.sum_sq),
+            (exact.count, &exact.sum, &exact.sum_sq)
+        );
+    }
 }

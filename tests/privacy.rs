@@ -45,11 +45,12 @@ fn budgets_are_enforced_by_the_coordinator_and_by_each_partner_and_ledgers_agree
     // one-year gets a small budget from the task (the coordinator leaves it out
     // once a round would exceed it); two-year sets a small budget of its own
     // (its agent declines). With min_partners = 2 the task then stops.
-    // z = 0.7683: the 20 rounds and the final evaluation just fit the task's ε 8.
+    // z = 0.7689: the feature statistics, the 20 rounds and the final evaluation just fit
+    // the task's ε 8.
     let task = dp_task(
         20,
         2,
-        0.7683,
+        0.7689,
         "\n[privacy.partner_epsilon]\none-year = 5.0\n",
     );
     let mut fed = Federation::new(&task);
@@ -148,12 +149,24 @@ fn only_scheduled_models_are_evaluated_and_both_ledgers_charge_them() {
         .map(|e| e.record.round)
         .collect();
     assert_eq!(evaluation_rounds, [3, 5, 6]);
-    assert_eq!(entries.len(), 5 + 3);
+    // The feature statistics are charged once, as round 0, before any round.
+    let statistics: Vec<u64> = entries
+        .iter()
+        .filter(|e| e.record.mechanism == "statistics-gaussian")
+        .map(|e| e.record.round)
+        .collect();
+    assert_eq!(statistics, [0]);
+    assert_eq!(entries[0].record.mechanism, "statistics-gaussian");
+    assert_eq!(entries.len(), 1 + 5 + 3);
     for (name, _) in &fed.partners {
         let own = consortia_ledger::load_entries(fed.agent_state(name).join("ledger")).unwrap();
         let cert = Verifier::from_cert_pem_file(fed.pki.partner_cert_path(name)).unwrap();
         assert!(verify(&own, &cert).is_valid(), "{name}'s ledger");
-        assert_eq!(own.len(), 8, "{name}'s ledger");
+        assert_eq!(own.len(), 9, "{name}'s ledger");
+        assert_eq!(
+            own[0].record.mechanism, "statistics-gaussian",
+            "{name}'s ledger"
+        );
         let disagreements = compare(name, &own, &entries);
         assert!(disagreements.is_empty(), "{name}: {disagreements:?}");
     }

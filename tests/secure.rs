@@ -100,14 +100,16 @@ fn secure_aggregation_with_distributed_dp_keeps_the_plaintext_quality() {
             .any(|p| p.extension().is_some_and(|e| e == "secret")),
         "the coordinator holds no secret key share"
     );
-    // The coordinator's ledger charges the distributed mechanism for the 60 rounds, then
-    // the final evaluation, and stays in budget.
+    // The coordinator's ledger charges the feature statistics (round 0), the distributed
+    // mechanism for the 60 rounds, then the final evaluation, and stays in budget.
     let coordinator = Verifier::from_cert_pem_file(fed.pki.coordinator_cert_path()).unwrap();
     let entries = consortia_ledger::load_entries(fed.path("state/privacy-ledger.json")).unwrap();
-    assert_eq!(entries.len(), 61);
+    assert_eq!(entries.len(), 62);
     assert!(verify(&entries, &coordinator).is_valid());
+    assert_eq!(entries[0].record.mechanism, "statistics-gaussian");
+    assert_eq!(entries[0].record.round, 0);
     assert!(
-        entries[..60]
+        entries[1..61]
             .iter()
             .all(|e| e.record.mechanism == "distributed-discrete-gaussian")
     );
@@ -122,7 +124,7 @@ fn secure_aggregation_with_distributed_dp_keeps_the_plaintext_quality() {
         let own = consortia_ledger::load_entries(fed.agent_state(name).join("ledger")).unwrap();
         let cert = Verifier::from_cert_pem_file(fed.pki.partner_cert_path(name)).unwrap();
         assert!(verify(&own, &cert).is_valid(), "{name}'s ledger");
-        assert_eq!(own.len(), 61, "{name}'s ledger");
+        assert_eq!(own.len(), 62, "{name}'s ledger");
         let disagreements = consortia_ledger::audit::compare(name, &own, &entries);
         assert!(disagreements.is_empty(), "{name}: {disagreements:?}");
     }

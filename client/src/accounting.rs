@@ -20,7 +20,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use consortia_ledger::book::{BookError, PrivacyBook, TaskId};
 use consortia_ledger::{DatasetId, Ledger, Signer};
 use consortia_model::TaskSpec;
-use consortia_privacy::dp::{Budget, DpEvent, EVALUATION_MECHANISM, PrivacySpec};
+use consortia_privacy::dp::{
+    Budget, DpEvent, EVALUATION_MECHANISM, PrivacySpec, STATISTICS_MECHANISM,
+};
 
 use crate::{AgentConfig, AgentError};
 
@@ -209,6 +211,38 @@ impl PartnerPrivacy {
             .append(record, &self.signer)
             .map_err(|e| format!("cannot write the privacy ledger: {e}"))?;
         Ok(after)
+    }
+
+    /// Write-ahead charge of the task's one release of feature statistics
+    /// ([`PrivacySpec::statistics_events`]): appended (and flushed) to this partner's own ledger
+    /// as round 0, mechanism [`STATISTICS_MECHANISM`], before any statistic is computed. Returns
+    /// the ε after it, `None` when the release costs nothing (partner unit: statistics of the
+    /// public bounds only), or why it does not fit the budget.
+    pub fn admit_statistics(&mut self) -> Result<Option<f64>, String> {
+        let events = self.spec.statistics_events();
+        if events.is_empty() {
+            return Ok(None);
+        }
+        let after = self.fits(&events, "releasing feature statistics")?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        // Row count 0: the ledger entry states no exact count of the rows it protects.
+        let record = self
+            .book
+            .charge_events(
+                0,
+                now,
+                &[(self.partner.clone(), 0)],
+                &events,
+                STATISTICS_MECHANISM,
+            )
+            .map_err(|e| e.to_string())?;
+        self.ledger
+            .append(record, &self.signer)
+            .map_err(|e| format!("cannot write the privacy ledger: {e}"))?;
+        Ok(Some(after))
     }
 }
 
@@ -421,5 +455,50 @@ mod tests {
         high.noise_multiplier = 2.0;
         let p = PartnerPrivacy::open(&cfg, high, "t", PARTNER, [5; 32]).unwrap();
         assert!((p.spent().unwrap() - spent).abs() < 1e-12);
+    }
+    /// The statistics release is charged write-ahead as its own entry (round 0); under the
+    /// partner unit it costs nothing and writes nothing.
+    #[test]
+    fn the_statistics_release_is_charged_to_the_partners_own_ledger() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let pki = consortia_pki::Pki::init(
+            dir.path().join("pki"),
+            &["localhost".into()],
+            &[PARTNER.into()],
+        )
+        .expect("PKI");
+        let data = dir.path().join("d.csv");
+        std::fs::write(&data, "a\n1\n").expect("data");
+        let cfg = config(dir.path(), &pki.partner_key_path(PARTNER), &data, None);
+        let mut p = PartnerPrivacy::open(&cfg, spec(), "t", PARTNER, [1; 32]).unwrap();
+        let after = p
+            .admit_statistics()
+            .unwrap()
+            .expect("a charge under the record unit");
+        let mut by_hand = consortia_privacy::dp::RdpAccountant::new();
+        by_hand
+            .compose(consortia_privacy::dp::statistics_event(10.0), 1)
+            .unwrap();
+        assert!((after - by_hand.epsilon(1e-5).unwrap()).abs() < 1e-12);
+        assert!((p.spent().unwrap() - after).abs() < 1e-12);
+        drop(p);
+        let entries = Ledger::open(cfg.state_dir.join("ledger"))
+            .unwrap()
+            .entries()
+            .unwrap();
+        assert_eq!(entries.len(), 1);
+        let e = &entries[0].record;
+        assert_eq!((e.round, e.mechanism.as_str()), (0, STATISTICS_MECHANISM));
+        assert_eq!(e.dataset_sizes[PARTNER], 0);
+
+        let partner_unit: PrivacySpec = toml::from_str(
+            "unit = \"partner\"\nepsilon = 10.0\ndelta = 1e-5\nclip_norm = 1.0\nnoise_multiplier = 1.0\n",
+        )
+        .unwrap();
+        let other = tempfile::tempdir().expect("temporary directory");
+        let cfg = config(other.path(), &pki.partner_key_path(PARTNER), &data, None);
+        let mut p = PartnerPrivacy::open(&cfg, partner_unit, "u", PARTNER, [2; 32]).unwrap();
+        assert_eq!(p.admit_statistics().unwrap(), None);
+        assert_eq!(p.spent().unwrap(), 0.0);
     }
 }

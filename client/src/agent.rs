@@ -11,6 +11,7 @@ use std::time::Duration;
 use consortia_model::TaskSpec;
 use consortia_model::logistic::LogisticModel;
 use consortia_model::metrics::EvalPartial;
+use consortia_model::standardize::FeatureStats;
 use consortia_pki::{ClientTls, ClientTlsFiles};
 use consortia_privacy::dp::{
     DP_SCORE_BINS, NoisePlacement, PrivacySpec, PrivacyUnit, noisy_histograms,
@@ -203,7 +204,27 @@ async fn run_session(
                 let Some(data) = state.data.as_ref() else {
                     return Err(fatal(state, protocol("statistics asked before Welcome")));
                 };
-                let s = data.feature_stats();
+                let s = match (state.task.as_ref(), state.privacy.as_mut()) {
+                    (Some(task), Some(privacy)) => {
+                        match private_statistics(&cfg.state_dir, task, data, privacy) {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(reason)) => {
+                                println!("feature statistics: declined: {reason}");
+                                send(
+                                    &tx,
+                                    Up::Decline(Decline {
+                                        budget_exhausted: true,
+                                        ..decline(0, reason)
+                                    }),
+                                )
+                                .await?;
+                                continue;
+                            }
+                            Err(e) => return Err(fatal(state, e)),
+                        }
+                    }
+                    _ => data.feature_stats(),
+                };
                 send(
                     &tx,
                     Up::Stats(StatsReport {
@@ -472,6 +493,36 @@ async fn send_share(
         send(tx, Up::DecryptionShare(piece)).await?;
     }
     Ok(())
+}
+
+/// The feature statistics this partner releases for a task with `[privacy]`: the stored answer
+/// when it has already released them for `task` (re-sent, costing nothing), otherwise — charged
+/// write-ahead to its own ledger first — freshly noised ones, recorded durably before they are
+/// sent. `Ok(Err(reason))`: the release does not fit the budget (declined).
+fn private_statistics(
+    state_dir: &std::path::Path,
+    task: &TaskSpec,
+    data: &LocalData,
+    privacy: &mut PartnerPrivacy,
+) -> Result<Result<FeatureStats, String>, AgentError> {
+    if let Some(stored) = crate::pins::released_statistics(state_dir, &task.name)? {
+        println!("feature statistics: re-sending the ones released before (no new charge)");
+        return Ok(Ok(stored));
+    }
+    let bounds = task
+        .schema
+        .feature_bounds()
+        .map_err(|column| AgentError::Task(format!("numeric column `{column}` has no bounds")))?;
+    match privacy.admit_statistics() {
+        Ok(Some(eps)) => println!(
+            "feature statistics: release charged to the privacy ledger, ε after it {eps:.3}"
+        ),
+        Ok(None) => {}
+        Err(reason) => return Ok(Err(reason)),
+    }
+    let stats = data.private_feature_stats(&privacy.spec, &bounds)?;
+    crate::pins::record_statistics(state_dir, &task.name, &stats)?;
+    Ok(Ok(stats))
 }
 
 /// A `Decline` of `round` for `reason` (not a budget or decryption refusal).

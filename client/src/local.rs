@@ -12,6 +12,7 @@ use consortia_model::data::Dataset;
 use consortia_model::logistic::{LogisticModel, TrainConfig, TrainProgress, TrainReport};
 use consortia_model::metrics::EvalPartial;
 use consortia_model::standardize::{FeatureStats, Standardizer};
+use consortia_privacy::dp::{PrivacySpec, PrivacyUnit, noisy_statistics};
 use ndarray::Array2;
 use rand::SeedableRng;
 
@@ -76,6 +77,49 @@ impl LocalData {
     /// Feature sums of the training rows, for federation-wide standardisation.
     pub fn feature_stats(&self) -> FeatureStats {
         self.train.feature_stats()
+    }
+
+    /// Feature statistics of the training rows under a task's `[privacy]`, as released:
+    ///
+    /// * record unit: count, Σu and Σu² of the features clipped to `bounds` and scaled to
+    ///   [0, 1], plus Gaussian noise of multiplier `statistics_noise_multiplier`
+    ///   (`consortia_privacy::dp::noisy_statistics`, one `Gaussian { z_s }` event), mapped back
+    ///   to the features' units ([`FeatureStats::from_noisy_unit`], post-processing);
+    /// * partner unit: statistics of the public bounds alone ([`FeatureStats::from_bounds`]), which
+    ///   depend on no row.
+    ///
+    /// Either is then stated over the partner's training-row count
+    /// ([`FeatureStats::rescaled_to`]): that count is not protected here, because every update
+    /// the partner sends carries it (its FedAvg weight) and both ledgers record it — the
+    /// coordinator's first write-ahead round charge takes it from this report. The means and
+    /// variances are the noisy ones.
+    ///
+    /// The caller charges the release first (`PartnerPrivacy::admit_statistics`).
+    pub fn private_feature_stats(
+        &self,
+        spec: &PrivacySpec,
+        bounds: &[(f64, f64)],
+    ) -> Result<FeatureStats, AgentError> {
+        let rows = self.train_rows() as u64;
+        if spec.unit == PrivacyUnit::Partner {
+            return Ok(FeatureStats::from_bounds(bounds).rescaled_to(rows));
+        }
+        let err = |e: String| AgentError::Data(format!("feature statistics: {e}"));
+        let exact = self
+            .train
+            .clipped_unit_stats(bounds)
+            .map_err(|e| err(e.to_string()))?;
+        let noisy = noisy_statistics(
+            exact.count,
+            &exact.sum,
+            &exact.sum_sq,
+            spec.statistics_noise_multiplier,
+        )
+        .map_err(|e| err(e.to_string()))?;
+        let estimate =
+            FeatureStats::from_noisy_unit(noisy.count, &noisy.sum, &noisy.sum_sq, bounds)
+                .map_err(|e| err(e.to_string()))?;
+        Ok(estimate.rescaled_to(rows))
     }
 
     fn prepare(&mut self, mean: &[f64], std: &[f64]) -> Result<&Prepared, AgentError> {

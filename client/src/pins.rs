@@ -10,6 +10,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use consortia_model::FeatureStats;
+
 use crate::AgentError;
 
 fn pin_path(state_dir: &Path, task: &str) -> PathBuf {
@@ -103,6 +105,58 @@ pub fn count_evaluation(state_dir: &Path, task: &str) -> Result<u32, AgentError>
     Ok(now)
 }
 
+fn statistics_path(state_dir: &Path, task: &str) -> PathBuf {
+    state_dir
+        .join("tasks")
+        .join(format!("{task}.statistics.json"))
+}
+
+/// The noised feature statistics this partner released for `task`, if it has released any.
+/// Under `[privacy]` a partner answers at most one statistics request per task with fresh
+/// noise: every later request gets this stored answer again, which costs no budget.
+pub fn released_statistics(
+    state_dir: &Path,
+    task: &str,
+) -> Result<Option<FeatureStats>, AgentError> {
+    let path = statistics_path(state_dir, task);
+    let err = |e: String| AgentError::Config {
+        path: path.clone(),
+        message: format!("released feature statistics: {e}"),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| err(e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+/// Records the noised feature statistics released for `task` (written and synced before they
+/// are sent; see [`released_statistics`]).
+pub fn record_statistics(
+    state_dir: &Path,
+    task: &str,
+    stats: &FeatureStats,
+) -> Result<(), AgentError> {
+    let path = statistics_path(state_dir, task);
+    let err = |e: String| AgentError::Config {
+        path: path.clone(),
+        message: format!("cannot record the released feature statistics: {e}"),
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    }
+    let text = serde_json::to_string(stats).map_err(|e| err(e.to_string()))?;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| err(e.to_string()))?;
+    f.sync_all().map_err(|e| err(e.to_string()))?;
+    std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,5 +183,18 @@ mod tests {
         assert_eq!(count_evaluation(dir.path(), "t").unwrap(), 2);
         assert_eq!(count_evaluation(dir.path(), "u").unwrap(), 1);
         assert_eq!(count_evaluation(dir.path(), "t").unwrap(), 3);
+    }
+    #[test]
+    fn released_statistics_are_kept_per_task() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(released_statistics(dir.path(), "t").unwrap(), None);
+        let stats = FeatureStats {
+            count: 7,
+            sum: vec![1.5, -2.0],
+            sum_sq: vec![3.25, 4.0],
+        };
+        record_statistics(dir.path(), "t", &stats).unwrap();
+        assert_eq!(released_statistics(dir.path(), "t").unwrap(), Some(stats));
+        assert_eq!(released_statistics(dir.path(), "u").unwrap(), None);
     }
 }

@@ -8,12 +8,15 @@
 //! settings, so changing the noise mid-task cannot make past rounds cheaper.
 //! Each partner also keeps its own lifetime budget per dataset, across tasks.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use consortia_ledger::book::{BookError, PrivacyBook, TaskId};
 use consortia_ledger::{Ledger, Signer};
 use consortia_model::TaskSpec;
-use consortia_privacy::dp::{DpEvent, EVALUATION_MECHANISM, PrivacySpec, check_task_plan};
+use consortia_privacy::dp::{
+    DpEvent, EVALUATION_MECHANISM, PrivacySpec, STATISTICS_MECHANISM, check_task_plan,
+};
 
 use crate::CoordinatorError;
 
@@ -59,6 +62,8 @@ pub struct Accounting {
     ledger: Ledger,
     signer: Signer,
     export: PathBuf,
+    /// Partners whose release of feature statistics this task's ledger already charges.
+    statistics_charged: BTreeSet<String>,
 }
 
 impl Accounting {
@@ -83,6 +88,11 @@ impl Accounting {
         let ledger = Ledger::open(state_dir.join("ledger")).map_err(ledger_err)?;
         let signer = Signer::from_pkcs8_pem_file(key).map_err(ledger_err)?;
         let entries = ledger.entries().map_err(ledger_err)?;
+        let statistics_charged = entries
+            .iter()
+            .filter(|e| e.record.task == task.name && e.record.mechanism == STATISTICS_MECHANISM)
+            .flat_map(|e| e.record.participants.iter().cloned())
+            .collect();
         let book = PrivacyBook::new(spec, task_id, None, &entries)
             .map_err(|e| CoordinatorError::Task(format!("privacy ledger: {e}")))?;
         for note in book.notes() {
@@ -93,6 +103,7 @@ impl Accounting {
             ledger,
             signer,
             export: state_dir.join("privacy-ledger.json"),
+            statistics_charged,
         })
     }
 
@@ -183,6 +194,45 @@ impl Accounting {
         self.ledger.export_json(&self.export).map_err(err)?;
         for (p, eps) in &record.epsilon_cumulative {
             tracing::info!(partner = %p, round, epsilon = eps, budget = record.budget_epsilon.get(p).copied().unwrap_or(f64::NAN), "privacy spend of the evaluation recorded");
+        }
+        Ok(())
+    }
+
+    /// Charges the task's one release of feature statistics
+    /// ([`PrivacySpec::statistics_events`]) for each of `partners` not charged for it yet (in
+    /// this task's ledger, across restarts), as round 0 with mechanism [`STATISTICS_MECHANISM`]
+    /// and row count 0 — as each partner charges it in its own ledger — before they are asked
+    /// (write-ahead). Nothing is charged under the partner unit (statistics of the public
+    /// bounds cost nothing).
+    pub fn record_statistics(
+        &mut self,
+        time_unix_ms: u64,
+        partners: &[String],
+    ) -> Result<(), CoordinatorError> {
+        let events = self.book.spec().statistics_events();
+        let fresh: Vec<(String, u64)> = partners
+            .iter()
+            .filter(|p| !self.statistics_charged.contains(*p))
+            .map(|p| (p.clone(), 0))
+            .collect();
+        if events.is_empty() || fresh.is_empty() {
+            return Ok(());
+        }
+        let record = self
+            .book
+            .charge_events(0, time_unix_ms, &fresh, &events, STATISTICS_MECHANISM)
+            .map_err(|e| CoordinatorError::Task(format!("privacy accounting: {e}")))?;
+        let err = |e: consortia_ledger::LedgerError| {
+            CoordinatorError::Task(format!("privacy ledger: {e}"))
+        };
+        self.ledger
+            .append(record.clone(), &self.signer)
+            .map_err(err)?;
+        self.ledger.export_json(&self.export).map_err(err)?;
+        self.statistics_charged
+            .extend(fresh.into_iter().map(|(p, _)| p));
+        for (p, eps) in &record.epsilon_cumulative {
+            tracing::info!(partner = %p, epsilon = eps, "privacy spend of the feature statistics recorded");
         }
         Ok(())
     }
@@ -304,5 +354,46 @@ mod tests {
         other.name = "another-task".into();
         let fresh = Accounting::open(spec, &other, &state, &key).unwrap();
         assert_eq!(fresh.book.spent("a").unwrap(), 0.0);
+    }
+    /// The feature statistics are charged once per partner and task, across restarts, as
+    /// round 0 with the statistics event.
+    #[test]
+    fn statistics_are_charged_once_per_partner() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki =
+            consortia_pki::Pki::init(dir.path().join("pki"), &["localhost".into()], &[]).unwrap();
+        let key = pki.coordinator_key_path();
+        let task = TaskSpec::from_toml_str(TASK).unwrap();
+        let spec = task_privacy(&task).unwrap().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        let mut acc = Accounting::open(spec.clone(), &task, &state, &key).unwrap();
+        acc.record_statistics(0, &["a".into(), "b".into()]).unwrap();
+        let spent = acc.book.spent("a").unwrap();
+        assert!(spent > 0.0);
+        acc.record_statistics(0, &["a".into(), "b".into()]).unwrap();
+        drop(acc);
+        let mut again = Accounting::open(spec.clone(), &task, &state, &key).unwrap();
+        again
+            .record_statistics(0, &["a".into(), "c".into()])
+            .unwrap();
+        assert!((again.book.spent("a").unwrap() - spent).abs() < 1e-12);
+        let entries = load_entries(state.join("privacy-ledger.json")).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].record.participants, ["a", "b"]);
+        assert_eq!(entries[1].record.participants, ["c"]);
+        for e in &entries {
+            assert_eq!(
+                (e.record.round, e.record.mechanism.as_str()),
+                (0, "statistics-gaussian")
+            );
+            assert_eq!(
+                e.record.charged.as_ref().unwrap().events,
+                vec![consortia_ledger::entry::StoredEvent::from_dp(
+                    consortia_privacy::dp::statistics_event(spec.statistics_noise_multiplier),
+                    1
+                )]
+            );
+        }
     }
 }

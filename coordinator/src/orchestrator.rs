@@ -517,7 +517,11 @@ pub async fn run_task(
     let standardizer = match store.standardizer()? {
         Some(s) => s,
         None => {
-            let (s, smallest) = agree_standardization(&hub, min, deadline).await;
+            let (s, smallest) =
+                agree_standardization(&hub, min, deadline, accounting.as_mut()).await?;
+            // Under [privacy] the reports' means and variances are noisy, but their counts are
+            // the partners' training-row counts, which every update publishes anyway (FedAvg
+            // weight; recorded in both ledgers): δ is checked against the smallest of those.
             if let Some(acc) = &accounting {
                 acc.book
                     .spec()
@@ -1007,12 +1011,15 @@ fn select(hub: &Hub, task: &TaskSpec, round: u64, attempt: u64, min: usize) -> B
 }
 
 /// Agrees on the federation-wide standardisation; also returns the smallest
-/// partner's row count.
+/// partner's row count. Under `[privacy]` every partner asked is first charged, in the
+/// coordinator's ledger, for its one release of noised statistics
+/// ([`Accounting::record_statistics`]; once per partner and task).
 async fn agree_standardization(
     hub: &Hub,
     min: usize,
     deadline: Duration,
-) -> (StoredStandardizer, u64) {
+    mut accounting: Option<&mut Accounting>,
+) -> Result<(StoredStandardizer, u64), CoordinatorError> {
     let mut request_id = 0u64;
     loop {
         wait_for_partners(hub, min).await;
@@ -1023,6 +1030,10 @@ async fn agree_standardization(
             expected: expected.clone(),
             received: BTreeMap::new(),
         });
+        if let Some(acc) = accounting.as_deref_mut() {
+            let asked: Vec<String> = expected.iter().cloned().collect();
+            acc.record_statistics(now_ms(), &asked)?;
+        }
         for p in &expected {
             hub.send_to(
                 p,
@@ -1080,13 +1091,13 @@ async fn agree_standardization(
             "federation-wide standardisation agreed"
         );
         let smallest = c.received.values().map(|s| s.count).min().unwrap_or(0);
-        return (
+        return Ok((
             StoredStandardizer {
                 mean: st.mean().to_vec(),
                 std: st.std().to_vec(),
             },
             smallest,
-        );
+        ));
     }
 }
 

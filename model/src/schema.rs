@@ -31,6 +31,12 @@ pub struct FeatureSchema {
     /// not named here treat an empty cell as an error.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub missing: BTreeMap<String, MissingPolicy>,
+    /// Public bounds `[lo, hi]` of numeric columns, by column name (`[schema.bounds]`):
+    /// domain knowledge that does not depend on any partner's rows. Under `[privacy]` every
+    /// numeric column needs bounds: feature statistics are computed from values clipped to
+    /// them ([`feature_bounds`](Self::feature_bounds)).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub bounds: BTreeMap<String, [f64; 2]>,
 }
 
 /// The label column.
@@ -178,6 +184,23 @@ impl FeatureSchema {
             }
         }
 
+        for (column, &[lo, hi]) in &self.bounds {
+            if !self.numeric.contains(column) {
+                return Err(InvalidField::new(
+                    format!("schema.bounds.{column}"),
+                    column,
+                    "the name of a column listed in `schema.numeric`",
+                ));
+            }
+            if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+                return Err(InvalidField::new(
+                    format!("schema.bounds.{column}"),
+                    [lo, hi],
+                    "[lo, hi] with finite lo < hi",
+                ));
+            }
+        }
+
         let count = self
             .categorical
             .iter()
@@ -224,6 +247,21 @@ impl FeatureSchema {
         names
     }
 
+    /// Public bounds of every encoded feature in design-matrix order: each numeric column's
+    /// `[schema.bounds]` entry, then [0, 1] for each one-hot feature (true by construction).
+    /// Err names the first numeric column without bounds.
+    pub fn feature_bounds(&self) -> Result<Vec<(f64, f64)>, String> {
+        let mut out = Vec::with_capacity(self.feature_count());
+        for column in &self.numeric {
+            let [lo, hi] = self.bounds.get(column).ok_or_else(|| column.clone())?;
+            out.push((*lo, *hi));
+        }
+        for cat in &self.categorical {
+            out.extend(std::iter::repeat_n((0.0, 1.0), cat.categories.len()));
+        }
+        Ok(out)
+    }
+
     /// The policy for empty cells in numeric column `column`.
     pub fn missing_policy(&self, column: &str) -> MissingPolicy {
         self.missing
@@ -250,6 +288,7 @@ mod tests {
                 categories: vec!["x".into(), "y".into(), "z".into()],
             }],
             missing: BTreeMap::new(),
+            bounds: BTreeMap::new(),
         }
     }
 

@@ -5,6 +5,13 @@
 //! mean and standard deviation come out exactly as if all rows were in one place,
 //! without any row leaving its partner. One-hot columns are standardised like the
 //! others.
+//!
+//! Under a task's `[privacy]` table a partner does not release exact sums: it computes them over
+//! its features clipped to the task's public bounds and scaled to [0, 1]
+//! ([`Dataset::clipped_unit_stats`]), adds Gaussian noise
+//! (`consortia_privacy::dp::noisy_statistics`) and maps the noisy figures back to the features'
+//! units ([`FeatureStats::from_noisy_unit`], post-processing); under the partner unit it releases
+//! statistics of the bounds alone ([`FeatureStats::from_bounds`]).
 
 use ndarray::{Array1, Array2, ArrayView1};
 use serde::{Deserialize, Serialize};
@@ -101,6 +108,96 @@ impl FeatureStats {
         Ok(())
     }
 
+    /// Statistics over the `bounds` alone, data-independent: one pseudo-row whose mean is each
+    /// range's midpoint and whose standard deviation is half its width. Releasing them reveals
+    /// nothing about any row.
+    pub fn from_bounds(bounds: &[(f64, f64)]) -> Self {
+        let mid = |&(lo, hi): &(f64, f64)| (lo + hi) / 2.0;
+        Self {
+            count: 1,
+            sum: bounds.iter().map(mid).collect(),
+            sum_sq: bounds
+                .iter()
+                .map(|b| {
+                    let half = (b.1 - b.0) / 2.0;
+                    mid(b) * mid(b) + half * half
+                })
+                .collect(),
+        }
+    }
+
+    /// Statistics in the features' own units from noisy figures `count` ≈ n, `sum[j]` ≈ Σu_j and
+    /// `sum_sq[j]` ≈ Σu_j² over values scaled to u = (x − lo)/(hi − lo) by `bounds`
+    /// ([`Dataset::clipped_unit_stats`] plus noise). Pure post-processing of the noisy release
+    /// (Dwork & Roth 2014, Prop. 2.1): the count is rounded and clamped to ≥ 1, the mean of u to
+    /// [0, 1], E[u²] to [mean², mean] (a variable in [0, 1] has E[u²] ≤ E[u], so the variance is
+    /// ≥ 0 and at most its largest possible value), then mean_x = lo + w·mean_u and
+    /// E[x²] = mean_x² + w²·Var(u) with w = hi − lo.
+    pub fn from_noisy_unit(
+        count: f64,
+        sum: &[f64],
+        sum_sq: &[f64],
+        bounds: &[(f64, f64)],
+    ) -> Result<Self, StandardizeError> {
+        for (what, len) in [("noisy sum", sum.len()), ("noisy sum_sq", sum_sq.len())] {
+            if len != bounds.len() {
+                return Err(StandardizeError::Dimension {
+                    what,
+                    found: len,
+                    expected: bounds.len(),
+                });
+            }
+        }
+        if !count.is_finite() {
+            return Err(StandardizeError::Value {
+                what: "noisy count",
+                index: 0,
+                value: count,
+                expected: "finite",
+            });
+        }
+        // `as` saturates; at least one row.
+        let n = (count.round() as u64).max(1);
+        let nf = n as f64;
+        let mut out = Self::empty(bounds.len());
+        for (j, (&(lo, hi), (&s, &sq))) in bounds.iter().zip(sum.iter().zip(sum_sq)).enumerate() {
+            if !(s.is_finite() && sq.is_finite()) {
+                return Err(StandardizeError::Value {
+                    what: "noisy statistics",
+                    index: j,
+                    value: if s.is_finite() { sq } else { s },
+                    expected: "finite",
+                });
+            }
+            let w = hi - lo;
+            let mean_u = (s / nf).clamp(0.0, 1.0);
+            let second_u = (sq / nf).clamp(mean_u * mean_u, mean_u);
+            let mean_x = lo + w * mean_u;
+            let var_x = w * w * (second_u - mean_u * mean_u);
+            out.sum[j] = nf * mean_x;
+            out.sum_sq[j] = nf * (mean_x * mean_x + var_x);
+        }
+        out.count = n;
+        Ok(out)
+    }
+
+    /// The same means and variances over `count` rows: every sum scaled by `count / self.count`
+    /// (all zeros when `self.count` is 0). Under `[privacy]` a partner reports its training-row
+    /// count, which every one of its updates publishes anyway, with the noisy means and
+    /// variances ([`from_noisy_unit`](Self::from_noisy_unit)); rescaling is post-processing.
+    pub fn rescaled_to(&self, count: u64) -> Self {
+        let factor = if self.count == 0 {
+            0.0
+        } else {
+            count as f64 / self.count as f64
+        };
+        Self {
+            count,
+            sum: self.sum.iter().map(|v| v * factor).collect(),
+            sum_sq: self.sum_sq.iter().map(|v| v * factor).collect(),
+        }
+    }
+
     fn check_shape(&self) -> Result<(), StandardizeError> {
         if self.sum_sq.len() != self.sum.len() {
             return Err(StandardizeError::Dimension {
@@ -122,6 +219,48 @@ impl Dataset {
             sum: x.sum_axis(ndarray::Axis(0)).to_vec(),
             sum_sq: x.mapv(|v| v * v).sum_axis(ndarray::Axis(0)).to_vec(),
         }
+    }
+}
+
+impl Dataset {
+    /// Count, per-feature Σu and Σu² of this dataset's features clipped to `bounds` (one
+    /// `(lo, hi)` per feature, lo < hi) and scaled to u = (x − lo)/(hi − lo) ∈ [0, 1]: adding or
+    /// removing a row changes each figure by at most 1.
+    pub fn clipped_unit_stats(
+        &self,
+        bounds: &[(f64, f64)],
+    ) -> Result<FeatureStats, StandardizeError> {
+        let x = self.features();
+        if x.ncols() != bounds.len() {
+            return Err(StandardizeError::Dimension {
+                what: "bounds",
+                found: bounds.len(),
+                expected: x.ncols(),
+            });
+        }
+        if let Some((index, &(lo, hi))) = bounds
+            .iter()
+            .enumerate()
+            .find(|(_, (lo, hi))| !(lo.is_finite() && hi.is_finite() && lo < hi))
+        {
+            return Err(StandardizeError::Value {
+                what: "bounds",
+                index,
+                value: if lo.is_finite() { hi } else { lo },
+                expected: "finite with lo < hi",
+            });
+        }
+        let mut stats = FeatureStats::empty(bounds.len());
+        stats.count = x.nrows() as u64;
+        for row in x.rows() {
+            for (j, (&v, &(lo, hi))) in row.iter().zip(bounds).enumerate() {
+                // NaN cannot occur in a Dataset; clamp maps ±∞ to the bounds.
+                let u = ((v.clamp(lo, hi) - lo) / (hi - lo)).clamp(0.0, 1.0);
+                stats.sum[j] += u;
+                stats.sum_sq[j] += u * u;
+            }
+        }
+        Ok(stats)
     }
 }
 
@@ -299,5 +438,53 @@ mod tests {
             array![[1.0, 1.0]]
         );
         assert!(s.apply_features(&array![[1.0]]).is_err());
+    }
+    #[test]
+    fn clipped_unit_stats_scale_and_clip_and_unscale_back() {
+        let d = dataset(array![[-5.0, 0.0], [5.0, 1.0], [20.0, 1.0]]);
+        let bounds = [(0.0, 10.0), (0.0, 1.0)];
+        let u = d.clipped_unit_stats(&bounds).unwrap();
+        // -5 clips to 0 (u 0), 5 is u 0.5, 20 clips to 10 (u 1).
+        assert_eq!(u.count, 3);
+        assert_eq!(u.sum, vec![1.5, 2.0]);
+        assert_eq!(u.sum_sq, vec![1.25, 2.0]);
+        assert!(d.clipped_unit_stats(&bounds[..1]).is_err());
+        assert!(d.clipped_unit_stats(&[(1.0, 1.0), (0.0, 1.0)]).is_err());
+
+        // Exact figures map back to the clipped data's statistics.
+        let back = FeatureStats::from_noisy_unit(3.0, &u.sum, &u.sum_sq, &bounds).unwrap();
+        let clipped = dataset(array![[0.0, 0.0], [5.0, 1.0], [10.0, 1.0]]).feature_stats();
+        assert_eq!(back.count, 3);
+        for j in 0..2 {
+            assert!((back.sum[j] - clipped.sum[j]).abs() < 1e-9);
+            assert!((back.sum_sq[j] - clipped.sum_sq[j]).abs() < 1e-9);
+        }
+        // Noisy figures out of range are clamped: n >= 1, mean in the bounds, variance >= 0.
+        let wild =
+            FeatureStats::from_noisy_unit(-7.0, &[-3.0, 9.0], &[-1.0, -1.0], &bounds).unwrap();
+        assert_eq!(wild.count, 1);
+        assert_eq!(wild.sum, vec![0.0, 1.0]);
+        let s = Standardizer::from_stats(&wild).unwrap();
+        assert_eq!(s.std(), [1.0, 1.0]); // zero variance: centred only (MIN_STD)
+        assert!(
+            FeatureStats::from_noisy_unit(f64::NAN, &[0.0, 0.0], &[0.0, 0.0], &bounds).is_err()
+        );
+        assert!(FeatureStats::from_noisy_unit(1.0, &[0.0], &[0.0, 0.0], &bounds).is_err());
+
+        // Rescaling keeps means and standard deviations.
+        let more = back.rescaled_to(300);
+        assert_eq!(more.count, 300);
+        let (a, b) = (
+            Standardizer::from_stats(&back).unwrap(),
+            Standardizer::from_stats(&more).unwrap(),
+        );
+        for j in 0..2 {
+            assert!((a.mean()[j] - b.mean()[j]).abs() < 1e-12);
+            assert!((a.std()[j] - b.std()[j]).abs() < 1e-12);
+        }
+
+        let public = Standardizer::from_stats(&FeatureStats::from_bounds(&bounds)).unwrap();
+        assert_eq!(public.mean(), [5.0, 0.5]);
+        assert!((public.std()[0] - 5.0).abs() < 1e-12 && (public.std()[1] - 0.5).abs() < 1e-12);
     }
 }

@@ -163,6 +163,12 @@ impl TaskSpec {
             .map_err(|e: toml::de::Error| TaskError::Privacy(e.message().to_string()))?;
         spec.validate()
             .map_err(|e| TaskError::Privacy(e.to_string()))?;
+        // Feature statistics are released from values clipped to public bounds.
+        self.schema.feature_bounds().map_err(|column| {
+            TaskError::Privacy(format!(
+                "numeric column `{column}` has no public bounds: a task with [privacy] needs                  `{column} = [lo, hi]` in [schema.bounds] (domain knowledge, not taken from any                  partner's rows), so that its feature statistics can be clipped and noised"
+            ))
+        })?;
         if spec.placement != NoisePlacement::Distributed {
             return Ok(Some(spec));
         }

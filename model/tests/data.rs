@@ -21,6 +21,7 @@ fn schema() -> FeatureSchema {
             categories: vec!["x".into(), "y".into(), "z".into()],
         }],
         missing: Default::default(),
+        bounds: Default::default(),
     }
 }
 

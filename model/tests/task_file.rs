@@ -223,3 +223,39 @@ fn load_names_the_file_and_limits_its_size() {
         Err(TaskError::TooLarge { .. })
     ));
 }
+
+/// `[schema.bounds]` parses; under `[privacy]` every numeric column needs bounds, and a
+/// refusal names the column.
+#[test]
+fn bounds_parse_and_a_private_task_needs_them_for_every_numeric_column() {
+    let privacy = "\n[privacy]\nepsilon = 3.0\ndelta = 1e-5\nclip_norm = 1.0\n\
+                   noise_multiplier = 1.0\nsampling_rate = 0.01\n";
+    let with_bounds = format!("{MINIMAL}\n[schema.bounds]\nage = [0, 120]\n{privacy}");
+    let task = TaskSpec::from_toml_str(&with_bounds).expect("a private task with bounds");
+    assert_eq!(
+        task.schema.feature_bounds(),
+        Ok(vec![(0.0, 120.0), (0.0, 1.0), (0.0, 1.0)])
+    );
+    assert!(task.privacy_spec().expect("privacy").is_some());
+    let round_trip = TaskSpec::from_toml_str(&task.to_toml_string().unwrap()).unwrap();
+    assert_eq!(round_trip.schema.bounds, task.schema.bounds);
+
+    let without = TaskSpec::from_toml_str(&format!("{MINIMAL}{privacy}")).unwrap();
+    match without.privacy_spec() {
+        Err(TaskError::Privacy(m)) => assert!(m.contains("`age`"), "{m}"),
+        other => panic!("expected a refusal naming `age`, got {other:?}"),
+    }
+    // Without [privacy], bounds are optional.
+    assert!(
+        TaskSpec::from_toml_str(MINIMAL)
+            .unwrap()
+            .privacy_spec()
+            .unwrap()
+            .is_none()
+    );
+
+    let (field, _) = invalid_field(&format!("{MINIMAL}\n[schema.bounds]\nincome = [0, 1]\n"));
+    assert_eq!(field, "schema.bounds.income");
+    let (field, _) = invalid_field(&format!("{MINIMAL}\n[schema.bounds]\nage = [5, 5]\n"));
+    assert_eq!(field, "schema.bounds.age");
+}

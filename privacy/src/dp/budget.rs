@@ -201,8 +201,9 @@ pub fn check_plan(
     })
 }
 
-/// ε at the spec's δ after the whole task: `planned_rounds` rounds of `round_events` and the
-/// evaluations the task releases ([`PrivacySpec::planned_evaluations`], each
+/// ε at the spec's δ after the whole task: `planned_rounds` rounds of `round_events`, the
+/// feature statistics ([`PrivacySpec::statistics_events`], once) and the evaluations the task
+/// releases ([`PrivacySpec::planned_evaluations`], each
 /// [`PrivacySpec::evaluation_events`]). This is what a partner's budget must cover; [`plan_epsilon_with`]
 /// counts the training rounds alone.
 pub fn task_plan_epsilon(
@@ -254,7 +255,8 @@ pub fn check_task_plan(
     })
 }
 
-/// `planned_rounds` rounds of `round_events` and the task's planned evaluations, composed.
+/// `planned_rounds` rounds of `round_events`, the task's release of feature statistics and its
+/// planned evaluations, composed.
 fn task_accountant(
     spec: &PrivacySpec,
     round_events: &[(DpEvent, u64)],
@@ -266,6 +268,10 @@ fn task_accountant(
     } else {
         per_round_accountant(spec, round_events)?.repeated(planned_rounds)
     };
+    // The task's one release of feature statistics (none under the partner unit).
+    for (event, count) in spec.statistics_events() {
+        acc.compose(event, count)?;
+    }
     let evaluations = spec.planned_evaluations(planned_rounds);
     if evaluations > 0 {
         for (event, count) in spec.evaluation_events() {

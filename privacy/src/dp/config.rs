@@ -13,6 +13,7 @@
 //! accountant = "rdp"         # default "rdp"
 //! evaluation_noise = 10.0    # σ_e of the discrete Gaussian on each evaluation count; default 10, ≥ 1
 //! evaluate_every = 0         # 0 (default): evaluate only the final model; N: also every N-th round's
+//! statistics_noise_multiplier = 10.0  # z_s of the Gaussian on the standardisation statistics; default 10, ≥ 1
 //!
 //! [privacy.adaptive_clipping]  # optional (Andrew et al. 2021)
 //! target_quantile = 0.5
@@ -34,6 +35,10 @@ fn default_steps() -> u64 {
 
 fn default_evaluation_noise() -> f64 {
     super::release::DEFAULT_EVALUATION_NOISE
+}
+
+fn default_statistics_noise_multiplier() -> f64 {
+    super::release::DEFAULT_STATISTICS_NOISE_MULTIPLIER
 }
 
 /// Differential-privacy settings of a task (`[privacy]` of the task file).
@@ -83,6 +88,12 @@ pub struct PrivacySpec {
     /// of every N-th round. Each evaluation is charged to every partner's budget.
     #[serde(default)]
     pub evaluate_every: u32,
+    /// z_s: noise multiplier of the Gaussian mechanism that releases a partner's feature
+    /// statistics (count, per-feature sums and sums of squares of its clipped, scaled training
+    /// rows) once per task; one release is `Gaussian { z_s }` (see
+    /// [`release`](super::release)). Default 10; must be finite and ≥ 1.
+    #[serde(default = "default_statistics_noise_multiplier")]
+    pub statistics_noise_multiplier: f64,
     /// Distributed placement: the update length, `n_min` and the number of
     /// colluders the round's DDG parameters are derived from (set with
     /// [`with_distributed_shape`](Self::with_distributed_shape); not in the task file).
@@ -207,7 +218,7 @@ impl PrivacySpec {
     }
 
     /// Checks every figure: ε > 0, δ ∈ (0, 1), C > 0, z > 0, q ∈ (0, 1] for the record unit
-    /// (and absent for the partner unit), steps ≥ 1, adaptive clipping parameters, σ_e ≥ 1.
+    /// (and absent for the partner unit), steps ≥ 1, adaptive clipping parameters, σ_e ≥ 1, z_s ≥ 1.
     pub fn validate(&self) -> Result<(), DpError> {
         self.budget().validate()?;
         for partner in self.partner_epsilon.keys() {
@@ -262,7 +273,8 @@ impl PrivacySpec {
         if let Some(ac) = &self.adaptive_clipping {
             ac.validate()?;
         }
-        super::release::check_evaluation_noise(self.evaluation_noise)
+        super::release::check_evaluation_noise(self.evaluation_noise)?;
+        super::release::check_statistics_noise(self.statistics_noise_multiplier)
     }
 
     /// [`validate`](Self::validate) plus δ < 1/rows of the smallest partner.

@@ -36,7 +36,9 @@ pub use ddg::{DdgParams, ddg_round_rho};
 pub use error::DpError;
 pub use mechanism::{NoisePlacement, PrivacyUnit, clip_and_sum, clip_l2};
 pub use release::{
-    DP_SCORE_BINS, EVALUATION_MECHANISM, evaluation_event, noisy_histograms, planned_evaluations,
+    DP_SCORE_BINS, EVALUATION_MECHANISM, NoisyStatistics, STATISTICS_MECHANISM, evaluation_event,
+    noisy_histograms, noisy_statistics, planned_evaluations, statistics_event,
+    statistics_sensitivity,
 };
 
 /// Whether this build draws differential-privacy noise from OpenSSL (the

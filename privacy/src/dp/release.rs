@@ -1,4 +1,4 @@
-//! Differentially private evaluation releases.
+//! Differentially private evaluation and feature-statistics releases.
 //!
 //! Under a task's `[privacy]` table, a partner's evaluation of a global model leaves it only as
 //! two coarse histograms of the predicted score — positives and negatives over
@@ -32,7 +32,7 @@ use opendp::traits::samplers::sample_discrete_gaussian;
 use super::accountant::DpEvent;
 use super::config::PrivacySpec;
 use super::error::DpError;
-use super::mechanism::PrivacyUnit;
+use super::mechanism::{NOISE_GRID_K, PrivacyUnit, add_gaussian_noise};
 
 /// Bins per score histogram of a differentially private evaluation. Even, so that the
 /// threshold 0.5 is the edge between bins 9 and 10.
@@ -127,6 +127,97 @@ pub fn planned_evaluations(rounds: u64, evaluate_every: u32) -> u64 {
     1 + periodic
 }
 
+/// The ledger's `mechanism` name of a release of feature statistics.
+pub const STATISTICS_MECHANISM: &str = "statistics-gaussian";
+
+/// The `statistics_noise_multiplier` of a task that does not set one.
+pub const DEFAULT_STATISTICS_NOISE_MULTIPLIER: f64 = 10.0;
+
+/// Smallest `statistics_noise_multiplier` a task may set (RDP α/2 per release at z_s = 1).
+pub const MIN_STATISTICS_NOISE_MULTIPLIER: f64 = 1.0;
+
+/// Checks `z` as a statistics noise multiplier: finite and at least
+/// [`MIN_STATISTICS_NOISE_MULTIPLIER`].
+pub fn check_statistics_noise(z: f64) -> Result<(), DpError> {
+    if z.is_finite() && z >= MIN_STATISTICS_NOISE_MULTIPLIER {
+        Ok(())
+    } else {
+        Err(DpError::InvalidParameter {
+            name: "statistics_noise_multiplier",
+            value: z.to_string(),
+            hint: "set `statistics_noise_multiplier` (noise std / sensitivity of the released \
+                   feature statistics) to a finite number >= 1, e.g. 10",
+        })
+    }
+}
+
+/// L2 sensitivity of the statistics vector `(n, Σu_1, …, Σu_d, Σu_1², …, Σu_d²)` of rows whose
+/// `d` features each lie in [0, 1], under add/remove of one row: the count changes by 1 and every
+/// other coordinate by at most 1, so Δ = √(1 + 2d).
+pub fn statistics_sensitivity(features: usize) -> f64 {
+    (1.0 + 2.0 * features as f64).sqrt()
+}
+
+/// The privacy cost of one release by [`noisy_statistics`] with noise multiplier `z`:
+/// `Gaussian { noise_multiplier: z }`, RDP α/(2z²) (Mironov 2017, "Rényi Differential Privacy",
+/// Prop. 7), i.e. 1/(2z²)-zCDP.
+pub fn statistics_event(z: f64) -> DpEvent {
+    DpEvent::Gaussian {
+        noise_multiplier: z,
+    }
+}
+
+/// Feature statistics after noise, in the scaled coordinates u ∈ [0, 1] (not clamped: see
+/// [`noisy_statistics`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NoisyStatistics {
+    /// n plus noise.
+    pub count: f64,
+    /// Σu_j plus noise, per feature.
+    pub sum: Vec<f64>,
+    /// Σu_j² plus noise, per feature.
+    pub sum_sq: Vec<f64>,
+}
+
+/// Releases a partner's feature statistics with Gaussian noise: `count` = n, `sum[j]` = Σu_j and
+/// `sum_sq[j]` = Σu_j² over rows whose features were clipped to public bounds and scaled to
+/// u ∈ [0, 1] (the caller does that). Each of the 1 + 2d coordinates gets independent noise from
+/// OpenDP's Gaussian on the grid 2^[`NOISE_GRID_K`] ([`add_gaussian_noise`]), of standard
+/// deviation z·(Δ + √(1+2d)·2^(k−1)) with Δ = [`statistics_sensitivity`]`(d)`: the grid term
+/// covers the rounding of OpenDP's privacy map (CKS20 Thm 4 as implemented by OpenDP), so the
+/// release is exactly within `Gaussian { z }` ([`statistics_event`]; Mironov 2017 Prop. 7).
+/// Anything computed from the result (rounding, clamping, un-scaling) is post-processing
+/// (Dwork & Roth 2014, Prop. 2.1).
+pub fn noisy_statistics(
+    count: u64,
+    sum: &[f64],
+    sum_sq: &[f64],
+    z: f64,
+) -> Result<NoisyStatistics, DpError> {
+    check_statistics_noise(z)?;
+    if sum.len() != sum_sq.len() {
+        return Err(DpError::LengthMismatch {
+            expected: sum.len(),
+            got: sum_sq.len(),
+        });
+    }
+    let d = sum.len();
+    let mut values = Vec::with_capacity(1 + 2 * d);
+    values.push(count as f64);
+    values.extend_from_slice(sum);
+    values.extend_from_slice(sum_sq);
+    let grid_slack = ((values.len() as f64).sqrt()) * 2f64.powi(NOISE_GRID_K - 1);
+    let std_dev = z * (statistics_sensitivity(d) + grid_slack);
+    add_gaussian_noise(&mut values, std_dev)?;
+    let sum_sq = values.split_off(1 + d);
+    let sum = values.split_off(1);
+    Ok(NoisyStatistics {
+        count: values[0],
+        sum,
+        sum_sq,
+    })
+}
+
 impl PrivacySpec {
     /// Whether the model produced by round `model_round` is evaluated in a round that trains
     /// (`train`) or in the final evaluation (`!train`):
@@ -152,6 +243,17 @@ impl PrivacySpec {
     /// The events one evaluation release costs a partner: `[(evaluation_event(σ_e), 1)]`.
     pub fn evaluation_events(&self) -> Vec<(DpEvent, u64)> {
         vec![(evaluation_event(self.evaluation_noise), 1)]
+    }
+
+    /// The events the task's one release of feature statistics costs a partner:
+    /// `[(statistics_event(z_s), 1)]` under the record unit. None under the partner unit: there
+    /// a partner releases statistics derived from the public bounds alone, which cost nothing
+    /// (a whole partner's rows have no data-independent sensitivity).
+    pub fn statistics_events(&self) -> Vec<(DpEvent, u64)> {
+        if self.unit == PrivacyUnit::Partner {
+            return Vec::new();
+        }
+        vec![(statistics_event(self.statistics_noise_multiplier), 1)]
     }
 
     /// Evaluations a task of `rounds` rounds releases ([`planned_evaluations`]; none under the
@@ -277,6 +379,7 @@ mod tests {
             by_hand.compose_all(&ev).unwrap();
         }
         by_hand.compose(evaluation_event(3.0), 4).unwrap();
+        by_hand.compose(statistics_event(10.0), 1).unwrap();
         let expected = by_hand.epsilon(s.delta).unwrap();
         assert!(
             (whole - expected).abs() < 1e-9 * expected,
@@ -298,10 +401,11 @@ mod tests {
             }
             other => panic!("expected a refusal, got {other:?}"),
         }
-        // Without rounds, the final evaluation alone is still planned.
+        // Without rounds, the statistics and the final evaluation are still planned.
         let alone = task_plan_epsilon(&s, &ev, 0).unwrap();
         let mut one = RdpAccountant::new();
         one.compose(evaluation_event(3.0), 1).unwrap();
+        one.compose(statistics_event(10.0), 1).unwrap();
         assert!((alone - one.epsilon(s.delta).unwrap()).abs() < 1e-12);
     }
 
@@ -327,5 +431,65 @@ mod tests {
         .unwrap();
         assert!(!partner.evaluates(4, true) && !partner.evaluates(4, false));
         assert_eq!(partner.planned_evaluations(20), 0);
+    }
+    /// The statistics noise has mean 0 and standard deviation z·Δ with Δ = √(1 + 2d).
+    ///
+    /// d = 4 features (Δ = 3), z = 2: σ = 6 (the grid slack, about 1.3e-15, is far below the
+    /// tolerance). 2,000 releases × 9 coordinates = 18,000 draws of a Gaussian; the sample
+    /// variance has standard deviation σ²·√(2/n) ≈ 0.0105·σ², so the 6 % tolerance is 5.7 standard
+    /// deviations (false-failure rate ≈ 1e-8); the sample mean has standard deviation
+    /// σ/√n ≈ 0.045, and the tolerance 0.25 is 5.6 of them (≈ 2e-8).
+    #[test]
+    fn statistics_noise_has_the_stated_scale() {
+        let (z, d) = (2.0, 4);
+        let sigma = z * statistics_sensitivity(d);
+        assert!((sigma - 6.0).abs() < 1e-12);
+        let (count, sum, sum_sq) = (1000u64, [500.0; 4], [300.0; 4]);
+        let (mut total, mut total_sq, mut n) = (0.0f64, 0.0f64, 0usize);
+        for _ in 0..2000 {
+            let r = noisy_statistics(count, &sum, &sum_sq, z).unwrap();
+            assert_eq!((r.sum.len(), r.sum_sq.len()), (4, 4));
+            let errors = std::iter::once(r.count - 1000.0)
+                .chain(r.sum.iter().map(|v| v - 500.0))
+                .chain(r.sum_sq.iter().map(|v| v - 300.0));
+            for e in errors {
+                total += e;
+                total_sq += e * e;
+                n += 1;
+            }
+        }
+        let mean = total / n as f64;
+        let var = total_sq / n as f64 - mean * mean;
+        assert!(mean.abs() < 0.25, "mean {mean}");
+        assert!(
+            (var / (sigma * sigma) - 1.0).abs() < 0.06,
+            "variance {var}, expected {}",
+            sigma * sigma
+        );
+    }
+
+    #[test]
+    fn statistics_sensitivity_event_and_refusals() {
+        assert_eq!(statistics_sensitivity(0), 1.0);
+        assert!((statistics_sensitivity(37) - 75f64.sqrt()).abs() < 1e-12);
+        // One release at z is 1/(2z²)-zCDP (Mironov 2017 Prop. 7: RDP α/(2z²)).
+        assert_eq!(statistics_event(10.0).zcdp_rho(), Some(0.005));
+        assert!(noisy_statistics(1, &[0.0], &[], 10.0).is_err());
+        assert!(noisy_statistics(1, &[0.0], &[0.0], 0.5).is_err());
+        assert!(noisy_statistics(1, &[f64::NAN], &[0.0], 10.0).is_err());
+        assert!(check_statistics_noise(f64::INFINITY).is_err());
+        assert!(
+            spec("statistics_noise_multiplier = 0.9")
+                .validate()
+                .is_err()
+        );
+        let s = spec("");
+        assert_eq!(s.statistics_noise_multiplier, 10.0);
+        assert_eq!(s.statistics_events(), vec![(statistics_event(10.0), 1)]);
+        let partner: PrivacySpec = toml::from_str(
+            "unit = \"partner\"\nepsilon = 3.0\ndelta = 1e-6\nclip_norm = 1.0\nnoise_multiplier = 1.0",
+        )
+        .unwrap();
+        assert!(partner.statistics_events().is_empty());
     }
 }
