@@ -63,7 +63,7 @@ impl Ledger {
     /// exist.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, LedgerError> {
         let path = path.as_ref().to_path_buf();
-        let db = sled::open(&path).map_err(|source| LedgerError::Open {
+        let db = open_sled(&path).map_err(|source| LedgerError::Open {
             path: path.clone(),
             source,
         })?;
@@ -367,3 +367,26 @@ pub fn load_entries(path: impl AsRef<Path>) -> Result<Vec<LedgerEntry>, LedgerEr
         })
     }
 }
+
+/// Opens the sled database at `path`, waiting up to [`LOCK_WAIT`] for a
+/// previous handle in this process to let go of the database's file lock:
+/// sled releases it when its last internal reference (its background flusher
+/// holds one, and wakes every 500 ms) is dropped, shortly after the handle
+/// itself. A handle held open elsewhere still fails after the wait.
+fn open_sled(path: &Path) -> Result<sled::Db, sled::Error> {
+    let until = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::open(path) {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < until =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How long [`Ledger::open`] waits for another handle's file lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
