@@ -18,7 +18,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use consortia_ledger::book::{BookError, PrivacyBook, TaskId};
-use consortia_ledger::{DatasetId, Ledger, Signer};
+use consortia_ledger::{DatasetId, Ledger, Signer, SpendRecord};
 use consortia_model::TaskSpec;
 use consortia_privacy::dp::{
     Budget, DpEvent, EVALUATION_MECHANISM, PrivacySpec, STATISTICS_MECHANISM,
@@ -130,31 +130,22 @@ impl PartnerPrivacy {
     ///
     /// `Err` carries the reason to send the coordinator with a `Decline`.
     pub fn admit(&mut self, round: u64, rows: usize) -> Result<f64, String> {
-        let quote = match self.book.quote(&self.partner, rows) {
-            Ok(q) => q,
-            Err(BookError::Overspent { budget, .. }) => {
-                return Err(format!("our privacy budget (ε {budget}) is spent"));
-            }
-            Err(e) => return Err(e.to_string()),
-        };
-        if !quote.fits() {
-            return Err(format!(
-                "our privacy budget would go from ε {:.3} to ε {:.3}, over our ε {}",
-                quote.spent, quote.after, quote.budget
-            ));
-        }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let events = self.book.round_events(rows).map_err(|e| e.to_string())?;
+        let after = self.fits(&events, "this round")?;
         let record = self
             .book
-            .charge(round, now, &[(self.partner.clone(), rows as u64)])
-            .map_err(|e| e.to_string())?;
+            .charge(round, now_ms(), &[(self.partner.clone(), rows as u64)]);
+        self.write(record)?;
+        Ok(after)
+    }
+
+    /// Appends a charged record to the partner's own ledger (flushed).
+    fn write(&mut self, record: Result<SpendRecord, BookError>) -> Result<(), String> {
+        let record = record.map_err(|e| e.to_string())?;
         self.ledger
             .append(record, &self.signer)
-            .map_err(|e| format!("cannot write the privacy ledger: {e}"))?;
-        Ok(quote.after)
+            .map(|_| ())
+            .map_err(|e| format!("cannot write the privacy ledger: {e}"))
     }
 
     /// Checks that releasing `events` fits the partner's own budget: ε after them, or the
@@ -193,23 +184,14 @@ impl PartnerPrivacy {
     pub fn admit_evaluation(&mut self, round: u64, rows: usize) -> Result<f64, String> {
         let events = self.spec.evaluation_events();
         let after = self.fits(&events, "this evaluation")?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let record = self
-            .book
-            .charge_events(
-                round,
-                now,
-                &[(self.partner.clone(), rows as u64)],
-                &events,
-                EVALUATION_MECHANISM,
-            )
-            .map_err(|e| e.to_string())?;
-        self.ledger
-            .append(record, &self.signer)
-            .map_err(|e| format!("cannot write the privacy ledger: {e}"))?;
+        let record = self.book.charge_events(
+            round,
+            now_ms(),
+            &[(self.partner.clone(), rows as u64)],
+            &events,
+            EVALUATION_MECHANISM,
+        );
+        self.write(record)?;
         Ok(after)
     }
 
@@ -224,26 +206,25 @@ impl PartnerPrivacy {
             return Ok(None);
         }
         let after = self.fits(&events, "releasing feature statistics")?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
         // Row count 0: the ledger entry states no exact count of the rows it protects.
-        let record = self
-            .book
-            .charge_events(
-                0,
-                now,
-                &[(self.partner.clone(), 0)],
-                &events,
-                STATISTICS_MECHANISM,
-            )
-            .map_err(|e| e.to_string())?;
-        self.ledger
-            .append(record, &self.signer)
-            .map_err(|e| format!("cannot write the privacy ledger: {e}"))?;
+        let record = self.book.charge_events(
+            0,
+            now_ms(),
+            &[(self.partner.clone(), 0)],
+            &events,
+            STATISTICS_MECHANISM,
+        );
+        self.write(record)?;
         Ok(Some(after))
     }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -266,6 +247,22 @@ mod tests {
             key.display().to_string(),
         ))
         .expect("agent configuration")
+    }
+
+    /// A partner with a PKI and a one-row data file `d.csv` under a fresh
+    /// temporary directory (kept alive by the first value).
+    fn one_row_partner() -> (tempfile::TempDir, consortia_pki::Pki, AgentConfig) {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let pki = consortia_pki::Pki::init(
+            dir.path().join("pki"),
+            &["localhost".into()],
+            &[PARTNER.into()],
+        )
+        .expect("PKI");
+        let data = dir.path().join("d.csv");
+        std::fs::write(&data, "a\n1\n").expect("data");
+        let cfg = config(dir.path(), &pki.partner_key_path(PARTNER), &data, None);
+        (dir, pki, cfg)
     }
 
     fn spec() -> PrivacySpec {
@@ -353,16 +350,7 @@ mod tests {
     #[test]
     fn an_evaluation_is_charged_to_the_partners_own_ledger() {
         use consortia_ledger::entry::StoredEvent;
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let pki = consortia_pki::Pki::init(
-            dir.path().join("pki"),
-            &["localhost".into()],
-            &[PARTNER.into()],
-        )
-        .expect("PKI");
-        let data = dir.path().join("d.csv");
-        std::fs::write(&data, "a\n1\n").expect("data");
-        let cfg = config(dir.path(), &pki.partner_key_path(PARTNER), &data, None);
+        let (_dir, pki, cfg) = one_row_partner();
         let mut s = spec();
         s.evaluation_noise = 5.0;
         let mut p = PartnerPrivacy::open(&cfg, s.clone(), "t", PARTNER, [1; 32]).unwrap();
@@ -435,16 +423,7 @@ mod tests {
 
     #[test]
     fn rounds_charged_before_a_noise_change_keep_their_cost() {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let pki = consortia_pki::Pki::init(
-            dir.path().join("pki"),
-            &["localhost".into()],
-            &[PARTNER.into()],
-        )
-        .expect("PKI");
-        let data = dir.path().join("d.csv");
-        std::fs::write(&data, "a\n1\n").expect("data");
-        let cfg = config(dir.path(), &pki.partner_key_path(PARTNER), &data, None);
+        let (_dir, _pki, cfg) = one_row_partner();
         let mut low = spec();
         low.noise_multiplier = 0.8;
         let mut p = PartnerPrivacy::open(&cfg, low, "t", PARTNER, [1; 32]).unwrap();
@@ -460,16 +439,7 @@ mod tests {
     /// partner unit it costs nothing and writes nothing.
     #[test]
     fn the_statistics_release_is_charged_to_the_partners_own_ledger() {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let pki = consortia_pki::Pki::init(
-            dir.path().join("pki"),
-            &["localhost".into()],
-            &[PARTNER.into()],
-        )
-        .expect("PKI");
-        let data = dir.path().join("d.csv");
-        std::fs::write(&data, "a\n1\n").expect("data");
-        let cfg = config(dir.path(), &pki.partner_key_path(PARTNER), &data, None);
+        let (_dir, pki, cfg) = one_row_partner();
         let mut p = PartnerPrivacy::open(&cfg, spec(), "t", PARTNER, [1; 32]).unwrap();
         let after = p
             .admit_statistics()
@@ -496,7 +466,12 @@ mod tests {
         )
         .unwrap();
         let other = tempfile::tempdir().expect("temporary directory");
-        let cfg = config(other.path(), &pki.partner_key_path(PARTNER), &data, None);
+        let cfg = config(
+            other.path(),
+            &pki.partner_key_path(PARTNER),
+            &cfg.data,
+            None,
+        );
         let mut p = PartnerPrivacy::open(&cfg, partner_unit, "u", PARTNER, [2; 32]).unwrap();
         assert_eq!(p.admit_statistics().unwrap(), None);
         assert_eq!(p.spent().unwrap(), 0.0);

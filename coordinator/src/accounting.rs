@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use consortia_ledger::book::{BookError, PrivacyBook, TaskId};
-use consortia_ledger::{Ledger, Signer};
+use consortia_ledger::{Ledger, Signer, SpendRecord};
 use consortia_model::TaskSpec;
 use consortia_privacy::dp::{
     DpEvent, EVALUATION_MECHANISM, PrivacySpec, STATISTICS_MECHANISM, check_task_plan,
@@ -153,10 +153,19 @@ impl Accounting {
         time_unix_ms: u64,
         contributions: &[(String, u64)],
     ) -> Result<(), CoordinatorError> {
-        let record = self
-            .book
-            .charge(round, time_unix_ms, contributions)
-            .map_err(|e| CoordinatorError::Task(format!("privacy accounting: {e}")))?;
+        let record = self.book.charge(round, time_unix_ms, contributions);
+        self.append(record, "the round")
+    }
+
+    /// Appends a charged record to the ledger (durably), exports the ledger
+    /// for auditors and logs each partner's spend.
+    fn append(
+        &mut self,
+        record: Result<SpendRecord, BookError>,
+        what: &str,
+    ) -> Result<(), CoordinatorError> {
+        let record =
+            record.map_err(|e| CoordinatorError::Task(format!("privacy accounting: {e}")))?;
         let err = |e: consortia_ledger::LedgerError| {
             CoordinatorError::Task(format!("privacy ledger: {e}"))
         };
@@ -165,7 +174,7 @@ impl Accounting {
             .map_err(err)?;
         self.ledger.export_json(&self.export).map_err(err)?;
         for (p, eps) in &record.epsilon_cumulative {
-            tracing::info!(partner = %p, round, epsilon = eps, budget = record.budget_epsilon.get(p).copied().unwrap_or(f64::NAN), "privacy spend recorded");
+            tracing::info!(partner = %p, round = record.round, epsilon = eps, budget = record.budget_epsilon.get(p).copied().unwrap_or(f64::NAN), "privacy spend of {what} recorded");
         }
         Ok(())
     }
@@ -181,21 +190,10 @@ impl Accounting {
         partners: &[(String, u64)],
     ) -> Result<(), CoordinatorError> {
         let events = self.book.spec().evaluation_events();
-        let record = self
-            .book
-            .charge_events(round, time_unix_ms, partners, &events, EVALUATION_MECHANISM)
-            .map_err(|e| CoordinatorError::Task(format!("privacy accounting: {e}")))?;
-        let err = |e: consortia_ledger::LedgerError| {
-            CoordinatorError::Task(format!("privacy ledger: {e}"))
-        };
-        self.ledger
-            .append(record.clone(), &self.signer)
-            .map_err(err)?;
-        self.ledger.export_json(&self.export).map_err(err)?;
-        for (p, eps) in &record.epsilon_cumulative {
-            tracing::info!(partner = %p, round, epsilon = eps, budget = record.budget_epsilon.get(p).copied().unwrap_or(f64::NAN), "privacy spend of the evaluation recorded");
-        }
-        Ok(())
+        let record =
+            self.book
+                .charge_events(round, time_unix_ms, partners, &events, EVALUATION_MECHANISM);
+        self.append(record, "the evaluation")
     }
 
     /// Charges the task's one release of feature statistics
@@ -218,22 +216,12 @@ impl Accounting {
         if events.is_empty() || fresh.is_empty() {
             return Ok(());
         }
-        let record = self
-            .book
-            .charge_events(0, time_unix_ms, &fresh, &events, STATISTICS_MECHANISM)
-            .map_err(|e| CoordinatorError::Task(format!("privacy accounting: {e}")))?;
-        let err = |e: consortia_ledger::LedgerError| {
-            CoordinatorError::Task(format!("privacy ledger: {e}"))
-        };
-        self.ledger
-            .append(record.clone(), &self.signer)
-            .map_err(err)?;
-        self.ledger.export_json(&self.export).map_err(err)?;
+        let record =
+            self.book
+                .charge_events(0, time_unix_ms, &fresh, &events, STATISTICS_MECHANISM);
+        self.append(record, "the feature statistics")?;
         self.statistics_charged
             .extend(fresh.into_iter().map(|(p, _)| p));
-        for (p, eps) in &record.epsilon_cumulative {
-            tracing::info!(partner = %p, epsilon = eps, "privacy spend of the feature statistics recorded");
-        }
         Ok(())
     }
 }
