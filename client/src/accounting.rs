@@ -160,7 +160,7 @@ impl PartnerPrivacy {
         };
         if !quote.fits() {
             return Err(format!(
-                "{what} would take our privacy budget from ε {:.3} to ε {:.3}, over our ε {}",
+                "our privacy budget would go from ε {:.3} to ε {:.3} with {what}, over our ε {}",
                 quote.spent, quote.after, quote.budget
             ));
         }
@@ -205,7 +205,7 @@ impl PartnerPrivacy {
         if events.is_empty() {
             return Ok(None);
         }
-        let after = self.fits(&events, "releasing feature statistics")?;
+        let after = self.fits(&events, "the release of feature statistics")?;
         // Row count 0: the ledger entry states no exact count of the rows it protects.
         let record = self.book.charge_events(
             0,

@@ -210,14 +210,7 @@ async fn run_session(
                             Ok(Ok(s)) => s,
                             Ok(Err(reason)) => {
                                 println!("feature statistics: declined: {reason}");
-                                send(
-                                    &tx,
-                                    Up::Decline(Decline {
-                                        budget_exhausted: true,
-                                        ..decline(0, reason)
-                                    }),
-                                )
-                                .await?;
+                                send(&tx, Up::Decline(budget_decline(0, reason))).await?;
                                 continue;
                             }
                             Err(e) => return Err(fatal(state, e)),
@@ -525,6 +518,35 @@ fn private_statistics(
     Ok(Ok(stats))
 }
 
+/// A `Decline` of `round` because the partner's budget (or its policy's cap on
+/// what it releases) cannot afford it: the coordinator stops selecting it.
+fn budget_decline(round: u64, reason: impl Into<String>) -> Decline {
+    Decline {
+        budget_exhausted: true,
+        ..decline(round, reason)
+    }
+}
+
+/// Puts the partner's rows back, logs the refusal (`log`, or the reason;
+/// budget declines on standard output, other refusals on standard error)
+/// and sends `d`.
+async fn decline_round(
+    tx: &mpsc::Sender<ClientMessage>,
+    state: &mut AgentState,
+    data: LocalData,
+    d: Decline,
+    log: Option<&str>,
+) -> Result<(), SessionEnd> {
+    state.data = Some(data);
+    match (log, d.budget_exhausted) {
+        (Some(line), true) => println!("round {}: {line}", d.round),
+        (Some(line), false) => eprintln!("round {}: {line}", d.round),
+        (None, true) => println!("round {}: declined: {}", d.round, d.reason),
+        (None, false) => eprintln!("round {}: refused: {}", d.round, d.reason),
+    }
+    send(tx, Up::Decline(d)).await
+}
+
 /// A `Decline` of `round` for `reason` (not a budget or decryption refusal).
 fn decline(round: u64, reason: impl Into<String>) -> Decline {
     Decline {
@@ -674,11 +696,9 @@ async fn play_round(
         .as_ref()
         .is_none_or(|p| p.spec.evaluates(start.model_round, start.train));
     if !start.train && !evaluate {
-        state.data = Some(data);
         let reason = "this task releases no evaluation (unit = \"partner\": no noise independent \
                       of the data protects a whole partner's held-out rows)";
-        eprintln!("round {round}: refused: {reason}");
-        return send(tx, Up::Decline(decline(round, reason))).await;
+        return decline_round(tx, state, data, decline(round, reason), None).await;
     }
     // One update per (round, attempt): a rerun of a round under the same
     // attempt is refused before any work (or spend) on private rows.
@@ -690,13 +710,11 @@ async fn play_round(
             .transpose();
         match signed {
             Ok(Some(true)) => {
-                state.data = Some(data);
                 let reason = format!(
                     "this partner already sent its update for attempt {} of round {round}",
                     start.attempt
                 );
-                eprintln!("round {round}: refused: {reason}");
-                return send(tx, Up::Decline(decline(round, reason))).await;
+                return decline_round(tx, state, data, decline(round, reason), None).await;
             }
             Ok(_) => {}
             Err(e) => {
@@ -727,16 +745,7 @@ async fn play_round(
     // A partner whose budget is spent answers nothing about its rows, not
     // even an evaluation.
     if let Some(reason) = declined {
-        state.data = Some(data);
-        println!("round {round}: declined: {reason}");
-        return send(
-            tx,
-            Up::Decline(Decline {
-                budget_exhausted: true,
-                ..decline(round, reason)
-            }),
-        )
-        .await;
+        return decline_round(tx, state, data, budget_decline(round, reason), None).await;
     }
     // Each evaluation is a query on the held-out rows: the policy caps them.
     let evaluations = if evaluate {
@@ -751,38 +760,23 @@ async fn play_round(
         0
     };
     if evaluations > cfg.policy.max_evaluations {
-        state.data = Some(data);
         let reason = format!(
             "this partner's policy allows {} evaluations per task (max_evaluations); the \
              coordinator asks for evaluation {evaluations}",
             cfg.policy.max_evaluations
         );
-        eprintln!("round {round}: refused: {reason}");
-        return send(
-            tx,
-            Up::Decline(Decline {
-                budget_exhausted: true,
-                ..decline(round, reason)
-            }),
-        )
-        .await;
+        return decline_round(tx, state, data, budget_decline(round, reason), None).await;
     }
     let train = start.train;
     // Secure aggregation: the round names the collective key to encrypt under.
     // A task that promises secure aggregation never gets a plaintext update.
     if train && task.secure_aggregation && start.key_id.is_empty() {
-        state.data = Some(data);
-        eprintln!(
-            "round {round}: refused: the task requires secure aggregation but the round asks for a plaintext update"
+        let d = decline(
+            round,
+            "the task requires secure aggregation; this partner sends no plaintext update",
         );
-        return send(
-            tx,
-            Up::Decline(decline(
-                round,
-                "the task requires secure aggregation; this partner sends no plaintext update",
-            )),
-        )
-        .await;
+        let log = "refused: the task requires secure aggregation but the round asks for a plaintext update";
+        return decline_round(tx, state, data, d, Some(log)).await;
     }
     let secure_key: Option<CollectivePublicKey> = if start.key_id.is_empty() {
         None
@@ -792,18 +786,12 @@ async fn play_round(
                 Some(fed.key.clone())
             }
             _ => {
-                state.data = Some(data);
-                eprintln!(
-                    "round {round}: the round's encryption key is not the one installed here"
+                let d = decline(
+                    round,
+                    "this partner does not have the round's collective key",
                 );
-                return send(
-                    tx,
-                    Up::Decline(decline(
-                        round,
-                        "this partner does not have the round's collective key",
-                    )),
-                )
-                .await;
+                let log = "the round's encryption key is not the one installed here";
+                return decline_round(tx, state, data, d, Some(log)).await;
             }
         }
     };
@@ -820,16 +808,7 @@ async fn play_round(
                 eval_noise = Some(p.spec.evaluation_noise);
             }
             Err(reason) => {
-                state.data = Some(data);
-                println!("round {round}: declined: {reason}");
-                return send(
-                    tx,
-                    Up::Decline(Decline {
-                        budget_exhausted: true,
-                        ..decline(round, reason)
-                    }),
-                )
-                .await;
+                return decline_round(tx, state, data, budget_decline(round, reason), None).await;
             }
         }
     }

@@ -182,23 +182,38 @@ pub fn check_plan(
         return Ok(reached);
     }
     let per_round = per_round_accountant(spec, round_events)?;
-    // ε grows with the number of rounds: binary search the largest count within budget.
+    let affordable = largest_affordable(planned_rounds, |rounds| {
+        Ok(per_round.repeated(rounds).epsilon(spec.delta)? <= spec.epsilon)
+    })?;
+    Err(exceeds(spec, planned_rounds, reached, affordable))
+}
+
+/// The largest round count below `planned_rounds` for which `fits` holds,
+/// by binary search (ε grows with the number of rounds); 0 when none does.
+fn largest_affordable(
+    planned_rounds: u64,
+    fits: impl Fn(u64) -> Result<bool, DpError>,
+) -> Result<u64, DpError> {
     let (mut lo, mut hi) = (0u64, planned_rounds);
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
-        if per_round.repeated(mid).epsilon(spec.delta)? <= spec.epsilon {
+        if fits(mid)? {
             lo = mid;
         } else {
             hi = mid;
         }
     }
-    Err(DpError::PlanExceedsBudget {
+    Ok(lo)
+}
+
+fn exceeds(spec: &PrivacySpec, planned_rounds: u64, reached: f64, affordable: u64) -> DpError {
+    DpError::PlanExceedsBudget {
         rounds: planned_rounds,
         epsilon_reached: reached,
         epsilon_budget: spec.epsilon,
         delta: spec.delta,
-        affordable_rounds: lo,
-    })
+        affordable_rounds: affordable,
+    }
 }
 
 /// ε at the spec's δ after the whole task: `planned_rounds` rounds of `round_events`, the
@@ -231,28 +246,13 @@ pub fn check_task_plan(
     if reached <= spec.epsilon {
         return Ok(reached);
     }
-    let fits = |rounds: u64| -> Result<bool, DpError> {
+    // Evaluations grow with the rounds too; 0 when even the final evaluation
+    // alone does not fit.
+    let affordable = largest_affordable(planned_rounds, |rounds| {
         let acc = task_accountant(spec, round_events, rounds)?;
         Ok(acc.ledger().is_empty() || acc.epsilon(spec.delta)? <= spec.epsilon)
-    };
-    // ε grows with the number of rounds (and of evaluations): binary search the largest count
-    // within budget; 0 when even the final evaluation alone does not fit.
-    let (mut lo, mut hi) = (0u64, planned_rounds);
-    while hi - lo > 1 {
-        let mid = lo + (hi - lo) / 2;
-        if fits(mid)? {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    Err(DpError::PlanExceedsBudget {
-        rounds: planned_rounds,
-        epsilon_reached: reached,
-        epsilon_budget: spec.epsilon,
-        delta: spec.delta,
-        affordable_rounds: lo,
-    })
+    })?;
+    Err(exceeds(spec, planned_rounds, reached, affordable))
 }
 
 /// `planned_rounds` rounds of `round_events`, the task's release of feature statistics and its
