@@ -1123,23 +1123,7 @@ mod tests {
                 agg.add_bytes(i as u32, b).unwrap();
             }
         }
-        let req = DecryptRequest {
-            round: 4,
-            contributions: updates
-                .iter()
-                .map(|(name, cert, _, sig)| Contribution {
-                    partner: name.to_string(),
-                    example_count: 100,
-                    signature: sig.clone(),
-                    certificate: c.certs[*cert].clone(),
-                })
-                .collect(),
-            min_contributors: 1,
-            aggregate_digest: agg.mask_digest().to_vec(),
-            values: VALUES as u64,
-            attempt,
-            task_hash: HASH.to_vec(),
-        };
+        let req = request(c, updates, 1, agg.mask_digest(), attempt, HASH);
         let mut job = c.holders[0].begin_decrypt(&req, 3, VALUES as u64, &HASH)?;
         for (k, (_, _, ch, _)) in updates.iter().enumerate() {
             for (i, b) in ch.iter().enumerate() {
@@ -1154,6 +1138,35 @@ mod tests {
             }
         }
         c.holders[0].finish_decrypt(job)
+    }
+
+    /// The decryption request of round 4 for `updates` as the coordinator
+    /// sends it.
+    fn request(
+        c: &Committee,
+        updates: &[Relayed<'_>],
+        min_contributors: u32,
+        digest: [u8; 32],
+        attempt: u64,
+        task_hash: [u8; 32],
+    ) -> DecryptRequest {
+        DecryptRequest {
+            round: 4,
+            contributions: updates
+                .iter()
+                .map(|(name, cert, _, sig)| Contribution {
+                    partner: name.to_string(),
+                    example_count: 100,
+                    signature: sig.clone(),
+                    certificate: c.certs[*cert].clone(),
+                })
+                .collect(),
+            min_contributors,
+            aggregate_digest: digest.to_vec(),
+            values: VALUES as u64,
+            attempt,
+            task_hash: task_hash.to_vec(),
+        }
     }
 
     fn genuine<'a>(c: &Committee, attempt: u64, n: usize) -> Vec<Relayed<'a>> {
@@ -1286,23 +1299,8 @@ mod tests {
         let c = committee();
         let ups = genuine(&c, 1, 3);
         let shape = Shape::new(&c.key, VALUES as u64).unwrap();
-        let req = DecryptRequest {
-            round: 4,
-            contributions: ups
-                .iter()
-                .map(|(name, cert, _, sig)| Contribution {
-                    partner: name.to_string(),
-                    example_count: 100,
-                    signature: sig.clone(),
-                    certificate: c.certs[*cert].clone(),
-                })
-                .collect(),
-            min_contributors: 3,
-            aggregate_digest: Aggregate::new(shape).unwrap().mask_digest().to_vec(),
-            values: VALUES as u64,
-            attempt: 1,
-            task_hash: vec![6u8; 32],
-        };
+        let digest = Aggregate::new(shape).unwrap().mask_digest();
+        let req = request(&c, &ups, 3, digest, 1, [6u8; 32]);
         let e = c.holders[0]
             .begin_decrypt(&req, 3, VALUES as u64, &HASH)
             .err()
