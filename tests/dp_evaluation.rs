@@ -15,15 +15,7 @@ use consortia_proto::{
 };
 
 /// Record-level local DP at the default evaluation noise (σ_e = 10).
-const DP: &str = r#"unit = "record"
-placement = "local"
-epsilon = 8.0
-delta = 1e-5
-clip_norm = 1.0
-noise_multiplier = 1.0
-sampling_rate = 0.02
-steps_per_round = 10
-"#;
+const DP: &str = common::RECORD_DP;
 
 /// The bundled task, with `privacy` as its `[privacy]` table.
 fn task(privacy: Option<&str>) -> String {

@@ -1181,23 +1181,12 @@ fn a_key_generation_with_fast64_is_refused() {
 // ---------------------------------------------------------------------------
 // Evaluation the partner's budget cannot pay for.
 
-/// Record-level local DP (the unit under which models are evaluated).
-const RECORD_DP: &str = r#"unit = "record"
-placement = "local"
-epsilon = 8.0
-delta = 1e-5
-clip_norm = 1.0
-noise_multiplier = 1.0
-sampling_rate = 0.02
-steps_per_round = 10
-"#;
-
 /// The rogue asks for the final evaluation (`train = false`) of a model of
 /// its choosing from a partner whose own budget cannot pay for one: the
 /// partner declines before scoring a held-out row, and no report leaves.
 #[test]
 fn an_evaluation_the_budget_cannot_pay_for_is_declined_before_scoring() {
-    let t = task(true, 3, Some(RECORD_DP));
+    let t = task(true, 3, Some(common::RECORD_DP));
     let spec = TaskSpec::from_toml_str(&t).expect("task");
     let fed = Federation::new(TASK);
     let mut rogue = Rogue::start(fed, move |mut peer| {

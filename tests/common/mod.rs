@@ -24,6 +24,18 @@ pub const TASK: &str = include_str!("../../examples/telco_churn_task.toml");
 /// `secure-rng`). The malicious-coordinator tests use stricter ones.
 pub const PERMISSIVE_POLICY: &str = "[policy]\nrequire_secure_aggregation = false\nrequire_dp = false\nmin_noise_multiplier = 0.0\nmin_evaluation_noise = 1.0\nmax_sampling_rate = 1.0\nmax_epsilon = 1000.0\nmax_delta = 0.1\nmin_contributors = 1\nmax_colluders_assumed = 0\nallowed_he_params = [\"secure128\", \"fast64\"]\nallow_insecure_rng = true\n";
 
+/// A `[privacy]` table of record-level local DP (DP-SGD, q = 0.02, 10 steps
+/// per round, ε 8) at the default evaluation and statistics noise.
+pub const RECORD_DP: &str = r#"unit = "record"
+placement = "local"
+epsilon = 8.0
+delta = 1e-5
+clip_norm = 1.0
+noise_multiplier = 1.0
+sampling_rate = 0.02
+steps_per_round = 10
+"#;
+
 /// The demo task with a few fields changed.
 pub fn task_with(rounds: u32, min_partners: u32, deadline_secs: u64) -> String {
     let mut spec = consortia_model::TaskSpec::from_toml_str(TASK).expect("bundled task parses");
