@@ -801,46 +801,22 @@ fn append_lines(path: &Path, lines: &[String]) -> Result<(), AgentError> {
 }
 
 fn read_answered(path: &Path) -> Result<Vec<[u8; 32]>, AgentError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(AgentError::Config {
-                path: path.to_path_buf(),
-                message: format!("cannot read the decrypted-aggregate record: {e}"),
-            });
-        }
-    };
-    let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let bytes = hex::decode(line.trim())
-            .ok()
-            .and_then(|b| <[u8; 32]>::try_from(b).ok());
-        match bytes {
-            Some(d) => out.push(d),
-            None => {
-                return Err(AgentError::Config {
+    read_lines(path)?
+        .iter()
+        .map(|line| {
+            hex::decode(line.trim())
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| AgentError::Config {
                     path: path.to_path_buf(),
                     message: format!("corrupt line `{line}` in the decrypted-aggregate record"),
-                });
-            }
-        }
-    }
-    Ok(out)
+                })
+        })
+        .collect()
 }
 
 fn append_answered(path: &Path, digest: &[u8; 32]) -> Result<(), AgentError> {
-    let err = |e: std::io::Error| AgentError::Config {
-        path: path.to_path_buf(),
-        message: format!("cannot record the decrypted aggregate: {e}"),
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(err)?;
-    writeln!(f, "{}", hex::encode(digest)).map_err(err)?;
-    f.sync_all().map_err(err)
+    append_lines(path, &[hex::encode(digest)])
 }
 
 #[cfg(test)]

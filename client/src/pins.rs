@@ -62,20 +62,30 @@ pub fn pin(state_dir: &Path, task: &str, hash: &[u8; 32]) -> Result<(), AgentErr
     if path.exists() {
         return Ok(());
     }
+    write_durably(
+        &path,
+        &format!("{}\n", hex::encode(hash)),
+        "cannot pin the task",
+    )
+}
+
+/// Replaces `path` with `text` atomically (a synced temporary file renamed
+/// over it), creating its directory.
+fn write_durably(path: &Path, text: &str, what: &str) -> Result<(), AgentError> {
     let err = |e: std::io::Error| AgentError::Config {
-        path: path.clone(),
-        message: format!("cannot pin the task: {e}"),
+        path: path.to_path_buf(),
+        message: format!("{what}: {e}"),
     };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    let tmp = path.with_extension("tmp");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(format!("{}\n", hex::encode(hash)).as_bytes())
-        .map_err(err)?;
+    f.write_all(text.as_bytes()).map_err(err)?;
     f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, &path).map_err(err)?;
-    Ok(())
+    std::fs::rename(&tmp, path).map_err(err)
 }
 
 /// Counts one more evaluation of a global model for `task` and returns the
@@ -93,15 +103,7 @@ pub fn count_evaluation(state_dir: &Path, task: &str) -> Result<u32, AgentError>
         Err(e) => return Err(err(e.to_string())),
     };
     let now = before.saturating_add(1);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-    }
-    let tmp = path.with_extension("evaluations.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
-    f.write_all(format!("{now}\n").as_bytes())
-        .map_err(|e| err(e.to_string()))?;
-    f.sync_all().map_err(|e| err(e.to_string()))?;
-    std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))?;
+    write_durably(&path, &format!("{now}\n"), "evaluation count")?;
     Ok(now)
 }
 
@@ -140,21 +142,12 @@ pub fn record_statistics(
     stats: &FeatureStats,
 ) -> Result<(), AgentError> {
     let path = statistics_path(state_dir, task);
-    let err = |e: String| AgentError::Config {
+    let what = "cannot record the released feature statistics";
+    let text = serde_json::to_string(stats).map_err(|e| AgentError::Config {
         path: path.clone(),
-        message: format!("cannot record the released feature statistics: {e}"),
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-    }
-    let text = serde_json::to_string(stats).map_err(|e| err(e.to_string()))?;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
-    f.write_all(text.as_bytes())
-        .map_err(|e| err(e.to_string()))?;
-    f.sync_all().map_err(|e| err(e.to_string()))?;
-    std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))?;
-    Ok(())
+        message: format!("{what}: {e}"),
+    })?;
+    write_durably(&path, &text, what)
 }
 
 #[cfg(test)]
