@@ -19,7 +19,7 @@ use std::process::Command;
 
 use consortia_client::local::LocalData;
 use consortia_coordinator::store::Store;
-use consortia_model::{EvalPartial, LogisticModel, TaskSpec};
+use consortia_model::{EvalPartial, TaskSpec};
 
 const EXE: &str = env!("CARGO_BIN_EXE_consortia");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -59,8 +59,7 @@ fn exact_auc(run: &Path) -> f64 {
     .expect("task");
     let last = store.last_round().expect("last round");
     let params = store.model(last).expect("model").expect("final model");
-    let model =
-        LogisticModel::from_params(&params, task.schema.feature_count()).expect("final model");
+    let model = consortia_model::model_with_params(&task, &params).expect("final model");
     let st = store
         .standardizer()
         .expect("standardisation")
@@ -80,7 +79,7 @@ fn exact_auc(run: &Path) -> f64 {
             .unwrap_or_default();
         let mut data = LocalData::load(&file, &task, &name).expect("partner data");
         let partial = data
-            .evaluate(&model, &st.mean, &st.std)
+            .evaluate(model.as_ref(), &st.mean, &st.std)
             .expect("exact evaluation");
         pooled.merge(&partial).expect("merge");
     }

@@ -443,19 +443,18 @@ fn export_model(state: &std::path::Path, round: Option<u64>, out: &std::path::Pa
     let params = store
         .model(round)?
         .with_context(|| format!("no model stored for round {round}"))?;
-    let model = consortia_model::logistic::LogisticModel::from_params(
-        &params,
-        task.schema.feature_count(),
-    )?;
-    let doc = serde_json::json!({
+    let model = consortia_model::model_with_params(&task, &params)?;
+    let mut doc = serde_json::json!({
         "task": task.name,
         "round": round,
-        "kind": "logistic_regression",
+        "kind": model.kind(),
         "features": task.schema.feature_names(),
-        "weights": model.weights.to_vec(),
-        "bias": model.bias,
-        "standardization": store.standardizer()?,
     });
+    let standardization = serde_json::to_value(store.standardizer()?)?;
+    if let Some(obj) = doc.as_object_mut() {
+        obj.extend(model.export());
+        obj.insert("standardization".into(), standardization);
+    }
     std::fs::write(out, serde_json::to_string_pretty(&doc)?)
         .with_context(|| format!("cannot write {}", out.display()))?;
     println!("model of round {round} written to {}", out.display());

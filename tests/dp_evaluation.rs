@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::rogue::{Rogue, WAIT};
 use common::{Federation, PERMISSIVE_POLICY, TASK};
-use consortia_model::{EvalPartial, LogisticModel, TaskSpec};
+use consortia_model::{EvalPartial, TaskSpec};
 use consortia_proto::{
     ModelChunk, RoundStart, StatsRequest, TaskFinished, chunk_count, chunk_range,
     client_message::Kind as Up, server_message::Kind as Down,
@@ -94,9 +94,9 @@ fn evaluation_report(task_toml: String) -> (EvalPartial, EvalPartial, Rogue, Str
     // The exact evaluation, computed here from the partner's own file.
     let mut data = consortia_client::local::LocalData::load(&rogue.fed.partners[0].1, &spec, &name)
         .expect("partner data");
-    let model = LogisticModel::from_params(&params, features).expect("model");
+    let model = consortia_model::model_with_params(&spec, &params).expect("model");
     let exact = data
-        .evaluate(&model, &vec![0.0; features], &vec![1.0; features])
+        .evaluate(model.as_ref(), &vec![0.0; features], &vec![1.0; features])
         .expect("exact evaluation");
     let status = rogue.wait_agent_exit(&name, WAIT);
     assert!(status.success(), "{status}\n{}", rogue.report());

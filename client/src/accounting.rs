@@ -126,15 +126,24 @@ impl PartnerPrivacy {
         self.book.spent(&self.partner).map_err(|e| e.to_string())
     }
 
-    /// Charges `round` to the partner's own budget and ledger, or says why not.
+    /// Charges `round`'s `events` — what the partner's local update states it spends
+    /// ([`crate::training::LocalUpdate::events`]) — to the partner's own budget and
+    /// ledger, or says why not.
     ///
     /// `Err` carries the reason to send the coordinator with a `Decline`.
-    pub fn admit(&mut self, round: u64, rows: usize) -> Result<f64, String> {
-        let events = self.book.round_events(rows).map_err(|e| e.to_string())?;
-        let after = self.fits(&events, "this round")?;
-        let record = self
-            .book
-            .charge(round, now_ms(), &[(self.partner.clone(), rows as u64)]);
+    pub fn admit(
+        &mut self,
+        round: u64,
+        rows: usize,
+        events: &[(DpEvent, u64)],
+    ) -> Result<f64, String> {
+        let after = self.fits(events, "this round")?;
+        let record = self.book.charge_round(
+            round,
+            now_ms(),
+            &[(self.partner.clone(), rows as u64)],
+            events,
+        );
         self.write(record)?;
         Ok(after)
     }
@@ -167,11 +176,14 @@ impl PartnerPrivacy {
         Ok(quote.after)
     }
 
-    /// Checks, before anything is charged, that a round that trains on `rows` rows *and*
+    /// Checks, before anything is charged, that a round that spends `round_events` *and*
     /// evaluates the model fits the budget as a whole, so that a partner never pays for a
     /// training round whose evaluation it must then decline.
-    pub fn check_round_and_evaluation(&self, rows: usize) -> Result<f64, String> {
-        let mut events = self.book.round_events(rows).map_err(|e| e.to_string())?;
+    pub fn check_round_and_evaluation(
+        &self,
+        round_events: &[(DpEvent, u64)],
+    ) -> Result<f64, String> {
+        let mut events = round_events.to_vec();
         events.extend(self.spec.evaluation_events());
         self.fits(&events, "this round and its evaluation")
     }
@@ -265,6 +277,11 @@ mod tests {
         (dir, pki, cfg)
     }
 
+    /// The events one round of the spec's local update spends for 2,000 rows.
+    fn round_events(p: &PartnerPrivacy) -> Vec<(DpEvent, u64)> {
+        p.spec.round_events(2000).unwrap()
+    }
+
     fn spec() -> PrivacySpec {
         toml::from_str(
             "epsilon = 10.0\ndelta = 1e-5\nclip_norm = 1.0\nnoise_multiplier = 1.0\nsampling_rate = 0.01\nsteps_per_round = 10\n",
@@ -275,7 +292,7 @@ mod tests {
     /// Admits rounds until the partner's own ε 6 budget refuses one; returns how many fit.
     fn rounds_until_refused(p: &mut PartnerPrivacy, first_round: u64) -> u64 {
         let mut n = 0;
-        while p.admit(first_round + n, 2000).is_ok() {
+        while p.admit(first_round + n, 2000, &round_events(p)).is_ok() {
             n += 1;
             assert!(n < 1000, "the budget never ran out");
         }
@@ -303,7 +320,7 @@ mod tests {
             Some("customers.csv")
         );
         for round in 1..=2 {
-            churn.admit(round, 2000).unwrap();
+            churn.admit(round, 2000, &round_events(&churn)).unwrap();
         }
         let spent = churn.spent().unwrap();
         assert!(spent > 0.0);
@@ -334,7 +351,7 @@ mod tests {
         let mut fresh =
             PartnerPrivacy::open(&other_cfg, spec(), "churn", PARTNER, [1; 32]).unwrap();
         assert_eq!(fresh.spent().unwrap(), 0.0);
-        fresh.admit(1, 2000).unwrap();
+        fresh.admit(1, 2000, &round_events(&fresh)).unwrap();
     }
 
     impl PartnerPrivacy {
@@ -354,9 +371,9 @@ mod tests {
         let mut s = spec();
         s.evaluation_noise = 5.0;
         let mut p = PartnerPrivacy::open(&cfg, s.clone(), "t", PARTNER, [1; 32]).unwrap();
-        p.admit(1, 2000).unwrap();
+        p.admit(1, 2000, &round_events(&p)).unwrap();
         let before = p.spent().unwrap();
-        let planned = p.check_round_and_evaluation(2000).unwrap();
+        let planned = p.check_round_and_evaluation(&round_events(&p)).unwrap();
         assert!(planned > before);
         let after = p.admit_evaluation(1, 2000).unwrap();
         assert!((p.spent().unwrap() - after).abs() < 1e-12);
@@ -412,7 +429,7 @@ mod tests {
         };
         assert!(refusal.contains("this evaluation"), "{refusal}");
         assert!(p.spent().unwrap() <= 6.0);
-        assert!(p.check_round_and_evaluation(2000).is_err());
+        assert!(p.check_round_and_evaluation(&round_events(&p)).is_err());
         drop(p);
         let entries = Ledger::open(cfg.state_dir.join("ledger"))
             .unwrap()
@@ -427,7 +444,7 @@ mod tests {
         let mut low = spec();
         low.noise_multiplier = 0.8;
         let mut p = PartnerPrivacy::open(&cfg, low, "t", PARTNER, [1; 32]).unwrap();
-        p.admit(1, 2000).unwrap();
+        p.admit(1, 2000, &round_events(&p)).unwrap();
         let spent = p.spent().unwrap();
         drop(p);
         let mut high = spec();

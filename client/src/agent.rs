@@ -9,13 +9,11 @@ use std::future::Future;
 use std::time::Duration;
 
 use consortia_model::TaskSpec;
-use consortia_model::logistic::LogisticModel;
+use consortia_model::TrainProgress;
 use consortia_model::metrics::EvalPartial;
 use consortia_model::standardize::FeatureStats;
 use consortia_pki::{ClientTls, ClientTlsFiles};
-use consortia_privacy::dp::{
-    DP_SCORE_BINS, NoisePlacement, PrivacySpec, PrivacyUnit, noisy_histograms,
-};
+use consortia_privacy::dp::{DP_SCORE_BINS, PrivacySpec, noisy_histograms};
 use consortia_privacy::he::{CollectivePublicKey, Encryptor, Shape};
 use consortia_privacy::update::UpdateEncoding;
 use consortia_proto::federation_client::FederationClient;
@@ -31,6 +29,7 @@ use tonic::Code;
 use crate::accounting::{PartnerPrivacy, task_privacy};
 use crate::keys::{DecryptJob, KeyHolder};
 use crate::local::LocalData;
+use crate::training::{self, Contribution, ContributionKind};
 use crate::{AgentConfig, AgentError};
 
 /// What an agent did before the task finished.
@@ -676,12 +675,20 @@ async fn play_round(
     };
     let start = inc.start;
     let round = start.round;
-    let feature_count = task.schema.feature_count();
-    let model = match LogisticModel::from_params(&inc.values, feature_count) {
+    let model = match consortia_model::model_with_params(&task, &inc.values) {
         Ok(m) => m,
         Err(e) => {
             state.data = Some(data);
             return Err(fatal(state, protocol(&format!("global model: {e}"))));
+        }
+    };
+    // What this partner computes on its rows, and the DP events that costs, follow
+    // from the task it pinned, never from the round's message.
+    let update = match training::build(&task, state.privacy.as_ref().map(|p| &p.spec)) {
+        Ok(u) => u,
+        Err(e) => {
+            state.data = Some(data);
+            return Err(fatal(state, e));
         }
     };
     let mean = start.feature_mean.clone();
@@ -729,14 +736,19 @@ async fn play_round(
     if let (true, Some(p)) = (start.train, state.privacy.as_mut()) {
         // A round that also evaluates is checked as a whole first, so that its training
         // is never charged when its evaluation could not be afforded.
-        let whole = if evaluate {
-            p.check_round_and_evaluation(rows).map(|_| ())
-        } else {
-            Ok(())
-        };
-        match whole.and_then(|()| p.admit(round, rows)) {
+        let events = update.events(rows).map_err(|e| e.to_string());
+        let whole = events.and_then(|events| {
+            if evaluate {
+                p.check_round_and_evaluation(&events)?;
+            }
+            Ok(events)
+        });
+        match whole.and_then(|events| p.admit(round, rows, &events)) {
             Ok(eps) => {
-                println!("round {round}: privacy spend recorded, ε after this round {eps:.3}");
+                println!(
+                    "round {round}: privacy spend of {} recorded, ε after this round {eps:.3}",
+                    update.name()
+                );
                 private_spec = Some(p.spec.clone());
             }
             Err(reason) => declined = Some(reason),
@@ -818,37 +830,39 @@ async fn play_round(
     let work = tokio::task::spawn_blocking(move || {
         let mut data = data;
         let eval = evaluate.then(|| {
-            let exact = data.evaluate(&model, &mean, &std)?;
+            let exact = data.evaluate(model.as_ref(), &mean, &std)?;
             match eval_noise {
                 None => Ok(exact),
                 Some(sigma) => private_evaluation(&exact, sigma),
             }
         });
         let outgoing = if train && eval.as_ref().is_none_or(Result::is_ok) {
-            Some(match &secure_key {
-                None => plain_update(
-                    &mut data,
-                    &model,
-                    &task,
-                    private_spec.as_ref(),
-                    round,
-                    &mean,
-                    &std,
-                    &partner,
-                )
-                .map(|(local, loss)| Outgoing::Plain(local, loss)),
-                Some(key) => secure_update(
-                    &mut data,
-                    &model,
-                    &task,
-                    private_spec.as_ref(),
-                    key,
-                    round,
-                    &mean,
-                    &std,
-                )
-                .map(|(shape, chunks)| Outgoing::Encrypted(shape, chunks)),
-            })
+            let mut progress = |p: TrainProgress| {
+                if private_spec.is_none() {
+                    println!(
+                        "[{partner}] round {round}/{rounds}: epoch {}/{} on {rows} rows, loss {:.4}",
+                        p.epoch, p.epochs, p.mean_loss
+                    );
+                } else {
+                    println!(
+                        "[{partner}] round {round}/{rounds}: private training done, local loss {:.4} (not sent)",
+                        p.mean_loss
+                    );
+                }
+            };
+            let contribution = data.contribute(
+                update.as_ref(),
+                model.as_ref(),
+                round,
+                &mean,
+                &std,
+                &mut progress,
+            );
+            Some(contribution.and_then(|c| match &secure_key {
+                None => Ok(Outgoing::Plain(c.vector, c.loss.unwrap_or(f64::NAN))),
+                Some(key) => secure_update(&c, &task, private_spec.as_ref(), key, round, rows)
+                    .map(|(shape, chunks)| Outgoing::Encrypted(shape, chunks)),
+            }))
         } else {
             None
         };
@@ -900,8 +914,7 @@ async fn play_round(
         }
     };
     match outgoing {
-        Outgoing::Plain(local, loss) => {
-            let params = local.to_params();
+        Outgoing::Plain(params, loss) => {
             let n = params.len();
             let chunks = chunk_count(n);
             for index in 0..chunks {
@@ -989,104 +1002,40 @@ fn private_evaluation(exact: &EvalPartial, sigma: f64) -> Result<EvalPartial, Ag
 
 /// What a partner sends for a round.
 enum Outgoing {
-    /// The trained model in the clear, with its mean training loss.
-    Plain(LogisticModel, f64),
+    /// The update's vector in the clear (a delta), with its mean training loss (NaN
+    /// when private).
+    Plain(Vec<f64>, f64),
     /// The encrypted update's shape and its chunks (wire form).
     Encrypted(Shape, Vec<Vec<u8>>),
 }
 
-/// Local training for a plaintext round (private when `spec` is set).
-#[allow(clippy::too_many_arguments)]
-fn plain_update(
-    data: &mut LocalData,
-    model: &LogisticModel,
-    task: &TaskSpec,
-    spec: Option<&PrivacySpec>,
-    round: u64,
-    mean: &[f64],
-    std: &[f64],
-    partner: &str,
-) -> Result<(LogisticModel, f64), AgentError> {
-    let mut local = model.clone();
-    let rows = data.train_rows();
-    let rounds = task.rounds;
-    let loss = match spec {
-        Some(spec) => data
-            .train_private(&mut local, task, spec, round, mean, std)
-            .map(|loss| {
-                println!("[{partner}] round {round}/{rounds}: private training done, local loss {loss:.4} (not sent)");
-                f64::NAN
-            })?,
-        None => {
-            data.train(&mut local, task, round, mean, std, |p| {
-                println!(
-                    "[{partner}] round {round}/{rounds}: epoch {}/{} on {rows} rows, loss {:.4}",
-                    p.epoch, p.epochs, p.mean_loss
-                );
-            })?
-            .mean_loss
-        }
-    };
-    Ok((local, loss))
-}
-
-/// The encrypted update of a secure round: what the task's privacy settings
-/// call for, encoded (`UpdateEncoding`) and encrypted under the collective key.
+/// The encrypted update of a secure round: the contribution encoded
+/// (`UpdateEncoding`, which adds this partner's noise share under distributed DP)
+/// and encrypted under the collective key.
 ///
-/// * distributed DP, record unit: the sum of this partner's clipped per-row
-///   gradients at the global model, with this partner's noise share;
-/// * distributed DP, partner unit: the clipped model delta, with the share;
-/// * otherwise: the example-weighted delta of (locally private, when
-///   configured) training.
-#[allow(clippy::too_many_arguments)]
+/// * distributed DP: the clipped delta (partner unit) or the sum of clipped per-row
+///   gradients (record unit), with the share;
+/// * otherwise: the delta weighted by this partner's `rows`.
 fn secure_update(
-    data: &mut LocalData,
-    model: &LogisticModel,
+    contribution: &Contribution,
     task: &TaskSpec,
     spec: Option<&PrivacySpec>,
     key: &CollectivePublicKey,
     round: u64,
-    mean: &[f64],
-    std: &[f64],
+    rows: usize,
 ) -> Result<(Shape, Vec<Vec<u8>>), AgentError> {
-    let dim = model.param_count();
+    let dim = contribution.vector.len();
     let encoding = UpdateEncoding::for_round(spec, dim, task.min_partners as usize, key, round)
         .map_err(|e| AgentError::Task(format!("secure round {round}: {e}")))?;
     let dp =
         |e: consortia_privacy::dp::DpError| AgentError::Data(format!("encoding the update: {e}"));
-    let delta_of = |data: &mut LocalData, private: Option<&PrivacySpec>| {
-        let mut local = model.clone();
-        match private {
-            Some(spec) => {
-                data.train_private(&mut local, task, spec, round, mean, std)?;
-            }
-            None => {
-                data.train(&mut local, task, round, mean, std, |_| {})?;
-            }
+    let values = match contribution.kind {
+        ContributionKind::ClippedDelta | ContributionKind::GradientSum => {
+            encoding.encode_ddg(&contribution.vector).map_err(dp)?
         }
-        Ok::<Vec<f64>, AgentError>(
-            local
-                .to_params()
-                .iter()
-                .zip(model.to_params())
-                .map(|(a, b)| a - b)
-                .collect(),
-        )
-    };
-    let values = match spec {
-        Some(s) if s.placement == NoisePlacement::Distributed => {
-            let vector = match s.unit {
-                PrivacyUnit::Record => data.clipped_gradient_sum(model, s.clip_norm, mean, std)?,
-                PrivacyUnit::Partner => delta_of(data, None)?,
-            };
-            encoding.encode_ddg(&vector).map_err(dp)?
-        }
-        local => {
-            let delta = delta_of(data, local)?;
-            encoding
-                .encode_weighted(&delta, data.train_rows() as u64)
-                .map_err(dp)?
-        }
+        ContributionKind::Delta => encoding
+            .encode_weighted(&contribution.vector, rows as u64)
+            .map_err(dp)?,
     };
     let encrypted = Encryptor::new(key)
         .encrypt(&values)

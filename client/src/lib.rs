@@ -10,7 +10,8 @@
 //! * [`policy`] — what the partner accepts, checked before any private row is read.
 //! * [`pins`] — the tasks it admitted, pinned by their canonical hash.
 //! * [`accounting`] — the partner's own privacy budget and ledger.
-//! * [`local`] — the partner's data: loading, hold-out split, standardisation, training.
+//! * [`local`] — the partner's data: loading, hold-out split, standardisation.
+//! * [`training`] — the local update it computes each round ([`training::LocalUpdate`]).
 //! * [`keys`] — its share of the federation key and its partial decryptions.
 //! * [`agent`] — the session loop.
 
@@ -22,6 +23,7 @@ pub mod keys;
 pub mod local;
 pub mod pins;
 pub mod policy;
+pub mod training;
 
 pub use agent::{AgentSummary, run};
 pub use config::AgentConfig;

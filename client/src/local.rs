@@ -9,14 +9,14 @@ use std::path::Path;
 
 use consortia_model::TaskSpec;
 use consortia_model::data::Dataset;
-use consortia_model::logistic::{LogisticModel, TrainConfig, TrainProgress, TrainReport};
 use consortia_model::metrics::EvalPartial;
 use consortia_model::standardize::{FeatureStats, Standardizer};
+use consortia_model::{Model, TrainProgress};
 use consortia_privacy::dp::{PrivacySpec, PrivacyUnit, noisy_statistics};
 use ndarray::Array2;
-use rand::SeedableRng;
 
 use crate::AgentError;
+use crate::training::{Contribution, LocalUpdate, RoundInput};
 
 /// Standardised design matrices for one standardisation.
 struct Prepared {
@@ -154,147 +154,39 @@ impl LocalData {
     /// Scores `model` on the held-out rows.
     pub fn evaluate(
         &mut self,
-        model: &LogisticModel,
+        model: &dyn Model,
         mean: &[f64],
         std: &[f64],
     ) -> Result<EvalPartial, AgentError> {
         let labels = self.test.labels().clone();
         let p = self.prepare(mean, std)?;
-        EvalPartial::evaluate(model, &p.test_x, &labels)
+        model
+            .evaluate(&p.test_x, &labels)
             .map_err(|e| AgentError::Protocol(format!("cannot score the global model: {e}")))
     }
 
-    /// Trains `model` in place on the training rows.
-    pub fn train(
+    /// Computes this round's contribution with `update` from the global model, on the
+    /// training rows standardised by `mean` and `std`. The round's randomness is
+    /// seeded by the task's seed, this partner's name and the round, so a rerun of a
+    /// round trains identically.
+    pub fn contribute(
         &mut self,
-        model: &mut LogisticModel,
-        task: &TaskSpec,
+        update: &dyn LocalUpdate,
+        global: &dyn Model,
         round: u64,
         mean: &[f64],
         std: &[f64],
-        progress: impl FnMut(TrainProgress),
-    ) -> Result<TrainReport, AgentError> {
+        progress: &mut dyn FnMut(TrainProgress),
+    ) -> Result<Contribution, AgentError> {
         let labels = self.train.labels().clone();
         let seed = self.seed ^ round.wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let p = self.prepare(mean, std)?;
-        let cfg = TrainConfig {
-            epochs: task.local_epochs,
-            batch_size: task.batch_size,
-            learning_rate: task.learning_rate,
-            l2: task.model.l2,
-        };
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        model
-            .train(&p.train_x, &labels, &cfg, &mut rng, progress)
-            .map_err(|e| AgentError::Data(format!("local training failed: {e}")))
-    }
-}
-
-impl LocalData {
-    /// Distributed DP with the record unit (one full-batch step of the
-    /// federation per round): the sum over every training row of its
-    /// log-loss gradient at `model`, each clipped to L2 norm `clip` (Abadi et
-    /// al. 2016, Alg. 1, with q = 1). No noise is added here: the partner's
-    /// noise share is added when the sum is encoded
-    /// (`consortia_privacy::update::UpdateEncoding::encode_ddg`).
-    pub fn clipped_gradient_sum(
-        &mut self,
-        model: &LogisticModel,
-        clip: f64,
-        mean: &[f64],
-        std: &[f64],
-    ) -> Result<Vec<f64>, AgentError> {
-        let labels = self.train.labels().clone();
-        let p = self.prepare(mean, std)?;
-        let dim = model.param_count();
-        let mut sum = vec![0.0; dim];
-        for i in 0..p.train_x.nrows() {
-            let mut g = model
-                .per_example_gradients(p.train_x.row(i), labels[i])
-                .map_err(|e| AgentError::Data(format!("gradient of row {i}: {e}")))?;
-            consortia_privacy::dp::clip_l2(&mut g, clip);
-            sum.iter_mut().zip(&g).for_each(|(s, v)| *s += v);
-        }
-        Ok(sum)
-    }
-
-    /// Trains `model` in place under the task's differential privacy.
-    ///
-    /// * Record unit — DP-SGD (Abadi et al. 2016, "Deep Learning with
-    ///   Differential Privacy", Alg. 1) in federated form: each of
-    ///   `steps_per_round` steps Poisson-samples this partner's rows with rate
-    ///   q, clips every per-example gradient to C, adds N(0, z²C²) to the sum
-    ///   and divides by the expected batch q·n. Each step is one
-    ///   Poisson-sampled Gaussian event for the accountant.
-    /// * Partner unit — DP-FedAvg (McMahan et al. 2018, "Learning Differentially
-    ///   Private Recurrent Language Models", Alg. 1): ordinary local training,
-    ///   then the model delta is clipped to C and N(0, z²C²) is added.
-    ///
-    /// Returns a loss figure for the partner's own display only: it is computed
-    /// on private rows without noise, so it is never sent.
-    #[allow(clippy::too_many_arguments)]
-    pub fn train_private(
-        &mut self,
-        model: &mut LogisticModel,
-        task: &TaskSpec,
-        spec: &consortia_privacy::dp::PrivacySpec,
-        round: u64,
-        mean: &[f64],
-        std: &[f64],
-    ) -> Result<f64, AgentError> {
-        use consortia_privacy::dp::PrivacyUnit;
-        use consortia_privacy::dp::mechanism::{DpSgdStep, privatize_partner_update};
-        let dp_err =
-            |e: consortia_privacy::dp::DpError| AgentError::Data(format!("private training: {e}"));
-        match spec.unit {
-            PrivacyUnit::Record => {
-                let labels = self.train.labels().clone();
-                let p = self.prepare(mean, std)?;
-                let x = &p.train_x;
-                let n = x.nrows();
-                let dim = model.param_count();
-                let f = dim - 1;
-                let step = DpSgdStep {
-                    clip_norm: spec.clip_norm,
-                    noise_multiplier: spec.noise_multiplier,
-                    sampling_rate: spec.sampling_rate.unwrap_or(1.0),
-                };
-                let lr = task.learning_rate;
-                let l2 = task.model.l2;
-                for _ in 0..spec.steps_per_round {
-                    let current = &*model;
-                    let g = step
-                        .noisy_gradient(n, dim, |i| {
-                            current
-                                .per_example_gradients(x.row(i), labels[i])
-                                .unwrap_or_else(|_| vec![0.0; dim])
-                        })
-                        .map_err(dp_err)?;
-                    for (w, gj) in model.weights.iter_mut().zip(&g[..f]) {
-                        *w -= lr * (gj + l2 * *w);
-                    }
-                    model.bias -= lr * g[f];
-                }
-                model
-                    .log_loss(x, &labels)
-                    .map_err(|e| AgentError::Data(e.to_string()))
-            }
-            PrivacyUnit::Partner => {
-                let global = model.to_params();
-                let report = self.train(model, task, round, mean, std, |_| {})?;
-                let mut delta: Vec<f64> = model
-                    .to_params()
-                    .iter()
-                    .zip(&global)
-                    .map(|(a, b)| a - b)
-                    .collect();
-                privatize_partner_update(&mut delta, spec.clip_norm, spec.noise_multiplier)
-                    .map_err(dp_err)?;
-                let noised: Vec<f64> = global.iter().zip(&delta).map(|(g, d)| g + d).collect();
-                *model = LogisticModel::from_params(&noised, model.feature_count())
-                    .map_err(|e| AgentError::Data(e.to_string()))?;
-                Ok(report.mean_loss)
-            }
-        }
+        update.compute(RoundInput {
+            global,
+            x: &p.train_x,
+            y: &labels,
+            seed,
+            progress,
+        })
     }
 }

@@ -12,9 +12,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use consortia_model::TaskSpec;
 use consortia_model::metrics::{EvalPartial, Metrics, SCORE_BINS};
 use consortia_model::standardize::{FeatureStats, Standardizer};
+use consortia_model::strategy::{Selection, Strategy};
+use consortia_model::{AggregatedUpdate, TaskSpec};
 use consortia_privacy::dp::{DP_SCORE_BINS, NoisePlacement, PrivacySpec, PrivacyUnit};
 use consortia_privacy::he::{Aggregate, HeParams, Shape};
 use consortia_privacy::update::UpdateEncoding;
@@ -22,8 +23,6 @@ use consortia_proto::{
     DecryptRequest, KeyGenRequest, KeyReveal, RoundOutcome, RoundStart, StatsReport, StatsRequest,
     TaskFinished, chunk_count, server_message::Kind,
 };
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
 use tokio::sync::Notify;
 use tonic::Status;
 
@@ -570,6 +569,16 @@ pub async fn run_task(
         }
         None => None,
     };
+    // The server strategy resumes from the state committed with the last round.
+    let mut strategy = consortia_model::strategy::build(&task.strategy);
+    strategy
+        .restore(&store.strategy_state()?)
+        .map_err(|e| CoordinatorError::Corrupt(e.to_string()))?;
+    tracing::info!(
+        strategy = strategy.kind(),
+        "server strategy {} (from [strategy])",
+        strategy.kind()
+    );
     print_table_header();
     let mut attempt = 0u64;
     let mut absent_log = Instant::now() - Duration::from_secs(60);
@@ -588,7 +597,18 @@ pub async fn run_task(
         hub.drop_revoked();
         let round = last + 1;
         attempt += 1;
-        let mut selected = select(&hub, &task, round, attempt, min);
+        let mut selected = strategy
+            .configure_round(
+                &hub.connected(),
+                &Selection {
+                    round,
+                    attempt,
+                    seed: task.seed,
+                    sample_fraction: task.sample_fraction,
+                    min_partners: min,
+                },
+            )
+            .partners;
         if let Some(key) = &fed_key {
             // Only key holders contribute: the sum's noise budget counts them.
             selected.retain(|p| key.party(p).is_some());
@@ -745,16 +765,15 @@ pub async fn run_task(
         if let (Some(key), Some(encoding)) = (&fed_key, &secure_encoding) {
             if result.contributors.len() >= min {
                 match decrypt_round(&hub, key, &mut result, min, deadline).await {
-                    Ok(sum) => match secure_step(
-                        &task,
+                    Ok(sum) => match decode_sum(
                         privacy_spec.as_ref(),
                         encoding,
-                        &model,
+                        model.len(),
                         &sum,
                         result.contributors.len(),
                         result.examples,
                     ) {
-                        Ok(m) => result.model = Some(m),
+                        Ok(update) => result.update = Some(update),
                         Err(StepError::Malformed(e)) => {
                             malformed = true;
                             failure = Some(format!("the decrypted sum is unusable: {e}"));
@@ -791,8 +810,9 @@ pub async fn run_task(
                 fed_key = Some(ensure_key(&hub, &store, min, deadline).await?);
             }
         }
-        let completed = match (kind, result.model.take()) {
-            (RoundKind::Train, Some(new_model)) if result.contributors.len() >= min => {
+        let completed = match (kind, result.update.take()) {
+            (RoundKind::Train, Some(update)) if result.contributors.len() >= min => {
+                let new_model = server_step(&task, strategy.as_mut(), &model, &update)?;
                 let rec = RoundRecord {
                     round,
                     participants: result.contributors.clone(),
@@ -800,7 +820,7 @@ pub async fn run_task(
                     train_loss: result.train_loss.is_finite().then_some(result.train_loss),
                     completed_unix_ms: now_ms(),
                 };
-                store.commit_round(&rec, &new_model)?;
+                store.commit_round(&rec, &new_model, &strategy.checkpoint())?;
                 last = round;
                 true
             }
@@ -993,21 +1013,6 @@ async fn wait_for_partners(hub: &Hub, min: usize) {
         }
         hub.wait_change(Duration::from_secs(1)).await;
     }
-}
-
-/// Chooses the round's participants: everyone connected, or a seeded sample.
-fn select(hub: &Hub, task: &TaskSpec, round: u64, attempt: u64, min: usize) -> BTreeSet<String> {
-    let mut connected = hub.connected();
-    if let Some(f) = task.sample_fraction {
-        let k = ((connected.len() as f64 * f).ceil() as usize)
-            .max(min)
-            .min(connected.len());
-        let mut rng =
-            rand_chacha::ChaCha8Rng::seed_from_u64(task.seed ^ round.rotate_left(32) ^ attempt);
-        connected.shuffle(&mut rng);
-        connected.truncate(k);
-    }
-    connected.into_iter().collect()
 }
 
 /// Agrees on the federation-wide standardisation; also returns the smallest
@@ -1521,24 +1526,39 @@ impl std::fmt::Display for StepError {
     }
 }
 
-/// The next global model from a secure round's decrypted sum.
-///
-/// * weighted (no distributed DP): the FedAvg mean delta is added;
-/// * DDG, partner unit: the mean of the noised clipped deltas is added
-///   (DP-FedAvg, McMahan et al. 2018, Alg. 1, with the noise added by the
-///   partners in shares);
-/// * DDG, record unit: one full-batch DP gradient step,
-///   `w ← w − lr·(Σ clipped gradients + noise)/rows − lr·l2·w`
-///   (Abadi et al. 2016, Alg. 1 with q = 1; the penalty is data-independent).
-fn secure_step(
+/// The next global parameters: the round's aggregate as the FedAvg delta at the
+/// global model ([`AggregatedUpdate::model_delta`]), stepped by the server strategy.
+/// A step that cannot be taken stops the task: rerunning the round would produce the
+/// same aggregate and fail again.
+fn server_step(
     task: &TaskSpec,
+    strategy: &mut dyn Strategy,
+    global: &[f64],
+    update: &AggregatedUpdate,
+) -> Result<Vec<f64>, CoordinatorError> {
+    let stop = |e: String| CoordinatorError::Stopped(e);
+    let model = consortia_model::model_with_params(task, global)
+        .map_err(|e| CoordinatorError::Corrupt(format!("the global model: {e}")))?;
+    let delta = update
+        .model_delta(model.as_ref(), &task.train_config())
+        .map_err(|e| stop(format!("the round's aggregate is unusable: {e}")))?;
+    strategy
+        .aggregate(global, &delta)
+        .map_err(|e| stop(e.to_string()))
+}
+
+/// The decrypted sum of a secure round as an [`AggregatedUpdate`]: the
+/// example-weighted mean delta (no distributed DP), the noisy sum of clipped deltas
+/// (distributed, partner unit) or of clipped per-row gradients (distributed, record
+/// unit).
+fn decode_sum(
     spec: Option<&PrivacySpec>,
     encoding: &UpdateEncoding,
-    global: &[f64],
+    dim: usize,
     sum: &[u64],
     contributors: usize,
     examples: u64,
-) -> Result<Vec<f64>, StepError> {
+) -> Result<AggregatedUpdate, StepError> {
     let decoded = encoding
         .decode(sum, contributors as u64)
         .map_err(|e| match e {
@@ -1547,44 +1567,24 @@ fn secure_step(
             }
             e => StepError::Other(e.to_string()),
         })?;
-    if decoded.len() != global.len() {
+    if decoded.len() != dim {
         return Err(StepError::Other(format!(
-            "decoded {} values for a model of {}",
+            "decoded {} values for a model of {dim}",
             decoded.len(),
-            global.len()
         )));
     }
     let distributed = spec.filter(|s| s.placement == NoisePlacement::Distributed);
-    let next: Vec<f64> = match distributed.map(|s| s.unit) {
-        None => global.iter().zip(&decoded).map(|(w, d)| w + d).collect(),
-        Some(PrivacyUnit::Partner) => {
-            let n = contributors.max(1) as f64;
-            global
-                .iter()
-                .zip(&decoded)
-                .map(|(w, d)| w + d / n)
-                .collect()
-        }
-        Some(PrivacyUnit::Record) => {
-            let rows = examples.max(1) as f64;
-            let lr = task.learning_rate;
-            let l2 = task.model.l2;
-            let bias = global.len() - 1;
-            global
-                .iter()
-                .zip(&decoded)
-                .enumerate()
-                .map(|(i, (w, g))| {
-                    let penalty = if i == bias { 0.0 } else { l2 * w };
-                    w - lr * (g / rows + penalty)
-                })
-                .collect()
-        }
-    };
-    if let Some(i) = next.iter().position(|v| !v.is_finite()) {
-        return Err(StepError::Other(format!("parameter {i} is not finite")));
-    }
-    Ok(next)
+    Ok(match distributed.map(|s| s.unit) {
+        None => AggregatedUpdate::WeightedMeanDelta(decoded),
+        Some(PrivacyUnit::Partner) => AggregatedUpdate::ClippedDeltaSum {
+            sum: decoded,
+            contributors,
+        },
+        Some(PrivacyUnit::Record) => AggregatedUpdate::GradientSum {
+            sum: decoded,
+            rows: examples,
+        },
+    })
 }
 
 #[cfg(test)]
@@ -1597,6 +1597,22 @@ mod tests {
 
     fn key(parties: u32) -> CollectivePublicKey {
         crate::testing::collective_key(HeParams::Secure128, parties, 3)
+    }
+
+    /// A decrypted sum through decoding and a FedAvg server step, as a round does.
+    fn secure_step(
+        task: &TaskSpec,
+        spec: Option<&PrivacySpec>,
+        enc: &UpdateEncoding,
+        global: &[f64],
+        sum: &[u64],
+        contributors: usize,
+        examples: u64,
+    ) -> Result<Vec<f64>, StepError> {
+        let update = decode_sum(spec, enc, global.len(), sum, contributors, examples)?;
+        let mut fedavg = consortia_model::strategy::build(&Default::default());
+        server_step(task, fedavg.as_mut(), global, &update)
+            .map_err(|e| StepError::Other(e.to_string()))
     }
 
     /// The plaintext sum of encoded vectors, as joint decryption returns it.

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Instant;
 
+use consortia_model::AggregatedUpdate;
 use consortia_model::fedavg::WeightedSum;
 use consortia_model::metrics::{EvalPartial, SCORE_BINS};
 use consortia_privacy::he::{Aggregate, Shape};
@@ -115,8 +116,9 @@ pub struct RoundResult {
     pub examples: u64,
     /// Example-weighted mean training loss.
     pub train_loss: f64,
-    /// New global model (FedAvg), when any update arrived.
-    pub model: Option<Vec<f64>>,
+    /// The contributors' deltas aggregated (in the clear: their example-weighted
+    /// mean; under secure aggregation: set once the sum is decrypted).
+    pub update: Option<AggregatedUpdate>,
     /// Combined evaluation of the round's input model.
     pub eval: Option<(Vec<String>, EvalPartial)>,
     /// Partners who declined, with reasons.
@@ -440,10 +442,13 @@ impl RoundCollector {
         } else {
             f64::NAN
         };
-        let model = if contributors.is_empty() || self.aggregate.is_some() {
+        let update = if contributors.is_empty() || self.aggregate.is_some() {
             None
         } else {
-            self.sum.finish().ok()
+            self.sum
+                .finish()
+                .ok()
+                .map(AggregatedUpdate::WeightedMeanDelta)
         };
         if let Some(why) = &self.poisoned {
             tracing::warn!(round = self.round, "encrypted sum unusable: {why}");
@@ -460,7 +465,7 @@ impl RoundCollector {
             contributions,
             examples,
             train_loss,
-            model,
+            update,
             eval: self.eval.map(|e| (self.eval_partners, e)),
             declined,
             missing,
@@ -494,7 +499,10 @@ mod tests {
         c.add_update("b", 3, 3, 0.1, &[5.0, 4.0]).unwrap();
         assert!(c.complete());
         let r = c.finish();
-        assert_eq!(r.model.unwrap(), vec![4.0, 3.0]);
+        assert_eq!(
+            r.update.unwrap(),
+            AggregatedUpdate::WeightedMeanDelta(vec![4.0, 3.0])
+        );
         assert_eq!(r.examples, 4);
         assert!((r.train_loss - 0.2).abs() < 1e-12);
     }
@@ -571,7 +579,10 @@ mod tests {
         // Refused messages changed nothing: only a's update is in.
         let r = c.finish();
         assert_eq!(r.contributors, vec!["a".to_string()]);
-        assert_eq!(r.model.unwrap(), vec![1.0, 0.0]);
+        assert_eq!(
+            r.update.unwrap(),
+            AggregatedUpdate::WeightedMeanDelta(vec![1.0, 0.0])
+        );
         assert_eq!(r.missing, vec!["b".to_string()]);
     }
 }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use consortia_model::TaskSpec;
-use consortia_model::logistic::LogisticModel;
 use consortia_pki::{ServerTls, ServerTlsFiles};
 use consortia_proto::MAX_MESSAGE_BYTES;
 use consortia_proto::federation_server::FederationServer;
@@ -50,8 +49,9 @@ fn load_task(
             });
         }
     } else {
-        let initial = LogisticModel::zeros(task.schema.feature_count()).to_params();
-        store.init_task(&text, &initial)?;
+        let initial = consortia_model::initial_model(&task)
+            .map_err(|e| CoordinatorError::Task(format!("[model]: {e}")))?;
+        store.init_task(&text, initial.params())?;
     }
     Ok((task, text))
 }

@@ -2,7 +2,9 @@
 //!
 //! Layout (one sled database per task, in `<state_dir>/db`):
 //! * tree `meta`: `task` (the task file text), `standardizer` (JSON),
-//!   `last_round` (u64, big-endian): the last *completed* round.
+//!   `last_round` (u64, big-endian): the last *completed* round, and
+//!   `strategy_state` (bytes): the server strategy's state after that round,
+//!   committed in the same transaction.
 //! * directory `models/`: one file per round, `round-<N>.f64`, the global
 //!   model after that round (f64 little-endian); round 0 is the initial model.
 //!   Models live outside sled so that its page cache does not keep every
@@ -70,6 +72,7 @@ pub struct Store {
 }
 
 const LAST_ROUND: &[u8] = b"last_round";
+const STRATEGY_STATE: &[u8] = b"strategy_state";
 /// sled page cache of the coordinator's database.
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -171,11 +174,15 @@ impl Store {
         }
     }
 
-    /// Commits a completed round atomically and durably.
+    /// Commits a completed round atomically and durably, with the server strategy's
+    /// state after the round (`strategy_state`, [`consortia_model::Strategy::checkpoint`])
+    /// in the same transaction: a restart resumes the strategy exactly where the last
+    /// committed round left it.
     pub fn commit_round(
         &self,
         record: &RoundRecord,
         model: &[f64],
+        strategy_state: &[u8],
     ) -> Result<(), CoordinatorError> {
         let key = record.round.to_be_bytes();
         // The model file first: a crash before the transaction leaves a file
@@ -186,6 +193,7 @@ impl Store {
             .transaction(|(meta, rounds)| {
                 rounds.insert(&key, record_bytes.as_slice())?;
                 meta.insert(LAST_ROUND, &key)?;
+                meta.insert(STRATEGY_STATE, strategy_state)?;
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(|e| match e {
@@ -198,6 +206,17 @@ impl Store {
                 }
             })?;
         self.flush()
+    }
+
+    /// The server strategy's state as of the last committed round (empty before
+    /// the first).
+    pub fn strategy_state(&self) -> Result<Vec<u8>, CoordinatorError> {
+        Ok(self
+            .meta
+            .get(STRATEGY_STATE)
+            .map_err(self.err())?
+            .map(|v| v.to_vec())
+            .unwrap_or_default())
     }
 
     /// The record of one completed round.
@@ -326,7 +345,8 @@ mod tests {
                 train_loss: Some(0.5),
                 completed_unix_ms: 1,
             };
-            s.commit_round(&rec, &[1.5, -2.0]).unwrap();
+            assert!(s.strategy_state().unwrap().is_empty());
+            s.commit_round(&rec, &[1.5, -2.0], &[7, 8, 9]).unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.last_round().unwrap(), 1);
@@ -334,5 +354,6 @@ mod tests {
         assert_eq!(s.model(0).unwrap().unwrap(), vec![0.0, 0.0]);
         assert_eq!(s.rounds().unwrap().len(), 1);
         assert_eq!(s.task_toml().unwrap().unwrap(), "name = 't'");
+        assert_eq!(s.strategy_state().unwrap(), [7, 8, 9]);
     }
 }

@@ -362,6 +362,22 @@ impl PrivacyBook {
             Some(e) => e,
             None => self.round_events(1)?,
         };
+        self.charge_round(round, time_unix_ms, participants, &events)
+    }
+
+    /// Charges one training round's `events` — those the partner's local update states
+    /// it spends — to `participants`, recorded with the round's mechanism summary (as
+    /// [`charge`](Self::charge) does with the events the settings imply).
+    pub fn charge_round(
+        &mut self,
+        round: u64,
+        time_unix_ms: u64,
+        participants: &[(String, u64)],
+        events: &[(DpEvent, u64)],
+    ) -> Result<SpendRecord, BookError> {
+        for (event, _) in events {
+            event.validate()?;
+        }
         let summary = Mechanism {
             name: mechanism_name(&self.spec),
             clip_norm: self.spec.clip_norm,
@@ -378,7 +394,7 @@ impl PrivacyBook {
                 NoisePlacement::Distributed => self.spec.distributed_shape.map(|s| s.dim as u64),
             },
         };
-        self.record(round, time_unix_ms, participants, &events, summary)
+        self.record(round, time_unix_ms, participants, events, summary)
     }
 
     /// Charges a release other than a training round — `events`, e.g. an evaluation's

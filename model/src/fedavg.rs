@@ -1,9 +1,9 @@
 //! Federated averaging (McMahan et al., "Communication-Efficient Learning of Deep
-//! Networks from Decentralized Data", AISTATS 2017, Algorithm 1): the new global
-//! parameters are the average of the partners' parameters weighted by their
-//! example counts, `Σ_k n_k θ_k / Σ_k n_k`.
+//! Networks from Decentralized Data", AISTATS 2017, Algorithm 1): the average of the
+//! partners' model deltas weighted by their example counts, `Σ_k n_k δ_k / Σ_k n_k`
+//! (which, added to the global model, is the weighted average of their models).
 //!
-//! [`WeightedSum`] accumulates `n_k θ_k` chunk by chunk, so that updates streamed in
+//! [`WeightedSum`] accumulates `n_k δ_k` chunk by chunk, so that updates streamed in
 //! pieces never need to be held whole, and tracks the weight that reached each
 //! coordinate so that a partner whose chunks did not cover every coordinate is
 //! detected instead of silently skewing the average.

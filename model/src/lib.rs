@@ -10,28 +10,44 @@
 //!   splits, and splitting one CSV into one file per value of a column;
 //! - [`standardize`]: per-feature sums ([`FeatureStats`]) that partners merge into
 //!   federation-wide means and standard deviations ([`Standardizer`]);
-//! - [`logistic`]: the logistic-regression model, its parameter layout on the wire,
-//!   and mini-batch SGD training;
+//! - [`model`]: the [`Model`] trait every model family implements, and [`build`], the
+//!   one place that turns a task's `[model]` into a model; the families themselves are
+//!   in [`models`] (logistic regression);
+//! - [`sgd`]: mini-batch SGD for any model, with FedProx's proximal term;
 //! - [`metrics`]: evaluation partials ([`EvalPartial`]) that merge across partners
 //!   into exact confusion counts and a histogram ROC-AUC ([`Metrics`]);
-//! - [`fedavg`]: the example-weighted parameter average ([`WeightedSum`]).
+//! - [`fedavg`]: the example-weighted average of partners' deltas ([`WeightedSum`]);
+//! - [`aggregate`]: a round's aggregate in any of its forms ([`AggregatedUpdate`]) and
+//!   the FedAvg delta it stands for;
+//! - [`strategy`]: the server strategies ([`Strategy`]: FedAvg, FedAvgM, FedAdam,
+//!   FedYogi, FedAdagrad) that step the global model from that delta.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod aggregate;
 mod csv;
 pub mod data;
 pub mod fedavg;
-pub mod logistic;
 pub mod metrics;
+pub mod model;
+pub mod models;
 pub mod schema;
+pub mod sgd;
 pub mod standardize;
+pub mod strategy;
 pub mod task;
+
+pub use aggregate::{AggregateError, AggregatedUpdate};
 
 pub use data::{CellAt, DataError, Dataset, partition_csv_by_column};
 pub use fedavg::{FedAvgError, WeightedSum};
-pub use logistic::{LogisticModel, ModelError, TrainConfig, TrainProgress, TrainReport};
 pub use metrics::{EvalPartial, Metrics, MetricsError, SCORE_BINS};
+pub use model::{
+    Model, ModelError, TrainConfig, TrainProgress, TrainReport, build, initial_model,
+    model_with_params,
+};
 pub use schema::{CategoricalSpec, FeatureSchema, InvalidField, LabelSpec, MissingPolicy};
 pub use standardize::{FeatureStats, StandardizeError, Standardizer};
-pub use task::{ModelKind, ModelSpec, TaskError, TaskSpec};
+pub use strategy::{Strategy, StrategyError, StrategySpec};
+pub use task::{LocalSpec, ModelKind, ModelSpec, TaskError, TaskSpec};

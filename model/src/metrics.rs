@@ -16,7 +16,7 @@
 use ndarray::Array1;
 use serde::{Deserialize, Serialize};
 
-use crate::logistic::{LogisticModel, ModelError, log_loss_from_logit, sigmoid};
+use crate::model::{Model, ModelError};
 
 /// Number of equal-width score bins on [0, 1] in an [`EvalPartial`].
 pub const SCORE_BINS: usize = 1000;
@@ -132,22 +132,12 @@ impl EvalPartial {
         }
     }
 
-    /// Evaluates `model` on the rows of `x` (standardised) with 0/1 labels `y`.
-    pub fn evaluate(
-        model: &LogisticModel,
-        x: &ndarray::Array2<f64>,
-        y: &Array1<f64>,
-    ) -> Result<Self, MetricsError> {
-        if x.nrows() != y.len() {
-            return Err(
-                ModelError::Shape(format!("{} rows but {} labels", x.nrows(), y.len())).into(),
-            );
-        }
-        let logits = model.decision_function(x)?;
+    /// Counts over examples given as `(P(y = 1), is positive, log-loss)`, one per
+    /// held-out row: how a binary model builds its evaluation
+    /// ([`crate::Model::evaluate`]).
+    pub fn from_scores(scores: impl IntoIterator<Item = (f64, bool, f64)>) -> Self {
         let mut partial = Self::empty();
-        for (&z, &label) in logits.iter().zip(y) {
-            let positive = label == 1.0;
-            let p = sigmoid(z);
+        for (p, positive, loss) in scores {
             let predicted = p >= THRESHOLD;
             let bin = bin_of(p);
             match (positive, predicted) {
@@ -161,10 +151,20 @@ impl EvalPartial {
             } else {
                 partial.neg_hist[bin] += 1;
             }
-            partial.log_loss_sum += log_loss_from_logit(z, if positive { 1.0 } else { 0.0 });
+            partial.log_loss_sum += loss;
             partial.n += 1;
         }
-        Ok(partial)
+        partial
+    }
+
+    /// Evaluates `model` on the rows of `x` (standardised) with labels `y`
+    /// ([`crate::Model::evaluate`]).
+    pub fn evaluate(
+        model: &dyn Model,
+        x: &ndarray::Array2<f64>,
+        y: &Array1<f64>,
+    ) -> Result<Self, MetricsError> {
+        Ok(model.evaluate(x, y)?)
     }
 
     /// Bins per histogram ([`SCORE_BINS`] for a partial from [`EvalPartial::evaluate`]).

@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::logistic::TrainConfig;
+use crate::model::TrainConfig;
 pub use crate::schema::{CategoricalSpec, FeatureSchema, InvalidField, LabelSpec, MissingPolicy};
+use crate::strategy::StrategySpec;
 
 /// The largest task file accepted, in bytes.
 pub const MAX_TASK_FILE_BYTES: usize = 1 << 20;
@@ -65,6 +66,12 @@ pub struct TaskSpec {
     pub colluders: u32,
     /// The model to train.
     pub model: ModelSpec,
+    /// The server strategy (`[strategy]`); FedAvg when absent.
+    #[serde(default, skip_serializing_if = "StrategySpec::is_default")]
+    pub strategy: StrategySpec,
+    /// Partners' local training beyond the basic settings (`[local]`).
+    #[serde(default, skip_serializing_if = "LocalSpec::is_default")]
+    pub local: LocalSpec,
     /// How CSV columns become features.
     pub schema: FeatureSchema,
     /// The `[privacy]` table, uninterpreted here.
@@ -94,11 +101,32 @@ pub struct ModelSpec {
     pub l2: f64,
 }
 
+/// The `[local]` table of a task file: how partners train locally.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalSpec {
+    /// FedProx's proximal weight μ (Li et al. 2020): each partner minimises its loss
+    /// plus `μ/2 · |θ − θ_global|²`. 0 (plain local SGD) when absent; at most
+    /// [`MAX_PROXIMAL_MU`].
+    #[serde(default)]
+    pub proximal_mu: f64,
+}
+
+/// The largest proximal weight a task may set.
+pub const MAX_PROXIMAL_MU: f64 = 1000.0;
+
+impl LocalSpec {
+    /// True for plain local SGD (what a task without `[local]` means).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// Model families this crate can train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ModelKind {
-    /// Binary logistic regression ([`crate::LogisticModel`]).
+    /// Binary logistic regression ([`crate::models::logistic`]).
     LogisticRegression,
 }
 
@@ -301,6 +329,15 @@ impl TaskSpec {
                 "model.l2",
                 self.model.l2,
                 "a finite number at least 0",
+            ));
+        }
+        self.strategy.validate()?;
+        let mu = self.local.proximal_mu;
+        if !(mu.is_finite() && (0.0..=MAX_PROXIMAL_MU).contains(&mu)) {
+            return Err(InvalidField::new(
+                "local.proximal_mu",
+                mu,
+                format!("a number between 0 and {MAX_PROXIMAL_MU}"),
             ));
         }
         self.schema.validate()

@@ -1,6 +1,7 @@
 //! Metrics from merged partials, and the histogram ROC-AUC against exact AUCs.
 
-use consortia_model::{EvalPartial, LogisticModel, Metrics, MetricsError, SCORE_BINS};
+use consortia_model::models::logistic::LogisticModel;
+use consortia_model::{EvalPartial, Metrics, MetricsError, SCORE_BINS};
 use ndarray::{Array1, Array2, array};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -8,10 +9,7 @@ use rand_chacha::ChaCha8Rng;
 /// A one-feature model with weight 1 and bias 0 scores row `[z]` as sigmoid(z), so
 /// rows are chosen as logits of the wanted scores.
 fn identity_model() -> LogisticModel {
-    LogisticModel {
-        weights: array![1.0],
-        bias: 0.0,
-    }
+    LogisticModel::from_params(&[1.0, 0.0], 1).unwrap()
 }
 
 fn logit(p: f64) -> f64 {

@@ -259,3 +259,59 @@ fn bounds_parse_and_a_private_task_needs_them_for_every_numeric_column() {
     let (field, _) = invalid_field(&format!("{MINIMAL}\n[schema.bounds]\nage = [5, 5]\n"));
     assert_eq!(field, "schema.bounds.age");
 }
+
+#[test]
+fn strategy_and_local_tables_parse_default_and_are_checked() {
+    use consortia_model::StrategySpec;
+    let plain = TaskSpec::from_toml_str(MINIMAL).unwrap();
+    assert_eq!(plain.strategy, StrategySpec::default());
+    assert_eq!(plain.local.proximal_mu, 0.0);
+    // A task without [strategy] or [local] hashes as it did before they existed:
+    // its canonical form does not mention them.
+    let text = plain.to_toml_string().unwrap();
+    assert!(
+        !text.contains("strategy") && !text.contains("[local]"),
+        "{text}"
+    );
+
+    let adam = format!(
+        "{MINIMAL}\n[strategy]\nkind = \"fedadam\"\nserver_learning_rate = 0.05\n\n[local]\nproximal_mu = 0.01\n"
+    );
+    let task = TaskSpec::from_toml_str(&adam).unwrap();
+    assert_eq!(
+        task.strategy,
+        StrategySpec::FedAdam {
+            server_learning_rate: 0.05,
+            beta1: 0.9,
+            beta2: 0.99,
+            tau: 1e-3
+        }
+    );
+    assert_eq!(task.local.proximal_mu, 0.01);
+    let back = TaskSpec::from_toml_str(&task.to_toml_string().unwrap()).unwrap();
+    assert_eq!(back, task);
+    assert_ne!(
+        task.canonical_hash().unwrap(),
+        plain.canonical_hash().unwrap()
+    );
+
+    for kind in ["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"] {
+        let t = TaskSpec::from_toml_str(&format!("{MINIMAL}\n[strategy]\nkind = \"{kind}\"\n"))
+            .unwrap();
+        assert_eq!(t.strategy.kind(), kind);
+    }
+    let unknown = format!("{MINIMAL}\n[strategy]\nkind = \"fedsgd\"\n");
+    let err = TaskSpec::from_toml_str(&unknown).unwrap_err().to_string();
+    assert!(err.contains("fedsgd") && err.contains("fedadam"), "{err}");
+    let stray = format!("{MINIMAL}\n[strategy]\nkind = \"fedavg\"\nmomentum = 0.9\n");
+    let err = TaskSpec::from_toml_str(&stray).unwrap_err().to_string();
+    assert!(err.contains("momentum"), "{err}");
+
+    let bad_beta = format!("{MINIMAL}\n[strategy]\nkind = \"fedyogi\"\nbeta2 = 1.0\n");
+    assert_eq!(invalid_field(&bad_beta).0, "strategy.beta2");
+    let bad_mu = format!("{MINIMAL}\n[local]\nproximal_mu = -0.5\n");
+    assert_eq!(
+        invalid_field(&bad_mu),
+        ("local.proximal_mu".into(), "-0.5".into())
+    );
+}

@@ -20,7 +20,7 @@ fn central_metrics(data: &Dataset, split_seed: u64) -> Metrics {
     let (train, test) = data.split_holdout(0.2, split_seed);
     let standardizer = Standardizer::from_stats(&train.feature_stats()).unwrap();
     let model = train_central(&train, &standardizer, &central_config(), split_seed);
-    pooled_metrics(&model, &standardizer, &[&test])
+    pooled_metrics(model.as_ref(), &standardizer, &[&test])
 }
 
 #[test]
@@ -59,7 +59,7 @@ fn fedavg_matches_central_and_beats_every_partner_alone() {
     // Federated: federation-wide standardisation, then FedAvg.
     let standardizer = federated_standardizer(&partners);
     let global = fedavg(&partners, &standardizer, &cfg, task.rounds, task.seed);
-    let federated = pooled_metrics(&global, &standardizer, &tests);
+    let federated = pooled_metrics(global.as_ref(), &standardizer, &tests);
 
     // Central: all partners' training rows in one place, same number of passes.
     let trains: Vec<&Dataset> = partners.iter().map(|p| &p.train).collect();
@@ -71,7 +71,7 @@ fn fedavg_matches_central_and_beats_every_partner_alone() {
     let central_std = Standardizer::from_stats(&pooled.feature_stats()).unwrap();
     let central_cfg = central_config();
     let central = train_central(&pooled, &central_std, &central_cfg, task.seed);
-    let central = pooled_metrics(&central, &central_std, &tests);
+    let central = pooled_metrics(central.as_ref(), &central_std, &tests);
 
     let fed_auc = federated.roc_auc;
     let central_auc = central.roc_auc;
@@ -88,7 +88,7 @@ fn fedavg_matches_central_and_beats_every_partner_alone() {
         stats.merge(&p.train.feature_stats()).unwrap();
         let own = Standardizer::from_stats(&stats).unwrap();
         let model = train_central(&p.train, &own, &central_cfg, task.seed);
-        let local = pooled_metrics(&model, &own, &tests);
+        let local = pooled_metrics(model.as_ref(), &own, &tests);
         let local_auc = local.roc_auc;
         println!("local only, {}: {local:?}", p.value);
         // Month-to-month holds most of the churners, and its model alone comes

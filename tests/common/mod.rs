@@ -339,8 +339,7 @@ pub fn exact_final_auc(fed: &Federation) -> f64 {
         .model(last)
         .expect("model")
         .expect("final model stored");
-    let model = consortia_model::LogisticModel::from_params(&params, task.schema.feature_count())
-        .expect("model");
+    let model = consortia_model::model_with_params(&task, &params).expect("model");
     let st = store
         .standardizer()
         .expect("standardisation")
@@ -350,7 +349,7 @@ pub fn exact_final_auc(fed: &Federation) -> f64 {
         let mut local =
             consortia_client::local::LocalData::load(data, &task, name).expect("partner data");
         let partial = local
-            .evaluate(&model, &st.mean, &st.std)
+            .evaluate(model.as_ref(), &st.mean, &st.std)
             .expect("evaluation");
         pooled.merge(&partial).expect("merge");
     }

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use consortia_model::{
-    Dataset, EvalPartial, FeatureStats, LogisticModel, Metrics, Standardizer, TaskSpec,
-    TrainConfig, WeightedSum, partition_csv_by_column,
+    Dataset, EvalPartial, FeatureStats, Metrics, Model, Standardizer, TaskSpec, TrainConfig,
+    WeightedSum, partition_csv_by_column, sgd,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -63,24 +63,44 @@ pub fn fedavg(
     cfg: &TrainConfig,
     rounds: u32,
     seed: u64,
-) -> LogisticModel {
+) -> Box<dyn Model> {
     let xs: Vec<_> = partners
         .iter()
         .map(|p| standardizer.apply(&p.train).unwrap())
         .collect();
-    let features = standardizer.feature_count();
-    let mut global = LogisticModel::zeros(features);
+    let task = telco_task();
+    let mut global = consortia_model::initial_model(&task).unwrap();
     for round in 0..rounds {
-        let mut sum = WeightedSum::new(features + 1);
+        let mut sum = WeightedSum::new(global.param_count());
         for (k, (p, x)) in partners.iter().zip(&xs).enumerate() {
             let mut local = global.clone();
             let mut rng = rng_for(seed, u64::from(round), k as u64);
-            local
-                .train(x, p.train.labels(), cfg, &mut rng, |_| {})
-                .unwrap();
-            sum.add(&local.to_params(), p.train.len() as f64).unwrap();
+            sgd::train(
+                local.as_mut(),
+                x,
+                p.train.labels(),
+                cfg,
+                None,
+                &mut rng,
+                &mut |_| {},
+            )
+            .unwrap();
+            let delta: Vec<f64> = local
+                .params()
+                .iter()
+                .zip(global.params())
+                .map(|(a, b)| a - b)
+                .collect();
+            sum.add(&delta, p.train.len() as f64).unwrap();
         }
-        global = LogisticModel::from_params(&sum.finish().unwrap(), features).unwrap();
+        let mean = sum.finish().unwrap();
+        let next: Vec<f64> = global
+            .params()
+            .iter()
+            .zip(&mean)
+            .map(|(w, d)| w + d)
+            .collect();
+        global.set_params(&next).unwrap();
     }
     global
 }
@@ -91,24 +111,25 @@ pub fn train_central(
     standardizer: &Standardizer,
     cfg: &TrainConfig,
     seed: u64,
-) -> LogisticModel {
-    let mut model = LogisticModel::zeros(train.feature_count());
+) -> Box<dyn Model> {
+    let mut model = consortia_model::initial_model(&telco_task()).unwrap();
     let x = standardizer.apply(train).unwrap();
-    model
-        .train(
-            &x,
-            train.labels(),
-            cfg,
-            &mut rng_for(seed, 999, 999),
-            |_| {},
-        )
-        .unwrap();
+    sgd::train(
+        model.as_mut(),
+        &x,
+        train.labels(),
+        cfg,
+        None,
+        &mut rng_for(seed, 999, 999),
+        &mut |_| {},
+    )
+    .unwrap();
     model
 }
 
 /// Metrics of `model` on the union of `tests`, merged from per-partner partials.
 pub fn pooled_metrics(
-    model: &LogisticModel,
+    model: &dyn Model,
     standardizer: &Standardizer,
     tests: &[&Dataset],
 ) -> Metrics {
@@ -116,7 +137,7 @@ pub fn pooled_metrics(
     for t in tests {
         let x = standardizer.apply(t).unwrap();
         total
-            .merge(&EvalPartial::evaluate(model, &x, t.labels()).unwrap())
+            .merge(&model.evaluate(&x, t.labels()).unwrap())
             .unwrap();
     }
     Metrics::from_partial(&total)

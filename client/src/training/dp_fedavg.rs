@@ -1,0 +1,56 @@
+//! DP-FedAvg (partner unit, noise added locally).
+
+use consortia_privacy::dp::mechanism::privatize_partner_update;
+use consortia_privacy::dp::{DpEvent, PrivacySpec};
+
+use super::{Contribution, ContributionKind, LocalSgd, LocalUpdate, RoundInput, dp_error};
+use crate::AgentError;
+
+/// DP-FedAvg (McMahan et al. 2018, "Learning Differentially Private Recurrent
+/// Language Models", Alg. 1): ordinary local training ([`LocalSgd`], FedProx
+/// included), then the model delta is clipped to L2 norm C and N(0, z²C²) is added
+/// to every coordinate. Sends the noised delta.
+///
+/// Privacy map: one `Gaussian { z }` event per round (sensitivity C of the clipped
+/// delta under replacing the partner's whole dataset).
+#[derive(Debug, Clone)]
+pub struct DpFedAvg {
+    spec: PrivacySpec,
+    local: LocalSgd,
+}
+
+impl DpFedAvg {
+    /// DP-FedAvg under `spec` (partner unit, local placement) around `local`.
+    pub fn new(spec: PrivacySpec, local: LocalSgd) -> Self {
+        Self { spec, local }
+    }
+}
+
+impl LocalUpdate for DpFedAvg {
+    fn name(&self) -> &'static str {
+        "dp-fedavg"
+    }
+
+    fn events(&self, rows: usize) -> Result<Vec<(DpEvent, u64)>, AgentError> {
+        self.spec
+            .validate_for_rows(rows.max(1))
+            .map_err(dp_error("private training"))?;
+        Ok(vec![(
+            DpEvent::Gaussian {
+                noise_multiplier: self.spec.noise_multiplier,
+            },
+            1,
+        )])
+    }
+
+    fn compute(&self, input: RoundInput<'_>) -> Result<Contribution, AgentError> {
+        let (mut delta, _) = self.local.train(input)?;
+        privatize_partner_update(&mut delta, self.spec.clip_norm, self.spec.noise_multiplier)
+            .map_err(dp_error("private training"))?;
+        Ok(Contribution {
+            vector: delta,
+            kind: ContributionKind::Delta,
+            loss: None,
+        })
+    }
+}

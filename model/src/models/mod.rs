@@ -1,0 +1,4 @@
+//! The model families, one file each behind [`crate::Model`]. Only
+//! [`crate::model::build`] names them; every other crate holds a `Box<dyn Model>`.
+
+pub mod logistic;
