@@ -8,23 +8,38 @@
 //! * [`config`] — what the operator configures: listen address, TLS files, state directory.
 //! * [`store`] — the durable state: task, standardisation, global models, metrics.
 //! * [`accounting`] — privacy budgets, refusals and the write-ahead ledger.
-//! * [`round`] — one round's collection and FedAvg aggregation.
+//! * [`round`] — one round's collection and FedAvg aggregation, and how a round ends.
 //! * [`secure`] — secure aggregation: the key ceremony, encrypted updates, joint decryption.
 //! * [`session`] — one connected partner agent and its outbound stream.
 //! * [`service`] — the gRPC service that authenticates callers and routes their messages.
-//! * [`orchestrator`] — the round loop.
+//! * [`hub`] — the state sessions and the task loop share: partners, the stage in progress.
+//! * [`phase`] — the protocol's phases (standardisation, key ceremony, collection, joint
+//!   decryption) and the one loop that waits for them.
+//! * [`selection`] — who takes part in a round, and the write-ahead privacy charge.
+//! * [`step`] — the server step from a round's aggregate to the next global model.
+//! * [`incident`] — a malformed ciphertext: recorded, and the federation key retired.
+//! * [`report`] — the per-round table, round outcomes and the task's end.
+//! * [`task`] — the task loop.
+//! * [`orchestrator`] — the former round-loop module's public paths, re-exported.
 //! * [`server`] — wiring: TLS listener, revocation reload, shutdown.
 
 pub mod accounting;
 pub mod config;
 pub mod error;
+pub mod hub;
+pub mod incident;
 pub mod orchestrator;
+pub mod phase;
+pub mod report;
 pub mod round;
 pub mod secure;
+pub mod selection;
 pub mod server;
 pub mod service;
 pub mod session;
+pub mod step;
 pub mod store;
+pub mod task;
 #[cfg(test)]
 mod testing;
 

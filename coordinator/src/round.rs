@@ -131,6 +131,62 @@ pub struct RoundResult {
     pub ciphertexts: Vec<StoredUpdate>,
 }
 
+/// Why a round's result was thrown away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Discard {
+    /// The encrypted sum could not be decrypted or decoded.
+    Unusable(String),
+    /// The decrypted sum is outside what well-formed updates can add up to:
+    /// a contributor sent a malformed ciphertext (an incident: the
+    /// federation key is retired).
+    MalformedSum(String),
+}
+
+impl fmt::Display for Discard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Discard::Unusable(why) | Discard::MalformedSum(why) => f.write_str(why),
+        }
+    }
+}
+
+/// How a round ended: what the task loop does next.
+#[derive(Debug)]
+pub enum RoundEnd {
+    /// A training round: at least `min_partners` updates, aggregated (the
+    /// server strategy steps the global model with it).
+    Aggregated(AggregatedUpdate),
+    /// Too few answers in time: fewer than `min_partners` updates (training)
+    /// or no evaluation report (evaluation). The round runs again.
+    TooFew,
+    /// The round's result could not be used. The round runs again.
+    Discarded(Discard),
+    /// An evaluation round: the model going in was evaluated.
+    Evaluated,
+}
+
+impl RoundEnd {
+    /// True if the round achieved what it asked.
+    pub fn completed(&self) -> bool {
+        matches!(self, RoundEnd::Aggregated(_) | RoundEnd::Evaluated)
+    }
+}
+
+impl RoundResult {
+    /// How the round ended, once any encrypted sum has been opened into
+    /// [`update`](Self::update): `min` updates make a training round.
+    pub fn end(&mut self, min: usize) -> RoundEnd {
+        match self.kind {
+            RoundKind::Evaluate if self.eval.is_some() => RoundEnd::Evaluated,
+            RoundKind::Evaluate => RoundEnd::TooFew,
+            RoundKind::Train => match self.update.take() {
+                Some(update) if self.contributors.len() >= min => RoundEnd::Aggregated(update),
+                _ => RoundEnd::TooFew,
+            },
+        }
+    }
+}
+
 /// Collects one round's answers.
 pub struct RoundCollector {
     /// Round number on the wire.

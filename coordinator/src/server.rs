@@ -10,10 +10,12 @@ use consortia_pki::{ServerTls, ServerTlsFiles};
 use consortia_proto::MAX_MESSAGE_BYTES;
 use consortia_proto::federation_server::FederationServer;
 
-use crate::orchestrator::{Hub, RevocationCheck, TaskSummary, run_task};
+use crate::hub::{Hub, RevocationCheck};
+use crate::report::TaskSummary;
 use crate::secure::{CiphertextStore, FederationKey};
 use crate::service::FederationService;
 use crate::store::Store;
+use crate::task::run_task;
 use crate::{CoordinatorConfig, CoordinatorError};
 
 /// Loads the task: from the task file when given (it must match a stored

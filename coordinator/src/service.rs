@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use crate::orchestrator::Hub;
+use crate::hub::Hub;
 use crate::round::Rejection;
 use crate::secure::{StoredUpdate, Upload};
 use crate::session::{self, COMMAND_QUEUE, Outbound, STREAM_BUFFER, SessionHandle};

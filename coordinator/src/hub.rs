@@ -1,0 +1,480 @@
+//! The session hub: the state shared by the partner sessions and the task loop.
+//!
+//! [`Hub`] knows who is connected (registration, revocation, outbound
+//! commands) and which protocol [`Stage`] is in progress. Sessions route each
+//! inbound message to the stage it belongs to and wake the task loop
+//! ([`Hub::wait_change`]); only the task loop's phases ([`crate::phase`]) open
+//! and close stages. A message for a stage that is not in progress is refused
+//! with the same reason whichever stage is.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use consortia_model::TaskSpec;
+use consortia_model::metrics::EvalPartial;
+use consortia_proto::{StatsReport, server_message::Kind};
+use tokio::sync::Notify;
+use tonic::Status;
+
+use crate::phase::key_ceremony::Ceremony;
+use crate::phase::standardization::StatsCollector;
+use crate::round::{Rejection, RoundCollector};
+use crate::secure::{CiphertextStore, Decryption, FederationKey, StoredUpdate};
+use crate::session::{Outbound, SessionHandle, message};
+
+/// Checks a certificate serial number against the current revocation list.
+pub type RevocationCheck = Box<dyn Fn(&[u8]) -> bool + Send + Sync>;
+
+/// The protocol stage in progress: what inbound messages are taken now.
+/// Stages never overlap; the task loop moves from one to the next.
+#[derive(Default)]
+pub enum Stage {
+    /// Between stages: no message is expected.
+    #[default]
+    Idle,
+    /// Feature statistics are being collected.
+    Standardisation(StatsCollector),
+    /// The federation key is being made.
+    KeyCeremony(Ceremony),
+    /// A round's updates and evaluations are being collected.
+    Collection(RoundCollector),
+    /// A round's encrypted sum is being decrypted by the key holders.
+    Decryption(Decryption),
+}
+
+/// State shared by the task loop and the partner sessions.
+pub struct Hub {
+    /// The task being trained.
+    pub task: TaskSpec,
+    /// The task file's text, sent to partners.
+    pub task_toml: String,
+    /// Parameters of the model.
+    pub param_count: usize,
+    /// The task's canonical hash (`TaskSpec::canonical_hash`): partners sign
+    /// key shares and updates for it.
+    pub task_hash: [u8; 32],
+    /// Where encrypted updates are kept (secure aggregation).
+    pub ciphertexts: Option<CiphertextStore>,
+    attempt: AtomicU64,
+    closed_up_to: AtomicU64,
+    sessions: Mutex<BTreeMap<String, SessionHandle>>,
+    stage: Mutex<Stage>,
+    changed: Notify,
+    next_session: AtomicU64,
+    revoked: RevocationCheck,
+    rows: Mutex<BTreeMap<String, u64>>,
+    exhausted: Mutex<BTreeMap<String, String>>,
+    key: Mutex<Option<Arc<FederationKey>>>,
+}
+
+/// Locks `m`, taking the data of a poisoned lock as it is (no session's
+/// panic may stop the coordinator).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Hub {
+    /// Shared state for `task`, whose model has `param_count` parameters.
+    pub fn new(
+        task: TaskSpec,
+        task_toml: String,
+        param_count: usize,
+        revoked: RevocationCheck,
+    ) -> Self {
+        let task_hash = task.canonical_hash().unwrap_or_default();
+        Hub {
+            task,
+            task_toml,
+            param_count,
+            task_hash,
+            ciphertexts: None,
+            attempt: AtomicU64::new(0),
+            closed_up_to: AtomicU64::new(0),
+            sessions: Mutex::new(BTreeMap::new()),
+            stage: Mutex::new(Stage::Idle),
+            changed: Notify::new(),
+            next_session: AtomicU64::new(1),
+            revoked,
+            rows: Mutex::new(BTreeMap::new()),
+            exhausted: Mutex::new(BTreeMap::new()),
+            key: Mutex::new(None),
+        }
+    }
+
+    /// Serves a task with secure aggregation: encrypted updates are kept in
+    /// `ciphertexts`; `key` is the federation key if one was made before.
+    pub fn with_secure_aggregation(
+        mut self,
+        ciphertexts: CiphertextStore,
+        key: Option<FederationKey>,
+    ) -> Self {
+        self.ciphertexts = Some(ciphertexts);
+        *lock(&self.key) = key.map(Arc::new);
+        self
+    }
+
+    // ----- connected partners -----
+
+    /// True if the certificate with this serial has been revoked.
+    pub fn is_revoked(&self, serial: &[u8]) -> bool {
+        (self.revoked)(serial)
+    }
+
+    /// True if `name` can be a partner (not the coordinator's own name).
+    pub fn is_partner_name(&self, name: &str) -> bool {
+        !name.is_empty() && name != "coordinator"
+    }
+
+    /// Adds a session, replacing (and closing) an older one of the same partner.
+    pub fn register(&self, partner: &str, mut handle: SessionHandle) -> u64 {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        handle.id = id;
+        let old = lock(&self.sessions).insert(partner.to_string(), handle);
+        if let Some(old) = old {
+            tracing::info!(partner, "a new connection replaces the previous session");
+            old.send(Outbound::Close(Status::aborted(
+                "replaced by a newer session of the same partner",
+            )));
+        }
+        self.changed.notify_one();
+        id
+    }
+
+    /// Removes a session that ended (if it is still the current one); the
+    /// stage in progress no longer waits for the partner.
+    pub fn unregister(&self, partner: &str, id: u64) {
+        let mut sessions = lock(&self.sessions);
+        if sessions.get(partner).is_some_and(|s| s.id == id) {
+            sessions.remove(partner);
+            drop(sessions);
+            match &mut *lock(&self.stage) {
+                Stage::Collection(r) => r.drop_partner(partner),
+                Stage::Standardisation(s) => s.drop_partner(partner),
+                Stage::Decryption(d) => d.fail(partner, "disconnected during decryption"),
+                // The key ceremony notices a member's absence itself.
+                Stage::KeyCeremony(_) | Stage::Idle => {}
+            }
+        }
+        self.changed.notify_one();
+    }
+
+    /// Names of connected partners.
+    pub fn connected(&self) -> Vec<String> {
+        lock(&self.sessions).keys().cloned().collect()
+    }
+
+    /// Sends a command to one partner; false if it is gone.
+    pub(crate) fn send_to(&self, partner: &str, cmd: Outbound) -> bool {
+        let handle = lock(&self.sessions).get(partner).cloned();
+        handle.is_some_and(|h| h.send(cmd))
+    }
+
+    /// Sends a message to every connected partner.
+    pub(crate) fn broadcast(&self, kind: Kind) {
+        for partner in self.connected() {
+            self.send_to(&partner, Outbound::Message(message(kind.clone())));
+        }
+    }
+
+    /// Ends the sessions of partners whose certificates were revoked since they connected.
+    pub(crate) fn drop_revoked(&self) {
+        let revoked: Vec<(String, SessionHandle)> = lock(&self.sessions)
+            .iter()
+            .filter(|(_, h)| self.is_revoked(&h.serial))
+            .map(|(p, h)| (p.clone(), h.clone()))
+            .collect();
+        for (partner, handle) in revoked {
+            tracing::warn!(partner = %partner, "certificate revoked: ending its session");
+            handle.send(Outbound::Close(Status::permission_denied(format!(
+                "the certificate of `{partner}` has been revoked"
+            ))));
+            lock(&self.sessions).remove(&partner);
+        }
+    }
+
+    /// Waits until something changes or `timeout` passes.
+    pub(crate) async fn wait_change(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.changed.notified()).await;
+    }
+
+    /// Waits (indefinitely) until at least `min` partners are connected.
+    pub(crate) async fn wait_for_partners(&self, min: usize) {
+        let mut last_log = Instant::now() - Duration::from_secs(60);
+        loop {
+            let n = self.connected().len();
+            if n >= min {
+                return;
+            }
+            if last_log.elapsed() >= Duration::from_secs(10) {
+                tracing::info!(
+                    connected = n,
+                    needed = min,
+                    "waiting for partners to connect"
+                );
+                last_log = Instant::now();
+            }
+            self.wait_change(Duration::from_secs(1)).await;
+        }
+    }
+
+    // ----- the stage in progress (opened and closed by the phases) -----
+
+    /// The stage in progress, locked.
+    pub(crate) fn stage(&self) -> MutexGuard<'_, Stage> {
+        lock(&self.stage)
+    }
+
+    /// Starts `stage`, replacing whatever was in progress.
+    pub(crate) fn begin(&self, stage: Stage) {
+        *lock(&self.stage) = stage;
+        self.changed.notify_one();
+    }
+
+    /// Ends the stage in progress and returns it.
+    pub(crate) fn end_stage(&self) -> Stage {
+        std::mem::take(&mut *lock(&self.stage))
+    }
+
+    /// Records that rounds up to `round` are closed: later messages for them are late.
+    pub(crate) fn close_rounds_up_to(&self, round: u64) {
+        self.closed_up_to.store(round, Ordering::Relaxed);
+    }
+
+    /// Sets the attempt number of the round about to start.
+    pub(crate) fn set_attempt(&self, attempt: u64) {
+        self.attempt.store(attempt, Ordering::Relaxed);
+    }
+
+    /// The attempt number of the round in progress.
+    pub fn attempt(&self) -> u64 {
+        self.attempt.load(Ordering::Relaxed)
+    }
+
+    /// The federation key, once made.
+    pub fn federation_key(&self) -> Option<Arc<FederationKey>> {
+        lock(&self.key).clone()
+    }
+
+    /// Installs (or, with `None`, retires) the federation key.
+    pub(crate) fn set_federation_key(&self, key: Option<Arc<FederationKey>>) {
+        *lock(&self.key) = key;
+    }
+
+    /// Each partner's training-row count, as last reported.
+    pub(crate) fn rows(&self) -> BTreeMap<String, u64> {
+        lock(&self.rows).clone()
+    }
+
+    /// Partners that declared their own privacy budget exhausted, with their reasons.
+    pub(crate) fn exhausted(&self) -> BTreeMap<String, String> {
+        lock(&self.exhausted).clone()
+    }
+
+    /// Opens `collector`'s round for answers (replacing any open stage).
+    pub fn open(&self, collector: RoundCollector) {
+        self.begin(Stage::Collection(collector));
+    }
+
+    /// Updates received so far in the open round (0 when none is open).
+    pub fn updates_received(&self) -> usize {
+        match &*lock(&self.stage) {
+            Stage::Collection(r) => r.updates(),
+            _ => 0,
+        }
+    }
+
+    /// The round being collected, if any.
+    pub fn open_round(&self) -> Option<u64> {
+        match &*lock(&self.stage) {
+            Stage::Collection(r) => Some(r.round),
+            _ => None,
+        }
+    }
+
+    // ----- inbound messages, routed to the stage in progress -----
+
+    /// Runs `f` on the open round, or refuses a message for `round` when none is open.
+    fn with_round<T>(
+        &self,
+        round: u64,
+        f: impl FnOnce(&mut RoundCollector) -> Result<T, Rejection>,
+    ) -> Result<T, Rejection> {
+        match &mut *lock(&self.stage) {
+            Stage::Collection(r) => f(r),
+            _ => Err(self.closed_or_none(round)),
+        }
+    }
+
+    fn closed_or_none(&self, round: u64) -> Rejection {
+        if round <= self.closed_up_to.load(Ordering::Relaxed) {
+            Rejection::Closed { round }
+        } else {
+            Rejection::NoOpenRound { round }
+        }
+    }
+
+    /// Records a feature-statistics report.
+    pub fn add_stats(&self, partner: &str, report: StatsReport) -> Result<(), Rejection> {
+        let count = report.count;
+        match &mut *lock(&self.stage) {
+            Stage::Standardisation(c) => {
+                c.add(partner, report, self.task.schema.feature_count())?
+            }
+            _ => {
+                return Err(Rejection::Malformed(
+                    "feature statistics were not requested".into(),
+                ));
+            }
+        }
+        lock(&self.rows).insert(partner.to_string(), count);
+        self.changed.notify_one();
+        Ok(())
+    }
+
+    /// Records a key-generation commitment.
+    pub fn key_commit(
+        &self,
+        partner: &str,
+        msg: &consortia_proto::KeyCommit,
+    ) -> Result<(), Rejection> {
+        let r = match &mut *lock(&self.stage) {
+            Stage::KeyCeremony(c) => c.commit(partner, msg),
+            _ => Err(Rejection::Malformed(
+                "no key generation is in progress".into(),
+            )),
+        };
+        self.changed.notify_one();
+        r
+    }
+
+    /// Records a revealed public-key share, signed with the key of
+    /// `certificate` (the partner's, as presented in TLS).
+    pub fn key_share(
+        &self,
+        partner: &str,
+        certificate: &[u8],
+        msg: &consortia_proto::KeyShare,
+    ) -> Result<(), Rejection> {
+        let r = match &mut *lock(&self.stage) {
+            Stage::KeyCeremony(c) => c.reveal(partner, certificate, msg),
+            _ => Err(Rejection::Malformed(
+                "no key generation is in progress".into(),
+            )),
+        };
+        self.changed.notify_one();
+        r
+    }
+
+    /// Checks that `partner` may start sending an update for `round`.
+    pub fn admits(&self, partner: &str, round: u64) -> Result<(), Rejection> {
+        self.with_round(round, |r| r.admits(partner, round))
+    }
+
+    /// The ciphertext shape of the open round, checking that `partner` may
+    /// send an encrypted update for `round`.
+    pub fn admits_encrypted(
+        &self,
+        partner: &str,
+        round: u64,
+    ) -> Result<consortia_privacy::he::Shape, Rejection> {
+        self.with_round(round, |r| {
+            r.admits(partner, round)?;
+            r.secure_shape().ok_or_else(|| {
+                Rejection::Malformed(format!("round {round} takes plaintext updates"))
+            })
+        })
+    }
+
+    /// Folds a complete update into the open round.
+    pub fn add_update(
+        &self,
+        partner: &str,
+        round: u64,
+        examples: u64,
+        loss: f64,
+        params: &[f64],
+    ) -> Result<(), Rejection> {
+        self.with_round(round, |r| {
+            r.add_update(partner, round, examples, loss, params)
+        })?;
+        tracing::info!(partner, round, examples, "update received");
+        lock(&self.rows).insert(partner.to_string(), examples);
+        self.changed.notify_one();
+        Ok(())
+    }
+
+    /// Folds a complete stored encrypted update into the open round.
+    pub fn add_encrypted(&self, round: u64, update: StoredUpdate) -> Result<(), Rejection> {
+        let partner = update.partner.clone();
+        let examples = update.examples;
+        self.with_round(round, |r| r.add_encrypted(round, update))?;
+        tracing::info!(partner = %partner, round, examples, "encrypted update received");
+        lock(&self.rows).insert(partner, examples);
+        self.changed.notify_one();
+        Ok(())
+    }
+
+    /// Records an evaluation report.
+    pub fn add_eval(
+        &self,
+        partner: &str,
+        model_round: u64,
+        partial: EvalPartial,
+    ) -> Result<(), Rejection> {
+        self.with_round(model_round + 1, |r| {
+            r.add_eval(partner, model_round, partial)
+        })?;
+        self.changed.notify_one();
+        Ok(())
+    }
+
+    /// Records that a partner declined a round; one whose own privacy budget
+    /// is exhausted is not selected again. A key holder's refusal to decrypt
+    /// (`decryption`) fails the decryption in progress.
+    pub fn decline(
+        &self,
+        partner: &str,
+        round: u64,
+        reason: String,
+        budget_exhausted: bool,
+        decryption: bool,
+    ) -> Result<(), Rejection> {
+        if budget_exhausted {
+            lock(&self.exhausted).insert(partner.to_string(), reason.clone());
+        }
+        let result = if decryption {
+            match &mut *lock(&self.stage) {
+                Stage::Decryption(d) if d.round == round => {
+                    d.fail(partner, &reason);
+                    Ok(())
+                }
+                _ => Err(Rejection::Malformed(format!(
+                    "refusal to decrypt round {round}: no decryption of that round is in progress"
+                ))),
+            }
+        } else {
+            self.with_round(round, |r| r.decline(partner, round, reason))
+        };
+        self.changed.notify_one();
+        result
+    }
+
+    /// One piece of a key holder's partial decryption.
+    pub fn add_share_piece(
+        &self,
+        partner: &str,
+        piece: consortia_proto::DecryptionSharePiece,
+    ) -> Result<(), Rejection> {
+        let r = match &mut *lock(&self.stage) {
+            Stage::Decryption(d) => d.add_piece(partner, piece),
+            _ => Err(Rejection::Malformed(format!(
+                "decryption share for round {} refused: no decryption is in progress",
+                piece.round
+            ))),
+        };
+        self.changed.notify_one();
+        r
+    }
+}

@@ -1,0 +1,77 @@
+//! The protocol's phases and the one loop that waits for each of them.
+//!
+//! A phase asks partners for something (statistics, key shares, updates,
+//! decryption shares), then waits until every answer is in, the phase can no
+//! longer complete, or its deadline passes. The asking differs per phase; the
+//! waiting is the same, so it is written once: [`drive`] polls a [`Phase`]
+//! each time a session changes the hub and hands the phase how it ended.
+//!
+//! * [`standardization`] — feature statistics → the federation-wide standardisation.
+//! * [`key_ceremony`] — commit, then reveal → the federation key.
+//! * [`collection`] — a round's updates and evaluations → its aggregate or encrypted sum.
+//! * [`decryption`] — the key holders' partial decryptions → the round's sum in the clear.
+
+use std::time::Instant;
+
+use crate::hub::Hub;
+
+pub mod collection;
+pub mod decryption;
+pub mod key_ceremony;
+pub mod standardization;
+
+/// Where a phase stands after a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Answers are still missing.
+    Waiting,
+    /// Every answer is in.
+    Complete,
+    /// The phase cannot complete any more (a member left, a key holder refused).
+    Failed,
+}
+
+/// How a phase ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Every answer arrived.
+    Complete,
+    /// The phase could no longer complete.
+    Failed,
+    /// The deadline passed with answers missing.
+    Deadline,
+}
+
+/// One phase of the protocol, as [`drive`] waits for it. The phase's state
+/// lives in the hub's [`Stage`](crate::hub::Stage), where sessions add the
+/// partners' answers; the phase itself only looks at it and, at the end,
+/// takes it out.
+pub trait Phase {
+    /// What the phase produces when it ends.
+    type Output;
+
+    /// Where the phase stands now.
+    fn poll(&mut self, hub: &Hub) -> Progress;
+
+    /// Ends the phase (closing its stage in the hub) and says what it produced.
+    fn finish(self, hub: &Hub, ending: Ending) -> Self::Output;
+}
+
+/// Waits until `phase` completes, fails or reaches `until`, whichever comes
+/// first, and returns what it produced. The only wait-for-answers loop of
+/// the coordinator.
+pub async fn drive<P: Phase>(hub: &Hub, mut phase: P, until: Instant) -> P::Output {
+    loop {
+        let ending = match phase.poll(hub) {
+            Progress::Complete => Ending::Complete,
+            Progress::Failed => Ending::Failed,
+            Progress::Waiting if Instant::now() >= until => Ending::Deadline,
+            Progress::Waiting => {
+                hub.wait_change(until.saturating_duration_since(Instant::now()))
+                    .await;
+                continue;
+            }
+        };
+        return phase.finish(hub, ending);
+    }
+}

@@ -1,0 +1,424 @@
+//! Joint decryption of a secure round's sum: every key holder gets the
+//! contributors' ciphertexts, recomputes the sum, and returns its partial
+//! decryption; combined, they open the (noised) sum, which is then decoded
+//! into the round's aggregate. The round is marked durably first, so that
+//! its ciphertexts are never used again whatever happens.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use consortia_model::AggregatedUpdate;
+use consortia_privacy::dp::{NoisePlacement, PrivacySpec, PrivacyUnit};
+use consortia_privacy::update::UpdateEncoding;
+use consortia_proto::DecryptRequest;
+
+use super::{Ending, Phase, Progress, drive};
+use crate::CoordinatorError;
+use crate::hub::{Hub, Stage};
+use crate::round::{Discard, RoundResult};
+use crate::secure::{Decryption, FederationKey};
+use crate::session::Outbound;
+
+/// Why a round's sum could not be decrypted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecryptionFailed {
+    /// The encrypted sum was spoilt while it was collected.
+    UnusableSum,
+    /// Key holders are not connected (all must decrypt together).
+    Absent {
+        /// Key holders not connected.
+        absent: Vec<String>,
+        /// Number of key holders.
+        holders: usize,
+    },
+    /// The round could not be marked, durably, as being decrypted.
+    Storage(String),
+    /// A key holder refused, went away or broke its share.
+    KeyHolder(String),
+    /// The deadline passed with shares missing.
+    Missing(Vec<String>),
+    /// The decryption's state was no longer in the hub.
+    Lost,
+    /// The shares did not combine into the sum.
+    Combine(String),
+}
+
+impl fmt::Display for DecryptionFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecryptionFailed::UnusableSum => f.write_str("the encrypted sum is unusable"),
+            DecryptionFailed::Absent { absent, holders } => write!(
+                f,
+                "key holder(s) {absent:?} not connected, and all {holders} must decrypt together; \
+                 re-key without an absent partner: stop the coordinator, run `consortia rekey --state <dir> --without <partner>`"
+            ),
+            DecryptionFailed::Storage(e) | DecryptionFailed::Combine(e) => f.write_str(e),
+            DecryptionFailed::KeyHolder(why) => write!(f, "decryption failed: {why}"),
+            DecryptionFailed::Missing(waiting) => write!(
+                f,
+                "decryption shares missing at the deadline from {waiting:?}"
+            ),
+            DecryptionFailed::Lost => f.write_str("decryption state lost"),
+        }
+    }
+}
+
+/// Waits for every key holder's share; ends with the decrypted sum.
+struct Decrypting {
+    failed: Option<String>,
+    waiting_for: Vec<String>,
+}
+
+impl Phase for Decrypting {
+    type Output = Result<Vec<u64>, DecryptionFailed>;
+
+    fn poll(&mut self, hub: &Hub) -> Progress {
+        match &*hub.stage() {
+            Stage::Decryption(d) if d.complete() => Progress::Complete,
+            Stage::Decryption(d) => {
+                self.failed = d.failed.clone();
+                self.waiting_for = d.waiting_for();
+                if self.failed.is_some() {
+                    Progress::Failed
+                } else {
+                    Progress::Waiting
+                }
+            }
+            _ => Progress::Failed,
+        }
+    }
+
+    fn finish(self, hub: &Hub, ending: Ending) -> Self::Output {
+        let stage = hub.end_stage();
+        match (ending, stage) {
+            (Ending::Complete, Stage::Decryption(d)) => {
+                d.finish().map_err(DecryptionFailed::Combine)
+            }
+            (_, Stage::Decryption(_)) => Err(match self.failed {
+                Some(why) => DecryptionFailed::KeyHolder(why),
+                None => DecryptionFailed::Missing(self.waiting_for),
+            }),
+            _ => Err(DecryptionFailed::Lost),
+        }
+    }
+}
+
+/// Asks every key holder of `key` to decrypt `result`'s encrypted sum (of at
+/// least `min` contributors) and waits for their shares until `deadline`.
+pub async fn decrypt_round(
+    hub: &Hub,
+    key: &FederationKey,
+    result: &mut RoundResult,
+    min: usize,
+    deadline: Duration,
+) -> Result<Vec<u64>, DecryptionFailed> {
+    let round = result.round;
+    let Some(aggregate) = result.aggregate.take() else {
+        return Err(DecryptionFailed::UnusableSum);
+    };
+    let connected = hub.connected();
+    let absent: Vec<String> = key
+        .committee
+        .iter()
+        .filter(|p| !connected.contains(p))
+        .cloned()
+        .collect();
+    if !absent.is_empty() {
+        return Err(DecryptionFailed::Absent {
+            absent,
+            holders: key.committee.len(),
+        });
+    }
+    if let Some(c) = &hub.ciphertexts {
+        let storage = |e: CoordinatorError| DecryptionFailed::Storage(e.to_string());
+        c.mark_decrypting(round).map_err(storage)?;
+        key.count_release(c.state_dir()).map_err(storage)?;
+    }
+    let request = DecryptRequest {
+        round,
+        contributions: result
+            .ciphertexts
+            .iter()
+            .map(|u| consortia_proto::Contribution {
+                partner: u.partner.clone(),
+                example_count: u.examples,
+                signature: u.signature.clone(),
+                certificate: u.certificate.clone(),
+            })
+            .collect(),
+        min_contributors: min as u32,
+        aggregate_digest: aggregate.mask_digest().to_vec(),
+        values: aggregate.shape().values,
+        attempt: hub.attempt(),
+        task_hash: hub.task_hash.to_vec(),
+    };
+    let files = Arc::new(
+        result
+            .ciphertexts
+            .iter()
+            .map(|u| (u.path.clone(), u.body_hashes.clone()))
+            .collect::<Vec<_>>(),
+    );
+    let shape = *aggregate.shape();
+    hub.begin(Stage::Decryption(Decryption::new(round, &aggregate, key)));
+    drop(aggregate);
+    tracing::info!(
+        round,
+        holders = key.committee.len(),
+        "asking the key holders to decrypt the sum"
+    );
+    for p in &key.committee {
+        let sent = hub.send_to(
+            p,
+            Outbound::Decrypt {
+                request: request.clone(),
+                files: files.clone(),
+                shape,
+            },
+        );
+        if !sent && let Stage::Decryption(d) = &mut *hub.stage() {
+            d.fail(p, "could not be reached");
+        }
+    }
+    let phase = Decrypting {
+        failed: None,
+        waiting_for: Vec::new(),
+    };
+    drive(hub, phase, Instant::now() + deadline).await
+}
+
+/// Opens a secure training round's sum when at least `min` updates went
+/// into it: decrypted jointly and decoded into `result.update`. The round's
+/// ciphertexts are discarded in any case. Returns why the round must be
+/// discarded, if it must.
+#[allow(clippy::too_many_arguments)]
+pub async fn open_sum(
+    hub: &Hub,
+    key: &FederationKey,
+    result: &mut RoundResult,
+    encoding: &UpdateEncoding,
+    spec: Option<&PrivacySpec>,
+    dim: usize,
+    min: usize,
+    deadline: Duration,
+) -> Result<Option<Discard>, CoordinatorError> {
+    let mut discard = None;
+    if result.contributors.len() >= min {
+        discard = match decrypt_round(hub, key, result, min, deadline).await {
+            Ok(sum) => {
+                let contributors = result.contributors.len();
+                match decode_sum(spec, encoding, dim, &sum, contributors, result.examples) {
+                    Ok(update) => {
+                        result.update = Some(update);
+                        None
+                    }
+                    Err(StepError::Malformed(e)) => Some(Discard::MalformedSum(format!(
+                        "the decrypted sum is unusable: {e}"
+                    ))),
+                    Err(StepError::Other(e)) => Some(Discard::Unusable(format!(
+                        "the decrypted sum is unusable: {e}"
+                    ))),
+                }
+            }
+            Err(why) => Some(Discard::Unusable(why.to_string())),
+        };
+    }
+    if let Some(c) = &hub.ciphertexts {
+        c.discard(result.round)?;
+    }
+    if let Some(why) = &discard {
+        tracing::warn!(round = result.round, "round discarded: {why}");
+    }
+    Ok(discard)
+}
+
+/// Why a decrypted sum gives no model.
+#[derive(Debug)]
+pub enum StepError {
+    /// Outside what well-formed updates can add up to: a malformed ciphertext.
+    Malformed(String),
+    /// Anything else.
+    Other(String),
+}
+
+impl fmt::Display for StepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StepError::Malformed(s) | StepError::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// The decrypted sum of a secure round as an [`AggregatedUpdate`]: the
+/// example-weighted mean delta (no distributed DP), the noisy sum of clipped deltas
+/// (distributed, partner unit) or of clipped per-row gradients (distributed, record
+/// unit).
+pub fn decode_sum(
+    spec: Option<&PrivacySpec>,
+    encoding: &UpdateEncoding,
+    dim: usize,
+    sum: &[u64],
+    contributors: usize,
+    examples: u64,
+) -> Result<AggregatedUpdate, StepError> {
+    let decoded = encoding
+        .decode(sum, contributors as u64)
+        .map_err(|e| match e {
+            consortia_privacy::dp::DpError::OutOfRange { .. } => {
+                StepError::Malformed(e.to_string())
+            }
+            e => StepError::Other(e.to_string()),
+        })?;
+    if decoded.len() != dim {
+        return Err(StepError::Other(format!(
+            "decoded {} values for a model of {dim}",
+            decoded.len(),
+        )));
+    }
+    let distributed = spec.filter(|s| s.placement == NoisePlacement::Distributed);
+    Ok(match distributed.map(|s| s.unit) {
+        None => AggregatedUpdate::WeightedMeanDelta(decoded),
+        Some(PrivacyUnit::Partner) => AggregatedUpdate::ClippedDeltaSum {
+            sum: decoded,
+            contributors,
+        },
+        Some(PrivacyUnit::Record) => AggregatedUpdate::GradientSum {
+            sum: decoded,
+            rows: examples,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::step::server_step;
+    use consortia_model::TaskSpec;
+    use consortia_privacy::he::{CollectivePublicKey, HeParams};
+
+    const SECURE: &str = include_str!("../../../examples/telco_churn_secure.toml");
+    const DDG: &str = include_str!("../../../examples/telco_churn_ddg_eps8.toml");
+
+    fn key(parties: u32) -> CollectivePublicKey {
+        crate::testing::collective_key(HeParams::Secure128, parties, 3)
+    }
+
+    /// A decrypted sum through decoding and a FedAvg server step, as a round does.
+    fn secure_step(
+        task: &TaskSpec,
+        spec: Option<&PrivacySpec>,
+        enc: &UpdateEncoding,
+        global: &[f64],
+        sum: &[u64],
+        contributors: usize,
+        examples: u64,
+    ) -> Result<Vec<f64>, StepError> {
+        let update = decode_sum(spec, enc, global.len(), sum, contributors, examples)?;
+        let mut fedavg = consortia_model::strategy::build(&Default::default());
+        server_step(task, fedavg.as_mut(), global, &update)
+            .map_err(|e| StepError::Other(e.to_string()))
+    }
+
+    /// The plaintext sum of encoded vectors, as joint decryption returns it.
+    fn sum(vectors: &[Vec<u64>], bits: u32) -> Vec<u64> {
+        let mask = (1u64 << bits) - 1;
+        let mut out = vec![0u64; vectors[0].len()];
+        for v in vectors {
+            for (o, x) in out.iter_mut().zip(v) {
+                *o = o.wrapping_add(*x) & mask;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn weighted_secure_round_is_fedavg() {
+        let task = TaskSpec::from_toml_str(SECURE).unwrap();
+        let n = task.schema.param_count();
+        let k = key(3);
+        let enc = UpdateEncoding::for_round(None, n, 3, &k, 1).unwrap();
+        let global = vec![0.5; n];
+        let a = enc.encode_weighted(&vec![0.25; n], 100).unwrap();
+        let b = enc.encode_weighted(&vec![-0.5; n], 300).unwrap();
+        let s = sum(&[a, b], k.plaintext_bits());
+        let next = secure_step(&task, None, &enc, &global, &s, 2, 400).unwrap();
+        // (100·0.25 − 300·0.5)/400 = −0.3125
+        for v in &next {
+            assert!((v - (0.5 - 0.3125)).abs() < 1e-4, "{v}");
+        }
+        // A sum with a value no two well-formed updates can reach is a
+        // malformed ciphertext: the round is an incident.
+        let mut probed = s.clone();
+        probed[0] = (probed[0] + (1u64 << 40)) & ((1u64 << k.plaintext_bits().min(62)) - 1);
+        assert!(matches!(
+            secure_step(&task, None, &enc, &global, &probed, 2, 400),
+            Err(StepError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn distributed_record_round_is_one_gradient_step() {
+        let task = TaskSpec::from_toml_str(DDG).unwrap();
+        let mut spec = task.privacy_spec().unwrap().unwrap();
+        // Almost no noise, so the step is checked to the rounding precision.
+        spec.noise_multiplier = 1e-4;
+        let n = task.schema.param_count();
+        let k = key(3);
+        let enc = UpdateEncoding::for_round(Some(&spec), n, 3, &k, 5).unwrap();
+        let grads: Vec<Vec<f64>> = (0..3)
+            .map(|p| {
+                (0..n)
+                    .map(|i| ((i + p) as f64 * 0.3).sin() * 20.0)
+                    .collect()
+            })
+            .collect();
+        let encoded: Vec<Vec<u64>> = grads.iter().map(|g| enc.encode_ddg(g).unwrap()).collect();
+        let s = sum(&encoded, k.plaintext_bits());
+        let global: Vec<f64> = (0..n).map(|i| i as f64 * 0.01).collect();
+        let rows = 1000u64;
+        let next = secure_step(&task, Some(&spec), &enc, &global, &s, 3, rows).unwrap();
+        let lr = task.learning_rate;
+        let l2 = task.model.l2;
+        for i in 0..n {
+            let g: f64 = grads.iter().map(|v| v[i]).sum::<f64>() / rows as f64;
+            let penalty = if i == n - 1 { 0.0 } else { l2 * global[i] };
+            let want = global[i] - lr * (g + penalty);
+            assert!(
+                (next[i] - want).abs() < 1e-3,
+                "parameter {i}: {} vs {want}",
+                next[i]
+            );
+        }
+    }
+
+    #[test]
+    fn distributed_partner_round_adds_the_mean_clipped_delta() {
+        let mut task = TaskSpec::from_toml_str(DDG).unwrap();
+        let mut table = task.privacy.clone().unwrap();
+        table.insert("unit".into(), "partner".into());
+        task.privacy = Some(table);
+        let mut spec = task.privacy_spec().unwrap().unwrap();
+        spec.noise_multiplier = 1e-4;
+        spec.clip_norm = 1.0;
+        let n = task.schema.param_count();
+        let k = key(3);
+        let enc = UpdateEncoding::for_round(Some(&spec), n, 3, &k, 2).unwrap();
+        // One delta inside the clip, one far outside it (clipped to norm 1).
+        let small = vec![0.01; n];
+        let big = vec![10.0; n];
+        let s = sum(
+            &[
+                enc.encode_ddg(&small).unwrap(),
+                enc.encode_ddg(&big).unwrap(),
+            ],
+            k.plaintext_bits(),
+        );
+        let global = vec![0.0; n];
+        let next = secure_step(&task, Some(&spec), &enc, &global, &s, 2, 500).unwrap();
+        let clipped = 1.0 / (n as f64).sqrt();
+        for v in &next {
+            assert!((v - (0.01 + clipped) / 2.0).abs() < 1e-3, "{v}");
+        }
+    }
+}

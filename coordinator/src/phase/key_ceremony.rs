@@ -1,0 +1,347 @@
+//! The key ceremony: the connected partners (less any a re-key excluded)
+//! make the federation key together. Its states are types:
+//! [`Ceremony::Committing`] (every member commits to its public-key share),
+//! then [`Ceremony::Revealing`] (every member reveals the share, signed),
+//! then done: the [`FederationKey`], stored and sent to every partner. The
+//! ceremony starts again from the beginning if a member leaves or does not
+//! answer a step within the round deadline.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use consortia_privacy::he::HeParams;
+use consortia_proto::{KeyCommit, KeyGenRequest, KeyReveal, KeyShare, server_message::Kind};
+
+use super::collection::resume_ciphertexts;
+use super::{Ending, Phase, Progress, drive};
+use crate::CoordinatorError;
+use crate::hub::{Hub, Stage};
+use crate::round::Rejection;
+use crate::secure::{FederationKey, KeyCeremony};
+use crate::session::{Outbound, message};
+use crate::store::Store;
+
+/// The ceremony in progress (the hub's [`Stage::KeyCeremony`]).
+pub enum Ceremony {
+    /// Waiting for every member's commitment.
+    Committing(KeyCeremony),
+    /// Every member committed; waiting for every member's signed share.
+    Revealing(KeyCeremony),
+}
+
+impl Ceremony {
+    /// A commitment; taken only while the members are committing.
+    pub fn commit(&mut self, partner: &str, msg: &KeyCommit) -> Result<(), Rejection> {
+        match self {
+            Ceremony::Committing(c) => c.commit(partner, msg),
+            Ceremony::Revealing(_) => Err(Rejection::Malformed(
+                "key commitment refused: every member has committed and the shares are being revealed"
+                    .into(),
+            )),
+        }
+    }
+
+    /// A revealed share; taken only once every member has committed.
+    pub fn reveal(
+        &mut self,
+        partner: &str,
+        certificate: &[u8],
+        msg: &KeyShare,
+    ) -> Result<(), Rejection> {
+        match self {
+            Ceremony::Committing(_) => Err(Rejection::Malformed(
+                "public key share refused: shares are revealed only after every member has committed (KeyReveal)"
+                    .into(),
+            )),
+            Ceremony::Revealing(c) => c.reveal(partner, certificate, msg),
+        }
+    }
+}
+
+/// Why a step of the ceremony did not complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Abandoned {
+    /// The ceremony's state was no longer in the hub.
+    Lost,
+    /// Members disconnected.
+    Gone {
+        /// Members no longer connected.
+        gone: Vec<String>,
+        /// Members that had not answered the step.
+        waiting_for: Vec<String>,
+    },
+    /// The deadline passed.
+    Deadline {
+        /// Members that had not answered the step.
+        waiting_for: Vec<String>,
+    },
+}
+
+/// Proof that every member committed: the ceremony is revealing.
+#[derive(Debug)]
+pub struct Committed(());
+
+/// Waits for a step of the ceremony: commitments (`Output` = [`Committed`])
+/// or shares (`Output` = the finished [`KeyCeremony`]).
+struct Step<'a, T> {
+    committee: &'a [String],
+    gone: Vec<String>,
+    waiting_for: Vec<String>,
+    lost: bool,
+    done: std::marker::PhantomData<T>,
+}
+
+impl<'a, T> Step<'a, T> {
+    fn new(committee: &'a [String]) -> Self {
+        Step {
+            committee,
+            gone: Vec::new(),
+            waiting_for: Vec::new(),
+            lost: false,
+            done: std::marker::PhantomData,
+        }
+    }
+
+    /// `state` is `Some(done, waiting_for)` when the ceremony is at the step waited for.
+    fn progress(&mut self, hub: &Hub, state: Option<(bool, Vec<String>)>) -> Progress {
+        let Some((done, waiting_for)) = state else {
+            self.lost = true;
+            return Progress::Failed;
+        };
+        if done {
+            return Progress::Complete;
+        }
+        self.waiting_for = waiting_for;
+        let connected = hub.connected();
+        self.gone = self
+            .committee
+            .iter()
+            .filter(|p| !connected.contains(p))
+            .cloned()
+            .collect();
+        if self.gone.is_empty() {
+            Progress::Waiting
+        } else {
+            Progress::Failed
+        }
+    }
+
+    /// Why the step did not complete; the ceremony is dropped.
+    fn abandon(self, hub: &Hub, ending: Ending) -> Abandoned {
+        hub.end_stage();
+        if self.lost {
+            return Abandoned::Lost;
+        }
+        tracing::warn!(
+            gone = ?self.gone,
+            waiting_for = ?self.waiting_for,
+            "key generation did not complete; starting it again with the partners connected"
+        );
+        match ending {
+            Ending::Deadline => Abandoned::Deadline {
+                waiting_for: self.waiting_for,
+            },
+            _ => Abandoned::Gone {
+                gone: self.gone,
+                waiting_for: self.waiting_for,
+            },
+        }
+    }
+}
+
+impl Phase for Step<'_, Committed> {
+    type Output = Result<Committed, Abandoned>;
+
+    fn poll(&mut self, hub: &Hub) -> Progress {
+        let state = match &*hub.stage() {
+            Stage::KeyCeremony(Ceremony::Committing(c)) => {
+                Some((c.all_committed(), c.waiting_for()))
+            }
+            _ => None,
+        };
+        self.progress(hub, state)
+    }
+
+    fn finish(self, hub: &Hub, ending: Ending) -> Self::Output {
+        if ending != Ending::Complete {
+            return Err(self.abandon(hub, ending));
+        }
+        let mut stage = hub.stage();
+        *stage = match std::mem::take(&mut *stage) {
+            Stage::KeyCeremony(Ceremony::Committing(c)) => {
+                Stage::KeyCeremony(Ceremony::Revealing(c))
+            }
+            other => other,
+        };
+        Ok(Committed(()))
+    }
+}
+
+impl Phase for Step<'_, KeyCeremony> {
+    type Output = Result<KeyCeremony, Abandoned>;
+
+    fn poll(&mut self, hub: &Hub) -> Progress {
+        let state = match &*hub.stage() {
+            Stage::KeyCeremony(Ceremony::Revealing(c)) => Some((c.all_revealed(), c.waiting_for())),
+            _ => None,
+        };
+        self.progress(hub, state)
+    }
+
+    fn finish(self, hub: &Hub, ending: Ending) -> Self::Output {
+        if ending != Ending::Complete {
+            return Err(self.abandon(hub, ending));
+        }
+        match hub.end_stage() {
+            Stage::KeyCeremony(Ceremony::Revealing(c)) => Ok(c),
+            _ => Err(Abandoned::Lost),
+        }
+    }
+}
+
+/// Runs one ceremony with `committee`: commit, then reveal. The finished
+/// ceremony, or why it was abandoned.
+pub async fn run(
+    hub: &Hub,
+    committee: &[String],
+    deadline: Duration,
+) -> Result<Result<KeyCeremony, Abandoned>, CoordinatorError> {
+    let ceremony = KeyCeremony::new(HeParams::default(), committee.to_vec(), hub.task_hash)?;
+    let session = ceremony.session;
+    hub.begin(Stage::KeyCeremony(Ceremony::Committing(ceremony)));
+    tracing::info!(holders = ?committee, "generating the federation key (commit, then reveal)");
+    for (party, p) in committee.iter().enumerate() {
+        hub.send_to(
+            p,
+            Outbound::Message(message(Kind::Keygen(KeyGenRequest {
+                session_id: session.id.to_vec(),
+                params: u32::from(session.params.id()),
+                party: party as u32,
+                parties: committee.len() as u32,
+                committee: committee.to_vec(),
+            }))),
+        );
+    }
+    let committing: Step<'_, Committed> = Step::new(committee);
+    if let Err(why) = drive(hub, committing, Instant::now() + deadline).await {
+        return Ok(Err(why));
+    }
+    for p in committee {
+        hub.send_to(
+            p,
+            Outbound::Message(message(Kind::KeyReveal(KeyReveal {
+                session_id: session.id.to_vec(),
+            }))),
+        );
+    }
+    let revealing: Step<'_, KeyCeremony> = Step::new(committee);
+    Ok(drive(hub, revealing, Instant::now() + deadline).await)
+}
+
+/// The federation key of a secure task, before its first round `next`:
+/// kept ciphertexts are sorted out ([`resume_ciphertexts`]), then the key is
+/// loaded or made ([`ensure_key`]). `None` for a task in the clear.
+pub async fn start(
+    hub: &Hub,
+    store: &Store,
+    next: u64,
+    min: usize,
+    deadline: Duration,
+) -> Result<Option<Arc<FederationKey>>, CoordinatorError> {
+    let Some(ciphertexts) = &hub.ciphertexts else {
+        return Ok(None);
+    };
+    resume_ciphertexts(ciphertexts, next)?;
+    Ok(Some(ensure_key(hub, store, min, deadline).await?))
+}
+
+/// The federation key: the stored one, or a new one made by the partners
+/// connected now (commit, then reveal; started again if a member leaves or
+/// does not answer within the round deadline).
+pub async fn ensure_key(
+    hub: &Hub,
+    store: &Store,
+    min: usize,
+    deadline: Duration,
+) -> Result<Arc<FederationKey>, CoordinatorError> {
+    if let Some(k) = hub.federation_key() {
+        tracing::info!(
+            holders = ?k.committee,
+            "federation key loaded: every round is decrypted jointly by its key holders"
+        );
+        return Ok(k);
+    }
+    let excluded = crate::secure::excluded(store.dir())?;
+    let mut last_log = Instant::now() - Duration::from_secs(60);
+    loop {
+        hub.wait_for_partners(min).await;
+        let committee: Vec<String> = hub
+            .connected()
+            .into_iter()
+            .filter(|p| !excluded.contains(p))
+            .collect();
+        if committee.len() < min {
+            if last_log.elapsed() >= Duration::from_secs(10) {
+                tracing::info!(
+                    candidates = ?committee,
+                    excluded = ?excluded,
+                    needed = min,
+                    "waiting for enough partners to make the federation key"
+                );
+                last_log = Instant::now();
+            }
+            hub.wait_change(Duration::from_secs(1)).await;
+            continue;
+        }
+        let Ok(ceremony) = run(hub, &committee, deadline).await? else {
+            continue;
+        };
+        let key = ceremony.finish()?;
+        key.save(store.dir())?;
+        let key = Arc::new(key);
+        hub.set_federation_key(Some(key.clone()));
+        tracing::info!(
+            holders = ?key.committee,
+            plaintext_bits = key.key.plaintext_bits(),
+            "federation key made: updates are encrypted under it and only the key holders together can decrypt a sum"
+        );
+        hub.broadcast(Kind::CollectiveKey(key.message()));
+        return Ok(key);
+    }
+}
+
+/// Retires the federation key (and every stored ciphertext) and makes a new one.
+pub async fn renew(
+    hub: &Hub,
+    store: &Store,
+    min: usize,
+    deadline: Duration,
+) -> Result<Arc<FederationKey>, CoordinatorError> {
+    FederationKey::remove(store.dir(), &[])?;
+    hub.set_federation_key(None);
+    ensure_key(hub, store, min, deadline).await
+}
+
+/// True (logged) when `key` has been used for as many decryptions of
+/// updates of `values` encoded values as its flooding tolerates
+/// (`HeParams::max_releases_per_key`): key holders refuse past it, so the
+/// federation must re-key before `round`.
+pub fn releases_spent(
+    key: &FederationKey,
+    store: &Store,
+    round: u64,
+    values: u64,
+) -> Result<bool, CoordinatorError> {
+    let budget = key.key.params().max_releases_per_key(values);
+    let done = key.releases(store.dir())?;
+    if done >= budget {
+        tracing::warn!(
+            round,
+            releases = done,
+            budget,
+            "the federation key has been used for {done} decryptions, the most its flooding \
+             tolerates for updates of {values} values: making a new key"
+        );
+    }
+    Ok(done >= budget)
+}

@@ -1,0 +1,233 @@
+//! Standardisation: every connected partner reports its features' sums and
+//! sums of squares; merged, they give the federation-wide means and standard
+//! deviations every partner scales its rows with. Asked again (with a new
+//! request id) until at least `min_partners` usable reports arrive in time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use consortia_model::standardize::{FeatureStats, Standardizer};
+use consortia_proto::{StatsReport, StatsRequest, server_message::Kind};
+
+use super::{Ending, Phase, Progress, drive};
+use crate::CoordinatorError;
+use crate::accounting::Accounting;
+use crate::hub::{Hub, Stage};
+use crate::report::now_ms;
+use crate::round::Rejection;
+use crate::session::{Outbound, message};
+use crate::store::{Store, StoredStandardizer};
+
+/// Standardisation statistics being collected (the hub's
+/// [`Stage::Standardisation`]).
+#[derive(Debug)]
+pub struct StatsCollector {
+    request_id: u64,
+    expected: BTreeSet<String>,
+    received: BTreeMap<String, FeatureStats>,
+}
+
+impl StatsCollector {
+    /// Asks `expected` for the statistics of request `request_id`.
+    pub fn new(request_id: u64, expected: BTreeSet<String>) -> Self {
+        StatsCollector {
+            request_id,
+            expected,
+            received: BTreeMap::new(),
+        }
+    }
+
+    /// Takes `partner`'s report for a schema of `features` features.
+    pub fn add(
+        &mut self,
+        partner: &str,
+        report: StatsReport,
+        features: usize,
+    ) -> Result<(), Rejection> {
+        if report.request_id != self.request_id || !self.expected.contains(partner) {
+            return Err(Rejection::Malformed(format!(
+                "feature statistics for request {} were not asked of you",
+                report.request_id
+            )));
+        }
+        if report.sum.len() != features || report.sum_sq.len() != features {
+            return Err(Rejection::Malformed(format!(
+                "feature statistics have {} sums, the schema has {features} features",
+                report.sum.len()
+            )));
+        }
+        if report.count == 0
+            || report
+                .sum
+                .iter()
+                .chain(&report.sum_sq)
+                .any(|v| !v.is_finite())
+        {
+            return Err(Rejection::Malformed(
+                "feature statistics must cover at least one row and be finite".into(),
+            ));
+        }
+        self.received.insert(
+            partner.to_string(),
+            FeatureStats {
+                count: report.count,
+                sum: report.sum,
+                sum_sq: report.sum_sq,
+            },
+        );
+        Ok(())
+    }
+
+    /// A partner that disconnected is no longer waited for.
+    pub fn drop_partner(&mut self, partner: &str) {
+        self.expected.remove(partner);
+    }
+
+    /// True once every partner asked (and still connected) has reported.
+    pub fn complete(&self) -> bool {
+        self.expected.iter().all(|p| self.received.contains_key(p))
+    }
+
+    /// Reports received, by partner.
+    pub fn received(&self) -> &BTreeMap<String, FeatureStats> {
+        &self.received
+    }
+}
+
+/// Waiting for the reports; ends with the collector (none if it was lost).
+struct Gathering;
+
+impl Phase for Gathering {
+    type Output = Option<StatsCollector>;
+
+    fn poll(&mut self, hub: &Hub) -> Progress {
+        match &*hub.stage() {
+            Stage::Standardisation(c) if c.complete() => Progress::Complete,
+            Stage::Standardisation(_) => Progress::Waiting,
+            _ => Progress::Failed,
+        }
+    }
+
+    fn finish(self, hub: &Hub, _: Ending) -> Self::Output {
+        match hub.end_stage() {
+            Stage::Standardisation(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+/// The federation's standardisation: the stored one, or one agreed now.
+/// Under `[privacy]`, the partners' data must suit the privacy settings
+/// (δ against the smallest partner's rows), or the task stops.
+pub async fn agreed(
+    hub: &Hub,
+    store: &Store,
+    min: usize,
+    deadline: Duration,
+    mut accounting: Option<&mut Accounting>,
+) -> Result<StoredStandardizer, CoordinatorError> {
+    if let Some(s) = store.standardizer()? {
+        return Ok(s);
+    }
+    let (s, smallest) = agree(hub, min, deadline, accounting.as_deref_mut()).await?;
+    // Under [privacy] the reports' means and variances are noisy, but their counts are
+    // the partners' training-row counts, which every update publishes anyway (FedAvg
+    // weight; recorded in both ledgers): δ is checked against the smallest of those.
+    if let Some(acc) = accounting {
+        acc.book
+            .spec()
+            .validate_for_rows(smallest as usize)
+            .map_err(|e| {
+                CoordinatorError::Stopped(format!(
+                    "[privacy] does not suit the partners' data: {e}"
+                ))
+            })?;
+    }
+    store.put_standardizer(&s)?;
+    Ok(s)
+}
+
+/// Agrees on the federation-wide standardisation; also returns the smallest
+/// partner's row count. Under `[privacy]` every partner asked is first charged, in the
+/// coordinator's ledger, for its one release of noised statistics
+/// ([`Accounting::record_statistics`]; once per partner and task).
+pub async fn agree(
+    hub: &Hub,
+    min: usize,
+    deadline: Duration,
+    mut accounting: Option<&mut Accounting>,
+) -> Result<(StoredStandardizer, u64), CoordinatorError> {
+    let mut request_id = 0u64;
+    loop {
+        hub.wait_for_partners(min).await;
+        request_id += 1;
+        let expected: BTreeSet<String> = hub.connected().into_iter().collect();
+        hub.begin(Stage::Standardisation(StatsCollector::new(
+            request_id,
+            expected.clone(),
+        )));
+        if let Some(acc) = accounting.as_deref_mut() {
+            let asked: Vec<String> = expected.iter().cloned().collect();
+            acc.record_statistics(now_ms(), &asked)?;
+        }
+        for p in &expected {
+            hub.send_to(
+                p,
+                Outbound::Message(message(Kind::StatsRequest(StatsRequest { request_id }))),
+            );
+        }
+        tracing::info!(
+            partners = expected.len(),
+            "asking partners for feature statistics"
+        );
+        let Some(c) = drive(hub, Gathering, Instant::now() + deadline).await else {
+            continue;
+        };
+        match merge(&c, min) {
+            Some(agreed) => return Ok(agreed),
+            None => continue,
+        }
+    }
+}
+
+/// The standardisation of the reports in `c`, and the smallest partner's row
+/// count; `None` (logged) when they are too few or unusable.
+fn merge(c: &StatsCollector, min: usize) -> Option<(StoredStandardizer, u64)> {
+    if c.received.len() < min {
+        tracing::warn!(
+            received = c.received.len(),
+            min,
+            "too few partners sent feature statistics; asking again"
+        );
+        return None;
+    }
+    let mut merged: Option<FeatureStats> = None;
+    let mut ok = true;
+    for s in c.received.values() {
+        match merged.as_mut() {
+            None => merged = Some(s.clone()),
+            Some(m) => ok &= m.merge(s).is_ok(),
+        }
+    }
+    let merged = merged.filter(|_| ok)?;
+    let st = match Standardizer::from_stats(&merged) {
+        Ok(st) => st,
+        Err(e) => {
+            tracing::warn!("feature statistics unusable ({e}); asking again");
+            return None;
+        }
+    };
+    tracing::info!(
+        partners = c.received.len(),
+        rows = merged.count,
+        "federation-wide standardisation agreed"
+    );
+    let smallest = c.received.values().map(|s| s.count).min().unwrap_or(0);
+    Some((
+        StoredStandardizer {
+            mean: st.mean().to_vec(),
+            std: st.std().to_vec(),
+        },
+        smallest,
+    ))
+}

@@ -1,0 +1,174 @@
+//! What the coordinator reports: the per-round table and final line on
+//! standard output, the evaluations it stores, and the messages that tell
+//! partners how a round ended and that the task is finished.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use consortia_model::metrics::Metrics;
+use consortia_privacy::dp::DP_SCORE_BINS;
+use consortia_proto::{RoundOutcome, TaskFinished, server_message::Kind};
+
+use crate::CoordinatorError;
+use crate::hub::Hub;
+use crate::round::{RoundEnd, RoundResult};
+use crate::store::{MetricsRecord, RoundRecord, Store};
+
+/// What a finished task achieved.
+#[derive(Debug, Clone)]
+pub struct TaskSummary {
+    /// Rounds completed.
+    pub rounds: u64,
+    /// Evaluation of the final model.
+    pub final_metrics: Option<MetricsRecord>,
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Prints the header of the per-round table.
+pub fn print_table_header() {
+    println!(
+        "{:>5}  {:>8}  {:>8}  {:>10}  {:>7}  {:>8}  {:>9}  {:>6}  {:>6}  {:>8}",
+        "round",
+        "partners",
+        "examples",
+        "train-loss",
+        "ROC-AUC",
+        "accuracy",
+        "precision",
+        "recall",
+        "F1",
+        "log-loss"
+    );
+}
+
+/// Prints one row of the per-round table.
+pub fn print_table_row(rec: Option<&RoundRecord>, model_round: u64, m: &Metrics) {
+    let (partners, examples, loss) = match rec {
+        Some(r) => (
+            r.participants.len().to_string(),
+            r.examples.to_string(),
+            r.train_loss
+                .map_or_else(|| "-".to_string(), |l| format!("{l:.4}")),
+        ),
+        None => ("-".into(), "-".into(), "-".into()),
+    };
+    println!(
+        "{:>5}  {:>8}  {:>8}  {:>10}  {:>7.4}  {:>8.4}  {:>9.4}  {:>6.4}  {:>6.4}  {:>8.4}",
+        model_round,
+        partners,
+        examples,
+        loss,
+        m.roc_auc,
+        m.accuracy,
+        m.precision,
+        m.recall,
+        m.f1,
+        m.log_loss
+    );
+}
+
+/// Stores the round's evaluation of the model that went in (made by round
+/// `model_round`) and prints its row of the table.
+pub fn store_evaluation(
+    store: &Store,
+    result: &RoundResult,
+    model_round: u64,
+) -> Result<(), CoordinatorError> {
+    let Some((partners, partial)) = &result.eval else {
+        return Ok(());
+    };
+    let record = MetricsRecord {
+        model_round,
+        partners: partners.clone(),
+        metrics: Metrics::from_partial(partial),
+    };
+    store.put_metrics(&record)?;
+    if model_round > 0 {
+        let rec = store.round(model_round)?;
+        print_table_row(rec.as_ref(), model_round, &record.metrics);
+    }
+    Ok(())
+}
+
+/// Logs why a round that did not complete runs again.
+pub fn log_incomplete(end: &RoundEnd, result: &RoundResult, min: usize) {
+    use crate::round::RoundKind;
+    match (end, result.kind) {
+        (RoundEnd::TooFew, RoundKind::Train) => tracing::warn!(
+            round = result.round,
+            received = result.contributors.len(),
+            min,
+            missing = ?result.missing,
+            declined = ?result.declined,
+            "round abandoned: fewer updates than the minimum; starting it again"
+        ),
+        (RoundEnd::TooFew, RoundKind::Evaluate) => {
+            tracing::warn!("final evaluation got no reports; asking again")
+        }
+        // Discarded rounds were logged with their reason when discarded.
+        _ => {}
+    }
+}
+
+/// Tells every connected partner how `result`'s round ended.
+pub fn announce(hub: &Hub, end: &RoundEnd, result: &RoundResult) {
+    let detail = match end {
+        RoundEnd::Aggregated(_) | RoundEnd::Evaluated => {
+            format!("{} partners contributed", result.contributors.len())
+        }
+        RoundEnd::Discarded(why) => format!("discarded: {why}"),
+        RoundEnd::TooFew => format!(
+            "abandoned: {} updates arrived (missing: {:?}, declined: {:?})",
+            result.contributors.len(),
+            result.missing,
+            result.declined.iter().map(|(p, _)| p).collect::<Vec<_>>()
+        ),
+    };
+    hub.broadcast(Kind::Outcome(RoundOutcome {
+        round: result.round,
+        completed: end.completed(),
+        detail,
+        participants: result.contributors.len() as u32,
+    }));
+}
+
+/// Prints the final model's evaluation (`private`: released under
+/// `[privacy]`) and tells every partner the task is finished.
+pub fn finish(hub: &Hub, last: u64, final_metrics: Option<&MetricsRecord>, private: bool) {
+    match final_metrics {
+        Some(m) => {
+            let x = &m.metrics;
+            println!(
+                "final model (round {last}) on {} held-out rows of {} partners: ROC-AUC {:.4}, accuracy {:.4}, precision {:.4}, recall {:.4}, F1 {:.4}, log-loss {:.4}{}",
+                x.examples,
+                m.partners.len(),
+                x.roc_auc,
+                x.accuracy,
+                x.precision,
+                x.recall,
+                x.f1,
+                x.log_loss,
+                if private {
+                    format!(
+                        " (differentially private estimates from {DP_SCORE_BINS}-bin noised score histograms)"
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
+        None if private => println!(
+            "final model (round {last}): no evaluation was released (see the coordinator's log)"
+        ),
+        None => {}
+    }
+    hub.broadcast(Kind::Finished(TaskFinished {
+        detail: format!("task `{}` finished after {last} rounds", hub.task.name),
+    }));
+}
