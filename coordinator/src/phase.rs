@@ -75,3 +75,55 @@ pub async fn drive<P: Phase>(hub: &Hub, mut phase: P, until: Instant) -> P::Outp
         return phase.finish(hub, ending);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{TASK, connect, hub_with};
+    use std::time::Duration;
+
+    /// Complete once two partners are connected; failed if `x` connects.
+    struct TwoConnected;
+
+    impl Phase for TwoConnected {
+        type Output = Ending;
+        fn poll(&mut self, hub: &Hub) -> Progress {
+            let connected = hub.connected();
+            if connected.iter().any(|p| p == "x") {
+                Progress::Failed
+            } else if connected.len() >= 2 {
+                Progress::Complete
+            } else {
+                Progress::Waiting
+            }
+        }
+        fn finish(self, _: &Hub, ending: Ending) -> Ending {
+            ending
+        }
+    }
+
+    async fn drive_after(partner: Option<&'static str>, wait: Duration) -> Ending {
+        let (hub, _inbox) = hub_with(TASK, &["a"]);
+        let h = hub.clone();
+        let running =
+            tokio::spawn(async move { drive(&h, TwoConnected, Instant::now() + wait).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _session = partner.map(|p| connect(&hub, p));
+        running.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn drive_ends_on_completion_failure_or_deadline() {
+        let long = Duration::from_secs(60);
+        let ended = tokio::time::timeout(Duration::from_secs(10), drive_after(Some("b"), long));
+        assert_eq!(ended.await.unwrap(), Ending::Complete);
+        let ended = tokio::time::timeout(Duration::from_secs(10), drive_after(Some("x"), long));
+        assert_eq!(ended.await.unwrap(), Ending::Failed);
+        let t = Instant::now();
+        assert_eq!(
+            drive_after(None, Duration::from_millis(200)).await,
+            Ending::Deadline
+        );
+        assert!(t.elapsed() >= Duration::from_millis(200));
+    }
+}

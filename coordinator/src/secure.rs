@@ -270,6 +270,17 @@ pub struct KeyCeremony {
     signed: BTreeMap<u32, SignedKeyShare>,
 }
 
+impl std::fmt::Debug for KeyCeremony {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyCeremony")
+            .field("session", &hex::encode(self.session.id))
+            .field("committee", &self.committee)
+            .field("committed", &self.committed)
+            .field("revealed", &self.revealed)
+            .finish_non_exhaustive()
+    }
+}
+
 impl KeyCeremony {
     /// A ceremony for `committee` with a fresh random session id.
     pub fn new(

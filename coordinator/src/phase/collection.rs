@@ -228,3 +228,160 @@ pub async fn collect(
     };
     drive(hub, phase, until).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::round::{Rejection, RoundEnd};
+    use crate::testing::{TASK, connect, hub_with, next};
+    use consortia_model::AggregatedUpdate;
+
+    fn standardizer(hub: &Hub) -> StoredStandardizer {
+        let n = hub.task.schema.feature_count();
+        StoredStandardizer {
+            mean: vec![0.0; n],
+            std: vec![1.0; n],
+        }
+    }
+
+    /// Starts round 1 (training, no evaluation) for `selected`; returns the
+    /// collection running in the background.
+    fn start(
+        hub: &Arc<Hub>,
+        selected: &[&str],
+        deadline: Duration,
+    ) -> tokio::task::JoinHandle<RoundResult> {
+        let spec = RoundSpec {
+            round: 1,
+            model_round: 0,
+            kind: RoundKind::Train,
+            selected: selected.iter().map(|s| s.to_string()).collect(),
+            eval_bins: None,
+        };
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let model = Arc::new(vec![0.0; hub.param_count]);
+            let st = standardizer(&hub);
+            collect(&hub, spec, model, &st, deadline, None).await
+        })
+    }
+
+    /// Waits until `inbox` is sent round 1.
+    async fn round_sent(inbox: &mut tokio::sync::mpsc::Receiver<Outbound>) {
+        match next(inbox).await {
+            Outbound::Round { start, model } => {
+                assert_eq!((start.round, start.model_round, start.train), (1, 0, true));
+                assert!(model.iter().all(|v| *v == 0.0));
+            }
+            other => panic!("expected round 1, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_update_in_ends_the_round_aggregated_and_a_duplicate_is_refused() {
+        let (hub, mut inbox) = hub_with(TASK, &["a", "b"]);
+        let n = hub.param_count;
+        let running = start(&hub, &["a", "b"], Duration::from_secs(60));
+        for p in ["a", "b"] {
+            round_sent(inbox.get_mut(p).unwrap()).await;
+        }
+        hub.add_update("a", 1, 1, 0.5, &vec![1.0; n]).unwrap();
+        assert_eq!(
+            hub.add_update("a", 1, 1, 0.5, &vec![1.0; n]),
+            Err(Rejection::Duplicate { round: 1 })
+        );
+        assert_eq!(hub.updates_received(), 1);
+        hub.add_update("b", 1, 3, 0.1, &vec![5.0; n]).unwrap();
+        // Complete long before the deadline.
+        let mut result = tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("the round ends when every answer is in")
+            .unwrap();
+        assert_eq!(result.contributors, ["a", "b"]);
+        match result.end(2) {
+            RoundEnd::Aggregated(AggregatedUpdate::WeightedMeanDelta(d)) => {
+                assert!(d.iter().all(|v| (v - 4.0).abs() < 1e-12), "{d:?}");
+            }
+            other => panic!("expected an aggregate, got {other:?}"),
+        }
+        // The round is closed: a late answer is refused as late.
+        assert_eq!(
+            hub.add_update("b", 1, 3, 0.1, &vec![5.0; n]),
+            Err(Rejection::Closed { round: 1 })
+        );
+        assert_eq!(hub.open_round(), None);
+    }
+
+    #[tokio::test]
+    async fn too_few_updates_at_the_deadline_end_the_round_too_few() {
+        let (hub, mut inbox) = hub_with(TASK, &["a", "b"]);
+        let n = hub.param_count;
+        let running = start(&hub, &["a", "b"], Duration::from_millis(300));
+        round_sent(inbox.get_mut("a").unwrap()).await;
+        hub.add_update("a", 1, 4, 0.5, &vec![1.0; n]).unwrap();
+        let mut result = running.await.unwrap();
+        assert_eq!(result.contributors, ["a"]);
+        assert_eq!(result.missing, ["b"]);
+        assert!(matches!(result.end(2), RoundEnd::TooFew));
+    }
+
+    #[tokio::test]
+    async fn a_partner_that_disconnects_is_not_waited_for() {
+        let (hub, mut inbox) = hub_with(TASK, &["a"]);
+        let (b, mut b_inbox) = connect(&hub, "b");
+        let n = hub.param_count;
+        let running = start(&hub, &["a", "b"], Duration::from_secs(60));
+        round_sent(inbox.get_mut("a").unwrap()).await;
+        round_sent(&mut b_inbox).await;
+        hub.add_update("a", 1, 4, 0.5, &vec![1.0; n]).unwrap();
+        hub.unregister("b", b);
+        let mut result = tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("a disconnected partner is not waited for")
+            .unwrap();
+        assert_eq!(
+            result.declined,
+            [("b".to_string(), "disconnected".to_string())]
+        );
+        assert!(matches!(result.end(1), RoundEnd::Aggregated(_)));
+    }
+
+    #[tokio::test]
+    async fn an_evaluation_round_ends_evaluated_or_too_few() {
+        use consortia_model::metrics::{EvalPartial, SCORE_BINS};
+        let (hub, mut inbox) = hub_with(TASK, &["a"]);
+        let mut pos = vec![0; SCORE_BINS];
+        pos[SCORE_BINS - 1] = 3;
+        let partial = EvalPartial::from_histograms(pos, vec![1; SCORE_BINS]).unwrap();
+        for (reports, want_evaluated) in [(true, true), (false, false)] {
+            let spec = RoundSpec {
+                round: 1,
+                model_round: 0,
+                kind: RoundKind::Evaluate,
+                selected: ["a".to_string()].into_iter().collect(),
+                eval_bins: Some(SCORE_BINS),
+            };
+            let h = hub.clone();
+            let running = tokio::spawn(async move {
+                let st = standardizer(&h);
+                let model = Arc::new(vec![0.0; h.param_count]);
+                collect(&h, spec, model, &st, Duration::from_millis(300), None).await
+            });
+            match next(inbox.get_mut("a").unwrap()).await {
+                Outbound::Round { start, .. } => assert!(!start.train),
+                other => panic!("expected the round, got {other:?}"),
+            }
+            if reports {
+                hub.add_eval("a", 0, partial.clone()).unwrap();
+            }
+            let mut result = running.await.unwrap();
+            let end = result.end(1);
+            assert_eq!(
+                matches!(end, RoundEnd::Evaluated),
+                want_evaluated,
+                "{end:?}"
+            );
+            assert_eq!(matches!(end, RoundEnd::TooFew), !want_evaluated, "{end:?}");
+        }
+    }
+}

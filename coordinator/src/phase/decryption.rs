@@ -291,7 +291,7 @@ pub fn decode_sum(
 }
 
 #[cfg(test)]
-mod tests {
+mod decode_tests {
     use super::*;
     use crate::step::server_step;
     use consortia_model::TaskSpec;
@@ -420,5 +420,101 @@ mod tests {
         for v in &next {
             assert!((v - (0.01 + clipped) / 2.0).abs() < 1e-3, "{v}");
         }
+    }
+}
+
+#[cfg(test)]
+mod phase_tests {
+    use super::*;
+    use crate::round::{Rejection, RoundCollector, RoundKind};
+    use crate::testing::{SECURE_TASK, collective_key, hub_with, next};
+    use consortia_privacy::he::{Aggregate, HeParams, Shape};
+
+    /// A key of a, b and c, and a closed round 1 with an (empty) encrypted sum.
+    fn round(hub: &Hub) -> (Arc<FederationKey>, RoundResult) {
+        let k = collective_key(HeParams::Secure128, 3, 1);
+        let shape = Shape::new(&k, 42).unwrap();
+        let key = FederationKey::new(k, vec!["a".into(), "b".into(), "c".into()], vec![]);
+        let result = RoundCollector::new(
+            1,
+            0,
+            RoundKind::Train,
+            hub.param_count,
+            Default::default(),
+            Instant::now(),
+        )
+        .with_aggregate(Aggregate::new(shape).unwrap())
+        .finish();
+        (Arc::new(key), result)
+    }
+
+    fn start(
+        hub: &Arc<Hub>,
+        deadline: Duration,
+    ) -> tokio::task::JoinHandle<Result<Vec<u64>, DecryptionFailed>> {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let (key, mut result) = round(&hub);
+            decrypt_round(&hub, &key, &mut result, 2, deadline).await
+        })
+    }
+
+    #[tokio::test]
+    async fn a_key_holders_refusal_fails_the_decryption() {
+        let (hub, mut inbox) = hub_with(SECURE_TASK, &["a", "b", "c"]);
+        let running = start(&hub, Duration::from_secs(60));
+        for p in ["a", "b", "c"] {
+            match next(inbox.get_mut(p).unwrap()).await {
+                Outbound::Decrypt { request, .. } => {
+                    assert_eq!((request.round, request.min_contributors), (1, 2))
+                }
+                other => panic!("expected a decryption request, got {other:?}"),
+            }
+        }
+        // A share from a partner that holds none is refused; the decryption goes on.
+        let piece = consortia_proto::share_pieces(1, &[0; 64]).next().unwrap();
+        assert!(matches!(
+            hub.add_share_piece("z", piece),
+            Err(Rejection::Malformed(m)) if m.contains("holds no share")
+        ));
+        hub.decline("b", 1, "not today".into(), false, true)
+            .unwrap();
+        let failed = running.await.unwrap().unwrap_err();
+        assert_eq!(
+            failed,
+            DecryptionFailed::KeyHolder("key holder `b`: not today".into())
+        );
+        assert_eq!(
+            failed.to_string(),
+            "decryption failed: key holder `b`: not today"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_absent_key_holder_fails_before_anyone_is_asked() {
+        let (hub, mut inbox) = hub_with(SECURE_TASK, &["a", "b"]);
+        let failed = start(&hub, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(
+            failed,
+            Err(DecryptionFailed::Absent {
+                absent: vec!["c".into()],
+                holders: 3
+            })
+        );
+        assert!(inbox.get_mut("a").unwrap().try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn missing_shares_at_the_deadline_fail_the_decryption() {
+        let (hub, _inbox) = hub_with(SECURE_TASK, &["a", "b", "c"]);
+        let failed = start(&hub, Duration::from_millis(300)).await.unwrap();
+        assert_eq!(
+            failed,
+            Err(DecryptionFailed::Missing(vec![
+                "a".into(),
+                "b".into(),
+                "c".into()
+            ]))
+        );
     }
 }

@@ -345,3 +345,138 @@ pub fn releases_spent(
     }
     Ok(done >= budget)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{SECURE_TASK, connect, hub_with, next_message};
+    use consortia_privacy::he::{KeySession, KeyShareGen, PartyId};
+    use consortia_proto::key_share_digest;
+
+    fn commit_of(session: &[u8], commitment: &[u8]) -> KeyCommit {
+        KeyCommit {
+            session_id: session.to_vec(),
+            commitment: commitment.to_vec(),
+        }
+    }
+
+    /// Starts a ceremony of `committee` in the background.
+    fn start(
+        hub: &Arc<Hub>,
+        committee: &[&str],
+        deadline: Duration,
+    ) -> tokio::task::JoinHandle<Result<Result<KeyCeremony, Abandoned>, CoordinatorError>> {
+        let hub = hub.clone();
+        let committee: Vec<String> = committee.iter().map(|s| s.to_string()).collect();
+        tokio::spawn(async move { run(&hub, &committee, deadline).await })
+    }
+
+    /// The key-generation request `inbox` is sent: (session id, params id, party).
+    async fn keygen(inbox: &mut tokio::sync::mpsc::Receiver<Outbound>) -> (Vec<u8>, u32, u32) {
+        match next_message(inbox).await {
+            Kind::Keygen(k) => (k.session_id, k.params, k.party),
+            other => panic!("expected a key-generation request, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_ceremony_goes_committing_then_revealing_then_done() {
+        let names = ["a", "b"];
+        let (hub, mut inbox) = hub_with(SECURE_TASK, &names);
+        let dir = tempfile::tempdir().unwrap();
+        let committee: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let pki =
+            consortia_pki::Pki::init(dir.path().join("pki"), &["127.0.0.1".into()], &committee)
+                .unwrap();
+        let running = start(&hub, &names, Duration::from_secs(60));
+        let mut session = None;
+        for (i, p) in names.iter().enumerate() {
+            let (id, params, party) = keygen(inbox.get_mut(*p).unwrap()).await;
+            assert_eq!(party, i as u32);
+            session = Some((id, params));
+        }
+        let (sid, params) = session.unwrap();
+        let params = HeParams::from_id(u8::try_from(params).unwrap()).unwrap();
+        let session = KeySession::new(params, sid.clone().try_into().unwrap());
+        let generator = KeyShareGen::new(&session);
+        let shares: Vec<_> = (0..2).map(|i| generator.generate(PartyId(i))).collect();
+        let signed = |i: usize| {
+            let cert =
+                consortia_pki::read_ca_certificate(&pki.partner_cert_path(names[i])).unwrap();
+            let signer =
+                consortia_ledger::Signer::from_pkcs8_pem_file(pki.partner_key_path(names[i]))
+                    .unwrap();
+            let bytes = shares[i].public.to_bytes();
+            let d = key_share_digest(&session.id, i as u32, names[i], &hub.task_hash, &bytes);
+            let share = KeyShare {
+                session_id: sid.clone(),
+                public_share: bytes,
+                signature: signer.sign_hash(&d).unwrap(),
+            };
+            (cert, share)
+        };
+        // Committing: a share is out of step.
+        let (cert, share) = signed(0);
+        assert!(hub.key_share("a", &cert, &share).is_err());
+        for (p, s) in names.iter().zip(&shares) {
+            hub.key_commit(p, &commit_of(&sid, &s.commitment.0))
+                .unwrap();
+        }
+        // Revealing: every member is asked for its share; a commitment is out of step.
+        for p in names {
+            match next_message(inbox.get_mut(p).unwrap()).await {
+                Kind::KeyReveal(r) => assert_eq!(r.session_id, sid),
+                other => panic!("expected KeyReveal, got {other:?}"),
+            }
+        }
+        assert!(
+            hub.key_commit("a", &commit_of(&sid, &shares[0].commitment.0))
+                .is_err()
+        );
+        for (i, p) in names.iter().enumerate() {
+            let (cert, share) = signed(i);
+            hub.key_share(p, &cert, &share).unwrap();
+        }
+        // Done: the ceremony gives the key, and the stage is over.
+        let ceremony = running.await.unwrap().unwrap().unwrap();
+        let key = ceremony.finish().unwrap();
+        assert_eq!(key.committee, committee);
+        assert_eq!(key.transcript.len(), 2);
+        assert!(matches!(*hub.stage(), Stage::Idle));
+    }
+
+    #[tokio::test]
+    async fn a_member_that_leaves_abandons_the_ceremony() {
+        let (hub, mut inbox) = hub_with(SECURE_TASK, &["a"]);
+        let (b, _b_inbox) = connect(&hub, "b");
+        let running = start(&hub, &["a", "b"], Duration::from_secs(60));
+        let (sid, _, _) = keygen(inbox.get_mut("a").unwrap()).await;
+        hub.key_commit("a", &commit_of(&sid, &[7; 32])).unwrap();
+        hub.unregister("b", b);
+        let abandoned = running.await.unwrap().unwrap().unwrap_err();
+        assert_eq!(
+            abandoned,
+            Abandoned::Gone {
+                gone: vec!["b".into()],
+                waiting_for: vec!["b".into()]
+            }
+        );
+        // The ceremony is dropped: nothing more is taken.
+        assert!(hub.key_commit("a", &commit_of(&sid, &[7; 32])).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_silent_member_abandons_the_ceremony_at_the_deadline() {
+        let (hub, mut inbox) = hub_with(SECURE_TASK, &["a", "b"]);
+        let running = start(&hub, &["a", "b"], Duration::from_millis(300));
+        let (sid, _, _) = keygen(inbox.get_mut("a").unwrap()).await;
+        hub.key_commit("a", &commit_of(&sid, &[7; 32])).unwrap();
+        let abandoned = running.await.unwrap().unwrap().unwrap_err();
+        assert_eq!(
+            abandoned,
+            Abandoned::Deadline {
+                waiting_for: vec!["b".into()]
+            }
+        );
+    }
+}

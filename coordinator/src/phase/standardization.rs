@@ -231,3 +231,56 @@ fn merge(c: &StatsCollector, min: usize) -> Option<(StoredStandardizer, u64)> {
         smallest,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{TASK, hub_with, next_message};
+
+    fn report(request_id: u64, n: usize, count: u64, value: f64) -> StatsReport {
+        StatsReport {
+            request_id,
+            count,
+            sum: vec![value * count as f64; n],
+            sum_sq: vec![value * value * count as f64 + count as f64; n],
+        }
+    }
+
+    async fn asked(inbox: &mut tokio::sync::mpsc::Receiver<Outbound>) -> u64 {
+        match next_message(inbox).await {
+            Kind::StatsRequest(r) => r.request_id,
+            other => panic!("expected a statistics request, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn reports_from_every_partner_agree_a_standardisation_and_too_few_ask_again() {
+        let (hub, mut inbox) = hub_with(TASK, &["a", "b"]);
+        let n = hub.task.schema.feature_count();
+        let h = hub.clone();
+        let running =
+            tokio::spawn(async move { agree(&h, 2, Duration::from_millis(300), None).await });
+        assert_eq!(asked(inbox.get_mut("a").unwrap()).await, 1);
+        assert_eq!(asked(inbox.get_mut("b").unwrap()).await, 1);
+        // Only a reports in time: both are asked again, with a new request.
+        hub.add_stats("a", report(1, n, 10, 1.0)).unwrap();
+        assert_eq!(asked(inbox.get_mut("a").unwrap()).await, 2);
+        assert_eq!(asked(inbox.get_mut("b").unwrap()).await, 2);
+        // Refused: an old request, a report of the wrong size.
+        assert!(hub.add_stats("a", report(1, n, 10, 1.0)).is_err());
+        assert!(hub.add_stats("a", report(2, n + 1, 10, 1.0)).is_err());
+        hub.add_stats("a", report(2, n, 10, 1.0)).unwrap();
+        hub.add_stats("b", report(2, n, 30, 3.0)).unwrap();
+        let (st, smallest) = running.await.unwrap().unwrap();
+        assert_eq!(smallest, 10);
+        // (10·1 + 30·3) / 40 = 2.5
+        assert!(
+            st.mean.iter().all(|m| (m - 2.5).abs() < 1e-9),
+            "{:?}",
+            st.mean
+        );
+        assert_eq!(st.std.len(), n);
+        // The stage is over: statistics are no longer taken.
+        assert!(hub.add_stats("b", report(2, n, 30, 3.0)).is_err());
+    }
+}
