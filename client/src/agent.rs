@@ -397,9 +397,11 @@ async fn run_session(
                 }
             }
             Down::Finished(f) => return Ok(f.detail),
-            Down::Rejection(r) => {
-                eprintln!("the coordinator refused a message: {}", r.reason);
-            }
+            Down::Rejection(r) => match Code::from(r.code) {
+                // No code: a coordinator that predates rejection codes.
+                Code::Ok => eprintln!("the coordinator refused a message: {}", r.reason),
+                code => eprintln!("the coordinator refused a message ({code:?}): {}", r.reason),
+            },
         }
     }
 }

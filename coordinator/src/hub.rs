@@ -20,7 +20,8 @@ use tonic::Status;
 
 use crate::phase::key_ceremony::Ceremony;
 use crate::phase::standardization::StatsCollector;
-use crate::round::{Rejection, RoundCollector};
+use crate::rejection::{Rejection, Subject};
+use crate::round::RoundCollector;
 use crate::secure::{CiphertextStore, Decryption, FederationKey, StoredUpdate};
 use crate::session::{Outbound, SessionHandle, message};
 
@@ -42,6 +43,22 @@ pub enum Stage {
     Collection(RoundCollector),
     /// A round's encrypted sum is being decrypted by the key holders.
     Decryption(Decryption),
+}
+
+impl Stage {
+    /// What the coordinator takes now, for refusals of other messages.
+    pub fn expects(&self) -> String {
+        match self {
+            Stage::Idle => "no message until the coordinator starts its next step".into(),
+            Stage::Standardisation(c) => {
+                format!("feature statistics for request {}", c.request_id())
+            }
+            Stage::KeyCeremony(Ceremony::Committing(_)) => "key commitments".into(),
+            Stage::KeyCeremony(Ceremony::Revealing(_)) => "public key shares".into(),
+            Stage::Collection(r) => format!("answers for round {}", r.round),
+            Stage::Decryption(d) => format!("decryption shares for round {}", d.round),
+        }
+    }
 }
 
 /// State shared by the task loop and the partner sessions.
@@ -322,9 +339,11 @@ impl Hub {
             Stage::Standardisation(c) => {
                 c.add(partner, report, self.task.schema.feature_count())?
             }
-            _ => {
-                return Err(Rejection::Malformed(
-                    "feature statistics were not requested".into(),
+            other => {
+                return Err(Rejection::out_of_phase(
+                    Subject::Statistics,
+                    "feature statistics were not requested",
+                    other.expects(),
                 ));
             }
         }
@@ -341,8 +360,10 @@ impl Hub {
     ) -> Result<(), Rejection> {
         let r = match &mut *lock(&self.stage) {
             Stage::KeyCeremony(c) => c.commit(partner, msg),
-            _ => Err(Rejection::Malformed(
-                "no key generation is in progress".into(),
+            other => Err(Rejection::out_of_phase(
+                Subject::KeyCommitment,
+                "no key generation is in progress",
+                other.expects(),
             )),
         };
         self.changed.notify_one();
@@ -359,8 +380,10 @@ impl Hub {
     ) -> Result<(), Rejection> {
         let r = match &mut *lock(&self.stage) {
             Stage::KeyCeremony(c) => c.reveal(partner, certificate, msg),
-            _ => Err(Rejection::Malformed(
-                "no key generation is in progress".into(),
+            other => Err(Rejection::out_of_phase(
+                Subject::KeyShare,
+                "no key generation is in progress",
+                other.expects(),
             )),
         };
         self.changed.notify_one();
@@ -382,7 +405,11 @@ impl Hub {
         self.with_round(round, |r| {
             r.admits(partner, round)?;
             r.secure_shape().ok_or_else(|| {
-                Rejection::Malformed(format!("round {round} takes plaintext updates"))
+                Rejection::out_of_phase(
+                    Subject::EncryptedUpdate,
+                    format!("round {round} takes plaintext updates"),
+                    "an update in the clear",
+                )
             })
         })
     }
@@ -450,9 +477,11 @@ impl Hub {
                     d.fail(partner, &reason);
                     Ok(())
                 }
-                _ => Err(Rejection::Malformed(format!(
-                    "refusal to decrypt round {round}: no decryption of that round is in progress"
-                ))),
+                other => Err(Rejection::out_of_phase(
+                    Subject::DecryptionRefusal,
+                    format!("no decryption of round {round} is in progress"),
+                    other.expects(),
+                )),
             }
         } else {
             self.with_round(round, |r| r.decline(partner, round, reason))
@@ -469,10 +498,14 @@ impl Hub {
     ) -> Result<(), Rejection> {
         let r = match &mut *lock(&self.stage) {
             Stage::Decryption(d) => d.add_piece(partner, piece),
-            _ => Err(Rejection::Malformed(format!(
-                "decryption share for round {} refused: no decryption is in progress",
-                piece.round
-            ))),
+            other => Err(Rejection::out_of_phase(
+                Subject::DecryptionShare,
+                format!(
+                    "it is for round {}, and no decryption is in progress",
+                    piece.round
+                ),
+                other.expects(),
+            )),
         };
         self.changed.notify_one();
         r

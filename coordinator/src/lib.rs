@@ -8,6 +8,8 @@
 //! * [`config`] — what the operator configures: listen address, TLS files, state directory.
 //! * [`store`] — the durable state: task, standardisation, global models, metrics.
 //! * [`accounting`] — privacy budgets, refusals and the write-ahead ledger.
+//! * [`rejection`] — why a partner's message was refused: a code (invalid, out of phase,
+//!   unavailable) mapped to one gRPC status code, and what was expected.
 //! * [`round`] — one round's collection and FedAvg aggregation, and how a round ends.
 //! * [`secure`] — secure aggregation: the key ceremony, encrypted updates, joint decryption.
 //! * [`session`] — one connected partner agent and its outbound stream.
@@ -30,6 +32,7 @@ pub mod hub;
 pub mod incident;
 pub mod orchestrator;
 pub mod phase;
+pub mod rejection;
 pub mod report;
 pub mod round;
 pub mod secure;

@@ -25,65 +25,7 @@ pub enum RoundKind {
     Evaluate,
 }
 
-/// Why a message from a partner was refused.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Rejection {
-    /// No round is open.
-    NoOpenRound {
-        /// Round the message was for.
-        round: u64,
-    },
-    /// The message names a round other than the open one.
-    WrongRound {
-        /// Round the message was for.
-        got: u64,
-        /// The open round.
-        open: u64,
-    },
-    /// The round the message was for has closed.
-    Closed {
-        /// Round the message was for.
-        round: u64,
-    },
-    /// The partner was not selected for this round.
-    NotSelected {
-        /// The open round.
-        round: u64,
-    },
-    /// The partner already answered this round.
-    Duplicate {
-        /// The open round.
-        round: u64,
-    },
-    /// The message is malformed.
-    Malformed(String),
-}
-
-impl fmt::Display for Rejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Rejection::NoOpenRound { round } => {
-                write!(f, "update for round {round} refused: no round is open")
-            }
-            Rejection::WrongRound { got, open } => write!(
-                f,
-                "update for round {got} refused: the open round is {open}"
-            ),
-            Rejection::Closed { round } => write!(
-                f,
-                "update for round {round} refused: the round has closed (late)"
-            ),
-            Rejection::NotSelected { round } => {
-                write!(f, "update refused: you were not selected for round {round}")
-            }
-            Rejection::Duplicate { round } => write!(
-                f,
-                "update refused: your answer for round {round} was already received"
-            ),
-            Rejection::Malformed(why) => write!(f, "message refused: {why}"),
-        }
-    }
-}
+pub use crate::rejection::{Rejection, RejectionCode, Subject};
 
 /// A partner's answer to the round.
 #[derive(Debug, Clone, PartialEq)]
@@ -187,6 +129,24 @@ impl RoundResult {
     }
 }
 
+/// An update in an evaluation round.
+fn evaluation_only(subject: Subject, round: u64) -> Rejection {
+    Rejection::out_of_phase(
+        subject,
+        format!("round {round} is an evaluation round; no update was asked for"),
+        "an evaluation report only",
+    )
+}
+
+/// An update trained on no example.
+pub(crate) fn no_examples(subject: Subject) -> Rejection {
+    Rejection::invalid(
+        subject,
+        "an update trained on at least one example",
+        "an example count of 0",
+    )
+}
+
 /// Collects one round's answers.
 pub struct RoundCollector {
     /// Round number on the wire.
@@ -266,26 +226,29 @@ impl RoundCollector {
     /// Folds a complete, stored encrypted update into the encrypted running sum.
     pub fn add_encrypted(&mut self, round: u64, update: StoredUpdate) -> Result<(), Rejection> {
         self.admits(&update.partner, round)?;
+        let subject = Subject::EncryptedUpdate;
         if self.kind != RoundKind::Train {
-            return Err(Rejection::Malformed(format!(
-                "round {round} is an evaluation round; no update was asked for"
-            )));
+            return Err(evaluation_only(subject, round));
         }
         if update.examples == 0 {
-            return Err(Rejection::Malformed(
-                "an update must be trained on at least one example".into(),
-            ));
+            return Err(no_examples(subject));
         }
         let Some(agg) = self.aggregate.as_mut() else {
-            return Err(Rejection::Malformed(format!(
-                "round {round} takes plaintext updates"
-            )));
+            return Err(Rejection::out_of_phase(
+                subject,
+                format!("round {round} takes plaintext updates"),
+                "an update in the clear",
+            ));
         };
         if agg.contributors() >= agg.shape().parties {
-            return Err(Rejection::Malformed(format!(
-                "round {round} already sums {} updates, as many as the key allows",
-                agg.contributors()
-            )));
+            return Err(Rejection::out_of_phase(
+                subject,
+                format!(
+                    "round {round} already sums {} updates, as many as the key allows",
+                    agg.contributors()
+                ),
+                "no more updates this round",
+            ));
         }
         // Every chunk was checked against the shape when it arrived; a
         // failure here (a damaged file) spoils the sum, so the round is
@@ -302,9 +265,10 @@ impl RoundCollector {
                 "the encrypted update of `{}` could not be added: {e}",
                 update.partner
             ));
-            return Err(Rejection::Malformed(format!(
-                "your encrypted update could not be added: {e}"
-            )));
+            return Err(Rejection::unavailable(
+                subject,
+                format!("your encrypted update could not be added: {e}"),
+            ));
         }
         self.answers.insert(
             update.partner.clone(),
@@ -348,36 +312,39 @@ impl RoundCollector {
         params: &[f64],
     ) -> Result<(), Rejection> {
         self.admits(partner, round)?;
+        let subject = Subject::Update;
         if self.kind != RoundKind::Train {
-            return Err(Rejection::Malformed(format!(
-                "round {round} is an evaluation round; no update was asked for"
-            )));
+            return Err(evaluation_only(subject, round));
         }
         if self.aggregate.is_some() {
-            return Err(Rejection::Malformed(format!(
-                "round {round} takes encrypted updates only (secure aggregation)"
-            )));
-        }
-        if examples == 0 {
-            return Err(Rejection::Malformed(
-                "an update must be trained on at least one example".into(),
+            return Err(Rejection::out_of_phase(
+                subject,
+                format!("round {round} takes encrypted updates only (secure aggregation)"),
+                "an encrypted update",
             ));
         }
+        if examples == 0 {
+            return Err(no_examples(subject));
+        }
         if params.len() != self.param_count {
-            return Err(Rejection::Malformed(format!(
-                "update has {} parameters, the model has {}",
-                params.len(),
-                self.param_count
-            )));
+            return Err(Rejection::invalid(
+                subject,
+                format!("{} parameters, as the model has", self.param_count),
+                format!("{} parameters", params.len()),
+            ));
         }
         if let Some(i) = params.iter().position(|v| !v.is_finite()) {
-            return Err(Rejection::Malformed(format!(
-                "update parameter {i} is not a finite number"
-            )));
+            return Err(Rejection::invalid(
+                subject,
+                "finite parameters",
+                format!("parameter {i} is not a finite number"),
+            ));
         }
         self.sum
             .add_chunk(0, params, examples as f64)
-            .map_err(|e| Rejection::Malformed(e.to_string()))?;
+            .map_err(|e| {
+                Rejection::invalid(subject, "an update of the model's shape", e.to_string())
+            })?;
         // Under differential privacy partners do not report a loss (NaN).
         if loss.is_finite() {
             self.loss_sum += loss * examples as f64;
@@ -395,42 +362,51 @@ impl RoundCollector {
         model_round: u64,
         partial: EvalPartial,
     ) -> Result<(), Rejection> {
+        let subject = Subject::Evaluation;
         if model_round != self.model_round {
-            return Err(Rejection::Malformed(format!(
-                "evaluation of model {model_round} refused: round {} evaluates model {}",
-                self.round, self.model_round
-            )));
+            return Err(Rejection::out_of_phase(
+                subject,
+                format!(
+                    "it is of model {model_round}, and round {} evaluates model {}",
+                    self.round, self.model_round
+                ),
+                format!("an evaluation of model {}", self.model_round),
+            ));
         }
         let Some(bins) = self.eval_bins else {
-            return Err(Rejection::Malformed(format!(
-                "evaluation of model {model_round} refused: round {} asks for no evaluation \
-                 (the task's [privacy] schedules evaluations)",
-                self.round
-            )));
+            return Err(Rejection::out_of_phase(
+                subject,
+                format!(
+                    "round {} asks for no evaluation of model {model_round} \
+                     (the task's [privacy] schedules evaluations)",
+                    self.round
+                ),
+                "no evaluation this round",
+            ));
         };
         if !self.selected.contains(partner) {
             return Err(Rejection::NotSelected { round: self.round });
         }
         if partial.bins() != bins {
-            return Err(Rejection::Malformed(format!(
-                "evaluation refused: its histograms have {} bins, round {} takes {bins}",
-                partial.bins(),
-                self.round
-            )));
+            return Err(Rejection::invalid(
+                subject,
+                format!("histograms of {bins} bins (round {})", self.round),
+                format!("histograms of {} bins", partial.bins()),
+            ));
         }
         if self.eval_partners.iter().any(|p| p == partner) {
             return Err(Rejection::Duplicate { round: self.round });
         }
         match self.eval.as_mut() {
             None => {
-                partial
-                    .validate()
-                    .map_err(|e| Rejection::Malformed(e.to_string()))?;
+                partial.validate().map_err(|e| {
+                    Rejection::invalid(subject, "a consistent evaluation", e.to_string())
+                })?;
                 self.eval = Some(partial)
             }
-            Some(acc) => acc
-                .merge(&partial)
-                .map_err(|e| Rejection::Malformed(e.to_string()))?,
+            Some(acc) => acc.merge(&partial).map_err(|e| {
+                Rejection::invalid(subject, "an evaluation of the round's shape", e.to_string())
+            })?,
         }
         self.eval_partners.push(partner.to_string());
         if self.kind == RoundKind::Evaluate {
@@ -578,14 +554,14 @@ mod tests {
         let mut c = collector();
         assert!(matches!(
             c.add_eval("a", 2, partial(20, 3, 4)),
-            Err(Rejection::Malformed(m)) if m.contains("20 bins")
+            Err(r @ Rejection::Invalid { .. }) if r.to_string().contains("20 bins")
         ));
         c.add_eval("a", 2, partial(SCORE_BINS, 3, 4)).unwrap();
         // A private round evaluating its model: 20-bin partials, merged across partners.
         let mut c = collector().with_evaluation(Some(20));
         assert!(matches!(
             c.add_eval("a", 2, partial(SCORE_BINS, 3, 4)),
-            Err(Rejection::Malformed(_))
+            Err(Rejection::Invalid { .. })
         ));
         c.add_eval("a", 2, partial(20, 3, 4)).unwrap();
         c.add_eval("b", 2, partial(20, 1, 1)).unwrap();
@@ -599,7 +575,7 @@ mod tests {
         let mut c = collector().with_evaluation(None);
         assert!(matches!(
             c.add_eval("a", 2, partial(20, 3, 4)),
-            Err(Rejection::Malformed(m)) if m.contains("asks for no evaluation")
+            Err(r @ Rejection::OutOfPhase { .. }) if r.to_string().contains("asks for no evaluation")
         ));
         assert!(c.finish().eval.is_none());
     }
@@ -626,11 +602,11 @@ mod tests {
         );
         assert!(matches!(
             c.add_update("b", 3, 1, 0.5, &[1.0]),
-            Err(Rejection::Malformed(_))
+            Err(Rejection::Invalid { .. })
         ));
         assert!(matches!(
             c.add_update("b", 3, 1, 0.5, &[f64::NAN, 1.0]),
-            Err(Rejection::Malformed(_))
+            Err(Rejection::Invalid { .. })
         ));
         // Refused messages changed nothing: only a's update is in.
         let r = c.finish();

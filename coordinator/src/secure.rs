@@ -37,7 +37,7 @@ use consortia_proto::{
 use serde::{Deserialize, Serialize};
 
 use crate::CoordinatorError;
-use crate::round::Rejection;
+use crate::rejection::{Rejection, Subject};
 
 /// The federation's collective public key and its key holders.
 #[derive(Debug, Clone)]
@@ -302,10 +302,12 @@ impl KeyCeremony {
         })
     }
 
-    fn party(&self, partner: &str, session: &[u8]) -> Result<PartyId, Rejection> {
+    fn party(&self, subject: Subject, partner: &str, session: &[u8]) -> Result<PartyId, Rejection> {
         if session != self.session.id.as_slice() {
-            return Err(Rejection::Malformed(
-                "key share for another key-generation session".into(),
+            return Err(Rejection::out_of_phase(
+                subject,
+                "it is for another key-generation session",
+                format!("one for session {}", hex::encode(&self.session.id[..8])),
             ));
         }
         self.committee
@@ -313,23 +315,39 @@ impl KeyCeremony {
             .position(|p| p == partner)
             .map(|i| PartyId(i as u32))
             .ok_or_else(|| {
-                Rejection::Malformed(format!(
-                    "`{partner}` is not a member of the key-generation committee"
-                ))
+                Rejection::out_of_phase(
+                    subject,
+                    format!("`{partner}` is not a member of the key-generation committee"),
+                    format!("messages from the committee only ({:?})", self.committee),
+                )
             })
+    }
+
+    /// A refusal by the key aggregator: a second message from the same
+    /// member is out of phase; anything else is invalid.
+    fn refused(subject: Subject, e: consortia_privacy::he::HeError) -> Rejection {
+        match e {
+            consortia_privacy::he::HeError::DuplicateParty(_) => {
+                Rejection::out_of_phase(subject, e.to_string(), "one per member")
+            }
+            e => Rejection::invalid(subject, format!("a valid {subject}"), e.to_string()),
+        }
     }
 
     /// Step 1: a commitment.
     pub fn commit(&mut self, partner: &str, msg: &KeyCommit) -> Result<(), Rejection> {
-        let party = self.party(partner, &msg.session_id)?;
-        let c: [u8; 32] = msg
-            .commitment
-            .as_slice()
-            .try_into()
-            .map_err(|_| Rejection::Malformed("key commitment is not 32 bytes".into()))?;
+        let subject = Subject::KeyCommitment;
+        let party = self.party(subject, partner, &msg.session_id)?;
+        let c: [u8; 32] = msg.commitment.as_slice().try_into().map_err(|_| {
+            Rejection::invalid(
+                subject,
+                "32 bytes",
+                format!("{} bytes", msg.commitment.len()),
+            )
+        })?;
         self.aggregator
             .add_commitment(party, KeyCommitment(c))
-            .map_err(|e| Rejection::Malformed(format!("key commitment refused: {e}")))?;
+            .map_err(|e| Self::refused(subject, e))?;
         self.committed.insert(partner.to_string());
         Ok(())
     }
@@ -343,7 +361,8 @@ impl KeyCeremony {
         certificate: &[u8],
         msg: &KeyShare,
     ) -> Result<(), Rejection> {
-        let party = self.party(partner, &msg.session_id)?;
+        let subject = Subject::KeyShare;
+        let party = self.party(subject, partner, &msg.session_id)?;
         let digest = key_share_digest(
             &self.session.id,
             party.0,
@@ -351,18 +370,25 @@ impl KeyCeremony {
             &self.task_hash,
             &msg.public_share,
         );
-        let verifier = consortia_ledger::Verifier::from_cert_der(certificate)
-            .map_err(|e| Rejection::Malformed(format!("certificate of `{partner}`: {e}")))?;
+        let verifier = consortia_ledger::Verifier::from_cert_der(certificate).map_err(|e| {
+            Rejection::invalid(
+                subject,
+                "a share signed with a certificate usable for signatures",
+                format!("certificate of `{partner}`: {e}"),
+            )
+        })?;
         if !verifier.verify_hash(&digest, &msg.signature) {
-            return Err(Rejection::Malformed(format!(
-                "public key share refused: not signed by `{partner}` for this task"
-            )));
+            return Err(Rejection::invalid(
+                subject,
+                format!("a share signed by `{partner}` for this task and session"),
+                format!("not signed by `{partner}` for this task"),
+            ));
         }
         let share = PublicKeyShare::from_bytes(&msg.public_share, &self.session)
-            .map_err(|e| Rejection::Malformed(format!("public key share refused: {e}")))?;
+            .map_err(|e| Self::refused(subject, e))?;
         self.aggregator
             .add_share(party, share)
-            .map_err(|e| Rejection::Malformed(format!("public key share refused: {e}")))?;
+            .map_err(|e| Self::refused(subject, e))?;
         self.signed.insert(
             party.0,
             SignedKeyShare {
@@ -809,10 +835,13 @@ impl Decryption {
                 open: self.round,
             });
         }
+        let subject = Subject::DecryptionShare;
         let Some(party) = self.committee.iter().position(|c| c == partner) else {
-            return Err(Rejection::Malformed(format!(
-                "decryption share from `{partner}`, which holds no share of the federation key"
-            )));
+            return Err(Rejection::out_of_phase(
+                subject,
+                format!("`{partner}` holds no share of the federation key"),
+                format!("shares from the key holders only ({:?})", self.committee),
+            ));
         };
         let party = PartyId(party as u32);
         if self.combiner.has(party) {
@@ -825,27 +854,31 @@ impl Decryption {
                 return Err(Rejection::Duplicate { round: self.round });
             }
             if p.total_bytes != total as u64 || p.piece_count != pieces {
-                return Err(Rejection::Malformed(format!(
-                    "decryption share of {} bytes in {} pieces refused: a share of this round has {total} bytes in {pieces}",
-                    p.total_bytes, p.piece_count
-                )));
+                return Err(Rejection::invalid(
+                    subject,
+                    format!("a share of {total} bytes in {pieces} pieces, as this round's"),
+                    format!(
+                        "a share of {} bytes in {} pieces",
+                        p.total_bytes, p.piece_count
+                    ),
+                ));
             }
             if p.bytes.len() != Self::piece_len(total, pieces, 0) {
-                return Err(Rejection::Malformed(format!(
-                    "decryption share piece 0 has {} bytes, expected {}",
-                    p.bytes.len(),
-                    Self::piece_len(total, pieces, 0)
-                )));
+                return Err(Rejection::invalid(
+                    subject,
+                    format!("piece 0 of {} bytes", Self::piece_len(total, pieces, 0)),
+                    format!("piece 0 of {} bytes", p.bytes.len()),
+                ));
             }
-            let got = self
-                .combiner
-                .check_share_header(&p.bytes)
-                .map_err(|e| Rejection::Malformed(format!("decryption share refused: {e}")))?;
+            let got = self.combiner.check_share_header(&p.bytes).map_err(|e| {
+                Rejection::invalid(subject, "a share of this round's sum", e.to_string())
+            })?;
             if got != party {
-                return Err(Rejection::Malformed(format!(
-                    "decryption share is for party {}, `{partner}` is party {}",
-                    got.0, party.0
-                )));
+                return Err(Rejection::invalid(
+                    subject,
+                    format!("the share of party {} (`{partner}`)", party.0),
+                    format!("a share for party {}", got.0),
+                ));
             }
             self.streams.insert(
                 partner.to_string(),
@@ -859,10 +892,11 @@ impl Decryption {
             );
         }
         let Some(stream) = self.streams.get_mut(partner) else {
-            return Err(Rejection::Malformed(format!(
-                "decryption share piece {} arrived before piece 0",
-                p.index
-            )));
+            return Err(Rejection::out_of_phase(
+                subject,
+                format!("piece {} arrived before piece 0", p.index),
+                "piece 0 first",
+            ));
         };
         let expected = Self::piece_len(total, stream.pieces, p.index);
         if p.index != stream.next || p.piece_count != stream.pieces || p.bytes.len() != expected {
@@ -871,12 +905,24 @@ impl Decryption {
                 p.index,
                 p.bytes.len()
             );
+            let want = format!(
+                "piece {} of {} bytes, of {} pieces",
+                stream.next,
+                Self::piece_len(total, stream.pieces, stream.next),
+                stream.pieces
+            );
             self.streams.remove(partner);
             if p.index > 0 {
                 // Part of this share is already combined: the sum cannot be opened.
                 self.fail(partner, &why);
             }
-            return Err(Rejection::Malformed(why));
+            let found = format!(
+                "piece {} of {} bytes, of {} pieces",
+                p.index,
+                p.bytes.len(),
+                p.piece_count
+            );
+            return Err(Rejection::invalid(subject, want, found));
         }
         let body = if p.index == 0 {
             &p.bytes[Combiner::SHARE_HEADER_LEN..]
@@ -892,7 +938,11 @@ impl Decryption {
             let why = format!("decryption share refused: {e}");
             self.streams.remove(partner);
             self.fail(partner, &why);
-            return Err(Rejection::Malformed(why));
+            return Err(Rejection::invalid(
+                subject,
+                "a share of this round's sum",
+                e.to_string(),
+            ));
         }
         stream.words += whole / self.word_bytes;
         stream.carry.drain(..whole);
@@ -900,9 +950,9 @@ impl Decryption {
         if stream.next == stream.pieces {
             let party = stream.party;
             self.streams.remove(partner);
-            self.combiner
-                .complete_share(party)
-                .map_err(|e| Rejection::Malformed(format!("decryption share refused: {e}")))?;
+            self.combiner.complete_share(party).map_err(|e| {
+                Rejection::invalid(subject, "a share of this round's sum", e.to_string())
+            })?;
         }
         Ok(())
     }
@@ -1047,7 +1097,7 @@ mod tests {
         for p in pieces(7, &shares[0]) {
             assert!(matches!(
                 d.add_piece("mallory", p),
-                Err(Rejection::Malformed(m)) if m.contains("holds no share")
+                Err(r @ Rejection::OutOfPhase { .. }) if r.to_string().contains("holds no share")
             ));
         }
         // Of the wrong length.
@@ -1056,14 +1106,18 @@ mod tests {
             .into_iter()
             .map(|p| d.add_piece("a", p))
             .collect();
-        assert!(matches!(&rs[0], Err(Rejection::Malformed(m)) if m.contains("refused")));
+        assert!(
+            matches!(&rs[0], Err(r @ Rejection::Invalid { .. }) if r.to_string().contains("refused"))
+        );
         assert!(rs.iter().all(Result::is_err));
         // b's share sent as a's.
         let rs: Vec<_> = pieces(7, &shares[1])
             .into_iter()
             .map(|p| d.add_piece("a", p))
             .collect();
-        assert!(matches!(&rs[0], Err(Rejection::Malformed(m)) if m.contains("party 1")));
+        assert!(
+            matches!(&rs[0], Err(r @ Rejection::Invalid { .. }) if r.to_string().contains("party 1"))
+        );
         assert!(rs.iter().all(Result::is_err));
         // For another round.
         assert!(matches!(

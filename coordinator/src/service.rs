@@ -3,8 +3,9 @@
 //!
 //! A partner is known only by the common name of its client certificate; no
 //! message field says who is calling. Every refusal is logged with its reason
-//! and answered with a `Rejection` (the session stays open) or, for a broken
-//! stream, a gRPC status.
+//! and answered with a `Rejection` carrying its code and what was expected
+//! (the session stays open) or, for a broken stream, a gRPC status; both use
+//! the codes of [`crate::rejection`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,16 +13,17 @@ use std::time::Duration;
 use consortia_model::metrics::EvalPartial;
 use consortia_privacy::he::Shape;
 use consortia_proto::{
-    ClientMessage, ContributionDigest, EncryptedChunk, Rejection as WireRejection, ServerMessage,
-    UpdateChunk, Welcome, chunk_count, chunk_range, client_message, federation_server::Federation,
-    server_message::Kind, sha256,
+    ClientMessage, ContributionDigest, EncryptedChunk, ServerMessage, UpdateChunk, Welcome,
+    chunk_count, chunk_range, client_message, federation_server::Federation, server_message::Kind,
+    sha256,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::hub::Hub;
-use crate::round::Rejection;
+use crate::rejection::{Rejection, Subject};
+use crate::round::no_examples;
 use crate::secure::{StoredUpdate, Upload};
 use crate::session::{self, COMMAND_QUEUE, Outbound, STREAM_BUFFER, SessionHandle};
 
@@ -86,13 +88,18 @@ impl Federation for FederationService {
     }
 }
 
-/// Maps a broken inbound stream to the status the issue of the message calls for.
+/// Maps a broken inbound stream to the status the issue of the message calls for:
+/// a message over the size limit is `RESOURCE_EXHAUSTED`, one that does not
+/// decode is an invalid message (`INVALID_ARGUMENT`, as [`Rejection::status`]).
 fn inbound_error(status: &Status) -> Status {
     match status.code() {
         Code::OutOfRange => Status::resource_exhausted(status.message().to_string()),
-        Code::Internal | Code::Unknown | Code::DataLoss => {
-            Status::invalid_argument(format!("malformed message: {}", status.message()))
-        }
+        Code::Internal | Code::Unknown | Code::DataLoss => Rejection::invalid(
+            Subject::Message,
+            "a well-formed consortia.v1 message",
+            format!("a malformed message: {}", status.message()),
+        )
+        .status(),
         _ => status.clone(),
     }
 }
@@ -147,9 +154,14 @@ async fn read_session(
         Ok(Ok(_)) => {
             tracing::warn!(partner = %partner, "session refused: first message was not Hello");
             let _ = tx
-                .send(Outbound::Close(Status::invalid_argument(
-                    "the first message of a session must be Hello",
-                )))
+                .send(Outbound::Close(
+                    Rejection::out_of_phase(
+                        Subject::Message,
+                        "the first message of a session must be Hello",
+                        "Hello",
+                    )
+                    .status(),
+                ))
                 .await;
             return;
         }
@@ -213,17 +225,25 @@ async fn read_session(
             }
         };
         let outcome = match msg.kind {
-            None => Err(Rejection::Malformed("empty message".into())),
-            Some(client_message::Kind::Hello(_)) => {
-                Err(Rejection::Malformed("Hello sent twice".into()))
-            }
+            None => Err(Rejection::invalid(
+                Subject::Message,
+                "a message of a known kind",
+                "an empty message (or one of a kind this coordinator does not know)",
+            )),
+            Some(client_message::Kind::Hello(_)) => Err(Rejection::out_of_phase(
+                Subject::Hello,
+                "Hello was already received",
+                "Hello only as a session's first message",
+            )),
             Some(client_message::Kind::Stats(report)) => hub.add_stats(&partner, report),
             Some(client_message::Kind::Eval(report)) => {
                 match serde_json::from_slice::<EvalPartial>(&report.partial_json) {
                     Ok(partial) => hub.add_eval(&partner, report.model_round, partial),
-                    Err(e) => Err(Rejection::Malformed(format!(
-                        "evaluation report is not valid JSON: {e}"
-                    ))),
+                    Err(e) => Err(Rejection::invalid(
+                        Subject::Evaluation,
+                        "an evaluation partial as JSON",
+                        format!("a report that is not valid JSON: {e}"),
+                    )),
                 }
             }
             Some(client_message::Kind::Decline(d)) => {
@@ -255,10 +275,7 @@ async fn read_session(
         if let Err(rejection) = outcome {
             tracing::warn!(partner = %partner, "{rejection}");
             let round = hub.open_round().unwrap_or(0);
-            let msg = session::message(Kind::Rejection(WireRejection {
-                round,
-                reason: rejection.to_string(),
-            }));
+            let msg = session::message(Kind::Rejection(rejection.to_wire(round)));
             if tx.send(Outbound::Message(msg)).await.is_err() {
                 break;
             }
@@ -272,7 +289,24 @@ async fn read_session(
 /// operator, answered without detail.
 fn storage_failed(e: std::io::Error) -> Rejection {
     tracing::error!("cannot store an encrypted update: {e}");
-    Rejection::Malformed("the coordinator cannot store your update now".into())
+    Rejection::unavailable(
+        Subject::EncryptedUpdate,
+        "the coordinator cannot store your update now",
+    )
+}
+
+fn chunk_position(index: u32, round: u64) -> String {
+    format!("chunk {index} of round {round}")
+}
+
+/// A chunk that is not the next of the update in progress (`next`: the
+/// next chunk's index and round, if an update is in progress).
+fn out_of_order(subject: Subject, got: &str, next: Option<(u32, u64)>) -> Rejection {
+    let expected = match next {
+        Some((index, round)) => chunk_position(index, round),
+        None => "chunk 0 of an update first".to_string(),
+    };
+    Rejection::out_of_phase(subject, format!("{got} arrived out of order"), expected)
 }
 
 /// Takes one chunk of an encrypted update; a refused chunk drops the whole
@@ -298,25 +332,27 @@ fn take_encrypted_chunk(
     pending: &mut Option<PendingEncrypted>,
     chunk: EncryptedChunk,
 ) -> Result<(), Rejection> {
+    let subject = Subject::EncryptedUpdate;
     if chunk.index == 0 {
         *pending = None;
         let shape = hub.admits_encrypted(partner, chunk.round)?;
         if chunk.chunk_count != shape.chunks() {
-            return Err(Rejection::Malformed(format!(
-                "encrypted update announces {} chunks; this round's updates take {}",
-                chunk.chunk_count,
-                shape.chunks()
-            )));
-        }
-        if chunk.example_count == 0 {
-            return Err(Rejection::Malformed(
-                "an update must be trained on at least one example".into(),
+            return Err(Rejection::invalid(
+                subject,
+                format!("{} chunks, as this round's updates take", shape.chunks()),
+                format!("an update of {} chunks", chunk.chunk_count),
             ));
         }
-        let store = hub
-            .ciphertexts
-            .as_ref()
-            .ok_or_else(|| Rejection::Malformed("this task takes plaintext updates".into()))?;
+        if chunk.example_count == 0 {
+            return Err(no_examples(subject));
+        }
+        let store = hub.ciphertexts.as_ref().ok_or_else(|| {
+            Rejection::out_of_phase(
+                subject,
+                "this task takes plaintext updates",
+                "updates in the clear",
+            )
+        })?;
         let upload = store
             .begin(chunk.round, partner, chunk.example_count, shape.chunks())
             .map_err(storage_failed)?;
@@ -339,16 +375,26 @@ fn take_encrypted_chunk(
     }
     let p = match pending.as_mut() {
         Some(p) if p.round == chunk.round && p.next == chunk.index => p,
-        _ => {
-            return Err(Rejection::Malformed(format!(
-                "encrypted chunk {} of round {} arrived out of order",
-                chunk.index, chunk.round
-            )));
+        other => {
+            return Err(out_of_order(
+                subject,
+                &chunk_position(chunk.index, chunk.round),
+                other.map(|p| (p.next, p.round)),
+            ));
         }
     };
     if chunk.example_count != p.example_count || chunk.chunk_count != p.shape.chunks() {
-        return Err(Rejection::Malformed(
-            "example or chunk count changed between chunks of one update".into(),
+        return Err(Rejection::invalid(
+            subject,
+            format!(
+                "the example and chunk counts of chunk 0 ({} and {})",
+                p.example_count,
+                p.shape.chunks()
+            ),
+            format!(
+                "chunk {} with {} examples and {} chunks",
+                chunk.index, chunk.example_count, chunk.chunk_count
+            ),
         ));
     }
     // Wrong size, dimension, key or parameter set: refused before it is stored.
@@ -356,7 +402,11 @@ fn take_encrypted_chunk(
         .shape
         .check_chunk_bytes(chunk.index, &chunk.ciphertext)
         .map_err(|e| {
-            Rejection::Malformed(format!("encrypted chunk {} refused: {e}", chunk.index))
+            Rejection::invalid(
+                subject,
+                "ciphertext chunks of the round's shape (size, dimension, key, parameters)",
+                format!("encrypted chunk {} refused: {e}", chunk.index),
+            )
         })?;
     p.upload.append(&chunk.ciphertext).map_err(storage_failed)?;
     let body_hash = sha256(bodies);
@@ -372,10 +422,11 @@ fn take_encrypted_chunk(
             .map(|v| v.verify_hash(&digest, &chunk.signature))
             .unwrap_or(false);
         if !signed {
-            return Err(Rejection::Malformed(
-                "the encrypted update's signature does not verify with your certificate's key \
-                 (sign the update's ContributionDigest on its last chunk)"
-                    .into(),
+            return Err(Rejection::invalid(
+                subject,
+                "a signature of the update's ContributionDigest with your certificate's key, \
+                 on its last chunk",
+                "a signature that does not verify with your certificate's key",
             ));
         }
         let path = done
@@ -406,18 +457,18 @@ fn take_chunk(
 ) -> Result<(), Rejection> {
     let n = hub.param_count;
     let expected_chunks = chunk_count(n);
+    let subject = Subject::Update;
     if chunk.chunk_count != expected_chunks {
-        return Err(Rejection::Malformed(format!(
-            "update announces {} chunks; a model of {n} parameters takes {expected_chunks}",
-            chunk.chunk_count
-        )));
+        return Err(Rejection::invalid(
+            subject,
+            format!("{expected_chunks} chunks, as a model of {n} parameters takes"),
+            format!("an update of {} chunks", chunk.chunk_count),
+        ));
     }
     if chunk.index == 0 {
         hub.admits(partner, chunk.round)?;
         if chunk.example_count == 0 {
-            return Err(Rejection::Malformed(
-                "an update must be trained on at least one example".into(),
-            ));
+            return Err(no_examples(subject));
         }
         *pending = Some(PendingUpdate {
             round: chunk.round,
@@ -428,25 +479,31 @@ fn take_chunk(
     }
     let p = match pending.as_mut() {
         Some(p) if p.round == chunk.round && p.next == chunk.index => p,
-        _ => {
-            return Err(Rejection::Malformed(format!(
-                "update chunk {} of round {} arrived out of order",
-                chunk.index, chunk.round
-            )));
+        other => {
+            return Err(out_of_order(
+                subject,
+                &chunk_position(chunk.index, chunk.round),
+                other.map(|p| (p.next, p.round)),
+            ));
         }
     };
     if chunk.example_count != p.example_count {
-        return Err(Rejection::Malformed(
-            "example count changed between chunks of one update".into(),
+        return Err(Rejection::invalid(
+            subject,
+            format!("the example count of chunk 0 ({})", p.example_count),
+            format!(
+                "chunk {} with {} examples",
+                chunk.index, chunk.example_count
+            ),
         ));
     }
     let want = chunk_range(n, chunk.index).len();
     if chunk.values.len() != want {
-        return Err(Rejection::Malformed(format!(
-            "update chunk {} has {} values, expected {want}",
-            chunk.index,
-            chunk.values.len()
-        )));
+        return Err(Rejection::invalid(
+            subject,
+            format!("{want} values in chunk {}", chunk.index),
+            format!("{} values", chunk.values.len()),
+        ));
     }
     p.values.extend_from_slice(&chunk.values);
     p.next += 1;
@@ -567,7 +624,10 @@ mod tests {
         let good = good.chunk(0).unwrap().to_vec();
         let mut pending = None;
         let refused = |r: Result<(), Rejection>, needle: &str| match r {
-            Err(Rejection::Malformed(m)) => assert!(m.contains(needle), "{m}"),
+            Err(r @ (Rejection::Invalid { .. } | Rejection::OutOfPhase { .. })) => {
+                let m = r.to_string();
+                assert!(m.contains(needle), "{m}")
+            }
             other => panic!("expected a refusal naming `{needle}`, got {other:?}"),
         };
         // Wrong size: a truncated chunk.

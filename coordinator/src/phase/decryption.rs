@@ -475,7 +475,7 @@ mod phase_tests {
         let piece = consortia_proto::share_pieces(1, &[0; 64]).next().unwrap();
         assert!(matches!(
             hub.add_share_piece("z", piece),
-            Err(Rejection::Malformed(m)) if m.contains("holds no share")
+            Err(r @ Rejection::OutOfPhase { .. }) if r.to_string().contains("holds no share")
         ));
         hub.decline("b", 1, "not today".into(), false, true)
             .unwrap();

@@ -16,7 +16,7 @@ use super::collection::resume_ciphertexts;
 use super::{Ending, Phase, Progress, drive};
 use crate::CoordinatorError;
 use crate::hub::{Hub, Stage};
-use crate::round::Rejection;
+use crate::rejection::{Rejection, Subject};
 use crate::secure::{FederationKey, KeyCeremony};
 use crate::session::{Outbound, message};
 use crate::store::Store;
@@ -34,9 +34,10 @@ impl Ceremony {
     pub fn commit(&mut self, partner: &str, msg: &KeyCommit) -> Result<(), Rejection> {
         match self {
             Ceremony::Committing(c) => c.commit(partner, msg),
-            Ceremony::Revealing(_) => Err(Rejection::Malformed(
-                "key commitment refused: every member has committed and the shares are being revealed"
-                    .into(),
+            Ceremony::Revealing(_) => Err(Rejection::out_of_phase(
+                Subject::KeyCommitment,
+                "every member has committed and the shares are being revealed",
+                "public key shares",
             )),
         }
     }
@@ -49,9 +50,10 @@ impl Ceremony {
         msg: &KeyShare,
     ) -> Result<(), Rejection> {
         match self {
-            Ceremony::Committing(_) => Err(Rejection::Malformed(
-                "public key share refused: shares are revealed only after every member has committed (KeyReveal)"
-                    .into(),
+            Ceremony::Committing(_) => Err(Rejection::out_of_phase(
+                Subject::KeyShare,
+                "shares are revealed only once every member has committed",
+                "key commitments, then the share when asked (KeyReveal)",
             )),
             Ceremony::Revealing(c) => c.reveal(partner, certificate, msg),
         }

@@ -13,8 +13,8 @@ use super::{Ending, Phase, Progress, drive};
 use crate::CoordinatorError;
 use crate::accounting::Accounting;
 use crate::hub::{Hub, Stage};
+use crate::rejection::{Rejection, Subject};
 use crate::report::now_ms;
-use crate::round::Rejection;
 use crate::session::{Outbound, message};
 use crate::store::{Store, StoredStandardizer};
 
@@ -44,17 +44,27 @@ impl StatsCollector {
         report: StatsReport,
         features: usize,
     ) -> Result<(), Rejection> {
+        let subject = Subject::Statistics;
         if report.request_id != self.request_id || !self.expected.contains(partner) {
-            return Err(Rejection::Malformed(format!(
-                "feature statistics for request {} were not asked of you",
-                report.request_id
-            )));
+            return Err(Rejection::out_of_phase(
+                subject,
+                format!(
+                    "feature statistics for request {} were not asked of you",
+                    report.request_id
+                ),
+                format!("statistics for request {} if asked", self.request_id),
+            ));
         }
         if report.sum.len() != features || report.sum_sq.len() != features {
-            return Err(Rejection::Malformed(format!(
-                "feature statistics have {} sums, the schema has {features} features",
-                report.sum.len()
-            )));
+            return Err(Rejection::invalid(
+                subject,
+                format!("{features} sums and sums of squares, one per feature of the schema"),
+                format!(
+                    "{} sums and {} sums of squares",
+                    report.sum.len(),
+                    report.sum_sq.len()
+                ),
+            ));
         }
         if report.count == 0
             || report
@@ -63,8 +73,10 @@ impl StatsCollector {
                 .chain(&report.sum_sq)
                 .any(|v| !v.is_finite())
         {
-            return Err(Rejection::Malformed(
-                "feature statistics must cover at least one row and be finite".into(),
+            return Err(Rejection::invalid(
+                subject,
+                "statistics of at least one row, all finite",
+                format!("{} rows, or a sum that is not finite", report.count),
             ));
         }
         self.received.insert(
@@ -86,6 +98,11 @@ impl StatsCollector {
     /// True once every partner asked (and still connected) has reported.
     pub fn complete(&self) -> bool {
         self.expected.iter().all(|p| self.received.contains_key(p))
+    }
+
+    /// The request being answered.
+    pub fn request_id(&self) -> u64 {
+        self.request_id
     }
 
     /// Reports received, by partner.
