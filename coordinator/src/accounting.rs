@@ -82,9 +82,7 @@ impl Accounting {
                 .canonical_hash()
                 .map_err(|e| CoordinatorError::Task(e.to_string()))?,
         };
-        let ledger_err = |e: consortia_ledger::LedgerError| {
-            CoordinatorError::Task(format!("privacy ledger: {e}"))
-        };
+        let ledger_err = |e: consortia_ledger::LedgerError| CoordinatorError::Ledger(e.to_string());
         let ledger = Ledger::open(state_dir.join("ledger")).map_err(ledger_err)?;
         let signer = Signer::from_pkcs8_pem_file(key).map_err(ledger_err)?;
         let entries = ledger.entries().map_err(ledger_err)?;
@@ -94,7 +92,7 @@ impl Accounting {
             .flat_map(|e| e.record.participants.iter().cloned())
             .collect();
         let book = PrivacyBook::new(spec, task_id, None, &entries)
-            .map_err(|e| CoordinatorError::Task(format!("privacy ledger: {e}")))?;
+            .map_err(|e| CoordinatorError::Ledger(e.to_string()))?;
         for note in book.notes() {
             tracing::warn!(task = %task.name, "privacy ledger: {note}");
         }
@@ -165,10 +163,8 @@ impl Accounting {
         what: &str,
     ) -> Result<(), CoordinatorError> {
         let record =
-            record.map_err(|e| CoordinatorError::Task(format!("privacy accounting: {e}")))?;
-        let err = |e: consortia_ledger::LedgerError| {
-            CoordinatorError::Task(format!("privacy ledger: {e}"))
-        };
+            record.map_err(|e| CoordinatorError::Ledger(format!("cannot charge {what}: {e}")))?;
+        let err = |e: consortia_ledger::LedgerError| CoordinatorError::Ledger(e.to_string());
         self.ledger
             .append(record.clone(), &self.signer)
             .map_err(err)?;

@@ -1,4 +1,6 @@
-//! Errors of the coordinator.
+//! Errors of the coordinator: each variant says what failed (the task file,
+//! the state database, the privacy ledger, secure aggregation, a file, the
+//! network) so that the operator knows where to look.
 
 use std::path::PathBuf;
 
@@ -33,6 +35,13 @@ pub enum CoordinatorError {
     /// The task file is invalid.
     #[error("task file: {0}")]
     Task(String),
+    /// The privacy ledger could not be opened, replayed or written.
+    #[error("privacy ledger: {0}")]
+    Ledger(String),
+    /// Secure aggregation could not be set up for the task (key generation,
+    /// the encoding or ciphertext shape of a round).
+    #[error("secure aggregation: {0}")]
+    SecureAggregation(String),
     /// TLS or certificate problem.
     #[error("TLS set-up: {0}")]
     Tls(String),
@@ -44,9 +53,17 @@ pub enum CoordinatorError {
         /// What is wrong.
         message: String,
     },
-    /// Network I/O.
+    /// The network: listening for partners.
     #[error("network: {0}")]
-    Io(#[from] std::io::Error),
+    Network(std::io::Error),
+    /// Reading or writing a file (state directory, incidents log, address file).
+    #[error("{path}: {source}")]
+    File {
+        /// The file or directory.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
     /// The task cannot continue (e.g. privacy budgets exhausted).
     #[error("task stopped: {0}")]
     Stopped(String),
@@ -58,5 +75,44 @@ impl CoordinatorError {
             path: path.to_path_buf(),
             source,
         }
+    }
+
+    /// Maps an I/O error on `path` (a file or directory).
+    pub(crate) fn file(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
+        move |source| CoordinatorError::File {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_says_what_failed() {
+        let disk = std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left");
+        let e =
+            CoordinatorError::file(std::path::Path::new("/state/keys/federation-key.json"))(disk);
+        assert_eq!(
+            e.to_string(),
+            "/state/keys/federation-key.json: no space left"
+        );
+        let net = std::io::Error::new(std::io::ErrorKind::AddrInUse, "address in use");
+        assert_eq!(
+            CoordinatorError::Network(net).to_string(),
+            "network: address in use"
+        );
+        assert!(
+            CoordinatorError::Ledger("entry 3 does not verify".into())
+                .to_string()
+                .starts_with("privacy ledger: ")
+        );
+        assert!(
+            CoordinatorError::SecureAggregation("key generation: x".into())
+                .to_string()
+                .starts_with("secure aggregation: ")
+        );
     }
 }

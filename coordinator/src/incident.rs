@@ -54,11 +54,14 @@ fn record(
         "detail": detail,
         "action": "federation key retired; a new key ceremony started",
     });
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(state_dir.join("incidents.log"))?;
-    writeln!(f, "{line}")?;
-    f.sync_all()?;
-    Ok(())
+    let path = state_dir.join("incidents.log");
+    let append = || -> Result<(), std::io::Error> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        writeln!(f, "{line}")?;
+        f.sync_all()
+    };
+    append().map_err(CoordinatorError::file(&path))
 }

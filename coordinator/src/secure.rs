@@ -127,7 +127,7 @@ impl FederationKey {
                 .parse()
                 .map_err(|e| CoordinatorError::Corrupt(format!("{}: {e}", path.display()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(CoordinatorError::file(&path)(e)),
         }
     }
 
@@ -135,15 +135,7 @@ impl FederationKey {
     pub fn count_release(&self, state_dir: &Path) -> Result<(), CoordinatorError> {
         let n = self.releases(state_dir)? + 1;
         let path = self.releases_path(state_dir);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("releases.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(format!("{n}\n").as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        Ok(())
+        write_durably(&path, "releases.tmp", format!("{n}\n").as_bytes())
     }
 
     /// Reads the stored key, if the federation has one.
@@ -152,7 +144,7 @@ impl FederationKey {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(CoordinatorError::file(&path)(e)),
         };
         let bad = |m: String| CoordinatorError::Corrupt(format!("{}: {m}", path.display()));
         let stored: StoredKey = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
@@ -190,9 +182,6 @@ impl FederationKey {
     /// Stores the key durably (it is public; the file is replaced atomically).
     pub fn save(&self, state_dir: &Path) -> Result<(), CoordinatorError> {
         let path = key_path(state_dir);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
         let stored = StoredKey {
             session_id: hex::encode(self.key.session().id),
             params: self.key.params().id(),
@@ -211,12 +200,7 @@ impl FederationKey {
         };
         let text = serde_json::to_string(&stored)
             .map_err(|e| CoordinatorError::Corrupt(format!("federation key: {e}")))?;
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        Ok(())
+        write_durably(&path, "tmp", text.as_bytes())
     }
 
     /// Forgets the federation key and every round's stored ciphertexts, so the
@@ -229,18 +213,20 @@ impl FederationKey {
     ) -> Result<Option<Vec<String>>, CoordinatorError> {
         let old = Self::load(state_dir)?;
         let dir = state_dir.join("keys");
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(&dir).map_err(CoordinatorError::file(&dir))?;
         let text = serde_json::to_string(excluded)
             .map_err(|e| CoordinatorError::Corrupt(format!("excluded partners: {e}")))?;
-        std::fs::write(dir.join("excluded.json"), text)?;
-        match std::fs::remove_file(key_path(state_dir)) {
+        let list = dir.join("excluded.json");
+        std::fs::write(&list, text).map_err(CoordinatorError::file(&list))?;
+        let key = key_path(state_dir);
+        match std::fs::remove_file(&key) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(CoordinatorError::file(&key)(e)),
         }
         let secure = state_dir.join("secure");
         if secure.exists() {
-            std::fs::remove_dir_all(&secure)?;
+            std::fs::remove_dir_all(&secure).map_err(CoordinatorError::file(&secure))?;
         }
         Ok(old.map(|k| k.committee))
     }
@@ -253,8 +239,24 @@ pub fn excluded(state_dir: &Path) -> Result<Vec<String>, CoordinatorError> {
         Ok(t) => serde_json::from_str(&t)
             .map_err(|e| CoordinatorError::Corrupt(format!("{}: {e}", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(CoordinatorError::file(&path)(e)),
     }
+}
+
+/// Replaces `path` with `bytes` atomically and durably: written to a
+/// sibling with extension `tmp_extension`, synced, then renamed.
+fn write_durably(path: &Path, tmp_extension: &str, bytes: &[u8]) -> Result<(), CoordinatorError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(CoordinatorError::file(dir))?;
+    }
+    let tmp = path.with_extension(tmp_extension);
+    let write = || -> Result<(), std::io::Error> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    };
+    write().map_err(CoordinatorError::file(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(CoordinatorError::file(path))
 }
 
 /// Key generation in progress: commitments first, then shares.
@@ -290,7 +292,7 @@ impl KeyCeremony {
     ) -> Result<Self, CoordinatorError> {
         let session = KeySession::new(params, rand::random());
         let aggregator = CollectiveKeyAggregator::new(&session, committee.len() as u32)
-            .map_err(|e| CoordinatorError::Task(format!("key generation: {e}")))?;
+            .map_err(|e| CoordinatorError::SecureAggregation(format!("key generation: {e}")))?;
         Ok(KeyCeremony {
             session,
             committee,
@@ -432,7 +434,7 @@ impl KeyCeremony {
         let key = self
             .aggregator
             .finish()
-            .map_err(|e| CoordinatorError::Task(format!("key generation: {e}")))?;
+            .map_err(|e| CoordinatorError::SecureAggregation(format!("key generation: {e}")))?;
         Ok(FederationKey::new(
             key,
             self.committee.clone(),
@@ -508,12 +510,7 @@ impl CiphertextStore {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(1)
             .max(1);
-        std::fs::create_dir_all(&dir)?;
-        let tmp = dir.join("attempt.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(format!("{a}\n").as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
+        write_durably(&path, "tmp", format!("{a}\n").as_bytes())?;
         Ok(a)
     }
 
@@ -548,8 +545,8 @@ impl CiphertextStore {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
-        for entry in std::fs::read_dir(&dir)? {
-            let path = entry?.path();
+        for entry in std::fs::read_dir(&dir).map_err(CoordinatorError::file(&dir))? {
+            let path = entry.map_err(CoordinatorError::file(&dir))?.path();
             if path.extension().and_then(|e| e.to_str()) != Some("ct") {
                 continue;
             }
@@ -557,7 +554,9 @@ impl CiphertextStore {
                 continue;
             };
             let mut head = [0u8; 16];
-            std::fs::File::open(&path)?.read_exact(&mut head)?;
+            std::fs::File::open(&path)
+                .and_then(|mut f| f.read_exact(&mut head))
+                .map_err(CoordinatorError::file(&path))?;
             if &head[..4] != UPLOAD_MAGIC {
                 return Err(CoordinatorError::Corrupt(format!(
                     "{} is not an encrypted update",
@@ -567,9 +566,10 @@ impl CiphertextStore {
             let examples = u64::from_le_bytes(head[4..12].try_into().expect("8 bytes"));
             let sig_path = path.with_extension("sig");
             let bad = |m: String| CoordinatorError::Corrupt(format!("{}: {m}", sig_path.display()));
+            let text =
+                std::fs::read_to_string(&sig_path).map_err(CoordinatorError::file(&sig_path))?;
             let stored: StoredSignature =
-                serde_json::from_str(&std::fs::read_to_string(&sig_path)?)
-                    .map_err(|e| bad(e.to_string()))?;
+                serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
             let mut body_hashes = Vec::with_capacity(stored.body_hashes.len());
             for h in &stored.body_hashes {
                 let h: [u8; 32] = hex::decode(h)
@@ -595,11 +595,12 @@ impl CiphertextStore {
     /// ciphertexts will not be used again.
     pub fn mark_decrypting(&self, round: u64) -> Result<(), CoordinatorError> {
         let dir = self.dir(round);
-        std::fs::create_dir_all(&dir)?;
-        let f = std::fs::File::create(dir.join("decrypting"))?;
-        f.sync_all()?;
-        std::fs::File::open(&dir)?.sync_all()?;
-        Ok(())
+        let mark = || -> Result<(), std::io::Error> {
+            std::fs::create_dir_all(&dir)?;
+            std::fs::File::create(dir.join("decrypting"))?.sync_all()?;
+            std::fs::File::open(&dir)?.sync_all()
+        };
+        mark().map_err(CoordinatorError::file(&dir))
     }
 
     /// True if `round`'s sum was sent for decryption.
@@ -611,7 +612,7 @@ impl CiphertextStore {
     pub fn discard(&self, round: u64) -> Result<(), CoordinatorError> {
         let dir = self.dir(round);
         if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
+            std::fs::remove_dir_all(&dir).map_err(CoordinatorError::file(&dir))?;
         }
         Ok(())
     }
@@ -622,10 +623,10 @@ impl CiphertextStore {
             return Ok(());
         }
         let keep = self.dir(keep);
-        for entry in std::fs::read_dir(&self.root)? {
-            let path = entry?.path();
+        for entry in std::fs::read_dir(&self.root).map_err(CoordinatorError::file(&self.root))? {
+            let path = entry.map_err(CoordinatorError::file(&self.root))?.path();
             if path != keep {
-                std::fs::remove_dir_all(&path)?;
+                std::fs::remove_dir_all(&path).map_err(CoordinatorError::file(&path))?;
             }
         }
         Ok(())

@@ -85,12 +85,14 @@ pub async fn run(
         )?),
         None => None,
     };
-    let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
-    let addr = listener.local_addr()?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(CoordinatorError::Network)?;
+    let addr = listener.local_addr().map_err(CoordinatorError::Network)?;
     if let Some(path) = &cfg.addr_file {
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, addr.to_string())?;
-        std::fs::rename(&tmp, path)?;
+        std::fs::write(&tmp, addr.to_string()).map_err(CoordinatorError::file(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(CoordinatorError::file(path))?;
     }
     tracing::info!(%addr, task = %task.name, rounds = task.rounds, "coordinator listening (mutual TLS)");
     let param_count = task.schema.param_count();

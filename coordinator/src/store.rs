@@ -83,7 +83,7 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> CoordinatorError {
 impl Store {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, CoordinatorError> {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir).map_err(CoordinatorError::file(dir))?;
         // Only small records live in sled; a small page cache is plenty.
         let db = sled::Config::new()
             .path(dir.join("db"))
@@ -95,7 +95,7 @@ impl Store {
             meta: tree("meta")?,
             models: {
                 let m = dir.join("models");
-                std::fs::create_dir_all(&m)?;
+                std::fs::create_dir_all(&m).map_err(CoordinatorError::file(&m))?;
                 m
             },
             rounds: tree("rounds")?,
@@ -153,13 +153,16 @@ impl Store {
         use std::io::Write;
         let path = self.model_path(round);
         let tmp = path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&encode_f64(model))?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(&self.models)?.sync_all()?;
-        Ok(())
+        let write = || -> Result<(), std::io::Error> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&encode_f64(model))?;
+            f.sync_all()
+        };
+        write().map_err(CoordinatorError::file(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(CoordinatorError::file(&path))?;
+        std::fs::File::open(&self.models)
+            .and_then(|d| d.sync_all())
+            .map_err(CoordinatorError::file(&self.models))
     }
 
     /// The global model after `round`.
@@ -167,10 +170,11 @@ impl Store {
         if round > self.last_round()? {
             return Ok(None);
         }
-        match std::fs::read(self.model_path(round)) {
+        let path = self.model_path(round);
+        match std::fs::read(&path) {
             Ok(bytes) => decode_f64(&bytes).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(CoordinatorError::file(&path)(e)),
         }
     }
 

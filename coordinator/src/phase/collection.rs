@@ -81,7 +81,7 @@ pub fn prepare_secure_round(
     round: u64,
     selected: &mut BTreeSet<String>,
 ) -> Result<SecureRound, CoordinatorError> {
-    let unusable = |e: String| CoordinatorError::Task(format!("secure aggregation: {e}"));
+    let unusable = CoordinatorError::SecureAggregation;
     let encoding = UpdateEncoding::for_round(
         spec,
         hub.param_count,
