@@ -41,7 +41,11 @@ fn run(spec: &TaskSpec) -> (f64, Vec<Vec<f64>>, Federation) {
 
 fn models(fed: &Federation, rounds: u32) -> Vec<Vec<f64>> {
     let store = Store::open(&fed.path("state")).expect("state");
-    assert_eq!(store.last_round().unwrap(), u64::from(rounds), "every round ran");
+    assert_eq!(
+        store.last_round().unwrap(),
+        u64::from(rounds),
+        "every round ran"
+    );
     (0..=u64::from(rounds))
         .map(|r| store.model(r).unwrap().expect("model stored"))
         .collect()
@@ -79,7 +83,10 @@ fn every_strategy_trains_in_the_clear_and_under_record_level_dp() {
     // The strategies are really different update rules, not one rule five times.
     for (i, (a, ma)) in finals.iter().enumerate() {
         for (b, mb) in &finals[i + 1..] {
-            assert!(distance(ma, mb) > 1e-3, "{a} and {b} ended at the same model");
+            assert!(
+                distance(ma, mb) > 1e-3,
+                "{a} and {b} ended at the same model"
+            );
         }
     }
 }
@@ -119,12 +126,18 @@ fn server_momentum_survives_a_coordinator_kill() {
     let status = fed.wait_coordinator(LONG);
     assert!(status.success(), "restarted coordinator\n{}", fed.logs());
     let log2 = fed.read(&fed.coordinator_log(2));
-    assert!(log2.contains("resuming after the last completed round"), "{log2}");
+    assert!(
+        log2.contains("resuming after the last completed round"),
+        "{log2}"
+    );
     let resumed = models(&fed, 8);
     // The same local training (seeded by task, partner and round) and the same
     // server steps: equal up to the order in which updates were summed.
     let gap = distance(&resumed[8], &uninterrupted[8]);
-    assert!(gap < 1e-9, "resumed run ends {gap} away from the uninterrupted one");
+    assert!(
+        gap < 1e-9,
+        "resumed run ends {gap} away from the uninterrupted one"
+    );
 
     let plain = task(TASK, 8, "fedavg");
     let (_, fedavg, _) = run(&plain);
