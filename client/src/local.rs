@@ -7,12 +7,12 @@
 
 use std::path::Path;
 
+use consortia_dp::{PrivacySpec, PrivacyUnit, noisy_statistics};
 use consortia_model::TaskSpec;
 use consortia_model::data::Dataset;
 use consortia_model::logistic::{LogisticModel, TrainConfig, TrainProgress, TrainReport};
 use consortia_model::metrics::EvalPartial;
 use consortia_model::standardize::{FeatureStats, Standardizer};
-use consortia_privacy::dp::{PrivacySpec, PrivacyUnit, noisy_statistics};
 use ndarray::Array2;
 use rand::SeedableRng;
 
@@ -83,7 +83,7 @@ impl LocalData {
     ///
     /// * record unit: count, Σu and Σu² of the features clipped to `bounds` and scaled to
     ///   [0, 1], plus Gaussian noise of multiplier `statistics_noise_multiplier`
-    ///   (`consortia_privacy::dp::noisy_statistics`, one `Gaussian { z_s }` event), mapped back
+    ///   (`consortia_dp::noisy_statistics`, one `Gaussian { z_s }` event), mapped back
     ///   to the features' units ([`FeatureStats::from_noisy_unit`], post-processing);
     /// * partner unit: statistics of the public bounds alone ([`FeatureStats::from_bounds`]), which
     ///   depend on no row.
@@ -196,7 +196,7 @@ impl LocalData {
     /// log-loss gradient at `model`, each clipped to L2 norm `clip` (Abadi et
     /// al. 2016, Alg. 1, with q = 1). No noise is added here: the partner's
     /// noise share is added when the sum is encoded
-    /// (`consortia_privacy::update::UpdateEncoding::encode_ddg`).
+    /// (`consortia_he::update::UpdateEncoding::encode_ddg`).
     pub fn clipped_gradient_sum(
         &mut self,
         model: &LogisticModel,
@@ -212,7 +212,7 @@ impl LocalData {
             let mut g = model
                 .per_example_gradients(p.train_x.row(i), labels[i])
                 .map_err(|e| AgentError::Data(format!("gradient of row {i}: {e}")))?;
-            consortia_privacy::dp::clip_l2(&mut g, clip);
+            consortia_dp::clip_l2(&mut g, clip);
             sum.iter_mut().zip(&g).for_each(|(s, v)| *s += v);
         }
         Ok(sum)
@@ -237,15 +237,14 @@ impl LocalData {
         &mut self,
         model: &mut LogisticModel,
         task: &TaskSpec,
-        spec: &consortia_privacy::dp::PrivacySpec,
+        spec: &consortia_dp::PrivacySpec,
         round: u64,
         mean: &[f64],
         std: &[f64],
     ) -> Result<f64, AgentError> {
-        use consortia_privacy::dp::PrivacyUnit;
-        use consortia_privacy::dp::mechanism::{DpSgdStep, privatize_partner_update};
-        let dp_err =
-            |e: consortia_privacy::dp::DpError| AgentError::Data(format!("private training: {e}"));
+        use consortia_dp::PrivacyUnit;
+        use consortia_dp::mechanism::{DpSgdStep, privatize_partner_update};
+        let dp_err = |e: consortia_dp::DpError| AgentError::Data(format!("private training: {e}"));
         match spec.unit {
             PrivacyUnit::Record => {
                 let labels = self.train.labels().clone();

@@ -1,3 +1,7 @@
+//! consortia-dp: the differential-privacy mathematics — mechanisms with their privacy maps, the
+//! accountant and budgets. Pure computation: no network, no storage, and it depends on no crate
+//! of ours.
+//!
 //! Differential privacy: clipping and noise for each partner's update, the distributed discrete
 //! Gaussian for noise shared across partners, and the accountant that turns the rounds into
 //! (ε, δ) per partner budget.

@@ -269,7 +269,7 @@ impl PrivacySpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dp::{
+    use crate::{
         RdpAccountant, check_plan, check_task_plan, plan_epsilon_with, task_plan_epsilon,
         zcdp_epsilon,
     };
