@@ -20,6 +20,7 @@
 
 pub mod accountant;
 pub mod budget;
+mod cdp;
 pub mod config;
 pub mod ddg;
 pub mod error;
