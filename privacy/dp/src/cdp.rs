@@ -198,8 +198,11 @@ mod tests {
         assert!(d.windows(2).all(|w| w[1] < w[0]), "{d:?}");
     }
 
+    /// (Needs the `mechanisms` feature, which brings OpenDP in.)
+    ///
     /// The figures of OpenDP 0.16's own conversion, which this module ports, to a few ulps and
     /// never below them (the port rounds at least as conservatively).
+    #[cfg(feature = "mechanisms")]
     #[test]
     fn matches_opendp() {
         use opendp::combinators::ConcentratedMeasure;

@@ -177,6 +177,7 @@ pub enum DpError {
     OpenDp(String),
 }
 
+#[cfg(feature = "mechanisms")]
 impl From<opendp::error::Error> for DpError {
     fn from(e: opendp::error::Error) -> Self {
         DpError::OpenDp(format!(

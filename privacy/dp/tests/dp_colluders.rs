@@ -3,7 +3,9 @@
 //! for the n_min − t shares the coalition cannot subtract, whose sum has the
 //! full σ — the charge of one central discrete Gaussian of std σ.
 
-use consortia_dp::ddg::{DdgParams, ddg_round_rho, encode, unwrap_signed};
+use consortia_dp::ddg::{DdgParams, ddg_round_rho};
+#[cfg(feature = "mechanisms")]
+use consortia_dp::ddg::{encode, unwrap_signed};
 use consortia_dp::{
     DDG_SCALE_BITS, DpError, DpEvent, NoisePlacement, PrivacySpec, PrivacyUnit, RdpAccountant,
     plan_epsilon_with,
@@ -138,6 +140,7 @@ fn colluders_at_or_above_n_min_are_refused() {
 /// the sample variance has relative standard deviation sqrt(2/8192) ≈ 1.6 % (the discrete
 /// Gaussian's kurtosis is that of the normal to within 1e-9 at σ ≈ 2^15); the test allows
 /// ±10 %, over 6 standard deviations, so it fails by chance with probability below 1e-9.
+#[cfg(feature = "mechanisms")]
 #[test]
 fn sampled_share_variance_is_sigma_squared_over_honest_shares() {
     let z = 1.0;
