@@ -164,9 +164,9 @@ pub fn statistics_sensitivity(features: usize) -> f64 {
     (1.0 + 2.0 * features as f64).sqrt()
 }
 
-/// The privacy cost of one release by [`noisy_statistics`] with noise multiplier `z`:
-/// `Gaussian { noise_multiplier: z }`, RDP α/(2z²) (Mironov 2017, "Rényi Differential Privacy",
-/// Prop. 7), i.e. 1/(2z²)-zCDP.
+/// The privacy cost of one release by `noisy_statistics` (feature `mechanisms`) with noise
+/// multiplier `z`: `Gaussian { noise_multiplier: z }`, RDP α/(2z²) (Mironov 2017, "Rényi
+/// Differential Privacy", Prop. 7), i.e. 1/(2z²)-zCDP.
 pub fn statistics_event(z: f64) -> DpEvent {
     DpEvent::Gaussian {
         noise_multiplier: z,
@@ -174,7 +174,7 @@ pub fn statistics_event(z: f64) -> DpEvent {
 }
 
 /// Feature statistics after noise, in the scaled coordinates u ∈ [0, 1] (not clamped: see
-/// [`noisy_statistics`]).
+/// `noisy_statistics`, feature `mechanisms`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NoisyStatistics {
     /// n plus noise.
