@@ -149,7 +149,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         spec.secure_aggregation,
         spec.privacy.is_some(),
         spec.min_partners.min(3),
-        !consortia_privacy::dp::secure_rng(),
+        !consortia_dp::secure_rng(),
         toml::Value::try_from(spec.model.kind)?,
     );
     for (name, data) in &partners {

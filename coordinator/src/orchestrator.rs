@@ -12,13 +12,13 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use consortia_dp::{DP_SCORE_BINS, NoisePlacement, PrivacySpec, PrivacyUnit};
+use consortia_he::update::UpdateEncoding;
+use consortia_he::{Aggregate, HeParams, Shape};
 use consortia_model::metrics::{EvalPartial, Metrics, SCORE_BINS};
 use consortia_model::standardize::{FeatureStats, Standardizer};
 use consortia_model::strategy::{Selection, Strategy};
 use consortia_model::{AggregatedUpdate, TaskSpec};
-use consortia_privacy::dp::{DP_SCORE_BINS, NoisePlacement, PrivacySpec, PrivacyUnit};
-use consortia_privacy::he::{Aggregate, HeParams, Shape};
-use consortia_privacy::update::UpdateEncoding;
 use consortia_proto::{
     DecryptRequest, KeyGenRequest, KeyReveal, RoundOutcome, RoundStart, StatsReport, StatsRequest,
     TaskFinished, chunk_count, server_message::Kind,
@@ -168,7 +168,7 @@ impl Hub {
         &self,
         partner: &str,
         round: u64,
-    ) -> Result<consortia_privacy::he::Shape, Rejection> {
+    ) -> Result<consortia_he::Shape, Rejection> {
         match lock(&self.round).as_ref() {
             Some(r) => {
                 r.admits(partner, round)?;
@@ -1562,9 +1562,7 @@ fn decode_sum(
     let decoded = encoding
         .decode(sum, contributors as u64)
         .map_err(|e| match e {
-            consortia_privacy::dp::DpError::OutOfRange { .. } => {
-                StepError::Malformed(e.to_string())
-            }
+            consortia_dp::DpError::OutOfRange { .. } => StepError::Malformed(e.to_string()),
             e => StepError::Other(e.to_string()),
         })?;
     if decoded.len() != dim {
@@ -1590,7 +1588,7 @@ fn decode_sum(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use consortia_privacy::he::CollectivePublicKey;
+    use consortia_he::CollectivePublicKey;
 
     const SECURE: &str = include_str!("../../examples/telco_churn_secure.toml");
     const DDG: &str = include_str!("../../examples/telco_churn_ddg_eps8.toml");

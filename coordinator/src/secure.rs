@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use consortia_privacy::he::{
+use consortia_he::{
     Aggregate, CollectiveKeyAggregator, CollectivePublicKey, Combiner, HeParams, KeyCommitment,
     KeySession, PartyId, PublicKeyShare,
 };
@@ -626,7 +626,7 @@ impl ChunkReader {
         let mut len = [0u8; 4];
         self.r.read_exact(&mut len)?;
         let len = u32::from_le_bytes(len) as usize;
-        if len > consortia_privacy::he::MAX_CHUNK_BYTES {
+        if len > consortia_he::MAX_CHUNK_BYTES {
             return Err(invalid("chunk longer than the limit"));
         }
         let mut buf = vec![0u8; len];
@@ -905,11 +905,11 @@ impl Decryption {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use consortia_privacy::he::{Encryptor, KeyShareGen, PartialDecryptor, Shape};
+    use consortia_he::{Encryptor, KeyShareGen, PartialDecryptor, Shape};
 
     const TASK_HASH: [u8; 32] = [3u8; 32];
 
-    fn ceremony_key(names: &[&str]) -> (FederationKey, Vec<consortia_privacy::he::SecretKeyShare>) {
+    fn ceremony_key(names: &[&str]) -> (FederationKey, Vec<consortia_he::SecretKeyShare>) {
         let committee: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let dir = tempfile::tempdir().unwrap();
         let pki =

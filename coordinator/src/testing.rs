@@ -1,6 +1,6 @@
 //! Helpers shared by this crate's unit tests.
 
-use consortia_privacy::he::{
+use consortia_he::{
     CollectiveKeyAggregator, CollectivePublicKey, HeParams, KeySession, KeyShareGen, PartyId,
 };
 

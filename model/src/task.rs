@@ -3,9 +3,9 @@
 //!
 //! A task file is TOML. Every field is validated when it is read, and an error names
 //! the field, the value found and what is allowed. The `[privacy]` table is kept as
-//! raw TOML for the privacy crate to interpret; any other unknown key is an error.
+//! raw TOML for consortia-dp to interpret; any other unknown key is an error.
 
-use consortia_privacy::dp::{NoisePlacement, PrivacySpec};
+use consortia_dp::{NoisePlacement, PrivacySpec};
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
