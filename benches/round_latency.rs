@@ -5,7 +5,7 @@
 //! from /proc); the partners are in-process agents that return the model they
 //! received plus a small change, so no training time is counted. In `secure`
 //! mode they take part in the key ceremony, encrypt their update under the
-//! collective key (`consortia_privacy::he`), and recompute and partially
+//! collective key (`consortia_he`), and recompute and partially
 //! decrypt every round's sum with the agent's own key-holder code
 //! (`consortia_client::keys`); every partner runs on this one machine.
 //!
@@ -24,11 +24,11 @@ use consortia_coordinator::orchestrator::Hub;
 use consortia_coordinator::secure::CiphertextStore;
 use consortia_coordinator::server::{revocation_check, serve};
 use consortia_coordinator::store::{Store, StoredStandardizer};
+use consortia_he::Encryptor;
+use consortia_he::update::UpdateEncoding;
 use consortia_model::TaskSpec;
 use consortia_model::metrics::EvalPartial;
 use consortia_pki::{ClientTls, ClientTlsFiles, Pki, ServerTls, ServerTlsFiles};
-use consortia_privacy::he::Encryptor;
-use consortia_privacy::update::UpdateEncoding;
 use consortia_proto::federation_client::FederationClient;
 use consortia_proto::{
     ClientMessage, EncryptedChunk, EvalReport, Hello, KeyCommit, KeyShare, MAX_MESSAGE_BYTES,

@@ -145,11 +145,12 @@ pub fn run(args: DemoArgs) -> Result<()> {
     // (the defaults require secure aggregation and differential privacy).
     let spec = consortia_model::TaskSpec::from_toml_str(&task)?;
     let policy = format!(
-        "# What this partner accepts (see `consortia_client::policy`).\n[policy]\nrequire_secure_aggregation = {}\nrequire_dp = {}\nmin_noise_multiplier = 0.0\nmin_evaluation_noise = 1.0\nmax_sampling_rate = 1.0\nmax_epsilon = 1000.0\nmax_delta = 0.1\nmin_contributors = {}\nallow_insecure_rng = {}\n",
+        "# What this partner accepts (see `consortia_client::policy`).\n[policy]\nrequire_secure_aggregation = {}\nrequire_dp = {}\nmin_noise_multiplier = 0.0\nmin_evaluation_noise = 1.0\nmax_sampling_rate = 1.0\nmax_epsilon = 1000.0\nmax_delta = 0.1\nmin_contributors = {}\nallow_insecure_rng = {}\nallowed_models = [{}]\n",
         spec.secure_aggregation,
         spec.privacy.is_some(),
         spec.min_partners.min(3),
-        !consortia_privacy::dp::secure_rng(),
+        !consortia_dp::secure_rng(),
+        toml::Value::try_from(spec.model.kind)?,
     );
     for (name, data) in &partners {
         let cfg = work.join(format!("agent-{name}.toml"));

@@ -421,7 +421,7 @@ fn metrics(state: &std::path::Path) -> Result<()> {
             "(a [privacy] task: only the scheduled models are evaluated — the final one, and every \
              `evaluate_every`-th — and every figure is estimated from {}-bin score histograms with \
              discrete Gaussian noise)",
-            consortia_privacy::dp::DP_SCORE_BINS
+            consortia_dp::DP_SCORE_BINS
         );
     }
     if shown == 0 {
@@ -462,8 +462,8 @@ fn export_model(state: &std::path::Path, round: Option<u64>, out: &std::path::Pa
 }
 
 fn privacy_plan(task_path: &std::path::Path, target: Option<f64>) -> Result<()> {
-    use consortia_privacy::dp::accountant::smallest_noise_multiplier;
-    use consortia_privacy::dp::{PrivacySpec, task_plan_epsilon};
+    use consortia_dp::accountant::smallest_noise_multiplier;
+    use consortia_dp::{PrivacySpec, task_plan_epsilon};
     let task = consortia_model::TaskSpec::load(task_path)?;
     let spec: PrivacySpec = task
         .privacy_spec()?
@@ -471,7 +471,7 @@ fn privacy_plan(task_path: &std::path::Path, target: Option<f64>) -> Result<()> 
     let rounds = u64::from(task.rounds);
     // The coordinator's own check at task creation (`check_task_plan`): the same events —
     // the feature statistics, the rounds and the planned evaluations — the same ε.
-    let eps = |spec: &PrivacySpec| -> Result<f64, consortia_privacy::dp::DpError> {
+    let eps = |spec: &PrivacySpec| -> Result<f64, consortia_dp::DpError> {
         let events = spec.round_events(1)?;
         task_plan_epsilon(spec, &events, rounds)
     };

@@ -275,7 +275,7 @@ fn with_privacy_feature_statistics_are_noised_charged_once_and_resent() {
     assert_eq!(
         e.charged.as_ref().unwrap().events,
         vec![consortia_ledger::entry::StoredEvent::from_dp(
-            consortia_privacy::dp::statistics_event(10.0),
+            consortia_dp::statistics_event(10.0),
             1
         )]
     );

@@ -16,12 +16,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::rogue::{Peer, Rogue, WAIT};
 use common::{Federation, TASK};
-use consortia_model::TaskSpec;
-use consortia_privacy::he::{
+use consortia_he::update::UpdateEncoding;
+use consortia_he::{
     Aggregate, CollectiveKeyAggregator, CollectivePublicKey, HeParams, KeySession, PublicKeyShare,
     Shape,
 };
-use consortia_privacy::update::UpdateEncoding;
+use consortia_model::TaskSpec;
 use consortia_proto::{
     CiphertextChunk, CollectiveKey, Contribution, DecryptRequest, KeyGenRequest, KeyReveal,
     ModelChunk, RoundStart, SignedKeyShare, StatsRequest, TaskFinished, chunk_count, chunk_range,
@@ -1008,11 +1008,11 @@ fn a_rerun_reusing_contributions_under_a_new_attempt_is_refused() {
 /// coordinator sends: `transcript` as given.
 fn rogue_key(committee: &[String], transcript: Vec<SignedKeyShare>) -> CollectiveKey {
     let session = KeySession::new(HeParams::Secure128, [42; 32]);
-    let generator = consortia_privacy::he::KeyShareGen::new(&session);
+    let generator = consortia_he::KeyShareGen::new(&session);
     let mut agg =
         CollectiveKeyAggregator::new(&session, committee.len() as u32).expect("committee");
     let shares: Vec<_> = (0..committee.len() as u32)
-        .map(|i| generator.generate(consortia_privacy::he::PartyId(i)))
+        .map(|i| generator.generate(consortia_he::PartyId(i)))
         .collect();
     for s in &shares {
         agg.add_commitment(s.public.party(), s.commitment)
@@ -1096,13 +1096,13 @@ fn a_key_with_a_forged_transcript_is_refused() {
             let mut names: Vec<String> = fed.partners.iter().map(|(n, _)| n.clone()).collect();
             names.sort();
             let session = KeySession::new(HeParams::Secure128, [42; 32]);
-            let generator = consortia_privacy::he::KeyShareGen::new(&session);
+            let generator = consortia_he::KeyShareGen::new(&session);
             names
                 .iter()
                 .enumerate()
                 .map(|(i, n)| {
                     let share = generator
-                        .generate(consortia_privacy::he::PartyId(i as u32))
+                        .generate(consortia_he::PartyId(i as u32))
                         .public
                         .to_bytes();
                     let d =

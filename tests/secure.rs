@@ -10,11 +10,9 @@ use std::time::Duration;
 use common::{Federation, exact_final_auc, task_with, wait_until};
 use consortia_coordinator::secure::{FederationKey, read_chunks};
 use consortia_coordinator::store::Store;
+use consortia_he::{Aggregate, DecryptionShare, PartialDecryptor, SecretKeyShare, Shape, combine};
 use consortia_ledger::Verifier;
 use consortia_ledger::audit::verify;
-use consortia_privacy::he::{
-    Aggregate, DecryptionShare, PartialDecryptor, SecretKeyShare, Shape, combine,
-};
 
 const LONG: Duration = Duration::from_secs(300);
 const DDG_EPS8: &str = include_str!("../examples/telco_churn_ddg_eps8.toml");

@@ -17,12 +17,10 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use consortia_dp::{Budget, DpEvent, EVALUATION_MECHANISM, PrivacySpec, STATISTICS_MECHANISM};
 use consortia_ledger::book::{BookError, PrivacyBook, TaskId};
 use consortia_ledger::{DatasetId, Ledger, Signer, SpendRecord};
 use consortia_model::TaskSpec;
-use consortia_privacy::dp::{
-    Budget, DpEvent, EVALUATION_MECHANISM, PrivacySpec, STATISTICS_MECHANISM,
-};
 
 use crate::{AgentConfig, AgentError};
 
@@ -378,7 +376,7 @@ mod tests {
         let after = p.admit_evaluation(1, 2000).unwrap();
         assert!((p.spent().unwrap() - after).abs() < 1e-12);
         // The increase is that of ρ = 1/(2·25) composed onto the round.
-        let mut by_hand = consortia_privacy::dp::RdpAccountant::new();
+        let mut by_hand = consortia_dp::RdpAccountant::new();
         by_hand.compose_all(&s.round_events(2000).unwrap()).unwrap();
         by_hand.compose(DpEvent::Zcdp { rho: 0.02 }, 1).unwrap();
         assert!((after - by_hand.epsilon(1e-5).unwrap()).abs() < 1e-12);
@@ -462,9 +460,9 @@ mod tests {
             .admit_statistics()
             .unwrap()
             .expect("a charge under the record unit");
-        let mut by_hand = consortia_privacy::dp::RdpAccountant::new();
+        let mut by_hand = consortia_dp::RdpAccountant::new();
         by_hand
-            .compose(consortia_privacy::dp::statistics_event(10.0), 1)
+            .compose(consortia_dp::statistics_event(10.0), 1)
             .unwrap();
         assert!((after - by_hand.epsilon(1e-5).unwrap()).abs() < 1e-12);
         assert!((p.spent().unwrap() - after).abs() < 1e-12);

@@ -8,14 +8,14 @@
 use std::future::Future;
 use std::time::Duration;
 
+use consortia_dp::{DP_SCORE_BINS, PrivacySpec, noisy_histograms};
+use consortia_he::update::UpdateEncoding;
+use consortia_he::{CollectivePublicKey, Encryptor, Shape};
 use consortia_model::TaskSpec;
 use consortia_model::TrainProgress;
 use consortia_model::metrics::EvalPartial;
 use consortia_model::standardize::FeatureStats;
 use consortia_pki::{ClientTls, ClientTlsFiles};
-use consortia_privacy::dp::{DP_SCORE_BINS, PrivacySpec, noisy_histograms};
-use consortia_privacy::he::{CollectivePublicKey, Encryptor, Shape};
-use consortia_privacy::update::UpdateEncoding;
 use consortia_proto::federation_client::FederationClient;
 use consortia_proto::{
     ClientMessage, Decline, EncryptedChunk, EvalReport, Hello, KeyCommit, KeyShare as KeyShareMsg,
@@ -606,12 +606,8 @@ fn welcome(
     }
     // The partner's policy decides before any private row is read.
     let spec = task_privacy(&task)?;
-    cfg.policy.admit(
-        &task,
-        partner,
-        spec.as_ref(),
-        consortia_privacy::dp::secure_rng(),
-    )?;
+    cfg.policy
+        .admit(&task, partner, spec.as_ref(), consortia_dp::secure_rng())?;
     if spec.is_none() && cfg.privacy.is_some() {
         return Err(AgentError::Task(format!(
             "task `{}` has no [privacy] table, but this partner's configuration sets a privacy              budget: refused (its rows are never used without differential privacy)",
@@ -991,7 +987,7 @@ async fn play_round(
 /// The evaluation a partner releases under `[privacy]`: its exact partial coarsened to
 /// [`DP_SCORE_BINS`] bins, independent discrete Gaussian noise of scale `sigma` on each of the
 /// `2·DP_SCORE_BINS` counts (clamped at 0), and every other figure rebuilt from the noised
-/// histograms (`consortia_privacy::dp::release`: `1/(2σ²)`-zCDP, CKS20 Thm 14 with Δ = 1).
+/// histograms (`consortia_dp::release`: `1/(2σ²)`-zCDP, CKS20 Thm 14 with Δ = 1).
 fn private_evaluation(exact: &EvalPartial, sigma: f64) -> Result<EvalPartial, AgentError> {
     let coarse = exact
         .coarsen(DP_SCORE_BINS)
@@ -1029,8 +1025,7 @@ fn secure_update(
     let dim = contribution.vector.len();
     let encoding = UpdateEncoding::for_round(spec, dim, task.min_partners as usize, key, round)
         .map_err(|e| AgentError::Task(format!("secure round {round}: {e}")))?;
-    let dp =
-        |e: consortia_privacy::dp::DpError| AgentError::Data(format!("encoding the update: {e}"));
+    let dp = |e: consortia_dp::DpError| AgentError::Data(format!("encoding the update: {e}"));
     let values = match contribution.kind {
         ContributionKind::ClippedDelta | ContributionKind::GradientSum => {
             encoding.encode_ddg(&contribution.vector).map_err(dp)?

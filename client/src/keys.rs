@@ -3,7 +3,7 @@
 //!
 //! Key material lives in `<state_dir>/keys/`:
 //! * `<session>.secret` — this partner's secret key share, mode 0600, never
-//!   sent anywhere (`consortia_privacy::he::SecretKeyShare::save`);
+//!   sent anywhere (`consortia_he::SecretKeyShare::save`);
 //! * `<session>.public` — the collective public key and its committee;
 //! * `<session>.answered` — digests of every aggregate this partner has
 //!   partially decrypted, appended and synced *before* the share leaves, so
@@ -36,12 +36,12 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use consortia_ledger::{Signer, Verifier};
-use consortia_model::TaskSpec;
-use consortia_privacy::he::{
+use consortia_he::{
     Aggregate, CollectiveKeyAggregator, CollectivePublicKey, HeParams, KeySession, KeyShare,
     KeyShareGen, PartialDecryptor, PartyId, PublicKeyShare, SecretKeyShare, Shape,
 };
+use consortia_ledger::{Signer, Verifier};
+use consortia_model::TaskSpec;
 use consortia_proto::{
     CiphertextChunk, CollectiveKey, ContributionDigest, DecryptRequest, KeyGenRequest,
     key_share_digest, sha256,
@@ -823,7 +823,7 @@ fn append_answered(path: &Path, digest: &[u8; 32]) -> Result<(), AgentError> {
 mod tests {
     use super::*;
 
-    use consortia_privacy::he::Encryptor;
+    use consortia_he::Encryptor;
     use consortia_proto::{Contribution, SignedKeyShare};
 
     const HASH: [u8; 32] = [5u8; 32];
@@ -900,7 +900,7 @@ mod tests {
                     policy,
                 )
                 .unwrap();
-            agg.add_commitment(PartyId(i as u32), consortia_privacy::he::KeyCommitment(c))
+            agg.add_commitment(PartyId(i as u32), consortia_he::KeyCommitment(c))
                 .unwrap();
         }
         let mut transcript = Vec::new();
@@ -1002,7 +1002,7 @@ mod tests {
         // with b's certificate and b's old signature.
         let mut forged = full.clone();
         let session = KeySession::new(HeParams::Secure128, [9; 32]);
-        let mine = consortia_privacy::he::KeyShareGen::new(&session).generate(PartyId(1));
+        let mine = consortia_he::KeyShareGen::new(&session).generate(PartyId(1));
         forged.transcript[1].public_share = mine.public.to_bytes();
         let e = outsider
             .install(&forged, &c.task, &HASH, &c.policy)

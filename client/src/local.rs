@@ -7,12 +7,12 @@
 
 use std::path::Path;
 
+use consortia_dp::{PrivacySpec, PrivacyUnit, noisy_statistics};
 use consortia_model::TaskSpec;
 use consortia_model::data::Dataset;
 use consortia_model::metrics::EvalPartial;
 use consortia_model::standardize::{FeatureStats, Standardizer};
 use consortia_model::{Model, TrainProgress};
-use consortia_privacy::dp::{PrivacySpec, PrivacyUnit, noisy_statistics};
 use ndarray::Array2;
 
 use crate::AgentError;
@@ -83,7 +83,7 @@ impl LocalData {
     ///
     /// * record unit: count, Σu and Σu² of the features clipped to `bounds` and scaled to
     ///   [0, 1], plus Gaussian noise of multiplier `statistics_noise_multiplier`
-    ///   (`consortia_privacy::dp::noisy_statistics`, one `Gaussian { z_s }` event), mapped back
+    ///   (`consortia_dp::noisy_statistics`, one `Gaussian { z_s }` event), mapped back
     ///   to the features' units ([`FeatureStats::from_noisy_unit`], post-processing);
     /// * partner unit: statistics of the public bounds alone ([`FeatureStats::from_bounds`]), which
     ///   depend on no row.

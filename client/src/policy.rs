@@ -34,10 +34,10 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::path::Path;
 
+use consortia_dp::{NoisePlacement, PrivacySpec, PrivacyUnit};
+use consortia_he::HeParams;
 use consortia_model::TaskSpec;
 use consortia_model::task::ModelKind;
-use consortia_privacy::dp::{NoisePlacement, PrivacySpec, PrivacyUnit};
-use consortia_privacy::he::HeParams;
 use serde::{Deserialize, Serialize};
 
 use crate::AgentError;

@@ -11,12 +11,12 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use consortia_dp::{
+    DpEvent, EVALUATION_MECHANISM, PrivacySpec, STATISTICS_MECHANISM, check_task_plan,
+};
 use consortia_ledger::book::{BookError, PrivacyBook, TaskId};
 use consortia_ledger::{Ledger, Signer, SpendRecord};
 use consortia_model::TaskSpec;
-use consortia_privacy::dp::{
-    DpEvent, EVALUATION_MECHANISM, PrivacySpec, STATISTICS_MECHANISM, check_task_plan,
-};
 
 use crate::CoordinatorError;
 
@@ -238,7 +238,7 @@ mod tests {
         let spec = task_privacy(&task).unwrap().unwrap();
         let events = spec.round_events(1).unwrap();
         let rounds = u64::from(task.rounds);
-        let rounds_only = consortia_privacy::dp::plan_epsilon_with(&spec, &events, rounds).unwrap();
+        let rounds_only = consortia_dp::plan_epsilon_with(&spec, &events, rounds).unwrap();
         // Evaluating every 2nd model at σ_e = 2 costs more than the ε left over.
         let mut table = task.privacy.clone().unwrap();
         table.insert("evaluate_every".into(), 2.into());
@@ -374,7 +374,7 @@ mod tests {
             assert_eq!(
                 e.record.charged.as_ref().unwrap().events,
                 vec![consortia_ledger::entry::StoredEvent::from_dp(
-                    consortia_privacy::dp::statistics_event(spec.statistics_noise_multiplier),
+                    consortia_dp::statistics_event(spec.statistics_noise_multiplier),
                     1
                 )]
             );

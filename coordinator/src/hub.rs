@@ -401,7 +401,7 @@ impl Hub {
         &self,
         partner: &str,
         round: u64,
-    ) -> Result<consortia_privacy::he::Shape, Rejection> {
+    ) -> Result<consortia_he::Shape, Rejection> {
         self.with_round(round, |r| {
             r.admits(partner, round)?;
             r.secure_shape().ok_or_else(|| {

@@ -4,8 +4,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use consortia_dp::DP_SCORE_BINS;
 use consortia_model::metrics::Metrics;
-use consortia_privacy::dp::DP_SCORE_BINS;
 use consortia_proto::{RoundOutcome, TaskFinished, server_message::Kind};
 
 use crate::CoordinatorError;

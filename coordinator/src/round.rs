@@ -9,10 +9,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Instant;
 
+use consortia_he::{Aggregate, Shape};
 use consortia_model::AggregatedUpdate;
 use consortia_model::fedavg::WeightedSum;
 use consortia_model::metrics::{EvalPartial, SCORE_BINS};
-use consortia_privacy::he::{Aggregate, Shape};
 
 use crate::secure::{StoredUpdate, for_each_chunk};
 

@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use consortia_privacy::he::{
+use consortia_he::{
     Aggregate, CollectiveKeyAggregator, CollectivePublicKey, Combiner, HeParams, KeyCommitment,
     KeySession, PartyId, PublicKeyShare,
 };
@@ -327,9 +327,9 @@ impl KeyCeremony {
 
     /// A refusal by the key aggregator: a second message from the same
     /// member is out of phase; anything else is invalid.
-    fn refused(subject: Subject, e: consortia_privacy::he::HeError) -> Rejection {
+    fn refused(subject: Subject, e: consortia_he::HeError) -> Rejection {
         match e {
-            consortia_privacy::he::HeError::DuplicateParty(_) => {
+            consortia_he::HeError::DuplicateParty(_) => {
                 Rejection::out_of_phase(subject, e.to_string(), "one per member")
             }
             e => Rejection::invalid(subject, format!("a valid {subject}"), e.to_string()),
@@ -664,7 +664,7 @@ impl ChunkReader {
         let mut len = [0u8; 4];
         self.r.read_exact(&mut len)?;
         let len = u32::from_le_bytes(len) as usize;
-        if len > consortia_privacy::he::MAX_CHUNK_BYTES {
+        if len > consortia_he::MAX_CHUNK_BYTES {
             return Err(invalid("chunk longer than the limit"));
         }
         let mut buf = vec![0u8; len];
@@ -967,11 +967,11 @@ impl Decryption {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use consortia_privacy::he::{Encryptor, KeyShareGen, PartialDecryptor, Shape};
+    use consortia_he::{Encryptor, KeyShareGen, PartialDecryptor, Shape};
 
     const TASK_HASH: [u8; 32] = [3u8; 32];
 
-    fn ceremony_key(names: &[&str]) -> (FederationKey, Vec<consortia_privacy::he::SecretKeyShare>) {
+    fn ceremony_key(names: &[&str]) -> (FederationKey, Vec<consortia_he::SecretKeyShare>) {
         let committee: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let dir = tempfile::tempdir().unwrap();
         let pki =

@@ -95,7 +95,7 @@ pub async fn run(
         std::fs::rename(&tmp, path).map_err(CoordinatorError::file(path))?;
     }
     tracing::info!(%addr, task = %task.name, rounds = task.rounds, "coordinator listening (mutual TLS)");
-    let param_count = task.schema.param_count();
+    let param_count = task.param_count();
     let secure = task.secure_aggregation;
     let mut hub = Hub::new(task, task_toml, param_count, revocation_check(&tls));
     if secure {

@@ -10,8 +10,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use consortia_he::Shape;
 use consortia_model::metrics::EvalPartial;
-use consortia_privacy::he::Shape;
 use consortia_proto::{
     ClientMessage, ContributionDigest, EncryptedChunk, ServerMessage, UpdateChunk, Welcome,
     chunk_count, chunk_range, client_message, federation_server::Federation, server_message::Kind,
@@ -525,8 +525,8 @@ mod tests {
     use super::*;
     use crate::round::{RoundCollector, RoundKind};
     use crate::secure::{CiphertextStore, FederationKey};
+    use consortia_he::{Aggregate, CollectivePublicKey, Encryptor, HeParams};
     use consortia_model::TaskSpec;
-    use consortia_privacy::he::{Aggregate, CollectivePublicKey, Encryptor, HeParams};
     use std::time::Instant;
 
     const TASK: &str = include_str!("../../examples/telco_churn_secure.toml");

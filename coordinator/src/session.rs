@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use consortia_privacy::he::Shape;
+use consortia_he::Shape;
 
 use consortia_proto::{
     CiphertextChunk, DecryptRequest, ModelChunk, RoundStart, ServerMessage, chunk_count,

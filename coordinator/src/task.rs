@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use consortia_dp::DP_SCORE_BINS;
 use consortia_model::metrics::SCORE_BINS;
-use consortia_privacy::dp::DP_SCORE_BINS;
 
 use crate::CoordinatorError;
 use crate::accounting::Accounting;

@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use consortia_model::TaskSpec;
-use consortia_privacy::he::{
+use consortia_he::{
     CollectiveKeyAggregator, CollectivePublicKey, HeParams, KeySession, KeyShareGen, PartyId,
 };
+use consortia_model::TaskSpec;
 use tokio::sync::mpsc;
 
 use crate::hub::Hub;
@@ -44,7 +44,7 @@ pub(crate) type Inboxes = BTreeMap<String, mpsc::Receiver<Outbound>>;
 /// A hub serving `task_toml`, with `partners` connected.
 pub(crate) fn hub_with(task_toml: &str, partners: &[&str]) -> (Arc<Hub>, Inboxes) {
     let task = TaskSpec::from_toml_str(task_toml).unwrap();
-    let n = task.schema.param_count();
+    let n = task.param_count();
     let hub = Arc::new(Hub::new(
         task,
         task_toml.into(),

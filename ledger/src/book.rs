@@ -23,7 +23,7 @@
 
 use std::collections::BTreeMap;
 
-use consortia_privacy::dp::{
+use consortia_dp::{
     Budget, DpError, DpEvent, NoisePlacement, PartnerBudget, PrivacySpec, PrivacyUnit,
     RdpAccountant,
 };
@@ -156,7 +156,7 @@ impl PrivacyBook {
         entries: &[LedgerEntry],
     ) -> Result<Self, BookError> {
         spec.validate()?;
-        // Only the RDP accountant exists; refuse the others with the privacy crate's message.
+        // Only the RDP accountant exists; refuse the others with consortia-dp's message.
         PartnerBudget::new(spec.budget(), spec.accountant)?;
         if let Some(b) = own_budget {
             b.validate()?;
@@ -401,7 +401,7 @@ impl PrivacyBook {
     /// (`PrivacySpec::evaluation_events`) — to `participants` (name → training rows, stated in
     /// the record as their dataset sizes) and returns the ledger record (format v2) to append
     /// *before* the release, with `mechanism` as its mechanism name (e.g.
-    /// [`EVALUATION_MECHANISM`](consortia_privacy::dp::EVALUATION_MECHANISM)).
+    /// [`EVALUATION_MECHANISM`](consortia_dp::EVALUATION_MECHANISM)).
     ///
     /// Such releases are noised by each partner on its own (placement `local`, no honest
     /// contributors or dimension) and private under add/remove of one record (the record
@@ -441,7 +441,7 @@ impl PrivacyBook {
             sampling_rate: 1.0,
             placement: Placement::Local,
             // Evaluations are charged under the record unit only (one held-out row added or
-            // removed; consortia_privacy::dp::release).
+            // removed; consortia_dp::release).
             adjacency: Adjacency::AddRemove,
             honest_contributors: None,
             dimension: None,
@@ -513,8 +513,8 @@ impl PrivacyBook {
 
 /// The neighbouring relation a spec's rounds are private for.
 ///
-/// * Record unit: add/remove one row (the relation of consortia-privacy's
-///   mechanisms and accountant, privacy/src/dp/mod.rs).
+/// * Record unit: add/remove one row (the relation of consortia-dp's
+///   mechanisms and accountant, privacy/dp/src/lib.rs).
 /// * Partner unit: zero-out (Kairouz, McMahan, Song, Thakkar, Thakurta, Xu
 ///   2021, "Practical and Private (Deep) Learning without Sampling or
 ///   Shuffling", §2): updates carry their sender's name, so whether a partner
@@ -722,7 +722,7 @@ mod tests {
         let reopened = PrivacyBook::new(spec_z(2.0), task("t"), None, &entries).unwrap();
         assert!((reopened.spent("a").unwrap() - true_spend).abs() < 1e-12);
         // Re-costing at z = 2.0 would have shown far less.
-        let recosted = consortia_privacy::dp::epsilon_after(0.02, 2.0, 60, 1e-5).unwrap();
+        let recosted = consortia_dp::epsilon_after(0.02, 2.0, 60, 1e-5).unwrap();
         assert!(recosted < true_spend / 2.0);
         assert!(matches!(
             reopened.quote("a", 1000),
@@ -737,7 +737,7 @@ mod tests {
         r.charged = None; // as a v1 entry: no stored events
         let entries = vec![fake(r, 0)];
         let reopened = PrivacyBook::new(spec_z(2.0), task("t"), None, &entries).unwrap();
-        let one_step = consortia_privacy::dp::epsilon_after(0.02, 0.8, 1, 1e-5).unwrap();
+        let one_step = consortia_dp::epsilon_after(0.02, 0.8, 1, 1e-5).unwrap();
         assert!((reopened.spent("a").unwrap() - one_step).abs() < 1e-12);
         assert_eq!(reopened.notes().len(), 1);
         assert!(reopened.notes()[0].contains("one step per round"));
@@ -825,7 +825,7 @@ mod tests {
     /// replayed from the entry like a round.
     #[test]
     fn an_evaluation_is_charged_with_its_own_events() {
-        use consortia_privacy::dp::EVALUATION_MECHANISM;
+        use consortia_dp::EVALUATION_MECHANISM;
         let mut book = PrivacyBook::new(spec(), task("t"), None, &[]).unwrap();
         let round = book.charge(1, 0, &[("a".into(), 1000)]).unwrap();
         let before = book.spent("a").unwrap();

@@ -84,7 +84,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::Path;
 
-use consortia_privacy::dp::DpEvent;
+use consortia_dp::DpEvent;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -112,9 +112,9 @@ pub const SECURE_RNG: &str = "openssl";
 pub const FALLBACK_RNG: &str = "rand-thread-rng";
 
 /// The randomness source this build draws differential-privacy noise from: [`SECURE_RNG`]
-/// when consortia-privacy was built with `secure-rng`, else [`FALLBACK_RNG`].
+/// when consortia-dp was built with `secure-rng`, else [`FALLBACK_RNG`].
 pub fn rng_name() -> &'static str {
-    if consortia_privacy::dp::secure_rng() {
+    if consortia_dp::secure_rng() {
         SECURE_RNG
     } else {
         FALLBACK_RNG
@@ -193,7 +193,7 @@ pub struct ChargeDetails {
 }
 
 /// One DP event of a round as stored in the ledger: the serialisable form of
-/// [`consortia_privacy::dp::DpEvent`] with the number of times it was composed.
+/// [`consortia_dp::DpEvent`] with the number of times it was composed.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum StoredEvent {
@@ -215,7 +215,7 @@ pub enum StoredEvent {
         count: u64,
     },
     /// A ρ-zCDP release ([`DpEvent::Zcdp`]); a distributed-discrete-Gaussian round is recorded
-    /// as this, with ρ from KLS21 Thm 1 (`consortia_privacy::dp::ddg_round_rho`).
+    /// as this, with ρ from KLS21 Thm 1 (`consortia_dp::ddg_round_rho`).
     Zcdp {
         /// ρ ≥ 0.
         rho: f64,
@@ -330,7 +330,7 @@ impl Placement {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Adjacency {
-    /// Add or remove one unit (`ADD_OR_REMOVE_ONE`): the relation consortia-privacy's
+    /// Add or remove one unit (`ADD_OR_REMOVE_ONE`): the relation consortia-dp's
     /// mechanisms and accountant use throughout.
     AddRemove,
     /// Replace one unit (`REPLACE_ONE`; doubles a clipped sum's sensitivity).

@@ -12,7 +12,7 @@
 //!   federation-wide means and standard deviations ([`Standardizer`]);
 //! - [`model`]: the [`Model`] trait every model family implements, and [`build`], the
 //!   one place that turns a task's `[model]` into a model; the families themselves are
-//!   in [`models`] (logistic regression);
+//!   in [`models`] (logistic regression, a multilayer perceptron);
 //! - [`sgd`]: mini-batch SGD for any model, with FedProx's proximal term;
 //! - [`metrics`]: evaluation partials ([`EvalPartial`]) that merge across partners
 //!   into exact confusion counts and a histogram ROC-AUC ([`Metrics`]);

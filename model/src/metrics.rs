@@ -73,6 +73,22 @@ pub struct Metrics {
     /// [`EvalPartial::roc_auc`]); NaN when the examples hold only one class.
     #[serde(with = "nan_as_null")]
     pub roc_auc: f64,
+    /// Area under the precision-recall curve as average precision, from the score
+    /// histograms (see [`EvalPartial::average_precision`]); NaN without positives.
+    /// Absent (NaN) in records written before it existed.
+    #[serde(with = "nan_as_null", default = "nan")]
+    pub pr_auc: f64,
+    /// Lift in the top 10 % of scores: the positive rate among the 10 % of examples
+    /// scored highest over the overall positive rate (see [`EvalPartial::lift`]).
+    #[serde(with = "nan_as_null", default = "nan")]
+    pub lift_10: f64,
+    /// Lift in the top 20 % of scores.
+    #[serde(with = "nan_as_null", default = "nan")]
+    pub lift_20: f64,
+}
+
+fn nan() -> f64 {
+    f64::NAN
 }
 
 /// Serialises a non-finite `f64` as `null` and reads `null` back as NaN, since JSON
@@ -349,6 +365,62 @@ impl EvalPartial {
     }
 }
 
+impl EvalPartial {
+    /// Average precision from the histograms: `Σ_k (R_k − R_{k−1}) · P_k` over the
+    /// thresholds at each bin's lower edge, from the highest bin down, where `R_k` and
+    /// `P_k` are the recall and precision of "score in bin k or above". Examples that
+    /// share a bin are one threshold, as scikit-learn's `average_precision_score`
+    /// treats tied scores (Manning, Raghavan and Schütze, "Introduction to Information
+    /// Retrieval", 2008, §8.4), so this is the exact average precision of the scores
+    /// quantised to bins. `None` without positives.
+    pub fn average_precision(&self) -> Option<f64> {
+        let positives: u64 = self.pos_hist.iter().sum();
+        if positives == 0 {
+            return None;
+        }
+        let (mut tp, mut fp) = (0u64, 0u64);
+        let mut ap = 0.0;
+        for (&p, &q) in self.pos_hist.iter().zip(&self.neg_hist).rev() {
+            if p == 0 && q == 0 {
+                continue;
+            }
+            tp += p;
+            fp += q;
+            let precision = tp as f64 / (tp + fp) as f64;
+            ap += (p as f64 / positives as f64) * precision;
+        }
+        Some(ap)
+    }
+
+    /// Lift in the top fraction `q` (in (0, 1]) of scores: the share of positives
+    /// among the `q·n` examples scored highest, divided by the share among all `n`.
+    /// A bin that straddles the cut counts in proportion to the part of it inside
+    /// (its examples are taken as evenly mixed). `None` without positives or
+    /// examples, or for `q` outside (0, 1].
+    pub fn lift(&self, q: f64) -> Option<f64> {
+        let positives: u64 = self.pos_hist.iter().sum();
+        let total: u64 = positives + self.neg_hist.iter().sum::<u64>();
+        if positives == 0 || total == 0 || !(q > 0.0 && q <= 1.0) {
+            return None;
+        }
+        let want = q * total as f64;
+        let (mut taken, mut taken_pos) = (0.0f64, 0.0f64);
+        for (&p, &n) in self.pos_hist.iter().zip(&self.neg_hist).rev() {
+            let in_bin = (p + n) as f64;
+            if in_bin == 0.0 {
+                continue;
+            }
+            let share = ((want - taken) / in_bin).min(1.0);
+            taken += share * in_bin;
+            taken_pos += share * p as f64;
+            if taken >= want {
+                break;
+            }
+        }
+        Some((taken_pos / taken) / (positives as f64 / total as f64))
+    }
+}
+
 impl Metrics {
     /// Metrics of the examples counted in `partial`. The partial is taken as it is:
     /// call [`EvalPartial::validate`] first on a partial from elsewhere
@@ -377,6 +449,9 @@ impl Metrics {
             f1,
             log_loss: per_example(partial.log_loss_sum),
             roc_auc: partial.roc_auc().unwrap_or(f64::NAN),
+            pr_auc: partial.average_precision().unwrap_or(f64::NAN),
+            lift_10: partial.lift(0.1).unwrap_or(f64::NAN),
+            lift_20: partial.lift(0.2).unwrap_or(f64::NAN),
         }
     }
 }

@@ -184,18 +184,32 @@ pub struct TrainReport {
 }
 
 /// The model a task trains, at its initial parameters (drawn from `seed` for
-/// families that need a random start). The only place that matches on
+/// families that need a random start, so that the coordinator and every partner
+/// derive the same one). With [`param_count`], the only place that matches on
 /// [`ModelKind`].
 pub fn build(
     spec: &ModelSpec,
     schema: &FeatureSchema,
     seed: u64,
 ) -> Result<Box<dyn Model>, ModelError> {
-    let _ = seed;
     match spec.kind {
         ModelKind::LogisticRegression => Ok(Box::new(
             crate::models::logistic::LogisticModel::zeros(schema.feature_count()),
         )),
+        ModelKind::Mlp => Ok(Box::new(crate::models::mlp::MlpModel::new(
+            schema.feature_count(),
+            &spec.hidden,
+            seed,
+        )?)),
+    }
+}
+
+/// Number of shared parameters of the model [`build`] would return, without
+/// building it (saturating; see [`crate::task::MAX_MODEL_PARAMS`]).
+pub fn param_count(spec: &ModelSpec, schema: &FeatureSchema) -> usize {
+    match spec.kind {
+        ModelKind::LogisticRegression => schema.feature_count().saturating_add(1),
+        ModelKind::Mlp => crate::models::mlp::param_count(schema.feature_count(), &spec.hidden),
     }
 }
 

@@ -9,7 +9,7 @@
 //! Under a task's `[privacy]` table a partner does not release exact sums: it computes them over
 //! its features clipped to the task's public bounds and scaled to [0, 1]
 //! ([`Dataset::clipped_unit_stats`]), adds Gaussian noise
-//! (`consortia_privacy::dp::noisy_statistics`) and maps the noisy figures back to the features'
+//! (`consortia_dp::noisy_statistics`) and maps the noisy figures back to the features'
 //! units ([`FeatureStats::from_noisy_unit`], post-processing); under the partner unit it releases
 //! statistics of the bounds alone ([`FeatureStats::from_bounds`]).
 

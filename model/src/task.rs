@@ -3,9 +3,9 @@
 //!
 //! A task file is TOML. Every field is validated when it is read, and an error names
 //! the field, the value found and what is allowed. The `[privacy]` table is kept as
-//! raw TOML for the privacy crate to interpret; any other unknown key is an error.
+//! raw TOML for consortia-dp to interpret; any other unknown key is an error.
 
-use consortia_privacy::dp::{NoisePlacement, PrivacySpec};
+use consortia_dp::{NoisePlacement, PrivacySpec};
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -99,7 +99,22 @@ pub struct ModelSpec {
     /// L2 penalty on the weights (not the bias), at least 0; 0 when absent.
     #[serde(default)]
     pub l2: f64,
+    /// Widths of the hidden layers of an `mlp` (`hidden = [32]` or `[64, 32]`): 1 to
+    /// [`MAX_HIDDEN_LAYERS`] layers of 1 to [`MAX_HIDDEN_WIDTH`] units each. Empty,
+    /// and left out of the canonical form, for every other kind, so that a task
+    /// written before this field existed hashes as it did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hidden: Vec<usize>,
 }
+
+/// The most hidden layers an `mlp` may have.
+pub const MAX_HIDDEN_LAYERS: usize = 2;
+/// The widest hidden layer an `mlp` may have.
+pub const MAX_HIDDEN_WIDTH: usize = 1024;
+/// The most shared parameters a task's model may have. Chunked transfer and the
+/// encrypted encoding handle long vectors, but every round moves the whole vector
+/// (and, under secure aggregation, its ciphertexts) once per partner.
+pub const MAX_MODEL_PARAMS: usize = 4_000_000;
 
 /// The `[local]` table of a task file: how partners train locally.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
@@ -128,6 +143,9 @@ impl LocalSpec {
 pub enum ModelKind {
     /// Binary logistic regression ([`crate::models::logistic`]).
     LogisticRegression,
+    /// A multilayer perceptron for binary classification: ReLU hidden layers and one
+    /// sigmoid output ([`crate::models::mlp`]); `hidden` sets the layer widths.
+    Mlp,
 }
 
 /// Why a task file could not be used.
@@ -210,7 +228,7 @@ impl TaskSpec {
         }
         Ok(Some(
             spec.with_distributed_shape(
-                self.schema.param_count(),
+                self.param_count(),
                 self.min_partners as usize,
                 self.colluders as usize,
             )
@@ -331,6 +349,7 @@ impl TaskSpec {
                 "a finite number at least 0",
             ));
         }
+        self.validate_hidden()?;
         self.strategy.validate()?;
         let mu = self.local.proximal_mu;
         if !(mu.is_finite() && (0.0..=MAX_PROXIMAL_MU).contains(&mu)) {
@@ -341,6 +360,65 @@ impl TaskSpec {
             ));
         }
         self.schema.validate()
+    }
+
+    /// `model.hidden`: one or two layers of 1 to [`MAX_HIDDEN_WIDTH`] units for an
+    /// `mlp`, absent for any other kind; and the model no larger than
+    /// [`MAX_MODEL_PARAMS`].
+    fn validate_hidden(&self) -> Result<(), InvalidField> {
+        let hidden = &self.model.hidden;
+        let shown = || format!("{hidden:?}");
+        match self.model.kind {
+            ModelKind::LogisticRegression => {
+                if !hidden.is_empty() {
+                    return Err(InvalidField::new(
+                        "model.hidden",
+                        shown(),
+                        "absent: logistic_regression has no hidden layers (kind = \"mlp\" has)",
+                    ));
+                }
+            }
+            ModelKind::Mlp => {
+                if hidden.is_empty() || hidden.len() > MAX_HIDDEN_LAYERS {
+                    return Err(InvalidField::new(
+                        "model.hidden",
+                        shown(),
+                        format!(
+                            "1 to {MAX_HIDDEN_LAYERS} hidden layer widths for an mlp, e.g. hidden = [32]"
+                        ),
+                    ));
+                }
+                if let Some(w) = hidden.iter().find(|w| !(1..=MAX_HIDDEN_WIDTH).contains(*w)) {
+                    return Err(InvalidField::new(
+                        "model.hidden",
+                        shown(),
+                        format!("every width between 1 and {MAX_HIDDEN_WIDTH} (found {w})"),
+                    ));
+                }
+                let count = self.param_count();
+                if count > MAX_MODEL_PARAMS {
+                    return Err(InvalidField::new(
+                        "model.hidden",
+                        shown(),
+                        format!(
+                            "a model of at most {MAX_MODEL_PARAMS} parameters; over {} features \
+                             these widths give {count}",
+                            self.schema.feature_count()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of shared parameters of the task's model (the length of the vector
+    /// the coordinator sends and partners' deltas): `features + 1` for logistic
+    /// regression, and for an MLP the weights and biases of every layer (see
+    /// [`crate::models::mlp`]). Unlike [`FeatureSchema::param_count`], which counts
+    /// logistic regression's parameters, this follows `[model]`.
+    pub fn param_count(&self) -> usize {
+        crate::model::param_count(&self.model, &self.schema)
     }
 
     /// SHA-256 (FIPS 180-4) of the task's canonical form: [`TASK_HASH_DOMAIN`]

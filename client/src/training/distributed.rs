@@ -1,6 +1,6 @@
 //! The vectors that distributed DP encodes (noise shares are added at encoding).
 
-use consortia_privacy::dp::{DpEvent, PrivacySpec, PrivacyUnit};
+use consortia_dp::{DpEvent, PrivacySpec, PrivacyUnit};
 
 use super::{Contribution, ContributionKind, LocalSgd, LocalUpdate, RoundInput, dp_error};
 use crate::AgentError;
@@ -65,7 +65,7 @@ impl LocalUpdate for Distributed {
                     global
                         .example_gradient(x.row(i), y[i], &mut g)
                         .map_err(|e| AgentError::Data(format!("gradient of row {i}: {e}")))?;
-                    consortia_privacy::dp::clip_l2(&mut g, self.spec.clip_norm);
+                    consortia_dp::clip_l2(&mut g, self.spec.clip_norm);
                     sum.iter_mut().zip(&g).for_each(|(s, v)| *s += v);
                 }
                 Ok(Contribution {

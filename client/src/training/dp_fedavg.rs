@@ -1,7 +1,7 @@
 //! DP-FedAvg (partner unit, noise added locally).
 
-use consortia_privacy::dp::mechanism::privatize_partner_update;
-use consortia_privacy::dp::{DpEvent, PrivacySpec};
+use consortia_dp::mechanism::privatize_partner_update;
+use consortia_dp::{DpEvent, PrivacySpec};
 
 use super::{Contribution, ContributionKind, LocalSgd, LocalUpdate, RoundInput, dp_error};
 use crate::AgentError;

@@ -1,8 +1,8 @@
 //! DP-SGD on the partner's rows (record unit, noise added locally).
 
+use consortia_dp::mechanism::DpSgdStep;
+use consortia_dp::{DpEvent, PrivacySpec};
 use consortia_model::TrainConfig;
-use consortia_privacy::dp::mechanism::DpSgdStep;
-use consortia_privacy::dp::{DpEvent, PrivacySpec};
 
 use super::{
     Contribution, ContributionKind, LocalUpdate, RoundInput, difference, dp_error, model_error,

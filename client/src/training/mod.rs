@@ -13,8 +13,8 @@ mod dp_fedavg;
 mod dp_sgd;
 mod sgd;
 
+use consortia_dp::{DpEvent, NoisePlacement, PrivacySpec, PrivacyUnit};
 use consortia_model::{Model, TaskSpec, TrainProgress};
-use consortia_privacy::dp::{DpEvent, NoisePlacement, PrivacySpec, PrivacyUnit};
 use ndarray::{Array1, Array2};
 
 pub use distributed::Distributed;
@@ -115,7 +115,7 @@ fn difference(a: &[f64], b: &[f64]) -> Vec<f64> {
     a.iter().zip(b).map(|(x, y)| x - y).collect()
 }
 
-fn dp_error(what: &str) -> impl Fn(consortia_privacy::dp::DpError) -> AgentError + '_ {
+fn dp_error(what: &str) -> impl Fn(consortia_dp::DpError) -> AgentError + '_ {
     move |e| AgentError::Data(format!("{what}: {e}"))
 }
 

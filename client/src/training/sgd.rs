@@ -5,7 +5,7 @@ use rand::SeedableRng;
 
 use super::{Contribution, ContributionKind, LocalUpdate, RoundInput, difference, model_error};
 use crate::AgentError;
-use consortia_privacy::dp::DpEvent;
+use consortia_dp::DpEvent;
 
 /// `local_epochs` of mini-batch SGD from the global model
 /// ([`consortia_model::sgd::train`]); with `proximal_mu > 0`, FedProx (Li et al. 2020,

@@ -13,6 +13,11 @@ const DDG: &str = include_str!("../../../examples/telco_churn_ddg_eps8.toml");
 fn with_privacy(text: &str, key: &str, value: toml::Value) -> TaskSpec {
     let mut task = TaskSpec::from_toml_str(text).unwrap();
     let mut table = task.privacy.clone().unwrap();
+    if key == "unit" && value.as_str() == Some("partner") {
+        // Sampling and steps describe DP-SGD (record unit) only.
+        table.remove("sampling_rate");
+        table.remove("steps_per_round");
+    }
     table.insert(key.into(), value);
     task.privacy = Some(table);
     task

@@ -7,9 +7,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use consortia_privacy::dp::PrivacySpec;
-use consortia_privacy::he::{Aggregate, Shape};
-use consortia_privacy::update::UpdateEncoding;
+use consortia_dp::PrivacySpec;
+use consortia_he::update::UpdateEncoding;
+use consortia_he::{Aggregate, Shape};
 use consortia_proto::{RoundStart, chunk_count};
 
 use super::{Ending, Phase, Progress, drive};

@@ -8,9 +8,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use consortia_dp::{NoisePlacement, PrivacySpec, PrivacyUnit};
+use consortia_he::update::UpdateEncoding;
 use consortia_model::AggregatedUpdate;
-use consortia_privacy::dp::{NoisePlacement, PrivacySpec, PrivacyUnit};
-use consortia_privacy::update::UpdateEncoding;
 use consortia_proto::DecryptRequest;
 
 use super::{Ending, Phase, Progress, drive};
@@ -265,9 +265,7 @@ pub fn decode_sum(
     let decoded = encoding
         .decode(sum, contributors as u64)
         .map_err(|e| match e {
-            consortia_privacy::dp::DpError::OutOfRange { .. } => {
-                StepError::Malformed(e.to_string())
-            }
+            consortia_dp::DpError::OutOfRange { .. } => StepError::Malformed(e.to_string()),
             e => StepError::Other(e.to_string()),
         })?;
     if decoded.len() != dim {
@@ -294,8 +292,8 @@ pub fn decode_sum(
 mod decode_tests {
     use super::*;
     use crate::step::server_step;
+    use consortia_he::{CollectivePublicKey, HeParams};
     use consortia_model::TaskSpec;
-    use consortia_privacy::he::{CollectivePublicKey, HeParams};
 
     const SECURE: &str = include_str!("../../../examples/telco_churn_secure.toml");
     const DDG: &str = include_str!("../../../examples/telco_churn_ddg_eps8.toml");
@@ -428,7 +426,7 @@ mod phase_tests {
     use super::*;
     use crate::round::{Rejection, RoundCollector, RoundKind};
     use crate::testing::{SECURE_TASK, collective_key, hub_with, next};
-    use consortia_privacy::he::{Aggregate, HeParams, Shape};
+    use consortia_he::{Aggregate, HeParams, Shape};
 
     /// A key of a, b and c, and a closed round 1 with an (empty) encrypted sum.
     fn round(hub: &Hub) -> (Arc<FederationKey>, RoundResult) {

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use consortia_privacy::he::HeParams;
+use consortia_he::HeParams;
 use consortia_proto::{KeyCommit, KeyGenRequest, KeyReveal, KeyShare, server_message::Kind};
 
 use super::collection::resume_ciphertexts;
@@ -352,7 +352,7 @@ pub fn releases_spent(
 mod tests {
     use super::*;
     use crate::testing::{SECURE_TASK, connect, hub_with, next_message};
-    use consortia_privacy::he::{KeySession, KeyShareGen, PartyId};
+    use consortia_he::{KeySession, KeyShareGen, PartyId};
     use consortia_proto::key_share_digest;
 
     fn commit_of(session: &[u8], commitment: &[u8]) -> KeyCommit {

@@ -1,4 +1,6 @@
-//! The model families, one file each behind [`crate::Model`]. Only
+//! The model families, one file each behind [`crate::Model`]: [`logistic`]
+//! regression and the [`mlp`] classifier. Only
 //! [`crate::model::build`] names them; every other crate holds a `Box<dyn Model>`.
 
 pub mod logistic;
+pub mod mlp;

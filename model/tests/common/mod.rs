@@ -64,12 +64,23 @@ pub fn fedavg(
     rounds: u32,
     seed: u64,
 ) -> Box<dyn Model> {
+    let initial = consortia_model::initial_model(&telco_task()).unwrap();
+    fedavg_from(initial, partners, standardizer, cfg, rounds, seed)
+}
+
+/// [`fedavg`] from a given initial model (any task's `initial_model`).
+pub fn fedavg_from(
+    mut global: Box<dyn Model>,
+    partners: &[Partner],
+    standardizer: &Standardizer,
+    cfg: &TrainConfig,
+    rounds: u32,
+    seed: u64,
+) -> Box<dyn Model> {
     let xs: Vec<_> = partners
         .iter()
         .map(|p| standardizer.apply(&p.train).unwrap())
         .collect();
-    let task = telco_task();
-    let mut global = consortia_model::initial_model(&task).unwrap();
     for round in 0..rounds {
         let mut sum = WeightedSum::new(global.param_count());
         for (k, (p, x)) in partners.iter().zip(&xs).enumerate() {

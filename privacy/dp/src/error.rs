@@ -157,7 +157,7 @@ pub enum DpError {
     },
     /// A decrypted sum holds a value that no sum of well-formed updates can
     /// hold: a contributor sent a malformed ciphertext (see
-    /// `crate::update::UpdateEncoding::decode`).
+    /// `consortia_he::update::UpdateEncoding::decode`).
     #[error(
         "the decrypted sum is outside the range {contributors} well-formed updates can add up to \
          (value {index}: {value}, bound {bound}): a contributor sent a malformed ciphertext"
@@ -177,6 +177,7 @@ pub enum DpError {
     OpenDp(String),
 }
 
+#[cfg(feature = "mechanisms")]
 impl From<opendp::error::Error> for DpError {
     fn from(e: opendp::error::Error) -> Self {
         DpError::OpenDp(format!(

@@ -1,7 +1,7 @@
 //! End-to-end multiparty protocol: collective key generation, encryption,
 //! aggregation, joint decryption.
 
-use consortia_privacy::he::*;
+use consortia_he::*;
 use rand::Rng;
 
 struct Committee {

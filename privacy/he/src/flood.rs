@@ -10,7 +10,7 @@
 //! single `round(σ_f·g)` would leave its lowest ~30 bits structured (the
 //! samples lie on a sparse set), and a shift by the decryption noise it must
 //! hide (≈ 2^40) would move the sample off that set: no smudging at all.
-//! OpenDP's exact discrete-Gaussian sampler ([`crate::dp::ddg`] uses it for the
+//! OpenDP's exact discrete-Gaussian sampler ([`consortia_dp::ddg`] uses it for the
 //! DDG shares) works on big rationals, about 7 µs per sample — a hundred times
 //! the partial decryption's whole cost per value.
 //!
@@ -293,7 +293,7 @@ impl Zeroize for Normals {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::he::HeParams;
+    use crate::HeParams;
 
     #[test]
     fn plans_meet_the_level_conditions() {
@@ -395,7 +395,7 @@ mod tests {
         }
     }
 
-    const FLOOD_TAIL: f64 = crate::he::FLOOD_TAIL_SIGMAS;
+    const FLOOD_TAIL: f64 = crate::FLOOD_TAIL_SIGMAS;
 
     /// Flooding must be smooth in the low bits, which a single rounded `f64`
     /// Gaussian of σ 2^80 is not: bits 0..4 (the dither) and 40..44 (the

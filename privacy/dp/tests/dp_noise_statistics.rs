@@ -1,6 +1,6 @@
 //! Statistical checks that the sampled noise has the configured standard deviation.
 
-use consortia_privacy::dp::mechanism::{add_gaussian_noise, discrete_gaussian};
+use consortia_dp::mechanism::{add_gaussian_noise, discrete_gaussian};
 
 /// Two-sided z threshold. For a standard normal, P(|Z| > 5.5) = 3.8e-8.
 const Z: f64 = 5.5;

@@ -16,12 +16,12 @@
 //!   2020 Eq. 20), with ε = 0 where `δ² + expm1(−RDP(α)) > 0` (KL bound) — `dp_accounting`
 //!   `compute_epsilon`. When every event composed is zCDP (Gaussians without sampling and ρ events)
 //!   the total ρ is also available, with OpenDP's zCDP → approximate-DP conversion (CKS20 Prop. 12
-//!   on a continuous α search, `make_zCDP_to_approxDP`) as a second, slightly tighter figure.
+//!   on a continuous α search, `make_zCDP_to_approxDP`, ported to this crate) as a second, slightly
+//!   tighter figure.
 
-use opendp::combinators::ConcentratedMeasure;
-use opendp::measures::ZeroConcentratedDivergence;
 use serde::{Deserialize, Serialize};
 
+use super::cdp::{cdp_delta, cdp_epsilon};
 use super::error::DpError;
 use super::special::{log_add, log_comb, log_erfc};
 
@@ -275,9 +275,9 @@ pub fn compute_delta(orders: &[f64], rdp: &[f64], epsilon: f64) -> Result<(f64, 
     Ok((best.0.exp().min(1.0), best.1))
 }
 
-/// ε(δ) of ρ-zCDP through OpenDP's conversion (`ZeroConcentratedDivergence` →
+/// ε(δ) of ρ-zCDP by OpenDP's conversion (`ZeroConcentratedDivergence` →
 /// `SmoothedMaxDivergence`, CKS20 Prop. 12 with a continuous search over α, rounded towards
-/// privacy).
+/// privacy), as ported in this crate so that accounting needs no OpenDP.
 pub fn zcdp_epsilon(rho: f64, delta: f64) -> Result<f64, DpError> {
     if !(rho.is_finite() && rho >= 0.0) {
         return Err(DpError::InvalidRho(rho));
@@ -288,11 +288,10 @@ pub fn zcdp_epsilon(rho: f64, delta: f64) -> Result<f64, DpError> {
     if rho == 0.0 {
         return Ok(0.0);
     }
-    let profile = <ZeroConcentratedDivergence as ConcentratedMeasure>::convert(rho)?;
-    Ok(profile.epsilon(delta)?)
+    cdp_epsilon(rho, delta)
 }
 
-/// δ(ε) of ρ-zCDP through OpenDP's conversion (see [`zcdp_epsilon`]).
+/// δ(ε) of ρ-zCDP by OpenDP's conversion (see [`zcdp_epsilon`]).
 pub fn zcdp_delta(rho: f64, epsilon: f64) -> Result<f64, DpError> {
     if !(rho.is_finite() && rho >= 0.0) {
         return Err(DpError::InvalidRho(rho));
@@ -300,8 +299,7 @@ pub fn zcdp_delta(rho: f64, epsilon: f64) -> Result<f64, DpError> {
     if epsilon.is_nan() || epsilon < 0.0 {
         return Err(DpError::InvalidEpsilon(epsilon));
     }
-    let profile = <ZeroConcentratedDivergence as ConcentratedMeasure>::convert(rho)?;
-    Ok(profile.delta(epsilon)?)
+    cdp_delta(rho, epsilon)
 }
 
 /// Which accountant turns a ledger of events into (ε, δ).

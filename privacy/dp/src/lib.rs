@@ -1,3 +1,7 @@
+//! consortia-dp: the differential-privacy mathematics — mechanisms with their privacy maps, the
+//! accountant and budgets. Pure computation: no network, no storage, and it depends on no crate
+//! of ours.
+//!
 //! Differential privacy: clipping and noise for each partner's update, the distributed discrete
 //! Gaussian for noise shared across partners, and the accountant that turns the rounds into
 //! (ε, δ) per partner budget.
@@ -13,9 +17,20 @@
 //! OS-seeded ChaCha `ThreadRng`, which OpenDP does not vouch for. Release builds of the partner
 //! agents (client) and coordinator must enable `secure-rng`; tests run without it because the
 //! vendored OpenSSL build takes minutes.
+//!
+//! # Features
+//!
+//! * `mechanisms` (default): everything that draws noise — the Gaussian and discrete Gaussian
+//!   mechanisms, Poisson subsampling, the DDG client encoding and the noisy evaluation and
+//!   statistics releases — on OpenDP's samplers. Without it only the accounting compiles (privacy
+//!   specs, budgets, the accountant, events and their privacy maps, the DDG parameters and
+//!   rotation), and neither OpenDP nor dashu is built: `consortia-model` and `consortia-ledger`
+//!   use the crate that way.
+//! * `secure-rng` (implies `mechanisms`): OpenDP draws from OpenSSL (above).
 
 pub mod accountant;
 pub mod budget;
+mod cdp;
 pub mod config;
 pub mod ddg;
 pub mod error;
@@ -37,9 +52,10 @@ pub use error::DpError;
 pub use mechanism::{NoisePlacement, PrivacyUnit, clip_and_sum, clip_l2};
 pub use release::{
     DP_SCORE_BINS, EVALUATION_MECHANISM, NoisyStatistics, STATISTICS_MECHANISM, evaluation_event,
-    noisy_histograms, noisy_statistics, planned_evaluations, statistics_event,
-    statistics_sensitivity,
+    planned_evaluations, statistics_event, statistics_sensitivity,
 };
+#[cfg(feature = "mechanisms")]
+pub use release::{noisy_histograms, noisy_statistics};
 
 /// Whether this build draws differential-privacy noise from OpenSSL (the
 /// crate feature `secure-rng`). Partners refuse private tasks in builds

@@ -25,14 +25,19 @@
 //! protects them: under the partner unit no evaluation is released at all
 //! ([`PrivacySpec::evaluates`] is always false).
 
+#[cfg(feature = "mechanisms")]
 use dashu::integer::IBig;
+#[cfg(feature = "mechanisms")]
 use dashu::rational::RBig;
+#[cfg(feature = "mechanisms")]
 use opendp::traits::samplers::sample_discrete_gaussian;
 
 use super::accountant::DpEvent;
 use super::config::PrivacySpec;
 use super::error::DpError;
-use super::mechanism::{NOISE_GRID_K, PrivacyUnit, add_gaussian_noise};
+use super::mechanism::PrivacyUnit;
+#[cfg(feature = "mechanisms")]
+use super::mechanism::{NOISE_GRID_K, add_gaussian_noise};
 
 /// Bins per score histogram of a differentially private evaluation. Even, so that the
 /// threshold 0.5 is the edge between bins 9 and 10.
@@ -68,6 +73,7 @@ pub fn check_evaluation_noise(sigma: f64) -> Result<(), DpError> {
 ///
 /// Releasing the result is `1/(2·sigma²)`-zCDP under add/remove of one record
 /// ([`evaluation_event`]; CKS20 Thm 14 with Δ = 1).
+#[cfg(feature = "mechanisms")]
 pub fn noisy_histograms(
     pos: &[u64],
     neg: &[u64],
@@ -158,9 +164,9 @@ pub fn statistics_sensitivity(features: usize) -> f64 {
     (1.0 + 2.0 * features as f64).sqrt()
 }
 
-/// The privacy cost of one release by [`noisy_statistics`] with noise multiplier `z`:
-/// `Gaussian { noise_multiplier: z }`, RDP α/(2z²) (Mironov 2017, "Rényi Differential Privacy",
-/// Prop. 7), i.e. 1/(2z²)-zCDP.
+/// The privacy cost of one release by `noisy_statistics` (feature `mechanisms`) with noise
+/// multiplier `z`: `Gaussian { noise_multiplier: z }`, RDP α/(2z²) (Mironov 2017, "Rényi
+/// Differential Privacy", Prop. 7), i.e. 1/(2z²)-zCDP.
 pub fn statistics_event(z: f64) -> DpEvent {
     DpEvent::Gaussian {
         noise_multiplier: z,
@@ -168,7 +174,7 @@ pub fn statistics_event(z: f64) -> DpEvent {
 }
 
 /// Feature statistics after noise, in the scaled coordinates u ∈ [0, 1] (not clamped: see
-/// [`noisy_statistics`]).
+/// `noisy_statistics`, feature `mechanisms`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NoisyStatistics {
     /// n plus noise.
@@ -188,6 +194,7 @@ pub struct NoisyStatistics {
 /// release is exactly within `Gaussian { z }` ([`statistics_event`]; Mironov 2017 Prop. 7).
 /// Anything computed from the result (rounding, clamping, un-scaling) is post-processing
 /// (Dwork & Roth 2014, Prop. 2.1).
+#[cfg(feature = "mechanisms")]
 pub fn noisy_statistics(
     count: u64,
     sum: &[f64],
@@ -269,7 +276,7 @@ impl PrivacySpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dp::{
+    use crate::{
         RdpAccountant, check_plan, check_task_plan, plan_epsilon_with, task_plan_epsilon,
         zcdp_epsilon,
     };
@@ -288,6 +295,7 @@ mod tests {
     /// precision, so the sample variance has standard deviation σ²·√(2/n) ≈ 0.0089·σ²; the
     /// 5 % tolerance is 5.6 standard deviations (false-failure rate ≈ 2e-8). The sample mean has
     /// standard deviation σ/√n ≈ 0.063; the tolerance 0.35 is 5.5 of them (≈ 4e-8).
+    #[cfg(feature = "mechanisms")]
     #[test]
     fn noise_has_the_stated_variance() {
         let sigma = 10.0;
@@ -319,6 +327,7 @@ mod tests {
     ///
     /// 4,000 empty cells; the fraction of zeros has standard deviation ≈ 0.0079, and the band
     /// [0.47, 0.57] is more than 6 of them either side (false-failure rate < 1e-9).
+    #[cfg(feature = "mechanisms")]
     #[test]
     fn noisy_counts_are_clamped_at_zero() {
         let mut zeros = 0usize;
@@ -332,6 +341,7 @@ mod tests {
         assert!((0.47..0.57).contains(&fraction), "{fraction}");
     }
 
+    #[cfg(feature = "mechanisms")]
     #[test]
     fn bad_inputs_are_refused() {
         assert!(matches!(
@@ -439,6 +449,7 @@ mod tests {
     /// variance has standard deviation σ²·√(2/n) ≈ 0.0105·σ², so the 6 % tolerance is 5.7 standard
     /// deviations (false-failure rate ≈ 1e-8); the sample mean has standard deviation
     /// σ/√n ≈ 0.045, and the tolerance 0.25 is 5.6 of them (≈ 2e-8).
+    #[cfg(feature = "mechanisms")]
     #[test]
     fn statistics_noise_has_the_stated_scale() {
         let (z, d) = (2.0, 4);
@@ -474,9 +485,12 @@ mod tests {
         assert!((statistics_sensitivity(37) - 75f64.sqrt()).abs() < 1e-12);
         // One release at z is 1/(2z²)-zCDP (Mironov 2017 Prop. 7: RDP α/(2z²)).
         assert_eq!(statistics_event(10.0).zcdp_rho(), Some(0.005));
-        assert!(noisy_statistics(1, &[0.0], &[], 10.0).is_err());
-        assert!(noisy_statistics(1, &[0.0], &[0.0], 0.5).is_err());
-        assert!(noisy_statistics(1, &[f64::NAN], &[0.0], 10.0).is_err());
+        #[cfg(feature = "mechanisms")]
+        {
+            assert!(noisy_statistics(1, &[0.0], &[], 10.0).is_err());
+            assert!(noisy_statistics(1, &[0.0], &[0.0], 0.5).is_err());
+            assert!(noisy_statistics(1, &[f64::NAN], &[0.0], 10.0).is_err());
+        }
         assert!(check_statistics_noise(f64::INFINITY).is_err());
         assert!(
             spec("statistics_noise_multiplier = 0.9")

@@ -3,7 +3,7 @@
 //! σ_f = 2^r·B per partner, the measured noise matches the model, and the key
 //! tolerates the documented number of releases.
 
-use consortia_privacy::he::*;
+use consortia_he::*;
 
 fn check(params: HeParams, parties: u32) {
     let session = KeySession::new(params, rand::random());

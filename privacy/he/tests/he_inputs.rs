@@ -1,6 +1,6 @@
 //! Rejection of rogue keys, malformed inputs and protocol misuse.
 
-use consortia_privacy::he::*;
+use consortia_he::*;
 
 const P: HeParams = HeParams::Fast64;
 

@@ -1,7 +1,7 @@
 //! Costs of the multiparty scheme per value: encryption, aggregation from wire
 //! bytes, partial decryption; prints the wire size per value.
 
-use consortia_privacy::he::*;
+use consortia_he::*;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 

@@ -19,7 +19,7 @@
 //! its printed precision; against the shared file itself ours must not fall below `v − u/2`
 //! by more than 1e-9.
 
-use consortia_privacy::dp::{DpEvent, RdpAccountant};
+use consortia_dp::{DpEvent, RdpAccountant};
 
 /// Largest amount by which our ε may fall below `dp_accounting`'s (absolute).
 const BELOW: f64 = 1e-9;

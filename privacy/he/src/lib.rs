@@ -1,3 +1,6 @@
+//! consortia-he: the multiparty additive homomorphic encryption on tfhe's `core_crypto`, and the
+//! encoding of model updates into its plaintexts ([`update`]).
+//!
 //! Multiparty additive homomorphic encryption of quantised model updates.
 //!
 //! An N-out-of-N RLWE scheme after Mouchet, Troncoso-Pastoriza, Bossuat,
@@ -42,6 +45,8 @@ mod keygen;
 mod params;
 mod wire;
 mod word;
+
+pub mod update;
 
 pub use aggregate::Aggregate;
 pub use decrypt::{

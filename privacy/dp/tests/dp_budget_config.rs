@@ -1,6 +1,6 @@
 //! `[privacy]` parsing, validation messages, per-partner budgets and the plan check.
 
-use consortia_privacy::dp::{
+use consortia_dp::{
     AccountantKind, Budget, DdgParams, DpError, DpEvent, NoisePlacement, PartnerBudget,
     PrivacySpec, PrivacyUnit, RdpAccountant, check_plan, epsilon_after, plan_epsilon,
     plan_epsilon_with, zcdp_epsilon,

@@ -16,13 +16,16 @@
 //! the per-round ρ of [`ddg_round_rho`] is that of those `h` shares alone (KLS21 Thm 1 with
 //! n = h). The shares the coalition knows only add noise it can remove; they are not counted.
 
+#[cfg(feature = "mechanisms")]
 use dashu::rational::RBig;
+#[cfg(feature = "mechanisms")]
 use opendp::traits::samplers::{sample_bernoulli_float, sample_discrete_gaussian};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use super::accountant::DpEvent;
 use super::error::DpError;
+#[cfg(feature = "mechanisms")]
 use super::mechanism::clip_l2;
 
 /// `DEFAULT_BETA` of the reference code: conditional rounding parameter β = e^{-1/2}.
@@ -396,6 +399,7 @@ pub fn add_mod(acc: &mut [u64], other: &[u64], bits: u32) -> Result<(), DpError>
 /// Conditional randomised rounding (KLS21 Alg. 1 step 4): round each coordinate up with
 /// probability equal to its fractional part (OpenDP Bernoulli sampler), and resample the whole
 /// vector until its L2 norm is at most `bound`.
+#[cfg(feature = "mechanisms")]
 fn conditional_round(x: &[f64], bound: f64) -> Result<Vec<i64>, DpError> {
     for _ in 0..MAX_ROUNDING_ATTEMPTS {
         let mut out = Vec::with_capacity(x.len());
@@ -427,6 +431,7 @@ fn conditional_round(x: &[f64], bound: f64) -> Result<Vec<i64>, DpError> {
 /// Client side of one DDG round (KLS21 Alg. 1): clip to c, rotate with the shared `seed`, scale
 /// by 1/γ, conditionally round, add `N_Z(0, σ²)` per coordinate (OpenDP
 /// `sample_discrete_gaussian`, CKS20 Alg. 3), reduce modulo 2^bits. Returns d' residues.
+#[cfg(feature = "mechanisms")]
 pub fn encode(params: &DdgParams, update: &[f64], seed: &[u8; 32]) -> Result<Vec<u64>, DpError> {
     encode_with(params, update, seed, true)
 }
@@ -435,6 +440,7 @@ pub fn encode(params: &DdgParams, update: &[f64], seed: &[u8; 32]) -> Result<Vec
 /// (norm up to rows·C), so it is not clipped again and is rounded unconditionally; needs
 /// β = 0, under which the rounded vectors of neighbouring sums differ by at most `C/γ + √d'`
 /// ([`DdgParams::norm_bound`]). Otherwise as [`encode`].
+#[cfg(feature = "mechanisms")]
 pub fn encode_sum(params: &DdgParams, sum: &[f64], seed: &[u8; 32]) -> Result<Vec<u64>, DpError> {
     if params.beta != 0.0 {
         return Err(DpError::InvalidParameter {
@@ -446,6 +452,7 @@ pub fn encode_sum(params: &DdgParams, sum: &[f64], seed: &[u8; 32]) -> Result<Ve
     encode_with(params, sum, seed, false)
 }
 
+#[cfg(feature = "mechanisms")]
 fn encode_with(
     params: &DdgParams,
     update: &[f64],

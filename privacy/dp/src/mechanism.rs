@@ -6,11 +6,17 @@
 //! standard deviation z·C is the Gaussian mechanism with noise multiplier z — exactly the
 //! `DpEvent`s the accountant composes (replace-one adjacency would need Δ = 2C).
 
+#[cfg(feature = "mechanisms")]
 use dashu::rational::RBig;
+#[cfg(feature = "mechanisms")]
 use opendp::domains::{AtomDomain, VectorDomain};
+#[cfg(feature = "mechanisms")]
 use opendp::measurements::make_gaussian;
+#[cfg(feature = "mechanisms")]
 use opendp::measures::ZeroConcentratedDivergence;
+#[cfg(feature = "mechanisms")]
 use opendp::metrics::L2Distance;
+#[cfg(feature = "mechanisms")]
 use opendp::traits::samplers::{sample_bernoulli_float, sample_discrete_gaussian};
 use serde::{Deserialize, Serialize};
 
@@ -113,6 +119,7 @@ pub(crate) fn check_noise_multiplier(z: f64) -> Result<(), DpError> {
     }
 }
 
+#[cfg(feature = "mechanisms")]
 fn check_finite(values: &[f64]) -> Result<(), DpError> {
     match values.iter().position(|v| !v.is_finite()) {
         Some(index) => Err(DpError::NonFinite {
@@ -128,6 +135,7 @@ fn check_finite(values: &[f64]) -> Result<(), DpError> {
 ///
 /// Privacy map (OpenDP, CKS20 Thm 4): for an input of L2 sensitivity Δ this release is
 /// `ρ = ((Δ + √d·2^(k−1))/std_dev)²/2`-zCDP.
+#[cfg(feature = "mechanisms")]
 pub fn add_gaussian_noise(values: &mut [f64], std_dev: f64) -> Result<(), DpError> {
     if !(std_dev.is_finite() && std_dev > 0.0) {
         return Err(DpError::InvalidParameter {
@@ -157,6 +165,7 @@ pub fn add_gaussian_noise(values: &mut [f64], std_dev: f64) -> Result<(), DpErro
 
 /// zCDP ρ of [`add_gaussian_noise`] for an input of L2 sensitivity `sensitivity` in `dim`
 /// coordinates, as computed by OpenDP's privacy map (rounding distance included, rounded up).
+#[cfg(feature = "mechanisms")]
 pub fn gaussian_noise_rho(sensitivity: f64, std_dev: f64, dim: usize) -> Result<f64, DpError> {
     let domain = VectorDomain::new(AtomDomain::<f64>::new_non_nan()).with_size(dim);
     let meas = make_gaussian::<_, _, ZeroConcentratedDivergence>(
@@ -170,6 +179,7 @@ pub fn gaussian_noise_rho(sensitivity: f64, std_dev: f64, dim: usize) -> Result<
 
 /// One exact draw from the discrete Gaussian `N_Z(0, σ²)` (OpenDP `sample_discrete_gaussian`,
 /// CKS20 Alg. 3).
+#[cfg(feature = "mechanisms")]
 pub fn discrete_gaussian(sigma: f64) -> Result<i64, DpError> {
     let scale = RBig::try_from(sigma).map_err(|_| DpError::InvalidParameter {
         name: "discrete Gaussian sigma",
@@ -194,6 +204,7 @@ pub fn discrete_gaussian(sigma: f64) -> Result<i64, DpError> {
 /// with OpenDP's Bernoulli sampler (a CSPRNG; OpenSSL with `secure-rng`). Returns the kept
 /// indices. This is the sampling the `PoissonSampledGaussian` event assumes (Mironov, Talwar,
 /// Zhang 2019, §2: "each element is included independently with probability q").
+#[cfg(feature = "mechanisms")]
 pub fn poisson_subsample(n_rows: usize, q: f64) -> Result<Vec<usize>, DpError> {
     if !(q > 0.0 && q <= 1.0) {
         return Err(DpError::InvalidSamplingRate(q));
@@ -234,6 +245,7 @@ impl DpSgdStep {
     /// coordinate, and divide by the expected batch size q·n_rows (a public constant, so the
     /// division is post-processing; Abadi et al. 2016 Alg. 1 "L" with the fixed denominator of
     /// McMahan et al. 2018 §2).
+    #[cfg(feature = "mechanisms")]
     pub fn noisy_gradient<F>(
         &self,
         n_rows: usize,
@@ -279,6 +291,7 @@ impl DpSgdStep {
 /// Privacy map: one partner's release is the Gaussian mechanism on a vector of sensitivity C
 /// (add/remove that partner) with noise multiplier z: `DpEvent::Gaussian { z }`, i.e.
 /// `1/(2z²)`-zCDP per round. No amplification by partner sampling is claimed.
+#[cfg(feature = "mechanisms")]
 pub fn privatize_partner_update(
     delta: &mut [f64],
     clip_norm: f64,
@@ -334,6 +347,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "mechanisms")]
     #[test]
     fn noise_rejects_bad_inputs() {
         assert!(add_gaussian_noise(&mut [1.0], 0.0).is_err());
@@ -347,6 +361,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "mechanisms")]
     #[test]
     fn opendp_map_matches_the_gaussian_rho() {
         // ρ = (Δ/σ)²/2 up to the grid rounding distance.
@@ -354,6 +369,7 @@ mod tests {
         assert!((rho - 0.125).abs() < 1e-9, "{rho}");
     }
 
+    #[cfg(feature = "mechanisms")]
     #[test]
     fn poisson_subsample_rate() {
         // 10,000 rows at q = 0.1: the count is Binomial(10000, 0.1), sd 30; ±8 sd fails with
@@ -365,6 +381,7 @@ mod tests {
         assert!(poisson_subsample(10, 0.0).is_err());
     }
 
+    #[cfg(feature = "mechanisms")]
     #[test]
     fn dp_sgd_step_is_noisy_mean_of_clipped_gradients() {
         // Every gradient is (100, 0): clipped to (1, 0). With q = 1 the batch is all rows, the

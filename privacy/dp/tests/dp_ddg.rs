@@ -1,6 +1,6 @@
 //! Distributed discrete Gaussian: encode → modular sum → decode, rotation, wrap-around, ρ.
 
-use consortia_privacy::dp::ddg::{
+use consortia_dp::ddg::{
     DdgParams, add_mod, ddg_round_rho, decode, encode, encode_sum, inverse_rotate, rotate,
     unwrap_signed, wrap,
 };

@@ -1,7 +1,7 @@
 //! How a partner's model update becomes the vector of residues it encrypts,
 //! and how the decrypted sum becomes the federation's step.
 //!
-//! Two encodings, both exact under the wrapping sum of [`crate::he`] (sums
+//! Two encodings, both exact under the wrapping sum of [`crate`] (sums
 //! modulo `2^plaintext_bits`):
 //!
 //! * [`UpdateEncoding::Weighted`] (secure aggregation without differential
@@ -20,9 +20,9 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::dp::ddg::{self, DdgParams, unwrap_signed, wrap};
-use crate::dp::{DpError, NoisePlacement, PrivacySpec, PrivacyUnit};
-use crate::he::CollectivePublicKey;
+use crate::CollectivePublicKey;
+use consortia_dp::ddg::{self, DdgParams, unwrap_signed, wrap};
+use consortia_dp::{DpError, NoisePlacement, PrivacySpec, PrivacyUnit};
 
 /// Fraction bits of the weighted encoding: deltas are kept to 2^-16 per row.
 pub const WEIGHTED_FRACTION_BITS: u32 = 16;
@@ -110,7 +110,7 @@ impl UpdateEncoding {
 
     /// Distributed DP for round `round` under the key `key_id`, with `n_min`
     /// partners in every sum and the colluders of the spec's
-    /// [`DistributedShape`](crate::dp::DistributedShape) (refused without one).
+    /// [`DistributedShape`](consortia_dp::DistributedShape) (refused without one).
     pub fn ddg(
         spec: &PrivacySpec,
         dim: usize,
