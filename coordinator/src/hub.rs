@@ -3,9 +3,9 @@
 //! [`Hub`] knows who is connected (registration, revocation, outbound
 //! commands) and which protocol [`Stage`] is in progress. Sessions route each
 //! inbound message to the stage it belongs to and wake the task loop
-//! ([`Hub::wait_change`]); only the task loop's phases ([`crate::phase`]) open
+//! (`Hub::wait_change`); only the task loop's phases ([`crate::phase`]) open
 //! and close stages. A message for a stage that is not in progress is refused
-//! with the same reason whichever stage is.
+//! as out of phase, naming what the stage in progress takes ([`Stage::expects`]).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
