@@ -6,6 +6,7 @@
 
 mod audit;
 mod demo;
+mod score;
 
 use std::path::PathBuf;
 
@@ -48,6 +49,24 @@ enum Command {
     /// Work with stored global models.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Score a partner's own CSV with an exported global model (partner side).
+    Score {
+        /// A model file written by `consortia model export`.
+        #[arg(long)]
+        model: PathBuf,
+        /// The CSV to score: the task's feature columns (the label column is not needed).
+        #[arg(long)]
+        data: PathBuf,
+        /// Where to write `id,score` rows.
+        #[arg(long)]
+        out: PathBuf,
+        /// A column of `data` that identifies each row (default: row numbers from 1).
+        #[arg(long)]
+        id_column: Option<String>,
+        /// Refuse a model of any task but this one (this partner's task file).
+        #[arg(long)]
+        task: Option<PathBuf>,
+    },
     /// Verify, report and reconcile privacy ledgers.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -170,7 +189,8 @@ struct AgentArgs {
 
 #[derive(Subcommand)]
 enum ModelCommand {
-    /// Export the global model of a round as JSON (feature names, weights, bias).
+    /// Export the global model of a round as JSON: its task, parameters (flat and by
+    /// name) and the federation's standardisation; `consortia score` reads it.
     Export {
         /// The coordinator's state directory.
         #[arg(long)]
@@ -205,8 +225,15 @@ fn main() -> Result<()> {
         Command::Agent(args) => agent(args),
         Command::Metrics { state } => metrics(&state),
         Command::Model(ModelCommand::Export { state, round, out }) => {
-            export_model(&state, round, &out)
+            score::export(&state, round, &out)
         }
+        Command::Score {
+            model,
+            data,
+            out,
+            id_column,
+            task,
+        } => score::score(&model, &data, &out, id_column.as_deref(), task.as_deref()),
         Command::Audit(cmd) => audit::run(cmd),
         Command::PrivacyPlan {
             task,
@@ -427,37 +454,6 @@ fn metrics(state: &std::path::Path) -> Result<()> {
     if shown == 0 {
         println!("no evaluation of a trained model is stored yet");
     }
-    Ok(())
-}
-
-fn export_model(state: &std::path::Path, round: Option<u64>, out: &std::path::Path) -> Result<()> {
-    let store = consortia_coordinator::store::Store::open(state)?;
-    let round = match round {
-        Some(r) => r,
-        None => store.last_round()?,
-    };
-    let task_text = store
-        .task_toml()?
-        .context("the state directory holds no task")?;
-    let task = consortia_model::TaskSpec::from_toml_str(&task_text)?;
-    let params = store
-        .model(round)?
-        .with_context(|| format!("no model stored for round {round}"))?;
-    let model = consortia_model::model_with_params(&task, &params)?;
-    let mut doc = serde_json::json!({
-        "task": task.name,
-        "round": round,
-        "kind": model.kind(),
-        "features": task.schema.feature_names(),
-    });
-    let standardization = serde_json::to_value(store.standardizer()?)?;
-    if let Some(obj) = doc.as_object_mut() {
-        obj.extend(model.export());
-        obj.insert("standardization".into(), standardization);
-    }
-    std::fs::write(out, serde_json::to_string_pretty(&doc)?)
-        .with_context(|| format!("cannot write {}", out.display()))?;
-    println!("model of round {round} written to {}", out.display());
     Ok(())
 }
 

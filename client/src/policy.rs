@@ -154,6 +154,14 @@ pub struct PolicyViolation {
     pub policy_value: String,
 }
 
+/// A model kind as task and policy files write it (`logistic_regression`, `mlp`).
+fn kind_name(kind: ModelKind) -> String {
+    match serde_json::to_value(kind) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => format!("{kind:?}"),
+    }
+}
+
 fn list<T: fmt::Debug>(items: impl IntoIterator<Item = T>) -> String {
     let v: Vec<String> = items
         .into_iter()
@@ -256,10 +264,11 @@ impl Policy {
     ) -> Result<(), PolicyViolation> {
         let v = |field, t: String, p: String| Err(Self::violation(task, field, t, p));
         if !self.allowed_models.contains(&task.model.kind) {
+            let names: Vec<String> = self.allowed_models.iter().map(|k| kind_name(*k)).collect();
             return v(
                 "model.kind",
-                format!("{:?}", task.model.kind).to_lowercase(),
-                format!("allows {}", list(&self.allowed_models)),
+                kind_name(task.model.kind),
+                format!("allows [{}]", names.join(", ")),
             );
         }
         if task.rounds > self.max_rounds {
@@ -423,6 +432,21 @@ mod tests {
 
     fn spec(t: &TaskSpec) -> Option<PrivacySpec> {
         t.privacy_spec().unwrap()
+    }
+
+    #[test]
+    fn a_model_kind_outside_the_policy_is_refused_in_task_file_terms() {
+        let mut t = task(PRIVATE);
+        t.model.kind = ModelKind::Mlp;
+        t.model.hidden = vec![8];
+        let e = Policy::default()
+            .admit(&t, "a", spec(&t).as_ref(), true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("model.kind") && e.contains("mlp") && e.contains("[logistic_regression]"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -34,12 +34,6 @@ pub fn task_privacy(task: &TaskSpec) -> Result<Option<PrivacySpec>, CoordinatorE
     else {
         return Ok(None);
     };
-    if spec.adaptive_clipping.is_some() {
-        return Err(bad(
-            "adaptive_clipping is not supported by the partner agents yet: remove the table and set clip_norm"
-                .into(),
-        ));
-    }
     // Events of a round do not depend on a partner's size (the sampling rate is
     // fixed by the task); δ against each partner's rows is checked once known.
     let events = spec.round_events(1).map_err(|e| bad(e.to_string()))?;

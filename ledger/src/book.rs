@@ -24,8 +24,7 @@
 use std::collections::BTreeMap;
 
 use consortia_dp::{
-    Budget, DpError, DpEvent, NoisePlacement, PartnerBudget, PrivacySpec, PrivacyUnit,
-    RdpAccountant,
+    Budget, DpError, DpEvent, NoisePlacement, PrivacySpec, PrivacyUnit, RdpAccountant,
 };
 
 use crate::entry::{
@@ -156,8 +155,6 @@ impl PrivacyBook {
         entries: &[LedgerEntry],
     ) -> Result<Self, BookError> {
         spec.validate()?;
-        // Only the RDP accountant exists; refuse the others with consortia-dp's message.
-        PartnerBudget::new(spec.budget(), spec.accountant)?;
         if let Some(b) = own_budget {
             b.validate()?;
         }

@@ -221,6 +221,68 @@ impl Dataset {
     /// Like [`Dataset::load_csv`], for CSV text already in memory; `file` names it
     /// in errors.
     pub fn from_csv_str(text: &str, file: &str, schema: &FeatureSchema) -> Result<Self, DataError> {
+        let table = encode(text, file, schema, Labels::Required, None)?;
+        Ok(Self {
+            features: table.features,
+            labels: Array1::from(table.labels),
+        })
+    }
+
+    /// Reads the rows of a CSV file to score: the features through `schema`, the
+    /// label column ignored (it need not be there), and the value of `id_column` of
+    /// each row when one is named (the 1-based row number otherwise). Errors name the
+    /// file, line, row and column as [`Dataset::load_csv`]'s do.
+    pub fn load_for_scoring(
+        path: impl AsRef<Path>,
+        schema: &FeatureSchema,
+        id_column: Option<&str>,
+    ) -> Result<ScoringRows, DataError> {
+        let path = path.as_ref();
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| DataError::Read {
+            file: file.clone(),
+            error,
+        })?;
+        let table = encode(&text, &file, schema, Labels::Ignored, id_column)?;
+        Ok(ScoringRows {
+            features: table.features,
+            ids: table.ids,
+        })
+    }
+}
+
+/// Rows read for scoring ([`Dataset::load_for_scoring`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoringRows {
+    /// The design matrix before standardisation.
+    pub features: Array2<f64>,
+    /// Each row's id: the id column's value, or the 1-based row number.
+    pub ids: Vec<String>,
+}
+
+/// Whether the label column is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Labels {
+    Required,
+    Ignored,
+}
+
+/// What [`encode`] read.
+struct Encoded {
+    features: Array2<f64>,
+    labels: Vec<f64>,
+    ids: Vec<String>,
+}
+
+/// Encodes CSV text through `schema` (validated first).
+fn encode(
+    text: &str,
+    file: &str,
+    schema: &FeatureSchema,
+    label_mode: Labels,
+    id_column: Option<&str>,
+) -> Result<Encoded, DataError> {
+    {
         schema.validate()?;
         let (header, rows) = read_table(text, file)?;
         let find = |column: &str, role: &'static str| {
@@ -234,7 +296,12 @@ impl Dataset {
                     header: header.clone(),
                 })
         };
-        let label_idx = find(&schema.label.column, "label column")?;
+        let label_idx = match label_mode {
+            Labels::Required => Some(find(&schema.label.column, "label column")?),
+            Labels::Ignored => None,
+        };
+        let id_idx = id_column.map(|c| find(c, "id column")).transpose()?;
+        let mut ids = Vec::with_capacity(rows.len());
         let numeric: Vec<(usize, &str, MissingPolicy)> = schema
             .numeric
             .iter()
@@ -315,6 +382,13 @@ impl Dataset {
                 features.extend((0..c.categories.len()).map(|k| if k == hot { 1.0 } else { 0.0 }));
             }
 
+            ids.push(match id_idx {
+                Some(i) => cell(i).to_owned(),
+                None => (r + 1).to_string(),
+            });
+            let Some(label_idx) = label_idx else {
+                continue;
+            };
             let value = cell(label_idx);
             let y = if value == positive {
                 1.0
@@ -340,12 +414,15 @@ impl Dataset {
 
         let features = Array2::from_shape_vec((rows.len(), width), features)
             .map_err(|e| DataError::Shape(e.to_string()))?;
-        Ok(Self {
+        Ok(Encoded {
             features,
-            labels: Array1::from(labels),
+            labels,
+            ids,
         })
     }
+}
 
+impl Dataset {
     /// Stacks datasets with the same feature count, in order.
     pub fn concat(parts: &[&Dataset]) -> Result<Self, DataError> {
         let Some(first) = parts.first() else {

@@ -40,7 +40,7 @@ pub mod task;
 
 pub use aggregate::{AggregateError, AggregatedUpdate};
 
-pub use data::{CellAt, DataError, Dataset, partition_csv_by_column};
+pub use data::{CellAt, DataError, Dataset, ScoringRows, partition_csv_by_column};
 pub use fedavg::{FedAvgError, WeightedSum};
 pub use metrics::{EvalPartial, Metrics, MetricsError, SCORE_BINS};
 pub use model::{

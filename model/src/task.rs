@@ -204,6 +204,14 @@ impl TaskSpec {
         let Some(table) = &self.privacy else {
             return Ok(None);
         };
+        // Said by name rather than as serde's "unknown field", which reads like a typo.
+        if table.contains_key("adaptive_clipping") {
+            return Err(TaskError::Privacy(
+                "adaptive clipping ([privacy.adaptive_clipping]) is not supported, the clip norm \
+                 is fixed for the whole task: remove the table and set a fixed `clip_norm`"
+                    .into(),
+            ));
+        }
         let spec: PrivacySpec = toml::Value::Table(table.clone())
             .try_into()
             .map_err(|e: toml::de::Error| TaskError::Privacy(e.message().to_string()))?;

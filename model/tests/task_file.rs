@@ -260,6 +260,47 @@ fn bounds_parse_and_a_private_task_needs_them_for_every_numeric_column() {
     assert_eq!(field, "schema.bounds.age");
 }
 
+/// Privacy settings that are not implemented are refused when the task's `[privacy]` is read,
+/// naming what was asked for: adaptive clipping (the clip norm is fixed) and any accountant
+/// other than `rdp`.
+#[test]
+fn unsupported_privacy_settings_are_refused_by_name() {
+    let privacy = "\n[schema.bounds]\nage = [0, 120]\n\n[privacy]\nepsilon = 3.0\n\
+                   delta = 1e-5\nclip_norm = 1.0\nnoise_multiplier = 1.0\nsampling_rate = 0.01\n";
+    let refusal = |extra: &str| {
+        let task = TaskSpec::from_toml_str(&format!("{MINIMAL}{privacy}{extra}"))
+            .expect("the raw [privacy] table is read as is");
+        match task.privacy_spec() {
+            Err(TaskError::Privacy(m)) => m,
+            other => panic!("expected a [privacy] refusal, got {other:?}"),
+        }
+    };
+    let adaptive = refusal(
+        "\n[privacy.adaptive_clipping]\ntarget_quantile = 0.5\nlearning_rate = 0.2\n\
+         count_noise_multiplier = 10.0\n",
+    );
+    assert!(
+        adaptive.contains("[privacy.adaptive_clipping]")
+            && adaptive.contains("not supported")
+            && adaptive.contains("clip_norm"),
+        "{adaptive}"
+    );
+    let pld = refusal("accountant = \"pld\"\n");
+    assert!(pld.contains("pld") && pld.contains("`rdp`"), "{pld}");
+    // The one accountant there is, named or by default, is accepted.
+    assert!(accepted(&format!(
+        "{MINIMAL}{privacy}accountant = \"rdp\"\n"
+    )));
+    assert!(accepted(&format!("{MINIMAL}{privacy}")));
+}
+
+fn accepted(text: &str) -> bool {
+    matches!(
+        TaskSpec::from_toml_str(text).unwrap().privacy_spec(),
+        Ok(Some(_))
+    )
+}
+
 #[test]
 fn strategy_and_local_tables_parse_default_and_are_checked() {
     use consortia_model::StrategySpec;

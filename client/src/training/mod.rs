@@ -83,21 +83,11 @@ pub trait LocalUpdate: Send + Sync {
 /// The local update the task asks for. `spec` is the task's checked `[privacy]`
 /// (with its distributed shape set for distributed placement); `secure` says whether
 /// the round is summed under encryption (distributed DP needs it).
-///
-/// Refuses `[privacy.adaptive_clipping]`: no local update implements it, and a
-/// partner does not release what it cannot account for.
 pub fn build(
     task: &TaskSpec,
     spec: Option<&PrivacySpec>,
 ) -> Result<Box<dyn LocalUpdate>, AgentError> {
     let local = LocalSgd::new(task.train_config(), task.local.proximal_mu);
-    if spec.is_some_and(|s| s.adaptive_clipping.is_some()) {
-        return Err(AgentError::Task(
-            "[privacy.adaptive_clipping] is not implemented by the partner agent: the task must \
-             set a fixed clip_norm"
-                .into(),
-        ));
-    }
     Ok(match spec {
         None => Box::new(local),
         Some(s) if s.placement == NoisePlacement::Distributed => {

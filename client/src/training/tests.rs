@@ -151,18 +151,3 @@ fn fedprox_stays_closer_to_the_global_model() {
     let held = norm(run(build(&prox, None).unwrap().as_ref(), &prox, 500));
     assert!(held < free, "μ = 1 shrinks the delta: {held} vs {free}");
 }
-
-#[test]
-fn adaptive_clipping_is_refused_by_name() {
-    let mut task = TaskSpec::from_toml_str(DP_RECORD).unwrap();
-    let mut table = task.privacy.clone().unwrap();
-    let mut ac = toml::Table::new();
-    ac.insert("target_quantile".into(), 0.5.into());
-    ac.insert("learning_rate".into(), 0.2.into());
-    ac.insert("count_noise_multiplier".into(), 10.0.into());
-    table.insert("adaptive_clipping".into(), ac.into());
-    task.privacy = Some(table);
-    let spec = task.privacy_spec().unwrap().unwrap();
-    let err = build(&task, Some(&spec)).err().expect("refused");
-    assert!(err.to_string().contains("adaptive_clipping"), "{err}");
-}

@@ -302,15 +302,15 @@ pub fn zcdp_delta(rho: f64, epsilon: f64) -> Result<f64, DpError> {
     cdp_delta(rho, epsilon)
 }
 
-/// Which accountant turns a ledger of events into (ε, δ).
+/// Which accountant turns a ledger of events into (ε, δ): `accountant = "rdp"` in the task
+/// file, the default and the only accountant there is. Any other value (e.g. a privacy-loss
+/// distribution accountant, `"pld"`) is not supported and is refused when the task is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AccountantKind {
     /// Rényi DP (this module), matches `dp_accounting.rdp.RdpAccountant`.
     #[default]
     Rdp,
-    /// Privacy-loss distributions (tighter). Not implemented: selecting it is refused.
-    Pld,
 }
 
 /// RDP accountant over `dp_accounting`'s default order grid.

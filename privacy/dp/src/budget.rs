@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::accountant::{AccountantKind, DpEvent, RdpAccountant};
+use super::accountant::{DpEvent, RdpAccountant};
 use super::config::PrivacySpec;
 use super::error::DpError;
 
@@ -67,10 +67,10 @@ pub struct PartnerBudget {
 }
 
 impl PartnerBudget {
-    /// An unspent budget. Only [`AccountantKind::Rdp`] is available.
-    pub fn new(budget: Budget, kind: AccountantKind) -> Result<Self, DpError> {
+    /// An unspent budget, accounted with the RDP accountant (the only
+    /// [`AccountantKind`](super::accountant::AccountantKind)).
+    pub fn new(budget: Budget) -> Result<Self, DpError> {
         budget.validate()?;
-        check_kind(kind)?;
         Ok(Self {
             budget,
             accountant: RdpAccountant::new(),
@@ -131,15 +131,6 @@ impl PartnerBudget {
     }
 }
 
-fn check_kind(kind: AccountantKind) -> Result<(), DpError> {
-    match kind {
-        AccountantKind::Rdp => Ok(()),
-        AccountantKind::Pld => Err(DpError::Unsupported(
-            "the PLD accountant is not available yet; set `accountant = \"rdp\"`",
-        )),
-    }
-}
-
 /// ε at the spec's δ after `planned_rounds` rounds of `spec.round_events(partner_rows)`
 /// (local placement; call it with the smallest partner's rows, which has the largest
 /// per-record cost when sampling rates are equal).
@@ -161,7 +152,7 @@ pub fn plan_epsilon_with(
     planned_rounds: u64,
 ) -> Result<f64, DpError> {
     spec.validate()?;
-    let per_round = per_round_accountant(spec, round_events)?;
+    let per_round = per_round_accountant(round_events)?;
     if planned_rounds == 0 || per_round.ledger().is_empty() {
         return Ok(0.0);
     }
@@ -181,7 +172,7 @@ pub fn check_plan(
     if reached <= spec.epsilon {
         return Ok(reached);
     }
-    let per_round = per_round_accountant(spec, round_events)?;
+    let per_round = per_round_accountant(round_events)?;
     let affordable = largest_affordable(planned_rounds, |rounds| {
         Ok(per_round.repeated(rounds).epsilon(spec.delta)? <= spec.epsilon)
     })?;
@@ -263,10 +254,9 @@ fn task_accountant(
     planned_rounds: u64,
 ) -> Result<RdpAccountant, DpError> {
     let mut acc = if planned_rounds == 0 {
-        check_kind(spec.accountant)?;
         RdpAccountant::new()
     } else {
-        per_round_accountant(spec, round_events)?.repeated(planned_rounds)
+        per_round_accountant(round_events)?.repeated(planned_rounds)
     };
     // The task's one release of feature statistics (none under the partner unit).
     for (event, count) in spec.statistics_events() {
@@ -281,11 +271,7 @@ fn task_accountant(
     Ok(acc)
 }
 
-fn per_round_accountant(
-    spec: &PrivacySpec,
-    round_events: &[(DpEvent, u64)],
-) -> Result<RdpAccountant, DpError> {
-    check_kind(spec.accountant)?;
+fn per_round_accountant(round_events: &[(DpEvent, u64)]) -> Result<RdpAccountant, DpError> {
     let mut acc = RdpAccountant::new();
     acc.compose_all(round_events)?;
     Ok(acc)

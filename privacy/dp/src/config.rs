@@ -14,12 +14,10 @@
 //! evaluation_noise = 10.0    # σ_e of the discrete Gaussian on each evaluation count; default 10, ≥ 1
 //! evaluate_every = 0         # 0 (default): evaluate only the final model; N: also every N-th round's
 //! statistics_noise_multiplier = 10.0  # z_s of the Gaussian on the standardisation statistics; default 10, ≥ 1
-//!
-//! [privacy.adaptive_clipping]  # optional (Andrew et al. 2021)
-//! target_quantile = 0.5
-//! learning_rate = 0.2
-//! count_noise_multiplier = 10.0
 //! ```
+//!
+//! The clip norm is fixed for the whole task: adaptive clipping is not supported, and a table
+//! that asks for it (`[privacy.adaptive_clipping]`) is refused by name.
 
 use serde::{Deserialize, Serialize};
 
@@ -68,12 +66,9 @@ pub struct PrivacySpec {
     /// Record unit: local DP-SGD steps per round (each one Poisson-sampled Gaussian event).
     #[serde(default = "default_steps")]
     pub steps_per_round: u64,
-    /// Accountant; default [`AccountantKind::Rdp`].
+    /// Accountant; default and only value [`AccountantKind::Rdp`].
     #[serde(default)]
     pub accountant: AccountantKind,
-    /// Quantile-based adaptive clipping, when present.
-    #[serde(default)]
-    pub adaptive_clipping: Option<AdaptiveClipping>,
     /// Per-partner ε budgets that replace `epsilon` for the named partners
     /// (`[privacy.partner_epsilon]`, partner name → ε). A partner whose budget
     /// runs out is left out of later rounds.
@@ -145,57 +140,6 @@ fn honest_shares(n_min: usize, colluders: usize) -> Result<usize, DpError> {
 /// negligible next to it.
 pub const DDG_SCALE_BITS: u32 = 16;
 
-/// Quantile-based adaptive clipping (Andrew, Thakkar, McMahan, Ramaswamy 2021, "Differentially
-/// Private Learning with Adaptive Clipping", Alg. 1 and §3): each unit reports the bit
-/// `1[‖x‖ ≤ C]`, the noisy mean `b̄` of the bits updates `C ← C·exp(−η(b̄ − γ))`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdaptiveClipping {
-    /// γ: quantile of the norms the clip tracks (0.5 = median).
-    #[serde(default = "default_quantile")]
-    pub target_quantile: f64,
-    /// η of the geometric update.
-    #[serde(default = "default_learning_rate")]
-    pub learning_rate: f64,
-    /// Noise multiplier of the count query: std of the noise on the sum of bits divided by the
-    /// sum's sensitivity (1 under add/remove). Its Gaussian release is composed as a separate
-    /// event with the same sampling as the update.
-    pub count_noise_multiplier: f64,
-}
-
-fn default_quantile() -> f64 {
-    0.5
-}
-fn default_learning_rate() -> f64 {
-    0.2
-}
-
-impl AdaptiveClipping {
-    /// Geometric clip update of Andrew et al. 2021, Eq. (3):
-    /// `C' = C·exp(−η·(b̄ − γ))`, with `b̄` the noisy fraction of units whose norm was ≤ C.
-    pub fn next_clip(&self, clip: f64, noisy_fraction_unclipped: f64) -> f64 {
-        clip * (-self.learning_rate * (noisy_fraction_unclipped - self.target_quantile)).exp()
-    }
-
-    fn validate(&self) -> Result<(), DpError> {
-        if !(self.target_quantile > 0.0 && self.target_quantile < 1.0) {
-            return Err(DpError::InvalidParameter {
-                name: "adaptive_clipping.target_quantile",
-                value: self.target_quantile.to_string(),
-                hint: "the target quantile must be in (0, 1), e.g. 0.5",
-            });
-        }
-        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
-            return Err(DpError::InvalidParameter {
-                name: "adaptive_clipping.learning_rate",
-                value: self.learning_rate.to_string(),
-                hint: "the learning rate must be finite and > 0, e.g. 0.2",
-            });
-        }
-        check_noise_multiplier(self.count_noise_multiplier)
-    }
-}
-
 impl PrivacySpec {
     /// The (ε, δ) budget.
     pub fn budget(&self) -> Budget {
@@ -218,7 +162,7 @@ impl PrivacySpec {
     }
 
     /// Checks every figure: ε > 0, δ ∈ (0, 1), C > 0, z > 0, q ∈ (0, 1] for the record unit
-    /// (and absent for the partner unit), steps ≥ 1, adaptive clipping parameters, σ_e ≥ 1, z_s ≥ 1.
+    /// (and absent for the partner unit), steps ≥ 1, σ_e ≥ 1, z_s ≥ 1.
     pub fn validate(&self) -> Result<(), DpError> {
         self.budget().validate()?;
         for partner in self.partner_epsilon.keys() {
@@ -270,9 +214,6 @@ impl PrivacySpec {
                  (or remove it)",
             ));
         }
-        if let Some(ac) = &self.adaptive_clipping {
-            ac.validate()?;
-        }
         super::release::check_evaluation_noise(self.evaluation_noise)?;
         super::release::check_statistics_noise(self.statistics_noise_multiplier)
     }
@@ -288,9 +229,7 @@ impl PrivacySpec {
     /// * record unit: `steps_per_round` × `PoissonSampledGaussian { q, z }` (DP-SGD; per step the
     ///   clipped sum has sensitivity C under add/remove of one row, noise z·C);
     /// * partner unit: 1 × `Gaussian { z }` (DP-FedAvg; the clipped delta has sensitivity C
-    ///   under add/remove of the partner, noise z·C);
-    /// * with adaptive clipping, the count query's Gaussian with `count_noise_multiplier` and
-    ///   the same sampling, as many times.
+    ///   under add/remove of the partner, noise z·C).
     ///
     /// Distributed placement needs the round's DDG parameters: see
     /// [`round_events_distributed`](Self::round_events_distributed).
@@ -304,37 +243,21 @@ impl PrivacySpec {
             let params = self.ddg_params(shape.dim, shape.n_min, shape.colluders, 62)?;
             return self.round_events_distributed(&params);
         }
-        let mut events = Vec::with_capacity(2);
-        match self.unit {
-            PrivacyUnit::Record => {
-                let q = self.sampling_rate.unwrap_or(1.0);
-                let step = |z| DpEvent::PoissonSampledGaussian {
-                    sampling_rate: q,
-                    noise_multiplier: z,
-                };
-                events.push((step(self.noise_multiplier), self.steps_per_round));
-                if let Some(ac) = &self.adaptive_clipping {
-                    events.push((step(ac.count_noise_multiplier), self.steps_per_round));
-                }
-            }
-            PrivacyUnit::Partner => {
-                events.push((
-                    DpEvent::Gaussian {
-                        noise_multiplier: self.noise_multiplier,
-                    },
-                    1,
-                ));
-                if let Some(ac) = &self.adaptive_clipping {
-                    events.push((
-                        DpEvent::Gaussian {
-                            noise_multiplier: ac.count_noise_multiplier,
-                        },
-                        1,
-                    ));
-                }
-            }
-        }
-        Ok(events)
+        Ok(match self.unit {
+            PrivacyUnit::Record => vec![(
+                DpEvent::PoissonSampledGaussian {
+                    sampling_rate: self.sampling_rate.unwrap_or(1.0),
+                    noise_multiplier: self.noise_multiplier,
+                },
+                self.steps_per_round,
+            )],
+            PrivacyUnit::Partner => vec![(
+                DpEvent::Gaussian {
+                    noise_multiplier: self.noise_multiplier,
+                },
+                1,
+            )],
+        })
     }
 
     /// The same spec, calibrated for distributed rounds on `dim`-long updates
@@ -398,8 +321,7 @@ impl PrivacySpec {
     }
 
     /// What one distributed-discrete-Gaussian round costs a partner (partner unit):
-    /// `Zcdp { ρ = ddg_round_rho(params) }`, plus the adaptive-clipping count query when
-    /// configured (charged as a Gaussian with `count_noise_multiplier`).
+    /// `Zcdp { ρ = ddg_round_rho(params) }`.
     pub fn round_events_distributed(
         &self,
         params: &DdgParams,
@@ -410,15 +332,6 @@ impl PrivacySpec {
                 "DDG rounds need placement = \"distributed\"",
             ));
         }
-        let mut events = vec![(params.round_event(), 1)];
-        if let Some(ac) = &self.adaptive_clipping {
-            events.push((
-                DpEvent::Gaussian {
-                    noise_multiplier: ac.count_noise_multiplier,
-                },
-                1,
-            ));
-        }
-        Ok(events)
+        Ok(vec![(params.round_event(), 1)])
     }
 }

@@ -46,10 +46,10 @@ pub use budget::{
     Budget, PartnerBudget, check_plan, check_task_plan, plan_epsilon, plan_epsilon_with,
     task_plan_epsilon,
 };
-pub use config::{AdaptiveClipping, DDG_SCALE_BITS, DistributedShape, PrivacySpec};
+pub use config::{DDG_SCALE_BITS, DistributedShape, PrivacySpec};
 pub use ddg::{DdgParams, ddg_round_rho};
 pub use error::DpError;
-pub use mechanism::{NoisePlacement, PrivacyUnit, clip_and_sum, clip_l2};
+pub use mechanism::{NoisePlacement, PrivacyUnit, clip_l2};
 pub use release::{
     DP_SCORE_BINS, EVALUATION_MECHANISM, NoisyStatistics, STATISTICS_MECHANISM, evaluation_event,
     planned_evaluations, statistics_event, statistics_sensitivity,

@@ -81,28 +81,6 @@ pub fn clip_l2(values: &mut [f64], clip: f64) -> f64 {
     norm
 }
 
-/// Clips each per-example gradient to L2 norm `clip` and sums them (DP-SGD, Abadi et al. 2016,
-/// Alg. 1 lines "clip gradient" and "add noise" operate on this sum, of sensitivity `clip`).
-pub fn clip_and_sum(per_example_grads: &[Vec<f64>], clip: f64) -> Result<Vec<f64>, DpError> {
-    check_clip(clip)?;
-    let dim = per_example_grads.first().map_or(0, Vec::len);
-    let mut sum = vec![0.0; dim];
-    let mut buf = Vec::with_capacity(dim);
-    for g in per_example_grads {
-        if g.len() != dim {
-            return Err(DpError::LengthMismatch {
-                expected: dim,
-                got: g.len(),
-            });
-        }
-        buf.clear();
-        buf.extend_from_slice(g);
-        clip_l2(&mut buf, clip);
-        sum.iter_mut().zip(&buf).for_each(|(s, v)| *s += v);
-    }
-    Ok(sum)
-}
-
 pub(crate) fn check_clip(clip: f64) -> Result<(), DpError> {
     if clip.is_finite() && clip > 0.0 {
         Ok(())
@@ -329,22 +307,6 @@ mod tests {
         let mut w = vec![1.0, 2.0];
         assert!(clip_l2(&mut w, -1.0).is_nan());
         assert_eq!(w, vec![0.0, 0.0]);
-    }
-
-    #[test]
-    fn clip_and_sum_bounds_each_example() {
-        let grads = vec![vec![10.0, 0.0], vec![0.0, 0.5], vec![-6.0, 8.0]];
-        let s = clip_and_sum(&grads, 1.0).unwrap();
-        assert!((s[0] - (1.0 - 0.6)).abs() < 1e-12);
-        assert!((s[1] - (0.5 + 0.8)).abs() < 1e-12);
-        assert!(matches!(
-            clip_and_sum(&[vec![1.0], vec![1.0, 2.0]], 1.0),
-            Err(DpError::LengthMismatch { .. })
-        ));
-        assert_eq!(
-            clip_and_sum(&grads, 0.0),
-            Err(DpError::InvalidClipNorm(0.0))
-        );
     }
 
     #[cfg(feature = "mechanisms")]
