@@ -5,6 +5,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use consortia_dp::DP_SCORE_BINS;
+use consortia_model::Strategy;
 use consortia_model::metrics::Metrics;
 use consortia_proto::{RoundOutcome, TaskFinished, server_message::Kind};
 
@@ -77,16 +78,30 @@ pub fn print_table_row(rec: Option<&RoundRecord>, model_round: u64, m: &Metrics)
 /// `model_round`) and prints its row of the table.
 pub fn store_evaluation(
     store: &Store,
+    strategy: &dyn Strategy,
     result: &RoundResult,
     model_round: u64,
 ) -> Result<(), CoordinatorError> {
-    let Some((partners, partial)) = &result.eval else {
+    let Some((partners, partials)) = &result.eval else {
         return Ok(());
+    };
+    let metrics = match strategy.aggregate_evaluation(partials) {
+        Ok(Some((_, metrics))) => metrics,
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            // Each partial was checked on arrival and a trial merge succeeded, so
+            // only counts that overflow when all are added end here.
+            tracing::warn!(
+                round = result.round,
+                "the evaluation of model {model_round} is not stored: {e}"
+            );
+            return Ok(());
+        }
     };
     let record = MetricsRecord {
         model_round,
         partners: partners.clone(),
-        metrics: Metrics::from_partial(partial),
+        metrics,
     };
     store.put_metrics(&record)?;
     if model_round > 0 {
@@ -145,7 +160,7 @@ pub fn finish(hub: &Hub, last: u64, final_metrics: Option<&MetricsRecord>, priva
         Some(m) => {
             let x = &m.metrics;
             println!(
-                "final model (round {last}) on {} held-out rows of {} partners: ROC-AUC {:.4}, accuracy {:.4}, precision {:.4}, recall {:.4}, F1 {:.4}, log-loss {:.4}{}",
+                "final model (round {last}) on {} held-out rows of {} partners: ROC-AUC {:.4}, accuracy {:.4}, precision {:.4}, recall {:.4}, F1 {:.4}, log-loss {:.4}, PR-AUC {:.4}, lift top 10 % {:.2}, top 20 % {:.2}{}",
                 x.examples,
                 m.partners.len(),
                 x.roc_auc,
@@ -154,6 +169,9 @@ pub fn finish(hub: &Hub, last: u64, final_metrics: Option<&MetricsRecord>, priva
                 x.recall,
                 x.f1,
                 x.log_loss,
+                x.pr_auc,
+                x.lift_10,
+                x.lift_20,
                 if private {
                     format!(
                         " (differentially private estimates from {DP_SCORE_BINS}-bin noised score histograms)"

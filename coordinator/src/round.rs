@@ -61,8 +61,9 @@ pub struct RoundResult {
     /// The contributors' deltas aggregated (in the clear: their example-weighted
     /// mean; under secure aggregation: set once the sum is decrypted).
     pub update: Option<AggregatedUpdate>,
-    /// Combined evaluation of the round's input model.
-    pub eval: Option<(Vec<String>, EvalPartial)>,
+    /// The partners' evaluations of the round's input model (each checked on
+    /// arrival; the server strategy merges them), with who sent them.
+    pub eval: Option<(Vec<String>, Vec<EvalPartial>)>,
     /// Partners who declined, with reasons.
     pub declined: Vec<(String, String)>,
     /// Selected partners that never answered.
@@ -165,7 +166,7 @@ pub struct RoundCollector {
     sum: WeightedSum,
     loss_sum: f64,
     loss_weight: f64,
-    eval: Option<EvalPartial>,
+    eval: Vec<EvalPartial>,
     eval_partners: Vec<String>,
     eval_bins: Option<usize>,
     aggregate: Option<Aggregate>,
@@ -194,7 +195,7 @@ impl RoundCollector {
             sum: WeightedSum::new(param_count),
             loss_sum: 0.0,
             loss_weight: 0.0,
-            eval: None,
+            eval: Vec::new(),
             eval_partners: Vec::new(),
             eval_bins: Some(SCORE_BINS),
             aggregate: None,
@@ -397,17 +398,17 @@ impl RoundCollector {
         if self.eval_partners.iter().any(|p| p == partner) {
             return Err(Rejection::Duplicate { round: self.round });
         }
-        match self.eval.as_mut() {
-            None => {
-                partial.validate().map_err(|e| {
-                    Rejection::invalid(subject, "a consistent evaluation", e.to_string())
-                })?;
-                self.eval = Some(partial)
-            }
-            Some(acc) => acc.merge(&partial).map_err(|e| {
+        partial
+            .validate()
+            .map_err(|e| Rejection::invalid(subject, "a consistent evaluation", e.to_string()))?;
+        // The merge the strategy makes of them must succeed: try it on a copy.
+        if let Some(first) = self.eval.first() {
+            let mut trial = first.clone();
+            trial.merge(&partial).map_err(|e| {
                 Rejection::invalid(subject, "an evaluation of the round's shape", e.to_string())
-            })?,
+            })?;
         }
+        self.eval.push(partial);
         self.eval_partners.push(partner.to_string());
         if self.kind == RoundKind::Evaluate {
             self.answers.insert(partner.to_string(), Answer::Evaluated);
@@ -498,7 +499,7 @@ impl RoundCollector {
             examples,
             train_loss,
             update,
-            eval: self.eval.map(|e| (self.eval_partners, e)),
+            eval: (!self.eval.is_empty()).then_some((self.eval_partners, self.eval)),
             declined,
             missing,
             aggregate,
@@ -565,8 +566,10 @@ mod tests {
         ));
         c.add_eval("a", 2, partial(20, 3, 4)).unwrap();
         c.add_eval("b", 2, partial(20, 1, 1)).unwrap();
-        let (partners, merged) = c.finish().eval.unwrap();
+        let (partners, partials) = c.finish().eval.unwrap();
         assert_eq!(partners, ["a", "b"]);
+        let mut merged = partials[0].clone();
+        merged.merge(&partials[1]).unwrap();
         assert_eq!(
             (merged.n, merged.bins(), merged.tp, merged.fp),
             (9, 20, 4, 5)

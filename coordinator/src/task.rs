@@ -111,7 +111,7 @@ pub async fn run_task(
         let mut result =
             collection::collect(&hub, spec, model.clone(), &standardizer, deadline, secure).await;
         // Store the evaluation of the model that went in.
-        report::store_evaluation(&store, &result, last)?;
+        report::store_evaluation(&store, &*strategy, &result, last)?;
         let discard = match (&fed_key, &encoding) {
             (Some(key), Some(encoding)) => {
                 let spec = privacy_spec.as_ref();
