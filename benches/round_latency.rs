@@ -1,42 +1,73 @@
-//! Round latency over mutual TLS on loopback: pure orchestration, transport
-//! and (with secure aggregation) cryptography cost.
+//! Round latency over mutual TLS on loopback: the orchestration, transport and (with
+//! secure aggregation) cryptography cost of the real coordinator and the real agents.
 //!
-//! The coordinator runs in a child process (so its peak memory can be read
-//! from /proc); the partners are in-process agents that return the model they
-//! received plus a small change, so no training time is counted. In `secure`
-//! mode they take part in the key ceremony, encrypt their update under the
-//! collective key (`consortia_he`), and recompute and partially
-//! decrypt every round's sum with the agent's own key-holder code
-//! (`consortia_client::keys`); every partner runs on this one machine.
+//! Every party is a child process of this binary: the coordinator runs
+//! `consortia_coordinator::run` (so its peak memory and CPU time can be read from /proc)
+//! and each partner runs the shipped agent, `consortia_client::run_with`, with one
+//! change: its local update is [`FixedDelta`], a stub that returns 1e-3 for every
+//! parameter without touching a row, so no training time is counted. Everything else is
+//! what ships: the agent's configuration file and policy, loading its CSV under the
+//! task's schema, the standardisation phase, evaluation of every global model on its
+//! held-out rows, its state files, and in `secure` mode the key ceremony, the encoding,
+//! encryption and signing of its update and the partial decryption of every round's sum.
+//! Every process runs on this one machine.
+//!
+//! The model is the task's, so the task sets its size ([`BenchModel`]): the features are
+//! the one-hot categories of one categorical column; up to `MAX_FEATURES + 1` parameters
+//! the model is a logistic regression over `params − 1` of them, above that an MLP with
+//! one hidden layer (`params` ≈ `hidden × (features + 2) + 1`, exact when some width up to
+//! `MAX_HIDDEN_WIDTH` divides `params − 1`, as for 1,000,000: 999 × 1,001 + 1). The
+//! header line gives the model. Each partner holds 10 rows.
 //!
 //! ```text
 //! cargo bench --bench round_latency -- [--params 1000000] [--rounds 10] [--partners 3,10] [--modes plain,secure]
 //! ```
+//!
+//! `ROUND_LATENCY_LOG=FILE` writes the coordinator's log to `FILE` and each agent's
+//! output to `FILE.<partner>`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use consortia_client::keys::{DecryptJob, KeyHolder};
-use consortia_client::policy::Policy;
-use consortia_coordinator::orchestrator::Hub;
-use consortia_coordinator::secure::CiphertextStore;
-use consortia_coordinator::server::{revocation_check, serve};
-use consortia_coordinator::store::{Store, StoredStandardizer};
-use consortia_he::Encryptor;
-use consortia_he::update::UpdateEncoding;
+use consortia_client::training::{Contribution, ContributionKind, LocalUpdate, RoundInput};
+use consortia_client::{AgentConfig, AgentError, RunOptions};
+use consortia_coordinator::CoordinatorConfig;
+use consortia_coordinator::config::TlsFiles;
+use consortia_coordinator::store::Store;
+use consortia_dp::DpEvent;
 use consortia_model::TaskSpec;
-use consortia_model::metrics::EvalPartial;
-use consortia_pki::{ClientTls, ClientTlsFiles, Pki, ServerTls, ServerTlsFiles};
-use consortia_proto::federation_client::FederationClient;
-use consortia_proto::{
-    ClientMessage, EncryptedChunk, EvalReport, Hello, KeyCommit, KeyShare, MAX_MESSAGE_BYTES,
-    UpdateChunk, chunk_count, chunk_range, client_message::Kind as Up,
-    server_message::Kind as Down, share_pieces,
-};
+use consortia_model::models::mlp;
+use consortia_model::schema::MAX_FEATURES;
+use consortia_model::task::{MAX_HIDDEN_WIDTH, MAX_MODEL_PARAMS};
+use consortia_pki::Pki;
 
-const TASK: &str = include_str!("../examples/telco_churn_task.toml");
+/// Rows in each partner's CSV file (a fifth of them held out).
+const ROWS_PER_PARTNER: usize = 10;
+
+/// The local update the bench's agents run: a fixed small delta, computed without
+/// looking at the rows. It releases nothing about them, so it states no DP events
+/// (and the agent would refuse it for a task with `[privacy]`).
+struct FixedDelta;
+
+impl LocalUpdate for FixedDelta {
+    fn name(&self) -> &'static str {
+        "bench-fixed-delta"
+    }
+
+    fn events(&self, _rows: usize) -> Result<Vec<(DpEvent, u64)>, AgentError> {
+        Ok(Vec::new())
+    }
+
+    fn compute(&self, input: RoundInput<'_>) -> Result<Contribution, AgentError> {
+        Ok(Contribution {
+            vector: vec![1e-3; input.global.param_count()],
+            kind: ContributionKind::Delta,
+            loss: Some(0.5),
+        })
+    }
+}
 
 struct Options {
     params: usize,
@@ -77,14 +108,26 @@ fn options(args: &[String]) -> Options {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("--coordinator-child") {
-        coordinator_child(&args[2..]);
-        return;
+    match args.get(1).map(String::as_str) {
+        Some("--coordinator-child") => return coordinator_child(Path::new(&args[2])),
+        Some("--agent-child") => return agent_child(Path::new(&args[2])),
+        _ => {}
     }
     let o = options(&args[1..]);
+    let Some(model) = BenchModel::for_params(o.params) else {
+        eprintln!(
+            "--params {}: a task's model has at most {MAX_MODEL_PARAMS} parameters \
+             (consortia_model::task::MAX_MODEL_PARAMS): give 2 to {MAX_MODEL_PARAMS}",
+            o.params
+        );
+        std::process::exit(2);
+    };
     println!(
-        "round latency, {} parameters, {} rounds per run, mutual TLS on 127.0.0.1",
-        o.params, o.rounds
+        "round latency, {} parameters ({}), {} rounds per run, mutual TLS on 127.0.0.1, real \
+         agents (consortia_client::run_with) with a stub local update",
+        model.params,
+        model.describe(),
+        o.rounds
     );
     println!(
         "{:>8}  {:>7}  {:>12}  {:>12}  {:>12}  {:>22}  {:>14}  {:>22}",
@@ -101,7 +144,7 @@ fn main() {
         let mut plain_mean = None;
         for mode in &o.modes {
             let secure = mode == "secure";
-            let r = run(n, o.params, o.rounds, secure);
+            let r = run(n, &model, o.rounds, secure);
             if !secure {
                 plain_mean = Some(r.mean);
             }
@@ -116,27 +159,202 @@ fn main() {
     }
 }
 
-/// Runs one federation; returns (mean, min, max) seconds per round and peak MiB.
-fn run(partners: usize, params: usize, rounds: u32, secure: bool) -> RunResult {
+/// The bench task's model: `features` one-hot features and, for an MLP, the width of
+/// its one hidden layer.
+struct BenchModel {
+    features: usize,
+    hidden: Option<usize>,
+    params: usize,
+}
+
+impl BenchModel {
+    /// A logistic regression of exactly `params` parameters when a schema can hold
+    /// `params − 1` features; otherwise the one-hidden-layer MLP closest to `params`
+    /// (the widest among equals, so the fewest features). `None` above the largest model
+    /// a task may have.
+    fn for_params(params: usize) -> Option<Self> {
+        if !(2..=MAX_MODEL_PARAMS).contains(&params) {
+            return None;
+        }
+        if params <= MAX_FEATURES + 1 {
+            let features = params - 1;
+            return Some(BenchModel {
+                features,
+                hidden: None,
+                params,
+            });
+        }
+        // hidden × (features + 2) + 1 parameters: the feature counts just below and above.
+        (1..=MAX_HIDDEN_WIDTH)
+            .flat_map(|h| {
+                let below = (params - 1) / h;
+                [below, below + 1].map(|q| (h, q.saturating_sub(2)))
+            })
+            .filter_map(|(h, features)| {
+                let count = mlp::param_count(features, &[h]);
+                ((1..=MAX_FEATURES).contains(&features) && count <= MAX_MODEL_PARAMS).then_some(
+                    BenchModel {
+                        features,
+                        hidden: Some(h),
+                        params: count,
+                    },
+                )
+            })
+            .min_by_key(|m| {
+                (
+                    m.params.abs_diff(params),
+                    usize::MAX - m.hidden.unwrap_or(0),
+                )
+            })
+    }
+
+    fn describe(&self) -> String {
+        match self.hidden {
+            None => format!("logistic regression over {} features", self.features),
+            Some(h) => format!("mlp over {} features, hidden = [{h}]", self.features),
+        }
+    }
+}
+
+/// The bench task: `model.features` one-hot features from one categorical column `c`
+/// (categories `0`, `1`, …), label `y`. Written compactly by hand: the canonical form
+/// puts a space after every comma, and a task file may hold at most 1 MiB.
+fn task_toml(model: &BenchModel, partners: usize, rounds: u32, secure: bool) -> String {
+    let categories: Vec<String> = (0..model.features).map(|k| format!("\"{k}\"")).collect();
+    let model_table = match model.hidden {
+        None => "kind = \"logistic_regression\"".to_string(),
+        Some(h) => format!("kind = \"mlp\"\nhidden = [{h}]"),
+    };
+    let text = format!(
+        r#"name = "round-latency"
+rounds = {rounds}
+min_partners = {partners}
+round_deadline_secs = 120
+local_epochs = 1
+batch_size = 64
+learning_rate = 0.05
+seed = 20261129
+holdout_fraction = 0.2
+secure_aggregation = {secure}
+
+[model]
+{model_table}
+l2 = 0.0
+
+[schema.label]
+column = "y"
+positive = "1"
+negative = "0"
+
+[[schema.categorical]]
+column = "c"
+categories = [{}]
+"#,
+        categories.join(",")
+    );
+    let task = TaskSpec::from_toml_str(&text).expect("the bench task is a valid task");
+    assert_eq!(task.param_count(), model.params, "bench task size");
+    text
+}
+
+/// A partner's rows: categories spread over the list, labels alternating.
+fn partner_csv(index: usize, categories: usize) -> String {
+    let mut csv = String::from("c,y\n");
+    for j in 0..ROWS_PER_PARTNER {
+        let k = (index * ROWS_PER_PARTNER + j).wrapping_mul(7919) % categories;
+        csv.push_str(&format!("{k},{}\n", j % 2));
+    }
+    csv
+}
+
+/// A partner policy that admits the bench task in both modes (the real agent's
+/// policy checks are tested elsewhere).
+const POLICY: &str = r#"[policy]
+require_secure_aggregation = false
+require_dp = false
+min_contributors = 1
+max_colluders_assumed = 0
+allowed_he_params = ["secure128", "fast64"]
+allowed_models = ["logistic_regression", "mlp"]
+"#;
+
+fn agent_toml(dir: &Path, pki: &Pki, name: &str, addr: &str) -> PathBuf {
+    let path = dir.join(format!("agent-{name}.toml"));
+    let text = format!(
+        "coordinator = \"https://{addr}\"\ndata = {:?}\nstate_dir = {:?}\nmax_connect_attempts = 5\n\n\
+         [tls]\nca_cert = {:?}\ncert = {:?}\nkey = {:?}\n\n{POLICY}",
+        dir.join(format!("data-{name}.csv")),
+        dir.join(format!("state-{name}")),
+        pki.ca_cert_path(),
+        pki.partner_cert_path(name),
+        pki.partner_key_path(name),
+    );
+    std::fs::write(&path, text).expect("agent.toml");
+    path
+}
+
+/// Where a child's output goes: `ROUND_LATENCY_LOG[.suffix]` when set, else a file in `dir`.
+fn log_file(dir: &Path, suffix: &str) -> PathBuf {
+    match std::env::var_os("ROUND_LATENCY_LOG") {
+        Some(base) if suffix.is_empty() => PathBuf::from(base),
+        Some(base) => PathBuf::from(format!("{}.{suffix}", base.to_string_lossy())),
+        None => dir.join(format!(
+            "log-{}",
+            if suffix.is_empty() {
+                "coordinator"
+            } else {
+                suffix
+            }
+        )),
+    }
+}
+
+/// Stops every agent and panics with `why` and the end of the coordinator's log.
+fn abort(why: &str, agents: &mut [(String, PathBuf, Child)], coordinator_log: &Path) -> ! {
+    for (_, _, a) in agents.iter_mut() {
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+    panic!("{why}\ncoordinator log:\n{}", tail(coordinator_log));
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Runs one federation; returns seconds per round (mean, min, max over rounds 2..R),
+/// the coordinator's peak MiB and its CPU seconds per round.
+fn run(partners: usize, model: &BenchModel, rounds: u32, secure: bool) -> RunResult {
     let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
     let names: Vec<String> = (0..partners).map(|i| format!("bench-{i}")).collect();
-    let pki = Pki::init(dir.path().join("pki"), &["127.0.0.1".to_string()], &names).expect("pki");
-    let addr_file = dir.path().join("addr");
-    let child = Command::new(std::env::current_exe().expect("exe"))
+    let pki = Pki::init(d.join("pki"), &["127.0.0.1".to_string()], &names).expect("pki");
+    std::fs::write(
+        d.join("task.toml"),
+        task_toml(model, partners, rounds, secure),
+    )
+    .expect("task file");
+    for (i, name) in names.iter().enumerate() {
+        std::fs::write(
+            d.join(format!("data-{name}.csv")),
+            partner_csv(i, model.features),
+        )
+        .expect("partner data");
+    }
+    let exe = std::env::current_exe().expect("exe");
+    let coordinator_log = log_file(d, "");
+    let mut coordinator = Command::new(&exe)
         .arg("--coordinator-child")
-        .arg(dir.path())
-        .arg(partners.to_string())
-        .arg(params.to_string())
-        .arg(rounds.to_string())
-        .arg(if secure { "secure" } else { "plain" })
+        .arg(d)
         .stdout(Stdio::piped())
-        .stderr(match std::env::var_os("ROUND_LATENCY_LOG") {
-            // The coordinator's log, for a breakdown of where a round's time goes.
-            Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
-            None => Stdio::null(),
-        })
+        .stderr(Stdio::from(
+            std::fs::File::create(&coordinator_log).expect("log file"),
+        ))
         .spawn()
         .expect("coordinator child");
+    let addr_file = d.join("addr");
     let until = Instant::now() + Duration::from_secs(60);
     let addr = loop {
         if let Ok(a) = std::fs::read_to_string(&addr_file)
@@ -144,36 +362,68 @@ fn run(partners: usize, params: usize, rounds: u32, secure: bool) -> RunResult {
         {
             break a;
         }
-        assert!(Instant::now() < until, "coordinator did not start");
+        if Instant::now() > until || matches!(coordinator.try_wait(), Ok(Some(_))) {
+            let _ = coordinator.kill();
+            panic!("coordinator did not start:\n{}", tail(&coordinator_log));
+        }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let mut tasks = Vec::new();
-        for name in &names {
-            let tls = ClientTls::new(ClientTlsFiles {
-                ca_cert: pki.ca_cert_path(),
-                cert: pki.partner_cert_path(name),
-                key: pki.partner_key_path(name),
-            })
-            .expect("client tls");
-            let addr = addr.clone();
-            let keys = KeyHolder::new(&dir.path().join(format!("agent-{name}")), name)
-                .with_identity(&pki.partner_key_path(name), &pki.ca_cert_path())
-                .expect("key holder identity");
-            let min = partners as u32;
-            tasks.push(tokio::spawn(async move {
-                echo_partner(tls, addr, keys, min).await
-            }));
+    let mut agents: Vec<(String, PathBuf, Child)> = names
+        .iter()
+        .map(|name| {
+            let cfg = agent_toml(d, &pki, name, &addr);
+            let log = log_file(d, name);
+            let out = std::fs::File::create(&log).expect("agent log");
+            let err = out.try_clone().expect("agent log");
+            let child = Command::new(&exe)
+                .arg("--agent-child")
+                .arg(cfg)
+                .stdout(Stdio::from(out))
+                .stderr(Stdio::from(err))
+                .spawn()
+                .expect("agent child");
+            (name.clone(), log, child)
+        })
+        .collect();
+    // Until the coordinator finishes the task; an agent that fails stops the run.
+    loop {
+        if matches!(coordinator.try_wait(), Ok(Some(_))) {
+            break;
         }
-        for t in tasks {
-            t.await.expect("partner task");
+        let failed = agents
+            .iter_mut()
+            .find_map(|(name, log, a)| match a.try_wait() {
+                Ok(Some(status)) if !status.success() => {
+                    Some(format!("agent {name} failed ({status}):\n{}", tail(log)))
+                }
+                _ => None,
+            });
+        if let Some(why) = failed {
+            let _ = coordinator.kill();
+            let _ = coordinator.wait();
+            abort(&why, &mut agents, &coordinator_log);
         }
-    });
-    let out = child.wait_with_output().expect("coordinator output");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = coordinator.wait_with_output().expect("coordinator output");
+    if !out.status.success() {
+        let why = format!("coordinator failed ({})", out.status);
+        abort(&why, &mut agents, &coordinator_log);
+    }
+    for (name, log, a) in &mut agents {
+        let until = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            match a.try_wait() {
+                Ok(Some(s)) => break Some(s),
+                _ if Instant::now() > until => break None,
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        if !status.is_some_and(|s| s.success()) {
+            let _ = a.kill();
+            panic!("agent {name} did not finish cleanly:\n{}", tail(log));
+        }
+    }
     let text = String::from_utf8_lossy(&out.stdout);
     let field = |name: &str| -> f64 {
         text.lines()
@@ -183,7 +433,7 @@ fn run(partners: usize, params: usize, rounds: u32, secure: bool) -> RunResult {
     };
     let peak_kib = field("peak_kib=");
     let cpu = field("cpu_s=");
-    let store = Store::open(&dir.path().join("state")).expect("state");
+    let store = Store::open(&d.join("state")).expect("state");
     let times: Vec<u64> = store
         .rounds()
         .expect("rounds")
@@ -217,174 +467,6 @@ struct RunResult {
     cpu_per_round: f64,
 }
 
-async fn echo_partner(tls: ClientTls, addr: String, mut keys: KeyHolder, min: u32) {
-    let channel = tls
-        .connect(&format!("https://{addr}"), "127.0.0.1")
-        .await
-        .expect("connect");
-    let mut client = FederationClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let up = |k| ClientMessage { kind: Some(k) };
-    tx.send(up(Up::Hello(Hello {
-        agent_version: "bench".into(),
-    })))
-    .await
-    .expect("hello");
-    let mut inbound = client
-        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("session")
-        .into_inner();
-    let eval = {
-        let one_row = EvalPartial::from_scores([(0.5, true, std::f64::consts::LN_2)]);
-        serde_json::to_vec(&one_row).expect("eval json")
-    };
-    let mut round = None;
-    let mut buf: Vec<f64> = Vec::new();
-    let mut job: Option<DecryptJob> = None;
-    // The bench partner admits whatever task it is sent, as a permissive
-    // policy would; the real agent's policy checks are tested elsewhere.
-    let policy = Policy {
-        require_secure_aggregation: false,
-        require_dp: false,
-        min_contributors: 1,
-        max_colluders_assumed: 0,
-        ..Policy::default()
-    };
-    let mut task: Option<(TaskSpec, [u8; 32])> = None;
-    while let Ok(Some(msg)) = inbound.message().await {
-        match msg.kind {
-            Some(Down::Welcome(w)) => {
-                let t = TaskSpec::from_toml_str(&w.task_toml).expect("task");
-                let h = t.canonical_hash().expect("task hash");
-                task = Some((t, h));
-            }
-            Some(Down::RoundStart(s)) => {
-                buf.clear();
-                round = Some(s);
-            }
-            Some(Down::ModelChunk(c)) => {
-                buf.extend_from_slice(&c.values);
-                let Some(s) = round.as_ref() else { continue };
-                if c.index + 1 < s.chunk_count {
-                    continue;
-                }
-                tx.send(up(Up::Eval(EvalReport {
-                    model_round: s.model_round,
-                    partial_json: eval.clone(),
-                })))
-                .await
-                .expect("send eval");
-                if !s.train {
-                    continue;
-                }
-                let n = buf.len();
-                if !s.key_id.is_empty() {
-                    let key = keys.current.as_ref().expect("key installed").key.clone();
-                    let r = s.round;
-                    let (shape, chunks) = tokio::task::spawn_blocking(move || {
-                        let enc = UpdateEncoding::for_round(None, n, min as usize, &key, r)
-                            .expect("encoding");
-                        let values = enc.encode_weighted(&vec![1e-3; n], 100).expect("encode");
-                        let v = Encryptor::new(&key).encrypt(&values).expect("encrypt");
-                        (
-                            *v.shape(),
-                            v.chunks().map(<[u8]>::to_vec).collect::<Vec<_>>(),
-                        )
-                    })
-                    .await
-                    .expect("encrypt task");
-                    let count = chunks.len() as u32;
-                    let hash = task.as_ref().expect("welcomed").1;
-                    let signature = keys
-                        .sign_update(&shape, &hash, s.round, s.attempt, 100, &chunks)
-                        .expect("sign");
-                    for (index, ciphertext) in chunks.into_iter().enumerate() {
-                        let last = index as u32 + 1 == count;
-                        tx.send(up(Up::Encrypted(EncryptedChunk {
-                            round: s.round,
-                            index: index as u32,
-                            chunk_count: count,
-                            example_count: 100,
-                            ciphertext,
-                            signature: if last { signature.clone() } else { Vec::new() },
-                        })))
-                        .await
-                        .expect("send update");
-                    }
-                    continue;
-                }
-                for index in 0..chunk_count(n) {
-                    let values = buf[chunk_range(n, index)]
-                        .iter()
-                        .map(|v| v + 1e-3)
-                        .collect();
-                    tx.send(up(Up::Update(UpdateChunk {
-                        round: s.round,
-                        index,
-                        chunk_count: chunk_count(n),
-                        example_count: 100,
-                        values,
-                        train_loss: 0.5,
-                    })))
-                    .await
-                    .expect("send update");
-                }
-            }
-            Some(Down::Keygen(req)) => {
-                let t = &task.as_ref().expect("welcomed").0;
-                let commitment = keys.keygen(&req, t, &policy).expect("keygen");
-                tx.send(up(Up::KeyCommit(KeyCommit {
-                    session_id: req.session_id,
-                    commitment: commitment.to_vec(),
-                })))
-                .await
-                .expect("send commitment");
-            }
-            Some(Down::KeyReveal(r)) => {
-                let hash = task.as_ref().expect("welcomed").1;
-                let (public_share, signature) = keys.reveal(&r.session_id, &hash).expect("reveal");
-                tx.send(up(Up::KeyShare(KeyShare {
-                    session_id: r.session_id,
-                    public_share,
-                    signature,
-                })))
-                .await
-                .expect("send share");
-            }
-            Some(Down::CollectiveKey(k)) => {
-                let (t, h) = task.as_ref().expect("welcomed");
-                keys.install(&k, t, h, &policy).expect("install key");
-            }
-            Some(Down::Decrypt(req)) => {
-                let values = req.values;
-                job = Some(
-                    keys.begin_decrypt(&req, min, values, &task.as_ref().expect("welcomed").1)
-                        .expect("decrypt request"),
-                );
-            }
-            Some(Down::Ciphertext(c)) => {
-                let Some(j) = job.as_mut() else { continue };
-                j.add(&c).expect("ciphertext");
-                if j.complete() {
-                    let j = job.take().expect("job");
-                    let round = j.round();
-                    let share = keys.finish_decrypt(j).expect("partial decryption");
-                    for piece in share_pieces(round, &share) {
-                        tx.send(up(Up::DecryptionShare(piece)))
-                            .await
-                            .expect("send share");
-                    }
-                }
-            }
-            Some(Down::Finished(_)) => return,
-            _ => {}
-        }
-    }
-}
-
 /// User + system CPU seconds of this process (/proc/self/stat fields 14, 15).
 fn cpu_seconds() -> f64 {
     let ticks = 100.0; // USER_HZ on Linux
@@ -411,65 +493,57 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn coordinator_child(args: &[String]) {
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// The coordinator, as `consortia coordinator` runs it, on the bench's task and PKI.
+fn coordinator_child(dir: &Path) {
     if std::env::var_os("ROUND_LATENCY_LOG").is_some() {
         tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
             .with_ansi(false)
             .init();
     }
-    let dir = PathBuf::from(&args[0]);
-    let partners: u32 = args[1].parse().expect("partners");
-    let params: usize = args[2].parse().expect("params");
-    let rounds: u32 = args[3].parse().expect("rounds");
-    let secure = args.get(4).map(String::as_str) == Some("secure");
-    let mut task = TaskSpec::from_toml_str(TASK).expect("task");
-    task.rounds = rounds;
-    task.secure_aggregation = secure;
-    task.min_partners = partners;
-    task.round_deadline_secs = 120;
-    let text = task.to_toml_string().expect("toml");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let store = Arc::new(Store::open(&dir.join("state")).expect("store"));
-        store.init_task(&text, &vec![0.0; params]).expect("init");
-        let f = task.schema.feature_count();
-        store
-            .put_standardizer(&StoredStandardizer {
-                mean: vec![0.0; f],
-                std: vec![1.0; f],
-            })
-            .expect("standardizer");
-        let pki = Path::new(&dir).join("pki");
-        let tls = Arc::new(
-            ServerTls::new(ServerTlsFiles {
-                ca_cert: pki.join("ca.pem"),
-                cert: pki.join("coordinator.pem"),
-                key: pki.join("coordinator.key"),
-                crl: pki.join("crl.pem"),
-            })
-            .expect("server tls"),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        std::fs::write(
-            dir.join("addr"),
-            listener.local_addr().expect("addr").to_string(),
-        )
-        .expect("addr file");
-        let mut hub = Hub::new(task, text, params, revocation_check(&tls));
-        if secure {
-            hub = hub.with_secure_aggregation(CiphertextStore::new(&dir.join("state")), None);
-        }
-        let hub = Arc::new(hub);
-        serve(hub, store, None, tls, listener, std::future::pending())
-            .await
-            .expect("serve");
-    });
+    let pki = dir.join("pki");
+    let cfg = CoordinatorConfig {
+        listen: "127.0.0.1:0".parse().expect("listen address"),
+        state_dir: dir.join("state"),
+        task: Some(dir.join("task.toml")),
+        tls: TlsFiles {
+            ca_cert: pki.join("ca.pem"),
+            cert: pki.join("coordinator.pem"),
+            key: pki.join("coordinator.key"),
+            crl: pki.join("crl.pem"),
+        },
+        addr_file: Some(dir.join("addr")),
+    };
+    let summary = runtime()
+        .block_on(consortia_coordinator::run(cfg, std::future::pending()))
+        .expect("coordinator");
+    assert!(summary.is_some(), "the task did not finish");
     println!("peak_kib={}", peak_rss_kib());
     println!("cpu_s={}", cpu_seconds());
+}
+
+/// A partner: the shipped agent with its configuration file, running [`FixedDelta`].
+fn agent_child(config: &Path) {
+    let cfg = AgentConfig::load(config).expect("agent configuration");
+    let options = RunOptions {
+        local_update: Some(Arc::new(FixedDelta)),
+    };
+    match runtime().block_on(consortia_client::run_with(
+        cfg,
+        std::future::pending(),
+        options,
+    )) {
+        Ok(summary) => println!("agent done: trained in {} rounds", summary.rounds_trained),
+        Err(e) => {
+            eprintln!("agent failed: {e}");
+            std::process::exit(1);
+        }
+    }
 }

@@ -6,6 +6,7 @@
 //! round the coordinator is on.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use consortia_dp::{DP_SCORE_BINS, PrivacySpec, noisy_histograms};
@@ -29,7 +30,7 @@ use tonic::Code;
 use crate::accounting::{PartnerPrivacy, task_privacy};
 use crate::keys::{DecryptJob, KeyHolder};
 use crate::local::LocalData;
-use crate::training::{self, Contribution, ContributionKind};
+use crate::training::{self, Contribution, ContributionKind, LocalUpdate};
 use crate::{AgentConfig, AgentError};
 
 /// What an agent did before the task finished.
@@ -58,6 +59,28 @@ pub async fn run(
     cfg: AgentConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<AgentSummary, AgentError> {
+    run_with(cfg, shutdown, RunOptions::default()).await
+}
+
+/// How [`run_with`] departs from what the task alone decides.
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    /// Computes every round's contribution instead of the local update the task asks
+    /// for ([`training::build`]): for benchmarks that time the real agent without its
+    /// training (a stub that returns a fixed delta), or for research on new updates.
+    /// Everything else is unchanged: the policy admits the task, and the agent charges
+    /// the DP events this update states ([`LocalUpdate::events`]) to the partner's own
+    /// ledger before its rows are touched. A task with `[privacy]` is refused when this
+    /// update states no events (it would release updates without spending budget).
+    pub local_update: Option<Arc<dyn LocalUpdate>>,
+}
+
+/// [`run`], with `options` (a caller-supplied local update).
+pub async fn run_with(
+    cfg: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+    options: RunOptions,
+) -> Result<AgentSummary, AgentError> {
     tokio::pin!(shutdown);
     let tls = ClientTls::new(ClientTlsFiles {
         ca_cert: cfg.tls.ca_cert.clone(),
@@ -66,7 +89,10 @@ pub async fn run(
     })
     .map_err(|e| AgentError::Tls(e.to_string()))?;
     let server_name = cfg.server_name();
-    let mut state = AgentState::default();
+    let mut state = AgentState {
+        local_update: options.local_update,
+        ..AgentState::default()
+    };
     let mut backoff = BACKOFF_START;
     let mut failures = 0u32;
     loop {
@@ -129,6 +155,8 @@ struct AgentState {
     summary: AgentSummary,
     fatal: Option<AgentError>,
     connected_once_this_try: bool,
+    /// [`RunOptions::local_update`].
+    local_update: Option<Arc<dyn LocalUpdate>>,
 }
 
 /// A round whose model is still arriving.
@@ -639,6 +667,12 @@ fn welcome(
             None => None,
         };
     }
+    // A caller's local update that cannot be accounted for is refused before anything
+    // about the rows (even their statistics) leaves.
+    if let (Some(update), Some(data)) = (&state.local_update, &state.data) {
+        let spec = state.privacy.as_ref().map(|p| &p.spec);
+        round_update(&task, spec, Some(update), data.train_rows())?;
+    }
     if state.keys.is_none() {
         state.keys = Some(
             KeyHolder::new(&cfg.state_dir, partner)
@@ -653,6 +687,30 @@ fn welcome(
     state.task_hash = Some(hash);
     state.task = Some(task);
     Ok(())
+}
+
+/// The local update of a round: the caller's ([`RunOptions::local_update`]) or the one
+/// the task asks for. Under `[privacy]` a caller's update must state the DP events it
+/// spends for `rows` training rows: one that states none is refused.
+fn round_update(
+    task: &TaskSpec,
+    spec: Option<&PrivacySpec>,
+    local_update: Option<&Arc<dyn LocalUpdate>>,
+    rows: usize,
+) -> Result<Arc<dyn LocalUpdate>, AgentError> {
+    let Some(update) = local_update else {
+        return training::build(task, spec).map(Arc::from);
+    };
+    if spec.is_some() && update.events(rows)?.is_empty() {
+        return Err(AgentError::Task(format!(
+            "task `{}` has a [privacy] table, but the local update `{}` this agent was started \
+             with (RunOptions::local_update) spends no privacy budget: refused (run a private \
+             task with the task's own local update)",
+            task.name,
+            update.name()
+        )));
+    }
+    Ok(update.clone())
 }
 
 async fn send(tx: &mpsc::Sender<ClientMessage>, kind: Up) -> Result<(), SessionEnd> {
@@ -681,8 +739,9 @@ async fn play_round(
         }
     };
     // What this partner computes on its rows, and the DP events that costs, follow
-    // from the task it pinned, never from the round's message.
-    let update = match training::build(&task, state.privacy.as_ref().map(|p| &p.spec)) {
+    // from the task it pinned (or the caller's override), never from the round's message.
+    let spec = state.privacy.as_ref().map(|p| &p.spec);
+    let update = match round_update(&task, spec, state.local_update.as_ref(), data.train_rows()) {
         Ok(u) => u,
         Err(e) => {
             state.data = Some(data);
@@ -1041,4 +1100,60 @@ fn secure_update(
         *encrypted.shape(),
         encrypted.chunks().map(<[u8]>::to_vec).collect(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::training::RoundInput;
+    use consortia_dp::DpEvent;
+
+    const PLAIN: &str = include_str!("../../examples/telco_churn_task.toml");
+    const PRIVATE: &str = include_str!("../../examples/telco_churn_dp_eps3.toml");
+
+    /// A caller's update that states the events it is given.
+    struct Stub(Vec<(DpEvent, u64)>);
+
+    impl LocalUpdate for Stub {
+        fn name(&self) -> &'static str {
+            "stub"
+        }
+        fn events(&self, _rows: usize) -> Result<Vec<(DpEvent, u64)>, AgentError> {
+            Ok(self.0.clone())
+        }
+        fn compute(&self, _: RoundInput<'_>) -> Result<Contribution, AgentError> {
+            Err(AgentError::Data("not used".into()))
+        }
+    }
+
+    #[test]
+    fn a_callers_update_replaces_the_tasks_but_not_its_privacy_accounting() {
+        let plain = TaskSpec::from_toml_str(PLAIN).unwrap();
+        let private = TaskSpec::from_toml_str(PRIVATE).unwrap();
+        let spec = task_privacy(&private).unwrap().unwrap();
+        let free: Arc<dyn LocalUpdate> = Arc::new(Stub(Vec::new()));
+        // Without an override the task decides; with one, the caller's update runs.
+        assert_eq!(round_update(&plain, None, None, 10).unwrap().name(), "sgd");
+        assert_eq!(
+            round_update(&plain, None, Some(&free), 10).unwrap().name(),
+            "stub"
+        );
+        // A private task never runs an update that spends nothing.
+        let e = round_update(&private, Some(&spec), Some(&free), 10)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("spends no privacy budget"), "{e}");
+        // One that states its events is charged them like the task's own.
+        let events = training::build(&private, Some(&spec))
+            .unwrap()
+            .events(10)
+            .unwrap();
+        let costed: Arc<dyn LocalUpdate> = Arc::new(Stub(events));
+        assert_eq!(
+            round_update(&private, Some(&spec), Some(&costed), 10)
+                .unwrap()
+                .name(),
+            "stub"
+        );
+    }
 }

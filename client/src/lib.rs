@@ -13,7 +13,7 @@
 //! * [`local`] — the partner's data: loading, hold-out split, standardisation.
 //! * [`training`] — the local update it computes each round ([`training::LocalUpdate`]).
 //! * [`keys`] — its share of the federation key and its partial decryptions.
-//! * [`agent`] — the session loop.
+//! * [`agent`] — the session loop ([`run`]; [`run_with`] takes a caller's local update).
 
 pub mod accounting;
 pub mod agent;
@@ -25,6 +25,6 @@ pub mod pins;
 pub mod policy;
 pub mod training;
 
-pub use agent::{AgentSummary, run};
+pub use agent::{AgentSummary, RunOptions, run, run_with};
 pub use config::AgentConfig;
 pub use error::AgentError;
