@@ -81,7 +81,9 @@ fn exact_auc(run: &Path) -> f64 {
         let partial = data
             .evaluate(model.as_ref(), &st.mean, &st.std)
             .expect("exact evaluation");
-        pooled.merge(&partial).expect("merge");
+        pooled
+            .merge(partial.as_binary().expect("a classifier's evaluation"))
+            .expect("merge");
     }
     pooled.roc_auc().expect("both classes held out")
 }

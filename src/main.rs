@@ -427,13 +427,14 @@ fn agent(args: AgentArgs) -> Result<()> {
 fn metrics(state: &std::path::Path) -> Result<()> {
     let store = consortia_coordinator::store::Store::open(state)?;
     let rounds = store.rounds()?;
-    let private = match store.task_toml()? {
-        Some(text) => consortia_model::TaskSpec::from_toml_str(&text)?
-            .privacy_spec()?
-            .is_some(),
-        None => false,
+    let (private, classifier) = match store.task_toml()? {
+        Some(text) => {
+            let task = consortia_model::TaskSpec::from_toml_str(&text)?;
+            (task.privacy_spec()?.is_some(), task.is_classifier())
+        }
+        None => (false, true),
     };
-    consortia_coordinator::orchestrator::print_table_header();
+    consortia_coordinator::orchestrator::print_table_header(classifier);
     let mut shown = 0;
     for m in store.all_metrics()? {
         if m.model_round == 0 {

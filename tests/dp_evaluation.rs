@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::rogue::{Rogue, WAIT};
 use common::{Federation, PERMISSIVE_POLICY, TASK};
-use consortia_model::{EvalPartial, TaskSpec};
+use consortia_model::{EvalPartial, Evaluation, TaskSpec};
 use consortia_proto::{
     ModelChunk, RoundStart, StatsRequest, TaskFinished, chunk_count, chunk_range,
     client_message::Kind as Up, server_message::Kind as Down,
@@ -89,15 +89,21 @@ fn evaluation_report(task_toml: String) -> (EvalPartial, EvalPartial, Rogue, Str
         unreachable!("an EvalReport")
     };
     assert_eq!(report.model_round, 0);
-    let reported: EvalPartial =
-        serde_json::from_slice(&report.partial_json).expect("the report is an EvalPartial");
+    let reported: Evaluation =
+        serde_json::from_slice(&report.partial_json).expect("the report is an Evaluation");
+    let Evaluation::Binary(reported) = reported else {
+        panic!("a churn model's evaluation is binary")
+    };
     // The exact evaluation, computed here from the partner's own file.
     let mut data = consortia_client::local::LocalData::load(&rogue.fed.partners[0].1, &spec, &name)
         .expect("partner data");
     let model = consortia_model::model_with_params(&spec, &params).expect("model");
     let exact = data
         .evaluate(model.as_ref(), &vec![0.0; features], &vec![1.0; features])
-        .expect("exact evaluation");
+        .expect("exact evaluation")
+        .as_binary()
+        .cloned()
+        .expect("a churn model's evaluation is binary");
     let status = rogue.wait_agent_exit(&name, WAIT);
     assert!(status.success(), "{status}\n{}", rogue.report());
     (reported, exact, rogue, name)

@@ -47,7 +47,14 @@ fn secure_aggregation_with_distributed_dp_keeps_the_plaintext_quality() {
     let mut plain = Federation::new(&task_with(20, 3, 120));
     let plain_auc = run_to_end(&mut plain);
     let plain_store = Store::open(&plain.path("state")).unwrap();
-    let reported = plain_store.metrics(20).unwrap().unwrap().metrics.roc_auc;
+    let reported = plain_store
+        .metrics(20)
+        .unwrap()
+        .unwrap()
+        .metrics
+        .as_binary()
+        .unwrap()
+        .roc_auc;
     assert!(
         (reported - plain_auc).abs() < 1e-12,
         "without [privacy] the stored evaluation is exact: {reported} vs {plain_auc}"

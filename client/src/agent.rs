@@ -12,6 +12,7 @@ use std::time::Duration;
 use consortia_dp::{DP_SCORE_BINS, PrivacySpec, noisy_histograms};
 use consortia_he::update::UpdateEncoding;
 use consortia_he::{CollectivePublicKey, Encryptor, Shape};
+use consortia_model::Evaluation;
 use consortia_model::TaskSpec;
 use consortia_model::TrainProgress;
 use consortia_model::metrics::EvalPartial;
@@ -258,11 +259,7 @@ async fn run_session(
             }
             Down::RoundStart(start) => {
                 let n = start.param_count as usize;
-                let expected = state
-                    .task
-                    .as_ref()
-                    .map(|t| t.schema.param_count())
-                    .unwrap_or(0);
+                let expected = state.task.as_ref().map(|t| t.param_count()).unwrap_or(0);
                 if n != expected || start.chunk_count != chunk_count(n) {
                     return Err(fatal(
                         state,
@@ -481,7 +478,7 @@ fn update_len(
         .ok_or_else(|| protocol("decryption asked before the collective key was installed"))?;
     let encoding = UpdateEncoding::for_round(
         spec,
-        task.schema.param_count(),
+        task.param_count(),
         task.min_partners as usize,
         &fed.key,
         round,
@@ -758,10 +755,15 @@ async fn play_round(
     let evaluate = state
         .privacy
         .as_ref()
-        .is_none_or(|p| p.spec.evaluates(start.model_round, start.train));
+        .is_none_or(|p| task.is_classifier() && p.spec.evaluates(start.model_round, start.train));
     if !start.train && !evaluate {
-        let reason = "this task releases no evaluation (unit = \"partner\": no noise independent \
-                      of the data protects a whole partner's held-out rows)";
+        let reason = if task.is_classifier() {
+            "this task releases no evaluation (unit = \"partner\": no noise independent \
+             of the data protects a whole partner's held-out rows)"
+        } else {
+            "this task releases no evaluation: under [privacy] only a classifier's evaluation \
+             has a private release"
+        };
         return decline_round(tx, state, data, decline(round, reason), None).await;
     }
     // One update per (round, attempt): a rerun of a round under the same
@@ -938,13 +940,14 @@ async fn play_round(
         match eval_noise {
             None => println!(
                 "round {round}: model of round {} scored on {} held-out rows",
-                start.model_round, eval.n
+                start.model_round,
+                eval.examples()
             ),
             Some(sigma) => println!(
                 "round {round}: model of round {} scored; sending {}-bin score histograms with \
                  discrete Gaussian noise (σ {sigma}) on every count",
                 start.model_round,
-                eval.bins()
+                eval.as_binary().map_or(0, EvalPartial::bins)
             ),
         }
         send(
@@ -1047,13 +1050,20 @@ async fn play_round(
 /// [`DP_SCORE_BINS`] bins, independent discrete Gaussian noise of scale `sigma` on each of the
 /// `2·DP_SCORE_BINS` counts (clamped at 0), and every other figure rebuilt from the noised
 /// histograms (`consortia_dp::release`: `1/(2σ²)`-zCDP, CKS20 Thm 14 with Δ = 1).
-fn private_evaluation(exact: &EvalPartial, sigma: f64) -> Result<EvalPartial, AgentError> {
+fn private_evaluation(exact: &Evaluation, sigma: f64) -> Result<Evaluation, AgentError> {
+    let Evaluation::Binary(exact) = exact else {
+        return Err(AgentError::Task(format!(
+            "a {} evaluation has no differentially private release; this partner sends none",
+            exact.kind()
+        )));
+    };
     let coarse = exact
         .coarsen(DP_SCORE_BINS)
         .map_err(|e| AgentError::Data(format!("coarsening the evaluation: {e}")))?;
     let (pos, neg) = noisy_histograms(&coarse.pos_hist, &coarse.neg_hist, sigma)
         .map_err(|e| AgentError::Data(format!("noising the evaluation: {e}")))?;
     EvalPartial::from_histograms(pos, neg)
+        .map(Evaluation::Binary)
         .map_err(|e| AgentError::Data(format!("the noised evaluation: {e}")))
 }
 

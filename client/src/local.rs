@@ -8,9 +8,9 @@
 use std::path::Path;
 
 use consortia_dp::{PrivacySpec, PrivacyUnit, noisy_statistics};
+use consortia_model::Evaluation;
 use consortia_model::TaskSpec;
 use consortia_model::data::Dataset;
-use consortia_model::metrics::EvalPartial;
 use consortia_model::standardize::{FeatureStats, Standardizer};
 use consortia_model::{Model, TrainProgress};
 use ndarray::Array2;
@@ -157,7 +157,7 @@ impl LocalData {
         model: &dyn Model,
         mean: &[f64],
         std: &[f64],
-    ) -> Result<EvalPartial, AgentError> {
+    ) -> Result<Evaluation, AgentError> {
         let labels = self.test.labels().clone();
         let p = self.prepare(mean, std)?;
         model

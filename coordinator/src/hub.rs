@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use consortia_model::Evaluation;
 use consortia_model::TaskSpec;
-use consortia_model::metrics::EvalPartial;
 use consortia_proto::{StatsReport, server_message::Kind};
 use tokio::sync::Notify;
 use tonic::Status;
@@ -448,7 +448,7 @@ impl Hub {
         &self,
         partner: &str,
         model_round: u64,
-        partial: EvalPartial,
+        partial: Evaluation,
     ) -> Result<(), Rejection> {
         self.with_round(model_round + 1, |r| {
             r.add_eval(partner, model_round, partial)

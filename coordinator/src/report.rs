@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use consortia_dp::DP_SCORE_BINS;
 use consortia_model::Strategy;
-use consortia_model::metrics::Metrics;
+use consortia_model::TaskMetrics;
 use consortia_proto::{RoundOutcome, TaskFinished, server_message::Kind};
 
 use crate::CoordinatorError;
@@ -31,25 +31,42 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Prints the header of the per-round table.
-pub fn print_table_header() {
-    println!(
-        "{:>5}  {:>8}  {:>8}  {:>10}  {:>7}  {:>8}  {:>9}  {:>6}  {:>6}  {:>8}",
-        "round",
-        "partners",
-        "examples",
-        "train-loss",
-        "ROC-AUC",
-        "accuracy",
-        "precision",
-        "recall",
-        "F1",
-        "log-loss"
-    );
+/// Prints the header of the per-round table: a classifier's columns, or a
+/// regression model's.
+pub fn print_table_header(classifier: bool) {
+    if classifier {
+        println!(
+            "{:>5}  {:>8}  {:>8}  {:>10}  {:>7}  {:>8}  {:>9}  {:>6}  {:>6}  {:>8}",
+            "round",
+            "partners",
+            "examples",
+            "train-loss",
+            "ROC-AUC",
+            "accuracy",
+            "precision",
+            "recall",
+            "F1",
+            "log-loss"
+        );
+    } else {
+        println!(
+            "{:>5}  {:>8}  {:>8}  {:>10}  {:>10}  {:>10}  {:>7}  {:>9}  {:>6}  {:>8}",
+            "round",
+            "partners",
+            "examples",
+            "train-loss",
+            "RMSE",
+            "MAE",
+            "R2",
+            "deviance",
+            "Gini",
+            "top-20%"
+        );
+    }
 }
 
 /// Prints one row of the per-round table.
-pub fn print_table_row(rec: Option<&RoundRecord>, model_round: u64, m: &Metrics) {
+pub fn print_table_row(rec: Option<&RoundRecord>, model_round: u64, m: &TaskMetrics) {
     let (partners, examples, loss) = match rec {
         Some(r) => (
             r.participants.len().to_string(),
@@ -59,19 +76,34 @@ pub fn print_table_row(rec: Option<&RoundRecord>, model_round: u64, m: &Metrics)
         ),
         None => ("-".into(), "-".into(), "-".into()),
     };
-    println!(
-        "{:>5}  {:>8}  {:>8}  {:>10}  {:>7.4}  {:>8.4}  {:>9.4}  {:>6.4}  {:>6.4}  {:>8.4}",
-        model_round,
-        partners,
-        examples,
-        loss,
-        m.roc_auc,
-        m.accuracy,
-        m.precision,
-        m.recall,
-        m.f1,
-        m.log_loss
-    );
+    match m {
+        TaskMetrics::Binary(m) => println!(
+            "{:>5}  {:>8}  {:>8}  {:>10}  {:>7.4}  {:>8.4}  {:>9.4}  {:>6.4}  {:>6.4}  {:>8.4}",
+            model_round,
+            partners,
+            examples,
+            loss,
+            m.roc_auc,
+            m.accuracy,
+            m.precision,
+            m.recall,
+            m.f1,
+            m.log_loss
+        ),
+        TaskMetrics::Regression(m) => println!(
+            "{:>5}  {:>8}  {:>8}  {:>10}  {:>10.3}  {:>10.3}  {:>7.4}  {:>9.4}  {:>6.4}  {:>8.4}",
+            model_round,
+            partners,
+            examples,
+            loss,
+            m.rmse,
+            m.mae,
+            m.r2,
+            m.deviance,
+            m.gini,
+            m.top20_capture
+        ),
+    }
 }
 
 /// Stores the round's evaluation of the model that went in (made by round
@@ -157,9 +189,8 @@ pub fn announce(hub: &Hub, end: &RoundEnd, result: &RoundResult) {
 /// `[privacy]`) and tells every partner the task is finished.
 pub fn finish(hub: &Hub, last: u64, final_metrics: Option<&MetricsRecord>, private: bool) {
     match final_metrics {
-        Some(m) => {
-            let x = &m.metrics;
-            println!(
+        Some(m) => match &m.metrics {
+            TaskMetrics::Binary(x) => println!(
                 "final model (round {last}) on {} held-out rows of {} partners: ROC-AUC {:.4}, accuracy {:.4}, precision {:.4}, recall {:.4}, F1 {:.4}, log-loss {:.4}, PR-AUC {:.4}, lift top 10 % {:.2}, top 20 % {:.2}{}",
                 x.examples,
                 m.partners.len(),
@@ -179,8 +210,19 @@ pub fn finish(hub: &Hub, last: u64, final_metrics: Option<&MetricsRecord>, priva
                 } else {
                     String::new()
                 }
-            );
-        }
+            ),
+            TaskMetrics::Regression(x) => println!(
+                "final model (round {last}) on {} held-out rows of {} partners: RMSE {:.3}, MAE {:.3}, R² {:.4}, mean deviance {:.4}, normalised Gini {:.4}, top-20 % value capture {:.4}",
+                x.examples,
+                m.partners.len(),
+                x.rmse,
+                x.mae,
+                x.r2,
+                x.deviance,
+                x.gini,
+                x.top20_capture
+            ),
+        },
         None if private => println!(
             "final model (round {last}): no evaluation was released (see the coordinator's log)"
         ),

@@ -11,8 +11,9 @@ use std::time::Instant;
 
 use consortia_he::{Aggregate, Shape};
 use consortia_model::AggregatedUpdate;
+use consortia_model::Evaluation;
 use consortia_model::fedavg::WeightedSum;
-use consortia_model::metrics::{EvalPartial, SCORE_BINS};
+use consortia_model::metrics::SCORE_BINS;
 
 use crate::secure::{StoredUpdate, for_each_chunk};
 
@@ -63,7 +64,7 @@ pub struct RoundResult {
     pub update: Option<AggregatedUpdate>,
     /// The partners' evaluations of the round's input model (each checked on
     /// arrival; the server strategy merges them), with who sent them.
-    pub eval: Option<(Vec<String>, Vec<EvalPartial>)>,
+    pub eval: Option<(Vec<String>, Vec<Evaluation>)>,
     /// Partners who declined, with reasons.
     pub declined: Vec<(String, String)>,
     /// Selected partners that never answered.
@@ -166,9 +167,11 @@ pub struct RoundCollector {
     sum: WeightedSum,
     loss_sum: f64,
     loss_weight: f64,
-    eval: Vec<EvalPartial>,
+    eval: Vec<Evaluation>,
     eval_partners: Vec<String>,
     eval_bins: Option<usize>,
+    /// The task's model is a regression model: evaluations are regression partials.
+    regression: bool,
     aggregate: Option<Aggregate>,
     ciphertexts: Vec<StoredUpdate>,
     poisoned: Option<String>,
@@ -198,6 +201,7 @@ impl RoundCollector {
             eval: Vec::new(),
             eval_partners: Vec::new(),
             eval_bins: Some(SCORE_BINS),
+            regression: false,
             aggregate: None,
             ciphertexts: Vec::new(),
             poisoned: None,
@@ -216,6 +220,14 @@ impl RoundCollector {
     /// none (a round of a `[privacy]` task whose input model is not scheduled for evaluation).
     pub fn with_evaluation(mut self, bins: Option<usize>) -> Self {
         self.eval_bins = bins;
+        self
+    }
+
+    /// The round of a regression task: evaluation reports are regression partials
+    /// (any bin count set by [`RoundCollector::with_evaluation`] only says whether
+    /// evaluations are taken).
+    pub fn for_regression(mut self) -> Self {
+        self.regression = true;
         self
     }
 
@@ -361,7 +373,7 @@ impl RoundCollector {
         &mut self,
         partner: &str,
         model_round: u64,
-        partial: EvalPartial,
+        partial: Evaluation,
     ) -> Result<(), Rejection> {
         let subject = Subject::Evaluation;
         if model_round != self.model_round {
@@ -388,12 +400,25 @@ impl RoundCollector {
         if !self.selected.contains(partner) {
             return Err(Rejection::NotSelected { round: self.round });
         }
-        if partial.bins() != bins {
-            return Err(Rejection::invalid(
-                subject,
-                format!("histograms of {bins} bins (round {})", self.round),
-                format!("histograms of {} bins", partial.bins()),
-            ));
+        match (&partial, self.regression) {
+            (Evaluation::Binary(p), false) if p.bins() != bins => {
+                return Err(Rejection::invalid(
+                    subject,
+                    format!("histograms of {bins} bins (round {})", self.round),
+                    format!("histograms of {} bins", p.bins()),
+                ));
+            }
+            (Evaluation::Binary(_), false) | (Evaluation::Regression(_), true) => {}
+            (other, regression) => {
+                return Err(Rejection::invalid(
+                    subject,
+                    format!(
+                        "a {} evaluation (the task's model)",
+                        if regression { "regression" } else { "binary" }
+                    ),
+                    format!("a {} evaluation", other.kind()),
+                ));
+            }
         }
         if self.eval_partners.iter().any(|p| p == partner) {
             return Err(Rejection::Duplicate { round: self.round });
@@ -541,12 +566,12 @@ mod tests {
     }
 
     /// A partial of `pos` positives and `neg` negatives, all in the top bin of `bins`.
-    fn partial(bins: usize, pos: u64, neg: u64) -> EvalPartial {
+    fn partial(bins: usize, pos: u64, neg: u64) -> Evaluation {
         let mut p = vec![0; bins];
         let mut n = vec![0; bins];
         p[bins - 1] = pos;
         n[bins - 1] = neg;
-        EvalPartial::from_histograms(p, n).unwrap()
+        Evaluation::Binary(consortia_model::EvalPartial::from_histograms(p, n).unwrap())
     }
 
     #[test]
@@ -570,10 +595,24 @@ mod tests {
         assert_eq!(partners, ["a", "b"]);
         let mut merged = partials[0].clone();
         merged.merge(&partials[1]).unwrap();
+        let merged = merged.as_binary().unwrap();
         assert_eq!(
             (merged.n, merged.bins(), merged.tp, merged.fp),
             (9, 20, 4, 5)
         );
+        // A regression partial in a classifier's round is refused by kind.
+        let mut c = collector();
+        let regression = Evaluation::Regression(consortia_model::RegressionPartial::from_rows([(
+            1.0, 2.0, 1.0,
+        )]));
+        assert!(matches!(
+            c.add_eval("a", 2, regression.clone()),
+            Err(r @ Rejection::Invalid { .. }) if r.to_string().contains("binary")
+        ));
+        // And a regression round takes it, and refuses a binary one.
+        let mut c = collector().for_regression();
+        assert!(c.add_eval("a", 2, partial(SCORE_BINS, 3, 4)).is_err());
+        c.add_eval("a", 2, regression).unwrap();
         // A private round whose model is not scheduled: no report is taken.
         let mut c = collector().with_evaluation(None);
         assert!(matches!(

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use consortia_he::Shape;
-use consortia_model::metrics::EvalPartial;
+use consortia_model::Evaluation;
 use consortia_proto::{
     ClientMessage, ContributionDigest, EncryptedChunk, ServerMessage, UpdateChunk, Welcome,
     chunk_count, chunk_range, client_message, federation_server::Federation, server_message::Kind,
@@ -237,11 +237,11 @@ async fn read_session(
             )),
             Some(client_message::Kind::Stats(report)) => hub.add_stats(&partner, report),
             Some(client_message::Kind::Eval(report)) => {
-                match serde_json::from_slice::<EvalPartial>(&report.partial_json) {
+                match serde_json::from_slice::<Evaluation>(&report.partial_json) {
                     Ok(partial) => hub.add_eval(&partner, report.model_round, partial),
                     Err(e) => Err(Rejection::invalid(
                         Subject::Evaluation,
-                        "an evaluation partial as JSON",
+                        "an evaluation as JSON",
                         format!("a report that is not valid JSON: {e}"),
                     )),
                 }

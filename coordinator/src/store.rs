@@ -19,7 +19,7 @@
 
 use std::path::{Path, PathBuf};
 
-use consortia_model::metrics::Metrics;
+use consortia_model::TaskMetrics;
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 
@@ -49,7 +49,7 @@ pub struct MetricsRecord {
     /// Partners whose held-out rows were scored.
     pub partners: Vec<String>,
     /// Combined metrics.
-    pub metrics: Metrics,
+    pub metrics: TaskMetrics,
 }
 
 /// Feature standardisation agreed by the federation.

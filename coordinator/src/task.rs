@@ -53,12 +53,12 @@ pub async fn run_task(
     let mut fed_key = key_ceremony::start(&hub, &store, last + 1, min, deadline).await?;
     let mut strategy = step::restore_strategy(&task, &store)?;
     let mut selector = Selector::default();
-    print_table_header();
+    print_table_header(task.is_classifier());
     loop {
         let train = last < total;
         let evaluate = privacy_spec
             .as_ref()
-            .is_none_or(|s| s.evaluates(last, train));
+            .is_none_or(|s| task.is_classifier() && s.evaluates(last, train));
         if !train && (!evaluate || store.metrics(last)?.is_some()) {
             break;
         }

@@ -16,12 +16,15 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::csv;
 use crate::schema::{FeatureSchema, InvalidField, MissingPolicy};
+use crate::task::{GlmFamily, TaskSpec};
 
 /// Encoded rows: the design matrix before standardisation, and 0/1 labels.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
     features: Array2<f64>,
     labels: Array1<f64>,
+    /// Labels are numbers (a regression target), not 0/1 classes.
+    numeric_target: bool,
 }
 
 /// Why a data file could not be read, split or written.
@@ -137,6 +140,16 @@ pub enum DataError {
         /// The negative label (from the schema, or the first non-positive value seen).
         negative: String,
     },
+    /// A numeric label outside what the model's family can fit.
+    #[error("{at}: target {value:?} is not {expected}")]
+    BadTarget {
+        /// Where.
+        at: Box<CellAt>,
+        /// The cell.
+        value: String,
+        /// What the target must be.
+        expected: &'static str,
+    },
     /// The schema itself is invalid.
     #[error("invalid feature schema: {0}")]
     Schema(#[from] InvalidField),
@@ -202,7 +215,11 @@ impl Dataset {
         {
             return Err(DataError::Shape(format!("label {i} is {v}, not 0 or 1")));
         }
-        Ok(Self { features, labels })
+        Ok(Self {
+            features,
+            labels,
+            numeric_target: false,
+        })
     }
 
     /// Reads a CSV file with a header row and encodes it through `schema` (which is
@@ -221,10 +238,33 @@ impl Dataset {
     /// Like [`Dataset::load_csv`], for CSV text already in memory; `file` names it
     /// in errors.
     pub fn from_csv_str(text: &str, file: &str, schema: &FeatureSchema) -> Result<Self, DataError> {
-        let table = encode(text, file, schema, Labels::Required, None)?;
+        Self::from_csv_text(text, file, schema, None)
+    }
+
+    /// Reads a partner's CSV for `task`: as [`Dataset::load_csv`], and a numeric
+    /// target (a `glm`'s label) outside its family's support — negative, or zero for
+    /// Gamma — is refused with the file, row and column.
+    pub fn load_task_csv(path: impl AsRef<Path>, task: &TaskSpec) -> Result<Self, DataError> {
+        let path = path.as_ref();
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| DataError::Read {
+            file: file.clone(),
+            error,
+        })?;
+        Self::from_csv_text(&text, &file, &task.schema, task.model.family)
+    }
+
+    fn from_csv_text(
+        text: &str,
+        file: &str,
+        schema: &FeatureSchema,
+        family: Option<GlmFamily>,
+    ) -> Result<Self, DataError> {
+        let table = encode(text, file, schema, Labels::Required(family), None)?;
         Ok(Self {
             features: table.features,
             labels: Array1::from(table.labels),
+            numeric_target: schema.label.positive.is_none(),
         })
     }
 
@@ -260,10 +300,11 @@ pub struct ScoringRows {
     pub ids: Vec<String>,
 }
 
-/// Whether the label column is read.
+/// Whether the label column is read, and for a numeric target the family whose
+/// support it must be in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Labels {
-    Required,
+    Required(Option<GlmFamily>),
     Ignored,
 }
 
@@ -297,7 +338,7 @@ fn encode(
                 })
         };
         let label_idx = match label_mode {
-            Labels::Required => Some(find(&schema.label.column, "label column")?),
+            Labels::Required(_) => Some(find(&schema.label.column, "label column")?),
             Labels::Ignored => None,
         };
         let id_idx = id_column.map(|c| find(c, "id column")).transpose()?;
@@ -334,7 +375,7 @@ fn encode(
         let width = schema.feature_count();
         let mut features = Vec::with_capacity(rows.len().saturating_mul(width));
         let mut labels = Vec::with_capacity(rows.len());
-        let positive = schema.label.positive.as_str();
+        let positive = schema.label.positive.as_deref();
         let mut negative: Option<String> = schema.label.negative.clone();
 
         for (r, record) in rows.iter().enumerate() {
@@ -390,6 +431,24 @@ fn encode(
                 continue;
             };
             let value = cell(label_idx);
+            let Some(positive) = positive else {
+                // A numeric target, checked against the model family's support.
+                let bad = |expected| DataError::BadTarget {
+                    at: at(&schema.label.column),
+                    value: value.to_owned(),
+                    expected,
+                };
+                let y = value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|y| y.is_finite())
+                    .ok_or_else(|| bad("a finite number"))?;
+                if let Labels::Required(Some(family)) = label_mode {
+                    family.admits(y).map_err(bad)?;
+                }
+                labels.push(y);
+                continue;
+            };
             let y = if value == positive {
                 1.0
             } else {
@@ -435,6 +494,14 @@ impl Dataset {
                 bad.feature_count()
             )));
         }
+        if parts
+            .iter()
+            .any(|p| p.numeric_target != first.numeric_target)
+        {
+            return Err(DataError::Shape(
+                "cannot concatenate a dataset of numeric targets with one of classes".into(),
+            ));
+        }
         let features: Vec<_> = parts.iter().map(|p| p.features.view()).collect();
         let labels: Vec<_> = parts.iter().map(|p| p.labels.view()).collect();
         Ok(Self {
@@ -442,6 +509,7 @@ impl Dataset {
                 .map_err(|e| DataError::Shape(e.to_string()))?,
             labels: ndarray::concatenate(Axis(0), &labels)
                 .map_err(|e| DataError::Shape(e.to_string()))?,
+            numeric_target: first.numeric_target,
         })
     }
 
@@ -450,7 +518,8 @@ impl Dataset {
         &self.features
     }
 
-    /// The labels: 1 for the positive label, 0 otherwise.
+    /// The labels: 1 for the positive label, 0 otherwise; or the numeric target of a
+    /// regression task.
     pub fn labels(&self) -> &Array1<f64> {
         &self.labels
     }
@@ -476,7 +545,8 @@ impl Dataset {
     }
 
     /// Splits the rows into `(train, holdout)`, holding out `round(fraction * n)` of
-    /// each label's `n` rows, chosen by a ChaCha8 generator seeded with `seed`. The
+    /// each label's `n` rows (of all `n` rows for a numeric target), chosen by a
+    /// ChaCha8 generator seeded with `seed`. The
     /// same seed and data give the same split; both parts keep the original row
     /// order. `fraction` is clamped to [0, 1], and NaN counts as 0 (the task file
     /// already restricts it to (0, 1)).
@@ -489,9 +559,14 @@ impl Dataset {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut train = Vec::with_capacity(self.len());
         let mut holdout = Vec::with_capacity(self.len());
-        for class in [1.0, 0.0] {
+        let strata: &[Option<f64>] = if self.numeric_target {
+            &[None]
+        } else {
+            &[Some(1.0), Some(0.0)]
+        };
+        for &class in strata {
             let mut rows: Vec<usize> = (0..self.len())
-                .filter(|&i| self.labels[i] == class)
+                .filter(|&i| class.is_none_or(|c| self.labels[i] == c))
                 .collect();
             rows.shuffle(&mut rng);
             // The product is at most rows.len(), so the cast cannot truncate.
@@ -508,6 +583,7 @@ impl Dataset {
         Dataset {
             features: self.features.select(Axis(0), rows),
             labels: self.labels.select(Axis(0), rows),
+            numeric_target: self.numeric_target,
         }
     }
 }

@@ -28,10 +28,12 @@
 pub mod aggregate;
 mod csv;
 pub mod data;
+pub mod evaluation;
 pub mod fedavg;
 pub mod metrics;
 pub mod model;
 pub mod models;
+pub mod regression_metrics;
 pub mod schema;
 pub mod sgd;
 pub mod standardize;
@@ -39,6 +41,7 @@ pub mod strategy;
 pub mod task;
 
 pub use aggregate::{AggregateError, AggregatedUpdate};
+pub use evaluation::{Evaluation, TaskMetrics};
 
 pub use data::{CellAt, DataError, Dataset, ScoringRows, partition_csv_by_column};
 pub use fedavg::{FedAvgError, WeightedSum};
@@ -47,7 +50,8 @@ pub use model::{
     Model, ModelError, TrainConfig, TrainProgress, TrainReport, build, initial_model,
     model_with_params,
 };
+pub use regression_metrics::{RegressionMetrics, RegressionPartial};
 pub use schema::{CategoricalSpec, FeatureSchema, InvalidField, LabelSpec, MissingPolicy};
 pub use standardize::{FeatureStats, StandardizeError, Standardizer};
 pub use strategy::{Strategy, StrategyError, StrategySpec};
-pub use task::{LocalSpec, ModelKind, ModelSpec, TaskError, TaskSpec};
+pub use task::{GlmFamily, LocalSpec, ModelKind, ModelSpec, TaskError, TaskSpec};

@@ -93,10 +93,10 @@ fn nan() -> f64 {
 
 /// Serialises a non-finite `f64` as `null` and reads `null` back as NaN, since JSON
 /// has no NaN.
-mod nan_as_null {
+pub(crate) mod nan_as_null {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
         if v.is_finite() {
             s.serialize_f64(*v)
         } else {
@@ -104,7 +104,7 @@ mod nan_as_null {
         }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
         Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
     }
 }
@@ -173,14 +173,20 @@ impl EvalPartial {
         partial
     }
 
-    /// Evaluates `model` on the rows of `x` (standardised) with labels `y`
-    /// ([`crate::Model::evaluate`]).
+    /// Evaluates a classifier `model` on the rows of `x` (standardised) with labels
+    /// `y` ([`crate::Model::evaluate`]); a model of another task kind is refused.
     pub fn evaluate(
         model: &dyn Model,
         x: &ndarray::Array2<f64>,
         y: &Array1<f64>,
     ) -> Result<Self, MetricsError> {
-        Ok(model.evaluate(x, y)?)
+        match model.evaluate(x, y)? {
+            crate::Evaluation::Binary(p) => Ok(p),
+            other => Err(MetricsError::Inconsistent(format!(
+                "a {} evaluation is not a classifier's",
+                other.kind()
+            ))),
+        }
     }
 
     /// Bins per histogram ([`SCORE_BINS`] for a partial from [`EvalPartial::evaluate`]).

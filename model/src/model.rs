@@ -15,7 +15,7 @@ use std::fmt;
 use ndarray::{Array1, Array2, ArrayView1};
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::EvalPartial;
+use crate::evaluation::Evaluation;
 use crate::schema::FeatureSchema;
 use crate::task::{ModelKind, ModelSpec, TaskSpec};
 
@@ -127,9 +127,9 @@ pub trait Model: fmt::Debug + Send + Sync {
     /// Mean loss over the rows of `x` (0 when there are none).
     fn loss(&self, x: &Array2<f64>, y: &Array1<f64>) -> Result<f64, ModelError>;
 
-    /// The additive evaluation of this model on held-out rows, which merges exactly
-    /// across partners ([`EvalPartial::merge`]).
-    fn evaluate(&self, x: &Array2<f64>, y: &Array1<f64>) -> Result<EvalPartial, ModelError>;
+    /// The additive evaluation of this model on held-out rows, of its task's kind,
+    /// which merges exactly across partners ([`Evaluation::merge`]).
+    fn evaluate(&self, x: &Array2<f64>, y: &Array1<f64>) -> Result<Evaluation, ModelError>;
 
     /// The parameters by name for an exported model file (for logistic regression,
     /// `weights` and `bias`), in the model's own terms.
@@ -201,6 +201,16 @@ pub fn build(
             &spec.hidden,
             seed,
         )?)),
+        ModelKind::Glm => {
+            let family = spec.family.ok_or_else(|| {
+                ModelError::Config("a glm needs model.family (e.g. \"tweedie\")".into())
+            })?;
+            Ok(Box::new(crate::models::glm::GlmModel::zeros(
+                schema.feature_count(),
+                family,
+                family.power(spec.power),
+            )))
+        }
     }
 }
 
@@ -208,7 +218,7 @@ pub fn build(
 /// building it (saturating; see [`crate::task::MAX_MODEL_PARAMS`]).
 pub fn param_count(spec: &ModelSpec, schema: &FeatureSchema) -> usize {
     match spec.kind {
-        ModelKind::LogisticRegression => schema.feature_count().saturating_add(1),
+        ModelKind::LogisticRegression | ModelKind::Glm => schema.feature_count().saturating_add(1),
         ModelKind::Mlp => crate::models::mlp::param_count(schema.feature_count(), &spec.hidden),
     }
 }

@@ -45,8 +45,10 @@ pub struct FeatureSchema {
 pub struct LabelSpec {
     /// Column holding the label.
     pub column: String,
-    /// The value that means "positive" (encoded as 1).
-    pub positive: String,
+    /// The value that means "positive" (encoded as 1): a classifier's label. Absent
+    /// for a regression model (`kind = "glm"`), whose label column holds numbers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub positive: Option<String>,
     /// The value that means "negative" (encoded as 0). When absent, any single
     /// value other than `positive` is accepted as the negative one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -137,20 +139,24 @@ impl FeatureSchema {
             claim(format!("schema.categorical[{i}].column"), &cat.column)?;
         }
 
-        if self.label.positive.trim().is_empty() {
+        if let Some(positive) = &self.label.positive
+            && positive.trim().is_empty()
+        {
             return Err(InvalidField::new(
                 "schema.label.positive",
-                &self.label.positive,
+                positive,
                 "a non-empty label value",
             ));
         }
         if let Some(negative) = &self.label.negative
-            && (negative.trim().is_empty() || *negative == self.label.positive)
+            && (negative.trim().is_empty()
+                || Some(negative) == self.label.positive.as_ref()
+                || self.label.positive.is_none())
         {
             return Err(InvalidField::new(
                 "schema.label.negative",
                 negative,
-                "a non-empty label value different from `schema.label.positive`",
+                "a non-empty label value different from `schema.label.positive` (and only with it)",
             ));
         }
 
@@ -279,7 +285,7 @@ mod tests {
         FeatureSchema {
             label: LabelSpec {
                 column: "y".into(),
-                positive: "Yes".into(),
+                positive: Some("Yes".into()),
                 negative: None,
             },
             numeric: vec!["a".into(), "b".into()],

@@ -105,6 +105,59 @@ pub struct ModelSpec {
     /// written before this field existed hashes as it did.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hidden: Vec<usize>,
+    /// The distribution of a `glm`'s target (`family = "tweedie"`, `"poisson"`,
+    /// `"gamma"` or `"gaussian"`); required for a `glm`, absent for every other kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<GlmFamily>,
+    /// The Tweedie power `p` in [1, 2) (`power = 1.5`); required for
+    /// `family = "tweedie"`, absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<f64>,
+}
+
+/// The target distribution of a generalised linear model ([`crate::models::glm`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GlmFamily {
+    /// Compound Poisson–gamma with power `p` in [1, 2) and a log link: non-negative
+    /// targets with many zeros (spend, lifetime value).
+    Tweedie,
+    /// Poisson, log link: counts or other non-negative targets.
+    Poisson,
+    /// Gamma, log link: positive targets.
+    Gamma,
+    /// Normal, identity link: any real target.
+    Gaussian,
+}
+
+impl GlmFamily {
+    /// The Tweedie power of the family's variance function (`power` for Tweedie).
+    pub fn power(self, tweedie_power: Option<f64>) -> f64 {
+        match self {
+            Self::Tweedie => tweedie_power.unwrap_or(1.5),
+            Self::Poisson => 1.0,
+            Self::Gamma => 2.0,
+            Self::Gaussian => 0.0,
+        }
+    }
+
+    /// Whether a target value is in the family's support, and the support in words.
+    pub fn admits(self, y: f64) -> Result<(), &'static str> {
+        let ok = match self {
+            Self::Tweedie | Self::Poisson => y >= 0.0,
+            Self::Gamma => y > 0.0,
+            Self::Gaussian => true,
+        };
+        if ok && y.is_finite() {
+            Ok(())
+        } else {
+            Err(match self {
+                Self::Tweedie | Self::Poisson => "a finite number at least 0",
+                Self::Gamma => "a finite number greater than 0",
+                Self::Gaussian => "a finite number",
+            })
+        }
+    }
 }
 
 /// The most hidden layers an `mlp` may have.
@@ -146,6 +199,9 @@ pub enum ModelKind {
     /// A multilayer perceptron for binary classification: ReLU hidden layers and one
     /// sigmoid output ([`crate::models::mlp`]); `hidden` sets the layer widths.
     Mlp,
+    /// Generalised linear regression of a numeric target ([`crate::models::glm`]);
+    /// `family` (and `power` for Tweedie) set the distribution.
+    Glm,
 }
 
 /// Why a task file could not be used.
@@ -358,6 +414,7 @@ impl TaskSpec {
             ));
         }
         self.validate_hidden()?;
+        self.validate_family()?;
         self.strategy.validate()?;
         let mu = self.local.proximal_mu;
         if !(mu.is_finite() && (0.0..=MAX_PROXIMAL_MU).contains(&mu)) {
@@ -370,6 +427,60 @@ impl TaskSpec {
         self.schema.validate()
     }
 
+    /// `model.family` and `model.power`: a family for a `glm` (and a power in [1, 2)
+    /// for Tweedie), neither for any other kind; and the label the kind needs (a
+    /// positive value for a classifier, none — a numeric target — for a `glm`).
+    fn validate_family(&self) -> Result<(), InvalidField> {
+        let m = &self.model;
+        match (m.kind, m.family) {
+            (ModelKind::Glm, None) => Err(InvalidField::new(
+                "model.family",
+                "absent",
+                "one of \"tweedie\", \"poisson\", \"gamma\", \"gaussian\" for a glm",
+            )),
+            (ModelKind::Glm, Some(GlmFamily::Tweedie)) => match m.power {
+                Some(p) if (1.0..2.0).contains(&p) => Ok(()),
+                other => Err(InvalidField::new(
+                    "model.power",
+                    format!("{other:?}"),
+                    "a Tweedie power in [1, 2), e.g. power = 1.5",
+                )),
+            },
+            (ModelKind::Glm, Some(f)) => match m.power {
+                None => Ok(()),
+                Some(p) => Err(InvalidField::new(
+                    "model.power",
+                    p,
+                    format!("absent: family {f:?} has a fixed power (only tweedie takes one)"),
+                )),
+            },
+            (_, Some(f)) => Err(InvalidField::new(
+                "model.family",
+                format!("{f:?}"),
+                "absent: only kind = \"glm\" takes a family",
+            )),
+            (_, None) if m.power.is_some() => Err(InvalidField::new(
+                "model.power",
+                format!("{:?}", m.power),
+                "absent: only a glm with family = \"tweedie\" takes a power",
+            )),
+            _ => Ok(()),
+        }?;
+        match (m.kind, self.schema.label.positive.as_deref()) {
+            (ModelKind::Glm, Some(v)) => Err(InvalidField::new(
+                "schema.label.positive",
+                v,
+                "absent: a glm predicts the label column's number",
+            )),
+            (ModelKind::LogisticRegression | ModelKind::Mlp, None) => Err(InvalidField::new(
+                "schema.label.positive",
+                "absent",
+                "the label value that means positive (a classifier's label is categorical)",
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// `model.hidden`: one or two layers of 1 to [`MAX_HIDDEN_WIDTH`] units for an
     /// `mlp`, absent for any other kind; and the model no larger than
     /// [`MAX_MODEL_PARAMS`].
@@ -377,12 +488,19 @@ impl TaskSpec {
         let hidden = &self.model.hidden;
         let shown = || format!("{hidden:?}");
         match self.model.kind {
-            ModelKind::LogisticRegression => {
+            ModelKind::LogisticRegression | ModelKind::Glm => {
                 if !hidden.is_empty() {
                     return Err(InvalidField::new(
                         "model.hidden",
                         shown(),
-                        "absent: logistic_regression has no hidden layers (kind = \"mlp\" has)",
+                        format!(
+                            "absent: {} has no hidden layers (only kind = \"mlp\" has)",
+                            if self.model.kind == ModelKind::Glm {
+                                "glm"
+                            } else {
+                                "logistic_regression"
+                            }
+                        ),
                     ));
                 }
             }
@@ -418,6 +536,17 @@ impl TaskSpec {
             }
         }
         Ok(())
+    }
+
+    /// Whether the task's model is a classifier (its label is categorical and it
+    /// evaluates into score histograms). Under `[privacy]` only a classifier's
+    /// evaluations are released (as noised histograms, `consortia_dp::release`); a
+    /// regression model's are not, until they have a private release.
+    pub fn is_classifier(&self) -> bool {
+        matches!(
+            self.model.kind,
+            ModelKind::LogisticRegression | ModelKind::Mlp
+        )
     }
 
     /// Number of shared parameters of the task's model (the length of the vector

@@ -12,7 +12,7 @@ fn schema() -> FeatureSchema {
     FeatureSchema {
         label: LabelSpec {
             column: "y".into(),
-            positive: "yes".into(),
+            positive: Some("yes".into()),
             negative: None,
         },
         numeric: vec!["a".into(), "b".into()],

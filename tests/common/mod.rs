@@ -351,7 +351,9 @@ pub fn exact_final_auc(fed: &Federation) -> f64 {
         let partial = local
             .evaluate(model.as_ref(), &st.mean, &st.std)
             .expect("evaluation");
-        pooled.merge(&partial).expect("merge");
+        pooled
+            .merge(partial.as_binary().expect("a classifier's evaluation"))
+            .expect("merge");
     }
     pooled.roc_auc().expect("both classes held out")
 }

@@ -168,6 +168,9 @@ pub async fn collect(
         until,
     )
     .with_evaluation(plan.eval_bins);
+    if !hub.task.is_classifier() {
+        collector = collector.for_regression();
+    }
     let mut key_id = Vec::new();
     let mut already = BTreeSet::new();
     if let Some(s) = secure {
@@ -348,6 +351,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_evaluation_round_ends_evaluated_or_too_few() {
+        use consortia_model::Evaluation;
         use consortia_model::metrics::{EvalPartial, SCORE_BINS};
         let (hub, mut inbox) = hub_with(TASK, &["a"]);
         let mut pos = vec![0; SCORE_BINS];
@@ -372,7 +376,8 @@ mod tests {
                 other => panic!("expected the round, got {other:?}"),
             }
             if reports {
-                hub.add_eval("a", 0, partial.clone()).unwrap();
+                hub.add_eval("a", 0, Evaluation::Binary(partial.clone()))
+                    .unwrap();
             }
             let mut result = running.await.unwrap();
             let end = result.end(1);

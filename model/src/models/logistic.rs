@@ -10,6 +10,7 @@
 
 use ndarray::{Array1, Array2, ArrayView1, Axis};
 
+use crate::evaluation::Evaluation;
 use crate::metrics::EvalPartial;
 use crate::model::{Model, ModelError, check_params, check_rows};
 use crate::task::ModelKind;
@@ -188,12 +189,14 @@ impl Model for LogisticModel {
         Ok(total / z.len() as f64)
     }
 
-    fn evaluate(&self, x: &Array2<f64>, y: &Array1<f64>) -> Result<EvalPartial, ModelError> {
+    fn evaluate(&self, x: &Array2<f64>, y: &Array1<f64>) -> Result<Evaluation, ModelError> {
         check_rows(x, y, self.feature_count())?;
         let z = self.decision_function(x)?;
-        Ok(EvalPartial::from_scores(z.iter().zip(y).map(|(&z, &y)| {
-            (sigmoid(z), y == 1.0, log_loss_from_logit(z, y))
-        })))
+        Ok(Evaluation::Binary(EvalPartial::from_scores(
+            z.iter()
+                .zip(y)
+                .map(|(&z, &y)| (sigmoid(z), y == 1.0, log_loss_from_logit(z, y))),
+        )))
     }
 
     fn export(&self) -> serde_json::Map<String, serde_json::Value> {

@@ -40,6 +40,7 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Zip, 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::evaluation::Evaluation;
 use crate::metrics::EvalPartial;
 use crate::model::{Model, ModelError, check_params, check_rows};
 use crate::models::logistic::{log_loss_from_logit, sigmoid};
@@ -459,12 +460,14 @@ impl Model for MlpModel {
         Ok(total / z.len() as f64)
     }
 
-    fn evaluate(&self, x: &Array2<f64>, y: &Array1<f64>) -> Result<EvalPartial, ModelError> {
+    fn evaluate(&self, x: &Array2<f64>, y: &Array1<f64>) -> Result<Evaluation, ModelError> {
         check_rows(x, y, self.features)?;
         let z = self.decision_function(x)?;
-        Ok(EvalPartial::from_scores(z.iter().zip(y).map(|(&z, &y)| {
-            (sigmoid(z), y == 1.0, log_loss_from_logit(z, y))
-        })))
+        Ok(Evaluation::Binary(EvalPartial::from_scores(
+            z.iter()
+                .zip(y)
+                .map(|(&z, &y)| (sigmoid(z), y == 1.0, log_loss_from_logit(z, y))),
+        )))
     }
 
     /// `sizes` (`[features, hidden…, 1]`), the activations, and `layers`: for each
@@ -725,6 +728,8 @@ mod tests {
             kind: ModelKind::Mlp,
             l2: 0.0,
             hidden: vec![8, 4],
+            family: None,
+            power: None,
         };
         let schema: crate::FeatureSchema = toml::from_str(
             "numeric = [\"a\", \"b\", \"c\", \"d\", \"e\", \"f\", \"g\", \"h\", \"i\", \"j\"]\n\
@@ -766,7 +771,7 @@ mod tests {
         assert!(log_acc < 0.7, "logistic accuracy {log_acc}");
         assert!(after < 0.5 * before, "loss {before} -> {after}");
 
-        let partial = mlp.evaluate(&x, &y).unwrap();
+        let partial = EvalPartial::evaluate(&mlp, &x, &y).unwrap();
         assert_eq!(partial.n, 800);
         assert_eq!(
             (partial.tp + partial.tn) as f64 / 800.0,

@@ -1,6 +1,7 @@
 //! The model families, one file each behind [`crate::Model`]: [`logistic`]
-//! regression and the [`mlp`] classifier. Only
+//! regression and the [`mlp`] classifier, and the [`glm`] for numeric targets. Only
 //! [`crate::model::build`] names them; every other crate holds a `Box<dyn Model>`.
 
+pub mod glm;
 pub mod logistic;
 pub mod mlp;

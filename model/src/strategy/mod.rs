@@ -22,7 +22,8 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::{EvalPartial, Metrics, MetricsError};
+use crate::evaluation::{Evaluation, TaskMetrics};
+use crate::metrics::MetricsError;
 use crate::schema::InvalidField;
 
 pub use adaptive::{Adaptive, AdaptiveRule};
@@ -299,12 +300,12 @@ pub trait Strategy: fmt::Debug + Send {
     /// delta `Δ`. Updates the strategy's state; on error the state is unchanged.
     fn aggregate(&mut self, global: &[f64], delta: &[f64]) -> Result<Vec<f64>, StrategyError>;
 
-    /// The merged evaluation of the partners' partials and its metrics. The merge is
-    /// exact (sums and histograms, never averages of per-partner figures).
+    /// The merged evaluation of the partners' evaluations and its metrics. The merge
+    /// is exact (sums and histograms, never averages of per-partner figures).
     fn aggregate_evaluation(
         &self,
-        partials: &[EvalPartial],
-    ) -> Result<Option<(EvalPartial, Metrics)>, MetricsError> {
+        partials: &[Evaluation],
+    ) -> Result<Option<(Evaluation, TaskMetrics)>, MetricsError> {
         let mut iter = partials.iter();
         let Some(first) = iter.next() else {
             return Ok(None);
@@ -314,7 +315,7 @@ pub trait Strategy: fmt::Debug + Send {
         for p in iter {
             total.merge(p)?;
         }
-        let metrics = Metrics::from_partial(&total);
+        let metrics = total.metrics();
         Ok(Some((total, metrics)))
     }
 

@@ -148,7 +148,7 @@ pub fn pooled_metrics(
     for t in tests {
         let x = standardizer.apply(t).unwrap();
         total
-            .merge(&model.evaluate(&x, t.labels()).unwrap())
+            .merge(&EvalPartial::evaluate(model, &x, t.labels()).unwrap())
             .unwrap();
     }
     Metrics::from_partial(&total)
