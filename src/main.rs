@@ -204,20 +204,37 @@ enum ModelCommand {
     },
 }
 
-fn init_logging() {
+/// Logs through `tracing` (filter from `RUST_LOG`, `info` by default). The
+/// coordinator and the other commands log to standard error; a partner agent logs
+/// its progress (INFO and below) to standard output and its warnings and errors to
+/// standard error, so that an operator can follow one and alert on the other.
+fn init_logging(agent: bool) {
+    use tracing_subscriber::fmt::writer::MakeWriterExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_target(false);
+    if agent {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .with_writer(
+                std::io::stderr
+                    .with_max_level(tracing::Level::WARN)
+                    .or_else(std::io::stdout),
+            )
+            .init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .init();
+    }
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(matches!(cli.command, Command::Agent(_)));
     match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Pki(cmd) => pki(cmd),

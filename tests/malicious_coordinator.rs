@@ -435,7 +435,12 @@ fn a_renamed_task_after_a_restart_is_not_a_fresh_budget() {
     let Some(Up::Decline(d)) = decline.message.kind else {
         unreachable!("a Decline")
     };
-    assert!(d.budget_exhausted, "{d:?}\n{}", rogue.report());
+    assert_eq!(
+        d.kind(),
+        consortia_proto::DeclineKind::Budget,
+        "{d:?}\n{}",
+        rogue.report()
+    );
 }
 
 /// A task that promises secure aggregation, then a round that asks for a
@@ -548,7 +553,7 @@ type Relayed = (Vec<Vec<u8>>, Vec<u8>, u64);
 enum Answer {
     /// Its partial decryption.
     Share,
-    /// A `Decline { decryption: true }` with this reason.
+    /// A `Decline` of kind `Decryption` with this reason.
     Refused(String),
     /// Nothing within the wait.
     Silent,
@@ -926,7 +931,9 @@ async fn ask_decryption(
         let left = until.saturating_duration_since(tokio::time::Instant::now());
         match peer.recv_timeout(left).await.and_then(|m| m.kind) {
             Some(Up::DecryptionShare(p)) if p.index + 1 == p.piece_count => return Answer::Share,
-            Some(Up::Decline(d)) if d.decryption => return Answer::Refused(d.reason),
+            Some(Up::Decline(d)) if d.kind() == consortia_proto::DeclineKind::Decryption => {
+                return Answer::Refused(d.reason);
+            }
             Some(_) => continue,
             None => return Answer::Silent,
         }
@@ -1263,6 +1270,6 @@ fn an_evaluation_the_budget_cannot_pay_for_is_declined_before_scoring() {
             _ => None,
         });
     let d = declined.expect("a decline");
-    assert!(d.budget_exhausted, "{d:?}");
+    assert_eq!(d.kind(), consortia_proto::DeclineKind::Budget, "{d:?}");
     assert!(d.reason.contains("budget"), "{}", d.reason);
 }

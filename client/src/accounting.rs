@@ -81,7 +81,7 @@ impl PartnerPrivacy {
                 delta: b.delta,
             }),
             None => {
-                eprintln!(
+                tracing::warn!(
                     "no [privacy] budget in the agent configuration: using the task's (ε {}, δ {})",
                     spec.budget_for(partner).epsilon,
                     spec.delta
@@ -103,7 +103,7 @@ impl PartnerPrivacy {
         let book = PrivacyBook::for_dataset(spec.clone(), task, dataset, own, &entries)
             .map_err(|e| AgentError::Task(e.to_string()))?;
         for note in book.notes() {
-            eprintln!("privacy ledger: {note}");
+            tracing::warn!("privacy ledger: {note}");
         }
         Ok(PartnerPrivacy {
             spec,

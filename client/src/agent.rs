@@ -20,9 +20,9 @@ use consortia_model::standardize::FeatureStats;
 use consortia_pki::{ClientTls, ClientTlsFiles};
 use consortia_proto::federation_client::FederationClient;
 use consortia_proto::{
-    ClientMessage, Decline, EncryptedChunk, EvalReport, Hello, KeyCommit, KeyShare as KeyShareMsg,
-    MAX_MESSAGE_BYTES, RoundStart, StatsReport, UpdateChunk, chunk_count, chunk_range,
-    client_message::Kind as Up, server_message::Kind as Down, share_pieces,
+    ClientMessage, Decline, DeclineKind, EncryptedChunk, EvalReport, Hello, KeyCommit,
+    KeyShare as KeyShareMsg, MAX_MESSAGE_BYTES, RoundStart, StatsReport, UpdateChunk, chunk_count,
+    chunk_range, client_message::Kind as Up, server_message::Kind as Down, share_pieces,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -110,7 +110,7 @@ pub async fn run_with(
         };
         match ended {
             Ok(detail) => {
-                println!("task finished: {detail}");
+                tracing::info!("task finished: {detail}");
                 state.summary.detail = detail;
                 return Ok(state.summary);
             }
@@ -130,7 +130,7 @@ pub async fn run_with(
                         last: why,
                     });
                 }
-                eprintln!(
+                tracing::warn!(
                     "coordinator unreachable ({why}); reconnecting in {} s",
                     backoff.as_secs()
                 );
@@ -158,6 +158,43 @@ struct AgentState {
     connected_once_this_try: bool,
     /// [`RunOptions::local_update`].
     local_update: Option<Arc<dyn LocalUpdate>>,
+}
+
+/// Where a session is: the agent answers nothing about the task until the
+/// coordinator's `Welcome` has been checked against this partner's own
+/// certificate, policy and pins.
+enum Session {
+    /// Connected, `Welcome` not yet received.
+    AwaitingWelcome,
+    /// Joined the task as `partner` (the name in this partner's certificate).
+    Joined {
+        /// This partner's name.
+        partner: String,
+        /// The work in flight.
+        step: Step,
+    },
+}
+
+/// The one piece of work a joined session has in flight. A new round or
+/// decryption request replaces it: a step the coordinator abandons is dropped
+/// unanswered.
+enum Step {
+    /// Waiting for the coordinator.
+    Idle,
+    /// A round's global model is arriving in chunks.
+    ReceivingModel(Incoming),
+    /// A joint decryption: the round's ciphertexts are arriving.
+    Decrypting(DecryptJob),
+}
+
+impl Session {
+    /// The joined session, or the protocol error of a `what` sent before `Welcome`.
+    fn joined(&mut self, what: &str) -> Result<(&str, &mut Step), AgentError> {
+        match self {
+            Session::Joined { partner, step } => Ok((partner.as_str(), step)),
+            Session::AwaitingWelcome => Err(protocol(&format!("{what} before Welcome"))),
+        }
+    }
 }
 
 /// A round whose model is still arriving.
@@ -188,9 +225,7 @@ async fn run_session(
         .map_err(|s| classify(state, &s))?;
     let mut inbound = response.into_inner();
     state.connected_once_this_try = true;
-    let mut incoming: Option<Incoming> = None;
-    let mut decrypting: Option<DecryptJob> = None;
-    let mut partner = String::new();
+    let mut session = Session::AwaitingWelcome;
     let own_name = own_name(cfg).map_err(|e| fatal(state, e))?;
     loop {
         let msg = match inbound.message().await {
@@ -216,19 +251,26 @@ async fn run_session(
                         )),
                     ));
                 }
-                partner = own_name.clone();
-                if let Err(e) = welcome(cfg, state, &partner, &w.task_toml) {
-                    eprintln!("{e}");
+                if let Err(e) = welcome(cfg, state, &own_name, &w.task_toml) {
+                    tracing::warn!("{e}");
                     // Tell the operator why before leaving; nothing private is in it.
                     let _ = send(&tx, Up::Decline(decline(0, e.to_string()))).await;
                     return Err(fatal(state, e));
                 }
-                println!(
+                tracing::info!(
                     "connected to the coordinator as `{}` for task `{}`",
-                    w.partner, w.task_name
+                    w.partner,
+                    w.task_name
                 );
+                session = Session::Joined {
+                    partner: own_name.clone(),
+                    step: Step::Idle,
+                };
             }
             Down::StatsRequest(r) => {
+                session
+                    .joined("statistics asked")
+                    .map_err(|e| fatal(state, e))?;
                 let Some(data) = state.data.as_ref() else {
                     return Err(fatal(state, protocol("statistics asked before Welcome")));
                 };
@@ -237,7 +279,7 @@ async fn run_session(
                         match private_statistics(&cfg.state_dir, task, data, privacy) {
                             Ok(Ok(s)) => s,
                             Ok(Err(reason)) => {
-                                println!("feature statistics: declined: {reason}");
+                                tracing::info!("feature statistics: declined: {reason}");
                                 send(&tx, Up::Decline(budget_decline(0, reason))).await?;
                                 continue;
                             }
@@ -258,6 +300,9 @@ async fn run_session(
                 .await?;
             }
             Down::RoundStart(start) => {
+                let (_, step) = session
+                    .joined("a round started")
+                    .map_err(|e| fatal(state, e))?;
                 let n = start.param_count as usize;
                 let expected = state.task.as_ref().map(|t| t.param_count()).unwrap_or(0);
                 if n != expected || start.chunk_count != chunk_count(n) {
@@ -269,14 +314,17 @@ async fn run_session(
                         )),
                     ));
                 }
-                incoming = Some(Incoming {
+                *step = Step::ReceivingModel(Incoming {
                     values: Vec::with_capacity(n),
                     next: 0,
                     start,
                 });
             }
             Down::ModelChunk(chunk) => {
-                let Some(inc) = incoming.as_mut() else {
+                let (partner, step) = session
+                    .joined("a model chunk sent")
+                    .map_err(|e| fatal(state, e))?;
+                let Step::ReceivingModel(inc) = step else {
                     continue;
                 };
                 let n = inc.start.param_count as usize;
@@ -292,7 +340,8 @@ async fn run_session(
                 inc.values.extend_from_slice(&chunk.values);
                 inc.next += 1;
                 if inc.next == inc.start.chunk_count {
-                    let Some(done) = incoming.take() else {
+                    let partner = partner.to_owned();
+                    let Step::ReceivingModel(done) = std::mem::replace(step, Step::Idle) else {
                         continue;
                     };
                     play_round(&tx, cfg, state, &partner, done).await?;
@@ -300,12 +349,16 @@ async fn run_session(
             }
             Down::Outcome(o) => {
                 if o.completed {
-                    println!("round {} completed: {}", o.round, o.detail);
+                    tracing::info!("round {} completed: {}", o.round, o.detail);
                 } else {
-                    println!("round {} did not complete: {}", o.round, o.detail);
+                    tracing::info!("round {} did not complete: {}", o.round, o.detail);
                 }
             }
             Down::Keygen(req) => {
+                let (partner, _) = session
+                    .joined("key generation asked")
+                    .map_err(|e| fatal(state, e))?;
+                let partner = partner.to_owned();
                 let Some(task) = state.task.clone() else {
                     return Err(fatal(
                         state,
@@ -315,7 +368,7 @@ async fn run_session(
                 let keys = key_holder(state, &partner)?;
                 match keys.keygen(&req, &task, &cfg.policy) {
                     Ok(commitment) => {
-                        println!(
+                        tracing::info!(
                             "key generation: drew secret key share {} of {} (stored 0600 in {})",
                             req.party + 1,
                             req.parties,
@@ -330,10 +383,14 @@ async fn run_session(
                         )
                         .await?;
                     }
-                    Err(e) => eprintln!("key generation refused: {e}"),
+                    Err(e) => tracing::warn!("key generation refused: {e}"),
                 }
             }
             Down::KeyReveal(r) => {
+                let (partner, _) = session
+                    .joined("key reveal asked")
+                    .map_err(|e| fatal(state, e))?;
+                let partner = partner.to_owned();
                 let Some(hash) = state.task_hash else {
                     return Err(fatal(state, protocol("key reveal asked before Welcome")));
                 };
@@ -350,16 +407,20 @@ async fn run_session(
                         )
                         .await?;
                     }
-                    Err(e) => eprintln!("{e}"),
+                    Err(e) => tracing::warn!("{e}"),
                 }
             }
             Down::CollectiveKey(k) => {
+                let (partner, _) = session
+                    .joined("collective key sent")
+                    .map_err(|e| fatal(state, e))?;
+                let partner = partner.to_owned();
                 let (Some(task), Some(hash)) = (state.task.clone(), state.task_hash) else {
                     return Err(fatal(state, protocol("collective key sent before Welcome")));
                 };
                 let keys = key_holder(state, &partner)?;
                 match keys.install(&k, &task, &hash, &cfg.policy) {
-                    Ok(fed) => println!(
+                    Ok(fed) => tracing::info!(
                         "federation key installed: {} key holders ({}); this partner {}",
                         fed.committee.len(),
                         fed.committee.join(", "),
@@ -373,6 +434,9 @@ async fn run_session(
                 }
             }
             Down::Decrypt(req) => {
+                let (_, step) = session
+                    .joined("decryption asked")
+                    .map_err(|e| fatal(state, e))?;
                 let (Some(task), Some(keys)) = (state.task.as_ref(), state.keys.as_ref()) else {
                     return Err(fatal(state, protocol("decryption asked before Welcome")));
                 };
@@ -380,33 +444,38 @@ async fn run_session(
                     return Err(fatal(state, protocol("decryption asked before Welcome")));
                 };
                 let spec = state.privacy.as_ref().map(|p| &p.spec);
-                decrypting = None;
+                *step = Step::Idle;
                 let floor = cfg.policy.contributor_floor(task);
                 let job = update_len(task, spec, keys, req.round)
                     .and_then(|values| keys.begin_decrypt(&req, floor, values, &hash));
                 match job {
                     Ok(job) => {
-                        println!(
+                        tracing::info!(
                             "round {}: summing {} contributors' ciphertexts before decrypting",
                             req.round,
                             req.contributions.len()
                         );
-                        decrypting = Some(job);
+                        *step = Step::Decrypting(job);
                     }
                     Err(e) => refuse_decryption(&tx, req.round, &e).await?,
                 }
             }
             Down::Ciphertext(c) => {
-                let Some(job) = decrypting.as_mut() else {
+                let (_, step) = session
+                    .joined("a ciphertext sent")
+                    .map_err(|e| fatal(state, e))?;
+                let Step::Decrypting(job) = step else {
                     continue;
                 };
                 if let Err(e) = job.add(&c) {
-                    decrypting = None;
+                    *step = Step::Idle;
                     refuse_decryption(&tx, c.round, &e).await?;
                     continue;
                 }
                 if job.complete() {
-                    let job = decrypting.take().expect("job present");
+                    let Step::Decrypting(job) = std::mem::replace(step, Step::Idle) else {
+                        continue;
+                    };
                     let round = job.round();
                     let Some(keys) = state.keys.as_ref() else {
                         continue;
@@ -415,7 +484,7 @@ async fn run_session(
                     match tokio::task::block_in_place(|| keys.finish_decrypt(job)) {
                         Ok(share) => {
                             send_share(&tx, round, &share).await?;
-                            println!("round {round}: partial decryption sent");
+                            tracing::info!("round {round}: partial decryption sent");
                         }
                         Err(e) => refuse_decryption(&tx, round, &e).await?,
                     }
@@ -424,8 +493,10 @@ async fn run_session(
             Down::Finished(f) => return Ok(f.detail),
             Down::Rejection(r) => match Code::from(r.code) {
                 // No code: a coordinator that predates rejection codes.
-                Code::Ok => eprintln!("the coordinator refused a message: {}", r.reason),
-                code => eprintln!("the coordinator refused a message ({code:?}): {}", r.reason),
+                Code::Ok => tracing::warn!("the coordinator refused a message: {}", r.reason),
+                code => {
+                    tracing::warn!("the coordinator refused a message ({code:?}): {}", r.reason)
+                }
             },
         }
     }
@@ -492,11 +563,11 @@ async fn refuse_decryption(
     round: u64,
     e: &AgentError,
 ) -> Result<(), SessionEnd> {
-    eprintln!("round {round}: decryption refused: {e}");
+    tracing::warn!("round {round}: decryption refused: {e}");
     send(
         tx,
         Up::Decline(Decline {
-            decryption: true,
+            kind: DeclineKind::Decryption.into(),
             ..decline(round, format!("decryption refused: {e}"))
         }),
     )
@@ -525,7 +596,7 @@ fn private_statistics(
     privacy: &mut PartnerPrivacy,
 ) -> Result<Result<FeatureStats, String>, AgentError> {
     if let Some(stored) = crate::pins::released_statistics(state_dir, &task.name)? {
-        println!("feature statistics: re-sending the ones released before (no new charge)");
+        tracing::info!("feature statistics: re-sending the ones released before (no new charge)");
         return Ok(Ok(stored));
     }
     let bounds = task
@@ -533,7 +604,7 @@ fn private_statistics(
         .feature_bounds()
         .map_err(|column| AgentError::Task(format!("numeric column `{column}` has no bounds")))?;
     match privacy.admit_statistics() {
-        Ok(Some(eps)) => println!(
+        Ok(Some(eps)) => tracing::info!(
             "feature statistics: release charged to the privacy ledger, ε after it {eps:.3}"
         ),
         Ok(None) => {}
@@ -548,7 +619,7 @@ fn private_statistics(
 /// what it releases) cannot afford it: the coordinator stops selecting it.
 fn budget_decline(round: u64, reason: impl Into<String>) -> Decline {
     Decline {
-        budget_exhausted: true,
+        kind: DeclineKind::Budget.into(),
         ..decline(round, reason)
     }
 }
@@ -564,11 +635,12 @@ async fn decline_round(
     log: Option<&str>,
 ) -> Result<(), SessionEnd> {
     state.data = Some(data);
-    match (log, d.budget_exhausted) {
-        (Some(line), true) => println!("round {}: {line}", d.round),
-        (Some(line), false) => eprintln!("round {}: {line}", d.round),
-        (None, true) => println!("round {}: declined: {}", d.round, d.reason),
-        (None, false) => eprintln!("round {}: refused: {}", d.round, d.reason),
+    let budget = d.kind() == DeclineKind::Budget;
+    match (log, budget) {
+        (Some(line), true) => tracing::info!("round {}: {line}", d.round),
+        (Some(line), false) => tracing::warn!("round {}: {line}", d.round),
+        (None, true) => tracing::info!("round {}: declined: {}", d.round, d.reason),
+        (None, false) => tracing::warn!("round {}: refused: {}", d.round, d.reason),
     }
     send(tx, Up::Decline(d)).await
 }
@@ -578,8 +650,7 @@ fn decline(round: u64, reason: impl Into<String>) -> Decline {
     Decline {
         round,
         reason: reason.into(),
-        budget_exhausted: false,
-        decryption: false,
+        kind: DeclineKind::Round.into(),
     }
 }
 
@@ -642,7 +713,7 @@ fn welcome(
     crate::pins::pin(&cfg.state_dir, &task.name, &hash)?;
     if state.data.is_none() {
         let data = LocalData::load(&cfg.data, &task, partner)?;
-        println!(
+        tracing::info!(
             "loaded {}: {} training rows, {} held-out rows",
             cfg.data.display(),
             data.train_rows(),
@@ -652,7 +723,7 @@ fn welcome(
         state.privacy = match spec {
             Some(spec) => {
                 let p = PartnerPrivacy::open(cfg, spec, &task.name, partner, hash)?;
-                println!(
+                tracing::info!(
                     "differential privacy: {:?} unit, clip {}, noise multiplier {}; own ledger in {}",
                     p.spec.unit,
                     p.spec.clip_norm,
@@ -676,7 +747,7 @@ fn welcome(
                 .with_identity(&cfg.tls.key, &cfg.tls.ca_cert)?,
         );
     }
-    println!(
+    tracing::info!(
         "task `{}` admitted by this partner's policy (task hash {})",
         task.name,
         hex::encode(hash)
@@ -804,7 +875,7 @@ async fn play_round(
         });
         match whole.and_then(|events| p.admit(round, rows, &events)) {
             Ok(eps) => {
-                println!(
+                tracing::info!(
                     "round {round}: privacy spend of {} recorded, ε after this round {eps:.3}",
                     update.name()
                 );
@@ -872,7 +943,7 @@ async fn play_round(
     if let (true, Some(p)) = (evaluate, state.privacy.as_mut()) {
         match p.admit_evaluation(round, rows) {
             Ok(eps) => {
-                println!(
+                tracing::info!(
                     "round {round}: evaluation of model {} charged to the privacy ledger, ε after it {eps:.3}",
                     start.model_round
                 );
@@ -898,12 +969,12 @@ async fn play_round(
         let outgoing = if train && eval.as_ref().is_none_or(Result::is_ok) {
             let mut progress = |p: TrainProgress| {
                 if private_spec.is_none() {
-                    println!(
+                    tracing::info!(
                         "[{partner}] round {round}/{rounds}: epoch {}/{} on {rows} rows, loss {:.4}",
                         p.epoch, p.epochs, p.mean_loss
                     );
                 } else {
-                    println!(
+                    tracing::info!(
                         "[{partner}] round {round}/{rounds}: private training done, local loss {:.4} (not sent)",
                         p.mean_loss
                     );
@@ -938,12 +1009,12 @@ async fn play_round(
         let partial_json = serde_json::to_vec(&eval)
             .map_err(|e| SessionEnd::Lost(format!("cannot encode evaluation: {e}")))?;
         match eval_noise {
-            None => println!(
+            None => tracing::info!(
                 "round {round}: model of round {} scored on {} held-out rows",
                 start.model_round,
                 eval.examples()
             ),
-            Some(sigma) => println!(
+            Some(sigma) => tracing::info!(
                 "round {round}: model of round {} scored; sending {}-bin score histograms with \
                  discrete Gaussian noise (σ {sigma}) on every count",
                 start.model_round,
@@ -992,7 +1063,7 @@ async fn play_round(
                 )
                 .await?;
             }
-            println!(
+            tracing::info!(
                 "[{}/{rounds}] round {round}: update sent ({rows} rows)",
                 state.summary.rounds_trained + 1
             );
@@ -1011,7 +1082,7 @@ async fn play_round(
             }) {
                 Some(Ok(s)) => s,
                 Some(Err(e)) => {
-                    eprintln!("round {round}: refused: {e}");
+                    tracing::warn!("round {round}: refused: {e}");
                     return send(
                         tx,
                         Up::Decline(decline(round, format!("update not signed: {e}"))),
@@ -1035,7 +1106,7 @@ async fn play_round(
                 )
                 .await?;
             }
-            println!(
+            tracing::info!(
                 "[{}/{rounds}] round {round}: encrypted update sent ({rows} rows, {:.1} MiB of ciphertext)",
                 state.summary.rounds_trained + 1,
                 bytes as f64 / (1024.0 * 1024.0)

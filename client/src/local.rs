@@ -45,7 +45,7 @@ impl LocalData {
     /// Loads `path` under the task's schema and holds out the task's fraction of rows.
     pub fn load(path: &Path, task: &TaskSpec, partner: &str) -> Result<Self, AgentError> {
         let data =
-            Dataset::load_csv(path, &task.schema).map_err(|e| AgentError::Data(e.to_string()))?;
+            Dataset::load_task_csv(path, task).map_err(|e| AgentError::Data(e.to_string()))?;
         let (train, test) = data.split_holdout(task.holdout_fraction, task.seed);
         let seed = task.seed ^ name_seed(partner);
         if train.is_empty() || test.is_empty() {

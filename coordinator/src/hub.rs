@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use consortia_model::Evaluation;
 use consortia_model::TaskSpec;
-use consortia_proto::{StatsReport, server_message::Kind};
+use consortia_proto::{DeclineKind, StatsReport, server_message::Kind};
 use tokio::sync::Notify;
 use tonic::Status;
 
@@ -457,21 +457,21 @@ impl Hub {
         Ok(())
     }
 
-    /// Records that a partner declined a round; one whose own privacy budget
-    /// is exhausted is not selected again. A key holder's refusal to decrypt
-    /// (`decryption`) fails the decryption in progress.
+    /// Records that a partner declined: a round (it answers nothing in it), the
+    /// task (its own privacy budget is exhausted: it is not selected again, and
+    /// the round it declined counts as declined), or a decryption (a key holder's
+    /// refusal fails the decryption in progress).
     pub fn decline(
         &self,
         partner: &str,
         round: u64,
         reason: String,
-        budget_exhausted: bool,
-        decryption: bool,
+        kind: DeclineKind,
     ) -> Result<(), Rejection> {
-        if budget_exhausted {
+        if kind == DeclineKind::Budget {
             lock(&self.exhausted).insert(partner.to_string(), reason.clone());
         }
-        let result = if decryption {
+        let result = if kind == DeclineKind::Decryption {
             match &mut *lock(&self.stage) {
                 Stage::Decryption(d) if d.round == round => {
                     d.fail(partner, &reason);

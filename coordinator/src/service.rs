@@ -247,14 +247,9 @@ async fn read_session(
                 }
             }
             Some(client_message::Kind::Decline(d)) => {
-                tracing::info!(partner = %partner, round = d.round, reason = %d.reason, "partner declined the round");
-                hub.decline(
-                    &partner,
-                    d.round,
-                    d.reason,
-                    d.budget_exhausted,
-                    d.decryption,
-                )
+                let kind = d.kind();
+                tracing::info!(partner = %partner, round = d.round, kind = ?kind, reason = %d.reason, "partner declined");
+                hub.decline(&partner, d.round, d.reason, kind)
             }
             Some(client_message::Kind::Update(chunk)) => {
                 let r = take_chunk(&hub, &partner, &mut pending, chunk);

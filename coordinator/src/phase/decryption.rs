@@ -475,7 +475,12 @@ mod phase_tests {
             hub.add_share_piece("z", piece),
             Err(r @ Rejection::OutOfPhase { .. }) if r.to_string().contains("holds no share")
         ));
-        hub.decline("b", 1, "not today".into(), false, true)
+        hub.decline(
+            "b",
+            1,
+            "not today".into(),
+            consortia_proto::DeclineKind::Decryption,
+        )
             .unwrap();
         let failed = running.await.unwrap().unwrap_err();
         assert_eq!(
