@@ -144,19 +144,25 @@ impl Hub {
         !name.is_empty() && name != "coordinator"
     }
 
-    /// Adds a session, replacing (and closing) an older one of the same partner.
-    pub fn register(&self, partner: &str, mut handle: SessionHandle) -> u64 {
+    /// Adds a session; `None` (nothing changed) if `partner` already has one: the
+    /// running session keeps its place and the newcomer is refused.
+    pub fn register(&self, partner: &str, mut handle: SessionHandle) -> Option<u64> {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         handle.id = id;
-        let old = lock(&self.sessions).insert(partner.to_string(), handle);
-        if let Some(old) = old {
-            tracing::info!(partner, "a new connection replaces the previous session");
-            old.send(Outbound::Close(Status::aborted(
-                "replaced by a newer session of the same partner",
-            )));
+        {
+            let mut sessions = lock(&self.sessions);
+            if sessions.contains_key(partner) {
+                return None;
+            }
+            sessions.insert(partner.to_string(), handle);
         }
         self.changed.notify_one();
-        id
+        Some(id)
+    }
+
+    /// Whether `partner` has a session.
+    pub fn is_connected(&self, partner: &str) -> bool {
+        lock(&self.sessions).contains_key(partner)
     }
 
     /// Removes a session that ended (if it is still the current one); the
@@ -484,7 +490,15 @@ impl Hub {
                 )),
             }
         } else {
-            self.with_round(round, |r| r.decline(partner, round, reason))
+            let mut stage = lock(&self.stage);
+            match &mut *stage {
+                // A refusal to send feature statistics (they are not of a round).
+                Stage::Standardisation(c) if round == 0 => c.decline(partner, reason),
+                _ => {
+                    drop(stage);
+                    self.with_round(round, |r| r.decline(partner, round, reason))
+                }
+            }
         };
         self.changed.notify_one();
         result

@@ -21,6 +21,7 @@
 //! * [`step`] — the server step from a round's aggregate to the next global model.
 //! * [`incident`] — a malformed ciphertext: recorded, and the federation key retired.
 //! * [`report`] — the per-round table, round outcomes and the task's end.
+//! * [`retry`] — bounded retries: backoff between failed attempts, and the stop after too many.
 //! * [`task`] — the task loop.
 //! * [`orchestrator`] — the former round-loop module's public paths, re-exported.
 //! * [`server`] — wiring: TLS listener, revocation reload, shutdown.
@@ -34,6 +35,7 @@ pub mod orchestrator;
 pub mod phase;
 pub mod rejection;
 pub mod report;
+pub mod retry;
 pub mod round;
 pub mod secure;
 pub mod selection;

@@ -163,6 +163,40 @@ pub fn log_incomplete(end: &RoundEnd, result: &RoundResult, min: usize) {
     }
 }
 
+/// Why a round that did not complete failed, in words that are the same each
+/// time the round fails the same way (the retries compare them); `None` for a
+/// round that completed.
+pub fn failure(end: &RoundEnd, result: &RoundResult, min: usize) -> Option<String> {
+    use crate::round::RoundKind;
+    let why = match (end, result.kind) {
+        (RoundEnd::Aggregated(_) | RoundEnd::Evaluated, _) => return None,
+        (RoundEnd::Discarded(why), _) => format!("its result was discarded: {why}"),
+        (RoundEnd::TooFew, RoundKind::Evaluate) => "no evaluation report arrived".to_string(),
+        (RoundEnd::TooFew, RoundKind::Train) => {
+            let mut why = format!(
+                "{} of the {min} updates it needs arrived",
+                result.contributors.len()
+            );
+            let mut declined: Vec<String> = result
+                .declined
+                .iter()
+                .map(|(p, reason)| format!("`{p}`: {reason}"))
+                .collect();
+            declined.sort();
+            if !declined.is_empty() {
+                why.push_str(&format!("; declined by {}", declined.join("; ")));
+            }
+            let mut missing = result.missing.clone();
+            missing.sort();
+            if !missing.is_empty() {
+                why.push_str(&format!("; no answer from {}", missing.join(", ")));
+            }
+            why
+        }
+    };
+    Some(why)
+}
+
 /// Tells every connected partner how `result`'s round ended.
 pub fn announce(hub: &Hub, end: &RoundEnd, result: &RoundResult) {
     let detail = match end {

@@ -84,12 +84,17 @@ pub enum Discard {
     /// a contributor sent a malformed ciphertext (an incident: the
     /// federation key is retired).
     MalformedSum(String),
+    /// The aggregate, or the model the server strategy stepped with it, holds a
+    /// value that is not finite: nothing is written.
+    NotFinite(String),
 }
 
 impl fmt::Display for Discard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Discard::Unusable(why) | Discard::MalformedSum(why) => f.write_str(why),
+            Discard::Unusable(why) | Discard::MalformedSum(why) | Discard::NotFinite(why) => {
+                f.write_str(why)
+            }
         }
     }
 }

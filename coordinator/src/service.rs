@@ -67,6 +67,24 @@ impl Federation for FederationService {
                 peer.name
             )));
         }
+        if !self.hub.task.admits_partner(&peer.name) {
+            tracing::warn!(
+                partner = %peer.name,
+                "session refused: not among the task's partners (the task file's `partners`)"
+            );
+            return Err(Status::permission_denied(format!(
+                "`{}` is not a partner of task `{}`: the task file's `partners` list does not \
+                 name it (ask the coordinator's operator to add it)",
+                peer.name, self.hub.task.name
+            )));
+        }
+        if self.hub.is_connected(&peer.name) {
+            tracing::warn!(
+                partner = %peer.name,
+                "session refused: the partner is already connected (the running session keeps its place)"
+            );
+            return Err(already_connected(&peer.name));
+        }
         // The certificate key holders check an encrypted update's signature against.
         let certificate = consortia_pki::peer_connect_info(&request)
             .and_then(|info| info.peer_certs().first().map(|c| c.to_vec()))
@@ -86,6 +104,16 @@ impl Federation for FederationService {
         });
         Ok(Response::new(ReceiverStream::new(out_rx)))
     }
+}
+
+/// A second session of a partner that is connected: refused, the running one
+/// keeps its place. `ALREADY_EXISTS`, which an agent retries later (its own
+/// earlier session may not have been noticed gone yet).
+fn already_connected(partner: &str) -> Status {
+    Status::already_exists(format!(
+        "`{partner}` is already connected: a second session with the same certificate is \
+         refused while the first is running"
+    ))
 }
 
 /// Maps a broken inbound stream to the status the issue of the message calls for:
@@ -202,7 +230,7 @@ async fn read_session(
     {
         return;
     }
-    let id = hub.register(
+    let registered = hub.register(
         &partner,
         SessionHandle {
             id: 0,
@@ -210,6 +238,15 @@ async fn read_session(
             tx: tx.clone(),
         },
     );
+    let Some(id) = registered else {
+        // Another session of the partner started in the meantime.
+        tracing::warn!(
+            partner = %partner,
+            "session refused: the partner is already connected (the running session keeps its place)"
+        );
+        let _ = tx.send(Outbound::Close(already_connected(&partner))).await;
+        return;
+    };
 
     let mut pending: Option<PendingUpdate> = None;
     let mut encrypted: Option<PendingEncrypted> = None;

@@ -172,7 +172,18 @@ impl Store {
         }
         let path = self.model_path(round);
         match std::fs::read(&path) {
-            Ok(bytes) => decode_f64(&bytes).map(Some),
+            Ok(bytes) => {
+                let model = decode_f64(&bytes)?;
+                if let Some(i) = model.iter().position(|v| !v.is_finite()) {
+                    return Err(CoordinatorError::Corrupt(format!(
+                        "the model of round {round} ({}) holds a value that is not finite \
+                         (parameter {i} is {})",
+                        path.display(),
+                        model[i]
+                    )));
+                }
+                Ok(Some(model))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(CoordinatorError::file(&path)(e)),
         }
@@ -359,5 +370,26 @@ mod tests {
         assert_eq!(s.rounds().unwrap().len(), 1);
         assert_eq!(s.task_toml().unwrap().unwrap(), "name = 't'");
         assert_eq!(s.strategy_state().unwrap(), [7, 8, 9]);
+    }
+
+    #[test]
+    fn a_model_that_is_not_finite_is_refused_naming_its_file_and_round() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.init_task("name = 't'", &[0.0, 0.0]).unwrap();
+        let rec = RoundRecord {
+            round: 1,
+            participants: vec!["a".into()],
+            examples: 10,
+            train_loss: None,
+            completed_unix_ms: 1,
+        };
+        s.commit_round(&rec, &[1.0, f64::NAN], &[]).unwrap();
+        let e = s.model(1).unwrap_err().to_string();
+        assert!(e.contains("round-00000001.f64"), "{e}");
+        assert!(
+            e.contains("round 1") && e.contains("parameter 1 is NaN"),
+            "{e}"
+        );
     }
 }

@@ -16,6 +16,7 @@ use crate::hub::Hub;
 use crate::phase::collection::{self, RoundSpec, prepare_secure_round};
 use crate::phase::{decryption, key_ceremony, standardization};
 use crate::report::{self, TaskSummary, print_table_header};
+use crate::retry::Attempts;
 use crate::round::{Discard, RoundEnd};
 use crate::selection::{self, Choice, Releases, Selector};
 use crate::store::Store;
@@ -31,8 +32,18 @@ pub async fn run_task(
     let total = u64::from(task.rounds);
     let min = task.min_partners as usize;
     let deadline = Duration::from_secs(task.round_deadline_secs);
-    let standardizer =
-        standardization::agreed(&hub, &store, min, deadline, accounting.as_mut()).await?;
+    // A stored model that is not finite stops the start (naming its file and round).
+    store.model(store.last_round()?)?;
+    let max_attempts = task.round_attempts();
+    let standardizer = standardization::agreed(
+        &hub,
+        &store,
+        min,
+        deadline,
+        max_attempts,
+        accounting.as_mut(),
+    )
+    .await?;
     let mut last = store.last_round()?;
     if last > 0 {
         tracing::info!(
@@ -53,6 +64,7 @@ pub async fn run_task(
     let mut fed_key = key_ceremony::start(&hub, &store, last + 1, min, deadline).await?;
     let mut strategy = step::restore_strategy(&task, &store)?;
     let mut selector = Selector::default();
+    let mut attempts = Attempts::new(max_attempts, deadline);
     print_table_header(task.is_classifier());
     loop {
         let train = last < total;
@@ -127,16 +139,35 @@ pub async fn run_task(
                 incident::malformed_sum(&hub, &store, round, contributors, why, min, deadline);
             fed_key = Some(new.await?);
         }
-        let end = match discard {
+        let mut end = match discard {
             Some(why) => RoundEnd::Discarded(why),
             None => result.end(min),
         };
         if let RoundEnd::Aggregated(update) = &end {
-            step::commit(&task, &store, strategy.as_mut(), &model, &result, update)?;
-            last = round;
+            match step::commit(&task, &store, strategy.as_mut(), &model, &result, update)? {
+                Ok(()) => last = round,
+                // Nothing non-finite is committed: the round fails, and counts as an attempt.
+                Err(why) => {
+                    tracing::warn!(round, "round discarded, no model written: {why}");
+                    end = RoundEnd::Discarded(Discard::NotFinite(why));
+                }
+            }
         }
         report::log_incomplete(&end, &result, min);
         report::announce(&hub, &end, &result);
+        match report::failure(&end, &result, min) {
+            None => attempts.succeeded(),
+            Some(why) => {
+                let pause = attempts.failed(round, &format!("round {round}"), &why)?;
+                tracing::info!(
+                    round,
+                    attempt = attempts.failures(),
+                    "round {round} runs again in {} s",
+                    pause.as_secs_f64()
+                );
+                tokio::time::sleep(pause).await;
+            }
+        }
     }
     let final_metrics = store.metrics(last)?;
     report::finish(&hub, last, final_metrics.as_ref(), privacy_spec.is_some());

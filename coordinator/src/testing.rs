@@ -61,14 +61,16 @@ pub(crate) fn hub_with(task_toml: &str, partners: &[&str]) -> (Arc<Hub>, Inboxes
 /// Connects `partner` to `hub`: its session id and what it is sent.
 pub(crate) fn connect(hub: &Hub, partner: &str) -> (u64, mpsc::Receiver<Outbound>) {
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-    let id = hub.register(
-        partner,
-        SessionHandle {
-            id: 0,
-            serial: Vec::new(),
-            tx,
-        },
-    );
+    let id = hub
+        .register(
+            partner,
+            SessionHandle {
+                id: 0,
+                serial: Vec::new(),
+                tx,
+            },
+        )
+        .expect("a partner connected once");
     (id, rx)
 }
 

@@ -28,6 +28,10 @@ pub const MAX_BATCH_SIZE: usize = 1 << 24;
 pub const MAX_ROUND_DEADLINE_SECS: u64 = 7 * 24 * 3600;
 /// The longest task name.
 pub const MAX_NAME_LEN: usize = 64;
+/// How many failed attempts in a row a round gets when `max_round_attempts` is absent.
+pub const DEFAULT_ROUND_ATTEMPTS: u32 = 10;
+/// The largest `max_round_attempts` a task may set.
+pub const MAX_ROUND_ATTEMPTS: u32 = 1000;
 
 /// A learning task, as written in a task file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,6 +68,16 @@ pub struct TaskSpec {
     /// it with the rest of the task; 1 when absent.
     #[serde(default = "default_colluders")]
     pub colluders: u32,
+    /// How many times in a row the same round (or the standardisation request) may
+    /// fail the same way before the task stops with a diagnosis: 1 to
+    /// [`MAX_ROUND_ATTEMPTS`]; [`DEFAULT_ROUND_ATTEMPTS`] when absent (and then left
+    /// out of the canonical form, so that a task that does not set it hashes as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_round_attempts: Option<u32>,
+    /// The partners allowed to take part, by certificate name; any partner with a
+    /// certificate of the federation's CA when absent. Names are non-empty and distinct.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partners: Option<Vec<String>>,
     /// The model to train.
     pub model: ModelSpec,
     /// The server strategy (`[strategy]`); FedAvg when absent.
@@ -391,6 +405,10 @@ impl TaskSpec {
             MAX_ROUND_DEADLINE_SECS,
         )?;
         check_range("local_epochs", self.local_epochs, 1, MAX_LOCAL_EPOCHS)?;
+        if let Some(n) = self.max_round_attempts {
+            check_range("max_round_attempts", n, 1, MAX_ROUND_ATTEMPTS)?;
+        }
+        self.validate_partners()?;
         check_range("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)?;
         if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
             return Err(InvalidField::new(
@@ -425,6 +443,51 @@ impl TaskSpec {
             ));
         }
         self.schema.validate()
+    }
+
+    /// `partners`: when present, at least one name, each non-empty and named once.
+    fn validate_partners(&self) -> Result<(), InvalidField> {
+        let Some(names) = &self.partners else {
+            return Ok(());
+        };
+        let shown = || format!("{names:?}");
+        if names.is_empty() {
+            return Err(InvalidField::new(
+                "partners",
+                shown(),
+                "at least one partner name (leave `partners` out to admit every partner certificate)",
+            ));
+        }
+        if names.iter().any(|n| n.trim().is_empty()) {
+            return Err(InvalidField::new(
+                "partners",
+                shown(),
+                "non-empty partner names (the names in the partners' certificates)",
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(dup) = names.iter().find(|n| !seen.insert(n.as_str())) {
+            return Err(InvalidField::new(
+                "partners",
+                shown(),
+                format!("distinct names (`{dup}` is listed twice)"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// How many times in a row a round may fail the same way (`max_round_attempts`,
+    /// [`DEFAULT_ROUND_ATTEMPTS`] when absent).
+    pub fn round_attempts(&self) -> u32 {
+        self.max_round_attempts.unwrap_or(DEFAULT_ROUND_ATTEMPTS)
+    }
+
+    /// Whether `partner` may take part: named in `partners`, or any partner without
+    /// the list.
+    pub fn admits_partner(&self, partner: &str) -> bool {
+        self.partners
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| n == partner))
     }
 
     /// `model.family` and `model.power`: a family for a `glm` (and a power in [1, 2)
@@ -605,4 +668,49 @@ fn check_range<T: PartialOrd + fmt::Debug + fmt::Display + Copy>(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../examples/telco_churn_task.toml");
+
+    fn with(extra: &str) -> Result<TaskSpec, TaskError> {
+        // Plain keys go before the first table.
+        let (head, tables) = EXAMPLE.split_at(EXAMPLE.find("\n[").unwrap());
+        TaskSpec::from_toml_str(&format!("{head}\n{extra}\n{tables}"))
+    }
+
+    #[test]
+    fn membership_and_attempts_are_optional_and_leave_the_hash_alone() {
+        let plain = TaskSpec::from_toml_str(EXAMPLE).unwrap();
+        assert_eq!(plain.round_attempts(), DEFAULT_ROUND_ATTEMPTS);
+        assert!(plain.admits_partner("anyone"));
+        let text = plain.to_toml_string().unwrap();
+        assert!(!text.contains("\npartners =") && !text.contains("max_round_attempts"));
+        let set = with("max_round_attempts = 3\npartners = [\"a\", \"b\"]").unwrap();
+        assert_eq!(set.round_attempts(), 3);
+        assert!(set.admits_partner("a") && !set.admits_partner("c"));
+        assert_ne!(
+            plain.canonical_hash().unwrap(),
+            set.canonical_hash().unwrap()
+        );
+        let back = TaskSpec::from_toml_str(&set.to_toml_string().unwrap()).unwrap();
+        assert_eq!(back, set);
+    }
+
+    #[test]
+    fn bad_membership_and_attempts_name_the_field() {
+        for (extra, field) in [
+            ("max_round_attempts = 0", "max_round_attempts"),
+            ("max_round_attempts = 100000", "max_round_attempts"),
+            ("partners = []", "partners"),
+            ("partners = [\"a\", \"\"]", "partners"),
+            ("partners = [\"a\", \"b\", \"a\"]", "partners"),
+        ] {
+            let e = with(extra).unwrap_err().to_string();
+            assert!(e.contains(field), "{extra}: {e}");
+        }
+    }
 }

@@ -15,6 +15,7 @@ use crate::accounting::Accounting;
 use crate::hub::{Hub, Stage};
 use crate::rejection::{Rejection, Subject};
 use crate::report::now_ms;
+use crate::retry::Attempts;
 use crate::session::{Outbound, message};
 use crate::store::{Store, StoredStandardizer};
 
@@ -25,6 +26,8 @@ pub struct StatsCollector {
     request_id: u64,
     expected: BTreeSet<String>,
     received: BTreeMap<String, FeatureStats>,
+    /// Partners that refused to send statistics, with their reasons.
+    declined: BTreeMap<String, String>,
 }
 
 impl StatsCollector {
@@ -34,6 +37,7 @@ impl StatsCollector {
             request_id,
             expected,
             received: BTreeMap::new(),
+            declined: BTreeMap::new(),
         }
     }
 
@@ -90,6 +94,19 @@ impl StatsCollector {
         Ok(())
     }
 
+    /// `partner` refused to send statistics (`reason`): it is no longer waited for.
+    pub fn decline(&mut self, partner: &str, reason: String) -> Result<(), Rejection> {
+        if !self.expected.remove(partner) {
+            return Err(Rejection::out_of_phase(
+                Subject::Statistics,
+                "no feature statistics were asked of you",
+                "nothing",
+            ));
+        }
+        self.declined.insert(partner.to_string(), reason);
+        Ok(())
+    }
+
     /// A partner that disconnected is no longer waited for.
     pub fn drop_partner(&mut self, partner: &str) {
         self.expected.remove(partner);
@@ -141,12 +158,13 @@ pub async fn agreed(
     store: &Store,
     min: usize,
     deadline: Duration,
+    max_attempts: u32,
     mut accounting: Option<&mut Accounting>,
 ) -> Result<StoredStandardizer, CoordinatorError> {
     if let Some(s) = store.standardizer()? {
         return Ok(s);
     }
-    let (s, smallest) = agree(hub, min, deadline, accounting.as_deref_mut()).await?;
+    let (s, smallest) = agree(hub, min, deadline, max_attempts, accounting.as_deref_mut()).await?;
     // Under [privacy] the reports' means and variances are noisy, but their counts are
     // the partners' training-row counts, which every update publishes anyway (FedAvg
     // weight; recorded in both ledgers): δ is checked against the smallest of those.
@@ -167,14 +185,18 @@ pub async fn agreed(
 /// Agrees on the federation-wide standardisation; also returns the smallest
 /// partner's row count. Under `[privacy]` every partner asked is first charged, in the
 /// coordinator's ledger, for its one release of noised statistics
-/// ([`Accounting::record_statistics`]; once per partner and task).
+/// ([`Accounting::record_statistics`]; once per partner and task). Requests that
+/// fail are repeated after a backoff, and `max_attempts` identical failures in a
+/// row (partners refusing, say) stop the task with their reasons.
 pub async fn agree(
     hub: &Hub,
     min: usize,
     deadline: Duration,
+    max_attempts: u32,
     mut accounting: Option<&mut Accounting>,
 ) -> Result<(StoredStandardizer, u64), CoordinatorError> {
     let mut request_id = 0u64;
+    let mut attempts = Attempts::new(max_attempts, deadline);
     loop {
         hub.wait_for_partners(min).await;
         request_id += 1;
@@ -200,23 +222,49 @@ pub async fn agree(
         let Some(c) = drive(hub, Gathering, Instant::now() + deadline).await else {
             continue;
         };
-        match merge(&c, min) {
-            Some(agreed) => return Ok(agreed),
-            None => continue,
-        }
+        let why = match merge(&c, min) {
+            Ok(agreed) => return Ok(agreed),
+            Err(why) => why,
+        };
+        let pause = attempts.failed(0, "the request for feature statistics", &why)?;
+        tracing::info!(
+            attempt = attempts.failures(),
+            "asking for feature statistics again in {} s",
+            pause.as_secs_f64()
+        );
+        tokio::time::sleep(pause).await;
     }
 }
 
 /// The standardisation of the reports in `c`, and the smallest partner's row
-/// count; `None` (logged) when they are too few or unusable.
-fn merge(c: &StatsCollector, min: usize) -> Option<(StoredStandardizer, u64)> {
+/// count; why not (logged) when they are too few or unusable.
+fn merge(c: &StatsCollector, min: usize) -> Result<(StoredStandardizer, u64), String> {
     if c.received.len() < min {
         tracing::warn!(
             received = c.received.len(),
             min,
+            declined = ?c.declined,
             "too few partners sent feature statistics; asking again"
         );
-        return None;
+        let mut why = format!("{} of the {min} reports it needs arrived", c.received.len());
+        if !c.declined.is_empty() {
+            let refusals: Vec<String> = c
+                .declined
+                .iter()
+                .map(|(p, reason)| format!("`{p}`: {reason}"))
+                .collect();
+            why.push_str(&format!("; refused by {}", refusals.join("; ")));
+        }
+        let missing: Vec<&str> = c
+            .expected
+            .iter()
+            .filter(|p| !c.received.contains_key(*p))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            why.push_str(&format!("; no answer from {}", missing.join(", ")));
+        }
+        return Err(why);
     }
     let mut merged: Option<FeatureStats> = None;
     let mut ok = true;
@@ -226,12 +274,14 @@ fn merge(c: &StatsCollector, min: usize) -> Option<(StoredStandardizer, u64)> {
             Some(m) => ok &= m.merge(s).is_ok(),
         }
     }
-    let merged = merged.filter(|_| ok)?;
+    let merged = merged
+        .filter(|_| ok)
+        .ok_or_else(|| "the partners' feature statistics do not merge".to_string())?;
     let st = match Standardizer::from_stats(&merged) {
         Ok(st) => st,
         Err(e) => {
             tracing::warn!("feature statistics unusable ({e}); asking again");
-            return None;
+            return Err(format!("the feature statistics are unusable: {e}"));
         }
     };
     tracing::info!(
@@ -240,7 +290,7 @@ fn merge(c: &StatsCollector, min: usize) -> Option<(StoredStandardizer, u64)> {
         "federation-wide standardisation agreed"
     );
     let smallest = c.received.values().map(|s| s.count).min().unwrap_or(0);
-    Some((
+    Ok((
         StoredStandardizer {
             mean: st.mean().to_vec(),
             std: st.std().to_vec(),
@@ -276,7 +326,7 @@ mod tests {
         let n = hub.task.schema.feature_count();
         let h = hub.clone();
         let running =
-            tokio::spawn(async move { agree(&h, 2, Duration::from_millis(300), None).await });
+            tokio::spawn(async move { agree(&h, 2, Duration::from_millis(300), 10, None).await });
         assert_eq!(asked(inbox.get_mut("a").unwrap()).await, 1);
         assert_eq!(asked(inbox.get_mut("b").unwrap()).await, 1);
         // Only a reports in time: both are asked again, with a new request.
