@@ -183,8 +183,9 @@ enum Step {
     Idle,
     /// A round's global model is arriving in chunks.
     ReceivingModel(Incoming),
-    /// A joint decryption: the round's ciphertexts are arriving.
-    Decrypting(DecryptJob),
+    /// A joint decryption: the round's ciphertexts are arriving (boxed: the job
+    /// holds the running sum's buffers).
+    Decrypting(Box<DecryptJob>),
 }
 
 impl Session {
@@ -455,7 +456,7 @@ async fn run_session(
                             req.round,
                             req.contributions.len()
                         );
-                        *step = Step::Decrypting(job);
+                        *step = Step::Decrypting(Box::new(job));
                     }
                     Err(e) => refuse_decryption(&tx, req.round, &e).await?,
                 }
@@ -481,7 +482,7 @@ async fn run_session(
                         continue;
                     };
                     // The partial decryption is CPU work (about 0.1 µs per value).
-                    match tokio::task::block_in_place(|| keys.finish_decrypt(job)) {
+                    match tokio::task::block_in_place(|| keys.finish_decrypt(*job)) {
                         Ok(share) => {
                             send_share(&tx, round, &share).await?;
                             tracing::info!("round {round}: partial decryption sent");

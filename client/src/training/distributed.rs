@@ -13,7 +13,8 @@ use crate::AgentError;
 ///
 /// * record unit: the sum over every training row of its loss gradient at the global
 ///   model, each clipped to C (Abadi et al. 2016, Alg. 1 with q = 1) — one
-///   full-batch DP-SGD step of the federation per round;
+///   full-batch DP-SGD step of the federation per round (taken at the global model,
+///   where FedProx's proximal gradient is zero, so `proximal_mu` changes nothing);
 /// * partner unit: the delta of ordinary local training ([`LocalSgd`]).
 ///
 /// Privacy map: the round's DDG event (`DdgParams::round_event`, from the spec's

@@ -13,7 +13,10 @@ use crate::AgentError;
 /// federated form: each of `steps_per_round` steps Poisson-samples this partner's rows
 /// with rate q, clips every per-example gradient ([`consortia_model::Model::example_gradient`])
 /// to C, adds N(0, z²C²) to the sum, divides by the expected batch q·n, adds the
-/// model's penalty gradient and steps with the task's learning rate. Sends the delta.
+/// model's penalty gradient and, with `[local] proximal_mu > 0`, FedProx's proximal
+/// gradient `μ (θ − θ_global)`, and steps with the task's learning rate. Sends the
+/// delta. The penalty and proximal terms depend on no row, so adding them after the
+/// noise is post-processing and changes nothing in the privacy map.
 ///
 /// Privacy map: one `PoissonSampledGaussian { q, z }` event per step
 /// ([`DpSgdStep::event`]), `steps_per_round` per round.
@@ -21,12 +24,14 @@ use crate::AgentError;
 pub struct DpSgd {
     spec: PrivacySpec,
     cfg: TrainConfig,
+    mu: f64,
 }
 
 impl DpSgd {
-    /// DP-SGD under `spec` (record unit, local placement) with the task's settings.
-    pub fn new(spec: PrivacySpec, cfg: TrainConfig) -> Self {
-        Self { spec, cfg }
+    /// DP-SGD under `spec` (record unit, local placement) with the task's settings
+    /// and proximal weight `mu` (0: none).
+    pub fn new(spec: PrivacySpec, cfg: TrainConfig, mu: f64) -> Self {
+        Self { spec, cfg, mu }
     }
 
     fn step(&self) -> DpSgdStep {
@@ -71,8 +76,9 @@ impl LocalUpdate for DpSgd {
                 })
                 .map_err(dp_error("private training"))?;
             model.penalty_gradient(self.cfg.l2, &mut g);
-            for (w, gj) in model.params_mut().iter_mut().zip(&g) {
-                *w -= lr * gj;
+            let anchor = input.global.params();
+            for ((w, gj), a) in model.params_mut().iter_mut().zip(&g).zip(anchor) {
+                *w -= lr * (gj + self.mu * (*w - a));
             }
         }
         if model.params().iter().any(|v| !v.is_finite()) {

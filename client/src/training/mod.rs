@@ -94,7 +94,11 @@ pub fn build(
             Box::new(Distributed::new(s.clone(), local))
         }
         Some(s) => match s.unit {
-            PrivacyUnit::Record => Box::new(DpSgd::new(s.clone(), task.train_config())),
+            PrivacyUnit::Record => Box::new(DpSgd::new(
+                s.clone(),
+                task.train_config(),
+                task.local.proximal_mu,
+            )),
             PrivacyUnit::Partner => Box::new(DpFedAvg::new(s.clone(), local)),
         },
     })
