@@ -84,7 +84,8 @@ pub async fn run_task(
         let (key, acc) = (fed_key.as_deref(), accounting.as_mut());
         let mut selected = match selector.choose(&hub, &*strategy, key, acc, round, releases)? {
             Choice::Ask { selected, needed } if selected.len() >= needed => selected,
-            Choice::Ask { .. } if fed_key.is_none() => continue,
+            // Too few can take part now (budgets, key holders away): wait for a
+            // change rather than spin.
             Choice::Ask { .. } | Choice::KeyHoldersAway => {
                 hub.wait_change(Duration::from_secs(1)).await;
                 continue;
