@@ -437,11 +437,13 @@ impl Combiner {
             Words::W128(p) => p.len(),
         };
         let count = bytes.len() / word;
-        if !bytes.len().is_multiple_of(word) || word_offset + count > total {
+        // `checked_add`: an offset near `usize::MAX` is refused, not wrapped.
+        let end = word_offset.checked_add(count);
+        if !bytes.len().is_multiple_of(word) || end.is_none_or(|end| end > total) {
             return Err(HeError::WrongCount {
                 what: "decryption share words",
                 expected: total as u64,
-                got: (word_offset + count) as u64,
+                got: end.map_or(u64::MAX, |end| end as u64),
             });
         }
         fn sub<T: Word>(phase: &mut [T], bytes: &[u8], word: usize) {

@@ -1,0 +1,387 @@
+//! Property-based fuzzing of the gRPC messages as either side decodes them
+//! after tonic's size check: prost's `decode` of [`ClientMessage`] and
+//! [`ServerMessage`] from random bytes, from valid encodings mutated (bytes
+//! flipped, truncated, extended), and from fields whose length prefix claims
+//! more bytes than follow. Decoding must return an error or a message — never
+//! panic — and never hold more memory than a fixed multiple of its input: a
+//! length prefix is checked against the bytes that follow before anything is
+//! allocated for it.
+//!
+//! Fixed seed and budget, so CI is deterministic and fast; a long campaign:
+//! `PROPTEST_CASES=100000 cargo test --release -p consortia-proto --test fuzz_messages`.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use consortia_proto::*;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngAlgorithm, RngSeed, TestRng, TestRunner};
+use prost::Message;
+
+/// Counts the bytes live on the current thread, and their peak.
+struct PeakAlloc;
+
+thread_local! {
+    static LIVE: Cell<usize> = const { Cell::new(0) };
+    static PEAK: Cell<usize> = const { Cell::new(0) };
+}
+
+fn grow(n: usize) {
+    let _ = LIVE.try_with(|l| {
+        let now = l.get().saturating_add(n);
+        l.set(now);
+        let _ = PEAK.try_with(|p| p.set(p.get().max(now)));
+    });
+}
+
+fn shrink(n: usize) {
+    let _ = LIVE.try_with(|l| l.set(l.get().saturating_sub(n)));
+}
+
+unsafe impl GlobalAlloc for PeakAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        grow(layout.size());
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        grow(layout.size());
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        shrink(layout.size());
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        shrink(layout.size());
+        grow(new_size);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: PeakAlloc = PeakAlloc;
+
+/// Runs `f`, and returns its result with the most bytes it had live at once.
+fn peak<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let base = LIVE.with(Cell::get);
+    PEAK.with(|p| p.set(base));
+    let out = f();
+    (out, PEAK.with(Cell::get) - base)
+}
+
+/// What decoding `len` bytes may hold: every two input bytes can open a
+/// repeated element (a nested message or a string header, a few hundred bytes
+/// at most, doubled by `Vec` growth), plus small change. A length prefix that
+/// drove an allocation would break this at once: inputs here are at most a
+/// few KiB, the prefixes up to 2^64.
+fn bound(len: usize) -> usize {
+    256 * len + (256 << 10)
+}
+
+fn config(cases: u32) -> Config {
+    Config {
+        cases,
+        failure_persistence: None,
+        rng_algorithm: RngAlgorithm::ChaCha,
+        rng_seed: RngSeed::Fixed(0x00c0_4507_71a5_f00d),
+        ..Config::default()
+    }
+}
+
+/// Runs `check` on `cases` inputs drawn from `strategy` with the fixed seed
+/// (`PROPTEST_CASES` overrides the count).
+fn fuzz<S: Strategy>(cases: u32, strategy: S, check: impl Fn(S::Value) -> Result<(), TestCaseError>)
+where
+    S::Value: std::fmt::Debug,
+{
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(cases);
+    let cfg = config(cases);
+    let rng = TestRng::from_seed(cfg.rng_algorithm, &[0x5e; 32]);
+    let mut runner = TestRunner::new_with_rng(cfg, rng);
+    if let Err(e) = runner.run(&strategy, check) {
+        panic!("{e}");
+    }
+}
+
+fn client_corpus() -> Vec<Vec<u8>> {
+    use client_message::Kind;
+    let kinds = vec![
+        Kind::Hello(Hello {
+            agent_version: "0.1.0".into(),
+        }),
+        Kind::Stats(StatsReport {
+            request_id: 3,
+            count: 100,
+            sum: vec![1.0, -2.5, 3.0],
+            sum_sq: vec![1.0, 6.25, 9.0],
+        }),
+        Kind::Update(UpdateChunk {
+            round: 2,
+            index: 0,
+            chunk_count: 1,
+            example_count: 500,
+            values: vec![0.25; 40],
+            train_loss: 0.5,
+        }),
+        Kind::Eval(EvalReport {
+            model_round: 2,
+            partial_json: br#"{"kind":"binary","n":3}"#.to_vec(),
+        }),
+        Kind::Decline(Decline {
+            round: 1,
+            reason: "budget".into(),
+            ..Default::default()
+        }),
+        Kind::KeyCommit(KeyCommit {
+            session_id: vec![7; 32],
+            commitment: vec![9; 32],
+        }),
+        Kind::KeyShare(KeyShare {
+            session_id: vec![7; 32],
+            public_share: vec![1; 200],
+            signature: vec![2; 64],
+        }),
+        Kind::Encrypted(EncryptedChunk {
+            round: 4,
+            index: 1,
+            chunk_count: 2,
+            example_count: 10,
+            ciphertext: vec![5; 300],
+            signature: vec![6; 64],
+        }),
+        Kind::DecryptionShare(DecryptionSharePiece {
+            round: 4,
+            index: 0,
+            piece_count: 1,
+            bytes: vec![8; 100],
+            total_bytes: 100,
+        }),
+    ];
+    kinds
+        .into_iter()
+        .map(|k| ClientMessage { kind: Some(k) }.encode_to_vec())
+        .collect()
+}
+
+fn server_corpus() -> Vec<Vec<u8>> {
+    use server_message::Kind;
+    let kinds = vec![
+        Kind::Welcome(Welcome {
+            partner: "bank-a".into(),
+            task_name: "churn".into(),
+            task_toml: "name = \"churn\"\n".into(),
+        }),
+        Kind::StatsRequest(StatsRequest::default()),
+        Kind::RoundStart(RoundStart {
+            feature_mean: vec![0.5; 8],
+            feature_std: vec![1.5; 8],
+            ..Default::default()
+        }),
+        Kind::ModelChunk(ModelChunk {
+            values: vec![0.125; 40],
+            ..Default::default()
+        }),
+        Kind::Outcome(RoundOutcome {
+            detail: "ok".into(),
+            ..Default::default()
+        }),
+        Kind::Finished(TaskFinished {
+            detail: "done".into(),
+        }),
+        Kind::Rejection(Rejection {
+            reason: "bad".into(),
+            ..Default::default()
+        }),
+        Kind::Keygen(KeyGenRequest {
+            session_id: vec![7; 32],
+            committee: vec!["a".into(), "b".into()],
+            ..Default::default()
+        }),
+        Kind::KeyReveal(KeyReveal {
+            session_id: vec![7; 32],
+        }),
+        Kind::CollectiveKey(CollectiveKey {
+            session_id: vec![7; 32],
+            committee: vec!["a".into(), "b".into()],
+            key: vec![3; 200],
+            transcript: vec![SignedKeyShare::default(), SignedKeyShare::default()],
+            ..Default::default()
+        }),
+        Kind::Decrypt(DecryptRequest {
+            contributions: vec![Contribution::default(); 3],
+            aggregate_digest: vec![4; 32],
+            task_hash: vec![5; 32],
+            ..Default::default()
+        }),
+        Kind::Ciphertext(CiphertextChunk {
+            masks: vec![6; 300],
+            body_hash: vec![7; 32],
+            ..Default::default()
+        }),
+    ];
+    kinds
+        .into_iter()
+        .map(|k| ServerMessage { kind: Some(k) }.encode_to_vec())
+        .collect()
+}
+
+/// One edit of a valid encoding.
+#[derive(Clone, Debug)]
+enum Edit {
+    /// XOR the byte at (index mod len) with a non-zero mask.
+    Flip(usize, u8),
+    /// Keep the first (n mod (len + 1)) bytes.
+    Truncate(usize),
+    /// Append bytes.
+    Extend(Vec<u8>),
+    /// Splice a varint (a length prefix or a number) in at (index mod len).
+    Varint(usize, u64),
+}
+
+fn edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        4 => (any::<usize>(), 1..=255u8).prop_map(|(i, m)| Edit::Flip(i, m)),
+        2 => any::<usize>().prop_map(Edit::Truncate),
+        1 => prop::collection::vec(any::<u8>(), 1..64).prop_map(Edit::Extend),
+        2 => (any::<usize>(), any::<u64>()).prop_map(|(i, v)| Edit::Varint(i, v)),
+    ]
+}
+
+fn varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn mutate(valid: &[u8], edits: &[Edit]) -> Vec<u8> {
+    let mut out = valid.to_vec();
+    for e in edits {
+        match e {
+            Edit::Flip(i, m) if !out.is_empty() => {
+                let i = i % out.len();
+                out[i] ^= m;
+            }
+            Edit::Truncate(n) => out.truncate(n % (out.len() + 1)),
+            Edit::Extend(b) => out.extend_from_slice(b),
+            Edit::Varint(i, v) => {
+                let i = i % (out.len() + 1);
+                let mut b = Vec::new();
+                varint(*v, &mut b);
+                out.splice(i..i, b);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A message whose nested fields (field numbers 1..16, wire type 2) claim
+/// `len` bytes each, the outermost consistent or not: the shape of an
+/// allocation-bomb attempt.
+fn length_bomb() -> impl Strategy<Value = Vec<u8>> {
+    (
+        prop::collection::vec((1..16u64, any::<u64>(), any::<bool>()), 1..4),
+        prop::collection::vec(any::<u8>(), 0..64),
+    )
+        .prop_map(|(fields, tail)| {
+            let mut out = Vec::new();
+            for (field, len, huge) in fields {
+                varint((field << 3) | 2, &mut out);
+                varint(if huge { len } else { len % 4096 }, &mut out);
+            }
+            out.extend(tail);
+            out
+        })
+}
+
+fn inputs(corpus: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
+    let n = corpus.len();
+    prop_oneof![
+        1 => prop::collection::vec(any::<u8>(), 0..512),
+        1 => length_bomb(),
+        4 => (0..n, prop::collection::vec(edit(), 1..4))
+            .prop_map(move |(i, e)| mutate(&corpus[i], &e)),
+    ]
+}
+
+fn check<M: Message + Default>(bytes: &[u8]) -> Result<(), TestCaseError> {
+    let (decoded, used) = peak(|| M::decode(bytes));
+    prop_assert!(
+        used <= bound(bytes.len()),
+        "{used} bytes live decoding {} bytes",
+        bytes.len()
+    );
+    if let Ok(m) = decoded {
+        // What was accepted re-encodes to a message that decodes the same
+        // (compared encoded: a NaN is not equal to itself).
+        let once = m.encode_to_vec();
+        let again = M::decode(once.as_slice());
+        prop_assert!(again.is_ok_and(|a| a.encode_to_vec() == once));
+    }
+    Ok(())
+}
+
+#[test]
+fn client_messages() {
+    let corpus = client_corpus();
+    for valid in &corpus {
+        ClientMessage::decode(valid.as_slice()).unwrap();
+    }
+    fuzz(256, inputs(corpus), |b| check::<ClientMessage>(&b));
+}
+
+#[test]
+fn server_messages() {
+    let corpus = server_corpus();
+    for valid in &corpus {
+        ServerMessage::decode(valid.as_slice()).unwrap();
+    }
+    fuzz(256, inputs(corpus), |b| check::<ServerMessage>(&b));
+}
+
+/// Either side's limit helpers on decoded (untrusted) counts and indices.
+#[test]
+fn chunk_ranges_of_untrusted_indices() {
+    fuzz(256, (0..=MAX_PARAMS, any::<u32>()), |(params, index)| {
+        let r = chunk_range(params, index);
+        prop_assert!(r.start <= r.end && r.end <= params);
+        prop_assert!(r.len() <= CHUNK_VALUES);
+        if index >= chunk_count(params) {
+            prop_assert!(r.is_empty());
+        }
+        Ok(())
+    });
+}
+
+/// Regression-style pins: fields whose length prefix claims far more than
+/// follows are refused without allocating for the claim.
+#[test]
+fn huge_length_prefixes_are_refused() {
+    for field in 1..=12u64 {
+        for claim in [u64::from(u32::MAX), u64::MAX >> 1, 1 << 40] {
+            let mut b = Vec::new();
+            varint((field << 3) | 2, &mut b);
+            varint(claim, &mut b);
+            b.extend_from_slice(&[0; 8]);
+            let (out, used) = peak(|| ServerMessage::decode(b.as_slice()));
+            assert!(out.is_err(), "field {field}, claim {claim}");
+            assert!(used <= bound(b.len()), "{used}");
+            let (out, used) = peak(|| ClientMessage::decode(b.as_slice()));
+            assert!(out.is_err(), "field {field}, claim {claim}");
+            assert!(used <= bound(b.len()), "{used}");
+        }
+    }
+}
+
+/// The probe sees what a decoder holds (else every bound above is vacuous).
+#[test]
+fn peak_alloc_counts_live_bytes() {
+    let (v, used) = peak(|| vec![0u8; 1 << 20]);
+    assert!(used >= 1 << 20, "{used}");
+    drop(v);
+}
