@@ -243,13 +243,19 @@ impl EvalPartial {
         }
         let overflow = || MetricsError::Inconsistent("merged counts overflow".into());
         let add = |a: u64, b: u64| a.checked_add(b).ok_or_else(overflow);
+        let log_loss_sum = self.log_loss_sum + other.log_loss_sum;
+        if !log_loss_sum.is_finite() {
+            return Err(MetricsError::Inconsistent(
+                "merged log-loss sum overflows".into(),
+            ));
+        }
         let merged = EvalPartial {
             n: add(self.n, other.n)?,
             tp: add(self.tp, other.tp)?,
             fp: add(self.fp, other.fp)?,
             tn: add(self.tn, other.tn)?,
             fn_: add(self.fn_, other.fn_)?,
-            log_loss_sum: self.log_loss_sum + other.log_loss_sum,
+            log_loss_sum,
             pos_hist: self
                 .pos_hist
                 .iter()

@@ -197,6 +197,7 @@ impl RegressionPartial {
             .iter_mut()
             .zip(&other.actual_sum)
             .for_each(|(a, b)| *a += b);
+        merged.validate()?;
         *self = merged;
         Ok(())
     }

@@ -320,3 +320,12 @@ fn histogram_average_precision_matches_the_exact_one_on_random_scores() {
     assert_eq!(merged.lift(0.1), p.lift(0.1));
     assert!(p.lift(0.1).unwrap() > 1.5, "the scores rank positives high");
 }
+
+#[test]
+fn merging_partials_whose_loss_sums_overflow_is_refused() {
+    let mut a = partial(&[0.9], &[1.0]);
+    a.log_loss_sum = f64::MAX;
+    let b = a.clone();
+    let err = a.clone().merge(&b).unwrap_err();
+    assert!(err.to_string().contains("overflows"), "{err}");
+}
