@@ -1,26 +1,78 @@
 //! `consortia demo`: a whole federation on loopback.
 //!
-//! Creates a throwaway PKI, splits the bundled telco churn data by its
-//! `contract` column into three partners, writes the coordinator's and the
-//! agents' configuration files (the same files a real deployment uses), and
-//! starts the coordinator and three agents as separate processes over mutual
-//! TLS on 127.0.0.1.
+//! Creates a throwaway PKI, splits a bundled dataset into three partners by one of
+//! its columns, writes the coordinator's and the agents' configuration files (the
+//! same files a real deployment uses), and starts the coordinator and three agents
+//! as separate processes over mutual TLS on 127.0.0.1. Two scenarios:
+//!
+//! * `churn` (the default): the IBM telco churn sample split by `contract`, logistic
+//!   regression (`examples/telco_churn_task.toml`), or with `--model mlp` a multilayer
+//!   perceptron (`examples/telco_churn_mlp.toml`);
+//! * `clv`: customer lifetime value on the CDNOW cohort split by `cohort_month`, a
+//!   Tweedie GLM (`examples/clv_glm.toml`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use consortia_pki::Pki;
 
-/// The bundled dataset (IBM telco churn sample, MIT licence; see examples/data/LICENSE.md).
-const BUNDLED_DATA: &str = concat!(
+/// The bundled churn data (IBM telco churn sample, MIT licence; see examples/data/LICENSE.md).
+const CHURN_DATA: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/examples/data/telco_churn_ibm.csv"
 );
-/// The demo's task file.
-const TASK: &str = include_str!("../examples/telco_churn_task.toml");
+/// The bundled customer-value data (the CDNOW cohort, MIT licence; see examples/data/LICENSE.md).
+const CLV_DATA: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/examples/data/cdnow_clv_customers.csv"
+);
+/// The churn scenario's task file.
+const CHURN_TASK: &str = include_str!("../examples/telco_churn_task.toml");
+/// The churn scenario's task file with `--model mlp`.
+const CHURN_MLP_TASK: &str = include_str!("../examples/telco_churn_mlp.toml");
+/// The customer-value scenario's task file.
+const CLV_TASK: &str = include_str!("../examples/clv_glm.toml");
+
+/// A bundled federation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Churn prediction: telco customers split by contract type.
+    Churn,
+    /// Customer lifetime value: CDNOW customers split by the month of their first purchase.
+    Clv,
+}
+
+/// The model of the churn scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ChurnModel {
+    /// Logistic regression (examples/telco_churn_task.toml).
+    Logistic,
+    /// A multilayer perceptron (examples/telco_churn_mlp.toml).
+    Mlp,
+}
+
+impl Scenario {
+    /// The bundled CSV, the column whose values become partners, and the task file.
+    fn setup(
+        self,
+        model: Option<ChurnModel>,
+    ) -> Result<(&'static str, &'static str, &'static str)> {
+        Ok(match (self, model) {
+            (Self::Churn, None | Some(ChurnModel::Logistic)) => {
+                (CHURN_DATA, "contract", CHURN_TASK)
+            }
+            (Self::Churn, Some(ChurnModel::Mlp)) => (CHURN_DATA, "contract", CHURN_MLP_TASK),
+            (Self::Clv, None) => (CLV_DATA, "cohort_month", CLV_TASK),
+            (Self::Clv, Some(_)) => bail!(
+                "--model chooses the churn scenario's model; the clv scenario trains the GLM of \
+                 examples/clv_glm.toml (pass --task FILE to run another task on its partners)"
+            ),
+        })
+    }
+}
 
 /// Options of `consortia demo`.
 #[derive(Args)]
@@ -28,10 +80,18 @@ pub struct DemoArgs {
     /// Directory for the demo's PKI, data splits, state and logs (default: a fresh temporary directory).
     #[arg(long)]
     workdir: Option<PathBuf>,
-    /// The telco churn CSV to use.
-    #[arg(long, default_value = BUNDLED_DATA)]
-    data: PathBuf,
-    /// Task file to run instead of the bundled `examples/telco_churn_task.toml`.
+    /// Which federation to run: churn (telco customers split by contract) or clv
+    /// (customer lifetime value, CDNOW customers split by first-purchase month).
+    #[arg(long, value_enum, default_value_t = Scenario::Churn)]
+    scenario: Scenario,
+    /// The churn scenario's model: logistic (examples/telco_churn_task.toml) or mlp
+    /// (examples/telco_churn_mlp.toml).
+    #[arg(long, value_enum, conflicts_with = "task")]
+    model: Option<ChurnModel>,
+    /// The CSV to split into partners (default: the scenario's bundled data).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Task file to run instead of the scenario's bundled one.
     #[arg(long)]
     task: Option<PathBuf>,
     /// Number of rounds (overrides the task file).
@@ -55,6 +115,11 @@ impl Drop for Procs {
 
 /// Runs the demo.
 pub fn run(args: DemoArgs) -> Result<()> {
+    let (bundled_data, split_by, bundled_task) = args.scenario.setup(args.model)?;
+    let data = args
+        .data
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(bundled_data));
     let _keep;
     let work = match &args.workdir {
         Some(w) => {
@@ -79,11 +144,12 @@ pub fn run(args: DemoArgs) -> Result<()> {
     }
     println!("Consortia demo in {}", work.display());
 
-    // 1. Partners: the telco data split by contract type.
+    // 1. Partners: the scenario's data split by one column (telco: contract type; CDNOW:
+    // first-purchase month).
     let data_dir = work.join("data");
     std::fs::create_dir_all(&data_dir)?;
-    let parts = consortia_model::data::partition_csv_by_column(&args.data, "contract", &data_dir)
-        .with_context(|| format!("splitting {}", args.data.display()))?;
+    let parts = consortia_model::data::partition_csv_by_column(&data, split_by, &data_dir)
+        .with_context(|| format!("splitting {}", data.display()))?;
     let mut partners = Vec::new();
     for (value, path, rows) in &parts {
         let name = consortia_model::data::partner_name(value);
@@ -105,7 +171,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         Some(p) => {
             std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?
         }
-        None => TASK.to_string(),
+        None => bundled_task.to_string(),
     };
     if let Some(r) = args.rounds {
         let mut spec = consortia_model::TaskSpec::from_toml_str(&task)?;

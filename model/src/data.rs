@@ -104,6 +104,17 @@ pub enum DataError {
         /// The cell.
         value: String,
     },
+    /// A cell of a `log1p` column holds −1 or less, where `ln(1 + x)` is undefined.
+    #[error(
+        "{at}: {value:?} is not above -1, so ln(1 + x) is undefined; the task file lists `{}` under `log1p` in [schema]",
+        at.column
+    )]
+    OutsideLog1p {
+        /// Where.
+        at: Box<CellAt>,
+        /// The cell.
+        value: String,
+    },
     /// A numeric cell is empty and the schema sets no missing-value policy for it.
     #[error(
         "{at} is empty; fill it in, or set `{} = \"zero\"` under [schema.missing] in the task file",
@@ -343,7 +354,7 @@ fn encode(
         };
         let id_idx = id_column.map(|c| find(c, "id column")).transpose()?;
         let mut ids = Vec::with_capacity(rows.len());
-        let numeric: Vec<(usize, &str, MissingPolicy)> = schema
+        let numeric: Vec<(usize, &str, MissingPolicy, bool)> = schema
             .numeric
             .iter()
             .map(|c| {
@@ -351,6 +362,7 @@ fn encode(
                     find(c, "numeric feature")?,
                     c.as_str(),
                     schema.missing_policy(c),
+                    schema.is_log1p(c),
                 ))
             })
             .collect::<Result<_, DataError>>()?;
@@ -389,7 +401,7 @@ fn encode(
                 })
             };
 
-            for &(i, column, policy) in &numeric {
+            for &(i, column, policy, log1p) in &numeric {
                 let value = cell(i);
                 let x = if value.is_empty() {
                     match policy {
@@ -409,7 +421,18 @@ fn encode(
                         }
                     }
                 };
-                features.push(x);
+                if log1p {
+                    // ln(1 + x) is finite for every finite x > −1.
+                    if x <= -1.0 {
+                        return Err(DataError::OutsideLog1p {
+                            at: at(column),
+                            value: value.to_owned(),
+                        });
+                    }
+                    features.push(x.ln_1p());
+                } else {
+                    features.push(x);
+                }
             }
             for c in &categorical {
                 let value = cell(c.index);

@@ -24,6 +24,14 @@ pub struct FeatureSchema {
     /// Numeric feature columns, one design-matrix column each.
     #[serde(default)]
     pub numeric: Vec<String>,
+    /// Numeric columns encoded as `ln(1 + x)` instead of `x` (`log1p = ["spend", ...]`):
+    /// for skewed amounts and counts such as spend or order counts. Each must be listed in
+    /// `numeric`; a value of −1 or below is an error naming the file, row and column. Left
+    /// out of the canonical form when empty, so tasks written before it hash as they did.
+    /// Their `[schema.bounds]` are in the column's raw units ([`feature_bounds`](Self::feature_bounds)
+    /// transforms them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log1p: Vec<String>,
     /// Categorical feature columns, one-hot encoded over a fixed category list.
     #[serde(default)]
     pub categorical: Vec<CategoricalSpec>,
@@ -34,7 +42,8 @@ pub struct FeatureSchema {
     /// Public bounds `[lo, hi]` of numeric columns, by column name (`[schema.bounds]`):
     /// domain knowledge that does not depend on any partner's rows. Under `[privacy]` every
     /// numeric column needs bounds: feature statistics are computed from values clipped to
-    /// them ([`feature_bounds`](Self::feature_bounds)).
+    /// them ([`feature_bounds`](Self::feature_bounds)). The bounds of a `log1p` column are
+    /// in its raw units (before the transform), with `lo > −1`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub bounds: BTreeMap<String, [f64; 2]>,
 }
@@ -190,6 +199,24 @@ impl FeatureSchema {
             }
         }
 
+        let mut logged = BTreeSet::new();
+        for (i, column) in self.log1p.iter().enumerate() {
+            if !self.numeric.contains(column) {
+                return Err(InvalidField::new(
+                    format!("schema.log1p[{i}]"),
+                    column,
+                    "the name of a column listed in `schema.numeric`",
+                ));
+            }
+            if !logged.insert(column.as_str()) {
+                return Err(InvalidField::new(
+                    format!("schema.log1p[{i}]"),
+                    column,
+                    "a column not already listed in `schema.log1p`",
+                ));
+            }
+        }
+
         for (column, &[lo, hi]) in &self.bounds {
             if !self.numeric.contains(column) {
                 return Err(InvalidField::new(
@@ -203,6 +230,14 @@ impl FeatureSchema {
                     format!("schema.bounds.{column}"),
                     [lo, hi],
                     "[lo, hi] with finite lo < hi",
+                ));
+            }
+            if self.is_log1p(column) && lo <= -1.0 {
+                return Err(InvalidField::new(
+                    format!("schema.bounds.{column}"),
+                    [lo, hi],
+                    "[lo, hi] with lo > -1: the column is in `schema.log1p`, and ln(1 + x) is \
+                     defined for x > -1 only (bounds are in the column's raw units)",
                 ));
             }
         }
@@ -255,17 +290,29 @@ impl FeatureSchema {
 
     /// Public bounds of every encoded feature in design-matrix order: each numeric column's
     /// `[schema.bounds]` entry, then [0, 1] for each one-hot feature (true by construction).
-    /// Err names the first numeric column without bounds.
+    /// A `log1p` column's bounds are written in its raw units and returned transformed,
+    /// `[ln(1 + lo), ln(1 + hi)]`, the range of its encoded feature (the transform is
+    /// increasing, so clipping the encoded value to them is clipping the raw value to the
+    /// written bounds). Err names the first numeric column without bounds.
     pub fn feature_bounds(&self) -> Result<Vec<(f64, f64)>, String> {
         let mut out = Vec::with_capacity(self.feature_count());
         for column in &self.numeric {
-            let [lo, hi] = self.bounds.get(column).ok_or_else(|| column.clone())?;
-            out.push((*lo, *hi));
+            let &[lo, hi] = self.bounds.get(column).ok_or_else(|| column.clone())?;
+            if self.is_log1p(column) {
+                out.push((lo.ln_1p(), hi.ln_1p()));
+            } else {
+                out.push((lo, hi));
+            }
         }
         for cat in &self.categorical {
             out.extend(std::iter::repeat_n((0.0, 1.0), cat.categories.len()));
         }
         Ok(out)
+    }
+
+    /// Whether numeric column `column` is encoded as `ln(1 + x)` (listed in `log1p`).
+    pub fn is_log1p(&self, column: &str) -> bool {
+        self.log1p.iter().any(|c| c == column)
     }
 
     /// The policy for empty cells in numeric column `column`.
@@ -293,6 +340,7 @@ mod tests {
                 column: "c".into(),
                 categories: vec!["x".into(), "y".into(), "z".into()],
             }],
+            log1p: Vec::new(),
             missing: BTreeMap::new(),
             bounds: BTreeMap::new(),
         }
@@ -346,5 +394,41 @@ mod tests {
             s.validate().unwrap_err().field,
             "schema.categorical[0].categories"
         );
+    }
+
+    #[test]
+    fn log1p_names_numeric_columns_once_and_transforms_their_bounds() {
+        let mut s = schema();
+        s.log1p = vec!["b".into()];
+        s.bounds.insert("a".into(), [-5.0, 5.0]);
+        s.bounds.insert("b".into(), [0.0, 99.0]);
+        s.validate().unwrap();
+        assert!(s.is_log1p("b") && !s.is_log1p("a"));
+        let bounds = s.feature_bounds().unwrap();
+        assert_eq!(bounds[0], (-5.0, 5.0));
+        assert_eq!(bounds[1], (0.0, 100f64.ln()));
+        assert_eq!(bounds[2..], [(0.0, 1.0); 3]);
+
+        // Only numeric columns, each once.
+        let mut bad = s.clone();
+        bad.log1p.push("c".into());
+        let err = bad.validate().unwrap_err();
+        assert_eq!(err.field, "schema.log1p[1]");
+        assert!(err.expected.contains("schema.numeric"), "{err}");
+        let mut bad = s.clone();
+        bad.log1p = vec!["nope".into()];
+        assert_eq!(bad.validate().unwrap_err().field, "schema.log1p[0]");
+        let mut bad = s.clone();
+        bad.log1p.push("b".into());
+        assert_eq!(bad.validate().unwrap_err().field, "schema.log1p[1]");
+
+        // Raw-unit bounds of a log1p column must lie in its domain.
+        let mut bad = s.clone();
+        bad.bounds.insert("b".into(), [-1.0, 10.0]);
+        let err = bad.validate().unwrap_err();
+        assert_eq!(err.field, "schema.bounds.b");
+        assert!(err.expected.contains("lo > -1"), "{err}");
+        // Column `a` is not transformed, so a bound below −1 is fine there.
+        assert!(s.validate().is_ok());
     }
 }

@@ -16,6 +16,7 @@ fn schema() -> FeatureSchema {
             negative: None,
         },
         numeric: vec!["a".into(), "b".into()],
+        log1p: Vec::new(),
         categorical: vec![CategoricalSpec {
             column: "c".into(),
             categories: vec!["x".into(), "y".into(), "z".into()],
@@ -214,4 +215,85 @@ fn telco_partitions_by_contract() {
             ("Two year", 1695)
         ]
     );
+}
+
+#[test]
+fn log1p_columns_are_encoded_as_ln_1_plus_x_and_refuse_minus_one() {
+    let mut s = schema();
+    s.log1p = vec!["b".into()];
+    s.missing.insert("b".into(), MissingPolicy::Zero);
+    let d = Dataset::from_csv_str("y,a,b,c\nyes,-3,0,x\nno,5,e,y\nno,5,,z\n", "p.csv", &s);
+    assert!(matches!(d, Err(DataError::NotNumeric { .. })), "{d:?}");
+    let d =
+        Dataset::from_csv_str("y,a,b,c\nyes,-3,0,x\nno,5,99,y\nno,5,,z\n", "p.csv", &s).unwrap();
+    // `a` is left as it is (even below −1); `b` becomes ln(1 + b), a blank ln(1 + 0).
+    assert_eq!(d.features().column(0).to_vec(), [-3.0, 5.0, 5.0]);
+    assert_eq!(d.features().column(1).to_vec(), [0.0, 100f64.ln(), 0.0]);
+
+    for value in ["-1", "-2.5"] {
+        let text = format!("y,a,b,c\nyes,1,2,x\nno,1,{value},x\n");
+        let err = Dataset::from_csv_str(&text, "p.csv", &s).unwrap_err();
+        assert!(
+            matches!(&err, DataError::OutsideLog1p { at, value: v } if (at.line, at.row, at.column.as_str()) == (3, 2, "b") && v == value),
+            "{err}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("p.csv:3: row 2, column `b`") && msg.contains("log1p"),
+            "{msg}"
+        );
+    }
+    // Scoring reads features the same way.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("score.csv");
+    std::fs::write(&path, "a,b,c\n1,-7,x\n").unwrap();
+    let err = Dataset::load_for_scoring(&path, &s, None).unwrap_err();
+    assert!(matches!(err, DataError::OutsideLog1p { .. }), "{err}");
+}
+
+/// A regression task's label column holds numbers in the family's support; anything else is
+/// refused with the file, line, row and column.
+#[test]
+fn numeric_targets_outside_the_family_are_refused_naming_the_cell() {
+    let task = consortia_model::TaskSpec::from_toml_str(
+        "name = \"clv\"\nrounds = 1\nmin_partners = 1\nround_deadline_secs = 10\n\
+         local_epochs = 1\nbatch_size = 8\nlearning_rate = 0.01\nseed = 1\n\
+         [model]\nkind = \"glm\"\nfamily = \"tweedie\"\npower = 1.5\n\
+         [schema]\nnumeric = [\"spend\"]\nlog1p = [\"spend\"]\n[schema.label]\ncolumn = \"later\"\n",
+    )
+    .unwrap();
+    // `log1p` survives the canonical form.
+    let text = task.to_toml_string().unwrap();
+    assert!(text.contains("log1p = [\"spend\"]"), "{text}");
+    assert_eq!(
+        consortia_model::TaskSpec::from_toml_str(&text).unwrap(),
+        task
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("partner.csv");
+    let load = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        consortia_model::Dataset::load_task_csv(&path, &task)
+    };
+    let d = load("spend,later\n0,0\n9,12.5\n").unwrap();
+    assert_eq!(d.labels().to_vec(), [0.0, 12.5]);
+    assert_eq!(d.features().column(0).to_vec(), [0.0, 10f64.ln()]);
+
+    let file = path.display().to_string();
+    for (bad, expected) in [
+        ("n/a", "a finite number"),
+        ("-3", "at least 0"),
+        ("", "a finite number"),
+    ] {
+        let err = load(&format!("spend,later\n1,2\n4,{bad}\n")).unwrap_err();
+        assert!(
+            matches!(&err, DataError::BadTarget { at, value, .. } if (at.line, at.row, at.column.as_str()) == (3, 2, "later") && value == bad),
+            "{err}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!("{file}:3: row 2, column `later`")) && msg.contains(expected),
+            "{msg}"
+        );
+    }
 }

@@ -18,6 +18,12 @@ pub const DATA: &str = concat!(
     "/examples/data/telco_churn_ibm.csv"
 );
 pub const TASK: &str = include_str!("../../examples/telco_churn_task.toml");
+/// The customer-lifetime-value scenario: the CDNOW cohort, split by `cohort_month`.
+pub const CLV_DATA: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/examples/data/cdnow_clv_customers.csv"
+);
+pub const CLV_TASK: &str = include_str!("../../examples/clv_glm.toml");
 
 /// A partner policy that admits every task the tests run (plaintext and
 /// encrypted, with and without differential privacy, in builds without
@@ -71,12 +77,17 @@ impl Drop for Federation {
 impl Federation {
     /// PKI and partner data (the telco rows split by contract), nothing running.
     pub fn new(task_toml: &str) -> Self {
+        Self::with_data(task_toml, Path::new(DATA), "contract")
+    }
+
+    /// PKI and partner data: the rows of `data` split into one partner per value of
+    /// `column`; nothing running.
+    pub fn with_data(task_toml: &str, data: &Path, column: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let data_dir = dir.path().join("data");
         std::fs::create_dir_all(&data_dir).unwrap();
-        let parts =
-            consortia_model::data::partition_csv_by_column(Path::new(DATA), "contract", &data_dir)
-                .expect("split data");
+        let parts = consortia_model::data::partition_csv_by_column(data, column, &data_dir)
+            .expect("split data");
         let partners: Vec<(String, PathBuf)> = parts
             .into_iter()
             .map(|(v, p, _)| (consortia_model::data::partner_name(&v), p))
@@ -329,6 +340,40 @@ pub fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
 /// noised estimates; this is what the model itself achieves. Open the state after the
 /// coordinator has exited.
 pub fn exact_final_auc(fed: &Federation) -> f64 {
+    let mut pooled = consortia_model::EvalPartial::empty();
+    for partial in final_evaluations(fed) {
+        pooled
+            .merge(partial.as_binary().expect("a classifier's evaluation"))
+            .expect("merge");
+    }
+    pooled.roc_auc().expect("both classes held out")
+}
+
+/// The regression analogue of [`exact_final_auc`]: the coordinator's final model evaluated
+/// exactly on the pooled held-out rows of every partner (each agent's own split). Open the
+/// state after the coordinator has exited.
+pub fn exact_final_regression(fed: &Federation) -> consortia_model::RegressionPartial {
+    let mut pooled = consortia_model::RegressionPartial::empty();
+    for partial in final_evaluations(fed) {
+        match partial {
+            consortia_model::Evaluation::Regression(p) => pooled.merge(&p).expect("merge"),
+            other => panic!(
+                "expected a regression evaluation, got a {} one",
+                other.kind()
+            ),
+        }
+    }
+    pooled
+}
+
+/// The task, final global model and standardisation the coordinator stored.
+pub fn final_model(
+    fed: &Federation,
+) -> (
+    consortia_model::TaskSpec,
+    Box<dyn consortia_model::Model>,
+    consortia_coordinator::store::StoredStandardizer,
+) {
     let store = consortia_coordinator::store::Store::open(&fed.path("state")).expect("state");
     let task = consortia_model::TaskSpec::from_toml_str(
         &store.task_toml().expect("task").expect("a stored task"),
@@ -344,16 +389,20 @@ pub fn exact_final_auc(fed: &Federation) -> f64 {
         .standardizer()
         .expect("standardisation")
         .expect("standardisation stored");
-    let mut pooled = consortia_model::EvalPartial::empty();
-    for (name, data) in &fed.partners {
-        let mut local =
-            consortia_client::local::LocalData::load(data, &task, name).expect("partner data");
-        let partial = local
-            .evaluate(model.as_ref(), &st.mean, &st.std)
-            .expect("evaluation");
-        pooled
-            .merge(partial.as_binary().expect("a classifier's evaluation"))
-            .expect("merge");
-    }
-    pooled.roc_auc().expect("both classes held out")
+    (task, model, st)
+}
+
+/// The final model's exact evaluation on each partner's held-out rows, in partner order.
+fn final_evaluations(fed: &Federation) -> Vec<consortia_model::Evaluation> {
+    let (task, model, st) = final_model(fed);
+    fed.partners
+        .iter()
+        .map(|(name, data)| {
+            let mut local =
+                consortia_client::local::LocalData::load(data, &task, name).expect("partner data");
+            local
+                .evaluate(model.as_ref(), &st.mean, &st.std)
+                .expect("evaluation")
+        })
+        .collect()
 }
