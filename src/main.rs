@@ -261,7 +261,6 @@ fn main() -> Result<()> {
 }
 
 fn rekey(state: &std::path::Path, without: &[String]) -> Result<()> {
-    use consortia_coordinator::secure::FederationKey;
     if !state.join("db").exists() {
         bail!(
             "{} is not a coordinator state directory (no db/ inside)",
@@ -272,7 +271,7 @@ fn rekey(state: &std::path::Path, without: &[String]) -> Result<()> {
     let store = consortia_coordinator::store::Store::open(state)
         .context("stop the coordinator before re-keying")?;
     drop(store);
-    let old = FederationKey::remove(state, without)?;
+    let old = consortia_coordinator::secure::remove_key(state, without)?;
     match old {
         Some(holders) => println!(
             "removed the federation key of {} key holders ({})",

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{Federation, exact_final_auc, task_with, wait_until};
-use consortia_coordinator::secure::{FederationKey, read_chunks};
+use consortia_coordinator::secure::{load_key, read_chunks};
 use consortia_coordinator::store::Store;
 use consortia_he::{Aggregate, DecryptionShare, PartialDecryptor, SecretKeyShare, Shape, combine};
 use consortia_ledger::Verifier;
@@ -220,7 +220,7 @@ fn stored_updates_survive_a_restart_and_all_but_one_share_open_only_noise() {
     .unwrap_or_else(|| panic!("no round with two stored updates\n{}", fed.logs()));
 
     // The coordinator's data: the key and one partner's stored update.
-    let key = FederationKey::load(&state).unwrap().expect("key stored");
+    let key = load_key(&state).unwrap().expect("key stored");
     let sender = key
         .committee
         .iter()
@@ -333,7 +333,7 @@ fn rekey_goes_on_without_a_key_holder_that_is_gone() {
     fed.start_all_agents();
     fed.wait_log(1, "round started round=2", LONG);
     let state = fed.path("state");
-    let key = FederationKey::load(&state).unwrap().expect("key stored");
+    let key = load_key(&state).unwrap().expect("key stored");
     let gone = key.committee[0].clone();
     fed.kill_agent(&gone);
     fed.wait_log(1, "waits for every key holder", LONG);
@@ -352,14 +352,12 @@ fn rekey_goes_on_without_a_key_holder_that_is_gone() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("removed the federation key"), "{text}");
-    assert!(FederationKey::load(&state).unwrap().is_none());
+    assert!(load_key(&state).unwrap().is_none());
 
     fed.start_coordinator();
     let status = fed.wait_coordinator(LONG);
     assert!(status.success(), "coordinator failed\n{}", fed.logs());
-    let new_key = FederationKey::load(&state)
-        .unwrap()
-        .expect("new key stored");
+    let new_key = load_key(&state).unwrap().expect("new key stored");
     assert_ne!(new_key.key.key_id(), key.key.key_id());
     assert!(
         !new_key.committee.contains(&gone),

@@ -1,10 +1,14 @@
 //! The partner's part in encrypted aggregation: its secret key share, the
-//! collective public key, and its partial decryptions.
+//! federation key it installed ([`InstalledKey`]: the shared
+//! [`consortia_proto::FederationKey`] with this partner's secret share and
+//! records), and its partial decryptions.
 //!
 //! Key material lives in `<state_dir>/keys/`:
 //! * `<session>.secret` — this partner's secret key share, mode 0600, never
 //!   sent anywhere (`consortia_he::SecretKeyShare::save`);
-//! * `<session>.public` — the collective public key and its committee;
+//! * `<session>.public` — the federation key as installed (key, committee,
+//!   transcript), in the stored form the coordinator also writes
+//!   ([`consortia_proto::FederationKey::to_json`]);
 //! * `<session>.answered` — digests of every aggregate this partner has
 //!   partially decrypted, appended and synced *before* the share leaves, so
 //!   no aggregate is ever decrypted twice, across restarts too;
@@ -34,17 +38,19 @@
 
 use std::collections::HashSet;
 use std::io::Write;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
 use consortia_he::{
-    Aggregate, CollectiveKeyAggregator, CollectivePublicKey, HeParams, KeySession, KeyShare,
-    KeyShareGen, PartialDecryptor, PartyId, PublicKeyShare, SecretKeyShare, Shape,
+    Aggregate, CollectiveKeyAggregator, HeParams, KeySession, KeyShare, KeyShareGen,
+    PartialDecryptor, PartyId, PublicKeyShare, SecretKeyShare, Shape,
 };
 use consortia_ledger::{Signer, Verifier};
 use consortia_model::TaskSpec;
+use consortia_proto::federation_key::{parse_params, parse_session_id};
 use consortia_proto::{
-    CiphertextChunk, CollectiveKey, ContributionDigest, DecryptRequest, KeyGenRequest,
-    key_share_digest, sha256,
+    CiphertextChunk, CollectiveKey, ContributionDigest, DecryptRequest, FederationKey,
+    FederationKeyError, KeyGenRequest, key_share_digest, sha256,
 };
 
 use crate::AgentError;
@@ -58,24 +64,21 @@ fn key_err(what: &str, e: impl std::fmt::Display) -> AgentError {
 }
 
 fn session_id(bytes: &[u8]) -> Result<[u8; 32], AgentError> {
-    bytes.try_into().map_err(|_| {
-        AgentError::Protocol(format!("key session id has {} bytes, not 32", bytes.len()))
-    })
+    parse_session_id(bytes).map_err(|e| AgentError::Protocol(format!("key generation: {e}")))
 }
 
 fn params(id: u32) -> Result<HeParams, AgentError> {
-    u8::try_from(id)
-        .ok()
-        .and_then(HeParams::from_id)
-        .ok_or_else(|| AgentError::Protocol(format!("unknown encryption parameter set {id}")))
+    parse_params(id).map_err(|e| AgentError::Protocol(format!("key generation: {e}")))
 }
 
-/// The collective key the federation encrypts under, and this partner's place in it.
-pub struct FederationKey {
-    /// The collective public key.
-    pub key: CollectivePublicKey,
-    /// Key holders in party order.
-    pub committee: Vec<String>,
+/// The federation key this partner installed: the shared public key
+/// material (key, committee, transcript; read through `Deref`), this
+/// partner's secret share when it is a key holder, and its records under
+/// the key.
+pub struct InstalledKey {
+    /// The federation key, checked (structure, transcript signatures, sum of
+    /// the shares) before it was installed.
+    pub public: FederationKey,
     /// This partner's secret share, when it is a key holder.
     secret: Option<SecretKeyShare>,
     answered_path: PathBuf,
@@ -83,20 +86,29 @@ pub struct FederationKey {
     signed_path: PathBuf,
 }
 
-impl std::fmt::Debug for FederationKey {
+impl std::fmt::Debug for InstalledKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FederationKey")
-            .field("key_id", &hex::encode(self.key.key_id()))
-            .field("committee", &self.committee)
+        f.debug_struct("InstalledKey")
+            .field("key_id", &hex::encode(self.public.key_id()))
+            .field("committee", &self.public.committee)
             .field("key_holder", &self.secret.is_some())
             .finish_non_exhaustive()
     }
 }
 
-impl FederationKey {
+impl InstalledKey {
     /// True when this partner holds a share of the decryption key.
     pub fn is_key_holder(&self) -> bool {
         self.secret.is_some()
+    }
+}
+
+impl Deref for InstalledKey {
+    type Target = FederationKey;
+
+    /// The public key material (`installed.key`, `installed.committee`).
+    fn deref(&self) -> &FederationKey {
+        &self.public
     }
 }
 
@@ -107,8 +119,8 @@ pub struct KeyHolder {
     signer: Option<Signer>,
     ca: Option<Vec<u8>>,
     pending: Option<(KeySession, KeyShare)>,
-    /// The collective key, once distributed.
-    pub current: Option<FederationKey>,
+    /// The federation key, once distributed and installed.
+    pub current: Option<InstalledKey>,
 }
 
 /// A partial decryption being prepared: the key holder's own sum of the
@@ -319,12 +331,15 @@ impl KeyHolder {
         task: &TaskSpec,
         task_hash: &[u8; 32],
         policy: &Policy,
-    ) -> Result<&FederationKey, AgentError> {
-        let id = session_id(&msg.session_id)?;
-        let params = params(msg.params)?;
+    ) -> Result<&InstalledKey, AgentError> {
+        let refuse =
+            |e: FederationKeyError| AgentError::Protocol(format!("federation key refused: {e}"));
+        // The policy's refusals first: they name what the partner would have
+        // to change.
+        let id = parse_session_id(&msg.session_id).map_err(refuse)?;
+        let params = parse_params(msg.params).map_err(refuse)?;
         policy.admit_he_params(task, params)?;
         check_committee(&msg.committee, task, policy)?;
-        let session = KeySession::new(params, id);
         if let Some(cur) = &self.current
             && cur.key.session().id == id
         {
@@ -336,21 +351,24 @@ impl KeyHolder {
                     .into(),
             ));
         }
-        let key = self.check_transcript(msg, &session, task_hash)?;
-        let secret = match msg.committee.iter().position(|p| p == &self.partner) {
+        let public = FederationKey::from_message(msg).map_err(refuse)?;
+        self.check_transcript(&public, task_hash)?;
+        let secret = match public.party(&self.partner) {
             Some(party) => {
                 let path = self.path(&id, "secret");
                 let secret = SecretKeyShare::load(&path).map_err(|e| {
                     AgentError::Protocol(format!(
-                        "this partner is key holder {party} of the federation key, but its secret \
+                        "this partner is key holder {} of the federation key, but its secret \
                          share cannot be read ({e}); without it no round can be decrypted: ask the \
-                         operator to re-key the federation (`consortia rekey`)"
+                         operator to re-key the federation (`consortia rekey`)",
+                        party.0
                     ))
                 })?;
-                if secret.party() != PartyId(party as u32) {
+                if secret.party() != party {
                     return Err(AgentError::Protocol(format!(
-                        "the stored secret share is for party {}, the key names this partner party {party}",
-                        secret.party().0
+                        "the stored secret share is for party {}, the key names this partner party {}",
+                        secret.party().0,
+                        party.0
                     )));
                 }
                 Some(secret)
@@ -358,18 +376,16 @@ impl KeyHolder {
             None => None,
         };
         self.create_dir()?;
-        let public = self.path(&id, "public");
-        let text = format!("{}\n{}\n", msg.committee.join(","), hex::encode(&msg.key));
-        std::fs::write(&public, text).map_err(|e| AgentError::Config {
-            path: public.clone(),
-            message: format!("cannot store the collective key: {e}"),
+        let stored = self.path(&id, "public");
+        std::fs::write(&stored, public.to_json()).map_err(|e| AgentError::Config {
+            path: stored.clone(),
+            message: format!("cannot store the federation key: {e}"),
         })?;
         if self.pending.as_ref().is_some_and(|(s, _)| s.id == id) {
             self.pending = None;
         }
-        self.current = Some(FederationKey {
-            key,
-            committee: msg.committee.clone(),
+        self.current = Some(InstalledKey {
+            public,
             secret,
             answered_path: self.path(&id, "answered"),
             used_path: self.path(&id, "used"),
@@ -378,37 +394,33 @@ impl KeyHolder {
         Ok(self.current.as_ref().expect("just set"))
     }
 
-    /// Checks a key's transcript and recomputes the key from it.
+    /// Checks a structurally valid key's transcript against the federation
+    /// CA (every share signed for this task by the key holder the committee
+    /// names, with a certificate the CA issued to it; this partner's own
+    /// share the one it drew) and that the key is the sum of its shares.
     fn check_transcript(
         &self,
-        msg: &CollectiveKey,
-        session: &KeySession,
+        fed: &FederationKey,
         task_hash: &[u8; 32],
-    ) -> Result<CollectivePublicKey, AgentError> {
+    ) -> Result<(), AgentError> {
         let refuse = |why: String| AgentError::Protocol(format!("federation key refused: {why}"));
-        if msg.transcript.len() != msg.committee.len() {
+        // Party order, names and sizes were checked by `FederationKey::from_message`.
+        if fed.transcript.len() != fed.committee.len() {
             return Err(refuse(format!(
-                "its transcript has {} signed shares for a committee of {} (a key without a full \
-                 signed transcript may be one the coordinator holds the secret of)",
-                msg.transcript.len(),
-                msg.committee.len()
+                "transcript has {} signed shares for a committee of {}",
+                fed.transcript.len(),
+                fed.committee.len()
             )));
         }
         let ca = self
             .ca
             .as_ref()
             .ok_or_else(|| AgentError::Protocol("no federation CA certificate loaded".into()))?;
-        let mut agg = CollectiveKeyAggregator::new(session, msg.committee.len() as u32)
+        let session = fed.key.session();
+        let mut agg = CollectiveKeyAggregator::new(&session, fed.committee.len() as u32)
             .map_err(|e| refuse(e.to_string()))?;
-        let mut shares = Vec::with_capacity(msg.transcript.len());
-        for (i, t) in msg.transcript.iter().enumerate() {
-            let name = &msg.committee[i];
-            if t.party as usize != i || &t.partner != name {
-                return Err(refuse(format!(
-                    "transcript entry {i} is party {} `{}`, the committee names `{name}`",
-                    t.party, t.partner
-                )));
-            }
+        let mut shares = Vec::with_capacity(fed.transcript.len());
+        for (i, (t, name)) in fed.transcript.iter().zip(&fed.committee).enumerate() {
             let who = consortia_pki::verify_partner_certificate(ca, &t.certificate)
                 .map_err(|e| refuse(format!("the certificate given for `{name}`: {e}")))?;
             if &who.name != name {
@@ -435,7 +447,7 @@ impl KeyHolder {
                     "the share given as this partner's is not the one it drew".into(),
                 ));
             }
-            let share = PublicKeyShare::from_bytes(&t.public_share, session)
+            let share = PublicKeyShare::from_bytes(&t.public_share, &session)
                 .map_err(|e| refuse(format!("share of `{name}`: {e}")))?;
             if share.party() != PartyId(i as u32) {
                 return Err(refuse(format!("share of `{name}` is for another party")));
@@ -449,12 +461,12 @@ impl KeyHolder {
                 .map_err(|e| refuse(e.to_string()))?;
         }
         let key = agg.finish().map_err(|e| refuse(e.to_string()))?;
-        if key.to_bytes() != msg.key {
+        if key != fed.key {
             return Err(refuse(
                 "the key sent is not the sum of the signed shares".into(),
             ));
         }
-        Ok(key)
+        Ok(())
     }
 
     /// Starts a partial decryption: checks the request against the task's
@@ -695,8 +707,9 @@ impl DecryptJob {
     }
 }
 
-/// Refuses a committee too small for the colluders assumed, or with a
-/// partner named twice.
+/// Refuses a committee too small for the colluders assumed, or whose names
+/// are not valid ([`consortia_proto::federation_key::check_committee`]: a
+/// partner named twice, an empty or overlong name).
 fn check_committee(
     committee: &[String],
     task: &TaskSpec,
@@ -715,13 +728,8 @@ fn check_committee(
         }
         .into());
     }
-    let distinct: HashSet<&String> = committee.iter().collect();
-    if distinct.len() != committee.len() {
-        return Err(AgentError::Protocol(
-            "the key committee names a partner twice".into(),
-        ));
-    }
-    Ok(())
+    consortia_proto::federation_key::check_committee(committee)
+        .map_err(|e| AgentError::Protocol(format!("the key {e}")))
 }
 
 /// Refuses a decryption whose (round, attempt) is not newer than every one
@@ -823,7 +831,7 @@ fn append_answered(path: &Path, digest: &[u8; 32]) -> Result<(), AgentError> {
 mod tests {
     use super::*;
 
-    use consortia_he::Encryptor;
+    use consortia_he::{CollectivePublicKey, Encryptor};
     use consortia_proto::{Contribution, SignedKeyShare};
 
     const HASH: [u8; 32] = [5u8; 32];
@@ -1067,6 +1075,53 @@ mod tests {
                 .is_key_holder()
         );
         assert_eq!(a.current.as_ref().unwrap().key.key_id(), new_key.key_id());
+    }
+
+    #[test]
+    fn the_installed_key_is_the_shared_type_and_stored_in_its_form() {
+        let c = committee();
+        let fed = c.holders[0].current.as_ref().unwrap();
+        assert_eq!(fed.public.to_message(), c.msg);
+        assert_eq!(fed.party("b"), Some(PartyId(1)));
+        let path = c.holders[0].path(&fed.key.session().id, "public");
+        let text = std::fs::read_to_string(path).unwrap();
+        assert_eq!(FederationKey::from_json(&text).unwrap(), fed.public);
+    }
+
+    #[test]
+    fn a_malformed_key_is_refused_before_its_signatures_are_checked() {
+        let mut c = committee();
+        let (task, policy) = (&c.task, &c.policy);
+        let a = &mut c.holders[0];
+        let mut short = c.msg.clone();
+        short.session_id.pop();
+        let e = a
+            .install(&short, task, &HASH, policy)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("federation key refused: session_id has 31 bytes"),
+            "{e}"
+        );
+        // Another session, its transcript out of party order.
+        let mut swapped = c.msg.clone();
+        swapped.session_id = vec![13; 32];
+        swapped.transcript.swap(0, 1);
+        let e = a
+            .install(&swapped, task, &HASH, policy)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("federation key refused: transcript entry 0 is party 1 `b`"),
+            "{e}"
+        );
+        let mut twice = c.msg.clone();
+        twice.committee[2] = "a".into();
+        let e = a
+            .install(&twice, task, &HASH, policy)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("committee names `a` twice"), "{e}");
     }
 
     const VALUES: usize = 100;

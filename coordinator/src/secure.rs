@@ -28,208 +28,110 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use consortia_he::{
-    Aggregate, CollectiveKeyAggregator, CollectivePublicKey, Combiner, HeParams, KeyCommitment,
-    KeySession, PartyId, PublicKeyShare,
+    Aggregate, CollectiveKeyAggregator, Combiner, HeParams, KeyCommitment, KeySession, PartyId,
+    PublicKeyShare,
 };
 use consortia_proto::{
-    CollectiveKey, DecryptionSharePiece, KeyCommit, KeyShare, SignedKeyShare, key_share_digest,
+    DecryptionSharePiece, KeyCommit, KeyShare, SignedKeyShare, key_share_digest,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::CoordinatorError;
 use crate::rejection::{Rejection, Subject};
 
-/// The federation's collective public key and its key holders.
-#[derive(Debug, Clone)]
-pub struct FederationKey {
-    /// The key.
-    pub key: CollectivePublicKey,
-    /// Key holders in party order (party `i` is `committee[i]`).
-    pub committee: Vec<String>,
-    /// Every key holder's signed public share, in party order: partners
-    /// install the key only after checking it.
-    pub transcript: Vec<SignedKeyShare>,
-    bytes: Vec<u8>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredKey {
-    session_id: String,
-    params: u8,
-    committee: Vec<String>,
-    key: String,
-    /// Signed shares (absent in keys made before transcripts: partners
-    /// refuse such a key; re-key with `consortia rekey`).
-    #[serde(default)]
-    transcript: Vec<StoredShare>,
-}
-
-/// A signed public share as stored (hex).
-#[derive(Serialize, Deserialize)]
-struct StoredShare {
-    partner: String,
-    public_share: String,
-    signature: String,
-    certificate: String,
-}
+/// The federation key: one type shared with the partners
+/// ([`consortia_proto::FederationKey`], with its wire and stored forms);
+/// this module keeps it, and its release count, in the state directory.
+pub use consortia_proto::FederationKey;
 
 fn key_path(state_dir: &Path) -> PathBuf {
     state_dir.join("keys").join("federation-key.json")
 }
 
-impl FederationKey {
-    /// Builds the key from the ceremony's result.
-    pub fn new(
-        key: CollectivePublicKey,
-        committee: Vec<String>,
-        transcript: Vec<SignedKeyShare>,
-    ) -> Self {
-        let bytes = key.to_bytes();
-        FederationKey {
-            key,
-            committee,
-            transcript,
-            bytes,
-        }
-    }
+fn releases_path(key: &FederationKey, state_dir: &Path) -> PathBuf {
+    state_dir
+        .join("keys")
+        .join(format!("{}.releases", hex::encode(key.key.session().id)))
+}
 
-    /// The party number of `partner`, if it holds a key share.
-    pub fn party(&self, partner: &str) -> Option<PartyId> {
-        self.committee
-            .iter()
-            .position(|p| p == partner)
-            .map(|i| PartyId(i as u32))
+/// How many sums have been sent for decryption under `key`.
+pub fn releases(key: &FederationKey, state_dir: &Path) -> Result<u64, CoordinatorError> {
+    let path = releases_path(key, state_dir);
+    match std::fs::read_to_string(&path) {
+        Ok(t) => t
+            .trim()
+            .parse()
+            .map_err(|e| CoordinatorError::Corrupt(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(CoordinatorError::file(&path)(e)),
     }
+}
 
-    /// The message that distributes the key.
-    pub fn message(&self) -> CollectiveKey {
-        CollectiveKey {
-            session_id: self.key.session().id.to_vec(),
-            params: u32::from(self.key.params().id()),
-            committee: self.committee.clone(),
-            key: self.bytes.clone(),
-            transcript: self.transcript.clone(),
-        }
-    }
+/// Counts one more decryption under `key`, durably, before it is asked.
+pub fn count_release(key: &FederationKey, state_dir: &Path) -> Result<(), CoordinatorError> {
+    let n = releases(key, state_dir)? + 1;
+    let path = releases_path(key, state_dir);
+    write_durably(&path, "releases.tmp", format!("{n}\n").as_bytes())
+}
 
-    fn releases_path(&self, state_dir: &Path) -> PathBuf {
-        state_dir
-            .join("keys")
-            .join(format!("{}.releases", hex::encode(self.key.session().id)))
+/// Reads the stored key (`<state>/keys/federation-key.json`), if the
+/// federation has one; a file that fails any of the key's checks is corrupt.
+pub fn load_key(state_dir: &Path) -> Result<Option<FederationKey>, CoordinatorError> {
+    let path = key_path(state_dir);
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(CoordinatorError::file(&path)(e)),
+    };
+    // Bounded: one byte over the limit is enough for the parser to refuse it.
+    let limit = consortia_proto::federation_key::MAX_STORED_KEY_BYTES as u64 + 1;
+    let mut text = String::new();
+    file.take(limit)
+        .read_to_string(&mut text)
+        .map_err(CoordinatorError::file(&path))?;
+    let key = FederationKey::from_json(&text)
+        .map_err(|e| CoordinatorError::Corrupt(format!("{}: {e}", path.display())))?;
+    if !key.has_transcript() {
+        tracing::warn!(
+            path = %path.display(),
+            "the stored federation key has no signed transcript (it was made before \
+             transcripts): partners refuse it; re-key with `consortia rekey`"
+        );
     }
+    Ok(Some(key))
+}
 
-    /// How many sums have been sent for decryption under this key.
-    pub fn releases(&self, state_dir: &Path) -> Result<u64, CoordinatorError> {
-        let path = self.releases_path(state_dir);
-        match std::fs::read_to_string(&path) {
-            Ok(t) => t
-                .trim()
-                .parse()
-                .map_err(|e| CoordinatorError::Corrupt(format!("{}: {e}", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-            Err(e) => Err(CoordinatorError::file(&path)(e)),
-        }
-    }
+/// Stores `key` durably (it is public; the file is replaced atomically).
+pub fn save_key(key: &FederationKey, state_dir: &Path) -> Result<(), CoordinatorError> {
+    write_durably(&key_path(state_dir), "tmp", key.to_json().as_bytes())
+}
 
-    /// Counts one more decryption under this key, durably, before it is asked.
-    pub fn count_release(&self, state_dir: &Path) -> Result<(), CoordinatorError> {
-        let n = self.releases(state_dir)? + 1;
-        let path = self.releases_path(state_dir);
-        write_durably(&path, "releases.tmp", format!("{n}\n").as_bytes())
+/// Forgets the federation key and every round's stored ciphertexts, so the
+/// next start generates a new key with the partners connected then,
+/// leaving out `excluded` (kept in `keys/excluded.json` until the next
+/// re-key). Returns the key holders of the removed key.
+pub fn remove_key(
+    state_dir: &Path,
+    excluded: &[String],
+) -> Result<Option<Vec<String>>, CoordinatorError> {
+    let old = load_key(state_dir)?;
+    let dir = state_dir.join("keys");
+    std::fs::create_dir_all(&dir).map_err(CoordinatorError::file(&dir))?;
+    let text = serde_json::to_string(excluded)
+        .map_err(|e| CoordinatorError::Corrupt(format!("excluded partners: {e}")))?;
+    let list = dir.join("excluded.json");
+    std::fs::write(&list, text).map_err(CoordinatorError::file(&list))?;
+    let key = key_path(state_dir);
+    match std::fs::remove_file(&key) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(CoordinatorError::file(&key)(e)),
     }
-
-    /// Reads the stored key, if the federation has one.
-    pub fn load(state_dir: &Path) -> Result<Option<Self>, CoordinatorError> {
-        let path = key_path(state_dir);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(CoordinatorError::file(&path)(e)),
-        };
-        let bad = |m: String| CoordinatorError::Corrupt(format!("{}: {m}", path.display()));
-        let stored: StoredKey = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        let params = HeParams::from_id(stored.params)
-            .ok_or_else(|| bad(format!("unknown parameter set {}", stored.params)))?;
-        let id: [u8; 32] = hex::decode(&stored.session_id)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| bad("session id is not 32 hex bytes".into()))?;
-        let bytes = hex::decode(&stored.key).map_err(|e| bad(e.to_string()))?;
-        let key = CollectivePublicKey::from_bytes(&bytes, &KeySession::new(params, id))
-            .map_err(|e| bad(e.to_string()))?;
-        if key.parties() as usize != stored.committee.len() {
-            return Err(bad("committee size does not match the key".into()));
-        }
-        let mut transcript = Vec::with_capacity(stored.transcript.len());
-        for (party, t) in stored.transcript.into_iter().enumerate() {
-            let h = |x: &str| hex::decode(x).map_err(|e| bad(format!("transcript: {e}")));
-            transcript.push(SignedKeyShare {
-                party: party as u32,
-                public_share: h(&t.public_share)?,
-                signature: h(&t.signature)?,
-                certificate: h(&t.certificate)?,
-                partner: t.partner,
-            });
-        }
-        Ok(Some(FederationKey {
-            key,
-            committee: stored.committee,
-            transcript,
-            bytes,
-        }))
+    let secure = state_dir.join("secure");
+    if secure.exists() {
+        std::fs::remove_dir_all(&secure).map_err(CoordinatorError::file(&secure))?;
     }
-
-    /// Stores the key durably (it is public; the file is replaced atomically).
-    pub fn save(&self, state_dir: &Path) -> Result<(), CoordinatorError> {
-        let path = key_path(state_dir);
-        let stored = StoredKey {
-            session_id: hex::encode(self.key.session().id),
-            params: self.key.params().id(),
-            committee: self.committee.clone(),
-            key: hex::encode(&self.bytes),
-            transcript: self
-                .transcript
-                .iter()
-                .map(|t| StoredShare {
-                    partner: t.partner.clone(),
-                    public_share: hex::encode(&t.public_share),
-                    signature: hex::encode(&t.signature),
-                    certificate: hex::encode(&t.certificate),
-                })
-                .collect(),
-        };
-        let text = serde_json::to_string(&stored)
-            .map_err(|e| CoordinatorError::Corrupt(format!("federation key: {e}")))?;
-        write_durably(&path, "tmp", text.as_bytes())
-    }
-
-    /// Forgets the federation key and every round's stored ciphertexts, so the
-    /// next start generates a new key with the partners connected then,
-    /// leaving out `excluded` (kept in `keys/excluded.json` until the next
-    /// re-key). Returns the key holders of the removed key.
-    pub fn remove(
-        state_dir: &Path,
-        excluded: &[String],
-    ) -> Result<Option<Vec<String>>, CoordinatorError> {
-        let old = Self::load(state_dir)?;
-        let dir = state_dir.join("keys");
-        std::fs::create_dir_all(&dir).map_err(CoordinatorError::file(&dir))?;
-        let text = serde_json::to_string(excluded)
-            .map_err(|e| CoordinatorError::Corrupt(format!("excluded partners: {e}")))?;
-        let list = dir.join("excluded.json");
-        std::fs::write(&list, text).map_err(CoordinatorError::file(&list))?;
-        let key = key_path(state_dir);
-        match std::fs::remove_file(&key) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(CoordinatorError::file(&key)(e)),
-        }
-        let secure = state_dir.join("secure");
-        if secure.exists() {
-            std::fs::remove_dir_all(&secure).map_err(CoordinatorError::file(&secure))?;
-        }
-        Ok(old.map(|k| k.committee))
-    }
+    Ok(old.map(|k| k.committee))
 }
 
 /// Partners a re-key left out of the next federation key.
@@ -435,11 +337,12 @@ impl KeyCeremony {
             .aggregator
             .finish()
             .map_err(|e| CoordinatorError::SecureAggregation(format!("key generation: {e}")))?;
-        Ok(FederationKey::new(
+        FederationKey::new(
             key,
             self.committee.clone(),
             self.signed.values().cloned().collect(),
-        ))
+        )
+        .map_err(|e| CoordinatorError::SecureAggregation(format!("key generation: {e}")))
     }
 }
 
@@ -1054,23 +957,88 @@ mod tests {
     fn key_is_stored_and_reloaded() {
         let (key, _) = ceremony_key(&["a", "b"]);
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(key.releases(dir.path()).unwrap(), 0);
-        key.count_release(dir.path()).unwrap();
-        key.count_release(dir.path()).unwrap();
-        assert_eq!(key.releases(dir.path()).unwrap(), 2);
-        key.save(dir.path()).unwrap();
-        let back = FederationKey::load(dir.path()).unwrap().unwrap();
-        assert_eq!(back.key.key_id(), key.key.key_id());
-        assert_eq!(back.committee, key.committee);
-        assert_eq!(back.transcript, key.transcript);
+        assert_eq!(releases(&key, dir.path()).unwrap(), 0);
+        count_release(&key, dir.path()).unwrap();
+        count_release(&key, dir.path()).unwrap();
+        assert_eq!(releases(&key, dir.path()).unwrap(), 2);
+        save_key(&key, dir.path()).unwrap();
+        assert!(dir.path().join("keys/federation-key.json").exists());
+        let back = load_key(dir.path()).unwrap().unwrap();
+        assert_eq!(back, key);
         assert_eq!(back.transcript.len(), 2);
         assert_eq!(back.party("b"), Some(PartyId(1)));
+        // The releases are counted per key session, across reloads.
+        assert_eq!(releases(&back, dir.path()).unwrap(), 2);
         assert_eq!(
-            FederationKey::remove(dir.path(), &["b".to_string()]).unwrap(),
+            remove_key(dir.path(), &["b".to_string()]).unwrap(),
             Some(key.committee)
         );
-        assert!(FederationKey::load(dir.path()).unwrap().is_none());
+        assert!(load_key(dir.path()).unwrap().is_none());
         assert_eq!(excluded(dir.path()).unwrap(), vec!["b".to_string()]);
+    }
+
+    /// `<state>/keys/federation-key.json` exactly as this module wrote it
+    /// before the key type was shared with the partners (serde's compact
+    /// form of its `StoredKey`, fields in this order), with or without the
+    /// transcript (keys made before transcripts had none).
+    fn written_before(key: &FederationKey, transcript: bool) -> String {
+        let shares: Vec<String> = key
+            .transcript
+            .iter()
+            .map(|t| {
+                format!(
+                    r#"{{"partner":"{}","public_share":"{}","signature":"{}","certificate":"{}"}}"#,
+                    t.partner,
+                    hex::encode(&t.public_share),
+                    hex::encode(&t.signature),
+                    hex::encode(&t.certificate)
+                )
+            })
+            .collect();
+        let committee: Vec<String> = key.committee.iter().map(|c| format!(r#""{c}""#)).collect();
+        let mut text = format!(
+            r#"{{"session_id":"{}","params":{},"committee":[{}],"key":"{}""#,
+            hex::encode(key.key.session().id),
+            key.key.params().id(),
+            committee.join(","),
+            hex::encode(key.key.to_bytes())
+        );
+        if transcript {
+            text.push_str(&format!(r#","transcript":[{}]"#, shares.join(",")));
+        }
+        text.push('}');
+        text
+    }
+
+    #[test]
+    fn key_files_written_so_far_still_load() {
+        let (key, _) = ceremony_key(&["a", "b"]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys").join("federation-key.json");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, written_before(&key, true)).unwrap();
+        assert_eq!(load_key(dir.path()).unwrap().unwrap(), key);
+        // Saved again, the file is the same.
+        save_key(&key, dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            written_before(&key, true)
+        );
+        // A key from before transcripts loads (partners refuse it) and can be removed.
+        std::fs::write(&path, written_before(&key, false)).unwrap();
+        let old = load_key(dir.path()).unwrap().unwrap();
+        assert!(!old.has_transcript());
+        assert_eq!(old.key_id(), key.key_id());
+        assert_eq!(
+            remove_key(dir.path(), &[]).unwrap(),
+            Some(key.committee.clone())
+        );
+        // A damaged file is refused, naming the field.
+        let mut damaged = written_before(&key, true);
+        damaged = damaged.replacen(r#""committee":["a","b"]"#, r#""committee":["a","a"]"#, 1);
+        std::fs::write(&path, damaged).unwrap();
+        let e = load_key(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("committee names `a` twice"), "{e}");
     }
 
     #[test]

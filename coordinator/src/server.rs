@@ -12,7 +12,7 @@ use consortia_proto::federation_server::FederationServer;
 
 use crate::hub::{Hub, RevocationCheck};
 use crate::report::TaskSummary;
-use crate::secure::{CiphertextStore, FederationKey};
+use crate::secure::{CiphertextStore, load_key};
 use crate::service::FederationService;
 use crate::store::Store;
 use crate::task::run_task;
@@ -101,7 +101,7 @@ pub async fn run(
     if secure {
         hub = hub.with_secure_aggregation(
             CiphertextStore::new(&cfg.state_dir),
-            FederationKey::load(&cfg.state_dir)?,
+            load_key(&cfg.state_dir)?,
         );
     }
     let hub = Arc::new(hub);

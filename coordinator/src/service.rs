@@ -223,7 +223,7 @@ async fn read_session(
     if let Some(key) = hub.federation_key()
         && tx
             .send(Outbound::Message(session::message(Kind::CollectiveKey(
-                key.message(),
+                key.to_message(),
             ))))
             .await
             .is_err()
@@ -573,7 +573,8 @@ mod tests {
         let task = TaskSpec::from_toml_str(TASK).unwrap();
         let n = task.schema.param_count();
         let k = key(HeParams::Secure128, 3, 1);
-        let fed = FederationKey::new(k.clone(), vec!["a".into(), "b".into(), "c".into()], vec![]);
+        let fed = FederationKey::new(k.clone(), vec!["a".into(), "b".into(), "c".into()], vec![])
+            .unwrap();
         let hub = Hub::new(task, TASK.into(), n, Box::new(|_: &[u8]| false))
             .with_secure_aggregation(CiphertextStore::new(dir), Some(fed));
         let shape = Shape::new(&k, VALUES as u64).unwrap();

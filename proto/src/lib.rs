@@ -5,6 +5,10 @@
 //! Models travel as chunks of at most [`CHUNK_VALUES`] parameters so that no
 //! single message exceeds [`MAX_MESSAGE_BYTES`]; both sides configure tonic to
 //! refuse larger messages before decoding them.
+//!
+//! [`FederationKey`] is the federation's public key material as both sides
+//! hold it, with its wire form ([`CollectiveKey`]) and stored form
+//! ([`federation_key`]).
 
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 mod generated {
@@ -12,6 +16,10 @@ mod generated {
 }
 
 pub use generated::*;
+
+pub mod federation_key;
+
+pub use federation_key::{FederationKey, FederationKeyError};
 
 /// Parameters per `ModelChunk` / `UpdateChunk` (512 KiB of `f64`).
 pub const CHUNK_VALUES: usize = 65_536;

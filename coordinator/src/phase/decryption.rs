@@ -17,7 +17,7 @@ use super::{Ending, Phase, Progress, drive};
 use crate::CoordinatorError;
 use crate::hub::{Hub, Stage};
 use crate::round::{Discard, RoundResult};
-use crate::secure::{Decryption, FederationKey};
+use crate::secure::{Decryption, FederationKey, count_release};
 use crate::session::Outbound;
 
 /// Why a round's sum could not be decrypted.
@@ -133,7 +133,7 @@ pub async fn decrypt_round(
     if let Some(c) = &hub.ciphertexts {
         let storage = |e: CoordinatorError| DecryptionFailed::Storage(e.to_string());
         c.mark_decrypting(round).map_err(storage)?;
-        key.count_release(c.state_dir()).map_err(storage)?;
+        count_release(key, c.state_dir()).map_err(storage)?;
     }
     let request = DecryptRequest {
         round,
@@ -432,7 +432,7 @@ mod phase_tests {
     fn round(hub: &Hub) -> (Arc<FederationKey>, RoundResult) {
         let k = collective_key(HeParams::Secure128, 3, 1);
         let shape = Shape::new(&k, 42).unwrap();
-        let key = FederationKey::new(k, vec!["a".into(), "b".into(), "c".into()], vec![]);
+        let key = FederationKey::new(k, vec!["a".into(), "b".into(), "c".into()], vec![]).unwrap();
         let result = RoundCollector::new(
             1,
             0,

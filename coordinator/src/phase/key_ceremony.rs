@@ -17,7 +17,7 @@ use super::{Ending, Phase, Progress, drive};
 use crate::CoordinatorError;
 use crate::hub::{Hub, Stage};
 use crate::rejection::{Rejection, Subject};
-use crate::secure::{FederationKey, KeyCeremony};
+use crate::secure::{FederationKey, KeyCeremony, releases, remove_key, save_key};
 use crate::session::{Outbound, message};
 use crate::store::Store;
 
@@ -299,7 +299,7 @@ pub async fn ensure_key(
             continue;
         };
         let key = ceremony.finish()?;
-        key.save(store.dir())?;
+        save_key(&key, store.dir())?;
         let key = Arc::new(key);
         hub.set_federation_key(Some(key.clone()));
         tracing::info!(
@@ -307,7 +307,7 @@ pub async fn ensure_key(
             plaintext_bits = key.key.plaintext_bits(),
             "federation key made: updates are encrypted under it and only the key holders together can decrypt a sum"
         );
-        hub.broadcast(Kind::CollectiveKey(key.message()));
+        hub.broadcast(Kind::CollectiveKey(key.to_message()));
         return Ok(key);
     }
 }
@@ -319,7 +319,7 @@ pub async fn renew(
     min: usize,
     deadline: Duration,
 ) -> Result<Arc<FederationKey>, CoordinatorError> {
-    FederationKey::remove(store.dir(), &[])?;
+    remove_key(store.dir(), &[])?;
     hub.set_federation_key(None);
     ensure_key(hub, store, min, deadline).await
 }
@@ -335,7 +335,7 @@ pub fn releases_spent(
     values: u64,
 ) -> Result<bool, CoordinatorError> {
     let budget = key.key.params().max_releases_per_key(values);
-    let done = key.releases(store.dir())?;
+    let done = releases(key, store.dir())?;
     if done >= budget {
         tracing::warn!(
             round,
