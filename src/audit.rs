@@ -21,7 +21,7 @@ use consortia_ledger::{LedgerEntry, LedgerFile, Verifier, load_entries};
 
 /// The `consortia audit` subcommands.
 #[derive(Subcommand)]
-pub enum AuditCommand {
+pub(crate) enum AuditCommand {
     /// Check a ledger's hash chain and signatures; names the first entry that was edited, removed or reordered.
     Verify {
         /// The ledger: its database directory (e.g. STATE_DIR/ledger) or an exported JSON file
@@ -78,7 +78,7 @@ pub enum AuditCommand {
 
 /// Runs one `consortia audit` subcommand. Fails (non-zero exit) when a ledger fails
 /// verification, when `compare` finds disagreements, or on unusable input.
-pub fn run(cmd: AuditCommand) -> Result<()> {
+pub(crate) fn run(cmd: AuditCommand) -> Result<()> {
     match cmd {
         AuditCommand::Verify { ledger, cert, head } => verify(&ledger, &cert, head),
         AuditCommand::Report {

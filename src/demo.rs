@@ -38,7 +38,7 @@ const CLV_TASK: &str = include_str!("../examples/clv_glm.toml");
 
 /// A bundled federation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Scenario {
+pub(crate) enum Scenario {
     /// Churn prediction: telco customers split by contract type.
     Churn,
     /// Customer lifetime value: CDNOW customers split by the month of their first purchase.
@@ -47,7 +47,7 @@ pub enum Scenario {
 
 /// The model of the churn scenario.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ChurnModel {
+pub(crate) enum ChurnModel {
     /// Logistic regression (examples/telco_churn_task.toml).
     Logistic,
     /// A multilayer perceptron (examples/telco_churn_mlp.toml).
@@ -76,7 +76,7 @@ impl Scenario {
 
 /// Options of `consortia demo`.
 #[derive(Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Directory for the demo's PKI, data splits, state and logs (default: a fresh temporary directory).
     #[arg(long)]
     workdir: Option<PathBuf>,
@@ -114,7 +114,7 @@ impl Drop for Procs {
 }
 
 /// Runs the demo.
-pub fn run(args: DemoArgs) -> Result<()> {
+pub(crate) fn run(args: DemoArgs) -> Result<()> {
     let (bundled_data, split_by, bundled_task) = args.scenario.setup(args.model)?;
     let data = args
         .data

@@ -17,11 +17,11 @@ use consortia_model::standardize::Standardizer;
 use serde::{Deserialize, Serialize};
 
 /// Exported model files larger than this are refused before they are parsed.
-pub const MAX_EXPORT_BYTES: u64 = 1 << 30;
+pub(crate) const MAX_EXPORT_BYTES: u64 = 1 << 30;
 
 /// The fields of an exported model that scoring reads.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct ModelFile {
+pub(crate) struct ModelFile {
     /// Task name.
     pub task: String,
     /// The task file, canonical form (`TaskSpec::to_toml_string`).
@@ -38,7 +38,7 @@ pub struct ModelFile {
 
 /// Per-feature means and standard deviations.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Standardization {
+pub(crate) struct Standardization {
     /// Means.
     pub mean: Vec<f64>,
     /// Standard deviations.
@@ -47,7 +47,7 @@ pub struct Standardization {
 
 /// Writes the global model of `round` (the last completed one by default) from the
 /// coordinator's state directory to `out`.
-pub fn export(state: &Path, round: Option<u64>, out: &Path) -> Result<()> {
+pub(crate) fn export(state: &Path, round: Option<u64>, out: &Path) -> Result<()> {
     let store = consortia_coordinator::store::Store::open(state)?;
     let round = match round {
         Some(r) => r,
@@ -87,7 +87,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Reads an exported model, checking its size first, that its task parses and hashes
 /// to the hash it states, and that its parameters fit the task's model.
-pub fn read_model_file(path: &Path) -> Result<(ModelFile, TaskSpec)> {
+pub(crate) fn read_model_file(path: &Path) -> Result<(ModelFile, TaskSpec)> {
     let len = std::fs::metadata(path)
         .with_context(|| format!("cannot read model file {}", path.display()))?
         .len();
@@ -121,7 +121,7 @@ pub fn read_model_file(path: &Path) -> Result<(ModelFile, TaskSpec)> {
 
 /// Scores the rows of `data` with the model in `model_path` and writes `id,score`
 /// lines to `out`. With `expected_task`, a model of any other task is refused.
-pub fn score(
+pub(crate) fn score(
     model_path: &Path,
     data: &Path,
     out: &Path,

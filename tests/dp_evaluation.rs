@@ -26,7 +26,7 @@ fn task(privacy: Option<&str>) -> String {
 
 /// A model whose scores spread over [0, 1]: small alternating weights.
 fn model_params(spec: &TaskSpec) -> Vec<f64> {
-    (0..spec.schema.param_count())
+    (0..spec.param_count())
         .map(|i| if i % 2 == 0 { 0.4 } else { -0.3 })
         .collect()
 }

@@ -494,7 +494,7 @@ fn a_plaintext_round_in_a_secure_task_is_declined() {
 /// Round 1 (attempt 1) with an all-zero model, under the collective key
 /// `key_id` (empty: a plaintext round), as an honest coordinator starts it.
 async fn send_round(peer: &Peer, spec: &TaskSpec, key_id: Vec<u8>) {
-    let n = spec.schema.param_count();
+    let n = spec.param_count();
     let features = spec.schema.feature_count();
     let deadline = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -835,7 +835,7 @@ async fn decryption_session(mut peer: Peer, c: Arc<Ceremony>, reopen: Reopen) {
     let spec_privacy = spec.privacy_spec().expect("privacy");
     let values = UpdateEncoding::for_round(
         spec_privacy.as_ref(),
-        spec.schema.param_count(),
+        spec.param_count(),
         spec.min_partners as usize,
         &key,
         1,
@@ -1203,7 +1203,7 @@ fn an_evaluation_the_budget_cannot_pay_for_is_declined_before_scoring() {
                 return;
             }
             peer.welcome(&t).await;
-            let n = spec.schema.param_count();
+            let n = spec.param_count();
             let features = spec.schema.feature_count();
             peer.send_kind(Down::RoundStart(RoundStart {
                 round: 21,

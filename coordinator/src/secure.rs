@@ -720,7 +720,7 @@ impl Decryption {
     }
 
     fn piece_len(total: usize, pieces: u32, index: u32) -> usize {
-        if index + 1 < pieces {
+        if index.saturating_add(1) < pieces {
             consortia_proto::SHARE_PIECE_BYTES
         } else {
             total - consortia_proto::SHARE_PIECE_BYTES * (pieces as usize - 1)

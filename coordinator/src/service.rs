@@ -571,7 +571,7 @@ mod tests {
     /// A hub serving the secure example task with round 1 open to a, b, c.
     fn secure_hub(dir: &std::path::Path) -> (Hub, CollectivePublicKey) {
         let task = TaskSpec::from_toml_str(TASK).unwrap();
-        let n = task.schema.param_count();
+        let n = task.param_count();
         let k = key(HeParams::Secure128, 3, 1);
         let fed = FederationKey::new(k.clone(), vec!["a".into(), "b".into(), "c".into()], vec![])
             .unwrap();

@@ -15,6 +15,9 @@
 //! Fixed seed and budget, so CI is deterministic and fast; a long campaign:
 //! `PROPTEST_CASES=100000 cargo test --release -p consortia-ledger --test fuzz_entries`.
 
+// The allocation counter is a global allocator, which is unsafe to implement.
+#![allow(unsafe_code)]
+
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};

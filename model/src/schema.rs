@@ -269,11 +269,6 @@ impl FeatureSchema {
                 .sum::<usize>()
     }
 
-    /// Number of model parameters: one weight per feature plus the bias.
-    pub fn param_count(&self) -> usize {
-        self.feature_count() + 1
-    }
-
     /// Names of the encoded features in design-matrix order: each numeric column's
     /// name, then `column=category` for each one-hot feature.
     pub fn feature_names(&self) -> Vec<String> {
@@ -351,7 +346,6 @@ mod tests {
         let s = schema();
         s.validate().unwrap();
         assert_eq!(s.feature_count(), 5);
-        assert_eq!(s.param_count(), 6);
         assert_eq!(s.feature_names(), ["a", "b", "c=x", "c=y", "c=z"]);
     }
 

@@ -613,10 +613,9 @@ impl TaskSpec {
     }
 
     /// Number of shared parameters of the task's model (the length of the vector
-    /// the coordinator sends and partners' deltas): `features + 1` for logistic
-    /// regression, and for an MLP the weights and biases of every layer (see
-    /// [`crate::models::mlp`]). Unlike [`FeatureSchema::param_count`], which counts
-    /// logistic regression's parameters, this follows `[model]`.
+    /// the coordinator sends and partners' deltas), as `[model]` makes it:
+    /// `features + 1` for logistic regression and the GLM, and for an MLP the weights
+    /// and biases of every layer (see [`crate::models::mlp`]).
     pub fn param_count(&self) -> usize {
         crate::model::param_count(&self.model, &self.schema)
     }

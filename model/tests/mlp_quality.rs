@@ -95,7 +95,7 @@ fn mlp_task_file_parses_and_hidden_is_validated() {
 fn logistic_tasks_hash_as_before() {
     let task = telco_task();
     assert!(task.model.hidden.is_empty());
-    assert_eq!(task.param_count(), task.schema.param_count());
+    assert_eq!(task.param_count(), task.schema.feature_count() + 1);
     let text = task.to_toml_string().unwrap();
     assert!(!text.contains("hidden"), "{text}");
     assert_eq!(

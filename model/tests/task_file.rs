@@ -47,7 +47,7 @@ fn demo_task_file_is_valid() {
     assert_eq!(task.name, "telco-churn");
     assert_eq!(task.model.kind, ModelKind::LogisticRegression);
     assert_eq!(task.schema.feature_count(), 40);
-    assert_eq!(task.schema.param_count(), 41);
+    assert_eq!(task.param_count(), 41);
     assert_eq!(
         task.schema.missing_policy("total_charges"),
         MissingPolicy::Zero

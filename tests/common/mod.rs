@@ -10,29 +10,29 @@ use std::time::{Duration, Instant};
 
 use consortia_pki::Pki;
 
-pub mod rogue;
+pub(crate) mod rogue;
 
-pub const EXE: &str = env!("CARGO_BIN_EXE_consortia");
-pub const DATA: &str = concat!(
+pub(crate) const EXE: &str = env!("CARGO_BIN_EXE_consortia");
+pub(crate) const DATA: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/examples/data/telco_churn_ibm.csv"
 );
-pub const TASK: &str = include_str!("../../examples/telco_churn_task.toml");
+pub(crate) const TASK: &str = include_str!("../../examples/telco_churn_task.toml");
 /// The customer-lifetime-value scenario: the CDNOW cohort, split by `cohort_month`.
-pub const CLV_DATA: &str = concat!(
+pub(crate) const CLV_DATA: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/examples/data/cdnow_clv_customers.csv"
 );
-pub const CLV_TASK: &str = include_str!("../../examples/clv_glm.toml");
+pub(crate) const CLV_TASK: &str = include_str!("../../examples/clv_glm.toml");
 
 /// A partner policy that admits every task the tests run (plaintext and
 /// encrypted, with and without differential privacy, in builds without
 /// `secure-rng`). The malicious-coordinator tests use stricter ones.
-pub const PERMISSIVE_POLICY: &str = "[policy]\nrequire_secure_aggregation = false\nrequire_dp = false\nmin_noise_multiplier = 0.0\nmin_evaluation_noise = 1.0\nmax_sampling_rate = 1.0\nmax_epsilon = 1000.0\nmax_delta = 0.1\nmin_contributors = 1\nmax_colluders_assumed = 0\nallowed_he_params = [\"secure128\", \"fast64\"]\nallow_insecure_rng = true\n";
+pub(crate) const PERMISSIVE_POLICY: &str = "[policy]\nrequire_secure_aggregation = false\nrequire_dp = false\nmin_noise_multiplier = 0.0\nmin_evaluation_noise = 1.0\nmax_sampling_rate = 1.0\nmax_epsilon = 1000.0\nmax_delta = 0.1\nmin_contributors = 1\nmax_colluders_assumed = 0\nallowed_he_params = [\"secure128\", \"fast64\"]\nallow_insecure_rng = true\n";
 
 /// A `[privacy]` table of record-level local DP (DP-SGD, q = 0.02, 10 steps
 /// per round, ε 8) at the default evaluation and statistics noise.
-pub const RECORD_DP: &str = r#"unit = "record"
+pub(crate) const RECORD_DP: &str = r#"unit = "record"
 placement = "local"
 epsilon = 8.0
 delta = 1e-5
@@ -43,7 +43,7 @@ steps_per_round = 10
 "#;
 
 /// The demo task with a few fields changed.
-pub fn task_with(rounds: u32, min_partners: u32, deadline_secs: u64) -> String {
+pub(crate) fn task_with(rounds: u32, min_partners: u32, deadline_secs: u64) -> String {
     let mut spec = consortia_model::TaskSpec::from_toml_str(TASK).expect("bundled task parses");
     spec.rounds = rounds;
     spec.min_partners = min_partners;
@@ -51,7 +51,7 @@ pub fn task_with(rounds: u32, min_partners: u32, deadline_secs: u64) -> String {
     spec.to_toml_string().expect("task serialises")
 }
 
-pub struct Federation {
+pub(crate) struct Federation {
     pub dir: tempfile::TempDir,
     pub pki: Pki,
     pub partners: Vec<(String, PathBuf)>,
@@ -76,13 +76,13 @@ impl Drop for Federation {
 
 impl Federation {
     /// PKI and partner data (the telco rows split by contract), nothing running.
-    pub fn new(task_toml: &str) -> Self {
+    pub(crate) fn new(task_toml: &str) -> Self {
         Self::with_data(task_toml, Path::new(DATA), "contract")
     }
 
     /// PKI and partner data: the rows of `data` split into one partner per value of
     /// `column`; nothing running.
-    pub fn with_data(task_toml: &str, data: &Path, column: &str) -> Self {
+    pub(crate) fn with_data(task_toml: &str, data: &Path, column: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let data_dir = dir.path().join("data");
         std::fs::create_dir_all(&data_dir).unwrap();
@@ -113,20 +113,20 @@ impl Federation {
         }
     }
 
-    pub fn path(&self, p: &str) -> PathBuf {
+    pub(crate) fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
     }
 
-    pub fn coordinator_log(&self, run: u32) -> PathBuf {
+    pub(crate) fn coordinator_log(&self, run: u32) -> PathBuf {
         self.path(&format!("logs/coordinator-{run}.err"))
     }
 
-    pub fn coordinator_out(&self, run: u32) -> PathBuf {
+    pub(crate) fn coordinator_out(&self, run: u32) -> PathBuf {
         self.path(&format!("logs/coordinator-{run}.out"))
     }
 
     /// The coordinator command line for this federation's task, state and PKI.
-    pub fn coordinator_command(&self, listen: &str) -> Command {
+    pub(crate) fn coordinator_command(&self, listen: &str) -> Command {
         let mut cmd = Command::new(EXE);
         cmd.args(["coordinator", "--task"])
             .arg(self.path("task.toml"))
@@ -139,7 +139,7 @@ impl Federation {
     }
 
     /// Starts (or restarts) the coordinator and waits until it listens.
-    pub fn start_coordinator(&mut self) -> String {
+    pub(crate) fn start_coordinator(&mut self) -> String {
         self.coordinator_runs += 1;
         let run = self.coordinator_runs;
         let addr_file = self.path("coordinator.addr");
@@ -180,17 +180,22 @@ impl Federation {
     }
 
     /// Starts the agent of partner `i` with its own data file (or `data`).
-    pub fn start_agent(&mut self, i: usize, data: Option<&Path>) -> String {
+    pub(crate) fn start_agent(&mut self, i: usize, data: Option<&Path>) -> String {
         self.start_agent_with(i, data, &[])
     }
 
     /// The agent's state directory (its own privacy ledger).
-    pub fn agent_state(&self, name: &str) -> PathBuf {
+    pub(crate) fn agent_state(&self, name: &str) -> PathBuf {
         self.path(&format!("agent-{name}"))
     }
 
     /// Starts the agent of partner `i` with extra command-line arguments.
-    pub fn start_agent_with(&mut self, i: usize, data: Option<&Path>, extra: &[&str]) -> String {
+    pub(crate) fn start_agent_with(
+        &mut self,
+        i: usize,
+        data: Option<&Path>,
+        extra: &[&str],
+    ) -> String {
         let (name, own) = self.partners[i].clone();
         let addr = self.addr.clone().expect("coordinator started");
         let child = Command::new(EXE)
@@ -220,18 +225,18 @@ impl Federation {
         name
     }
 
-    pub fn start_all_agents(&mut self) {
+    pub(crate) fn start_all_agents(&mut self) {
         for i in 0..self.partners.len() {
             self.start_agent(i, None);
         }
     }
 
-    pub fn read(&self, p: &Path) -> String {
+    pub(crate) fn read(&self, p: &Path) -> String {
         std::fs::read_to_string(p).unwrap_or_default()
     }
 
     /// Everything the processes wrote, for failure messages.
-    pub fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         let mut out = String::new();
         if let Ok(rd) = std::fs::read_dir(self.path("logs")) {
             let mut files: Vec<_> = rd.flatten().map(|e| e.path()).collect();
@@ -254,7 +259,7 @@ impl Federation {
     }
 
     /// Waits for the coordinator to exit.
-    pub fn wait_coordinator(&mut self, timeout: Duration) -> ExitStatus {
+    pub(crate) fn wait_coordinator(&mut self, timeout: Duration) -> ExitStatus {
         let c = self.coordinator.as_mut().expect("coordinator started");
         let status = wait_until(timeout, || c.try_wait().ok().flatten());
         match status {
@@ -268,7 +273,7 @@ impl Federation {
 
     /// Starts the coordinator and every agent, and waits until all of them
     /// have finished successfully (within `timeout` for the coordinator).
-    pub fn run_to_completion(&mut self, timeout: Duration) {
+    pub(crate) fn run_to_completion(&mut self, timeout: Duration) {
         self.start_coordinator();
         self.start_all_agents();
         let status = self.wait_coordinator(timeout);
@@ -280,7 +285,7 @@ impl Federation {
     }
 
     /// Waits for an agent to exit.
-    pub fn wait_agent(&mut self, name: &str, timeout: Duration) -> ExitStatus {
+    pub(crate) fn wait_agent(&mut self, name: &str, timeout: Duration) -> ExitStatus {
         let c = &mut self
             .agents
             .iter_mut()
@@ -298,21 +303,21 @@ impl Federation {
     }
 
     /// Waits until the coordinator's log of run `run` contains `needle`.
-    pub fn wait_log(&self, run: u32, needle: &str, timeout: Duration) {
+    pub(crate) fn wait_log(&self, run: u32, needle: &str, timeout: Duration) {
         let log = self.coordinator_log(run);
         if wait_until(timeout, || self.read(&log).contains(needle).then_some(())).is_none() {
             panic!("coordinator log never showed `{needle}`\n{}", self.logs());
         }
     }
 
-    pub fn kill_agent(&mut self, name: &str) {
+    pub(crate) fn kill_agent(&mut self, name: &str) {
         if let Some((_, c)) = self.agents.iter_mut().find(|(n, _)| n == name) {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
-    pub fn kill_coordinator(&mut self) {
+    pub(crate) fn kill_coordinator(&mut self) {
         if let Some(mut c) = self.coordinator.take() {
             let _ = c.kill(); // SIGKILL
             let _ = c.wait();
@@ -321,7 +326,7 @@ impl Federation {
 }
 
 /// Polls `f` every 50 ms until it returns `Some` or `timeout` passes.
-pub fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+pub(crate) fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let until = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
@@ -339,7 +344,7 @@ pub fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
 /// full [`consortia_model::SCORE_BINS`] resolution. A `[privacy]` task's stored metrics are
 /// noised estimates; this is what the model itself achieves. Open the state after the
 /// coordinator has exited.
-pub fn exact_final_auc(fed: &Federation) -> f64 {
+pub(crate) fn exact_final_auc(fed: &Federation) -> f64 {
     let mut pooled = consortia_model::EvalPartial::empty();
     for partial in final_evaluations(fed) {
         pooled
@@ -352,7 +357,7 @@ pub fn exact_final_auc(fed: &Federation) -> f64 {
 /// The regression analogue of [`exact_final_auc`]: the coordinator's final model evaluated
 /// exactly on the pooled held-out rows of every partner (each agent's own split). Open the
 /// state after the coordinator has exited.
-pub fn exact_final_regression(fed: &Federation) -> consortia_model::RegressionPartial {
+pub(crate) fn exact_final_regression(fed: &Federation) -> consortia_model::RegressionPartial {
     let mut pooled = consortia_model::RegressionPartial::empty();
     for partial in final_evaluations(fed) {
         match partial {
@@ -367,7 +372,7 @@ pub fn exact_final_regression(fed: &Federation) -> consortia_model::RegressionPa
 }
 
 /// The task, final global model and standardisation the coordinator stored.
-pub fn final_model(
+pub(crate) fn final_model(
     fed: &Federation,
 ) -> (
     consortia_model::TaskSpec,

@@ -37,14 +37,14 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{EXE, Federation, wait_until};
 
 /// The default bound on a test's waits.
-pub const WAIT: Duration = Duration::from_secs(60);
+pub(crate) const WAIT: Duration = Duration::from_secs(60);
 
 /// The longest one session script may run; it is then cut off (and the
 /// session closed).
-pub const SCRIPT_LIMIT: Duration = Duration::from_secs(120);
+pub(crate) const SCRIPT_LIMIT: Duration = Duration::from_secs(120);
 
 /// Messages that carry something derived from a partner's private rows.
-pub const PRIVATE_KINDS: &[&str] = &[
+pub(crate) const PRIVATE_KINDS: &[&str] = &[
     "StatsReport",
     "UpdateChunk",
     "EncryptedChunk",
@@ -53,7 +53,7 @@ pub const PRIVATE_KINDS: &[&str] = &[
 ];
 
 /// The name of a client message's kind (`"Hello"`, `"StatsReport"`, ...).
-pub fn kind_name(msg: &ClientMessage) -> &'static str {
+pub(crate) fn kind_name(msg: &ClientMessage) -> &'static str {
     match &msg.kind {
         None => "Empty",
         Some(Up::Hello(_)) => "Hello",
@@ -69,13 +69,13 @@ pub fn kind_name(msg: &ClientMessage) -> &'static str {
 }
 
 /// A server message of `kind`.
-pub fn down(kind: Down) -> ServerMessage {
+pub(crate) fn down(kind: Down) -> ServerMessage {
     ServerMessage { kind: Some(kind) }
 }
 
 /// One message a partner sent.
 #[derive(Debug, Clone)]
-pub struct Received {
+pub(crate) struct Received {
     /// The partner, from its client certificate.
     pub partner: String,
     /// Which of the partner's sessions (0 for its first).
@@ -88,7 +88,7 @@ pub struct Received {
 
 impl Received {
     /// Its kind, as [`kind_name`] names it.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         kind_name(&self.message)
     }
 }
@@ -114,7 +114,7 @@ fn lock(j: &Shared) -> MutexGuard<'_, Journal> {
 }
 
 /// The test's side of one partner session.
-pub struct Peer {
+pub(crate) struct Peer {
     /// The partner, from the common name of its client certificate.
     pub name: String,
     /// Which of this partner's sessions this is (0 for its first).
@@ -128,7 +128,7 @@ pub struct Peer {
 
 impl Peer {
     /// Sends `msg`; false when the agent has gone.
-    pub async fn send(&self, msg: ServerMessage) -> bool {
+    pub(crate) async fn send(&self, msg: ServerMessage) -> bool {
         matches!(
             tokio::time::timeout(WAIT, self.out.send(Ok(msg))).await,
             Ok(Ok(()))
@@ -136,13 +136,13 @@ impl Peer {
     }
 
     /// Sends a message of `kind`; false when the agent has gone.
-    pub async fn send_kind(&self, kind: Down) -> bool {
+    pub(crate) async fn send_kind(&self, kind: Down) -> bool {
         self.send(down(kind)).await
     }
 
     /// A `Welcome` for this partner with `task_toml` (its name read from it,
     /// empty if it does not parse).
-    pub async fn welcome(&self, task_toml: &str) -> bool {
+    pub(crate) async fn welcome(&self, task_toml: &str) -> bool {
         let task_name = consortia_model::TaskSpec::from_toml_str(task_toml)
             .map(|t| t.name)
             .unwrap_or_default();
@@ -156,7 +156,7 @@ impl Peer {
 
     /// The next message from the agent, or `None` after `timeout` or when
     /// the agent has closed its side.
-    pub async fn recv_timeout(&mut self, timeout: Duration) -> Option<ClientMessage> {
+    pub(crate) async fn recv_timeout(&mut self, timeout: Duration) -> Option<ClientMessage> {
         tokio::time::timeout(timeout, self.inbox.recv())
             .await
             .ok()
@@ -165,7 +165,11 @@ impl Peer {
 
     /// Skips messages until one of `kind` arrives (`None` after `timeout` or
     /// when the agent closes its side). Skipped messages stay in the journal.
-    pub async fn recv_kind(&mut self, kind: &str, timeout: Duration) -> Option<ClientMessage> {
+    pub(crate) async fn recv_kind(
+        &mut self,
+        kind: &str,
+        timeout: Duration,
+    ) -> Option<ClientMessage> {
         let until = tokio::time::Instant::now() + timeout;
         loop {
             let left = until.saturating_duration_since(tokio::time::Instant::now());
@@ -177,7 +181,7 @@ impl Peer {
     }
 
     /// Waits for the agent's opening `Hello`; false if anything else comes first.
-    pub async fn expect_hello(&mut self, timeout: Duration) -> bool {
+    pub(crate) async fn expect_hello(&mut self, timeout: Duration) -> bool {
         self.recv_timeout(timeout)
             .await
             .is_some_and(|m| kind_name(&m) == "Hello")
@@ -186,7 +190,7 @@ impl Peer {
     /// Waits until the agent closes its side of the session (true), reading
     /// and discarding what it sends (the journal keeps it), or `timeout`
     /// passes (false).
-    pub async fn closed(&mut self, timeout: Duration) -> bool {
+    pub(crate) async fn closed(&mut self, timeout: Duration) -> bool {
         let until = tokio::time::Instant::now() + timeout;
         loop {
             let left = until.saturating_duration_since(tokio::time::Instant::now());
@@ -199,17 +203,17 @@ impl Peer {
     }
 
     /// Ends the session with a gRPC error instead of a clean close.
-    pub async fn fail(self, status: Status) {
+    pub(crate) async fn fail(self, status: Status) {
         let _ = tokio::time::timeout(WAIT, self.out.send(Err(status))).await;
     }
 
     /// This agent's output so far (stdout, then stderr).
-    pub fn agent_log(&self) -> String {
+    pub(crate) fn agent_log(&self) -> String {
         read_agent_log(&self.logs, &self.name)
     }
 
     /// Waits until this agent's output contains `needle`; false after `timeout`.
-    pub async fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+    pub(crate) async fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
         let until = tokio::time::Instant::now() + timeout;
         loop {
             if self.agent_log().contains(needle) {
@@ -334,7 +338,7 @@ fn agent_has_max_connect_attempts() -> bool {
 }
 
 /// A scripted coordinator on loopback and the real agents connected to it.
-pub struct Rogue {
+pub(crate) struct Rogue {
     /// PKI, partner data, agent processes (killed on drop).
     pub fed: Federation,
     addr: SocketAddr,
@@ -361,7 +365,7 @@ impl Drop for Rogue {
 impl Rogue {
     /// Serves `fed`'s PKI on `127.0.0.1:0` and runs `script` for every
     /// partner session (the [`Peer`] says which partner and which session).
-    pub fn start<F, Fut>(mut fed: Federation, script: F) -> Rogue
+    pub(crate) fn start<F, Fut>(mut fed: Federation, script: F) -> Rogue
     where
         F: Fn(Peer) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -411,28 +415,28 @@ impl Rogue {
     }
 
     /// The address the rogue listens on.
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// The URL agents are given.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("https://{}", self.addr)
     }
 
     /// The name of partner `i` (0, 1 or 2).
-    pub fn partner(&self, i: usize) -> String {
+    pub(crate) fn partner(&self, i: usize) -> String {
         self.fed.partners[i].0.clone()
     }
 
     /// Starts the real agent of partner `i` against the rogue with `policy`
     /// (the text of a policy file) and returns its name.
-    pub fn start_agent(&mut self, i: usize, policy: &str) -> String {
+    pub(crate) fn start_agent(&mut self, i: usize, policy: &str) -> String {
         self.start_agent_with(i, policy, &[])
     }
 
     /// As [`start_agent`](Self::start_agent), with more command-line arguments.
-    pub fn start_agent_with(&mut self, i: usize, policy: &str, args: &[&str]) -> String {
+    pub(crate) fn start_agent_with(&mut self, i: usize, policy: &str, args: &[&str]) -> String {
         let name = self.partner(i);
         let policy_file = self.fed.path(&format!("policy-{name}.toml"));
         std::fs::write(&policy_file, policy).expect("write the policy file");
@@ -447,19 +451,19 @@ impl Rogue {
 
     /// Kills the agent `name` (its state directory stays) and forgets it,
     /// so that it can be started again.
-    pub fn kill_agent(&mut self, name: &str) {
+    pub(crate) fn kill_agent(&mut self, name: &str) {
         self.fed.kill_agent(name);
         self.fed.agents.retain(|(n, _)| n != name);
     }
 
     /// The agent's output so far (stdout, then stderr).
-    pub fn agent_log(&self, name: &str) -> String {
+    pub(crate) fn agent_log(&self, name: &str) -> String {
         read_agent_log(&self.fed.path("logs"), name)
     }
 
     /// Waits until the agent's output contains `needle`, or fails the test
     /// with everything logged.
-    pub fn wait_agent_log(&self, name: &str, needle: &str, timeout: Duration) {
+    pub(crate) fn wait_agent_log(&self, name: &str, needle: &str, timeout: Duration) {
         if wait_until(timeout, || {
             self.agent_log(name).contains(needle).then_some(())
         })
@@ -473,7 +477,7 @@ impl Rogue {
     }
 
     /// Waits for the agent to exit, or fails the test with everything logged.
-    pub fn wait_agent_exit(&mut self, name: &str, timeout: Duration) -> ExitStatus {
+    pub(crate) fn wait_agent_exit(&mut self, name: &str, timeout: Duration) -> ExitStatus {
         let child = &mut self
             .fed
             .agents
@@ -491,7 +495,7 @@ impl Rogue {
     }
 
     /// Everything partner `name` sent, in order, over all its sessions.
-    pub fn received(&self, name: &str) -> Vec<Received> {
+    pub(crate) fn received(&self, name: &str) -> Vec<Received> {
         lock(&self.journal)
             .received
             .iter()
@@ -501,12 +505,12 @@ impl Rogue {
     }
 
     /// The kinds of message partner `name` sent, in order.
-    pub fn kinds(&self, name: &str) -> Vec<&'static str> {
+    pub(crate) fn kinds(&self, name: &str) -> Vec<&'static str> {
         self.received(name).iter().map(Received::kind).collect()
     }
 
     /// The kinds of message partner `name` sent in its session `session`.
-    pub fn kinds_in(&self, name: &str, session: u32) -> Vec<&'static str> {
+    pub(crate) fn kinds_in(&self, name: &str, session: u32) -> Vec<&'static str> {
         self.received(name)
             .iter()
             .filter(|r| r.session == session)
@@ -515,12 +519,12 @@ impl Rogue {
     }
 
     /// How many sessions partner `name` opened.
-    pub fn sessions(&self, name: &str) -> u32 {
+    pub(crate) fn sessions(&self, name: &str) -> u32 {
         lock(&self.journal).sessions.get(name).copied().unwrap_or(0)
     }
 
     /// Waits until partner `name` has opened `n` sessions.
-    pub fn wait_sessions(&self, name: &str, n: u32, timeout: Duration) {
+    pub(crate) fn wait_sessions(&self, name: &str, n: u32, timeout: Duration) {
         if wait_until(timeout, || (self.sessions(name) >= n).then_some(())).is_none() {
             panic!(
                 "partner {name} opened {} sessions, not {n}, within {timeout:?}\n{}",
@@ -531,7 +535,7 @@ impl Rogue {
     }
 
     /// Waits until partner `name` has sent a message of `kind`, and returns it.
-    pub fn wait_received(&self, name: &str, kind: &str, timeout: Duration) -> Received {
+    pub(crate) fn wait_received(&self, name: &str, kind: &str, timeout: Duration) -> Received {
         let found = wait_until(timeout, || {
             self.received(name).into_iter().find(|r| r.kind() == kind)
         });
@@ -545,7 +549,7 @@ impl Rogue {
 
     /// Waits until every session partner `name` opened has ended (its
     /// inbound stream closed), so that everything it sent is in the journal.
-    pub fn wait_ended(&self, name: &str, timeout: Duration) {
+    pub(crate) fn wait_ended(&self, name: &str, timeout: Duration) {
         let all_ended = || {
             let j = lock(&self.journal);
             let opened = j.sessions.get(name).copied().unwrap_or(0);
@@ -561,7 +565,7 @@ impl Rogue {
     }
 
     /// Fails the test if a script panicked or ran past its limit.
-    pub fn check_scripts(&self) {
+    pub(crate) fn check_scripts(&self) {
         let failures = lock(&self.journal).script_failures.clone();
         assert!(
             failures.is_empty(),
@@ -574,7 +578,7 @@ impl Rogue {
     /// the check below is not vacuous) and sent nothing derived from its
     /// private rows in any session. Call it once the agent has left: it
     /// first waits for every session of the partner to end.
-    pub fn assert_nothing_private(&self, name: &str) {
+    pub(crate) fn assert_nothing_private(&self, name: &str) {
         self.wait_ended(name, WAIT);
         self.check_scripts();
         let kinds = self.kinds(name);
@@ -596,7 +600,7 @@ impl Rogue {
     }
 
     /// As [`assert_nothing_private`](Self::assert_nothing_private), for one session only.
-    pub fn assert_nothing_private_in(&self, name: &str, session: u32) {
+    pub(crate) fn assert_nothing_private_in(&self, name: &str, session: u32) {
         self.wait_ended(name, WAIT);
         self.check_scripts();
         let kinds = self.kinds_in(name, session);
@@ -619,7 +623,7 @@ impl Rogue {
     }
 
     /// What the rogue saw and what every process logged, for failure messages.
-    pub fn report(&self) -> String {
+    pub(crate) fn report(&self) -> String {
         let mut out = String::from("===== rogue journal =====\n");
         {
             let j = lock(&self.journal);
@@ -651,7 +655,7 @@ impl Rogue {
 
     /// Every process's output, each cut before any backtrace and to its
     /// last 60 lines.
-    pub fn process_logs(&self) -> String {
+    pub(crate) fn process_logs(&self) -> String {
         let mut out = String::new();
         let Ok(rd) = std::fs::read_dir(self.fed.path("logs")) else {
             return out;

@@ -80,7 +80,7 @@ fn the_task_chooses_the_update_and_each_charges_what_the_book_charges() {
 #[test]
 fn contributions_have_the_kind_and_length_the_aggregation_expects() {
     let plain = TaskSpec::from_toml_str(PLAIN).unwrap();
-    let dim = plain.schema.param_count();
+    let dim = plain.param_count();
     let c = run(build(&plain, None).unwrap().as_ref(), &plain, 300);
     assert_eq!(c.kind, ContributionKind::Delta);
     assert_eq!(c.vector.len(), dim);
@@ -162,5 +162,8 @@ fn dp_sgd_applies_the_proximal_term() {
     let free = norm(run(build(&task, Some(&spec)).unwrap().as_ref(), &task, 500));
     task.local.proximal_mu = 5.0;
     let held = norm(run(build(&task, Some(&spec)).unwrap().as_ref(), &task, 500));
-    assert!(held < 0.8 * free, "μ = 5 shrinks the DP-SGD delta: {held} vs {free}");
+    assert!(
+        held < 0.8 * free,
+        "μ = 5 shrinks the DP-SGD delta: {held} vs {free}"
+    );
 }

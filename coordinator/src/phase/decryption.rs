@@ -333,7 +333,7 @@ mod decode_tests {
     #[test]
     fn weighted_secure_round_is_fedavg() {
         let task = TaskSpec::from_toml_str(SECURE).unwrap();
-        let n = task.schema.param_count();
+        let n = task.param_count();
         let k = key(3);
         let enc = UpdateEncoding::for_round(None, n, 3, &k, 1).unwrap();
         let global = vec![0.5; n];
@@ -361,7 +361,7 @@ mod decode_tests {
         let mut spec = task.privacy_spec().unwrap().unwrap();
         // Almost no noise, so the step is checked to the rounding precision.
         spec.noise_multiplier = 1e-4;
-        let n = task.schema.param_count();
+        let n = task.param_count();
         let k = key(3);
         let enc = UpdateEncoding::for_round(Some(&spec), n, 3, &k, 5).unwrap();
         let grads: Vec<Vec<f64>> = (0..3)
@@ -399,7 +399,7 @@ mod decode_tests {
         let mut spec = task.privacy_spec().unwrap().unwrap();
         spec.noise_multiplier = 1e-4;
         spec.clip_norm = 1.0;
-        let n = task.schema.param_count();
+        let n = task.param_count();
         let k = key(3);
         let enc = UpdateEncoding::for_round(Some(&spec), n, 3, &k, 2).unwrap();
         // One delta inside the clip, one far outside it (clipped to norm 1).
@@ -481,7 +481,7 @@ mod phase_tests {
             "not today".into(),
             consortia_proto::DeclineKind::Decryption,
         )
-            .unwrap();
+        .unwrap();
         let failed = running.await.unwrap().unwrap_err();
         assert_eq!(
             failed,

@@ -11,17 +11,17 @@ use consortia_model::{
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-pub fn telco_csv() -> PathBuf {
+pub(crate) fn telco_csv() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/data/telco_churn_ibm.csv")
 }
 
-pub fn telco_task() -> TaskSpec {
+pub(crate) fn telco_task() -> TaskSpec {
     TaskSpec::load(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/telco_task.toml"))
         .unwrap()
 }
 
 /// One partner's rows after the holdout split.
-pub struct Partner {
+pub(crate) struct Partner {
     pub value: String,
     pub train: Dataset,
     pub test: Dataset,
@@ -29,7 +29,7 @@ pub struct Partner {
 
 /// Splits the telco CSV by `contract` into partner files and holds out each
 /// partner's rows (stratified), as the demo does.
-pub fn telco_partners(task: &TaskSpec, dir: &Path) -> Vec<Partner> {
+pub(crate) fn telco_partners(task: &TaskSpec, dir: &Path) -> Vec<Partner> {
     partition_csv_by_column(telco_csv(), "contract", dir)
         .unwrap()
         .into_iter()
@@ -42,12 +42,12 @@ pub fn telco_partners(task: &TaskSpec, dir: &Path) -> Vec<Partner> {
 }
 
 /// A different, fixed generator for every (round, partner) pair.
-pub fn rng_for(seed: u64, round: u64, partner: u64) -> ChaCha8Rng {
+pub(crate) fn rng_for(seed: u64, round: u64, partner: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seed ^ (round << 32) ^ (partner << 16) ^ 0x5eed)
 }
 
 /// Federation-wide standardizer from the partners' merged training statistics.
-pub fn federated_standardizer(partners: &[Partner]) -> Standardizer {
+pub(crate) fn federated_standardizer(partners: &[Partner]) -> Standardizer {
     let mut stats = FeatureStats::empty(partners[0].train.feature_count());
     for p in partners {
         stats.merge(&p.train.feature_stats()).unwrap();
@@ -57,7 +57,7 @@ pub fn federated_standardizer(partners: &[Partner]) -> Standardizer {
 
 /// `rounds` of FedAvg: every partner trains from the global model on its own
 /// rows, and the global model becomes the example-weighted average.
-pub fn fedavg(
+pub(crate) fn fedavg(
     partners: &[Partner],
     standardizer: &Standardizer,
     cfg: &TrainConfig,
@@ -69,7 +69,7 @@ pub fn fedavg(
 }
 
 /// [`fedavg`] from a given initial model (any task's `initial_model`).
-pub fn fedavg_from(
+pub(crate) fn fedavg_from(
     mut global: Box<dyn Model>,
     partners: &[Partner],
     standardizer: &Standardizer,
@@ -117,7 +117,7 @@ pub fn fedavg_from(
 }
 
 /// Trains a fresh model centrally on `train` (standardised by `standardizer`).
-pub fn train_central(
+pub(crate) fn train_central(
     train: &Dataset,
     standardizer: &Standardizer,
     cfg: &TrainConfig,
@@ -139,7 +139,7 @@ pub fn train_central(
 }
 
 /// Metrics of `model` on the union of `tests`, merged from per-partner partials.
-pub fn pooled_metrics(
+pub(crate) fn pooled_metrics(
     model: &dyn Model,
     standardizer: &Standardizer,
     tests: &[&Dataset],

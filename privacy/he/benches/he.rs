@@ -1,6 +1,9 @@
 //! Costs of the multiparty scheme per value: encryption, aggregation from wire
 //! bytes, partial decryption; prints the wire size per value.
 
+// criterion's macros generate undocumented public functions.
+#![allow(missing_docs)]
+
 use consortia_he::*;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
