@@ -45,6 +45,13 @@ fn three_partners_train_a_churn_model_together() {
     );
     let out = fed.read(&fed.coordinator_out(1));
     assert!(out.contains("final model (round 8)"), "{out}");
+    // Agents leaving at the normal end of the task are not reported as broken
+    // streams or malformed messages.
+    let log = fed.read(&fed.coordinator_log(1));
+    assert!(
+        !log.contains("session stream broken") && !log.contains("malformed"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -119,6 +119,16 @@ fn already_connected(partner: &str) -> Status {
 /// Maps a broken inbound stream to the status the issue of the message calls for:
 /// a message over the size limit is `RESOURCE_EXHAUSTED`, one that does not
 /// decode is an invalid message (`INVALID_ARGUMENT`, as [`Rejection::status`]).
+/// Whether a stream error is the peer's connection going away rather than bytes
+/// that failed to decode: tonic reports a reset or closed HTTP/2 connection as an
+/// `h2 protocol error` with code `Unknown` (or `Cancelled`/`Unavailable`).
+fn is_disconnect(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unknown | Code::Cancelled | Code::Unavailable
+    ) && status.message().contains("h2 protocol error")
+}
+
 fn inbound_error(status: &Status) -> Status {
     match status.code() {
         Code::OutOfRange => Status::resource_exhausted(status.message().to_string()),
@@ -254,6 +264,12 @@ async fn read_session(
         let msg = match inbound.message().await {
             Ok(Some(m)) => m,
             Ok(None) => break,
+            Err(status) if is_disconnect(&status) => {
+                // The partner's end of the connection went away (a normal exit at the
+                // end of a task, a restart, a network cut): not a malformed message.
+                tracing::info!(partner = %partner, detail = %status.message(), "partner disconnected");
+                break;
+            }
             Err(status) => {
                 let mapped = inbound_error(&status);
                 tracing::warn!(partner = %partner, code = ?mapped.code(), reason = %mapped.message(), "session stream broken");
