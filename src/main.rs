@@ -204,6 +204,27 @@ enum ModelCommand {
     },
 }
 
+/// A command whose standard output is closed before it finishes writing
+/// (`consortia audit report … | head`) stops quietly, as Unix tools do, instead of
+/// panicking with "failed printing to stdout: Broken pipe": Rust ignores SIGPIPE,
+/// so the write fails and `println!` panics; the hook ends the process with status 0
+/// in that one case and leaves every other panic to the default hook.
+fn exit_quietly_when_stdout_closes() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
 /// Logs through `tracing` (filter from `RUST_LOG`, `info` by default). The
 /// coordinator and the other commands log to standard error; a partner agent logs
 /// its progress (INFO and below) to standard output and its warnings and errors to
@@ -233,6 +254,7 @@ fn init_logging(agent: bool) {
 }
 
 fn main() -> Result<()> {
+    exit_quietly_when_stdout_closes();
     let cli = Cli::parse();
     init_logging(matches!(cli.command, Command::Agent(_)));
     match cli.command {
