@@ -681,7 +681,8 @@ fn welcome(
     partner: &str,
     task_toml: &str,
 ) -> Result<(), AgentError> {
-    let task = TaskSpec::from_toml_str(task_toml).map_err(|e| AgentError::Task(e.to_string()))?;
+    let task = TaskSpec::from_toml_named(task_toml, "sent by the coordinator")
+        .map_err(|e| AgentError::Task(e.to_string()))?;
     let hash = task
         .canonical_hash()
         .map_err(|e| AgentError::Task(e.to_string()))?;

@@ -37,7 +37,12 @@ fn load_task(
             ));
         }
     };
-    let task = TaskSpec::from_toml_str(&text).map_err(|e| CoordinatorError::Task(e.to_string()))?;
+    let origin = match &cfg.task {
+        Some(path) => path.display().to_string(),
+        None => format!("stored in {}", store.dir().display()),
+    };
+    let task = TaskSpec::from_toml_named(&text, &origin)
+        .map_err(|e| CoordinatorError::Task(e.to_string()))?;
     // Refuse a bad privacy plan before anything is stored.
     crate::accounting::task_privacy(&task)?;
     if let Some(s) = &stored {

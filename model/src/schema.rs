@@ -103,10 +103,24 @@ impl InvalidField {
     ) -> Self {
         Self {
             field: field.into(),
-            value: format!("{value:?}"),
+            value: shorten(format!("{value:?}")),
             expected: expected.into(),
         }
     }
+}
+
+/// The most characters of an offending value an error repeats.
+pub const MAX_SHOWN_VALUE: usize = 80;
+
+/// `value`, cut to [`MAX_SHOWN_VALUE`] characters with its full length noted, so that
+/// a huge value (a 100 kB task name) is not echoed whole into logs and errors.
+fn shorten(value: String) -> String {
+    let chars = value.chars().count();
+    if chars <= MAX_SHOWN_VALUE {
+        return value;
+    }
+    let head: String = value.chars().take(MAX_SHOWN_VALUE).collect();
+    format!("{head}… ({chars} characters in all)")
 }
 
 impl fmt::Display for InvalidField {

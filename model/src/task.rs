@@ -319,6 +319,17 @@ impl TaskSpec {
         Self::parse(text, "<string>")
     }
 
+    /// Parses and validates a task file held in a string that came from `origin` (a
+    /// path, or words such as "the task the coordinator sent"), which errors name.
+    pub fn from_toml_named(text: &str, origin: &str) -> Result<Self, TaskError> {
+        if text.len() > MAX_TASK_FILE_BYTES {
+            return Err(TaskError::TooLarge {
+                origin: origin.to_owned(),
+            });
+        }
+        Self::parse(text, origin)
+    }
+
     /// Reads, parses and validates a task file.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, TaskError> {
         let path = path.as_ref();

@@ -356,3 +356,26 @@ fn strategy_and_local_tables_parse_default_and_are_checked() {
         ("local.proximal_mu".into(), "-0.5".into())
     );
 }
+
+#[test]
+fn errors_name_where_the_task_came_from_and_never_echo_a_huge_value() {
+    let bad = MINIMAL.replacen("rounds = 3", "rounds = 0", 1);
+    let err = TaskSpec::from_toml_named(&bad, "/etc/consortia/task.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("/etc/consortia/task.toml") && err.contains("rounds"),
+        "{err}"
+    );
+    let huge = MINIMAL.replacen(
+        "name = \"t1\"",
+        &format!("name = \"{}\"", "x".repeat(100_000)),
+        1,
+    );
+    let err = TaskSpec::from_toml_str(&huge).unwrap_err().to_string();
+    assert!(
+        err.contains("name") && err.contains("characters in all"),
+        "{err}"
+    );
+    assert!(err.len() < 500, "the error is {} bytes", err.len());
+}
