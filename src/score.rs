@@ -64,7 +64,7 @@ pub(crate) fn export(state: &Path, round: Option<u64>, out: &Path) -> Result<()>
     let mut doc = serde_json::json!({
         "task": task.name,
         "task_toml": task.to_toml_string()?,
-        "task_hash": hex(&task.canonical_hash()?),
+        "task_hash": hex::encode(task.canonical_hash()?),
         "round": round,
         "kind": model.kind(),
         "features": task.schema.feature_names(),
@@ -79,10 +79,6 @@ pub(crate) fn export(state: &Path, round: Option<u64>, out: &Path) -> Result<()>
         .with_context(|| format!("cannot write {}", out.display()))?;
     println!("model of round {round} written to {}", out.display());
     Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Reads an exported model, checking its size first, that its task parses and hashes
@@ -107,7 +103,7 @@ pub(crate) fn read_model_file(path: &Path) -> Result<(ModelFile, TaskSpec)> {
     })?;
     let task = TaskSpec::from_toml_str(&file.task_toml)
         .with_context(|| format!("the task inside {}", path.display()))?;
-    let hash = hex(&task.canonical_hash()?);
+    let hash = hex::encode(task.canonical_hash()?);
     if hash != file.task_hash || task.name != file.task {
         bail!(
             "{}: the task inside does not match the task it states ({} {}), so the file was edited or damaged",
@@ -131,7 +127,7 @@ pub(crate) fn score(
     let (file, task) = read_model_file(model_path)?;
     if let Some(expected) = expected_task {
         let mine = TaskSpec::load(expected)?;
-        let my_hash = hex(&mine.canonical_hash()?);
+        let my_hash = hex::encode(mine.canonical_hash()?);
         if my_hash != file.task_hash {
             bail!(
                 "{} is a model of task `{}` ({}), not of task `{}` ({}) in {}: refused",

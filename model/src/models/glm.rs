@@ -21,8 +21,9 @@
 //! Parameter layout on the wire: the `feature_count` weights in design-matrix order,
 //! then the intercept.
 
-use ndarray::{Array1, Array2, ArrayView1, Axis};
+use ndarray::{Array1, Array2, ArrayView1};
 
+use super::linear;
 use crate::model::{Model, ModelError, check_params, check_rows};
 use crate::regression_metrics::RegressionPartial;
 use crate::task::{GlmFamily, ModelKind};
@@ -55,11 +56,11 @@ impl GlmModel {
     }
 
     fn weights(&self) -> &[f64] {
-        &self.params[..self.params.len() - 1]
+        linear::weights(&self.params)
     }
 
     fn intercept(&self) -> f64 {
-        self.params[self.params.len() - 1]
+        linear::intercept(&self.params)
     }
 
     fn eta(&self, x_row: ArrayView1<'_, f64>) -> f64 {
@@ -165,9 +166,7 @@ impl Model for GlmModel {
             )));
         }
         let eta = self.eta(x_row);
-        let r = self.d_eta(y, eta);
-        out[..f].iter_mut().zip(x_row).for_each(|(o, v)| *o = r * v);
-        out[f] = r;
+        linear::example_gradient(x_row, self.d_eta(y, eta), out);
         Ok(self.unit_deviance(y, self.mean(eta)) / 2.0)
     }
 
@@ -179,28 +178,16 @@ impl Model for GlmModel {
         out: &mut [f64],
     ) -> Result<f64, ModelError> {
         check_rows(x, y, self.feature_count())?;
-        let xb = x.select(Axis(0), rows);
-        let eta = xb.dot(&ArrayView1::from(self.weights())) + self.intercept();
-        let mut residual = Array1::<f64>::zeros(rows.len());
-        let (mut loss, mut residual_sum) = (0.0, 0.0);
-        for ((r, &e), &i) in residual.iter_mut().zip(eta.iter()).zip(rows) {
-            *r = self.d_eta(y[i], e);
-            residual_sum += *r;
-            loss += self.unit_deviance(y[i], self.mean(e)) / 2.0;
-        }
-        let grad = xb.t().dot(&residual);
-        let f = self.feature_count();
-        out[..f].iter_mut().zip(&grad).for_each(|(o, g)| *o = *g);
-        out[f] = residual_sum;
-        Ok(loss)
+        linear::batch_gradient(&self.params, x, y, rows, out, |eta, y| {
+            (
+                self.d_eta(y, eta),
+                self.unit_deviance(y, self.mean(eta)) / 2.0,
+            )
+        })
     }
 
     fn penalty_gradient(&self, l2: f64, out: &mut [f64]) {
-        let f = self.feature_count();
-        out[..f]
-            .iter_mut()
-            .zip(&self.params[..f])
-            .for_each(|(o, w)| *o += l2 * w);
+        linear::penalty_gradient(&self.params, l2, out);
     }
 
     fn loss(&self, x: &Array2<f64>, y: &Array1<f64>) -> Result<f64, ModelError> {
@@ -253,7 +240,7 @@ mod tests {
     use super::*;
     use crate::model::TrainConfig;
     use crate::sgd;
-    use ndarray::array;
+    use ndarray::{Axis, array};
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 

@@ -8,8 +8,9 @@
 //! (see [`crate::FeatureSchema::feature_names`]), then the bias; `feature_count + 1`
 //! numbers in all.
 
-use ndarray::{Array1, Array2, ArrayView1, Axis};
+use ndarray::{Array1, Array2, ArrayView1};
 
+use super::linear;
 use crate::evaluation::Evaluation;
 use crate::metrics::EvalPartial;
 use crate::model::{Model, ModelError, check_params, check_rows};
@@ -59,12 +60,12 @@ impl LogisticModel {
 
     /// The weights, one per feature.
     pub fn weights(&self) -> &[f64] {
-        &self.params[..self.params.len() - 1]
+        linear::weights(&self.params)
     }
 
     /// The intercept.
     pub fn bias(&self) -> f64 {
-        self.params[self.params.len() - 1]
+        linear::intercept(&self.params)
     }
 
     /// Logits `w · x + b`, one per row of `x`.
@@ -131,15 +132,11 @@ impl Model for LogisticModel {
             )));
         }
         let z = x_row.dot(&ArrayView1::from(self.weights())) + self.bias();
-        let r = sigmoid(z) - y;
-        let f = self.feature_count();
-        out[..f].iter_mut().zip(x_row).for_each(|(o, v)| *o = r * v);
-        out[f] = r;
+        linear::example_gradient(x_row, sigmoid(z) - y, out);
         Ok(log_loss_from_logit(z, y))
     }
 
-    /// The batch as matrix products: ndarray hands f64 matrix products to an
-    /// optimised kernel.
+    /// The batch as matrix products ([`linear::batch_gradient`]).
     fn batch_gradient(
         &self,
         x: &Array2<f64>,
@@ -148,31 +145,13 @@ impl Model for LogisticModel {
         out: &mut [f64],
     ) -> Result<f64, ModelError> {
         check_rows(x, y, self.feature_count())?;
-        let xb = x.select(Axis(0), rows);
-        let z = xb.dot(&ArrayView1::from(self.weights()));
-        let b = self.bias();
-        let mut residual = Array1::<f64>::zeros(rows.len());
-        let mut loss = 0.0;
-        let mut residual_sum = 0.0;
-        for ((r, &zi), &i) in residual.iter_mut().zip(z.iter()).zip(rows) {
-            let zi = zi + b;
-            loss += log_loss_from_logit(zi, y[i]);
-            *r = sigmoid(zi) - y[i];
-            residual_sum += *r;
-        }
-        let grad = xb.t().dot(&residual);
-        let f = self.feature_count();
-        out[..f].iter_mut().zip(&grad).for_each(|(o, g)| *o = *g);
-        out[f] = residual_sum;
-        Ok(loss)
+        linear::batch_gradient(&self.params, x, y, rows, out, |z, y| {
+            (sigmoid(z) - y, log_loss_from_logit(z, y))
+        })
     }
 
     fn penalty_gradient(&self, l2: f64, out: &mut [f64]) {
-        let f = self.feature_count();
-        out[..f]
-            .iter_mut()
-            .zip(&self.params[..f])
-            .for_each(|(o, w)| *o += l2 * w);
+        linear::penalty_gradient(&self.params, l2, out);
     }
 
     fn loss(&self, x: &Array2<f64>, y: &Array1<f64>) -> Result<f64, ModelError> {
@@ -216,7 +195,7 @@ mod tests {
     use super::*;
     use crate::model::{TrainConfig, TrainProgress};
     use crate::sgd;
-    use ndarray::array;
+    use ndarray::{Axis, array};
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 

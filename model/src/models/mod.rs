@@ -3,5 +3,6 @@
 //! [`crate::model::build`] names them; every other crate holds a `Box<dyn Model>`.
 
 pub mod glm;
+mod linear;
 pub mod logistic;
 pub mod mlp;
