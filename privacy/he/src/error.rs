@@ -147,6 +147,20 @@ pub enum HeError {
         /// Which entity.
         what: &'static str,
     },
+    /// A stored secret key share's checksum does not match its contents.
+    #[error("its checksum does not match its contents: the file is damaged")]
+    ChecksumMismatch,
+    /// A secret key share is not the one behind its party's public share.
+    #[error(
+        "it is not the secret behind party {party}'s public share in the federation key ({why}): \
+         the share is damaged"
+    )]
+    ShareMismatch {
+        /// The share's party.
+        party: u32,
+        /// Which check failed.
+        why: &'static str,
+    },
     /// A secret key file is unreadable, malformed or too permissive.
     #[error("secret key share file {path}: {reason}")]
     KeyFile {

@@ -117,12 +117,21 @@ impl SecretKeyShare {
         self.session
     }
 
+    /// Length of the share's contents in its file (without the checksum).
     fn file_len(params: HeParams) -> usize {
         let n = params.polynomial_size();
         super::wire::HEADER_LEN + 32 + 4 + n + 8 * n
     }
 
+    /// The contents followed by their checksum ([`share_checksum`]).
     fn to_file_bytes(&self) -> Vec<u8> {
+        let mut out = self.to_content_bytes();
+        let sum = share_checksum(&out);
+        out.extend_from_slice(&sum);
+        out
+    }
+
+    fn to_content_bytes(&self) -> Vec<u8> {
         let params = self.session.params;
         let mut out = Vec::with_capacity(Self::file_len(params));
         put_header(&mut out, SECRET_MAGIC, params);
@@ -138,7 +147,8 @@ impl SecretKeyShare {
         out
     }
 
-    /// Writes the share to `path` with mode 0600 (created or truncated).
+    /// Writes the share to `path` with mode 0600 (created or truncated), followed by
+    /// its checksum ([`SecretKeyShare::load`] checks it), and syncs it.
     pub fn save(&self, path: &Path) -> Result<(), HeError> {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let io = |source| HeError::Io {
@@ -161,7 +171,13 @@ impl SecretKeyShare {
     }
 
     /// Reads a share written by [`SecretKeyShare::save`]; refuses files readable
-    /// by group or others.
+    /// by group or others, and a file whose checksum (SHA-256 over a domain tag and
+    /// the contents, [`SHARE_CHECKSUM_TAG`]) does not match: one flipped bit is
+    /// found here, before the share decrypts anything.
+    ///
+    /// A file of an earlier version, without a checksum, is adopted: its contents
+    /// are checked against the public share of its party when the federation key
+    /// is installed ([`SecretKeyShare::check_public`]), which finds damage too.
     pub fn load(path: &Path) -> Result<Self, HeError> {
         use std::os::unix::fs::PermissionsExt;
         let shown = path.display().to_string();
@@ -178,7 +194,8 @@ impl SecretKeyShare {
         if meta.permissions().mode() & 0o077 != 0 {
             return Err(bad("readable by group or others; chmod 600 it"));
         }
-        let max = Self::file_len(HeParams::Secure128).max(Self::file_len(HeParams::Fast64));
+        let max = Self::file_len(HeParams::Secure128).max(Self::file_len(HeParams::Fast64))
+            + CHECKSUM_LEN;
         if meta.len() > max as u64 {
             return Err(bad("larger than any key share"));
         }
@@ -193,6 +210,22 @@ impl SecretKeyShare {
     }
 
     fn from_file_bytes(bytes: &[u8]) -> Result<Self, HeError> {
+        let params = Reader::new(bytes, "secret key share").header(SECRET_MAGIC, None)?;
+        let len = Self::file_len(params);
+        let content = if bytes.len() == len + CHECKSUM_LEN {
+            let (content, sum) = bytes.split_at(len);
+            if share_checksum(content) != sum {
+                return Err(HeError::ChecksumMismatch);
+            }
+            content
+        } else {
+            // An earlier version's file has no checksum (see `load`).
+            bytes
+        };
+        Self::from_content_bytes(content)
+    }
+
+    fn from_content_bytes(bytes: &[u8]) -> Result<Self, HeError> {
         let mut r = Reader::new(bytes, "secret key share");
         let params = r.header(SECRET_MAGIC, None)?;
         r.expect_len(Self::file_len(params))?;
@@ -221,6 +254,113 @@ impl SecretKeyShare {
             secret,
             bias,
         })
+    }
+}
+
+/// Domain tag of a stored secret share's checksum.
+pub const SHARE_CHECKSUM_TAG: &[u8] = b"consortia/he/secret-share-checksum/v1";
+
+/// Bytes of the checksum that follows a stored secret share.
+const CHECKSUM_LEN: usize = 32;
+
+/// SHA-256([`SHARE_CHECKSUM_TAG`] ‖ the share's stored contents): header, session,
+/// party, secret and bias.
+fn share_checksum(content: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(SHARE_CHECKSUM_TAG);
+    h.update(content);
+    h.finalize().into()
+}
+
+impl SecretKeyShare {
+    /// Checks that this is the secret behind `public`, its party's public share
+    /// (as signed in the federation key's transcript): same session and party, and
+    /// `e_i = ±b_i − a ⊙ s_i` (with `a` regenerated from the session's common seed)
+    /// is noise within the parameter set's bound whose bias is the stored one.
+    ///
+    /// A damaged secret bit changes `a ⊙ s_i` by a rotation of the uniform `a`, so
+    /// `e_i` is no longer small; a damaged bias word differs from the recomputed
+    /// one. Either way the share would decrypt garbage, and is refused here.
+    pub fn check_public(&self, public: &PublicKeyShare) -> Result<(), HeError> {
+        let mismatch = |why| HeError::ShareMismatch {
+            party: self.party.0,
+            why,
+        };
+        if public.session != self.session {
+            return Err(mismatch("another key session"));
+        }
+        if public.party != self.party {
+            return Err(mismatch("another party"));
+        }
+        let seed = self.session.compression_seed();
+        let bound = self.session.params.noise_bound_log2();
+        let ok = match (&self.secret, &public.body) {
+            (Words::W64(s), Words::W64(b)) => {
+                noise_matches(s, b, &self.bias, self.party, seed, bound)
+            }
+            (Words::W128(s), Words::W128(b)) => {
+                noise_matches(s, b, &self.bias, self.party, seed, bound)
+            }
+            _ => Err("another parameter set"),
+        };
+        ok.map_err(mismatch)
+    }
+}
+
+/// Recomputes `e_i` from the secret `s` and the public body `b` (negated for odd
+/// parties), and checks its size and its bias against `bias`.
+fn noise_matches<T: Word>(
+    s: &[T],
+    b: &[T],
+    bias: &[i64],
+    party: PartyId,
+    seed: CompressionSeed,
+    bound_log2: u32,
+) -> Result<(), &'static str> {
+    let n = s.len();
+    if b.len() != n || bias.len() != n {
+        return Err("another dimension");
+    }
+    let seeded = SeededLweCompactPublicKey::from_container(
+        b.to_vec(),
+        seed,
+        CiphertextModulus::new_native(),
+    );
+    let pk = seeded.decompress_into_lwe_compact_public_key();
+    let mut a_s = vec![T::ZERO; n];
+    T::semi_reverse_conv(&mut a_s, pk.get_mask().as_ref(), s);
+    // Stored body: b_i = a ⊙ s_i + e_i, or −b_i for a negated party, whose noise is −e_i.
+    let mut noise: Vec<T> = b
+        .iter()
+        .zip(&a_s)
+        .map(|(&b, &x)| {
+            if party.negated() {
+                b.wrapping_add(x)
+            } else {
+                b.wrapping_sub(x)
+            }
+        })
+        .collect();
+    let limit = 1i128 << bound_log2;
+    let small = noise.iter().all(|e| e.to_i128().abs() <= limit);
+    let mut same_bias = false;
+    if small {
+        let ones = vec![T::ONE; n];
+        let mut conv = vec![T::ZERO; n];
+        T::semi_reverse_conv(&mut conv, &noise, &ones);
+        same_bias = conv
+            .iter()
+            .rev()
+            .zip(bias)
+            .all(|(&c, &want)| c.to_i128() as i64 == want);
+        conv.zeroize();
+    }
+    a_s.zeroize();
+    noise.zeroize();
+    match (small, same_bias) {
+        (false, _) => Err("its noise is not small: a secret bit differs"),
+        (true, false) => Err("its stored noise bias differs"),
+        (true, true) => Ok(()),
     }
 }
 
@@ -664,5 +804,98 @@ impl CollectiveKeyAggregator {
 pub(crate) fn add_words<T: Word>(acc: &mut [T], rhs: &[T]) {
     for (a, &b) in acc.iter_mut().zip(rhs) {
         *a = a.wrapping_add(b);
+    }
+}
+
+#[cfg(test)]
+mod share_file_tests {
+    use super::*;
+
+    /// Offset of the secret bits in a stored share (header, session id, party).
+    const SECRET_AT: usize = super::super::wire::HEADER_LEN + 32 + 4;
+
+    fn session() -> KeySession {
+        KeySession::new(HeParams::Fast64, [7; 32])
+    }
+
+    /// Saves `share` under a temporary directory and returns the file's bytes.
+    fn saved(share: &SecretKeyShare) -> (tempfile::TempDir, std::path::PathBuf, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.secret");
+        share.save(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        (dir, path, bytes)
+    }
+
+    #[test]
+    fn a_stored_share_carries_a_checksum_and_matches_its_public_share() {
+        for party in [PartyId(0), PartyId(1)] {
+            let share = KeyShareGen::new(&session()).generate(party);
+            let (_dir, path, bytes) = saved(&share.secret);
+            let len = SecretKeyShare::file_len(HeParams::Fast64);
+            assert_eq!(bytes.len(), len + CHECKSUM_LEN);
+            assert_eq!(bytes[len..], share_checksum(&bytes[..len]));
+            let loaded = SecretKeyShare::load(&path).unwrap();
+            loaded.check_public(&share.public).unwrap();
+            // Another party's public share is not this secret's.
+            let other = KeyShareGen::new(&session()).generate(party);
+            let other_party = KeyShareGen::new(&session()).generate(PartyId(party.0 + 2));
+            assert!(matches!(
+                loaded.check_public(&other.public),
+                Err(HeError::ShareMismatch { .. })
+            ));
+            assert!(matches!(
+                loaded.check_public(&other_party.public),
+                Err(HeError::ShareMismatch {
+                    why: "another party",
+                    ..
+                })
+            ));
+        }
+    }
+
+    #[test]
+    fn one_flipped_bit_in_a_stored_share_is_refused_at_load() {
+        let share = KeyShareGen::new(&session()).generate(PartyId(1));
+        let (_dir, path, bytes) = saved(&share.secret);
+        let n = HeParams::Fast64.polynomial_size();
+        // A secret bit (0 ↔ 1 keeps the file well-formed) and a bias bit.
+        for at in [SECRET_AT + 5, SECRET_AT + n + 8 * 3] {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 1;
+            std::fs::write(&path, &damaged).unwrap();
+            let e = SecretKeyShare::load(&path).unwrap_err().to_string();
+            assert!(
+                e.contains(&path.display().to_string()) && e.contains("checksum"),
+                "{e}"
+            );
+        }
+    }
+
+    /// A file of an earlier version has no checksum: it is adopted at load, and
+    /// damage in it is found against the public share.
+    #[test]
+    fn a_share_without_a_checksum_is_checked_against_its_public_share() {
+        let share = KeyShareGen::new(&session()).generate(PartyId(1));
+        let (_dir, path, bytes) = saved(&share.secret);
+        let legacy = &bytes[..SecretKeyShare::file_len(HeParams::Fast64)];
+        std::fs::write(&path, legacy).unwrap();
+        SecretKeyShare::load(&path)
+            .unwrap()
+            .check_public(&share.public)
+            .unwrap();
+        let n = HeParams::Fast64.polynomial_size();
+        let cases = [
+            (SECRET_AT + 5, "a secret bit differs"),
+            (SECRET_AT + n + 8 * 3, "bias differs"),
+        ];
+        for (at, want) in cases {
+            let mut damaged = legacy.to_vec();
+            damaged[at] ^= 1;
+            std::fs::write(&path, &damaged).unwrap();
+            let loaded = SecretKeyShare::load(&path).unwrap();
+            let e = loaded.check_public(&share.public).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains("party 1"), "{e}");
+        }
     }
 }

@@ -57,6 +57,6 @@ pub use encrypt::{EncryptedVector, Encryptor, MAX_CHUNK_BYTES, MAX_VALUES, Shape
 pub use error::HeError;
 pub use keygen::{
     CollectiveKeyAggregator, CollectivePublicKey, KeyCommitment, KeySession, KeyShare, KeyShareGen,
-    MAX_PARTIES, PartyId, PublicKeyShare, SecretKeyShare,
+    MAX_PARTIES, PartyId, PublicKeyShare, SHARE_CHECKSUM_TAG, SecretKeyShare,
 };
 pub use params::{FLOOD_TAIL_SIGMAS, FLOODING_RENYI_ORDER, HeParams, SAMPLER_COEFFICIENTS_LOG2};

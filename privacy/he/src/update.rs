@@ -268,6 +268,135 @@ impl UpdateEncoding {
     }
 }
 
+/// What the contributors of a sum declared: how many updates went into it and
+/// the example counts they signed (summed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Declared {
+    /// Updates in the sum.
+    pub contributors: u64,
+    /// The sum of the example counts the contributors signed.
+    pub examples: u64,
+}
+
+/// Negative log of the false-failure probability of the distributed-DP
+/// plausibility check ([`UpdateEncoding::decode_declared`]): a correct sum is
+/// refused with probability at most `e^-t` = 2^-40 per round.
+pub const DDG_CHECK_T: f64 = 40.0 * std::f64::consts::LN_2;
+
+/// Why a decrypted sum is not used.
+#[derive(Debug, thiserror::Error)]
+pub enum SumError {
+    /// The sum does not decode (length, or outside what well-formed updates can add up to).
+    #[error(transparent)]
+    Decode(#[from] DpError),
+    /// The weighted encoding's row-count slot differs from the example counts signed.
+    #[error(
+        "the decrypted sum counts {decoded} rows, but its contributors signed for {declared} \
+         examples"
+    )]
+    Rows {
+        /// The row count the sum holds.
+        decoded: i64,
+        /// The example counts the contributors signed, summed.
+        declared: u64,
+    },
+    /// A distributed-DP sum far larger than its contributors' clipped vectors and noise.
+    #[error(
+        "the decrypted sum has L2 norm {norm:.4e} (integer units), more than the {bound:.4e} \
+         that {contributors} contributors' clipped vectors and noise shares reach (except with \
+         probability 2^-40)"
+    )]
+    Implausible {
+        /// The sum's L2 norm, in the encoding's integer units.
+        norm: f64,
+        /// The largest plausible norm.
+        bound: f64,
+        /// Updates in the sum.
+        contributors: u64,
+    },
+}
+
+impl UpdateEncoding {
+    /// [`UpdateEncoding::decode`], after checking the sum against what its
+    /// contributors declared, so that a sum a damaged key share decrypted into
+    /// garbage is never applied:
+    ///
+    /// * weighted: the row-count slot must equal `declared.examples` exactly
+    ///   (after the range check of [`HEADROOM_BITS`]);
+    /// * distributed DP: the sum's L2 norm (before the inverse rotation, which
+    ///   keeps norms) must be at most [`UpdateEncoding::ddg_norm_bound`].
+    pub fn decode_declared(&self, sum: &[u64], declared: Declared) -> Result<Vec<f64>, SumError> {
+        let decoded = self.decode(sum, declared.contributors)?;
+        let bits = self.bits();
+        let mask = (1u64 << bits) - 1;
+        match self {
+            Self::Weighted { dim, .. } => {
+                let rows = unwrap_signed(sum[*dim] & mask, bits);
+                if u64::try_from(rows).ok() != Some(declared.examples) {
+                    return Err(SumError::Rows {
+                        decoded: rows,
+                        declared: declared.examples,
+                    });
+                }
+            }
+            Self::Ddg { .. } => {
+                let norm = sum
+                    .iter()
+                    .map(|&v| {
+                        let x = unwrap_signed(v & mask, bits) as f64;
+                        x * x
+                    })
+                    .sum::<f64>()
+                    .sqrt();
+                let bound = self.ddg_norm_bound(declared);
+                if norm.is_nan() || norm > bound {
+                    return Err(SumError::Implausible {
+                        norm,
+                        bound,
+                        contributors: declared.contributors,
+                    });
+                }
+            }
+        }
+        Ok(decoded)
+    }
+
+    /// The largest L2 norm (integer units, d' coordinates) a distributed-DP sum
+    /// of `declared` contributions reaches, except with probability 2^-40
+    /// ([`DDG_CHECK_T`]); infinite for the weighted encoding.
+    ///
+    /// The sum is `Σ_k x_k + Σ_k z_k`. Each rounded vector `x_k` has norm at most
+    /// [`DdgParams::norm_bound`] (partner unit: clipped to C, then rounded; KLS21
+    /// Thm 1), or `n_k·C/γ + √d'` (record unit: a sum of `n_k` rows each clipped
+    /// to C, rounded unconditionally), so `Σ_k ‖x_k‖` is at most
+    /// `contributors·Δ₂`, or `examples·C/γ + contributors·√d'`. The noise
+    /// `Σ_k z_k` has independent coordinates, each a sum of `contributors`
+    /// discrete Gaussians of σ = [`DdgParams::local_sigma`], hence
+    /// `contributors·σ²`-subgaussian (a discrete Gaussian is σ²-subgaussian:
+    /// Canonne, Kamath, Steinke 2020, Prop. 1.6); by Hsu, Kakade, Zhang 2012
+    /// (Thm 1), `‖Σ z_k‖² ≤ contributors·σ²·(d' + 2√(d't) + 2t)` except with
+    /// probability `e^-t`. A garbage sum (uniform residues modulo 2^bits) has norm
+    /// about `2^(bits−1)·√(d'/3)`, far above this bound for every key this
+    /// crate makes.
+    pub fn ddg_norm_bound(&self, declared: Declared) -> f64 {
+        let Self::Ddg { params, unit, .. } = self else {
+            return f64::INFINITY;
+        };
+        let n = declared.contributors.max(1) as f64;
+        let d = params.padded_dim() as f64;
+        let signal = match unit {
+            PrivacyUnit::Partner => n * params.norm_bound(),
+            PrivacyUnit::Record => {
+                declared.examples as f64 * params.clip() / params.gamma() + n * d.sqrt()
+            }
+        };
+        let t = DDG_CHECK_T;
+        let sigma = params.local_sigma();
+        let noise = (n * sigma * sigma * (d + 2.0 * (d * t).sqrt() + 2.0 * t)).sqrt();
+        signal + noise
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,6 +456,120 @@ mod tests {
         assert!(e.decode(&sum, 3).is_ok());
         // The same sum claimed for one update is out of range.
         assert!(matches!(e.decode(&sum, 1), Err(DpError::OutOfRange { .. })));
+    }
+
+    /// The plaintext sum of encoded vectors modulo 2^bits, as joint decryption returns it.
+    fn plain_sum(vectors: &[Vec<u64>], bits: u32) -> Vec<u64> {
+        let mask = (1u64 << bits) - 1;
+        let mut out = vec![0u64; vectors[0].len()];
+        for v in vectors {
+            for (o, x) in out.iter_mut().zip(v) {
+                *o = o.wrapping_add(*x) & mask;
+            }
+        }
+        out
+    }
+
+    fn declared(contributors: u64, examples: u64) -> Declared {
+        Declared {
+            contributors,
+            examples,
+        }
+    }
+
+    #[test]
+    fn a_weighted_sum_must_count_the_rows_its_contributors_signed() {
+        let bits = 44;
+        let e = UpdateEncoding::weighted(3, bits, 3).unwrap();
+        let a = e.encode_weighted(&[0.5, -1.0, 0.0], 100).unwrap();
+        let b = e.encode_weighted(&[-0.25, 2.0, 1e-3], 300).unwrap();
+        let sum = plain_sum(&[a, b], bits);
+        let mean = e.decode_declared(&sum, declared(2, 400)).unwrap();
+        assert!((mean[1] - 1.25).abs() < 1e-4, "{mean:?}");
+        // Signed for other counts than the sum holds.
+        match e.decode_declared(&sum, declared(2, 401)) {
+            Err(SumError::Rows { decoded, declared }) => {
+                assert_eq!((decoded, declared), (400, 401))
+            }
+            other => panic!("expected a row-count mismatch, got {other:?}"),
+        }
+        // A small error in the decryption (in range, so decode alone takes it).
+        let mut off = sum.clone();
+        off[3] = (off[3] + 7) & ((1u64 << bits) - 1);
+        assert!(e.decode(&off, 2).is_ok());
+        assert!(matches!(
+            e.decode_declared(&off, declared(2, 400)),
+            Err(SumError::Rows { decoded: 407, .. })
+        ));
+    }
+
+    fn ddg_spec(unit: &str, z: f64) -> PrivacySpec {
+        let s: PrivacySpec = toml::from_str(&format!(
+            "unit = \"{unit}\"\nplacement = \"distributed\"\nepsilon = 100.0\ndelta = 1e-6\n\
+             clip_norm = 1.5\nnoise_multiplier = {z}\n"
+        ))
+        .unwrap();
+        s.with_distributed_shape(DIM, 3, 1).unwrap()
+    }
+
+    const DIM: usize = 100;
+
+    /// Correct distributed-DP sums (clipped vectors at the clip norm, real noise
+    /// shares, both units) pass the plausibility check; uniform residues, what a
+    /// damaged key share decrypts, do not.
+    #[test]
+    fn a_distributed_sum_is_checked_against_its_contributors_clip_and_noise() {
+        use rand::{Rng, SeedableRng};
+        let bits = 44;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+        for (unit, z) in [("partner", 1.0), ("partner", 4.0), ("record", 1.0)] {
+            let spec = ddg_spec(unit, z);
+            let e = UpdateEncoding::ddg(&spec, DIM, 3, bits, &[3; 32], 1).unwrap();
+            let rows = 50u64;
+            let vectors: Vec<Vec<f64>> = (0..3)
+                .map(|p| {
+                    // Partner unit: far outside the clip (clipped to 1.5); record unit: a sum
+                    // of `rows` rows each at the clip, all in one direction (the largest sum).
+                    let v = (p as f64 + 1.0) * 100.0;
+                    let scale = if unit == "record" {
+                        1.5 * rows as f64 / (DIM as f64).sqrt()
+                    } else {
+                        v
+                    };
+                    vec![scale; DIM]
+                })
+                .collect();
+            for _ in 0..10 {
+                let encoded: Vec<Vec<u64>> =
+                    vectors.iter().map(|v| e.encode_ddg(v).unwrap()).collect();
+                let sum = plain_sum(&encoded, bits);
+                let got = e.decode_declared(&sum, declared(3, 3 * rows));
+                assert!(got.is_ok(), "{unit}, z {z}: {got:?}");
+            }
+            let garbage: Vec<u64> = (0..e.encoded_len())
+                .map(|_| rng.random::<u64>() & ((1u64 << bits) - 1))
+                .collect();
+            assert!(e.decode(&garbage, 3).is_ok(), "decode alone takes anything");
+            match e.decode_declared(&garbage, declared(3, 3 * rows)) {
+                Err(SumError::Implausible { norm, bound, .. }) => {
+                    assert!(norm > 1000.0 * bound, "{norm} vs {bound}")
+                }
+                other => panic!("{unit}: expected an implausible sum, got {other:?}"),
+            }
+        }
+        // The bound is not loose by orders of magnitude: three partner-unit vectors
+        // and their noise come within a factor 3 of it.
+        let e = UpdateEncoding::ddg(&ddg_spec("partner", 1.0), DIM, 3, bits, &[3; 32], 1).unwrap();
+        let encoded: Vec<Vec<u64>> = (0..3).map(|_| e.encode_ddg(&[9.0; DIM]).unwrap()).collect();
+        let sum = plain_sum(&encoded, bits);
+        let mask = (1u64 << bits) - 1;
+        let norm = sum
+            .iter()
+            .map(|&v| (unwrap_signed(v & mask, bits) as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let bound = e.ddg_norm_bound(declared(3, 0));
+        assert!(norm < bound && norm > bound / 3.0, "{norm} vs {bound}");
     }
 
     #[test]
