@@ -28,5 +28,5 @@ pub use identity::{
     PeerConnectInfo, PeerIdentity, peer_connect_info, peer_identity, read_ca_certificate,
     verify_partner_certificate,
 };
-pub use server::{PeerStream, ServerTls, ServerTlsFiles};
+pub use server::{HandshakeRefusal, PeerStream, RefusalObserver, ServerTls, ServerTlsFiles};
 pub use store::{CertRecord, IssuedCert, Pki, Role};

@@ -90,7 +90,49 @@ pub struct ServerTls {
     verifier: Arc<CrlReloadingVerifier>,
     handshake_timeout: Duration,
     max_concurrent_handshakes: usize,
+    on_refusal: Option<RefusalObserver>,
 }
+
+/// Why a TLS handshake was refused, as a stable code for metrics
+/// ([`ServerTls::with_refusal_observer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HandshakeRefusal {
+    /// The client presented no certificate.
+    NoCertificate,
+    /// The certificate is not signed by the federation CA (another CA, or one of the same name).
+    OtherCa,
+    /// The certificate has expired.
+    Expired,
+    /// The certificate is not valid yet.
+    NotValidYet,
+    /// The certificate is on the revocation list.
+    Revoked,
+    /// The certificate is not for TLS client authentication.
+    WrongPurpose,
+    /// The handshake did not finish in time.
+    Timeout,
+    /// Anything else: an incompatible client, a closed connection, another TLS error.
+    Other,
+}
+
+impl HandshakeRefusal {
+    /// The code, in snake case (a metric label value).
+    pub fn code(self) -> &'static str {
+        match self {
+            HandshakeRefusal::NoCertificate => "no_certificate",
+            HandshakeRefusal::OtherCa => "other_ca",
+            HandshakeRefusal::Expired => "expired",
+            HandshakeRefusal::NotValidYet => "not_valid_yet",
+            HandshakeRefusal::Revoked => "revoked",
+            HandshakeRefusal::WrongPurpose => "wrong_purpose",
+            HandshakeRefusal::Timeout => "timeout",
+            HandshakeRefusal::Other => "other",
+        }
+    }
+}
+
+/// Called with the reason of each refused handshake.
+pub type RefusalObserver = Arc<dyn Fn(HandshakeRefusal) + Send + Sync>;
 
 impl fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -136,7 +178,15 @@ impl ServerTls {
             verifier,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_concurrent_handshakes: DEFAULT_MAX_CONCURRENT_HANDSHAKES,
+            on_refusal: None,
         })
+    }
+
+    /// Calls `observer` with the reason of every handshake [`incoming`](Self::incoming)
+    /// refuses (the coordinator counts them).
+    pub fn with_refusal_observer(mut self, observer: RefusalObserver) -> Self {
+        self.on_refusal = Some(observer);
+        self
     }
 
     /// Sets the limit on one TLS handshake (default 10 s).
@@ -210,6 +260,7 @@ impl ServerTls {
             tx,
             self.handshake_timeout,
             Arc::new(Semaphore::new(self.max_concurrent_handshakes)),
+            self.on_refusal.clone(),
         ));
         ReceiverStream::new(rx)
     }
@@ -221,6 +272,7 @@ async fn accept_loop(
     tx: mpsc::Sender<Result<PeerStream, io::Error>>,
     handshake_timeout: Duration,
     handshakes: Arc<Semaphore>,
+    on_refusal: Option<RefusalObserver>,
 ) {
     loop {
         let permit = tokio::select! {
@@ -245,6 +297,7 @@ async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let tx = tx.clone();
+        let on_refusal = on_refusal.clone();
         tokio::spawn(async move {
             let outcome = handshake(acceptor, tcp, peer, handshake_timeout).await;
             drop(permit);
@@ -258,8 +311,11 @@ async fn accept_loop(
                     // Fails only when the server has stopped.
                     let _ = tx.send(Ok(stream)).await;
                 }
-                Err(reason) => {
-                    tracing::warn!(peer = %peer, reason = %reason, "TLS handshake refused");
+                Err((code, reason)) => {
+                    tracing::warn!(peer = %peer, reason = %reason, code = code.code(), "TLS handshake refused");
+                    if let Some(observe) = &on_refusal {
+                        observe(code);
+                    }
                 }
             }
         });
@@ -272,18 +328,25 @@ async fn handshake(
     tcp: TcpStream,
     peer: SocketAddr,
     timeout: Duration,
-) -> Result<PeerStream, String> {
+) -> Result<PeerStream, (HandshakeRefusal, String)> {
     let local_addr = tcp.local_addr().ok();
     let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-        Err(_) => return Err(format!("handshake timed out after {timeout:?}")),
+        Err(_) => {
+            let why = format!("handshake timed out after {timeout:?}");
+            return Err((HandshakeRefusal::Timeout, why));
+        }
         Ok(Err(e)) => return Err(describe_handshake_error(&e)),
         Ok(Ok(tls)) => tls,
     };
     let certs: Vec<CertificateDer<'static>> = match tls.get_ref().1.peer_certificates() {
         Some(certs) if !certs.is_empty() => certs.iter().map(|c| c.clone().into_owned()).collect(),
-        _ => return Err("no client certificate".into()),
+        _ => {
+            let why = "no client certificate".to_string();
+            return Err((HandshakeRefusal::NoCertificate, why));
+        }
     };
-    let identity = PeerIdentity::from_certificate(&certs[0])?;
+    let identity =
+        PeerIdentity::from_certificate(&certs[0]).map_err(|why| (HandshakeRefusal::Other, why))?;
     Ok(PeerStream {
         inner: tls,
         info: PeerConnectInfo {
@@ -295,8 +358,44 @@ async fn handshake(
     })
 }
 
+/// Why a server handshake failed: its code, and a short, operator-facing reason.
+fn describe_handshake_error(e: &io::Error) -> (HandshakeRefusal, String) {
+    let code = handshake_refusal(e);
+    (code, describe_handshake_failure(e))
+}
+
+/// The code of a failed server handshake.
+fn handshake_refusal(e: &io::Error) -> HandshakeRefusal {
+    let Some(tls) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return HandshakeRefusal::Other;
+    };
+    match tls {
+        rustls::Error::NoCertificatesPresented => HandshakeRefusal::NoCertificate,
+        rustls::Error::InvalidCertificate(cert) => match cert {
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+                HandshakeRefusal::OtherCa
+            }
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                HandshakeRefusal::Expired
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                HandshakeRefusal::NotValidYet
+            }
+            CertificateError::Revoked => HandshakeRefusal::Revoked,
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                HandshakeRefusal::WrongPurpose
+            }
+            _ => HandshakeRefusal::Other,
+        },
+        _ => HandshakeRefusal::Other,
+    }
+}
+
 /// A short, operator-facing reason for a failed server handshake.
-fn describe_handshake_error(e: &io::Error) -> String {
+fn describe_handshake_failure(e: &io::Error) -> String {
     let Some(tls) = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
