@@ -3,6 +3,11 @@
 //! made the joint decryption reveal secret-key material. The incident is
 //! recorded in `<state>/incidents.log` and the federation key is never used
 //! again: a new one is made.
+//!
+//! A decrypted sum that decodes but does not match what its contributors
+//! declared ([`undeclared_sum`]: the example counts they signed, or their clip
+//! and noise) is garbage — most likely from a key holder's damaged secret
+//! share — and is recorded there too; the round is discarded, nothing applied.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -38,6 +43,28 @@ pub async fn malformed_sum(
     key_ceremony::renew(hub, store, min, deadline).await
 }
 
+/// The incident log's file name in the coordinator's state directory.
+pub const LOG: &str = "incidents.log";
+
+/// Records that `round`'s decrypted sum does not match what its `contributors`
+/// declared (`detail`: the figures): the round is discarded, nothing applied.
+pub fn undeclared_sum(
+    state_dir: &Path,
+    round: u64,
+    contributors: &[String],
+    detail: &str,
+) -> Result<(), CoordinatorError> {
+    record_kind(
+        state_dir,
+        round,
+        contributors,
+        "undeclared-sum",
+        detail,
+        "round discarded, nothing applied; a key holder's secret share may be damaged: if this \
+         repeats, re-key the federation (`consortia rekey`)",
+    )
+}
+
 /// Appends an incident (JSON, one line) to `<state>/incidents.log`, synced.
 fn record(
     state_dir: &Path,
@@ -45,16 +72,34 @@ fn record(
     contributors: &[String],
     detail: &str,
 ) -> Result<(), CoordinatorError> {
+    record_kind(
+        state_dir,
+        round,
+        contributors,
+        "malformed-ciphertext",
+        detail,
+        "federation key retired; a new key ceremony started",
+    )
+}
+
+fn record_kind(
+    state_dir: &Path,
+    round: u64,
+    contributors: &[String],
+    kind: &str,
+    detail: &str,
+    action: &str,
+) -> Result<(), CoordinatorError> {
     use std::io::Write;
     let line = serde_json::json!({
         "time_unix_ms": now_ms(),
         "round": round,
-        "kind": "malformed-ciphertext",
+        "kind": kind,
         "contributors": contributors,
         "detail": detail,
-        "action": "federation key retired; a new key ceremony started",
+        "action": action,
     });
-    let path = state_dir.join("incidents.log");
+    let path = state_dir.join(LOG);
     let append = || -> Result<(), std::io::Error> {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
@@ -64,4 +109,33 @@ fn record(
         f.sync_all()
     };
     append().map_err(CoordinatorError::file(&path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_undeclared_sum_is_recorded_with_its_figures() {
+        let dir = tempfile::tempdir().unwrap();
+        let who = ["a".to_string(), "b".to_string()];
+        undeclared_sum(dir.path(), 4, &who, "counts 7 rows, signed for 9").unwrap();
+        undeclared_sum(dir.path(), 5, &who, "norm 1e12").unwrap();
+        let text = std::fs::read_to_string(dir.path().join(LOG)).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["kind"], "undeclared-sum");
+        assert_eq!(lines[0]["round"], 4);
+        assert_eq!(lines[0]["detail"], "counts 7 rows, signed for 9");
+        assert_eq!(lines[1]["contributors"], serde_json::json!(["a", "b"]));
+        assert!(
+            lines[1]["action"]
+                .as_str()
+                .unwrap()
+                .contains("nothing applied")
+        );
+    }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use consortia_dp::{NoisePlacement, PrivacySpec, PrivacyUnit};
-use consortia_he::update::UpdateEncoding;
+use consortia_he::update::{Declared, SumError, UpdateEncoding};
 use consortia_model::AggregatedUpdate;
 use consortia_proto::DecryptRequest;
 
@@ -219,6 +219,10 @@ pub async fn open_sum(
                     Err(StepError::Other(e)) => Some(Discard::Unusable(format!(
                         "the decrypted sum is unusable: {e}"
                     ))),
+                    Err(StepError::Undeclared(detail)) => {
+                        undeclared_sum(hub, result.round, &result.contributors, &detail)?;
+                        Some(Discard::Unusable(UNDECLARED_SUM.into()))
+                    }
                 }
             }
             Err(why) => Some(Discard::Unusable(why.to_string())),
@@ -233,11 +237,52 @@ pub async fn open_sum(
     Ok(discard)
 }
 
+/// Why a round whose decrypted sum does not match what its contributors declared
+/// is discarded. The same words every attempt (the figures go to the incident
+/// line), so that consecutive failures of a round count as identical and stop
+/// the task after `max_round_attempts` with this diagnosis.
+pub const UNDECLARED_SUM: &str = "the decrypted sum does not match what its contributors \
+     declared (the example counts they signed, or their clip and noise), so nothing was \
+     applied: a key holder's secret key share is probably damaged (or a contributor's update \
+     differs from what it signed); see incidents.log in the coordinator's state directory, \
+     and if it repeats, re-key the federation: stop the coordinator and run \
+     `consortia rekey --state <dir>`";
+
+/// Records the incident of a decrypted sum that does not match what its
+/// contributors declared (`detail`: the figures) and logs it.
+fn undeclared_sum(
+    hub: &Hub,
+    round: u64,
+    contributors: &[String],
+    detail: &str,
+) -> Result<(), CoordinatorError> {
+    let log = match &hub.ciphertexts {
+        Some(c) => {
+            crate::incident::undeclared_sum(c.state_dir(), round, contributors, detail)?;
+            c.state_dir()
+                .join(crate::incident::LOG)
+                .display()
+                .to_string()
+        }
+        None => "(no state directory)".into(),
+    };
+    tracing::error!(
+        round,
+        contributors = ?contributors,
+        "INCIDENT: round {round}'s decrypted sum does not match what its contributors declared \
+         ({detail}): the round is discarded, nothing is applied; see {log}"
+    );
+    Ok(())
+}
+
 /// Why a decrypted sum gives no model.
 #[derive(Debug)]
 pub enum StepError {
     /// Outside what well-formed updates can add up to: a malformed ciphertext.
     Malformed(String),
+    /// Decodable, but not what the contributors declared (their signed example
+    /// counts, or their clip and noise): garbage, never applied.
+    Undeclared(String),
     /// Anything else.
     Other(String),
 }
@@ -245,7 +290,9 @@ pub enum StepError {
 impl fmt::Display for StepError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StepError::Malformed(s) | StepError::Other(s) => f.write_str(s),
+            StepError::Malformed(s) | StepError::Undeclared(s) | StepError::Other(s) => {
+                f.write_str(s)
+            }
         }
     }
 }
@@ -254,6 +301,11 @@ impl fmt::Display for StepError {
 /// example-weighted mean delta (no distributed DP), the noisy sum of clipped deltas
 /// (distributed, partner unit) or of clipped per-row gradients (distributed, record
 /// unit).
+///
+/// The sum is first checked against what its `contributors` declared
+/// ([`UpdateEncoding::decode_declared`]): the weighted encoding's row count must
+/// be `examples`, the sum of the example counts they signed; a distributed-DP
+/// sum must be within their clip and noise. Otherwise [`StepError::Undeclared`].
 pub fn decode_sum(
     spec: Option<&PrivacySpec>,
     encoding: &UpdateEncoding,
@@ -262,11 +314,20 @@ pub fn decode_sum(
     contributors: usize,
     examples: u64,
 ) -> Result<AggregatedUpdate, StepError> {
+    let declared = Declared {
+        contributors: contributors as u64,
+        examples,
+    };
     let decoded = encoding
-        .decode(sum, contributors as u64)
+        .decode_declared(sum, declared)
         .map_err(|e| match e {
-            consortia_dp::DpError::OutOfRange { .. } => StepError::Malformed(e.to_string()),
-            e => StepError::Other(e.to_string()),
+            SumError::Decode(e @ consortia_dp::DpError::OutOfRange { .. }) => {
+                StepError::Malformed(e.to_string())
+            }
+            SumError::Decode(e) => StepError::Other(e.to_string()),
+            e @ (SumError::Rows { .. } | SumError::Implausible { .. }) => {
+                StepError::Undeclared(e.to_string())
+            }
         })?;
     if decoded.len() != dim {
         return Err(StepError::Other(format!(
@@ -353,6 +414,84 @@ mod decode_tests {
             secure_step(&task, None, &enc, &global, &probed, 2, 400),
             Err(StepError::Malformed(_))
         ));
+    }
+
+    /// A decodable sum that is not what its contributors declared is refused:
+    /// a weighted sum counting other rows than they signed, a distributed-DP sum
+    /// of uniform residues (what a damaged key share decrypts).
+    #[test]
+    fn a_sum_that_is_not_what_its_contributors_declared_is_refused() {
+        let task = TaskSpec::from_toml_str(SECURE).unwrap();
+        let n = task.param_count();
+        let k = key(3);
+        let enc = UpdateEncoding::for_round(None, n, 3, &k, 1).unwrap();
+        let global = vec![0.5; n];
+        let a = enc.encode_weighted(&vec![0.25; n], 100).unwrap();
+        let b = enc.encode_weighted(&vec![-0.5; n], 300).unwrap();
+        let s = sum(&[a, b], k.plaintext_bits());
+        assert!(secure_step(&task, None, &enc, &global, &s, 2, 400).is_ok());
+        match secure_step(&task, None, &enc, &global, &s, 2, 500) {
+            Err(StepError::Undeclared(e)) => assert!(e.contains("400 rows") && e.contains("500")),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+
+        let task = TaskSpec::from_toml_str(DDG).unwrap();
+        let spec = task.privacy_spec().unwrap().unwrap();
+        let n = task.param_count();
+        let enc = UpdateEncoding::for_round(Some(&spec), n, 3, &k, 5).unwrap();
+        let global = vec![0.0; n];
+        let honest: Vec<Vec<u64>> = (0..3)
+            .map(|_| enc.encode_ddg(&vec![0.01; n]).unwrap())
+            .collect();
+        let s = sum(&honest, k.plaintext_bits());
+        assert!(secure_step(&task, Some(&spec), &enc, &global, &s, 3, 900).is_ok());
+        // Uniform residues from a fixed generator (SplitMix64).
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let garbage: Vec<u64> = (0..enc.encoded_len())
+            .map(|_| {
+                x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = x;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                z ^ (z >> 31)
+            })
+            .collect();
+        match secure_step(&task, Some(&spec), &enc, &global, &garbage, 3, 900) {
+            Err(StepError::Undeclared(e)) => assert!(e.contains("L2 norm"), "{e}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    /// Rounds discarded for a sum that is not what was declared fail the same way
+    /// every attempt, so the task stops after `max_round_attempts` with the diagnosis.
+    #[test]
+    fn repeated_undeclared_sums_stop_the_task_with_the_diagnosis() {
+        use crate::round::{Discard, RoundCollector, RoundEnd, RoundKind};
+        let mut attempts = crate::retry::Attempts::new(3, std::time::Duration::from_secs(1));
+        let mut stopped = None;
+        for _ in 0..3 {
+            let result = RoundCollector::new(
+                7,
+                0,
+                RoundKind::Train,
+                4,
+                Default::default(),
+                std::time::Instant::now(),
+            )
+            .finish();
+            let end = RoundEnd::Discarded(Discard::Unusable(UNDECLARED_SUM.into()));
+            let why = crate::report::failure(&end, &result, 2).expect("a failure");
+            if let Err(e) = attempts.failed(7, "round 7", &why) {
+                stopped = Some(e.to_string());
+            }
+        }
+        let stopped = stopped.expect("stopped after three identical failures");
+        assert!(
+            stopped.contains("round 7 failed 3 times")
+                && stopped.contains("secret key share is probably damaged")
+                && stopped.contains("consortia rekey"),
+            "{stopped}"
+        );
     }
 
     #[test]
