@@ -13,6 +13,32 @@ pub enum AgentError {
         /// What is wrong.
         message: String,
     },
+    /// This key holder's stored secret key share is unreadable or damaged.
+    #[error(
+        "{}: this partner is key holder {party} of the federation key, but its secret key \
+         share cannot be used: {message}. Without it no round can be decrypted, and a damaged \
+         share would decrypt garbage. The federation must re-key: the operator stops the \
+         coordinator and runs `consortia rekey --state <dir>` (with `--without <this partner>` \
+         to go on without it); this agent then draws a fresh share at the next key ceremony",
+        path.display()
+    )]
+    KeyShare {
+        /// The share's file.
+        path: PathBuf,
+        /// This partner's party number in the key.
+        party: u32,
+        /// What is wrong.
+        message: String,
+    },
+    /// This partner's privacy ledger disagrees with its recorded head, or with the
+    /// coordinator's count of charges.
+    #[error("{}: {message}", path.display())]
+    Ledger {
+        /// The file (the ledger database, or its head file).
+        path: PathBuf,
+        /// What is wrong and what to do.
+        message: String,
+    },
     /// The partner's data does not match the task's feature schema.
     #[error("local data refused: {0}")]
     Data(String),

@@ -356,21 +356,33 @@ impl KeyHolder {
         let secret = match public.party(&self.partner) {
             Some(party) => {
                 let path = self.path(&id, "secret");
-                let secret = SecretKeyShare::load(&path).map_err(|e| {
-                    AgentError::Protocol(format!(
-                        "this partner is key holder {} of the federation key, but its secret \
-                         share cannot be read ({e}); without it no round can be decrypted: ask the \
-                         operator to re-key the federation (`consortia rekey`)",
-                        party.0
-                    ))
-                })?;
+                let damaged = |e: String| AgentError::KeyShare {
+                    path: path.clone(),
+                    party: party.0,
+                    message: e,
+                };
+                let secret = SecretKeyShare::load(&path).map_err(|e| damaged(e.to_string()))?;
                 if secret.party() != party {
-                    return Err(AgentError::Protocol(format!(
+                    return Err(damaged(format!(
                         "the stored secret share is for party {}, the key names this partner party {}",
                         secret.party().0,
                         party.0
                     )));
                 }
+                // The share must be the secret behind this partner's public share, as
+                // signed in the transcript: a damaged share would decrypt garbage.
+                let own = public
+                    .transcript
+                    .get(party.0 as usize)
+                    .ok_or_else(|| damaged("the key has no public share for this party".into()))?;
+                let session = KeySession::new(params, id);
+                PublicKeyShare::from_bytes(&own.public_share, &session)
+                    .map_err(|e| damaged(format!("its public share: {e}")))
+                    .and_then(|p| {
+                        secret
+                            .check_public(&p)
+                            .map_err(|e| damaged(format!("secret key share file: {e}")))
+                    })?;
                 Some(secret)
             }
             None => None,
@@ -972,6 +984,50 @@ mod tests {
             msg,
             task,
             policy,
+        }
+    }
+
+    /// A restarted key holder reloads its share: one flipped bit in the file is
+    /// refused at load (its checksum), and in a file without a checksum (an
+    /// earlier version's) against its public share; either way the error names
+    /// the file and says the federation must re-key.
+    #[test]
+    fn a_damaged_secret_share_is_refused_when_the_key_is_installed() {
+        let c = committee();
+        let restarted = || {
+            KeyHolder::new(&c._dir.path().join("b"), "b")
+                .with_identity(&c.pki.partner_key_path("b"), &c.pki.ca_cert_path())
+                .unwrap()
+        };
+        let file = restarted().path(&[7; 32], "secret");
+        let bytes = std::fs::read(&file).unwrap();
+        restarted()
+            .install(&c.msg, &c.task, &HASH, &c.policy)
+            .unwrap();
+        // The 40th secret bit (header 8, session 32, party 4 bytes before it).
+        let at = 8 + 32 + 4 + 40;
+        let secret_len = bytes.len() - 32;
+        for (contents, want) in [
+            (bytes.clone(), "checksum"),
+            (
+                bytes[..secret_len].to_vec(),
+                "not the secret behind party 1",
+            ),
+        ] {
+            let mut damaged = contents;
+            damaged[at] ^= 1;
+            std::fs::write(&file, &damaged).unwrap();
+            let e = restarted()
+                .install(&c.msg, &c.task, &HASH, &c.policy)
+                .unwrap_err();
+            assert!(matches!(e, AgentError::KeyShare { party: 1, .. }), "{e}");
+            let e = e.to_string();
+            assert!(
+                e.contains(&file.display().to_string())
+                    && e.contains(want)
+                    && e.contains("consortia rekey"),
+                "{e}"
+            );
         }
     }
 
