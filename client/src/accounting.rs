@@ -14,7 +14,21 @@
 //! before the noised update leaves the partner, so a crash can only
 //! over-count. So is each evaluation's ([`PartnerPrivacy::admit_evaluation`]),
 //! before a held-out row is scored.
+//!
+//! A ledger that lost entries would make the partner's own budget check
+//! forget spend. So after every append the ledger's head — its entry count and
+//! the hash of its last entry — is written durably to `<state_dir>/ledger.head`
+//! ([`HEAD_FILE`]), and every start checks the ledger against it
+//! ([`check_ledger`]): a ledger shorter than its head, a different entry at the
+//! head's index, a broken hash chain, a ledger missing while its head exists,
+//! and a head file missing or unreadable while the ledger has entries are all
+//! refused, naming the file; the remedy is to restore the state directory
+//! from a backup. A ledger *longer* than its head (a crash between the
+//! append and the head's write) is accepted and its head moved on: it can
+//! only over-count.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use consortia_dp::{Budget, DpEvent, EVALUATION_MECHANISM, PrivacySpec, STATISTICS_MECHANISM};
@@ -32,6 +46,214 @@ pub struct PartnerPrivacy {
     ledger: Ledger,
     signer: Signer,
     partner: String,
+    /// Where the ledger and its head ([`HEAD_FILE`]) live.
+    state_dir: PathBuf,
+}
+
+/// The ledger head's file name in the agent's state directory.
+pub const HEAD_FILE: &str = "ledger.head";
+
+/// The ledger database's directory name in the agent's state directory.
+pub const LEDGER_DIR: &str = "ledger";
+
+/// First word of a head file.
+const HEAD_FORMAT: &str = "consortia-ledger-head/v1";
+
+/// What to do when the ledger and its head disagree.
+const RESTORE: &str = "the privacy ledger has lost or changed entries, so this partner's own \
+    budget check would forget spend: refused. Restore the agent's whole state directory from a \
+    backup (the ledger and its head together), then start the agent again";
+
+/// The head of the partner's ledger: how many entries it holds and the hash of
+/// the last one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerHead {
+    /// Entries in the ledger.
+    pub entries: u64,
+    /// Hash of the last entry.
+    pub hash: [u8; 32],
+}
+
+impl LedgerHead {
+    fn to_text(self) -> String {
+        format!(
+            "{HEAD_FORMAT} {} {}\n",
+            self.entries,
+            hex::encode(self.hash)
+        )
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        let mut words = text.split_whitespace();
+        if words.next()? != HEAD_FORMAT {
+            return None;
+        }
+        let entries = words.next()?.parse().ok()?;
+        let hash = <[u8; 32]>::try_from(hex::decode(words.next()?).ok()?).ok()?;
+        if words.next().is_some() || entries == 0 {
+            return None;
+        }
+        Some(LedgerHead { entries, hash })
+    }
+}
+
+fn head_error(path: &Path, message: String) -> AgentError {
+    AgentError::Ledger {
+        path: path.to_path_buf(),
+        message,
+    }
+}
+
+/// The head recorded in `state_dir`'s [`HEAD_FILE`], if there is one.
+pub fn read_head(state_dir: &Path) -> Result<Option<LedgerHead>, AgentError> {
+    let path = state_dir.join(HEAD_FILE);
+    let text = match std::fs::read(&path) {
+        Ok(bytes) if bytes.len() > 256 => {
+            return Err(head_error(
+                &path,
+                format!(
+                    "the ledger head file is {} bytes, not a head; {RESTORE}",
+                    bytes.len()
+                ),
+            ));
+        }
+        Ok(bytes) => String::from_utf8(bytes).unwrap_or_default(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(head_error(
+                &path,
+                format!("cannot read the ledger head: {e}"),
+            ));
+        }
+    };
+    LedgerHead::parse(&text).map(Some).ok_or_else(|| {
+        head_error(
+            &path,
+            format!(
+                "the ledger head file is damaged (not `{HEAD_FORMAT} <entries> <hash>`); {RESTORE}"
+            ),
+        )
+    })
+}
+
+/// Writes `head` to `state_dir`'s [`HEAD_FILE`] durably: a synced temporary
+/// file renamed over it, then the directory synced.
+fn write_head(state_dir: &Path, head: LedgerHead) -> Result<(), AgentError> {
+    let path = state_dir.join(HEAD_FILE);
+    let err = |e: std::io::Error| head_error(&path, format!("cannot write the ledger head: {e}"));
+    let tmp = state_dir.join(format!("{HEAD_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    f.write_all(head.to_text().as_bytes()).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    drop(f);
+    std::fs::rename(&tmp, &path).map_err(err)?;
+    std::fs::File::open(state_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err)
+}
+
+/// Checks the partner's ledger in `state_dir` against its recorded head (see
+/// the module docs) before anything is charged; moves the head on when the
+/// ledger is longer. Returns the ledger's head (`None`: no entries yet).
+///
+/// Run at every start of the agent, and again when the ledger is opened for a
+/// task ([`PartnerPrivacy::open`]).
+pub fn check_ledger(state_dir: &Path) -> Result<Option<LedgerHead>, AgentError> {
+    let dir = state_dir.join(LEDGER_DIR);
+    if !dir.exists() {
+        return match read_head(state_dir)? {
+            None => Ok(None),
+            Some(head) => Err(head_error(
+                &dir,
+                format!(
+                    "the privacy ledger is missing, but its head ({}) records {} entries; {RESTORE}",
+                    state_dir.join(HEAD_FILE).display(),
+                    head.entries
+                ),
+            )),
+        };
+    }
+    let ledger = open_ledger(&dir)?;
+    check_opened(state_dir, &ledger)
+}
+
+/// Opens the ledger database at `dir`; an error names it and says what to do.
+fn open_ledger(dir: &Path) -> Result<Ledger, AgentError> {
+    Ledger::open(dir).map_err(|e| {
+        head_error(
+            dir,
+            format!("cannot open the privacy ledger ({e}); if it is damaged, {RESTORE}"),
+        )
+    })
+}
+
+/// [`check_ledger`] on an opened ledger.
+fn check_opened(state_dir: &Path, ledger: &Ledger) -> Result<Option<LedgerHead>, AgentError> {
+    let dir = ledger.path();
+    let refuse = |what: String| head_error(dir, format!("{what}; {RESTORE}"));
+    let entries = ledger.entries().map_err(|e| {
+        refuse(format!(
+            "an entry of the privacy ledger cannot be read ({e})"
+        ))
+    })?;
+    // The hash chain, whatever the head says: entries in order, each hash its contents'.
+    let mut prev = consortia_ledger::entry::GENESIS_PREV_HASH;
+    for (i, e) in entries.iter().enumerate() {
+        if e.index != i as u64 || e.prev_hash != prev || !e.hash_matches() {
+            return Err(refuse(format!(
+                "entry {i} of the privacy ledger does not chain onto the one before it"
+            )));
+        }
+        prev = e.hash;
+    }
+    let current = entries.last().map(|e| LedgerHead {
+        entries: entries.len() as u64,
+        hash: e.hash,
+    });
+    let head_path = state_dir.join(HEAD_FILE);
+    match (read_head(state_dir)?, current) {
+        (None, None) => Ok(None),
+        (None, Some(cur)) => Err(head_error(
+            &head_path,
+            format!(
+                "the privacy ledger {} holds {} entries, but its head file is missing; {RESTORE}",
+                dir.display(),
+                cur.entries
+            ),
+        )),
+        (Some(head), cur) => {
+            let have = cur.map_or(0, |c| c.entries);
+            if have < head.entries {
+                return Err(refuse(format!(
+                    "the privacy ledger holds {have} entries, but its head ({}) records {}",
+                    head_path.display(),
+                    head.entries
+                )));
+            }
+            let at = &entries[(head.entries - 1) as usize];
+            if at.hash != head.hash {
+                return Err(refuse(format!(
+                    "entry {} of the privacy ledger has hash {}, but its head ({}) records {}",
+                    head.entries - 1,
+                    hex::encode(at.hash),
+                    head_path.display(),
+                    hex::encode(head.hash)
+                )));
+            }
+            if let Some(cur) = cur
+                && cur != head
+            {
+                tracing::warn!(
+                    "the privacy ledger holds {} entries, its head recorded {}: a crash came between \
+                     an append and its head (the spend counts); head moved on",
+                    cur.entries,
+                    head.entries
+                );
+                write_head(state_dir, cur)?;
+            }
+            Ok(cur)
+        }
+    }
 }
 
 /// Parses the task's `[privacy]` table.
@@ -73,7 +295,12 @@ impl PartnerPrivacy {
             message: format!("cannot create the agent's state directory: {e}"),
         })?;
         let dataset = dataset_id(cfg)?;
-        let ledger = Ledger::open(cfg.state_dir.join("ledger")).map_err(ledger_err)?;
+        if !cfg.state_dir.join(LEDGER_DIR).exists() {
+            // A missing ledger with a head is refused before an empty one is created.
+            check_ledger(&cfg.state_dir)?;
+        }
+        let ledger = open_ledger(&cfg.state_dir.join(LEDGER_DIR))?;
+        check_opened(&cfg.state_dir, &ledger)?;
         let signer = Signer::from_pkcs8_pem_file(&cfg.tls.key).map_err(ledger_err)?;
         let own = match cfg.privacy {
             Some(b) => Some(Budget {
@@ -111,6 +338,7 @@ impl PartnerPrivacy {
             ledger,
             signer,
             partner: partner.to_string(),
+            state_dir: cfg.state_dir.clone(),
         })
     }
 
@@ -146,13 +374,19 @@ impl PartnerPrivacy {
         Ok(after)
     }
 
-    /// Appends a charged record to the partner's own ledger (flushed).
+    /// Appends a charged record to the partner's own ledger (flushed), then
+    /// moves the ledger's head ([`HEAD_FILE`]) on, durably.
     fn write(&mut self, record: Result<SpendRecord, BookError>) -> Result<(), String> {
         let record = record.map_err(|e| e.to_string())?;
-        self.ledger
+        let entry = self
+            .ledger
             .append(record, &self.signer)
-            .map(|_| ())
-            .map_err(|e| format!("cannot write the privacy ledger: {e}"))
+            .map_err(|e| format!("cannot write the privacy ledger: {e}"))?;
+        let head = LedgerHead {
+            entries: entry.index + 1,
+            hash: entry.hash,
+        };
+        write_head(&self.state_dir, head).map_err(|e| e.to_string())
     }
 
     /// Checks that releasing `events` fits the partner's own budget: ε after them, or the
@@ -434,6 +668,121 @@ mod tests {
             .entries()
             .unwrap();
         assert_eq!(entries.len() as u64, 2 + admitted);
+    }
+
+    /// A partner with `n` rounds charged to its ledger; the ledger's head file.
+    fn charged(n: u64) -> (tempfile::TempDir, consortia_pki::Pki, AgentConfig, PathBuf) {
+        let (dir, pki, cfg) = one_row_partner();
+        let mut p = PartnerPrivacy::open(&cfg, spec(), "t", PARTNER, [1; 32]).unwrap();
+        for round in 1..=n {
+            p.admit(round, 2000, &round_events(&p)).unwrap();
+        }
+        drop(p);
+        let head = cfg.state_dir.join(HEAD_FILE);
+        (dir, pki, cfg, head)
+    }
+
+    /// The refusal of `check_ledger` and of `PartnerPrivacy::open`: both name `file`.
+    fn refused(cfg: &AgentConfig, file: &Path, want: &str) {
+        for e in [
+            check_ledger(&cfg.state_dir).map(|_| ()).unwrap_err(),
+            PartnerPrivacy::open(cfg, spec(), "t", PARTNER, [1; 32])
+                .map(|_| ())
+                .unwrap_err(),
+        ] {
+            assert!(matches!(e, AgentError::Ledger { .. }), "{e}");
+            let e = e.to_string();
+            assert!(
+                e.starts_with(&file.display().to_string())
+                    && e.contains(want)
+                    && e.contains("Restore the agent's whole state directory from a backup"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_append_moves_the_ledger_head_and_a_whole_ledger_opens() {
+        let (_dir, _pki, cfg, head) = charged(3);
+        let text = std::fs::read_to_string(&head).unwrap();
+        let entries = Ledger::open(cfg.state_dir.join(LEDGER_DIR))
+            .unwrap()
+            .entries()
+            .unwrap();
+        assert_eq!(
+            text,
+            format!("{HEAD_FORMAT} 3 {}\n", hex::encode(entries[2].hash))
+        );
+        let checked = check_ledger(&cfg.state_dir).unwrap().unwrap();
+        assert_eq!((checked.entries, checked.hash), (3, entries[2].hash));
+        assert!(PartnerPrivacy::open(&cfg, spec(), "t", PARTNER, [1; 32]).is_ok());
+        // A fresh state directory has neither, and is fine.
+        let (_d, _p, fresh) = one_row_partner();
+        assert_eq!(check_ledger(&fresh.state_dir).unwrap(), None);
+    }
+
+    #[test]
+    fn a_ledger_shorter_than_its_head_is_refused() {
+        let (_dir, _pki, cfg, head) = charged(3);
+        // What a truncated database recovers to: its first two entries.
+        let entries = Ledger::open(cfg.state_dir.join(LEDGER_DIR))
+            .unwrap()
+            .entries()
+            .unwrap();
+        let ledger = cfg.state_dir.join(LEDGER_DIR);
+        std::fs::remove_dir_all(&ledger).unwrap();
+        let signer = Signer::from_pkcs8_pem_file(&cfg.tls.key).unwrap();
+        let short = Ledger::open(&ledger).unwrap();
+        for e in &entries[..2] {
+            short.append(e.record.clone(), &signer).unwrap();
+        }
+        drop(short);
+        refused(&cfg, &ledger, "holds 2 entries, but its head");
+        assert!(head.exists());
+    }
+
+    #[test]
+    fn a_ledger_whose_entry_at_the_head_differs_is_refused() {
+        let (_dir, _pki, cfg, head) = charged(2);
+        let text = std::fs::read_to_string(&head).unwrap();
+        let mut words: Vec<String> = text.split_whitespace().map(String::from).collect();
+        words[2] = hex::encode([9u8; 32]);
+        std::fs::write(&head, words.join(" ")).unwrap();
+        refused(
+            &cfg,
+            &cfg.state_dir.join(LEDGER_DIR),
+            "entry 1 of the privacy ledger has hash",
+        );
+    }
+
+    #[test]
+    fn a_deleted_ledger_or_head_is_refused() {
+        let (_dir, _pki, cfg, head) = charged(2);
+        let ledger = cfg.state_dir.join(LEDGER_DIR);
+        let saved = std::fs::read(&head).unwrap();
+        std::fs::remove_file(&head).unwrap();
+        refused(&cfg, &head, "its head file is missing");
+        std::fs::write(&head, b"garbage\n").unwrap();
+        refused(&cfg, &head, "the ledger head file is damaged");
+        std::fs::write(&head, &saved).unwrap();
+        std::fs::remove_dir_all(&ledger).unwrap();
+        refused(&cfg, &ledger, "the privacy ledger is missing");
+        // Refused before an empty ledger was created in its place.
+        assert!(!ledger.exists());
+    }
+
+    /// A crash between an append and its head leaves the ledger one entry ahead:
+    /// accepted (it can only over-count), and the head moves on.
+    #[test]
+    fn a_ledger_ahead_of_its_head_is_accepted_and_the_head_moves_on() {
+        let (_dir, _pki, cfg, head) = charged(2);
+        let before = std::fs::read_to_string(&head).unwrap();
+        let mut p = PartnerPrivacy::open(&cfg, spec(), "t", PARTNER, [1; 32]).unwrap();
+        p.admit(3, 2000, &round_events(&p)).unwrap();
+        drop(p);
+        std::fs::write(&head, &before).unwrap();
+        assert_eq!(check_ledger(&cfg.state_dir).unwrap().unwrap().entries, 3);
+        assert!(std::fs::read_to_string(&head).unwrap().contains(" 3 "));
     }
 
     #[test]

@@ -89,6 +89,9 @@ pub async fn run_with(
         key: cfg.tls.key.clone(),
     })
     .map_err(|e| AgentError::Tls(e.to_string()))?;
+    // The partner's own privacy ledger must agree with its recorded head before
+    // the agent does anything (a lost entry would be forgotten spend).
+    crate::accounting::check_ledger(&cfg.state_dir)?;
     let server_name = cfg.server_name();
     let mut state = AgentState {
         local_update: options.local_update,
