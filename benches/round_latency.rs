@@ -520,6 +520,7 @@ fn coordinator_child(dir: &Path) {
             crl: pki.join("crl.pem"),
         },
         addr_file: Some(dir.join("addr")),
+        observability: Default::default(),
     };
     let summary = runtime()
         .block_on(consortia_coordinator::run(cfg, std::future::pending()))

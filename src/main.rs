@@ -150,6 +150,10 @@ struct CoordinatorArgs {
     /// Write the bound address to this file once listening.
     #[arg(long)]
     addr_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at GET /metrics on this address, e.g. 127.0.0.1:9464
+    /// (port 0: a free port, logged); overrides `[observability] metrics_listen`.
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -402,11 +406,15 @@ fn coordinator(args: CoordinatorArgs) -> Result<()> {
                     crl: pki.join("crl.pem"),
                 },
                 addr_file: None,
+                observability: Default::default(),
             }
         }
     };
     if args.addr_file.is_some() {
         cfg.addr_file = args.addr_file;
+    }
+    if args.metrics_listen.is_some() {
+        cfg.observability.metrics_listen = args.metrics_listen;
     }
     let rt = runtime()?;
     let summary = rt.block_on(consortia_coordinator::run(cfg, ctrl_c()))?;

@@ -10,12 +10,17 @@
 //! cert = "/etc/consortia/pki/coordinator.pem"
 //! key = "/etc/consortia/pki/coordinator.key"
 //! crl = "/etc/consortia/pki/crl.pem"
+//!
+//! [observability]                       # optional; off by default
+//! metrics_listen = "127.0.0.1:9464"     # Prometheus metrics at GET /metrics
 //! ```
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+pub use consortia_observability::ObservabilityConfig;
 
 use crate::CoordinatorError;
 
@@ -49,6 +54,9 @@ pub struct CoordinatorConfig {
     /// When set, the bound address is written here once listening.
     #[serde(default)]
     pub addr_file: Option<PathBuf>,
+    /// `[observability]`: where to serve Prometheus metrics (off by default).
+    #[serde(default)]
+    pub observability: ObservabilityConfig,
 }
 
 impl CoordinatorConfig {

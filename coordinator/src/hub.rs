@@ -24,6 +24,7 @@ use crate::rejection::{Rejection, Subject};
 use crate::round::RoundCollector;
 use crate::secure::{CiphertextStore, Decryption, FederationKey, StoredUpdate};
 use crate::session::{Outbound, SessionHandle, message};
+use crate::telemetry::Telemetry;
 
 /// Checks a certificate serial number against the current revocation list.
 pub type RevocationCheck = Box<dyn Fn(&[u8]) -> bool + Send + Sync>;
@@ -74,6 +75,8 @@ pub struct Hub {
     pub task_hash: [u8; 32],
     /// Where encrypted updates are kept (secure aggregation).
     pub ciphertexts: Option<CiphertextStore>,
+    /// The coordinator's metrics.
+    pub telemetry: Telemetry,
     attempt: AtomicU64,
     closed_up_to: AtomicU64,
     sessions: Mutex<BTreeMap<String, SessionHandle>>,
@@ -102,6 +105,7 @@ impl Hub {
     ) -> Self {
         let task_hash = task.canonical_hash().unwrap_or_default();
         Hub {
+            telemetry: Telemetry::new(&task),
             task,
             task_toml,
             param_count,
@@ -132,6 +136,12 @@ impl Hub {
         self
     }
 
+    /// Counts into `telemetry` (the one the metrics listener serves).
+    pub fn with_telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = telemetry;
+        self
+    }
+
     // ----- connected partners -----
 
     /// True if the certificate with this serial has been revoked.
@@ -155,6 +165,7 @@ impl Hub {
                 return None;
             }
             sessions.insert(partner.to_string(), handle);
+            self.telemetry.connected(sessions.len());
         }
         self.changed.notify_one();
         Some(id)
@@ -171,6 +182,7 @@ impl Hub {
         let mut sessions = lock(&self.sessions);
         if sessions.get(partner).is_some_and(|s| s.id == id) {
             sessions.remove(partner);
+            self.telemetry.connected(sessions.len());
             drop(sessions);
             match &mut *lock(&self.stage) {
                 Stage::Collection(r) => r.drop_partner(partner),
@@ -214,6 +226,7 @@ impl Hub {
                 "the certificate of `{partner}` has been revoked"
             ))));
             lock(&self.sessions).remove(&partner);
+            self.telemetry.connected(self.connected().len());
         }
     }
 
@@ -251,13 +264,15 @@ impl Hub {
 
     /// Starts `stage`, replacing whatever was in progress.
     pub(crate) fn begin(&self, stage: Stage) {
+        self.telemetry.stage_begun(&stage);
         *lock(&self.stage) = stage;
         self.changed.notify_one();
     }
 
     /// Ends the stage in progress and returns it.
     pub(crate) fn end_stage(&self) -> Stage {
-        std::mem::take(&mut *lock(&self.stage))
+        self.telemetry
+            .stage_ended(std::mem::take(&mut *lock(&self.stage)))
     }
 
     /// Records that rounds up to `round` are closed: later messages for them are late.
@@ -433,6 +448,7 @@ impl Hub {
             r.add_update(partner, round, examples, loss, params)
         })?;
         tracing::info!(partner, round, examples, "update received");
+        self.telemetry.update_received();
         lock(&self.rows).insert(partner.to_string(), examples);
         self.changed.notify_one();
         Ok(())
@@ -444,6 +460,7 @@ impl Hub {
         let examples = update.examples;
         self.with_round(round, |r| r.add_encrypted(round, update))?;
         tracing::info!(partner = %partner, round, examples, "encrypted update received");
+        self.telemetry.update_received();
         lock(&self.rows).insert(partner, examples);
         self.changed.notify_one();
         Ok(())
@@ -474,6 +491,7 @@ impl Hub {
         reason: String,
         kind: DeclineKind,
     ) -> Result<(), Rejection> {
+        self.telemetry.declined(kind);
         if kind == DeclineKind::Budget {
             lock(&self.exhausted).insert(partner.to_string(), reason.clone());
         }

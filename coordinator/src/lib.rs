@@ -23,6 +23,7 @@
 //! * [`report`] — the per-round table, round outcomes and the task's end.
 //! * [`retry`] — bounded retries: backoff between failed attempts, and the stop after too many.
 //! * [`task`] — the task loop.
+//! * [`telemetry`] — the Prometheus metrics, served at `/metrics` when configured.
 //! * [`orchestrator`] — the former round-loop module's public paths, re-exported.
 //! * [`server`] — wiring: TLS listener, revocation reload, shutdown.
 
@@ -45,6 +46,7 @@ pub mod session;
 pub mod step;
 pub mod store;
 pub mod task;
+pub mod telemetry;
 #[cfg(test)]
 mod testing;
 

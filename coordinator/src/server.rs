@@ -16,6 +16,7 @@ use crate::secure::{CiphertextStore, load_key};
 use crate::service::FederationService;
 use crate::store::Store;
 use crate::task::run_task;
+use crate::telemetry::Telemetry;
 use crate::{CoordinatorConfig, CoordinatorError};
 
 /// Loads the task: from the task file when given (it must match a stored
@@ -72,6 +73,7 @@ pub async fn run(
 ) -> Result<Option<TaskSummary>, CoordinatorError> {
     let store = Arc::new(Store::open(&cfg.state_dir)?);
     let (task, task_toml) = load_task(&cfg, &store)?;
+    let telemetry = Telemetry::new(&task);
     let tls = Arc::new(
         ServerTls::new(ServerTlsFiles {
             ca_cert: cfg.tls.ca_cert.clone(),
@@ -79,7 +81,8 @@ pub async fn run(
             key: cfg.tls.key.clone(),
             crl: cfg.tls.crl.clone(),
         })
-        .map_err(|e| CoordinatorError::Tls(e.to_string()))?,
+        .map_err(|e| CoordinatorError::Tls(e.to_string()))?
+        .with_refusal_observer(telemetry.handshake_observer()),
     );
     let accounting = match crate::accounting::task_privacy(&task)? {
         Some(spec) => Some(crate::accounting::Accounting::open(
@@ -102,7 +105,9 @@ pub async fn run(
     tracing::info!(%addr, task = %task.name, rounds = task.rounds, "coordinator listening (mutual TLS)");
     let param_count = task.param_count();
     let secure = task.secure_aggregation;
-    let mut hub = Hub::new(task, task_toml, param_count, revocation_check(&tls));
+    let _metrics = telemetry.serve(&cfg.observability).await?;
+    let mut hub =
+        Hub::new(task, task_toml, param_count, revocation_check(&tls)).with_telemetry(telemetry);
     if secure {
         hub = hub.with_secure_aggregation(
             CiphertextStore::new(&cfg.state_dir),
@@ -157,9 +162,12 @@ pub async fn serve(
         .initial_stream_window_size(Some(consortia_pki::client::STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(consortia_pki::client::CONNECTION_WINDOW_BYTES))
         .add_service(service)
-        .serve_with_incoming_shutdown(tls.incoming(listener), async move {
-            let _ = stop_rx.await;
-        });
+        .serve_with_incoming_shutdown(
+            hub.telemetry.count_bytes(tls.incoming(listener)),
+            async move {
+                let _ = stop_rx.await;
+            },
+        );
     let server = tokio::spawn(server);
 
     let outcome = tokio::select! {

@@ -26,6 +26,7 @@ use crate::rejection::{Rejection, Subject};
 use crate::round::no_examples;
 use crate::secure::{StoredUpdate, Upload};
 use crate::session::{self, COMMAND_QUEUE, Outbound, STREAM_BUFFER, SessionHandle};
+use crate::telemetry::{SessionRefusal, message_kind};
 
 /// How long a new session may take to say `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -51,10 +52,14 @@ impl Federation for FederationService {
         request: Request<Streaming<ClientMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let peer = consortia_pki::peer_identity(&request).inspect_err(|s| {
+            self.hub
+                .telemetry
+                .session_refused(SessionRefusal::NoCertificate);
             tracing::warn!(reason = %s.message(), "session refused: no usable client certificate");
         })?;
         if self.hub.is_revoked(&peer.serial) {
             tracing::warn!(partner = %peer.name, "session refused: certificate revoked");
+            self.hub.telemetry.session_refused(SessionRefusal::Revoked);
             return Err(Status::permission_denied(format!(
                 "the certificate of `{}` has been revoked",
                 peer.name
@@ -62,6 +67,9 @@ impl Federation for FederationService {
         }
         if peer.name == "coordinator" || !self.hub.is_partner_name(&peer.name) {
             tracing::warn!(partner = %peer.name, "session refused: not a partner certificate");
+            self.hub
+                .telemetry
+                .session_refused(SessionRefusal::NotAPartner);
             return Err(Status::permission_denied(format!(
                 "certificate `{}` is not a partner certificate",
                 peer.name
@@ -72,6 +80,9 @@ impl Federation for FederationService {
                 partner = %peer.name,
                 "session refused: not among the task's partners (the task file's `partners`)"
             );
+            self.hub
+                .telemetry
+                .session_refused(SessionRefusal::NotInTask);
             return Err(Status::permission_denied(format!(
                 "`{}` is not a partner of task `{}`: the task file's `partners` list does not \
                  name it (ask the coordinator's operator to add it)",
@@ -83,7 +94,7 @@ impl Federation for FederationService {
                 partner = %peer.name,
                 "session refused: the partner is already connected (the running session keeps its place)"
             );
-            return Err(already_connected(&peer.name));
+            return Err(already_connected(&self.hub, &peer.name));
         }
         // The certificate key holders check an encrypted update's signature against.
         let certificate = consortia_pki::peer_connect_info(&request)
@@ -109,7 +120,9 @@ impl Federation for FederationService {
 /// A second session of a partner that is connected: refused, the running one
 /// keeps its place. `ALREADY_EXISTS`, which an agent retries later (its own
 /// earlier session may not have been noticed gone yet).
-fn already_connected(partner: &str) -> Status {
+fn already_connected(hub: &Hub, partner: &str) -> Status {
+    hub.telemetry
+        .session_refused(SessionRefusal::AlreadyConnected);
     Status::already_exists(format!(
         "`{partner}` is already connected: a second session with the same certificate is \
          refused while the first is running"
@@ -191,6 +204,7 @@ async fn read_session(
         }
         Ok(Ok(_)) => {
             tracing::warn!(partner = %partner, "session refused: first message was not Hello");
+            hub.telemetry.session_refused(SessionRefusal::NoHello);
             let _ = tx
                 .send(Outbound::Close(
                     Rejection::out_of_phase(
@@ -205,11 +219,13 @@ async fn read_session(
         }
         Ok(Err(status)) => {
             tracing::warn!(partner = %partner, reason = %status.message(), "session ended before Hello");
+            hub.telemetry.stream_broken(&inbound_error(&status));
             let _ = tx.send(Outbound::Close(inbound_error(&status))).await;
             return;
         }
         Err(_) => {
             tracing::warn!(partner = %partner, "session refused: no Hello within 30 s");
+            hub.telemetry.session_refused(SessionRefusal::NoHello);
             let _ = tx
                 .send(Outbound::Close(Status::deadline_exceeded(
                     "no Hello within 30 s",
@@ -254,7 +270,9 @@ async fn read_session(
             partner = %partner,
             "session refused: the partner is already connected (the running session keeps its place)"
         );
-        let _ = tx.send(Outbound::Close(already_connected(&partner))).await;
+        let _ = tx
+            .send(Outbound::Close(already_connected(&hub, &partner)))
+            .await;
         return;
     };
 
@@ -273,10 +291,12 @@ async fn read_session(
             Err(status) => {
                 let mapped = inbound_error(&status);
                 tracing::warn!(partner = %partner, code = ?mapped.code(), reason = %mapped.message(), "session stream broken");
+                hub.telemetry.stream_broken(&mapped);
                 let _ = tx.send(Outbound::Close(mapped)).await;
                 break;
             }
         };
+        let kind = message_kind(&msg);
         let outcome = match msg.kind {
             None => Err(Rejection::invalid(
                 Subject::Message,
@@ -322,6 +342,7 @@ async fn read_session(
         };
         if let Err(rejection) = outcome {
             tracing::warn!(partner = %partner, "{rejection}");
+            hub.telemetry.rejected(kind, &rejection);
             let round = hub.open_round().unwrap_or(0);
             let msg = session::message(Kind::Rejection(rejection.to_wire(round)));
             if tx.send(Outbound::Message(msg)).await.is_err() {

@@ -53,6 +53,9 @@ pub async fn run_task(
     }
     // The checked privacy settings, as the accounting holds them.
     let privacy_spec = accounting.as_ref().map(|a| a.book.spec().clone());
+    accounting
+        .iter()
+        .for_each(|acc| hub.telemetry.privacy(&hub, acc));
     // Under [privacy] partners release only the scheduled evaluations
     // (`PrivacySpec::evaluates`, which they apply too), as noised coarse histograms;
     // without it every round's input model is evaluated exactly.
@@ -110,6 +113,7 @@ pub async fn run_task(
         if let Some(acc) = accounting.as_mut() {
             let kept = secure.as_ref().map(|s| s.kept()).unwrap_or_default();
             selection::charge(acc, &hub, round, releases, &selected, &kept)?;
+            hub.telemetry.privacy(&hub, acc);
         }
         let encoding = secure.as_ref().map(|s| s.encoding.clone());
         let (kind, eval_bins) = (releases.kind(), evaluate.then_some(eval_bins));
@@ -121,10 +125,12 @@ pub async fn run_task(
             eval_bins,
         };
         let model = Arc::new(model);
+        hub.telemetry.round_started(&spec);
         let mut result =
             collection::collect(&hub, spec, model.clone(), &standardizer, deadline, secure).await;
         // Store the evaluation of the model that went in.
         report::store_evaluation(&store, &*strategy, &result, last)?;
+        hub.telemetry.evaluated(store.metrics(last)?.as_ref());
         let discard = match (&fed_key, &encoding) {
             (Some(key), Some(encoding)) => {
                 let spec = privacy_spec.as_ref();
@@ -155,6 +161,7 @@ pub async fn run_task(
             }
         }
         report::log_incomplete(&end, &result, min);
+        hub.telemetry.round_ended(&end, &result);
         report::announce(&hub, &end, &result);
         match report::failure(&end, &result, min) {
             None => attempts.succeeded(),
