@@ -189,6 +189,10 @@ struct AgentArgs {
     /// Give up after this many failed connection attempts in a row (default: never).
     #[arg(long, conflicts_with = "config")]
     max_connect_attempts: Option<u32>,
+    /// Serve Prometheus metrics at GET /metrics on this address, e.g. 127.0.0.1:9465
+    /// (port 0: a free port, logged); overrides `[observability] metrics_listen`.
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -428,7 +432,7 @@ fn coordinator(args: CoordinatorArgs) -> Result<()> {
 }
 
 fn agent(args: AgentArgs) -> Result<()> {
-    let cfg = match &args.config {
+    let mut cfg = match &args.config {
         Some(path) => AgentConfig::load(path)?,
         None => {
             let (Some(coordinator), Some(data), Some(pki), Some(name)) =
@@ -461,9 +465,13 @@ fn agent(args: AgentArgs) -> Result<()> {
                     (Some(epsilon), Some(delta)) => Some(OwnBudget { epsilon, delta }),
                     _ => None,
                 },
+                observability: Default::default(),
             }
         }
     };
+    if args.metrics_listen.is_some() {
+        cfg.observability.metrics_listen = args.metrics_listen;
+    }
     let rt = runtime()?;
     let summary = rt.block_on(consortia_client::run(cfg, ctrl_c()))?;
     println!("agent done: trained in {} rounds", summary.rounds_trained);

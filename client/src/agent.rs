@@ -31,6 +31,7 @@ use tonic::Code;
 use crate::accounting::{PartnerPrivacy, task_privacy};
 use crate::keys::{DecryptJob, KeyHolder};
 use crate::local::LocalData;
+use crate::telemetry::Telemetry;
 use crate::training::{self, Contribution, ContributionKind, LocalUpdate};
 use crate::{AgentConfig, AgentError};
 
@@ -97,6 +98,7 @@ pub async fn run_with(
         local_update: options.local_update,
         ..AgentState::default()
     };
+    let _metrics = state.telemetry.serve(&cfg.observability).await?;
     let mut backoff = BACKOFF_START;
     let mut failures = 0u32;
     loop {
@@ -161,6 +163,8 @@ struct AgentState {
     connected_once_this_try: bool,
     /// [`RunOptions::local_update`].
     local_update: Option<Arc<dyn LocalUpdate>>,
+    /// The agent's metrics.
+    telemetry: Telemetry,
 }
 
 /// Where a session is: the agent answers nothing about the task until the
@@ -348,7 +352,11 @@ async fn run_session(
                     let Step::ReceivingModel(done) = std::mem::replace(step, Step::Idle) else {
                         continue;
                     };
+                    state.telemetry.round_asked();
                     play_round(&tx, cfg, state, &partner, done).await?;
+                    state
+                        .telemetry
+                        .privacy(state.privacy.as_ref(), cfg, &partner);
                 }
             }
             Down::Outcome(o) => {
@@ -485,7 +493,12 @@ async fn run_session(
                         continue;
                     };
                     // The partial decryption is CPU work (about 0.1 µs per value).
-                    match tokio::task::block_in_place(|| keys.finish_decrypt(*job)) {
+                    let decrypt = || {
+                        state
+                            .telemetry
+                            .time_decryption(|| keys.finish_decrypt(*job))
+                    };
+                    match tokio::task::block_in_place(decrypt) {
                         Ok(share) => {
                             send_share(&tx, round, &share).await?;
                             tracing::info!("round {round}: partial decryption sent");
@@ -639,6 +652,7 @@ async fn decline_round(
     log: Option<&str>,
 ) -> Result<(), SessionEnd> {
     state.data = Some(data);
+    state.telemetry.declined(d.kind());
     let budget = d.kind() == DeclineKind::Budget;
     match (log, budget) {
         (Some(line), true) => tracing::info!("round {}: {line}", d.round),
@@ -961,6 +975,7 @@ async fn play_round(
     }
     let rounds = task.rounds;
     let partner = partner.to_string();
+    let telemetry = state.telemetry.clone();
     // Evaluation and training are CPU work: keep them off the async threads.
     let work = tokio::task::spawn_blocking(move || {
         let mut data = data;
@@ -985,18 +1000,17 @@ async fn play_round(
                     );
                 }
             };
-            let contribution = data.contribute(
-                update.as_ref(),
-                model.as_ref(),
-                round,
-                &mean,
-                &std,
-                &mut progress,
-            );
+            let contribution = telemetry.time_training(|| {
+                data.contribute(update.as_ref(), model.as_ref(), round, &mean, &std, &mut progress)
+            });
             Some(contribution.and_then(|c| match &secure_key {
                 None => Ok(Outgoing::Plain(c.vector, c.loss.unwrap_or(f64::NAN))),
-                Some(key) => secure_update(&c, &task, private_spec.as_ref(), key, round, rows)
-                    .map(|(shape, chunks)| Outgoing::Encrypted(shape, chunks)),
+                Some(key) => {
+                    let spec = private_spec.as_ref();
+                    let encrypt = || secure_update(&c, &task, spec, key, round, rows);
+                    let (shape, chunks) = telemetry.time_encryption(encrypt)?;
+                    Ok(Outgoing::Encrypted(shape, chunks))
+                }
             }))
         } else {
             None
@@ -1119,6 +1133,7 @@ async fn play_round(
         }
     }
     state.summary.rounds_trained += 1;
+    state.telemetry.trained();
     Ok(())
 }
 

@@ -19,11 +19,16 @@
 //! ca_cert = "/etc/consortia/ca.pem"
 //! cert = "/etc/consortia/acme-bank.pem"
 //! key = "/etc/consortia/acme-bank.key"
+//!
+//! [observability]                     # optional; off by default
+//! metrics_listen = "127.0.0.1:9465"   # Prometheus metrics at GET /metrics
 //! ```
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+pub use consortia_observability::ObservabilityConfig;
 
 use crate::AgentError;
 use crate::policy::Policy;
@@ -74,6 +79,9 @@ pub struct AgentConfig {
     /// coordinator asks (`[policy]`; safe defaults, see [`crate::policy`]).
     #[serde(default)]
     pub policy: Policy,
+    /// `[observability]`: where to serve Prometheus metrics (off by default).
+    #[serde(default)]
+    pub observability: ObservabilityConfig,
 }
 
 /// A partner's own (ε, δ) budget for a task.
@@ -160,7 +168,22 @@ mod tests {
             privacy: None,
             dataset_name: None,
             policy: Policy::default(),
+            observability: ObservabilityConfig::default(),
         };
         assert_eq!(cfg.server_name(), "fl.example.org");
+    }
+
+    #[test]
+    fn metrics_are_off_unless_the_observability_table_asks() {
+        let base = "coordinator = \"https://h:1\"\ndata = \"d.csv\"\n\
+                    [tls]\nca_cert = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+        let off: AgentConfig = toml::from_str(base).unwrap();
+        assert_eq!(off.observability.metrics_listen, None);
+        let on: AgentConfig = toml::from_str(&format!(
+            "{base}[observability]\nmetrics_listen = \"127.0.0.1:9465\"\n"
+        ))
+        .unwrap();
+        let addr = on.observability.metrics_listen.unwrap();
+        assert_eq!(addr, "127.0.0.1:9465".parse().unwrap());
     }
 }

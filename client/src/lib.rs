@@ -13,6 +13,7 @@
 //! * [`local`] — the partner's data: loading, hold-out split, standardisation.
 //! * [`training`] — the local update it computes each round ([`training::LocalUpdate`]).
 //! * [`keys`] — its share of the federation key and its partial decryptions.
+//! * [`telemetry`] — its Prometheus metrics, served at `/metrics` when configured.
 //! * [`agent`] — the session loop ([`run`]; [`run_with`] takes a caller's local update).
 
 pub mod accounting;
@@ -23,6 +24,7 @@ pub mod keys;
 pub mod local;
 pub mod pins;
 pub mod policy;
+pub mod telemetry;
 pub mod training;
 
 pub use agent::{AgentSummary, RunOptions, run, run_with};
