@@ -46,13 +46,16 @@ impl LocalData {
     pub fn load(path: &Path, task: &TaskSpec, partner: &str) -> Result<Self, AgentError> {
         let data =
             Dataset::load_task_csv(path, task).map_err(|e| AgentError::Data(e.to_string()))?;
-        let (train, test) = data.split_holdout(task.holdout_fraction, task.seed);
+        let rows = data.len();
+        // Consumed: the training rows stay in the loaded buffer, only the held-out
+        // rows are copied.
+        let (train, test) = data.into_holdout_split(task.holdout_fraction, task.seed);
         let seed = task.seed ^ name_seed(partner);
         if train.is_empty() || test.is_empty() {
             return Err(AgentError::Data(format!(
                 "{}: {} rows are too few to hold out {:.0} % for evaluation",
                 path.display(),
-                data.len(),
+                rows,
                 task.holdout_fraction * 100.0
             )));
         }

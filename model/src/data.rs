@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use ndarray::{Array1, Array2, Axis};
@@ -234,22 +235,18 @@ impl Dataset {
     }
 
     /// Reads a CSV file with a header row and encodes it through `schema` (which is
-    /// validated first). Columns the schema does not name are ignored. The whole
-    /// file is read into memory.
+    /// validated first). Columns the schema does not name are ignored. The file is
+    /// read once, a chunk at a time: only the encoded matrix is kept, never its text.
     pub fn load_csv(path: impl AsRef<Path>, schema: &FeatureSchema) -> Result<Self, DataError> {
         let path = path.as_ref();
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|error| DataError::Read {
-            file: file.clone(),
-            error,
-        })?;
-        Self::from_csv_str(&text, &file, schema)
+        Self::from_csv_reader(open(path, &file)?, &file, schema, None)
     }
 
     /// Like [`Dataset::load_csv`], for CSV text already in memory; `file` names it
     /// in errors.
     pub fn from_csv_str(text: &str, file: &str, schema: &FeatureSchema) -> Result<Self, DataError> {
-        Self::from_csv_text(text, file, schema, None)
+        Self::from_csv_reader(text.as_bytes(), file, schema, None)
     }
 
     /// Reads a partner's CSV for `task`: as [`Dataset::load_csv`], and a numeric
@@ -258,20 +255,16 @@ impl Dataset {
     pub fn load_task_csv(path: impl AsRef<Path>, task: &TaskSpec) -> Result<Self, DataError> {
         let path = path.as_ref();
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|error| DataError::Read {
-            file: file.clone(),
-            error,
-        })?;
-        Self::from_csv_text(&text, &file, &task.schema, task.model.family)
+        Self::from_csv_reader(open(path, &file)?, &file, &task.schema, task.model.family)
     }
 
-    fn from_csv_text(
-        text: &str,
+    fn from_csv_reader(
+        input: impl Read,
         file: &str,
         schema: &FeatureSchema,
         family: Option<GlmFamily>,
     ) -> Result<Self, DataError> {
-        let table = encode(text, file, schema, Labels::Required(family), None)?;
+        let table = encode(input, file, schema, Labels::Required(family), None)?;
         Ok(Self {
             features: table.features,
             labels: Array1::from(table.labels),
@@ -290,11 +283,13 @@ impl Dataset {
     ) -> Result<ScoringRows, DataError> {
         let path = path.as_ref();
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|error| DataError::Read {
-            file: file.clone(),
-            error,
-        })?;
-        let table = encode(&text, &file, schema, Labels::Ignored, id_column)?;
+        let table = encode(
+            open(path, &file)?,
+            &file,
+            schema,
+            Labels::Ignored,
+            id_column,
+        )?;
         Ok(ScoringRows {
             features: table.features,
             ids: table.ids,
@@ -323,20 +318,53 @@ enum Labels {
 struct Encoded {
     features: Array2<f64>,
     labels: Vec<f64>,
+    /// Each row's id, when scoring ([`Labels::Ignored`]); empty otherwise.
     ids: Vec<String>,
 }
 
-/// Encodes CSV text through `schema` (validated first).
-fn encode(
-    text: &str,
-    file: &str,
-    schema: &FeatureSchema,
-    label_mode: Labels,
-    id_column: Option<&str>,
-) -> Result<Encoded, DataError> {
-    {
-        schema.validate()?;
-        let (header, rows) = read_table(text, file)?;
+/// Opens a data file for [`encode`].
+fn open(path: &Path, file: &str) -> Result<std::fs::File, DataError> {
+    std::fs::File::open(path).map_err(|error| DataError::Read {
+        file: file.to_owned(),
+        error,
+    })
+}
+
+/// Which of two errors reading a file into a string and then checking it whole would
+/// have reported: lower first. The file is read once, a chunk at a time, so a later
+/// row can still hold an error that comes first in that order (a syntax error after a
+/// bad cell); [`encode`] keeps the first error of the lowest rank.
+fn rank(e: &DataError) -> u8 {
+    match e {
+        DataError::Read { .. } => 0,
+        DataError::Schema(_) => 1,
+        DataError::Syntax { .. } => 2,
+        DataError::Empty { .. } => 3,
+        DataError::DuplicateColumn { .. } => 4,
+        DataError::FieldCount { .. } => 5,
+        DataError::MissingColumn { .. } => 6,
+        _ => 7,
+    }
+}
+
+/// Where the schema's columns are in the header.
+struct Columns<'a> {
+    label: Option<usize>,
+    id: Option<usize>,
+    numeric: Vec<(usize, &'a str, MissingPolicy, bool)>,
+    categorical: Vec<CategoricalColumn<'a>>,
+}
+
+impl<'a> Columns<'a> {
+    /// Finds the columns in `header`, in the order the errors name them: label, id,
+    /// numeric features, categorical features.
+    fn find(
+        header: &[String],
+        file: &str,
+        schema: &'a FeatureSchema,
+        label_mode: Labels,
+        id_column: Option<&str>,
+    ) -> Result<Self, DataError> {
         let find = |column: &str, role: &'static str| {
             header
                 .iter()
@@ -345,16 +373,15 @@ fn encode(
                     file: file.to_owned(),
                     column: column.to_owned(),
                     role,
-                    header: header.clone(),
+                    header: header.to_vec(),
                 })
         };
-        let label_idx = match label_mode {
+        let label = match label_mode {
             Labels::Required(_) => Some(find(&schema.label.column, "label column")?),
             Labels::Ignored => None,
         };
-        let id_idx = id_column.map(|c| find(c, "id column")).transpose()?;
-        let mut ids = Vec::with_capacity(rows.len());
-        let numeric: Vec<(usize, &str, MissingPolicy, bool)> = schema
+        let id = id_column.map(|c| find(c, "id column")).transpose()?;
+        let numeric = schema
             .numeric
             .iter()
             .map(|c| {
@@ -366,7 +393,7 @@ fn encode(
                 ))
             })
             .collect::<Result<_, DataError>>()?;
-        let categorical: Vec<CategoricalColumn<'_>> = schema
+        let categorical = schema
             .categorical
             .iter()
             .map(|c| {
@@ -383,125 +410,255 @@ fn encode(
                 })
             })
             .collect::<Result<_, DataError>>()?;
+        Ok(Columns {
+            label,
+            id,
+            numeric,
+            categorical,
+        })
+    }
+}
 
-        let width = schema.feature_count();
-        let mut features = Vec::with_capacity(rows.len().saturating_mul(width));
-        let mut labels = Vec::with_capacity(rows.len());
-        let positive = schema.label.positive.as_deref();
-        let mut negative: Option<String> = schema.label.negative.clone();
+/// The rows encoded so far.
+struct Rows {
+    /// Row-major, `schema.feature_count()` values a row.
+    features: Vec<f64>,
+    labels: Vec<f64>,
+    ids: Vec<String>,
+    /// The negative label: the schema's, or the first non-positive value seen.
+    negative: Option<String>,
+}
 
-        for (r, record) in rows.iter().enumerate() {
-            let cell = |i: usize| record.fields[i].trim();
-            let at = |column: &str| {
-                Box::new(CellAt {
-                    file: file.to_owned(),
-                    line: record.line,
-                    row: r + 1,
-                    column: column.to_owned(),
-                })
-            };
+impl Rows {
+    /// Encodes data row `row` (1-based), the record on `record.line`.
+    fn push(
+        &mut self,
+        record: &csv::RecordRef<'_>,
+        row: usize,
+        cols: &Columns<'_>,
+        file: &str,
+        schema: &FeatureSchema,
+        label_mode: Labels,
+    ) -> Result<(), DataError> {
+        let cell = |i: usize| record.field(i).trim();
+        let at = |column: &str| {
+            Box::new(CellAt {
+                file: file.to_owned(),
+                line: record.line,
+                row,
+                column: column.to_owned(),
+            })
+        };
 
-            for &(i, column, policy, log1p) in &numeric {
-                let value = cell(i);
-                let x = if value.is_empty() {
-                    match policy {
-                        MissingPolicy::Zero => 0.0,
-                        MissingPolicy::Error => {
-                            return Err(DataError::EmptyNumeric { at: at(column) });
-                        }
+        for &(i, column, policy, log1p) in &cols.numeric {
+            let value = cell(i);
+            let x = if value.is_empty() {
+                match policy {
+                    MissingPolicy::Zero => 0.0,
+                    MissingPolicy::Error => {
+                        return Err(DataError::EmptyNumeric { at: at(column) });
                     }
-                } else {
-                    match value.parse::<f64>() {
-                        Ok(x) if x.is_finite() => x,
-                        _ => {
-                            return Err(DataError::NotNumeric {
-                                at: at(column),
-                                value: value.to_owned(),
-                            });
-                        }
-                    }
-                };
-                if log1p {
-                    // ln(1 + x) is finite for every finite x > −1.
-                    if x <= -1.0 {
-                        return Err(DataError::OutsideLog1p {
+                }
+            } else {
+                match value.parse::<f64>() {
+                    Ok(x) if x.is_finite() => x,
+                    _ => {
+                        return Err(DataError::NotNumeric {
                             at: at(column),
                             value: value.to_owned(),
                         });
                     }
-                    features.push(x.ln_1p());
-                } else {
-                    features.push(x);
                 }
-            }
-            for c in &categorical {
-                let value = cell(c.index);
-                let Some(&hot) = c.positions.get(value) else {
-                    return Err(DataError::UnknownCategory {
-                        at: at(c.name),
+            };
+            if log1p {
+                // ln(1 + x) is finite for every finite x > −1.
+                if x <= -1.0 {
+                    return Err(DataError::OutsideLog1p {
+                        at: at(column),
                         value: value.to_owned(),
-                        categories: c.categories.to_vec(),
                     });
-                };
-                features.extend((0..c.categories.len()).map(|k| if k == hot { 1.0 } else { 0.0 }));
-            }
-
-            ids.push(match id_idx {
-                Some(i) => cell(i).to_owned(),
-                None => (r + 1).to_string(),
-            });
-            let Some(label_idx) = label_idx else {
-                continue;
-            };
-            let value = cell(label_idx);
-            let Some(positive) = positive else {
-                // A numeric target, checked against the model family's support.
-                let bad = |expected| DataError::BadTarget {
-                    at: at(&schema.label.column),
-                    value: value.to_owned(),
-                    expected,
-                };
-                let y = value
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|y| y.is_finite())
-                    .ok_or_else(|| bad("a finite number"))?;
-                if let Labels::Required(Some(family)) = label_mode {
-                    family.admits(y).map_err(bad)?;
                 }
-                labels.push(y);
-                continue;
-            };
-            let y = if value == positive {
-                1.0
+                self.features.push(x.ln_1p());
             } else {
-                match &negative {
-                    Some(n) if n == value => 0.0,
-                    Some(n) => {
-                        return Err(DataError::UnknownLabel {
-                            at: at(&schema.label.column),
-                            value: value.to_owned(),
-                            positive: positive.to_owned(),
-                            negative: n.clone(),
-                        });
-                    }
-                    None => {
-                        negative = Some(value.to_owned());
-                        0.0
-                    }
-                }
+                self.features.push(x);
+            }
+        }
+        for c in &cols.categorical {
+            let value = cell(c.index);
+            let Some(&hot) = c.positions.get(value) else {
+                return Err(DataError::UnknownCategory {
+                    at: at(c.name),
+                    value: value.to_owned(),
+                    categories: c.categories.to_vec(),
+                });
             };
-            labels.push(y);
+            self.features
+                .extend((0..c.categories.len()).map(|k| if k == hot { 1.0 } else { 0.0 }));
         }
 
-        let features = Array2::from_shape_vec((rows.len(), width), features)
-            .map_err(|e| DataError::Shape(e.to_string()))?;
-        Ok(Encoded {
-            features,
-            labels,
-            ids,
-        })
+        if label_mode == Labels::Ignored {
+            self.ids.push(match cols.id {
+                Some(i) => cell(i).to_owned(),
+                None => row.to_string(),
+            });
+        }
+        let Some(label_idx) = cols.label else {
+            return Ok(());
+        };
+        let value = cell(label_idx);
+        let Some(positive) = schema.label.positive.as_deref() else {
+            // A numeric target, checked against the model family's support.
+            let bad = |expected| DataError::BadTarget {
+                at: at(&schema.label.column),
+                value: value.to_owned(),
+                expected,
+            };
+            let y = value
+                .parse::<f64>()
+                .ok()
+                .filter(|y| y.is_finite())
+                .ok_or_else(|| bad("a finite number"))?;
+            if let Labels::Required(Some(family)) = label_mode {
+                family.admits(y).map_err(bad)?;
+            }
+            self.labels.push(y);
+            return Ok(());
+        };
+        let y = if value == positive {
+            1.0
+        } else {
+            match &self.negative {
+                Some(n) if n == value => 0.0,
+                Some(n) => {
+                    return Err(DataError::UnknownLabel {
+                        at: at(&schema.label.column),
+                        value: value.to_owned(),
+                        positive: positive.to_owned(),
+                        negative: n.clone(),
+                    });
+                }
+                None => {
+                    self.negative = Some(value.to_owned());
+                    0.0
+                }
+            }
+        };
+        self.labels.push(y);
+        Ok(())
     }
+}
+
+/// Reads CSV from `input` and encodes it through `schema` (validated first), a
+/// record at a time: what is kept is the encoded rows, never the text or the records.
+///
+/// Errors are those, and in the order, of reading the whole input and then checking
+/// it: an unreadable or non-UTF-8 input, an invalid schema, a syntax error, no header,
+/// a duplicate column, a row with the wrong number of fields, a missing column, and
+/// then the first bad cell in row order ([`rank`]). Once an error is found no more
+/// rows are encoded; the rest of the input is only read for an error that comes first.
+fn encode(
+    input: impl Read,
+    file: &str,
+    schema: &FeatureSchema,
+    label_mode: Labels,
+    id_column: Option<&str>,
+) -> Result<Encoded, DataError> {
+    let mut error: Option<DataError> = schema.validate().err().map(DataError::from);
+    let fail = |error: &mut Option<DataError>, rows: &mut Rows, e: DataError| {
+        if error.as_ref().is_none_or(|old| rank(&e) < rank(old)) {
+            *error = Some(e);
+            // Nothing more will be encoded: give the memory back.
+            rows.features = Vec::new();
+            rows.labels = Vec::new();
+            rows.ids = Vec::new();
+        }
+    };
+    let mut header: Option<Vec<String>> = None;
+    let mut cols: Option<Columns<'_>> = None;
+    let mut count = 0usize;
+    let mut rows = Rows {
+        features: Vec::new(),
+        labels: Vec::new(),
+        ids: Vec::new(),
+        negative: schema.label.negative.clone(),
+    };
+    let read = csv::read(input, |record| {
+        let Some(header) = &header else {
+            let names: Vec<String> = record.fields().map(|h| h.trim().to_owned()).collect();
+            if let Some(h) = names
+                .iter()
+                .enumerate()
+                .find_map(|(i, h)| names[..i].contains(h).then_some(h))
+            {
+                let e = DataError::DuplicateColumn {
+                    file: file.to_owned(),
+                    column: h.clone(),
+                };
+                fail(&mut error, &mut rows, e);
+            }
+            match Columns::find(&names, file, schema, label_mode, id_column) {
+                Ok(c) => cols = Some(c),
+                Err(e) => fail(&mut error, &mut rows, e),
+            }
+            header = Some(names);
+            return;
+        };
+        count += 1;
+        if record.len() != header.len() {
+            let e = DataError::FieldCount {
+                file: file.to_owned(),
+                line: record.line,
+                row: count,
+                found: record.len(),
+                expected: header.len(),
+            };
+            fail(&mut error, &mut rows, e);
+            return;
+        }
+        if error.is_some() {
+            return;
+        }
+        if let Some(cols) = &cols
+            && let Err(e) = rows.push(&record, count, cols, file, schema, label_mode)
+        {
+            fail(&mut error, &mut rows, e);
+        }
+    });
+    match read {
+        Ok(()) => {}
+        Err(csv::ReadError::Io(error)) => {
+            return Err(DataError::Read {
+                file: file.to_owned(),
+                error,
+            });
+        }
+        Err(csv::ReadError::Syntax(e)) => {
+            let e = DataError::Syntax {
+                file: file.to_owned(),
+                line: e.line,
+                problem: e.message,
+            };
+            fail(&mut error, &mut rows, e);
+        }
+    }
+    if header.is_none() {
+        let e = DataError::Empty {
+            file: file.to_owned(),
+        };
+        fail(&mut error, &mut rows, e);
+    }
+    if let Some(e) = error {
+        return Err(e);
+    }
+    let mut features = rows.features;
+    features.shrink_to_fit();
+    let features = Array2::from_shape_vec((count, schema.feature_count()), features)
+        .map_err(|e| DataError::Shape(e.to_string()))?;
+    Ok(Encoded {
+        features,
+        labels: rows.labels,
+        ids: rows.ids,
+    })
 }
 
 impl Dataset {
@@ -574,6 +731,47 @@ impl Dataset {
     /// order. `fraction` is clamped to [0, 1], and NaN counts as 0 (the task file
     /// already restricts it to (0, 1)).
     pub fn split_holdout(&self, fraction: f64, seed: u64) -> (Dataset, Dataset) {
+        let (train, holdout) = self.holdout_rows(fraction, seed);
+        (self.select(&train), self.select(&holdout))
+    }
+
+    /// [`Dataset::split_holdout`], consuming the dataset: the same two parts, with the
+    /// training rows moved down within this dataset's own buffer and only the held-out
+    /// rows copied, so the split needs memory for the held-out rows alone rather than
+    /// for a second copy of every row.
+    pub fn into_holdout_split(self, fraction: f64, seed: u64) -> (Dataset, Dataset) {
+        let (train, holdout) = self.holdout_rows(fraction, seed);
+        let held_out = self.select(&holdout);
+        if !self.features.is_standard_layout() {
+            return (self.select(&train), held_out);
+        }
+        let width = self.features.ncols();
+        let labels = self.labels.select(Axis(0), &train);
+        let (mut values, offset) = self.features.into_raw_vec_and_offset();
+        let start = offset.unwrap_or(0);
+        // `train` is ascending, so row `r` moves to `i <= r`: a row is moved before
+        // anything overwrites it.
+        for (i, &r) in train.iter().enumerate() {
+            let from = start + r * width;
+            let to = i * width;
+            if from != to {
+                values.copy_within(from..from + width, to);
+            }
+        }
+        values.truncate(train.len() * width);
+        values.shrink_to_fit();
+        let features = Array2::from_shape_vec((train.len(), width), values)
+            .expect("the training rows fill their shape exactly");
+        let train = Dataset {
+            features,
+            labels,
+            numeric_target: self.numeric_target,
+        };
+        (train, held_out)
+    }
+
+    /// The rows of each part of [`Dataset::split_holdout`], ascending.
+    fn holdout_rows(&self, fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
         let fraction = if fraction.is_nan() {
             0.0
         } else {
@@ -599,7 +797,7 @@ impl Dataset {
         }
         train.sort_unstable();
         holdout.sort_unstable();
-        (self.select(&train), self.select(&holdout))
+        (train, holdout)
     }
 
     fn select(&self, rows: &[usize]) -> Dataset {
@@ -753,6 +951,107 @@ fn file_stem_for(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn schema() -> FeatureSchema {
+        FeatureSchema {
+            label: crate::schema::LabelSpec {
+                column: "y".into(),
+                positive: Some("yes".into()),
+                negative: None,
+            },
+            numeric: vec!["a".into()],
+            log1p: Vec::new(),
+            categorical: vec![crate::schema::CategoricalSpec {
+                column: "c".into(),
+                categories: vec!["x".into(), "z".into()],
+            }],
+            missing: Default::default(),
+            bounds: Default::default(),
+        }
+    }
+
+    /// The error loading `bytes` from a file gives, as text.
+    fn error_of(bytes: &[u8]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.csv");
+        std::fs::write(&path, bytes).unwrap();
+        let file = path.display().to_string();
+        Dataset::load_csv(&path, &schema())
+            .unwrap_err()
+            .to_string()
+            .replace(&file, "p.csv")
+    }
+
+    #[test]
+    fn a_later_error_that_a_whole_file_check_reports_first_still_wins() {
+        // Read in one pass, a bad cell in row 1 is found before a problem further down
+        // that reading the whole file first would have reported instead.
+        let bad_cell = "y,a,c\nyes,one,x\n";
+        assert_eq!(
+            error_of(bad_cell.as_bytes()),
+            "p.csv:2: row 1, column `a`: \"one\" is not a finite number"
+        );
+        assert_eq!(
+            error_of(format!("{bad_cell}no,1,x\nno,1\n").as_bytes()),
+            "p.csv:4: row 3 has 2 fields, but the header has 3"
+        );
+        assert_eq!(
+            error_of(format!("{bad_cell}no,1\n\"x\"y,1,x\n").as_bytes()),
+            "p.csv:4: text follows the closing quote of a quoted field; fix the quoting on that line"
+        );
+        let not_utf8 = std::io::read_to_string(&b"\xff"[..]).unwrap_err();
+        assert_eq!(
+            error_of(format!("{bad_cell}\"open\n").as_bytes()),
+            "p.csv:3: a quoted field is never closed; fix the quoting on that line"
+        );
+        let mut bytes = format!("{bad_cell}\"open\n").into_bytes();
+        bytes.extend_from_slice(b"\xff\n");
+        assert_eq!(error_of(&bytes), format!("cannot read p.csv: {not_utf8}"));
+        // A missing column comes after field counts, before cells.
+        assert_eq!(
+            error_of(b"y,a\nyes,1\nno\n"),
+            "p.csv:3: row 2 has 1 fields, but the header has 2"
+        );
+        assert!(error_of(b"y,a\nyes,x\n").starts_with("p.csv: the header has no column `c`"));
+        // A duplicate column comes before a field count.
+        assert_eq!(
+            error_of(b"y,a,a\nyes\n"),
+            "p.csv: the header names column `a` twice; rename one of them"
+        );
+        assert_eq!(
+            error_of(b"\n\n"),
+            "p.csv is empty; it needs a header row naming its columns"
+        );
+    }
+
+    #[test]
+    fn the_consuming_split_equals_the_copying_one() {
+        let text: String = std::iter::once("y,a,c\n".to_owned())
+            .chain((0..503).map(|i| {
+                let y = if i % 3 == 0 { "yes" } else { "no" };
+                let c = if i % 2 == 0 { "x" } else { "z" };
+                format!("{y},{i},{c}\n")
+            }))
+            .collect();
+        let d = Dataset::from_csv_str(&text, "p.csv", &schema()).unwrap();
+        let mut numeric = schema();
+        numeric.label.positive = None;
+        let numeric_text = text.replace("yes", "2.5").replace("no", "-1");
+        let n = Dataset::from_csv_str(&numeric_text, "p.csv", &numeric).unwrap();
+        for data in [d, n] {
+            for (fraction, seed) in [(0.2, 7), (0.0, 1), (1.0, 1), (0.5, 99), (f64::NAN, 3)] {
+                let expected = data.split_holdout(fraction, seed);
+                assert_eq!(data.clone().into_holdout_split(fraction, seed), expected);
+            }
+        }
+        // A dataset whose rows are not laid out one after another is split too.
+        let x = ndarray::Array2::from_shape_fn((4, 2), |(i, j)| (i * 2 + j) as f64);
+        let strided = Dataset::new(x.reversed_axes(), ndarray::array![1.0, 0.0]).unwrap();
+        assert_eq!(
+            strided.clone().into_holdout_split(0.5, 1),
+            strided.split_holdout(0.5, 1)
+        );
+    }
 
     #[test]
     fn file_stems() {
