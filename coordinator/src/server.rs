@@ -93,6 +93,8 @@ pub async fn run(
         )?),
         None => None,
     };
+    // Metrics are served before the federation's address is published.
+    let _metrics = telemetry.serve(&cfg.observability).await?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(CoordinatorError::Network)?;
@@ -105,7 +107,6 @@ pub async fn run(
     tracing::info!(%addr, task = %task.name, rounds = task.rounds, "coordinator listening (mutual TLS)");
     let param_count = task.param_count();
     let secure = task.secure_aggregation;
-    let _metrics = telemetry.serve(&cfg.observability).await?;
     let mut hub =
         Hub::new(task, task_toml, param_count, revocation_check(&tls)).with_telemetry(telemetry);
     if secure {
