@@ -71,6 +71,9 @@ pub fn verify_partner_certificate(ca_der: &[u8], cert_der: &[u8]) -> Result<Peer
     if identity.name == "coordinator" {
         return Err("the coordinator's certificate is not a partner certificate".into());
     }
+    if crate::console::console_role(cert_der)?.is_some() {
+        return Err("a console certificate is not a partner certificate".into());
+    }
     Ok(identity)
 }
 

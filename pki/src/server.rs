@@ -148,8 +148,20 @@ impl ServerTls {
     /// Loads the CA, the server certificate and key and the CRL, and builds
     /// the configuration: TLS 1.3 only, ALPN `h2`, client certificates
     /// required, no session resumption (so every connection's certificate
-    /// is checked against the current CRL).
+    /// is checked against the current CRL). Console certificates
+    /// ([`crate::console`]) are refused: only partners connect here.
     pub fn new(files: ServerTlsFiles) -> Result<ServerTls, PkiError> {
+        Self::build(files, Accept::Partners)
+    }
+
+    /// The same for the coordinator's web console: ALPN `http/1.1`, and only
+    /// console certificates ([`crate::console`]) of the federation CA are
+    /// accepted; a partner's certificate is refused at the handshake.
+    pub fn for_console(files: ServerTlsFiles) -> Result<ServerTls, PkiError> {
+        Self::build(files, Accept::Console)
+    }
+
+    fn build(files: ServerTlsFiles, accept: Accept) -> Result<ServerTls, PkiError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let ca_der = load_single_cert(&files.ca_cert, "PEM CA certificate")?;
         let mut roots = RootCertStore::empty();
@@ -162,6 +174,7 @@ impl ServerTls {
             Arc::clone(&provider),
             ca_der,
             files.crl.clone(),
+            accept,
         )?);
 
         let chain = load_cert_chain(&files.cert)?;
@@ -170,7 +183,10 @@ impl ServerTls {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier.clone())
             .with_single_cert(chain, key)?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.alpn_protocols = vec![match accept {
+            Accept::Partners => b"h2".to_vec(),
+            Accept::Console => b"http/1.1".to_vec(),
+        }];
         config.session_storage = Arc::new(NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
         Ok(ServerTls {
@@ -385,9 +401,9 @@ fn handshake_refusal(e: &io::Error) -> HandshakeRefusal {
                 HandshakeRefusal::NotValidYet
             }
             CertificateError::Revoked => HandshakeRefusal::Revoked,
-            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
-                HandshakeRefusal::WrongPurpose
-            }
+            CertificateError::InvalidPurpose
+            | CertificateError::InvalidPurposeContext { .. }
+            | CertificateError::ApplicationVerificationFailure => HandshakeRefusal::WrongPurpose,
             _ => HandshakeRefusal::Other,
         },
         _ => HandshakeRefusal::Other,
@@ -423,6 +439,11 @@ fn describe_handshake_failure(e: &io::Error) -> String {
             CertificateError::Revoked => "client certificate revoked".into(),
             CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
                 "certificate not valid for TLS client authentication".into()
+            }
+            CertificateError::ApplicationVerificationFailure => {
+                "the certificate is for another service (a console certificate at the \
+                 federation port, or a partner's at the console)"
+                    .into()
             }
             CertificateError::BadSignature => {
                 "client certificate signature does not verify (issued by another CA of the same name?)"
@@ -553,6 +574,30 @@ struct CrlSnapshot {
     verifier: Arc<dyn ClientCertVerifier>,
 }
 
+/// Which client certificates a listener takes, beyond the CA's checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Accept {
+    /// Partners' (and no console certificate): the federation's gRPC port.
+    Partners,
+    /// Console certificates only: the web console.
+    Console,
+}
+
+impl Accept {
+    /// Refuses a certificate of the wrong kind with
+    /// `CertificateError::ApplicationVerificationFailure`.
+    fn check(self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        let role = crate::console::console_role(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        match (self, role) {
+            (Accept::Partners, None) | (Accept::Console, Some(_)) => Ok(()),
+            _ => Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            )),
+        }
+    }
+}
+
 /// A client-certificate verifier that rebuilds rustls's
 /// [`WebPkiClientVerifier`] whenever the CRL file changes.
 #[derive(Debug)]
@@ -561,6 +606,7 @@ struct CrlReloadingVerifier {
     provider: Arc<CryptoProvider>,
     ca_der: CertificateDer<'static>,
     crl_path: PathBuf,
+    accept: Accept,
     root_hints: Vec<DistinguishedName>,
     current: RwLock<Arc<CrlSnapshot>>,
     /// The last CRL version that failed to load, so it is reported once.
@@ -573,6 +619,7 @@ impl CrlReloadingVerifier {
         provider: Arc<CryptoProvider>,
         ca_der: CertificateDer<'static>,
         crl_path: PathBuf,
+        accept: Accept,
     ) -> Result<Self, PkiError> {
         let snapshot = build_snapshot(&roots, &provider, &ca_der, &crl_path)?;
         Ok(CrlReloadingVerifier {
@@ -581,6 +628,7 @@ impl CrlReloadingVerifier {
             provider,
             ca_der,
             crl_path,
+            accept,
             current: RwLock::new(Arc::new(snapshot)),
             failed: RwLock::new(None),
         })
@@ -676,9 +724,12 @@ impl ClientCertVerifier for CrlReloadingVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.refresh_if_changed();
-        self.current()
-            .verifier
-            .verify_client_cert(end_entity, intermediates, now)
+        let verified =
+            self.current()
+                .verifier
+                .verify_client_cert(end_entity, intermediates, now)?;
+        self.accept.check(end_entity)?;
+        Ok(verified)
     }
 
     fn verify_tls12_signature(

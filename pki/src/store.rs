@@ -6,6 +6,7 @@
 //!   coordinator.pem  coordinator.key the coordinator's server certificate
 //!   partners/NAME.pem  NAME.key     one client certificate per partner
 //!   partners/archive/NAME-SERIAL.pem certificates replaced after revocation
+//!   console/NAME.pem  NAME.key      console certificates (operator, auditor)
 //!   crl.pem                         the CA-signed revocation list
 //!   index.json                      serials, names, validity, revocations
 //! ```
@@ -21,7 +22,7 @@ use std::time::{Duration, SystemTime};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
-    PKCS_ECDSA_P256_SHA256, RevokedCertParams, SerialNumber,
+    PKCS_ECDSA_P256_SHA256, RevokedCertParams, SanType, SerialNumber,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
@@ -29,6 +30,7 @@ use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use crate::PkiError;
+use crate::console::ConsoleRole;
 use crate::files::{
     MAX_INDEX_BYTES, MAX_PEM_BYTES, PUBLIC_MODE, SECRET_MODE, create_private_dir, read_limited,
     write_atomic, write_new,
@@ -41,6 +43,7 @@ const COORDINATOR_CERT: &str = "coordinator.pem";
 const COORDINATOR_KEY: &str = "coordinator.key";
 const PARTNERS_DIR: &str = "partners";
 const ARCHIVE_DIR: &str = "archive";
+const CONSOLE_DIR: &str = "console";
 const CRL: &str = "crl.pem";
 const INDEX: &str = "index.json";
 const INDEX_VERSION: u32 = 1;
@@ -71,6 +74,36 @@ pub enum Role {
     Coordinator,
     /// A partner's TLS client certificate.
     Partner,
+    /// A console client certificate of the federation's operator
+    /// ([`ConsoleRole::Operator`]).
+    Operator,
+    /// A console client certificate of an auditor ([`ConsoleRole::Auditor`]).
+    Auditor,
+}
+
+impl Role {
+    /// The console role of a console certificate; `None` for the other kinds.
+    pub fn console(self) -> Option<ConsoleRole> {
+        match self {
+            Role::Operator => Some(ConsoleRole::Operator),
+            Role::Auditor => Some(ConsoleRole::Auditor),
+            Role::Ca | Role::Coordinator | Role::Partner => None,
+        }
+    }
+
+    /// Whether the certificate is a client certificate (a partner's or a console's).
+    fn is_client(self) -> bool {
+        matches!(self, Role::Partner | Role::Operator | Role::Auditor)
+    }
+}
+
+impl From<ConsoleRole> for Role {
+    fn from(role: ConsoleRole) -> Self {
+        match role {
+            ConsoleRole::Operator => Role::Operator,
+            ConsoleRole::Auditor => Role::Auditor,
+        }
+    }
 }
 
 /// One certificate in the index.
@@ -288,13 +321,7 @@ impl Pki {
         if na <= nb {
             return Err(PkiError::InvalidValidity);
         }
-        if self.index.certificates.iter().any(|r| {
-            r.role == Role::Partner && !r.is_revoked() && r.name.eq_ignore_ascii_case(name)
-        }) {
-            return Err(PkiError::NameTaken {
-                name: name.to_owned(),
-            });
-        }
+        self.check_name_free(name)?;
         let issuer = self.load_issuer()?;
         self.archive_revoked(name)?;
         let record = self.sign_leaf(&issuer, name, Role::Partner, &[], nb, na)?;
@@ -314,6 +341,60 @@ impl Pki {
         })
     }
 
+    /// Issues a console client certificate for `name` with `role`
+    /// ([`crate::console`]), valid from now (less a few minutes for clock skew) for
+    /// [`LEAF_VALIDITY`], written to `console/NAME.pem` and `console/NAME.key` (mode 0600).
+    ///
+    /// Names follow the partner naming rules and share their namespace: a name with an
+    /// active partner or console certificate is refused.
+    pub fn issue_console(&mut self, name: &str, role: ConsoleRole) -> Result<IssuedCert, PkiError> {
+        validate_partner_name(name)?;
+        self.check_name_free(name)?;
+        let now = SystemTime::now();
+        let nb = unix_seconds(now.checked_sub(BACKDATE).unwrap_or(now));
+        let na = unix_seconds(now.checked_add(LEAF_VALIDITY).unwrap_or(now));
+        let issuer = self.load_issuer()?;
+        create_private_dir(&self.dir.join(CONSOLE_DIR))?;
+        // A revoked console certificate of the same name makes way for the new one.
+        for path in [self.console_cert_path(name), self.console_key_path(name)] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(PkiError::io("delete", &path, e)),
+            }
+        }
+        let record = self.sign_leaf(&issuer, name, role.into(), &[], nb, na)?;
+        let serial = record.serial_bytes();
+        self.index.certificates.push(record);
+        if let Err(e) = self.save_index() {
+            self.index.certificates.pop();
+            return Err(e);
+        }
+        Ok(IssuedCert {
+            name: name.to_owned(),
+            serial,
+            not_before: system_time(nb),
+            not_after: system_time(na),
+            cert_path: self.console_cert_path(name),
+            key_path: self.console_key_path(name),
+        })
+    }
+
+    /// Refuses `name` when an active partner or console certificate has it.
+    fn check_name_free(&self, name: &str) -> Result<(), PkiError> {
+        if self
+            .index
+            .certificates
+            .iter()
+            .any(|r| r.role.is_client() && !r.is_revoked() && r.name.eq_ignore_ascii_case(name))
+        {
+            return Err(PkiError::NameTaken {
+                name: name.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     /// Revokes the active certificate of partner `name`: records it in the
     /// index and replaces `crl.pem` (atomically) with a new CRL carrying a
     /// higher CRL number. A running [`crate::ServerTls`] picks the new CRL up
@@ -323,7 +404,7 @@ impl Pki {
             .index
             .certificates
             .iter()
-            .rposition(|r| r.role == Role::Partner && r.name == name)
+            .rposition(|r| r.role.is_client() && r.name == name)
             .ok_or_else(|| PkiError::UnknownName {
                 name: name.to_owned(),
             })?;
@@ -401,6 +482,16 @@ impl Pki {
         self.dir.join(PARTNERS_DIR).join(format!("{name}.key"))
     }
 
+    /// `DIR/console/NAME.pem`: a console certificate. `name` should be a valid name.
+    pub fn console_cert_path(&self, name: &str) -> PathBuf {
+        self.dir.join(CONSOLE_DIR).join(format!("{name}.pem"))
+    }
+
+    /// `DIR/console/NAME.key` (mode 0600). `name` should be a valid name.
+    pub fn console_key_path(&self, name: &str) -> PathBuf {
+        self.dir.join(CONSOLE_DIR).join(format!("{name}.key"))
+    }
+
     /// `DIR/crl.pem`.
     pub fn crl_path(&self) -> PathBuf {
         self.dir.join(CRL)
@@ -426,10 +517,15 @@ impl Pki {
         params.distinguished_name = subject(name);
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![match role {
-            Role::Partner => ExtendedKeyUsagePurpose::ClientAuth,
-            Role::Coordinator | Role::Ca => ExtendedKeyUsagePurpose::ServerAuth,
+        params.extended_key_usages = vec![if role.is_client() {
+            ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            ExtendedKeyUsagePurpose::ServerAuth
         }];
+        if let Some(console) = role.console() {
+            let uri = console.uri().try_into()?;
+            params.subject_alt_names.push(SanType::URI(uri));
+        }
         params.use_authority_key_identifier_extension = true;
         let serial = random_serial()?;
         params.serial_number = Some(SerialNumber::from_slice(&serial));
@@ -440,6 +536,9 @@ impl Pki {
         let key_pem = Zeroizing::new(key.serialize_pem());
         let (cert_path, key_path) = match role {
             Role::Partner => (self.partner_cert_path(name), self.partner_key_path(name)),
+            Role::Operator | Role::Auditor => {
+                (self.console_cert_path(name), self.console_key_path(name))
+            }
             Role::Coordinator | Role::Ca => {
                 (self.coordinator_cert_path(), self.coordinator_key_path())
             }

@@ -74,11 +74,21 @@ struct Fixture {
 }
 
 async fn start(partners: &[&str], timeout: Option<Duration>) -> Fixture {
+    start_server(partners, timeout, false).await
+}
+
+/// The echo server with the console's TLS (`ServerTls::for_console`) when `console`.
+async fn start_server(partners: &[&str], timeout: Option<Duration>, console: bool) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let partners: Vec<String> = partners.iter().map(|s| s.to_string()).collect();
     let hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
     let pki = Pki::init(dir.path().join("pki"), &hosts, &partners).unwrap();
-    let mut server = ServerTls::new(ServerTlsFiles::from_pki(&pki)).unwrap();
+    let files = ServerTlsFiles::from_pki(&pki);
+    let mut server = if console {
+        ServerTls::for_console(files).unwrap()
+    } else {
+        ServerTls::new(files).unwrap()
+    };
     if let Some(t) = timeout {
         server = server.with_handshake_timeout(t);
     }
@@ -301,4 +311,73 @@ async fn silent_client_does_not_block_others_and_times_out() {
         .unwrap();
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     logs.wait_for("timed out").await;
+}
+
+/// `config` offering ALPN `http/1.1`, as a browser does at the console.
+fn http1(config: Arc<ClientConfig>) -> Arc<ClientConfig> {
+    let mut config = (*config).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+#[tokio::test]
+async fn console_certificate_cannot_connect_as_a_partner() {
+    let (logs, _guard) = capture_logs();
+    let mut f = start(&["alice"], None).await;
+    let issued = f
+        .pki
+        .issue_console("ops", consortia_pki::ConsoleRole::Operator)
+        .unwrap();
+    assert_eq!(issued.cert_path, f.pki.console_cert_path("ops"));
+    let config = config_from(&f.pki.ca_cert_path(), &issued.cert_path, &issued.key_path);
+    f.expect_refused(config).await;
+    logs.wait_for("for another service").await;
+    // Key holders refuse it too as the signer of an update.
+    let ca = consortia_pki::read_ca_certificate(&f.pki.ca_cert_path()).unwrap();
+    let der = CertificateDer::from_pem_file(&issued.cert_path).unwrap();
+    let why = consortia_pki::verify_partner_certificate(&ca, &der).unwrap_err();
+    assert!(why.contains("console certificate"), "{why}");
+    let alice = f.partner("alice");
+    f.expect_accepted(alice, "alice").await;
+}
+
+#[tokio::test]
+async fn console_takes_console_certificates_of_its_ca_only() {
+    let (logs, _guard) = capture_logs();
+    let mut f = start_server(&["alice"], None, true).await;
+    let ca = f.pki.ca_cert_path();
+    for (name, role) in [
+        ("ops", consortia_pki::ConsoleRole::Operator),
+        ("audit", consortia_pki::ConsoleRole::Auditor),
+    ] {
+        let issued = f.pki.issue_console(name, role).unwrap();
+        let der = CertificateDer::from_pem_file(&issued.cert_path).unwrap();
+        assert_eq!(consortia_pki::console_role(&der), Ok(Some(role)));
+        let config = http1(config_from(&ca, &issued.cert_path, &issued.key_path));
+        f.expect_accepted(config, name).await;
+    }
+    // A partner's certificate, none, and another CA's console certificate are refused.
+    f.expect_refused(http1(f.partner("alice"))).await;
+    logs.wait_for("for another service").await;
+    f.expect_refused(http1(no_client_cert(&f.pki))).await;
+    let mut other = Pki::init(f.dir.path().join("other"), &["localhost".into()], &[]).unwrap();
+    let foreign = other
+        .issue_console("ops", consortia_pki::ConsoleRole::Operator)
+        .unwrap();
+    f.expect_refused(http1(config_from(
+        &ca,
+        &foreign.cert_path,
+        &foreign.key_path,
+    )))
+    .await;
+    // The name space is shared with partners.
+    let taken = f
+        .pki
+        .issue_console("alice", consortia_pki::ConsoleRole::Auditor)
+        .unwrap_err();
+    assert!(
+        taken
+            .to_string()
+            .contains("already has an active certificate")
+    );
 }
