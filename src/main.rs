@@ -106,13 +106,18 @@ enum PkiCommand {
         #[arg(long = "host", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
         hosts: Vec<String>,
     },
-    /// Issue a certificate for a new partner.
+    /// Issue a certificate for a new partner, or with --role a console certificate.
     Issue {
-        /// Partner name (becomes the certificate's common name).
+        /// Partner or console user name (becomes the certificate's common name).
         name: String,
         /// PKI directory.
         #[arg(long, default_value = "pki")]
         dir: PathBuf,
+        /// Issue a certificate for the coordinator's web console instead, with this role:
+        /// `operator` (every page) or `auditor` (budgets, ledger, verification, models).
+        /// Written to DIR/console/NAME.pem and NAME.key (mode 0600).
+        #[arg(long)]
+        role: Option<consortia_pki::ConsoleRole>,
     },
     /// Revoke a partner's certificate; a running coordinator picks the change up by itself.
     Revoke {
@@ -154,6 +159,11 @@ struct CoordinatorArgs {
     /// (port 0: a free port, logged); overrides `[observability] metrics_listen`.
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Serve the web console over HTTPS on this address, e.g. 127.0.0.1:7444 (port 0: a
+    /// free port, logged); overrides `[console] listen`. Console certificates come from
+    /// `consortia pki issue NAME --role operator|auditor`.
+    #[arg(long)]
+    console_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -355,7 +365,25 @@ fn pki(cmd: PkiCommand) -> Result<()> {
                 dir.display()
             );
         }
-        PkiCommand::Issue { name, dir } => {
+        PkiCommand::Issue {
+            name,
+            dir,
+            role: Some(role),
+        } => {
+            let mut pki = Pki::open(&dir)?;
+            let issued = pki.issue_console(&name, role)?;
+            println!(
+                "issued a console certificate for `{name}` ({role}): {} and {} (give both to \
+                 {name} only; see README, Console, for a browser)",
+                issued.cert_path.display(),
+                issued.key_path.display()
+            );
+        }
+        PkiCommand::Issue {
+            name,
+            dir,
+            role: None,
+        } => {
             let mut pki = Pki::open(&dir)?;
             pki.issue(&name)?;
             println!(
@@ -411,11 +439,15 @@ fn coordinator(args: CoordinatorArgs) -> Result<()> {
                 },
                 addr_file: None,
                 observability: Default::default(),
+                console: Default::default(),
             }
         }
     };
     if args.addr_file.is_some() {
         cfg.addr_file = args.addr_file;
+    }
+    if args.console_listen.is_some() {
+        cfg.console.listen = args.console_listen;
     }
     if args.metrics_listen.is_some() {
         cfg.observability.metrics_listen = args.metrics_listen;

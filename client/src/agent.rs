@@ -17,6 +17,7 @@ use consortia_model::TaskSpec;
 use consortia_model::TrainProgress;
 use consortia_model::metrics::EvalPartial;
 use consortia_model::standardize::FeatureStats;
+use consortia_observability::progress::RoundProgress;
 use consortia_pki::{ClientTls, ClientTlsFiles};
 use consortia_proto::federation_client::FederationClient;
 use consortia_proto::{
@@ -260,7 +261,8 @@ async fn run_session(
                     ));
                 }
                 if let Err(e) = welcome(cfg, state, &own_name, &w.task_toml) {
-                    tracing::warn!("{e}");
+                    // Declined as a whole: the coordinator counts it as a decline of kind round.
+                    tracing::warn!(reason = DeclineKind::Round.code(), "{e}");
                     // Tell the operator why before leaving; nothing private is in it.
                     let _ = send(&tx, Up::Decline(decline(0, e.to_string()))).await;
                     return Err(fatal(state, e));
@@ -322,6 +324,12 @@ async fn run_session(
                         )),
                     ));
                 }
+                progress(
+                    state,
+                    start.round,
+                    AgentPhase::ReceivingModel,
+                    start.deadline_unix_ms,
+                );
                 *step = Step::ReceivingModel(Incoming {
                     values: Vec::with_capacity(n),
                     next: 0,
@@ -360,6 +368,7 @@ async fn run_session(
                 }
             }
             Down::Outcome(o) => {
+                consortia_observability::progress::clear();
                 if o.completed {
                     tracing::info!("round {} completed: {}", o.round, o.detail);
                 } else {
@@ -462,6 +471,7 @@ async fn run_session(
                     .and_then(|values| keys.begin_decrypt(&req, floor, values, &hash));
                 match job {
                     Ok(job) => {
+                        progress(state, req.round, AgentPhase::Decrypting, 0);
                         tracing::info!(
                             "round {}: summing {} contributors' ciphertexts before decrypting",
                             req.round,
@@ -501,13 +511,17 @@ async fn run_session(
                     match tokio::task::block_in_place(decrypt) {
                         Ok(share) => {
                             send_share(&tx, round, &share).await?;
+                            consortia_observability::progress::clear();
                             tracing::info!("round {round}: partial decryption sent");
                         }
                         Err(e) => refuse_decryption(&tx, round, &e).await?,
                     }
                 }
             }
-            Down::Finished(f) => return Ok(f.detail),
+            Down::Finished(f) => {
+                consortia_observability::progress::clear();
+                return Ok(f.detail);
+            }
             Down::Rejection(r) => match Code::from(r.code) {
                 // No code: a coordinator that predates rejection codes.
                 Code::Ok => tracing::warn!("the coordinator refused a message: {}", r.reason),
@@ -580,7 +594,8 @@ async fn refuse_decryption(
     round: u64,
     e: &AgentError,
 ) -> Result<(), SessionEnd> {
-    tracing::warn!("round {round}: decryption refused: {e}");
+    let reason = DeclineKind::Decryption.code();
+    tracing::warn!(round, reason, "round {round}: decryption refused: {e}");
     send(
         tx,
         Up::Decline(Decline {
@@ -654,13 +669,53 @@ async fn decline_round(
     state.data = Some(data);
     state.telemetry.declined(d.kind());
     let budget = d.kind() == DeclineKind::Budget;
+    let (round, reason) = (d.round, d.kind().code());
     match (log, budget) {
-        (Some(line), true) => tracing::info!("round {}: {line}", d.round),
-        (Some(line), false) => tracing::warn!("round {}: {line}", d.round),
-        (None, true) => tracing::info!("round {}: declined: {}", d.round, d.reason),
-        (None, false) => tracing::warn!("round {}: refused: {}", d.round, d.reason),
+        (Some(line), true) => tracing::info!(round, reason, "round {round}: {line}"),
+        (Some(line), false) => tracing::warn!(round, reason, "round {round}: {line}"),
+        (None, true) => tracing::info!(round, reason, "round {round}: declined: {}", d.reason),
+        (None, false) => tracing::warn!(round, reason, "round {round}: refused: {}", d.reason),
     }
     send(tx, Up::Decline(d)).await
+}
+
+/// Shows where `round` is ([`RoundProgress`]): a line on a terminal, an event otherwise.
+fn progress(state: &AgentState, round: u64, phase: AgentPhase, deadline_unix_ms: u64) {
+    RoundProgress {
+        round,
+        rounds: state.task.as_ref().map_or(0, |t| u64::from(t.rounds)),
+        phase: phase.code(),
+        deadline_unix_ms,
+    }
+    .show();
+}
+
+/// The agent's phases in a round, as its progress shows them (the `phase` field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AgentPhase {
+    /// The round's global model is arriving.
+    ReceivingModel,
+    /// Training on the partner's rows (and evaluating, when asked).
+    Training,
+    /// Only evaluating the model on the held-out rows.
+    Evaluating,
+    /// The update is sent; waiting for the round's outcome.
+    Waiting,
+    /// A key holder decrypting its part of the round's sum.
+    Decrypting,
+}
+
+impl AgentPhase {
+    /// The `phase` code.
+    fn code(self) -> &'static str {
+        match self {
+            AgentPhase::ReceivingModel => "receiving_model",
+            AgentPhase::Training => "training",
+            AgentPhase::Evaluating => "evaluating",
+            AgentPhase::Waiting => "waiting",
+            AgentPhase::Decrypting => "decrypting",
+        }
+    }
 }
 
 /// A `Decline` of `round` for `reason` (not a budget or decryption refusal).
@@ -973,6 +1028,12 @@ async fn play_round(
             }
         }
     }
+    let phase = if train {
+        AgentPhase::Training
+    } else {
+        AgentPhase::Evaluating
+    };
+    progress(state, round, phase, start.deadline_unix_ms);
     let rounds = task.rounds;
     let partner = partner.to_string();
     let telemetry = state.telemetry.clone();
@@ -1055,6 +1116,12 @@ async fn play_round(
     let outgoing = match outgoing {
         Ok(x) => x,
         Err(e) => {
+            let reason = DeclineKind::Round.code();
+            tracing::warn!(
+                round,
+                reason,
+                "round {round}: refused: local training failed: {e}"
+            );
             send(
                 tx,
                 Up::Decline(decline(round, format!("local training failed: {e}"))),
@@ -1101,7 +1168,8 @@ async fn play_round(
             }) {
                 Some(Ok(s)) => s,
                 Some(Err(e)) => {
-                    tracing::warn!("round {round}: refused: {e}");
+                    let reason = DeclineKind::Round.code();
+                    tracing::warn!(round, reason, "round {round}: refused: {e}");
                     return send(
                         tx,
                         Up::Decline(decline(round, format!("update not signed: {e}"))),
@@ -1134,6 +1202,7 @@ async fn play_round(
     }
     state.summary.rounds_trained += 1;
     state.telemetry.trained();
+    progress(state, round, AgentPhase::Waiting, start.deadline_unix_ms);
     Ok(())
 }
 

@@ -159,13 +159,8 @@ impl Telemetry {
 
     /// This partner declined a round (or, `kind` budget, the task).
     pub fn declined(&self, kind: DeclineKind) {
-        let reason = match kind {
-            DeclineKind::Round => "round",
-            DeclineKind::Budget => "budget",
-            DeclineKind::Decryption => "decryption",
-        };
         let family = &self.inner.rounds_declined;
-        family.get_or_create(&[("reason", reason)]).inc();
+        family.get_or_create(&[("reason", kind.code())]).inc();
     }
 
     /// Runs `f` (local training), timing it.

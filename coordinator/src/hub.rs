@@ -221,7 +221,7 @@ impl Hub {
             .map(|(p, h)| (p.clone(), h.clone()))
             .collect();
         for (partner, handle) in revoked {
-            tracing::warn!(partner = %partner, "certificate revoked: ending its session");
+            tracing::warn!(partner = %partner, reason = crate::telemetry::SessionRefusal::Revoked.code(), "certificate revoked: ending its session");
             handle.send(Outbound::Close(Status::permission_denied(format!(
                 "the certificate of `{partner}` has been revoked"
             ))));

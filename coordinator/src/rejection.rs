@@ -144,6 +144,21 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// The `reason` code of this refusal: the label of the rejection metrics and the
+    /// `reason` field of its log event.
+    pub fn reason_code(&self) -> &'static str {
+        match self {
+            Rejection::NoOpenRound { .. } => "no_open_round",
+            Rejection::WrongRound { .. } => "wrong_round",
+            Rejection::Closed { .. } => "closed",
+            Rejection::NotSelected { .. } => "not_selected",
+            Rejection::Duplicate { .. } => "duplicate",
+            Rejection::OutOfPhase { .. } => "out_of_phase",
+            Rejection::Invalid { .. } => "invalid",
+            Rejection::Unavailable { .. } => "unavailable",
+        }
+    }
+
     /// A message that does not fit the current phase.
     pub fn out_of_phase(
         subject: Subject,

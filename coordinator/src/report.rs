@@ -149,6 +149,7 @@ pub fn log_incomplete(end: &RoundEnd, result: &RoundResult, min: usize) {
     match (end, result.kind) {
         (RoundEnd::TooFew, RoundKind::Train) => tracing::warn!(
             round = result.round,
+            reason = crate::round::abandoned_code(result.kind),
             received = result.contributors.len(),
             min,
             missing = ?result.missing,
@@ -156,7 +157,11 @@ pub fn log_incomplete(end: &RoundEnd, result: &RoundResult, min: usize) {
             "round abandoned: fewer updates than the minimum; starting it again"
         ),
         (RoundEnd::TooFew, RoundKind::Evaluate) => {
-            tracing::warn!("final evaluation got no reports; asking again")
+            tracing::warn!(
+                round = result.round,
+                reason = crate::round::abandoned_code(result.kind),
+                "final evaluation got no reports; asking again"
+            )
         }
         // Discarded rounds were logged with their reason when discarded.
         _ => {}

@@ -89,6 +89,27 @@ pub enum Discard {
     NotFinite(String),
 }
 
+/// The `reason` code of a round abandoned for too few answers: the label of the
+/// abandoned-rounds metric and the `reason` field of its log event.
+pub fn abandoned_code(kind: RoundKind) -> &'static str {
+    match kind {
+        RoundKind::Train => "too_few_updates",
+        RoundKind::Evaluate => "no_evaluation",
+    }
+}
+
+impl Discard {
+    /// The `reason` code of a discarded round: the label of the discarded-rounds
+    /// metric and the `reason` field of its log event.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Discard::Unusable(_) => "unusable_sum",
+            Discard::MalformedSum(_) => "malformed_sum",
+            Discard::NotFinite(_) => "not_finite",
+        }
+    }
+}
+
 impl fmt::Display for Discard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

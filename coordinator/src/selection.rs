@@ -17,6 +17,10 @@ use crate::report::now_ms;
 use crate::round::RoundKind;
 use crate::secure::FederationKey;
 
+/// The `reason` of a partner left out for its privacy budget: the code of a budget
+/// decline, the same refusal made by the coordinator.
+const BUDGET: &str = "budget";
+
 /// What the next round releases about the partners asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Releases {
@@ -202,7 +206,7 @@ pub fn leave_out_over_budget(
         if let Some(acc) = accounting.as_deref_mut()
             && let Err(why) = acc.admits_round(p, rows.get(p).copied().unwrap_or(1), true, evaluate)
         {
-            tracing::warn!(partner = %p, round, "left out of the round: {why}");
+            tracing::warn!(partner = %p, round, reason = BUDGET, "left out of the round: {why}");
             reasons.push(format!("{p}: {why}"));
             return false;
         }
@@ -237,7 +241,7 @@ pub fn leave_out_unaffordable_evaluation(
         }
         if let Err(why) = accounting.admits_round(p, rows.get(p).copied().unwrap_or(1), false, true)
         {
-            tracing::warn!(partner = %p, round, "left out of the final evaluation: {why}");
+            tracing::warn!(partner = %p, round, reason = BUDGET, "left out of the final evaluation: {why}");
             reasons.push(format!("{p}: {why}"));
             return false;
         }

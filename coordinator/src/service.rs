@@ -55,10 +55,10 @@ impl Federation for FederationService {
             self.hub
                 .telemetry
                 .session_refused(SessionRefusal::NoCertificate);
-            tracing::warn!(reason = %s.message(), "session refused: no usable client certificate");
+            tracing::warn!(reason = SessionRefusal::NoCertificate.code(), detail = %s.message(), "session refused: no usable client certificate");
         })?;
         if self.hub.is_revoked(&peer.serial) {
-            tracing::warn!(partner = %peer.name, "session refused: certificate revoked");
+            tracing::warn!(partner = %peer.name, reason = SessionRefusal::Revoked.code(), "session refused: certificate revoked");
             self.hub.telemetry.session_refused(SessionRefusal::Revoked);
             return Err(Status::permission_denied(format!(
                 "the certificate of `{}` has been revoked",
@@ -66,7 +66,7 @@ impl Federation for FederationService {
             )));
         }
         if peer.name == "coordinator" || !self.hub.is_partner_name(&peer.name) {
-            tracing::warn!(partner = %peer.name, "session refused: not a partner certificate");
+            tracing::warn!(partner = %peer.name, reason = SessionRefusal::NotAPartner.code(), "session refused: not a partner certificate");
             self.hub
                 .telemetry
                 .session_refused(SessionRefusal::NotAPartner);
@@ -78,6 +78,7 @@ impl Federation for FederationService {
         if !self.hub.task.admits_partner(&peer.name) {
             tracing::warn!(
                 partner = %peer.name,
+                reason = SessionRefusal::NotInTask.code(),
                 "session refused: not among the task's partners (the task file's `partners`)"
             );
             self.hub
@@ -92,6 +93,7 @@ impl Federation for FederationService {
         if self.hub.is_connected(&peer.name) {
             tracing::warn!(
                 partner = %peer.name,
+                reason = SessionRefusal::AlreadyConnected.code(),
                 "session refused: the partner is already connected (the running session keeps its place)"
             );
             return Err(already_connected(&self.hub, &peer.name));
@@ -203,7 +205,7 @@ async fn read_session(
             tracing::info!(partner = %partner, agent = %hello.agent_version, "partner connected");
         }
         Ok(Ok(_)) => {
-            tracing::warn!(partner = %partner, "session refused: first message was not Hello");
+            tracing::warn!(partner = %partner, reason = SessionRefusal::NoHello.code(), "session refused: first message was not Hello");
             hub.telemetry.session_refused(SessionRefusal::NoHello);
             let _ = tx
                 .send(Outbound::Close(
@@ -218,13 +220,13 @@ async fn read_session(
             return;
         }
         Ok(Err(status)) => {
-            tracing::warn!(partner = %partner, reason = %status.message(), "session ended before Hello");
+            tracing::warn!(partner = %partner, detail = %status.message(), "session ended before Hello");
             hub.telemetry.stream_broken(&inbound_error(&status));
             let _ = tx.send(Outbound::Close(inbound_error(&status))).await;
             return;
         }
         Err(_) => {
-            tracing::warn!(partner = %partner, "session refused: no Hello within 30 s");
+            tracing::warn!(partner = %partner, reason = SessionRefusal::NoHello.code(), "session refused: no Hello within 30 s");
             hub.telemetry.session_refused(SessionRefusal::NoHello);
             let _ = tx
                 .send(Outbound::Close(Status::deadline_exceeded(
@@ -268,6 +270,7 @@ async fn read_session(
         // Another session of the partner started in the meantime.
         tracing::warn!(
             partner = %partner,
+            reason = SessionRefusal::AlreadyConnected.code(),
             "session refused: the partner is already connected (the running session keeps its place)"
         );
         let _ = tx
@@ -290,7 +293,7 @@ async fn read_session(
             }
             Err(status) => {
                 let mapped = inbound_error(&status);
-                tracing::warn!(partner = %partner, code = ?mapped.code(), reason = %mapped.message(), "session stream broken");
+                tracing::warn!(partner = %partner, code = ?mapped.code(), detail = %mapped.message(), "session stream broken");
                 hub.telemetry.stream_broken(&mapped);
                 let _ = tx.send(Outbound::Close(mapped)).await;
                 break;
@@ -321,7 +324,7 @@ async fn read_session(
             }
             Some(client_message::Kind::Decline(d)) => {
                 let kind = d.kind();
-                tracing::info!(partner = %partner, round = d.round, kind = ?kind, reason = %d.reason, "partner declined");
+                tracing::info!(partner = %partner, round = d.round, reason = kind.code(), detail = %d.reason, "partner declined");
                 hub.decline(&partner, d.round, d.reason, kind)
             }
             Some(client_message::Kind::Update(chunk)) => {
@@ -341,7 +344,7 @@ async fn read_session(
             }
         };
         if let Err(rejection) = outcome {
-            tracing::warn!(partner = %partner, "{rejection}");
+            tracing::warn!(partner = %partner, round = hub.open_round(), message_kind = kind, reason = rejection.reason_code(), "{rejection}");
             hub.telemetry.rejected(kind, &rejection);
             let round = hub.open_round().unwrap_or(0);
             let msg = session::message(Kind::Rejection(rejection.to_wire(round)));

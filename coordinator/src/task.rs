@@ -155,8 +155,13 @@ pub async fn run_task(
                 Ok(()) => last = round,
                 // Nothing non-finite is committed: the round fails, and counts as an attempt.
                 Err(why) => {
-                    tracing::warn!(round, "round discarded, no model written: {why}");
-                    end = RoundEnd::Discarded(Discard::NotFinite(why));
+                    let discard = Discard::NotFinite(why);
+                    tracing::warn!(
+                        round,
+                        reason = discard.code(),
+                        "round discarded, no model written: {discard}"
+                    );
+                    end = RoundEnd::Discarded(discard);
                 }
             }
         }

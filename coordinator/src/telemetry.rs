@@ -48,7 +48,7 @@ use crate::accounting::Accounting;
 use crate::hub::{Hub, Stage, lock};
 use crate::phase::collection::RoundSpec;
 use crate::rejection::Rejection;
-use crate::round::{Discard, RoundEnd, RoundKind, RoundResult};
+use crate::round::{RoundEnd, RoundResult, abandoned_code};
 use crate::store::MetricsRecord;
 
 /// One label.
@@ -491,21 +491,14 @@ impl Telemetry {
                 "completed"
             }
             RoundEnd::TooFew => {
-                let reason = match result.kind {
-                    RoundKind::Train => "too_few_updates",
-                    RoundKind::Evaluate => "no_evaluation",
-                };
+                let reason = abandoned_code(result.kind);
                 m.rounds_abandoned
                     .get_or_create(&[("reason", reason)])
                     .inc();
                 "abandoned"
             }
             RoundEnd::Discarded(why) => {
-                let reason = match why {
-                    Discard::Unusable(_) => "unusable_sum",
-                    Discard::MalformedSum(_) => "malformed_sum",
-                    Discard::NotFinite(_) => "not_finite",
-                };
+                let reason = why.code();
                 m.rounds_discarded
                     .get_or_create(&[("reason", reason)])
                     .inc();
@@ -565,13 +558,8 @@ impl Telemetry {
 
     /// A partner declined something of `kind`.
     pub fn declined(&self, kind: DeclineKind) {
-        let reason = match kind {
-            DeclineKind::Round => "round",
-            DeclineKind::Budget => "budget",
-            DeclineKind::Decryption => "decryption",
-        };
         let family = &self.inner.partners_declined;
-        family.get_or_create(&[("reason", reason)]).inc();
+        family.get_or_create(&[("reason", kind.code())]).inc();
     }
 
     /// Counts each handshake the TLS acceptor refuses, by its reason.
@@ -597,7 +585,7 @@ impl Telemetry {
 
     /// A message of kind `message` ([`message_kind`]) was refused.
     pub fn rejected(&self, message: &'static str, rejection: &Rejection) {
-        let reason = rejection_code(rejection);
+        let reason = rejection.reason_code();
         let m = &self.inner;
         let labels = [("message", message), ("reason", reason)];
         m.messages_rejected.get_or_create(&labels).inc();
@@ -741,6 +729,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::round::RoundKind;
     use crate::testing::TASK;
 
     fn scrape(t: &Telemetry) -> String {

@@ -18,6 +18,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod logging;
+pub mod progress;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +39,8 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
+
+pub use logging::LogFormat;
 
 /// The path metrics are served at.
 pub const METRICS_PATH: &str = "/metrics";
@@ -60,6 +65,10 @@ pub struct ObservabilityConfig {
     /// picks a free port (the bound address is logged). Absent: no metrics listener.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// How log events are written: `"text"` (the default, for people) or `"json"`
+    /// (one JSON object per line, for a log pipeline; see [`logging`]).
+    #[serde(default)]
+    pub log_format: LogFormat,
 }
 
 /// Buckets for durations in seconds: 10 ms doubling to about 11 minutes.
@@ -313,5 +322,9 @@ mod tests {
         assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
         assert!(toml::from_str::<ObservabilityConfig>("metrics = 1").is_err());
         assert!(toml::from_str::<ObservabilityConfig>("metrics_listen = \"localhost\"").is_err());
+        assert_eq!(c.log_format, LogFormat::Text);
+        let c: ObservabilityConfig = toml::from_str("log_format = \"json\"").unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(toml::from_str::<ObservabilityConfig>("log_format = \"xml\"").is_err());
     }
 }

@@ -328,7 +328,7 @@ async fn accept_loop(
                     let _ = tx.send(Ok(stream)).await;
                 }
                 Err((code, reason)) => {
-                    tracing::warn!(peer = %peer, reason = %reason, code = code.code(), "TLS handshake refused");
+                    tracing::warn!(peer = %peer, reason = code.code(), detail = %reason, "TLS handshake refused");
                     if let Some(observe) = &on_refusal {
                         observe(code);
                     }

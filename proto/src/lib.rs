@@ -17,6 +17,18 @@ mod generated {
 
 pub use generated::*;
 
+impl DeclineKind {
+    /// The `reason` code of a decline: the label of the declines metrics and the
+    /// `reason` field of the log event (`round`, `budget`, `decryption`).
+    pub fn code(self) -> &'static str {
+        match self {
+            DeclineKind::Round => "round",
+            DeclineKind::Budget => "budget",
+            DeclineKind::Decryption => "decryption",
+        }
+    }
+}
+
 pub mod federation_key;
 
 pub use federation_key::{FederationKey, FederationKeyError};

@@ -211,7 +211,7 @@ pub async fn collect(
         key_id,
         attempt,
     };
-    tracing::info!(round, partners = ?plan.selected, train, "round started");
+    tracing::info!(round, phase = "collection", partners = ?plan.selected, train, "round started");
     for p in plan.selected.iter().filter(|p| !already.contains(*p)) {
         let sent = hub.send_to(
             p,

@@ -165,6 +165,7 @@ pub async fn decrypt_round(
     drop(aggregate);
     tracing::info!(
         round,
+        phase = "decryption",
         holders = key.committee.len(),
         "asking the key holders to decrypt the sum"
     );
@@ -232,7 +233,11 @@ pub async fn open_sum(
         c.discard(result.round)?;
     }
     if let Some(why) = &discard {
-        tracing::warn!(round = result.round, "round discarded: {why}");
+        tracing::warn!(
+            round = result.round,
+            reason = why.code(),
+            "round discarded: {why}"
+        );
     }
     Ok(discard)
 }

@@ -211,7 +211,7 @@ pub async fn run(
     let ceremony = KeyCeremony::new(HeParams::default(), committee.to_vec(), hub.task_hash)?;
     let session = ceremony.session;
     hub.begin(Stage::KeyCeremony(Ceremony::Committing(ceremony)));
-    tracing::info!(holders = ?committee, "generating the federation key (commit, then reveal)");
+    tracing::info!(phase = "key_ceremony", holders = ?committee, "generating the federation key (commit, then reveal)");
     for (party, p) in committee.iter().enumerate() {
         hub.send_to(
             p,

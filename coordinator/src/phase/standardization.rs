@@ -216,6 +216,7 @@ pub async fn agree(
             );
         }
         tracing::info!(
+            phase = "standardisation",
             partners = expected.len(),
             "asking partners for feature statistics"
         );
