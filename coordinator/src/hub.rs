@@ -323,6 +323,11 @@ impl Hub {
         }
     }
 
+    /// Runs `f` on the stage in progress, read-only (the web console shows it).
+    pub fn with_stage<T>(&self, f: impl FnOnce(&Stage) -> T) -> T {
+        f(&lock(&self.stage))
+    }
+
     /// The round being collected, if any.
     pub fn open_round(&self) -> Option<u64> {
         match &*lock(&self.stage) {
