@@ -521,6 +521,7 @@ fn coordinator_child(dir: &Path) {
         },
         addr_file: Some(dir.join("addr")),
         observability: Default::default(),
+        console: Default::default(),
     };
     let summary = runtime()
         .block_on(consortia_coordinator::run(cfg, std::future::pending()))

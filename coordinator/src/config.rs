@@ -13,6 +13,9 @@
 //!
 //! [observability]                       # optional; off by default
 //! metrics_listen = "127.0.0.1:9464"     # Prometheus metrics at GET /metrics
+//!
+//! [console]                             # optional; off by default
+//! listen = "127.0.0.1:7444"             # the web console (HTTPS, console certificates)
 //! ```
 
 use std::net::SocketAddr;
@@ -21,6 +24,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use consortia_observability::ObservabilityConfig;
+
+pub use crate::console::ConsoleConfig;
 
 use crate::CoordinatorError;
 
@@ -57,6 +62,9 @@ pub struct CoordinatorConfig {
     /// `[observability]`: where to serve Prometheus metrics (off by default).
     #[serde(default)]
     pub observability: ObservabilityConfig,
+    /// `[console]`: where to serve the web console (off by default).
+    #[serde(default)]
+    pub console: ConsoleConfig,
 }
 
 impl CoordinatorConfig {

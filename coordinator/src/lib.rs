@@ -24,11 +24,13 @@
 //! * [`retry`] — bounded retries: backoff between failed attempts, and the stop after too many.
 //! * [`task`] — the task loop.
 //! * [`telemetry`] — the Prometheus metrics, served at `/metrics` when configured.
+//! * [`console`] — the read-only web console (HTTPS, console certificates) when configured.
 //! * [`orchestrator`] — the former round-loop module's public paths, re-exported.
 //! * [`server`] — wiring: TLS listener, revocation reload, shutdown.
 
 pub mod accounting;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod hub;
 pub mod incident;

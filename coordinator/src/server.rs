@@ -116,6 +116,7 @@ pub async fn run(
         );
     }
     let hub = Arc::new(hub);
+    let _console = crate::console::serve(&cfg, hub.clone(), store.clone()).await?;
     serve(hub, store, accounting, tls, listener, shutdown).await
 }
 

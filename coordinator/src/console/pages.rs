@@ -1,0 +1,377 @@
+//! The console's HTML pages, rendered on the server from the views of [`super::views`].
+//! Each page is a layout around a `<main>`; `?part=main` returns only what goes in it,
+//! which the embedded script fetches every [`super::REFRESH_MS`] to keep the page live.
+
+use std::fmt::Write as _;
+
+use consortia_ledger::audit::format_time_utc;
+
+use super::charts::{budget_bars, line_chart};
+use super::views::{FederationView, PrivacyView, TrainingView};
+use super::{REFRESH_MS, Viewer};
+
+/// Escapes text for HTML content and attribute values.
+pub(super) fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn list(names: &[String]) -> String {
+    if names.is_empty() {
+        "<span class=\"none\">none</span>".into()
+    } else {
+        names.iter().map(|n| esc(n)).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// How people write an evaluation figure's name.
+fn figure_name(key: &str) -> &str {
+    match key {
+        "roc_auc" => "ROC-AUC",
+        "pr_auc" => "PR-AUC",
+        "log_loss" => "log-loss",
+        "rmse" => "RMSE",
+        "mae" => "MAE",
+        "r2" => "R²",
+        other => other,
+    }
+}
+
+fn eps(v: f64) -> String {
+    if v == 0.0 {
+        "0".into()
+    } else if v.abs() >= 1e-3 {
+        format!("{v:.4}")
+    } else {
+        format!("{v:.3e}")
+    }
+}
+
+/// The page around `main`, or `main` alone when `part`.
+fn layout(viewer: &Viewer, task: &str, title: &str, main: String, part: bool) -> String {
+    if part {
+        return main;
+    }
+    let mut nav = String::new();
+    let mut pages = vec![("/training", "Training"), ("/privacy", "Privacy")];
+    if viewer.is_operator() {
+        pages.insert(0, ("/federation", "Federation"));
+    }
+    for (href, name) in pages {
+        let current = if name == title {
+            " aria-current=\"page\""
+        } else {
+            ""
+        };
+        let _ = write!(nav, "<a href=\"{href}\"{current}>{name}</a>");
+    }
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{title} · Consortia console</title>\
+         <link rel=\"stylesheet\" href=\"/assets/console.css\">\
+         <script src=\"/assets/console.js\" defer></script></head>\
+         <body data-refresh-ms=\"{REFRESH_MS}\"><header><span class=\"brand\">Consortia</span>\
+         <span class=\"task\">{task}</span><nav>{nav}</nav>\
+         <span class=\"who\" id=\"viewer\" data-role=\"{role}\">{name} · {role}</span></header>\
+         <div id=\"offline\" class=\"offline\" hidden>The coordinator does not answer: \
+         the figures below may be out of date.</div>\
+         <main id=\"main\">{main}</main>\
+         <footer>Read-only console. JSON of this page: <a href=\"/api/v1/{api}\">/api/v1/{api}</a></footer>\
+         </body></html>",
+        task = esc(task),
+        role = viewer.role.as_str(),
+        name = esc(&viewer.name),
+        api = title.to_lowercase(),
+    )
+}
+
+fn updated(at_unix_ms: u64) -> String {
+    format!(
+        "<p class=\"updated\">As of <time id=\"updated\" data-unix-ms=\"{at_unix_ms}\">{}</time></p>",
+        format_time_utc(at_unix_ms)
+    )
+}
+
+/// The Federation page (operators only).
+pub(super) fn federation(viewer: &Viewer, v: &FederationView, part: bool) -> String {
+    let t = &v.task;
+    let p = &v.progress;
+    let mut m = String::new();
+    let _ = write!(
+        m,
+        "<h1>Federation</h1>{}<section class=\"cards\">\
+         <div class=\"card\"><h2>Task</h2><dl>\
+         <dt>Name</dt><dd id=\"task-name\">{}</dd><dt>Strategy</dt><dd>{}</dd>\
+         <dt>Model</dt><dd>{}</dd><dt>Rounds</dt><dd>{}</dd><dt>Min. partners</dt><dd>{}</dd>\
+         <dt>Round deadline</dt><dd>{} s</dd><dt>Secure aggregation</dt><dd>{}</dd>\
+         <dt>Differential privacy</dt><dd>{}</dd></dl></div>",
+        updated(v.at_unix_ms),
+        esc(&t.name),
+        esc(&t.strategy),
+        esc(&t.model),
+        t.rounds,
+        t.min_partners,
+        t.round_deadline_secs,
+        if t.secure_aggregation { "yes" } else { "no" },
+        if t.differential_privacy { "yes" } else { "no" },
+    );
+    let deadline = match (p.deadline_unix_ms, p.deadline_in_secs) {
+        (Some(ms), Some(left)) => format!("{} ({left} s left)", format_time_utc(ms)),
+        _ => "<span class=\"none\">none</span>".into(),
+    };
+    let _ = write!(
+        m,
+        "<div class=\"card\"><h2>Progress</h2><dl>\
+         <dt>Round</dt><dd><span id=\"round\" class=\"big\">{}</span> of {}</dd>\
+         <dt>Completed rounds</dt><dd id=\"completed-rounds\">{}</dd>\
+         <dt>Phase</dt><dd id=\"phase\">{}</dd><dt>Deadline</dt><dd id=\"deadline\">{deadline}</dd>\
+         </dl></div>",
+        p.round,
+        t.rounds,
+        p.completed_rounds,
+        esc(&p.phase),
+    );
+    let pa = &v.partners;
+    let _ = write!(
+        m,
+        "<div class=\"card\"><h2>Partners</h2><dl class=\"stack\">\
+         <dt>Connected ({})</dt><dd id=\"connected\">{}</dd>\
+         <dt>Selected ({})</dt><dd id=\"selected\">{}</dd>\
+         <dt>Contributed to the last round ({})</dt><dd id=\"contributed\">{}</dd>\
+         <dt>Admitted by the task</dt><dd>{}</dd></dl></div>",
+        pa.connected.len(),
+        list(&pa.connected),
+        pa.selected.len(),
+        list(&pa.selected),
+        pa.contributed.len(),
+        list(&pa.contributed),
+        pa.allowed
+            .as_deref()
+            .map(list)
+            .unwrap_or_else(|| "any partner of the federation CA".into()),
+    );
+    let waiting = if v.key.waiting_for.is_empty() {
+        "<span class=\"none\">nobody</span>".to_string()
+    } else {
+        format!(
+            "<strong class=\"warn\">{}</strong>",
+            list(&v.key.waiting_for)
+        )
+    };
+    let _ = write!(
+        m,
+        "<div class=\"card\"><h2>Key holders</h2><dl class=\"stack\">\
+         <dt>Holders ({})</dt><dd id=\"key-holders\">{}</dd>\
+         <dt>Waiting for</dt><dd id=\"waiting-for\">{waiting}</dd></dl></div>",
+        v.key.holders.len(),
+        list(&v.key.holders),
+    );
+    let refusals = |map: &std::collections::BTreeMap<String, u64>| {
+        if map.is_empty() {
+            return "<span class=\"none\">none</span>".to_string();
+        }
+        map.iter()
+            .map(|(k, n)| format!("{}: {n}", esc(k)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = write!(
+        m,
+        "<div class=\"card\"><h2>Refusals</h2><dl class=\"stack\">\
+         <dt>Handshakes</dt><dd id=\"refused-handshakes\">{}</dd>\
+         <dt>Sessions</dt><dd id=\"refused-sessions\">{}</dd></dl></div></section>",
+        refusals(&v.refused_handshakes),
+        refusals(&v.refused_sessions),
+    );
+    layout(viewer, &t.name, "Federation", m, part)
+}
+
+/// The Training page.
+pub(super) fn training(viewer: &Viewer, v: &TrainingView, part: bool) -> String {
+    let mut m = format!("<h1>Training</h1>{}", updated(v.at_unix_ms));
+    match (&v.rounds, &v.evaluations) {
+        (Some(rounds), Some(evals)) => {
+            let headline: Vec<(f64, f64)> = evals
+                .iter()
+                .filter_map(|e| Some((e.model_round as f64, *e.metrics.get(&v.headline)?)))
+                .collect();
+            let loss: Vec<(f64, f64)> = rounds
+                .iter()
+                .filter_map(|r| Some((r.round as f64, r.train_loss?)))
+                .collect();
+            let _ = write!(
+                m,
+                "<section class=\"split\"><div><h2>{h} of the global model by round</h2>{}\
+                 <h2>Training loss by round</h2>{}</div><div><h2>Rounds</h2>\
+                 <table id=\"rounds\"><thead><tr><th>Round</th><th>Partners</th>\
+                 <th>Examples</th><th>Loss</th><th>{h}</th><th>Completed (UTC)</th></tr></thead><tbody>",
+                line_chart(
+                    "chart-metric",
+                    figure_name(&v.headline),
+                    &headline,
+                    "no evaluation yet"
+                ),
+                line_chart(
+                    "chart-loss",
+                    "training loss",
+                    &loss,
+                    "no training loss reported (under differential privacy partners do not report it)"
+                ),
+                h = esc(figure_name(&v.headline)),
+            );
+            for r in rounds.iter().rev() {
+                let figure = evals
+                    .iter()
+                    .find(|e| e.model_round == r.round)
+                    .and_then(|e| e.metrics.get(&v.headline))
+                    .map(|x| format!("{x:.4}"))
+                    .unwrap_or_default();
+                let _ = write!(
+                    m,
+                    "<tr data-round=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{figure}</td><td>{}</td></tr>",
+                    r.round,
+                    r.round,
+                    r.participants.len(),
+                    r.examples,
+                    r.train_loss
+                        .map(|l| format!("{l:.4}"))
+                        .unwrap_or_else(|| "–".into()),
+                    format_time_utc(r.completed_unix_ms),
+                );
+            }
+            m.push_str("</tbody></table></div></section>");
+        }
+        _ => m.push_str(
+            "<p class=\"note\" id=\"operator-only\">Per-round training figures are shown to \
+             the federation's operator.</p>",
+        ),
+    }
+    let _ = write!(
+        m,
+        "<section><h2>Model versions ({})</h2><table id=\"models\"><thead><tr><th>Round</th>\
+         <th>Export (what <code>consortia model export</code> writes)</th></tr></thead><tbody>",
+        v.models.len()
+    );
+    for model in v.models.iter().rev() {
+        let _ = write!(
+            m,
+            "<tr><td>{}</td><td><a href=\"{}\" download>model-round-{}.json</a></td></tr>",
+            if model.round == 0 {
+                "0 (initial)".to_string()
+            } else {
+                model.round.to_string()
+            },
+            esc(&model.download),
+            model.round
+        );
+    }
+    m.push_str("</tbody></table></section>");
+    layout(viewer, &v.task, "Training", m, part)
+}
+
+/// The Privacy page.
+pub(super) fn privacy(viewer: &Viewer, v: &PrivacyView, part: bool) -> String {
+    let l = &v.ledger;
+    let mut m = String::from("<h1>Privacy</h1>");
+    if let Some(alarm) = &l.alarm {
+        let _ = write!(
+            m,
+            "<div id=\"ledger-alarm\" class=\"alarm\" role=\"alert\"><strong>Ledger verification \
+             FAILED</strong> (first seen {}): {}. The ledger's signatures or hash chain do not hold: \
+             treat the privacy figures below as untrusted and investigate.</div>",
+            format_time_utc(alarm.since_unix_ms),
+            esc(&alarm.problem)
+        );
+    }
+    m.push_str(&updated(v.at_unix_ms));
+    if !v.differential_privacy {
+        m.push_str(
+            "<p class=\"note\">This task has no <code>[privacy]</code> table: nothing is charged \
+             to any budget.</p>",
+        );
+    }
+    let status = if !l.present {
+        "<span class=\"none\">no ledger yet</span>".to_string()
+    } else if l.verified {
+        "<span class=\"ok\">verified</span>".to_string()
+    } else {
+        format!(
+            "<span class=\"bad\">FAILED: {}</span>",
+            esc(l.problem.as_deref().unwrap_or("unknown"))
+        )
+    };
+    let _ = write!(
+        m,
+        "<section class=\"cards\"><div class=\"card wide\"><h2>Ledger</h2><dl>\
+         <dt>Verification</dt><dd id=\"ledger-status\" data-verified=\"{}\">{status}</dd>\
+         <dt>Entries</dt><dd id=\"ledger-entries\">{}</dd>\
+         <dt>Head</dt><dd>{} <code id=\"head-hash\">{}</code></dd>\
+         <dt>Signatures checked against</dt><dd>{} <small>(key sha256 {})</small></dd>\
+         <dt>Checked</dt><dd>{}</dd></dl>\
+         <p class=\"downloads\"><a href=\"/api/v1/ledger.json\" download>Ledger (JSON)</a> \
+         <a href=\"/api/v1/ledger-report.html\" download>Audit report (HTML)</a></p></div></section>",
+        l.verified && l.present,
+        l.entries,
+        l.head_index
+            .map(|i| format!("entry {i}"))
+            .unwrap_or_default(),
+        esc(l.head_hash.as_deref().unwrap_or("")),
+        esc(&l.certificate),
+        esc(l.key_fingerprint.as_deref().unwrap_or("?")),
+        format_time_utc(l.checked_unix_ms),
+    );
+    let rows: Vec<(String, f64, Option<f64>)> = v
+        .partners
+        .iter()
+        .map(|p| (p.partner.clone(), p.epsilon_spent, p.epsilon_budget))
+        .collect();
+    let _ = write!(
+        m,
+        "<section class=\"split\"><div><h2>Cumulative ε against budget{}</h2>{}</div><div>\
+         <h2>Budgets</h2><table id=\"budgets\"><thead><tr><th>Partner</th><th>ε spent</th>\
+         <th>ε budget</th><th>Used</th></tr></thead><tbody>",
+        v.delta.map(|d| format!(" (δ = {d:e})")).unwrap_or_default(),
+        budget_bars("chart-budget", &rows),
+    );
+    for p in &v.partners {
+        let _ = write!(
+            m,
+            "<tr data-partner=\"{}\" data-spent=\"{}\" data-budget=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&p.partner),
+            p.epsilon_spent,
+            p.epsilon_budget.map(|b| b.to_string()).unwrap_or_default(),
+            esc(&p.partner),
+            eps(p.epsilon_spent),
+            p.epsilon_budget.map(eps).unwrap_or_else(|| "?".into()),
+            p.fraction
+                .map(|f| format!("{:.1} %", f * 100.0))
+                .unwrap_or_default(),
+        );
+    }
+    m.push_str("</tbody></table></div></section>");
+    layout(viewer, &v.task, "Privacy", m, part)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(
+            esc("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
+}
