@@ -6,6 +6,7 @@
 
 mod audit;
 mod demo;
+mod onnx_export;
 mod score;
 
 use std::path::PathBuf;
@@ -208,7 +209,9 @@ struct AgentArgs {
 #[derive(Subcommand)]
 enum ModelCommand {
     /// Export the global model of a round as JSON: its task, parameters (flat and by
-    /// name) and the federation's standardisation; `consortia score` reads it.
+    /// name) and the federation's standardisation; `consortia score` reads it. For
+    /// logistic regression, the MLP and the GLM, also an ONNX file beside it (the same
+    /// path ending in .onnx) that takes the encoded features and standardises them.
     Export {
         /// The coordinator's state directory.
         #[arg(long)]

@@ -48,6 +48,7 @@ pub(crate) struct Standardization {
 /// Writes the global model of `round` (the last completed one by default) from the
 /// coordinator's state directory to `out`.
 pub(crate) fn export(state: &Path, round: Option<u64>, out: &Path) -> Result<()> {
+    crate::onnx_export::onnx_path(out)?;
     let store = consortia_coordinator::store::Store::open(state)?;
     let round = match round {
         Some(r) => r,
@@ -78,6 +79,9 @@ pub(crate) fn export(state: &Path, round: Option<u64>, out: &Path) -> Result<()>
     std::fs::write(out, serde_json::to_string_pretty(&doc)?)
         .with_context(|| format!("cannot write {}", out.display()))?;
     println!("model of round {round} written to {}", out.display());
+    if let Some(onnx) = crate::onnx_export::write_beside(out)? {
+        println!("ONNX model written to {}", onnx.display());
+    }
     Ok(())
 }
 

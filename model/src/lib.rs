@@ -19,6 +19,8 @@
 //! - [`fedavg`]: the example-weighted average of partners' deltas ([`WeightedSum`]);
 //! - [`aggregate`]: a round's aggregate in any of its forms ([`AggregatedUpdate`]) and
 //!   the FedAvg delta it stands for;
+//! - [`onnx`]: a trained model, with its standardisation, as an ONNX file for any ONNX
+//!   runtime ([`onnx::to_onnx`]);
 //! - [`strategy`]: the server strategies ([`Strategy`]: FedAvg, FedAvgM, FedAdam,
 //!   FedYogi, FedAdagrad) that step the global model from that delta.
 
@@ -33,6 +35,7 @@ pub mod fedavg;
 pub mod metrics;
 pub mod model;
 pub mod models;
+pub mod onnx;
 pub mod regression_metrics;
 pub mod schema;
 pub mod sgd;
