@@ -18,6 +18,7 @@ use clap::Subcommand;
 use consortia_ledger::audit::{self, ExpectedHead};
 use consortia_ledger::entry::GENESIS_PREV_HASH;
 use consortia_ledger::{LedgerEntry, LedgerFile, Verifier, load_entries};
+use consortia_observability::progress::Counter;
 
 /// The `consortia audit` subcommands.
 #[derive(Subcommand)]
@@ -169,10 +170,17 @@ fn report(
         }
     }
     let entries = read_ledger(ledger)?;
-    match cert {
+    let verification = match cert {
         Some(cert) => {
             let verifier = load_verifier(cert)?;
-            let report = audit::verify(&entries, &verifier);
+            let mut counter = Counter::new("verifying entries", Some(entries.len() as u64), 10_000);
+            let report = audit::verify_with_progress(&entries, &verifier, &mut |done| {
+                if done % 1024 == 0 {
+                    counter.set(done as u64);
+                }
+            });
+            counter.set(report.valid_entries as u64);
+            counter.finish();
             if let Some(problem) = &report.problem {
                 bail!(
                     "{} failed verification against {}: {problem}; no report was written — run \
@@ -182,17 +190,25 @@ fn report(
                 );
             }
             eprintln!("{report}");
+            let certificate = audit::CertificateSummary::from_pem_file(cert)
+                .with_context(|| format!("cannot describe the certificate {}", cert.display()))?;
+            audit::ReportVerification::Checked {
+                certificate,
+                entries: entries.len() as u64,
+            }
         }
         None => {
             eprintln!(
                 "warning: signatures were not checked (no --cert); pass the signer's certificate \
                  to verify the ledger before reporting it"
             );
-            if let Some(problem) = chain_problem(&entries) {
+            let chain_problem = chain_problem(&entries);
+            if let Some(problem) = &chain_problem {
                 eprintln!("warning: {problem}; the report shows the entries as stored");
             }
+            audit::ReportVerification::NotChecked { chain_problem }
         }
-    }
+    };
     print!("{}", audit::report_table(&entries));
     let insecure = audit::rng_warnings(&entries);
     if !insecure.is_empty() {
@@ -208,13 +224,15 @@ fn report(
         let name = ledger.file_name().unwrap_or(ledger.as_os_str());
         format!("Privacy ledger: {}", name.to_string_lossy())
     });
-    std::fs::write(html, audit::report_html(&entries, &title)).with_context(|| {
+    let page = audit::report_html_verified(&entries, &title, &verification);
+    std::fs::write(html, page).with_context(|| {
         format!(
             "cannot write the HTML report to {}; check that its directory exists and is writable",
             html.display()
         )
     })?;
     LedgerFile::from_entries(entries)
+        .with_verification(verification)
         .save(json)
         .with_context(|| format!("cannot write the JSON export to {}", json.display()))?;
     println!("HTML report written to {}", html.display());

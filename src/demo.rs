@@ -184,7 +184,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
     let coord_cfg = work.join("coordinator.toml");
     std::fs::write(
         &coord_cfg,
-        "listen = \"127.0.0.1:0\"\nstate_dir = \"state\"\ntask = \"task.toml\"\naddr_file = \"coordinator.addr\"\n\n[tls]\nca_cert = \"pki/ca.pem\"\ncert = \"pki/coordinator.pem\"\nkey = \"pki/coordinator.key\"\ncrl = \"pki/crl.pem\"\n",
+        "listen = \"127.0.0.1:0\"\nstate_dir = \"state\"\ntask = \"task.toml\"\naddr_file = \"coordinator.addr\"\n\n[tls]\nca_cert = \"pki/ca.pem\"\ncert = \"pki/coordinator.pem\"\nkey = \"pki/coordinator.key\"\ncrl = \"pki/crl.pem\"\n\n[observability]\nmetrics_listen = \"127.0.0.1:0\"\n",
     )?;
     let logs = work.join("logs");
     std::fs::create_dir_all(&logs)?;
@@ -197,10 +197,20 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
         .arg("coordinator")
         .arg("--config")
         .arg(&coord_cfg)
-        .stdout(Stdio::inherit())
+        .stdout(Stdio::piped())
         .stderr(log_file(&logs, "coordinator")?)
         .spawn()
         .context("cannot start the coordinator")?;
+    // Its per-round table, printed here around the progress line.
+    let mut coordinator = coordinator;
+    let table = coordinator.stdout.take().map(|out| {
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                consortia_observability::progress::println(&line);
+            }
+        })
+    });
     procs.0.push(("coordinator".into(), coordinator));
     let addr = wait_for_file(&addr_file, Duration::from_secs(30))
         .context("the coordinator did not start listening; see logs/coordinator.log")?;
@@ -243,7 +253,13 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
 
     // 6. Wait for the coordinator to finish the task.
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+    // Round, phase and time left, from the coordinator's /metrics.
+    let mut watch = crate::progress::FederationWatch::new(
+        logs.join("coordinator.log"),
+        consortia_model::TaskSpec::from_toml_str(&task)?.round_deadline_secs,
+    );
     let status = loop {
+        watch.poll();
         if let Some(s) = procs.0[0].1.try_wait()? {
             break s;
         }
@@ -268,6 +284,10 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
             "the coordinator failed ({status}); see {}",
             logs.join("coordinator.log").display()
         );
+    }
+    consortia_observability::progress::clear();
+    if let Some(table) = table {
+        let _ = table.join();
     }
     let elapsed = started.elapsed();
     // Agents exit once told the task finished.

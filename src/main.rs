@@ -7,6 +7,7 @@
 mod audit;
 mod demo;
 mod onnx_export;
+mod progress;
 mod score;
 
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use consortia_client::AgentConfig;
 use consortia_client::config::{AgentTls, OwnBudget};
 use consortia_coordinator::CoordinatorConfig;
 use consortia_coordinator::config::TlsFiles;
+use consortia_observability::LogFormat;
 use consortia_pki::Pki;
 
 #[derive(Parser)]
@@ -160,6 +162,10 @@ struct CoordinatorArgs {
     /// (port 0: a free port, logged); overrides `[observability] metrics_listen`.
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Log format: `text` (for people) or `json` (one object per line); overrides
+    /// `[observability] log_format`.
+    #[arg(long, value_name = "text|json")]
+    log_format: Option<LogFormat>,
     /// Serve the web console over HTTPS on this address, e.g. 127.0.0.1:7444 (port 0: a
     /// free port, logged); overrides `[console] listen`. Console certificates come from
     /// `consortia pki issue NAME --role operator|auditor`.
@@ -204,6 +210,10 @@ struct AgentArgs {
     /// (port 0: a free port, logged); overrides `[observability] metrics_listen`.
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Log format: `text` (for people) or `json` (one object per line); overrides
+    /// `[observability] log_format`.
+    #[arg(long, value_name = "text|json")]
+    log_format: Option<LogFormat>,
 }
 
 #[derive(Subcommand)]
@@ -246,39 +256,41 @@ fn exit_quietly_when_stdout_closes() {
     }));
 }
 
-/// Logs through `tracing` (filter from `RUST_LOG`, `info` by default). The
-/// coordinator and the other commands log to standard error; a partner agent logs
-/// its progress (INFO and below) to standard output and its warnings and errors to
-/// standard error, so that an operator can follow one and alert on the other.
-fn init_logging(agent: bool) {
-    use tracing_subscriber::fmt::writer::MakeWriterExt;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
-    if agent {
-        builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-            .with_writer(
-                std::io::stderr
-                    .with_max_level(tracing::Level::WARN)
-                    .or_else(std::io::stdout),
-            )
-            .init();
-    } else {
-        builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .with_writer(std::io::stderr)
-            .init();
-    }
+/// Logs through `tracing` (filter from `RUST_LOG`, `info` by default), as text or
+/// JSON ([`consortia_observability::logging`]): `--log-format`, else the
+/// configuration file's `[observability] log_format`, else text. The coordinator and
+/// the other commands log to standard error; a partner agent logs its progress (INFO
+/// and below) to standard output and its warnings and errors to standard error, so
+/// that an operator can follow one and alert on the other.
+fn init_logging(command: &Command) -> LogFormat {
+    use consortia_observability::logging::{Streams, init};
+    // A configuration file that does not load is reported by the command itself.
+    let format = match command {
+        Command::Coordinator(a) => a.log_format.or_else(|| {
+            let path = a.config.as_ref()?;
+            let cfg = CoordinatorConfig::load(path).ok()?;
+            Some(cfg.observability.log_format)
+        }),
+        Command::Agent(a) => a.log_format.or_else(|| {
+            let path = a.config.as_ref()?;
+            Some(AgentConfig::load(path).ok()?.observability.log_format)
+        }),
+        _ => None,
+    };
+    let streams = match command {
+        Command::Agent(_) => Streams::Split,
+        _ => Streams::Stderr,
+    };
+    let format = format.unwrap_or_default();
+    init(format, streams);
+    format
 }
 
 fn main() -> Result<()> {
     exit_quietly_when_stdout_closes();
     let cli = Cli::parse();
-    init_logging(matches!(cli.command, Command::Agent(_)));
-    match cli.command {
+    let format = init_logging(&cli.command);
+    let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Pki(cmd) => pki(cmd),
         Command::Coordinator(args) => coordinator(args),
@@ -300,7 +312,13 @@ fn main() -> Result<()> {
             target_epsilon,
         } => privacy_plan(&task, target_epsilon),
         Command::Rekey { state, without } => rekey(&state, &without),
+    };
+    // A JSON log ends with its error as one more event, not a line of text.
+    if let (Err(e), LogFormat::Json) = (&result, format) {
+        tracing::error!("{e:#}");
+        std::process::exit(1);
     }
+    result
 }
 
 fn rekey(state: &std::path::Path, without: &[String]) -> Result<()> {
@@ -351,7 +369,7 @@ fn pki(cmd: PkiCommand) -> Result<()> {
             partners,
             hosts,
         } => {
-            Pki::init(&dir, &hosts, &partners)?;
+            progress::pki_init(&dir, &hosts, &partners)?;
             println!("created a federation PKI in {}", dir.display());
             println!(
                 "  coordinator: {0}/coordinator.pem + {0}/coordinator.key (keep on the coordinator host)",
@@ -455,6 +473,9 @@ fn coordinator(args: CoordinatorArgs) -> Result<()> {
     if args.metrics_listen.is_some() {
         cfg.observability.metrics_listen = args.metrics_listen;
     }
+    if let Some(format) = args.log_format {
+        cfg.observability.log_format = format;
+    }
     let rt = runtime()?;
     let summary = rt.block_on(consortia_coordinator::run(cfg, ctrl_c()))?;
     match summary {
@@ -507,9 +528,23 @@ fn agent(args: AgentArgs) -> Result<()> {
     if args.metrics_listen.is_some() {
         cfg.observability.metrics_listen = args.metrics_listen;
     }
+    if let Some(format) = args.log_format {
+        cfg.observability.log_format = format;
+    }
+    let json = cfg.observability.log_format == LogFormat::Json;
     let rt = runtime()?;
     let summary = rt.block_on(consortia_client::run(cfg, ctrl_c()))?;
-    println!("agent done: trained in {} rounds", summary.rounds_trained);
+    consortia_observability::progress::clear();
+    // Standard output carries the agent's log: in JSON, the summary is one more event.
+    if json {
+        tracing::info!(
+            rounds_trained = summary.rounds_trained,
+            "agent done: trained in {} rounds",
+            summary.rounds_trained
+        );
+    } else {
+        println!("agent done: trained in {} rounds", summary.rounds_trained);
+    }
     Ok(())
 }
 

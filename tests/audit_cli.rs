@@ -330,9 +330,103 @@ fn report_writes_an_html_chart_and_a_json_export() {
         serde_json::from_str(&std::fs::read_to_string(&out).expect("JSON written"))
             .expect("JSON export parses");
     assert_eq!(parsed["entries"].as_array().map(Vec::len), Some(3));
-    assert_eq!(
+    let (written, source) = (
         LedgerFile::load(&out).unwrap(),
-        LedgerFile::load(&json).unwrap()
+        LedgerFile::load(&json).unwrap(),
+    );
+    assert_eq!(written.entries, source.entries);
+    assert_eq!(written.insecure_rng, source.insecure_rng);
+}
+
+/// SHA-256 of the first certificate of a PEM file (its DER bytes), in hex.
+fn der_sha256(pem: &Path) -> String {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let der = CertificateDer::from_pem_file(pem).expect("a PEM certificate");
+    hex::encode(consortia_proto::sha256(&der))
+}
+
+#[test]
+fn report_states_its_verification_at_the_top_of_the_page_and_the_json() {
+    let fx = Fixture::new();
+    let json = fx.coordinator_ledger(3);
+    let cert = fx.coordinator_cert();
+    let fingerprint = der_sha256(&cert);
+    let run_report = |cert: Option<&Path>, name: &str| {
+        let (html, out) = (
+            fx.path(&format!("{name}.html")),
+            fx.path(&format!("{name}.json")),
+        );
+        let mut args: Vec<&OsStr> = vec![
+            "report".as_ref(),
+            "--ledger".as_ref(),
+            json.as_os_str(),
+            "--html".as_ref(),
+            html.as_os_str(),
+            "--json".as_ref(),
+            out.as_os_str(),
+        ];
+        if let Some(cert) = cert {
+            args.extend(["--cert".as_ref(), cert.as_os_str()]);
+        }
+        audit(&args).ok();
+        let page = std::fs::read_to_string(&html).expect("HTML report written");
+        let export: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&out).expect("JSON written"))
+                .expect("JSON export parses");
+        (page, export)
+    };
+    /// The verification paragraph, which must come before the first section.
+    fn verification_line(page: &str) -> &str {
+        let at = page
+            .find("id=\"verification\"")
+            .expect("a verification line");
+        let first_section = page.find("<h2>").expect("sections");
+        assert!(
+            at < first_section,
+            "the verification line is not at the top:\n{page}"
+        );
+        let rest = &page[at..];
+        &rest[..rest.find("</p>").expect("closed paragraph")]
+    }
+
+    // Checked against the coordinator's certificate: which one, by subject and fingerprint.
+    let (page, export) = run_report(Some(&cert), "checked");
+    let line = verification_line(&page);
+    assert!(
+        page.contains("class=\"verified\" id=\"verification\""),
+        "{page}"
+    );
+    assert!(line.contains("Verified"), "{line}");
+    assert!(line.contains("all 3 entries"), "{line}");
+    assert!(line.contains("CN=coordinator"), "{line}");
+    assert!(line.contains(&fingerprint), "{line}");
+    assert!(line.contains(&*cert.to_string_lossy()), "{line}");
+    let v = &export["verification"];
+    assert_eq!(v["signatures"], "checked", "{export}");
+    assert_eq!(v["entries"], 3);
+    assert_eq!(v["certificate"]["sha256"], fingerprint.as_str());
+    let subject = v["certificate"]["subject"].as_str().unwrap_or_default();
+    assert!(subject.contains("CN=coordinator"), "{export}");
+    // The export still reads as a ledger, and verifies.
+    let exported = fx.path("checked.json");
+    verify(&exported, &cert).ok();
+
+    // Not checked: said as plainly, at the same place.
+    let (page, export) = run_report(None, "unchecked");
+    let line = verification_line(&page);
+    assert!(
+        line.contains("Not verified") && line.contains("not checked"),
+        "{line}"
+    );
+    assert!(
+        page.contains("class=\"unverified\" id=\"verification\""),
+        "{page}"
+    );
+    assert!(!line.contains(&fingerprint), "{line}");
+    assert_eq!(
+        export["verification"]["signatures"], "not_checked",
+        "{export}"
     );
 }
 
@@ -592,4 +686,36 @@ fn ledgers_of_format_v1_still_verify_report_and_compare() {
         .ledger("partner", &fx.pki.partner_key_path(PARTNER), 3, &epsilon)
         .1;
     compare(&fx, &partner, &old).ok().says("OK");
+}
+
+/// `consortia audit report … | head`: the reader goes away before the table is written;
+/// the command ends quietly (status 0, no panic), as `tests/cli_output.rs` asks of every
+/// command.
+#[test]
+fn report_ends_quietly_when_its_output_is_closed() {
+    let fx = Fixture::new();
+    let json = fx.coordinator_ledger(40);
+    let (html, out) = (fx.path("head.html"), fx.path("head.json"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_consortia"))
+        .arg("audit")
+        .arg("report")
+        .arg("--ledger")
+        .arg(&json)
+        .arg("--cert")
+        .arg(fx.coordinator_cert())
+        .arg("--html")
+        .arg(&html)
+        .arg("--json")
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run consortia");
+    // Close the read end before the command writes its first line.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}\n{stderr}", output.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("Broken pipe"), "{stderr}");
 }

@@ -265,6 +265,11 @@ async fn run_session(
                     tracing::warn!(reason = DeclineKind::Round.code(), "{e}");
                     // Tell the operator why before leaving; nothing private is in it.
                     let _ = send(&tx, Up::Decline(decline(0, e.to_string()))).await;
+                    // End the request stream and give the coordinator a moment to read
+                    // the decline and close the session, so that it is not lost with
+                    // the connection.
+                    drop(tx);
+                    let _ = tokio::time::timeout(Duration::from_secs(5), inbound.message()).await;
                     return Err(fatal(state, e));
                 }
                 tracing::info!(

@@ -237,6 +237,11 @@ fn decode_stored(key: &[u8], value: &[u8]) -> Result<LedgerEntry, LedgerError> {
 pub struct LedgerFile {
     /// [`EXPORT_FORMAT`] when written by this build.
     pub format: String,
+    /// What `consortia audit report` checked before writing this file: the signatures
+    /// against which certificate, or not checked. A statement of the report's author for
+    /// readers of the JSON; never trusted when the file is read (verify it yourself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<crate::audit::ReportVerification>,
     /// The entries, in ledger order.
     pub entries: Vec<LedgerEntry>,
     /// The entries whose noise was not drawn from the secure generator (`rng` other than
@@ -251,9 +256,16 @@ impl LedgerFile {
     pub fn from_entries(entries: Vec<LedgerEntry>) -> Self {
         Self {
             format: EXPORT_FORMAT.to_string(),
+            verification: None,
             insecure_rng: rng_warnings(&entries),
             entries,
         }
+    }
+
+    /// The same file, stating at its top how the report that writes it verified the ledger.
+    pub fn with_verification(mut self, verification: crate::audit::ReportVerification) -> Self {
+        self.verification = Some(verification);
+        self
     }
 
     /// Reads an exported ledger file of at most [`MAX_EXPORT_BYTES`].
@@ -323,11 +335,14 @@ impl LedgerFile {
         #[derive(Serialize)]
         struct Out<'a> {
             format: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            verification: Option<&'a crate::audit::ReportVerification>,
             insecure_rng: Vec<RngWarning>,
             entries: &'a [LedgerEntry],
         }
         let this = Out {
             format: EXPORT_FORMAT,
+            verification: self.verification.as_ref(),
             insecure_rng: rng_warnings(&self.entries),
             entries: &self.entries,
         };

@@ -71,6 +71,16 @@ pub(crate) fn around<T>(write: impl FnOnce() -> T) -> T {
     out
 }
 
+/// Prints `line` on standard output, around the progress line (erased first, drawn
+/// again after).
+pub fn println(line: &str) {
+    around(|| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    });
+}
+
 /// Erases the progress line, if one is drawn (call it before printing results).
 pub fn clear() {
     let mut d = drawn();

@@ -6,5 +6,11 @@ mod report;
 mod verify;
 
 pub use compare::{Disagreement, RELATIVE_TOLERANCE, approx_eq, compare};
-pub use report::{RngWarning, format_time_utc, report_html, report_table, rng_warnings};
-pub use verify::{ExpectedHead, Problem, ProblemKind, VerifyReport, verify, verify_with_head};
+pub use report::{
+    CertificateSummary, ReportVerification, RngWarning, format_time_utc, report_html,
+    report_html_verified, report_table, rng_warnings,
+};
+pub use verify::{
+    ExpectedHead, Problem, ProblemKind, VerifyReport, verify, verify_with_head,
+    verify_with_progress,
+};

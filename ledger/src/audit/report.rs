@@ -11,6 +11,108 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::entry::{LedgerEntry, SECURE_RNG};
+use crate::error::LedgerError;
+
+/// The most bytes of a certificate file read to describe it.
+const MAX_CERT_FILE_BYTES: u64 = 64 * 1024;
+
+/// Which certificate a ledger's signatures were checked against, as a report names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateSummary {
+    /// The certificate file as given.
+    pub file: String,
+    /// The certificate's subject (`CN=coordinator`).
+    pub subject: String,
+    /// SHA-256 of the certificate (its DER bytes, as `openssl x509 -fingerprint -sha256`
+    /// computes it), 64 lowercase hex digits.
+    pub sha256: String,
+}
+
+impl CertificateSummary {
+    /// Describes the first certificate of the PEM file `path` (at most 64 KiB).
+    pub fn from_pem_file(path: &std::path::Path) -> Result<Self, LedgerError> {
+        use std::io::Read as _;
+        use x509_parser::pem::Pem;
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let with_path = |reason: String| LedgerError::VerifyingKey {
+            path: Some(path.to_path_buf()),
+            reason,
+        };
+        let mut text = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_CERT_FILE_BYTES + 1).read_to_end(&mut text))
+            .map_err(|e| with_path(e.to_string()))?;
+        if text.len() as u64 > MAX_CERT_FILE_BYTES {
+            return Err(with_path(format!(
+                "file is larger than {MAX_CERT_FILE_BYTES} bytes"
+            )));
+        }
+        for block in Pem::iter_from_buffer(&text) {
+            let block = block.map_err(|e| with_path(format!("malformed PEM: {e}")))?;
+            if block.label != "CERTIFICATE" {
+                continue;
+            }
+            let (_, cert) = X509Certificate::from_der(&block.contents)
+                .map_err(|e| with_path(format!("not an X.509 certificate ({e})")))?;
+            use sha2::Digest as _;
+            return Ok(CertificateSummary {
+                file: path.display().to_string(),
+                subject: cert.subject().to_string(),
+                sha256: hex::encode(sha2::Sha256::digest(&block.contents)),
+            });
+        }
+        Err(with_path(
+            "no `-----BEGIN CERTIFICATE-----` block found".into(),
+        ))
+    }
+}
+
+/// What a report says at its top about its ledger's verification.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "signatures", rename_all = "snake_case")]
+pub enum ReportVerification {
+    /// Every entry's hash, signature and chain link was checked against `certificate`.
+    Checked {
+        /// The signer's certificate.
+        certificate: CertificateSummary,
+        /// Entries verified (all of them).
+        entries: u64,
+    },
+    /// Signatures were not checked (no certificate given): the entries are shown as stored.
+    NotChecked {
+        /// A break in the hash chain found without a key, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        chain_problem: Option<String>,
+    },
+}
+
+impl ReportVerification {
+    /// Whether the signatures were checked.
+    pub fn checked(&self) -> bool {
+        matches!(self, ReportVerification::Checked { .. })
+    }
+
+    /// The sentence the report opens with.
+    pub fn sentence(&self) -> String {
+        match self {
+            ReportVerification::Checked {
+                certificate,
+                entries,
+            } => format!(
+                "Verified: the signatures, hashes and hash chain of all {entries} entries were                  checked against the certificate {} (subject {}, SHA-256 fingerprint {}).",
+                certificate.file, certificate.subject, certificate.sha256
+            ),
+            ReportVerification::NotChecked { chain_problem } => {
+                let mut s = "Not verified: signatures were not checked (no signer certificate                              was given); the entries are shown as stored."
+                    .to_string();
+                if let Some(p) = chain_problem {
+                    s.push_str(&format!(" The hash chain is broken: {p}."));
+                }
+                s
+            }
+        }
+    }
+}
 
 /// An entry whose noise was not drawn from [`SECURE_RNG`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -528,6 +630,19 @@ fn chart_svg(entries: &[LedgerEntry]) -> String {
 ///
 /// Reports contents as recorded; check integrity with [`super::verify`] first.
 pub fn report_html(entries: &[LedgerEntry], title: &str) -> String {
+    let not_checked = ReportVerification::NotChecked {
+        chain_problem: None,
+    };
+    report_html_verified(entries, title, &not_checked)
+}
+
+/// [`report_html`], stating `verification` at the top: whether the signatures were
+/// checked and against which certificate (subject and SHA-256 fingerprint), or not.
+pub fn report_html_verified(
+    entries: &[LedgerEntry],
+    title: &str,
+    verification: &ReportVerification,
+) -> String {
     let title = esc(title);
     let mut s = String::new();
     s.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
@@ -542,11 +657,23 @@ pub fn report_html(entries: &[LedgerEntry], title: &str) -> String {
          th,td{border:1px solid #ccc;padding:0.25em 0.6em;text-align:right}\n\
          td.t,th.t{text-align:left}\nth{background:#f3f3f3}\n\
          tr.over td{background:#fde2e2}\ntr.insecure td.rng{color:#b00020;font-weight:bold}\n\
-         p.warning{border:2px solid #b00020;background:#fde2e2;padding:0.6em;font-weight:bold}\n.tick{font-size:11px;fill:#555}\n\
+         p.warning{border:2px solid #b00020;background:#fde2e2;padding:0.6em;font-weight:bold}\n\
+         p.verified{border:2px solid #1b7f3b;background:#e3f4e8;padding:0.6em;font-weight:bold}\n\
+         p.unverified{border:2px solid #b26a00;background:#fff1d6;padding:0.6em;font-weight:bold}\n.tick{font-size:11px;fill:#555}\n\
          svg text{font-size:12px}\ncode{font-size:0.85em;word-break:break-all}\n</style>\n",
     );
     s.push_str("</head>\n<body>\n");
     let _ = writeln!(s, "<h1>{title}</h1>");
+    let _ = writeln!(
+        s,
+        "<p class=\"{}\" id=\"verification\">{}</p>",
+        if verification.checked() {
+            "verified"
+        } else {
+            "unverified"
+        },
+        esc(&verification.sentence())
+    );
     if let Some(w) = rng_warning_text(entries) {
         let _ = writeln!(
             s,

@@ -271,6 +271,16 @@ impl fmt::Display for VerifyReport {
 /// signature), `prev_hash` is the previous entry's hash (else chain broken). A truncated tail
 /// passes: use [`verify_with_head`] to detect it.
 pub fn verify(entries: &[LedgerEntry], verifier: &Verifier) -> VerifyReport {
+    verify_with_progress(entries, verifier, &mut |_| {})
+}
+
+/// [`verify`], calling `progress` with the number of entries checked so far after each
+/// one (for a progress display on a large ledger).
+pub fn verify_with_progress(
+    entries: &[LedgerEntry],
+    verifier: &Verifier,
+    progress: &mut dyn FnMut(usize),
+) -> VerifyReport {
     let mut report = VerifyReport {
         entries: entries.len(),
         valid_entries: 0,
@@ -308,6 +318,7 @@ pub fn verify(entries: &[LedgerEntry], verifier: &Verifier) -> VerifyReport {
         prev_hash = entry.hash;
         report.valid_entries = position + 1;
         report.valid_head = Some((entry.index, entry.hash));
+        progress(position + 1);
     }
     report
 }
