@@ -8,8 +8,8 @@
 //! rewrites one. Ledgers of entry format v1 and v2 are read alike.
 //!
 //! A ledger is given either as its sled database directory (`STATE_DIR/ledger` for the
-//! coordinator; it cannot be opened while the coordinator runs) or as an exported JSON file
-//! (`STATE_DIR/privacy-ledger.json`, refreshed after every round).
+//! coordinator; while the coordinator runs, a copy of it taken at that moment is read) or as
+//! an exported JSON file (`STATE_DIR/privacy-ledger.json`, refreshed after every round).
 
 use std::path::{Path, PathBuf};
 
@@ -368,6 +368,16 @@ fn read_ledger(path: &Path) -> Result<Vec<LedgerEntry>> {
             path.display()
         );
     }
+    // A running coordinator (or agent) holds the database's lock: read a copy of it.
+    if path.is_dir() && in_use(path) {
+        let copy = consortia_coordinator::store::Snapshot::copy_of(path)?;
+        eprintln!(
+            "note: {} is in use by a running process: reading a copy of it taken now",
+            path.display()
+        );
+        return load_entries(copy.path())
+            .with_context(|| format!("cannot read the copy of the ledger {}", path.display()));
+    }
     load_entries(path).with_context(|| {
         format!(
             "cannot read the ledger {}; pass a ledger database directory or a ledger file \
@@ -375,6 +385,14 @@ fn read_ledger(path: &Path) -> Result<Vec<LedgerEntry>> {
             path.display()
         )
     })
+}
+
+/// Whether another process holds the lock of the sled database in `dir`.
+fn in_use(dir: &Path) -> bool {
+    match std::fs::File::open(dir.join("db")) {
+        Ok(f) => matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+        Err(_) => false,
+    }
 }
 
 /// The first break in index continuity or the hash chain, checked without a key.

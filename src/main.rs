@@ -43,12 +43,16 @@ enum Command {
     Coordinator(CoordinatorArgs),
     /// Run a partner agent next to the partner's data.
     Agent(AgentArgs),
-    /// Show the per-round metrics stored by a coordinator.
+    /// Show the per-round metrics stored by a coordinator (also while it runs: a copy of
+    /// its database is read).
     Metrics {
         /// The coordinator's state directory.
         #[arg(long)]
         state: PathBuf,
     },
+    /// Check a coordinator's state directory.
+    #[command(subcommand)]
+    State(StateCommand),
     /// Work with stored global models.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -217,6 +221,19 @@ struct AgentArgs {
 }
 
 #[derive(Subcommand)]
+enum StateCommand {
+    /// Check offline, without changing anything, that a stopped coordinator's state
+    /// directory is whole: the database, commit.json, every model file, the privacy
+    /// ledger and the federation key agree (the check every coordinator start makes).
+    /// Exits non-zero, naming the file and the round, when they do not.
+    Verify {
+        /// The coordinator's state directory.
+        #[arg(long)]
+        state: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum ModelCommand {
     /// Export the global model of a round as JSON: its task, parameters (flat and by
     /// name) and the federation's standardisation; `consortia score` reads it. For
@@ -296,6 +313,7 @@ fn main() -> Result<()> {
         Command::Coordinator(args) => coordinator(args),
         Command::Agent(args) => agent(args),
         Command::Metrics { state } => metrics(&state),
+        Command::State(StateCommand::Verify { state }) => state_verify(&state),
         Command::Model(ModelCommand::Export { state, round, out }) => {
             score::export(&state, round, &out)
         }
@@ -331,8 +349,9 @@ fn rekey(state: &std::path::Path, without: &[String]) -> Result<()> {
     // Opening the database fails while a coordinator holds it.
     let store = consortia_coordinator::store::Store::open(state)
         .context("stop the coordinator before re-keying")?;
+    // The removal is announced in the commit record, then made, then recorded.
+    let old = store.remove_federation_key(without)?;
     drop(store);
-    let old = consortia_coordinator::secure::remove_key(state, without)?;
     match old {
         Some(holders) => println!(
             "removed the federation key of {} key holders ({})",
@@ -548,8 +567,42 @@ fn agent(args: AgentArgs) -> Result<()> {
     Ok(())
 }
 
+fn state_verify(state: &std::path::Path) -> Result<()> {
+    match consortia_coordinator::commit::verify_dir(state) {
+        Ok(verified) => {
+            print!("{verified}");
+            match &verified.record {
+                Some(r) => println!("OK: a coordinator resumes after round {}", r.round),
+                None => println!("OK: a coordinator starts a new task here"),
+            }
+            Ok(())
+        }
+        Err(e) => {
+            println!("state directory {}", state.display());
+            println!("PROBLEM: {e}");
+            Err(e.into())
+        }
+    }
+}
+
+/// Opens a coordinator's state for reading; while a coordinator runs on it, a copy of
+/// its database (said on standard error).
+pub(crate) fn open_state_read_only(
+    state: &std::path::Path,
+) -> Result<consortia_coordinator::store::Store> {
+    let (store, copy) = consortia_coordinator::store::Store::open_read_only(state)?;
+    if copy {
+        eprintln!(
+            "note: a coordinator is running on {}: reading a copy of its database taken now \
+             (a round in progress is not in it yet)",
+            state.display()
+        );
+    }
+    Ok(store)
+}
+
 fn metrics(state: &std::path::Path) -> Result<()> {
-    let store = consortia_coordinator::store::Store::open(state)?;
+    let store = open_state_read_only(state)?;
     let rounds = store.rounds()?;
     let (private, classifier) = match store.task_toml()? {
         Some(text) => {

@@ -49,7 +49,7 @@ pub(crate) struct Standardization {
 /// coordinator's state directory to `out`.
 pub(crate) fn export(state: &Path, round: Option<u64>, out: &Path) -> Result<()> {
     crate::onnx_export::onnx_path(out)?;
-    let store = consortia_coordinator::store::Store::open(state)?;
+    let store = crate::open_state_read_only(state)?;
     let round = match round {
         Some(r) => r,
         None => store.last_round()?,

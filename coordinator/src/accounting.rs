@@ -10,6 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use consortia_dp::{
     DpEvent, EVALUATION_MECHANISM, PrivacySpec, STATISTICS_MECHANISM, check_task_plan,
@@ -19,6 +20,8 @@ use consortia_ledger::{Ledger, Signer, SpendRecord};
 use consortia_model::TaskSpec;
 
 use crate::CoordinatorError;
+use crate::commit::LedgerHead;
+use crate::store::Store;
 
 /// Reads the task's `[privacy]` table, if any, and checks it can run here.
 ///
@@ -58,6 +61,13 @@ pub struct Accounting {
     export: PathBuf,
     /// Partners whose release of feature statistics this task's ledger already charges.
     statistics_charged: BTreeSet<String>,
+    /// The state whose commit record follows the ledger's head.
+    heads: Option<Arc<Store>>,
+}
+
+/// Opens (or creates) the coordinator's ledger in `state_dir/ledger`.
+pub fn open_ledger(state_dir: &Path) -> Result<Ledger, CoordinatorError> {
+    Ledger::open(state_dir.join("ledger")).map_err(|e| CoordinatorError::Ledger(e.to_string()))
 }
 
 impl Accounting {
@@ -70,6 +80,17 @@ impl Accounting {
         state_dir: &Path,
         key: &Path,
     ) -> Result<Self, CoordinatorError> {
+        Self::with_ledger(spec, task, open_ledger(state_dir)?, state_dir, key)
+    }
+
+    /// [`open`](Self::open) with the ledger already opened (the start-up check read it).
+    pub fn with_ledger(
+        spec: PrivacySpec,
+        task: &TaskSpec,
+        ledger: Ledger,
+        state_dir: &Path,
+        key: &Path,
+    ) -> Result<Self, CoordinatorError> {
         let task_id = TaskId {
             name: task.name.clone(),
             hash: task
@@ -77,7 +98,6 @@ impl Accounting {
                 .map_err(|e| CoordinatorError::Task(e.to_string()))?,
         };
         let ledger_err = |e: consortia_ledger::LedgerError| CoordinatorError::Ledger(e.to_string());
-        let ledger = Ledger::open(state_dir.join("ledger")).map_err(ledger_err)?;
         let signer = Signer::from_pkcs8_pem_file(key).map_err(ledger_err)?;
         let entries = ledger.entries().map_err(ledger_err)?;
         let statistics_charged = entries
@@ -96,7 +116,24 @@ impl Accounting {
             signer,
             export: state_dir.join("privacy-ledger.json"),
             statistics_charged,
+            heads: None,
         })
+    }
+
+    /// Records the ledger's head in `store`'s commit record after every append (written
+    /// after the entry: the ledger runs ahead of the record, never behind it).
+    pub fn recording_heads_in(mut self, store: Arc<Store>) -> Self {
+        self.heads = Some(store);
+        self
+    }
+
+    /// The ledger's head now (`None` while it is empty).
+    pub fn head(&self) -> Result<Option<LedgerHead>, CoordinatorError> {
+        let last = self
+            .ledger
+            .last()
+            .map_err(|e| CoordinatorError::Ledger(e.to_string()))?;
+        Ok(last.as_ref().map(LedgerHead::of))
     }
 
     /// Whether `partner` (with `rows` training rows) can afford the next round;
@@ -159,9 +196,13 @@ impl Accounting {
         let record =
             record.map_err(|e| CoordinatorError::Ledger(format!("cannot charge {what}: {e}")))?;
         let err = |e: consortia_ledger::LedgerError| CoordinatorError::Ledger(e.to_string());
-        self.ledger
+        let entry = self
+            .ledger
             .append(record.clone(), &self.signer)
             .map_err(err)?;
+        if let Some(store) = &self.heads {
+            store.record_ledger_head(LedgerHead::of(&entry))?;
+        }
         self.ledger.export_json(&self.export).map_err(err)?;
         for (p, eps) in &record.epsilon_cumulative {
             tracing::info!(partner = %p, round = record.round, epsilon = eps, budget = record.budget_epsilon.get(p).copied().unwrap_or(f64::NAN), "privacy spend of {what} recorded");

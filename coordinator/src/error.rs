@@ -67,6 +67,11 @@ pub enum CoordinatorError {
     /// The task cannot continue (e.g. privacy budgets exhausted).
     #[error("task stopped: {0}")]
     Stopped(String),
+    /// The state directory's durable files disagree (a damaged, missing or rolled-back
+    /// file): the start is refused, naming the file and the round
+    /// ([`crate::commit::StateProblem`]).
+    #[error("state directory: {0}")]
+    State(Box<crate::commit::StateProblem>),
 }
 
 impl CoordinatorError {

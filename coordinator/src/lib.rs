@@ -7,6 +7,8 @@
 //!
 //! * [`config`] — what the operator configures: listen address, TLS files, state directory.
 //! * [`store`] — the durable state: task, standardisation, global models, metrics.
+//! * [`commit`] — the commit record of the durable state, checked at every start and by
+//!   `consortia state verify`: a damaged or rolled-back file stops the start.
 //! * [`accounting`] — privacy budgets, refusals and the write-ahead ledger.
 //! * [`rejection`] — why a partner's message was refused: a code (invalid, out of phase,
 //!   unavailable) mapped to one gRPC status code, and what was expected.
@@ -29,6 +31,7 @@
 //! * [`server`] — wiring: TLS listener, revocation reload, shutdown.
 
 pub mod accounting;
+pub mod commit;
 pub mod config;
 pub mod console;
 pub mod error;

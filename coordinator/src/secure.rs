@@ -44,7 +44,8 @@ use crate::rejection::{Rejection, Subject};
 /// this module keeps it, and its release count, in the state directory.
 pub use consortia_proto::FederationKey;
 
-fn key_path(state_dir: &Path) -> PathBuf {
+/// `<state>/keys/federation-key.json`.
+pub(crate) fn key_path(state_dir: &Path) -> PathBuf {
     state_dir.join("keys").join("federation-key.json")
 }
 

@@ -71,7 +71,10 @@ pub async fn run(
     cfg: CoordinatorConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Option<TaskSummary>, CoordinatorError> {
-    let store = Arc::new(Store::open(&cfg.state_dir)?);
+    // The state is checked before anything is written to it: a damaged, missing or
+    // rolled-back file stops the start here (`crate::commit`).
+    let (store, ledger) = crate::commit::open_for_start(&cfg.state_dir)?;
+    let store = Arc::new(store);
     let (task, task_toml) = load_task(&cfg, &store)?;
     let telemetry = Telemetry::new(&task);
     let tls = Arc::new(
@@ -85,12 +88,20 @@ pub async fn run(
         .with_refusal_observer(telemetry.handshake_observer()),
     );
     let accounting = match crate::accounting::task_privacy(&task)? {
-        Some(spec) => Some(crate::accounting::Accounting::open(
-            spec,
-            &task,
-            &cfg.state_dir,
-            &cfg.tls.key,
-        )?),
+        Some(spec) => {
+            let ledger = match ledger {
+                Some(l) => l,
+                None => crate::accounting::open_ledger(&cfg.state_dir)?,
+            };
+            let acc = crate::accounting::Accounting::with_ledger(
+                spec,
+                &task,
+                ledger,
+                &cfg.state_dir,
+                &cfg.tls.key,
+            )?;
+            Some(acc.recording_heads_in(store.clone()))
+        }
         None => None,
     };
     // Metrics are served before the federation's address is published.

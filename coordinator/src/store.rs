@@ -12,18 +12,29 @@
 //! * tree `rounds`: round → [`RoundRecord`] (JSON).
 //! * tree `metrics`: model round → [`MetricsRecord`] (JSON).
 //!
+//! * `meta`/`commit` and `<state_dir>/commit.json`: the [`CommitRecord`] (last
+//!   completed round, SHA-256 of every model file, ledger head, federation key), see
+//!   [`crate::commit`].
+//!
 //! A round is committed by writing its model file (synced, then renamed into
-//! place) and then one sled transaction (record, counter), flushed before the
-//! next round starts, so after a crash the coordinator
-//! resumes from the last completed round and never applies a round twice.
+//! place) and then one sled transaction (record, counter, commit record), flushed
+//! before the next round starts, and then `commit.json`, so after a crash the
+//! coordinator resumes from the last completed round and never applies a round
+//! twice; every start checks the database against `commit.json`, the model files,
+//! the ledger and the key ([`crate::commit::open_for_start`]).
+//!
+//! Read-only commands open a copy of the database when a running coordinator holds
+//! its lock ([`Store::open_read_only`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use consortia_model::TaskMetrics;
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 
 use crate::CoordinatorError;
+use crate::commit::{self, CommitRecord, KeyChange, LedgerHead, sha256_hex};
 
 /// What a completed round did.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -69,10 +80,17 @@ pub struct Store {
     models: PathBuf,
     rounds: sled::Tree,
     metrics: sled::Tree,
+    /// The commit record of the last durable step (`None`: none yet, or an older state
+    /// directory not adopted yet); held while a new one is written, so writes are serial.
+    record: Mutex<Option<CommitRecord>>,
+    /// A copy of the database opened by [`Store::open_read_only`]: nothing is written.
+    snapshot: Option<Snapshot>,
 }
 
 const LAST_ROUND: &[u8] = b"last_round";
 const STRATEGY_STATE: &[u8] = b"strategy_state";
+const COMMIT: &[u8] = b"commit";
+const STANDARDIZER: &[u8] = b"standardizer";
 /// sled page cache of the coordinator's database.
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -82,27 +100,88 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> CoordinatorError {
 
 impl Store {
     /// Opens (or creates) the database in `dir`.
+    ///
+    /// This does not check the state: a coordinator starts through
+    /// [`crate::commit::open_for_start`], which does.
     pub fn open(dir: &Path) -> Result<Self, CoordinatorError> {
         std::fs::create_dir_all(dir).map_err(CoordinatorError::file(dir))?;
+        let models = dir.join("models");
+        std::fs::create_dir_all(&models).map_err(CoordinatorError::file(&models))?;
+        Self::open_db(dir, &dir.join("db"), None)
+    }
+
+    fn open_db(
+        dir: &Path,
+        db_path: &Path,
+        snapshot: Option<Snapshot>,
+    ) -> Result<Self, CoordinatorError> {
         // Only small records live in sled; a small page cache is plenty.
         let db = sled::Config::new()
-            .path(dir.join("db"))
+            .path(db_path)
             .cache_capacity(CACHE_BYTES)
             .open()
             .map_err(CoordinatorError::store(dir))?;
         let tree = |name: &str| db.open_tree(name).map_err(CoordinatorError::store(dir));
+        let meta = tree("meta")?;
+        // A record that cannot be read is the start-up check's to report.
+        let record = meta
+            .get(COMMIT)
+            .ok()
+            .flatten()
+            .and_then(|b| CommitRecord::decode(&b).ok());
         Ok(Store {
-            meta: tree("meta")?,
-            models: {
-                let m = dir.join("models");
-                std::fs::create_dir_all(&m).map_err(CoordinatorError::file(&m))?;
-                m
-            },
+            meta,
+            models: dir.join("models"),
             rounds: tree("rounds")?,
             metrics: tree("metrics")?,
             path: dir.to_path_buf(),
             db,
+            record: Mutex::new(record),
+            snapshot,
         })
+    }
+
+    /// Opens a copy of the database in `dir` (in a temporary directory, removed when the
+    /// store is dropped), for reading: sled recovers the copy's last consistent state.
+    /// Nothing in `dir` is changed; the store refuses every write.
+    pub fn open_snapshot(dir: &Path) -> Result<Self, CoordinatorError> {
+        let snapshot = Snapshot::copy_of(&dir.join("db"))?;
+        let db_path = snapshot.path().to_path_buf();
+        Self::open_db(dir, &db_path, Some(snapshot))
+    }
+
+    /// Opens the state in `dir` for a command that only reads it (`consortia metrics`,
+    /// `consortia model export`): the database itself, or, while a running coordinator
+    /// holds its lock, a copy of it ([`Store::open_snapshot`]; the second value is then
+    /// `true`: rounds in progress may be missing from it). A directory without a database
+    /// is refused rather than made one.
+    pub fn open_read_only(dir: &Path) -> Result<(Self, bool), CoordinatorError> {
+        if !dir.join("db").join("db").is_file() {
+            return Err(CoordinatorError::Config {
+                path: dir.to_path_buf(),
+                message: "not a coordinator state directory (no db/ inside)".into(),
+            });
+        }
+        if commit::database_in_use(dir) {
+            return Ok((Self::open_snapshot(dir)?, true));
+        }
+        match Self::open(dir) {
+            Ok(s) => Ok((s, false)),
+            // Taken between the check and the open.
+            Err(CoordinatorError::Store { source, .. }) if is_lock_error(&source) => {
+                Ok((Self::open_snapshot(dir)?, true))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn writable(&self) -> Result<(), CoordinatorError> {
+        match &self.snapshot {
+            None => Ok(()),
+            Some(_) => Err(CoordinatorError::Corrupt(
+                "a copy of the state database opened for reading cannot be written".into(),
+            )),
+        }
     }
 
     fn err(&self) -> impl FnOnce(sled::Error) -> CoordinatorError + '_ {
@@ -125,15 +204,173 @@ impl Store {
     }
 
     /// Starts a task: stores its text and the initial model (round 0).
+    ///
+    /// The model file first, then the task, round 0 and the first commit record in one
+    /// transaction, then `commit.json`: a crash before the transaction leaves a new state
+    /// directory (the model file is written again).
     pub fn init_task(&self, task_toml: &str, initial: &[f64]) -> Result<(), CoordinatorError> {
-        self.write_model(0, initial)?;
+        self.writable()?;
+        let mut slot = self.lock_record();
+        if let Some(r) = slot.as_ref() {
+            return Err(corrupt(
+                "task creation",
+                format!("a task is stored already (round {} committed)", r.round),
+            ));
+        }
+        let model_sha = self.write_model(0, initial)?;
+        let record = CommitRecord {
+            write: 1,
+            round: 0,
+            task_sha256: sha256_hex(task_toml.as_bytes()),
+            standardizer_sha256: None,
+            models: vec![model_sha],
+            ledger: None,
+            federation_key: None,
+            federation_key_next: None,
+        };
+        let bytes = record.encode();
         self.meta
-            .insert(LAST_ROUND, &0u64.to_be_bytes())
-            .map_err(self.err())?;
+            .transaction(|meta| {
+                meta.insert(LAST_ROUND, &0u64.to_be_bytes())?;
+                meta.insert("task", task_toml.as_bytes())?;
+                meta.remove(STANDARDIZER)?;
+                meta.insert(COMMIT, bytes.as_slice())?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| self.txn_err(e, "task creation"))?;
+        self.flush()?;
+        commit::write_file(&self.path, &record)?;
+        *slot = Some(record);
+        Ok(())
+    }
+
+    fn lock_record(&self) -> std::sync::MutexGuard<'_, Option<CommitRecord>> {
+        self.record
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn txn_err(&self, e: sled::transaction::TransactionError<()>, what: &str) -> CoordinatorError {
+        match e {
+            sled::transaction::TransactionError::Storage(s) => CoordinatorError::Store {
+                path: self.path.clone(),
+                source: s,
+            },
+            sled::transaction::TransactionError::Abort(()) => corrupt(what, "aborted"),
+        }
+    }
+
+    /// The commit record of the last durable step, if there is one.
+    pub fn commit_record(&self) -> Option<CommitRecord> {
+        self.lock_record().clone()
+    }
+
+    /// The commit record's bytes as stored in the database.
+    pub(crate) fn raw_commit_record(&self) -> Result<Option<Vec<u8>>, CoordinatorError> {
+        Ok(self
+            .meta
+            .get(COMMIT)
+            .map_err(self.err())?
+            .map(|v| v.to_vec()))
+    }
+
+    /// The standardisation's bytes as stored.
+    pub(crate) fn raw_standardizer(&self) -> Result<Option<Vec<u8>>, CoordinatorError> {
+        Ok(self
+            .meta
+            .get(STANDARDIZER)
+            .map_err(self.err())?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Makes `record` the current one (the start-up check's verdict); with `write`, stores
+    /// it as it is in the database and in `commit.json` (an adopted state directory).
+    pub(crate) fn install_record(
+        &self,
+        record: CommitRecord,
+        write: bool,
+    ) -> Result<(), CoordinatorError> {
+        let mut slot = self.lock_record();
+        if write {
+            self.writable()?;
+            self.meta
+                .insert(COMMIT, record.encode())
+                .map_err(self.err())?;
+            self.flush()?;
+            commit::write_file(&self.path, &record)?;
+        }
+        *slot = Some(record);
+        Ok(())
+    }
+
+    /// Writes a new commit record changed by `change` (one more write): the database
+    /// first, flushed, then `commit.json`. Nothing is written for a state directory
+    /// without a record (an older one, adopted at the coordinator's next start).
+    pub(crate) fn update_record(
+        &self,
+        change: impl FnOnce(&mut CommitRecord),
+    ) -> Result<(), CoordinatorError> {
+        self.writable()?;
+        let mut slot = self.lock_record();
+        let Some(current) = slot.as_ref() else {
+            return Ok(());
+        };
+        let mut record = current.clone();
+        change(&mut record);
+        record.write = current.write + 1;
         self.meta
-            .insert("task", task_toml.as_bytes())
+            .insert(COMMIT, record.encode())
             .map_err(self.err())?;
-        self.flush()
+        self.flush()?;
+        commit::write_file(&self.path, &record)?;
+        *slot = Some(record);
+        Ok(())
+    }
+
+    /// Records the privacy ledger's new head (after each append: the ledger is written
+    /// ahead of the record).
+    pub fn record_ledger_head(&self, head: LedgerHead) -> Result<(), CoordinatorError> {
+        self.update_record(|r| r.ledger = Some(head))
+    }
+
+    /// Stores a new federation key, announcing it in the commit record first and
+    /// recording it as current once its file is written.
+    pub fn save_federation_key(
+        &self,
+        key: &crate::secure::FederationKey,
+    ) -> Result<(), CoordinatorError> {
+        // `save_key` writes exactly `to_json`.
+        let sha256 = sha256_hex(key.to_json().as_bytes());
+        let announced = sha256.clone();
+        self.update_record(|r| r.federation_key_next = Some(KeyChange::Save { sha256 }))?;
+        crate::secure::save_key(key, &self.path)?;
+        self.update_record(|r| {
+            r.federation_key = Some(announced);
+            r.federation_key_next = None;
+        })
+    }
+
+    /// Forgets the federation key ([`crate::secure::remove_key`]), announcing the removal
+    /// in the commit record first and recording it once done. Returns the key holders
+    /// of the removed key.
+    pub fn remove_federation_key(
+        &self,
+        excluded: &[String],
+    ) -> Result<Option<Vec<String>>, CoordinatorError> {
+        self.update_record(|r| r.federation_key_next = Some(KeyChange::Remove))?;
+        let old = crate::secure::remove_key(&self.path, excluded)?;
+        self.update_record(|r| {
+            r.federation_key = None;
+            r.federation_key_next = None;
+        })?;
+        Ok(old)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn forget_record_for_tests(&self) {
+        self.meta.remove(COMMIT).unwrap();
+        self.flush().unwrap();
+        *self.lock_record() = None;
     }
 
     /// The last completed round (0 before the first).
@@ -144,25 +381,30 @@ impl Store {
         }
     }
 
-    fn model_path(&self, round: u64) -> PathBuf {
+    /// The model file of `round`.
+    pub(crate) fn model_path(&self, round: u64) -> PathBuf {
         self.models.join(format!("round-{round:08}.f64"))
     }
 
     /// Writes a model file durably: temporary file, fsync, rename, fsync of the directory.
-    fn write_model(&self, round: u64, model: &[f64]) -> Result<(), CoordinatorError> {
+    /// Returns the file's hex SHA-256.
+    fn write_model(&self, round: u64, model: &[f64]) -> Result<String, CoordinatorError> {
         use std::io::Write;
+        self.writable()?;
         let path = self.model_path(round);
         let tmp = path.with_extension("tmp");
+        let bytes = encode_f64(model);
         let write = || -> Result<(), std::io::Error> {
             let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&encode_f64(model))?;
+            f.write_all(&bytes)?;
             f.sync_all()
         };
         write().map_err(CoordinatorError::file(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(CoordinatorError::file(&path))?;
         std::fs::File::open(&self.models)
             .and_then(|d| d.sync_all())
-            .map_err(CoordinatorError::file(&self.models))
+            .map_err(CoordinatorError::file(&self.models))?;
+        Ok(sha256_hex(&bytes))
     }
 
     /// The global model after `round`.
@@ -173,6 +415,21 @@ impl Store {
         let path = self.model_path(round);
         match std::fs::read(&path) {
             Ok(bytes) => {
+                // A committed model is read exactly as it was committed.
+                let recorded = self
+                    .lock_record()
+                    .as_ref()
+                    .and_then(|r| r.models.get(round as usize).cloned());
+                if let Some(want) = recorded {
+                    let got = sha256_hex(&bytes);
+                    if got != want {
+                        return Err(CoordinatorError::Corrupt(format!(
+                            "the model file of round {round} ({}) has SHA-256 {got}, but {want} \
+                             was committed",
+                            path.display()
+                        )));
+                    }
+                }
                 let model = decode_f64(&bytes)?;
                 if let Some(i) = model.iter().position(|v| !v.is_finite()) {
                     return Err(CoordinatorError::Corrupt(format!(
@@ -200,27 +457,51 @@ impl Store {
         strategy_state: &[u8],
     ) -> Result<(), CoordinatorError> {
         let key = record.round.to_be_bytes();
+        let record_bytes = serde_json::to_vec(record).map_err(|e| corrupt("round record", e))?;
+        let mut slot = self.lock_record();
+        // Rounds are committed once each, in order: the model file of a committed round is
+        // never written again.
+        if let Some(current) = slot.as_ref()
+            && current.round + 1 != record.round
+        {
+            return Err(corrupt(
+                "commit record",
+                format!(
+                    "round {} cannot be committed after round {}",
+                    record.round, current.round
+                ),
+            ));
+        }
         // The model file first: a crash before the transaction leaves a file
         // for a round that is not committed, overwritten when it is redone.
-        self.write_model(record.round, model)?;
-        let record_bytes = serde_json::to_vec(record).map_err(|e| corrupt("round record", e))?;
+        let model_sha = self.write_model(record.round, model)?;
+        // The commit record of the round, in the same transaction (none for an older state
+        // directory not adopted yet).
+        let commit = slot.as_ref().map(|current| {
+            let mut next = current.clone();
+            next.write = current.write + 1;
+            next.models.push(model_sha);
+            next.round = record.round;
+            next
+        });
+        let commit_bytes = commit.as_ref().map(CommitRecord::encode);
         (&self.meta, &self.rounds)
             .transaction(|(meta, rounds)| {
                 rounds.insert(&key, record_bytes.as_slice())?;
                 meta.insert(LAST_ROUND, &key)?;
                 meta.insert(STRATEGY_STATE, strategy_state)?;
+                if let Some(c) = &commit_bytes {
+                    meta.insert(COMMIT, c.as_slice())?;
+                }
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             })
-            .map_err(|e| match e {
-                sled::transaction::TransactionError::Storage(s) => CoordinatorError::Store {
-                    path: self.path.clone(),
-                    source: s,
-                },
-                sled::transaction::TransactionError::Abort(()) => {
-                    corrupt("round commit", "aborted")
-                }
-            })?;
-        self.flush()
+            .map_err(|e| self.txn_err(e, "round commit"))?;
+        self.flush()?;
+        if let Some(commit) = commit {
+            commit::write_file(&self.path, &commit)?;
+            *slot = Some(commit);
+        }
+        Ok(())
     }
 
     /// The server strategy's state as of the last committed round (empty before
@@ -258,6 +539,7 @@ impl Store {
 
     /// Stores the evaluation of a model.
     pub fn put_metrics(&self, record: &MetricsRecord) -> Result<(), CoordinatorError> {
+        self.writable()?;
         let bytes = serde_json::to_vec(record).map_err(|e| corrupt("metrics", e))?;
         self.metrics
             .insert(record.model_round.to_be_bytes(), bytes)
@@ -293,7 +575,7 @@ impl Store {
 
     /// The federation's standardisation, once agreed.
     pub fn standardizer(&self) -> Result<Option<StoredStandardizer>, CoordinatorError> {
-        match self.meta.get("standardizer").map_err(self.err())? {
+        match self.meta.get(STANDARDIZER).map_err(self.err())? {
             None => Ok(None),
             Some(v) => serde_json::from_slice(&v)
                 .map(Some)
@@ -301,13 +583,34 @@ impl Store {
         }
     }
 
-    /// Stores the federation's standardisation.
+    /// Stores the federation's standardisation, with a commit record holding its hash
+    /// in the same transaction.
     pub fn put_standardizer(&self, s: &StoredStandardizer) -> Result<(), CoordinatorError> {
+        self.writable()?;
         let bytes = serde_json::to_vec(s).map_err(|e| corrupt("standardizer", e))?;
+        let mut slot = self.lock_record();
+        let commit = slot.as_ref().map(|current| {
+            let mut next = current.clone();
+            next.write = current.write + 1;
+            next.standardizer_sha256 = Some(sha256_hex(&bytes));
+            next
+        });
+        let commit_bytes = commit.as_ref().map(CommitRecord::encode);
         self.meta
-            .insert("standardizer", bytes)
-            .map_err(self.err())?;
-        self.flush()
+            .transaction(|meta| {
+                meta.insert(STANDARDIZER, bytes.as_slice())?;
+                if let Some(c) = &commit_bytes {
+                    meta.insert(COMMIT, c.as_slice())?;
+                }
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| self.txn_err(e, "standardisation"))?;
+        self.flush()?;
+        if let Some(commit) = commit {
+            commit::write_file(&self.path, &commit)?;
+            *slot = Some(commit);
+        }
+        Ok(())
     }
 
     /// Writes everything to disk.
@@ -315,6 +618,70 @@ impl Store {
         self.db.flush().map_err(self.err())?;
         Ok(())
     }
+}
+
+/// Whether sled failed to open a database because another process holds its lock.
+pub fn is_lock_error(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
+/// A copy of a directory in a temporary directory, removed when dropped.
+#[derive(Debug)]
+pub struct Snapshot {
+    root: PathBuf,
+    copy: PathBuf,
+}
+
+impl Snapshot {
+    /// Copies `dir` (recursively) into a new temporary directory.
+    pub fn copy_of(dir: &Path) -> Result<Self, CoordinatorError> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let root = std::env::temp_dir().join(format!(
+            "consortia-snapshot-{}-{nanos}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&root).map_err(CoordinatorError::file(&root))?;
+        let name = dir.file_name().unwrap_or(std::ffi::OsStr::new("copy"));
+        let snapshot = Snapshot {
+            copy: root.join(name),
+            root,
+        };
+        copy_dir(dir, &snapshot.copy)?;
+        Ok(snapshot)
+    }
+
+    /// The copy.
+    pub fn path(&self) -> &Path {
+        &self.copy
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<(), CoordinatorError> {
+    std::fs::create_dir_all(to).map_err(CoordinatorError::file(to))?;
+    for entry in std::fs::read_dir(from).map_err(CoordinatorError::file(from))? {
+        let entry = entry.map_err(CoordinatorError::file(from))?;
+        let path = entry.path();
+        let target = to.join(entry.file_name());
+        let kind = entry.file_type().map_err(CoordinatorError::file(&path))?;
+        if kind.is_dir() {
+            copy_dir(&path, &target)?;
+        } else if kind.is_file() {
+            std::fs::copy(&path, &target).map_err(CoordinatorError::file(&path))?;
+        }
+    }
+    Ok(())
 }
 
 fn decode_u64(v: &[u8]) -> Option<u64> {

@@ -17,7 +17,7 @@ use super::{Ending, Phase, Progress, drive};
 use crate::CoordinatorError;
 use crate::hub::{Hub, Stage};
 use crate::rejection::{Rejection, Subject};
-use crate::secure::{FederationKey, KeyCeremony, releases, remove_key, save_key};
+use crate::secure::{FederationKey, KeyCeremony, releases};
 use crate::session::{Outbound, message};
 use crate::store::Store;
 
@@ -299,7 +299,7 @@ pub async fn ensure_key(
             continue;
         };
         let key = ceremony.finish()?;
-        save_key(&key, store.dir())?;
+        store.save_federation_key(&key)?;
         let key = Arc::new(key);
         hub.set_federation_key(Some(key.clone()));
         tracing::info!(
@@ -319,7 +319,7 @@ pub async fn renew(
     min: usize,
     deadline: Duration,
 ) -> Result<Arc<FederationKey>, CoordinatorError> {
-    remove_key(store.dir(), &[])?;
+    store.remove_federation_key(&[])?;
     hub.set_federation_key(None);
     ensure_key(hub, store, min, deadline).await
 }
