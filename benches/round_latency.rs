@@ -21,7 +21,14 @@
 //!
 //! ```text
 //! cargo bench --bench round_latency -- [--params 1000000] [--rounds 10] [--partners 3,10] [--modes plain,secure]
+//! cargo bench --bench round_latency -- --metrics-cost 4 [--params 1000000] [--rounds 30] [--partners 3] [--modes plain]
 //! ```
+//!
+//! `--metrics-cost K` measures what Prometheus metrics cost: for each partner count and
+//! mode it runs `K` pairs of federations, alternately without metrics and with
+//! `[observability] metrics_listen` set on the coordinator and every agent and a scraper
+//! thread reading every endpoint's `GET /metrics` once a second, and reports each pair's
+//! ratio of mean round latency (with / without) and their median, all within one run.
 //!
 //! `ROUND_LATENCY_LOG=FILE` writes the coordinator's log to `FILE` and each agent's
 //! output to `FILE.<partner>`.
@@ -74,6 +81,8 @@ struct Options {
     rounds: u32,
     partners: Vec<usize>,
     modes: Vec<String>,
+    /// Pairs of runs without and with metrics (`--metrics-cost K`); 0: the latency table.
+    metrics_pairs: usize,
 }
 
 fn options(args: &[String]) -> Options {
@@ -82,6 +91,7 @@ fn options(args: &[String]) -> Options {
         rounds: 10,
         partners: vec![3, 10],
         modes: vec!["plain".into(), "secure".into()],
+        metrics_pairs: 0,
     };
     let mut i = 0;
     while i < args.len() {
@@ -90,6 +100,7 @@ fn options(args: &[String]) -> Options {
             "--params" => o.params = v.parse().expect("--params N"),
             "--rounds" => o.rounds = v.parse().expect("--rounds N"),
             "--modes" => o.modes = v.split(',').map(str::to_string).collect(),
+            "--metrics-cost" => o.metrics_pairs = v.parse().expect("--metrics-cost K"),
             "--partners" => {
                 o.partners = v
                     .split(',')
@@ -129,6 +140,9 @@ fn main() {
         model.describe(),
         o.rounds
     );
+    if o.metrics_pairs > 0 {
+        return metrics_cost(&o, &model);
+    }
     println!(
         "{:>8}  {:>7}  {:>12}  {:>12}  {:>12}  {:>22}  {:>14}  {:>22}",
         "partners",
@@ -144,7 +158,7 @@ fn main() {
         let mut plain_mean = None;
         for mode in &o.modes {
             let secure = mode == "secure";
-            let r = run(n, &model, o.rounds, secure);
+            let r = run(n, &model, o.rounds, secure, false);
             if !secure {
                 plain_mean = Some(r.mean);
             }
@@ -157,6 +171,98 @@ fn main() {
             );
         }
     }
+}
+
+/// `--metrics-cost`: pairs of runs without and with metrics (scraped every second),
+/// alternating, and the ratio of their mean round latencies.
+fn metrics_cost(o: &Options, model: &BenchModel) {
+    println!(
+        "cost of metrics: {} pairs of runs, alternately without and with metrics_listen on \
+         the coordinator and every agent, each endpoint scraped every 1 s; the web console is \
+         not opened",
+        o.metrics_pairs
+    );
+    println!(
+        "{:>8}  {:>7}  {:>4}  {:>14}  {:>14}  {:>8}  {:>8}",
+        "partners", "mode", "pair", "off s/round", "on s/round", "on/off", "scrapes"
+    );
+    for &n in &o.partners {
+        for mode in &o.modes {
+            let secure = mode == "secure";
+            let mut ratios = Vec::new();
+            for pair in 1..=o.metrics_pairs {
+                // Alternate which goes first, so that a drift in the machine's load
+                // does not always favour the same side.
+                let (off, on) = if pair % 2 == 1 {
+                    let off = run(n, model, o.rounds, secure, false);
+                    (off, run(n, model, o.rounds, secure, true))
+                } else {
+                    let on = run(n, model, o.rounds, secure, true);
+                    (run(n, model, o.rounds, secure, false), on)
+                };
+                let ratio = on.mean / off.mean;
+                ratios.push(ratio);
+                println!(
+                    "{:>8}  {:>7}  {:>4}  {:>14.4}  {:>14.4}  {:>8.4}  {:>8}",
+                    n, mode, pair, off.mean, on.mean, ratio, on.scrapes
+                );
+            }
+            ratios.sort_by(f64::total_cmp);
+            let median = ratios[ratios.len() / 2];
+            let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
+            println!(
+                "{:>8}  {:>7}  median on/off {:.4} ({:+.1} %), mean {:.4}, range {:.4} – {:.4}",
+                n,
+                mode,
+                median,
+                (median - 1.0) * 100.0,
+                mean,
+                ratios[0],
+                ratios[ratios.len() - 1]
+            );
+        }
+    }
+}
+
+/// A free loopback address for a metrics listener (bound, then released).
+fn free_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    l.local_addr().expect("its address")
+}
+
+/// Scrapes `GET /metrics` of every address once a second until `stop`; returns how many
+/// scrapes answered 200.
+fn scrape_every_second(
+    addrs: Vec<std::net::SocketAddr>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        let mut ok = 0;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let next = Instant::now() + Duration::from_secs(1);
+            for &addr in &addrs {
+                let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+                else {
+                    continue;
+                };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let request =
+                    format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+                let mut answer = String::new();
+                if s.write_all(request.as_bytes()).is_ok()
+                    && s.read_to_string(&mut answer).is_ok()
+                    && answer.starts_with("HTTP/1.1 200")
+                {
+                    ok += 1;
+                }
+            }
+            while Instant::now() < next && !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        ok
+    })
 }
 
 /// The bench task's model: `features` one-hot features and, for an MLP, the width of
@@ -278,11 +384,20 @@ allowed_he_params = ["secure128", "fast64"]
 allowed_models = ["logistic_regression", "mlp"]
 "#;
 
-fn agent_toml(dir: &Path, pki: &Pki, name: &str, addr: &str) -> PathBuf {
+fn agent_toml(
+    dir: &Path,
+    pki: &Pki,
+    name: &str,
+    addr: &str,
+    metrics: Option<std::net::SocketAddr>,
+) -> PathBuf {
     let path = dir.join(format!("agent-{name}.toml"));
+    let observability = metrics.map_or(String::new(), |m| {
+        format!("\n[observability]\nmetrics_listen = \"{m}\"\n")
+    });
     let text = format!(
         "coordinator = \"https://{addr}\"\ndata = {:?}\nstate_dir = {:?}\nmax_connect_attempts = 5\n\n\
-         [tls]\nca_cert = {:?}\ncert = {:?}\nkey = {:?}\n\n{POLICY}",
+         [tls]\nca_cert = {:?}\ncert = {:?}\nkey = {:?}\n\n{POLICY}{observability}",
         dir.join(format!("data-{name}.csv")),
         dir.join(format!("state-{name}")),
         pki.ca_cert_path(),
@@ -325,8 +440,9 @@ fn tail(path: &Path) -> String {
 }
 
 /// Runs one federation; returns seconds per round (mean, min, max over rounds 2..R),
-/// the coordinator's peak MiB and its CPU seconds per round.
-fn run(partners: usize, model: &BenchModel, rounds: u32, secure: bool) -> RunResult {
+/// the coordinator's peak MiB and its CPU seconds per round. With `metrics`, the
+/// coordinator and every agent serve `/metrics`, scraped once a second throughout.
+fn run(partners: usize, model: &BenchModel, rounds: u32, secure: bool, metrics: bool) -> RunResult {
     let dir = tempfile::tempdir().expect("temp dir");
     let d = dir.path();
     let names: Vec<String> = (0..partners).map(|i| format!("bench-{i}")).collect();
@@ -342,6 +458,12 @@ fn run(partners: usize, model: &BenchModel, rounds: u32, secure: bool) -> RunRes
             partner_csv(i, model.features),
         )
         .expect("partner data");
+    }
+    let mut endpoints = Vec::new();
+    if metrics {
+        let addr = free_addr();
+        std::fs::write(d.join("metrics_listen"), addr.to_string()).expect("metrics address");
+        endpoints.push(addr);
     }
     let exe = std::env::current_exe().expect("exe");
     let coordinator_log = log_file(d, "");
@@ -371,7 +493,9 @@ fn run(partners: usize, model: &BenchModel, rounds: u32, secure: bool) -> RunRes
     let mut agents: Vec<(String, PathBuf, Child)> = names
         .iter()
         .map(|name| {
-            let cfg = agent_toml(d, &pki, name, &addr);
+            let listen = metrics.then(free_addr);
+            endpoints.extend(listen);
+            let cfg = agent_toml(d, &pki, name, &addr, listen);
             let log = log_file(d, name);
             let out = std::fs::File::create(&log).expect("agent log");
             let err = out.try_clone().expect("agent log");
@@ -385,6 +509,8 @@ fn run(partners: usize, model: &BenchModel, rounds: u32, secure: bool) -> RunRes
             (name.clone(), log, child)
         })
         .collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scraper = metrics.then(|| scrape_every_second(endpoints, Arc::clone(&stop)));
     // Until the coordinator finishes the task; an agent that fails stops the run.
     loop {
         if matches!(coordinator.try_wait(), Ok(Some(_))) {
@@ -406,6 +532,8 @@ fn run(partners: usize, model: &BenchModel, rounds: u32, secure: bool) -> RunRes
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = coordinator.wait_with_output().expect("coordinator output");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let scrapes = scraper.map_or(0, |s| s.join().unwrap_or(0));
     if !out.status.success() {
         let why = format!("coordinator failed ({})", out.status);
         abort(&why, &mut agents, &coordinator_log);
@@ -454,6 +582,7 @@ fn run(partners: usize, model: &BenchModel, rounds: u32, secure: bool) -> RunRes
         max,
         peak_mib: peak_kib / 1024.0,
         cpu_per_round: cpu / f64::from(rounds),
+        scrapes,
     }
 }
 
@@ -465,6 +594,8 @@ struct RunResult {
     peak_mib: f64,
     /// The coordinator process's CPU seconds over the run, per round.
     cpu_per_round: f64,
+    /// `/metrics` scrapes answered (with metrics on).
+    scrapes: u64,
 }
 
 /// User + system CPU seconds of this process (/proc/self/stat fields 14, 15).
@@ -520,7 +651,12 @@ fn coordinator_child(dir: &Path) {
             crl: pki.join("crl.pem"),
         },
         addr_file: Some(dir.join("addr")),
-        observability: Default::default(),
+        observability: consortia_observability::ObservabilityConfig {
+            metrics_listen: std::fs::read_to_string(dir.join("metrics_listen"))
+                .ok()
+                .and_then(|a| a.trim().parse().ok()),
+            ..Default::default()
+        },
         console: Default::default(),
     };
     let summary = runtime()

@@ -55,7 +55,7 @@ fn count_certificates(dir: &Path) -> u64 {
 
 /// Follows a running coordinator's round and phase for `consortia demo`, from its
 /// `/metrics` (the address its log names): `consortia_round`, `consortia_task_rounds`
-/// and `consortia_phase`, once a second.
+/// and `consortia_phase`, four times a second.
 pub(crate) struct FederationWatch {
     log: PathBuf,
     deadline_secs: u64,
@@ -87,11 +87,11 @@ impl FederationWatch {
         }
     }
 
-    /// Shows the federation's progress if it changed; scrapes at most once a second.
+    /// Shows the federation's progress if it changed; scrapes at most every 250 ms.
     pub(crate) fn poll(&mut self) {
         if self
             .last_poll
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(250))
         {
             return;
         }
@@ -138,7 +138,7 @@ fn phase_code(phase: &str) -> &'static str {
         "key_ceremony" => "key_ceremony",
         "collection" => "collection",
         "decryption" => "decryption",
-        _ => "between rounds",
+        _ => "idle",
     }
 }
 
