@@ -370,6 +370,13 @@ async fn console_takes_console_certificates_of_its_ca_only() {
         &foreign.key_path,
     )))
     .await;
+    // A revoked console certificate is refused from the next connection on.
+    f.pki.revoke("ops").unwrap();
+    let (cert, key) = (
+        f.pki.console_cert_path("ops"),
+        f.pki.console_key_path("ops"),
+    );
+    f.expect_refused(http1(config_from(&ca, &cert, &key))).await;
     // The name space is shared with partners.
     let taken = f
         .pki
