@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use consortia_model::onnx::{OnnxError, to_onnx};
+use consortia_model::onnx::{OnnxError, check_supported, to_onnx};
 use consortia_model::standardize::Standardizer;
 
 /// Where the ONNX file of the JSON export `json` goes: the same path with the
@@ -33,6 +33,10 @@ pub(crate) fn onnx_path(json: &Path) -> Result<PathBuf> {
 pub(crate) fn write_beside(json: &Path) -> Result<Option<PathBuf>> {
     let path = onnx_path(json)?;
     let (file, task) = crate::score::read_model_file(json)?;
+    if let Err(e) = check_supported(task.model.kind) {
+        eprintln!("no ONNX file written: {e}");
+        return Ok(None);
+    }
     let Some(st) = file.standardization.as_ref() else {
         eprintln!(
             "no ONNX file written: the model of round {} has no standardisation (its round \

@@ -108,6 +108,7 @@ pub fn to_onnx(
 ) -> Result<Vec<u8>, OnnxError> {
     use prost::Message;
 
+    check_supported(task.model.kind)?;
     let model = crate::model::model_with_params(task, params)?;
     let kind = model.kind();
     let d = model.feature_count();
@@ -239,6 +240,18 @@ pub fn to_onnx(
         return Err(OnnxError::TooLarge(format!("{len} bytes")));
     }
     Ok(model.encode_to_vec())
+}
+
+/// `Ok` for the model kinds [`to_onnx`] has a graph for (logistic regression, the
+/// MLP, the GLM), [`OnnxError::Unsupported`] naming any other.
+pub fn check_supported(kind: ModelKind) -> Result<(), OnnxError> {
+    match kind {
+        ModelKind::LogisticRegression | ModelKind::Mlp | ModelKind::Glm => Ok(()),
+        #[allow(unreachable_patterns)]
+        other => Err(OnnxError::Unsupported {
+            kind: kind_name(other),
+        }),
+    }
 }
 
 /// A model kind as the task file names it (`logistic_regression`, `mlp`, `glm`).
@@ -631,10 +644,23 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_kinds_are_named() {
-        let err = OnnxError::Unsupported {
-            kind: "matrix_factorization".into(),
-        };
-        assert!(err.to_string().contains("`matrix_factorization`"));
+    fn a_kind_without_a_graph_is_refused_by_name() {
+        for kind in [
+            ModelKind::LogisticRegression,
+            ModelKind::Mlp,
+            ModelKind::Glm,
+        ] {
+            check_supported(kind).expect("supported");
+        }
+        // Matrix factorisation (recommendation) has no ONNX graph: its user factors
+        // stay with each partner. The check runs once the kind exists.
+        if let Ok(kind) = serde_json::from_str::<ModelKind>("\"matrix_factorization\"") {
+            let err = check_supported(kind).unwrap_err();
+            assert!(err.to_string().contains("`matrix_factorization`"), "{err}");
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/recommend_mf.toml");
+            let t = TaskSpec::load(path).expect("the bundled recommendation task");
+            let err = to_onnx(&t, &[], &standardizer(), &[]).unwrap_err();
+            assert!(matches!(err, OnnxError::Unsupported { .. }), "{err}");
+        }
     }
 }
