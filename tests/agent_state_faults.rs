@@ -213,3 +213,63 @@ fn a_key_holder_refuses_its_damaged_key_share_at_load() {
         "a sum was decrypted with the damaged share\n{log}"
     );
 }
+
+/// The coordinator keeps the latest head each partner reported of its own ledger and
+/// sends it back in `Welcome`: an agent whose whole state directory was lost (the
+/// ledger and its head file together, so its own check sees nothing wrong) refuses to
+/// go on, instead of charging from an empty ledger.
+#[test]
+fn an_agent_whose_whole_state_was_lost_is_stopped_by_the_coordinators_acknowledgement() {
+    let mut fed = Federation::new(&dp_task(40));
+    fed.start_coordinator();
+    fed.start_all_agents();
+    fed.wait_log(1, "round started round=3", LONG);
+    let (name, data) = fed.partners[0].clone();
+    fed.kill_agent(&name);
+    let state = fed.agent_state(&name);
+    assert!(
+        state.join("ledger.head").is_file(),
+        "the agent charged nothing"
+    );
+    std::fs::rename(&state, fed.path("lost-state")).unwrap();
+
+    let addr = fed.addr.clone().unwrap();
+    let mut child = Command::new(EXE)
+        .args(["agent", "--coordinator", &format!("https://{addr}")])
+        .arg("--data")
+        .arg(&data)
+        .arg("--pki")
+        .arg(fed.path("pki"))
+        .args(["--name", &name])
+        .arg("--state")
+        .arg(&state)
+        .arg("--policy")
+        .arg(fed.path("policy.toml"))
+        .args(["--max-connect-attempts", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the agent");
+    let status = common::wait_until(Duration::from_secs(60), || child.try_wait().ok().flatten());
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the agent went on with an empty ledger\n{text}"
+    );
+    assert!(
+        text.contains("the coordinator acknowledged")
+            && text.contains("entries of this partner's privacy ledger, but it holds 0"),
+        "{text}"
+    );
+    // Nothing was charged to the new, empty ledger.
+    let fresh = consortia_ledger::load_entries(state.join("ledger")).unwrap_or_default();
+    assert!(fresh.is_empty(), "{} entries charged", fresh.len());
+}

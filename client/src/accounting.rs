@@ -342,6 +342,54 @@ impl PartnerPrivacy {
         })
     }
 
+    /// The ledger's head now (`None` while it is empty): what the agent reports to the
+    /// coordinator after each charge.
+    pub fn head(&self) -> Option<LedgerHead> {
+        let last = self.ledger.last().ok().flatten()?;
+        Some(LedgerHead {
+            entries: last.index + 1,
+            hash: last.hash,
+        })
+    }
+
+    /// Checks the head the coordinator acknowledged — the latest one this partner
+    /// reported to it — against the ledger: a ledger with fewer entries, or another
+    /// entry at that position, was lost or rolled back together with its head file
+    /// (a state directory deleted or restored from an older backup), and is refused.
+    /// A coordinator can only make the agent stop this way, never spend more.
+    pub fn check_acknowledged(&self, entries: u64, hash: &[u8]) -> Result<(), AgentError> {
+        if entries == 0 {
+            return Ok(());
+        }
+        let dir = self.ledger.path();
+        let held = self.ledger.entries().map_err(|e| {
+            head_error(
+                dir,
+                format!("an entry of the privacy ledger cannot be read ({e})"),
+            )
+        })?;
+        let at = usize::try_from(entries - 1).ok().and_then(|i| held.get(i));
+        match at {
+            None => Err(head_error(
+                dir,
+                format!(
+                    "the coordinator acknowledged {entries} entries of this partner's privacy ledger, but it holds {}; {RESTORE}",
+                    held.len()
+                ),
+            )),
+            Some(e) if e.hash.as_slice() != hash => Err(head_error(
+                dir,
+                format!(
+                    "entry {} of this partner's privacy ledger has hash {}, but the coordinator acknowledged {}; {RESTORE}",
+                    entries - 1,
+                    hex::encode(e.hash),
+                    hex::encode(hash)
+                ),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
     /// The dataset this partner's budget covers.
     pub fn dataset(&self) -> Option<&DatasetId> {
         self.book.dataset()

@@ -236,6 +236,8 @@ async fn run_session(
     state.connected_once_this_try = true;
     let mut session = Session::AwaitingWelcome;
     let own_name = own_name(cfg).map_err(|e| fatal(state, e))?;
+    // The ledger head last reported to the coordinator in this session.
+    let mut reported_head = None;
     loop {
         let msg = match inbound.message().await {
             Ok(Some(m)) => m,
@@ -270,6 +272,13 @@ async fn run_session(
                     // the connection.
                     drop(tx);
                     let _ = tokio::time::timeout(Duration::from_secs(5), inbound.message()).await;
+                    return Err(fatal(state, e));
+                }
+                // The coordinator sends back the latest head this partner reported to it:
+                // a ledger that holds less was lost or rolled back with its head file.
+                if let (Some(ack), Some(p)) = (&w.acknowledged_head, state.privacy.as_ref())
+                    && let Err(e) = p.check_acknowledged(ack.entries, &ack.hash)
+                {
                     return Err(fatal(state, e));
                 }
                 tracing::info!(
@@ -535,6 +544,21 @@ async fn run_session(
                 }
             },
         }
+        // After every charge, the ledger's head goes to the coordinator, which sends it
+        // back in the next session's Welcome.
+        if let Some(head) = state.privacy.as_ref().and_then(|p| p.head())
+            && reported_head != Some(head)
+        {
+            send(
+                &tx,
+                Up::LedgerHead(consortia_proto::LedgerHead {
+                    entries: head.entries,
+                    hash: head.hash.to_vec(),
+                }),
+            )
+            .await?;
+            reported_head = Some(head);
+        }
     }
 }
 
@@ -768,7 +792,7 @@ fn welcome(
         && current.name != task.name
     {
         return Err(AgentError::Task(format!(
-            "this agent serves task `{}`; the coordinator now sends task `{}`: refused              (start the agent again to take part in another task)",
+            "this agent serves task `{}`; the coordinator now sends task `{}`: refused (start the agent again to take part in another task)",
             current.name, task.name
         )));
     }
@@ -785,7 +809,7 @@ fn welcome(
         .admit(&task, partner, spec.as_ref(), consortia_dp::secure_rng())?;
     if spec.is_none() && cfg.privacy.is_some() {
         return Err(AgentError::Task(format!(
-            "task `{}` has no [privacy] table, but this partner's configuration sets a privacy              budget: refused (its rows are never used without differential privacy)",
+            "task `{}` has no [privacy] table, but this partner's configuration sets a privacy budget: refused (its rows are never used without differential privacy)",
             task.name
         )));
     }

@@ -7,6 +7,7 @@
 //! and close stages. A message for a stage that is not in progress is refused
 //! as out of phase, naming what the stage in progress takes ([`Stage::expects`]).
 
+use crate::partner_heads::PartnerHeads;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -77,6 +78,8 @@ pub struct Hub {
     pub ciphertexts: Option<CiphertextStore>,
     /// The coordinator's metrics.
     pub telemetry: Telemetry,
+    /// The heads of the partners' own privacy ledgers, as they reported them.
+    pub partner_heads: PartnerHeads,
     attempt: AtomicU64,
     closed_up_to: AtomicU64,
     sessions: Mutex<BTreeMap<String, SessionHandle>>,
@@ -106,6 +109,7 @@ impl Hub {
         let task_hash = task.canonical_hash().unwrap_or_default();
         Hub {
             telemetry: Telemetry::new(&task),
+            partner_heads: PartnerHeads::in_memory(),
             task,
             task_toml,
             param_count,
@@ -139,6 +143,12 @@ impl Hub {
     /// Counts into `telemetry` (the one the metrics listener serves).
     pub fn with_telemetry(mut self, telemetry: Telemetry) -> Self {
         self.telemetry = telemetry;
+        self
+    }
+
+    /// Keeps the partners' reported ledger heads in `heads` (durable) instead of in memory.
+    pub fn with_partner_heads(mut self, heads: PartnerHeads) -> Self {
+        self.partner_heads = heads;
         self
     }
 

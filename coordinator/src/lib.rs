@@ -9,6 +9,7 @@
 //! * [`store`] — the durable state: task, standardisation, global models, metrics.
 //! * [`commit`] — the commit record of the durable state, checked at every start and by
 //!   `consortia state verify`: a damaged or rolled-back file stops the start.
+//! * [`partner_heads`] — the heads of the partners' own ledgers, sent back in `Welcome`.
 //! * [`accounting`] — privacy budgets, refusals and the write-ahead ledger.
 //! * [`rejection`] — why a partner's message was refused: a code (invalid, out of phase,
 //!   unavailable) mapped to one gRPC status code, and what was expected.
@@ -38,6 +39,7 @@ pub mod error;
 pub mod hub;
 pub mod incident;
 pub mod orchestrator;
+pub mod partner_heads;
 pub mod phase;
 pub mod rejection;
 pub mod report;

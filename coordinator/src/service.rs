@@ -240,6 +240,7 @@ async fn read_session(
         partner: partner.clone(),
         task_name: hub.task.name.clone(),
         task_toml: hub.task_toml.clone(),
+        acknowledged_head: hub.partner_heads.acknowledged(&partner),
     };
     if tx
         .send(Outbound::Message(session::message(Kind::Welcome(welcome))))
@@ -341,6 +342,9 @@ async fn read_session(
             }
             Some(client_message::Kind::DecryptionShare(piece)) => {
                 hub.add_share_piece(&partner, piece)
+            }
+            Some(client_message::Kind::LedgerHead(head)) => {
+                hub.partner_heads.record(&partner, &head)
             }
         };
         if let Err(rejection) = outcome {

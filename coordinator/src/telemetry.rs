@@ -223,6 +223,7 @@ pub fn message_kind(msg: &ClientMessage) -> &'static str {
         Some(Kind::KeyShare(_)) => "key_share",
         Some(Kind::Encrypted(_)) => "encrypted_update",
         Some(Kind::DecryptionShare(_)) => "decryption_share",
+        Some(Kind::LedgerHead(_)) => "ledger_head",
     }
 }
 

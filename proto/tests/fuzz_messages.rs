@@ -162,6 +162,10 @@ fn client_corpus() -> Vec<Vec<u8>> {
             bytes: vec![8; 100],
             total_bytes: 100,
         }),
+        Kind::LedgerHead(LedgerHead {
+            entries: 12,
+            hash: vec![9; 32],
+        }),
     ];
     kinds
         .into_iter()
@@ -176,6 +180,10 @@ fn server_corpus() -> Vec<Vec<u8>> {
             partner: "bank-a".into(),
             task_name: "churn".into(),
             task_toml: "name = \"churn\"\n".into(),
+            acknowledged_head: Some(LedgerHead {
+                entries: 3,
+                hash: vec![7; 32],
+            }),
         }),
         Kind::StatsRequest(StatsRequest::default()),
         Kind::RoundStart(RoundStart {

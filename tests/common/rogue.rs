@@ -65,6 +65,7 @@ pub(crate) fn kind_name(msg: &ClientMessage) -> &'static str {
         Some(Up::KeyShare(_)) => "KeyShare",
         Some(Up::Encrypted(_)) => "EncryptedChunk",
         Some(Up::DecryptionShare(_)) => "DecryptionSharePiece",
+        Some(Up::LedgerHead(_)) => "LedgerHead",
     }
 }
 
@@ -150,6 +151,7 @@ impl Peer {
             partner: self.name.clone(),
             task_name,
             task_toml: task_toml.to_string(),
+            acknowledged_head: None,
         }))
         .await
     }

@@ -99,11 +99,11 @@ impl ReportVerification {
                 certificate,
                 entries,
             } => format!(
-                "Verified: the signatures, hashes and hash chain of all {entries} entries were                  checked against the certificate {} (subject {}, SHA-256 fingerprint {}).",
+                "Verified: the signatures, hashes and hash chain of all {entries} entries were checked against the certificate {} (subject {}, SHA-256 fingerprint {}).",
                 certificate.file, certificate.subject, certificate.sha256
             ),
             ReportVerification::NotChecked { chain_problem } => {
-                let mut s = "Not verified: signatures were not checked (no signer certificate                              was given); the entries are shown as stored."
+                let mut s = "Not verified: signatures were not checked (no signer certificate was given); the entries are shown as stored."
                     .to_string();
                 if let Some(p) = chain_problem {
                     s.push_str(&format!(" The hash chain is broken: {p}."));
