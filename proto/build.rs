@@ -7,6 +7,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // The model chunk's parameters are a shared `bytes::Bytes`, encoded once per
+        // round for every session (`consortia_proto::params_bytes`).
+        .bytes(".consortia.v1.ModelChunk.values")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -70,7 +70,7 @@ fn evaluation_report(task_toml: String) -> (EvalPartial, EvalPartial, Rogue, Str
                 peer.send_kind(Down::ModelChunk(ModelChunk {
                     round: 1,
                     index,
-                    values: p[chunk_range(n, index)].to_vec(),
+                    values: consortia_proto::params_bytes(&p[chunk_range(n, index)]),
                 }))
                 .await;
             }

@@ -518,7 +518,7 @@ async fn send_round(peer: &Peer, spec: &TaskSpec, key_id: Vec<u8>) {
         peer.send_kind(Down::ModelChunk(ModelChunk {
             round: 1,
             index,
-            values: vec![0.0; chunk_range(n, index).len()],
+            values: consortia_proto::params_bytes(&vec![0.0; chunk_range(n, index).len()]),
         }))
         .await;
     }
@@ -1232,7 +1232,7 @@ fn an_evaluation_the_budget_cannot_pay_for_is_declined_before_scoring() {
                 peer.send_kind(Down::ModelChunk(ModelChunk {
                     round: 21,
                     index,
-                    values,
+                    values: consortia_proto::params_bytes(&values),
                 }))
                 .await;
             }

@@ -360,14 +360,14 @@ async fn run_session(
                 let n = inc.start.param_count as usize;
                 if chunk.round != inc.start.round
                     || chunk.index != inc.next
-                    || chunk.values.len() != chunk_range(n, chunk.index).len()
+                    || chunk.param_count() != Some(chunk_range(n, chunk.index).len())
                 {
                     return Err(fatal(
                         state,
                         protocol("model chunk out of order or of the wrong size"),
                     ));
                 }
-                inc.values.extend_from_slice(&chunk.values);
+                chunk.extend_params(&mut inc.values);
                 inc.next += 1;
                 if inc.next == inc.start.chunk_count {
                     let partner = partner.to_owned();

@@ -459,8 +459,20 @@ impl Hub {
         loss: f64,
         params: &[f64],
     ) -> Result<(), Rejection> {
+        self.add_update_chunks(partner, round, examples, loss, &[params])
+    }
+
+    /// Folds a complete update, given as its consecutive chunks, into the open round.
+    pub fn add_update_chunks<C: AsRef<[f64]>>(
+        &self,
+        partner: &str,
+        round: u64,
+        examples: u64,
+        loss: f64,
+        chunks: &[C],
+    ) -> Result<(), Rejection> {
         self.with_round(round, |r| {
-            r.add_update(partner, round, examples, loss, params)
+            r.add_update_chunks(partner, round, examples, loss, chunks)
         })?;
         tracing::info!(partner, round, examples, "update received");
         self.telemetry.update_received();

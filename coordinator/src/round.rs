@@ -350,6 +350,20 @@ impl RoundCollector {
         loss: f64,
         params: &[f64],
     ) -> Result<(), Rejection> {
+        self.add_update_chunks(partner, round, examples, loss, &[params])
+    }
+
+    /// [`RoundCollector::add_update`] of an update given as its consecutive chunks
+    /// (as they arrived, without assembling them): every chunk is checked before
+    /// any is added, so a refused update leaves the sum untouched.
+    pub fn add_update_chunks<C: AsRef<[f64]>>(
+        &mut self,
+        partner: &str,
+        round: u64,
+        examples: u64,
+        loss: f64,
+        chunks: &[C],
+    ) -> Result<(), Rejection> {
         self.admits(partner, round)?;
         let subject = Subject::Update;
         if self.kind != RoundKind::Train {
@@ -365,25 +379,37 @@ impl RoundCollector {
         if examples == 0 {
             return Err(no_examples(subject));
         }
-        if params.len() != self.param_count {
+        let len: usize = chunks.iter().map(|c| c.as_ref().len()).sum();
+        if len != self.param_count {
             return Err(Rejection::invalid(
                 subject,
                 format!("{} parameters, as the model has", self.param_count),
-                format!("{} parameters", params.len()),
+                format!("{len} parameters"),
             ));
         }
-        if let Some(i) = params.iter().position(|v| !v.is_finite()) {
+        if let Some(i) = chunks
+            .iter()
+            .flat_map(|c| c.as_ref())
+            .position(|v| !v.is_finite())
+        {
             return Err(Rejection::invalid(
                 subject,
                 "finite parameters",
                 format!("parameter {i} is not a finite number"),
             ));
         }
-        self.sum
-            .add_chunk(0, params, examples as f64)
-            .map_err(|e| {
-                Rejection::invalid(subject, "an update of the model's shape", e.to_string())
-            })?;
+        // The chunks fit the model and are finite, and the weight is the same for
+        // all: the sum refuses the first chunk or none.
+        let mut offset = 0;
+        for chunk in chunks {
+            let chunk = chunk.as_ref();
+            self.sum
+                .add_chunk(offset, chunk, examples as f64)
+                .map_err(|e| {
+                    Rejection::invalid(subject, "an update of the model's shape", e.to_string())
+                })?;
+            offset += chunk.len();
+        }
         // Under differential privacy partners do not report a loss (NaN).
         if loss.is_finite() {
             self.loss_sum += loss * examples as f64;
@@ -646,6 +672,48 @@ mod tests {
             Err(r @ Rejection::OutOfPhase { .. }) if r.to_string().contains("asks for no evaluation")
         ));
         assert!(c.finish().eval.is_none());
+    }
+
+    #[test]
+    fn an_update_in_chunks_is_added_whole_or_not_at_all() {
+        let collector = |n| {
+            RoundCollector::new(
+                3,
+                2,
+                RoundKind::Train,
+                n,
+                ["a".to_string(), "b".to_string()].into_iter().collect(),
+                Instant::now() + Duration::from_secs(60),
+            )
+        };
+        // In chunks, the same sum as whole.
+        let mut whole = collector(5);
+        let mut chunked = collector(5);
+        whole
+            .add_update("a", 3, 2, 0.5, &[1.0, 2.0, 3.0, 4.0, 5.0])
+            .unwrap();
+        chunked
+            .add_update_chunks("a", 3, 2, 0.5, &[vec![1.0, 2.0], vec![3.0, 4.0, 5.0]])
+            .unwrap();
+        // A later chunk that is not finite, or missing values, refuses the whole
+        // update: its first chunk is not in the sum.
+        for bad in [
+            vec![vec![100.0, 100.0], vec![100.0, f64::INFINITY, 100.0]],
+            vec![vec![100.0, 100.0], vec![100.0, 100.0]],
+            vec![vec![100.0, 100.0], vec![100.0, 100.0, 100.0, 100.0]],
+        ] {
+            assert!(matches!(
+                chunked.add_update_chunks("b", 3, 1, 0.5, &bad),
+                Err(Rejection::Invalid { .. })
+            ));
+        }
+        let (whole, chunked) = (whole.finish(), chunked.finish());
+        assert_eq!(chunked.contributors, vec!["a".to_string()]);
+        assert_eq!(chunked.update, whole.update);
+        assert_eq!(
+            chunked.update.unwrap(),
+            AggregatedUpdate::WeightedMeanDelta(vec![1.0, 2.0, 3.0, 4.0, 5.0])
+        );
     }
 
     #[test]

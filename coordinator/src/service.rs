@@ -157,12 +157,19 @@ fn inbound_error(status: &Status) -> Status {
     }
 }
 
-/// An update arriving chunk by chunk (one per connection at most).
+/// An update arriving chunk by chunk (one per connection at most), kept as
+/// the decoded chunks until the last is in (no copy into one vector).
+///
+/// The chunks cannot be added to the round's sum as they arrive: an update is
+/// refused whole when a later chunk is bad or never comes, and an `f64` sum
+/// cannot take a partial update back out exactly (subtracting is rounded, and
+/// a chunk of huge values would wipe out the other partners' contributions on
+/// the way in and out).
 struct PendingUpdate {
     round: u64,
     example_count: u64,
     next: u32,
-    values: Vec<f64>,
+    chunks: Vec<Vec<f64>>,
 }
 
 /// An encrypted update arriving chunk by chunk, written to disk as it comes
@@ -550,7 +557,7 @@ fn take_chunk(
             round: chunk.round,
             example_count: chunk.example_count,
             next: 0,
-            values: Vec::with_capacity(n),
+            chunks: Vec::with_capacity(expected_chunks as usize),
         });
     }
     let p = match pending.as_mut() {
@@ -581,16 +588,16 @@ fn take_chunk(
             format!("{} values", chunk.values.len()),
         ));
     }
-    p.values.extend_from_slice(&chunk.values);
+    p.chunks.push(chunk.values);
     p.next += 1;
     if p.next == expected_chunks {
         let done = pending.take().expect("pending update present");
-        hub.add_update(
+        hub.add_update_chunks(
             partner,
             done.round,
             done.example_count,
             chunk.train_loss,
-            &done.values,
+            &done.chunks,
         )?;
     }
     Ok(())

@@ -1,26 +1,91 @@
 //! One connected partner agent: the handle the orchestrator uses to reach
 //! it, and the writer task that turns commands into the gRPC response stream.
 //!
-//! Models are cut into chunks lazily by the writer, from a model shared by
-//! every session, and the outbound stream is bounded, so a slow partner holds
-//! back only its own stream and costs a few chunks of memory.
+//! A round's model is encoded once ([`EncodedModel`]: each chunk's parameters
+//! as the bytes of `ModelChunk.values`) and every session's writer sends the
+//! same shared chunks, so sending the model to many partners copies it only
+//! into each connection's bounded send buffers. The outbound stream is
+//! bounded, so a slow partner holds back only its own stream and costs a few
+//! chunks of memory.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use consortia_he::Shape;
 
 use consortia_proto::{
-    CiphertextChunk, DecryptRequest, ModelChunk, RoundStart, ServerMessage, chunk_count,
-    chunk_range, server_message::Kind,
+    Bytes, CiphertextChunk, DecryptRequest, ModelChunk, RoundStart, ServerMessage, chunk_count,
+    chunk_range, params_bytes, server_message::Kind,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, SemaphorePermit, mpsc};
+use tokio::time::Instant;
 use tonic::Status;
 
 /// Outbound messages queued per session before the orchestrator sees it as stalled.
 pub const COMMAND_QUEUE: usize = 16;
 /// Encoded messages buffered in the response stream.
 pub const STREAM_BUFFER: usize = 4;
+
+/// Sessions that stream a round's model at the same time; the others wait for a
+/// lane (at most [`LANE_WAIT`]). A round starts by sending the model to every
+/// selected partner at once: paced, the coordinator holds a few sessions' model
+/// bytes in its encoding and HTTP/2 send buffers instead of every partner's, and
+/// the partners' updates come back spread out instead of all at once.
+pub const MODEL_LANES: usize = 8;
+/// Longest a session waits for a lane before it sends the model without one.
+pub const LANE_WAIT: Duration = Duration::from_secs(2);
+/// Longest a session keeps its lane: a partner that reads slowly (or not at all)
+/// holds up the others for at most this long.
+pub const LANE_HOLD: Duration = Duration::from_secs(1);
+
+/// A round's model in its wire form, encoded once and shared by every session:
+/// chunk `i` holds the parameters [`chunk_range`]`(n, i)` as `ModelChunk.values`.
+#[derive(Debug)]
+pub struct EncodedModel {
+    param_count: usize,
+    chunks: Vec<Bytes>,
+    /// The round's [`MODEL_LANES`].
+    lanes: Semaphore,
+}
+
+impl EncodedModel {
+    /// Encodes `model` chunk by chunk.
+    pub fn new(model: &[f64]) -> Self {
+        let n = model.len();
+        EncodedModel {
+            param_count: n,
+            chunks: (0..chunk_count(n))
+                .map(|i| params_bytes(&model[chunk_range(n, i)]))
+                .collect(),
+            lanes: Semaphore::new(MODEL_LANES),
+        }
+    }
+
+    /// Number of parameters.
+    pub fn param_count(&self) -> usize {
+        self.param_count
+    }
+
+    /// The chunks' `values`, in order (cloning one shares its bytes).
+    pub fn chunks(&self) -> &[Bytes] {
+        &self.chunks
+    }
+
+    /// The parameters back (for checks).
+    pub fn params(&self) -> Vec<f64> {
+        let mut out = Vec::with_capacity(self.param_count);
+        for (index, values) in self.chunks.iter().enumerate() {
+            ModelChunk {
+                round: 0,
+                index: index as u32,
+                values: values.clone(),
+            }
+            .extend_params(&mut out);
+        }
+        out
+    }
+}
 
 /// What the orchestrator asks a session's writer to send.
 #[derive(Debug)]
@@ -31,8 +96,8 @@ pub enum Outbound {
     Round {
         /// The round's header.
         start: RoundStart,
-        /// The global model (shared by all sessions).
-        model: Arc<Vec<f64>>,
+        /// The global model, encoded once for all sessions.
+        model: Arc<EncodedModel>,
     },
     /// A decryption request, then the masks of every contributor's stored
     /// ciphertext, read from disk one chunk at a time.
@@ -85,29 +150,8 @@ pub async fn writer(
                 }
             }
             Outbound::Round { start, model } => {
-                let round = start.round;
-                let n = model.len();
-                if out
-                    .send(Ok(message(Kind::RoundStart(start))))
-                    .await
-                    .is_err()
-                {
+                if send_round(&out, start, &model).await.is_err() {
                     return;
-                }
-                for index in 0..chunk_count(n) {
-                    let values = model[chunk_range(n, index)].to_vec();
-                    let chunk = ModelChunk {
-                        round,
-                        index,
-                        values,
-                    };
-                    if out
-                        .send(Ok(message(Kind::ModelChunk(chunk))))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
                 }
             }
             Outbound::Decrypt {
@@ -131,6 +175,60 @@ pub async fn writer(
             }
         }
     }
+}
+
+/// The peer went away.
+struct Gone;
+
+/// Sends a round's header, then its model in a lane of the round's
+/// [`MODEL_LANES`] (or without one after [`LANE_WAIT`]).
+async fn send_round(
+    out: &mpsc::Sender<Result<ServerMessage, Status>>,
+    start: RoundStart,
+    model: &EncodedModel,
+) -> Result<(), Gone> {
+    let round = start.round;
+    let mut lane = None;
+    send_paced(
+        out,
+        message(Kind::RoundStart(start)),
+        &mut lane,
+        Instant::now(),
+    )
+    .await?;
+    lane = tokio::time::timeout(LANE_WAIT, model.lanes.acquire())
+        .await
+        .ok()
+        .and_then(Result::ok);
+    let release_at = Instant::now() + LANE_HOLD;
+    for (index, values) in model.chunks().iter().enumerate() {
+        let chunk = ModelChunk {
+            round,
+            index: index as u32,
+            values: values.clone(),
+        };
+        send_paced(out, message(Kind::ModelChunk(chunk)), &mut lane, release_at).await?;
+    }
+    Ok(())
+}
+
+/// Queues `msg` on the response stream; a lane held past `release_at` is given
+/// up while waiting, so a stalled partner does not keep it.
+async fn send_paced(
+    out: &mpsc::Sender<Result<ServerMessage, Status>>,
+    msg: ServerMessage,
+    lane: &mut Option<SemaphorePermit<'_>>,
+    release_at: Instant,
+) -> Result<(), Gone> {
+    let send = out.send(Ok(msg));
+    tokio::pin!(send);
+    if lane.is_some() {
+        tokio::select! {
+            sent = &mut send => return sent.map_err(|_| Gone),
+            () = tokio::time::sleep_until(release_at) => *lane = None,
+        }
+    }
+    send.await.map_err(|_| Gone)
 }
 
 /// Why a writer stops streaming.

@@ -33,8 +33,49 @@ pub mod federation_key;
 
 pub use federation_key::{FederationKey, FederationKeyError};
 
-/// Parameters per `ModelChunk` / `UpdateChunk` (512 KiB of `f64`).
-pub const CHUNK_VALUES: usize = 65_536;
+/// Parameters per `ModelChunk` / `UpdateChunk` (16 KiB of `f64`).
+///
+/// Small on purpose: what a session holds in flight (tonic's encoding buffer,
+/// the decoding buffer of the inbound stream, which keeps the capacity of the
+/// largest message it has read for as long as the session lasts) grows with
+/// the largest message, and a coordinator holds one of each per partner.
+pub const CHUNK_VALUES: usize = 2_048;
+
+/// Bytes per parameter in `ModelChunk.values` (a little-endian IEEE 754 `f64`).
+pub const PARAM_BYTES: usize = 8;
+
+pub use prost::bytes::Bytes;
+
+/// The wire form of parameters in a `ModelChunk` (`values`): each one as a
+/// little-endian `f64`, byte for byte the packed encoding of `repeated double`.
+pub fn params_bytes(values: &[f64]) -> Bytes {
+    let mut out = Vec::with_capacity(values.len() * PARAM_BYTES);
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    Bytes::from(out)
+}
+
+impl ModelChunk {
+    /// Number of parameters the chunk carries, or `None` when its `values` are
+    /// not a whole number of 8-byte doubles (a malformed chunk).
+    pub fn param_count(&self) -> Option<usize> {
+        self.values
+            .len()
+            .is_multiple_of(PARAM_BYTES)
+            .then_some(self.values.len() / PARAM_BYTES)
+    }
+
+    /// Appends the chunk's parameters to `out` (a trailing partial double, which
+    /// [`ModelChunk::param_count`] reports as malformed, is ignored).
+    pub fn extend_params(&self, out: &mut Vec<f64>) {
+        out.extend(self.values.chunks_exact(PARAM_BYTES).map(|b| {
+            let mut le = [0u8; PARAM_BYTES];
+            le.copy_from_slice(b);
+            f64::from_le_bytes(le)
+        }));
+    }
+}
 
 /// Largest encoded message either side accepts (checked by tonic before decoding).
 pub const MAX_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
@@ -190,5 +231,50 @@ mod tests {
             train_loss: 1.0,
         };
         assert!(prost::Message::encoded_len(&msg) < MAX_MESSAGE_BYTES);
+    }
+
+    /// `ModelChunk` as earlier versions declared it (`repeated double values = 3`).
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct RepeatedDoubleChunk {
+        #[prost(uint64, tag = "1")]
+        round: u64,
+        #[prost(uint32, tag = "2")]
+        index: u32,
+        #[prost(double, repeated, tag = "3")]
+        values: Vec<f64>,
+    }
+
+    #[test]
+    fn model_chunk_bytes_are_the_packed_doubles_of_earlier_versions() {
+        use prost::Message;
+        let values = [0.0, -1.5, f64::MIN_POSITIVE, 1e300, -0.0, 42.0];
+        let chunk = ModelChunk {
+            round: 7,
+            index: 3,
+            values: params_bytes(&values),
+        };
+        let old = RepeatedDoubleChunk {
+            round: 7,
+            index: 3,
+            values: values.to_vec(),
+        };
+        assert_eq!(chunk.encode_to_vec(), old.encode_to_vec());
+        let read = RepeatedDoubleChunk::decode(&chunk.encode_to_vec()[..]).unwrap();
+        assert_eq!(read.values, values);
+        let back = ModelChunk::decode(&old.encode_to_vec()[..]).unwrap();
+        assert_eq!(back.param_count(), Some(values.len()));
+        let mut params = Vec::new();
+        back.extend_params(&mut params);
+        assert_eq!(params, values);
+    }
+
+    #[test]
+    fn a_model_chunk_of_partial_doubles_is_malformed() {
+        let chunk = ModelChunk {
+            round: 1,
+            index: 0,
+            values: Bytes::from_static(&[0u8; 12]),
+        };
+        assert_eq!(chunk.param_count(), None);
     }
 }

@@ -192,7 +192,7 @@ fn server_corpus() -> Vec<Vec<u8>> {
             ..Default::default()
         }),
         Kind::ModelChunk(ModelChunk {
-            values: vec![0.125; 40],
+            values: consortia_proto::params_bytes(&[0.125; 40]),
             ..Default::default()
         }),
         Kind::Outcome(RoundOutcome {

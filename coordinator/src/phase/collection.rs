@@ -18,7 +18,7 @@ use crate::hub::{Hub, Stage};
 use crate::report::now_ms;
 use crate::round::{RoundCollector, RoundKind, RoundResult};
 use crate::secure::{CiphertextStore, FederationKey, StoredUpdate};
-use crate::session::Outbound;
+use crate::session::{EncodedModel, Outbound};
 use crate::store::StoredStandardizer;
 
 /// What a round asks, and of whom.
@@ -212,6 +212,7 @@ pub async fn collect(
         attempt,
     };
     tracing::info!(round, phase = "collection", partners = ?plan.selected, train, "round started");
+    let model = Arc::new(EncodedModel::new(&model));
     for p in plan.selected.iter().filter(|p| !already.contains(*p)) {
         let sent = hub.send_to(
             p,
@@ -274,7 +275,7 @@ mod tests {
         match next(inbox).await {
             Outbound::Round { start, model } => {
                 assert_eq!((start.round, start.model_round, start.train), (1, 0, true));
-                assert!(model.iter().all(|v| *v == 0.0));
+                assert!(model.params().iter().all(|v| *v == 0.0));
             }
             other => panic!("expected round 1, got {other:?}"),
         }
