@@ -12,6 +12,8 @@ const LEFT: f64 = 56.0;
 const RIGHT: f64 = 16.0;
 const TOP: f64 = 16.0;
 const BOTTOM: f64 = 32.0;
+/// Points of a line chart drawn with a marker (the latest).
+const MAX_MARKERS: usize = 60;
 
 /// Formats a tick or value label: at most 4 significant decimals.
 fn label(v: f64) -> String {
@@ -110,7 +112,8 @@ pub(super) fn line_chart(id: &str, title: &str, points: &[(f64, f64)], empty: &s
         "<polyline points=\"{}\" fill=\"none\" stroke=\"#2563eb\" stroke-width=\"2\"/>",
         path.join(" ")
     );
-    for &(x, y) in &points {
+    // Markers (with the value on hover) for the latest points only: the page stays small.
+    for &(x, y) in points.iter().skip(points.len().saturating_sub(MAX_MARKERS)) {
         let _ = write!(
             svg,
             "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"#2563eb\"><title>round {x}: {}</title></circle>",

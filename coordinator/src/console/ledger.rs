@@ -104,13 +104,14 @@ impl LedgerWatch {
         let stamp = std::fs::metadata(&inner.path)
             .ok()
             .map(|m| (m.len(), m.modified().ok(), m.ino()));
-        if stamp.is_some() && stamp == state.stamp {
-            if let Some(status) = &state.status {
-                let mut status = status.clone();
-                status.checked_unix_ms = now_ms();
-                status.alarm = state.alarm.clone();
-                return (status, Arc::clone(&state.entries));
-            }
+        if stamp.is_some()
+            && stamp == state.stamp
+            && let Some(status) = &state.status
+        {
+            let mut status = status.clone();
+            status.checked_unix_ms = now_ms();
+            status.alarm = state.alarm.clone();
+            return (status, Arc::clone(&state.entries));
         }
         state.stamp = stamp;
         let (entries, problem) = match stamp {

@@ -10,6 +10,11 @@ use super::charts::{budget_bars, line_chart};
 use super::views::{FederationView, PrivacyView, TrainingView};
 use super::{REFRESH_MS, Viewer};
 
+/// Rounds the training table shows (the latest); the JSON has them all.
+const TABLE_ROWS: usize = 50;
+/// Model versions the training page lists (the latest); every one is downloadable.
+const MODEL_ROWS: usize = 20;
+
 /// Escapes text for HTML content and attribute values.
 pub(super) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -230,11 +235,13 @@ pub(super) fn training(viewer: &Viewer, v: &TrainingView, part: bool) -> String 
                 ),
                 h = esc(figure_name(&v.headline)),
             );
-            for r in rounds.iter().rev() {
-                let figure = evals
-                    .iter()
-                    .find(|e| e.model_round == r.round)
-                    .and_then(|e| e.metrics.get(&v.headline))
+            let by_round: std::collections::BTreeMap<u64, f64> = evals
+                .iter()
+                .filter_map(|e| Some((e.model_round, *e.metrics.get(&v.headline)?)))
+                .collect();
+            for r in rounds.iter().rev().take(TABLE_ROWS) {
+                let figure = by_round
+                    .get(&r.round)
                     .map(|x| format!("{x:.4}"))
                     .unwrap_or_default();
                 let _ = write!(
@@ -250,7 +257,16 @@ pub(super) fn training(viewer: &Viewer, v: &TrainingView, part: bool) -> String 
                     format_time_utc(r.completed_unix_ms),
                 );
             }
-            m.push_str("</tbody></table></div></section>");
+            m.push_str("</tbody></table>");
+            if rounds.len() > TABLE_ROWS {
+                let _ = write!(
+                    m,
+                    "<p class=\"note\">The latest {TABLE_ROWS} of {} rounds; all of them in \
+                     <a href=\"/api/v1/training\">/api/v1/training</a>.</p>",
+                    rounds.len()
+                );
+            }
+            m.push_str("</div></section>");
         }
         _ => m.push_str(
             "<p class=\"note\" id=\"operator-only\">Per-round training figures are shown to \
@@ -263,7 +279,7 @@ pub(super) fn training(viewer: &Viewer, v: &TrainingView, part: bool) -> String 
          <th>Export (what <code>consortia model export</code> writes)</th></tr></thead><tbody>",
         v.models.len()
     );
-    for model in v.models.iter().rev() {
+    for model in v.models.iter().rev().take(MODEL_ROWS) {
         let _ = write!(
             m,
             "<tr><td>{}</td><td><a href=\"{}\" download>model-round-{}.json</a></td></tr>",
@@ -276,7 +292,16 @@ pub(super) fn training(viewer: &Viewer, v: &TrainingView, part: bool) -> String 
             model.round
         );
     }
-    m.push_str("</tbody></table></section>");
+    m.push_str("</tbody></table>");
+    if v.models.len() > MODEL_ROWS {
+        let _ = write!(
+            m,
+            "<p class=\"note\">The latest {MODEL_ROWS} of {} versions; any round's export is at \
+             <code>/api/v1/models/ROUND.json</code>.</p>",
+            v.models.len()
+        );
+    }
+    m.push_str("</section>");
     layout(viewer, &v.task, "Training", m, part)
 }
 
