@@ -9,7 +9,10 @@
 //!   regression (`examples/telco_churn_task.toml`), or with `--model mlp` a multilayer
 //!   perceptron (`examples/telco_churn_mlp.toml`);
 //! * `clv`: customer lifetime value on the CDNOW cohort split by `cohort_month`, a
-//!   Tweedie GLM (`examples/clv_glm.toml`).
+//!   Tweedie GLM (`examples/clv_glm.toml`);
+//! * `recommend`: movie recommendation on MovieLens ml-latest-small, its 671 users
+//!   split by `userId mod 3`, a matrix factorisation (`examples/recommend_mf.toml`);
+//!   each partner gets the public movie catalogue beside its ratings.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,6 +32,18 @@ const CLV_DATA: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/examples/data/cdnow_clv_customers.csv"
 );
+/// The bundled MovieLens ratings (GroupLens ml-latest-small; see examples/data/LICENSE.md).
+const RECOMMEND_DATA: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/examples/data/movielens_ratings.csv"
+);
+/// The bundled MovieLens movie list, the recommendation task's item catalogue.
+const RECOMMEND_CATALOGUE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/examples/data/movielens_movies.csv"
+);
+/// The recommendation scenario's task file.
+const RECOMMEND_TASK: &str = include_str!("../examples/recommend_mf.toml");
 /// The churn scenario's task file.
 const CHURN_TASK: &str = include_str!("../examples/telco_churn_task.toml");
 /// The churn scenario's task file with `--model mlp`.
@@ -43,6 +58,8 @@ pub(crate) enum Scenario {
     Churn,
     /// Customer lifetime value: CDNOW customers split by the month of their first purchase.
     Clv,
+    /// Movie recommendation: MovieLens users split by userId mod 3, matrix factorisation.
+    Recommend,
 }
 
 /// The model of the churn scenario.
@@ -66,9 +83,14 @@ impl Scenario {
             }
             (Self::Churn, Some(ChurnModel::Mlp)) => (CHURN_DATA, "contract", CHURN_MLP_TASK),
             (Self::Clv, None) => (CLV_DATA, "cohort_month", CLV_TASK),
+            (Self::Recommend, None) => (RECOMMEND_DATA, "userId", RECOMMEND_TASK),
             (Self::Clv, Some(_)) => bail!(
                 "--model chooses the churn scenario's model; the clv scenario trains the GLM of \
                  examples/clv_glm.toml (pass --task FILE to run another task on its partners)"
+            ),
+            (Self::Recommend, Some(_)) => bail!(
+                "--model chooses the churn scenario's model; the recommend scenario trains the \
+                 matrix factorisation of examples/recommend_mf.toml"
             ),
         })
     }
@@ -80,8 +102,9 @@ pub(crate) struct DemoArgs {
     /// Directory for the demo's PKI, data splits, state and logs (default: a fresh temporary directory).
     #[arg(long)]
     workdir: Option<PathBuf>,
-    /// Which federation to run: churn (telco customers split by contract) or clv
-    /// (customer lifetime value, CDNOW customers split by first-purchase month).
+    /// Which federation to run: churn (telco customers split by contract), clv
+    /// (customer lifetime value, CDNOW customers split by first-purchase month) or
+    /// recommend (MovieLens users split by userId mod 3, matrix factorisation).
     #[arg(long, value_enum, default_value_t = Scenario::Churn)]
     scenario: Scenario,
     /// The churn scenario's model: logistic (examples/telco_churn_task.toml) or mlp
@@ -148,8 +171,16 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
     // first-purchase month).
     let data_dir = work.join("data");
     std::fs::create_dir_all(&data_dir)?;
-    let parts = consortia_model::data::partition_csv_by_column(&data, split_by, &data_dir)
-        .with_context(|| format!("splitting {}", data.display()))?;
+    let parts = if args.scenario == Scenario::Recommend {
+        // Users by userId mod 3, each partner with the public catalogue beside its ratings.
+        std::fs::copy(RECOMMEND_CATALOGUE, data_dir.join("movielens_movies.csv"))
+            .context("copying the movie catalogue")?;
+        consortia_model::ratings::partition_by_user(&data, split_by, 3, &data_dir)
+            .with_context(|| format!("splitting {}", data.display()))?
+    } else {
+        consortia_model::data::partition_csv_by_column(&data, split_by, &data_dir)
+            .with_context(|| format!("splitting {}", data.display()))?
+    };
     let mut partners = Vec::new();
     for (value, path, rows) in &parts {
         let name = consortia_model::data::partner_name(value);

@@ -146,6 +146,9 @@ pub(crate) fn score(
     }
     let model = consortia_model::model_with_params(&task, &file.parameters)
         .with_context(|| format!("the parameters in {}", model_path.display()))?;
+    if task.schema.ratings.is_some() {
+        return recommend(&task, &file, data, out);
+    }
     let st = file.standardization.as_ref().with_context(|| {
         format!(
             "{} has no standardisation: its round ran before the federation agreed one",
@@ -176,6 +179,69 @@ pub(crate) fn score(
     println!(
         "scored {} rows of {} with the model of round {} of task `{}`; written to {}",
         rows.ids.len(),
+        data.display(),
+        file.round,
+        file.task,
+        out.display()
+    );
+    Ok(())
+}
+
+/// The number of items `consortia score` recommends to each user.
+const RECOMMENDATIONS: usize = 10;
+
+/// `consortia score` for a matrix factorisation: `data` is the partner's own ratings
+/// file (with the task's catalogue beside it, as its agent reads it). Each user's bias
+/// and factors are fitted here from all of their ratings — the closed-form user step
+/// the agent runs every round, never stored or sent — and the [`RECOMMENDATIONS`]
+/// catalogue items each user is predicted to rate highest among those they have not
+/// rated are written as `user,rank,item,predicted_rating` rows.
+fn recommend(task: &TaskSpec, file: &ModelFile, data: &Path, out: &Path) -> Result<()> {
+    use consortia_model::models::mf::{MfModel, TrainRatings};
+    use consortia_model::ratings::{Catalogue, Ratings};
+    let spec = task
+        .schema
+        .ratings
+        .as_ref()
+        .context("the task declares no [schema.ratings]")?;
+    let model = MfModel::from_task(task, &file.parameters)?;
+    let catalogue = Catalogue::load(spec, data)?;
+    let ratings = Ratings::load(data, task, &catalogue)?;
+    if ratings.unknown_items > 0 {
+        eprintln!(
+            "{}: {} ratings of items outside the task's catalogue were not used",
+            data.display(),
+            ratings.unknown_items
+        );
+    }
+    let grouped = TrainRatings::new(&ratings, model.items());
+    let users = model.solve_users(&grouped, task.model.l2);
+    let partial = out.with_extension("partial");
+    let write = || -> std::io::Result<()> {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&partial)?);
+        writeln!(w, "{},rank,{},predicted_rating", spec.user, spec.item)?;
+        for (u, id) in ratings.users.iter().enumerate() {
+            let (seen, _) = grouped.by_user.of(u);
+            for (rank, item) in model
+                .top_k(&users, u, seen, RECOMMENDATIONS)
+                .into_iter()
+                .enumerate()
+            {
+                let item_id = catalogue.id(item).unwrap_or_default();
+                let r = model.predict_rating(&users, u, item as usize);
+                writeln!(w, "{id},{},{item_id},{r:.4}", rank + 1)?;
+            }
+        }
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&partial, out)
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e).with_context(|| format!("cannot write {}", out.display()));
+    }
+    println!(
+        "top {RECOMMENDATIONS} recommendations for {} users of {} with the model of round {} of task `{}`; written to {}",
+        ratings.users.len(),
         data.display(),
         file.round,
         file.task,

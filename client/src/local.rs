@@ -4,6 +4,10 @@
 //! by the task seed and the partner's name, so a restarted agent holds out
 //! the same rows). Features are standardised with the federation-wide
 //! statistics the coordinator sends, never with this partner's own alone.
+//!
+//! A recommendation task's data are ratings instead ([`consortia_model::ratings`]):
+//! a share of each user's ratings is held out, and the users' factors are fitted
+//! here, on this partner, every time the model is trained or scored.
 
 use std::path::Path;
 
@@ -11,6 +15,8 @@ use consortia_dp::{PrivacySpec, PrivacyUnit, noisy_statistics};
 use consortia_model::Evaluation;
 use consortia_model::TaskSpec;
 use consortia_model::data::Dataset;
+use consortia_model::models::mf::{MfModel, TrainRatings};
+use consortia_model::ratings::{Catalogue, Ratings, RatingsError};
 use consortia_model::standardize::{FeatureStats, Standardizer};
 use consortia_model::{Model, TrainProgress};
 use ndarray::Array2;
@@ -32,6 +38,17 @@ pub struct LocalData {
     test: Dataset,
     prepared: Option<Prepared>,
     seed: u64,
+    /// A recommendation task's ratings (then `train` and `test` are empty).
+    ratings: Option<RatingsData>,
+}
+
+/// A matrix factorisation partner's ratings: the training ratings grouped for the
+/// ALS steps, the held-out ratings, and what the loader could not use.
+struct RatingsData {
+    task: TaskSpec,
+    train: TrainRatings,
+    test: Ratings,
+    unknown_items: u64,
 }
 
 /// A stable 64-bit hash of a name (FNV-1a), to derive per-partner seeds.
@@ -44,6 +61,9 @@ pub fn name_seed(name: &str) -> u64 {
 impl LocalData {
     /// Loads `path` under the task's schema and holds out the task's fraction of rows.
     pub fn load(path: &Path, task: &TaskSpec, partner: &str) -> Result<Self, AgentError> {
+        if task.schema.ratings.is_some() {
+            return Self::load_ratings(path, task, partner);
+        }
         let data =
             Dataset::load_task_csv(path, task).map_err(|e| AgentError::Data(e.to_string()))?;
         let rows = data.len();
@@ -64,22 +84,88 @@ impl LocalData {
             test,
             prepared: None,
             seed,
+            ratings: None,
         })
     }
 
-    /// Training rows.
-    pub fn train_rows(&self) -> usize {
-        self.train.len()
+    /// A recommendation task's ratings: the catalogue the task pins (beside `path`
+    /// when relative), the ratings, and `holdout_fraction` of each user's ratings held
+    /// out (seeded by the task's seed and the user's id). Ratings of items outside the
+    /// catalogue are counted and logged, and reported with every evaluation.
+    fn load_ratings(path: &Path, task: &TaskSpec, partner: &str) -> Result<Self, AgentError> {
+        let Some(spec) = task.schema.ratings.as_ref() else {
+            return Err(AgentError::Task(
+                "the task declares no [schema.ratings]".into(),
+            ));
+        };
+        let err = |e: RatingsError| AgentError::Data(e.to_string());
+        let catalogue = Catalogue::load(spec, path).map_err(err)?;
+        let all = Ratings::load(path, task, &catalogue).map_err(err)?;
+        if all.unknown_items > 0 {
+            tracing::warn!(
+                "{}: {} ratings of items that are not in the task's catalogue ({}) were not \
+                 used; the count is reported with every evaluation",
+                path.display(),
+                all.unknown_items,
+                spec.catalogue
+            );
+        }
+        let (train, test) = all.split_per_user(task.holdout_fraction, task.seed);
+        if train.rows.is_empty() || test.rows.is_empty() {
+            return Err(AgentError::Data(format!(
+                "{}: {} ratings are too few to hold out {:.0} % of each user's for evaluation",
+                path.display(),
+                all.rows.len(),
+                task.holdout_fraction * 100.0
+            )));
+        }
+        tracing::info!(
+            "{}: {} users; their ratings are fitted here and never leave this partner",
+            path.display(),
+            all.users.len()
+        );
+        let empty = || Dataset::new(Array2::zeros((0, 0)), ndarray::Array1::zeros(0));
+        let empty = empty().map_err(|e| AgentError::Data(e.to_string()))?;
+        Ok(LocalData {
+            train: empty.clone(),
+            test: empty,
+            prepared: None,
+            seed: task.seed ^ name_seed(partner),
+            ratings: Some(RatingsData {
+                task: task.clone(),
+                train: TrainRatings::new(&train, catalogue.len()),
+                test,
+                unknown_items: all.unknown_items,
+            }),
+        })
     }
 
-    /// Held-out rows.
+    /// Training rows (for a recommendation task, training ratings).
+    pub fn train_rows(&self) -> usize {
+        match &self.ratings {
+            Some(r) => r.train.rows,
+            None => self.train.len(),
+        }
+    }
+
+    /// Held-out rows (for a recommendation task, held-out ratings).
     pub fn test_rows(&self) -> usize {
-        self.test.len()
+        match &self.ratings {
+            Some(r) => r.test.rows.len(),
+            None => self.test.len(),
+        }
     }
 
     /// Feature sums of the training rows, for federation-wide standardisation.
     pub fn feature_stats(&self) -> FeatureStats {
-        self.train.feature_stats()
+        match &self.ratings {
+            // No features: only the count, which every update carries anyway.
+            Some(r) => FeatureStats {
+                count: r.train.rows as u64,
+                ..FeatureStats::empty(0)
+            },
+            None => self.train.feature_stats(),
+        }
     }
 
     /// Feature statistics of the training rows under a task's `[privacy]`, as released:
@@ -104,7 +190,7 @@ impl LocalData {
         bounds: &[(f64, f64)],
     ) -> Result<FeatureStats, AgentError> {
         let rows = self.train_rows() as u64;
-        if spec.unit == PrivacyUnit::Partner {
+        if spec.unit == PrivacyUnit::Partner || self.ratings.is_some() {
             return Ok(FeatureStats::from_bounds(bounds).rescaled_to(rows));
         }
         let err = |e: String| AgentError::Data(format!("feature statistics: {e}"));
@@ -161,6 +247,14 @@ impl LocalData {
         mean: &[f64],
         std: &[f64],
     ) -> Result<Evaluation, AgentError> {
+        if let Some(r) = &self.ratings {
+            let model = MfModel::from_task(&r.task, model.params())
+                .map_err(|e| AgentError::Protocol(format!("cannot score the global model: {e}")))?;
+            let users = model.solve_users(&r.train, r.task.model.l2);
+            let mut partial = model.evaluate_ratings(&r.train, &users, &r.test);
+            partial.unknown_items = r.unknown_items;
+            return Ok(Evaluation::Recommendation(partial));
+        }
         let labels = self.test.labels().clone();
         let p = self.prepare(mean, std)?;
         model
@@ -183,11 +277,22 @@ impl LocalData {
     ) -> Result<Contribution, AgentError> {
         let labels = self.train.labels().clone();
         let seed = self.seed ^ round.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        if let Some(r) = &self.ratings {
+            return update.compute(RoundInput {
+                global,
+                x: &Array2::zeros((0, 0)),
+                y: &labels,
+                ratings: Some(&r.train),
+                seed,
+                progress,
+            });
+        }
         let p = self.prepare(mean, std)?;
         update.compute(RoundInput {
             global,
             x: &p.train_x,
             y: &labels,
+            ratings: None,
             seed,
             progress,
         })

@@ -31,6 +31,18 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Prints the header of the per-round table for the evaluation kind of `task`
+/// (a recommendation model's columns, otherwise as [`print_table_header`]).
+pub fn print_task_table_header(task: &consortia_model::TaskSpec) {
+    if task.evaluation_kind() != "recommendation" {
+        return print_table_header(task.is_classifier());
+    }
+    println!(
+        "{:>5}  {:>8}  {:>8}  {:>10}  {:>7}  {:>7}  {:>7}  {:>9}",
+        "round", "partners", "examples", "train-loss", "RMSE", "MAE", "NDCG@10", "recall@10"
+    );
+}
+
 /// Prints the header of the per-round table: a classifier's columns, or a
 /// regression model's.
 pub fn print_table_header(classifier: bool) {
@@ -102,6 +114,10 @@ pub fn print_table_row(rec: Option<&RoundRecord>, model_round: u64, m: &TaskMetr
             m.deviance,
             m.gini,
             m.top20_capture
+        ),
+        TaskMetrics::Recommendation(m) => println!(
+            "{:>5}  {:>8}  {:>8}  {:>10}  {:>7.4}  {:>7.4}  {:>7.4}  {:>9.4}",
+            model_round, partners, examples, loss, m.rmse, m.mae, m.ndcg_at_10, m.recall_at_10
         ),
     }
 }
@@ -260,6 +276,16 @@ pub fn finish(hub: &Hub, last: u64, final_metrics: Option<&MetricsRecord>, priva
                 x.deviance,
                 x.gini,
                 x.top20_capture
+            ),
+            TaskMetrics::Recommendation(x) => println!(
+                "final model (round {last}) on {} held-out ratings of {} partners: RMSE {:.4}, MAE {:.4}, NDCG@10 {:.4} and recall@10 {:.4} over {} users",
+                x.examples,
+                m.partners.len(),
+                x.rmse,
+                x.mae,
+                x.ndcg_at_10,
+                x.recall_at_10,
+                x.users
             ),
         },
         None if private => println!(

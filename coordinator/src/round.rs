@@ -196,8 +196,9 @@ pub struct RoundCollector {
     eval: Vec<Evaluation>,
     eval_partners: Vec<String>,
     eval_bins: Option<usize>,
-    /// The task's model is a regression model: evaluations are regression partials.
-    regression: bool,
+    /// The evaluation kind of the task's model (`binary` unless set by
+    /// [`RoundCollector::for_kind`]).
+    eval_kind: &'static str,
     aggregate: Option<Aggregate>,
     ciphertexts: Vec<StoredUpdate>,
     poisoned: Option<String>,
@@ -227,7 +228,7 @@ impl RoundCollector {
             eval: Vec::new(),
             eval_partners: Vec::new(),
             eval_bins: Some(SCORE_BINS),
-            regression: false,
+            eval_kind: "binary",
             aggregate: None,
             ciphertexts: Vec::new(),
             poisoned: None,
@@ -252,8 +253,15 @@ impl RoundCollector {
     /// The round of a regression task: evaluation reports are regression partials
     /// (any bin count set by [`RoundCollector::with_evaluation`] only says whether
     /// evaluations are taken).
-    pub fn for_regression(mut self) -> Self {
-        self.regression = true;
+    pub fn for_regression(self) -> Self {
+        self.for_kind("regression")
+    }
+
+    /// The round of a task whose evaluations are of `kind` (as
+    /// [`consortia_model::TaskSpec::evaluation_kind`] names it); reports of another kind
+    /// are refused.
+    pub fn for_kind(mut self, kind: &'static str) -> Self {
+        self.eval_kind = kind;
         self
     }
 
@@ -452,22 +460,19 @@ impl RoundCollector {
         if !self.selected.contains(partner) {
             return Err(Rejection::NotSelected { round: self.round });
         }
-        match (&partial, self.regression) {
-            (Evaluation::Binary(p), false) if p.bins() != bins => {
+        match (&partial, self.eval_kind == partial.kind()) {
+            (Evaluation::Binary(p), true) if p.bins() != bins => {
                 return Err(Rejection::invalid(
                     subject,
                     format!("histograms of {bins} bins (round {})", self.round),
                     format!("histograms of {} bins", p.bins()),
                 ));
             }
-            (Evaluation::Binary(_), false) | (Evaluation::Regression(_), true) => {}
-            (other, regression) => {
+            (_, true) => {}
+            (other, false) => {
                 return Err(Rejection::invalid(
                     subject,
-                    format!(
-                        "a {} evaluation (the task's model)",
-                        if regression { "regression" } else { "binary" }
-                    ),
+                    format!("a {} evaluation (the task's model)", self.eval_kind),
                     format!("a {} evaluation", other.kind()),
                 ));
             }

@@ -15,7 +15,7 @@ use crate::accounting::Accounting;
 use crate::hub::Hub;
 use crate::phase::collection::{self, RoundSpec, prepare_secure_round};
 use crate::phase::{decryption, key_ceremony, standardization};
-use crate::report::{self, TaskSummary, print_table_header};
+use crate::report::{self, TaskSummary};
 use crate::retry::Attempts;
 use crate::round::{Discard, RoundEnd};
 use crate::selection::{self, Choice, Releases, Selector};
@@ -68,7 +68,7 @@ pub async fn run_task(
     let mut strategy = step::restore_strategy(&task, &store)?;
     let mut selector = Selector::default();
     let mut attempts = Attempts::new(max_attempts, deadline);
-    print_table_header(task.is_classifier());
+    report::print_task_table_header(&task);
     loop {
         let train = last < total;
         let evaluate = privacy_spec

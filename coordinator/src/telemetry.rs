@@ -195,6 +195,12 @@ fn figures(m: &TaskMetrics) -> Vec<(&'static str, f64)> {
             ("top20_capture", m.top20_capture),
             ("examples", m.examples as f64),
         ],
+        // Under the regression gauges' names (a recommendation task is not a classifier).
+        TaskMetrics::Recommendation(m) => vec![
+            ("rmse", m.rmse),
+            ("mae", m.mae),
+            ("examples", m.examples as f64),
+        ],
     }
 }
 

@@ -967,6 +967,7 @@ mod tests {
             }],
             missing: Default::default(),
             bounds: Default::default(),
+            ratings: None,
         }
     }
 

@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::{EvalPartial, Metrics, MetricsError};
+use crate::recommendation_metrics::{RecommendationMetrics, RecommendationPartial};
 use crate::regression_metrics::{RegressionMetrics, RegressionPartial};
 
 /// An additive evaluation of one task kind.
@@ -20,6 +21,8 @@ pub enum Evaluation {
     Binary(EvalPartial),
     /// A regression model's evaluation.
     Regression(RegressionPartial),
+    /// A recommendation model's evaluation.
+    Recommendation(RecommendationPartial),
 }
 
 /// Metrics of one task kind.
@@ -33,6 +36,8 @@ pub enum TaskMetrics {
     Binary(Metrics),
     /// A regression model's metrics.
     Regression(RegressionMetrics),
+    /// A recommendation model's metrics.
+    Recommendation(RecommendationMetrics),
 }
 
 impl Evaluation {
@@ -41,6 +46,7 @@ impl Evaluation {
         match self {
             Self::Binary(_) => "binary",
             Self::Regression(_) => "regression",
+            Self::Recommendation(_) => "recommendation",
         }
     }
 
@@ -49,6 +55,7 @@ impl Evaluation {
         match self {
             Self::Binary(p) => p.n,
             Self::Regression(p) => p.n,
+            Self::Recommendation(p) => p.n,
         }
     }
 
@@ -57,6 +64,7 @@ impl Evaluation {
         match self {
             Self::Binary(p) => p.validate(),
             Self::Regression(p) => p.validate(),
+            Self::Recommendation(p) => p.validate(),
         }
     }
 
@@ -66,6 +74,7 @@ impl Evaluation {
         match (self, other) {
             (Self::Binary(a), Self::Binary(b)) => a.merge(b),
             (Self::Regression(a), Self::Regression(b)) => a.merge(b),
+            (Self::Recommendation(a), Self::Recommendation(b)) => a.merge(b),
             (a, b) => Err(MetricsError::Inconsistent(format!(
                 "cannot merge a {} evaluation with a {} one",
                 a.kind(),
@@ -79,6 +88,9 @@ impl Evaluation {
         match self {
             Self::Binary(p) => TaskMetrics::Binary(Metrics::from_partial(p)),
             Self::Regression(p) => TaskMetrics::Regression(RegressionMetrics::from_partial(p)),
+            Self::Recommendation(p) => {
+                TaskMetrics::Recommendation(RecommendationMetrics::from_partial(p))
+            }
         }
     }
 
@@ -86,7 +98,7 @@ impl Evaluation {
     pub fn as_binary(&self) -> Option<&EvalPartial> {
         match self {
             Self::Binary(p) => Some(p),
-            Self::Regression(_) => None,
+            Self::Regression(_) | Self::Recommendation(_) => None,
         }
     }
 }
@@ -97,6 +109,7 @@ impl TaskMetrics {
         match self {
             Self::Binary(m) => m.examples,
             Self::Regression(m) => m.examples,
+            Self::Recommendation(m) => m.examples,
         }
     }
 
@@ -104,7 +117,7 @@ impl TaskMetrics {
     pub fn as_binary(&self) -> Option<&Metrics> {
         match self {
             Self::Binary(m) => Some(m),
-            Self::Regression(_) => None,
+            Self::Regression(_) | Self::Recommendation(_) => None,
         }
     }
 }

@@ -13,6 +13,8 @@
 //! - [`model`]: the [`Model`] trait every model family implements, and [`build`], the
 //!   one place that turns a task's `[model]` into a model; the families themselves are
 //!   in [`models`] (logistic regression, a multilayer perceptron);
+//! - [`ratings`]: a recommendation task's ratings, item catalogue and per-user
+//!   holdout, and [`recommendation_metrics`], their evaluation merged across partners;
 //! - [`sgd`]: mini-batch SGD for any model, with FedProx's proximal term;
 //! - [`metrics`]: evaluation partials ([`EvalPartial`]) that merge across partners
 //!   into exact confusion counts and a histogram ROC-AUC ([`Metrics`]);
@@ -36,6 +38,8 @@ pub mod metrics;
 pub mod model;
 pub mod models;
 pub mod onnx;
+pub mod ratings;
+pub mod recommendation_metrics;
 pub mod regression_metrics;
 pub mod schema;
 pub mod sgd;
@@ -53,6 +57,7 @@ pub use model::{
     Model, ModelError, TrainConfig, TrainProgress, TrainReport, build, initial_model,
     model_with_params,
 };
+pub use recommendation_metrics::{RecommendationMetrics, RecommendationPartial};
 pub use regression_metrics::{RegressionMetrics, RegressionPartial};
 pub use schema::{CategoricalSpec, FeatureSchema, InvalidField, LabelSpec, MissingPolicy};
 pub use standardize::{FeatureStats, StandardizeError, Standardizer};

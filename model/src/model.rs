@@ -211,6 +211,11 @@ pub fn build(
                 family.power(spec.power),
             )))
         }
+        ModelKind::MatrixFactorization => Ok(Box::new(crate::models::mf::build(
+            spec.factors,
+            schema.ratings.as_ref(),
+            seed,
+        )?)),
     }
 }
 
@@ -220,6 +225,10 @@ pub fn param_count(spec: &ModelSpec, schema: &FeatureSchema) -> usize {
     match spec.kind {
         ModelKind::LogisticRegression | ModelKind::Glm => schema.feature_count().saturating_add(1),
         ModelKind::Mlp => crate::models::mlp::param_count(schema.feature_count(), &spec.hidden),
+        ModelKind::MatrixFactorization => crate::models::mf::param_count(
+            schema.ratings.as_ref().map_or(0, |r| r.items),
+            spec.factors.unwrap_or(0),
+        ),
     }
 }
 

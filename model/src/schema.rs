@@ -46,6 +46,12 @@ pub struct FeatureSchema {
     /// in its raw units (before the transform), with `lo > −1`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub bounds: BTreeMap<String, [f64; 2]>,
+    /// A recommendation task's ratings (`[schema.ratings]`: user and item columns, the
+    /// rating scale, the item catalogue), whose rating is the label column; such a
+    /// schema has no feature columns. Absent, and left out of the canonical form, for
+    /// every other task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratings: Option<crate::ratings::RatingsSpec>,
 }
 
 /// The label column.
@@ -256,6 +262,25 @@ impl FeatureSchema {
             }
         }
 
+        if let Some(ratings) = &self.ratings {
+            ratings.validate(&self.label.column)?;
+            if !self.numeric.is_empty() || !self.categorical.is_empty() {
+                return Err(InvalidField::new(
+                    "schema",
+                    self.feature_names(),
+                    "no numeric or categorical columns with [schema.ratings]: a matrix \
+                     factorisation learns from the user, item and rating columns alone",
+                ));
+            }
+            if self.label.positive.is_some() {
+                return Err(InvalidField::new(
+                    "schema.label.positive",
+                    &self.label.positive,
+                    "absent with [schema.ratings]: the label column holds the rating",
+                ));
+            }
+            return Ok(());
+        }
         let count = self
             .categorical
             .iter()
@@ -352,6 +377,7 @@ mod tests {
             log1p: Vec::new(),
             missing: BTreeMap::new(),
             bounds: BTreeMap::new(),
+            ratings: None,
         }
     }
 

@@ -127,7 +127,14 @@ pub struct ModelSpec {
     /// `family = "tweedie"`, absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power: Option<f64>,
+    /// Latent factors per user and item of a `matrix_factorization` (`factors = 10`),
+    /// 1 to [`MAX_FACTORS`]; required for it, absent for every other kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub factors: Option<usize>,
 }
+
+/// The most latent factors a matrix factorisation may have.
+pub const MAX_FACTORS: usize = 256;
 
 /// The target distribution of a generalised linear model ([`crate::models::glm`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -216,6 +223,10 @@ pub enum ModelKind {
     /// Generalised linear regression of a numeric target ([`crate::models::glm`]);
     /// `family` (and `power` for Tweedie) set the distribution.
     Glm,
+    /// Matrix factorisation for recommendation ([`crate::models::mf`]): global mean,
+    /// item biases and item factors shared, user factors and biases kept by each
+    /// partner; `factors` sets the rank, `[schema.ratings]` the data.
+    MatrixFactorization,
 }
 
 /// Why a task file could not be used.
@@ -290,7 +301,7 @@ impl TaskSpec {
         // Feature statistics are released from values clipped to public bounds.
         self.schema.feature_bounds().map_err(|column| {
             TaskError::Privacy(format!(
-                "numeric column `{column}` has no public bounds: a task with [privacy] needs                  `{column} = [lo, hi]` in [schema.bounds] (domain knowledge, not taken from any                  partner's rows), so that its feature statistics can be clipped and noised"
+                "numeric column `{column}` has no public bounds: a task with [privacy] needs `{column} = [lo, hi]` in [schema.bounds] (domain knowledge, not taken from any partner's rows), so that its feature statistics can be clipped and noised"
             ))
         })?;
         if spec.placement != NoisePlacement::Distributed {
@@ -444,6 +455,7 @@ impl TaskSpec {
         }
         self.validate_hidden()?;
         self.validate_family()?;
+        self.validate_factors()?;
         self.strategy.validate()?;
         let mu = self.local.proximal_mu;
         if !(mu.is_finite() && (0.0..=MAX_PROXIMAL_MU).contains(&mu)) {
@@ -454,6 +466,59 @@ impl TaskSpec {
             ));
         }
         self.schema.validate()
+    }
+
+    /// `model.factors` and `[schema.ratings]`: both for a `matrix_factorization`
+    /// (1 to [`MAX_FACTORS`] factors, a model of at most [`MAX_MODEL_PARAMS`]), neither
+    /// for any other kind.
+    fn validate_factors(&self) -> Result<(), InvalidField> {
+        let mf = self.model.kind == ModelKind::MatrixFactorization;
+        match (mf, self.model.factors, &self.schema.ratings) {
+            (true, Some(k), Some(_)) => {
+                if !(1..=MAX_FACTORS).contains(&k) {
+                    return Err(InvalidField::new(
+                        "model.factors",
+                        k,
+                        format!("between 1 and {MAX_FACTORS}"),
+                    ));
+                }
+                let count = self.param_count();
+                if count > MAX_MODEL_PARAMS {
+                    return Err(InvalidField::new(
+                        "model.factors",
+                        k,
+                        format!(
+                            "a model of at most {MAX_MODEL_PARAMS} parameters; with {} items \
+                             these factors give {count}",
+                            self.schema.ratings.as_ref().map_or(0, |r| r.items)
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+            (true, None, _) => Err(InvalidField::new(
+                "model.factors",
+                "absent",
+                "the number of latent factors of a matrix_factorization, e.g. factors = 10",
+            )),
+            (true, _, None) => Err(InvalidField::new(
+                "schema.ratings",
+                "absent",
+                "the ratings table of a matrix_factorization: user, item, scale and the item \
+                 catalogue",
+            )),
+            (false, Some(k), _) => Err(InvalidField::new(
+                "model.factors",
+                k,
+                "absent: only kind = \"matrix_factorization\" has factors",
+            )),
+            (false, None, Some(_)) => Err(InvalidField::new(
+                "schema.ratings",
+                "present",
+                "absent: only kind = \"matrix_factorization\" learns from ratings",
+            )),
+            (false, None, None) => Ok(()),
+        }
     }
 
     /// `partners`: when present, at least one name, each non-empty and named once.
@@ -546,6 +611,11 @@ impl TaskSpec {
                 v,
                 "absent: a glm predicts the label column's number",
             )),
+            (ModelKind::MatrixFactorization, Some(v)) => Err(InvalidField::new(
+                "schema.label.positive",
+                v,
+                "absent: the label column of a matrix_factorization holds the rating",
+            )),
             (ModelKind::LogisticRegression | ModelKind::Mlp, None) => Err(InvalidField::new(
                 "schema.label.positive",
                 "absent",
@@ -562,17 +632,17 @@ impl TaskSpec {
         let hidden = &self.model.hidden;
         let shown = || format!("{hidden:?}");
         match self.model.kind {
-            ModelKind::LogisticRegression | ModelKind::Glm => {
+            ModelKind::LogisticRegression | ModelKind::Glm | ModelKind::MatrixFactorization => {
                 if !hidden.is_empty() {
                     return Err(InvalidField::new(
                         "model.hidden",
                         shown(),
                         format!(
                             "absent: {} has no hidden layers (only kind = \"mlp\" has)",
-                            if self.model.kind == ModelKind::Glm {
-                                "glm"
-                            } else {
-                                "logistic_regression"
+                            match self.model.kind {
+                                ModelKind::Glm => "glm",
+                                ModelKind::MatrixFactorization => "matrix_factorization",
+                                _ => "logistic_regression",
                             }
                         ),
                     ));
@@ -621,6 +691,16 @@ impl TaskSpec {
             self.model.kind,
             ModelKind::LogisticRegression | ModelKind::Mlp
         )
+    }
+
+    /// The kind of evaluation the task's model makes (`binary`, `regression` or
+    /// `recommendation`, as [`crate::Evaluation::kind`] names them).
+    pub fn evaluation_kind(&self) -> &'static str {
+        match self.model.kind {
+            ModelKind::LogisticRegression | ModelKind::Mlp => "binary",
+            ModelKind::Glm => "regression",
+            ModelKind::MatrixFactorization => "recommendation",
+        }
     }
 
     /// Number of shared parameters of the task's model (the length of the vector

@@ -23,6 +23,7 @@ fn schema() -> FeatureSchema {
         }],
         missing: Default::default(),
         bounds: Default::default(),
+        ratings: None,
     }
 }
 

@@ -1,16 +1,18 @@
 //! The partner's local update: what it computes on its training rows each round.
 //!
 //! Every way of computing an update is one [`LocalUpdate`]: plain local SGD and
-//! FedProx ([`LocalSgd`]), DP-SGD ([`DpSgd`]), DP-FedAvg ([`DpFedAvg`]) and the
-//! vectors that distributed DP encodes ([`Distributed`]). Each states the DP events
-//! one round of it spends ([`LocalUpdate::events`], OpenDP style: a mechanism comes
-//! with its privacy map), and the agent charges exactly those events to the
-//! partner's ledger before the round's rows are touched. [`build`] is the one place
+//! FedProx ([`LocalSgd`]), DP-SGD ([`DpSgd`]), DP-FedAvg ([`DpFedAvg`]), the
+//! vectors that distributed DP encodes ([`Distributed`]), and a matrix factorisation's
+//! alternating least squares ([`MfAls`]) and DP-SGD over users ([`MfDpSgd`]). Each
+//! states the DP events one round of it spends ([`LocalUpdate::events`], OpenDP
+//! style: a mechanism comes with its privacy map), and the agent charges exactly
+//! those events to the partner's ledger before the round's rows are touched. [`build`] is the one place
 //! that chooses the update from the task (its `[privacy]` and `[local]` tables).
 
 mod distributed;
 mod dp_fedavg;
 mod dp_sgd;
+mod mf;
 mod sgd;
 
 use consortia_dp::{DpEvent, NoisePlacement, PrivacySpec, PrivacyUnit};
@@ -20,6 +22,7 @@ use ndarray::{Array1, Array2};
 pub use distributed::Distributed;
 pub use dp_fedavg::DpFedAvg;
 pub use dp_sgd::DpSgd;
+pub use mf::{MfAls, MfDpSgd};
 pub use sgd::LocalSgd;
 
 use crate::AgentError;
@@ -58,6 +61,9 @@ pub struct RoundInput<'a> {
     pub x: &'a Array2<f64>,
     /// Their labels.
     pub y: &'a Array1<f64>,
+    /// A matrix factorisation's training ratings (then `x` and `y` are empty); `None`
+    /// for every other model.
+    pub ratings: Option<&'a consortia_model::models::mf::TrainRatings>,
     /// Seed of this round's randomness (batch order): the task's seed, the partner
     /// and the round.
     pub seed: u64,
@@ -87,6 +93,9 @@ pub fn build(
     task: &TaskSpec,
     spec: Option<&PrivacySpec>,
 ) -> Result<Box<dyn LocalUpdate>, AgentError> {
+    if task.model.kind == consortia_model::ModelKind::MatrixFactorization {
+        return mf::build(task, spec);
+    }
     let local = LocalSgd::new(task.train_config(), task.local.proximal_mu);
     Ok(match spec {
         None => Box::new(local),

@@ -40,6 +40,7 @@ fn run(update: &dyn LocalUpdate, task: &TaskSpec, n: usize) -> Contribution {
             global: global.as_ref(),
             x: &x,
             y: &y,
+            ratings: None,
             seed: 1,
             progress: &mut |_| {},
         })

@@ -168,9 +168,7 @@ pub async fn collect(
         until,
     )
     .with_evaluation(plan.eval_bins);
-    if !hub.task.is_classifier() {
-        collector = collector.for_regression();
-    }
+    collector = collector.for_kind(hub.task.evaluation_kind());
     let mut key_id = Vec::new();
     let mut already = BTreeSet::new();
     if let Some(s) = secure {

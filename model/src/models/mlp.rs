@@ -730,6 +730,7 @@ mod tests {
             hidden: vec![8, 4],
             family: None,
             power: None,
+            factors: None,
         };
         let schema: crate::FeatureSchema = toml::from_str(
             "numeric = [\"a\", \"b\", \"c\", \"d\", \"e\", \"f\", \"g\", \"h\", \"i\", \"j\"]\n\
