@@ -54,28 +54,9 @@ pub(crate) fn export(state: &Path, round: Option<u64>, out: &Path) -> Result<()>
         Some(r) => r,
         None => store.last_round()?,
     };
-    let task_text = store
-        .task_toml()?
-        .context("the state directory holds no task")?;
-    let task = TaskSpec::from_toml_str(&task_text)?;
-    let params = store
-        .model(round)?
+    // The same document the web console offers for download.
+    let doc = consortia_coordinator::console::model_export(&store, round)?
         .with_context(|| format!("no model stored for round {round}"))?;
-    let model = consortia_model::model_with_params(&task, &params)?;
-    let mut doc = serde_json::json!({
-        "task": task.name,
-        "task_toml": task.to_toml_string()?,
-        "task_hash": hex::encode(task.canonical_hash()?),
-        "round": round,
-        "kind": model.kind(),
-        "features": task.schema.feature_names(),
-        "parameters": model.params(),
-    });
-    let standardization = serde_json::to_value(store.standardizer()?)?;
-    if let Some(obj) = doc.as_object_mut() {
-        obj.extend(model.export());
-        obj.insert("standardization".into(), standardization);
-    }
     std::fs::write(out, serde_json::to_string_pretty(&doc)?)
         .with_context(|| format!("cannot write {}", out.display()))?;
     println!("model of round {round} written to {}", out.display());
