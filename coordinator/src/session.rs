@@ -279,3 +279,105 @@ async fn send_masks(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(round: u64) -> RoundStart {
+        RoundStart {
+            round,
+            ..Default::default()
+        }
+    }
+
+    /// A writer for one session: its command queue and its response stream.
+    fn session() -> (
+        mpsc::Sender<Outbound>,
+        mpsc::Receiver<Result<ServerMessage, Status>>,
+    ) {
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (out_tx, out_rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(writer(cmd_rx, out_tx));
+        (cmd_tx, out_rx)
+    }
+
+    /// The kinds of the messages queued on a response stream so far.
+    fn drain(out: &mut mpsc::Receiver<Result<ServerMessage, Status>>) -> Vec<&'static str> {
+        let mut kinds = Vec::new();
+        while let Ok(Ok(m)) = out.try_recv() {
+            kinds.push(match m.kind {
+                Some(Kind::RoundStart(_)) => "start",
+                Some(Kind::ModelChunk(_)) => "chunk",
+                _ => "other",
+            });
+        }
+        kinds
+    }
+
+    #[test]
+    fn the_encoded_model_is_the_model_in_wire_chunks() {
+        let n = CHUNK_VALUES_FOR_TESTS * 2 + 3;
+        let model: Vec<f64> = (0..n).map(|i| i as f64 * 0.5 - 7.0).collect();
+        let encoded = EncodedModel::new(&model);
+        assert_eq!(encoded.chunks().len(), chunk_count(n) as usize);
+        assert_eq!(encoded.param_count(), n);
+        assert_eq!(encoded.params(), model);
+    }
+
+    const CHUNK_VALUES_FOR_TESTS: usize = consortia_proto::CHUNK_VALUES;
+
+    /// Lets the other tasks run for a while (no clock involved).
+    async fn settle() {
+        for _ in 0..200 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_model_waits_for_a_free_lane() {
+        let n = CHUNK_VALUES_FOR_TESTS * 3;
+        let model = Arc::new(EncodedModel::new(&vec![1.0; n]));
+        // Every lane is taken (by sessions sending the model to other partners).
+        let taken = model.lanes.acquire_many(MODEL_LANES as u32).await.unwrap();
+        let (tx, mut out) = session();
+        tx.send(Outbound::Round {
+            start: start(1),
+            model: model.clone(),
+        })
+        .await
+        .unwrap();
+        settle().await;
+        // The round's header goes out at once, the model waits for a lane.
+        assert_eq!(drain(&mut out), ["start"]);
+        drop(taken);
+        settle().await;
+        assert_eq!(drain(&mut out), vec!["chunk"; chunk_count(n) as usize]);
+        assert_eq!(model.lanes.available_permits(), MODEL_LANES);
+    }
+
+    #[tokio::test]
+    async fn a_stalled_partner_gives_its_lane_up_after_the_hold() {
+        let model = EncodedModel::new(&[1.0]);
+        // A response stream nobody reads, full.
+        let (out_tx, _out_rx) = mpsc::channel(1);
+        out_tx
+            .send(Ok(message(Kind::ModelChunk(ModelChunk::default()))))
+            .await
+            .unwrap();
+        let mut lane = Some(model.lanes.acquire().await.unwrap());
+        assert_eq!(model.lanes.available_permits(), MODEL_LANES - 1);
+        // Held past its release time while the send is stuck: the lane is given
+        // up, the send still waits.
+        let send = send_paced(
+            &out_tx,
+            message(Kind::ModelChunk(ModelChunk::default())),
+            &mut lane,
+            Instant::now(),
+        );
+        let stuck = tokio::time::timeout(Duration::from_millis(200), send).await;
+        assert!(stuck.is_err(), "the send cannot complete on a full stream");
+        assert!(lane.is_none());
+        assert_eq!(model.lanes.available_permits(), MODEL_LANES);
+    }
+}
