@@ -118,8 +118,8 @@ pub async fn run(
     tracing::info!(%addr, task = %task.name, rounds = task.rounds, "coordinator listening (mutual TLS)");
     let param_count = task.param_count();
     let secure = task.secure_aggregation;
-    let mut hub =
-        Hub::new(task, task_toml, param_count, revocation_check(&tls)).with_telemetry(telemetry)
+    let mut hub = Hub::new(task, task_toml, param_count, revocation_check(&tls))
+        .with_telemetry(telemetry)
         .with_partner_heads(crate::partner_heads::PartnerHeads::open(&cfg.state_dir)?);
     if secure {
         hub = hub.with_secure_aggregation(

@@ -309,7 +309,7 @@ mod tests {
             "round 1 of 5 · receiving model · 3 min 05 s left"
         );
         assert_eq!(
-            at(2, 5, "collection", now + 2 * 3600_000 + 120_000).line(now),
+            at(2, 5, "collection", now + 2 * 3_600_000 + 120_000).line(now),
             "round 2 of 5 · collection · 2 h 02 min left"
         );
         assert_eq!(
