@@ -661,3 +661,84 @@ pub fn partition_by_user(
     }
     Ok(result)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TASK: &str = include_str!("../../examples/recommend_mf.toml");
+
+    fn ratings(rows: &[(i64, u32, f64)]) -> Ratings {
+        let mut users: Vec<i64> = Vec::new();
+        let rows = rows
+            .iter()
+            .map(|&(id, item, value)| {
+                let user = users.iter().position(|u| *u == id).unwrap_or_else(|| {
+                    users.push(id);
+                    users.len() - 1
+                }) as u32;
+                Rating { user, item, value }
+            })
+            .collect();
+        Ratings {
+            users,
+            rows,
+            unknown_items: 0,
+        }
+    }
+
+    #[test]
+    fn a_users_holdout_depends_on_the_seed_and_the_user_alone() {
+        let alone: Vec<(i64, u32, f64)> = (0..10).map(|i| (7, i, 3.0)).collect();
+        let mut mixed: Vec<(i64, u32, f64)> = (0..6).map(|i| (3, i, 4.0)).collect();
+        mixed.extend(&alone);
+        let held = |r: &Ratings| -> Vec<u32> {
+            let (_, test) = r.split_per_user(0.2, 42);
+            test.rows
+                .iter()
+                .filter(|x| test.users[x.user as usize] == 7)
+                .map(|x| x.item)
+                .collect()
+        };
+        let a = held(&ratings(&alone));
+        assert_eq!(a.len(), 2, "10 − floor(0.8 · 10)");
+        assert_eq!(a, held(&ratings(&mixed)));
+        let (train, test) = ratings(&mixed).split_per_user(0.2, 42);
+        assert_eq!(train.rows.len() + test.rows.len(), 16);
+        assert_eq!(test.rows.iter().filter(|r| r.user == 0).count(), 2);
+    }
+
+    #[test]
+    fn the_task_pairs_factors_and_ratings_with_the_matrix_factorisation_only() {
+        let task = TaskSpec::from_toml_str(TASK).unwrap();
+        assert_eq!(task.param_count(), 1 + 9066 * 11);
+        assert_eq!(task.evaluation_kind(), "recommendation");
+        assert!(!task.is_classifier());
+        let bad = |from: &str, to: &str| {
+            TaskSpec::from_toml_str(&TASK.replace(from, to))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad("factors = 10", "factors = 0").contains("model.factors"));
+        assert!(bad("factors = 10\n", "").contains("model.factors"));
+        assert!(bad("scale = [0.5, 5.0]", "scale = [5.0, 0.5]").contains("schema.ratings.scale"));
+        assert!(bad("items = 9066", "items = 0").contains("schema.ratings.items"));
+        assert!(
+            bad("catalogue_sha256 = \"cd", "catalogue_sha256 = \"zz").contains("catalogue_sha256")
+        );
+        assert!(bad("user = \"userId\"", "user = \"rating\"").contains("schema.ratings"));
+        let other = bad(
+            "kind = \"matrix_factorization\"",
+            "kind = \"glm\"\nfamily = \"gaussian\"",
+        );
+        assert!(other.contains("factors"), "{other}");
+        let spec = task.schema.ratings.as_ref().unwrap();
+        assert_eq!(
+            spec.catalogue_path(Path::new("/data/partner/users-0.csv")),
+            Path::new("/data/partner/movielens_movies.csv")
+        );
+        assert!(
+            spec.admits(0.5) && spec.admits(5.0) && !spec.admits(5.5) && !spec.admits(f64::NAN)
+        );
+    }
+}
