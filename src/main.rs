@@ -604,14 +604,17 @@ pub(crate) fn open_state_read_only(
 fn metrics(state: &std::path::Path) -> Result<()> {
     let store = open_state_read_only(state)?;
     let rounds = store.rounds()?;
-    let (private, classifier) = match store.task_toml()? {
+    let private = match store.task_toml()? {
         Some(text) => {
             let task = consortia_model::TaskSpec::from_toml_str(&text)?;
-            (task.privacy_spec()?.is_some(), task.is_classifier())
+            consortia_coordinator::orchestrator::print_task_table_header(&task);
+            task.privacy_spec()?.is_some()
         }
-        None => (false, true),
+        None => {
+            consortia_coordinator::orchestrator::print_table_header(true);
+            false
+        }
     };
-    consortia_coordinator::orchestrator::print_table_header(classifier);
     let mut shown = 0;
     for m in store.all_metrics()? {
         if m.model_round == 0 {

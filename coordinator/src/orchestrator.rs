@@ -3,5 +3,7 @@
 //! [`crate::task`], the table and summary in [`crate::report`].
 
 pub use crate::hub::{Hub, RevocationCheck};
-pub use crate::report::{TaskSummary, print_table_header, print_table_row};
+pub use crate::report::{
+    TaskSummary, print_table_header, print_table_row, print_task_table_header,
+};
 pub use crate::task::run_task;

@@ -278,14 +278,22 @@ pub fn finish(hub: &Hub, last: u64, final_metrics: Option<&MetricsRecord>, priva
                 x.top20_capture
             ),
             TaskMetrics::Recommendation(x) => println!(
-                "final model (round {last}) on {} held-out ratings of {} partners: RMSE {:.4}, MAE {:.4}, NDCG@10 {:.4} and recall@10 {:.4} over {} users",
+                "final model (round {last}) on {} held-out ratings of {} partners: RMSE {:.4}, MAE {:.4}, NDCG@10 {:.4} and recall@10 {:.4} over {} users{}",
                 x.examples,
                 m.partners.len(),
                 x.rmse,
                 x.mae,
                 x.ndcg_at_10,
                 x.recall_at_10,
-                x.users
+                x.users,
+                if x.unknown_items > 0 {
+                    format!(
+                        " ({} ratings of items outside the catalogue were not used)",
+                        x.unknown_items
+                    )
+                } else {
+                    String::new()
+                }
             ),
         },
         None if private => println!(
