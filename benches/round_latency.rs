@@ -27,8 +27,11 @@
 //! `--metrics-cost K` measures what Prometheus metrics cost: for each partner count and
 //! mode it runs `K` pairs of federations, alternately without metrics and with
 //! `[observability] metrics_listen` set on the coordinator and every agent and a scraper
-//! thread reading every endpoint's `GET /metrics` once a second, and reports each pair's
-//! ratio of mean round latency (with / without) and their median, all within one run.
+//! thread reading every endpoint's `GET /metrics` once a second, plus the web console
+//! (`[console] listen`) with an operator's page open: its Privacy page's main part
+//! fetched every 2 s over HTTPS with a console certificate, as the page's script does.
+//! It reports each pair's ratio of mean round latency (with / without) and their
+//! median, all within one run.
 //!
 //! `ROUND_LATENCY_LOG=FILE` writes the coordinator's log to `FILE` and each agent's
 //! output to `FILE.<partner>`.
@@ -177,14 +180,21 @@ fn main() {
 /// alternating, and the ratio of their mean round latencies.
 fn metrics_cost(o: &Options, model: &BenchModel) {
     println!(
-        "cost of metrics: {} pairs of runs, alternately without and with metrics_listen on \
-         the coordinator and every agent, each endpoint scraped every 1 s; the web console is \
-         not opened",
+        "cost of metrics and console: {} pairs of runs, alternately without and with \
+         metrics_listen on the coordinator and every agent (each endpoint scraped every 1 s) \
+         and the console open (/privacy?part=main every 2 s as an operator)",
         o.metrics_pairs
     );
     println!(
-        "{:>8}  {:>7}  {:>4}  {:>14}  {:>14}  {:>8}  {:>8}",
-        "partners", "mode", "pair", "off s/round", "on s/round", "on/off", "scrapes"
+        "{:>8}  {:>7}  {:>4}  {:>14}  {:>14}  {:>8}  {:>8}  {:>13}",
+        "partners",
+        "mode",
+        "pair",
+        "off s/round",
+        "on s/round",
+        "on/off",
+        "scrapes",
+        "console polls"
     );
     for &n in &o.partners {
         for mode in &o.modes {
@@ -203,8 +213,8 @@ fn metrics_cost(o: &Options, model: &BenchModel) {
                 let ratio = on.mean / off.mean;
                 ratios.push(ratio);
                 println!(
-                    "{:>8}  {:>7}  {:>4}  {:>14.4}  {:>14.4}  {:>8.4}  {:>8}",
-                    n, mode, pair, off.mean, on.mean, ratio, on.scrapes
+                    "{:>8}  {:>7}  {:>4}  {:>14.4}  {:>14.4}  {:>8.4}  {:>8}  {:>13}",
+                    n, mode, pair, off.mean, on.mean, ratio, on.scrapes, on.console_polls
                 );
             }
             ratios.sort_by(f64::total_cmp);
@@ -256,6 +266,68 @@ fn scrape_every_second(
                 {
                     ok += 1;
                 }
+            }
+            while Instant::now() < next && !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        ok
+    })
+}
+
+/// Fetches the console's Privacy page (its main part, as the page's script does) every
+/// 2 s as `cert`/`key` until `stop`; returns how many fetches answered 200.
+fn poll_console(
+    addr: std::net::SocketAddr,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_file(&ca).expect("CA"))
+            .expect("CA");
+        let chain = CertificateDer::pem_file_iter(&cert)
+            .expect("console certificate")
+            .map(|c| c.expect("console certificate"))
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(&key).expect("console key");
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("client certificate");
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let config = Arc::new(config);
+        let mut ok = 0;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let next = Instant::now() + Duration::from_secs(2);
+            let fetch = || -> Option<bool> {
+                let tcp =
+                    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+                tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+                let name = ServerName::try_from("127.0.0.1").ok()?;
+                let conn = rustls::ClientConnection::new(Arc::clone(&config), name).ok()?;
+                let mut tls = rustls::StreamOwned::new(conn, tcp);
+                let request = format!(
+                    "GET /privacy?part=main HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+                );
+                tls.write_all(request.as_bytes()).ok()?;
+                let mut answer = Vec::new();
+                // A peer that closes without close_notify after answering is fine.
+                let _ = tls.read_to_end(&mut answer);
+                Some(answer.starts_with(b"HTTP/1.1 200"))
+            };
+            if fetch() == Some(true) {
+                ok += 1;
             }
             while Instant::now() < next && !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(20));
@@ -460,10 +532,18 @@ fn run(partners: usize, model: &BenchModel, rounds: u32, secure: bool, metrics: 
         .expect("partner data");
     }
     let mut endpoints = Vec::new();
+    let mut console = None;
     if metrics {
         let addr = free_addr();
         std::fs::write(d.join("metrics_listen"), addr.to_string()).expect("metrics address");
         endpoints.push(addr);
+        let addr = free_addr();
+        std::fs::write(d.join("console_listen"), addr.to_string()).expect("console address");
+        let mut pki = Pki::open(d.join("pki")).expect("pki");
+        let issued = pki
+            .issue_console("bench-operator", consortia_pki::ConsoleRole::Operator)
+            .expect("console certificate");
+        console = Some((addr, issued.cert_path, issued.key_path));
     }
     let exe = std::env::current_exe().expect("exe");
     let coordinator_log = log_file(d, "");
@@ -511,6 +591,9 @@ fn run(partners: usize, model: &BenchModel, rounds: u32, secure: bool, metrics: 
         .collect();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let scraper = metrics.then(|| scrape_every_second(endpoints, Arc::clone(&stop)));
+    let viewer = console.map(|(addr, cert, key)| {
+        poll_console(addr, pki.ca_cert_path(), cert, key, Arc::clone(&stop))
+    });
     // Until the coordinator finishes the task; an agent that fails stops the run.
     loop {
         if matches!(coordinator.try_wait(), Ok(Some(_))) {
@@ -534,6 +617,7 @@ fn run(partners: usize, model: &BenchModel, rounds: u32, secure: bool, metrics: 
     let out = coordinator.wait_with_output().expect("coordinator output");
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let scrapes = scraper.map_or(0, |s| s.join().unwrap_or(0));
+    let console_polls = viewer.map_or(0, |v| v.join().unwrap_or(0));
     if !out.status.success() {
         let why = format!("coordinator failed ({})", out.status);
         abort(&why, &mut agents, &coordinator_log);
@@ -583,6 +667,7 @@ fn run(partners: usize, model: &BenchModel, rounds: u32, secure: bool, metrics: 
         peak_mib: peak_kib / 1024.0,
         cpu_per_round: cpu / f64::from(rounds),
         scrapes,
+        console_polls,
     }
 }
 
@@ -596,6 +681,8 @@ struct RunResult {
     cpu_per_round: f64,
     /// `/metrics` scrapes answered (with metrics on).
     scrapes: u64,
+    /// Console page fetches answered (with metrics on).
+    console_polls: u64,
 }
 
 /// User + system CPU seconds of this process (/proc/self/stat fields 14, 15).
@@ -657,7 +744,11 @@ fn coordinator_child(dir: &Path) {
                 .and_then(|a| a.trim().parse().ok()),
             ..Default::default()
         },
-        console: Default::default(),
+        console: consortia_coordinator::config::ConsoleConfig {
+            listen: std::fs::read_to_string(dir.join("console_listen"))
+                .ok()
+                .and_then(|a| a.trim().parse().ok()),
+        },
     };
     let summary = runtime()
         .block_on(consortia_coordinator::run(cfg, std::future::pending()))
