@@ -369,12 +369,12 @@ fn report_states_its_verification_at_the_top_of_the_page_and_the_json() {
         if let Some(cert) = cert {
             args.extend(["--cert".as_ref(), cert.as_os_str()]);
         }
-        audit(&args).ok();
+        let run = audit(&args).ok();
         let page = std::fs::read_to_string(&html).expect("HTML report written");
         let export: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&out).expect("JSON written"))
                 .expect("JSON export parses");
-        (page, export)
+        (page, export, run.stderr())
     };
     /// The verification paragraph, which must come before the first section.
     fn verification_line(page: &str) -> &str {
@@ -391,7 +391,12 @@ fn report_states_its_verification_at_the_top_of_the_page_and_the_json() {
     }
 
     // Checked against the coordinator's certificate: which one, by subject and fingerprint.
-    let (page, export) = run_report(Some(&cert), "checked");
+    let (page, export, stderr) = run_report(Some(&cert), "checked");
+    // Progress of the verification, as an event off a terminal.
+    assert!(
+        stderr.contains("verifying entries: 3 of 3 (100 %)"),
+        "{stderr}"
+    );
     let line = verification_line(&page);
     assert!(
         page.contains("class=\"verified\" id=\"verification\""),
@@ -413,7 +418,7 @@ fn report_states_its_verification_at_the_top_of_the_page_and_the_json() {
     verify(&exported, &cert).ok();
 
     // Not checked: said as plainly, at the same place.
-    let (page, export) = run_report(None, "unchecked");
+    let (page, export, _) = run_report(None, "unchecked");
     let line = verification_line(&page);
     assert!(
         line.contains("Not verified") && line.contains("not checked"),
