@@ -233,20 +233,6 @@ pub fn message_kind(msg: &ClientMessage) -> &'static str {
     }
 }
 
-/// The `reason` label of a rejection.
-fn rejection_code(r: &Rejection) -> &'static str {
-    match r {
-        Rejection::NoOpenRound { .. } => "no_open_round",
-        Rejection::WrongRound { .. } => "wrong_round",
-        Rejection::Closed { .. } => "closed",
-        Rejection::NotSelected { .. } => "not_selected",
-        Rejection::Duplicate { .. } => "duplicate",
-        Rejection::OutOfPhase { .. } => "out_of_phase",
-        Rejection::Invalid { .. } => "invalid",
-        Rejection::Unavailable { .. } => "unavailable",
-    }
-}
-
 impl Telemetry {
     /// Every metric family of the coordinator serving `task` (its evaluation gauges
     /// are those of the task's kind), all at zero.
