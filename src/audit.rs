@@ -369,7 +369,7 @@ fn read_ledger(path: &Path) -> Result<Vec<LedgerEntry>> {
         );
     }
     // A running coordinator (or agent) holds the database's lock: read a copy of it.
-    if path.is_dir() && in_use(path) {
+    if path.is_dir() && consortia_coordinator::commit::sled_in_use(path) {
         let copy = consortia_coordinator::store::Snapshot::copy_of(path)?;
         eprintln!(
             "note: {} is in use by a running process: reading a copy of it taken now",
@@ -385,14 +385,6 @@ fn read_ledger(path: &Path) -> Result<Vec<LedgerEntry>> {
             path.display()
         )
     })
-}
-
-/// Whether another process holds the lock of the sled database in `dir`.
-fn in_use(dir: &Path) -> bool {
-    match std::fs::File::open(dir.join("db")) {
-        Ok(f) => matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
-        Err(_) => false,
-    }
 }
 
 /// The first break in index continuity or the hash chain, checked without a key.

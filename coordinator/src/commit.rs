@@ -1032,7 +1032,13 @@ fn boxed(p: StateProblem) -> CoordinatorError {
 
 /// Whether a coordinator holds the state directory's database (its lock).
 pub fn database_in_use(state_dir: &Path) -> bool {
-    match std::fs::File::open(state_dir.join("db").join("db")) {
+    sled_in_use(&state_dir.join("db"))
+}
+
+/// Whether another process holds the lock of the sled database in the directory
+/// `db_dir` (a coordinator's `db`, or a ledger's).
+pub fn sled_in_use(db_dir: &Path) -> bool {
+    match std::fs::File::open(db_dir.join("db")) {
         Ok(f) => matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
         Err(_) => false,
     }
