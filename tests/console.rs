@@ -84,30 +84,7 @@ impl Setup {
             let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{} is readable by others", key.display());
         }
-        let addr_file = fed.path("coordinator.addr");
-        let child = fed
-            .coordinator_command("127.0.0.1:0")
-            .arg("--addr-file")
-            .arg(&addr_file)
-            .args(["--console-listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::from(
-                std::fs::File::create(fed.coordinator_out(1)).unwrap(),
-            ))
-            .stderr(Stdio::from(
-                std::fs::File::create(fed.coordinator_log(1)).unwrap(),
-            ))
-            .spawn()
-            .expect("start coordinator");
-        fed.coordinator = Some(child);
-        let addr = wait_until(Duration::from_secs(60), || {
-            std::fs::read_to_string(&addr_file)
-                .ok()
-                .filter(|s| !s.trim().is_empty())
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| panic!("coordinator did not listen\n{}", fed.logs()));
-        fed.addr = Some(addr);
+        fed.start_coordinator_with(&["--console-listen", "127.0.0.1:0"]);
         let log = fed.coordinator_log(1);
         let console = wait_until(Duration::from_secs(30), || {
             let text = fed.read(&log);

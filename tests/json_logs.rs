@@ -7,14 +7,14 @@ mod common;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Stdio;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Federation, task_with, wait_until};
 use consortia_pki::Pki;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
 
 const JSON: [&str; 2] = ["--log-format", "json"];
@@ -119,56 +119,16 @@ fn refused_handshake(fed: &Federation, addr: &str, cert: Option<(&Pki, &str)>) {
         }
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let name = ServerName::try_from("127.0.0.1").unwrap();
-        let connect = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp));
-        if let Ok(Ok(mut tls)) = connect.await {
-            use tokio::io::AsyncReadExt;
-            let mut buf = [0u8; 16];
-            let read = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await;
-            assert!(
-                !matches!(read, Ok(Ok(n)) if n > 0),
-                "the handshake was accepted"
-            );
-        }
-    });
+    common::assert_handshake_refused(addr, config);
 }
 
 #[test]
 fn a_federation_logs_json_lines_with_round_and_reason_codes() {
     // Two of the three partners suffice: the third declines the task by its policy.
     let mut fed = Federation::new(&task_with(2, 2, 60));
-    let addr_file = fed.path("coordinator.addr");
-    let child = fed
-        .coordinator_command("127.0.0.1:0")
-        .arg("--addr-file")
-        .arg(&addr_file)
-        .args(["--metrics-listen", "127.0.0.1:0"])
-        .args(JSON)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::from(
-            std::fs::File::create(fed.coordinator_out(1)).unwrap(),
-        ))
-        .stderr(Stdio::from(
-            std::fs::File::create(fed.coordinator_log(1)).unwrap(),
-        ))
-        .spawn()
-        .expect("start coordinator");
-    fed.coordinator = Some(child);
-    let addr = wait_until(Duration::from_secs(30), || {
-        std::fs::read_to_string(&addr_file)
-            .ok()
-            .filter(|s| !s.trim().is_empty())
-            .map(|s| s.trim().to_string())
-    })
-    .unwrap_or_else(|| panic!("coordinator did not listen\n{}", fed.logs()));
-    fed.addr = Some(addr.clone());
+    let mut args = vec!["--metrics-listen", "127.0.0.1:0"];
+    args.extend(JSON);
+    let addr = fed.start_coordinator_with(&args);
     let metrics = metrics_addr(&fed);
 
     // Refused handshakes: no certificate, and a partner certificate of another CA.

@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Stdio;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use consortia_coordinator::store::Store;
 use consortia_pki::Pki;
 use prometheus_parse::{Scrape, Value};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 const LONG: Duration = Duration::from_secs(300);
 const ROUNDS: u32 = 4;
@@ -106,32 +106,7 @@ fn logged_metrics_addr(fed: &Federation, log: &std::path::Path, who: &str) -> So
 
 /// Starts the coordinator (run 1) with `extra` arguments; waits until it listens.
 fn start_coordinator(fed: &mut Federation, extra: &[&str]) -> String {
-    let addr_file = fed.path("coordinator.addr");
-    let _ = std::fs::remove_file(&addr_file);
-    let child = fed
-        .coordinator_command("127.0.0.1:0")
-        .arg("--addr-file")
-        .arg(&addr_file)
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::from(
-            std::fs::File::create(fed.coordinator_out(1)).unwrap(),
-        ))
-        .stderr(Stdio::from(
-            std::fs::File::create(fed.coordinator_log(1)).unwrap(),
-        ))
-        .spawn()
-        .expect("start coordinator");
-    fed.coordinator = Some(child);
-    let addr = wait_until(Duration::from_secs(30), || {
-        std::fs::read_to_string(&addr_file)
-            .ok()
-            .filter(|s| !s.trim().is_empty())
-            .map(|s| s.trim().to_string())
-    })
-    .unwrap_or_else(|| panic!("coordinator did not listen\n{}", fed.logs()));
-    fed.addr = Some(addr.clone());
-    addr
+    fed.start_coordinator_with(extra)
 }
 
 /// A TLS client of the federation's CA, with `cert` and `key` as its certificate.
@@ -164,29 +139,6 @@ fn client_config(
     config
 }
 
-/// Runs one TLS handshake (and a read) against the coordinator; the server refuses it.
-fn refused_handshake(addr: &str, config: rustls::ClientConfig) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let name = ServerName::try_from("127.0.0.1").unwrap();
-        let connect = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp));
-        if let Ok(Ok(mut tls)) = connect.await {
-            use tokio::io::AsyncReadExt;
-            let mut buf = [0u8; 16];
-            let read = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await;
-            assert!(
-                !matches!(read, Ok(Ok(n)) if n > 0),
-                "the handshake was accepted"
-            );
-        }
-    });
-}
-
 #[test]
 fn both_endpoints_count_a_real_federation_as_it_runs() {
     let mut fed = Federation::new(&dp_task());
@@ -206,7 +158,7 @@ fn both_endpoints_count_a_real_federation_as_it_runs() {
 
     // Handshakes refused: no certificate, and a certificate of another CA.
     let ca = fed.pki.ca_cert_path();
-    refused_handshake(&fed_addr, client_config(&ca, None));
+    common::assert_handshake_refused(&fed_addr, client_config(&ca, None));
     let name = fed.partners[0].0.clone();
     let other = Pki::init(
         fed.path("other-pki"),
@@ -218,7 +170,7 @@ fn both_endpoints_count_a_real_federation_as_it_runs() {
         other.partner_cert_path(&name),
         other.partner_key_path(&name),
     );
-    refused_handshake(&fed_addr, client_config(&ca, Some((&cert, &key))));
+    common::assert_handshake_refused(&fed_addr, client_config(&ca, Some((&cert, &key))));
 
     for i in 0..fed.partners.len() {
         fed.start_agent_with(i, None, &any);

@@ -140,6 +140,11 @@ impl Federation {
 
     /// Starts (or restarts) the coordinator and waits until it listens.
     pub(crate) fn start_coordinator(&mut self) -> String {
+        self.start_coordinator_with(&[])
+    }
+
+    /// [`start_coordinator`](Self::start_coordinator) with `extra` command-line arguments.
+    pub(crate) fn start_coordinator_with(&mut self, extra: &[&str]) -> String {
         self.coordinator_runs += 1;
         let run = self.coordinator_runs;
         let addr_file = self.path("coordinator.addr");
@@ -153,6 +158,7 @@ impl Federation {
             .coordinator_command(&listen)
             .arg("--addr-file")
             .arg(&addr_file)
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::from(
                 std::fs::File::create(self.coordinator_out(run)).unwrap(),
@@ -410,4 +416,27 @@ fn final_evaluations(fed: &Federation) -> Vec<consortia_model::Evaluation> {
                 .expect("evaluation")
         })
         .collect()
+}
+
+/// Runs one TLS handshake (and a read) against the coordinator; the server refuses it.
+pub(crate) fn assert_handshake_refused(addr: &str, config: rustls::ClientConfig) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let connect = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp));
+        if let Ok(Ok(mut tls)) = connect.await {
+            use tokio::io::AsyncReadExt;
+            let mut buf = [0u8; 16];
+            let read = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await;
+            assert!(
+                !matches!(read, Ok(Ok(n)) if n > 0),
+                "the handshake was accepted"
+            );
+        }
+    });
 }
