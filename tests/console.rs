@@ -237,12 +237,17 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// The ledger's latest cumulative ε and budget per partner, as the HTML report reads them.
-fn ledger_budgets(path: &Path) -> Option<Vec<(String, f64, Option<f64>)>> {
+/// The latest cumulative ε and budget per partner over the ledger's first `n` entries,
+/// as the HTML report reads them: the figures of a page that read `n` entries, whatever
+/// the coordinator appended since (the ledger only grows).
+fn ledger_budgets_upto(path: &Path, n: usize) -> Option<Vec<(String, f64, Option<f64>)>> {
     let file = consortia_ledger::LedgerFile::load(path).ok()?;
+    if file.entries.len() < n {
+        return None;
+    }
     let mut spent = std::collections::BTreeMap::new();
     let mut budget = std::collections::BTreeMap::new();
-    for e in &file.entries {
+    for e in file.entries.iter().take(n) {
         spent.extend(e.record.epsilon_cumulative.clone());
         budget.extend(e.record.budget_epsilon.clone());
     }
@@ -255,25 +260,6 @@ fn ledger_budgets(path: &Path) -> Option<Vec<(String, f64, Option<f64>)>> {
             })
             .collect(),
     )
-}
-
-/// Runs `read` between two reads of the ledger file that agree, and returns what it read
-/// with the ledger's figures then (a few tries: the coordinator rewrites the file after
-/// every charge).
-fn with_steady_ledger<T>(
-    path: &Path,
-    mut read: impl FnMut() -> T,
-) -> (T, Vec<(String, f64, Option<f64>)>) {
-    for _ in 0..20 {
-        let before = std::fs::read(path).ok();
-        let value = read();
-        let after = std::fs::read(path).ok();
-        if before.is_some() && before == after {
-            return (value, ledger_budgets(path).expect("the ledger parses"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("the ledger file never stayed still across a read");
 }
 
 /// Edits the first entry's recorded ε in the ledger export (atomically, so the file
@@ -471,8 +457,11 @@ fn console_api_roles_refusals_and_downloads() {
 
     // The budgets are the ledger's, and the ledger verifies.
     let ledger = s.ledger_path();
-    let (view, budgets) = with_steady_ledger(&ledger, || ok("aud", "/api/v1/privacy").json());
+    let view = ok("aud", "/api/v1/privacy").json();
     assert_eq!(view["ledger"]["verified"], true, "{view}");
+    // The page's figures are those of the ledger's first `entries` entries.
+    let read = view["ledger"]["entries"].as_u64().unwrap() as usize;
+    let budgets = ledger_budgets_upto(&ledger, read).expect("the ledger holds what the page read");
     assert!(view["ledger"]["alarm"].is_null());
     let shown: Vec<(String, f64, Option<f64>)> = view["partners"]
         .as_array()
@@ -777,38 +766,32 @@ fn browser_shows_the_console_live() {
                 .is_err(),
             "the auditor is offered the federation page"
         );
-        let rows_js = "return Array.from(document.querySelectorAll('#budgets tbody tr'))\
-                       .map(r => [r.dataset.partner, r.dataset.spent, r.dataset.budget]);";
-        let mut matched = false;
-        for _ in 0..20 {
-            let before = std::fs::read(&ledger).ok();
-            b.refresh().await.unwrap();
-            let rows = b.execute(rows_js, vec![]).await.unwrap();
-            let after = std::fs::read(&ledger).ok();
-            if before.is_none() || before != after {
-                continue;
-            }
-            let shown: Vec<(String, f64, Option<f64>)> = rows
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| {
-                    (
-                        r[0].as_str().unwrap().to_string(),
-                        r[1].as_str().unwrap().parse().unwrap(),
-                        r[2].as_str().and_then(|b| b.parse().ok()),
-                    )
-                })
-                .collect();
-            assert_eq!(
-                shown,
-                ledger_budgets(&ledger).unwrap(),
-                "the page's budgets"
-            );
-            matched = true;
-            break;
-        }
-        assert!(matched, "the ledger never stayed still across a page load");
+        // The page's figures are those of the ledger's first `entries` entries (one DOM
+        // read, so rows and count come from the same render).
+        b.refresh().await.unwrap();
+        let js = "return [Array.from(document.querySelectorAll('#budgets tbody tr'))\
+                  .map(r => [r.dataset.partner, r.dataset.spent, r.dataset.budget]),\
+                  document.querySelector('#ledger-entries').textContent];";
+        let read = b.execute(js, vec![]).await.unwrap();
+        let read_entries: usize = read[1].as_str().unwrap().trim().parse().unwrap();
+        let shown: Vec<(String, f64, Option<f64>)> = read[0]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r[0].as_str().unwrap().to_string(),
+                    r[1].as_str().unwrap().parse().unwrap(),
+                    r[2].as_str().and_then(|b| b.parse().ok()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            ledger_budgets_upto(&ledger, read_entries)
+                .expect("the ledger holds what the page read"),
+            "the page's budgets"
+        );
         assert_eq!(
             b.find(fantoccini::Locator::Css("#ledger-status"))
                 .await
@@ -821,7 +804,14 @@ fn browser_shows_the_console_live() {
         );
         screenshot(&b, &dirs, "privacy.png").await;
         b.goto(&format!("http://{aud}/federation")).await.unwrap();
-        assert!(b.source().await.unwrap().contains("operators only"));
+        // (Read until the refusal page is the one shown: a source read can come before it.)
+        let refused = until(Duration::from_secs(20), || async {
+            b.source()
+                .await
+                .is_ok_and(|html| html.contains("operators only"))
+        })
+        .await;
+        assert!(refused, "the auditor was not refused the federation page");
         b.goto(&format!("http://{aud}/training")).await.unwrap();
         assert!(
             b.find(fantoccini::Locator::Css("#operator-only"))
