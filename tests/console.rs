@@ -30,8 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{EXE, Federation, TASK, wait_until};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -127,29 +126,7 @@ impl Setup {
 }
 
 fn tls_config(ca: &Path, cert: Option<(&Path, &Path)>, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(ca).unwrap())
-        .unwrap();
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_root_certificates(roots);
-    let mut config = match cert {
-        None => builder.with_no_client_auth(),
-        Some((cert, key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .unwrap()
-                .map(|c| c.unwrap())
-                .collect();
-            let key = PrivateKeyDer::from_pem_file(key).unwrap();
-            builder.with_client_auth_cert(chain, key).unwrap()
-        }
-    };
-    config.alpn_protocols = vec![alpn.to_vec()];
-    Arc::new(config)
+    Arc::new(common::client_tls(ca, cert, alpn))
 }
 
 /// A response: status, head, body.

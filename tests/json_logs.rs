@@ -8,13 +8,10 @@ use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Federation, task_with, wait_until};
 use consortia_pki::Pki;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
 
 const JSON: [&str; 2] = ["--log-format", "json"];
@@ -97,28 +94,15 @@ fn metrics_addr(fed: &Federation) -> SocketAddr {
 
 /// One TLS handshake against the coordinator with `cert` (or none), refused.
 fn refused_handshake(fed: &Federation, addr: &str, cert: Option<(&Pki, &str)>) {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(fed.pki.ca_cert_path()).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_root_certificates(roots);
-    let mut config = match cert {
-        None => builder.with_no_client_auth(),
-        Some((pki, name)) => {
-            let chain = CertificateDer::pem_file_iter(pki.partner_cert_path(name))
-                .unwrap()
-                .map(|c| c.unwrap())
-                .collect();
-            let key = PrivateKeyDer::from_pem_file(pki.partner_key_path(name)).unwrap();
-            builder.with_client_auth_cert(chain, key).unwrap()
-        }
+    let (cert, key) = match cert {
+        Some((pki, name)) => (
+            Some(pki.partner_cert_path(name)),
+            Some(pki.partner_key_path(name)),
+        ),
+        None => (None, None),
     };
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    let identity = cert.as_deref().zip(key.as_deref());
+    let config = common::client_tls(&fed.pki.ca_cert_path(), identity, b"h2");
     common::assert_handshake_refused(addr, config);
 }
 

@@ -9,15 +9,12 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Federation, TASK, wait_until};
 use consortia_coordinator::store::Store;
 use consortia_pki::Pki;
 use prometheus_parse::{Scrape, Value};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 const LONG: Duration = Duration::from_secs(300);
 const ROUNDS: u32 = 4;
@@ -109,36 +106,6 @@ fn start_coordinator(fed: &mut Federation, extra: &[&str]) -> String {
     fed.start_coordinator_with(extra)
 }
 
-/// A TLS client of the federation's CA, with `cert` and `key` as its certificate.
-fn client_config(
-    ca: &std::path::Path,
-    cert: Option<(&std::path::Path, &std::path::Path)>,
-) -> rustls::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_root_certificates(roots);
-    let mut config = match cert {
-        None => builder.with_no_client_auth(),
-        Some((cert, key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .unwrap()
-                .map(|c| c.unwrap())
-                .collect();
-            let key = PrivateKeyDer::from_pem_file(key).unwrap();
-            builder.with_client_auth_cert(chain, key).unwrap()
-        }
-    };
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    config
-}
-
 #[test]
 fn both_endpoints_count_a_real_federation_as_it_runs() {
     let mut fed = Federation::new(&dp_task());
@@ -158,7 +125,7 @@ fn both_endpoints_count_a_real_federation_as_it_runs() {
 
     // Handshakes refused: no certificate, and a certificate of another CA.
     let ca = fed.pki.ca_cert_path();
-    common::assert_handshake_refused(&fed_addr, client_config(&ca, None));
+    common::assert_handshake_refused(&fed_addr, common::client_tls(&ca, None, b"h2"));
     let name = fed.partners[0].0.clone();
     let other = Pki::init(
         fed.path("other-pki"),
@@ -170,7 +137,10 @@ fn both_endpoints_count_a_real_federation_as_it_runs() {
         other.partner_cert_path(&name),
         other.partner_key_path(&name),
     );
-    common::assert_handshake_refused(&fed_addr, client_config(&ca, Some((&cert, &key))));
+    common::assert_handshake_refused(
+        &fed_addr,
+        common::client_tls(&ca, Some((&cert, &key)), b"h2"),
+    );
 
     for i in 0..fed.partners.len() {
         fed.start_agent_with(i, None, &any);

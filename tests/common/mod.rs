@@ -440,3 +440,37 @@ pub(crate) fn assert_handshake_refused(addr: &str, config: rustls::ClientConfig)
         }
     });
 }
+
+/// A TLS 1.3 client trusting the CA certificates in `ca`, presenting `cert` and `key`
+/// (PEM files) when given, and offering `alpn`.
+pub(crate) fn client_tls(
+    ca: &Path,
+    cert: Option<(&Path, &Path)>,
+    alpn: &[u8],
+) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots);
+    let mut config = match cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .unwrap()
+                .map(|c| c.unwrap())
+                .collect();
+            let key = PrivateKeyDer::from_pem_file(key).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+    };
+    config.alpn_protocols = vec![alpn.to_vec()];
+    config
+}
