@@ -15,21 +15,8 @@ const TABLE_ROWS: usize = 50;
 /// Model versions the training page lists (the latest); every one is downloadable.
 const MODEL_ROWS: usize = 20;
 
-/// Escapes text for HTML content and attribute values.
-pub(super) fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+/// Escapes text for HTML content and attribute values (the audit report's escaping).
+pub(super) use consortia_ledger::audit::escape_html as esc;
 
 fn list(names: &[String]) -> String {
     if names.is_empty() {

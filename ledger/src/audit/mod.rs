@@ -7,8 +7,8 @@ mod verify;
 
 pub use compare::{Disagreement, RELATIVE_TOLERANCE, approx_eq, compare};
 pub use report::{
-    CertificateSummary, ReportVerification, RngWarning, format_time_utc, report_html,
-    report_html_verified, report_table, rng_warnings,
+    CertificateSummary, ReportVerification, RngWarning, esc as escape_html, format_time_utc,
+    report_html, report_html_verified, report_table, rng_warnings,
 };
 pub use verify::{
     ExpectedHead, Problem, ProblemKind, VerifyReport, verify, verify_with_head,
