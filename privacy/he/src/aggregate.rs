@@ -112,26 +112,98 @@ impl Aggregate {
         self.counts[index as usize] += 1;
     }
 
-    /// Adds the masks of chunk `chunk_index` of one update from its mask
-    /// form ([`Shape::mask_chunk`]), leaving the bodies alone: a key holder's
-    /// recomputation needs only the masks (see [`Aggregate::mask_digest`]).
-    /// Returns the masks added (for the caller's own hashing).
-    pub fn add_mask_bytes<'b>(
+    /// Mask words of chunk `index` within `words` (this sum's words).
+    pub(crate) fn chunk_masks<'a, T: Word>(&self, words: &'a [T], index: u32) -> &'a [T] {
+        let start = self.chunk_range(index).start;
+        let len = self.shape.polys_in_chunk(index) as usize * self.shape.polynomial_size();
+        &words[start..start + len]
+    }
+
+    /// The masks of chunk `index` of this sum in mask-chunk wire form
+    /// ([`Shape::mask_chunk`]): what the coordinator sends each key holder,
+    /// chunk by chunk, instead of every contributor's masks.
+    pub fn mask_chunk(&self, index: u32) -> Result<Vec<u8>, HeError> {
+        if index >= self.shape.chunks() {
+            return Err(HeError::WrongCount {
+                what: "chunk index",
+                expected: u64::from(self.shape.chunks()),
+                got: u64::from(index),
+            });
+        }
+        let mut masks = Vec::with_capacity(self.shape.mask_chunk_bytes(index));
+        match &self.sum {
+            Words::W64(w) => self
+                .chunk_masks(w, index)
+                .iter()
+                .for_each(|x| x.write_le(&mut masks)),
+            Words::W128(w) => self
+                .chunk_masks(w, index)
+                .iter()
+                .for_each(|x| x.write_le(&mut masks)),
+        }
+        Ok(self.shape.mask_chunk(index, &masks))
+    }
+
+    /// A key holder's copy of the sum: sets the masks of chunk `chunk_index`
+    /// from their mask-chunk wire form ([`Aggregate::mask_chunk`]), as the
+    /// masks of a sum of `contributors` updates, leaving the bodies alone (a
+    /// partial decryption reads only the masks and the count, see
+    /// [`Aggregate::mask_digest`]). Checks header, key, index, polynomial
+    /// count and exact length first; refuses a chunk already set, and a count
+    /// of 0 or above the committee size.
+    pub fn set_mask_chunk(
         &mut self,
         chunk_index: u32,
-        bytes: &'b [u8],
-    ) -> Result<&'b [u8], HeError> {
+        bytes: &[u8],
+        contributors: u32,
+    ) -> Result<(), HeError> {
         let masks = self.shape.check_mask_chunk(chunk_index, bytes)?;
-        self.check_room(chunk_index)?;
+        if contributors > self.shape.parties {
+            return Err(HeError::TooManyContributors {
+                chunk: chunk_index,
+                max: self.shape.parties,
+            });
+        }
+        if contributors == 0 {
+            return Err(HeError::TooFewContributors { have: 0, min: 1 });
+        }
+        if self.counts[chunk_index as usize] != 0 {
+            return Err(HeError::WrongCount {
+                what: "times a chunk of the sum's masks is set",
+                expected: 1,
+                got: 2,
+            });
+        }
         let range = self.chunk_range(chunk_index);
         let len = self.shape.polys_in_chunk(chunk_index) as usize * self.shape.polynomial_size();
         let range = range.start..range.start + len;
         match &mut self.sum {
-            Words::W64(s) => add_le_bytes(&mut s[range], masks),
-            Words::W128(s) => add_le_bytes(&mut s[range], masks),
+            Words::W64(s) => s[range]
+                .iter_mut()
+                .zip(masks.chunks_exact(8))
+                .for_each(|(w, b)| *w = u64::read_le(b)),
+            Words::W128(s) => s[range]
+                .iter_mut()
+                .zip(masks.chunks_exact(16))
+                .for_each(|(w, b)| *w = u128::read_le(b)),
         }
-        self.counts[chunk_index as usize] += 1;
-        Ok(masks)
+        self.counts[chunk_index as usize] = contributors;
+        Ok(())
+    }
+
+    /// Adds `delta` to mask word `index` (counted over all chunks' masks in
+    /// order): a forged sum, for tests of the checks that catch one.
+    #[cfg(test)]
+    pub(crate) fn add_to_mask_word(&mut self, index: usize, delta: u128) {
+        let n = self.shape.polynomial_size();
+        let poly = index / n;
+        let cp = self.shape.chunk_polys as usize;
+        let chunk = (poly / cp) as u32;
+        let at = self.chunk_range(chunk).start + (poly % cp) * n + index % n;
+        match &mut self.sum {
+            Words::W64(s) => s[at] = s[at].wrapping_add(delta as u64),
+            Words::W128(s) => s[at] = s[at].wrapping_add(delta),
+        }
     }
 
     /// Adds a whole update in wire form; all of it or nothing.

@@ -23,10 +23,11 @@
 //! never decrypt the same ciphertext twice (fresh flooding on the same mask
 //! lets the noise be averaged away) — [`PartialDecryptor`] refuses a digest it
 //! has answered, but remembering digests across restarts is the caller's job;
-//! partners must recompute the aggregate themselves from the submitted
-//! ciphertexts ([`super::Aggregate::from_ciphertexts`]) and compare
-//! [`super::Aggregate::digest`]s, and require a minimum of contributors, so a
-//! coordinator cannot pass a single update off as a sum.
+//! partners must check that the aggregate they open is the sum of the
+//! contributors' ciphertexts — here by the contributors' signed sketches of
+//! their own masks under a joint challenge ([`super::sketch`]) — and require
+//! a minimum of contributors, so a coordinator cannot pass a single update
+//! off as a sum.
 
 use std::collections::HashSet;
 

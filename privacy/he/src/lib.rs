@@ -18,17 +18,26 @@
 //! 3. [`Encryptor`]: each partner encrypts its update into an
 //!    [`EncryptedVector`] of chunks.
 //! 4. [`Aggregate`]: the coordinator sums chunks from their wire bytes.
-//! 5. [`PartialDecryptor`]: every partner recomputes the aggregate, checks its
-//!    digest and publishes a flooded [`DecryptionShare`].
-//! 6. [`combine`] (or [`Combiner`], one share — or one piece of a share — at
+//! 5. [`Sketch`]: a key holder is sent only the aggregate's masks
+//!    ([`Aggregate::mask_chunk`], rebuilt with [`Aggregate::set_mask_chunk`])
+//!    and checks them against its digest; after a challenge drawn once the
+//!    aggregate is fixed, each contributor sketches its own masks and the
+//!    holder checks that the sketches add up to the sketch of the aggregate
+//!    (80 random subset sums: a wrong aggregate passes with probability at
+//!    most 2^-80, [`sketch`] module docs). The holder's work does not grow with the
+//!    number of contributors.
+//! 6. [`PartialDecryptor`]: every partner publishes a flooded
+//!    [`DecryptionShare`] of the aggregate it checked.
+//! 7. [`combine`] (or [`Combiner`], one share — or one piece of a share — at
 //!    a time): all shares give the sum.
 //!
 //! Threat model of this module: partners and coordinator are
 //! honest-but-curious; a malicious client could craft ciphertexts whose noise
 //! leaks key bits through the decryption (no zero-knowledge proof of
 //! well-formed encryption is required here). The federation protocol adds
-//! signed contributions on top (`consortia-client`'s `keys`), so that key
-//! holders only open sums of updates their senders signed.
+//! signed contributions and signed sketches on top (`consortia-client`'s
+//! `keys`), so that key holders only open sums of updates their senders
+//! signed.
 //!
 //! Decryption shares are flooded with Gaussian noise 2^40 times the noise
 //! they hide (Secure128), which bounds what all published shares together
@@ -46,6 +55,7 @@ mod params;
 mod wire;
 mod word;
 
+pub mod sketch;
 pub mod update;
 
 pub use aggregate::Aggregate;
@@ -60,3 +70,4 @@ pub use keygen::{
     MAX_PARTIES, PartyId, PublicKeyShare, SHARE_CHECKSUM_TAG, SecretKeyShare,
 };
 pub use params::{FLOOD_TAIL_SIGMAS, FLOODING_RENYI_ORDER, HeParams, SAMPLER_COEFFICIENTS_LOG2};
+pub use sketch::{SKETCH_BYTES, SKETCHES, Sketch, Sketcher};

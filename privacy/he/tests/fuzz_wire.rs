@@ -362,7 +362,7 @@ fn mask_chunks() {
             prop_assert_eq!(b.len(), f.mask_chunks[index as usize].len());
         }
         let mut sum = Aggregate::new(f.shape).unwrap();
-        let (added, used) = peak(|| sum.add_mask_bytes(index, &b).map(<[u8]>::len));
+        let (added, used) = peak(|| sum.set_mask_chunk(index, &b, 1));
         prop_assert!(used <= bound(b.len()));
         prop_assert_eq!(added.is_ok(), out.is_ok());
         Ok(())

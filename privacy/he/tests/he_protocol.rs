@@ -197,12 +197,12 @@ fn all_but_one_share_reveal_only_noise() {
     }
 }
 
-/// Key holders that receive only the masks of the contributors' chunks
-/// recompute the same mask digest as the coordinator's full sum, and their
-/// shares open the coordinator's sum; a mask chunk of another index, key or
-/// length is refused.
+/// Key holders that receive only the sum's masks, chunk by chunk, rebuild
+/// the same mask digest as the coordinator's full sum, and their shares open
+/// the coordinator's sum; a mask chunk of another index, key, length or
+/// count, or one sent twice, is refused.
 #[test]
-fn masks_only_recomputation_opens_the_full_sum() {
+fn the_sums_masks_alone_open_the_full_sum() {
     let c = committee(HeParams::Secure128, 3);
     let n = 3 * 4096 + 17;
     let shape = Shape::new(&c.key, n as u64)
@@ -222,16 +222,15 @@ fn masks_only_recomputation_opens_the_full_sum() {
         })
         .collect();
     let mut full = Aggregate::new(shape).unwrap();
-    let mut masks_only = Aggregate::new(shape).unwrap();
     for v in &vectors {
-        for (i, chunk) in v.chunks().enumerate() {
-            full.add_bytes(i as u32, chunk).unwrap();
-            let (masks, bodies) = shape.chunk_parts(i as u32, chunk).unwrap();
-            assert_eq!(masks.len(), bodies.len());
-            let wire = shape.mask_chunk(i as u32, masks);
-            assert_eq!(wire.len(), shape.mask_chunk_bytes(i as u32));
-            masks_only.add_mask_bytes(i as u32, &wire).unwrap();
-        }
+        full.add_vector(v).unwrap();
+    }
+    // What a key holder receives: the sum's masks only, chunk by chunk.
+    let mut masks_only = Aggregate::new(shape).unwrap();
+    for i in 0..shape.chunks() {
+        let wire = full.mask_chunk(i).unwrap();
+        assert_eq!(wire.len(), shape.mask_chunk_bytes(i));
+        masks_only.set_mask_chunk(i, &wire, 3).unwrap();
     }
     assert_eq!(masks_only.mask_digest(), full.mask_digest());
     assert_ne!(masks_only.digest(), full.digest());
@@ -250,24 +249,35 @@ fn masks_only_recomputation_opens_the_full_sum() {
     // Refused mask chunks leave a sum as it was.
     let mut fresh = Aggregate::new(shape).unwrap();
     let before = fresh.mask_digest();
-    let (m0, _) = shape.chunk_parts(0, vectors[0].chunk(0).unwrap()).unwrap();
-    let wire = shape.mask_chunk(0, m0);
+    let wire = full.mask_chunk(0).unwrap();
     assert!(matches!(
-        fresh.add_mask_bytes(1, &wire),
+        fresh.set_mask_chunk(1, &wire, 3),
         Err(HeError::WrongCount { .. })
     ));
-    assert!(fresh.add_mask_bytes(0, &wire[..wire.len() - 16]).is_err());
+    assert!(
+        fresh
+            .set_mask_chunk(0, &wire[..wire.len() - 16], 3)
+            .is_err()
+    );
+    assert!(matches!(
+        fresh.set_mask_chunk(0, &wire, 4),
+        Err(HeError::TooManyContributors { .. })
+    ));
+    assert!(fresh.set_mask_chunk(0, &wire, 0).is_err());
     let other = committee(HeParams::Secure128, 3);
     let other_shape = Shape::new(&other.key, n as u64)
         .unwrap()
         .with_chunk_polys(2)
         .unwrap();
+    let (m0, _) = shape.chunk_parts(0, vectors[0].chunk(0).unwrap()).unwrap();
     let foreign = other_shape.mask_chunk(0, m0);
     assert!(matches!(
-        fresh.add_mask_bytes(0, &foreign),
+        fresh.set_mask_chunk(0, &foreign, 1),
         Err(HeError::WrongKey { .. })
     ));
     assert_eq!(fresh.mask_digest(), before);
-    fresh.add_mask_bytes(0, &wire).unwrap();
+    fresh.set_mask_chunk(0, &wire, 1).unwrap();
+    // Set once only.
+    assert!(fresh.set_mask_chunk(0, &wire, 1).is_err());
     assert_eq!(fresh.chunk_contributors()[0], 1);
 }
