@@ -71,6 +71,41 @@ pub struct UserFactors {
 }
 
 impl UserFactors {
+    /// Users' factors from their parts: `bias[u]` and `vectors[u · factors..]` for user
+    /// `u` (`vectors` must hold `factors` values per user; every value finite).
+    pub fn from_parts(
+        factors: usize,
+        bias: Vec<f64>,
+        vectors: Vec<f64>,
+    ) -> Result<Self, ModelError> {
+        if Some(vectors.len()) != bias.len().checked_mul(factors) {
+            return Err(ModelError::Shape(format!(
+                "{} users with {factors} factors each need {} factor values, not {}",
+                bias.len(),
+                bias.len().saturating_mul(factors),
+                vectors.len()
+            )));
+        }
+        if let Some((index, &value)) = bias
+            .iter()
+            .chain(&vectors)
+            .enumerate()
+            .find(|(_, v)| !v.is_finite())
+        {
+            return Err(ModelError::NonFinite { index, value });
+        }
+        Ok(Self {
+            factors,
+            bias,
+            vectors,
+        })
+    }
+
+    /// Latent factors per user.
+    pub fn factors(&self) -> usize {
+        self.factors
+    }
+
     /// User `u`'s factors.
     pub fn of(&self, u: usize) -> &[f64] {
         &self.vectors[u * self.factors..(u + 1) * self.factors]
@@ -598,6 +633,20 @@ mod tests {
         let users = m.solve_users(&train, 0.1);
         // Held out: (0, 0) liked, (1, 3) disliked.
         assert!(m.predict_rating(&users, 0, 0) > 4.0);
+    #[test]
+    fn user_factors_from_parts_check_their_shape_and_values() {
+        let u = UserFactors::from_parts(2, vec![0.5, -1.0], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
+        assert_eq!((u.len(), u.factors()), (2, 2));
+        assert_eq!(u.of(1), [3.0, 4.0]);
+        let short = UserFactors::from_parts(2, vec![0.5, -1.0], vec![1.0, 2.0, 3.0]);
+        assert!(matches!(short, Err(ModelError::Shape(_))), "{short:?}");
+        let nan = UserFactors::from_parts(1, vec![0.5, -1.0], vec![1.0, f64::NAN]);
+        assert!(
+            matches!(nan, Err(ModelError::NonFinite { index: 3, .. })),
+            "{nan:?}"
+        );
+    }
+
         assert!(m.predict_rating(&users, 1, 3) < 2.0);
         let test = ratings(&[(0, 0, 5.0), (1, 3, 1.0)], 6);
         let partial = m.evaluate_ratings(&train, &users, &test);
