@@ -11,6 +11,20 @@
 //! The last two are computed from the histograms, so they are those of the pooled
 //! rows with predictions (and, for the Gini's normaliser, actual values) quantised to
 //! bins: rows sharing a bin count as tied.
+//!
+//! Under a task's `[privacy]` table (record unit) a partner releases instead a
+//! *private* partial ([`RegressionPartial::private`]): the five sums of
+//! [`private_regression_record`] over its held-out rows — count, squared and absolute
+//! errors, targets and squared targets, each row's target and prediction clipped to the
+//! task's public `evaluation_bounds` — with discrete Gaussian noise
+//! (`consortia_dp::release::noisy_bounded_sums`), rebuilt by
+//! [`RegressionPartial::from_private_sums`]. RMSE, MAE and R² follow from them; the
+//! mean deviance, the normalised Gini and the top-20 % capture are not released (NaN):
+//! a unit deviance has no bound the task declares (a log-link prediction near 0 makes it
+//! arbitrarily large), and the order statistics would need two noised histograms more
+//! (prediction bins with counts and value sums), which raise the noise on every released
+//! sum from σ_e·√5 to σ_e·√9 of its bound and, clamped at 0 in empty bins, count phantom
+//! rows as the classifier's coarse histograms do.
 
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +59,40 @@ pub struct RegressionPartial {
     pub actual_count: Vec<u64>,
     /// Σ y of the rows per bin of the actual value.
     pub actual_sum: Vec<f64>,
+    /// A differentially private release ([`RegressionPartial::from_private_sums`]): the
+    /// sums are noised estimates over clipped rows, the histograms are empty and the
+    /// deviance is not released. Private and exact partials do not merge.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub private: bool,
+}
+
+/// Sums per row of a private regression release ([`private_regression_record`]).
+pub const PRIVATE_REGRESSION_SUMS: usize = 5;
+
+/// One held-out row's contribution to a private regression release, each coordinate a
+/// fraction in [0, 1] of its public bound: with `y` and `pred` clipped to `[lo, hi]`
+/// (`bounds`, the task's `evaluation_bounds`), `w = hi − lo` and `m = max(|lo|, |hi|)`,
+/// `[1, (y − ŷ)²/w², |y − ŷ|/w, (y − lo)/w, y²/m²]`. No row can move a sum by more than
+/// its bound, whatever its values, so the release's sensitivity is fixed by the task
+/// (`consortia_dp::BoundedSums`). A NaN prediction is clipped as if it were `lo`.
+pub fn private_regression_record(
+    y: f64,
+    pred: f64,
+    bounds: [f64; 2],
+) -> [f64; PRIVATE_REGRESSION_SUMS] {
+    let [lo, hi] = bounds;
+    let clip = |v: f64| if v.is_nan() { lo } else { v.clamp(lo, hi) };
+    let (y, pred) = (clip(y), clip(pred));
+    let w = hi - lo;
+    let m = lo.abs().max(hi.abs());
+    let e = y - pred;
+    [
+        1.0,
+        e * e / (w * w),
+        e.abs() / w,
+        (y - lo) / w,
+        y * y / (m * m),
+    ]
 }
 
 /// Regression metrics of a model on a set of rows; NaN where undefined.
@@ -97,7 +145,45 @@ impl RegressionPartial {
             pred_actual: vec![0.0; VALUE_BINS],
             actual_count: vec![0; VALUE_BINS],
             actual_sum: vec![0.0; VALUE_BINS],
+            private: false,
         }
+    }
+
+    /// The private partial rebuilt from the noised sums of [`private_regression_record`]
+    /// (in units of the bounds, as `consortia_dp::release::noisy_bounded_sums` returns
+    /// them) over rows clipped to `bounds`. Post-processing only: the count is rounded and
+    /// clamped at 0, every sum is clamped to what that many clipped rows can hold (so the
+    /// partial validates), and with no row left every sum is 0.
+    pub fn from_private_sums(sums: &[f64], bounds: [f64; 2]) -> Result<Self, MetricsError> {
+        let &[count, sq, abs, y, y_sq] = sums else {
+            return Err(MetricsError::Inconsistent(format!(
+                "a private regression release has {PRIVATE_REGRESSION_SUMS} sums, not {}",
+                sums.len()
+            )));
+        };
+        if sums.iter().any(|v| !v.is_finite()) {
+            return Err(MetricsError::Inconsistent(
+                "a private regression sum is not finite".into(),
+            ));
+        }
+        let [lo, hi] = bounds;
+        let w = hi - lo;
+        let m = lo.abs().max(hi.abs());
+        let n = count.round().max(0.0);
+        let within = |v: f64| v.clamp(0.0, n);
+        Ok(Self {
+            n: n as u64,
+            sum_sq_error: within(sq) * w * w,
+            sum_abs_error: within(abs) * w,
+            sum_y: lo * n + within(y) * w,
+            sum_y_sq: within(y_sq) * m * m,
+            sum_deviance: 0.0,
+            pred_count: Vec::new(),
+            pred_actual: Vec::new(),
+            actual_count: Vec::new(),
+            actual_sum: Vec::new(),
+            private: true,
+        })
     }
 
     /// Counts over rows given as `(actual y, prediction ŷ, unit deviance)`.
@@ -125,18 +211,26 @@ impl RegressionPartial {
     /// non-negative): call it on partials received from elsewhere.
     pub fn validate(&self) -> Result<(), MetricsError> {
         let bad = |m: String| Err(MetricsError::Inconsistent(m));
+        // A private release carries no histograms and no deviance.
+        let bins = if self.private { 0 } else { VALUE_BINS };
         for (name, len) in [
             ("pred_count", self.pred_count.len()),
             ("pred_actual", self.pred_actual.len()),
             ("actual_count", self.actual_count.len()),
             ("actual_sum", self.actual_sum.len()),
         ] {
-            if len != VALUE_BINS {
-                return bad(format!("{name} has {len} bins, not {VALUE_BINS}"));
+            if len != bins {
+                return bad(format!("{name} has {len} bins, not {bins}"));
             }
         }
+        if self.private && self.sum_deviance != 0.0 {
+            return bad("a private release carries no deviance".into());
+        }
         let total = |h: &[u64]| h.iter().try_fold(0u64, |a, &b| a.checked_add(b));
-        if total(&self.pred_count) != Some(self.n) || total(&self.actual_count) != Some(self.n) {
+        if !self.private
+            && (total(&self.pred_count) != Some(self.n)
+                || total(&self.actual_count) != Some(self.n))
+        {
             return bad(format!("the histograms do not hold n = {} rows", self.n));
         }
         let sums = [
@@ -166,6 +260,11 @@ impl RegressionPartial {
     pub fn merge(&mut self, other: &RegressionPartial) -> Result<(), MetricsError> {
         self.validate()?;
         other.validate()?;
+        if self.private != other.private {
+            return Err(MetricsError::Inconsistent(
+                "cannot merge a private regression evaluation with an exact one".into(),
+            ));
+        }
         let n = self
             .n
             .checked_add(other.n)
@@ -206,7 +305,7 @@ impl RegressionPartial {
     /// highest; a bin straddling the cut counts in proportion. `None` without rows or
     /// with a total actual value that is not positive.
     pub fn capture(&self, q: f64) -> Option<f64> {
-        if self.n == 0 || self.sum_y <= 0.0 || !(q > 0.0 && q <= 1.0) {
+        if self.private || self.n == 0 || self.sum_y <= 0.0 || !(q > 0.0 && q <= 1.0) {
             return None;
         }
         let want = q * self.n as f64;
@@ -234,7 +333,7 @@ impl RegressionPartial {
     /// ordering's (Frees, Meyers and Cummings 2011, "Summarizing Insurance Scores
     /// Using a Gini Index", JASA 106(495)). `None` when undefined.
     pub fn normalised_gini(&self) -> Option<f64> {
-        if self.n == 0 || self.sum_y <= 0.0 {
+        if self.private || self.n == 0 || self.sum_y <= 0.0 {
             return None;
         }
         let gini = |counts: &[u64], sums: &[f64]| -> f64 {
@@ -277,7 +376,11 @@ impl RegressionMetrics {
             } else {
                 f64::NAN
             },
-            deviance: per_row(p.sum_deviance),
+            deviance: if p.private {
+                f64::NAN
+            } else {
+                per_row(p.sum_deviance)
+            },
             gini: p.normalised_gini().unwrap_or(f64::NAN),
             top20_capture: p.capture(0.2).unwrap_or(f64::NAN),
         }
@@ -327,6 +430,94 @@ mod tests {
         // Perfect ranking: the top 10 rows of 50 hold their own value.
         let top: f64 = values[40..].iter().sum::<f64>() / values.iter().sum::<f64>();
         assert!((rows(&perfect).capture(0.2).unwrap() - top).abs() < 1e-12);
+    }
+
+    /// A row's private contribution is that of its target and prediction clipped to the
+    /// bounds: nothing about a value beyond them reaches the sums.
+    #[test]
+    fn a_private_record_sees_only_clipped_values() {
+        let b = [0.0, 1000.0];
+        assert_eq!(
+            private_regression_record(5000.0, -3.0, b),
+            private_regression_record(1000.0, 0.0, b)
+        );
+        assert_eq!(
+            private_regression_record(1000.0, 0.0, b),
+            [1.0, 1.0, 1.0, 1.0, 1.0]
+        );
+        assert_eq!(
+            private_regression_record(250.0, f64::NAN, b),
+            private_regression_record(250.0, 0.0, b)
+        );
+        let r = private_regression_record(-7.0, 3.0, [-10.0, 10.0]);
+        assert_eq!(
+            r,
+            [1.0, 100.0 / 400.0, 10.0 / 20.0, 3.0 / 20.0, 49.0 / 100.0]
+        );
+        assert!(r.iter().all(|v| (0.0..=1.0).contains(v)));
+    }
+
+    /// Without noise, the sums of clipped rows rebuild the exact RMSE, MAE and R² of rows
+    /// inside the bounds (to the grid's rounding); deviance, Gini and capture are not
+    /// released; impossible noised sums are clamped so that the partial validates.
+    #[test]
+    fn private_sums_rebuild_rmse_mae_and_r2() {
+        let b = [0.0, 200.0];
+        let pairs: Vec<(f64, f64)> = (0..300)
+            .map(|i| ((i % 17) as f64 * 9.0, (i % 13) as f64 * 11.0 + 1.0))
+            .collect();
+        let exact = RegressionMetrics::from_partial(&rows(&pairs));
+        let mut sums = consortia_dp::BoundedSums::new(PRIVATE_REGRESSION_SUMS);
+        for &(y, p) in &pairs {
+            sums.add(&private_regression_record(y, p, b)).unwrap();
+        }
+        let private = RegressionPartial::from_private_sums(&sums.exact(), b).unwrap();
+        private.validate().unwrap();
+        let m = RegressionMetrics::from_partial(&private);
+        assert_eq!(m.examples, 300);
+        assert!(
+            (m.rmse - exact.rmse).abs() < 1e-3 * exact.rmse,
+            "{m:?} {exact:?}"
+        );
+        assert!((m.mae - exact.mae).abs() < 1e-3 * exact.mae);
+        assert!((m.r2 - exact.r2).abs() < 1e-3);
+        assert!(m.deviance.is_nan() && m.gini.is_nan() && m.top20_capture.is_nan());
+        // Noise can push sums outside what n clipped rows hold: clamped, still valid.
+        let wild = RegressionPartial::from_private_sums(&[2.6, -4.0, 9.0, 5.0, -1.0], b).unwrap();
+        wild.validate().unwrap();
+        assert_eq!(wild.n, 3);
+        assert_eq!(wild.sum_sq_error, 0.0);
+        assert_eq!(wild.sum_abs_error, 3.0 * 200.0);
+        assert_eq!(wild.sum_y, 3.0 * 200.0);
+        let none = RegressionPartial::from_private_sums(&[-3.0, 1.0, 1.0, 1.0, 1.0], b).unwrap();
+        assert_eq!((none.n, none.sum_sq_error, none.sum_y), (0, 0.0, 0.0));
+        assert!(RegressionPartial::from_private_sums(&[1.0; 4], b).is_err());
+        assert!(RegressionPartial::from_private_sums(&[1.0, f64::NAN, 0.0, 0.0, 0.0], b).is_err());
+        // Private partials merge with each other, never with an exact one.
+        let mut both = private.clone();
+        both.merge(&private).unwrap();
+        assert_eq!(both.n, 600);
+        assert!(both.private);
+        assert!(both.clone().merge(&rows(&pairs)).is_err());
+        assert!(rows(&pairs).merge(&private).is_err());
+        // A private partial carries no histograms and no deviance.
+        let mut bad = private.clone();
+        bad.sum_deviance = 1.0;
+        assert!(bad.validate().is_err());
+        let mut bad = private.clone();
+        bad.pred_count = vec![0; VALUE_BINS];
+        assert!(bad.validate().is_err());
+        // The flag reads back, and exact partials serialise as before (no field).
+        let json = serde_json::to_string(&private).unwrap();
+        assert_eq!(
+            serde_json::from_str::<RegressionPartial>(&json).unwrap(),
+            private
+        );
+        assert!(
+            !serde_json::to_string(&rows(&pairs))
+                .unwrap()
+                .contains("private")
+        );
     }
 
     #[test]

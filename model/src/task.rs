@@ -5,7 +5,7 @@
 //! the field, the value found and what is allowed. The `[privacy]` table is kept as
 //! raw TOML for consortia-dp to interpret; any other unknown key is an error.
 
-use consortia_dp::{NoisePlacement, PrivacySpec};
+use consortia_dp::{NoisePlacement, PrivacySpec, PrivacyUnit};
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -298,6 +298,29 @@ impl TaskSpec {
             .map_err(|e: toml::de::Error| TaskError::Privacy(e.message().to_string()))?;
         spec.validate()
             .map_err(|e| TaskError::Privacy(e.to_string()))?;
+        // A regression evaluation is released from targets and predictions clipped to
+        // public bounds (consortia_dp::release, RegressionPartial::from_private_sums).
+        match (self.model.kind, spec.evaluation_bounds) {
+            (ModelKind::Glm, None) if spec.unit == PrivacyUnit::Record => {
+                return Err(TaskError::Privacy(
+                    "a glm task with [privacy] needs `evaluation_bounds = [lo, hi]` in its \
+                     [privacy] table: public bounds, in the label's units, of the target and \
+                     the prediction that each held-out row's evaluation is clipped to before \
+                     it is noised (domain knowledge, not taken from any partner's rows; e.g. \
+                     [0, 1000] for a spend in dollars)"
+                        .into(),
+                ));
+            }
+            (ModelKind::Glm, _) | (_, None) => {}
+            (_, Some(_)) => {
+                return Err(TaskError::Privacy(
+                    "`evaluation_bounds` applies to a glm task only (a classifier's evaluation \
+                     is released as score histograms, a matrix factorisation's is bounded by \
+                     its rating scale): remove it"
+                        .into(),
+                ));
+            }
+        }
         // Feature statistics are released from values clipped to public bounds.
         self.schema.feature_bounds().map_err(|column| {
             TaskError::Privacy(format!(
@@ -683,9 +706,11 @@ impl TaskSpec {
     }
 
     /// Whether the task's model is a classifier (its label is categorical and it
-    /// evaluates into score histograms). Under `[privacy]` only a classifier's
-    /// evaluations are released (as noised histograms, `consortia_dp::release`); a
-    /// regression model's are not, until they have a private release.
+    /// evaluates into score histograms). Under `[privacy]` (record unit) every kind's
+    /// evaluations are released privately (`consortia_dp::release`): a classifier's as
+    /// noised score histograms, a regression model's and a recommender's as noised sums
+    /// of clipped per-row (per-user) terms (`RegressionPartial::from_private_sums`,
+    /// `RecommendationPartial::from_private_sums`).
     pub fn is_classifier(&self) -> bool {
         matches!(
             self.model.kind,
@@ -788,6 +813,37 @@ mod tests {
         );
         let back = TaskSpec::from_toml_str(&set.to_toml_string().unwrap()).unwrap();
         assert_eq!(back, set);
+    }
+
+    /// A glm task's private evaluation needs the public bounds it is clipped to; no other
+    /// kind takes them.
+    #[test]
+    fn a_private_glm_task_needs_evaluation_bounds_and_only_it_takes_them() {
+        const CLV: &str = include_str!("../../examples/clv_glm.toml");
+        let privacy = "\n[privacy]\nepsilon = 3.0\ndelta = 1e-6\nclip_norm = 1.0\n\
+                       noise_multiplier = 1.0\nsampling_rate = 0.01\n";
+        let glm = |extra: &str| {
+            TaskSpec::from_toml_str(&format!("{CLV}{privacy}{extra}"))
+                .unwrap()
+                .privacy_spec()
+        };
+        let e = glm("").unwrap_err().to_string();
+        assert!(e.contains("evaluation_bounds = [lo, hi]"), "{e}");
+        let spec = glm("evaluation_bounds = [0.0, 1000.0]\n").unwrap().unwrap();
+        assert_eq!(spec.evaluation_bounds, Some([0.0, 1000.0]));
+        assert!(glm("evaluation_bounds = [10.0, 0.0]\n").is_err());
+        let churn = TaskSpec::from_toml_str(&format!(
+            "{}{privacy}evaluation_bounds = [0.0, 1.0]\n",
+            include_str!("../../examples/telco_churn_dp_eps3.toml")
+                .split("\n[privacy]")
+                .next()
+                .unwrap()
+        ))
+        .unwrap()
+        .privacy_spec()
+        .unwrap_err()
+        .to_string();
+        assert!(churn.contains("glm task only"), "{churn}");
     }
 
     #[test]

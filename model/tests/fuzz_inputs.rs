@@ -472,6 +472,7 @@ fn evaluation_partials() {
             pred_actual: fa.clone(),
             actual_count: vec![tp; fb.len()],
             actual_sum: fb,
+            private: false,
         };
         let e = Evaluation::Regression(r);
         if e.validate().is_ok() {

@@ -390,28 +390,60 @@ impl MfModel {
         let mut partial = RecommendationPartial::empty();
         let by_user = test.by_user();
         for u in 0..by_user.len().min(users.len()) {
-            let (items, values) = by_user.of(u);
-            for (&i, &r) in items.iter().zip(values) {
-                partial.add_rating(r, self.predict_rating(users, u, i as usize));
-            }
-            let relevant: Vec<u32> = items
-                .iter()
-                .zip(values)
-                .filter(|(_, r)| **r >= RELEVANT_RATING)
-                .map(|(i, _)| *i)
-                .collect();
-            if relevant.is_empty() {
-                continue;
-            }
-            let (seen, _) = if u < train.users() {
-                train.by_user.of(u)
-            } else {
-                (&[][..], &[][..])
-            };
-            let ranked = self.top_k(users, u, seen, TOP_K);
-            partial.add_user(&ranked, |i| relevant.contains(&i), relevant.len());
+            self.evaluate_user(&mut partial, train, users, &by_user, u);
         }
         partial
+    }
+
+    /// [`evaluate_ratings`](Self::evaluate_ratings) one user at a time: each user's own
+    /// exact partial (their held-out ratings' errors and, when ranked, their NDCG@10 and
+    /// recall@10), in the users' order. The input of a private release, which bounds
+    /// each user's contribution (`recommendation_metrics::private_user_record`).
+    pub fn evaluate_ratings_per_user(
+        &self,
+        train: &TrainRatings,
+        users: &UserFactors,
+        test: &Ratings,
+    ) -> Vec<RecommendationPartial> {
+        let by_user = test.by_user();
+        (0..by_user.len().min(users.len()))
+            .map(|u| {
+                let mut partial = RecommendationPartial::empty();
+                self.evaluate_user(&mut partial, train, users, &by_user, u);
+                partial
+            })
+            .collect()
+    }
+
+    /// Adds user `u`'s held-out ratings (from `by_user`) and ranking to `partial`.
+    fn evaluate_user(
+        &self,
+        partial: &mut RecommendationPartial,
+        train: &TrainRatings,
+        users: &UserFactors,
+        by_user: &ByUser,
+        u: usize,
+    ) {
+        let (items, values) = by_user.of(u);
+        for (&i, &r) in items.iter().zip(values) {
+            partial.add_rating(r, self.predict_rating(users, u, i as usize));
+        }
+        let relevant: Vec<u32> = items
+            .iter()
+            .zip(values)
+            .filter(|(_, r)| **r >= RELEVANT_RATING)
+            .map(|(i, _)| *i)
+            .collect();
+        if relevant.is_empty() {
+            return;
+        }
+        let (seen, _) = if u < train.users() {
+            train.by_user.of(u)
+        } else {
+            (&[][..], &[][..])
+        };
+        let ranked = self.top_k(users, u, seen, TOP_K);
+        partial.add_user(&ranked, |i| relevant.contains(&i), relevant.len());
     }
 }
 

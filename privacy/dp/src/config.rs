@@ -14,6 +14,7 @@
 //! evaluation_noise = 10.0    # σ_e of the discrete Gaussian on each evaluation count; default 10, ≥ 1
 //! evaluate_every = 0         # 0 (default): evaluate only the final model; N: also every N-th round's
 //! statistics_noise_multiplier = 10.0  # z_s of the Gaussian on the standardisation statistics; default 10, ≥ 1
+//! evaluation_bounds = [0, 1000]        # glm only, required there: public [lo, hi] of target and prediction
 //! ```
 //!
 //! The clip norm is fixed for the whole task: adaptive clipping is not supported, and a table
@@ -89,6 +90,14 @@ pub struct PrivacySpec {
     /// [`release`](super::release)). Default 10; must be finite and ≥ 1.
     #[serde(default = "default_statistics_noise_multiplier")]
     pub statistics_noise_multiplier: f64,
+    /// Public bounds `[lo, hi]` of a regression (`glm`) task's target and prediction, in the
+    /// label's units: under the record unit each held-out row's target and prediction are
+    /// clipped to them before its evaluation is summed and noised (see
+    /// [`release`](super::release)). Required by a `glm` task with `[privacy]` (the task refuses
+    /// to load without it, naming the key); not allowed for other models. Domain knowledge,
+    /// never taken from any partner's rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation_bounds: Option<[f64; 2]>,
     /// Distributed placement: the update length, `n_min` and the number of
     /// colluders the round's DDG parameters are derived from (set with
     /// [`with_distributed_shape`](Self::with_distributed_shape); not in the task file).
@@ -215,6 +224,9 @@ impl PrivacySpec {
             ));
         }
         super::release::check_evaluation_noise(self.evaluation_noise)?;
+        if let Some(bounds) = self.evaluation_bounds {
+            super::release::check_evaluation_bounds(bounds)?;
+        }
         super::release::check_statistics_noise(self.statistics_noise_multiplier)
     }
 

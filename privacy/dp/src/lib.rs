@@ -51,11 +51,12 @@ pub use ddg::{DdgParams, ddg_round_rho};
 pub use error::DpError;
 pub use mechanism::{NoisePlacement, PrivacyUnit, clip_l2};
 pub use release::{
-    DP_SCORE_BINS, EVALUATION_MECHANISM, NoisyStatistics, STATISTICS_MECHANISM, evaluation_event,
-    planned_evaluations, statistics_event, statistics_sensitivity,
+    BOUNDED_SUM_GRID, BoundedSums, DP_SCORE_BINS, EVALUATION_MECHANISM, NoisyStatistics,
+    STATISTICS_MECHANISM, evaluation_event, planned_evaluations, statistics_event,
+    statistics_sensitivity,
 };
 #[cfg(feature = "mechanisms")]
-pub use release::{noisy_histograms, noisy_statistics};
+pub use release::{noisy_bounded_sums, noisy_histograms, noisy_statistics};
 
 /// Whether this build draws differential-privacy noise from OpenSSL (the
 /// crate feature `secure-rng`). Partners refuse private tasks in builds
