@@ -64,7 +64,9 @@ pub(crate) trait Word:
 
     /// `out = lhs ⊙ rhs` (semi-reverse negacyclic product) for a binary `rhs`.
     fn binary_semi_reverse_conv(out: &mut [Self], lhs: &[Self], rhs_binary: &[Self]);
-    /// Generic semi-reverse negacyclic product (tfhe's Karatsuba; key generation only).
+    /// Semi-reverse negacyclic product of two general (full-width) operands:
+    /// tfhe-ntt's exact multi-prime NTT where it has a plan for the dimension,
+    /// tfhe's Karatsuba otherwise (the same result either way).
     fn semi_reverse_conv(out: &mut [Self], lhs: &[Self], rhs: &[Self]);
 
     /// Encrypts `encoded` (a whole number of polynomials, already scaled by Δ)
@@ -116,7 +118,15 @@ impl Word for u64 {
         slice_binary_semi_reverse_negacyclic_convolution(out, lhs, rhs_binary);
     }
     fn semi_reverse_conv(out: &mut [Self], lhs: &[Self], rhs: &[Self]) {
-        slice_semi_reverse_negacyclic_convolution(out, lhs, rhs);
+        // a ⊙ r = a · φ(r) (eprint 2023/603 §3): reverse r, then a negacyclic product.
+        match plan64(lhs.len()) {
+            Some(plan) => {
+                let mut reversed: Vec<u64> = rhs.iter().rev().copied().collect();
+                plan.negacyclic_polymul(out, lhs, &reversed);
+                reversed.zeroize();
+            }
+            None => slice_semi_reverse_negacyclic_convolution(out, lhs, rhs),
+        }
     }
 
     fn encrypt(
@@ -167,6 +177,27 @@ fn plan128(n: usize) -> Option<&'static tfhe_ntt::native_binary128::Plan32> {
         .filter(|p| p.ntt_size() == n)
 }
 
+/// tfhe-ntt's negacyclic NTT for `Z_{2^64}[X]/(X^2048+1)` with two general
+/// operands (five 32-bit primes, CRT; exact since `|lhs · rhs| < 2048 · 2^128`
+/// is below their product).
+fn plan64(n: usize) -> Option<&'static tfhe_ntt::native64::Plan32> {
+    static PLAN: OnceLock<Option<tfhe_ntt::native64::Plan32>> = OnceLock::new();
+    PLAN.get_or_init(|| tfhe_ntt::native64::Plan32::try_new(2048))
+        .as_ref()
+        .filter(|p| p.ntt_size() == n)
+}
+
+/// tfhe-ntt's negacyclic NTT for `Z_{2^128}[X]/(X^4096+1)` with two general
+/// operands (ten 32-bit primes, CRT; exact since `|lhs · rhs| < 4096 · 2^256`
+/// is below their product): the product behind a threshold partial decryption,
+/// whose key share is uniform rather than binary.
+fn general_plan128(n: usize) -> Option<&'static tfhe_ntt::native128::Plan32> {
+    static PLAN: OnceLock<Option<tfhe_ntt::native128::Plan32>> = OnceLock::new();
+    PLAN.get_or_init(|| tfhe_ntt::native128::Plan32::try_new(4096))
+        .as_ref()
+        .filter(|p| p.ntt_size() == n)
+}
+
 impl Word for u128 {
     const BYTES: usize = 16;
 
@@ -204,7 +235,14 @@ impl Word for u128 {
         }
     }
     fn semi_reverse_conv(out: &mut [Self], lhs: &[Self], rhs: &[Self]) {
-        slice_semi_reverse_negacyclic_convolution(out, lhs, rhs);
+        match general_plan128(lhs.len()) {
+            Some(plan) => {
+                let mut reversed: Vec<u128> = rhs.iter().rev().copied().collect();
+                plan.negacyclic_polymul(out, lhs, &reversed);
+                reversed.zeroize();
+            }
+            None => slice_semi_reverse_negacyclic_convolution(out, lhs, rhs),
+        }
     }
 
     /// The same computation as tfhe's
@@ -342,6 +380,27 @@ mod tests {
     fn ntt_products_match_tfhe_reference() {
         conv_matches_reference::<u64>(2048);
         conv_matches_reference::<u128>(4096);
+    }
+
+    /// The general NTT products equal tfhe's Karatsuba product on full-width
+    /// operands, including the extreme words.
+    fn general_conv_matches_reference<T: Word>(n: usize) {
+        let mut rng = Rng::new();
+        let lhs: Vec<T> = random_words(&mut rng, n);
+        let mut rhs: Vec<T> = random_words(&mut rng, n);
+        rhs[0] = T::MAX;
+        rhs[n - 1] = T::ONE.shl_bits(T::BITS as u32 - 1);
+        let mut fast = vec![T::ZERO; n];
+        let mut reference = vec![T::ZERO; n];
+        T::semi_reverse_conv(&mut fast, &lhs, &rhs);
+        slice_semi_reverse_negacyclic_convolution(&mut reference, &lhs, &rhs);
+        assert!(fast == reference);
+    }
+
+    #[test]
+    fn general_ntt_products_match_tfhe_reference() {
+        general_conv_matches_reference::<u64>(2048);
+        general_conv_matches_reference::<u128>(4096);
     }
 
     /// Ciphertexts decrypt with tfhe's own expansion and LWE decryption.
