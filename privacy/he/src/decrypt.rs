@@ -37,7 +37,7 @@ use super::aggregate::Aggregate;
 use super::encrypt::Shape;
 use super::error::HeError;
 use super::flood::Flooding;
-use super::keygen::{PartyId, SecretKeyShare, hex_prefix};
+use super::keygen::{KeySession, PartyId, SecretKeyShare, hex_prefix};
 use super::params::HeParams;
 use super::wire::{HEADER_LEN, Reader, put_header};
 use super::word::{Rng, Word, Words};
@@ -64,6 +64,44 @@ fn read_share_fields(
         });
     }
     Ok((session_id, party, r.array32()?))
+}
+
+/// What a key holder checks before decrypting `aggregate` with its key of
+/// `session`: same session and parameters, `party` in the committee, every
+/// chunk summing the same number of updates, and at least `min_contributors`
+/// (at least 1) of them. Returns the shape and the number of contributions.
+pub(crate) fn check_aggregate(
+    aggregate: &Aggregate,
+    session: &KeySession,
+    party: PartyId,
+    min_contributors: u32,
+) -> Result<(Shape, u32), HeError> {
+    let shape = *aggregate.shape();
+    if shape.session_id != session.id || shape.params != session.params {
+        return Err(HeError::WrongKey { what: "aggregate" });
+    }
+    if party.0 >= shape.parties {
+        return Err(HeError::UnknownParty {
+            party,
+            parties: shape.parties,
+        });
+    }
+    let have = aggregate.contributors();
+    let counts = aggregate.chunk_contributors();
+    if counts.iter().any(|&c| c != have) {
+        // Some update was only partly added: the chunks do not sum the same updates.
+        let most = counts.iter().copied().max().unwrap_or(0);
+        return Err(HeError::Incomplete {
+            what: "chunks of the aggregate",
+            have,
+            need: most,
+        });
+    }
+    let min = min_contributors.max(1);
+    if have < min {
+        return Err(HeError::TooFewContributors { have, min });
+    }
+    Ok((shape, have))
 }
 
 /// One partner's partial decryption of an aggregate.
@@ -101,6 +139,21 @@ impl DecryptionShare {
             + 4
             + 32
             + shape.polys() as usize * shape.polynomial_size() * shape.params.word_bytes()
+    }
+
+    /// A share of `party` over the aggregate of `shape` with `aggregate_digest`.
+    pub(crate) fn new(
+        party: PartyId,
+        shape: &Shape,
+        aggregate_digest: [u8; 32],
+        words: Words,
+    ) -> Self {
+        Self {
+            party,
+            session_id: shape.session_id,
+            aggregate_digest,
+            words,
+        }
     }
 
     /// Wire form: header ‖ session id ‖ party ‖ aggregate digest ‖ words.
@@ -180,31 +233,12 @@ impl<'a> PartialDecryptor<'a> {
         aggregate: &Aggregate,
         min_contributors: u32,
     ) -> Result<DecryptionShare, HeError> {
-        let shape = *aggregate.shape();
-        if shape.session_id != self.key.session.id || shape.params != self.key.session.params {
-            return Err(HeError::WrongKey { what: "aggregate" });
-        }
-        if self.key.party.0 >= shape.parties {
-            return Err(HeError::UnknownParty {
-                party: self.key.party,
-                parties: shape.parties,
-            });
-        }
-        let have = aggregate.contributors();
-        let counts = aggregate.chunk_contributors();
-        if counts.iter().any(|&c| c != have) {
-            // Some update was only partly added: the chunks do not sum the same updates.
-            let most = counts.iter().copied().max().unwrap_or(0);
-            return Err(HeError::Incomplete {
-                what: "chunks of the aggregate",
-                have,
-                need: most,
-            });
-        }
-        let min = min_contributors.max(1);
-        if have < min {
-            return Err(HeError::TooFewContributors { have, min });
-        }
+        let (shape, have) = check_aggregate(
+            aggregate,
+            &self.key.session,
+            self.key.party,
+            min_contributors,
+        )?;
         let digest = aggregate.mask_digest();
         if self.answered.contains(&digest) {
             return Err(HeError::AlreadyDecrypted {

@@ -150,6 +150,66 @@ pub enum HeError {
     /// A stored secret key share's checksum does not match its contents.
     #[error("its checksum does not match its contents: the file is damaged")]
     ChecksumMismatch,
+    /// A threshold outside `2..=parties`.
+    #[error(
+        "threshold {threshold} of {parties} key holders: a threshold committee needs \
+         2 ≤ threshold ≤ parties (use N-of-N decryption for a threshold of 1 or of all)"
+    )]
+    BadThreshold {
+        /// The requested threshold.
+        threshold: u32,
+        /// Committee size.
+        parties: u32,
+    },
+    /// A threshold committee above the size replicated sharing supports.
+    #[error(
+        "a threshold committee of {got} key holders: replicated sharing needs C(N, t−1) \
+         subshares per dealer and supports at most {max} holders; keep at most {max} partners \
+         on the key committee, or decrypt N-of-N"
+    )]
+    ThresholdCommitteeTooLarge {
+        /// Requested committee size.
+        got: u32,
+        /// Largest supported size.
+        max: u32,
+    },
+    /// A decryption set smaller than the threshold.
+    #[error("decryption set of {have} key holders, the threshold is {threshold}")]
+    BelowThreshold {
+        /// Holders in the set.
+        have: u32,
+        /// The threshold.
+        threshold: u32,
+    },
+    /// A key holder asked to take part in a decryption set it is not in.
+    #[error("key holder {0:?} is not in this decryption set")]
+    NotInDecryptionSet(PartyId),
+    /// A dealt subshare does not open its dealer's commitment: grounds for a
+    /// complaint against the dealer.
+    #[error(
+        "subshare of dealer {dealer} for holder set {subset} does not match the dealer's \
+         commitment ({why}); complain against dealer {dealer}"
+    )]
+    SubshareMismatch {
+        /// The dealer.
+        dealer: u32,
+        /// The subset `T` of the subshare, as `{i, j, …}`.
+        subset: String,
+        /// Which check failed.
+        why: &'static str,
+    },
+    /// A dealer's commitments do not add up to its public key share: its
+    /// subshares do not sum to its key share.
+    #[error(
+        "the subshare commitments of dealer {dealer} do not add up to its public key share \
+         ({why}); exclude dealer {dealer}"
+    )]
+    DealingMismatch {
+        /// The dealer.
+        dealer: u32,
+        /// Which check failed.
+        why: &'static str,
+    },
     /// A secret key share is not the one behind its party's public share.
     #[error(
         "it is not the secret behind party {party}'s public share in the federation key ({why}): \

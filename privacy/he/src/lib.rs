@@ -31,6 +31,12 @@
 //! 7. [`combine`] (or [`Combiner`], one share — or one piece of a share — at
 //!    a time): all shares give the sum.
 //!
+//! Threshold (t-of-N) decryption among a key committee of at most 12
+//! ([`threshold`]): each partner reshares its key share by replicated secret
+//! sharing ([`ThresholdDealer`], checked by [`ThresholdKeyCollector`]), and any
+//! `t` holders decrypt ([`ThresholdPartialDecryptor`], [`ThresholdCombiner`]).
+//! The arithmetic only: the protocol messages are not wired yet.
+//!
 //! Threat model of this module: partners and coordinator are
 //! honest-but-curious; a malicious client could craft ciphertexts whose noise
 //! leaks key bits through the decryption (no zero-knowledge proof of
@@ -52,6 +58,7 @@ mod error;
 mod flood;
 mod keygen;
 mod params;
+pub mod threshold;
 mod wire;
 mod word;
 
@@ -71,3 +78,8 @@ pub use keygen::{
 };
 pub use params::{FLOOD_TAIL_SIGMAS, FLOODING_RENYI_ORDER, HeParams, SAMPLER_COEFFICIENTS_LOG2};
 pub use sketch::{SKETCH_BYTES, SKETCHES, Sketch, Sketcher};
+pub use threshold::{
+    DecryptionSet, MAX_THRESHOLD_PARTIES, Subset, Subshare, SubshareCommitments, Threshold,
+    ThresholdCombiner, ThresholdDealer, ThresholdDealing, ThresholdKeyCollector, ThresholdKeyShare,
+    ThresholdPartialDecryptor, threshold_combine, threshold_flood_sigma, threshold_noise_variance,
+};

@@ -206,7 +206,7 @@ impl HeParams {
     }
 
     /// Variance of TUniform(b): `(2^(2b+1) + 1) / 6` (tfhe `TUniform::variance`).
-    fn noise_variance(self) -> f64 {
+    pub(crate) fn noise_variance(self) -> f64 {
         let b = self.noise_bound_log2() as i32;
         (2f64.powi(2 * b + 1) + 1.0) / 6.0
     }
