@@ -262,6 +262,78 @@ impl LocalData {
             .map_err(|e| AgentError::Protocol(format!("cannot score the global model: {e}")))
     }
 
+    /// The exact sums of the bounded contributions of this partner's held-out data to a
+    /// private evaluation of `model` (`consortia_dp::BoundedSums`; noised by the caller
+    /// before anything leaves):
+    ///
+    /// * regression: one record per held-out row,
+    ///   [`private_regression_record`](consortia_model::regression_metrics::private_regression_record)
+    ///   with the row's target and prediction clipped to `bounds` (the task's
+    ///   `evaluation_bounds`, required);
+    /// * recommendation: one record per user,
+    ///   [`private_user_record`](consortia_model::recommendation_metrics::private_user_record)
+    ///   (per-user mean errors, bounded by the task's rating scale; NDCG@10 and
+    ///   recall@10).
+    ///
+    /// A classifier's private release is its noised score histograms instead: refused here.
+    pub fn private_evaluation_sums(
+        &mut self,
+        model: &dyn Model,
+        mean: &[f64],
+        std: &[f64],
+        bounds: Option<[f64; 2]>,
+    ) -> Result<consortia_dp::BoundedSums, AgentError> {
+        use consortia_model::recommendation_metrics::{
+            PRIVATE_RECOMMENDATION_SUMS, private_user_record,
+        };
+        use consortia_model::regression_metrics::{
+            PRIVATE_REGRESSION_SUMS, private_regression_record,
+        };
+        let dp = |e: consortia_dp::DpError| AgentError::Data(format!("private evaluation: {e}"));
+        if let Some(r) = &self.ratings {
+            let model = MfModel::from_task(&r.task, model.params())
+                .map_err(|e| AgentError::Protocol(format!("cannot score the global model: {e}")))?;
+            let [lo, hi] = r
+                .task
+                .schema
+                .ratings
+                .as_ref()
+                .map(|s| s.scale)
+                .ok_or_else(|| AgentError::Task("the task declares no rating scale".into()))?;
+            let users = model.solve_users(&r.train, r.task.model.l2);
+            let mut sums = consortia_dp::BoundedSums::new(PRIVATE_RECOMMENDATION_SUMS);
+            for user in model.evaluate_ratings_per_user(&r.train, &users, &r.test) {
+                sums.add(&private_user_record(&user, hi - lo)).map_err(dp)?;
+            }
+            return Ok(sums);
+        }
+        let labels = self.test.labels().clone();
+        let p = self.prepare(mean, std)?;
+        let Some(bounds) = bounds else {
+            return Err(AgentError::Task(
+                "this task's evaluation has no private release without public bounds of its \
+                 target: set `evaluation_bounds = [lo, hi]` in the task's [privacy] table"
+                    .into(),
+            ));
+        };
+        if model.kind() != consortia_model::ModelKind::Glm {
+            return Err(AgentError::Task(
+                "a classifier's private evaluation is its noised score histograms, not bounded \
+                 sums"
+                    .into(),
+            ));
+        }
+        let predictions = model
+            .predict(&p.test_x)
+            .map_err(|e| AgentError::Protocol(format!("cannot score the global model: {e}")))?;
+        let mut sums = consortia_dp::BoundedSums::new(PRIVATE_REGRESSION_SUMS);
+        for (&y, &pred) in labels.iter().zip(&predictions) {
+            sums.add(&private_regression_record(y, pred, bounds))
+                .map_err(dp)?;
+        }
+        Ok(sums)
+    }
+
     /// Computes this round's contribution with `update` from the global model, on the
     /// training rows standardised by `mean` and `std`. The round's randomness is
     /// seeded by the task's seed, this partner's name and the round, so a rerun of a

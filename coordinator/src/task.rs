@@ -57,7 +57,8 @@ pub async fn run_task(
         .iter()
         .for_each(|acc| hub.telemetry.privacy(&hub, acc));
     // Under [privacy] partners release only the scheduled evaluations
-    // (`PrivacySpec::evaluates`, which they apply too), as noised coarse histograms;
+    // (`PrivacySpec::evaluates`, which they apply too), as noised coarse histograms
+    // (classifiers) or noised sums of clipped terms (regression, recommendation);
     // without it every round's input model is evaluated exactly.
     let eval_bins = if privacy_spec.is_some() {
         DP_SCORE_BINS
@@ -73,7 +74,7 @@ pub async fn run_task(
         let train = last < total;
         let evaluate = privacy_spec
             .as_ref()
-            .is_none_or(|s| task.is_classifier() && s.evaluates(last, train));
+            .is_none_or(|s| s.evaluates(last, train));
         if !train && (!evaluate || store.metrics(last)?.is_some()) {
             break;
         }

@@ -1,7 +1,7 @@
 //! Differentially private evaluation and feature-statistics releases.
 //!
-//! Under a task's `[privacy]` table, a partner's evaluation of a global model leaves it only as
-//! two coarse histograms of the predicted score — positives and negatives over
+//! Under a task's `[privacy]` table, a classifier's evaluation of a global model leaves the
+//! partner only as two coarse histograms of the predicted score — positives and negatives over
 //! [`DP_SCORE_BINS`] equal-width bins of [0, 1] — with independent discrete Gaussian noise on
 //! each of the `2·DP_SCORE_BINS` counts, clamped at 0 afterwards. Every metric the coordinator
 //! shows (example count, confusion counts at 0.5, accuracy, precision, recall, F1, ROC-AUC,
@@ -19,7 +19,16 @@
 //! Held-out rows are rows of the partner's dataset, so the evaluation is charged to the same
 //! budget as training.
 //!
-//! The bound Δ = 1 holds for the record unit only. Under `unit = "partner"` (adjacency: a
+//! A regression or recommendation evaluation leaves instead as a few sums over records —
+//! held-out rows, or users with all their ratings — each record's term clipped to a public
+//! bound the task declares ([`BoundedSums`]; `evaluation_bounds` for a regression target and
+//! prediction, the rating scale for a recommender), with discrete Gaussian noise of scale
+//! σ·Δ on every sum, Δ = `BOUNDED_SUM_GRID`·√d their L2 sensitivity ([`noisy_bounded_sums`],
+//! feature `mechanisms`). By the same theorem that release is Δ²/(2σ²Δ²) = 1/(2σ²)-zCDP: one
+//! evaluation of any kind costs the same [`evaluation_event`], is charged the same way and
+//! planned the same way ([`PrivacySpec::evaluation_events`], [`planned_evaluations`]).
+//!
+//! These bounds hold for the record unit only. Under `unit = "partner"` (adjacency: a
 //! partner's whole dataset) one partner's histograms have sensitivity equal to its number of
 //! held-out rows, which is private and unbounded, so no noise scale independent of the data
 //! protects them: under the partner unit no evaluation is released at all
