@@ -267,7 +267,7 @@ pub fn finish(hub: &Hub, last: u64, final_metrics: Option<&MetricsRecord>, priva
                 }
             ),
             TaskMetrics::Regression(x) => println!(
-                "final model (round {last}) on {} held-out rows of {} partners: RMSE {:.3}, MAE {:.3}, R² {:.4}, mean deviance {:.4}, normalised Gini {:.4}, top-20 % value capture {:.4}",
+                "final model (round {last}) on {} held-out rows of {} partners: RMSE {:.3}, MAE {:.3}, R² {:.4}, mean deviance {:.4}, normalised Gini {:.4}, top-20 % value capture {:.4}{}",
                 x.examples,
                 m.partners.len(),
                 x.rmse,
@@ -275,11 +275,23 @@ pub fn finish(hub: &Hub, last: u64, final_metrics: Option<&MetricsRecord>, priva
                 x.r2,
                 x.deviance,
                 x.gini,
-                x.top20_capture
+                x.top20_capture,
+                if private {
+                    " (differentially private estimates from noised sums over rows clipped to \
+                     evaluation_bounds; deviance, Gini and capture are not released)"
+                } else {
+                    ""
+                }
             ),
             TaskMetrics::Recommendation(x) => println!(
-                "final model (round {last}) on {} held-out ratings of {} partners: RMSE {:.4}, MAE {:.4}, NDCG@10 {:.4} and recall@10 {:.4} over {} users{}",
+                "final model (round {last}) on {} held-out {} of {} partners: RMSE {:.4}, MAE {:.4}, NDCG@10 {:.4} and recall@10 {:.4} over {} users{}",
                 x.examples,
+                if private {
+                    "users' ratings (differentially private estimates from noised per-user sums; \
+                     RMSE and MAE averaged over users)"
+                } else {
+                    "ratings"
+                },
                 m.partners.len(),
                 x.rmse,
                 x.mae,
