@@ -634,6 +634,20 @@ mod tests {
     }
 
     #[test]
+    fn user_factors_from_parts_check_their_shape_and_values() {
+        let u = UserFactors::from_parts(2, vec![0.5, -1.0], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
+        assert_eq!((u.len(), u.factors()), (2, 2));
+        assert_eq!(u.of(1), [3.0, 4.0]);
+        let short = UserFactors::from_parts(2, vec![0.5, -1.0], vec![1.0, 2.0, 3.0]);
+        assert!(matches!(short, Err(ModelError::Shape(_))), "{short:?}");
+        let nan = UserFactors::from_parts(1, vec![0.5, -1.0], vec![1.0, f64::NAN]);
+        assert!(
+            matches!(nan, Err(ModelError::NonFinite { index: 3, .. })),
+            "{nan:?}"
+        );
+    }
+
+    #[test]
     fn ridge_solve_matches_the_normal_equations() {
         // A = [[2, 1], [1, 3]] + I, b = [1, 2] → z = [1/11·(4·1 − 1·2)…]
         let mut a = vec![2.0, 1.0, 0.0, 3.0];
@@ -665,20 +679,6 @@ mod tests {
         let users = m.solve_users(&train, 0.1);
         // Held out: (0, 0) liked, (1, 3) disliked.
         assert!(m.predict_rating(&users, 0, 0) > 4.0);
-    #[test]
-    fn user_factors_from_parts_check_their_shape_and_values() {
-        let u = UserFactors::from_parts(2, vec![0.5, -1.0], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
-        assert_eq!((u.len(), u.factors()), (2, 2));
-        assert_eq!(u.of(1), [3.0, 4.0]);
-        let short = UserFactors::from_parts(2, vec![0.5, -1.0], vec![1.0, 2.0, 3.0]);
-        assert!(matches!(short, Err(ModelError::Shape(_))), "{short:?}");
-        let nan = UserFactors::from_parts(1, vec![0.5, -1.0], vec![1.0, f64::NAN]);
-        assert!(
-            matches!(nan, Err(ModelError::NonFinite { index: 3, .. })),
-            "{nan:?}"
-        );
-    }
-
         assert!(m.predict_rating(&users, 1, 3) < 2.0);
         let test = ratings(&[(0, 0, 5.0), (1, 3, 1.0)], 6);
         let partial = m.evaluate_ratings(&train, &users, &test);
