@@ -73,6 +73,11 @@ enum Command {
         /// Refuse a model of any task but this one (this partner's task file).
         #[arg(long)]
         task: Option<PathBuf>,
+        /// For a recommendation model: this partner's agent state directory, whose
+        /// users' factors (kept by the agent, fitted against the model of its latest
+        /// round) are used instead of fitting them from `--data`.
+        #[arg(long)]
+        state: Option<PathBuf>,
     },
     /// Verify, report and reconcile privacy ledgers.
     #[command(subcommand)]
@@ -323,7 +328,15 @@ fn main() -> Result<()> {
             out,
             id_column,
             task,
-        } => score::score(&model, &data, &out, id_column.as_deref(), task.as_deref()),
+            state,
+        } => score::score(
+            &model,
+            &data,
+            &out,
+            id_column.as_deref(),
+            task.as_deref(),
+            state.as_deref(),
+        ),
         Command::Audit(cmd) => audit::run(cmd),
         Command::PrivacyPlan {
             task,

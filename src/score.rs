@@ -12,7 +12,9 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use consortia_client::user_factors::{self, Fitted, StoredUsers};
 use consortia_model::TaskSpec;
+use consortia_model::models::mf::UserFactors;
 use consortia_model::standardize::Standardizer;
 use serde::{Deserialize, Serialize};
 
@@ -101,13 +103,16 @@ pub(crate) fn read_model_file(path: &Path) -> Result<(ModelFile, TaskSpec)> {
 }
 
 /// Scores the rows of `data` with the model in `model_path` and writes `id,score`
-/// lines to `out`. With `expected_task`, a model of any other task is refused.
+/// lines to `out`. With `expected_task`, a model of any other task is refused. For a
+/// recommendation model, `agent_state` is the partner's agent state directory whose
+/// users' factors are used ([`recommend`]).
 pub(crate) fn score(
     model_path: &Path,
     data: &Path,
     out: &Path,
     id_column: Option<&str>,
     expected_task: Option<&Path>,
+    agent_state: Option<&Path>,
 ) -> Result<()> {
     let (file, task) = read_model_file(model_path)?;
     if let Some(expected) = expected_task {
@@ -128,7 +133,13 @@ pub(crate) fn score(
     let model = consortia_model::model_with_params(&task, &file.parameters)
         .with_context(|| format!("the parameters in {}", model_path.display()))?;
     if task.schema.ratings.is_some() {
-        return recommend(&task, &file, data, out);
+        return recommend(&task, &file, data, out, agent_state);
+    }
+    if let Some(dir) = agent_state {
+        eprintln!(
+            "note: --state {} not used: only a recommendation model has users' factors",
+            dir.display()
+        );
     }
     let st = file.standardization.as_ref().with_context(|| {
         format!(
@@ -172,12 +183,28 @@ pub(crate) fn score(
 const RECOMMENDATIONS: usize = 10;
 
 /// `consortia score` for a matrix factorisation: `data` is the partner's own ratings
-/// file (with the task's catalogue beside it, as its agent reads it). Each user's bias
-/// and factors are fitted here from all of their ratings — the closed-form user step
-/// the agent runs every round, never stored or sent — and the [`RECOMMENDATIONS`]
-/// catalogue items each user is predicted to rate highest among those they have not
-/// rated are written as `user,rank,item,predicted_rating` rows.
-fn recommend(task: &TaskSpec, file: &ModelFile, data: &Path, out: &Path) -> Result<()> {
+/// file (with the task's catalogue beside it, as its agent reads it), and the
+/// [`RECOMMENDATIONS`] catalogue items each user is predicted to rate highest among
+/// those they have not rated are written as `user,rank,item,predicted_rating` rows.
+///
+/// Each user's bias and factors are the partner's own, never sent anywhere:
+///
+/// * with `agent_state`, the ones its agent kept there
+///   ([`consortia_client::user_factors`]), when they were fitted against this very
+///   model (same task, round and parameters). Factors of another task, or a damaged
+///   file, are refused naming the file. When there are none, or they were fitted
+///   against another round's model, they are fitted here instead, with a note on
+///   stderr saying why; so are the users of `data` the agent kept none for;
+/// * without it, fitted here from all of their ratings in `data`: the closed-form user
+///   step the agent runs, which gives the factors the agent keeps when `data` is the
+///   agent's own data file.
+fn recommend(
+    task: &TaskSpec,
+    file: &ModelFile,
+    data: &Path,
+    out: &Path,
+    agent_state: Option<&Path>,
+) -> Result<()> {
     use consortia_model::models::mf::{MfModel, TrainRatings};
     use consortia_model::ratings::{Catalogue, Ratings};
     let spec = task
@@ -196,7 +223,11 @@ fn recommend(task: &TaskSpec, file: &ModelFile, data: &Path, out: &Path) -> Resu
         );
     }
     let grouped = TrainRatings::new(&ratings, model.items());
-    let users = model.solve_users(&grouped, task.model.l2);
+    let fit = || model.solve_users(&grouped, task.model.l2);
+    let users = match agent_state {
+        None => fit(),
+        Some(dir) => stored_users(task, file, dir, data, &ratings.users, fit)?,
+    };
     let partial = out.with_extension("partial");
     let write = || -> std::io::Result<()> {
         let mut w = std::io::BufWriter::new(std::fs::File::create(&partial)?);
@@ -229,6 +260,64 @@ fn recommend(task: &TaskSpec, file: &ModelFile, data: &Path, out: &Path) -> Resu
         out.display()
     );
     Ok(())
+}
+
+/// The users' factors of `ids` (the users of `data`) for [`recommend`] from the agent
+/// state directory `dir`, or from `fit` (with a note on stderr) where it has none
+/// fitted against the model in `file`.
+fn stored_users(
+    task: &TaskSpec,
+    file: &ModelFile,
+    dir: &Path,
+    data: &Path,
+    ids: &[i64],
+    fit: impl FnOnce() -> UserFactors,
+) -> Result<UserFactors> {
+    let path = user_factors::path(dir, &task.name);
+    let Some(stored) = StoredUsers::read(&path)? else {
+        eprintln!(
+            "note: {} holds no users' factors of task `{}` (its agent keeps them from its first              round of the task); fitting them from {}",
+            dir.display(),
+            task.name,
+            data.display()
+        );
+        return Ok(fit());
+    };
+    let hash: [u8; 32] = hex::decode(&file.task_hash)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .context("the model file's task hash is not a SHA-256 in hex")?;
+    match stored.fitted_against(&path, &task.name, &hash, file.round, &file.parameters)? {
+        Fitted::OtherModel(why) => {
+            eprintln!(
+                "note: the users' factors in {} are not used: {why}; fitting them from {}                  against the model of round {} instead",
+                path.display(),
+                data.display(),
+                file.round
+            );
+            Ok(fit())
+        }
+        Fitted::ThisModel => {
+            let missing = stored.missing(ids);
+            let fitted = (missing > 0).then(fit);
+            let (users, from_fitted) = stored.select(ids, fitted.as_ref())?;
+            if from_fitted > 0 {
+                eprintln!(
+                    "note: {from_fitted} of the {} users of {} have no factors in {}; theirs                      are fitted from their ratings",
+                    ids.len(),
+                    data.display(),
+                    path.display()
+                );
+            }
+            eprintln!(
+                "the users' factors of {} users are the agent's, from {} (fitted against the                  model of round {})",
+                ids.len() - from_fitted,
+                path.display(),
+                stored.model_round
+            );
+            Ok(users)
+        }
+    }
 }
 
 /// A CSV field, quoted when it holds a comma, quote or line break.

@@ -491,6 +491,219 @@ fn an_update_is_the_item_part_and_one_users_ratings_reach_it_only_through_their_
     );
 }
 
+/// `consortia score` on a partner's ratings file, returning its output and stderr.
+fn score_recommendations(
+    model: &Path,
+    data: &Path,
+    out: &Path,
+    state: Option<&Path>,
+) -> (bool, String, String) {
+    let mut cmd = std::process::Command::new(EXE);
+    cmd.args(["score", "--model"])
+        .arg(model)
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(out);
+    if let Some(dir) = state {
+        cmd.arg("--state").arg(dir);
+    }
+    let run = cmd.output().expect("score");
+    let recs = std::fs::read_to_string(out).unwrap_or_default();
+    let _ = std::fs::remove_file(out);
+    (
+        run.status.success(),
+        recs,
+        String::from_utf8_lossy(&run.stderr).into_owned(),
+    )
+}
+
+/// The `user,rank,item,predicted_rating` rows `consortia score` writes for `users`.
+fn recommendation_rows(
+    task: &TaskSpec,
+    params: &[f64],
+    data: &Path,
+    users: &consortia_model::models::mf::UserFactors,
+) -> String {
+    let model = MfModel::from_task(task, params).expect("mf");
+    let catalogue = Catalogue::load(task.schema.ratings.as_ref().unwrap(), data).unwrap();
+    let ratings = Ratings::load(data, task, &catalogue).unwrap();
+    let grouped = TrainRatings::new(&ratings, model.items());
+    let mut text = String::from("userId,rank,movieId,predicted_rating\n");
+    for (u, id) in ratings.users.iter().enumerate() {
+        let (seen, _) = grouped.by_user.of(u);
+        for (rank, i) in model.top_k(users, u, seen, 10).into_iter().enumerate() {
+            let r = model.predict_rating(users, u, i as usize);
+            let item = catalogue.id(i).unwrap();
+            text.push_str(&format!("{id},{},{item},{r:.4}\n", rank + 1));
+        }
+    }
+    text
+}
+
+/// The agent keeps its users' factors — fitted to all of each user's ratings against
+/// the round's global model — in its state directory, privately (0600), and
+/// `consortia score --state` recommends with them: they equal the factors fitted from
+/// the same ratings file to 1e-9, and it is the kept factors that are used. Factors of
+/// another round are not used (a note, and the users are fitted); none kept is a note
+/// too; a damaged file or one of another task is refused naming the file.
+#[test]
+fn score_uses_the_users_factors_the_agent_keeps_in_its_state_directory() {
+    use consortia_client::user_factors::{self, StoredUsers};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp");
+    let files = split(dir.path());
+    let task = task();
+    let (name, path, _) = &files[2];
+    // The model of round 1: one ALS round of this partner from the initial model.
+    let global = consortia_model::initial_model(&task).expect("model");
+    let update = consortia_client::training::build(&task, None).expect("update");
+    let mut local = LocalData::load(path, &task, name).expect("partner");
+    let delta = local
+        .contribute(update.as_ref(), global.as_ref(), 1, &[], &[], &mut |_| {})
+        .expect("contribution")
+        .vector;
+    let params: Vec<f64> = global
+        .params()
+        .iter()
+        .zip(&delta)
+        .map(|(g, d)| g + d)
+        .collect();
+    let model = consortia_model::model_with_params(&task, &params).expect("model");
+    let hash = task.canonical_hash().expect("hash");
+    let state = dir.path().join("agent-state");
+    let kept = local
+        .keep_user_factors(model.as_ref(), &state, hash, 1)
+        .expect("kept");
+    assert_eq!(kept, 224, "users 2, 5, … of ml-latest-small");
+    let file = user_factors::path(&state, &task.name);
+    let mode = std::fs::metadata(&file).expect("kept").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the users' factors are private");
+    let stored = StoredUsers::read(&file).expect("read").expect("kept");
+    assert_eq!(stored.model_round, 1);
+
+    // What `consortia score` fits without --state: each user on all their ratings.
+    let mf = MfModel::from_task(&task, &params).expect("mf");
+    let catalogue = Catalogue::load(task.schema.ratings.as_ref().unwrap(), path).unwrap();
+    let ratings = Ratings::load(path, &task, &catalogue).unwrap();
+    let refit = mf.solve_users(&TrainRatings::new(&ratings, mf.items()), task.model.l2);
+    assert_eq!(stored.ids, ratings.users);
+    for u in 0..refit.len() {
+        assert!(
+            (stored.users.bias[u] - refit.bias[u]).abs() <= 1e-9,
+            "user {u}"
+        );
+        for (a, b) in stored.users.of(u).iter().zip(refit.of(u)) {
+            assert!((a - b).abs() <= 1e-9, "user {u}: {a} vs {b}");
+        }
+    }
+
+    // An exported model of round 1 (the fields `consortia model export` writes).
+    let export = |round: u64| {
+        let doc = serde_json::json!({
+            "task": task.name,
+            "task_toml": task.to_toml_string().expect("toml"),
+            "task_hash": hex::encode(hash),
+            "round": round,
+            "parameters": params,
+            "standardization": null,
+        });
+        let f = dir.path().join(format!("model-{round}.json"));
+        std::fs::write(&f, doc.to_string()).expect("model file");
+        f
+    };
+    let round_1 = export(1);
+    let out = dir.path().join("recs.csv");
+    let (ok, fitted, err) = score_recommendations(&round_1, path, &out, None);
+    assert!(ok, "{err}");
+    let same = |a: &str, b: &str| a == b;
+    assert!(
+        same(&fitted, &recommendation_rows(&task, &params, path, &refit)),
+        "`consortia score` recommends with the users fitted from the file"
+    );
+    let (ok, with_kept, err) = score_recommendations(&round_1, path, &out, Some(&state));
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("users' factors of 224 users are the agent's"),
+        "{err}"
+    );
+    assert!(
+        same(&with_kept, &fitted),
+        "the kept factors are those fitted from the file"
+    );
+
+    // It is the kept factors that score: kept factors changed in place (each user's
+    // factors negated) change the recommendations to theirs.
+    let mut changed = stored.clone();
+    let negated: Vec<f64> = (0..changed.users.len())
+        .flat_map(|u| changed.users.of(u).iter().map(|v| -v).collect::<Vec<_>>())
+        .collect();
+    changed.users = consortia_model::models::mf::UserFactors::from_parts(
+        changed.users.factors(),
+        changed.users.bias.clone(),
+        negated,
+    )
+    .expect("factors");
+    changed.write(&file).expect("write");
+    let (ok, recs, err) = score_recommendations(&round_1, path, &out, Some(&state));
+    assert!(ok, "{err}");
+    assert!(
+        same(
+            &recs,
+            &recommendation_rows(&task, &params, path, &changed.users)
+        ),
+        "the kept factors are used"
+    );
+    assert!(
+        !same(&recs, &fitted),
+        "other factors, other recommendations"
+    );
+
+    // Factors fitted against another round's model are not used.
+    let round_2 = export(2);
+    let (ok, recs, err) = score_recommendations(&round_2, path, &out, Some(&state));
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("fitted against the model of round 1, not round 2"),
+        "{err}"
+    );
+    assert!(same(&recs, &fitted), "fitted against the model scored");
+    // None kept: the users are fitted, with a note.
+    let empty = dir.path().join("empty-state");
+    let (ok, recs, err) = score_recommendations(&round_1, path, &out, Some(&empty));
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("holds no users' factors of task `movielens-mf`"),
+        "{err}"
+    );
+    assert!(same(&recs, &fitted), "fitted from the file");
+
+    // A damaged file, or one of another task, is refused naming it.
+    let shown = file.display().to_string();
+    let mut bytes = std::fs::read(&file).expect("kept");
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x10;
+    std::fs::write(&file, &bytes).expect("damage");
+    let (ok, recs, err) = score_recommendations(&round_1, path, &out, Some(&state));
+    assert!(!ok && recs.is_empty());
+    assert!(
+        err.contains(&shown) && err.contains("damaged") && err.contains("delete it"),
+        "{err}"
+    );
+    StoredUsers {
+        task_hash: [9; 32],
+        ..stored
+    }
+    .write(&file)
+    .expect("write");
+    let (ok, recs, err) = score_recommendations(&round_1, path, &out, Some(&state));
+    assert!(!ok && recs.is_empty());
+    assert!(
+        err.contains(&shown) && err.contains("another task"),
+        "{err}"
+    );
+}
+
 /// A ratings row whose user or item id is not an integer, or whose rating is off the
 /// task's scale, is refused naming the file, row and column; a catalogue other than the
 /// task's is refused naming it; ratings of items outside the catalogue are counted.
@@ -575,6 +788,45 @@ fn the_recommend_demo_runs_the_scenario_end_to_end() {
     for needle in ["NDCG@10", "recall@10", "task complete after 2 rounds"] {
         assert!(stdout.contains(needle), "`{needle}` missing:\n{stdout}");
     }
+
+    // Each agent kept its users' factors, privately, fitted against the final model
+    // (of round 2, which the final evaluation sent), and `consortia score --state`
+    // recommends with them what fitting the users from the same file recommends.
+    use std::os::unix::fs::PermissionsExt;
+    let state = work.join("agent-users-0-state");
+    let kept = consortia_client::user_factors::path(&state, "movielens-mf");
+    let mode = std::fs::metadata(&kept)
+        .unwrap_or_else(|e| panic!("{}: {e}", kept.display()))
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let stored = consortia_client::user_factors::StoredUsers::read(&kept)
+        .expect("readable")
+        .expect("kept");
+    assert_eq!((stored.model_round, stored.ids.len()), (2, 223));
+    let model = work.join("model.json");
+    let export = std::process::Command::new(EXE)
+        .args(["model", "export", "--state"])
+        .arg(work.join("state"))
+        .arg("--out")
+        .arg(&model)
+        .output()
+        .expect("export");
+    assert!(export.status.success(), "{export:?}");
+    let data = work.join("data/users-0.csv");
+    let out = work.join("recs.csv");
+    let (ok, fitted, err) = score_recommendations(&model, &data, &out, None);
+    assert!(ok, "{err}");
+    let (ok, with_kept, err) = score_recommendations(&model, &data, &out, Some(&state));
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("users' factors of 223 users are the agent's"),
+        "{err}"
+    );
+    assert!(
+        with_kept == fitted,
+        "the agent's factors recommend what fitted ones do"
+    );
 }
 
 /// Users sampled per DP-SGD step (Poisson rate), steps per round, clip norm and

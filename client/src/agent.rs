@@ -1061,6 +1061,10 @@ async fn play_round(
     let rounds = task.rounds;
     let partner = partner.to_string();
     let telemetry = state.telemetry.clone();
+    // A recommendation partner keeps its users' factors, fitted against this model.
+    let keep = state
+        .task_hash
+        .map(|hash| (cfg.state_dir.clone(), hash, start.model_round));
     // Evaluation and training are CPU work: keep them off the async threads.
     let work = tokio::task::spawn_blocking(move || {
         let mut data = data;
@@ -1099,6 +1103,11 @@ async fn play_round(
         } else {
             None
         };
+        if let Some((dir, hash, model_round)) = &keep
+            && let Err(e) = data.keep_user_factors(model.as_ref(), dir, *hash, *model_round)
+        {
+            tracing::warn!("{e}; `consortia score --state` will fit the users' factors instead");
+        }
         (data, eval, outgoing)
     })
     .await;

@@ -14,6 +14,7 @@
 //! * [`training`] — the local update it computes each round ([`training::LocalUpdate`]).
 //! * [`keys`] — its share of the federation key and its partial decryptions.
 //! * [`telemetry`] — its Prometheus metrics, served at `/metrics` when configured.
+//! * [`user_factors`] — a recommendation partner's own users' factors, kept for scoring.
 //! * [`agent`] — the session loop ([`run`]; [`run_with`] takes a caller's local update).
 
 pub mod accounting;
@@ -26,6 +27,7 @@ pub mod pins;
 pub mod policy;
 pub mod telemetry;
 pub mod training;
+pub mod user_factors;
 
 pub use agent::{AgentSummary, RunOptions, run, run_with};
 pub use config::AgentConfig;

@@ -7,7 +7,9 @@
 //!
 //! A recommendation task's data are ratings instead ([`consortia_model::ratings`]):
 //! a share of each user's ratings is held out, and the users' factors are fitted
-//! here, on this partner, every time the model is trained or scored.
+//! here, on this partner, every time the model is trained or scored; the factors
+//! fitted to all of each user's ratings are kept in the partner's state directory
+//! for scoring ([`LocalData::keep_user_factors`], [`crate::user_factors`]).
 
 use std::path::Path;
 
@@ -23,6 +25,7 @@ use ndarray::Array2;
 
 use crate::AgentError;
 use crate::training::{Contribution, LocalUpdate, RoundInput};
+use crate::user_factors::{self, StoredUsers, model_digest};
 
 /// Standardised design matrices for one standardisation.
 struct Prepared {
@@ -49,6 +52,10 @@ struct RatingsData {
     train: TrainRatings,
     test: Ratings,
     unknown_items: u64,
+    /// All ratings, training and held-out, grouped as `consortia score` groups them.
+    all: TrainRatings,
+    /// Each user's id, in the users' order of `train`, `test` and `all`.
+    users: Vec<i64>,
 }
 
 /// A stable 64-bit hash of a name (FNV-1a), to derive per-partner seeds.
@@ -136,6 +143,8 @@ impl LocalData {
                 train: TrainRatings::new(&train, catalogue.len()),
                 test,
                 unknown_items: all.unknown_items,
+                all: TrainRatings::new(&all, catalogue.len()),
+                users: all.users,
             }),
         })
     }
@@ -332,6 +341,35 @@ impl LocalData {
                 .map_err(dp)?;
         }
         Ok(sums)
+    }
+
+    /// For a recommendation task: fits every user's bias and factors to all of their
+    /// ratings, training and held-out, given the item part of `global` — the model of
+    /// round `model_round` — and keeps them in this partner's state directory
+    /// (`user_factors::path`), bound to the task's canonical hash `task_hash` and to
+    /// that model, for `consortia score --state`. Returns the number of users kept;
+    /// 0, and nothing written, for a task of another kind.
+    pub fn keep_user_factors(
+        &self,
+        global: &dyn Model,
+        state_dir: &Path,
+        task_hash: [u8; 32],
+        model_round: u64,
+    ) -> Result<usize, AgentError> {
+        let Some(r) = &self.ratings else {
+            return Ok(0);
+        };
+        let model = MfModel::from_task(&r.task, global.params())
+            .map_err(|e| AgentError::Protocol(format!("global model: {e}")))?;
+        let stored = StoredUsers {
+            task_hash,
+            model_round,
+            model_digest: model_digest(global.params()),
+            ids: r.users.clone(),
+            users: model.solve_users(&r.all, r.task.model.l2),
+        };
+        stored.write(&user_factors::path(state_dir, &r.task.name))?;
+        Ok(stored.ids.len())
     }
 
     /// Computes this round's contribution with `update` from the global model, on the
