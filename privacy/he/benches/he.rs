@@ -1,6 +1,6 @@
 //! Costs of the multiparty scheme per value: encryption, aggregation from wire
 //! bytes, the 80 mask sketches a contributor and a key holder compute per
-//! decryption, partial decryption; prints the wire size per value and the
+//! decryption, partial decryption (N-of-N and threshold); prints the wire size per value and the
 //! sketch's cost per 1,000,000 values.
 
 // criterion's macros generate undocumented public functions.
@@ -101,7 +101,41 @@ fn bench_params(c: &mut Criterion, params: HeParams) {
     g.bench_function("combine_3_shares", |b| {
         b.iter(|| black_box(combine(&agg, &ds).expect("combine")))
     });
+    // Threshold 2-of-3: holder 0, first of Q = {0, 1}, covers both subsets
+    // without it; one general (not binary) product per polynomial.
+    let holder0 = threshold_holder0(&shares, params);
+    let set = holder0
+        .committee()
+        .decryption_set([PartyId(0), PartyId(1)])
+        .expect("set");
+    g.bench_function("threshold_partial_decrypt", |b| {
+        b.iter_batched(
+            || ThresholdPartialDecryptor::new(&holder0, &key).expect("decryptor"),
+            |mut d| black_box(d.partial_decrypt(&agg, &set, 1).expect("share")),
+            BatchSize::SmallInput,
+        )
+    });
     g.finish();
+}
+
+/// Holder 0's 2-of-3 threshold share of the key `shares` make.
+fn threshold_holder0(shares: &[KeyShare], params: HeParams) -> ThresholdKeyShare {
+    let session = KeySession::new(params, [7; 32]);
+    let th = Threshold::new(PARTIES, 2).expect("committee");
+    let mut c = ThresholdKeyCollector::new(&session, &th, PartyId(0)).expect("collector");
+    let dealings: Vec<ThresholdDealing> = shares
+        .iter()
+        .map(|s| ThresholdDealer::new(&th).deal(&s.secret).expect("dealing"))
+        .collect();
+    for (d, s) in dealings.iter().zip(shares) {
+        c.add_dealer(d.commitments(), &s.public).expect("dealer");
+    }
+    for d in &dealings {
+        for sub in d.subshares_for(PartyId(0)).expect("subshares") {
+            c.add_subshare(&sub).expect("subshare");
+        }
+    }
+    c.finish().expect("threshold share")
 }
 
 fn benches(c: &mut Criterion) {
