@@ -227,3 +227,77 @@ fn a_partners_bad_cells_are_refused_naming_file_row_and_column() {
         );
     }
 }
+
+/// Under `[privacy]` (record unit, the default σ_e = 10) the CLV GLM's final model is
+/// evaluated privately: every partner releases noised sums of its rows clipped to the
+/// task's `evaluation_bounds` (RMSE, MAE and R² from them; deviance, Gini and capture not
+/// released), and the release is charged in each partner's own ledger and in the
+/// coordinator's, as a classifier's is. Two rounds of DP-SGD keep it short.
+#[test]
+fn a_private_clv_task_reports_a_noised_evaluation_charged_in_both_ledgers() {
+    let mut task = consortia_model::TaskSpec::from_toml_str(CLV_TASK).expect("task");
+    task.rounds = 2;
+    task.privacy = Some(
+        toml::from_str(
+            "unit = \"record\"\nepsilon = 8.0\ndelta = 1e-5\nclip_norm = 1.0\n\
+             noise_multiplier = 1.0\nsampling_rate = 0.02\nsteps_per_round = 2\n\
+             evaluation_bounds = [0.0, 1000.0]\n",
+        )
+        .expect("privacy table"),
+    );
+    let text = task.to_toml_string().expect("task");
+    let mut fed = Federation::with_data(&text, Path::new(CLV_DATA), "cohort_month");
+    std::fs::write(
+        fed.path("policy.toml"),
+        format!("{PERMISSIVE_POLICY}allowed_models = [\"glm\"]\n"),
+    )
+    .expect("policy");
+    fed.run_to_completion(Duration::from_secs(600));
+    let out = fed.read(&fed.coordinator_out(1));
+    assert!(
+        out.contains("final model (round 2)") && out.contains("noised sums over rows clipped"),
+        "{out}\n{}",
+        fed.logs()
+    );
+    let store = consortia_coordinator::store::Store::open(&fed.path("state")).expect("store");
+    let records = store.all_metrics().expect("metrics");
+    assert_eq!(records.len(), 1, "the final model only");
+    let consortia_model::TaskMetrics::Regression(m) = records[0].metrics else {
+        panic!("regression metrics: {:?}", records[0].metrics)
+    };
+    drop(store);
+    // 4,714 held-out rows; each partner's count carries noise of standard deviation
+    // √5·σ_e ≈ 22, so the sum of three ≈ 39: 300 is more than 7 of them.
+    assert!(m.examples.abs_diff(4714) < 300, "{m:?}");
+    assert!(m.rmse.is_finite() && m.mae.is_finite(), "{m:?}");
+    assert!(m.deviance.is_nan() && m.gini.is_nan() && m.top20_capture.is_nan());
+
+    let evaluations = |entries: &[consortia_ledger::LedgerEntry]| -> Vec<u64> {
+        entries
+            .iter()
+            .filter(|e| e.record.mechanism == consortia_dp::EVALUATION_MECHANISM)
+            .map(|e| e.record.round)
+            .collect()
+    };
+    let theirs = consortia_ledger::load_entries(fed.path("state/privacy-ledger.json")).unwrap();
+    assert_eq!(
+        evaluations(&theirs),
+        [3],
+        "the final evaluation, asked in round 3"
+    );
+    for (name, _) in &fed.partners {
+        let own = consortia_ledger::load_entries(fed.agent_state(name).join("ledger")).unwrap();
+        assert_eq!(evaluations(&own), [3], "{name}'s ledger");
+        let e = own
+            .iter()
+            .find(|e| e.record.mechanism == consortia_dp::EVALUATION_MECHANISM)
+            .unwrap();
+        assert_eq!(
+            e.record.charged.as_ref().unwrap().events,
+            vec![consortia_ledger::entry::StoredEvent::Zcdp {
+                rho: 0.005,
+                count: 1
+            }]
+        );
+    }
+}

@@ -960,3 +960,55 @@ fn secure_aggregation_trains_the_matrix_factorisation() {
         assert!(log.contains("encrypted update sent"), "{name}:\n{log}");
     }
 }
+
+/// Under `[privacy]` (user-level DP-SGD, the default σ_e = 10) the recommender's final
+/// model is evaluated privately: every partner releases noised per-user sums (mean errors
+/// over the rating scale, NDCG@10, recall@10), the coordinator reports them over users,
+/// and the release is charged in each partner's own ledger and in the coordinator's. Two
+/// rounds keep it short.
+#[test]
+fn a_private_recommendation_task_reports_a_noised_evaluation_charged_in_both_ledgers() {
+    let (mut spec, _) = dp_task(8.0);
+    spec.rounds = 2;
+    let mut fed = movielens_federation(&spec.to_toml_string().expect("task"));
+    fed.run_to_completion(Duration::from_secs(600));
+    let out = fed.read(&fed.coordinator_out(1));
+    assert!(
+        out.contains("final model (round 2)") && out.contains("noised per-user sums"),
+        "{out}\n{}",
+        fed.logs()
+    );
+    let store = consortia_coordinator::store::Store::open(&fed.path("state")).expect("store");
+    let records = store.all_metrics().expect("metrics");
+    assert_eq!(records.len(), 1, "the final model only");
+    let consortia_model::TaskMetrics::Recommendation(m) = records[0].metrics else {
+        panic!("recommendation metrics: {:?}", records[0].metrics)
+    };
+    drop(store);
+    // 671 users, each with held-out ratings; per partner the count's noise has standard
+    // deviation √6·σ_e ≈ 24.5, ≈ 42 over three: 300 is more than 7 of them.
+    assert!(m.examples.abs_diff(671) < 300, "{m:?}");
+    assert!(
+        m.users > 0 && m.rmse.is_finite() && m.ndcg_at_10.is_finite(),
+        "{m:?}"
+    );
+    assert!((0.0..=1.0).contains(&m.ndcg_at_10) && (0.0..=1.0).contains(&m.recall_at_10));
+
+    let evaluations = |entries: &[consortia_ledger::LedgerEntry]| -> Vec<u64> {
+        entries
+            .iter()
+            .filter(|e| e.record.mechanism == consortia_dp::EVALUATION_MECHANISM)
+            .map(|e| e.record.round)
+            .collect()
+    };
+    let theirs = consortia_ledger::load_entries(fed.path("state/privacy-ledger.json")).unwrap();
+    assert_eq!(
+        evaluations(&theirs),
+        [3],
+        "the final evaluation, asked in round 3"
+    );
+    for (name, _) in &fed.partners {
+        let own = consortia_ledger::load_entries(fed.agent_state(name).join("ledger")).unwrap();
+        assert_eq!(evaluations(&own), [3], "{name}'s ledger");
+    }
+}
