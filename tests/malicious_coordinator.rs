@@ -18,14 +18,16 @@ use common::rogue::{Peer, Rogue, WAIT};
 use common::{Federation, TASK};
 use consortia_he::update::UpdateEncoding;
 use consortia_he::{
-    Aggregate, CollectiveKeyAggregator, CollectivePublicKey, HeParams, KeySession, PublicKeyShare,
-    Shape,
+    Aggregate, CollectiveKeyAggregator, CollectivePublicKey, Encryptor, HeParams, KeySession,
+    PublicKeyShare, Shape,
 };
 use consortia_model::TaskSpec;
 use consortia_proto::{
-    CiphertextChunk, CollectiveKey, Contribution, DecryptRequest, KeyGenRequest, KeyReveal,
-    ModelChunk, RoundStart, SignedKeyShare, StatsRequest, TaskFinished, chunk_count, chunk_range,
-    client_message::Kind as Up, server_message::Kind as Down,
+    AggregateMasks, ChallengeCommitments, ChallengeReveals, ClientMessage, CollectiveKey,
+    Contribution, ContributorSketch, ContributorSketches, DecryptRequest, HolderCommitment,
+    HolderSeed, KeyGenRequest, KeyReveal, ModelChunk, RoundStart, SignedKeyShare, SketchRequest,
+    StatsRequest, TaskFinished, chunk_count, chunk_range, client_message::Kind as Up,
+    joint_challenge, server_message::Kind as Down,
 };
 
 /// An acceptable `[privacy]` table: partner-level DP, noise added locally.
@@ -543,6 +545,13 @@ struct Ceremony {
     updates: Mutex<BTreeMap<String, Relayed>>,
     /// Partner → how it answered each decryption request, in order.
     outcomes: Mutex<BTreeMap<String, Vec<Answer>>>,
+    /// (decryption, key holder) → its challenge commitment, then its seed.
+    commitments: Mutex<BTreeMap<(usize, String), Vec<u8>>>,
+    seeds: Mutex<BTreeMap<(usize, String), Vec<u8>>>,
+    /// (decryption, contributor) → its signed sketch.
+    sketches: Mutex<BTreeMap<(usize, String), ContributorSketch>>,
+    /// An update the rogue made up (the same for every key holder).
+    made_up: Mutex<Option<Vec<Vec<u8>>>>,
 }
 
 /// A partner's encrypted update as the rogue holds it: chunks, signature, rows.
@@ -710,6 +719,10 @@ fn ceremony_state(tasks: [String; 3]) -> (Arc<Ceremony>, Federation, Vec<String>
         key: Mutex::default(),
         updates: Mutex::default(),
         outcomes: Mutex::default(),
+        commitments: Mutex::default(),
+        seeds: Mutex::default(),
+        sketches: Mutex::default(),
+        made_up: Mutex::default(),
     });
     (c, fed, names)
 }
@@ -787,22 +800,41 @@ fn a_different_task_to_one_partner_is_caught_by_the_key_transcript() {
 }
 
 // ---------------------------------------------------------------------------
-// Decryption attacks: reopening contributions.
+// Decryption attacks: reopening contributions, forged aggregates.
+//
+// The rogue runs the joint decryption as the coordinator does: the request
+// and the aggregate's masks to every key holder, the holders' coin toss
+// (which it relays honestly: it can do no better), each contributor's signed
+// sketch under the joint challenge, then the sketches to every holder. What
+// it lies about is the aggregate.
 
-/// What the rogue asks the key holders to decrypt after the honest first
-/// decryption of {A, B, C} (round 1, attempt 1).
-#[derive(Clone, Copy)]
-enum Reopen {
-    /// {A, B} in the same round and attempt: with the first sum, the
-    /// difference is C's update.
-    NestedSubset,
-    /// The same three updates again under attempt 2 (a "rerun" reusing them).
-    RerunSameUpdates,
+/// The aggregate the rogue asks the key holders to open, as the sum of the
+/// contributors it names.
+#[derive(Clone, Copy, Debug)]
+enum Forged {
+    /// The honest sum of the named contributors' updates.
+    No,
+    /// One contributor's masks passed off as the sum of all three.
+    OneAsTheSum,
+    /// The sum padded with the masks of an update the rogue made up (given
+    /// as the third contributor's).
+    Padded,
+    /// The first contributor's masks counted twice, naming the real set.
+    CountedTwice,
 }
 
-/// One partner's session: ceremony, key, an encrypted round, the honest
-/// decryption of all three updates, then the `reopen` attack.
-async fn decryption_session(mut peer: Peer, c: Arc<Ceremony>, reopen: Reopen) {
+/// One decryption the rogue asks for: the contributors it names, the
+/// attempt, and the aggregate.
+#[derive(Clone, Debug)]
+struct Ask {
+    named: Vec<String>,
+    attempt: u64,
+    forged: Forged,
+}
+
+/// One partner's session: ceremony, key, an encrypted round, then the
+/// decryptions `asks` (the partner is a key holder and a contributor).
+async fn decryption_session(mut peer: Peer, c: Arc<Ceremony>, asks: Vec<Ask>) {
     let Some((key_msg, key_id, spec)) = key_ceremony(&mut peer, &c).await else {
         return;
     };
@@ -843,14 +875,8 @@ async fn decryption_session(mut peer: Peer, c: Arc<Ceremony>, reopen: Reopen) {
     .expect("encoding")
     .encoded_len() as u64;
     let hash = spec.canonical_hash().expect("task hash");
-    let all = c.committee.clone();
-    let (second, attempt) = match reopen {
-        Reopen::NestedSubset => (all[..2].to_vec(), 1),
-        Reopen::RerunSameUpdates => (all.clone(), 2),
-    };
-    for (contributors, attempt) in [(all, 1), (second, attempt)] {
-        let answer =
-            ask_decryption(&mut peer, &c, &key, values, &hash, &contributors, attempt).await;
+    for (i, ask) in asks.iter().enumerate() {
+        let answer = ask_decryption(&mut peer, &c, &key, values, &hash, i, ask).await;
         c.outcomes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -868,26 +894,89 @@ async fn decryption_session(mut peer: Peer, c: Arc<Ceremony>, reopen: Reopen) {
     peer.closed(WAIT).await;
 }
 
-/// Sends one decryption request of the sum of `contributors`' round-1
-/// updates (as attempt `attempt`) with their masks, as the coordinator
-/// does, and reads the key holder's answer.
+/// The next message of `kind` from the agent, or its refusal to decrypt
+/// (`Err`, the reason), or `Err("")` when nothing comes within the wait.
+async fn answer(peer: &mut Peer, kind: &str) -> Result<ClientMessage, String> {
+    let until = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        let Some(m) = peer.recv_timeout(left).await else {
+            return Err(String::new());
+        };
+        if common::rogue::kind_name(&m) == kind {
+            return Ok(m);
+        }
+        if let Some(Up::Decline(d)) = &m.kind
+            && d.kind() == consortia_proto::DeclineKind::Decryption
+        {
+            return Err(d.reason.clone());
+        }
+    }
+}
+
+/// The masks (in mask-chunk wire form) of the aggregate `ask` claims, and
+/// its mask digest: `ask.forged` applied to the round-1 updates, labelled
+/// as a sum of the contributors named.
+fn claimed_masks(
+    c: &Ceremony,
+    key: &CollectivePublicKey,
+    values: u64,
+    ask: &Ask,
+) -> (Vec<Vec<u8>>, [u8; 32]) {
+    let updates = c.updates.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let shape = Shape::new(key, values).expect("shape");
+    let made_up = c
+        .made_up
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(|| {
+            Encryptor::new(key)
+                .encrypt(&vec![1u64; values as usize])
+                .expect("an update of the rogue's making")
+                .chunks()
+                .map(<[u8]>::to_vec)
+                .collect()
+        })
+        .clone();
+    let n = &ask.named;
+    let summed: Vec<&Vec<Vec<u8>>> = match ask.forged {
+        Forged::No => n.iter().map(|p| &updates[p].0).collect(),
+        Forged::OneAsTheSum => vec![&updates[&n[0]].0],
+        Forged::Padded => vec![&updates[&n[0]].0, &updates[&n[1]].0, &made_up],
+        Forged::CountedTwice => vec![&updates[&n[0]].0, &updates[&n[0]].0, &updates[&n[1]].0],
+    };
+    let mut sum = Aggregate::new(shape).expect("aggregate");
+    for chunks in summed {
+        for (i, chunk) in chunks.iter().enumerate() {
+            sum.add_bytes(i as u32, chunk).expect("chunk");
+        }
+    }
+    let mut claimed = Aggregate::new(shape).expect("aggregate");
+    let masks: Vec<Vec<u8>> = (0..shape.chunks())
+        .map(|i| {
+            let m = sum.mask_chunk(i).expect("mask chunk");
+            claimed
+                .set_mask_chunk(i, &m, n.len() as u32)
+                .expect("masks of the named sum");
+            m
+        })
+        .collect();
+    (masks, claimed.mask_digest())
+}
+
+/// Runs decryption number `index` (`ask`) with this key holder and
+/// contributor, as the coordinator does, the holders' steps in lockstep;
+/// returns the holder's answer.
 async fn ask_decryption(
     peer: &mut Peer,
     c: &Ceremony,
     key: &CollectivePublicKey,
     values: u64,
     task_hash: &[u8; 32],
-    contributors: &[String],
-    attempt: u64,
+    index: usize,
+    ask: &Ask,
 ) -> Answer {
     let updates = c.updates.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let shape = Shape::new(key, values).expect("shape");
-    let mut aggregate = Aggregate::new(shape).expect("aggregate");
-    for name in contributors {
-        for (i, chunk) in updates[name].0.iter().enumerate() {
-            aggregate.add_bytes(i as u32, chunk).expect("chunk");
-        }
-    }
     let certificates: BTreeMap<String, Vec<u8>> = c
         .shares
         .lock()
@@ -895,37 +984,162 @@ async fn ask_decryption(
         .values()
         .map(|s| (s.partner.clone(), s.certificate.clone()))
         .collect();
+    let (masks, digest) = claimed_masks(c, key, values, ask);
+    let attempt = ask.attempt;
     peer.send_kind(Down::Decrypt(DecryptRequest {
         round: 1,
-        contributions: contributors
+        contributions: ask
+            .named
             .iter()
             .map(|n| Contribution {
                 partner: n.clone(),
                 example_count: updates[n].2,
-                signature: updates[n].1.clone(),
                 certificate: certificates[n].clone(),
             })
             .collect(),
         min_contributors: 2,
-        aggregate_digest: aggregate.mask_digest().to_vec(),
+        aggregate_digest: digest.to_vec(),
         values,
         attempt,
         task_hash: task_hash.to_vec(),
     }))
     .await;
-    for (k, name) in contributors.iter().enumerate() {
-        for (i, chunk) in updates[name].0.iter().enumerate() {
-            let (masks, bodies) = shape.chunk_parts(i as u32, chunk).expect("chunk parts");
-            peer.send_kind(Down::Ciphertext(CiphertextChunk {
-                round: 1,
-                contributor: k as u32,
-                index: i as u32,
-                masks: shape.mask_chunk(i as u32, masks),
-                body_hash: consortia_proto::sha256(bodies).to_vec(),
-            }))
-            .await;
+    for (i, m) in masks.into_iter().enumerate() {
+        peer.send_kind(Down::AggregateMasks(AggregateMasks {
+            round: 1,
+            attempt,
+            index: i as u32,
+            masks: m,
+        }))
+        .await;
+    }
+    let me = (index, peer.name.clone());
+    let mut refused = None;
+    // The coin toss, relayed honestly: every commitment, then every seed.
+    match answer(peer, "ChallengeCommit").await {
+        Ok(ClientMessage {
+            kind: Some(Up::ChallengeCommit(m)),
+        }) => {
+            c.commitments
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(me.clone(), m.commitment);
+        }
+        Ok(_) => unreachable!("a message of the kind asked for"),
+        Err(why) => refused = Some(why),
+    }
+    if !c.all_here().await {
+        return Answer::Silent;
+    }
+    let of_this = |m: &BTreeMap<(usize, String), Vec<u8>>| -> Vec<(String, Vec<u8>)> {
+        m.iter()
+            .filter(|((i, _), _)| *i == index)
+            .map(|((_, h), v)| (h.clone(), v.clone()))
+            .collect()
+    };
+    if refused.is_none() {
+        let list = of_this(&c.commitments.lock().unwrap_or_else(|e| e.into_inner()));
+        peer.send_kind(Down::ChallengeCommitments(ChallengeCommitments {
+            round: 1,
+            attempt,
+            commitments: list
+                .into_iter()
+                .map(|(holder, commitment)| HolderCommitment { holder, commitment })
+                .collect(),
+        }))
+        .await;
+        match answer(peer, "ChallengeSeed").await {
+            Ok(ClientMessage {
+                kind: Some(Up::ChallengeSeed(m)),
+            }) => {
+                c.seeds
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(me.clone(), m.seed);
+            }
+            Ok(_) => unreachable!("a message of the kind asked for"),
+            Err(why) => refused = Some(why),
         }
     }
+    if !c.all_here().await {
+        return Answer::Silent;
+    }
+    if refused.is_none() {
+        let seeds = of_this(&c.seeds.lock().unwrap_or_else(|e| e.into_inner()));
+        peer.send_kind(Down::ChallengeReveals(ChallengeReveals {
+            round: 1,
+            attempt,
+            seeds: seeds
+                .iter()
+                .map(|(holder, seed)| HolderSeed {
+                    holder: holder.clone(),
+                    seed: seed.clone(),
+                })
+                .collect(),
+        }))
+        .await;
+        // The challenge, as every holder draws it.
+        let seeds: Vec<(String, [u8; 32])> = seeds
+            .into_iter()
+            .map(|(h, s)| (h, s.try_into().expect("32-byte seed")))
+            .collect();
+        let challenge = joint_challenge(
+            task_hash,
+            &key.key_id(),
+            1,
+            attempt,
+            &digest,
+            seeds.iter().map(|(h, s)| (h.as_str(), s)),
+        );
+        // This partner's signed sketch, as a contributor: for the attempt
+        // asked if it signed an update for it, else for the attempt it did.
+        for sketched in [attempt, 1] {
+            peer.send_kind(Down::SketchRequest(SketchRequest {
+                round: 1,
+                attempt: sketched,
+                challenge: challenge.to_vec(),
+            }))
+            .await;
+            if let Ok(ClientMessage {
+                kind: Some(Up::Sketch(s)),
+            }) = answer(peer, "SignedSketch").await
+            {
+                c.sketches.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                    me.clone(),
+                    ContributorSketch {
+                        partner: peer.name.clone(),
+                        sketch: s.sketch,
+                        signature: s.signature,
+                    },
+                );
+                break;
+            }
+        }
+    }
+    if !c.all_here().await {
+        return Answer::Silent;
+    }
+    if let Some(why) = refused {
+        return if why.is_empty() {
+            Answer::Silent
+        } else {
+            Answer::Refused(why)
+        };
+    }
+    let sketches: Vec<ContributorSketch> = c
+        .sketches
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|((i, name), _)| *i == index && ask.named.contains(name))
+        .map(|(_, s)| s.clone())
+        .collect();
+    peer.send_kind(Down::ContributorSketches(ContributorSketches {
+        round: 1,
+        attempt,
+        sketches,
+    }))
+    .await;
     let until = tokio::time::Instant::now() + WAIT;
     loop {
         let left = until.saturating_duration_since(tokio::time::Instant::now());
@@ -940,14 +1154,18 @@ async fn ask_decryption(
     }
 }
 
-/// Runs the decryption attack `reopen` against three key holders whose
-/// policy lets a sum of two be opened (so only reuse can refuse it).
-fn decryption_attack(reopen: Reopen) -> (Rogue, Arc<Ceremony>, Vec<String>) {
+/// Runs the decryptions `asks` against three key holders (each a
+/// contributor) whose policy lets a sum of two be opened (so only reuse or
+/// the sketch check can refuse it).
+fn decryption_attack(
+    asks: impl FnOnce(&[String]) -> Vec<Ask>,
+) -> (Rogue, Arc<Ceremony>, Vec<String>) {
     let t = task(true, 2, Some(LOCAL_DP));
     let (c, fed, names) = ceremony_state([t.clone(), t.clone(), t]);
+    let asks = asks(&c.committee);
     let shared = c.clone();
     let mut rogue = Rogue::start(fed, move |peer| {
-        decryption_session(peer, shared.clone(), reopen)
+        decryption_session(peer, shared.clone(), asks.clone())
     });
     let p = policy(&[
         ("require_secure_aggregation", "true"),
@@ -964,13 +1182,33 @@ fn decryption_attack(reopen: Reopen) -> (Rogue, Arc<Ceremony>, Vec<String>) {
     (rogue, c, names)
 }
 
+/// Every holder's answers, in order.
+fn outcomes(c: &Ceremony) -> BTreeMap<String, Vec<Answer>> {
+    c.outcomes.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
 /// Two decryptions in one round with nested contributor sets: every key
-/// holder answers the first ({A, B, C}, the control) and refuses the second
-/// ({A, B}), so C's update is never the difference of two opened sums.
+/// holder answers the first ({A, B, C}, the control: an honest decryption
+/// through the coin toss and the sketches succeeds in this harness) and
+/// refuses the second ({A, B}), so C's update is never the difference of
+/// two opened sums.
 #[test]
 fn a_second_decryption_of_a_nested_set_in_the_same_round_is_refused() {
-    let (rogue, c, names) = decryption_attack(Reopen::NestedSubset);
-    let outcomes = c.outcomes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let (rogue, c, names) = decryption_attack(|committee| {
+        vec![
+            Ask {
+                named: committee.to_vec(),
+                attempt: 1,
+                forged: Forged::No,
+            },
+            Ask {
+                named: committee[..2].to_vec(),
+                attempt: 1,
+                forged: Forged::No,
+            },
+        ]
+    });
+    let outcomes = outcomes(&c);
     for name in &names {
         let got = &outcomes[name];
         assert_eq!(got[0], Answer::Share, "{name}: {got:?}\n{}", rogue.report());
@@ -993,11 +1231,25 @@ fn a_second_decryption_of_a_nested_set_in_the_same_round_is_refused() {
 }
 
 /// A rerun that reuses the same updates under a new attempt number: the
-/// updates' signatures cover the attempt, so every key holder refuses.
+/// contributors sign sketches only for the attempt they sent an update
+/// for, so every key holder refuses.
 #[test]
 fn a_rerun_reusing_contributions_under_a_new_attempt_is_refused() {
-    let (rogue, c, names) = decryption_attack(Reopen::RerunSameUpdates);
-    let outcomes = c.outcomes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let (rogue, c, names) = decryption_attack(|committee| {
+        vec![
+            Ask {
+                named: committee.to_vec(),
+                attempt: 1,
+                forged: Forged::No,
+            },
+            Ask {
+                named: committee.to_vec(),
+                attempt: 2,
+                forged: Forged::No,
+            },
+        ]
+    });
+    let outcomes = outcomes(&c);
     for name in &names {
         let got = &outcomes[name];
         assert_eq!(got[0], Answer::Share, "{name}: {got:?}\n{}", rogue.report());
@@ -1005,7 +1257,77 @@ fn a_rerun_reusing_contributions_under_a_new_attempt_is_refused() {
             Answer::Refused(why) => assert!(why.contains("is not signed by"), "{name}: {why}"),
             other => panic!("{name} answered the rerun: {other:?}\n{}", rogue.report()),
         }
+        // As a contributor, it refused to sketch an attempt it sent nothing for.
+        assert!(
+            rogue
+                .agent_log(name)
+                .contains("no sketch for attempt 2 of round 1"),
+            "{}",
+            rogue.report()
+        );
     }
+}
+
+/// A forged aggregate, asked to be opened as the sum of the three genuine
+/// contributors, with their genuine signed sketches: every key holder
+/// refuses under the sketch check, logs why, and sends no share.
+fn forged_aggregate_is_refused(forged: Forged) {
+    let (rogue, c, names) = decryption_attack(|committee| {
+        vec![Ask {
+            named: committee.to_vec(),
+            attempt: 1,
+            forged,
+        }]
+    });
+    let outcomes = outcomes(&c);
+    let sketched = c.sketches.lock().unwrap_or_else(|e| e.into_inner()).len();
+    assert_eq!(
+        sketched,
+        3,
+        "every contributor signed its sketch\n{}",
+        rogue.report()
+    );
+    for name in &names {
+        match &outcomes[name][0] {
+            Answer::Refused(why) => assert!(
+                why.contains("not the sum of the named contributors' masks"),
+                "{name} ({forged:?}): {why}"
+            ),
+            other => panic!(
+                "{name} answered a forged aggregate ({forged:?}): {other:?}\n{}",
+                rogue.report()
+            ),
+        }
+        let log = rogue.agent_log(name);
+        assert!(
+            log.contains("decryption refused") && log.contains("signed sketches do not add up"),
+            "{}",
+            rogue.report()
+        );
+        assert!(
+            !rogue.kinds(name).contains(&"DecryptionSharePiece"),
+            "{name} sent a share of a forged aggregate\n{}",
+            rogue.report()
+        );
+    }
+}
+
+/// (a) One contributor's masks passed off as the sum of three.
+#[test]
+fn one_contributors_masks_passed_off_as_the_sum_are_refused() {
+    forged_aggregate_is_refused(Forged::OneAsTheSum);
+}
+
+/// (b) The sum padded with a made-up update's masks.
+#[test]
+fn a_sum_padded_with_a_made_up_update_is_refused() {
+    forged_aggregate_is_refused(Forged::Padded);
+}
+
+/// (c) A sum that counts one contribution twice while naming the real set.
+#[test]
+fn a_sum_counting_a_contribution_twice_is_refused() {
+    forged_aggregate_is_refused(Forged::CountedTwice);
 }
 
 // ---------------------------------------------------------------------------

@@ -175,6 +175,7 @@ async fn oversized_and_out_of_round_messages_are_refused_without_changing_state(
     tx.send(ClientMessage {
         kind: Some(Up::Hello(Hello {
             agent_version: "test".into(),
+            protocol_version: consortia_proto::PROTOCOL_VERSION,
         })),
     })
     .await

@@ -372,3 +372,71 @@ fn rekey_goes_on_without_a_key_holder_that_is_gone() {
     let last = rounds.last().unwrap();
     assert!(!last.participants.contains(&gone), "{last:?}");
 }
+
+/// An agent from before joint decryption by sketches (no protocol version in
+/// its `Hello`) would wait at decryption for every contributor's masks, which
+/// are no longer sent: a coordinator serving a secure task refuses it at
+/// `Hello`, saying why, and stops it (permission denied). A current agent's
+/// `Hello` is welcomed.
+#[test]
+fn an_agent_from_before_decryption_by_sketches_is_refused_at_hello() {
+    use consortia_pki::{ClientTls, ClientTlsFiles};
+    use consortia_proto::federation_client::FederationClient;
+    use consortia_proto::{ClientMessage, Hello, client_message::Kind as Up};
+
+    let mut fed = Federation::new(&ddg_task(1, 60));
+    let addr = fed.start_coordinator();
+    let name = fed.partners[0].0.clone();
+    let tls = ClientTls::new(ClientTlsFiles {
+        ca_cert: fed.pki.ca_cert_path(),
+        cert: fed.pki.partner_cert_path(&name),
+        key: fed.pki.partner_key_path(&name),
+    })
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let first = |protocol_version: u32| {
+        rt.block_on(async {
+            let channel = tls
+                .connect(&format!("https://{addr}"), "127.0.0.1")
+                .await
+                .unwrap();
+            let mut client = FederationClient::new(channel);
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            tx.send(ClientMessage {
+                kind: Some(Up::Hello(Hello {
+                    agent_version: "0.0.1".into(),
+                    protocol_version,
+                })),
+            })
+            .await
+            .unwrap();
+            let mut inbound = client
+                .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner();
+            let first = tokio::time::timeout(Duration::from_secs(30), inbound.message()).await;
+            drop(tx);
+            first.expect("an answer to Hello")
+        })
+    };
+    let status = first(0).expect_err("the session is refused");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains("upgrade the agent")
+            && status.message().contains("protocol 0")
+            && status.message().contains("secure aggregation"),
+        "{}",
+        status.message()
+    );
+    fed.wait_log(1, "the agent predates joint decryption by sketches", LONG);
+    // The control: an agent of this version is welcomed.
+    let welcome = first(consortia_proto::PROTOCOL_VERSION).expect("a welcome");
+    assert!(
+        matches!(welcome.and_then(|m| m.kind), Some(consortia_proto::server_message::Kind::Welcome(w)) if w.partner == name)
+    );
+    fed.kill_coordinator();
+}

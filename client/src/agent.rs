@@ -191,8 +191,10 @@ enum Step {
     Idle,
     /// A round's global model is arriving in chunks.
     ReceivingModel(Incoming),
-    /// A joint decryption: the round's ciphertexts are arriving (boxed: the job
-    /// holds the running sum's buffers).
+    /// A joint decryption this partner holds a key share for: the
+    /// aggregate's masks, the coin toss, then the contributors' sketches
+    /// (boxed: the job holds the aggregate's masks). A `SketchRequest` for
+    /// this partner's own update is answered alongside, whatever the step.
     Decrypting(Box<DecryptJob>),
 }
 
@@ -224,6 +226,7 @@ async fn run_session(
     let (tx, rx) = mpsc::channel::<ClientMessage>(4);
     let hello = up(Up::Hello(Hello {
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        protocol_version: consortia_proto::PROTOCOL_VERSION,
     }));
     tx.send(hello)
         .await
@@ -327,6 +330,10 @@ async fn run_session(
                 let (_, step) = session
                     .joined("a round started")
                     .map_err(|e| fatal(state, e))?;
+                // A new round: the previous one's update is no longer sketched.
+                if let Some(keys) = state.keys.as_mut() {
+                    keys.end_round();
+                }
                 let n = start.param_count as usize;
                 let expected = state.task.as_ref().map(|t| t.param_count()).unwrap_or(0);
                 if n != expected || start.chunk_count != chunk_count(n) {
@@ -383,6 +390,9 @@ async fn run_session(
             }
             Down::Outcome(o) => {
                 consortia_observability::progress::clear();
+                if let Some(keys) = state.keys.as_mut() {
+                    keys.end_round();
+                }
                 if o.completed {
                     tracing::info!("round {} completed: {}", o.round, o.detail);
                 } else {
@@ -487,7 +497,8 @@ async fn run_session(
                     Ok(job) => {
                         progress(state, req.round, AgentPhase::Decrypting, 0);
                         tracing::info!(
-                            "round {}: summing {} contributors' ciphertexts before decrypting",
+                            "round {}: receiving the aggregate's masks to decrypt the sum of {} \
+                             contributors",
                             req.round,
                             req.contributions.len()
                         );
@@ -496,40 +507,108 @@ async fn run_session(
                     Err(e) => refuse_decryption(&tx, req.round, &e).await?,
                 }
             }
-            Down::Ciphertext(c) => {
+            Down::AggregateMasks(m) => {
                 let (_, step) = session
-                    .joined("a ciphertext sent")
+                    .joined("the aggregate's masks sent")
                     .map_err(|e| fatal(state, e))?;
                 let Step::Decrypting(job) = step else {
                     continue;
                 };
-                if let Err(e) = job.add(&c) {
-                    *step = Step::Idle;
-                    refuse_decryption(&tx, c.round, &e).await?;
-                    continue;
-                }
-                if job.complete() {
-                    let Step::Decrypting(job) = std::mem::replace(step, Step::Idle) else {
-                        continue;
-                    };
-                    let round = job.round();
-                    let Some(keys) = state.keys.as_ref() else {
-                        continue;
-                    };
-                    // The partial decryption is CPU work (about 0.1 µs per value).
-                    let decrypt = || {
-                        state
-                            .telemetry
-                            .time_decryption(|| keys.finish_decrypt(*job))
-                    };
-                    match tokio::task::block_in_place(decrypt) {
-                        Ok(share) => {
-                            send_share(&tx, round, &share).await?;
-                            consortia_observability::progress::clear();
-                            tracing::info!("round {round}: partial decryption sent");
-                        }
-                        Err(e) => refuse_decryption(&tx, round, &e).await?,
+                match job.add_masks(&m) {
+                    Ok(None) => {}
+                    Ok(Some(commit)) => {
+                        tracing::info!(
+                            "round {}: the aggregate's masks match the sum asked for; committed \
+                             to a challenge seed",
+                            m.round
+                        );
+                        send(&tx, Up::ChallengeCommit(commit)).await?;
                     }
+                    Err(e) => {
+                        *step = Step::Idle;
+                        refuse_decryption(&tx, m.round, &e).await?;
+                    }
+                }
+            }
+            Down::ChallengeCommitments(list) => {
+                let (_, step) = session
+                    .joined("challenge commitments sent")
+                    .map_err(|e| fatal(state, e))?;
+                let Step::Decrypting(job) = &mut *step else {
+                    continue;
+                };
+                let Some(keys) = state.keys.as_ref() else {
+                    continue;
+                };
+                match keys.reveal_seed(job, &list) {
+                    Ok(seed) => send(&tx, Up::ChallengeSeed(seed)).await?,
+                    Err(e) => {
+                        *step = Step::Idle;
+                        refuse_decryption(&tx, list.round, &e).await?;
+                    }
+                }
+            }
+            Down::ChallengeReveals(r) => {
+                let (_, step) = session
+                    .joined("challenge seeds sent")
+                    .map_err(|e| fatal(state, e))?;
+                let Step::Decrypting(job) = step else {
+                    continue;
+                };
+                if let Err(e) = job.take_reveals(&r) {
+                    *step = Step::Idle;
+                    refuse_decryption(&tx, r.round, &e).await?;
+                }
+            }
+            Down::SketchRequest(req) => {
+                // Answered whatever this partner's own step (it is usually a
+                // key holder in the middle of the same decryption).
+                session
+                    .joined("a sketch asked")
+                    .map_err(|e| fatal(state, e))?;
+                let (Some(keys), Some(hash)) = (state.keys.as_ref(), state.task_hash) else {
+                    return Err(fatal(state, protocol("a sketch asked before Welcome")));
+                };
+                let signed = tokio::task::block_in_place(|| keys.sketch(&req, &hash));
+                match signed {
+                    Ok(s) => {
+                        tracing::info!(
+                            "round {}: signed sketch of this partner's update sent",
+                            req.round
+                        );
+                        send(&tx, Up::Sketch(s)).await?;
+                    }
+                    Err(e) => refuse_decryption(&tx, req.round, &e).await?,
+                }
+            }
+            Down::ContributorSketches(sketches) => {
+                let (_, step) = session
+                    .joined("contributors' sketches sent")
+                    .map_err(|e| fatal(state, e))?;
+                let Step::Decrypting(_) = step else {
+                    continue;
+                };
+                let Step::Decrypting(job) = std::mem::replace(step, Step::Idle) else {
+                    continue;
+                };
+                let round = job.round();
+                let Some(keys) = state.keys.as_ref() else {
+                    continue;
+                };
+                // The sketch check and the partial decryption are CPU work
+                // (about 0.1 µs per value).
+                let decrypt = || {
+                    state
+                        .telemetry
+                        .time_decryption(|| keys.finish_decrypt(*job, &sketches))
+                };
+                match tokio::task::block_in_place(decrypt) {
+                    Ok(share) => {
+                        send_share(&tx, round, &share).await?;
+                        consortia_observability::progress::clear();
+                        tracing::info!("round {round}: partial decryption sent");
+                    }
+                    Err(e) => refuse_decryption(&tx, round, &e).await?,
                 }
             }
             Down::Finished(f) => {
@@ -1201,7 +1280,7 @@ async fn play_round(
             // tell its update from one the coordinator made up.
             let hash = state.task_hash.unwrap_or_default();
             let attempt = start.attempt;
-            let signature = match state.keys.as_ref().map(|k| {
+            let signature = match state.keys.as_mut().map(|k| {
                 tokio::task::block_in_place(|| {
                     k.sign_update(&shape, &hash, round, attempt, rows as u64, &chunks)
                 })

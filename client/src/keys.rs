@@ -12,11 +12,14 @@
 //! * `<session>.answered` — digests of every aggregate this partner has
 //!   partially decrypted, appended and synced *before* the share leaves, so
 //!   no aggregate is ever decrypted twice, across restarts too;
-//! * `<session>.used` — every (round, attempt) this key holder decrypted and
-//!   every contribution (partner, round, attempt) in those sums: a key holder
-//!   answers at most one decryption per (round, attempt), with attempts
-//!   strictly increasing, and never opens a sum that reuses a contribution —
-//!   so a coordinator cannot open {A, B, C, D} and then {A, B, C} and subtract;
+//! * `<session>.used` — every (round, attempt) this key holder drew a
+//!   challenge for (`challenge R A`) or decrypted (`answered R A`), and every
+//!   contribution (partner, round, attempt) in the sums it decrypted: a key
+//!   holder takes part in at most one coin toss and answers at most one
+//!   decryption per (round, attempt), with attempts strictly increasing, and
+//!   never opens a sum that reuses a contribution — so a coordinator cannot
+//!   open {A, B, C, D} and then {A, B, C} and subtract, nor toss the coin
+//!   again for the same sum;
 //! * `<session>.signed` — every (round, attempt) this partner signed an
 //!   update for: it never signs two updates for one (round, attempt).
 //!
@@ -28,36 +31,61 @@
 //! only that key. A coordinator that swaps in a key it holds the secret of,
 //! or sends different tasks to different partners, is refused.
 //!
-//! A decryption request is honoured only after the partner has summed the
-//! contributors' ciphertexts itself and found at least the task's
-//! `min_partners` distinct updates in the sum (Mouchet et al., PoPETs 2021,
-//! §4: the decryptor must know what it decrypts), each signed by the partner
-//! named for it with the key of a certificate the federation CA issued — so
-//! the coordinator can neither pass one partner's update off as a sum nor pad
-//! it with updates of its own making.
+//! A decryption request is honoured only once the key holder knows that the
+//! aggregate it opens is the sum of the updates of at least the task's
+//! `min_partners` distinct contributors named in the request, each with a
+//! certificate the federation CA issued to it (Mouchet et al., PoPETs 2021,
+//! §4: the decryptor must know what it decrypts). It costs the holder the
+//! aggregate's size, not the contributors' ([`DecryptJob`]):
+//! 1. it receives the aggregate's masks only, chunk by chunk, and checks
+//!    their digest against the request's;
+//! 2. with the other holders it tosses a coin, commit then reveal: it draws a
+//!    32-byte seed from the operating system, sends its commitment
+//!    ([`consortia_proto::challenge_commitment`]), reveals the seed only once
+//!    it holds the aggregate and sees every holder's commitment (its own
+//!    among them, unchanged), and checks every revealed seed against its
+//!    commitment; the joint challenge ([`consortia_proto::joint_challenge`])
+//!    is thus unknown to the coordinator until the aggregate is fixed;
+//! 3. every contributor sketches its own masks under the challenge
+//!    ([`consortia_he::Sketch`]) and signs the sketch with its certificate key
+//!    ([`consortia_proto::sketch_digest`], [`KeyHolder::sketch`]); the holder
+//!    checks every contributor's signature and that the sketches add up to
+//!    the sketch of the aggregate's masks. A wrong aggregate passes with
+//!    probability at most 2^-80 per attempt (`consortia_he::sketch`), so the
+//!    coordinator can neither pass one partner's update off as a sum, pad it
+//!    with updates of its own making, nor count a contribution twice.
+//!
+//! A contributor's sketch reveals nothing: the masks are public to the
+//! coordinator, which could compute the sketch itself; only the signature is
+//! the contributor's.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
 use consortia_he::{
     Aggregate, CollectiveKeyAggregator, HeParams, KeySession, KeyShare, KeyShareGen,
-    PartialDecryptor, PartyId, PublicKeyShare, SecretKeyShare, Shape,
+    PartialDecryptor, PartyId, PublicKeyShare, SecretKeyShare, Shape, Sketch, Sketcher,
 };
 use consortia_ledger::{Signer, Verifier};
 use consortia_model::TaskSpec;
 use consortia_proto::federation_key::{parse_params, parse_session_id};
 use consortia_proto::{
-    CiphertextChunk, CollectiveKey, ContributionDigest, DecryptRequest, FederationKey,
-    FederationKeyError, KeyGenRequest, key_share_digest, sha256,
+    AggregateMasks, ChallengeCommit, ChallengeCommitments, ChallengeReveals, ChallengeSeed,
+    CollectiveKey, ContributionDigest, ContributorSketches, DecryptRequest, FederationKey,
+    FederationKeyError, KeyGenRequest, MAX_CONTRIBUTORS, SignedSketch, SketchRequest,
+    challenge_commitment, joint_challenge, key_share_digest, sha256, sketch_digest,
 };
+use rand::TryRngCore;
 
 use crate::AgentError;
 use crate::policy::Policy;
 
-/// Most contributors a decryption request may name.
-const MAX_CONTRIBUTORS: usize = 1024;
+/// Most coin tosses a key holder takes part in per round: with a wrong
+/// aggregate passing one toss with probability at most 2^-80, a coordinator
+/// that reruns a round this many times still succeeds with at most 2^-64.
+pub const MAX_CHALLENGES_PER_ROUND: usize = 1 << 16;
 
 fn key_err(what: &str, e: impl std::fmt::Display) -> AgentError {
     AgentError::Protocol(format!("{what}: {e}"))
@@ -121,24 +149,66 @@ pub struct KeyHolder {
     pending: Option<(KeySession, KeyShare)>,
     /// The federation key, once distributed and installed.
     pub current: Option<InstalledKey>,
+    /// This partner's latest signed encrypted update, kept until its round ends.
+    own: Option<OwnUpdate>,
 }
 
-/// A partial decryption being prepared: the key holder's own sum of the
-/// contributors' ciphertexts.
+/// The masks of this partner's own encrypted update (what it sketches when
+/// asked), from its signature until its round ends: O(model) memory.
+struct OwnUpdate {
+    round: u64,
+    attempt: u64,
+    example_count: u64,
+    shape: Shape,
+    /// Each chunk's masks (little-endian words).
+    masks: Vec<Vec<u8>>,
+}
+
+/// A key holder's joint decryption in progress (module docs): the
+/// aggregate's masks as they arrive, then the coin toss, then the
+/// contributors' sketches.
 pub struct DecryptJob {
     round: u64,
     attempt: u64,
     task_hash: [u8; 32],
     key_id: [u8; 32],
-    /// Each contributor: name, example count, its certificate's key, its signature.
-    signed: Vec<(String, u64, Verifier, Vec<u8>)>,
-    running: Option<ContributionDigest>,
-    contributors: usize,
+    holder: String,
+    /// Each contributor: name, example count, its certificate's key.
+    contributors: Vec<(String, u64, Verifier)>,
     min: u32,
     digest: [u8; 32],
     aggregate: Aggregate,
-    next: (u32, u32),
-    chunks: u32,
+    next_chunk: u32,
+    stage: JobStage,
+}
+
+/// Where a [`DecryptJob`] stands.
+enum JobStage {
+    /// The aggregate's masks are arriving.
+    Masks,
+    /// Committed to `seed`; waiting for every holder's commitment.
+    Committed {
+        seed: [u8; 32],
+        commitment: [u8; 32],
+    },
+    /// `seed` revealed; waiting for every holder's seed.
+    Revealed {
+        seed: [u8; 32],
+        commitments: BTreeMap<String, [u8; 32]>,
+    },
+    /// The joint challenge is drawn; waiting for the contributors' sketches.
+    Challenged { challenge: [u8; 32] },
+}
+
+impl JobStage {
+    fn name(&self) -> &'static str {
+        match self {
+            JobStage::Masks => "the aggregate's masks",
+            JobStage::Committed { .. } => "the holders' challenge commitments",
+            JobStage::Revealed { .. } => "the holders' challenge seeds",
+            JobStage::Challenged { .. } => "the contributors' sketches",
+        }
+    }
 }
 
 impl KeyHolder {
@@ -151,6 +221,7 @@ impl KeyHolder {
             ca: None,
             pending: None,
             current: None,
+            own: None,
         }
     }
 
@@ -178,8 +249,11 @@ impl KeyHolder {
     /// with hash `task_hash`. Refuses a second update for the same (round,
     /// attempt) under the installed key, across restarts (the record is
     /// synced before the signature is returned).
+    ///
+    /// The update's masks are kept ([`KeyHolder::sketch`] answers from them)
+    /// until [`KeyHolder::end_round`] or the next signed update.
     pub fn sign_update(
-        &self,
+        &mut self,
         shape: &Shape,
         task_hash: &[u8; 32],
         round: u64,
@@ -209,16 +283,102 @@ impl KeyHolder {
             &self.partner,
             example_count,
         );
+        let mut own = Vec::with_capacity(chunks.len());
         for (index, c) in chunks.iter().enumerate() {
             let (masks, bodies) = shape
                 .chunk_parts(index as u32, c)
                 .map_err(|e| key_err("cannot sign the update", e))?;
             d.chunk(&sha256(masks), &sha256(bodies));
+            own.push(masks.to_vec());
         }
         append_lines(&fed.signed_path, &[tag])?;
-        signer
+        let signature = signer
             .sign_hash(&d.finish())
-            .map_err(|e| AgentError::Protocol(format!("cannot sign the update: {e}")))
+            .map_err(|e| AgentError::Protocol(format!("cannot sign the update: {e}")))?;
+        self.own = Some(OwnUpdate {
+            round,
+            attempt,
+            example_count,
+            shape: *shape,
+            masks: own,
+        });
+        Ok(signature)
+    }
+
+    /// Forgets this partner's own update: its round has ended (or another began).
+    pub fn end_round(&mut self) {
+        self.own = None;
+    }
+
+    /// This partner's signed sketch of its own update's masks for the
+    /// decryption of (`req.round`, `req.attempt`) under `req.challenge`, for
+    /// the task with hash `task_hash`. Answered only for the (round, attempt)
+    /// this partner signed its latest update for, while it still holds that
+    /// update's masks. Reveals nothing the coordinator does not know: the
+    /// masks are public to it; the signature binds this partner's name, its
+    /// example count and the challenge ([`consortia_proto::sketch_digest`]).
+    pub fn sketch(
+        &self,
+        req: &SketchRequest,
+        task_hash: &[u8; 32],
+    ) -> Result<SignedSketch, AgentError> {
+        let refuse = |why: String| {
+            AgentError::Protocol(format!(
+                "no sketch for attempt {} of round {}: {why}",
+                req.attempt, req.round
+            ))
+        };
+        let own = match &self.own {
+            Some(o) if (o.round, o.attempt) == (req.round, req.attempt) => o,
+            _ => {
+                return Err(refuse(
+                    "this partner holds no update it signed for that attempt (it sent none, \
+                     or it restarted since)"
+                        .into(),
+                ));
+            }
+        };
+        if !self.has_signed(req.round, req.attempt)? {
+            return Err(refuse("this partner signed no update for it".into()));
+        }
+        let challenge: [u8; 32] = req.challenge.as_slice().try_into().map_err(|_| {
+            refuse(format!(
+                "a challenge of {} bytes, not 32",
+                req.challenge.len()
+            ))
+        })?;
+        let mut sketcher = Sketcher::new(&own.shape, &challenge);
+        for (index, masks) in own.masks.iter().enumerate() {
+            sketcher
+                .add_chunk_masks(index as u32, masks)
+                .map_err(|e| refuse(e.to_string()))?;
+        }
+        let sketch = sketcher
+            .finish()
+            .map_err(|e| refuse(e.to_string()))?
+            .to_bytes();
+        let digest = sketch_digest(
+            &own.shape.key_id,
+            task_hash,
+            req.round,
+            req.attempt,
+            &self.partner,
+            own.example_count,
+            &challenge,
+            &sketch,
+        );
+        let signature = self
+            .signer
+            .as_ref()
+            .ok_or_else(|| AgentError::Protocol("no signing key loaded".into()))?
+            .sign_hash(&digest)
+            .map_err(|e| refuse(format!("cannot sign the sketch: {e}")))?;
+        Ok(SignedSketch {
+            round: req.round,
+            attempt: req.attempt,
+            sketch,
+            signature,
+        })
     }
 
     /// True when this partner already signed an update for (`round`,
@@ -481,8 +641,12 @@ impl KeyHolder {
         Ok(())
     }
 
-    /// Starts a partial decryption: checks the request against the task's
-    /// minimum and the key.
+    /// Starts a joint decryption: checks the request against the task (its
+    /// hash, update length and minimum of contributors, raised to this
+    /// partner's own `floor`), every contributor's certificate against the
+    /// federation CA, this key holder's records (one answer per (round,
+    /// attempt), no contribution reused) and its release budget. The
+    /// aggregate's masks follow ([`DecryptJob::add_masks`]).
     pub fn begin_decrypt(
         &self,
         req: &DecryptRequest,
@@ -538,7 +702,7 @@ impl KeyHolder {
             .ca
             .as_ref()
             .ok_or_else(|| AgentError::Protocol("no federation CA certificate loaded".into()))?;
-        let mut signed = Vec::with_capacity(req.contributions.len());
+        let mut contributors = Vec::with_capacity(req.contributions.len());
         for c in &req.contributions {
             let who = consortia_pki::verify_partner_certificate(ca, &c.certificate).map_err(|e| {
                 AgentError::Protocol(format!(
@@ -555,12 +719,7 @@ impl KeyHolder {
             }
             let verifier = Verifier::from_cert_der(&c.certificate)
                 .map_err(|e| key_err(&format!("certificate of `{}`", c.partner), e))?;
-            signed.push((
-                c.partner.clone(),
-                c.example_count,
-                verifier,
-                c.signature.clone(),
-            ));
+            contributors.push((c.partner.clone(), c.example_count, verifier));
         }
         let used = read_lines(&fed.used_path)?;
         check_fresh(&used, req)?;
@@ -583,21 +742,96 @@ impl KeyHolder {
             attempt: req.attempt,
             task_hash: *task_hash,
             key_id: fed.key.key_id(),
-            signed,
-            running: None,
-            contributors: req.contributions.len(),
+            holder: self.partner.clone(),
+            contributors,
             min,
             digest,
-            chunks: shape.chunks(),
             aggregate,
-            next: (0, 0),
+            next_chunk: 0,
+            stage: JobStage::Masks,
         })
     }
 
-    /// Finishes a partial decryption once every ciphertext is in: compares the
-    /// own sum with the coordinator's digest, records the digest as answered
-    /// (durably) and returns the share's wire form.
-    pub fn finish_decrypt(&self, job: DecryptJob) -> Result<Vec<u8>, AgentError> {
+    /// Coin toss, step 2: every holder's commitment is in. Checks that the
+    /// list names every key holder of the installed key once and no one
+    /// else, with this holder's own commitment unchanged; records (durably,
+    /// before the seed leaves) that this holder drew a challenge for this
+    /// (round, attempt), so it never tosses the coin for it again; reveals
+    /// its seed.
+    pub fn reveal_seed(
+        &self,
+        job: &mut DecryptJob,
+        list: &ChallengeCommitments,
+    ) -> Result<ChallengeSeed, AgentError> {
+        let fed = self.current.as_ref().ok_or_else(|| {
+            AgentError::Protocol("decryption asked before the collective key was installed".into())
+        })?;
+        job.expect(list.round, list.attempt, "challenge commitments")?;
+        let JobStage::Committed { seed, commitment } = job.stage else {
+            return Err(job.out_of_order("challenge commitments"));
+        };
+        let refuse = |why: String| {
+            AgentError::Protocol(format!(
+                "decryption of round {} refused: the challenge commitments {why}",
+                job.round
+            ))
+        };
+        let mut commitments = BTreeMap::new();
+        for c in &list.commitments {
+            if !fed.committee.contains(&c.holder) {
+                return Err(refuse(format!("name `{}`, not a key holder", c.holder)));
+            }
+            let value: [u8; 32] = c
+                .commitment
+                .as_slice()
+                .try_into()
+                .map_err(|_| refuse(format!("give `{}` one that is not 32 bytes", c.holder)))?;
+            if commitments.insert(c.holder.clone(), value).is_some() {
+                return Err(refuse(format!("name `{}` twice", c.holder)));
+            }
+        }
+        if let Some(missing) = fed.committee.iter().find(|h| !commitments.contains_key(*h)) {
+            return Err(refuse(format!("leave out key holder `{missing}`")));
+        }
+        if commitments.get(&job.holder) != Some(&commitment) {
+            return Err(refuse("change this key holder's own commitment".into()));
+        }
+        let used = read_lines(&fed.used_path)?;
+        check_fresh_parts(&used, job.round, job.attempt, &job.names(), false)?;
+        let tossed = used
+            .iter()
+            .filter(|l| l.starts_with(&format!("challenge {} ", job.round)))
+            .count();
+        if tossed >= MAX_CHALLENGES_PER_ROUND {
+            return Err(refuse(format!(
+                "come after {tossed} coin tosses in this round, the most a key holder takes part \
+                 in (a coordinator must not rerun a round without end)"
+            )));
+        }
+        append_lines(
+            &fed.used_path,
+            &[format!("challenge {} {}", job.round, job.attempt)],
+        )?;
+        job.stage = JobStage::Revealed { seed, commitments };
+        Ok(ChallengeSeed {
+            round: job.round,
+            attempt: job.attempt,
+            seed: seed.to_vec(),
+        })
+    }
+
+    /// Finishes a joint decryption once the contributors' signed sketches are
+    /// in: every contributor the request named gives exactly one, signed with
+    /// the key of the certificate given for it over this decryption's
+    /// challenge, and together they add up to the sketch of the aggregate's
+    /// masks this holder received. Then records the (round, attempt), every
+    /// contribution and the aggregate's digest as answered (durably) and
+    /// returns the partial decryption's wire form.
+    pub fn finish_decrypt(
+        &self,
+        job: DecryptJob,
+        sketches: &ContributorSketches,
+    ) -> Result<Vec<u8>, AgentError> {
         let fed = self.current.as_ref().ok_or_else(|| {
             AgentError::Protocol("decryption asked before the collective key was installed".into())
         })?;
@@ -605,33 +839,73 @@ impl KeyHolder {
             .secret
             .as_ref()
             .ok_or_else(|| AgentError::Protocol("not a key holder".into()))?;
-        if !job.complete() {
-            return Err(AgentError::Protocol(format!(
-                "decryption of round {}: ciphertexts missing",
-                job.round
-            )));
-        }
-        if job.aggregate.contributors() as usize != job.contributors {
-            return Err(AgentError::Protocol(format!(
-                "decryption of round {}: the ciphertexts sum {} updates, the request names {}",
+        job.expect(sketches.round, sketches.attempt, "contributors' sketches")?;
+        let JobStage::Challenged { challenge } = job.stage else {
+            return Err(job.out_of_order("contributors' sketches"));
+        };
+        let refuse = |why: String| {
+            AgentError::Protocol(format!("decryption of round {} refused: {why}", job.round))
+        };
+        let params = job.aggregate.shape().params;
+        let mut sum = Sketch::zero(params);
+        let mut seen = HashSet::new();
+        for s in &sketches.sketches {
+            let Some((name, examples, verifier)) =
+                job.contributors.iter().find(|(n, ..)| n == &s.partner)
+            else {
+                return Err(refuse(format!(
+                    "a sketch is given as `{}`'s, who is not a contributor to this sum",
+                    s.partner
+                )));
+            };
+            if !seen.insert(name.as_str()) {
+                return Err(refuse(format!("two sketches are given as `{name}`'s")));
+            }
+            // Length-checked (a few hundred bytes) before anything is decoded.
+            let sketch = Sketch::from_bytes(&s.sketch, params)
+                .map_err(|e| refuse(format!("the sketch given as `{name}`'s: {e}")))?;
+            let digest = sketch_digest(
+                &job.key_id,
+                &job.task_hash,
                 job.round,
-                job.aggregate.contributors(),
-                job.contributors
-            )));
+                job.attempt,
+                name,
+                *examples,
+                &challenge,
+                &s.sketch,
+            );
+            if !verifier.verify_hash(&digest, &s.signature) {
+                return Err(refuse(format!(
+                    "the sketch given as `{name}`'s is not signed by `{name}` for this \
+                     decryption (its round, attempt, example count and challenge)"
+                )));
+            }
+            sum.add(&sketch).map_err(|e| refuse(e.to_string()))?;
         }
-        if job.aggregate.mask_digest() != job.digest {
-            return Err(AgentError::Protocol(format!(
-                "decryption of round {} refused: the sum of the contributors' ciphertexts is not \
-                 the aggregate the coordinator asks to open",
-                job.round
-            )));
+        if let Some((missing, ..)) = job
+            .contributors
+            .iter()
+            .find(|(n, ..)| !seen.contains(n.as_str()))
+        {
+            return Err(refuse(format!("no sketch from contributor `{missing}`")));
+        }
+        // The defence (module docs): the sketches of the contributors' own
+        // masks add up to the sketch of the aggregate's only if the aggregate
+        // is their sum, but for probability at most 2^-80.
+        if Sketch::of_aggregate(&job.aggregate, &challenge) != sum {
+            return Err(refuse(
+                "the aggregate's masks are not the sum of the named contributors' masks (their \
+                 signed sketches do not add up to its sketch): the coordinator asks to open \
+                 another sum than the one it names"
+                    .into(),
+            ));
         }
         let answered = read_answered(&fed.answered_path)?;
         // Checked again right before the share is made: nothing answered
         // since `begin_decrypt` may be reused.
         let used = read_lines(&fed.used_path)?;
-        let names: Vec<&str> = job.signed.iter().map(|(n, ..)| n.as_str()).collect();
-        check_fresh_parts(&used, job.round, job.attempt, &names)?;
+        let names = job.names();
+        check_fresh_parts(&used, job.round, job.attempt, &names, true)?;
         let mut decryptor = PartialDecryptor::new(secret);
         decryptor.remember(answered);
         let share = decryptor
@@ -657,65 +931,161 @@ impl DecryptJob {
         self.round
     }
 
-    /// True once every contributor's every chunk is in.
-    pub fn complete(&self) -> bool {
-        self.next.0 as usize == self.contributors
+    /// The attempt being decrypted.
+    pub fn attempt(&self) -> u64 {
+        self.attempt
     }
 
-    /// Adds the next ciphertext chunk (contributor by contributor, chunk by chunk).
-    pub fn add(&mut self, c: &CiphertextChunk) -> Result<(), AgentError> {
-        if c.round != self.round || (c.contributor, c.index) != self.next {
+    fn names(&self) -> Vec<&str> {
+        self.contributors.iter().map(|(n, ..)| n.as_str()).collect()
+    }
+
+    /// Refuses a message of another (round, attempt) than this job's.
+    fn expect(&self, round: u64, attempt: u64, what: &str) -> Result<(), AgentError> {
+        if (round, attempt) != (self.round, self.attempt) {
             return Err(AgentError::Protocol(format!(
-                "ciphertext chunk (round {}, contributor {}, chunk {}) out of order",
-                c.round, c.contributor, c.index
+                "{what} for attempt {attempt} of round {round} while decrypting attempt {} of \
+                 round {}",
+                self.attempt, self.round
             )));
-        }
-        let Some((partner, examples, verifier, signature)) =
-            self.signed.get(c.contributor as usize)
-        else {
-            return Err(AgentError::Protocol(format!(
-                "ciphertext chunk for contributor {} of {}",
-                c.contributor, self.contributors
-            )));
-        };
-        if c.index == 0 {
-            self.running = Some(ContributionDigest::new(
-                &self.key_id,
-                &self.task_hash,
-                self.round,
-                self.attempt,
-                partner,
-                *examples,
-            ));
-        }
-        let body_hash: [u8; 32] = c
-            .body_hash
-            .as_slice()
-            .try_into()
-            .map_err(|_| AgentError::Protocol("a chunk's body hash is not 32 bytes".into()))?;
-        let masks = self
-            .aggregate
-            .add_mask_bytes(c.index, &c.masks)
-            .map_err(|e| key_err("contributor ciphertext refused", e))?;
-        let masks_hash = sha256(masks);
-        let running = self
-            .running
-            .as_mut()
-            .ok_or_else(|| AgentError::Protocol("ciphertext chunk out of order".into()))?;
-        running.chunk(&masks_hash, &body_hash);
-        if c.index + 1 == self.chunks {
-            let d = self.running.take().expect("digest present").finish();
-            if !verifier.verify_hash(&d, signature) {
-                return Err(AgentError::Protocol(format!(
-                    "decryption of round {} refused: the update given as `{partner}`'s is not signed by `{partner}`",
-                    self.round
-                )));
-            }
-            self.next = (c.contributor + 1, 0);
-        } else {
-            self.next = (c.contributor, c.index + 1);
         }
         Ok(())
+    }
+
+    fn out_of_order(&self, what: &str) -> AgentError {
+        AgentError::Protocol(format!(
+            "decryption of round {} refused: {what} sent while this key holder waits for {}",
+            self.round,
+            self.stage.name()
+        ))
+    }
+
+    /// Coin toss, step 1: the next chunk of the aggregate's masks (in order).
+    /// Once the last is in and their digest is the request's, draws a fresh
+    /// 32-byte seed from the operating system and returns the commitment to
+    /// send ([`consortia_proto::challenge_commitment`]).
+    pub fn add_masks(&mut self, m: &AggregateMasks) -> Result<Option<ChallengeCommit>, AgentError> {
+        self.expect(m.round, m.attempt, "aggregate masks")?;
+        if !matches!(self.stage, JobStage::Masks) || m.index != self.next_chunk {
+            return Err(AgentError::Protocol(format!(
+                "decryption of round {} refused: chunk {} of the aggregate's masks out of order \
+                 (this key holder waits for {})",
+                self.round,
+                m.index,
+                self.stage.name()
+            )));
+        }
+        self.aggregate
+            .set_mask_chunk(m.index, &m.masks, self.contributors.len() as u32)
+            .map_err(|e| key_err("the aggregate's masks refused", e))?;
+        self.next_chunk += 1;
+        if self.next_chunk < self.aggregate.shape().chunks() {
+            return Ok(None);
+        }
+        if self.aggregate.mask_digest() != self.digest {
+            return Err(AgentError::Protocol(format!(
+                "decryption of round {} refused: the aggregate's masks sent are not the aggregate \
+                 the coordinator asks to open (their digest differs)",
+                self.round
+            )));
+        }
+        let mut seed = [0u8; 32];
+        rand::rngs::OsRng.try_fill_bytes(&mut seed).map_err(|e| {
+            AgentError::Protocol(format!(
+                "cannot draw a challenge seed from the operating system: {e}"
+            ))
+        })?;
+        let commitment = challenge_commitment(
+            &self.task_hash,
+            &self.key_id,
+            self.round,
+            self.attempt,
+            &self.digest,
+            &self.holder,
+            &seed,
+        );
+        self.stage = JobStage::Committed { seed, commitment };
+        Ok(Some(ChallengeCommit {
+            round: self.round,
+            attempt: self.attempt,
+            commitment: commitment.to_vec(),
+        }))
+    }
+
+    /// Coin toss, step 3: every holder's seed. Each must open the commitment
+    /// that holder made (a holder whose commitment is never opened fails the
+    /// attempt: the coordinator gets no second toss), and this holder's own
+    /// must be the one it revealed. Draws the joint challenge
+    /// ([`consortia_proto::joint_challenge`]).
+    pub fn take_reveals(&mut self, r: &ChallengeReveals) -> Result<(), AgentError> {
+        self.expect(r.round, r.attempt, "challenge seeds")?;
+        let JobStage::Revealed { seed, commitments } = &self.stage else {
+            return Err(self.out_of_order("challenge seeds"));
+        };
+        let refuse = |why: String| {
+            AgentError::Protocol(format!(
+                "decryption of round {} refused: the challenge seeds {why}",
+                self.round
+            ))
+        };
+        let mut seeds: BTreeMap<&str, [u8; 32]> = BTreeMap::new();
+        for h in &r.seeds {
+            let Some(commitment) = commitments.get(&h.holder) else {
+                return Err(refuse(format!(
+                    "name `{}`, who made no commitment",
+                    h.holder
+                )));
+            };
+            let value: [u8; 32] = h
+                .seed
+                .as_slice()
+                .try_into()
+                .map_err(|_| refuse(format!("give `{}` one that is not 32 bytes", h.holder)))?;
+            let opens = challenge_commitment(
+                &self.task_hash,
+                &self.key_id,
+                self.round,
+                self.attempt,
+                &self.digest,
+                &h.holder,
+                &value,
+            ) == *commitment;
+            if !opens {
+                return Err(refuse(format!(
+                    "give `{}` one that does not open its commitment",
+                    h.holder
+                )));
+            }
+            if seeds.insert(h.holder.as_str(), value).is_some() {
+                return Err(refuse(format!("name `{}` twice", h.holder)));
+            }
+        }
+        if let Some(missing) = commitments.keys().find(|h| !seeds.contains_key(h.as_str())) {
+            return Err(refuse(format!(
+                "leave out `{missing}`'s: its commitment is never opened"
+            )));
+        }
+        if seeds.get(self.holder.as_str()) != Some(seed) {
+            return Err(refuse("change this key holder's own seed".into()));
+        }
+        let challenge = joint_challenge(
+            &self.task_hash,
+            &self.key_id,
+            self.round,
+            self.attempt,
+            &self.digest,
+            seeds.iter().map(|(h, s)| (*h, s)),
+        );
+        self.stage = JobStage::Challenged { challenge };
+        Ok(())
+    }
+
+    /// The joint challenge, once drawn.
+    pub fn challenge(&self) -> Option<[u8; 32]> {
+        match self.stage {
+            JobStage::Challenged { challenge } => Some(challenge),
+            _ => None,
+        }
     }
 }
 
@@ -745,43 +1115,74 @@ fn check_committee(
 }
 
 /// Refuses a decryption whose (round, attempt) is not newer than every one
-/// answered for that round, or whose sum reuses a contribution.
+/// answered or tossed a coin for in that round, or whose sum reuses a
+/// contribution.
 fn check_fresh(used: &[String], req: &DecryptRequest) -> Result<(), AgentError> {
     let names: Vec<&str> = req
         .contributions
         .iter()
         .map(|c| c.partner.as_str())
         .collect();
-    check_fresh_parts(used, req.round, req.attempt, &names)
+    check_fresh_parts(used, req.round, req.attempt, &names, false)
 }
 
+/// [`check_fresh`] on the parts of a request; `own_toss`: this holder has
+/// tossed the coin for this very (round, attempt) (it is finishing it).
 fn check_fresh_parts(
     used: &[String],
     round: u64,
     attempt: u64,
     names: &[&str],
+    own_toss: bool,
 ) -> Result<(), AgentError> {
-    for line in used {
-        let parts: Vec<&str> = line.splitn(4, ' ').collect();
+    let parse = |line: &String| {
+        let parts: Vec<String> = line.splitn(4, ' ').map(str::to_string).collect();
         let num = |i: usize| parts.get(i).and_then(|x| x.parse::<u64>().ok());
-        match (parts.first().copied(), num(1), num(2)) {
-            (Some("answered"), Some(r), Some(a)) if r == round && a >= attempt => {
+        (
+            parts.first().cloned(),
+            num(1),
+            num(2),
+            parts.get(3).cloned(),
+        )
+    };
+    // Decrypted attempts first: they say the most.
+    for line in used {
+        if let (Some(kind), Some(r), Some(a), _) = parse(line)
+            && kind == "answered"
+            && r == round
+            && a >= attempt
+        {
+            return Err(AgentError::Protocol(format!(
+                "decryption of attempt {attempt} of round {round} refused: this key holder \
+                 already decrypted attempt {a} of that round (one decryption per attempt, \
+                 attempts strictly increasing)"
+            )));
+        }
+    }
+    for line in used {
+        match parse(line) {
+            (Some(kind), Some(r), Some(a), _)
+                if kind == "challenge"
+                    && r == round
+                    && (a > attempt || a == attempt && !own_toss) =>
+            {
                 return Err(AgentError::Protocol(format!(
                     "decryption of attempt {attempt} of round {round} refused: this key holder \
-                     already decrypted attempt {a} of that round (one decryption per attempt, \
-                     attempts strictly increasing)"
+                     already tossed the coin for attempt {a} of that round (one challenge per \
+                     attempt, attempts strictly increasing)"
                 )));
             }
-            (Some("contribution"), Some(r), Some(a)) if r == round && a == attempt => {
-                if let Some(p) = parts.get(3)
-                    && names.contains(p)
-                {
-                    return Err(AgentError::Protocol(format!(
-                        "decryption of round {round} refused: `{p}`'s update of attempt {attempt} \
-                         was already in a sum this key holder decrypted (no contribution is \
-                         opened twice)"
-                    )));
-                }
+            (Some(kind), Some(r), Some(a), Some(p))
+                if kind == "contribution"
+                    && r == round
+                    && a == attempt
+                    && names.contains(&p.as_str()) =>
+            {
+                return Err(AgentError::Protocol(format!(
+                    "decryption of round {round} refused: `{p}`'s update of attempt {attempt} \
+                     was already in a sum this key holder decrypted (no contribution is \
+                     opened twice)"
+                )));
             }
             _ => {}
         }
@@ -844,7 +1245,9 @@ mod tests {
     use super::*;
 
     use consortia_he::{CollectivePublicKey, Encryptor};
-    use consortia_proto::{Contribution, SignedKeyShare};
+    use consortia_proto::{
+        Contribution, ContributorSketch, HolderCommitment, HolderSeed, SignedKeyShare,
+    };
 
     const HASH: [u8; 32] = [5u8; 32];
 
@@ -1181,10 +1584,7 @@ mod tests {
     }
 
     const VALUES: usize = 100;
-
-    /// An update as the coordinator relays it: partner name, index of the
-    /// certificate given for it, ciphertext chunks, signature.
-    type Relayed<'a> = (&'a str, usize, Vec<Vec<u8>>, Vec<u8>);
+    const NAMES: [&str; 3] = ["a", "b", "c"];
 
     fn chunks(key: &CollectivePublicKey, value: u64) -> Vec<Vec<u8>> {
         Encryptor::new(key)
@@ -1195,43 +1595,136 @@ mod tests {
             .collect()
     }
 
-    /// Runs holder 0's side of a decryption of `updates` (name, cert index,
-    /// chunks, signature) for (round 4, `attempt`); the result of its
+    /// Every contributor signs an update for (round 4, `attempt`): a, b and
+    /// c, each keeping its masks to sketch them later. Returns the chunks.
+    fn genuine(c: &mut Committee, attempt: u64) -> Vec<Vec<Vec<u8>>> {
+        let shape = Shape::new(&c.key, VALUES as u64).unwrap();
+        (0..3)
+            .map(|i| {
+                let ch = chunks(&c.key, i as u64 + 1);
+                c.holders[i]
+                    .sign_update(&shape, &HASH, 4, attempt, 100, &ch)
+                    .unwrap();
+                ch
+            })
+            .collect()
+    }
+
+    /// The contributors' signed sketches for (round 4, `attempt`) under
+    /// `challenge`, as the coordinator relays them.
+    fn sketches(c: &Committee, attempt: u64, challenge: &[u8; 32]) -> Vec<ContributorSketch> {
+        c.holders
+            .iter()
+            .zip(NAMES)
+            .map(|(h, name)| {
+                let req = SketchRequest {
+                    round: 4,
+                    attempt,
+                    challenge: challenge.to_vec(),
+                };
+                let s = h.sketch(&req, &HASH).unwrap();
+                ContributorSketch {
+                    partner: name.into(),
+                    sketch: s.sketch,
+                    signature: s.signature,
+                }
+            })
+            .collect()
+    }
+
+    /// What the coordinator asks holder a to open: the contributors it names
+    /// (name, index of the certificate given for it) and the updates it sums.
+    struct Ask<'a> {
+        attempt: u64,
+        named: Vec<(&'a str, usize)>,
+        summed: Vec<&'a [Vec<u8>]>,
+    }
+
+    /// Runs holder a's side of the joint decryption of `ask` (round 4), the
+    /// other holders tossing the coin honestly; `relay` gives the sketches
+    /// the coordinator sends once it knows the challenge. The result of a's
     /// partial decryption.
     fn decrypt(
         c: &Committee,
-        attempt: u64,
-        updates: &[Relayed<'_>],
+        ask: &Ask<'_>,
+        relay: impl Fn(&[u8; 32]) -> Vec<ContributorSketch>,
     ) -> Result<Vec<u8>, AgentError> {
         let shape = Shape::new(&c.key, VALUES as u64).unwrap();
+        let mut summed = Aggregate::new(shape).unwrap();
+        for ch in &ask.summed {
+            for (i, b) in ch.iter().enumerate() {
+                summed.add_bytes(i as u32, b).unwrap();
+            }
+        }
+        // The masks the coordinator sends, as a sum of the contributors it names.
         let mut agg = Aggregate::new(shape).unwrap();
-        for (_, _, ch, _) in updates {
-            for (i, b) in ch.iter().enumerate() {
-                agg.add_bytes(i as u32, b).unwrap();
-            }
+        for i in 0..shape.chunks() {
+            let chunk = summed.mask_chunk(i).unwrap();
+            agg.set_mask_chunk(i, &chunk, ask.named.len() as u32)
+                .unwrap();
         }
-        let req = request(c, updates, 1, agg.mask_digest(), attempt, HASH);
-        let mut job = c.holders[0].begin_decrypt(&req, 3, VALUES as u64, &HASH)?;
-        for (k, (_, _, ch, _)) in updates.iter().enumerate() {
-            for (i, b) in ch.iter().enumerate() {
-                let (masks, bodies) = shape.chunk_parts(i as u32, b).unwrap();
-                job.add(&CiphertextChunk {
-                    round: 4,
-                    contributor: k as u32,
-                    index: i as u32,
-                    masks: shape.mask_chunk(i as u32, masks),
-                    body_hash: sha256(bodies).to_vec(),
-                })?;
-            }
+        let req = request(c, &ask.named, 1, agg.mask_digest(), ask.attempt, HASH);
+        let a = &c.holders[0];
+        let mut job = a.begin_decrypt(&req, 3, VALUES as u64, &HASH)?;
+        let mut commit = None;
+        for i in 0..shape.chunks() {
+            commit = job.add_masks(&AggregateMasks {
+                round: 4,
+                attempt: ask.attempt,
+                index: i,
+                masks: agg.mask_chunk(i).unwrap(),
+            })?;
         }
-        c.holders[0].finish_decrypt(job)
+        let commit = commit.expect("a commitment once every chunk is in");
+        let key_id = c.key.key_id();
+        let digest = agg.mask_digest();
+        let others = [("b", [11u8; 32]), ("c", [12u8; 32])];
+        let mut commitments = vec![HolderCommitment {
+            holder: "a".into(),
+            commitment: commit.commitment,
+        }];
+        for (h, seed) in &others {
+            commitments.push(HolderCommitment {
+                holder: h.to_string(),
+                commitment: challenge_commitment(&HASH, &key_id, 4, ask.attempt, &digest, h, seed)
+                    .to_vec(),
+            });
+        }
+        let list = ChallengeCommitments {
+            round: 4,
+            attempt: ask.attempt,
+            commitments,
+        };
+        let own = a.reveal_seed(&mut job, &list)?;
+        let mut seeds = vec![HolderSeed {
+            holder: "a".into(),
+            seed: own.seed,
+        }];
+        seeds.extend(others.iter().map(|(h, seed)| HolderSeed {
+            holder: h.to_string(),
+            seed: seed.to_vec(),
+        }));
+        job.take_reveals(&ChallengeReveals {
+            round: 4,
+            attempt: ask.attempt,
+            seeds,
+        })?;
+        let challenge = job.challenge().expect("drawn");
+        a.finish_decrypt(
+            job,
+            &ContributorSketches {
+                round: 4,
+                attempt: ask.attempt,
+                sketches: relay(&challenge),
+            },
+        )
     }
 
-    /// The decryption request of round 4 for `updates` as the coordinator
-    /// sends it.
+    /// The decryption request of round 4 naming `named` (partner, index of
+    /// the certificate given for it) as the coordinator sends it.
     fn request(
         c: &Committee,
-        updates: &[Relayed<'_>],
+        named: &[(&str, usize)],
         min_contributors: u32,
         digest: [u8; 32],
         attempt: u64,
@@ -1239,12 +1732,11 @@ mod tests {
     ) -> DecryptRequest {
         DecryptRequest {
             round: 4,
-            contributions: updates
+            contributions: named
                 .iter()
-                .map(|(name, cert, _, sig)| Contribution {
+                .map(|(name, cert)| Contribution {
                     partner: name.to_string(),
                     example_count: 100,
-                    signature: sig.clone(),
                     certificate: c.certs[*cert].clone(),
                 })
                 .collect(),
@@ -1256,54 +1748,121 @@ mod tests {
         }
     }
 
-    fn genuine<'a>(c: &Committee, attempt: u64, n: usize) -> Vec<Relayed<'a>> {
-        let kid = Shape::new(&c.key, VALUES as u64).unwrap();
-        (0..n)
-            .map(|i| {
-                let ch = chunks(&c.key, i as u64 + 1);
-                let sig = c.holders[i % 3]
-                    .sign_update(&kid, &HASH, 4, attempt, 100, &ch)
-                    .unwrap();
-                (["a", "b", "c"][i % 3], i % 3, ch, sig)
-            })
-            .collect()
-    }
+    const ALL: [(&str, usize); 3] = [("a", 0), ("b", 1), ("c", 2)];
 
     #[test]
     fn key_holders_open_only_sums_of_signed_updates() {
-        let c = committee();
-        let kid = Shape::new(&c.key, VALUES as u64).unwrap();
-        let genuine = genuine(&c, 1, 3);
-
-        // The coordinator pads a's update with one of its own making, given as c's.
-        let mut padded = genuine.clone();
-        let made_up = chunks(&c.key, 0);
-        padded[2] = ("c", 2, made_up.clone(), genuine[2].3.clone());
-        let e = decrypt(&c, 1, &padded).unwrap_err().to_string();
-        assert!(e.contains("not signed by `c`"), "{e}");
-        // Or signs it itself with another partner's certificate.
-        let sig_b = c.holders[1]
-            .sign_update(&kid, &HASH, 4, 9, 100, &made_up)
-            .unwrap();
-        let mut wrong_cert = genuine.clone();
-        wrong_cert[2] = ("c", 1, made_up.clone(), sig_b);
-        let e = decrypt(&c, 1, &wrong_cert).unwrap_err().to_string();
+        let mut c = committee();
+        let updates = genuine(&mut c, 1);
+        let ask = |attempt| Ask {
+            attempt,
+            named: ALL.to_vec(),
+            summed: updates.iter().map(Vec::as_slice).collect(),
+        };
+        // The certificate given for `c` is b's.
+        let wrong_cert = Ask {
+            named: vec![("a", 0), ("b", 1), ("c", 1)],
+            ..ask(1)
+        };
+        let e = decrypt(&c, &wrong_cert, |ch| sketches(&c, 1, ch))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("names `b`"), "{e}");
-        // A signature for another round or attempt does not carry over.
-        let mut replayed = genuine.clone();
-        replayed[1].3 = c.holders[1]
-            .sign_update(&kid, &HASH, 3, 1, 100, &genuine[1].2)
-            .unwrap();
-        let e = decrypt(&c, 1, &replayed).unwrap_err().to_string();
+        // b's sketch signed under another challenge does not carry over.
+        let e = decrypt(&c, &ask(1), |ch| {
+            let mut s = sketches(&c, 1, ch);
+            s[1] = sketches(&c, 1, &[0; 32]).swap_remove(1);
+            s
+        })
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("not signed by `b`"), "{e}");
+        // A sketch missing, or one given as a partner's outside the sum.
+        let updates = genuine(&mut c, 2);
+        let ask = |attempt| Ask {
+            attempt,
+            named: ALL.to_vec(),
+            summed: updates.iter().map(Vec::as_slice).collect(),
+        };
+        let e = decrypt(&c, &ask(2), |ch| sketches(&c, 2, ch)[..2].to_vec())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no sketch from contributor `c`"), "{e}");
+        let updates = genuine(&mut c, 3);
+        let ask = |attempt| Ask {
+            attempt,
+            named: ALL.to_vec(),
+            summed: updates.iter().map(Vec::as_slice).collect(),
+        };
+        let e = decrypt(&c, &ask(3), |ch| {
+            let mut s = sketches(&c, 3, ch);
+            s[2].partner = "mallory".into();
+            s
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`mallory`'s, who is not a contributor"), "{e}");
         // Fewer contributors than the partner's own floor, whatever the request says.
-        let e = decrypt(&c, 1, &genuine[..2]).unwrap_err().to_string();
+        let updates = genuine(&mut c, 4);
+        let two = Ask {
+            attempt: 4,
+            named: ALL[..2].to_vec(),
+            summed: updates[..2].iter().map(Vec::as_slice).collect(),
+        };
+        let e = decrypt(&c, &two, |ch| sketches(&c, 4, ch)[..2].to_vec())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("at least 3"), "{e}");
-
-        // Three signed updates: the share comes, once.
-        assert!(decrypt(&c, 1, &genuine).is_ok());
-        let e = decrypt(&c, 1, &genuine).unwrap_err().to_string();
+        // Three signed updates and their sketches: the share comes, once.
+        let ask = Ask {
+            attempt: 4,
+            named: ALL.to_vec(),
+            summed: updates.iter().map(Vec::as_slice).collect(),
+        };
+        assert!(decrypt(&c, &ask, |ch| sketches(&c, 4, ch)).is_ok());
+        let e = decrypt(&c, &ask, |ch| sketches(&c, 4, ch))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("refused"), "{e}");
+    }
+
+    /// The three forged aggregates a coordinator could ask to open in place
+    /// of the sum it names are refused by the sketch check, under the
+    /// genuine contributors' genuine signed sketches: (a) one contributor's
+    /// masks passed off as the sum, (b) the sum padded with a made-up
+    /// update's masks (given as c's), (c) one contributor's masks counted
+    /// twice. The honest sum is then answered.
+    #[test]
+    fn forged_aggregates_are_refused_by_the_sketch_check() {
+        let mut c = committee();
+        let made_up = chunks(&c.key, 9);
+        for (attempt, what) in [(1, "one as the sum"), (2, "padded"), (3, "counted twice")] {
+            let updates = genuine(&mut c, attempt);
+            let summed: Vec<&[Vec<u8>]> = match attempt {
+                1 => vec![&updates[0]],
+                2 => vec![&updates[0], &updates[1], &made_up],
+                _ => vec![&updates[0], &updates[0], &updates[1]],
+            };
+            let ask = Ask {
+                attempt,
+                named: ALL.to_vec(),
+                summed,
+            };
+            let e = decrypt(&c, &ask, |ch| sketches(&c, attempt, ch))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("not the sum of the named contributors' masks"),
+                "{what}: {e}"
+            );
+        }
+        let updates = genuine(&mut c, 4);
+        let ask = Ask {
+            attempt: 4,
+            named: ALL.to_vec(),
+            summed: updates.iter().map(Vec::as_slice).collect(),
+        };
+        assert!(decrypt(&c, &ask, |ch| sketches(&c, 4, ch)).is_ok());
     }
 
     #[test]
@@ -1319,7 +1878,7 @@ mod tests {
             .into(),
             ..Policy::default()
         };
-        let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let names: Vec<String> = NAMES.iter().map(|s| s.to_string()).collect();
         let (key, msg) = ceremony_with(
             HeParams::Fast64,
             &mut c.holders[..],
@@ -1335,59 +1894,261 @@ mod tests {
         }
         assert_eq!(HeParams::Fast64.max_releases_per_key(VALUES as u64), 0);
         c.key = key;
-        let e = decrypt(&c, 1, &genuine(&c, 1, 3)).unwrap_err().to_string();
+        let updates = genuine(&mut c, 1);
+        let ask = Ask {
+            attempt: 1,
+            named: ALL.to_vec(),
+            summed: updates.iter().map(Vec::as_slice).collect(),
+        };
+        let e = decrypt(&c, &ask, |ch| sketches(&c, 1, ch))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("most its flooding tolerates"), "{e}");
     }
 
     #[test]
-    fn partners_sign_one_update_per_attempt() {
-        let c = committee();
-        let kid = Shape::new(&c.key, VALUES as u64).unwrap();
+    fn partners_sign_one_update_per_attempt_and_sketch_only_that_one() {
+        let mut c = committee();
+        let shape = Shape::new(&c.key, VALUES as u64).unwrap();
         let ch = chunks(&c.key, 1);
         c.holders[0]
-            .sign_update(&kid, &HASH, 4, 1, 100, &ch)
+            .sign_update(&shape, &HASH, 4, 1, 100, &ch)
             .unwrap();
         assert!(c.holders[0].has_signed(4, 1).unwrap());
         let e = c.holders[0]
-            .sign_update(&kid, &HASH, 4, 1, 100, &ch)
+            .sign_update(&shape, &HASH, 4, 1, 100, &ch)
             .unwrap_err()
             .to_string();
         assert!(e.contains("already signed"), "{e}");
+        let ask = |attempt| SketchRequest {
+            round: 4,
+            attempt,
+            challenge: vec![1; 32],
+        };
+        // The sketch is of the update's masks, signed for this request.
+        let s = c.holders[0].sketch(&ask(1), &HASH).unwrap();
+        let mut want = Sketcher::new(&shape, &[1; 32]);
+        for (i, chunk) in ch.iter().enumerate() {
+            let (masks, _) = shape.chunk_parts(i as u32, chunk).unwrap();
+            want.add_chunk_masks(i as u32, masks).unwrap();
+        }
+        assert_eq!(s.sketch, want.finish().unwrap().to_bytes());
+        let digest = sketch_digest(&c.key.key_id(), &HASH, 4, 1, "a", 100, &[1; 32], &s.sketch);
+        assert!(
+            Verifier::from_cert_der(&c.certs[0])
+                .unwrap()
+                .verify_hash(&digest, &s.signature)
+        );
+        // Nothing for an attempt it signed no update for, or a short challenge.
+        let e = c.holders[0].sketch(&ask(2), &HASH).unwrap_err().to_string();
+        assert!(e.contains("no update it signed"), "{e}");
+        let mut short = ask(1);
+        short.challenge.pop();
+        assert!(c.holders[0].sketch(&short, &HASH).is_err());
+        // Its round over, it holds the masks no longer.
+        c.holders[0].end_round();
+        assert!(c.holders[0].sketch(&ask(1), &HASH).is_err());
         assert!(
             c.holders[0]
-                .sign_update(&kid, &HASH, 4, 2, 100, &ch)
+                .sign_update(&shape, &HASH, 4, 2, 100, &ch)
                 .is_ok()
         );
     }
 
     #[test]
     fn nested_sums_and_reruns_that_share_contributions_are_refused() {
-        let c = committee();
-        // Attempt 1 signs four updates (a, b, c, and a second set never opened).
-        let first = genuine(&c, 1, 3);
-        assert!(decrypt(&c, 1, &first).is_ok());
-        // The same round and attempt again (a nested subset): refused.
-        let e = decrypt(&c, 1, &first[..3]).unwrap_err().to_string();
+        let mut c = committee();
+        let first = genuine(&mut c, 1);
+        let all = |attempt| Ask {
+            attempt,
+            named: ALL.to_vec(),
+            summed: first.iter().map(Vec::as_slice).collect(),
+        };
+        assert!(decrypt(&c, &all(1), |ch| sketches(&c, 1, ch)).is_ok());
+        // The same round and attempt again: refused.
+        let e = decrypt(&c, &all(1), |ch| sketches(&c, 1, ch))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("already decrypted attempt 1"), "{e}");
         // An older attempt: refused.
-        let e = decrypt(&c, 0, &first).unwrap_err().to_string();
+        let e = decrypt(&c, &all(0), |ch| sketches(&c, 1, ch))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("already decrypted attempt 1"), "{e}");
+        // The same updates under a new attempt: their sketches are signed for
+        // attempt 1 only.
+        let e = decrypt(&c, &all(2), |ch| sketches(&c, 1, ch))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not signed by `a`"), "{e}");
+        // Attempt 2's coin was tossed: a second toss for it is refused.
+        let second = genuine(&mut c, 2);
+        let fresh = |attempt| Ask {
+            attempt,
+            named: ALL.to_vec(),
+            summed: second.iter().map(Vec::as_slice).collect(),
+        };
+        let e = decrypt(&c, &fresh(2), |ch| sketches(&c, 2, ch))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("already tossed the coin for attempt 2"), "{e}");
         // A rerun under a new attempt with fresh updates is answered.
-        let second = genuine(&c, 2, 3);
-        assert!(decrypt(&c, 2, &second).is_ok());
+        let third = genuine(&mut c, 3);
+        let ask = Ask {
+            attempt: 3,
+            named: ALL.to_vec(),
+            summed: third.iter().map(Vec::as_slice).collect(),
+        };
+        assert!(decrypt(&c, &ask, |ch| sketches(&c, 3, ch)).is_ok());
         // The record survives a restart of the key holder.
         let used = read_lines(&c.holders[0].current.as_ref().unwrap().used_path).unwrap();
-        assert!(used.contains(&"answered 4 2".to_string()), "{used:?}");
+        assert!(used.contains(&"answered 4 3".to_string()), "{used:?}");
+        assert!(used.contains(&"challenge 4 2".to_string()), "{used:?}");
         assert!(used.contains(&"contribution 4 1 a".to_string()), "{used:?}");
+    }
+
+    /// The coin toss: a commitment list that leaves a holder out, changes
+    /// this holder's own or names someone else is refused before the seed
+    /// leaves; seeds that do not open their commitments, or that leave one
+    /// unopened, fail the decryption.
+    #[test]
+    fn the_coin_toss_is_checked_at_every_step() {
+        let mut c = committee();
+        let updates = genuine(&mut c, 1);
+        let shape = Shape::new(&c.key, VALUES as u64).unwrap();
+        let mut agg = Aggregate::new(shape).unwrap();
+        for u in &updates {
+            for (i, b) in u.iter().enumerate() {
+                agg.add_bytes(i as u32, b).unwrap();
+            }
+        }
+        let digest = agg.mask_digest();
+        let key_id = c.key.key_id();
+        let start = |attempt: u64| {
+            let req = request(&c, &ALL, 1, digest, attempt, HASH);
+            let mut job = c.holders[0]
+                .begin_decrypt(&req, 3, VALUES as u64, &HASH)
+                .unwrap();
+            let mut commit = None;
+            for i in 0..shape.chunks() {
+                commit = job
+                    .add_masks(&AggregateMasks {
+                        round: 4,
+                        attempt,
+                        index: i,
+                        masks: agg.mask_chunk(i).unwrap(),
+                    })
+                    .unwrap();
+            }
+            (job, commit.unwrap().commitment)
+        };
+        let theirs = |h: &str, seed: &[u8; 32], attempt| HolderCommitment {
+            holder: h.into(),
+            commitment: challenge_commitment(&HASH, &key_id, 4, attempt, &digest, h, seed).to_vec(),
+        };
+        let list = |attempt, commitments| ChallengeCommitments {
+            round: 4,
+            attempt,
+            commitments,
+        };
+        let (mut job, own) = start(1);
+        let mine = HolderCommitment {
+            holder: "a".into(),
+            commitment: own.clone(),
+        };
+        for (bad, want) in [
+            (
+                vec![mine.clone(), theirs("b", &[1; 32], 1)],
+                "leave out key holder `c`",
+            ),
+            (
+                vec![
+                    mine.clone(),
+                    theirs("b", &[1; 32], 1),
+                    theirs("c", &[2; 32], 1),
+                    theirs("mallory", &[3; 32], 1),
+                ],
+                "not a key holder",
+            ),
+            (
+                vec![
+                    mine.clone(),
+                    theirs("b", &[1; 32], 1),
+                    theirs("b", &[1; 32], 1),
+                    theirs("c", &[2; 32], 1),
+                ],
+                "name `b` twice",
+            ),
+            (
+                vec![
+                    theirs("a", &[0; 32], 1),
+                    theirs("b", &[1; 32], 1),
+                    theirs("c", &[2; 32], 1),
+                ],
+                "own commitment",
+            ),
+        ] {
+            let e = c.holders[0]
+                .reveal_seed(&mut job, &list(1, bad))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        // Nothing was recorded: the toss can still be made.
+        let good = vec![
+            mine.clone(),
+            theirs("b", &[1; 32], 1),
+            theirs("c", &[2; 32], 1),
+        ];
+        let seed = c.holders[0].reveal_seed(&mut job, &list(1, good)).unwrap();
+        let reveals = |seeds: Vec<(&str, Vec<u8>)>| ChallengeReveals {
+            round: 4,
+            attempt: 1,
+            seeds: seeds
+                .into_iter()
+                .map(|(h, s)| HolderSeed {
+                    holder: h.into(),
+                    seed: s,
+                })
+                .collect(),
+        };
+        let e = job
+            .take_reveals(&reveals(vec![
+                ("a", seed.seed.clone()),
+                ("b", vec![1; 32]),
+                ("c", vec![9; 32]),
+            ]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not open its commitment"), "{e}");
+        let e = job
+            .take_reveals(&reveals(vec![("a", seed.seed.clone()), ("b", vec![1; 32])]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("never opened"), "{e}");
+        job.take_reveals(&reveals(vec![
+            ("a", seed.seed.clone()),
+            ("b", vec![1; 32]),
+            ("c", vec![2; 32]),
+        ]))
+        .unwrap();
+        assert!(job.challenge().is_some());
+        // The toss for attempt 1 is spent: the coordinator cannot ask for another.
+        let req = request(&c, &ALL, 1, digest, 1, HASH);
+        let e = c.holders[0]
+            .begin_decrypt(&req, 3, VALUES as u64, &HASH)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("already tossed the coin for attempt 1"), "{e}");
     }
 
     #[test]
     fn a_request_for_another_task_is_refused() {
         let c = committee();
-        let ups = genuine(&c, 1, 3);
         let shape = Shape::new(&c.key, VALUES as u64).unwrap();
         let digest = Aggregate::new(shape).unwrap().mask_digest();
-        let req = request(&c, &ups, 3, digest, 1, [6u8; 32]);
+        let req = request(&c, &ALL, 3, digest, 1, [6u8; 32]);
         let e = c.holders[0]
             .begin_decrypt(&req, 3, VALUES as u64, &HASH)
             .err()

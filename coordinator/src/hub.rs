@@ -58,7 +58,7 @@ impl Stage {
             Stage::KeyCeremony(Ceremony::Committing(_)) => "key commitments".into(),
             Stage::KeyCeremony(Ceremony::Revealing(_)) => "public key shares".into(),
             Stage::Collection(r) => format!("answers for round {}", r.round),
-            Stage::Decryption(d) => format!("decryption shares for round {}", d.round),
+            Stage::Decryption(d) => format!("{} for round {}", d.step().expects(), d.round),
         }
     }
 }
@@ -547,6 +547,57 @@ impl Hub {
         };
         self.changed.notify_one();
         result
+    }
+
+    /// Runs `f` on the decryption in progress, or refuses a `subject`
+    /// message (for `round`) when none is.
+    fn with_decryption(
+        &self,
+        subject: Subject,
+        round: u64,
+        f: impl FnOnce(&mut Decryption) -> Result<(), Rejection>,
+    ) -> Result<(), Rejection> {
+        let r = match &mut *lock(&self.stage) {
+            Stage::Decryption(d) => f(d),
+            other => Err(Rejection::out_of_phase(
+                subject,
+                format!("it is for round {round}, and no decryption is in progress"),
+                other.expects(),
+            )),
+        };
+        self.changed.notify_one();
+        r
+    }
+
+    /// A key holder's commitment to its challenge seed.
+    pub fn challenge_commit(
+        &self,
+        partner: &str,
+        msg: &consortia_proto::ChallengeCommit,
+    ) -> Result<(), Rejection> {
+        self.with_decryption(Subject::ChallengeCommitment, msg.round, |d| {
+            d.commit(partner, msg)
+        })
+    }
+
+    /// A key holder's revealed challenge seed.
+    pub fn challenge_seed(
+        &self,
+        partner: &str,
+        msg: &consortia_proto::ChallengeSeed,
+    ) -> Result<(), Rejection> {
+        self.with_decryption(Subject::ChallengeSeed, msg.round, |d| {
+            d.reveal(partner, msg)
+        })
+    }
+
+    /// A contributor's signed sketch of its update's masks.
+    pub fn add_sketch(
+        &self,
+        partner: &str,
+        msg: &consortia_proto::SignedSketch,
+    ) -> Result<(), Rejection> {
+        self.with_decryption(Subject::Sketch, msg.round, |d| d.add_sketch(partner, msg))
     }
 
     /// One piece of a key holder's partial decryption.

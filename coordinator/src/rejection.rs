@@ -66,6 +66,12 @@ pub enum Subject {
     KeyShare,
     /// A piece of a key holder's partial decryption.
     DecryptionShare,
+    /// A key holder's commitment to its challenge seed.
+    ChallengeCommitment,
+    /// A key holder's revealed challenge seed.
+    ChallengeSeed,
+    /// A contributor's signed sketch of its update's masks.
+    Sketch,
 }
 
 impl fmt::Display for Subject {
@@ -82,6 +88,9 @@ impl fmt::Display for Subject {
             Subject::KeyCommitment => "key commitment",
             Subject::KeyShare => "public key share",
             Subject::DecryptionShare => "decryption share",
+            Subject::ChallengeCommitment => "challenge commitment",
+            Subject::ChallengeSeed => "challenge seed",
+            Subject::Sketch => "signed sketch",
         })
     }
 }

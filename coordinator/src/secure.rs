@@ -15,13 +15,16 @@
 //!    it; a complete update is folded into the round's encrypted running
 //!    sum. A coordinator restarted mid-round keeps every update already
 //!    received.
-//! 3. [`Decryption`]: every key holder is sent the contributors' signatures,
-//!    certificates and chunk masks (`session` streams them from disk), checks
-//!    the signatures, recomputes the sum's masks itself and returns a flooded
-//!    partial decryption; the shares are combined piece by piece into the
-//!    (noised) sum. Once shares have been asked for, a round's ciphertexts
-//!    are discarded whatever happens (`decrypting` marker), so none is ever
-//!    decrypted twice.
+//! 3. [`Decryption`]: every key holder is sent the contributors' names,
+//!    example counts and certificates and the aggregate's masks only (the
+//!    same bytes for every holder, whatever the number of contributors);
+//!    the holders toss a coin (commit, then reveal) for a challenge; every
+//!    contributor signs the sketch of its own masks under it
+//!    (`consortia_he::sketch`); each holder checks the sketches add up to
+//!    the aggregate's and returns a flooded partial decryption; the shares
+//!    are combined piece by piece into the (noised) sum. Once shares have
+//!    been asked for, a round's ciphertexts are discarded whatever happens
+//!    (`decrypting` marker), so none is ever decrypted twice.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -29,10 +32,13 @@ use std::path::{Path, PathBuf};
 
 use consortia_he::{
     Aggregate, CollectiveKeyAggregator, Combiner, HeParams, KeyCommitment, KeySession, PartyId,
-    PublicKeyShare,
+    PublicKeyShare, Shape, Sketch, Sketcher,
 };
 use consortia_proto::{
-    DecryptionSharePiece, KeyCommit, KeyShare, SignedKeyShare, key_share_digest,
+    ChallengeCommit, ChallengeCommitments, ChallengeReveals, ChallengeSeed, ContributorSketch,
+    ContributorSketches, DecryptionSharePiece, HolderCommitment, HolderSeed, KeyCommit, KeyShare,
+    SignedKeyShare, SignedSketch, challenge_commitment, joint_challenge, key_share_digest,
+    sketch_digest,
 };
 use serde::{Deserialize, Serialize};
 
@@ -670,14 +676,67 @@ struct ShareStream {
     carry: Vec<u8>,
 }
 
-/// Joint decryption of one round's sum. Shares are combined piece by piece
-/// as they arrive ([`Combiner::subtract_share_words`]), so the coordinator
-/// holds the aggregate's bodies and a few messages, however many key holders
-/// there are.
+/// The step a [`Decryption`] waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DecryptionStep {
+    /// Every key holder's challenge commitment (after the aggregate's masks).
+    Commitments,
+    /// Every key holder's challenge seed.
+    Seeds,
+    /// Every contributor's signed sketch.
+    Sketches,
+    /// Every key holder's partial decryption.
+    Shares,
+}
+
+impl DecryptionStep {
+    /// What the step takes, for refusals and the console.
+    pub fn expects(self) -> &'static str {
+        match self {
+            DecryptionStep::Commitments => "challenge commitments",
+            DecryptionStep::Seeds => "challenge seeds",
+            DecryptionStep::Sketches => "contributors' signed sketches",
+            DecryptionStep::Shares => "decryption shares",
+        }
+    }
+}
+
+/// One contributor to the sum being decrypted, as it sent its update.
+#[derive(Debug, Clone)]
+pub struct Contributor {
+    /// Partner.
+    pub name: String,
+    /// Training rows it declared (and signs again with its sketch).
+    pub examples: u64,
+    /// The certificate (DER) it presented with its update.
+    pub certificate: Vec<u8>,
+}
+
+/// Joint decryption of one round's sum, step by step ([`DecryptionStep`]):
+/// the key holders' coin toss (commitments, then seeds) for a challenge the
+/// coordinator cannot know before the aggregate is fixed, the contributors'
+/// signed sketches of their own masks under it, then the key holders'
+/// shares. Shares are combined piece by piece as they arrive
+/// ([`Combiner::subtract_share_words`]), so the coordinator holds the
+/// aggregate's bodies and a few messages, however many key holders there
+/// are.
 pub struct Decryption {
     /// Round.
     pub round: u64,
+    attempt: u64,
+    task_hash: [u8; 32],
+    key_id: [u8; 32],
+    digest: [u8; 32],
+    shape: Shape,
     committee: Vec<String>,
+    contributors: Vec<Contributor>,
+    /// The aggregate's masks, chunk by chunk, in mask-chunk wire form.
+    masks: std::sync::Arc<Vec<Vec<u8>>>,
+    step: DecryptionStep,
+    commitments: BTreeMap<String, [u8; 32]>,
+    seeds: BTreeMap<String, [u8; 32]>,
+    challenge: Option<[u8; 32]>,
+    sketches: BTreeMap<String, ContributorSketch>,
     combiner: Combiner,
     streams: BTreeMap<String, ShareStream>,
     word_bytes: usize,
@@ -686,38 +745,369 @@ pub struct Decryption {
 }
 
 impl Decryption {
-    /// Starts decrypting `aggregate` with the key holders of `key`.
-    pub fn new(round: u64, aggregate: &Aggregate, key: &FederationKey) -> Self {
-        Decryption {
+    /// Starts decrypting `aggregate`, the sum of `contributors`' updates of
+    /// attempt `attempt` of the task with hash `task_hash`, with the key
+    /// holders of `key`.
+    pub fn new(
+        round: u64,
+        attempt: u64,
+        task_hash: [u8; 32],
+        aggregate: &Aggregate,
+        key: &FederationKey,
+        contributors: Vec<Contributor>,
+    ) -> Result<Self, consortia_he::HeError> {
+        let shape = *aggregate.shape();
+        let masks = (0..shape.chunks())
+            .map(|i| aggregate.mask_chunk(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Decryption {
             round,
+            attempt,
+            task_hash,
+            key_id: key.key.key_id(),
+            digest: aggregate.mask_digest(),
+            shape,
             committee: key.committee.clone(),
+            contributors,
+            masks: std::sync::Arc::new(masks),
+            step: DecryptionStep::Commitments,
+            commitments: BTreeMap::new(),
+            seeds: BTreeMap::new(),
+            challenge: None,
+            sketches: BTreeMap::new(),
             combiner: Combiner::new(aggregate),
             streams: BTreeMap::new(),
-            word_bytes: aggregate.shape().params.word_bytes(),
+            word_bytes: shape.params.word_bytes(),
             failed: None,
+        })
+    }
+
+    /// Skips the coin toss and the sketches (for tests of the shares alone).
+    #[cfg(test)]
+    pub(crate) fn at_shares(mut self) -> Self {
+        self.step = DecryptionStep::Shares;
+        self
+    }
+
+    /// The aggregate's masks in mask-chunk wire form (what every key holder is sent).
+    pub fn masks(&self) -> std::sync::Arc<Vec<Vec<u8>>> {
+        self.masks.clone()
+    }
+
+    /// The attempt being decrypted.
+    pub fn attempt(&self) -> u64 {
+        self.attempt
+    }
+
+    /// The step in progress.
+    pub fn step(&self) -> DecryptionStep {
+        self.step
+    }
+
+    /// The contributors whose sketches are asked for.
+    pub fn contributors(&self) -> &[Contributor] {
+        &self.contributors
+    }
+
+    /// Those whose answer to the step in progress is missing.
+    pub fn waiting_for(&self) -> Vec<String> {
+        let missing = |names: &mut dyn Iterator<Item = &String>, done: &dyn Fn(&str) -> bool| {
+            names.filter(|p| !done(p)).cloned().collect()
+        };
+        match self.step {
+            DecryptionStep::Commitments => missing(&mut self.committee.iter(), &|p| {
+                self.commitments.contains_key(p)
+            }),
+            DecryptionStep::Seeds => {
+                missing(&mut self.committee.iter(), &|p| self.seeds.contains_key(p))
+            }
+            DecryptionStep::Sketches => {
+                missing(&mut self.contributors.iter().map(|c| &c.name), &|p| {
+                    self.sketches.contains_key(p)
+                })
+            }
+            DecryptionStep::Shares => self
+                .committee
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !self.combiner.has(PartyId(*i as u32)))
+                .map(|(_, p)| p.clone())
+                .collect(),
         }
     }
 
-    /// Key holders whose shares are missing.
-    pub fn waiting_for(&self) -> Vec<String> {
-        self.committee
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !self.combiner.has(PartyId(*i as u32)))
-            .map(|(_, p)| p.clone())
-            .collect()
+    /// True once every answer to the step in progress is in.
+    pub fn step_complete(&self) -> bool {
+        match self.step {
+            DecryptionStep::Shares => self.complete(),
+            _ => self.waiting_for().is_empty(),
+        }
     }
 
     /// True once every share is in.
     pub fn complete(&self) -> bool {
-        self.combiner.missing() == 0
+        self.step == DecryptionStep::Shares && self.combiner.missing() == 0
     }
 
-    /// A key holder refused or went away.
+    /// A key holder (or, until its sketch is in, a contributor) refused or went away.
     pub fn fail(&mut self, partner: &str, why: &str) {
-        if self.committee.iter().any(|p| p == partner) && self.failed.is_none() {
-            self.failed = Some(format!("key holder `{partner}`: {why}"));
+        if self.failed.is_some() {
+            return;
         }
+        if self.committee.iter().any(|p| p == partner) {
+            self.failed = Some(format!("key holder `{partner}`: {why}"));
+        } else if self.step <= DecryptionStep::Sketches
+            && self.contributors.iter().any(|c| c.name == partner)
+            && !self.sketches.contains_key(partner)
+        {
+            self.failed = Some(format!(
+                "contributor `{partner}` (no sketch of its update): {why}"
+            ));
+        }
+    }
+
+    fn check_message(&self, subject: Subject, round: u64, attempt: u64) -> Result<(), Rejection> {
+        if round != self.round {
+            return Err(Rejection::WrongRound {
+                got: round,
+                open: self.round,
+            });
+        }
+        if attempt != self.attempt {
+            return Err(Rejection::out_of_phase(
+                subject,
+                format!("it is for attempt {attempt}"),
+                format!("attempt {} of round {}", self.attempt, self.round),
+            ));
+        }
+        Ok(())
+    }
+
+    fn at_step(&self, subject: Subject, step: DecryptionStep) -> Result<(), Rejection> {
+        if self.step != step {
+            return Err(Rejection::out_of_phase(
+                subject,
+                format!(
+                    "the decryption of round {} is not taking them now",
+                    self.round
+                ),
+                self.step.expects(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn holder(&self, subject: Subject, partner: &str) -> Result<(), Rejection> {
+        if !self.committee.iter().any(|p| p == partner) {
+            return Err(Rejection::out_of_phase(
+                subject,
+                format!("`{partner}` holds no share of the federation key"),
+                format!("key holders only ({:?})", self.committee),
+            ));
+        }
+        Ok(())
+    }
+
+    fn bytes32(subject: Subject, what: &str, bytes: &[u8]) -> Result<[u8; 32], Rejection> {
+        bytes.try_into().map_err(|_| {
+            Rejection::invalid(
+                subject,
+                format!("a {what} of 32 bytes"),
+                format!("{} bytes", bytes.len()),
+            )
+        })
+    }
+
+    /// A key holder's commitment to its challenge seed.
+    pub fn commit(&mut self, partner: &str, msg: &ChallengeCommit) -> Result<(), Rejection> {
+        let subject = Subject::ChallengeCommitment;
+        self.check_message(subject, msg.round, msg.attempt)?;
+        self.holder(subject, partner)?;
+        self.at_step(subject, DecryptionStep::Commitments)?;
+        let c = Self::bytes32(subject, "commitment", &msg.commitment)?;
+        if self.commitments.contains_key(partner) {
+            return Err(Rejection::Duplicate { round: self.round });
+        }
+        self.commitments.insert(partner.to_string(), c);
+        Ok(())
+    }
+
+    /// Every commitment, for every key holder; the holders reveal next.
+    pub fn commitments_message(&mut self) -> ChallengeCommitments {
+        self.step = DecryptionStep::Seeds;
+        ChallengeCommitments {
+            round: self.round,
+            attempt: self.attempt,
+            commitments: self
+                .commitments
+                .iter()
+                .map(|(holder, c)| HolderCommitment {
+                    holder: holder.clone(),
+                    commitment: c.to_vec(),
+                })
+                .collect(),
+        }
+    }
+
+    /// A key holder's seed, checked against its commitment: one that does
+    /// not open it fails the decryption (there is no second toss).
+    pub fn reveal(&mut self, partner: &str, msg: &ChallengeSeed) -> Result<(), Rejection> {
+        let subject = Subject::ChallengeSeed;
+        self.check_message(subject, msg.round, msg.attempt)?;
+        self.holder(subject, partner)?;
+        self.at_step(subject, DecryptionStep::Seeds)?;
+        if self.seeds.contains_key(partner) {
+            return Err(Rejection::Duplicate { round: self.round });
+        }
+        let seed = Self::bytes32(subject, "seed", &msg.seed)?;
+        let opens = challenge_commitment(
+            &self.task_hash,
+            &self.key_id,
+            self.round,
+            self.attempt,
+            &self.digest,
+            partner,
+            &seed,
+        );
+        if self.commitments.get(partner) != Some(&opens) {
+            self.fail(partner, "its challenge seed does not open its commitment");
+            return Err(Rejection::invalid(
+                subject,
+                "the seed your commitment was made to",
+                "a seed that does not open it",
+            ));
+        }
+        self.seeds.insert(partner.to_string(), seed);
+        Ok(())
+    }
+
+    /// Every seed, for every key holder, and the joint challenge the
+    /// contributors sketch under; the contributors answer next.
+    pub fn reveals_message(&mut self) -> (ChallengeReveals, [u8; 32]) {
+        let challenge = joint_challenge(
+            &self.task_hash,
+            &self.key_id,
+            self.round,
+            self.attempt,
+            &self.digest,
+            self.seeds.iter().map(|(h, s)| (h.as_str(), s)),
+        );
+        self.challenge = Some(challenge);
+        self.step = DecryptionStep::Sketches;
+        let reveals = ChallengeReveals {
+            round: self.round,
+            attempt: self.attempt,
+            seeds: self
+                .seeds
+                .iter()
+                .map(|(holder, seed)| HolderSeed {
+                    holder: holder.clone(),
+                    seed: seed.to_vec(),
+                })
+                .collect(),
+        };
+        (reveals, challenge)
+    }
+
+    /// A contributor's signed sketch, checked against the certificate it
+    /// sent its update with (a bad one fails the decryption, naming it: the
+    /// key holders would refuse it anyway).
+    pub fn add_sketch(&mut self, partner: &str, msg: &SignedSketch) -> Result<(), Rejection> {
+        let subject = Subject::Sketch;
+        self.check_message(subject, msg.round, msg.attempt)?;
+        self.at_step(subject, DecryptionStep::Sketches)?;
+        let Some(c) = self.contributors.iter().find(|c| c.name == partner) else {
+            return Err(Rejection::out_of_phase(
+                subject,
+                format!(
+                    "`{partner}` is not a contributor to round {}'s sum",
+                    self.round
+                ),
+                "sketches from the sum's contributors only",
+            ));
+        };
+        if self.sketches.contains_key(partner) {
+            return Err(Rejection::Duplicate { round: self.round });
+        }
+        let challenge = self.challenge.unwrap_or_default();
+        let digest = sketch_digest(
+            &self.key_id,
+            &self.task_hash,
+            self.round,
+            self.attempt,
+            partner,
+            c.examples,
+            &challenge,
+            &msg.sketch,
+        );
+        let checked =
+            Sketch::from_bytes(&msg.sketch, self.shape.params)
+                .map_err(|e| e.to_string())
+                .and_then(|_| {
+                    let signed = consortia_ledger::Verifier::from_cert_der(&c.certificate)
+                        .map(|v| v.verify_hash(&digest, &msg.signature))
+                        .unwrap_or(false);
+                    if signed {
+                        Ok(())
+                    } else {
+                        Err("its signature does not verify with the certificate it sent its update \
+                         with, over this decryption's challenge"
+                        .to_string())
+                    }
+                });
+        if let Err(why) = checked {
+            self.fail(partner, &format!("its sketch is refused: {why}"));
+            return Err(Rejection::invalid(
+                subject,
+                "a signed sketch of your update's masks",
+                why,
+            ));
+        }
+        self.sketches.insert(
+            partner.to_string(),
+            ContributorSketch {
+                partner: partner.to_string(),
+                sketch: msg.sketch.clone(),
+                signature: msg.signature.clone(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Every contributor's signed sketch, for every key holder, once they add
+    /// up to the sketch of the aggregate's masks (otherwise the decryption
+    /// fails: a contributor's update is not what it sketched, or the sum was
+    /// spoilt). The key holders answer next.
+    pub fn sketches_message(&mut self) -> Result<ContributorSketches, String> {
+        let challenge = self.challenge.ok_or("no challenge drawn")?;
+        let mut sum = Sketch::zero(self.shape.params);
+        for s in self.sketches.values() {
+            let sketch =
+                Sketch::from_bytes(&s.sketch, self.shape.params).map_err(|e| e.to_string())?;
+            sum.add(&sketch).map_err(|e| e.to_string())?;
+        }
+        let mut own = Sketcher::new(&self.shape, &challenge);
+        for (i, chunk) in self.masks.iter().enumerate() {
+            let masks = self
+                .shape
+                .check_mask_chunk(i as u32, chunk)
+                .map_err(|e| e.to_string())?;
+            own.add_chunk_masks(i as u32, masks)
+                .map_err(|e| e.to_string())?;
+        }
+        if own.finish().map_err(|e| e.to_string())? != sum {
+            let why = "the contributors' signed sketches do not add up to the sketch of the \
+                       aggregate's masks (a contributor's update is not what it sketched, or the \
+                       sum was spoilt); the key holders would refuse it";
+            self.failed.get_or_insert_with(|| why.to_string());
+            return Err(why.into());
+        }
+        self.step = DecryptionStep::Shares;
+        Ok(ContributorSketches {
+            round: self.round,
+            attempt: self.attempt,
+            sketches: self.sketches.values().cloned().collect(),
+        })
     }
 
     fn piece_len(total: usize, pieces: u32, index: u32) -> usize {
@@ -741,6 +1131,13 @@ impl Decryption {
             });
         }
         let subject = Subject::DecryptionShare;
+        if self.step != DecryptionStep::Shares && self.committee.iter().any(|c| c == partner) {
+            return Err(Rejection::out_of_phase(
+                subject,
+                "shares are taken only once the contributors' sketches were sent",
+                self.step.expects(),
+            ));
+        }
         let Some(party) = self.committee.iter().position(|c| c == partner) else {
             return Err(Rejection::out_of_phase(
                 subject,
@@ -1053,7 +1450,12 @@ mod tests {
             agg.add_vector(&Encryptor::new(&key.key).encrypt(&values).unwrap())
                 .unwrap();
         }
-        let mut d = Decryption::new(7, &agg, &key);
+        let new = || {
+            Decryption::new(7, 1, TASK_HASH, &agg, &key, Vec::new())
+                .unwrap()
+                .at_shares()
+        };
+        let mut d = new();
         let shares: Vec<Vec<u8>> = secrets
             .iter()
             .map(|s| {
@@ -1098,7 +1500,7 @@ mod tests {
         assert!(d.failed.is_none());
         // A key holder that breaks its share off after the first piece fails
         // the decryption (part of it is combined already).
-        let mut broken = Decryption::new(7, &agg, &key);
+        let mut broken = new();
         let mut ps = pieces(7, &shares[0]);
         assert!(ps.len() >= 2);
         broken.add_piece("a", ps.remove(0)).unwrap();

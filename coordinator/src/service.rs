@@ -98,7 +98,7 @@ impl Federation for FederationService {
             );
             return Err(already_connected(&self.hub, &peer.name));
         }
-        // The certificate key holders check an encrypted update's signature against.
+        // The certificate an encrypted update's and a sketch's signatures are checked against.
         let certificate = consortia_pki::peer_connect_info(&request)
             .and_then(|info| info.peer_certs().first().map(|c| c.to_vec()))
             .unwrap_or_default();
@@ -209,6 +209,26 @@ async fn read_session(
         Ok(Ok(Some(ClientMessage {
             kind: Some(client_message::Kind::Hello(hello)),
         }))) => {
+            if hub.task.secure_aggregation
+                && hello.protocol_version < consortia_proto::MIN_SECURE_PROTOCOL_VERSION
+            {
+                // Such an agent would wait, at decryption, for every
+                // contributor's masks, which are no longer sent.
+                tracing::warn!(partner = %partner, agent = %hello.agent_version, protocol = hello.protocol_version, reason = SessionRefusal::OldProtocol.code(), "session refused: the agent predates joint decryption by sketches");
+                hub.telemetry.session_refused(SessionRefusal::OldProtocol);
+                let _ = tx
+                    .send(Outbound::Close(Status::permission_denied(format!(
+                        "this agent speaks protocol {} (version {}); task `{}` uses secure \
+                         aggregation, whose joint decryption needs protocol {} or newer (key \
+                         holders check the aggregate by signed sketches): upgrade the agent",
+                        hello.protocol_version,
+                        hello.agent_version,
+                        hub.task.name,
+                        consortia_proto::MIN_SECURE_PROTOCOL_VERSION
+                    ))))
+                    .await;
+                return;
+            }
             tracing::info!(partner = %partner, agent = %hello.agent_version, "partner connected");
         }
         Ok(Ok(_)) => {
@@ -353,6 +373,9 @@ async fn read_session(
             Some(client_message::Kind::LedgerHead(head)) => {
                 hub.partner_heads.record(&partner, &head)
             }
+            Some(client_message::Kind::ChallengeCommit(c)) => hub.challenge_commit(&partner, &c),
+            Some(client_message::Kind::ChallengeSeed(s)) => hub.challenge_seed(&partner, &s),
+            Some(client_message::Kind::Sketch(s)) => hub.add_sketch(&partner, &s),
         };
         if let Err(rejection) = outcome {
             tracing::warn!(partner = %partner, round = hub.open_round(), message_kind = kind, reason = rejection.reason_code(), "{rejection}");
@@ -498,8 +521,8 @@ fn take_encrypted_chunk(
     p.next += 1;
     if p.next == p.shape.chunks() {
         let done = pending.take().expect("pending update present");
-        // Key holders will check this signature too; refusing a bad one here
-        // gives the partner a clear error instead of a failed decryption.
+        // The partner's signed record of its update; refusing a bad one here
+        // gives the partner a clear error.
         let digest = done.digest.finish();
         let signed = consortia_ledger::Verifier::from_cert_der(certificate)
             .map(|v| v.verify_hash(&digest, &chunk.signature))

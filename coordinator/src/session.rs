@@ -8,14 +8,11 @@
 //! bounded, so a slow partner holds back only its own stream and costs a few
 //! chunks of memory.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use consortia_he::Shape;
-
 use consortia_proto::{
-    Bytes, CiphertextChunk, DecryptRequest, ModelChunk, RoundStart, ServerMessage, chunk_count,
+    AggregateMasks, Bytes, DecryptRequest, ModelChunk, RoundStart, ServerMessage, chunk_count,
     chunk_range, params_bytes, server_message::Kind,
 };
 use tokio::sync::{Semaphore, SemaphorePermit, mpsc};
@@ -99,16 +96,13 @@ pub enum Outbound {
         /// The global model, encoded once for all sessions.
         model: Arc<EncodedModel>,
     },
-    /// A decryption request, then the masks of every contributor's stored
-    /// ciphertext, read from disk one chunk at a time.
+    /// A decryption request, then the aggregate's masks as `AggregateMasks`
+    /// (the same chunks, shared, for every key holder).
     Decrypt {
         /// The request.
         request: DecryptRequest,
-        /// The contributors' encrypted updates with the hashes of their
-        /// chunks' bodies, in the request's order.
-        files: Arc<Vec<(PathBuf, Vec<[u8; 32]>)>>,
-        /// The round's ciphertext shape.
-        shape: Shape,
+        /// The aggregate's masks, chunk by chunk, in mask-chunk wire form.
+        masks: Arc<Vec<Vec<u8>>>,
     },
     /// End the stream with this status.
     Close(Status),
@@ -154,21 +148,11 @@ pub async fn writer(
                     return;
                 }
             }
-            Outbound::Decrypt {
-                request,
-                files,
-                shape,
-            } => match send_masks(&out, request, &files, &shape).await {
-                Ok(()) => {}
-                Err(Stop::Gone) => return,
-                Err(Stop::Unreadable(why)) => {
-                    tracing::warn!("stored ciphertext unreadable: {why}");
-                    let _ = out
-                        .send(Err(Status::internal("stored ciphertext unreadable")))
-                        .await;
+            Outbound::Decrypt { request, masks } => {
+                if send_masks(&out, request, &masks).await.is_err() {
                     return;
                 }
-            },
+            }
             Outbound::Close(status) => {
                 let _ = out.send(Err(status)).await;
                 return;
@@ -231,51 +215,28 @@ async fn send_paced(
     send.await.map_err(|_| Gone)
 }
 
-/// Why a writer stops streaming.
-enum Stop {
-    /// The peer went away.
-    Gone,
-    /// A stored ciphertext could not be read back.
-    Unreadable(String),
-}
-
-/// Sends a decryption request, then the masks of every contributor's stored
-/// chunks (read one at a time) with the hashes of their bodies: all a key
-/// holder needs to recompute the sum's masks and check the signatures.
+/// Sends a decryption request, then the aggregate's masks chunk by chunk:
+/// all a key holder needs to check and open the sum, whatever the number of
+/// contributors.
 async fn send_masks(
     out: &mpsc::Sender<Result<ServerMessage, Status>>,
     request: DecryptRequest,
-    files: &[(PathBuf, Vec<[u8; 32]>)],
-    shape: &Shape,
-) -> Result<(), Stop> {
-    let round = request.round;
+    masks: &[Vec<u8>],
+) -> Result<(), Gone> {
+    let (round, attempt) = (request.round, request.attempt);
     out.send(Ok(message(Kind::Decrypt(request))))
         .await
-        .map_err(|_| Stop::Gone)?;
-    for (contributor, (path, body_hashes)) in files.iter().enumerate() {
-        let unreadable = |e: String| Stop::Unreadable(format!("{}: {e}", path.display()));
-        let mut reader =
-            crate::secure::ChunkReader::open(path).map_err(|e| unreadable(e.to_string()))?;
-        let mut index = 0u32;
-        while let Some(stored) = reader.next_chunk().map_err(|e| unreadable(e.to_string()))? {
-            let (masks, _) = shape
-                .chunk_parts(index, &stored)
-                .map_err(|e| unreadable(e.to_string()))?;
-            let body_hash = body_hashes
-                .get(index as usize)
-                .ok_or_else(|| unreadable(format!("no body hash for chunk {index}")))?;
-            let chunk = CiphertextChunk {
-                round,
-                contributor: contributor as u32,
-                index,
-                masks: shape.mask_chunk(index, masks),
-                body_hash: body_hash.to_vec(),
-            };
-            index += 1;
-            out.send(Ok(message(Kind::Ciphertext(chunk))))
-                .await
-                .map_err(|_| Stop::Gone)?;
-        }
+        .map_err(|_| Gone)?;
+    for (index, chunk) in masks.iter().enumerate() {
+        let m = AggregateMasks {
+            round,
+            attempt,
+            index: index as u32,
+            masks: chunk.clone(),
+        };
+        out.send(Ok(message(Kind::AggregateMasks(m))))
+            .await
+            .map_err(|_| Gone)?;
     }
     Ok(())
 }

@@ -84,6 +84,9 @@ pub enum SessionRefusal {
     AlreadyConnected,
     /// The first message was not `Hello`, or none came in time.
     NoHello,
+    /// The agent's `Hello` declares an older protocol than the task needs
+    /// (joint decryption by sketches, for a secure task).
+    OldProtocol,
 }
 
 impl SessionRefusal {
@@ -96,6 +99,7 @@ impl SessionRefusal {
             SessionRefusal::NotInTask => "not_in_task",
             SessionRefusal::AlreadyConnected => "already_connected",
             SessionRefusal::NoHello => "no_hello",
+            SessionRefusal::OldProtocol => "old_protocol",
         }
     }
 }
@@ -230,6 +234,9 @@ pub fn message_kind(msg: &ClientMessage) -> &'static str {
         Some(Kind::Encrypted(_)) => "encrypted_update",
         Some(Kind::DecryptionShare(_)) => "decryption_share",
         Some(Kind::LedgerHead(_)) => "ledger_head",
+        Some(Kind::ChallengeCommit(_)) => "challenge_commit",
+        Some(Kind::ChallengeSeed(_)) => "challenge_seed",
+        Some(Kind::Sketch(_)) => "sketch",
     }
 }
 
@@ -333,7 +340,7 @@ impl Telemetry {
         let sessions_refused = Family::<Label, Counter>::default();
         r.register(
             "sessions_refused",
-            "Sessions refused after the handshake, by reason (no_certificate, revoked, not_a_partner, not_in_task, already_connected, no_hello)",
+            "Sessions refused after the handshake, by reason (no_certificate, revoked, not_a_partner, not_in_task, already_connected, no_hello, old_protocol)",
             sessions_refused.clone(),
         );
         let updates_received = Counter::default();

@@ -164,6 +164,140 @@ pub fn key_share_digest(
     h.finalize().into()
 }
 
+/// The protocol this build speaks, sent in `Hello.protocol_version`:
+/// 2 is joint decryption by the aggregate's masks and signed sketches (key
+/// holders no longer receive every contributor's masks). Agents that predate
+/// the field send 0; a coordinator serving a secure task refuses them at
+/// `Hello`, since they would wait for masks that never come.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The oldest `Hello.protocol_version` a coordinator serving a secure task accepts.
+pub const MIN_SECURE_PROTOCOL_VERSION: u32 = 2;
+
+/// Most contributors one decryption request may name; every contributor's
+/// signed sketch then still fits one `ContributorSketches` message.
+pub const MAX_CONTRIBUTORS: usize = 1024;
+
+/// Bytes of a challenge seed, a challenge and a commitment.
+pub const CHALLENGE_BYTES: usize = 32;
+
+/// The context every challenge hash of one decryption starts with: domain
+/// tag, task hash, key id (u64 length, bytes), round, attempt, the
+/// aggregate's mask digest.
+fn challenge_context(
+    tag: &[u8],
+    task_hash: &[u8; 32],
+    key_id: &[u8],
+    round: u64,
+    attempt: u64,
+    aggregate_digest: &[u8; 32],
+) -> sha2::Sha256 {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(tag);
+    h.update(task_hash);
+    h.update((key_id.len() as u64).to_le_bytes());
+    h.update(key_id);
+    h.update(round.to_le_bytes());
+    h.update(attempt.to_le_bytes());
+    h.update(aggregate_digest);
+    h
+}
+
+/// A key holder's commitment to its challenge seed for the decryption of
+/// `aggregate_digest` in (round, attempt): SHA-256 over the domain tag
+/// `consortia/challenge-commit/v1`, the task hash, the key id, round,
+/// attempt, the aggregate's mask digest, the holder's name (u64 length,
+/// UTF-8) and the 32-byte seed (a hash commitment: binding and, for a
+/// uniformly random seed, hiding).
+pub fn challenge_commitment(
+    task_hash: &[u8; 32],
+    key_id: &[u8],
+    round: u64,
+    attempt: u64,
+    aggregate_digest: &[u8; 32],
+    holder: &str,
+    seed: &[u8; 32],
+) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = challenge_context(
+        b"consortia/challenge-commit/v1",
+        task_hash,
+        key_id,
+        round,
+        attempt,
+        aggregate_digest,
+    );
+    h.update((holder.len() as u64).to_le_bytes());
+    h.update(holder.as_bytes());
+    h.update(seed);
+    h.finalize().into()
+}
+
+/// The joint challenge of a decryption: SHA-256 over the domain tag
+/// `consortia/challenge/v1`, the same context as [`challenge_commitment`], and
+/// every (holder, seed) sorted by holder name (u64 length, UTF-8, 32-byte
+/// seed). Uniformly random as long as one holder's seed is, whatever the
+/// others chose after seeing its commitment only.
+pub fn joint_challenge<'a>(
+    task_hash: &[u8; 32],
+    key_id: &[u8],
+    round: u64,
+    attempt: u64,
+    aggregate_digest: &[u8; 32],
+    seeds: impl IntoIterator<Item = (&'a str, &'a [u8; 32])>,
+) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = challenge_context(
+        b"consortia/challenge/v1",
+        task_hash,
+        key_id,
+        round,
+        attempt,
+        aggregate_digest,
+    );
+    let mut seeds: Vec<(&str, &[u8; 32])> = seeds.into_iter().collect();
+    seeds.sort_by(|a, b| a.0.cmp(b.0));
+    for (holder, seed) in seeds {
+        h.update((holder.len() as u64).to_le_bytes());
+        h.update(holder.as_bytes());
+        h.update(seed);
+    }
+    h.finalize().into()
+}
+
+/// What a contributor signs of its sketch: SHA-256 over the domain tag
+/// `consortia/mask-sketch/v1`, the key id (u64 length, bytes), the task
+/// hash, round, attempt, the contributor's name (u64 length, UTF-8), its
+/// example count, the 32-byte challenge and the SHA-256 of the sketch's
+/// wire form.
+#[allow(clippy::too_many_arguments)]
+pub fn sketch_digest(
+    key_id: &[u8],
+    task_hash: &[u8; 32],
+    round: u64,
+    attempt: u64,
+    partner: &str,
+    example_count: u64,
+    challenge: &[u8; 32],
+    sketch: &[u8],
+) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"consortia/mask-sketch/v1");
+    h.update((key_id.len() as u64).to_le_bytes());
+    h.update(key_id);
+    h.update(task_hash);
+    h.update(round.to_le_bytes());
+    h.update(attempt.to_le_bytes());
+    h.update((partner.len() as u64).to_le_bytes());
+    h.update(partner.as_bytes());
+    h.update(example_count.to_le_bytes());
+    h.update(challenge);
+    h.update(sha256(sketch));
+    h.finalize().into()
+}
+
 /// A decryption share's wire form cut into [`DecryptionSharePiece`]s of
 /// [`SHARE_PIECE_BYTES`] (the last one shorter), in order.
 pub fn share_pieces(round: u64, share: &[u8]) -> impl Iterator<Item = DecryptionSharePiece> + '_ {
@@ -218,6 +352,51 @@ mod tests {
             }
             assert_eq!(next, n);
         }
+    }
+
+    /// Every contributor's signed sketch fits one message, at the most
+    /// contributors, the longest names and signatures accepted.
+    #[test]
+    fn every_sketch_fits_one_message() {
+        let sketch = consortia_he::Sketch::encoded_len(consortia_he::HeParams::Secure128);
+        let msg = ServerMessage {
+            kind: Some(server_message::Kind::ContributorSketches(
+                ContributorSketches {
+                    round: u64::MAX,
+                    attempt: u64::MAX,
+                    sketches: vec![
+                        ContributorSketch {
+                            partner: "p".repeat(federation_key::MAX_PARTNER_NAME_BYTES),
+                            sketch: vec![0xff; sketch],
+                            signature: vec![0xff; federation_key::MAX_SIGNATURE_BYTES],
+                        };
+                        MAX_CONTRIBUTORS
+                    ],
+                },
+            )),
+        };
+        assert!(prost::Message::encoded_len(&msg) < MAX_MESSAGE_BYTES);
+    }
+
+    #[test]
+    fn challenges_bind_their_context_and_every_seed() {
+        let (t, k, d) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        let (a, b) = ([4u8; 32], [5u8; 32]);
+        let c = joint_challenge(&t, &k, 7, 9, &d, [("a", &a), ("b", &b)]);
+        // Sorted by holder: the order they are given in does not matter.
+        assert_eq!(c, joint_challenge(&t, &k, 7, 9, &d, [("b", &b), ("a", &a)]));
+        assert_ne!(c, joint_challenge(&t, &k, 7, 9, &d, [("a", &b), ("b", &a)]));
+        assert_ne!(
+            c,
+            joint_challenge(&t, &k, 7, 10, &d, [("a", &a), ("b", &b)])
+        );
+        assert_ne!(
+            c,
+            joint_challenge(&t, &k, 7, 9, &[0; 32], [("a", &a), ("b", &b)])
+        );
+        let m = challenge_commitment(&t, &k, 7, 9, &d, "a", &a);
+        assert_ne!(m, challenge_commitment(&t, &k, 7, 9, &d, "b", &a));
+        assert_ne!(m, challenge_commitment(&t, &k, 7, 9, &d, "a", &b));
     }
 
     #[test]

@@ -114,6 +114,7 @@ fn client_corpus() -> Vec<Vec<u8>> {
     let kinds = vec![
         Kind::Hello(Hello {
             agent_version: "0.1.0".into(),
+            protocol_version: PROTOCOL_VERSION,
         }),
         Kind::Stats(StatsReport {
             request_id: 3,
@@ -165,6 +166,22 @@ fn client_corpus() -> Vec<Vec<u8>> {
         Kind::LedgerHead(LedgerHead {
             entries: 12,
             hash: vec![9; 32],
+        }),
+        Kind::ChallengeCommit(ChallengeCommit {
+            round: 4,
+            attempt: 5,
+            commitment: vec![3; 32],
+        }),
+        Kind::ChallengeSeed(ChallengeSeed {
+            round: 4,
+            attempt: 5,
+            seed: vec![4; 32],
+        }),
+        Kind::Sketch(SignedSketch {
+            round: 4,
+            attempt: 5,
+            sketch: vec![5; 1288],
+            signature: vec![6; 70],
         }),
     ];
     kinds
@@ -227,9 +244,43 @@ fn server_corpus() -> Vec<Vec<u8>> {
             task_hash: vec![5; 32],
             ..Default::default()
         }),
-        Kind::Ciphertext(CiphertextChunk {
+        Kind::AggregateMasks(AggregateMasks {
             masks: vec![6; 300],
-            body_hash: vec![7; 32],
+            ..Default::default()
+        }),
+        Kind::ChallengeCommitments(ChallengeCommitments {
+            commitments: vec![
+                HolderCommitment {
+                    holder: "a".into(),
+                    commitment: vec![7; 32],
+                };
+                3
+            ],
+            ..Default::default()
+        }),
+        Kind::ChallengeReveals(ChallengeReveals {
+            seeds: vec![
+                HolderSeed {
+                    holder: "b".into(),
+                    seed: vec![8; 32],
+                };
+                3
+            ],
+            ..Default::default()
+        }),
+        Kind::SketchRequest(SketchRequest {
+            challenge: vec![9; 32],
+            ..Default::default()
+        }),
+        Kind::ContributorSketches(ContributorSketches {
+            sketches: vec![
+                ContributorSketch {
+                    partner: "c".into(),
+                    sketch: vec![1; 1288],
+                    signature: vec![2; 70],
+                };
+                2
+            ],
             ..Default::default()
         }),
     ];

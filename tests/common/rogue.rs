@@ -66,6 +66,9 @@ pub(crate) fn kind_name(msg: &ClientMessage) -> &'static str {
         Some(Up::Encrypted(_)) => "EncryptedChunk",
         Some(Up::DecryptionShare(_)) => "DecryptionSharePiece",
         Some(Up::LedgerHead(_)) => "LedgerHead",
+        Some(Up::ChallengeCommit(_)) => "ChallengeCommit",
+        Some(Up::ChallengeSeed(_)) => "ChallengeSeed",
+        Some(Up::Sketch(_)) => "SignedSketch",
     }
 }
 

@@ -1,24 +1,38 @@
-//! Joint decryption of a secure round's sum: every key holder gets the
-//! contributors' ciphertexts, recomputes the sum, and returns its partial
-//! decryption; combined, they open the (noised) sum, which is then decoded
-//! into the round's aggregate. The round is marked durably first, so that
-//! its ciphertexts are never used again whatever happens.
+//! Joint decryption of a secure round's sum, at a cost to each key holder of
+//! the aggregate's size, not the contributors' (`consortia_client`'s `keys`
+//! module docs; README, "Secure aggregation"):
+//! 1. every key holder is sent the request (contributors, their example
+//!    counts and certificates, the aggregate's mask digest) and the
+//!    aggregate's masks, and commits to a challenge seed;
+//! 2. once every holder committed, all commitments go to every holder, each
+//!    reveals its seed, and all seeds go to every holder: the joint challenge
+//!    is drawn only after the aggregate was fixed;
+//! 3. every contributor signs the sketch of its own masks under the
+//!    challenge; the coordinator checks the sketches add up to the sketch of
+//!    the aggregate's masks and sends them to every holder;
+//! 4. each holder checks the same itself and returns its partial
+//!    decryption; combined, they open the (noised) sum, which is then decoded
+//!    into the round's aggregate.
+//!
+//! A key holder or contributor that refuses, leaves or does not answer a step
+//! by the deadline fails the attempt, named in the error. The round is marked
+//! durably first, so that its ciphertexts are never used again whatever
+//! happens.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use consortia_dp::{NoisePlacement, PrivacySpec, PrivacyUnit};
 use consortia_he::update::{Declared, SumError, UpdateEncoding};
 use consortia_model::AggregatedUpdate;
-use consortia_proto::DecryptRequest;
+use consortia_proto::{DecryptRequest, SketchRequest, server_message::Kind};
 
 use super::{Ending, Phase, Progress, drive};
 use crate::CoordinatorError;
 use crate::hub::{Hub, Stage};
 use crate::round::{Discard, RoundResult};
-use crate::secure::{Decryption, FederationKey, count_release};
-use crate::session::Outbound;
+use crate::secure::{Contributor, Decryption, DecryptionStep, FederationKey, count_release};
+use crate::session::{Outbound, message};
 
 /// Why a round's sum could not be decrypted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,10 +48,15 @@ pub enum DecryptionFailed {
     },
     /// The round could not be marked, durably, as being decrypted.
     Storage(String),
-    /// A key holder refused, went away or broke its share.
+    /// A key holder or a contributor refused, went away or broke its answer.
     KeyHolder(String),
-    /// The deadline passed with shares missing.
-    Missing(Vec<String>),
+    /// The deadline passed with answers to a step missing.
+    Missing {
+        /// What was missing ([`DecryptionStep::expects`]).
+        what: &'static str,
+        /// Who had not answered.
+        from: Vec<String>,
+    },
     /// The decryption's state was no longer in the hub.
     Lost,
     /// The shares did not combine into the sum.
@@ -55,33 +74,59 @@ impl fmt::Display for DecryptionFailed {
             ),
             DecryptionFailed::Storage(e) | DecryptionFailed::Combine(e) => f.write_str(e),
             DecryptionFailed::KeyHolder(why) => write!(f, "decryption failed: {why}"),
-            DecryptionFailed::Missing(waiting) => write!(
-                f,
-                "decryption shares missing at the deadline from {waiting:?}"
-            ),
+            DecryptionFailed::Missing { what, from } => {
+                write!(f, "{what} missing at the deadline from {from:?}")
+            }
             DecryptionFailed::Lost => f.write_str("decryption state lost"),
         }
     }
 }
 
-/// Waits for every key holder's share; ends with the decrypted sum.
-struct Decrypting {
+/// Waits for every answer to one step of the decryption; at the last step
+/// ([`DecryptionStep::Shares`]) ends with the decrypted sum.
+struct Waiting {
+    step: DecryptionStep,
     failed: Option<String>,
     waiting_for: Vec<String>,
 }
 
-impl Phase for Decrypting {
-    type Output = Result<Vec<u64>, DecryptionFailed>;
+impl Waiting {
+    fn new(step: DecryptionStep) -> Self {
+        Waiting {
+            step,
+            failed: None,
+            waiting_for: Vec::new(),
+        }
+    }
+
+    /// Why the step did not complete; the decryption is over.
+    fn failure(self, hub: &Hub, ending: Ending) -> DecryptionFailed {
+        match (ending, hub.end_stage()) {
+            (_, Stage::Decryption(_)) => match self.failed {
+                Some(why) => DecryptionFailed::KeyHolder(why),
+                None => DecryptionFailed::Missing {
+                    what: self.step.expects(),
+                    from: self.waiting_for,
+                },
+            },
+            _ => DecryptionFailed::Lost,
+        }
+    }
+}
+
+impl Phase for Waiting {
+    type Output = Result<Option<Vec<u64>>, DecryptionFailed>;
 
     fn poll(&mut self, hub: &Hub) -> Progress {
         match &*hub.stage() {
-            Stage::Decryption(d) if d.complete() => Progress::Complete,
-            Stage::Decryption(d) => {
+            Stage::Decryption(d) if d.step() == self.step => {
                 self.failed = d.failed.clone();
-                self.waiting_for = d.waiting_for();
                 if self.failed.is_some() {
                     Progress::Failed
+                } else if d.step_complete() {
+                    Progress::Complete
                 } else {
+                    self.waiting_for = d.waiting_for();
                     Progress::Waiting
                 }
             }
@@ -90,22 +135,42 @@ impl Phase for Decrypting {
     }
 
     fn finish(self, hub: &Hub, ending: Ending) -> Self::Output {
-        let stage = hub.end_stage();
-        match (ending, stage) {
-            (Ending::Complete, Stage::Decryption(d)) => {
-                d.finish().map_err(DecryptionFailed::Combine)
-            }
-            (_, Stage::Decryption(_)) => Err(match self.failed {
-                Some(why) => DecryptionFailed::KeyHolder(why),
-                None => DecryptionFailed::Missing(self.waiting_for),
-            }),
+        if ending != Ending::Complete {
+            return Err(self.failure(hub, ending));
+        }
+        if self.step != DecryptionStep::Shares {
+            return Ok(None);
+        }
+        match hub.end_stage() {
+            Stage::Decryption(d) => d.finish().map(Some).map_err(DecryptionFailed::Combine),
             _ => Err(DecryptionFailed::Lost),
         }
     }
 }
 
+/// Runs `f` on the decryption in progress (`None` if it is gone).
+fn with_decryption<T>(hub: &Hub, f: impl FnOnce(&mut Decryption) -> T) -> Option<T> {
+    match &mut *hub.stage() {
+        Stage::Decryption(d) => Some(f(d)),
+        _ => None,
+    }
+}
+
+/// Sends `kind` to each of `partners`; one that cannot be reached fails the
+/// decryption, named.
+fn send_each(hub: &Hub, partners: &[String], kind: &Kind) {
+    for p in partners {
+        let sent = hub.send_to(p, Outbound::Message(message(kind.clone())));
+        if !sent {
+            with_decryption(hub, |d| d.fail(p, "could not be reached"));
+        }
+    }
+}
+
 /// Asks every key holder of `key` to decrypt `result`'s encrypted sum (of at
-/// least `min` contributors) and waits for their shares until `deadline`.
+/// least `min` contributors), with the coin toss and the contributors'
+/// sketches in between (module docs), and waits for every step until
+/// `deadline` (for the whole decryption).
 pub async fn decrypt_round(
     hub: &Hub,
     key: &FederationKey,
@@ -113,6 +178,7 @@ pub async fn decrypt_round(
     min: usize,
     deadline: Duration,
 ) -> Result<Vec<u64>, DecryptionFailed> {
+    let until = Instant::now() + deadline;
     let round = result.round;
     let Some(aggregate) = result.aggregate.take() else {
         return Err(DecryptionFailed::UnusableSum);
@@ -135,16 +201,23 @@ pub async fn decrypt_round(
         c.mark_decrypting(round).map_err(storage)?;
         count_release(key, c.state_dir()).map_err(storage)?;
     }
+    let contributors: Vec<Contributor> = result
+        .ciphertexts
+        .iter()
+        .map(|u| Contributor {
+            name: u.partner.clone(),
+            examples: u.examples,
+            certificate: u.certificate.clone(),
+        })
+        .collect();
     let request = DecryptRequest {
         round,
-        contributions: result
-            .ciphertexts
+        contributions: contributors
             .iter()
-            .map(|u| consortia_proto::Contribution {
-                partner: u.partner.clone(),
-                example_count: u.examples,
-                signature: u.signature.clone(),
-                certificate: u.certificate.clone(),
+            .map(|c| consortia_proto::Contribution {
+                partner: c.name.clone(),
+                example_count: c.examples,
+                certificate: c.certificate.clone(),
             })
             .collect(),
         min_contributors: min as u32,
@@ -153,40 +226,73 @@ pub async fn decrypt_round(
         attempt: hub.attempt(),
         task_hash: hub.task_hash.to_vec(),
     };
-    let files = Arc::new(
-        result
-            .ciphertexts
-            .iter()
-            .map(|u| (u.path.clone(), u.body_hashes.clone()))
-            .collect::<Vec<_>>(),
-    );
-    let shape = *aggregate.shape();
-    hub.begin(Stage::Decryption(Decryption::new(round, &aggregate, key)));
+    let decryption = Decryption::new(
+        round,
+        hub.attempt(),
+        hub.task_hash,
+        &aggregate,
+        key,
+        contributors,
+    )
+    .map_err(|_| DecryptionFailed::UnusableSum)?;
     drop(aggregate);
+    let masks = decryption.masks();
+    hub.begin(Stage::Decryption(decryption));
     tracing::info!(
         round,
         phase = "decryption",
         holders = key.committee.len(),
+        contributors = request.contributions.len(),
         "asking the key holders to decrypt the sum"
     );
-    for p in &key.committee {
+    let holders = &key.committee;
+    for p in holders {
         let sent = hub.send_to(
             p,
             Outbound::Decrypt {
                 request: request.clone(),
-                files: files.clone(),
-                shape,
+                masks: masks.clone(),
             },
         );
-        if !sent && let Stage::Decryption(d) = &mut *hub.stage() {
-            d.fail(p, "could not be reached");
+        if !sent {
+            with_decryption(hub, |d| d.fail(p, "could not be reached"));
         }
     }
-    let phase = Decrypting {
-        failed: None,
-        waiting_for: Vec::new(),
+    drop(masks);
+    // The coin toss: every commitment, then every seed.
+    drive(hub, Waiting::new(DecryptionStep::Commitments), until).await?;
+    let list =
+        with_decryption(hub, Decryption::commitments_message).ok_or(DecryptionFailed::Lost)?;
+    send_each(hub, holders, &Kind::ChallengeCommitments(list));
+    drive(hub, Waiting::new(DecryptionStep::Seeds), until).await?;
+    let (reveals, challenge, contributors) = with_decryption(hub, |d| {
+        let (reveals, challenge) = d.reveals_message();
+        let names: Vec<String> = d.contributors().iter().map(|c| c.name.clone()).collect();
+        (reveals, challenge, names)
+    })
+    .ok_or(DecryptionFailed::Lost)?;
+    send_each(hub, holders, &Kind::ChallengeReveals(reveals));
+    // Every contributor signs the sketch of its own masks.
+    let ask = SketchRequest {
+        round,
+        attempt: hub.attempt(),
+        challenge: challenge.to_vec(),
     };
-    drive(hub, phase, Instant::now() + deadline).await
+    send_each(hub, &contributors, &Kind::SketchRequest(ask));
+    drive(hub, Waiting::new(DecryptionStep::Sketches), until).await?;
+    let sketches =
+        with_decryption(hub, Decryption::sketches_message).ok_or(DecryptionFailed::Lost)?;
+    let sketches = match sketches {
+        Ok(s) => s,
+        Err(why) => {
+            hub.end_stage();
+            return Err(DecryptionFailed::KeyHolder(why));
+        }
+    };
+    send_each(hub, holders, &Kind::ContributorSketches(sketches));
+    drive(hub, Waiting::new(DecryptionStep::Shares), until)
+        .await?
+        .ok_or(DecryptionFailed::Lost)
 }
 
 /// Opens a secure training round's sum when at least `min` updates went
@@ -569,15 +675,71 @@ mod decode_tests {
 mod phase_tests {
     use super::*;
     use crate::round::{Rejection, RoundCollector, RoundKind};
-    use crate::testing::{SECURE_TASK, collective_key, hub_with, next};
-    use consortia_he::{Aggregate, HeParams, Shape};
+    use crate::secure::StoredUpdate;
+    use crate::testing::{SECURE_TASK, hub_with, next, next_message};
+    use consortia_he::{
+        Aggregate, CollectiveKeyAggregator, EncryptedVector, Encryptor, HeParams, KeySession,
+        KeyShareGen, PartialDecryptor, PartyId, SecretKeyShare, Shape, Sketch,
+    };
+    use consortia_proto::{
+        ChallengeCommit, ChallengeSeed, SignedSketch, challenge_commitment, joint_challenge,
+        sketch_digest,
+    };
+    use std::sync::Arc;
 
-    /// A key of a, b and c, and a closed round 1 with an (empty) encrypted sum.
-    fn round(hub: &Hub) -> (Arc<FederationKey>, RoundResult) {
-        let k = collective_key(HeParams::Secure128, 3, 1);
-        let shape = Shape::new(&k, 42).unwrap();
-        let key = FederationKey::new(k, vec!["a".into(), "b".into(), "c".into()], vec![]).unwrap();
-        let result = RoundCollector::new(
+    const VALUES: usize = 42;
+
+    /// A key of a, b and c (with their secret shares), a PKI for a, b, c
+    /// and d, and a closed round 1 whose encrypted sum holds the updates of
+    /// `contributors` (update of the i-th: every value i + 1).
+    struct Round {
+        _dir: tempfile::TempDir,
+        key: Arc<FederationKey>,
+        secrets: Vec<SecretKeyShare>,
+        signers: BTreeMap<String, consortia_ledger::Signer>,
+        updates: BTreeMap<String, EncryptedVector>,
+        result: Option<RoundResult>,
+    }
+
+    use std::collections::BTreeMap;
+
+    fn round(hub: &Hub, contributors: &[&str]) -> Round {
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        let pki = consortia_pki::Pki::init(dir.path().join("pki"), &["127.0.0.1".into()], &names)
+            .unwrap();
+        let session = KeySession::new(HeParams::Secure128, [1; 32]);
+        let shares: Vec<_> = (0..3)
+            .map(|i| KeyShareGen::new(&session).generate(PartyId(i)))
+            .collect();
+        let mut agg = CollectiveKeyAggregator::new(&session, 3).unwrap();
+        for s in &shares {
+            agg.add_commitment(s.public.party(), s.commitment).unwrap();
+        }
+        for s in &shares {
+            agg.add_share(s.public.party(), s.public.clone()).unwrap();
+        }
+        let k = agg.finish().unwrap();
+        let shape = Shape::new(&k, VALUES as u64).unwrap();
+        let mut sum = Aggregate::new(shape).unwrap();
+        let mut updates = BTreeMap::new();
+        let mut stored = Vec::new();
+        for (i, name) in contributors.iter().enumerate() {
+            let v = Encryptor::new(&k).encrypt(&[i as u64 + 1; VALUES]).unwrap();
+            sum.add_vector(&v).unwrap();
+            updates.insert(name.to_string(), v);
+            stored.push(StoredUpdate {
+                partner: name.to_string(),
+                examples: 10,
+                path: dir.path().join(format!("{name}.ct")),
+                signature: Vec::new(),
+                certificate: consortia_pki::read_ca_certificate(&pki.partner_cert_path(name))
+                    .unwrap(),
+                body_hashes: Vec::new(),
+            });
+        }
+        let key = FederationKey::new(k, names[..3].to_vec(), vec![]).unwrap();
+        let mut result = RoundCollector::new(
             1,
             0,
             RoundKind::Train,
@@ -585,26 +747,281 @@ mod phase_tests {
             Default::default(),
             Instant::now(),
         )
-        .with_aggregate(Aggregate::new(shape).unwrap())
         .finish();
-        (Arc::new(key), result)
+        result.aggregate = Some(sum);
+        result.ciphertexts = stored;
+        let signers = names
+            .iter()
+            .map(|n| {
+                let s =
+                    consortia_ledger::Signer::from_pkcs8_pem_file(pki.partner_key_path(n)).unwrap();
+                (n.clone(), s)
+            })
+            .collect();
+        Round {
+            _dir: dir,
+            key: Arc::new(key),
+            secrets: shares.into_iter().map(|s| s.secret).collect(),
+            signers,
+            updates,
+            result: Some(result),
+        }
     }
 
     fn start(
         hub: &Arc<Hub>,
+        key: Arc<FederationKey>,
+        mut result: RoundResult,
         deadline: Duration,
     ) -> tokio::task::JoinHandle<Result<Vec<u64>, DecryptionFailed>> {
         let hub = hub.clone();
-        tokio::spawn(async move {
-            let (key, mut result) = round(&hub);
-            decrypt_round(&hub, &key, &mut result, 2, deadline).await
-        })
+        tokio::spawn(async move { decrypt_round(&hub, &key, &mut result, 2, deadline).await })
+    }
+
+    const HOLDERS: [&str; 3] = ["a", "b", "c"];
+
+    /// Plays the key holders a, b, c through the coin toss, as honest
+    /// agents do; returns each holder's copy of the aggregate and the
+    /// challenge the contributors are asked to sketch under.
+    async fn coin_toss(
+        hub: &Hub,
+        inbox: &mut crate::testing::Inboxes,
+        contributors: &[&str],
+    ) -> (Aggregate, [u8; 32]) {
+        let mut copy = None;
+        let mut context = None;
+        for p in HOLDERS {
+            let Outbound::Decrypt { request, masks } = next(inbox.get_mut(p).unwrap()).await else {
+                panic!("a decryption request first");
+            };
+            assert_eq!(request.contributions.len(), contributors.len());
+            let shape = Shape::new(&hub_key(hub), request.values).unwrap();
+            let mut agg = Aggregate::new(shape).unwrap();
+            for (i, m) in masks.iter().enumerate() {
+                agg.set_mask_chunk(i as u32, m, contributors.len() as u32)
+                    .unwrap();
+            }
+            assert_eq!(agg.mask_digest().to_vec(), request.aggregate_digest);
+            context = Some((request.attempt, agg.mask_digest()));
+            copy = Some(agg);
+        }
+        let (attempt, digest) = context.unwrap();
+        let key_id = hub_key(hub).key_id();
+        for (i, p) in HOLDERS.iter().enumerate() {
+            let c = challenge_commitment(
+                &hub.task_hash,
+                &key_id,
+                1,
+                attempt,
+                &digest,
+                p,
+                &[i as u8; 32],
+            );
+            hub.challenge_commit(
+                p,
+                &ChallengeCommit {
+                    round: 1,
+                    attempt,
+                    commitment: c.to_vec(),
+                },
+            )
+            .unwrap();
+        }
+        for p in HOLDERS {
+            match next_message(inbox.get_mut(p).unwrap()).await {
+                Kind::ChallengeCommitments(l) => assert_eq!(l.commitments.len(), 3),
+                other => panic!("expected the commitments, got {other:?}"),
+            }
+        }
+        for (i, p) in HOLDERS.iter().enumerate() {
+            let msg = ChallengeSeed {
+                round: 1,
+                attempt,
+                seed: vec![i as u8; 32],
+            };
+            hub.challenge_seed(p, &msg).unwrap();
+        }
+        let want = joint_challenge(
+            &hub.task_hash,
+            &key_id,
+            1,
+            attempt,
+            &digest,
+            HOLDERS
+                .iter()
+                .zip([[0u8; 32], [1; 32], [2; 32]].iter())
+                .map(|(h, s)| (*h, s)),
+        );
+        for p in HOLDERS {
+            assert!(matches!(
+                next_message(inbox.get_mut(p).unwrap()).await,
+                Kind::ChallengeReveals(_)
+            ));
+        }
+        (copy.unwrap(), want)
+    }
+
+    fn hub_key(hub: &Hub) -> consortia_he::CollectivePublicKey {
+        hub.federation_key().unwrap().key.clone()
+    }
+
+    /// `name`'s signed sketch of `masks_of`'s update under `challenge`.
+    fn signed(
+        r: &Round,
+        hub: &Hub,
+        name: &str,
+        masks_of: &str,
+        challenge: &[u8; 32],
+    ) -> SignedSketch {
+        let sketch = Sketch::of_vector(&r.updates[masks_of], challenge)
+            .unwrap()
+            .to_bytes();
+        let d = sketch_digest(
+            &r.key.key.key_id(),
+            &hub.task_hash,
+            1,
+            hub.attempt(),
+            name,
+            10,
+            challenge,
+            &sketch,
+        );
+        SignedSketch {
+            round: 1,
+            attempt: hub.attempt(),
+            signature: r.signers[name].sign_hash(&d).unwrap(),
+            sketch,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_holders_toss_a_coin_and_the_contributors_sketches_open_the_sum() {
+        let (hub, mut inbox) = hub_with(SECURE_TASK, &["a", "b", "c"]);
+        let mut r = round(&hub, &["a", "b", "c"]);
+        hub.set_federation_key(Some(r.key.clone()));
+        let running = start(
+            &hub,
+            r.key.clone(),
+            r.result.take().unwrap(),
+            Duration::from_secs(60),
+        );
+        let (copy, challenge) = coin_toss(&hub, &mut inbox, &["a", "b", "c"]).await;
+        for p in HOLDERS {
+            match next_message(inbox.get_mut(p).unwrap()).await {
+                Kind::SketchRequest(s) => assert_eq!(s.challenge, challenge.to_vec()),
+                other => panic!("expected a sketch request, got {other:?}"),
+            }
+        }
+        // A share before the sketches are out is refused.
+        let early = consortia_proto::share_pieces(1, &[0; 64]).next().unwrap();
+        assert!(hub.add_share_piece("a", early).is_err());
+        for p in HOLDERS {
+            hub.add_sketch(p, &signed(&r, &hub, p, p, &challenge))
+                .unwrap();
+        }
+        for p in HOLDERS {
+            match next_message(inbox.get_mut(p).unwrap()).await {
+                Kind::ContributorSketches(s) => assert_eq!(s.sketches.len(), 3),
+                other => panic!("expected the sketches, got {other:?}"),
+            }
+        }
+        for (i, p) in HOLDERS.iter().enumerate() {
+            let share = PartialDecryptor::new(&r.secrets[i])
+                .partial_decrypt(&copy, 3)
+                .unwrap()
+                .to_bytes();
+            for piece in consortia_proto::share_pieces(1, &share) {
+                hub.add_share_piece(p, piece).unwrap();
+            }
+        }
+        let sum = running.await.unwrap().unwrap();
+        assert_eq!(&sum[..VALUES], &[6u64; VALUES][..]);
+    }
+
+    /// A sketch that is not of the contributor's update (here b signs the
+    /// sketch of a's masks) does not add up: the decryption fails before the
+    /// key holders are sent anything to open.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sketches_that_do_not_add_up_fail_the_decryption() {
+        let (hub, mut inbox) = hub_with(SECURE_TASK, &["a", "b", "c"]);
+        let mut r = round(&hub, &["a", "b", "c"]);
+        hub.set_federation_key(Some(r.key.clone()));
+        let running = start(
+            &hub,
+            r.key.clone(),
+            r.result.take().unwrap(),
+            Duration::from_secs(60),
+        );
+        let (_, challenge) = coin_toss(&hub, &mut inbox, &["a", "b", "c"]).await;
+        // Signed by someone else: refused at once, naming the contributor.
+        let by_d = signed(&r, &hub, "d", "a", &challenge);
+        assert!(matches!(
+            hub.add_sketch("d", &by_d),
+            Err(Rejection::OutOfPhase { .. })
+        ));
+        for (p, of) in [("a", "a"), ("b", "a"), ("c", "c")] {
+            hub.add_sketch(p, &signed(&r, &hub, p, of, &challenge))
+                .unwrap();
+        }
+        let failed = running.await.unwrap().unwrap_err().to_string();
+        assert!(failed.contains("do not add up"), "{failed}");
+    }
+
+    /// A contributor that is gone by decryption time gives no sketch: the
+    /// attempt fails, naming it (at once when it cannot be reached, at the
+    /// deadline when it does not answer).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_contributor_without_a_sketch_fails_the_decryption_by_name() {
+        for connected in [false, true] {
+            let partners: &[&str] = if connected {
+                &["a", "b", "c", "d"]
+            } else {
+                &["a", "b", "c"]
+            };
+            let (hub, mut inbox) = hub_with(SECURE_TASK, partners);
+            let mut r = round(&hub, &["a", "b", "d"]);
+            hub.set_federation_key(Some(r.key.clone()));
+            let running = start(
+                &hub,
+                r.key.clone(),
+                r.result.take().unwrap(),
+                Duration::from_secs(3),
+            );
+            let (_, challenge) = coin_toss(&hub, &mut inbox, &["a", "b", "d"]).await;
+            for p in ["a", "b"] {
+                // Refused once the decryption has failed (d unreachable).
+                let taken = hub.add_sketch(p, &signed(&r, &hub, p, p, &challenge));
+                assert_eq!(taken.is_ok(), connected);
+            }
+            let failed = running.await.unwrap().unwrap_err();
+            if connected {
+                assert_eq!(
+                    failed,
+                    DecryptionFailed::Missing {
+                        what: "contributors' signed sketches",
+                        from: vec!["d".into()]
+                    }
+                );
+            } else {
+                let e = failed.to_string();
+                assert!(
+                    e.contains("contributor `d`") && e.contains("could not be reached"),
+                    "{e}"
+                );
+            }
+        }
     }
 
     #[tokio::test]
     async fn a_key_holders_refusal_fails_the_decryption() {
         let (hub, mut inbox) = hub_with(SECURE_TASK, &["a", "b", "c"]);
-        let running = start(&hub, Duration::from_secs(60));
+        let mut r = round(&hub, &["a", "b"]);
+        let running = start(
+            &hub,
+            r.key.clone(),
+            r.result.take().unwrap(),
+            Duration::from_secs(60),
+        );
         for p in ["a", "b", "c"] {
             match next(inbox.get_mut(p).unwrap()).await {
                 Outbound::Decrypt { request, .. } => {
@@ -640,7 +1057,15 @@ mod phase_tests {
     #[tokio::test]
     async fn an_absent_key_holder_fails_before_anyone_is_asked() {
         let (hub, mut inbox) = hub_with(SECURE_TASK, &["a", "b"]);
-        let failed = start(&hub, Duration::from_secs(60)).await.unwrap();
+        let mut r = round(&hub, &["a", "b"]);
+        let failed = start(
+            &hub,
+            r.key.clone(),
+            r.result.take().unwrap(),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
         assert_eq!(
             failed,
             Err(DecryptionFailed::Absent {
@@ -652,16 +1077,23 @@ mod phase_tests {
     }
 
     #[tokio::test]
-    async fn missing_shares_at_the_deadline_fail_the_decryption() {
+    async fn missing_commitments_at_the_deadline_fail_the_decryption() {
         let (hub, _inbox) = hub_with(SECURE_TASK, &["a", "b", "c"]);
-        let failed = start(&hub, Duration::from_millis(300)).await.unwrap();
+        let mut r = round(&hub, &["a", "b"]);
+        let failed = start(
+            &hub,
+            r.key.clone(),
+            r.result.take().unwrap(),
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap();
         assert_eq!(
             failed,
-            Err(DecryptionFailed::Missing(vec![
-                "a".into(),
-                "b".into(),
-                "c".into()
-            ]))
+            Err(DecryptionFailed::Missing {
+                what: "challenge commitments",
+                from: vec!["a".into(), "b".into(), "c".into()]
+            })
         );
     }
 }
