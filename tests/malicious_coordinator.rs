@@ -26,7 +26,7 @@ use consortia_proto::{
     AggregateMasks, ChallengeCommitments, ChallengeReveals, ClientMessage, CollectiveKey,
     Contribution, ContributorSketch, ContributorSketches, DecryptRequest, HolderCommitment,
     HolderSeed, KeyGenRequest, KeyReveal, ModelChunk, RoundStart, SignedKeyShare, SketchRequest,
-    StatsRequest, TaskFinished, chunk_count, chunk_range, client_message::Kind as Up,
+    StatsRequest, TaskFinished, Welcome, chunk_count, chunk_range, client_message::Kind as Up,
     joint_challenge, server_message::Kind as Down,
 };
 
@@ -186,6 +186,52 @@ fn control_an_acceptable_task_gets_statistics() {
     assert!(log.contains(LOADED_ROWS), "{}", rogue.report());
     assert!(log.contains("control done"), "{}", rogue.report());
     rogue.check_scripts();
+}
+
+/// A coordinator that predates joint decryption by sketches (its `Welcome`
+/// carries no protocol version) serving a secure task: the agent says so at
+/// once and reads nothing, rather than waiting for a decryption it could not
+/// take part in. The same `Welcome` with the current version is the control
+/// (`control_one_task_to_all_gives_a_key_and_encrypted_updates`).
+#[test]
+fn a_secure_task_from_a_coordinator_of_an_older_protocol_is_refused() {
+    let t = task(true, 3, None);
+    let fed = Federation::new(TASK);
+    let mut rogue = Rogue::start(fed, move |mut peer| {
+        let t = t.clone();
+        async move {
+            if !peer.expect_hello(WAIT).await {
+                return;
+            }
+            let name = peer.name.clone();
+            peer.send_kind(Down::Welcome(Welcome {
+                partner: name,
+                task_name: "telco-churn".into(),
+                task_toml: t,
+                acknowledged_head: None,
+                protocol_version: 0,
+            }))
+            .await;
+            peer.send_kind(Down::StatsRequest(StatsRequest { request_id: 1 }))
+                .await;
+            peer.closed(WAIT).await;
+        }
+    });
+    let name = rogue.start_agent(0, &policy(&[]));
+    let status = rogue.wait_agent_exit(&name, WAIT);
+    let log = rogue.agent_log(&name);
+    assert!(
+        !status.success(),
+        "agent accepted ({status})\n{}",
+        rogue.report()
+    );
+    assert!(
+        log.contains("the coordinator speaks protocol 0; this agent needs 2 or newer"),
+        "{}",
+        rogue.report()
+    );
+    assert!(!log.contains(LOADED_ROWS), "{}", rogue.report());
+    rogue.assert_nothing_private(&name);
 }
 
 /// (a) A plaintext task against a policy that requires secure aggregation.

@@ -265,7 +265,7 @@ async fn run_session(
                         )),
                     ));
                 }
-                if let Err(e) = welcome(cfg, state, &own_name, &w.task_toml) {
+                if let Err(e) = welcome(cfg, state, &own_name, &w.task_toml, w.protocol_version) {
                     // Declined as a whole: the coordinator counts it as a decline of kind round.
                     tracing::warn!(reason = DeclineKind::Round.code(), "{e}");
                     // Tell the operator why before leaving; nothing private is in it.
@@ -860,9 +860,24 @@ fn welcome(
     state: &mut AgentState,
     partner: &str,
     task_toml: &str,
+    coordinator_protocol: u32,
 ) -> Result<(), AgentError> {
     let task = TaskSpec::from_toml_named(task_toml, "sent by the coordinator")
         .map_err(|e| AgentError::Task(e.to_string()))?;
+    // A coordinator that predates joint decryption by sketches would send every
+    // contributor's masks, which this agent no longer reads: the round would only
+    // time out. Say so at once instead.
+    if task.secure_aggregation
+        && coordinator_protocol < consortia_proto::MIN_SECURE_PROTOCOL_VERSION
+    {
+        return Err(AgentError::Task(format!(
+            "task `{}` uses secure aggregation, and the coordinator speaks protocol \
+             {coordinator_protocol}; this agent needs {} or newer (joint decryption by signed \
+             sketches): refused — ask the operator to upgrade the coordinator",
+            task.name,
+            consortia_proto::MIN_SECURE_PROTOCOL_VERSION
+        )));
+    }
     let hash = task
         .canonical_hash()
         .map_err(|e| AgentError::Task(e.to_string()))?;

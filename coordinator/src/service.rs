@@ -268,6 +268,7 @@ async fn read_session(
         task_name: hub.task.name.clone(),
         task_toml: hub.task_toml.clone(),
         acknowledged_head: hub.partner_heads.acknowledged(&partner),
+        protocol_version: consortia_proto::PROTOCOL_VERSION,
     };
     if tx
         .send(Outbound::Message(session::message(Kind::Welcome(welcome))))

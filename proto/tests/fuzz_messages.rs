@@ -201,6 +201,7 @@ fn server_corpus() -> Vec<Vec<u8>> {
                 entries: 3,
                 hash: vec![7; 32],
             }),
+            protocol_version: PROTOCOL_VERSION,
         }),
         Kind::StatsRequest(StatsRequest::default()),
         Kind::RoundStart(RoundStart {

@@ -155,6 +155,7 @@ impl Peer {
             task_name,
             task_toml: task_toml.to_string(),
             acknowledged_head: None,
+            protocol_version: consortia_proto::PROTOCOL_VERSION,
         }))
         .await
     }
