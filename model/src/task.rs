@@ -327,6 +327,20 @@ impl TaskSpec {
                 "numeric column `{column}` has no public bounds: a task with [privacy] needs `{column} = [lo, hi]` in [schema.bounds] (domain knowledge, not taken from any partner's rows), so that its feature statistics can be clipped and noised"
             ))
         })?;
+        // A matrix factorisation's record is a user, and its rows are ratings: the
+        // distributed record-unit round (one gradient step over rows of a table, scaled
+        // by the declared rows and the task's per-row l2) does not fit it.
+        if self.model.kind == ModelKind::MatrixFactorization
+            && spec.unit == PrivacyUnit::Record
+            && spec.placement == NoisePlacement::Distributed
+        {
+            return Err(TaskError::Privacy(
+                "a matrix_factorization trains under distributed DP with unit = \"partner\" \
+                 only; unit = \"record\" (one user) needs placement = \"local\" (DP-SGD over \
+                 users): change one of the two"
+                    .into(),
+            ));
+        }
         if spec.placement != NoisePlacement::Distributed {
             return Ok(Some(spec));
         }
@@ -844,6 +858,44 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(churn.contains("glm task only"), "{churn}");
+    }
+
+    /// A matrix factorisation's distributed DP is partner-level only; the other three
+    /// combinations of unit and placement are accepted.
+    #[test]
+    fn a_private_matrix_factorisation_refuses_record_unit_distributed_dp() {
+        const MF: &str = include_str!("../../examples/recommend_mf.toml");
+        let mf = |unit: &str, placement: &str| {
+            let text = MF.replace("secure_aggregation = false", "secure_aggregation = true");
+            let sampling = if unit == "record" {
+                "sampling_rate = 1.0\n"
+            } else {
+                ""
+            };
+            TaskSpec::from_toml_str(&format!(
+                "{text}\n[privacy]\nunit = \"{unit}\"\nplacement = \"{placement}\"\n\
+                 epsilon = 8.0\ndelta = 1e-5\nclip_norm = 1.0\nnoise_multiplier = 1.0\n{sampling}"
+            ))
+            .unwrap()
+            .privacy_spec()
+        };
+        let e = mf("record", "distributed").unwrap_err().to_string();
+        assert!(
+            e.contains("unit = \"partner\"") && e.contains("placement = \"local\""),
+            "{e}"
+        );
+        for (unit, placement) in [
+            ("record", "local"),
+            ("partner", "local"),
+            ("partner", "distributed"),
+        ] {
+            let spec = mf(unit, placement).unwrap().unwrap();
+            assert_eq!(
+                spec.distributed_shape.is_some(),
+                placement == "distributed",
+                "{unit} {placement}"
+            );
+        }
     }
 
     #[test]

@@ -2,7 +2,9 @@
 
 use consortia_dp::{DpEvent, PrivacySpec, PrivacyUnit};
 
-use super::{Contribution, ContributionKind, LocalSgd, LocalUpdate, RoundInput, dp_error};
+use super::{
+    Contribution, ContributionKind, DeltaUpdate, LocalSgd, LocalUpdate, RoundInput, dp_error,
+};
 use crate::AgentError;
 
 /// Distributed DP (Kairouz, Liu and Steinke 2021, "The Distributed Discrete Gaussian
@@ -15,24 +17,28 @@ use crate::AgentError;
 ///   model, each clipped to C (Abadi et al. 2016, Alg. 1 with q = 1) — one
 ///   full-batch DP-SGD step of the federation per round (taken at the global model,
 ///   where FedProx's proximal gradient is zero, so `proximal_mu` changes nothing);
-/// * partner unit: the delta of ordinary local training ([`LocalSgd`]).
+///   tabular models only, since a row is a row of `x` (a matrix factorisation refuses
+///   this combination when the task is built);
+/// * partner unit: the delta of the partner's ordinary local update `L` (local SGD,
+///   [`LocalSgd`], or a matrix factorisation's ALS item step, [`super::MfAls`]), summed
+///   with unit weights.
 ///
 /// Privacy map: the round's DDG event (`DdgParams::round_event`, from the spec's
 /// distributed shape: update length, `n_min` and colluders), once per round.
 #[derive(Debug, Clone)]
-pub struct Distributed {
+pub struct Distributed<L = LocalSgd> {
     spec: PrivacySpec,
-    local: LocalSgd,
+    local: L,
 }
 
-impl Distributed {
+impl<L: DeltaUpdate> Distributed<L> {
     /// Distributed DP under `spec` (distributed placement, shape set) around `local`.
-    pub fn new(spec: PrivacySpec, local: LocalSgd) -> Self {
+    pub fn new(spec: PrivacySpec, local: L) -> Self {
         Self { spec, local }
     }
 }
 
-impl LocalUpdate for Distributed {
+impl<L: DeltaUpdate> LocalUpdate for Distributed<L> {
     fn name(&self) -> &'static str {
         match self.spec.unit {
             PrivacyUnit::Record => "ddg-record",
@@ -76,7 +82,7 @@ impl LocalUpdate for Distributed {
                 })
             }
             PrivacyUnit::Partner => {
-                let (delta, _) = self.local.train(input)?;
+                let delta = self.local.delta(input)?;
                 Ok(Contribution {
                     vector: delta,
                     kind: ContributionKind::ClippedDelta,

@@ -3,30 +3,35 @@
 use consortia_dp::mechanism::privatize_partner_update;
 use consortia_dp::{DpEvent, PrivacySpec};
 
-use super::{Contribution, ContributionKind, LocalSgd, LocalUpdate, RoundInput, dp_error};
+use super::{
+    Contribution, ContributionKind, DeltaUpdate, LocalSgd, LocalUpdate, RoundInput, dp_error,
+};
 use crate::AgentError;
 
 /// DP-FedAvg (McMahan et al. 2018, "Learning Differentially Private Recurrent
-/// Language Models", Alg. 1): ordinary local training ([`LocalSgd`], FedProx
-/// included), then the model delta is clipped to L2 norm C and N(0, z²C²) is added
-/// to every coordinate. Sends the noised delta.
+/// Language Models", Alg. 1): the partner's ordinary local update `L` — local SGD
+/// ([`LocalSgd`], FedProx included), or a matrix factorisation's ALS item step
+/// ([`super::MfAls`]) — then its model delta is clipped to L2 norm C and N(0, z²C²) is
+/// added to every coordinate. Sends the noised delta, weighted in the coordinator's
+/// average by the partner's published training-row count as every delta is.
 ///
 /// Privacy map: one `Gaussian { z }` event per round (sensitivity C of the clipped
-/// delta under replacing the partner's whole dataset).
+/// delta under replacing the partner's whole dataset), whatever `L` is: `L` spends
+/// nothing of its own ([`DeltaUpdate`]).
 #[derive(Debug, Clone)]
-pub struct DpFedAvg {
+pub struct DpFedAvg<L = LocalSgd> {
     spec: PrivacySpec,
-    local: LocalSgd,
+    local: L,
 }
 
-impl DpFedAvg {
+impl<L: DeltaUpdate> DpFedAvg<L> {
     /// DP-FedAvg under `spec` (partner unit, local placement) around `local`.
-    pub fn new(spec: PrivacySpec, local: LocalSgd) -> Self {
+    pub fn new(spec: PrivacySpec, local: L) -> Self {
         Self { spec, local }
     }
 }
 
-impl LocalUpdate for DpFedAvg {
+impl<L: DeltaUpdate> LocalUpdate for DpFedAvg<L> {
     fn name(&self) -> &'static str {
         "dp-fedavg"
     }
@@ -44,7 +49,7 @@ impl LocalUpdate for DpFedAvg {
     }
 
     fn compute(&self, input: RoundInput<'_>) -> Result<Contribution, AgentError> {
-        let (mut delta, _) = self.local.train(input)?;
+        let mut delta = self.local.delta(input)?;
         privatize_partner_update(&mut delta, self.spec.clip_norm, self.spec.noise_multiplier)
             .map_err(dp_error("private training"))?;
         Ok(Contribution {

@@ -1,37 +1,63 @@
 //! The local updates of a matrix factorisation ([`consortia_model::models::mf`]):
-//! alternating least squares, and DP-SGD over users when the task is private.
+//! alternating least squares, and, when the task is private, DP-SGD over users (record
+//! unit) or the ALS item step's delta clipped and noised by the partner-unit wrappers.
 //!
-//! Both fit the partner's own users first, in closed form (the ALS user step, exact
-//! ridge solutions given the round's global item part); those user factors and biases
-//! stay in this process. Only the item part's update — global mean, item biases and
-//! item factors — is returned.
+//! Every one fits the partner's own users first, in closed form (the ALS user step,
+//! exact ridge solutions given the round's global item part); those user factors and
+//! biases stay in this process. Only the item part's update — global mean, item biases
+//! and item factors — is returned.
 
 use consortia_dp::mechanism::DpSgdStep;
 use consortia_dp::{DpEvent, NoisePlacement, PrivacySpec, PrivacyUnit};
 use consortia_model::models::mf::{MfModel, TrainRatings};
 use consortia_model::{TaskSpec, TrainProgress};
 
-use super::{Contribution, ContributionKind, LocalUpdate, RoundInput, difference, dp_error};
+use super::{
+    Contribution, ContributionKind, DeltaUpdate, Distributed, DpFedAvg, LocalUpdate, RoundInput,
+    difference, dp_error,
+};
 use crate::AgentError;
 
-/// The local update a matrix factorisation task asks for: [`MfAls`] without
-/// `[privacy]`, [`MfDpSgd`] with record-unit (here: user-unit) local DP. Partner-unit
-/// and distributed DP are not available for this model yet and are refused.
+/// The local update a matrix factorisation task asks for:
+///
+/// * no `[privacy]`: [`MfAls`];
+/// * record unit (one user and all their ratings), local placement: [`MfDpSgd`];
+/// * partner unit, local placement: [`DpFedAvg`] around [`MfAls`] (the item step's
+///   delta clipped to C, N(0, z²C²) added);
+/// * partner unit, distributed placement: [`Distributed`] around [`MfAls`] (the item
+///   step's delta, clipped and given its noise share when it is encoded).
+///
+/// Record unit with distributed placement is refused: there the coordinator turns the
+/// decrypted sum into one gradient step, dividing by the declared training rows (here
+/// ratings, while this model's record is a user) and adding the task's `l2` penalty
+/// per row (here the ALS ridge λ of a whole item), so the step would be mis-scaled.
 pub(super) fn build(
     task: &TaskSpec,
     spec: Option<&PrivacySpec>,
 ) -> Result<Box<dyn LocalUpdate>, AgentError> {
-    match spec {
-        None => Ok(Box::new(MfAls::new(task.clone()))),
-        Some(s) if s.placement == NoisePlacement::Local && s.unit == PrivacyUnit::Record => {
+    let Some(s) = spec else {
+        return Ok(Box::new(MfAls::new(task.clone())));
+    };
+    let als = || MfAls::new(task.clone());
+    match (s.unit, s.placement) {
+        (PrivacyUnit::Record, NoisePlacement::Local) => {
             Ok(Box::new(MfDpSgd::new(task.clone(), s.clone())))
         }
-        Some(s) => Err(AgentError::Task(format!(
-            "a matrix_factorization trains under [privacy] with unit = \"record\" (one user and \
-             all their ratings) and placement = \"local\" only; this task asks for unit {:?}, \
-             placement {:?}",
-            s.unit, s.placement
-        ))),
+        (PrivacyUnit::Partner, NoisePlacement::Local) => {
+            Ok(Box::new(DpFedAvg::new(s.clone(), als())))
+        }
+        (PrivacyUnit::Partner, NoisePlacement::Distributed) => {
+            Ok(Box::new(Distributed::new(s.clone(), als())))
+        }
+        (PrivacyUnit::Record, NoisePlacement::Distributed) => Err(AgentError::Task(
+            "a matrix_factorization trains under [privacy] with unit = \"record\" (one user \
+             and all their ratings) and placement = \"local\", or with unit = \"partner\" and \
+             placement = \"local\" or \"distributed\"; this task asks for unit = \"record\" \
+             with placement = \"distributed\", whose one gradient step per round is scaled \
+             for rows of a table, not for users: use placement = \"local\" for user-level DP, \
+             or unit = \"partner\" for distributed DP"
+                .into(),
+        )),
     }
 }
 
@@ -52,7 +78,8 @@ fn global(task: &TaskSpec, input: &RoundInput<'_>) -> Result<MfModel, AgentError
 /// partner's users, then the local solution of the item step on this partner's ratings,
 /// sent as a delta from the global item part (`MfModel::local_item_delta`), weighted
 /// by this partner's training ratings in the coordinator's average. `model.l2` is the
-/// ridge λ of both steps. Spends no privacy budget of its own.
+/// ridge λ of both steps. Spends no privacy budget of its own; as a [`DeltaUpdate`]
+/// it is what partner-unit DP clips and noises.
 #[derive(Debug, Clone)]
 pub struct MfAls {
     task: TaskSpec,
@@ -63,18 +90,10 @@ impl MfAls {
     pub fn new(task: TaskSpec) -> Self {
         Self { task }
     }
-}
 
-impl LocalUpdate for MfAls {
-    fn name(&self) -> &'static str {
-        "mf-als"
-    }
-
-    fn events(&self, _rows: usize) -> Result<Vec<(DpEvent, u64)>, AgentError> {
-        Ok(Vec::new())
-    }
-
-    fn compute(&self, input: RoundInput<'_>) -> Result<Contribution, AgentError> {
+    /// The item part's delta and the partner's mean training loss (per rating, at
+    /// the fitted users and the global item part), after reporting it to `progress`.
+    fn item_delta(&self, input: RoundInput<'_>) -> Result<(Vec<f64>, f64), AgentError> {
         let train = ratings(&input)?;
         let model = global(&self.task, &input)?;
         let lambda = self.task.model.l2;
@@ -91,11 +110,32 @@ impl LocalUpdate for MfAls {
             mean_loss: loss,
             steps: 1,
         });
+        Ok((delta, loss))
+    }
+}
+
+impl LocalUpdate for MfAls {
+    fn name(&self) -> &'static str {
+        "mf-als"
+    }
+
+    fn events(&self, _rows: usize) -> Result<Vec<(DpEvent, u64)>, AgentError> {
+        Ok(Vec::new())
+    }
+
+    fn compute(&self, input: RoundInput<'_>) -> Result<Contribution, AgentError> {
+        let (delta, loss) = self.item_delta(input)?;
         Ok(Contribution {
             vector: delta,
             kind: ContributionKind::Delta,
             loss: Some(loss),
         })
+    }
+}
+
+impl DeltaUpdate for MfAls {
+    fn delta(&self, input: RoundInput<'_>) -> Result<Vec<f64>, AgentError> {
+        self.item_delta(input).map(|(delta, _)| delta)
     }
 }
 

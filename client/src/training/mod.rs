@@ -3,7 +3,9 @@
 //! Every way of computing an update is one [`LocalUpdate`]: plain local SGD and
 //! FedProx ([`LocalSgd`]), DP-SGD ([`DpSgd`]), DP-FedAvg ([`DpFedAvg`]), the
 //! vectors that distributed DP encodes ([`Distributed`]), and a matrix factorisation's
-//! alternating least squares ([`MfAls`]) and DP-SGD over users ([`MfDpSgd`]). Each
+//! alternating least squares ([`MfAls`]) and DP-SGD over users ([`MfDpSgd`]). The
+//! partner-unit wrappers ([`DpFedAvg`], [`Distributed`]) clip and noise the delta of
+//! any non-private [`DeltaUpdate`] (local SGD or a matrix factorisation's ALS). Each
 //! states the DP events one round of it spends ([`LocalUpdate::events`], OpenDP
 //! style: a mechanism comes with its privacy map), and the agent charges exactly
 //! those events to the partner's ledger before the round's rows are touched. [`build`] is the one place
@@ -84,6 +86,16 @@ pub trait LocalUpdate: Send + Sync {
     /// Computes the round's contribution. Private rows stay here; the returned vector
     /// is what the agent sends (in the clear or encrypted).
     fn compute(&self, input: RoundInput<'_>) -> Result<Contribution, AgentError>;
+}
+
+/// A non-private local update whose result is a model delta (local parameters minus
+/// the global ones, in the model's wire layout): what the partner-unit wrappers
+/// [`DpFedAvg`] and [`Distributed`] clip and noise. It spends no privacy budget of
+/// its own; the wrapper's events are the whole charge.
+pub trait DeltaUpdate: Send + Sync {
+    /// The round's delta, before any clipping or noise. It never leaves the partner
+    /// as it is.
+    fn delta(&self, input: RoundInput<'_>) -> Result<Vec<f64>, AgentError>;
 }
 
 /// The local update the task asks for. `spec` is the task's checked `[privacy]`

@@ -3,7 +3,9 @@
 use consortia_model::{TrainConfig, TrainReport, sgd};
 use rand::SeedableRng;
 
-use super::{Contribution, ContributionKind, LocalUpdate, RoundInput, difference, model_error};
+use super::{
+    Contribution, ContributionKind, DeltaUpdate, LocalUpdate, RoundInput, difference, model_error,
+};
 use crate::AgentError;
 use consortia_dp::DpEvent;
 
@@ -66,5 +68,11 @@ impl LocalUpdate for LocalSgd {
             kind: ContributionKind::Delta,
             loss: Some(report.mean_loss),
         })
+    }
+}
+
+impl DeltaUpdate for LocalSgd {
+    fn delta(&self, input: RoundInput<'_>) -> Result<Vec<f64>, AgentError> {
+        self.train(input).map(|(delta, _)| delta)
     }
 }
