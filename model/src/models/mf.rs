@@ -24,10 +24,12 @@
 //!   solutions; items rated on one partner only move by that partner's share of the
 //!   rows per round, and converge geometrically over rounds.
 //!
-//! Under differential privacy the unit is one user (all their ratings): the item part
-//! is learned by DP-SGD over users instead, each user's gradient of the item part
-//! ([`MfModel::user_gradient`]) clipped before noise is added; the user step stays
-//! exact and local, since nothing of it is released.
+//! Under differential privacy with one user (all their ratings) as the unit, the item
+//! part is learned by DP-SGD over users instead, each user's gradient of the item part
+//! ([`MfModel::user_gradient`]) clipped before noise is added. With the whole partner as
+//! the unit, the item step's delta is clipped and noised as any model's delta is
+//! (`consortia_client::training`). Either way the user step stays exact and local, since
+//! nothing of it is released.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
