@@ -24,10 +24,10 @@ use consortia_he::{
 use consortia_model::TaskSpec;
 use consortia_proto::{
     AggregateMasks, ChallengeCommitments, ChallengeReveals, ClientMessage, CollectiveKey,
-    Contribution, ContributorSketch, ContributorSketches, DecryptRequest, HolderCommitment,
-    HolderSeed, KeyGenRequest, KeyReveal, ModelChunk, RoundStart, SignedKeyShare, SketchRequest,
-    StatsRequest, TaskFinished, Welcome, chunk_count, chunk_range, client_message::Kind as Up,
-    joint_challenge, server_message::Kind as Down,
+    Contribution, ContributorSketch, ContributorSketches, DecryptRequest, DecryptionContext,
+    HolderCommitment, HolderSeed, KeyGenRequest, KeyReveal, ModelChunk, RoundStart, SignedKeyShare,
+    SketchRequest, StatsRequest, TaskFinished, Welcome, chunk_count, chunk_range,
+    client_message::Kind as Up, server_message::Kind as Down,
 };
 
 /// An acceptable `[privacy]` table: partner-level DP, noise added locally.
@@ -1129,14 +1129,14 @@ async fn ask_decryption(
             .into_iter()
             .map(|(h, s)| (h, s.try_into().expect("32-byte seed")))
             .collect();
-        let challenge = joint_challenge(
-            task_hash,
-            &key.key_id(),
-            1,
+        let challenge = DecryptionContext {
+            task_hash: *task_hash,
+            key_id: key.key_id(),
+            round: 1,
             attempt,
-            &digest,
-            seeds.iter().map(|(h, s)| (h.as_str(), s)),
-        );
+            aggregate_digest: digest,
+        }
+        .joint_challenge(seeds.iter().map(|(h, s)| (h.as_str(), s)));
         // This partner's signed sketch, as a contributor: for the attempt
         // asked if it signed an update for it, else for the attempt it did.
         for sketched in [attempt, 1] {

@@ -41,10 +41,10 @@
 //!    their digest against the request's;
 //! 2. with the other holders it tosses a coin, commit then reveal: it draws a
 //!    32-byte seed from the operating system, sends its commitment
-//!    ([`consortia_proto::challenge_commitment`]), reveals the seed only once
+//!    ([`DecryptionContext::commitment`]), reveals the seed only once
 //!    it holds the aggregate and sees every holder's commitment (its own
 //!    among them, unchanged), and checks every revealed seed against its
-//!    commitment; the joint challenge ([`consortia_proto::joint_challenge`])
+//!    commitment; the joint challenge ([`DecryptionContext::joint_challenge`])
 //!    is thus unknown to the coordinator until the aggregate is fixed;
 //! 3. every contributor sketches its own masks under the challenge
 //!    ([`consortia_he::Sketch`]) and signs the sketch with its certificate key
@@ -73,9 +73,9 @@ use consortia_model::TaskSpec;
 use consortia_proto::federation_key::{parse_params, parse_session_id};
 use consortia_proto::{
     AggregateMasks, ChallengeCommit, ChallengeCommitments, ChallengeReveals, ChallengeSeed,
-    CollectiveKey, ContributionDigest, ContributorSketches, DecryptRequest, FederationKey,
-    FederationKeyError, KeyGenRequest, MAX_CONTRIBUTORS, SignedSketch, SketchRequest,
-    challenge_commitment, joint_challenge, key_share_digest, sha256, sketch_digest,
+    CollectiveKey, ContributionDigest, ContributorSketches, DecryptRequest, DecryptionContext,
+    FederationKey, FederationKeyError, KeyGenRequest, MAX_CONTRIBUTORS, SignedSketch,
+    SketchRequest, key_share_digest, sha256, sketch_digest,
 };
 use rand::TryRngCore;
 
@@ -168,15 +168,11 @@ struct OwnUpdate {
 /// aggregate's masks as they arrive, then the coin toss, then the
 /// contributors' sketches.
 pub struct DecryptJob {
-    round: u64,
-    attempt: u64,
-    task_hash: [u8; 32],
-    key_id: [u8; 32],
+    ctx: DecryptionContext,
     holder: String,
     /// Each contributor: name, example count, its certificate's key.
     contributors: Vec<(String, u64, Verifier)>,
     min: u32,
-    digest: [u8; 32],
     aggregate: Aggregate,
     next_chunk: u32,
     stage: JobStage,
@@ -738,14 +734,16 @@ impl KeyHolder {
         let shape = Shape::new(&fed.key, req.values).map_err(|e| key_err("ciphertext shape", e))?;
         let aggregate = Aggregate::new(shape).map_err(|e| key_err("aggregate", e))?;
         Ok(DecryptJob {
-            round: req.round,
-            attempt: req.attempt,
-            task_hash: *task_hash,
-            key_id: fed.key.key_id(),
+            ctx: DecryptionContext {
+                task_hash: *task_hash,
+                key_id: fed.key.key_id(),
+                round: req.round,
+                attempt: req.attempt,
+                aggregate_digest: digest,
+            },
             holder: self.partner.clone(),
             contributors,
             min,
-            digest,
             aggregate,
             next_chunk: 0,
             stage: JobStage::Masks,
@@ -773,7 +771,7 @@ impl KeyHolder {
         let refuse = |why: String| {
             AgentError::Protocol(format!(
                 "decryption of round {} refused: the challenge commitments {why}",
-                job.round
+                job.ctx.round
             ))
         };
         let mut commitments = BTreeMap::new();
@@ -797,10 +795,10 @@ impl KeyHolder {
             return Err(refuse("change this key holder's own commitment".into()));
         }
         let used = read_lines(&fed.used_path)?;
-        check_fresh_parts(&used, job.round, job.attempt, &job.names(), false)?;
+        check_fresh_parts(&used, job.ctx.round, job.ctx.attempt, &job.names(), false)?;
         let tossed = used
             .iter()
-            .filter(|l| l.starts_with(&format!("challenge {} ", job.round)))
+            .filter(|l| l.starts_with(&format!("challenge {} ", job.ctx.round)))
             .count();
         if tossed >= MAX_CHALLENGES_PER_ROUND {
             return Err(refuse(format!(
@@ -810,12 +808,12 @@ impl KeyHolder {
         }
         append_lines(
             &fed.used_path,
-            &[format!("challenge {} {}", job.round, job.attempt)],
+            &[format!("challenge {} {}", job.ctx.round, job.ctx.attempt)],
         )?;
         job.stage = JobStage::Revealed { seed, commitments };
         Ok(ChallengeSeed {
-            round: job.round,
-            attempt: job.attempt,
+            round: job.ctx.round,
+            attempt: job.ctx.attempt,
             seed: seed.to_vec(),
         })
     }
@@ -844,7 +842,10 @@ impl KeyHolder {
             return Err(job.out_of_order("contributors' sketches"));
         };
         let refuse = |why: String| {
-            AgentError::Protocol(format!("decryption of round {} refused: {why}", job.round))
+            AgentError::Protocol(format!(
+                "decryption of round {} refused: {why}",
+                job.ctx.round
+            ))
         };
         let params = job.aggregate.shape().params;
         let mut sum = Sketch::zero(params);
@@ -864,16 +865,9 @@ impl KeyHolder {
             // Length-checked (a few hundred bytes) before anything is decoded.
             let sketch = Sketch::from_bytes(&s.sketch, params)
                 .map_err(|e| refuse(format!("the sketch given as `{name}`'s: {e}")))?;
-            let digest = sketch_digest(
-                &job.key_id,
-                &job.task_hash,
-                job.round,
-                job.attempt,
-                name,
-                *examples,
-                &challenge,
-                &s.sketch,
-            );
+            let digest = job
+                .ctx
+                .sketch_digest(name, *examples, &challenge, &s.sketch);
             if !verifier.verify_hash(&digest, &s.signature) {
                 return Err(refuse(format!(
                     "the sketch given as `{name}`'s is not signed by `{name}` for this \
@@ -905,22 +899,22 @@ impl KeyHolder {
         // since `begin_decrypt` may be reused.
         let used = read_lines(&fed.used_path)?;
         let names = job.names();
-        check_fresh_parts(&used, job.round, job.attempt, &names, true)?;
+        check_fresh_parts(&used, job.ctx.round, job.ctx.attempt, &names, true)?;
         let mut decryptor = PartialDecryptor::new(secret);
         decryptor.remember(answered);
         let share = decryptor
             .partial_decrypt(&job.aggregate, job.min)
-            .map_err(|e| key_err(&format!("decryption of round {} refused", job.round), e))?;
+            .map_err(|e| key_err(&format!("decryption of round {} refused", job.ctx.round), e))?;
         // Durable before the share leaves: this (round, attempt) and every
         // contribution in the sum are never opened again.
-        let mut lines = vec![format!("answered {} {}", job.round, job.attempt)];
+        let mut lines = vec![format!("answered {} {}", job.ctx.round, job.ctx.attempt)];
         lines.extend(
             names
                 .iter()
-                .map(|n| format!("contribution {} {} {n}", job.round, job.attempt)),
+                .map(|n| format!("contribution {} {} {n}", job.ctx.round, job.ctx.attempt)),
         );
         append_lines(&fed.used_path, &lines)?;
-        append_answered(&fed.answered_path, &job.digest)?;
+        append_answered(&fed.answered_path, &job.ctx.aggregate_digest)?;
         Ok(share.to_bytes())
     }
 }
@@ -928,12 +922,12 @@ impl KeyHolder {
 impl DecryptJob {
     /// The round being decrypted.
     pub fn round(&self) -> u64 {
-        self.round
+        self.ctx.round
     }
 
     /// The attempt being decrypted.
     pub fn attempt(&self) -> u64 {
-        self.attempt
+        self.ctx.attempt
     }
 
     fn names(&self) -> Vec<&str> {
@@ -942,11 +936,11 @@ impl DecryptJob {
 
     /// Refuses a message of another (round, attempt) than this job's.
     fn expect(&self, round: u64, attempt: u64, what: &str) -> Result<(), AgentError> {
-        if (round, attempt) != (self.round, self.attempt) {
+        if (round, attempt) != (self.ctx.round, self.ctx.attempt) {
             return Err(AgentError::Protocol(format!(
                 "{what} for attempt {attempt} of round {round} while decrypting attempt {} of \
                  round {}",
-                self.attempt, self.round
+                self.ctx.attempt, self.ctx.round
             )));
         }
         Ok(())
@@ -955,7 +949,7 @@ impl DecryptJob {
     fn out_of_order(&self, what: &str) -> AgentError {
         AgentError::Protocol(format!(
             "decryption of round {} refused: {what} sent while this key holder waits for {}",
-            self.round,
+            self.ctx.round,
             self.stage.name()
         ))
     }
@@ -963,14 +957,14 @@ impl DecryptJob {
     /// Coin toss, step 1: the next chunk of the aggregate's masks (in order).
     /// Once the last is in and their digest is the request's, draws a fresh
     /// 32-byte seed from the operating system and returns the commitment to
-    /// send ([`consortia_proto::challenge_commitment`]).
+    /// send ([`DecryptionContext::commitment`]).
     pub fn add_masks(&mut self, m: &AggregateMasks) -> Result<Option<ChallengeCommit>, AgentError> {
         self.expect(m.round, m.attempt, "aggregate masks")?;
         if !matches!(self.stage, JobStage::Masks) || m.index != self.next_chunk {
             return Err(AgentError::Protocol(format!(
                 "decryption of round {} refused: chunk {} of the aggregate's masks out of order \
                  (this key holder waits for {})",
-                self.round,
+                self.ctx.round,
                 m.index,
                 self.stage.name()
             )));
@@ -982,11 +976,11 @@ impl DecryptJob {
         if self.next_chunk < self.aggregate.shape().chunks() {
             return Ok(None);
         }
-        if self.aggregate.mask_digest() != self.digest {
+        if self.aggregate.mask_digest() != self.ctx.aggregate_digest {
             return Err(AgentError::Protocol(format!(
                 "decryption of round {} refused: the aggregate's masks sent are not the aggregate \
                  the coordinator asks to open (their digest differs)",
-                self.round
+                self.ctx.round
             )));
         }
         let mut seed = [0u8; 32];
@@ -995,19 +989,11 @@ impl DecryptJob {
                 "cannot draw a challenge seed from the operating system: {e}"
             ))
         })?;
-        let commitment = challenge_commitment(
-            &self.task_hash,
-            &self.key_id,
-            self.round,
-            self.attempt,
-            &self.digest,
-            &self.holder,
-            &seed,
-        );
+        let commitment = self.ctx.commitment(&self.holder, &seed);
         self.stage = JobStage::Committed { seed, commitment };
         Ok(Some(ChallengeCommit {
-            round: self.round,
-            attempt: self.attempt,
+            round: self.ctx.round,
+            attempt: self.ctx.attempt,
             commitment: commitment.to_vec(),
         }))
     }
@@ -1016,7 +1002,7 @@ impl DecryptJob {
     /// that holder made (a holder whose commitment is never opened fails the
     /// attempt: the coordinator gets no second toss), and this holder's own
     /// must be the one it revealed. Draws the joint challenge
-    /// ([`consortia_proto::joint_challenge`]).
+    /// ([`DecryptionContext::joint_challenge`]).
     pub fn take_reveals(&mut self, r: &ChallengeReveals) -> Result<(), AgentError> {
         self.expect(r.round, r.attempt, "challenge seeds")?;
         let JobStage::Revealed { seed, commitments } = &self.stage else {
@@ -1025,7 +1011,7 @@ impl DecryptJob {
         let refuse = |why: String| {
             AgentError::Protocol(format!(
                 "decryption of round {} refused: the challenge seeds {why}",
-                self.round
+                self.ctx.round
             ))
         };
         let mut seeds: BTreeMap<&str, [u8; 32]> = BTreeMap::new();
@@ -1041,16 +1027,7 @@ impl DecryptJob {
                 .as_slice()
                 .try_into()
                 .map_err(|_| refuse(format!("give `{}` one that is not 32 bytes", h.holder)))?;
-            let opens = challenge_commitment(
-                &self.task_hash,
-                &self.key_id,
-                self.round,
-                self.attempt,
-                &self.digest,
-                &h.holder,
-                &value,
-            ) == *commitment;
-            if !opens {
+            if !self.ctx.opens(&h.holder, &value, commitment) {
                 return Err(refuse(format!(
                     "give `{}` one that does not open its commitment",
                     h.holder
@@ -1068,14 +1045,7 @@ impl DecryptJob {
         if seeds.get(self.holder.as_str()) != Some(seed) {
             return Err(refuse("change this key holder's own seed".into()));
         }
-        let challenge = joint_challenge(
-            &self.task_hash,
-            &self.key_id,
-            self.round,
-            self.attempt,
-            &self.digest,
-            seeds.iter().map(|(h, s)| (*h, s)),
-        );
+        let challenge = self.ctx.joint_challenge(seeds.iter().map(|(h, s)| (*h, s)));
         self.stage = JobStage::Challenged { challenge };
         Ok(())
     }
@@ -1676,8 +1646,7 @@ mod tests {
             })?;
         }
         let commit = commit.expect("a commitment once every chunk is in");
-        let key_id = c.key.key_id();
-        let digest = agg.mask_digest();
+        let ctx = context(c, ask.attempt, agg.mask_digest());
         let others = [("b", [11u8; 32]), ("c", [12u8; 32])];
         let mut commitments = vec![HolderCommitment {
             holder: "a".into(),
@@ -1686,8 +1655,7 @@ mod tests {
         for (h, seed) in &others {
             commitments.push(HolderCommitment {
                 holder: h.to_string(),
-                commitment: challenge_commitment(&HASH, &key_id, 4, ask.attempt, &digest, h, seed)
-                    .to_vec(),
+                commitment: ctx.commitment(h, seed).to_vec(),
             });
         }
         let list = ChallengeCommitments {
@@ -1718,6 +1686,18 @@ mod tests {
                 sketches: relay(&challenge),
             },
         )
+    }
+
+    /// Attempt `attempt` at decrypting round 4 of the task `HASH` under
+    /// `c`'s key, the aggregate's mask digest `digest`.
+    fn context(c: &Committee, attempt: u64, digest: [u8; 32]) -> DecryptionContext {
+        DecryptionContext {
+            task_hash: HASH,
+            key_id: c.key.key_id(),
+            round: 4,
+            attempt,
+            aggregate_digest: digest,
+        }
     }
 
     /// The decryption request of round 4 naming `named` (partner, index of
@@ -2023,7 +2003,6 @@ mod tests {
             }
         }
         let digest = agg.mask_digest();
-        let key_id = c.key.key_id();
         let start = |attempt: u64| {
             let req = request(&c, &ALL, 1, digest, attempt, HASH);
             let mut job = c.holders[0]
@@ -2044,7 +2023,7 @@ mod tests {
         };
         let theirs = |h: &str, seed: &[u8; 32], attempt| HolderCommitment {
             holder: h.into(),
-            commitment: challenge_commitment(&HASH, &key_id, 4, attempt, &digest, h, seed).to_vec(),
+            commitment: context(&c, attempt, digest).commitment(h, seed).to_vec(),
         };
         let list = |attempt, commitments| ChallengeCommitments {
             round: 4,

@@ -58,7 +58,7 @@ impl Stage {
             Stage::KeyCeremony(Ceremony::Committing(_)) => "key commitments".into(),
             Stage::KeyCeremony(Ceremony::Revealing(_)) => "public key shares".into(),
             Stage::Collection(r) => format!("answers for round {}", r.round),
-            Stage::Decryption(d) => format!("{} for round {}", d.step().expects(), d.round),
+            Stage::Decryption(d) => format!("{} for round {}", d.step().expects(), d.round()),
         }
     }
 }
@@ -524,7 +524,7 @@ impl Hub {
         }
         let result = if kind == DeclineKind::Decryption {
             match &mut *lock(&self.stage) {
-                Stage::Decryption(d) if d.round == round => {
+                Stage::Decryption(d) if d.round() == round => {
                     d.fail(partner, &reason);
                     Ok(())
                 }

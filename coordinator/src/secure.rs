@@ -36,9 +36,8 @@ use consortia_he::{
 };
 use consortia_proto::{
     ChallengeCommit, ChallengeCommitments, ChallengeReveals, ChallengeSeed, ContributorSketch,
-    ContributorSketches, DecryptionSharePiece, HolderCommitment, HolderSeed, KeyCommit, KeyShare,
-    SignedKeyShare, SignedSketch, challenge_commitment, joint_challenge, key_share_digest,
-    sketch_digest,
+    ContributorSketches, DecryptionContext, DecryptionSharePiece, HolderCommitment, HolderSeed,
+    KeyCommit, KeyShare, SignedKeyShare, SignedSketch, key_share_digest,
 };
 use serde::{Deserialize, Serialize};
 
@@ -721,12 +720,7 @@ pub struct Contributor {
 /// aggregate's bodies and a few messages, however many key holders there
 /// are.
 pub struct Decryption {
-    /// Round.
-    pub round: u64,
-    attempt: u64,
-    task_hash: [u8; 32],
-    key_id: [u8; 32],
-    digest: [u8; 32],
+    ctx: DecryptionContext,
     shape: Shape,
     committee: Vec<String>,
     contributors: Vec<Contributor>,
@@ -761,11 +755,13 @@ impl Decryption {
             .map(|i| aggregate.mask_chunk(i))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Decryption {
-            round,
-            attempt,
-            task_hash,
-            key_id: key.key.key_id(),
-            digest: aggregate.mask_digest(),
+            ctx: DecryptionContext {
+                task_hash,
+                key_id: key.key.key_id(),
+                round,
+                attempt,
+                aggregate_digest: aggregate.mask_digest(),
+            },
             shape,
             committee: key.committee.clone(),
             contributors,
@@ -794,9 +790,14 @@ impl Decryption {
         self.masks.clone()
     }
 
+    /// The round being decrypted.
+    pub fn round(&self) -> u64 {
+        self.ctx.round
+    }
+
     /// The attempt being decrypted.
     pub fn attempt(&self) -> u64 {
-        self.attempt
+        self.ctx.attempt
     }
 
     /// The step in progress.
@@ -867,17 +868,17 @@ impl Decryption {
     }
 
     fn check_message(&self, subject: Subject, round: u64, attempt: u64) -> Result<(), Rejection> {
-        if round != self.round {
+        if round != self.ctx.round {
             return Err(Rejection::WrongRound {
                 got: round,
-                open: self.round,
+                open: self.ctx.round,
             });
         }
-        if attempt != self.attempt {
+        if attempt != self.ctx.attempt {
             return Err(Rejection::out_of_phase(
                 subject,
                 format!("it is for attempt {attempt}"),
-                format!("attempt {} of round {}", self.attempt, self.round),
+                format!("attempt {} of round {}", self.ctx.attempt, self.ctx.round),
             ));
         }
         Ok(())
@@ -889,7 +890,7 @@ impl Decryption {
                 subject,
                 format!(
                     "the decryption of round {} is not taking them now",
-                    self.round
+                    self.ctx.round
                 ),
                 self.step.expects(),
             ));
@@ -926,7 +927,9 @@ impl Decryption {
         self.at_step(subject, DecryptionStep::Commitments)?;
         let c = Self::bytes32(subject, "commitment", &msg.commitment)?;
         if self.commitments.contains_key(partner) {
-            return Err(Rejection::Duplicate { round: self.round });
+            return Err(Rejection::Duplicate {
+                round: self.ctx.round,
+            });
         }
         self.commitments.insert(partner.to_string(), c);
         Ok(())
@@ -936,8 +939,8 @@ impl Decryption {
     pub fn commitments_message(&mut self) -> ChallengeCommitments {
         self.step = DecryptionStep::Seeds;
         ChallengeCommitments {
-            round: self.round,
-            attempt: self.attempt,
+            round: self.ctx.round,
+            attempt: self.ctx.attempt,
             commitments: self
                 .commitments
                 .iter()
@@ -957,19 +960,16 @@ impl Decryption {
         self.holder(subject, partner)?;
         self.at_step(subject, DecryptionStep::Seeds)?;
         if self.seeds.contains_key(partner) {
-            return Err(Rejection::Duplicate { round: self.round });
+            return Err(Rejection::Duplicate {
+                round: self.ctx.round,
+            });
         }
         let seed = Self::bytes32(subject, "seed", &msg.seed)?;
-        let opens = challenge_commitment(
-            &self.task_hash,
-            &self.key_id,
-            self.round,
-            self.attempt,
-            &self.digest,
-            partner,
-            &seed,
-        );
-        if self.commitments.get(partner) != Some(&opens) {
+        let opens = self
+            .commitments
+            .get(partner)
+            .is_some_and(|c| self.ctx.opens(partner, &seed, c));
+        if !opens {
             self.fail(partner, "its challenge seed does not open its commitment");
             return Err(Rejection::invalid(
                 subject,
@@ -984,19 +984,14 @@ impl Decryption {
     /// Every seed, for every key holder, and the joint challenge the
     /// contributors sketch under; the contributors answer next.
     pub fn reveals_message(&mut self) -> (ChallengeReveals, [u8; 32]) {
-        let challenge = joint_challenge(
-            &self.task_hash,
-            &self.key_id,
-            self.round,
-            self.attempt,
-            &self.digest,
-            self.seeds.iter().map(|(h, s)| (h.as_str(), s)),
-        );
+        let challenge = self
+            .ctx
+            .joint_challenge(self.seeds.iter().map(|(h, s)| (h.as_str(), s)));
         self.challenge = Some(challenge);
         self.step = DecryptionStep::Sketches;
         let reveals = ChallengeReveals {
-            round: self.round,
-            attempt: self.attempt,
+            round: self.ctx.round,
+            attempt: self.ctx.attempt,
             seeds: self
                 .seeds
                 .iter()
@@ -1021,25 +1016,20 @@ impl Decryption {
                 subject,
                 format!(
                     "`{partner}` is not a contributor to round {}'s sum",
-                    self.round
+                    self.ctx.round
                 ),
                 "sketches from the sum's contributors only",
             ));
         };
         if self.sketches.contains_key(partner) {
-            return Err(Rejection::Duplicate { round: self.round });
+            return Err(Rejection::Duplicate {
+                round: self.ctx.round,
+            });
         }
         let challenge = self.challenge.unwrap_or_default();
-        let digest = sketch_digest(
-            &self.key_id,
-            &self.task_hash,
-            self.round,
-            self.attempt,
-            partner,
-            c.examples,
-            &challenge,
-            &msg.sketch,
-        );
+        let digest = self
+            .ctx
+            .sketch_digest(partner, c.examples, &challenge, &msg.sketch);
         let checked =
             Sketch::from_bytes(&msg.sketch, self.shape.params)
                 .map_err(|e| e.to_string())
@@ -1104,8 +1094,8 @@ impl Decryption {
         }
         self.step = DecryptionStep::Shares;
         Ok(ContributorSketches {
-            round: self.round,
-            attempt: self.attempt,
+            round: self.ctx.round,
+            attempt: self.ctx.attempt,
             sketches: self.sketches.values().cloned().collect(),
         })
     }
@@ -1124,10 +1114,10 @@ impl Decryption {
     /// aggregate or sent twice is refused with the round untouched. A key
     /// holder that then breaks its own share off fails the decryption.
     pub fn add_piece(&mut self, partner: &str, p: DecryptionSharePiece) -> Result<(), Rejection> {
-        if p.round != self.round {
+        if p.round != self.ctx.round {
             return Err(Rejection::WrongRound {
                 got: p.round,
-                open: self.round,
+                open: self.ctx.round,
             });
         }
         let subject = Subject::DecryptionShare;
@@ -1147,13 +1137,17 @@ impl Decryption {
         };
         let party = PartyId(party as u32);
         if self.combiner.has(party) {
-            return Err(Rejection::Duplicate { round: self.round });
+            return Err(Rejection::Duplicate {
+                round: self.ctx.round,
+            });
         }
         let total = self.combiner.share_len();
         let pieces = total.div_ceil(consortia_proto::SHARE_PIECE_BYTES) as u32;
         if p.index == 0 {
             if self.streams.contains_key(partner) {
-                return Err(Rejection::Duplicate { round: self.round });
+                return Err(Rejection::Duplicate {
+                    round: self.ctx.round,
+                });
             }
             if p.total_bytes != total as u64 || p.piece_count != pieces {
                 return Err(Rejection::invalid(

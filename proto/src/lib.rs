@@ -113,17 +113,15 @@ impl ContributionDigest {
         partner: &str,
         example_count: u64,
     ) -> Self {
-        use sha2::Digest;
-        let mut hash = sha2::Sha256::new();
-        hash.update(b"consortia/secure-update/v3");
-        hash.update((key_id.len() as u64).to_le_bytes());
-        hash.update(key_id);
-        hash.update(task_hash);
-        hash.update(round.to_le_bytes());
-        hash.update(attempt.to_le_bytes());
-        hash.update((partner.len() as u64).to_le_bytes());
-        hash.update(partner.as_bytes());
-        hash.update(example_count.to_le_bytes());
+        let hash = contributor_hash(
+            b"consortia/secure-update/v3",
+            key_id,
+            task_hash,
+            round,
+            attempt,
+            partner,
+            example_count,
+        );
         ContributionDigest { hash }
     }
 
@@ -139,6 +137,32 @@ impl ContributionDigest {
         use sha2::Digest;
         self.hash.finalize().into()
     }
+}
+
+/// What every hash a contributor signs starts with: domain tag, key id (u64
+/// length, bytes), task hash, round, attempt, the contributor's name (u64
+/// length, UTF-8) and its example count.
+fn contributor_hash(
+    tag: &[u8],
+    key_id: &[u8],
+    task_hash: &[u8; 32],
+    round: u64,
+    attempt: u64,
+    partner: &str,
+    example_count: u64,
+) -> sha2::Sha256 {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    hash.update(tag);
+    hash.update((key_id.len() as u64).to_le_bytes());
+    hash.update(key_id);
+    hash.update(task_hash);
+    hash.update(round.to_le_bytes());
+    hash.update(attempt.to_le_bytes());
+    hash.update((partner.len() as u64).to_le_bytes());
+    hash.update(partner.as_bytes());
+    hash.update(example_count.to_le_bytes());
+    hash
 }
 
 /// What a key holder signs of its public-key share: SHA-256 over the domain
@@ -181,89 +205,103 @@ pub const MAX_CONTRIBUTORS: usize = 1024;
 /// Bytes of a challenge seed, a challenge and a commitment.
 pub const CHALLENGE_BYTES: usize = 32;
 
-/// The context every challenge hash of one decryption starts with: domain
-/// tag, task hash, key id (u64 length, bytes), round, attempt, the
-/// aggregate's mask digest.
-fn challenge_context(
-    tag: &[u8],
-    task_hash: &[u8; 32],
-    key_id: &[u8],
-    round: u64,
-    attempt: u64,
-    aggregate_digest: &[u8; 32],
-) -> sha2::Sha256 {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    h.update(tag);
-    h.update(task_hash);
-    h.update((key_id.len() as u64).to_le_bytes());
-    h.update(key_id);
-    h.update(round.to_le_bytes());
-    h.update(attempt.to_le_bytes());
-    h.update(aggregate_digest);
-    h
+/// One attempt at jointly decrypting a round's sum, as every hash of its
+/// coin toss and sketches binds it: the task's canonical hash, the collective
+/// key's id, the round, the attempt and the digest of the aggregate's masks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecryptionContext {
+    /// The task's 32-byte canonical hash.
+    pub task_hash: [u8; 32],
+    /// The collective key's id.
+    pub key_id: [u8; 32],
+    /// The round being decrypted.
+    pub round: u64,
+    /// The attempt being decrypted.
+    pub attempt: u64,
+    /// The digest of the aggregate's masks.
+    pub aggregate_digest: [u8; 32],
 }
 
-/// A key holder's commitment to its challenge seed for the decryption of
-/// `aggregate_digest` in (round, attempt): SHA-256 over the domain tag
-/// `consortia/challenge-commit/v1`, the task hash, the key id, round,
-/// attempt, the aggregate's mask digest, the holder's name (u64 length,
-/// UTF-8) and the 32-byte seed (a hash commitment: binding and, for a
-/// uniformly random seed, hiding).
-pub fn challenge_commitment(
-    task_hash: &[u8; 32],
-    key_id: &[u8],
-    round: u64,
-    attempt: u64,
-    aggregate_digest: &[u8; 32],
-    holder: &str,
-    seed: &[u8; 32],
-) -> [u8; 32] {
-    use sha2::Digest;
-    let mut h = challenge_context(
-        b"consortia/challenge-commit/v1",
-        task_hash,
-        key_id,
-        round,
-        attempt,
-        aggregate_digest,
-    );
-    h.update((holder.len() as u64).to_le_bytes());
-    h.update(holder.as_bytes());
-    h.update(seed);
-    h.finalize().into()
-}
+impl DecryptionContext {
+    /// The context every challenge hash of this decryption starts with:
+    /// domain tag, task hash, key id (u64 length, bytes), round, attempt,
+    /// the aggregate's mask digest.
+    fn challenge_hash(&self, tag: &[u8]) -> sha2::Sha256 {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(tag);
+        h.update(self.task_hash);
+        h.update((self.key_id.len() as u64).to_le_bytes());
+        h.update(self.key_id);
+        h.update(self.round.to_le_bytes());
+        h.update(self.attempt.to_le_bytes());
+        h.update(self.aggregate_digest);
+        h
+    }
 
-/// The joint challenge of a decryption: SHA-256 over the domain tag
-/// `consortia/challenge/v1`, the same context as [`challenge_commitment`], and
-/// every (holder, seed) sorted by holder name (u64 length, UTF-8, 32-byte
-/// seed). Uniformly random as long as one holder's seed is, whatever the
-/// others chose after seeing its commitment only.
-pub fn joint_challenge<'a>(
-    task_hash: &[u8; 32],
-    key_id: &[u8],
-    round: u64,
-    attempt: u64,
-    aggregate_digest: &[u8; 32],
-    seeds: impl IntoIterator<Item = (&'a str, &'a [u8; 32])>,
-) -> [u8; 32] {
-    use sha2::Digest;
-    let mut h = challenge_context(
-        b"consortia/challenge/v1",
-        task_hash,
-        key_id,
-        round,
-        attempt,
-        aggregate_digest,
-    );
-    let mut seeds: Vec<(&str, &[u8; 32])> = seeds.into_iter().collect();
-    seeds.sort_by(|a, b| a.0.cmp(b.0));
-    for (holder, seed) in seeds {
+    /// Key holder `holder`'s commitment to its challenge seed `seed`:
+    /// SHA-256 over the domain tag `consortia/challenge-commit/v1`, the task
+    /// hash, the key id, round, attempt, the aggregate's mask digest, the
+    /// holder's name (u64 length, UTF-8) and the 32-byte seed (a hash
+    /// commitment: binding and, for a uniformly random seed, hiding).
+    pub fn commitment(&self, holder: &str, seed: &[u8; 32]) -> [u8; 32] {
+        use sha2::Digest;
+        let mut h = self.challenge_hash(b"consortia/challenge-commit/v1");
         h.update((holder.len() as u64).to_le_bytes());
         h.update(holder.as_bytes());
         h.update(seed);
+        h.finalize().into()
     }
-    h.finalize().into()
+
+    /// True when `seed` opens `commitment`, made by `holder`
+    /// ([`DecryptionContext::commitment`]).
+    pub fn opens(&self, holder: &str, seed: &[u8; 32], commitment: &[u8; 32]) -> bool {
+        self.commitment(holder, seed) == *commitment
+    }
+
+    /// The joint challenge: SHA-256 over the domain tag
+    /// `consortia/challenge/v1`, the same context as
+    /// [`DecryptionContext::commitment`], and every (holder, seed) sorted by
+    /// holder name (u64 length, UTF-8, 32-byte seed). Uniformly random as
+    /// long as one holder's seed is, whatever the others chose after seeing
+    /// its commitment only.
+    pub fn joint_challenge<'a>(
+        &self,
+        seeds: impl IntoIterator<Item = (&'a str, &'a [u8; 32])>,
+    ) -> [u8; 32] {
+        use sha2::Digest;
+        let mut h = self.challenge_hash(b"consortia/challenge/v1");
+        let mut seeds: Vec<(&str, &[u8; 32])> = seeds.into_iter().collect();
+        seeds.sort_by(|a, b| a.0.cmp(b.0));
+        for (holder, seed) in seeds {
+            h.update((holder.len() as u64).to_le_bytes());
+            h.update(holder.as_bytes());
+            h.update(seed);
+        }
+        h.finalize().into()
+    }
+
+    /// What contributor `partner`, of `example_count` examples, signs of its
+    /// sketch `sketch` under `challenge` in this decryption ([`sketch_digest`]:
+    /// the aggregate's digest is not part of it).
+    pub fn sketch_digest(
+        &self,
+        partner: &str,
+        example_count: u64,
+        challenge: &[u8; 32],
+        sketch: &[u8],
+    ) -> [u8; 32] {
+        sketch_digest(
+            &self.key_id,
+            &self.task_hash,
+            self.round,
+            self.attempt,
+            partner,
+            example_count,
+            challenge,
+            sketch,
+        )
+    }
 }
 
 /// What a contributor signs of its sketch: SHA-256 over the domain tag
@@ -283,16 +321,15 @@ pub fn sketch_digest(
     sketch: &[u8],
 ) -> [u8; 32] {
     use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    h.update(b"consortia/mask-sketch/v1");
-    h.update((key_id.len() as u64).to_le_bytes());
-    h.update(key_id);
-    h.update(task_hash);
-    h.update(round.to_le_bytes());
-    h.update(attempt.to_le_bytes());
-    h.update((partner.len() as u64).to_le_bytes());
-    h.update(partner.as_bytes());
-    h.update(example_count.to_le_bytes());
+    let mut h = contributor_hash(
+        b"consortia/mask-sketch/v1",
+        key_id,
+        task_hash,
+        round,
+        attempt,
+        partner,
+        example_count,
+    );
     h.update(challenge);
     h.update(sha256(sketch));
     h.finalize().into()
@@ -378,25 +415,69 @@ mod tests {
         assert!(prost::Message::encoded_len(&msg) < MAX_MESSAGE_BYTES);
     }
 
+    fn context(attempt: u64, aggregate_digest: [u8; 32]) -> DecryptionContext {
+        DecryptionContext {
+            task_hash: [1; 32],
+            key_id: [2; 32],
+            round: 7,
+            attempt,
+            aggregate_digest,
+        }
+    }
+
     #[test]
     fn challenges_bind_their_context_and_every_seed() {
-        let (t, k, d) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        let x = context(9, [3; 32]);
         let (a, b) = ([4u8; 32], [5u8; 32]);
-        let c = joint_challenge(&t, &k, 7, 9, &d, [("a", &a), ("b", &b)]);
+        let c = x.joint_challenge([("a", &a), ("b", &b)]);
         // Sorted by holder: the order they are given in does not matter.
-        assert_eq!(c, joint_challenge(&t, &k, 7, 9, &d, [("b", &b), ("a", &a)]));
-        assert_ne!(c, joint_challenge(&t, &k, 7, 9, &d, [("a", &b), ("b", &a)]));
+        assert_eq!(c, x.joint_challenge([("b", &b), ("a", &a)]));
+        assert_ne!(c, x.joint_challenge([("a", &b), ("b", &a)]));
         assert_ne!(
             c,
-            joint_challenge(&t, &k, 7, 10, &d, [("a", &a), ("b", &b)])
+            context(10, [3; 32]).joint_challenge([("a", &a), ("b", &b)])
         );
         assert_ne!(
             c,
-            joint_challenge(&t, &k, 7, 9, &[0; 32], [("a", &a), ("b", &b)])
+            context(9, [0; 32]).joint_challenge([("a", &a), ("b", &b)])
         );
-        let m = challenge_commitment(&t, &k, 7, 9, &d, "a", &a);
-        assert_ne!(m, challenge_commitment(&t, &k, 7, 9, &d, "b", &a));
-        assert_ne!(m, challenge_commitment(&t, &k, 7, 9, &d, "a", &b));
+        let m = x.commitment("a", &a);
+        assert_ne!(m, x.commitment("b", &a));
+        assert_ne!(m, x.commitment("a", &b));
+        assert!(x.opens("a", &a, &m));
+        assert!(!x.opens("b", &a, &m) && !x.opens("a", &b, &m));
+    }
+
+    /// The hash formats, pinned: what agents and coordinators of different
+    /// builds compute must agree byte for byte (the values follow the formats
+    /// documented on each function).
+    #[test]
+    fn challenge_and_sketch_hashes_are_pinned() {
+        let x = context(9, [3; 32]);
+        let (a, b) = ([4u8; 32], [5u8; 32]);
+        assert_eq!(
+            hex::encode(x.commitment("a", &a)),
+            "1930bab3b4d1bf4af79d9916043d8239ac50692ce2d334337974a6ea6922500d"
+        );
+        assert_eq!(
+            hex::encode(x.joint_challenge([("b", &b), ("a", &a)])),
+            "d5c7dbd074b5f7851d775698955b8ed70865ab8cdd57e6c4b07cdbf5fa2f3048"
+        );
+        let sketch = x.sketch_digest("a", 100, &[6; 32], b"sketch");
+        assert_eq!(
+            hex::encode(sketch),
+            "04b2095ca73ef077d5e26796144e3d66e78a6645cfe3a68f678193eb09e2178c"
+        );
+        assert_eq!(
+            sketch,
+            sketch_digest(&[2; 32], &[1; 32], 7, 9, "a", 100, &[6; 32], b"sketch")
+        );
+        let mut update = ContributionDigest::new(&[2; 32], &[1; 32], 7, 9, "a", 100);
+        update.chunk(&[8; 32], &[9; 32]);
+        assert_eq!(
+            hex::encode(update.finish()),
+            "bb45754fc58c38c6bbe6e2c4d6e7e383ea6f895d7f5444887be50a722e80dbfb"
+        );
     }
 
     #[test]

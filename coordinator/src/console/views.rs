@@ -138,7 +138,7 @@ pub fn federation(hub: &Hub, store: &Store) -> FederationView {
                 Some(r.deadline),
                 Vec::new(),
             ),
-            Stage::Decryption(d) => (phase, Some(d.round), Vec::new(), None, d.waiting_for()),
+            Stage::Decryption(d) => (phase, Some(d.round()), Vec::new(), None, d.waiting_for()),
             _ => (phase, None, Vec::new(), None, Vec::new()),
         }
     });

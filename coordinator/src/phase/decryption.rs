@@ -682,8 +682,7 @@ mod phase_tests {
         KeyShareGen, PartialDecryptor, PartyId, SecretKeyShare, Shape, Sketch,
     };
     use consortia_proto::{
-        ChallengeCommit, ChallengeSeed, SignedSketch, challenge_commitment, joint_challenge,
-        sketch_digest,
+        ChallengeCommit, ChallengeSeed, DecryptionContext, SignedSketch, sketch_digest,
     };
     use std::sync::Arc;
 
@@ -789,7 +788,7 @@ mod phase_tests {
         contributors: &[&str],
     ) -> (Aggregate, [u8; 32]) {
         let mut copy = None;
-        let mut context = None;
+        let mut ctx = None;
         for p in HOLDERS {
             let Outbound::Decrypt { request, masks } = next(inbox.get_mut(p).unwrap()).await else {
                 panic!("a decryption request first");
@@ -802,21 +801,19 @@ mod phase_tests {
                     .unwrap();
             }
             assert_eq!(agg.mask_digest().to_vec(), request.aggregate_digest);
-            context = Some((request.attempt, agg.mask_digest()));
+            ctx = Some(DecryptionContext {
+                task_hash: hub.task_hash,
+                key_id: hub_key(hub).key_id(),
+                round: 1,
+                attempt: request.attempt,
+                aggregate_digest: agg.mask_digest(),
+            });
             copy = Some(agg);
         }
-        let (attempt, digest) = context.unwrap();
-        let key_id = hub_key(hub).key_id();
+        let ctx = ctx.unwrap();
+        let attempt = ctx.attempt;
         for (i, p) in HOLDERS.iter().enumerate() {
-            let c = challenge_commitment(
-                &hub.task_hash,
-                &key_id,
-                1,
-                attempt,
-                &digest,
-                p,
-                &[i as u8; 32],
-            );
+            let c = ctx.commitment(p, &[i as u8; 32]);
             hub.challenge_commit(
                 p,
                 &ChallengeCommit {
@@ -841,12 +838,7 @@ mod phase_tests {
             };
             hub.challenge_seed(p, &msg).unwrap();
         }
-        let want = joint_challenge(
-            &hub.task_hash,
-            &key_id,
-            1,
-            attempt,
-            &digest,
+        let want = ctx.joint_challenge(
             HOLDERS
                 .iter()
                 .zip([[0u8; 32], [1; 32], [2; 32]].iter())
