@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use consortia_he::{
     CollectiveKeyAggregator, CollectivePublicKey, HeParams, KeySession, KeyShareGen, PartyId,
+    SecretKeyShare,
 };
 use consortia_model::TaskSpec;
 use tokio::sync::mpsc;
@@ -23,6 +24,15 @@ pub(crate) const SECURE_TASK: &str = include_str!("../../examples/telco_churn_se
 /// A collective key of `parties` made in-process (session id `[id; 32]`),
 /// through the same commit-then-reveal steps the partners run.
 pub(crate) fn collective_key(params: HeParams, parties: u32, id: u8) -> CollectivePublicKey {
+    collective_key_with_secrets(params, parties, id).0
+}
+
+/// [`collective_key`], with the parties' secret shares (party `i`'s `i`-th).
+pub(crate) fn collective_key_with_secrets(
+    params: HeParams,
+    parties: u32,
+    id: u8,
+) -> (CollectivePublicKey, Vec<SecretKeyShare>) {
     let session = KeySession::new(params, [id; 32]);
     let generator = KeyShareGen::new(&session);
     let shares: Vec<_> = (0..parties)
@@ -32,10 +42,12 @@ pub(crate) fn collective_key(params: HeParams, parties: u32, id: u8) -> Collecti
     for s in &shares {
         agg.add_commitment(s.public.party(), s.commitment).unwrap();
     }
+    let mut secrets = Vec::with_capacity(shares.len());
     for s in shares {
         agg.add_share(s.public.party(), s.public).unwrap();
+        secrets.push(s.secret);
     }
-    agg.finish().unwrap()
+    (agg.finish().unwrap(), secrets)
 }
 
 /// What each connected test partner is sent.

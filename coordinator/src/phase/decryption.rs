@@ -676,10 +676,12 @@ mod phase_tests {
     use super::*;
     use crate::round::{Rejection, RoundCollector, RoundKind};
     use crate::secure::StoredUpdate;
-    use crate::testing::{SECURE_TASK, hub_with, next, next_message};
+    use crate::testing::{
+        Inboxes, SECURE_TASK, collective_key_with_secrets, hub_with, next, next_message,
+    };
     use consortia_he::{
-        Aggregate, CollectiveKeyAggregator, EncryptedVector, Encryptor, HeParams, KeySession,
-        KeyShareGen, PartialDecryptor, PartyId, SecretKeyShare, Shape, Sketch,
+        Aggregate, EncryptedVector, Encryptor, HeParams, PartialDecryptor, SecretKeyShare, Shape,
+        Sketch,
     };
     use consortia_proto::{
         ChallengeCommit, ChallengeSeed, DecryptionContext, SignedSketch, sketch_digest,
@@ -707,18 +709,7 @@ mod phase_tests {
         let names: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
         let pki = consortia_pki::Pki::init(dir.path().join("pki"), &["127.0.0.1".into()], &names)
             .unwrap();
-        let session = KeySession::new(HeParams::Secure128, [1; 32]);
-        let shares: Vec<_> = (0..3)
-            .map(|i| KeyShareGen::new(&session).generate(PartyId(i)))
-            .collect();
-        let mut agg = CollectiveKeyAggregator::new(&session, 3).unwrap();
-        for s in &shares {
-            agg.add_commitment(s.public.party(), s.commitment).unwrap();
-        }
-        for s in &shares {
-            agg.add_share(s.public.party(), s.public.clone()).unwrap();
-        }
-        let k = agg.finish().unwrap();
+        let (k, secrets) = collective_key_with_secrets(HeParams::Secure128, 3, 1);
         let shape = Shape::new(&k, VALUES as u64).unwrap();
         let mut sum = Aggregate::new(shape).unwrap();
         let mut updates = BTreeMap::new();
@@ -760,21 +751,35 @@ mod phase_tests {
         Round {
             _dir: dir,
             key: Arc::new(key),
-            secrets: shares.into_iter().map(|s| s.secret).collect(),
+            secrets,
             signers,
             updates,
             result: Some(result),
         }
     }
 
-    fn start(
-        hub: &Arc<Hub>,
-        key: Arc<FederationKey>,
-        mut result: RoundResult,
-        deadline: Duration,
-    ) -> tokio::task::JoinHandle<Result<Vec<u64>, DecryptionFailed>> {
+    type Running = tokio::task::JoinHandle<Result<Vec<u64>, DecryptionFailed>>;
+
+    /// Starts decrypting `r`'s round (with `r`'s key, needing 2 contributors).
+    fn start(hub: &Arc<Hub>, r: &mut Round, deadline: Duration) -> Running {
         let hub = hub.clone();
+        let key = r.key.clone();
+        let mut result = r.result.take().unwrap();
         tokio::spawn(async move { decrypt_round(&hub, &key, &mut result, 2, deadline).await })
+    }
+
+    /// A hub with `partners` connected and `r`'s key installed, decrypting
+    /// round 1 of `contributors` ([`round`]) with deadline `deadline`.
+    fn decrypting(
+        partners: &[&str],
+        contributors: &[&str],
+        deadline: Duration,
+    ) -> (Arc<Hub>, Inboxes, Round, Running) {
+        let (hub, inbox) = hub_with(SECURE_TASK, partners);
+        let mut r = round(&hub, contributors);
+        hub.set_federation_key(Some(r.key.clone()));
+        let running = start(&hub, &mut r, deadline);
+        (hub, inbox, r, running)
     }
 
     const HOLDERS: [&str; 3] = ["a", "b", "c"];
@@ -784,7 +789,7 @@ mod phase_tests {
     /// challenge the contributors are asked to sketch under.
     async fn coin_toss(
         hub: &Hub,
-        inbox: &mut crate::testing::Inboxes,
+        inbox: &mut Inboxes,
         contributors: &[&str],
     ) -> (Aggregate, [u8; 32]) {
         let mut copy = None;
@@ -888,16 +893,8 @@ mod phase_tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_holders_toss_a_coin_and_the_contributors_sketches_open_the_sum() {
-        let (hub, mut inbox) = hub_with(SECURE_TASK, &["a", "b", "c"]);
-        let mut r = round(&hub, &["a", "b", "c"]);
-        hub.set_federation_key(Some(r.key.clone()));
-        let running = start(
-            &hub,
-            r.key.clone(),
-            r.result.take().unwrap(),
-            Duration::from_secs(60),
-        );
-        let (copy, challenge) = coin_toss(&hub, &mut inbox, &["a", "b", "c"]).await;
+        let (hub, mut inbox, r, running) = decrypting(&HOLDERS, &HOLDERS, Duration::from_secs(60));
+        let (copy, challenge) = coin_toss(&hub, &mut inbox, &HOLDERS).await;
         for p in HOLDERS {
             match next_message(inbox.get_mut(p).unwrap()).await {
                 Kind::SketchRequest(s) => assert_eq!(s.challenge, challenge.to_vec()),
@@ -935,16 +932,8 @@ mod phase_tests {
     /// key holders are sent anything to open.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sketches_that_do_not_add_up_fail_the_decryption() {
-        let (hub, mut inbox) = hub_with(SECURE_TASK, &["a", "b", "c"]);
-        let mut r = round(&hub, &["a", "b", "c"]);
-        hub.set_federation_key(Some(r.key.clone()));
-        let running = start(
-            &hub,
-            r.key.clone(),
-            r.result.take().unwrap(),
-            Duration::from_secs(60),
-        );
-        let (_, challenge) = coin_toss(&hub, &mut inbox, &["a", "b", "c"]).await;
+        let (hub, mut inbox, r, running) = decrypting(&HOLDERS, &HOLDERS, Duration::from_secs(60));
+        let (_, challenge) = coin_toss(&hub, &mut inbox, &HOLDERS).await;
         // Signed by someone else: refused at once, naming the contributor.
         let by_d = signed(&r, &hub, "d", "a", &challenge);
         assert!(matches!(
@@ -970,15 +959,8 @@ mod phase_tests {
             } else {
                 &["a", "b", "c"]
             };
-            let (hub, mut inbox) = hub_with(SECURE_TASK, partners);
-            let mut r = round(&hub, &["a", "b", "d"]);
-            hub.set_federation_key(Some(r.key.clone()));
-            let running = start(
-                &hub,
-                r.key.clone(),
-                r.result.take().unwrap(),
-                Duration::from_secs(3),
-            );
+            let (hub, mut inbox, r, running) =
+                decrypting(partners, &["a", "b", "d"], Duration::from_secs(3));
             let (_, challenge) = coin_toss(&hub, &mut inbox, &["a", "b", "d"]).await;
             for p in ["a", "b"] {
                 // Refused once the decryption has failed (d unreachable).
@@ -1008,12 +990,7 @@ mod phase_tests {
     async fn a_key_holders_refusal_fails_the_decryption() {
         let (hub, mut inbox) = hub_with(SECURE_TASK, &["a", "b", "c"]);
         let mut r = round(&hub, &["a", "b"]);
-        let running = start(
-            &hub,
-            r.key.clone(),
-            r.result.take().unwrap(),
-            Duration::from_secs(60),
-        );
+        let running = start(&hub, &mut r, Duration::from_secs(60));
         for p in ["a", "b", "c"] {
             match next(inbox.get_mut(p).unwrap()).await {
                 Outbound::Decrypt { request, .. } => {
@@ -1050,14 +1027,7 @@ mod phase_tests {
     async fn an_absent_key_holder_fails_before_anyone_is_asked() {
         let (hub, mut inbox) = hub_with(SECURE_TASK, &["a", "b"]);
         let mut r = round(&hub, &["a", "b"]);
-        let failed = start(
-            &hub,
-            r.key.clone(),
-            r.result.take().unwrap(),
-            Duration::from_secs(60),
-        )
-        .await
-        .unwrap();
+        let failed = start(&hub, &mut r, Duration::from_secs(60)).await.unwrap();
         assert_eq!(
             failed,
             Err(DecryptionFailed::Absent {
@@ -1072,14 +1042,9 @@ mod phase_tests {
     async fn missing_commitments_at_the_deadline_fail_the_decryption() {
         let (hub, _inbox) = hub_with(SECURE_TASK, &["a", "b", "c"]);
         let mut r = round(&hub, &["a", "b"]);
-        let failed = start(
-            &hub,
-            r.key.clone(),
-            r.result.take().unwrap(),
-            Duration::from_millis(300),
-        )
-        .await
-        .unwrap();
+        let failed = start(&hub, &mut r, Duration::from_millis(300))
+            .await
+            .unwrap();
         assert_eq!(
             failed,
             Err(DecryptionFailed::Missing {
