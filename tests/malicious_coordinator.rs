@@ -878,6 +878,15 @@ struct Ask {
     forged: Forged,
 }
 
+/// The decryption of attempt `attempt` of the sum of `named`, `forged`.
+fn ask(named: &[String], attempt: u64, forged: Forged) -> Ask {
+    Ask {
+        named: named.to_vec(),
+        attempt,
+        forged,
+    }
+}
+
 /// One partner's session: ceremony, key, an encrypted round, then the
 /// decryptions `asks` (the partner is a key holder and a contributor).
 async fn decryption_session(mut peer: Peer, c: Arc<Ceremony>, asks: Vec<Ask>) {
@@ -957,6 +966,30 @@ async fn answer(peer: &mut Peer, kind: &str) -> Result<ClientMessage, String> {
         {
             return Err(d.reason.clone());
         }
+    }
+}
+
+/// Waits for the agent's `kind` (`answer`) and records what `bytes` takes
+/// of it under `me` in `into`; its refusal (`Some`, the reason, `""` when
+/// nothing came) otherwise.
+async fn record(
+    peer: &mut Peer,
+    kind: &str,
+    into: &Mutex<BTreeMap<(usize, String), Vec<u8>>>,
+    me: &(usize, String),
+    bytes: impl FnOnce(Up) -> Option<Vec<u8>>,
+) -> Option<String> {
+    match answer(peer, kind).await {
+        Ok(m) => {
+            let Some(b) = m.kind.and_then(bytes) else {
+                unreachable!("a message of the kind asked for")
+            };
+            into.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(me.clone(), b);
+            None
+        }
+        Err(why) => Some(why),
     }
 }
 
@@ -1060,68 +1093,57 @@ async fn ask_decryption(
         .await;
     }
     let me = (index, peer.name.clone());
-    let mut refused = None;
     // The coin toss, relayed honestly: every commitment, then every seed.
-    match answer(peer, "ChallengeCommit").await {
-        Ok(ClientMessage {
-            kind: Some(Up::ChallengeCommit(m)),
-        }) => {
-            c.commitments
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(me.clone(), m.commitment);
-        }
-        Ok(_) => unreachable!("a message of the kind asked for"),
-        Err(why) => refused = Some(why),
-    }
+    let mut refused = record(peer, "ChallengeCommit", &c.commitments, &me, |m| match m {
+        Up::ChallengeCommit(m) => Some(m.commitment),
+        _ => None,
+    })
+    .await;
     if !c.all_here().await {
         return Answer::Silent;
     }
-    let of_this = |m: &BTreeMap<(usize, String), Vec<u8>>| -> Vec<(String, Vec<u8>)> {
-        m.iter()
+    // Every holder's commitment (or seed) in this decryption.
+    let of_this = |m: &Mutex<BTreeMap<(usize, String), Vec<u8>>>| -> Vec<(String, Vec<u8>)> {
+        m.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
             .filter(|((i, _), _)| *i == index)
             .map(|((_, h), v)| (h.clone(), v.clone()))
             .collect()
     };
     if refused.is_none() {
-        let list = of_this(&c.commitments.lock().unwrap_or_else(|e| e.into_inner()));
+        let commitments = of_this(&c.commitments)
+            .into_iter()
+            .map(|(holder, commitment)| HolderCommitment { holder, commitment })
+            .collect();
         peer.send_kind(Down::ChallengeCommitments(ChallengeCommitments {
             round: 1,
             attempt,
-            commitments: list
-                .into_iter()
-                .map(|(holder, commitment)| HolderCommitment { holder, commitment })
-                .collect(),
+            commitments,
         }))
         .await;
-        match answer(peer, "ChallengeSeed").await {
-            Ok(ClientMessage {
-                kind: Some(Up::ChallengeSeed(m)),
-            }) => {
-                c.seeds
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(me.clone(), m.seed);
-            }
-            Ok(_) => unreachable!("a message of the kind asked for"),
-            Err(why) => refused = Some(why),
-        }
+        refused = record(peer, "ChallengeSeed", &c.seeds, &me, |m| match m {
+            Up::ChallengeSeed(m) => Some(m.seed),
+            _ => None,
+        })
+        .await;
     }
     if !c.all_here().await {
         return Answer::Silent;
     }
     if refused.is_none() {
-        let seeds = of_this(&c.seeds.lock().unwrap_or_else(|e| e.into_inner()));
+        let seeds = of_this(&c.seeds);
+        let reveals = seeds
+            .iter()
+            .map(|(holder, seed)| HolderSeed {
+                holder: holder.clone(),
+                seed: seed.clone(),
+            })
+            .collect();
         peer.send_kind(Down::ChallengeReveals(ChallengeReveals {
             round: 1,
             attempt,
-            seeds: seeds
-                .iter()
-                .map(|(holder, seed)| HolderSeed {
-                    holder: holder.clone(),
-                    seed: seed.clone(),
-                })
-                .collect(),
+            seeds: reveals,
         }))
         .await;
         // The challenge, as every holder draws it.
@@ -1233,6 +1255,20 @@ fn outcomes(c: &Ceremony) -> BTreeMap<String, Vec<Answer>> {
     c.outcomes.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
+/// Checks that every key holder of `names` answered the first of two
+/// decryptions and refused the second (`second`), saying `why`.
+fn answered_then_refused(rogue: &Rogue, c: &Ceremony, names: &[String], second: &str, why: &str) {
+    let outcomes = outcomes(c);
+    for name in names {
+        let got = &outcomes[name];
+        assert_eq!(got[0], Answer::Share, "{name}: {got:?}\n{}", rogue.report());
+        match &got[1] {
+            Answer::Refused(said) => assert!(said.contains(why), "{name}: {said}"),
+            other => panic!("{name} answered {second}: {other:?}\n{}", rogue.report()),
+        }
+    }
+}
+
 /// Two decryptions in one round with nested contributor sets: every key
 /// holder answers the first ({A, B, C}, the control: an honest decryption
 /// through the coin toss and the sketches succeeds in this harness) and
@@ -1242,32 +1278,18 @@ fn outcomes(c: &Ceremony) -> BTreeMap<String, Vec<Answer>> {
 fn a_second_decryption_of_a_nested_set_in_the_same_round_is_refused() {
     let (rogue, c, names) = decryption_attack(|committee| {
         vec![
-            Ask {
-                named: committee.to_vec(),
-                attempt: 1,
-                forged: Forged::No,
-            },
-            Ask {
-                named: committee[..2].to_vec(),
-                attempt: 1,
-                forged: Forged::No,
-            },
+            ask(committee, 1, Forged::No),
+            ask(&committee[..2], 1, Forged::No),
         ]
     });
-    let outcomes = outcomes(&c);
+    answered_then_refused(
+        &rogue,
+        &c,
+        &names,
+        "the nested sum",
+        "already decrypted attempt 1 of that round",
+    );
     for name in &names {
-        let got = &outcomes[name];
-        assert_eq!(got[0], Answer::Share, "{name}: {got:?}\n{}", rogue.report());
-        match &got[1] {
-            Answer::Refused(why) => assert!(
-                why.contains("already decrypted attempt 1 of that round"),
-                "{name}: {why}"
-            ),
-            other => panic!(
-                "{name} answered the nested sum: {other:?}\n{}",
-                rogue.report()
-            ),
-        }
         assert!(
             rogue.agent_log(name).contains("decryption refused"),
             "{}",
@@ -1282,27 +1304,10 @@ fn a_second_decryption_of_a_nested_set_in_the_same_round_is_refused() {
 #[test]
 fn a_rerun_reusing_contributions_under_a_new_attempt_is_refused() {
     let (rogue, c, names) = decryption_attack(|committee| {
-        vec![
-            Ask {
-                named: committee.to_vec(),
-                attempt: 1,
-                forged: Forged::No,
-            },
-            Ask {
-                named: committee.to_vec(),
-                attempt: 2,
-                forged: Forged::No,
-            },
-        ]
+        vec![ask(committee, 1, Forged::No), ask(committee, 2, Forged::No)]
     });
-    let outcomes = outcomes(&c);
+    answered_then_refused(&rogue, &c, &names, "the rerun", "is not signed by");
     for name in &names {
-        let got = &outcomes[name];
-        assert_eq!(got[0], Answer::Share, "{name}: {got:?}\n{}", rogue.report());
-        match &got[1] {
-            Answer::Refused(why) => assert!(why.contains("is not signed by"), "{name}: {why}"),
-            other => panic!("{name} answered the rerun: {other:?}\n{}", rogue.report()),
-        }
         // As a contributor, it refused to sketch an attempt it sent nothing for.
         assert!(
             rogue
@@ -1318,13 +1323,7 @@ fn a_rerun_reusing_contributions_under_a_new_attempt_is_refused() {
 /// contributors, with their genuine signed sketches: every key holder
 /// refuses under the sketch check, logs why, and sends no share.
 fn forged_aggregate_is_refused(forged: Forged) {
-    let (rogue, c, names) = decryption_attack(|committee| {
-        vec![Ask {
-            named: committee.to_vec(),
-            attempt: 1,
-            forged,
-        }]
-    });
+    let (rogue, c, names) = decryption_attack(|committee| vec![ask(committee, 1, forged)]);
     let outcomes = outcomes(&c);
     let sketched = c.sketches.lock().unwrap_or_else(|e| e.into_inner()).len();
     assert_eq!(
