@@ -21,6 +21,7 @@
 //! cargo bench --bench dp_utility -- --scenario clv --task FILE [--repeats 3]
 //! ```
 //!
+//! `--scenario` takes a comma-separated list; without it the bench runs `churn` only.
 //! `--task FILE` runs that task file (on the one scenario's partners) instead of the
 //! scenario's private examples, next to its non-private one: a way to try other privacy
 //! settings.
