@@ -33,6 +33,26 @@
 //! It reports each pair's ratio of mean round latency (with / without) and their
 //! median, all within one run.
 //!
+//! The latency table also gives, over the same rounds (2..R, after the key ceremony and
+//! round 1's connection set-up), what the coordinator sends and what every party's CPU
+//! does. The bench scrapes the coordinator's own `/metrics` (`[observability]
+//! metrics_listen`, a plain-HTTP listener of its own) every 20 ms and takes two
+//! snapshots: the first time it sees `consortia_rounds_completed_total` ≥ 1 and the first
+//! time it sees it ≥ R. Between them it reports, per round:
+//!
+//! * `consortia_network_sent_bytes_total`: bytes the coordinator wrote to partner
+//!   connections (TLS records included), with, in secure mode, the bound
+//!   (holders + 1) × 16 B × parameters (every partner is a key holder here);
+//! * the coordinator's CPU (user + system of all its threads, `/proc/<pid>/stat`);
+//! * the partners' CPU: the sum over every agent process of the same, read while they
+//!   are alive (they are this process's children and outlive the last round);
+//! * the coordinator's phases' wall time (`consortia_phase_duration_seconds` sums:
+//!   collection, decryption) and the rest of the round (`consortia_round_duration_seconds`
+//!   less both phases): closing the round, preparing the decryption, committing the model —
+//!   steps that wait for no partner.
+//!
+//! Each snapshot lands up to 20 ms after its round's end; both windows shift alike.
+//!
 //! `ROUND_LATENCY_LOG=FILE` writes the coordinator's log to `FILE` and each agent's
 //! output to `FILE.<partner>`.
 
@@ -147,32 +167,158 @@ fn main() {
         return metrics_cost(&o, &model);
     }
     println!(
-        "{:>8}  {:>7}  {:>12}  {:>12}  {:>12}  {:>22}  {:>14}  {:>22}",
+        "per round over rounds 2..R; bound = (holders + 1) x 16 B x parameters, every \
+         partner a key holder; rest = round less its collection and decryption phases; CPU/R = the coordinator's CPU over the whole run (key ceremony included) / R"
+    );
+    println!(
+        "{:>8}  {:>6}  {:>7}  {:>7}  {:>7}  {:>6}  {:>8}  {:>8}  {:>8}  {:>8}  {:>8}  {:>8}  \
+         {:>8}  {:>8}  {:>8}  {:>8}",
         "partners",
         "mode",
-        "mean s/round",
-        "min s/round",
-        "max s/round",
-        "coordinator peak RSS MiB",
-        "vs plain (mean)",
-        "coordinator CPU s/round"
+        "mean s",
+        "min s",
+        "max s",
+        "ratio",
+        "peak MiB",
+        "coordCPU",
+        "CPU/R",
+        "sent MB",
+        "bound MB",
+        "partCPU",
+        "per part",
+        "collect",
+        "decrypt",
+        "rest"
     );
     for &n in &o.partners {
         let mut plain_mean = None;
         for mode in &o.modes {
             let secure = mode == "secure";
-            let r = run(n, &model, o.rounds, secure, false);
+            let r = run(n, &model, o.rounds, secure, false, true);
             if !secure {
                 plain_mean = Some(r.mean);
             }
             let ratio = plain_mean
                 .filter(|_| secure)
                 .map_or("-".to_string(), |p| format!("{:.2}x", r.mean / p));
+            let bound = if secure {
+                format!("{:.1}", ((n + 1) * 16 * model.params) as f64 / 1e6)
+            } else {
+                "-".to_string()
+            };
+            let w = &r.window;
             println!(
-                "{:>8}  {:>7}  {:>12.3}  {:>12.3}  {:>12.3}  {:>22.1}  {:>14}  {:>22.3}",
-                n, mode, r.mean, r.min, r.max, r.peak_mib, ratio, r.cpu_per_round
+                "{:>8}  {:>6}  {:>7.3}  {:>7.3}  {:>7.3}  {:>6}  {:>8.1}  {:>8.3}  {:>8.3}  \
+                 {:>8.1}  {:>8}  {:>8.3}  {:>8.3}  {:>8.3}  {:>8.3}  {:>8.3}",
+                n,
+                mode,
+                r.mean,
+                r.min,
+                r.max,
+                ratio,
+                r.peak_mib,
+                w.coordinator_cpu,
+                r.cpu_per_round,
+                w.sent_bytes / 1e6,
+                bound,
+                w.partners_cpu,
+                w.partners_cpu / n as f64,
+                w.collection_s,
+                w.decryption_s,
+                w.round_s - w.collection_s - w.decryption_s,
             );
         }
+    }
+}
+
+/// What the bench reads, at one moment, from the coordinator's `/metrics` and from
+/// /proc for the coordinator and every agent.
+#[derive(Clone, Copy, Default)]
+struct Snapshot {
+    rounds_completed: f64,
+    sent_bytes: f64,
+    /// Sums of `consortia_phase_duration_seconds` (collection, decryption) and of
+    /// `consortia_round_duration_seconds` (completed rounds).
+    collection_s: f64,
+    decryption_s: f64,
+    round_s: f64,
+    coordinator_cpu: f64,
+    partners_cpu: f64,
+}
+
+/// Per-round differences between two snapshots (NaN when either is missing).
+#[derive(Clone, Copy)]
+struct Window {
+    sent_bytes: f64,
+    coordinator_cpu: f64,
+    partners_cpu: f64,
+    collection_s: f64,
+    decryption_s: f64,
+    round_s: f64,
+}
+
+impl Window {
+    fn between(a: Option<Snapshot>, b: Option<Snapshot>) -> Window {
+        let (a, b) = match (a, b) {
+            (Some(a), Some(b)) if b.rounds_completed > a.rounds_completed => (a, b),
+            _ => (Snapshot::default(), Snapshot::default()),
+        };
+        let rounds = b.rounds_completed - a.rounds_completed;
+        // 0/0 = NaN where no window was seen.
+        let per = |f: fn(&Snapshot) -> f64| (f(&b) - f(&a)) / rounds;
+        Window {
+            sent_bytes: per(|s| s.sent_bytes),
+            coordinator_cpu: per(|s| s.coordinator_cpu),
+            partners_cpu: per(|s| s.partners_cpu),
+            collection_s: per(|s| s.collection_s),
+            decryption_s: per(|s| s.decryption_s),
+            round_s: per(|s| s.round_s),
+        }
+    }
+}
+
+/// The coordinator's `/metrics` at `addr`, or `None` if it does not answer.
+fn scrape(addr: std::net::SocketAddr) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    answer.starts_with("HTTP/1.1 200").then_some(answer)
+}
+
+/// The value of the series named exactly `series` (name and labels) in `text`.
+fn series(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A snapshot of the coordinator's metrics `text` and of the processes' CPU.
+fn snapshot(text: &str, coordinator: u32, agents: &[(String, PathBuf, Child)]) -> Snapshot {
+    Snapshot {
+        rounds_completed: series(text, "consortia_rounds_completed_total"),
+        sent_bytes: series(text, "consortia_network_sent_bytes_total"),
+        collection_s: series(
+            text,
+            "consortia_phase_duration_seconds_sum{phase=\"collection\"}",
+        ),
+        decryption_s: series(
+            text,
+            "consortia_phase_duration_seconds_sum{phase=\"decryption\"}",
+        ),
+        round_s: series(
+            text,
+            "consortia_round_duration_seconds_sum{outcome=\"completed\"}",
+        ),
+        coordinator_cpu: cpu_seconds(&format!("/proc/{coordinator}/stat")),
+        partners_cpu: agents
+            .iter()
+            .map(|(_, _, a)| cpu_seconds(&format!("/proc/{}/stat", a.id())))
+            .sum(),
     }
 }
 
@@ -204,11 +350,11 @@ fn metrics_cost(o: &Options, model: &BenchModel) {
                 // Alternate which goes first, so that a drift in the machine's load
                 // does not always favour the same side.
                 let (off, on) = if pair % 2 == 1 {
-                    let off = run(n, model, o.rounds, secure, false);
-                    (off, run(n, model, o.rounds, secure, true))
+                    let off = run(n, model, o.rounds, secure, false, false);
+                    (off, run(n, model, o.rounds, secure, true, false))
                 } else {
-                    let on = run(n, model, o.rounds, secure, true);
-                    (run(n, model, o.rounds, secure, false), on)
+                    let on = run(n, model, o.rounds, secure, true, false);
+                    (run(n, model, o.rounds, secure, false, false), on)
                 };
                 let ratio = on.mean / off.mean;
                 ratios.push(ratio);
@@ -514,7 +660,16 @@ fn tail(path: &Path) -> String {
 /// Runs one federation; returns seconds per round (mean, min, max over rounds 2..R),
 /// the coordinator's peak MiB and its CPU seconds per round. With `metrics`, the
 /// coordinator and every agent serve `/metrics`, scraped once a second throughout.
-fn run(partners: usize, model: &BenchModel, rounds: u32, secure: bool, metrics: bool) -> RunResult {
+/// With `probe` (and not `metrics`), the coordinator alone serves `/metrics`, scraped
+/// every 20 ms for [`RunResult::window`].
+fn run(
+    partners: usize,
+    model: &BenchModel,
+    rounds: u32,
+    secure: bool,
+    metrics: bool,
+    probe: bool,
+) -> RunResult {
     let dir = tempfile::tempdir().expect("temp dir");
     let d = dir.path();
     let names: Vec<String> = (0..partners).map(|i| format!("bench-{i}")).collect();
@@ -533,6 +688,12 @@ fn run(partners: usize, model: &BenchModel, rounds: u32, secure: bool, metrics: 
     }
     let mut endpoints = Vec::new();
     let mut console = None;
+    // The latency table's probe: the coordinator's metrics alone (the agents' stay off).
+    let probe = (probe && !metrics).then(|| {
+        let addr = free_addr();
+        std::fs::write(d.join("metrics_listen"), addr.to_string()).expect("metrics address");
+        addr
+    });
     if metrics {
         let addr = free_addr();
         std::fs::write(d.join("metrics_listen"), addr.to_string()).expect("metrics address");
@@ -594,10 +755,23 @@ fn run(partners: usize, model: &BenchModel, rounds: u32, secure: bool, metrics: 
     let viewer = console.map(|(addr, cert, key)| {
         poll_console(addr, pki.ca_cert_path(), cert, key, Arc::clone(&stop))
     });
+    let (mut first, mut last) = (None::<Snapshot>, None::<Snapshot>);
     // Until the coordinator finishes the task; an agent that fails stops the run.
     loop {
         if matches!(coordinator.try_wait(), Ok(Some(_))) {
             break;
+        }
+        // Snapshots when round 1 and round R are first seen completed.
+        if let Some(text) = probe.filter(|_| last.is_none()).and_then(scrape) {
+            let done = series(&text, "consortia_rounds_completed_total");
+            if (first.is_none() && done >= 1.0) || done >= f64::from(rounds) {
+                let s = snapshot(&text, coordinator.id(), &agents);
+                if first.is_none() {
+                    first = Some(s);
+                } else if done >= f64::from(rounds) {
+                    last = Some(s);
+                }
+            }
         }
         let failed = agents
             .iter_mut()
@@ -612,7 +786,7 @@ fn run(partners: usize, model: &BenchModel, rounds: u32, secure: bool, metrics: 
             let _ = coordinator.wait();
             abort(&why, &mut agents, &coordinator_log);
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
     let out = coordinator.wait_with_output().expect("coordinator output");
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -668,6 +842,7 @@ fn run(partners: usize, model: &BenchModel, rounds: u32, secure: bool, metrics: 
         cpu_per_round: cpu / f64::from(rounds),
         scrapes,
         console_polls,
+        window: Window::between(first, last),
     }
 }
 
@@ -683,12 +858,15 @@ struct RunResult {
     scrapes: u64,
     /// Console page fetches answered (with metrics on).
     console_polls: u64,
+    /// Per round over rounds 2..R: bytes sent, CPU, phase times.
+    window: Window,
 }
 
-/// User + system CPU seconds of this process (/proc/self/stat fields 14, 15).
-fn cpu_seconds() -> f64 {
+/// User + system CPU seconds of the process whose `stat` file is `path` (fields 14,
+/// 15: every thread's, live or ended); NaN if it cannot be read.
+fn cpu_seconds(path: &str) -> f64 {
     let ticks = 100.0; // USER_HZ on Linux
-    std::fs::read_to_string("/proc/self/stat")
+    std::fs::read_to_string(path)
         .ok()
         .and_then(|s| {
             let rest = s.rsplit_once(") ")?.1;
@@ -755,7 +933,7 @@ fn coordinator_child(dir: &Path) {
         .expect("coordinator");
     assert!(summary.is_some(), "the task did not finish");
     println!("peak_kib={}", peak_rss_kib());
-    println!("cpu_s={}", cpu_seconds());
+    println!("cpu_s={}", cpu_seconds("/proc/self/stat"));
 }
 
 /// A partner: the shipped agent with its configuration file, running [`FixedDelta`].
