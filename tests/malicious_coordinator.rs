@@ -76,6 +76,7 @@ const PERMISSIVE: &[(&str, &str)] = &[
     ("max_sampling_rate", "1.0"),
     ("min_contributors", "1"),
     ("max_colluders_assumed", "0"),
+    ("min_key_threshold", "2"),
     ("allowed_he_params", r#"["secure128", "fast64"]"#),
     ("allowed_models", r#"["logistic_regression"]"#),
     ("max_rounds", "1000000"),
@@ -267,6 +268,21 @@ fn a_task_of_one_partner_is_refused_below_the_policys_min_contributors() {
         policy(&[("min_contributors", "3")]),
         &[
             "policy refuses task `telco-churn`: min_partners: the task has 1, the policy requires at least 3",
+        ],
+    );
+}
+
+/// (c') `key_threshold = 2` against a policy's `min_key_threshold = 3`: two key
+/// holders would be enough to decrypt, fewer than the partner accepts.
+#[test]
+fn a_task_whose_key_threshold_is_below_the_policys_minimum_is_refused() {
+    let mut spec = TaskSpec::from_toml_str(&task(true, 3, Some(LOCAL_DP))).expect("task parses");
+    spec.key_threshold = Some(2);
+    refused_at_welcome(
+        spec.to_toml_string().expect("task serialises"),
+        policy(&[("min_key_threshold", "3")]),
+        &[
+            "policy refuses task `telco-churn`: key_threshold: the task has 2, the policy requires at least 3 (min_key_threshold)",
         ],
     );
 }

@@ -1080,6 +1080,22 @@ fn check_committee(
         }
         .into());
     }
+    if let Some(t) = task.key_threshold {
+        let n = committee.len() as u32;
+        let max = consortia_he::threshold::MAX_THRESHOLD_PARTIES;
+        if n < t || n > max {
+            return Err(crate::policy::PolicyViolation {
+                task: task.name.clone(),
+                field: "key holders",
+                task_value: n.to_string(),
+                policy_value: format!(
+                    "requires between key_threshold ({t}) and {max} for a t-of-N key \
+                     (docs/threshold.md)"
+                ),
+            }
+            .into());
+        }
+    }
     consortia_proto::federation_key::check_committee(committee)
         .map_err(|e| AgentError::Protocol(format!("the key {e}")))
 }
@@ -1239,6 +1255,31 @@ mod tests {
             1,
         );
         TaskSpec::from_toml_str(&text).unwrap()
+    }
+
+    /// A t-of-N task's key committee has between t and 12 holders; without
+    /// `key_threshold` any committee above the colluders assumed passes.
+    #[test]
+    fn a_threshold_task_refuses_a_committee_below_t_or_above_twelve() {
+        let names = |n: usize| (0..n).map(|i| format!("p{i}")).collect::<Vec<_>>();
+        let policy = Policy::default();
+        let mut t = task();
+        check_committee(&names(2), &t, &policy).unwrap();
+        check_committee(&names(13), &t, &policy).unwrap();
+        t.key_threshold = Some(3);
+        let e = check_committee(&names(2), &t, &policy)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("key holders") && e.contains("key_threshold (3)"),
+            "{e}"
+        );
+        check_committee(&names(3), &t, &policy).unwrap();
+        check_committee(&names(12), &t, &policy).unwrap();
+        let e = check_committee(&names(13), &t, &policy)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("has 13") && e.contains("and 12"), "{e}");
     }
 
     /// Runs a key ceremony among `holders` (party order) for session `id`

@@ -21,6 +21,7 @@
 //! max_delta = 1e-5
 //! min_contributors = 3                # own floor for any sum this partner helps decrypt
 //! max_colluders_assumed = 1           # the task's `colluders` must be at least this
+//! # min_key_threshold = 3              # unset: any key_threshold; a task without one is N-of-N
 //! allowed_he_params = ["secure128"]   # "fast64" only if the partner opts in
 //! allowed_models = ["logistic_regression"]
 //! max_rounds = 1000
@@ -81,6 +82,12 @@ pub struct Policy {
     /// coordinator: the task's `colluders` must be at least this, and a
     /// federation key must have more key holders than that.
     pub max_colluders_assumed: u32,
+    /// The lowest `key_threshold` (t of a t-of-N federation key) accepted; any
+    /// when absent. A task without `key_threshold` is N-of-N, which needs every
+    /// key holder and so is stricter than any threshold: it satisfies every
+    /// `min_key_threshold`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_key_threshold: Option<u32>,
     /// Encryption parameter sets accepted (`"secure128"`, `"fast64"`).
     pub allowed_he_params: BTreeSet<HeParamsName>,
     /// Model kinds accepted.
@@ -128,6 +135,7 @@ impl Default for Policy {
             max_delta: 1e-5,
             min_contributors: 3,
             max_colluders_assumed: 1,
+            min_key_threshold: None,
             allowed_he_params: [HeParamsName::Secure128].into(),
             allowed_models: vec![ModelKind::LogisticRegression],
             max_rounds: 1000,
@@ -235,6 +243,15 @@ impl Policy {
         if self.min_contributors == 0 {
             return Err("[policy] min_contributors = 0: must be at least 1".into());
         }
+        if let Some(t) = self.min_key_threshold
+            && !(2..=consortia_model::task::MAX_KEY_THRESHOLD).contains(&t)
+        {
+            return Err(format!(
+                "[policy] min_key_threshold = {t}: must be between 2 and {} (or left out to \
+                 accept any threshold)",
+                consortia_model::task::MAX_KEY_THRESHOLD
+            ));
+        }
         Ok(())
     }
 
@@ -304,6 +321,29 @@ impl Policy {
                     self.max_colluders_assumed
                 ),
             );
+        }
+        if let Some(t) = task.key_threshold {
+            if let Some(min) = self.min_key_threshold
+                && t < min
+            {
+                return v(
+                    "key_threshold",
+                    t.to_string(),
+                    format!("requires at least {min} (min_key_threshold)"),
+                );
+            }
+            // t key holders together decrypt: the colluders assumed must be fewer.
+            let floor = self.key_holder_floor(task);
+            if t < floor {
+                return v(
+                    "key_threshold",
+                    t.to_string(),
+                    format!(
+                        "requires at least {floor} (more than the colluders assumed, \
+                         max_colluders_assumed and the task's colluders)"
+                    ),
+                );
+            }
         }
         let Some(spec) = privacy else {
             if self.require_dp {
@@ -509,6 +549,53 @@ mod tests {
         p.admit_he_params(&t, HeParams::Secure128).unwrap();
     }
 
+    /// A task whose `key_threshold` is below `min_key_threshold` is refused naming
+    /// both values; a task without one (N-of-N) satisfies any minimum.
+    #[test]
+    fn a_key_threshold_below_the_policy_minimum_is_refused_and_n_of_n_passes() {
+        let p = Policy {
+            min_key_threshold: Some(3),
+            ..Policy::default()
+        };
+        let with = |t: u32| task(&PRIVATE.replacen("\n", &format!("\nkey_threshold = {t}\n"), 1));
+        let low = with(2);
+        let e = p.admit(&low, "a", spec(&low).as_ref(), true).unwrap_err();
+        assert_eq!(e.field, "key_threshold");
+        assert!(
+            e.to_string().contains("has 2")
+                && e.to_string().contains("at least 3 (min_key_threshold)"),
+            "{e}"
+        );
+        // Without the minimum the same task is admitted.
+        Policy::default()
+            .admit(&low, "a", spec(&low).as_ref(), true)
+            .unwrap();
+        let enough = with(3);
+        p.admit(&enough, "a", spec(&enough).as_ref(), true).unwrap();
+        let n_of_n = task(PRIVATE);
+        p.admit(&n_of_n, "a", spec(&n_of_n).as_ref(), true).unwrap();
+        // A threshold the assumed colluders would reach is refused.
+        let wary = Policy {
+            max_colluders_assumed: 2,
+            ..Policy::default()
+        };
+        let mut reach = with(2);
+        reach.colluders = 2;
+        let e = wary
+            .admit(&reach, "a", spec(&reach).as_ref(), true)
+            .unwrap_err();
+        assert_eq!(e.field, "key_threshold");
+        assert!(e.to_string().contains("at least 3"), "{e}");
+    }
+
+    #[test]
+    fn the_task_and_the_maths_layer_agree_on_the_largest_committee() {
+        assert_eq!(
+            consortia_model::task::MAX_KEY_THRESHOLD,
+            consortia_he::threshold::MAX_THRESHOLD_PARTIES
+        );
+    }
+
     #[test]
     fn a_policy_file_fills_in_safe_defaults_and_rejects_unknown_fields() {
         let dir = tempfile::tempdir().unwrap();
@@ -523,5 +610,14 @@ mod tests {
         assert!(e.contains("require_dpp"), "{e}");
         std::fs::write(&f, "[policy]\nmax_sampling_rate = 2.0\n").unwrap();
         assert!(Policy::load(&f).is_err());
+        assert_eq!(p.min_key_threshold, None);
+        std::fs::write(&f, "[policy]\nmin_key_threshold = 3\n").unwrap();
+        assert_eq!(Policy::load(&f).unwrap().min_key_threshold, Some(3));
+        std::fs::write(&f, "[policy]\nmin_key_threshold = 1\n").unwrap();
+        let e = Policy::load(&f).unwrap_err().to_string();
+        assert!(
+            e.contains("min_key_threshold = 1") && e.contains("between 2 and 12"),
+            "{e}"
+        );
     }
 }

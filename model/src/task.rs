@@ -28,6 +28,10 @@ pub const MAX_BATCH_SIZE: usize = 1 << 24;
 pub const MAX_ROUND_DEADLINE_SECS: u64 = 7 * 24 * 3600;
 /// The longest task name.
 pub const MAX_NAME_LEN: usize = 64;
+/// The largest key committee a t-of-N key may have, hence the largest
+/// `key_threshold` (`consortia_he::threshold::MAX_THRESHOLD_PARTIES`: replicated
+/// secret sharing gives each holder `C(N−1, t−1)` subshares).
+pub const MAX_KEY_THRESHOLD: u32 = 12;
 /// How many failed attempts in a row a round gets when `max_round_attempts` is absent.
 pub const DEFAULT_ROUND_ATTEMPTS: u32 = 10;
 /// The largest `max_round_attempts` a task may set.
@@ -68,6 +72,14 @@ pub struct TaskSpec {
     /// it with the rest of the task; 1 when absent.
     #[serde(default = "default_colluders")]
     pub colluders: u32,
+    /// `t` of a t-of-N federation key (`key_threshold`): any `t` key holders
+    /// together decrypt a sum, fewer learn nothing (replicated secret sharing,
+    /// `docs/threshold.md`). Needs `secure_aggregation`; 2 to
+    /// [`MAX_KEY_THRESHOLD`], more than `colluders` and at most the key
+    /// committee. Absent: every key holder is needed (N-of-N), and the task
+    /// hashes as before the parameter existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_threshold: Option<u32>,
     /// How many times in a row the same round (or the standardisation request) may
     /// fail the same way before the task stops with a diagnosis: 1 to
     /// [`MAX_ROUND_ATTEMPTS`]; [`DEFAULT_ROUND_ATTEMPTS`] when absent (and then left
@@ -448,6 +460,7 @@ impl TaskSpec {
                 ),
             ));
         }
+        self.validate_key_threshold()?;
         if let Some(f) = self.sample_fraction
             && !(f > 0.0 && f <= 1.0)
         {
@@ -556,6 +569,59 @@ impl TaskSpec {
             )),
             (false, None, None) => Ok(()),
         }
+    }
+
+    /// `key_threshold`: only with `secure_aggregation`; 2 to [`MAX_KEY_THRESHOLD`];
+    /// more than `colluders` (that many holders together with the coordinator
+    /// could otherwise decrypt one partner's update); at most the number of
+    /// `partners` when the task lists them (the committee is drawn from them).
+    fn validate_key_threshold(&self) -> Result<(), InvalidField> {
+        let Some(t) = self.key_threshold else {
+            return Ok(());
+        };
+        if !self.secure_aggregation {
+            return Err(InvalidField::new(
+                "key_threshold",
+                t,
+                "absent unless secure_aggregation = true (a threshold says how many key \
+                 holders decrypt a sum; a task in the clear has no key)",
+            ));
+        }
+        if !(2..=MAX_KEY_THRESHOLD).contains(&t) {
+            return Err(InvalidField::new(
+                "key_threshold",
+                t,
+                format!(
+                    "between 2 and {MAX_KEY_THRESHOLD} (a t-of-N key committee has at most \
+                     {MAX_KEY_THRESHOLD} holders); leave it out for N-of-N"
+                ),
+            ));
+        }
+        if t <= self.colluders {
+            return Err(InvalidField::new(
+                "key_threshold",
+                t,
+                format!(
+                    "more than colluders ({}): that many key holders together with the \
+                     coordinator could decrypt a single partner's update",
+                    self.colluders
+                ),
+            ));
+        }
+        if let Some(names) = &self.partners
+            && (names.len() as u64) < u64::from(t)
+        {
+            return Err(InvalidField::new(
+                "key_threshold",
+                t,
+                format!(
+                    "at most the number of partners listed ({}): the key committee is drawn \
+                     from them",
+                    names.len()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// `partners`: when present, at least one name, each non-empty and named once.
@@ -827,6 +893,46 @@ mod tests {
         );
         let back = TaskSpec::from_toml_str(&set.to_toml_string().unwrap()).unwrap();
         assert_eq!(back, set);
+    }
+
+    /// `key_threshold` needs secure aggregation, lies in 2..=12, exceeds `colluders`
+    /// and fits the listed partners; a task without it hashes as before.
+    #[test]
+    fn key_threshold_is_checked_and_optional_in_the_hash() {
+        let secure = |extra: &str| {
+            let text = EXAMPLE.replace("secure_aggregation = false", "secure_aggregation = true");
+            let (head, tables) = text.split_at(text.find("\n[").unwrap());
+            TaskSpec::from_toml_str(&format!("{head}\n{extra}\n{tables}"))
+        };
+        let plain = secure("").unwrap();
+        assert_eq!(plain.key_threshold, None);
+        assert!(!plain.to_toml_string().unwrap().contains("key_threshold"));
+        let set = secure("key_threshold = 3").unwrap();
+        assert_eq!(set.key_threshold, Some(3));
+        assert_ne!(
+            plain.canonical_hash().unwrap(),
+            set.canonical_hash().unwrap()
+        );
+        assert_eq!(
+            TaskSpec::from_toml_str(&set.to_toml_string().unwrap()).unwrap(),
+            set
+        );
+        let refused = |r: Result<TaskSpec, TaskError>, needle: &str| {
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains("key_threshold") && e.contains(needle), "{e}");
+        };
+        refused(with("key_threshold = 3"), "secure_aggregation = true");
+        refused(secure("key_threshold = 1"), "between 2 and 12");
+        refused(secure("key_threshold = 13"), "between 2 and 12");
+        refused(
+            secure("key_threshold = 2\ncolluders = 2"),
+            "more than colluders (2)",
+        );
+        refused(
+            secure("key_threshold = 3\npartners = [\"a\", \"b\"]"),
+            "number of partners listed (2)",
+        );
+        secure("key_threshold = 12\ncolluders = 11").unwrap();
     }
 
     /// A glm task's private evaluation needs the public bounds it is clipped to; no other

@@ -274,14 +274,21 @@ pub async fn ensure_key(
         return Ok(k);
     }
     let excluded = crate::secure::excluded(store.dir())?;
+    // A t-of-N key needs at least t holders and at most MAX_THRESHOLD_PARTIES
+    // (the first ones by name; the others encrypt under the key like any partner).
+    let threshold = hub.task.key_threshold;
+    let min = threshold.map_or(min, |t| min.max(t as usize));
     let mut last_log = Instant::now() - Duration::from_secs(60);
     loop {
         hub.wait_for_partners(min).await;
-        let committee: Vec<String> = hub
+        let mut committee: Vec<String> = hub
             .connected()
             .into_iter()
             .filter(|p| !excluded.contains(p))
             .collect();
+        if threshold.is_some() {
+            committee.truncate(consortia_he::threshold::MAX_THRESHOLD_PARTIES as usize);
+        }
         if committee.len() < min {
             if last_log.elapsed() >= Duration::from_secs(10) {
                 tracing::info!(
