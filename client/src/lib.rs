@@ -13,6 +13,7 @@
 //! * [`local`] — the partner's data: loading, hold-out split, standardisation.
 //! * [`training`] — the local update it computes each round ([`training::LocalUpdate`]).
 //! * [`keys`] — its share of the federation key and its partial decryptions.
+//! * [`seal`] — threshold subshares sealed to their recipient (X25519, HKDF, ChaCha20-Poly1305).
 //! * [`telemetry`] — its Prometheus metrics, served at `/metrics` when configured.
 //! * [`user_factors`] — a recommendation partner's own users' factors, kept for scoring.
 //! * [`agent`] — the session loop ([`run`]; [`run_with`] takes a caller's local update).
@@ -25,6 +26,7 @@ pub mod keys;
 pub mod local;
 pub mod pins;
 pub mod policy;
+pub mod seal;
 pub mod telemetry;
 pub mod training;
 pub mod user_factors;

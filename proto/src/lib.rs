@@ -188,6 +188,61 @@ pub fn key_share_digest(
     h.finalize().into()
 }
 
+/// What a dealer of a t-of-N key signs of its subshare commitments: SHA-256
+/// over the domain tag `consortia/threshold-dealing/v1`, the 32-byte session
+/// id, the task's 32-byte canonical hash, the dealer's party number and name
+/// (u32; u64 length, UTF-8), the committee size and threshold (u32 each) and
+/// the SHA-256 of the commitments' wire form. Two different commitments signed
+/// by one dealer for one session are a proof of misbehaviour on their own.
+pub fn threshold_dealing_digest(
+    session_id: &[u8; 32],
+    task_hash: &[u8; 32],
+    dealer: u32,
+    dealer_name: &str,
+    parties: u32,
+    threshold: u32,
+    commitments: &[u8],
+) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"consortia/threshold-dealing/v1");
+    h.update(session_id);
+    h.update(task_hash);
+    h.update(dealer.to_le_bytes());
+    h.update((dealer_name.len() as u64).to_le_bytes());
+    h.update(dealer_name.as_bytes());
+    h.update(parties.to_le_bytes());
+    h.update(threshold.to_le_bytes());
+    h.update(sha256(commitments));
+    h.finalize().into()
+}
+
+/// What a recipient of subshares signs of the X25519 public key a dealer seals
+/// them to: SHA-256 over the domain tag `consortia/subshare-recipient-key/v1`,
+/// the 32-byte session id, the task's 32-byte canonical hash, the recipient's
+/// party number and name (u32; u64 length, UTF-8), the dealer's party number
+/// (u32) and the 32-byte public key.
+pub fn subshare_recipient_key_digest(
+    session_id: &[u8; 32],
+    task_hash: &[u8; 32],
+    recipient: u32,
+    recipient_name: &str,
+    dealer: u32,
+    public_key: &[u8; 32],
+) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"consortia/subshare-recipient-key/v1");
+    h.update(session_id);
+    h.update(task_hash);
+    h.update(recipient.to_le_bytes());
+    h.update((recipient_name.len() as u64).to_le_bytes());
+    h.update(recipient_name.as_bytes());
+    h.update(dealer.to_le_bytes());
+    h.update(public_key);
+    h.finalize().into()
+}
+
 /// The protocol this build speaks, sent in `Hello.protocol_version`:
 /// 2 is joint decryption by the aggregate's masks and signed sketches (key
 /// holders no longer receive every contributor's masks). Agents that predate

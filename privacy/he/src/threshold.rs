@@ -363,6 +363,9 @@ impl fmt::Debug for Subshare {
     }
 }
 
+const SUBSHARE_MAGIC: &[u8; 4] = b"CHSS";
+const COMMITMENTS_MAGIC: &[u8; 4] = b"CHSC";
+
 impl Subshare {
     /// The dealer `i`.
     pub fn dealer(&self) -> PartyId {
@@ -372,6 +375,60 @@ impl Subshare {
     /// The subset `T`.
     pub fn subset(&self) -> Subset {
         self.subset
+    }
+
+    /// Length of the wire form for `params`.
+    pub fn encoded_len(params: HeParams) -> usize {
+        HEADER_LEN + 32 + 2 * 4 + params.polynomial_size() * params.word_bytes()
+    }
+
+    /// Wire form: header, session id, dealer, `T` (bit set), `r_{i,T}`. Secret:
+    /// zeroized when dropped; it travels only sealed to its recipient.
+    pub fn to_bytes(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        let params = self.session.params;
+        let mut out = zeroize::Zeroizing::new(Vec::with_capacity(Self::encoded_len(params)));
+        put_header(&mut out, SUBSHARE_MAGIC, params);
+        out.extend_from_slice(&self.session.id);
+        out.extend_from_slice(&self.dealer.0.to_le_bytes());
+        out.extend_from_slice(&u32::from(self.subset.0).to_le_bytes());
+        self.words.write_le(&mut out);
+        out
+    }
+
+    /// Decodes an untrusted subshare of `session` dealt to `committee`: exact
+    /// length first, then session, a dealer of the committee and a `T ∈ 𝒯`.
+    /// Whether it opens its commitment is [`SubshareCommitments::check_subshare`]'s
+    /// (or the collector's) business.
+    pub fn from_bytes(
+        bytes: &[u8],
+        session: &KeySession,
+        committee: &Threshold,
+    ) -> Result<Self, HeError> {
+        let params = session.params;
+        let mut r = Reader::new(bytes, "subshare");
+        r.expect_len(Self::encoded_len(params))?;
+        r.header(SUBSHARE_MAGIC, Some(params))?;
+        if r.take(32)? != session.id {
+            return Err(HeError::WrongKey { what: "subshare" });
+        }
+        let dealer = PartyId(r.u32()?);
+        committee.check_party(dealer)?;
+        let bits = r.u32()?;
+        let subset = u16::try_from(bits)
+            .ok()
+            .map(Subset)
+            .filter(|t| committee.subsets.contains(t))
+            .ok_or(HeError::SubshareMismatch {
+                dealer: dealer.0,
+                subset: format!("bits {bits:#x}"),
+                why: "not a holder set of this committee",
+            })?;
+        Ok(Self {
+            session: *session,
+            dealer,
+            subset,
+            words: Words::read_le(params, r.rest()),
+        })
     }
 }
 
@@ -398,6 +455,70 @@ impl SubshareCommitments {
     /// The dealer.
     pub fn dealer(&self) -> PartyId {
         self.dealer
+    }
+
+    /// Length of the wire form of a dealing to `committee` under `params`.
+    pub fn encoded_len(params: HeParams, committee: &Threshold) -> usize {
+        HEADER_LEN
+            + 32
+            + 3 * 4
+            + committee.subsets.len() * params.polynomial_size() * params.word_bytes()
+    }
+
+    /// Wire form: header, session id, `N`, `t`, dealer, then `c_{i,T}` in
+    /// [`Threshold::subsets`] order.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let params = self.session.params;
+        let mut out = Vec::with_capacity(Self::encoded_len(params, &self.committee));
+        put_header(&mut out, COMMITMENTS_MAGIC, params);
+        out.extend_from_slice(&self.session.id);
+        out.extend_from_slice(&self.committee.parties.to_le_bytes());
+        out.extend_from_slice(&self.committee.threshold.to_le_bytes());
+        out.extend_from_slice(&self.dealer.0.to_le_bytes());
+        for c in &self.commitments {
+            c.write_le(&mut out);
+        }
+        out
+    }
+
+    /// Decodes untrusted commitments of `session` for `committee`: exact
+    /// length (that of `committee`'s dealing) before anything else, then the
+    /// session, `N` and `t` of `committee` and a dealer of it.
+    pub fn from_bytes(
+        bytes: &[u8],
+        session: &KeySession,
+        committee: &Threshold,
+    ) -> Result<Self, HeError> {
+        let params = session.params;
+        let mut r = Reader::new(bytes, "subshare commitments");
+        r.expect_len(Self::encoded_len(params, committee))?;
+        r.header(COMMITMENTS_MAGIC, Some(params))?;
+        if r.take(32)? != session.id {
+            return Err(HeError::WrongKey {
+                what: "subshare commitments",
+            });
+        }
+        let (parties, threshold) = (r.u32()?, r.u32()?);
+        let dealer = PartyId(r.u32()?);
+        if parties != committee.parties || threshold != committee.threshold {
+            return Err(HeError::DealingMismatch {
+                dealer: dealer.0,
+                why: "dealt to another committee or threshold",
+            });
+        }
+        committee.check_party(dealer)?;
+        let poly_bytes = params.polynomial_size() * params.word_bytes();
+        let commitments = r
+            .rest()
+            .chunks_exact(poly_bytes)
+            .map(|w| Words::read_le(params, w))
+            .collect();
+        Ok(Self {
+            session: *session,
+            committee: committee.clone(),
+            dealer,
+            commitments,
+        })
     }
 
     /// Checks that `subshare` opens its commitment: same session and dealer,
@@ -1466,6 +1587,73 @@ mod tests {
                 Err(HeError::SubshareMismatch { .. })
             ));
         }
+    }
+
+    /// The wire forms round-trip and still pass the checks; a wrong length,
+    /// session, committee, dealer or holder set is refused before decoding.
+    #[test]
+    fn wire_forms_round_trip_and_refuse_what_does_not_fit() {
+        let s = session(HeParams::Fast64);
+        let th = Threshold::new(4, 2).unwrap();
+        let key = KeyShareGen::new(&s).generate(PartyId(1));
+        let dealing = ThresholdDealer::new(&th).deal(&key.secret).unwrap();
+        let bytes = dealing.commitments().to_bytes();
+        assert_eq!(bytes.len(), SubshareCommitments::encoded_len(s.params, &th));
+        let back = SubshareCommitments::from_bytes(&bytes, &s, &th).unwrap();
+        assert_eq!(&back, dealing.commitments());
+        back.check_public(&key.public).unwrap();
+        let sub = &dealing.subshares_for(PartyId(3)).unwrap()[0];
+        let sub_bytes = sub.to_bytes();
+        let sub_back = Subshare::from_bytes(&sub_bytes, &s, &th).unwrap();
+        assert_eq!((sub_back.dealer, sub_back.subset), (sub.dealer, sub.subset));
+        back.check_subshare(&sub_back).unwrap();
+        // Length first: one byte more or less, or another committee's length.
+        assert!(matches!(
+            SubshareCommitments::from_bytes(&bytes[..bytes.len() - 1], &s, &th),
+            Err(HeError::WrongSize { .. })
+        ));
+        let other = Threshold::new(4, 3).unwrap();
+        assert!(matches!(
+            SubshareCommitments::from_bytes(&bytes, &s, &other),
+            Err(HeError::WrongSize { .. })
+        ));
+        let mut long = sub_bytes.to_vec();
+        long.push(0);
+        assert!(matches!(
+            Subshare::from_bytes(&long, &s, &th),
+            Err(HeError::WrongSize { .. })
+        ));
+        // Another session.
+        let s2 = session(HeParams::Fast64);
+        assert!(matches!(
+            SubshareCommitments::from_bytes(&bytes, &s2, &th),
+            Err(HeError::WrongKey { .. })
+        ));
+        assert!(matches!(
+            Subshare::from_bytes(&sub_bytes, &s2, &th),
+            Err(HeError::WrongKey { .. })
+        ));
+        // A dealer outside the committee, a holder set not of size t − 1.
+        let at = HEADER_LEN + 32;
+        let mut bad = sub_bytes.to_vec();
+        bad[at..at + 4].copy_from_slice(&4u32.to_le_bytes());
+        assert!(matches!(
+            Subshare::from_bytes(&bad, &s, &th),
+            Err(HeError::UnknownParty { .. })
+        ));
+        let mut bad = sub_bytes.to_vec();
+        bad[at + 4..at + 8].copy_from_slice(&0b11u32.to_le_bytes());
+        assert!(matches!(
+            Subshare::from_bytes(&bad, &s, &th),
+            Err(HeError::SubshareMismatch { .. })
+        ));
+        // Another threshold written in commitments of the right length.
+        let mut bad = bytes.clone();
+        bad[at + 4..at + 8].copy_from_slice(&3u32.to_le_bytes());
+        assert!(matches!(
+            SubshareCommitments::from_bytes(&bad, &s, &th),
+            Err(HeError::DealingMismatch { .. })
+        ));
     }
 
     /// A dealer whose subshares do not sum to its key share — each one opening
