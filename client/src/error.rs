@@ -30,6 +30,25 @@ pub enum AgentError {
         /// What is wrong.
         message: String,
     },
+    /// A dealer's part of a t-of-N key failed this key holder's checks: the
+    /// complaint (docs/threshold.md, step 2), naming the dealer and, where
+    /// one subshare is at fault, its holder set `T`.
+    #[error(
+        "threshold key refused: dealer `{dealer}` (party {party}){}: {message}. This key \
+         holder does not store a threshold share for this key; the operator re-keys without \
+         the dealer (`consortia rekey --state <dir> --without {dealer}`)",
+        subset.as_ref().map(|t| format!(", holder set T = {t}")).unwrap_or_default()
+    )]
+    ThresholdDealing {
+        /// The dealer's name.
+        dealer: String,
+        /// The dealer's party number.
+        party: u32,
+        /// The holder set `T` of the subshare at fault, when one is.
+        subset: Option<String>,
+        /// What failed.
+        message: String,
+    },
     /// This partner's privacy ledger disagrees with its recorded head, or with the
     /// coordinator's count of charges.
     #[error("{}: {message}", path.display())]

@@ -82,6 +82,8 @@ use rand::TryRngCore;
 use crate::AgentError;
 use crate::policy::Policy;
 
+pub mod threshold;
+
 /// Most coin tosses a key holder takes part in per round: with a wrong
 /// aggregate passing one toss with probability at most 2^-80, a coordinator
 /// that reruns a round this many times still succeeds with at most 2^-64.
@@ -109,6 +111,9 @@ pub struct InstalledKey {
     pub public: FederationKey,
     /// This partner's secret share, when it is a key holder.
     secret: Option<SecretKeyShare>,
+    /// This key holder's share of a t-of-N key, once its threshold ceremony
+    /// completed (`<session>.threshold`, [`threshold`]).
+    threshold: Option<consortia_he::ThresholdKeyShare>,
     answered_path: PathBuf,
     used_path: PathBuf,
     signed_path: PathBuf,
@@ -147,6 +152,8 @@ pub struct KeyHolder {
     signer: Option<Signer>,
     ca: Option<Vec<u8>>,
     pending: Option<(KeySession, KeyShare)>,
+    /// The threshold extension of the key ceremony in progress, if any.
+    ceremony: Option<threshold::ThresholdCeremony>,
     /// The federation key, once distributed and installed.
     pub current: Option<InstalledKey>,
     /// This partner's latest signed encrypted update, kept until its round ends.
@@ -216,6 +223,7 @@ impl KeyHolder {
             signer: None,
             ca: None,
             pending: None,
+            ceremony: None,
             current: None,
             own: None,
         }
@@ -552,9 +560,15 @@ impl KeyHolder {
         if self.pending.as_ref().is_some_and(|(s, _)| s.id == id) {
             self.pending = None;
         }
+        // A threshold share stored by an earlier run of this key's ceremony.
+        let threshold = match &secret {
+            Some(secret) => threshold::load_share(&self.path(&id, "threshold"), secret)?,
+            None => None,
+        };
         self.current = Some(InstalledKey {
             public,
             secret,
+            threshold,
             answered_path: self.path(&id, "answered"),
             used_path: self.path(&id, "used"),
             signed_path: self.path(&id, "signed"),
@@ -2187,5 +2201,337 @@ mod tests {
         assert_eq!(read_answered(&p).unwrap(), vec![[7u8; 32], [9u8; 32]]);
         std::fs::write(&p, "zz\n").unwrap();
         assert!(read_answered(&p).is_err());
+    }
+
+    /// The threshold extension of the key ceremony among five holders, t = 3
+    /// (`keys::threshold`), every message as the coordinator would relay it.
+    mod threshold_ceremony {
+        use super::*;
+        use consortia_he::{
+            DecryptionShare, HeError, Threshold, ThresholdKeyShare, ThresholdPartialDecryptor,
+            encode_signed, threshold_combine,
+        };
+        use consortia_proto::{ThresholdDealing, ThresholdRecipientKeys};
+
+        const ID: u8 = 9;
+
+        struct Five {
+            dir: tempfile::TempDir,
+            pki: consortia_pki::Pki,
+            names: Vec<String>,
+            holders: Vec<KeyHolder>,
+            key: CollectivePublicKey,
+            msg: CollectiveKey,
+            task: TaskSpec,
+            policy: Policy,
+        }
+
+        /// Five holders a..e with an installed Fast64 key of a task with
+        /// `key_threshold = 3`.
+        fn five() -> Five {
+            let dir = tempfile::tempdir().unwrap();
+            let names: Vec<String> = ["a", "b", "c", "d", "e"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            let pki =
+                consortia_pki::Pki::init(dir.path().join("pki"), &["127.0.0.1".into()], &names)
+                    .unwrap();
+            let mut holders: Vec<KeyHolder> = names
+                .iter()
+                .map(|n| {
+                    KeyHolder::new(&dir.path().join(n), n)
+                        .with_identity(&pki.partner_key_path(n), &pki.ca_cert_path())
+                        .unwrap()
+                })
+                .collect();
+            let certs: Vec<Vec<u8>> = names
+                .iter()
+                .map(|n| consortia_pki::read_ca_certificate(&pki.partner_cert_path(n)).unwrap())
+                .collect();
+            let mut task = task();
+            task.key_threshold = Some(3);
+            let policy = Policy {
+                allowed_he_params: [
+                    crate::policy::HeParamsName::Secure128,
+                    crate::policy::HeParamsName::Fast64,
+                ]
+                .into(),
+                ..Policy::default()
+            };
+            let (key, msg) = ceremony_with(
+                HeParams::Fast64,
+                &mut holders,
+                &certs,
+                &names,
+                ID,
+                &[HASH; 5],
+                &task,
+                &policy,
+            );
+            for h in &mut holders {
+                h.install(&msg, &task, &HASH, &policy).unwrap();
+            }
+            Five {
+                dir,
+                pki,
+                names,
+                holders,
+                key,
+                msg,
+                task,
+                policy,
+            }
+        }
+
+        /// Steps 1 and 2: every holder's signed subshare keys, then every dealing.
+        fn keys_and_dealings(f: &mut Five) -> (Vec<ThresholdRecipientKeys>, Vec<ThresholdDealing>) {
+            let keys: Vec<ThresholdRecipientKeys> = f
+                .holders
+                .iter_mut()
+                .map(|h| h.threshold_recipient_keys(&f.task, &HASH).unwrap())
+                .collect();
+            let dealings = f
+                .holders
+                .iter_mut()
+                .map(|h| h.threshold_deal(&f.task, &HASH, &keys).unwrap())
+                .collect();
+            (keys, dealings)
+        }
+
+        fn dealing_refusal(e: AgentError) -> (String, u32, Option<String>, String) {
+            match e {
+                AgentError::ThresholdDealing {
+                    dealer,
+                    party,
+                    subset,
+                    message,
+                } => (dealer, party, subset, message),
+                other => panic!("not a complaint: {other}"),
+            }
+        }
+
+        /// Every holder stores its share 0600; any three decrypt a sum
+        /// exactly, a restarted holder reloads its share, and two holders are
+        /// refused by the maths layer (that two holders' shares with the
+        /// coordinator's state are independent of the key is the statistical
+        /// test `threshold::tests::what_t_minus_1_holders_see_is_independent_of_the_secret`
+        /// in `privacy/he/src/threshold.rs`).
+        #[test]
+        fn five_holders_make_a_three_of_five_key_any_three_decrypt_and_two_cannot() {
+            let mut f = five();
+            let (_, dealings) = keys_and_dealings(&mut f);
+            for h in &mut f.holders {
+                h.threshold_collect(&f.task, &HASH, &dealings).unwrap();
+                assert!(h.current.as_ref().unwrap().threshold_share().is_some());
+                let path = h.path(&[ID; 32], "threshold");
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+                assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+            }
+            // A restarted holder loads its stored share with the key.
+            let mut restarted = KeyHolder::new(&f.dir.path().join("c"), "c")
+                .with_identity(&f.pki.partner_key_path("c"), &f.pki.ca_cert_path())
+                .unwrap();
+            restarted
+                .install(&f.msg, &f.task, &HASH, &f.policy)
+                .unwrap();
+            assert!(
+                restarted
+                    .current
+                    .as_ref()
+                    .unwrap()
+                    .threshold_share()
+                    .is_some()
+            );
+            // Three contributions under the key.
+            let bits = f.key.plaintext_bits();
+            let ups: Vec<Vec<i64>> = (0..3)
+                .map(|k| (0..100).map(|v| (v * 7 + k * 1000) - 3000).collect())
+                .collect();
+            let sum: Vec<i64> = (0..100).map(|v| ups.iter().map(|u| u[v]).sum()).collect();
+            let shape = Shape::new(&f.key, 100).unwrap();
+            let wires: Vec<Vec<u8>> = ups
+                .iter()
+                .map(|u| {
+                    Encryptor::new(&f.key)
+                        .encrypt_with_shape(&encode_signed(u, bits).unwrap(), &shape)
+                        .unwrap()
+                        .to_bytes()
+                })
+                .collect();
+            let agg = Aggregate::from_ciphertexts(shape, wires.iter().map(Vec::as_slice)).unwrap();
+            let stored: Vec<ThresholdKeyShare> = f
+                .holders
+                .iter()
+                .map(|h| ThresholdKeyShare::load(&h.path(&[ID; 32], "threshold")).unwrap())
+                .collect();
+            let th = Threshold::new(5, 3).unwrap();
+            for q in [[1u32, 3, 4], [0, 1, 2], [0, 2, 4]] {
+                let set = th.decryption_set(q.map(PartyId)).unwrap();
+                let shares: Vec<DecryptionShare> = q
+                    .iter()
+                    .map(|&j| {
+                        ThresholdPartialDecryptor::new(&stored[j as usize], &f.key)
+                            .unwrap()
+                            .partial_decrypt(&agg, &set, 1)
+                            .unwrap()
+                    })
+                    .collect();
+                let opened = threshold_combine(&agg, &set, &shares).unwrap();
+                assert_eq!(opened, encode_signed(&sum, bits).unwrap(), "Q = {q:?}");
+            }
+            // Two holders: no decryption set, and together they miss R_T for
+            // their own pair T.
+            let e = th.decryption_set([PartyId(0), PartyId(1)]).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    HeError::BelowThreshold {
+                        have: 2,
+                        threshold: 3
+                    }
+                ),
+                "{e}"
+            );
+            let pair = th
+                .subsets()
+                .iter()
+                .copied()
+                .find(|t| t.contains(PartyId(0)) && t.contains(PartyId(1)))
+                .unwrap();
+            assert!(
+                !th.held_by(PartyId(0))
+                    .chain(th.held_by(PartyId(1)))
+                    .any(|t| t == pair)
+            );
+        }
+
+        /// What the coordinator could try while relaying: each is refused,
+        /// naming the dealer (and the holder set of a bad subshare).
+        #[test]
+        fn a_tampered_relay_is_refused_naming_the_dealer() {
+            let mut f = five();
+            let (keys, dealings) = keys_and_dealings(&mut f);
+            // A subshare key substituted by the coordinator: the dealer refuses
+            // to seal to it.
+            let own = crate::seal::RecipientKeys::new([0]).unwrap();
+            let mut fresh = five();
+            let fresh_keys: Vec<ThresholdRecipientKeys> = fresh
+                .holders
+                .iter_mut()
+                .map(|h| h.threshold_recipient_keys(&fresh.task, &HASH).unwrap())
+                .collect();
+            let mut swapped = fresh_keys.clone();
+            swapped[2].keys[0].public_key = own.public_for(0).unwrap().to_vec();
+            let e = fresh.holders[0]
+                .threshold_deal(&fresh.task, &HASH, &swapped)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("not signed by `c`"), "{e}");
+            // The same holder deals once the genuine keys arrive.
+            fresh.holders[0]
+                .threshold_deal(&fresh.task, &HASH, &fresh_keys)
+                .unwrap();
+
+            // A flipped bit in the box d sealed to b: refused, naming d.
+            let mut flipped = dealings.clone();
+            let b = flipped[3]
+                .sealed
+                .iter_mut()
+                .find(|s| s.recipient == 1)
+                .unwrap();
+            b.ciphertext[10] ^= 1;
+            let (dealer, party, _, message) = dealing_refusal(
+                f.holders[1]
+                    .threshold_collect(&f.task, &HASH, &flipped)
+                    .unwrap_err(),
+            );
+            assert_eq!((dealer.as_str(), party), ("d", 3));
+            assert!(message.contains("do not open"), "{message}");
+
+            // A box the coordinator sealed itself to c's (public) key for d,
+            // holding subshares of another share: each opens, none matches d's
+            // signed commitments.
+            let session = KeySession::new(HeParams::Fast64, [ID; 32]);
+            let th = Threshold::new(5, 3).unwrap();
+            let other = KeyShareGen::new(&session).generate(PartyId(3));
+            let fake = consortia_he::ThresholdDealer::new(&th)
+                .deal(&other.secret)
+                .unwrap();
+            let mut plain = Vec::new();
+            for s in fake.subshares_for(PartyId(2)).unwrap() {
+                plain.extend_from_slice(&s.to_bytes());
+            }
+            let c_key: [u8; 32] = keys[2]
+                .keys
+                .iter()
+                .find(|k| k.dealer == 3)
+                .unwrap()
+                .public_key
+                .as_slice()
+                .try_into()
+                .unwrap();
+            let ctx = crate::seal::SealContext {
+                session: [ID; 32],
+                task_hash: HASH,
+                dealer: 3,
+                recipient: 2,
+            };
+            let boxed = crate::seal::seal(&ctx, &c_key, &plain).unwrap();
+            let mut forged = dealings.clone();
+            let b = forged[3]
+                .sealed
+                .iter_mut()
+                .find(|s| s.recipient == 2)
+                .unwrap();
+            b.dealer_key = boxed.dealer_key.to_vec();
+            b.ciphertext = boxed.ciphertext;
+            let (dealer, party, subset, message) = dealing_refusal(
+                f.holders[2]
+                    .threshold_collect(&f.task, &HASH, &forged)
+                    .unwrap_err(),
+            );
+            assert_eq!((dealer.as_str(), party), ("d", 3));
+            assert!(subset.is_some(), "{message}");
+            assert!(message.contains("dealer 3"), "{message}");
+
+            // Commitments whose signature is not e's: refused, naming e.
+            let mut unsigned = dealings.clone();
+            unsigned[4].signature[8] ^= 1;
+            let (dealer, party, _, message) = dealing_refusal(
+                f.holders[0]
+                    .threshold_collect(&f.task, &HASH, &unsigned)
+                    .unwrap_err(),
+            );
+            assert_eq!((dealer.as_str(), party), ("e", 4));
+            assert!(message.contains("not signed by `e`"), "{message}");
+            let shown = AgentError::ThresholdDealing {
+                dealer,
+                party,
+                subset: None,
+                message,
+            }
+            .to_string();
+            assert!(
+                shown.contains("consortia rekey") && shown.contains("--without e"),
+                "{shown}"
+            );
+
+            // The untouched holders complete; nothing was stored for the others.
+            for j in [3, 4] {
+                f.holders[j]
+                    .threshold_collect(&f.task, &HASH, &dealings)
+                    .unwrap();
+            }
+            for (j, h) in f.holders.iter().enumerate() {
+                assert_eq!(
+                    h.path(&[ID; 32], "threshold").exists(),
+                    j >= 3,
+                    "holder {}",
+                    f.names[j]
+                );
+            }
+        }
     }
 }

@@ -1,0 +1,510 @@
+//! A key holder's part in the threshold extension of the key ceremony, for a
+//! task with `key_threshold = t` (`docs/threshold.md`, "The scheme", steps
+//! 1 to 3), once the collective key is installed:
+//!
+//! 1. [`KeyHolder::threshold_recipient_keys`]: it draws one X25519 key per
+//!    other dealer ([`crate::seal::RecipientKeys`], in memory for the
+//!    ceremony only) and signs each with its certificate key
+//!    ([`consortia_proto::subshare_recipient_key_digest`]);
+//! 2. [`KeyHolder::threshold_deal`]: it checks every other holder's signature
+//!    on the key it drew for this dealer (with the certificate in the key's
+//!    transcript: a key the coordinator substituted is refused), deals its
+//!    secret share ([`ThresholdDealer`]), signs the RLWE commitments
+//!    ([`consortia_proto::threshold_dealing_digest`]) and seals each holder's
+//!    subshares to that holder ([`crate::seal::seal`]); its own subshares stay
+//!    in memory;
+//! 3. [`KeyHolder::threshold_collect`]: from every dealer's dealing it checks
+//!    the signature, the commitments against the dealer's public share in the
+//!    transcript and each subshare it opens against its commitment
+//!    ([`ThresholdKeyCollector`]), then stores its [`ThresholdKeyShare`] in
+//!    `<session>.threshold` (0600, checksum) beside its secret share.
+//!
+//! A failed check refuses the threshold key with
+//! [`AgentError::ThresholdDealing`], naming the dealer and, for a subshare,
+//! its holder set `T`: the complaint. The sealed boxes are not signed by the
+//! dealer: a box the coordinator made up to a recipient's (public) key holds
+//! subshares that fail their signed commitments (opening a commitment two
+//! ways solves Ring-SIS, `consortia_he::threshold` module docs).
+
+use consortia_he::{
+    HeError, PartyId, PublicKeyShare, Subshare, SubshareCommitments, Threshold, ThresholdDealer,
+    ThresholdKeyCollector, ThresholdKeyShare,
+};
+use consortia_ledger::Verifier;
+use consortia_model::TaskSpec;
+use consortia_proto::{
+    SealedSubshares, SubshareRecipientKey, ThresholdDealing, ThresholdRecipientKeys,
+    subshare_recipient_key_digest, threshold_dealing_digest,
+};
+use zeroize::Zeroizing;
+
+use super::{InstalledKey, KeyHolder};
+use crate::AgentError;
+use crate::seal::{PUBLIC_KEY_LEN, RecipientKeys, SealContext, Sealed, seal};
+
+/// A key holder's threshold ceremony in progress: in memory only (a holder
+/// that restarts takes part in a new ceremony).
+pub struct ThresholdCeremony {
+    session: [u8; 32],
+    committee: Threshold,
+    party: PartyId,
+    keys: RecipientKeys,
+    /// This holder's subshares of its own dealing, once dealt.
+    own: Option<Vec<Subshare>>,
+}
+
+impl std::fmt::Debug for ThresholdCeremony {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThresholdCeremony")
+            .field("session", &hex::encode(&self.session[..4]))
+            .field("committee", &self.committee)
+            .field("party", &self.party.0)
+            .field("dealt", &self.own.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn protocol(why: String) -> AgentError {
+    AgentError::Protocol(format!("threshold key: {why}"))
+}
+
+/// The complaint for `dealer`'s failed check `e`.
+fn complaint(fed: &InstalledKey, dealer: PartyId, e: impl std::fmt::Display) -> AgentError {
+    complaint_on(fed, dealer, None, e.to_string())
+}
+
+fn complaint_on(
+    fed: &InstalledKey,
+    dealer: PartyId,
+    subset: Option<String>,
+    message: String,
+) -> AgentError {
+    AgentError::ThresholdDealing {
+        dealer: fed
+            .committee
+            .get(dealer.0 as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("party {}", dealer.0)),
+        party: dealer.0,
+        subset,
+        message,
+    }
+}
+
+/// The complaint for the maths layer's refusal `e` of `dealer`'s dealing.
+fn he_complaint(fed: &InstalledKey, dealer: PartyId, e: HeError) -> AgentError {
+    let subset = match &e {
+        HeError::SubshareMismatch { subset, .. } => Some(subset.clone()),
+        _ => None,
+    };
+    complaint_on(fed, dealer, subset, e.to_string())
+}
+
+/// The verifier of party `party`'s certificate in the key's transcript
+/// (checked against the federation CA when the key was installed).
+fn verifier_of(fed: &InstalledKey, party: u32) -> Result<Verifier, AgentError> {
+    let t = fed
+        .transcript
+        .get(party as usize)
+        .ok_or_else(|| protocol(format!("the key has no party {party}")))?;
+    Verifier::from_cert_der(&t.certificate)
+        .map_err(|e| protocol(format!("certificate of party {party}: {e}")))
+}
+
+/// Loads the threshold share stored for `secret`'s key, if any; refuses one
+/// of another key or holder.
+pub(super) fn load_share(
+    path: &std::path::Path,
+    secret: &consortia_he::SecretKeyShare,
+) -> Result<Option<ThresholdKeyShare>, AgentError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let damaged = |message: String| AgentError::KeyShare {
+        path: path.to_path_buf(),
+        party: secret.party().0,
+        message,
+    };
+    let share = ThresholdKeyShare::load(path).map_err(|e| damaged(e.to_string()))?;
+    if share.session() != secret.session() || share.holder() != secret.party() {
+        return Err(damaged(format!(
+            "the threshold share is for holder {} of another key session, this partner is \
+             party {} of this one",
+            share.holder().0,
+            secret.party().0
+        )));
+    }
+    Ok(Some(share))
+}
+
+impl InstalledKey {
+    /// This key holder's share of a t-of-N key, once its ceremony completed.
+    pub fn threshold_share(&self) -> Option<&ThresholdKeyShare> {
+        self.threshold.as_ref()
+    }
+}
+
+impl KeyHolder {
+    /// The installed key and this partner's secret share, for a task with a
+    /// threshold: `(key, t)`.
+    fn threshold_key(&self, task: &TaskSpec) -> Result<(&InstalledKey, Threshold), AgentError> {
+        let t = task.key_threshold.ok_or_else(|| {
+            protocol(format!(
+                "task `{}` has no key_threshold: its key is N-of-N",
+                task.name
+            ))
+        })?;
+        let fed = self
+            .current
+            .as_ref()
+            .ok_or_else(|| protocol("no federation key installed".into()))?;
+        if fed.secret.is_none() {
+            return Err(protocol(
+                "this partner is not a key holder of the installed key".into(),
+            ));
+        }
+        let committee = Threshold::new(fed.committee.len() as u32, t)
+            .map_err(|e| protocol(format!("the key's committee: {e}")))?;
+        Ok((fed, committee))
+    }
+
+    /// Step 1: one signed X25519 key per other dealer, for the installed key
+    /// of `task` (whose canonical hash is `task_hash`). Starts the ceremony
+    /// afresh (any earlier one of this run is dropped).
+    pub fn threshold_recipient_keys(
+        &mut self,
+        task: &TaskSpec,
+        task_hash: &[u8; 32],
+    ) -> Result<ThresholdRecipientKeys, AgentError> {
+        let (fed, committee) = self.threshold_key(task)?;
+        let secret = fed.secret.as_ref().expect("checked by threshold_key");
+        let party = secret.party();
+        let session = secret.session().id;
+        let dealers: Vec<u32> = (0..committee.parties()).filter(|&d| d != party.0).collect();
+        let keys =
+            RecipientKeys::new(dealers.iter().copied()).map_err(|e| protocol(e.to_string()))?;
+        let signer = self
+            .signer
+            .as_ref()
+            .ok_or_else(|| AgentError::Protocol("no signing key loaded".into()))?;
+        let mut out = Vec::with_capacity(dealers.len());
+        for d in dealers {
+            let public_key = keys.public_for(d).expect("drawn for every dealer");
+            let digest = subshare_recipient_key_digest(
+                &session,
+                task_hash,
+                party.0,
+                &self.partner,
+                d,
+                &public_key,
+            );
+            let signature = signer
+                .sign_hash(&digest)
+                .map_err(|e| protocol(format!("cannot sign a subshare key: {e}")))?;
+            out.push(SubshareRecipientKey {
+                dealer: d,
+                public_key: public_key.to_vec(),
+                signature,
+            });
+        }
+        self.ceremony = Some(ThresholdCeremony {
+            session,
+            committee,
+            party,
+            keys,
+            own: None,
+        });
+        Ok(ThresholdRecipientKeys {
+            session_id: session.to_vec(),
+            recipient: party.0,
+            keys: out,
+        })
+    }
+
+    /// Step 2: this holder's dealing, its subshares sealed to the keys the
+    /// other holders signed for it (`recipients`: every other holder's
+    /// [`ThresholdRecipientKeys`], once each).
+    pub fn threshold_deal(
+        &mut self,
+        task: &TaskSpec,
+        task_hash: &[u8; 32],
+        recipients: &[ThresholdRecipientKeys],
+    ) -> Result<ThresholdDealing, AgentError> {
+        let (fed, committee) = self.threshold_key(task)?;
+        let secret = fed.secret.as_ref().expect("checked by threshold_key");
+        let party = secret.party();
+        let session = secret.session().id;
+        match &self.ceremony {
+            Some(c) if c.session == session && c.own.is_none() => {}
+            _ => {
+                return Err(protocol(
+                    "asked to deal before this holder drew its subshare keys, or a second \
+                     time: the coordinator starts the threshold ceremony again"
+                        .into(),
+                ));
+            }
+        }
+        // Every other holder's signed key for this dealer, once.
+        let mut to: Vec<(u32, [u8; PUBLIC_KEY_LEN])> = Vec::new();
+        for r in (0..committee.parties()).filter(|&r| r != party.0) {
+            let name = &fed.committee[r as usize];
+            let mut lists = recipients.iter().filter(|k| k.recipient == r);
+            let (Some(list), None) = (lists.next(), lists.next()) else {
+                return Err(protocol(format!(
+                    "the subshare keys of `{name}` (party {r}) are missing or given twice"
+                )));
+            };
+            if list.session_id != session {
+                return Err(protocol(format!(
+                    "the subshare keys of `{name}` are for another key session"
+                )));
+            }
+            let mut mine = list.keys.iter().filter(|k| k.dealer == party.0);
+            let (Some(k), None) = (mine.next(), mine.next()) else {
+                return Err(protocol(format!(
+                    "`{name}` gives no subshare key, or several, for this dealer"
+                )));
+            };
+            let public: [u8; PUBLIC_KEY_LEN] =
+                k.public_key.as_slice().try_into().map_err(|_| {
+                    protocol(format!(
+                        "the subshare key of `{name}` is not a 32-byte X25519 key"
+                    ))
+                })?;
+            let digest =
+                subshare_recipient_key_digest(&session, task_hash, r, name, party.0, &public);
+            if !verifier_of(fed, r)?.verify_hash(&digest, &k.signature) {
+                return Err(protocol(format!(
+                    "the subshare key given as `{name}`'s is not signed by `{name}` for this \
+                     key and task: refused (a key the coordinator substituted would let it \
+                     read the subshares)"
+                )));
+            }
+            to.push((r, public));
+        }
+        let dealing = ThresholdDealer::new(&committee)
+            .deal(secret)
+            .map_err(|e| protocol(format!("cannot deal this holder's share: {e}")))?;
+        let commitments = dealing.commitments().to_bytes();
+        let digest = threshold_dealing_digest(
+            &session,
+            task_hash,
+            party.0,
+            &self.partner,
+            committee.parties(),
+            committee.threshold(),
+            &commitments,
+        );
+        let signature = self
+            .signer
+            .as_ref()
+            .ok_or_else(|| AgentError::Protocol("no signing key loaded".into()))?
+            .sign_hash(&digest)
+            .map_err(|e| protocol(format!("cannot sign the dealing: {e}")))?;
+        let mut sealed = Vec::with_capacity(to.len());
+        for (r, public) in to {
+            let subshares = dealing
+                .subshares_for(PartyId(r))
+                .map_err(|e| protocol(e.to_string()))?;
+            let mut plain = Zeroizing::new(Vec::new());
+            for s in &subshares {
+                plain.extend_from_slice(&s.to_bytes());
+            }
+            let ctx = SealContext {
+                session,
+                task_hash: *task_hash,
+                dealer: party.0,
+                recipient: r,
+            };
+            let boxed = seal(&ctx, &public, &plain).map_err(|e| protocol(e.to_string()))?;
+            sealed.push(SealedSubshares {
+                recipient: r,
+                dealer_key: boxed.dealer_key.to_vec(),
+                ciphertext: boxed.ciphertext,
+            });
+        }
+        let own = dealing
+            .subshares_for(party)
+            .map_err(|e| protocol(e.to_string()))?;
+        if let Some(c) = self.ceremony.as_mut() {
+            c.own = Some(own);
+        }
+        Ok(ThresholdDealing {
+            session_id: session.to_vec(),
+            dealer: party.0,
+            commitments,
+            signature,
+            sealed,
+        })
+    }
+
+    /// Step 3: checks every dealer's dealing (`dealings`, one per holder,
+    /// this holder's own included; each with at least the box sealed to this
+    /// holder) and stores this holder's threshold share. A failed check is a
+    /// complaint naming the dealer ([`AgentError::ThresholdDealing`]); nothing
+    /// is stored then.
+    pub fn threshold_collect(
+        &mut self,
+        task: &TaskSpec,
+        task_hash: &[u8; 32],
+        dealings: &[ThresholdDealing],
+    ) -> Result<(), AgentError> {
+        // Taken out: a ceremony whose collection fails is over (each subshare
+        // key opens one box only).
+        let mut ceremony = match self.ceremony.take() {
+            Some(c) if c.own.is_some() => c,
+            _ => {
+                return Err(protocol(
+                    "dealings arrive before this holder dealt: the coordinator starts the \
+                     threshold ceremony again"
+                        .into(),
+                ));
+            }
+        };
+        let (fed, committee) = self.threshold_key(task)?;
+        let secret = fed.secret.as_ref().expect("checked by threshold_key");
+        let party = secret.party();
+        let key_session = secret.session();
+        let session = key_session.id;
+        if ceremony.session != session {
+            return Err(protocol(
+                "the threshold ceremony in progress is for another key session".into(),
+            ));
+        }
+        let mut collector = ThresholdKeyCollector::new(&key_session, &committee, party)
+            .map_err(|e| protocol(e.to_string()))?;
+        let per_holder = committee.held_by(party).count();
+        let sub_len = Subshare::encoded_len(key_session.params);
+        for d in 0..committee.parties() {
+            let dealer = PartyId(d);
+            let name = &fed.committee[d as usize];
+            let mut of = dealings.iter().filter(|x| x.dealer == d);
+            let (Some(dealing), None) = (of.next(), of.next()) else {
+                return Err(complaint(
+                    fed,
+                    dealer,
+                    "its dealing is missing or given twice",
+                ));
+            };
+            if dealing.session_id != session {
+                return Err(complaint(
+                    fed,
+                    dealer,
+                    "its dealing is for another key session",
+                ));
+            }
+            let digest = threshold_dealing_digest(
+                &session,
+                task_hash,
+                d,
+                name,
+                committee.parties(),
+                committee.threshold(),
+                &dealing.commitments,
+            );
+            if !verifier_of(fed, d)?.verify_hash(&digest, &dealing.signature) {
+                return Err(complaint(
+                    fed,
+                    dealer,
+                    format!("its commitments are not signed by `{name}` for this key and task"),
+                ));
+            }
+            let commitments =
+                SubshareCommitments::from_bytes(&dealing.commitments, &key_session, &committee)
+                    .map_err(|e| he_complaint(fed, dealer, e))?;
+            if commitments.dealer() != dealer {
+                return Err(complaint(
+                    fed,
+                    dealer,
+                    format!("its commitments name dealer {}", commitments.dealer().0),
+                ));
+            }
+            let public = fed
+                .transcript
+                .get(d as usize)
+                .ok_or_else(|| protocol(format!("the key has no party {d}")))
+                .and_then(|t| {
+                    PublicKeyShare::from_bytes(&t.public_share, &key_session)
+                        .map_err(|e| protocol(format!("public share of `{name}`: {e}")))
+                })?;
+            collector
+                .add_dealer(&commitments, &public)
+                .map_err(|e| he_complaint(fed, dealer, e))?;
+            if dealer == party {
+                for s in ceremony.own.as_ref().expect("checked above") {
+                    collector
+                        .add_subshare(s)
+                        .map_err(|e| he_complaint(fed, dealer, e))?;
+                }
+                continue;
+            }
+            let mut boxes = dealing.sealed.iter().filter(|s| s.recipient == party.0);
+            let (Some(b), None) = (boxes.next(), boxes.next()) else {
+                return Err(complaint(
+                    fed,
+                    dealer,
+                    "no box of subshares sealed to this holder, or several",
+                ));
+            };
+            let dealer_key: [u8; PUBLIC_KEY_LEN] = b
+                .dealer_key
+                .as_slice()
+                .try_into()
+                .map_err(|_| complaint(fed, dealer, "its X25519 key is not 32 bytes"))?;
+            let ctx = SealContext {
+                session,
+                task_hash: *task_hash,
+                dealer: d,
+                recipient: party.0,
+            };
+            let plain = ceremony
+                .keys
+                .open(
+                    &ctx,
+                    &Sealed {
+                        dealer_key,
+                        ciphertext: b.ciphertext.clone(),
+                    },
+                )
+                .map_err(|e| complaint(fed, dealer, e))?;
+            if plain.len() != per_holder * sub_len {
+                return Err(complaint(
+                    fed,
+                    dealer,
+                    format!(
+                        "{} bytes of subshares for this holder, {} expected",
+                        plain.len(),
+                        per_holder * sub_len
+                    ),
+                ));
+            }
+            for bytes in plain.chunks_exact(sub_len) {
+                let s = Subshare::from_bytes(bytes, &key_session, &committee)
+                    .map_err(|e| he_complaint(fed, dealer, e))?;
+                if s.dealer() != dealer {
+                    return Err(complaint(
+                        fed,
+                        dealer,
+                        format!("its box holds a subshare of dealer {}", s.dealer().0),
+                    ));
+                }
+                collector
+                    .add_subshare(&s)
+                    .map_err(|e| he_complaint(fed, dealer, e))?;
+            }
+        }
+        let share = collector
+            .finish()
+            .map_err(|e| protocol(format!("incomplete dealing: {e}")))?;
+        let path = self.path(&session, "threshold");
+        share.save(&path).map_err(|e| AgentError::KeyShare {
+            path: path.clone(),
+            party: party.0,
+            message: format!("cannot store the threshold share: {e}"),
+        })?;
+        if let Some(cur) = self.current.as_mut() {
+            cur.threshold = Some(share);
+        }
+        Ok(())
+    }
+}
