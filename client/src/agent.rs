@@ -478,6 +478,20 @@ async fn run_session(
                     Err(e) => return Err(fatal(state, e)),
                 }
             }
+            Down::ThresholdStart(_) | Down::ThresholdDeal(_) | Down::ThresholdDealing(_) => {
+                let (partner, _) = session
+                    .joined("threshold key dealing")
+                    .map_err(|e| fatal(state, e))?;
+                let partner = partner.to_owned();
+                let (Some(task), Some(hash)) = (state.task.clone(), state.task_hash) else {
+                    return Err(fatal(
+                        state,
+                        protocol("threshold key dealing before Welcome"),
+                    ));
+                };
+                let keys = key_holder(state, &partner)?;
+                threshold_step(&tx, keys, &task, &hash, kind).await?;
+            }
             Down::Decrypt(req) => {
                 let (_, step) = session
                     .joined("decryption asked")
@@ -657,6 +671,96 @@ fn own_name(cfg: &AgentConfig) -> Result<String, AgentError> {
             path: cfg.tls.cert.clone(),
             message,
         })
+}
+
+/// One step of a t-of-N key's dealing (`keys::threshold`): answers the
+/// coordinator, or logs why not. A complaint about a dealer is logged as an
+/// error and sent to the coordinator, naming the dealer; no threshold share
+/// is stored then.
+async fn threshold_step(
+    tx: &mpsc::Sender<ClientMessage>,
+    keys: &mut KeyHolder,
+    task: &TaskSpec,
+    hash: &[u8; 32],
+    kind: Down,
+) -> Result<(), SessionEnd> {
+    let session_id = keys
+        .current
+        .as_ref()
+        .map(|k| k.key.session().id.to_vec())
+        .unwrap_or_default();
+    let outcome = match kind {
+        Down::ThresholdStart(_) => match keys.threshold_recipient_keys(task, hash) {
+            Ok(k) => return send(tx, Up::ThresholdKeys(k)).await,
+            Err(e) => Err(e),
+        },
+        Down::ThresholdDeal(req) => match keys.threshold_deal(task, hash, &req.recipients) {
+            Ok(mut dealing) => {
+                // The commitments first, then one sealed box per message.
+                let boxes = std::mem::take(&mut dealing.sealed);
+                send(tx, Up::ThresholdDealing(dealing.clone())).await?;
+                for b in boxes {
+                    send(
+                        tx,
+                        Up::ThresholdDealing(consortia_proto::ThresholdDealing {
+                            session_id: dealing.session_id.clone(),
+                            dealer: dealing.dealer,
+                            commitments: Vec::new(),
+                            signature: Vec::new(),
+                            sealed: vec![b],
+                        }),
+                    )
+                    .await?;
+                }
+                return Ok(());
+            }
+            Err(e) => Err(e),
+        },
+        Down::ThresholdDealing(d) => keys.threshold_receive(task, hash, d),
+        _ => return Ok(()),
+    };
+    let result = match outcome {
+        Ok(false) => return Ok(()),
+        Ok(true) => {
+            tracing::info!(
+                "threshold key: every dealer's subshares checked; this holder's share of the \
+                 {}-of-{} key is stored (0600)",
+                task.key_threshold.unwrap_or(0),
+                keys.current.as_ref().map_or(0, |k| k.committee.len())
+            );
+            consortia_proto::ThresholdKeyResult {
+                session_id,
+                stored: true,
+                ..Default::default()
+            }
+        }
+        Err(AgentError::ThresholdDealing {
+            dealer,
+            party,
+            subset,
+            message,
+        }) => {
+            let e = AgentError::ThresholdDealing {
+                dealer,
+                party,
+                subset: subset.clone(),
+                message: message.clone(),
+            };
+            tracing::error!("{e}");
+            consortia_proto::ThresholdKeyResult {
+                session_id,
+                stored: false,
+                dealer: party,
+                subset: subset.unwrap_or_default(),
+                reason: message,
+            }
+        }
+        Err(e) => {
+            tracing::warn!("{e}");
+            return Ok(());
+        }
+    };
+    send(tx, Up::ThresholdResult(result)).await
 }
 
 fn key_holder<'a>(

@@ -21,6 +21,7 @@ use tonic::Status;
 
 use crate::phase::key_ceremony::Ceremony;
 use crate::phase::standardization::StatsCollector;
+use crate::phase::threshold_ceremony::ThresholdRelay;
 use crate::rejection::{Rejection, Subject};
 use crate::round::RoundCollector;
 use crate::secure::{CiphertextStore, Decryption, FederationKey, StoredUpdate};
@@ -57,6 +58,9 @@ impl Stage {
             }
             Stage::KeyCeremony(Ceremony::Committing(_)) => "key commitments".into(),
             Stage::KeyCeremony(Ceremony::Revealing(_)) => "public key shares".into(),
+            Stage::KeyCeremony(Ceremony::Threshold(_)) => {
+                "the threshold key's subshare keys, dealings and outcomes".into()
+            }
             Stage::Collection(r) => format!("answers for round {}", r.round),
             Stage::Decryption(d) => format!("{} for round {}", d.step().expects(), d.round()),
         }
@@ -424,6 +428,50 @@ impl Hub {
         };
         self.changed.notify_one();
         r
+    }
+
+    /// Applies `f` to the threshold ceremony in progress (t-of-N keys).
+    fn with_threshold(
+        &self,
+        f: impl FnOnce(&mut ThresholdRelay) -> Result<(), Rejection>,
+    ) -> Result<(), Rejection> {
+        let r = match &mut *lock(&self.stage) {
+            Stage::KeyCeremony(Ceremony::Threshold(relay)) => f(relay),
+            other => Err(Rejection::out_of_phase(
+                Subject::ThresholdCeremony,
+                "no threshold key is being dealt",
+                other.expects(),
+            )),
+        };
+        self.changed.notify_one();
+        r
+    }
+
+    /// A key holder's signed subshare keys.
+    pub fn threshold_keys(
+        &self,
+        partner: &str,
+        msg: &consortia_proto::ThresholdRecipientKeys,
+    ) -> Result<(), Rejection> {
+        self.with_threshold(|r| r.keys(partner, msg))
+    }
+
+    /// A piece of a key holder's dealing.
+    pub fn threshold_dealing(
+        &self,
+        partner: &str,
+        msg: consortia_proto::ThresholdDealing,
+    ) -> Result<(), Rejection> {
+        self.with_threshold(|r| r.dealing(partner, msg))
+    }
+
+    /// A key holder's outcome of the threshold ceremony.
+    pub fn threshold_result(
+        &self,
+        partner: &str,
+        msg: &consortia_proto::ThresholdKeyResult,
+    ) -> Result<(), Rejection> {
+        self.with_threshold(|r| r.result(partner, msg))
     }
 
     /// Checks that `partner` may start sending an update for `round`.

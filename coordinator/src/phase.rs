@@ -8,6 +8,7 @@
 //!
 //! * [`standardization`] — feature statistics → the federation-wide standardisation.
 //! * [`key_ceremony`] — commit, then reveal → the federation key.
+//! * [`threshold_ceremony`] — a t-of-N key's dealing, relayed between its holders.
 //! * [`collection`] — a round's updates and evaluations → its aggregate or encrypted sum.
 //! * [`decryption`] — the key holders' partial decryptions → the round's sum in the clear.
 
@@ -19,6 +20,7 @@ pub mod collection;
 pub mod decryption;
 pub mod key_ceremony;
 pub mod standardization;
+pub mod threshold_ceremony;
 
 /// Where a phase stands after a change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -72,6 +72,8 @@ pub enum Subject {
     ChallengeSeed,
     /// A contributor's signed sketch of its update's masks.
     Sketch,
+    /// A message of a t-of-N key's dealing (subshare keys, dealing, outcome).
+    ThresholdCeremony,
 }
 
 impl fmt::Display for Subject {
@@ -91,6 +93,7 @@ impl fmt::Display for Subject {
             Subject::ChallengeCommitment => "challenge commitment",
             Subject::ChallengeSeed => "challenge seed",
             Subject::Sketch => "signed sketch",
+            Subject::ThresholdCeremony => "threshold key dealing",
         })
     }
 }

@@ -153,7 +153,11 @@ pub fn excluded(state_dir: &Path) -> Result<Vec<String>, CoordinatorError> {
 
 /// Replaces `path` with `bytes` atomically and durably: written to a
 /// sibling with extension `tmp_extension`, synced, then renamed.
-fn write_durably(path: &Path, tmp_extension: &str, bytes: &[u8]) -> Result<(), CoordinatorError> {
+pub(crate) fn write_durably(
+    path: &Path,
+    tmp_extension: &str,
+    bytes: &[u8],
+) -> Result<(), CoordinatorError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(CoordinatorError::file(dir))?;
     }

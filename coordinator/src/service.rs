@@ -377,6 +377,9 @@ async fn read_session(
             Some(client_message::Kind::ChallengeCommit(c)) => hub.challenge_commit(&partner, &c),
             Some(client_message::Kind::ChallengeSeed(s)) => hub.challenge_seed(&partner, &s),
             Some(client_message::Kind::Sketch(s)) => hub.add_sketch(&partner, &s),
+            Some(client_message::Kind::ThresholdKeys(k)) => hub.threshold_keys(&partner, &k),
+            Some(client_message::Kind::ThresholdDealing(d)) => hub.threshold_dealing(&partner, d),
+            Some(client_message::Kind::ThresholdResult(r)) => hub.threshold_result(&partner, &r),
         };
         if let Err(rejection) = outcome {
             tracing::warn!(partner = %partner, round = hub.open_round(), message_kind = kind, reason = rejection.reason_code(), "{rejection}");

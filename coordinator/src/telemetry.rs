@@ -237,6 +237,9 @@ pub fn message_kind(msg: &ClientMessage) -> &'static str {
         Some(Kind::ChallengeCommit(_)) => "challenge_commit",
         Some(Kind::ChallengeSeed(_)) => "challenge_seed",
         Some(Kind::Sketch(_)) => "sketch",
+        Some(Kind::ThresholdKeys(_)) => "threshold_keys",
+        Some(Kind::ThresholdDealing(_)) => "threshold_dealing",
+        Some(Kind::ThresholdResult(_)) => "threshold_result",
     }
 }
 

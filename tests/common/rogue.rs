@@ -69,6 +69,9 @@ pub(crate) fn kind_name(msg: &ClientMessage) -> &'static str {
         Some(Up::ChallengeCommit(_)) => "ChallengeCommit",
         Some(Up::ChallengeSeed(_)) => "ChallengeSeed",
         Some(Up::Sketch(_)) => "SignedSketch",
+        Some(Up::ThresholdKeys(_)) => "ThresholdRecipientKeys",
+        Some(Up::ThresholdDealing(_)) => "ThresholdDealing",
+        Some(Up::ThresholdResult(_)) => "ThresholdKeyResult",
     }
 }
 

@@ -51,6 +51,8 @@ pub struct ThresholdCeremony {
     keys: RecipientKeys,
     /// This holder's subshares of its own dealing, once dealt.
     own: Option<Vec<Subshare>>,
+    /// The dealings relayed so far (step 3), one per dealer.
+    received: Vec<ThresholdDealing>,
 }
 
 impl std::fmt::Debug for ThresholdCeremony {
@@ -213,6 +215,7 @@ impl KeyHolder {
             party,
             keys,
             own: None,
+            received: Vec::new(),
         });
         Ok(ThresholdRecipientKeys {
             session_id: session.to_vec(),
@@ -336,6 +339,47 @@ impl KeyHolder {
             signature,
             sealed,
         })
+    }
+
+    /// Step 3 as relayed, one dealer's dealing at a time: kept until every
+    /// dealer's is in, then [`KeyHolder::threshold_collect`]. `Ok(true)` once
+    /// the share is stored. A second dealing of one dealer is a complaint.
+    pub fn threshold_receive(
+        &mut self,
+        task: &TaskSpec,
+        task_hash: &[u8; 32],
+        dealing: ThresholdDealing,
+    ) -> Result<bool, AgentError> {
+        let (fed, committee) = self.threshold_key(task)?;
+        let parties = committee.parties();
+        if dealing.dealer >= parties {
+            return Err(protocol(format!(
+                "a dealing of party {} in a committee of {parties}",
+                dealing.dealer
+            )));
+        }
+        let Some(c) = self.ceremony.as_ref().filter(|c| c.own.is_some()) else {
+            return Err(protocol(
+                "a dealing arrives before this holder dealt: the coordinator starts the \
+                 threshold ceremony again"
+                    .into(),
+            ));
+        };
+        if c.received.iter().any(|d| d.dealer == dealing.dealer) {
+            return Err(complaint(
+                fed,
+                PartyId(dealing.dealer),
+                "its dealing is relayed twice",
+            ));
+        }
+        let ceremony = self.ceremony.as_mut().expect("checked above");
+        ceremony.received.push(dealing);
+        if ceremony.received.len() < parties as usize {
+            return Ok(false);
+        }
+        let all = std::mem::take(&mut ceremony.received);
+        self.threshold_collect(task, task_hash, &all)?;
+        Ok(true)
     }
 
     /// Step 3: checks every dealer's dealing (`dealings`, one per holder,

@@ -13,6 +13,7 @@ use consortia_he::HeParams;
 use consortia_proto::{KeyCommit, KeyGenRequest, KeyReveal, KeyShare, server_message::Kind};
 
 use super::collection::resume_ciphertexts;
+use super::threshold_ceremony::{self, ThresholdRelay};
 use super::{Ending, Phase, Progress, drive};
 use crate::CoordinatorError;
 use crate::hub::{Hub, Stage};
@@ -27,6 +28,8 @@ pub enum Ceremony {
     Committing(KeyCeremony),
     /// Every member committed; waiting for every member's signed share.
     Revealing(KeyCeremony),
+    /// The key is made; its holders deal it t-of-N ([`threshold_ceremony`]).
+    Threshold(Box<ThresholdRelay>),
 }
 
 impl Ceremony {
@@ -34,7 +37,7 @@ impl Ceremony {
     pub fn commit(&mut self, partner: &str, msg: &KeyCommit) -> Result<(), Rejection> {
         match self {
             Ceremony::Committing(c) => c.commit(partner, msg),
-            Ceremony::Revealing(_) => Err(Rejection::out_of_phase(
+            Ceremony::Revealing(_) | Ceremony::Threshold(_) => Err(Rejection::out_of_phase(
                 Subject::KeyCommitment,
                 "every member has committed and the shares are being revealed",
                 "public key shares",
@@ -56,6 +59,11 @@ impl Ceremony {
                 "key commitments, then the share when asked (KeyReveal)",
             )),
             Ceremony::Revealing(c) => c.reveal(partner, certificate, msg),
+            Ceremony::Threshold(_) => Err(Rejection::out_of_phase(
+                Subject::KeyShare,
+                "the key is made and being dealt t-of-N",
+                "threshold dealing messages",
+            )),
         }
     }
 }
@@ -306,6 +314,25 @@ pub async fn ensure_key(
             continue;
         };
         let key = ceremony.finish()?;
+        if let Some(t) = threshold {
+            // The holders install the key, then deal it t-of-N; it is stored
+            // and used only once every holder stored its threshold share.
+            let msg = key.to_message();
+            for p in &key.committee {
+                hub.send_to(
+                    p,
+                    Outbound::Message(message(Kind::CollectiveKey(msg.clone()))),
+                );
+            }
+            match threshold_ceremony::run(hub, key.key.session(), &key.committee, t, deadline)
+                .await?
+            {
+                threshold_ceremony::Outcome::Stored => {
+                    threshold_ceremony::record(store.dir(), &key, t)?;
+                }
+                threshold_ceremony::Outcome::Abandoned => continue,
+            }
+        }
         store.save_federation_key(&key)?;
         let key = Arc::new(key);
         hub.set_federation_key(Some(key.clone()));

@@ -88,14 +88,14 @@
 //! checking a holder's subshares `N·C(N−1, t−1)` (at `N = 12, t = 6`:
 //! 924 and 5,544).
 //!
-//! # Not built yet
+//! # Wire forms and what is built around them
 //!
-//! This module is the arithmetic. Not built: the wire forms of
-//! [`SubshareCommitments`] and [`Subshare`] and their transport (signed
-//! commitments, subshares encrypted to each holder); the complaint round
-//! (a complaint names dealer and `T`, the dealer opens `r_{i,T}`); the choice of
-//! `Q` by the sketch check's coin toss; the agent and coordinator steps; the
-//! task's `threshold` parameter and the partners' `min_threshold` policy.
+//! [`SubshareCommitments::to_bytes`] and [`Subshare::to_bytes`] are the wire
+//! forms the federation's dealing relays (signed commitments; subshares sealed
+//! to their holder by `consortia-client`'s `seal` module); their decoders check
+//! the exact length before anything else. Not built: the complaint round's
+//! opening of a disputed `r_{i,T}`, and the choice of `Q` by the sketch check's
+//! coin toss in the federation (`docs/threshold.md`, "Not built yet").
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
