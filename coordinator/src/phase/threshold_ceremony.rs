@@ -514,6 +514,110 @@ pub fn record(
 mod tests {
     use super::*;
 
+    fn relay() -> ThresholdRelay {
+        let committee: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        ThresholdRelay {
+            session: [3; 32],
+            params: HeParams::Fast64,
+            committee,
+            threshold: Threshold::new(3, 2).unwrap(),
+            step: RelayStep::Keys,
+            keys: BTreeMap::new(),
+            dealings: BTreeMap::new(),
+            results: BTreeMap::new(),
+        }
+    }
+
+    /// The relay checks who sends what, of which session and size, before it
+    /// keeps anything; it never looks inside a sealed box.
+    #[test]
+    fn the_relay_refuses_outsiders_other_sessions_and_wrong_sizes() {
+        let mut r = relay();
+        let key = |dealer| consortia_proto::SubshareRecipientKey {
+            dealer,
+            public_key: vec![1; 32],
+            signature: vec![2; 70],
+        };
+        let keys = ThresholdRecipientKeys {
+            session_id: vec![3; 32],
+            recipient: 1,
+            keys: vec![key(0), key(2)],
+        };
+        assert!(matches!(
+            r.keys("mallory", &keys),
+            Err(Rejection::OutOfPhase { .. })
+        ));
+        let other = ThresholdRecipientKeys {
+            session_id: vec![4; 32],
+            ..keys.clone()
+        };
+        assert!(matches!(
+            r.keys("b", &other),
+            Err(Rejection::Invalid { .. })
+        ));
+        let short = ThresholdRecipientKeys {
+            keys: vec![key(0)],
+            ..keys.clone()
+        };
+        assert!(matches!(
+            r.keys("b", &short),
+            Err(Rejection::Invalid { .. })
+        ));
+        r.keys("b", &keys).unwrap();
+        assert!(matches!(r.keys("b", &keys), Err(Rejection::Invalid { .. })));
+        // A dealing before the keys are all in is out of phase.
+        let header = ThresholdDealing {
+            session_id: vec![3; 32],
+            dealer: 0,
+            commitments: vec![0; SubshareCommitments::encoded_len(HeParams::Fast64, &r.threshold)],
+            signature: vec![1; 70],
+            sealed: Vec::new(),
+        };
+        assert!(matches!(
+            r.dealing("a", header.clone()),
+            Err(Rejection::OutOfPhase { .. })
+        ));
+        r.step = RelayStep::Dealings;
+        let mut long = header.clone();
+        long.commitments.push(0);
+        assert!(matches!(
+            r.dealing("a", long),
+            Err(Rejection::Invalid { .. })
+        ));
+        assert!(matches!(
+            r.dealing("b", header.clone()),
+            Err(Rejection::Invalid { .. })
+        ));
+        r.dealing("a", header.clone()).unwrap();
+        // Each holder of a 2-of-3 committee gets C(2, 1) = 2 subshares per dealer.
+        let box_len = 2 * Subshare::encoded_len(HeParams::Fast64) + 16;
+        let sealed = |recipient, len| ThresholdDealing {
+            commitments: Vec::new(),
+            signature: Vec::new(),
+            sealed: vec![SealedSubshares {
+                recipient,
+                dealer_key: vec![5; 32],
+                ciphertext: vec![0; len],
+            }],
+            ..header.clone()
+        };
+        assert!(matches!(
+            r.dealing("a", sealed(1, box_len + 1)),
+            Err(Rejection::Invalid { .. })
+        ));
+        assert!(matches!(
+            r.dealing("a", sealed(0, box_len)),
+            Err(Rejection::Invalid { .. })
+        ));
+        r.dealing("a", sealed(1, box_len)).unwrap();
+        assert!(matches!(
+            r.dealing("a", sealed(1, box_len)),
+            Err(Rejection::Invalid { .. })
+        ));
+        r.dealing("a", sealed(2, box_len)).unwrap();
+        assert_eq!(r.waiting_for(), vec!["b".to_string(), "c".to_string()]);
+    }
+
     #[test]
     fn the_message_limit_admits_small_committees_and_refuses_large_dealings() {
         assert!(dealing_fits(HeParams::Secure128, 5, 3));
