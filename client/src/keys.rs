@@ -67,6 +67,7 @@ use std::path::{Path, PathBuf};
 use consortia_he::{
     Aggregate, CollectiveKeyAggregator, HeParams, KeySession, KeyShare, KeyShareGen,
     PartialDecryptor, PartyId, PublicKeyShare, SecretKeyShare, Shape, Sketch, Sketcher,
+    ThresholdPartialDecryptor,
 };
 use consortia_ledger::{Signer, Verifier};
 use consortia_model::TaskSpec;
@@ -200,7 +201,11 @@ enum JobStage {
         commitments: BTreeMap<String, [u8; 32]>,
     },
     /// The joint challenge is drawn; waiting for the contributors' sketches.
-    Challenged { challenge: [u8; 32] },
+    /// `set`: the holders whose seeds drew it (the decryption set `Q`).
+    Challenged {
+        challenge: [u8; 32],
+        set: Vec<String>,
+    },
 }
 
 impl JobStage {
@@ -802,8 +807,23 @@ impl KeyHolder {
                 return Err(refuse(format!("name `{}` twice", c.holder)));
             }
         }
-        if let Some(missing) = fed.committee.iter().find(|h| !commitments.contains_key(*h)) {
-            return Err(refuse(format!("leave out key holder `{missing}`")));
+        match fed.threshold.as_ref().map(|s| s.committee().threshold()) {
+            // N-of-N: every key holder tosses the coin and decrypts.
+            None => {
+                if let Some(missing) = fed.committee.iter().find(|h| !commitments.contains_key(*h))
+                {
+                    return Err(refuse(format!("leave out key holder `{missing}`")));
+                }
+            }
+            // t-of-N: the holders that committed are the decryption set `Q`.
+            Some(t) => {
+                if (commitments.len() as u32) < t {
+                    return Err(refuse(format!(
+                        "name {} key holders, fewer than the key's threshold {t}",
+                        commitments.len()
+                    )));
+                }
+            }
         }
         if commitments.get(&job.holder) != Some(&commitment) {
             return Err(refuse("change this key holder's own commitment".into()));
@@ -852,9 +872,10 @@ impl KeyHolder {
             .as_ref()
             .ok_or_else(|| AgentError::Protocol("not a key holder".into()))?;
         job.expect(sketches.round, sketches.attempt, "contributors' sketches")?;
-        let JobStage::Challenged { challenge } = job.stage else {
+        let JobStage::Challenged { challenge, set } = &job.stage else {
             return Err(job.out_of_order("contributors' sketches"));
         };
+        let challenge = *challenge;
         let refuse = |why: String| {
             AgentError::Protocol(format!(
                 "decryption of round {} refused: {why}",
@@ -914,11 +935,35 @@ impl KeyHolder {
         let used = read_lines(&fed.used_path)?;
         let names = job.names();
         check_fresh_parts(&used, job.ctx.round, job.ctx.attempt, &names, true)?;
-        let mut decryptor = PartialDecryptor::new(secret);
-        decryptor.remember(answered);
-        let share = decryptor
-            .partial_decrypt(&job.aggregate, job.min)
-            .map_err(|e| key_err(&format!("decryption of round {} refused", job.ctx.round), e))?;
+        let refused = |e: consortia_he::HeError| {
+            key_err(&format!("decryption of round {} refused", job.ctx.round), e)
+        };
+        let share = match &fed.threshold {
+            None => {
+                let mut decryptor = PartialDecryptor::new(secret);
+                decryptor.remember(answered);
+                decryptor
+                    .partial_decrypt(&job.aggregate, job.min)
+                    .map_err(refused)?
+            }
+            Some(share) => {
+                // The set `Q` of the coin toss, by party number.
+                let members = set
+                    .iter()
+                    .map(|h| {
+                        fed.party(h)
+                            .ok_or_else(|| refuse(format!("`{h}` holds no share")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let q = share.committee().decryption_set(members).map_err(refused)?;
+                if answered.contains(&job.ctx.aggregate_digest) {
+                    return Err(refuse("this aggregate was already decrypted".into()));
+                }
+                ThresholdPartialDecryptor::new(share, &fed.key)
+                    .and_then(|mut d| d.partial_decrypt(&job.aggregate, &q, job.min))
+                    .map_err(refused)?
+            }
+        };
         // Durable before the share leaves: this (round, attempt) and every
         // contribution in the sum are never opened again.
         let mut lines = vec![format!("answered {} {}", job.ctx.round, job.ctx.attempt)];
@@ -1060,14 +1105,15 @@ impl DecryptJob {
             return Err(refuse("change this key holder's own seed".into()));
         }
         let challenge = self.ctx.joint_challenge(seeds.iter().map(|(h, s)| (*h, s)));
-        self.stage = JobStage::Challenged { challenge };
+        let set = seeds.keys().map(|h| h.to_string()).collect();
+        self.stage = JobStage::Challenged { challenge, set };
         Ok(())
     }
 
     /// The joint challenge, once drawn.
     pub fn challenge(&self) -> Option<[u8; 32]> {
         match self.stage {
-            JobStage::Challenged { challenge } => Some(challenge),
+            JobStage::Challenged { challenge, .. } => Some(challenge),
             _ => None,
         }
     }
@@ -2229,6 +2275,11 @@ mod tests {
         /// Five holders a..e with an installed Fast64 key of a task with
         /// `key_threshold = 3`.
         fn five() -> Five {
+            five_with(HeParams::Fast64)
+        }
+
+        /// [`five`] under `params`.
+        fn five_with(params: HeParams) -> Five {
             let dir = tempfile::tempdir().unwrap();
             let names: Vec<String> = ["a", "b", "c", "d", "e"]
                 .iter()
@@ -2260,7 +2311,7 @@ mod tests {
                 ..Policy::default()
             };
             let (key, msg) = ceremony_with(
-                HeParams::Fast64,
+                params,
                 &mut holders,
                 &certs,
                 &names,
@@ -2405,6 +2456,143 @@ mod tests {
                     .chain(th.held_by(PartyId(1)))
                     .any(|t| t == pair)
             );
+        }
+
+        /// A joint decryption under the 3-of-5 key by the holders a, c, e:
+        /// each refuses a coin toss of two holders, takes one of three, and
+        /// their shares for that set open the sum exactly.
+        #[test]
+        fn three_holders_of_five_toss_the_coin_and_open_the_sum() {
+            // Secure128: Fast64's flooding allows no release.
+            let mut f = five_with(HeParams::Secure128);
+            let (_, dealings) = keys_and_dealings(&mut f);
+            for h in &mut f.holders {
+                h.threshold_collect(&f.task, &HASH, &dealings).unwrap();
+            }
+            let shape = Shape::new(&f.key, VALUES as u64).unwrap();
+            let mut agg = Aggregate::new(shape).unwrap();
+            for i in 0..3 {
+                let ch = chunks(&f.key, i as u64 + 1);
+                f.holders[i]
+                    .sign_update(&shape, &HASH, 4, 1, 100, &ch)
+                    .unwrap();
+                for (k, b) in ch.iter().enumerate() {
+                    agg.add_bytes(k as u32, b).unwrap();
+                }
+            }
+            let cert =
+                |n: &str| consortia_pki::read_ca_certificate(&f.pki.partner_cert_path(n)).unwrap();
+            let req = DecryptRequest {
+                round: 4,
+                contributions: ["a", "b", "c"]
+                    .iter()
+                    .map(|n| Contribution {
+                        partner: n.to_string(),
+                        example_count: 100,
+                        certificate: cert(n),
+                    })
+                    .collect(),
+                min_contributors: 1,
+                aggregate_digest: agg.mask_digest().to_vec(),
+                values: VALUES as u64,
+                attempt: 1,
+                task_hash: HASH.to_vec(),
+            };
+            let q = [0usize, 2, 4];
+            let mut jobs = Vec::new();
+            let mut commitments = Vec::new();
+            for &j in &q {
+                let mut job = f.holders[j]
+                    .begin_decrypt(&req, 3, VALUES as u64, &HASH)
+                    .unwrap();
+                let mut commit = None;
+                for i in 0..shape.chunks() {
+                    commit = job
+                        .add_masks(&AggregateMasks {
+                            round: 4,
+                            attempt: 1,
+                            index: i,
+                            masks: agg.mask_chunk(i).unwrap(),
+                        })
+                        .unwrap();
+                }
+                commitments.push(HolderCommitment {
+                    holder: f.names[j].clone(),
+                    commitment: commit.unwrap().commitment,
+                });
+                jobs.push(job);
+            }
+            // Two holders are fewer than the threshold: refused.
+            let two = ChallengeCommitments {
+                round: 4,
+                attempt: 1,
+                commitments: commitments[..2].to_vec(),
+            };
+            let e = f.holders[0]
+                .reveal_seed(&mut jobs[0], &two)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("fewer than the key's threshold 3"), "{e}");
+            let list = ChallengeCommitments {
+                round: 4,
+                attempt: 1,
+                commitments,
+            };
+            let seeds: Vec<HolderSeed> = q
+                .iter()
+                .zip(&mut jobs)
+                .map(|(&j, job)| {
+                    let s = f.holders[j].reveal_seed(job, &list).unwrap();
+                    HolderSeed {
+                        holder: f.names[j].clone(),
+                        seed: s.seed,
+                    }
+                })
+                .collect();
+            let reveals = ChallengeReveals {
+                round: 4,
+                attempt: 1,
+                seeds,
+            };
+            for job in &mut jobs {
+                job.take_reveals(&reveals).unwrap();
+            }
+            let challenge = jobs[0].challenge().unwrap();
+            let sketches = ContributorSketches {
+                round: 4,
+                attempt: 1,
+                sketches: (0..3)
+                    .map(|i| {
+                        let s = f.holders[i]
+                            .sketch(
+                                &SketchRequest {
+                                    round: 4,
+                                    attempt: 1,
+                                    challenge: challenge.to_vec(),
+                                },
+                                &HASH,
+                            )
+                            .unwrap();
+                        ContributorSketch {
+                            partner: f.names[i].clone(),
+                            sketch: s.sketch,
+                            signature: s.signature,
+                        }
+                    })
+                    .collect(),
+            };
+            let shares: Vec<DecryptionShare> = q
+                .iter()
+                .zip(jobs)
+                .map(|(&j, job)| {
+                    let bytes = f.holders[j].finish_decrypt(job, &sketches).unwrap();
+                    DecryptionShare::from_bytes(&bytes, agg.shape()).unwrap()
+                })
+                .collect();
+            let th = Threshold::new(5, 3).unwrap();
+            let set = th.decryption_set(q.map(|j| PartyId(j as u32))).unwrap();
+            let opened = threshold_combine(&agg, &set, &shares).unwrap();
+            assert_eq!(opened, vec![6; VALUES]);
         }
 
         /// What the coordinator could try while relaying: each is refused,

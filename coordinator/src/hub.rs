@@ -45,7 +45,7 @@ pub enum Stage {
     /// A round's updates and evaluations are being collected.
     Collection(RoundCollector),
     /// A round's encrypted sum is being decrypted by the key holders.
-    Decryption(Decryption),
+    Decryption(Box<Decryption>),
 }
 
 impl Stage {

@@ -727,6 +727,10 @@ pub struct Decryption {
     ctx: DecryptionContext,
     shape: Shape,
     committee: Vec<String>,
+    /// The key holders asked: the whole committee (N-of-N), or those connected
+    /// when the decryption started, at least `key_threshold` (t-of-N): every
+    /// one of them commits in the coin toss and is the decryption set `Q`.
+    asked: Vec<String>,
     contributors: Vec<Contributor>,
     /// The aggregate's masks, chunk by chunk, in mask-chunk wire form.
     masks: std::sync::Arc<Vec<Vec<u8>>>,
@@ -768,6 +772,7 @@ impl Decryption {
             },
             shape,
             committee: key.committee.clone(),
+            asked: key.committee.clone(),
             contributors,
             masks: std::sync::Arc::new(masks),
             step: DecryptionStep::Commitments,
@@ -780,6 +785,25 @@ impl Decryption {
             word_bytes: shape.params.word_bytes(),
             failed: None,
         })
+    }
+
+    /// Asks only `holders` (t-of-N: the decryption set `Q`, at least the
+    /// key's threshold, which every holder checks): the holders outside take
+    /// no part and their shares count as nothing in the combination
+    /// (`consortia_he::ThresholdCombiner`'s rule).
+    pub fn with_holders(mut self, holders: &[String]) -> Result<Self, consortia_he::HeError> {
+        for (i, p) in self.committee.iter().enumerate() {
+            if !holders.contains(p) {
+                self.combiner.complete_share(PartyId(i as u32))?;
+            }
+        }
+        self.asked = self
+            .committee
+            .iter()
+            .filter(|p| holders.contains(p))
+            .cloned()
+            .collect();
+        Ok(self)
     }
 
     /// Skips the coin toss and the sketches (for tests of the shares alone).
@@ -820,11 +844,11 @@ impl Decryption {
             names.filter(|p| !done(p)).cloned().collect()
         };
         match self.step {
-            DecryptionStep::Commitments => missing(&mut self.committee.iter(), &|p| {
+            DecryptionStep::Commitments => missing(&mut self.asked.iter(), &|p| {
                 self.commitments.contains_key(p)
             }),
             DecryptionStep::Seeds => {
-                missing(&mut self.committee.iter(), &|p| self.seeds.contains_key(p))
+                missing(&mut self.asked.iter(), &|p| self.seeds.contains_key(p))
             }
             DecryptionStep::Sketches => {
                 missing(&mut self.contributors.iter().map(|c| &c.name), &|p| {
@@ -835,7 +859,7 @@ impl Decryption {
                 .committee
                 .iter()
                 .enumerate()
-                .filter(|(i, _)| !self.combiner.has(PartyId(*i as u32)))
+                .filter(|(i, p)| self.asked.contains(p) && !self.combiner.has(PartyId(*i as u32)))
                 .map(|(_, p)| p.clone())
                 .collect(),
         }
@@ -859,7 +883,7 @@ impl Decryption {
         if self.failed.is_some() {
             return;
         }
-        if self.committee.iter().any(|p| p == partner) {
+        if self.asked.iter().any(|p| p == partner) {
             self.failed = Some(format!("key holder `{partner}`: {why}"));
         } else if self.step <= DecryptionStep::Sketches
             && self.contributors.iter().any(|c| c.name == partner)
@@ -903,11 +927,11 @@ impl Decryption {
     }
 
     fn holder(&self, subject: Subject, partner: &str) -> Result<(), Rejection> {
-        if !self.committee.iter().any(|p| p == partner) {
+        if !self.asked.iter().any(|p| p == partner) {
             return Err(Rejection::out_of_phase(
                 subject,
-                format!("`{partner}` holds no share of the federation key"),
-                format!("key holders only ({:?})", self.committee),
+                format!("`{partner}` holds no share of the federation key, or was not asked"),
+                format!("the key holders asked only ({:?})", self.asked),
             ));
         }
         Ok(())
@@ -1132,7 +1156,12 @@ impl Decryption {
                 self.step.expects(),
             ));
         }
-        let Some(party) = self.committee.iter().position(|c| c == partner) else {
+        let Some(party) = self
+            .committee
+            .iter()
+            .position(|c| c == partner)
+            .filter(|_| self.asked.iter().any(|c| c == partner))
+        else {
             return Err(Rejection::out_of_phase(
                 subject,
                 format!("`{partner}` holds no share of the federation key"),

@@ -144,7 +144,12 @@ fn choose(
             .iter()
             .filter(|p| !connected.contains(p))
             .collect();
-        if releases.train && !absent.is_empty() {
+        // t-of-N: a sum opens with any t holders.
+        let enough = hub
+            .task
+            .key_threshold
+            .is_some_and(|t| key.committee.len() - absent.len() >= t as usize);
+        if releases.train && !absent.is_empty() && !enough {
             if absent_log.elapsed() >= Duration::from_secs(10) {
                 tracing::warn!(
                     round,

@@ -190,12 +190,22 @@ pub async fn decrypt_round(
         .filter(|p| !connected.contains(p))
         .cloned()
         .collect();
-    if !absent.is_empty() {
-        return Err(DecryptionFailed::Absent {
-            absent,
-            holders: key.committee.len(),
-        });
-    }
+    // N-of-N: every holder. t-of-N: the holders connected now, if at least t.
+    let asked: Vec<String> = match hub.task.key_threshold {
+        Some(t) if key.committee.len() - absent.len() >= t as usize => key
+            .committee
+            .iter()
+            .filter(|p| connected.contains(p))
+            .cloned()
+            .collect(),
+        _ if absent.is_empty() => key.committee.clone(),
+        _ => {
+            return Err(DecryptionFailed::Absent {
+                absent,
+                holders: key.committee.len(),
+            });
+        }
+    };
     if let Some(c) = &hub.ciphertexts {
         let storage = |e: CoordinatorError| DecryptionFailed::Storage(e.to_string());
         c.mark_decrypting(round).map_err(storage)?;
@@ -234,18 +244,19 @@ pub async fn decrypt_round(
         key,
         contributors,
     )
+    .and_then(|d| d.with_holders(&asked))
     .map_err(|_| DecryptionFailed::UnusableSum)?;
     drop(aggregate);
     let masks = decryption.masks();
-    hub.begin(Stage::Decryption(decryption));
+    hub.begin(Stage::Decryption(Box::new(decryption)));
     tracing::info!(
         round,
         phase = "decryption",
-        holders = key.committee.len(),
+        holders = asked.len(),
         contributors = request.contributions.len(),
         "asking the key holders to decrypt the sum"
     );
-    let holders = &key.committee;
+    let holders = &asked;
     for p in holders {
         let sent = hub.send_to(
             p,

@@ -93,9 +93,10 @@
 //! [`SubshareCommitments::to_bytes`] and [`Subshare::to_bytes`] are the wire
 //! forms the federation's dealing relays (signed commitments; subshares sealed
 //! to their holder by `consortia-client`'s `seal` module); their decoders check
-//! the exact length before anything else. Not built: the complaint round's
-//! opening of a disputed `r_{i,T}`, and the choice of `Q` by the sketch check's
-//! coin toss in the federation (`docs/threshold.md`, "Not built yet").
+//! the exact length before anything else; the federation's key holders
+//! decrypt with the set `Q` of their coin toss. Not built: the complaint
+//! round's opening of a disputed `r_{i,T}` (`docs/threshold.md`, "Not built
+//! yet").
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
