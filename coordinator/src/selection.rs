@@ -136,8 +136,9 @@ fn choose(
     if let Some(key) = key {
         // Only key holders contribute: the sum's noise budget counts them.
         selected.retain(|p| key.party(p).is_some());
-        // A sum can only be opened by every key holder together: no round
-        // starts (and no privacy budget is spent) while one is away.
+        // A sum can only be opened by every key holder together (N-of-N), or
+        // by `key_threshold` of them: no round starts (and no privacy budget
+        // is spent) while too few are connected.
         let connected = hub.connected();
         let absent: Vec<&String> = key
             .committee
@@ -151,10 +152,14 @@ fn choose(
             .is_some_and(|t| key.committee.len() - absent.len() >= t as usize);
         if releases.train && !absent.is_empty() && !enough {
             if absent_log.elapsed() >= Duration::from_secs(10) {
+                let waits_for = match hub.task.key_threshold {
+                    Some(t) => format!("at least {t} key holders connected"),
+                    None => "every key holder".to_string(),
+                };
                 tracing::warn!(
                     round,
                     absent = ?absent,
-                    "round {round} waits for every key holder: the sum cannot be decrypted without them. \
+                    "round {round} waits for {waits_for}: the sum cannot be decrypted without them. \
                      To go on without a partner that is gone for good, stop the coordinator and run \
                      `consortia rekey --state <dir> --without <partner>`"
                 );
