@@ -115,6 +115,9 @@ pub struct InstalledKey {
     /// This key holder's share of a t-of-N key, once its threshold ceremony
     /// completed (`<session>.threshold`, [`threshold`]).
     threshold: Option<consortia_he::ThresholdKeyShare>,
+    /// The task's `key_threshold`, when its key is t-of-N, and where this key
+    /// holder's threshold share is kept.
+    key_threshold: Option<(u32, PathBuf)>,
     answered_path: PathBuf,
     used_path: PathBuf,
     signed_path: PathBuf,
@@ -574,6 +577,7 @@ impl KeyHolder {
             public,
             secret,
             threshold,
+            key_threshold: task.key_threshold.map(|t| (t, self.path(&id, "threshold"))),
             answered_path: self.path(&id, "answered"),
             used_path: self.path(&id, "used"),
             signed_path: self.path(&id, "signed"),
@@ -676,6 +680,20 @@ impl KeyHolder {
             return Err(AgentError::Protocol(
                 "decryption asked of a partner that holds no key share".into(),
             ));
+        }
+        // A t-of-N key decrypts only with the threshold share; the N-of-N share
+        // alone would only spoil the sum.
+        if let (Some((t, path)), None) = (&fed.key_threshold, &fed.threshold) {
+            return Err(AgentError::Config {
+                path: path.clone(),
+                message: format!(
+                    "decryption of round {} refused: this task's key is {t}-of-N \
+                     (key_threshold), and this key holder's threshold share is missing; \
+                     restore the file from a backup taken after the key was made, or ask the \
+                     operator to re-key (`consortia rekey`)",
+                    req.round
+                ),
+            });
         }
         if req.task_hash.as_slice() != task_hash.as_slice() {
             return Err(AgentError::Protocol(format!(
@@ -2395,6 +2413,37 @@ mod tests {
                     .threshold_share()
                     .is_some()
             );
+            // A holder whose threshold share was lost is refused before it
+            // decrypts anything, naming the file.
+            {
+                let lost = f.dir.path().join("lost");
+                std::fs::create_dir_all(lost.join("keys")).unwrap();
+                for entry in std::fs::read_dir(f.dir.path().join("d").join("keys")).unwrap() {
+                    let entry = entry.unwrap();
+                    let name = entry.file_name();
+                    if !name.to_string_lossy().ends_with(".threshold") {
+                        std::fs::copy(entry.path(), lost.join("keys").join(&name)).unwrap();
+                    }
+                }
+                let mut without = KeyHolder::new(&lost, "d")
+                    .with_identity(&f.pki.partner_key_path("d"), &f.pki.ca_cert_path())
+                    .unwrap();
+                without.install(&f.msg, &f.task, &HASH, &f.policy).unwrap();
+                let req = DecryptRequest {
+                    round: 1,
+                    task_hash: HASH.to_vec(),
+                    ..Default::default()
+                };
+                let e = without
+                    .begin_decrypt(&req, 1, 100, &HASH)
+                    .err()
+                    .expect("refused")
+                    .to_string();
+                assert!(
+                    e.contains(".threshold") && e.contains("threshold share is missing"),
+                    "{e}"
+                );
+            }
             // Three contributions under the key.
             let bits = f.key.plaintext_bits();
             let ups: Vec<Vec<i64>> = (0..3)
