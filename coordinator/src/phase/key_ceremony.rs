@@ -92,17 +92,20 @@ pub enum Abandoned {
 pub struct Committed(());
 
 /// Waits for a step of the ceremony: commitments (`Output` = [`Committed`])
-/// or shares (`Output` = the finished [`KeyCeremony`]).
-struct Step<'a, T> {
+/// or shares (`Output` = the finished [`KeyCeremony`]); the threshold
+/// extension's relay waits with it too (`threshold_ceremony`).
+pub(super) struct Step<'a, T> {
     committee: &'a [String],
-    gone: Vec<String>,
-    waiting_for: Vec<String>,
+    /// Members no longer connected, when the step failed for it.
+    pub(super) gone: Vec<String>,
+    /// Members the step still waits for.
+    pub(super) waiting_for: Vec<String>,
     lost: bool,
     done: std::marker::PhantomData<T>,
 }
 
 impl<'a, T> Step<'a, T> {
-    fn new(committee: &'a [String]) -> Self {
+    pub(super) fn new(committee: &'a [String]) -> Self {
         Step {
             committee,
             gone: Vec::new(),
@@ -113,7 +116,7 @@ impl<'a, T> Step<'a, T> {
     }
 
     /// `state` is `Some(done, waiting_for)` when the ceremony is at the step waited for.
-    fn progress(&mut self, hub: &Hub, state: Option<(bool, Vec<String>)>) -> Progress {
+    pub(super) fn progress(&mut self, hub: &Hub, state: Option<(bool, Vec<String>)>) -> Progress {
         let Some((done, waiting_for)) = state else {
             self.lost = true;
             return Progress::Failed;

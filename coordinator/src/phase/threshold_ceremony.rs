@@ -25,7 +25,7 @@ use consortia_proto::{
     ThresholdRecipientKeys, ThresholdStart, server_message::Kind,
 };
 
-use super::key_ceremony::Ceremony;
+use super::key_ceremony::{Ceremony, Step};
 use super::{Ending, Phase, Progress, drive};
 use crate::CoordinatorError;
 use crate::hub::{Hub, Stage};
@@ -293,11 +293,7 @@ impl ThresholdRelay {
 pub const X25519_LEN: usize = 32;
 
 /// Waits for the relay's current step.
-struct RelayWait<'a> {
-    committee: &'a [String],
-    gone: Vec<String>,
-    waiting_for: Vec<String>,
-}
+struct RelayWait<'a>(Step<'a, ()>);
 
 impl Phase for RelayWait<'_> {
     type Output = Result<(), Vec<String>>;
@@ -307,25 +303,7 @@ impl Phase for RelayWait<'_> {
             Stage::KeyCeremony(Ceremony::Threshold(r)) => Some((r.done(), r.waiting_for())),
             _ => None,
         };
-        let Some((done, waiting_for)) = state else {
-            return Progress::Failed;
-        };
-        if done {
-            return Progress::Complete;
-        }
-        self.waiting_for = waiting_for;
-        let connected = hub.connected();
-        self.gone = self
-            .committee
-            .iter()
-            .filter(|p| !connected.contains(p))
-            .cloned()
-            .collect();
-        if self.gone.is_empty() {
-            Progress::Waiting
-        } else {
-            Progress::Failed
-        }
+        self.0.progress(hub, state)
     }
 
     fn finish(self, _hub: &Hub, ending: Ending) -> Self::Output {
@@ -333,12 +311,12 @@ impl Phase for RelayWait<'_> {
             return Ok(());
         }
         tracing::warn!(
-            gone = ?self.gone,
-            waiting_for = ?self.waiting_for,
+            gone = ?self.0.gone,
+            waiting_for = ?self.0.waiting_for,
             "the threshold key ceremony did not complete; making the key again with the \
              partners connected"
         );
-        Err(self.waiting_for)
+        Err(self.0.waiting_for)
     }
 }
 
@@ -384,11 +362,7 @@ pub async fn run(
         },
     ))));
     tracing::info!(phase = "key_ceremony", holders = ?committee, threshold, "dealing the federation key {threshold}-of-{}", committee.len());
-    let wait = || RelayWait {
-        committee,
-        gone: Vec::new(),
-        waiting_for: Vec::new(),
-    };
+    let wait = || RelayWait(Step::new(committee));
     for p in committee {
         hub.send_to(
             p,
