@@ -10,67 +10,13 @@
 //! Fixed seed and budget, so CI is deterministic and fast; a long campaign:
 //! `PROPTEST_CASES=100000 cargo test --release -p consortia-proto --test fuzz_messages`.
 
-// The allocation counter is a global allocator, which is unsafe to implement.
-#![allow(unsafe_code)]
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
+use consortia_fuzzing::{PeakAlloc, fuzz, peak};
 use consortia_proto::*;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngAlgorithm, RngSeed, TestRng, TestRunner};
 use prost::Message;
-
-/// Counts the bytes live on the current thread, and their peak.
-struct PeakAlloc;
-
-thread_local! {
-    static LIVE: Cell<usize> = const { Cell::new(0) };
-    static PEAK: Cell<usize> = const { Cell::new(0) };
-}
-
-fn grow(n: usize) {
-    let _ = LIVE.try_with(|l| {
-        let now = l.get().saturating_add(n);
-        l.set(now);
-        let _ = PEAK.try_with(|p| p.set(p.get().max(now)));
-    });
-}
-
-fn shrink(n: usize) {
-    let _ = LIVE.try_with(|l| l.set(l.get().saturating_sub(n)));
-}
-
-unsafe impl GlobalAlloc for PeakAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        grow(layout.size());
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        grow(layout.size());
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        shrink(layout.size());
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        shrink(layout.size());
-        grow(new_size);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static ALLOC: PeakAlloc = PeakAlloc;
-
-/// Runs `f`, and returns its result with the most bytes it had live at once.
-fn peak<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    let base = LIVE.with(Cell::get);
-    PEAK.with(|p| p.set(base));
-    let out = f();
-    (out, PEAK.with(Cell::get) - base)
-}
 
 /// What decoding `len` bytes may hold: every two input bytes can open a
 /// repeated element (a nested message or a string header, a few hundred bytes
@@ -79,34 +25,6 @@ fn peak<T>(f: impl FnOnce() -> T) -> (T, usize) {
 /// few KiB, the prefixes up to 2^64.
 fn bound(len: usize) -> usize {
     256 * len + (256 << 10)
-}
-
-fn config(cases: u32) -> Config {
-    Config {
-        cases,
-        failure_persistence: None,
-        rng_algorithm: RngAlgorithm::ChaCha,
-        rng_seed: RngSeed::Fixed(0x00c0_4507_71a5_f00d),
-        ..Config::default()
-    }
-}
-
-/// Runs `check` on `cases` inputs drawn from `strategy` with the fixed seed
-/// (`PROPTEST_CASES` overrides the count).
-fn fuzz<S: Strategy>(cases: u32, strategy: S, check: impl Fn(S::Value) -> Result<(), TestCaseError>)
-where
-    S::Value: std::fmt::Debug,
-{
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(cases);
-    let cfg = config(cases);
-    let rng = TestRng::from_seed(cfg.rng_algorithm, &[0x5e; 32]);
-    let mut runner = TestRunner::new_with_rng(cfg, rng);
-    if let Err(e) = runner.run(&strategy, check) {
-        panic!("{e}");
-    }
 }
 
 fn client_corpus() -> Vec<Vec<u8>> {
