@@ -927,6 +927,7 @@ fn coordinator_child(dir: &Path) {
                 .ok()
                 .and_then(|a| a.trim().parse().ok()),
         },
+        keys: Default::default(),
     };
     let summary = runtime()
         .block_on(consortia_coordinator::run(cfg, std::future::pending()))

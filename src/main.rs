@@ -180,6 +180,11 @@ struct CoordinatorArgs {
     /// `consortia pki issue NAME --role operator|auditor`.
     #[arg(long)]
     console_listen: Option<std::net::SocketAddr>,
+    /// Seconds the connected key holders may stay too few (fewer than t + 1 of a
+    /// t-of-N key, fewer than all of an N-of-N key) before the coordinator re-keys by
+    /// itself (0: never); overrides `[keys] rekey_after_s` (default 600).
+    #[arg(long, value_name = "SECONDS")]
+    rekey_after_s: Option<u64>,
 }
 
 #[derive(Args)]
@@ -493,6 +498,7 @@ fn coordinator(args: CoordinatorArgs) -> Result<()> {
                 addr_file: None,
                 observability: Default::default(),
                 console: Default::default(),
+                keys: Default::default(),
             }
         }
     };
@@ -501,6 +507,9 @@ fn coordinator(args: CoordinatorArgs) -> Result<()> {
     }
     if args.console_listen.is_some() {
         cfg.console.listen = args.console_listen;
+    }
+    if let Some(after) = args.rekey_after_s {
+        cfg.keys.rekey_after_s = after;
     }
     if args.metrics_listen.is_some() {
         cfg.observability.metrics_listen = args.metrics_listen;

@@ -167,3 +167,216 @@ fn a_three_of_five_federation_completes_after_two_key_holders_die_mid_decryption
     let store = consortia_coordinator::store::Store::open(&fed.path("state")).unwrap();
     assert_eq!(store.last_round().unwrap(), 3, "{log}");
 }
+
+/// The federation key stored in `fed`'s state: (session id, committee).
+fn stored_key(fed: &Federation) -> (String, Vec<String>) {
+    let text = fed.read(&fed.path("state/keys/federation-key.json"));
+    let key: serde_json::Value = serde_json::from_str(&text).expect("the stored key parses");
+    let committee = key["committee"]
+        .as_array()
+        .expect("a committee")
+        .iter()
+        .map(|p| p.as_str().expect("a name").to_string())
+        .collect();
+    (
+        key["session_id"].as_str().expect("an id").to_string(),
+        committee,
+    )
+}
+
+/// The body of `GET /metrics` at `addr`, if it answers.
+fn metrics_text(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(addr).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        tcp,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).ok()?;
+    Some(raw.split_once("\r\n\r\n")?.1.to_string())
+}
+
+/// `GET path` of the console at `addr` as the operator `ops` of `fed`'s PKI: the body.
+fn console_get(fed: &Federation, addr: &str, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = fed.path("pki");
+    let config = common::client_tls(
+        &pki.join("ca.pem"),
+        Some((
+            &pki.join("console").join("ops.pem"),
+            &pki.join("console").join("ops.key"),
+        )),
+        b"http/1.1",
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    rt.block_on(async {
+        let exchange = async {
+            let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+            let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").ok()?;
+            let mut tls = connector.connect(name, tcp).await.ok()?;
+            let ask = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+            tls.write_all(ask.as_bytes()).await.ok()?;
+            let mut raw = Vec::new();
+            let _ = tls.read_to_end(&mut raw).await;
+            let raw = String::from_utf8_lossy(&raw).into_owned();
+            let (head, body) = raw.split_once("\r\n\r\n")?;
+            head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+        };
+        tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .ok()
+            .flatten()
+    })
+}
+
+/// Rounds of the automatic re-key's test: enough for the rounds to outlast
+/// `REKEY_AFTER_S` (a round of this task takes about a tenth of a second here).
+const REKEY_ROUNDS: u32 = 60;
+/// `[keys] rekey_after_s` of the automatic re-key's test.
+const REKEY_AFTER_S: &str = "1";
+
+/// N = 5, t = 3, `[keys] rekey_after_s` = 1: four partners make the key, then one
+/// holder is killed and the fifth partner, outside the key, connects. The three
+/// holders still reachable open every sum but would not survive one more departure;
+/// a second later, between rounds, the coordinator retires the key and makes a new
+/// one with the four partners connected (more than the holders left), logs which
+/// holder was unreachable and since when, counts it, and the task completes under
+/// the new key. The killed holder's absence from the decryptions under the old key is
+/// counted per partner. With `--rekey-after-s 0` the old key stays and this test fails.
+#[test]
+fn the_coordinator_re_keys_by_itself_when_too_few_key_holders_stay_reachable() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let data = five_partner_data(data_dir.path());
+    let mut fed = Federation::with_data(&threshold_task(REKEY_ROUNDS), &data, "shard");
+    let issued = std::process::Command::new(common::EXE)
+        .args(["pki", "issue", "ops", "--role", "operator", "--dir"])
+        .arg(fed.path("pki"))
+        .output()
+        .unwrap();
+    assert!(issued.status.success(), "{issued:?}");
+    fed.start_coordinator_with(&[
+        "--rekey-after-s",
+        REKEY_AFTER_S,
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--console-listen",
+        "127.0.0.1:0",
+    ]);
+    let log = fed.coordinator_log(1);
+    let console = common::wait_until(Duration::from_secs(30), || {
+        let text = fed.read(&log);
+        let rest = text.split("console listening on https://").nth(1)?;
+        Some(rest.split('/').next()?.to_string())
+    })
+    .unwrap_or_else(|| panic!("no console address\n{}", fed.logs()));
+    let metrics = common::wait_until(Duration::from_secs(30), || {
+        let text = fed.read(&log);
+        let rest = text.split("metrics listening on http://").nth(1)?;
+        Some(rest.split('/').next()?.to_string())
+    })
+    .unwrap_or_else(|| panic!("no metrics address\n{}", fed.logs()));
+    for i in 0..4 {
+        fed.start_agent(i, None);
+    }
+    fed.wait_log(1, "federation key made", LONG);
+    let (old_id, old) = stored_key(&fed);
+    assert!(old.len() >= 3, "{old:?}");
+    let victim = old.last().unwrap().clone();
+    fed.kill_agent(&victim);
+    let fresh = fed.start_agent(4, None);
+    assert!(!old.contains(&fresh), "{old:?}");
+    let mut expected: Vec<String> = fed
+        .partners
+        .iter()
+        .map(|(n, _)| n.clone())
+        .filter(|n| *n != victim)
+        .collect();
+    expected.sort();
+
+    fed.wait_log(1, "automatic re-key", Duration::from_secs(120));
+    // Counted while the coordinator runs the rounds under the new key: the re-key,
+    // and the fresh partner's shares in decryptions under it.
+    let rekeyed = "consortia_rekeys_total{reason=\"holders_unreachable\"} 1";
+    let fresh_answered = format!(
+        "consortia_key_holder_decryptions_total{{partner=\"{fresh}\",outcome=\"answered\"}}"
+    );
+    let text = common::wait_until(Duration::from_secs(60), || {
+        metrics_text(&metrics).filter(|t| t.contains(rekeyed) && t.contains(&fresh_answered))
+    })
+    .unwrap_or_else(|| panic!("no `{rekeyed}` and `{fresh_answered}`\n{}", fed.logs()));
+    // The victim was away from (or failed) the decryptions under the old key, which
+    // went on with the three holders left (a key of four; had standardisation ended
+    // with three connected, the key has three holders and none decrypts after the kill).
+    let victim_counted = ["absent", "failed"].iter().any(|o| {
+        text.contains(&format!(
+            "consortia_key_holder_decryptions_total{{partner=\"{victim}\",outcome=\"{o}\"}}"
+        ))
+    });
+    assert!(
+        victim_counted || old.len() == 3,
+        "{victim} not counted away in\n{text}"
+    );
+    assert!(text.contains("consortia_key_threshold 3"), "{text}");
+    assert!(text.contains("consortia_key_holders 4"), "{text}");
+    // The console: the re-key (old and new holders, the unreachable one), and the
+    // decryptions with who decrypted and who was away.
+    let view = console_get(&fed, &console, "/api/v1/federation")
+        .unwrap_or_else(|| panic!("the console did not answer\n{}", fed.logs()));
+    let view: serde_json::Value = serde_json::from_str(&view).unwrap();
+    let kh = &view["key_holders"];
+    assert_eq!(kh["threshold"], 3, "{kh}");
+    let rekey = &kh["rekeys"][0];
+    assert_eq!(rekey["reason"], "holders_unreachable", "{kh}");
+    assert_eq!(rekey["old_holders"], serde_json::json!(old), "{kh}");
+    assert_eq!(rekey["new_holders"], serde_json::json!(expected), "{kh}");
+    assert_eq!(rekey["unreachable"][0]["partner"], victim.as_str(), "{kh}");
+    let latest = &kh["decryptions"][0];
+    assert_eq!(latest["holders"], serde_json::json!(expected), "{kh}");
+    assert!(
+        latest["answered"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(fresh)),
+        "{kh}"
+    );
+    let page = console_get(&fed, &console, "/federation?part=main").unwrap();
+    assert!(page.contains("<h2>Decryptions</h2>"), "{page}");
+    assert!(page.contains("<h2>Automatic re-keys</h2>"), "{page}");
+    assert!(page.contains(&format!("{victim} (since ")), "{page}");
+
+    let status = fed.wait_coordinator(LONG);
+    assert!(status.success(), "coordinator failed\n{}", fed.logs());
+    let text = fed.read(&log);
+    let (new_id, new) = stored_key(&fed);
+    assert_eq!(new, expected, "{text}");
+    assert_ne!(new_id, old_id, "the old key was not retired");
+    assert!(
+        text.contains(&format!("federation key {old_id} retired and replaced")),
+        "{text}"
+    );
+    // Which holder was unreachable, and since when; the partner outside the old key was named.
+    let line = text
+        .lines()
+        .find(|l| l.contains("automatic re-key"))
+        .unwrap();
+    assert!(line.contains(&format!("{victim} (since ")), "{line}");
+    assert!(
+        text.contains(&format!(
+            "partner `{fresh}` is connected but holds no share of the federation key"
+        )),
+        "{text}"
+    );
+    let store = consortia_coordinator::store::Store::open(&fed.path("state")).unwrap();
+    assert_eq!(
+        store.last_round().unwrap(),
+        u64::from(REKEY_ROUNDS),
+        "{text}"
+    );
+}

@@ -16,10 +16,14 @@
 //!
 //! [console]                             # optional; off by default
 //! listen = "127.0.0.1:7444"             # the web console (HTTPS, console certificates)
+//!
+//! [keys]                                # optional
+//! rekey_after_s = 600                   # re-key when too few key holders stay reachable; 0: never
 //! ```
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +45,41 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// Certificate revocation list (PEM), re-read when it changes or on SIGHUP.
     pub crl: PathBuf,
+}
+
+/// `rekey_after_s` when the configuration does not set it: ten minutes.
+pub const DEFAULT_REKEY_AFTER_S: u64 = 600;
+
+/// `[keys]`: the federation key's upkeep.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// Seconds the connected holders of the federation key may stay fewer than t + 1
+    /// (a `key_threshold` key) or fewer than all of them (N-of-N) before the
+    /// coordinator makes a new key, between rounds, with the partners connected then
+    /// (only if they are more than the holders still reachable); 0 never re-keys for
+    /// it. Default [`DEFAULT_REKEY_AFTER_S`].
+    #[serde(default = "default_rekey_after_s")]
+    pub rekey_after_s: u64,
+}
+
+fn default_rekey_after_s() -> u64 {
+    DEFAULT_REKEY_AFTER_S
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        KeysConfig {
+            rekey_after_s: DEFAULT_REKEY_AFTER_S,
+        }
+    }
+}
+
+impl KeysConfig {
+    /// `rekey_after_s` as a duration (zero: never).
+    pub fn rekey_after(&self) -> Duration {
+        Duration::from_secs(self.rekey_after_s)
+    }
 }
 
 /// Everything the operator configures.
@@ -65,6 +104,9 @@ pub struct CoordinatorConfig {
     /// `[console]`: where to serve the web console (off by default).
     #[serde(default)]
     pub console: ConsoleConfig,
+    /// `[keys]`: when the coordinator re-keys by itself.
+    #[serde(default)]
+    pub keys: KeysConfig,
 }
 
 impl CoordinatorConfig {

@@ -7,6 +7,7 @@
 //! and close stages. A message for a stage that is not in progress is refused
 //! as out of phase, naming what the stage in progress takes ([`Stage::expects`]).
 
+use crate::key_holders::KeyHolders;
 use crate::partner_heads::PartnerHeads;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,6 +85,8 @@ pub struct Hub {
     pub telemetry: Telemetry,
     /// The heads of the partners' own privacy ledgers, as they reported them.
     pub partner_heads: PartnerHeads,
+    /// The federation key's holders: who is reachable, who answered each decryption.
+    pub key_holders: KeyHolders,
     attempt: AtomicU64,
     closed_up_to: AtomicU64,
     sessions: Mutex<BTreeMap<String, SessionHandle>>,
@@ -114,6 +117,7 @@ impl Hub {
         Hub {
             telemetry: Telemetry::new(&task),
             partner_heads: PartnerHeads::in_memory(),
+            key_holders: KeyHolders::default(),
             task,
             task_toml,
             param_count,
@@ -140,7 +144,7 @@ impl Hub {
         key: Option<FederationKey>,
     ) -> Self {
         self.ciphertexts = Some(ciphertexts);
-        *lock(&self.key) = key.map(Arc::new);
+        self.set_federation_key(key.map(Arc::new));
         self
     }
 
@@ -180,6 +184,7 @@ impl Hub {
             }
             sessions.insert(partner.to_string(), handle);
             self.telemetry.connected(sessions.len());
+            self.key_holders.presence(sessions.keys(), &self.telemetry);
         }
         self.changed.notify_one();
         Some(id)
@@ -197,6 +202,7 @@ impl Hub {
         if sessions.get(partner).is_some_and(|s| s.id == id) {
             sessions.remove(partner);
             self.telemetry.connected(sessions.len());
+            self.key_holders.presence(sessions.keys(), &self.telemetry);
             drop(sessions);
             match &mut *lock(&self.stage) {
                 Stage::Collection(r) => r.drop_partner(partner),
@@ -239,8 +245,10 @@ impl Hub {
             handle.send(Outbound::Close(Status::permission_denied(format!(
                 "the certificate of `{partner}` has been revoked"
             ))));
-            lock(&self.sessions).remove(&partner);
-            self.telemetry.connected(self.connected().len());
+            let mut sessions = lock(&self.sessions);
+            sessions.remove(&partner);
+            self.telemetry.connected(sessions.len());
+            self.key_holders.presence(sessions.keys(), &self.telemetry);
         }
     }
 
@@ -285,8 +293,11 @@ impl Hub {
 
     /// Ends the stage in progress and returns it.
     pub(crate) fn end_stage(&self) -> Stage {
-        self.telemetry
-            .stage_ended(std::mem::take(&mut *lock(&self.stage)))
+        let stage = std::mem::take(&mut *lock(&self.stage));
+        if let Stage::Decryption(d) = &stage {
+            self.key_holders.stage_ended(d);
+        }
+        self.telemetry.stage_ended(stage)
     }
 
     /// Records that rounds up to `round` are closed: later messages for them are late.
@@ -311,7 +322,14 @@ impl Hub {
 
     /// Installs (or, with `None`, retires) the federation key.
     pub(crate) fn set_federation_key(&self, key: Option<Arc<FederationKey>>) {
+        let holders = key
+            .as_ref()
+            .map(|k| k.committee.clone())
+            .unwrap_or_default();
         *lock(&self.key) = key;
+        let threshold = self.task.key_threshold;
+        self.key_holders
+            .key_changed(holders, threshold, &self.telemetry);
     }
 
     /// Each partner's training-row count, as last reported.

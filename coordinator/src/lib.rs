@@ -15,6 +15,8 @@
 //!   unavailable) mapped to one gRPC status code, and what was expected.
 //! * [`round`] — one round's collection and FedAvg aggregation, and how a round ends.
 //! * [`secure`] — secure aggregation: the key ceremony, encrypted updates, joint decryption.
+//! * [`key_holders`] — the federation key's holders: who is reachable, who answered each
+//!   joint decryption, and when the coordinator re-keys by itself.
 //! * [`session`] — one connected partner agent and its outbound stream.
 //! * [`service`] — the gRPC service that authenticates callers and routes their messages.
 //! * [`hub`] — the state sessions and the task loop share: partners, the stage in progress.
@@ -38,6 +40,7 @@ pub mod console;
 pub mod error;
 pub mod hub;
 pub mod incident;
+pub mod key_holders;
 pub mod orchestrator;
 pub mod partner_heads;
 pub mod phase;

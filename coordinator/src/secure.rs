@@ -744,6 +744,8 @@ pub struct Decryption {
     word_bytes: usize,
     /// Why the decryption cannot complete, once known.
     pub failed: Option<String>,
+    /// The key holder that failed it, and why, when it was one.
+    failed_holder: Option<(String, String)>,
 }
 
 impl Decryption {
@@ -784,6 +786,7 @@ impl Decryption {
             streams: BTreeMap::new(),
             word_bytes: shape.params.word_bytes(),
             failed: None,
+            failed_holder: None,
         })
     }
 
@@ -831,6 +834,28 @@ impl Decryption {
     /// The step in progress.
     pub fn step(&self) -> DecryptionStep {
         self.step
+    }
+
+    /// The key holders asked (the decryption set).
+    pub fn asked(&self) -> &[String] {
+        &self.asked
+    }
+
+    /// The key holders asked whose whole partial decryption is in.
+    pub fn answered(&self) -> Vec<String> {
+        self.committee
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| self.asked.contains(p) && self.combiner.has(PartyId(*i as u32)))
+            .map(|(_, p)| p.clone())
+            .collect()
+    }
+
+    /// The key holder that failed the decryption, and why, when it was one.
+    pub fn failed_holder(&self) -> Option<(&str, &str)> {
+        self.failed_holder
+            .as_ref()
+            .map(|(p, why)| (p.as_str(), why.as_str()))
     }
 
     /// The contributors whose sketches are asked for.
@@ -885,6 +910,7 @@ impl Decryption {
         }
         if self.asked.iter().any(|p| p == partner) {
             self.failed = Some(format!("key holder `{partner}`: {why}"));
+            self.failed_holder = Some((partner.to_string(), why.to_string()));
         } else if self.step <= DecryptionStep::Sketches
             && self.contributors.iter().any(|c| c.name == partner)
             && !self.sketches.contains_key(partner)

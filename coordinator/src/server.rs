@@ -127,6 +127,7 @@ pub async fn run(
             load_key(&cfg.state_dir)?,
         );
     }
+    hub.key_holders.set_rekey_after(cfg.keys.rekey_after());
     let hub = Arc::new(hub);
     let _console = crate::console::serve(&cfg, hub.clone(), store.clone()).await?;
     serve(hub, store, accounting, tls, listener, shutdown).await

@@ -83,6 +83,14 @@ pub async fn run_task(
             .ok_or_else(|| CoordinatorError::Corrupt(format!("model of round {last} missing")))?;
         hub.wait_for_partners(min).await;
         hub.drop_revoked();
+        // Too few key holders reachable for too long: a new key, between rounds.
+        if let Some(key) = &fed_key
+            && let Some(new) =
+                key_ceremony::renew_if_holders_unreachable(&hub, &store, key, min, deadline).await?
+        {
+            fed_key = Some(new);
+            continue;
+        }
         let round = last + 1;
         let releases = Releases { train, evaluate };
         let (key, acc) = (fed_key.as_deref(), accounting.as_mut());
@@ -107,6 +115,7 @@ pub async fn run_task(
         if let (Some(key), Some(s)) = (&fed_key, &secure)
             && key_ceremony::releases_spent(key, &store, round, s.encoding.encoded_len() as u64)?
         {
+            hub.telemetry.rekeyed("releases_spent");
             fed_key = Some(key_ceremony::renew(&hub, &store, min, deadline).await?);
             selector.retry();
             continue;
@@ -143,6 +152,7 @@ pub async fn run_task(
         };
         if let Some(Discard::MalformedSum(why)) = &discard {
             let contributors = &result.contributors;
+            hub.telemetry.rekeyed("malformed_sum");
             let new =
                 incident::malformed_sum(&hub, &store, round, contributors, why, min, deadline);
             fed_key = Some(new.await?);

@@ -19,7 +19,11 @@
 //! * bytes in and out: every accepted connection's reads and writes ([`Counted`]);
 //! * ε spent and budgets: from the coordinator's privacy book after each charge
 //!   ([`Telemetry::privacy`]);
-//! * the latest federated evaluation of the task's kind ([`Telemetry::evaluated`]).
+//! * the latest federated evaluation of the task's kind ([`Telemetry::evaluated`]);
+//! * key holders: how many hold the federation key and are connected
+//!   ([`Telemetry::key_holders`], from the hub's [`crate::key_holders::KeyHolders`]), each
+//!   holder's part in every decryption ([`Telemetry::key_holder_decryption`]) and
+//!   re-keys ([`Telemetry::rekeyed`]).
 
 use std::collections::BTreeSet;
 use std::io;
@@ -55,6 +59,8 @@ use crate::store::MetricsRecord;
 type Label = [(&'static str, &'static str); 1];
 /// A partner's name as a label.
 type PartnerLabel = [(&'static str, String); 1];
+/// A partner's name and an outcome as labels.
+type PartnerOutcome = [(&'static str, String); 2];
 /// A gauge of a real number.
 type FloatGauge = Gauge<f64, AtomicU64>;
 /// Histograms of durations in seconds, by one label.
@@ -68,6 +74,11 @@ pub const PHASES: [&str; 5] = [
     "collection",
     "decryption",
 ];
+
+/// Why the coordinator re-keys by itself, as the `reason` label of `consortia_rekeys_total`
+/// names it: too few key holders reachable for `[keys] rekey_after_s`, the key's release
+/// budget spent, a malformed sum.
+pub const REKEY_REASONS: [&str; 3] = ["holders_unreachable", "releases_spent", "malformed_sum"];
 
 /// Why a session was refused after its TLS handshake succeeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +147,11 @@ struct Inner {
     epsilon_budget: Family<PartnerLabel, FloatGauge>,
     evaluation_round: Gauge,
     evaluation: Vec<(&'static str, FloatGauge)>,
+    key_holders: Gauge,
+    key_holders_connected: Gauge,
+    key_threshold: Gauge,
+    key_holder_decryptions: Family<PartnerOutcome, Counter>,
+    rekeys: Family<Label, Counter>,
     round_start: Mutex<Option<Instant>>,
     phase_start: Mutex<Option<(&'static str, Instant)>>,
 }
@@ -414,6 +430,39 @@ impl Telemetry {
                 (*name, g)
             })
             .collect();
+        let key_holders = Gauge::default();
+        r.register(
+            "key_holders",
+            "Holders of the federation key (0 without a key)",
+            key_holders.clone(),
+        );
+        let key_holders_connected = Gauge::default();
+        r.register(
+            "key_holders_connected",
+            "Holders of the federation key with a live session",
+            key_holders_connected.clone(),
+        );
+        let key_threshold = Gauge::default();
+        r.register(
+            "key_threshold",
+            "Key holders whose shares open a sum: the task's key_threshold t, or every holder of an N-of-N key",
+            key_threshold.clone(),
+        );
+        let key_holder_decryptions = Family::<PartnerOutcome, Counter>::default();
+        r.register(
+            "key_holder_decryptions",
+            "Each key holder's part in every joint decryption, by partner and outcome (answered: its share arrived; absent: not connected, not asked; failed: refused, left or missed the deadline; stopped: another party failed first)",
+            key_holder_decryptions.clone(),
+        );
+        let rekeys = Family::<Label, Counter>::default();
+        for reason in REKEY_REASONS {
+            let _ = rekeys.get_or_create(&[("reason", reason)]);
+        }
+        r.register(
+            "rekeys",
+            "Federation keys retired and made again by the coordinator, by reason (holders_unreachable, releases_spent, malformed_sum)",
+            rekeys.clone(),
+        );
         Telemetry {
             inner: Arc::new(Inner {
                 registry: Arc::new(r),
@@ -441,6 +490,11 @@ impl Telemetry {
                 epsilon_budget,
                 evaluation_round,
                 evaluation,
+                key_holders,
+                key_holders_connected,
+                key_threshold,
+                key_holder_decryptions,
+                rekeys,
                 round_start: Mutex::new(None),
                 phase_start: Mutex::new(None),
             }),
@@ -659,6 +713,39 @@ impl Telemetry {
     }
 }
 
+impl Telemetry {
+    // ----- key holders -----
+
+    /// The federation key has `holders` holders (0: no key), `connected` of them with a
+    /// session; `threshold`: the task's key_threshold (none: every holder).
+    pub fn key_holders(&self, holders: usize, connected: usize, threshold: Option<u32>) {
+        let m = &self.inner;
+        m.key_holders.set(holders as i64);
+        m.key_holders_connected.set(connected as i64);
+        let t = threshold.map_or(holders as i64, i64::from);
+        m.key_threshold.set(if holders == 0 { 0 } else { t });
+    }
+
+    /// A decryption ended as `record` says: each holder's outcome is counted.
+    pub fn key_holder_decryption(&self, record: &crate::key_holders::DecryptionRecord) {
+        for (partner, outcome) in record.outcomes() {
+            let labels = [
+                ("partner", partner.to_string()),
+                ("outcome", outcome.code().to_string()),
+            ];
+            self.inner
+                .key_holder_decryptions
+                .get_or_create(&labels)
+                .inc();
+        }
+    }
+
+    /// The coordinator retired the federation key for `reason` ([`REKEY_REASONS`]).
+    pub fn rekeyed(&self, reason: &'static str) {
+        self.inner.rekeys.get_or_create(&[("reason", reason)]).inc();
+    }
+}
+
 /// A connection whose reads and writes are counted in bytes; otherwise the connection
 /// itself (its peer information included).
 pub struct Counted<T> {
@@ -765,6 +852,56 @@ mod tests {
             assert!(name.starts_with("consortia_"), "{line}");
             assert_eq!(kind == "counter", name.ends_with("_total"), "{line}");
         }
+    }
+
+    #[test]
+    fn key_holder_outcomes_are_counted_with_partner_names_label_safe() {
+        let t = Telemetry::new(&TaskSpec::from_toml_str(TASK).unwrap());
+        let text = scrape(&t);
+        assert!(text.contains("consortia_key_holders 0"), "{text}");
+        assert!(
+            text.contains("consortia_rekeys_total{reason=\"holders_unreachable\"} 0"),
+            "{text}"
+        );
+        t.key_holders(5, 3, Some(3));
+        let odd = "e\"} 1\nconsortia_fake 9".to_string();
+        let record = crate::key_holders::DecryptionRecord {
+            round: 2,
+            attempt: 1,
+            at_unix_ms: 0,
+            decrypted: true,
+            reason: None,
+            holders: vec!["a".into(), "b".into(), "c".into(), "d".into(), odd.clone()],
+            threshold: 3,
+            asked: vec!["a".into(), "b".into(), "c".into()],
+            answered: vec!["a".into(), "b".into(), "c".into()],
+            failed: Vec::new(),
+            stopped: Vec::new(),
+            away: vec!["d".into(), odd],
+        };
+        t.key_holder_decryption(&record);
+        t.key_holder_decryption(&record);
+        t.rekeyed("holders_unreachable");
+        let text = scrape(&t);
+        for line in [
+            "consortia_key_holders 5",
+            "consortia_key_holders_connected 3",
+            "consortia_key_threshold 3",
+            "consortia_key_holder_decryptions_total{partner=\"a\",outcome=\"answered\"} 2",
+            "consortia_key_holder_decryptions_total{partner=\"d\",outcome=\"absent\"} 2",
+            // The untrusted name stays inside its label value, escaped.
+            "consortia_key_holder_decryptions_total{partner=\"e\\\"} 1\\nconsortia_fake 9\",outcome=\"absent\"} 2",
+            "consortia_rekeys_total{reason=\"holders_unreachable\"} 1",
+        ] {
+            assert!(text.contains(line), "no `{line}` in\n{text}");
+        }
+        assert!(
+            !text.lines().any(|l| l.starts_with("consortia_fake")),
+            "{text}"
+        );
+        // An N-of-N key's threshold is every holder.
+        t.key_holders(4, 4, None);
+        assert!(scrape(&t).contains("consortia_key_threshold 4"));
     }
 
     #[test]

@@ -19,7 +19,9 @@
 //!
 //! * **Federation** (`/federation`, `/api/v1/federation`; operator): the task, the round
 //!   and phase with its deadline, partners connected, selected and contributing, key
-//!   holders and the ones a secure round waits for, refused handshakes and sessions.
+//!   holders and the ones a secure round waits for, the key holders' reachability and
+//!   answers, the latest decryptions (who decrypted, who did not answer, who was away)
+//!   and automatic re-keys ([`crate::key_holders`]), refused handshakes and sessions.
 //! * **Training** (`/training`, `/api/v1/training`): per-round figures as SVG charts and
 //!   a table (operator), and every stored model version with a download of its export
 //!   (`/api/v1/models/ROUND.json`, what `consortia model export` writes).

@@ -9,6 +9,7 @@ use consortia_ledger::audit::format_time_utc;
 use super::charts::{budget_bars, line_chart};
 use super::views::{FederationView, PrivacyView, TrainingView};
 use super::{REFRESH_MS, Viewer};
+use crate::key_holders::KeyHolderView;
 
 /// Rounds the training table shows (the latest); the JSON has them all.
 const TABLE_ROWS: usize = 50;
@@ -161,14 +162,28 @@ pub(super) fn federation(viewer: &Viewer, v: &FederationView, part: bool) -> Str
             list(&v.key.waiting_for)
         )
     };
+    let kh = &v.key_holders;
     let _ = write!(
         m,
         "<div class=\"card\"><h2>Key holders</h2><dl class=\"stack\">\
          <dt>Holders ({})</dt><dd id=\"key-holders\">{}</dd>\
-         <dt>Waiting for</dt><dd id=\"waiting-for\">{waiting}</dd></dl></div>",
+         <dt>Shares that open a sum</dt><dd id=\"key-threshold\">{}</dd>\
+         <dt>Connected now</dt><dd id=\"key-holders-connected\">{}</dd>\
+         <dt>Waiting for</dt><dd id=\"waiting-for\">{waiting}</dd>\
+         <dt>Connected, not key holders (do not train until the next key)</dt>\
+         <dd id=\"outside-key\">{}</dd>\
+         <dt>Automatic re-key</dt><dd id=\"rekey-status\">{}</dd></dl>{}</div>",
         v.key.holders.len(),
         list(&v.key.holders),
+        kh.threshold
+            .map(|t| format!("{t} of {}", v.key.holders.len()))
+            .unwrap_or_else(|| "<span class=\"none\">no key</span>".into()),
+        kh.connected,
+        list(&kh.outside),
+        rekey_status(kh),
+        holder_table(kh),
     );
+    m.push_str(&decryptions(kh));
     let refusals = |map: &std::collections::BTreeMap<String, u64>| {
         if map.is_empty() {
             return "<span class=\"none\">none</span>".to_string();
@@ -187,6 +202,131 @@ pub(super) fn federation(viewer: &Viewer, v: &FederationView, part: bool) -> Str
         refusals(&v.refused_sessions),
     );
     layout(viewer, &t.name, "Federation", m, part)
+}
+
+/// Whether and when the coordinator re-keys by itself.
+fn rekey_status(kh: &KeyHolderView) -> String {
+    if kh.rekey_after_secs == 0 {
+        return "off (<code>[keys] rekey_after_s = 0</code>)".into();
+    }
+    match (kh.at_risk_since_unix_ms, kh.rekey_in_secs) {
+        (Some(since), Some(left)) => format!(
+            "<strong class=\"warn\">too few holders reachable since {}</strong>: considered in \
+             {left} s (after {} s)",
+            format_time_utc(since),
+            kh.rekey_after_secs
+        ),
+        _ => format!(
+            "after {} s with too few holders reachable",
+            kh.rekey_after_secs
+        ),
+    }
+}
+
+/// Each key holder: connected or since when not, and the last round it decrypted.
+fn holder_table(kh: &KeyHolderView) -> String {
+    if kh.holders.is_empty() {
+        return String::new();
+    }
+    let mut t = String::from(
+        "<table id=\"holder-table\"><thead><tr><th>Holder</th><th>Connected</th>\
+         <th>Last round answered</th></tr></thead><tbody>",
+    );
+    for h in &kh.holders {
+        let connected = match (h.connected, h.away_since_unix_ms) {
+            (true, _) => "yes".to_string(),
+            (false, Some(ms)) => format!(
+                "<span class=\"warn\">no, since {}</span>",
+                format_time_utc(ms)
+            ),
+            (false, None) => "no".to_string(),
+        };
+        let _ = write!(
+            t,
+            "<tr data-holder=\"{}\"><td>{}</td><td>{connected}</td><td>{}</td></tr>",
+            esc(&h.partner),
+            esc(&h.partner),
+            h.last_answered_round
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "–".into()),
+        );
+    }
+    t.push_str("</tbody></table>");
+    t
+}
+
+/// The latest decryptions (who decrypted, who did not answer, who was away) and
+/// automatic re-keys.
+fn decryptions(kh: &KeyHolderView) -> String {
+    let mut m = String::from(
+        "<section><h2>Decryptions</h2><table id=\"decryptions\"><thead><tr><th>Round</th>\
+         <th>Attempt</th><th>Outcome</th><th>Decrypted by</th><th>Asked, did not answer</th>\
+         <th>Away</th></tr></thead><tbody>",
+    );
+    for d in &kh.decryptions {
+        let mut silent: Vec<String> = d
+            .failed
+            .iter()
+            .map(|f| format!("{} ({})", esc(&f.partner), esc(&f.reason)))
+            .collect();
+        silent.extend(d.stopped.iter().map(|p| format!("{} (stopped)", esc(p))));
+        let outcome = match &d.reason {
+            None => "<span class=\"ok\">decrypted</span>".to_string(),
+            Some(why) => format!("<span class=\"bad\">failed: {}</span>", esc(why)),
+        };
+        let _ = write!(
+            m,
+            "<tr data-round=\"{}\"><td>{}</td><td>{}</td><td>{outcome}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            d.round,
+            d.round,
+            d.attempt,
+            list(&d.answered),
+            if silent.is_empty() {
+                "<span class=\"none\">none</span>".to_string()
+            } else {
+                silent.join(", ")
+            },
+            list(&d.away),
+        );
+    }
+    if kh.decryptions.is_empty() {
+        m.push_str("<tr><td colspan=\"6\"><span class=\"none\">none yet</span></td></tr>");
+    }
+    m.push_str("</tbody></table></section>");
+    if !kh.rekeys.is_empty() {
+        m.push_str(
+            "<section><h2>Automatic re-keys</h2><table id=\"rekeys\"><thead><tr><th>When (UTC)</th>\
+             <th>Why</th><th>Unreachable holders</th><th>Old holders</th><th>New holders</th>\
+             </tr></thead><tbody>",
+        );
+        for r in &kh.rekeys {
+            let unreachable: Vec<String> = r
+                .unreachable
+                .iter()
+                .map(|a| {
+                    format!(
+                        "{} (since {})",
+                        esc(&a.partner),
+                        format_time_utc(a.since_unix_ms)
+                    )
+                })
+                .collect();
+            let _ = write!(
+                m,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                format_time_utc(r.at_unix_ms),
+                esc(&r.reason),
+                unreachable.join(", "),
+                list(&r.old_holders),
+                list(&r.new_holders),
+            );
+        }
+        m.push_str(
+            "</tbody></table><p class=\"note\">Holders of a retired key left out of the new \
+             one do not train, even if they come back, until the next key.</p></section>",
+        );
+    }
+    m
 }
 
 /// The Training page.
@@ -378,6 +518,71 @@ pub(super) fn privacy(viewer: &Viewer, v: &PrivacyView, part: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decryptions_say_who_decrypted_who_did_not_answer_and_who_was_away_escaped() {
+        use crate::key_holders::{DecryptionRecord, HolderRow, KeyHolderView, Unanswered};
+        let evil = "<script>x</script>".to_string();
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let kh = KeyHolderView {
+            threshold: Some(3),
+            connected: 3,
+            holders: vec![
+                HolderRow {
+                    partner: "a".into(),
+                    connected: true,
+                    away_since_unix_ms: None,
+                    last_answered_round: Some(2),
+                },
+                HolderRow {
+                    partner: evil.clone(),
+                    connected: false,
+                    away_since_unix_ms: Some(0),
+                    last_answered_round: None,
+                },
+            ],
+            outside: names(&["f"]),
+            rekey_after_secs: 600,
+            at_risk_since_unix_ms: Some(0),
+            rekey_in_secs: Some(42),
+            decryptions: vec![DecryptionRecord {
+                round: 2,
+                attempt: 1,
+                at_unix_ms: 0,
+                decrypted: true,
+                reason: None,
+                holders: names(&["a", "b", "c", "d", "e"]),
+                threshold: 3,
+                asked: names(&["a", "b", "c", "d"]),
+                answered: names(&["a", "b", "c"]),
+                failed: vec![Unanswered {
+                    partner: "d".into(),
+                    reason: "no <b>seeds</b>".into(),
+                }],
+                stopped: Vec::new(),
+                away: vec![evil.clone()],
+            }],
+            rekeys: Vec::new(),
+            as_of_unix_ms: 0,
+        };
+        let html = decryptions(&kh);
+        assert!(
+            html.contains(
+                "<td>a, b, c</td><td>d (no &lt;b&gt;seeds&lt;/b&gt;)</td>\
+                 <td>&lt;script&gt;x&lt;/script&gt;</td>"
+            ),
+            "{html}"
+        );
+        assert!(!html.contains("<script>"), "{html}");
+        let table = holder_table(&kh);
+        assert!(
+            table.contains("data-holder=\"&lt;script&gt;x&lt;/script&gt;\""),
+            "{table}"
+        );
+        assert!(table.contains("<td>2</td>"), "{table}");
+        assert!(!table.contains("<script>"), "{table}");
+        assert!(rekey_status(&kh).contains("considered in 42 s"));
+    }
 
     #[test]
     fn escapes_markup() {

@@ -11,6 +11,7 @@ use super::Viewer;
 use super::ledger::{LedgerStatus, LedgerWatch};
 use crate::CoordinatorError;
 use crate::hub::{Hub, Stage};
+use crate::key_holders::KeyHolderView;
 use crate::store::Store;
 
 /// `GET /api/v1/federation` (operators only).
@@ -24,6 +25,8 @@ pub struct FederationView {
     pub partners: Partners,
     /// Secure aggregation's key holders.
     pub key: KeyHolders,
+    /// Each key holder's reachability and answers, the latest decryptions and re-keys.
+    pub key_holders: KeyHolderView,
     /// Handshakes refused at the federation port, by reason (metrics' reason codes).
     pub refused_handshakes: BTreeMap<String, u64>,
     /// Sessions refused after their handshake, by reason.
@@ -186,6 +189,7 @@ pub fn federation(hub: &Hub, store: &Store) -> FederationView {
                 .unwrap_or_default(),
             waiting_for,
         },
+        key_holders: hub.key_holders.view(),
         refused_handshakes: by_reason(&metrics, "consortia_handshakes_refused_total"),
         refused_sessions: by_reason(&metrics, "consortia_sessions_refused_total"),
         at_unix_ms: now_ms(),

@@ -323,7 +323,14 @@ pub async fn open_sum(
 ) -> Result<Option<Discard>, CoordinatorError> {
     let mut discard = None;
     if result.contributors.len() >= min {
-        discard = match decrypt_round(hub, key, result, min, deadline).await {
+        let opened = decrypt_round(hub, key, result, min, deadline).await;
+        crate::key_holders::decryption_ended(
+            hub,
+            &key.committee,
+            result.round,
+            opened.as_ref().err(),
+        );
+        discard = match opened {
             Ok(sum) => {
                 let contributors = result.contributors.len();
                 match decode_sum(spec, encoding, dim, &sum, contributors, result.examples) {

@@ -17,10 +17,12 @@ use super::threshold_ceremony::{self, ThresholdRelay};
 use super::{Ending, Phase, Progress, drive};
 use crate::CoordinatorError;
 use crate::hub::{Hub, Stage};
+use crate::key_holders::{HOLDERS_UNREACHABLE, RekeyRecord, Verdict};
 use crate::rejection::{Rejection, Subject};
 use crate::secure::{FederationKey, KeyCeremony, releases};
 use crate::session::{Outbound, message};
 use crate::store::Store;
+use consortia_ledger::audit::format_time_utc;
 
 /// The ceremony in progress (the hub's [`Stage::KeyCeremony`]).
 pub enum Ceremony {
@@ -292,14 +294,7 @@ pub async fn ensure_key(
     let mut last_log = Instant::now() - Duration::from_secs(60);
     loop {
         hub.wait_for_partners(min).await;
-        let mut committee: Vec<String> = hub
-            .connected()
-            .into_iter()
-            .filter(|p| !excluded.contains(p))
-            .collect();
-        if threshold.is_some() {
-            committee.truncate(consortia_he::threshold::MAX_THRESHOLD_PARTIES as usize);
-        }
+        let committee = candidates(hub, &excluded);
         if committee.len() < min {
             if last_log.elapsed() >= Duration::from_secs(10) {
                 tracing::info!(
@@ -347,6 +342,109 @@ pub async fn ensure_key(
         hub.broadcast(Kind::CollectiveKey(key.to_message()));
         return Ok(key);
     }
+}
+
+/// The committee a new key would have now: the connected partners less `excluded`,
+/// for a t-of-N key at most `MAX_THRESHOLD_PARTIES` (the first ones by name; the others
+/// encrypt under the key like any partner).
+fn candidates(hub: &Hub, excluded: &[String]) -> Vec<String> {
+    let mut committee: Vec<String> = hub
+        .connected()
+        .into_iter()
+        .filter(|p| !excluded.contains(p))
+        .collect();
+    if hub.task.key_threshold.is_some() {
+        committee.truncate(consortia_he::threshold::MAX_THRESHOLD_PARTIES as usize);
+    }
+    committee
+}
+
+/// Between rounds: when the holders of `key` that are connected have been too few
+/// for `[keys] rekey_after_s` (`crate::key_holders`' rule) and the partners connected
+/// now (less the excluded, who stay excluded) would make a larger committee than the
+/// holders still reachable, retires the key (and every stored ciphertext) and makes a
+/// new one with them; `None` when it does not. Connected partners outside the key are
+/// named once per key: they do not train until the next key.
+pub async fn renew_if_holders_unreachable(
+    hub: &Hub,
+    store: &Store,
+    key: &FederationKey,
+    min: usize,
+    deadline: Duration,
+) -> Result<Option<Arc<FederationKey>>, CoordinatorError> {
+    for p in hub.key_holders.newly_outside() {
+        tracing::warn!(
+            partner = %p,
+            holders = ?key.committee,
+            "partner `{p}` is connected but holds no share of the federation key: only key \
+             holders contribute to secure rounds, so it does not train until the next key (made \
+             when too few holders stay reachable for [keys] rekey_after_s, when the key's \
+             release budget is spent, or by `consortia rekey`)"
+        );
+    }
+    let excluded = crate::secure::excluded(store.dir())?;
+    let needed = hub.task.key_threshold.map_or(min, |t| min.max(t as usize));
+    let plan = match hub.key_holders.verdict(&candidates(hub, &excluded), needed) {
+        Verdict::Keep => return Ok(None),
+        Verdict::Waits(why) => {
+            tracing::warn!(holders = ?key.committee, "{why}");
+            return Ok(None);
+        }
+        Verdict::Rekey(plan) => plan,
+    };
+    let unreachable: Vec<String> = plan
+        .unreachable
+        .iter()
+        .map(|a| format!("{} (since {})", a.partner, format_time_utc(a.since_unix_ms)))
+        .collect();
+    let rule = match hub.task.key_threshold {
+        Some(t) => format!(
+            "fewer than t + 1 = {} (t = {t}): one more departure would stop every round",
+            t + 1
+        ),
+        None => "fewer than all of them, and every one is needed (N-of-N)".to_string(),
+    };
+    tracing::warn!(
+        reason = HOLDERS_UNREACHABLE,
+        holders = ?plan.holders,
+        unreachable = ?unreachable,
+        candidates = ?plan.candidates,
+        "automatic re-key: for {} s only {} of the {} key holders were reachable, {rule}; \
+         unreachable: {}. Retiring the federation key and making a new one with the {} \
+         partners connected ([keys] rekey_after_s)",
+        plan.for_secs,
+        plan.reachable,
+        plan.holders.len(),
+        unreachable.join(", "),
+        plan.candidates.len(),
+    );
+    let retired = hex::encode(key.key.session().id);
+    hub.telemetry.rekeyed(HOLDERS_UNREACHABLE);
+    store.remove_federation_key(&excluded)?;
+    hub.set_federation_key(None);
+    let new = ensure_key(hub, store, min, deadline).await?;
+    let left_out: Vec<&String> = plan
+        .holders
+        .iter()
+        .filter(|p| !new.committee.contains(p))
+        .collect();
+    hub.key_holders.rekeyed(RekeyRecord {
+        at_unix_ms: crate::report::now_ms(),
+        reason: HOLDERS_UNREACHABLE.into(),
+        old_holders: plan.holders.clone(),
+        new_holders: new.committee.clone(),
+        unreachable: plan.unreachable.clone(),
+    });
+    tracing::warn!(
+        retired_key = %retired,
+        old_holders = ?plan.holders,
+        new_holders = ?new.committee,
+        left_out = ?left_out,
+        "federation key {retired} retired and replaced; holders of the retired key left out of \
+         the new one ({left_out:?}) do not train, even if they come back, until the next key \
+         (made when too few holders stay reachable, or by `consortia rekey`)"
+    );
+    Ok(Some(new))
 }
 
 /// Retires the federation key (and every stored ciphertext) and makes a new one.
