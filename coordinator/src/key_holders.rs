@@ -7,9 +7,11 @@
 //! the current key that are connected are fewer than `t + 1` (a t-of-N key: one
 //! more departure would stop every round) or fewer than all of them (an N-of-N
 //! key), the coordinator re-keys between rounds with the partners connected then
-//! (less the `excluded`), but only if that committee would be larger than the
-//! holders still reachable: otherwise the new key would be no safer than the old,
-//! and it says once per interval why it waits. The re-key itself is
+//! (less the `excluded`, at least the key's minimum). For a t-of-N key only if
+//! that committee would be larger than the holders still reachable: otherwise
+//! the new key would be no safer than the old, and it says once per interval why
+//! it waits. For an N-of-N key, which opens nothing while a holder is away, a key
+//! of the connected partners always helps, smaller or not. The re-key itself is
 //! `phase::key_ceremony::renew_if_holders_unreachable`.
 //!
 //! Only key holders contribute to a secure round (`selection`): a connected
@@ -351,7 +353,16 @@ impl Book {
             return Verdict::Keep;
         }
         let reachable = self.reachable();
-        if candidates.len() > reachable && candidates.len() >= needed {
+        // Every candidate is connected. An N-of-N key stops every round while a
+        // single holder is away, so a key of the candidates helps whatever its
+        // size; a t-of-N key that still opens sums is worth replacing only by a
+        // larger committee (one of the reachable holders alone would soon be at
+        // risk again, and re-keyed without end).
+        let helps = match self.threshold {
+            None => true,
+            Some(_) => candidates.len() > reachable,
+        };
+        if helps && candidates.len() >= needed {
             return Verdict::Rekey(RekeyPlan {
                 holders: self.holders.clone(),
                 unreachable: self.unreachable(),
@@ -368,11 +379,15 @@ impl Book {
         }
         self.waits_told = Some(now);
         let unreachable: Vec<String> = self.unreachable().into_iter().map(|a| a.partner).collect();
+        let short = if candidates.len() < needed {
+            format!("fewer than the {needed} a key needs")
+        } else {
+            format!("not more than the {reachable} holders still reachable")
+        };
         Verdict::Waits(format!(
             "only {reachable} of the {} holders of the federation key are reachable (unreachable: \
-             {unreachable:?}) for {} s, but a new key would be made by {} partner(s) ({candidates:?}; \
-             at least {needed} needed), not more than the holders still reachable: no automatic \
-             re-key until more partners connect",
+             {unreachable:?}) for {} s, but a new key would be made by {} partner(s) \
+             ({candidates:?}), {short}: no automatic re-key until more partners connect",
             self.holders.len(),
             waited.as_secs(),
             candidates.len(),
@@ -757,6 +772,27 @@ mod tests {
         let more = names(&["a", "b", "c", "f"]);
         assert!(matches!(b.verdict(t0 + S(20), &more, 5), Verdict::Waits(_)));
         assert!(matches!(b.verdict(t0 + S(20), &more, 3), Verdict::Rekey(_)));
+    }
+
+    #[test]
+    fn an_n_of_n_key_with_a_holder_gone_is_renewed_by_the_others_alone() {
+        // N-of-N: with `c` gone no round can be opened; the two holders left
+        // make a smaller key, which every one of them can open.
+        let t0 = Instant::now();
+        let mut b = Book::new(t0, 0, S(5));
+        b.key_changed(t0, 0, names(&["a", "b", "c"]), None);
+        b.presence(t0, 0, set(&["a", "b"]));
+        let left = names(&["a", "b"]);
+        assert_eq!(b.verdict(t0 + S(4), &left, 2), Verdict::Keep);
+        match b.verdict(t0 + S(5), &left, 2) {
+            Verdict::Rekey(plan) => {
+                assert_eq!(plan.reachable, 2);
+                assert_eq!(plan.candidates, left);
+            }
+            other => panic!("expected a re-key, got {other:?}"),
+        }
+        // Fewer than the key's minimum (e.g. min_partners = 3): it waits.
+        assert!(matches!(b.verdict(t0 + S(5), &left, 3), Verdict::Waits(_)));
     }
 
     #[test]
