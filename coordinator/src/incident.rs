@@ -181,4 +181,48 @@ mod tests {
                 .contains("nothing applied")
         );
     }
+
+    #[test]
+    fn a_judged_threshold_fault_is_recorded_with_who_why_and_the_evidence() {
+        use crate::phase::threshold_ceremony::{Judged, judge::Fault};
+        let dir = tempfile::tempdir().unwrap();
+        let dealer = Judged {
+            fault: Fault::Dealer,
+            partner: Some("d".into()),
+            dealer: "d".into(),
+            complainer: Some("b".into()),
+            why: "a subshare in its signed box: c − a ⊙ r is not small".into(),
+            evidence: [7; 32],
+        };
+        threshold_fault(dir.path(), &dealer, true).unwrap();
+        let relay = Judged {
+            fault: Fault::Relay,
+            partner: None,
+            ..dealer.clone()
+        };
+        threshold_fault(dir.path(), &relay, false).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(LOG)).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["kind"], "threshold-dealer-at-fault");
+        assert_eq!(lines[0]["at_fault"], "d");
+        assert_eq!(lines[0]["complainer"], "b");
+        assert_eq!(lines[0]["evidence_sha256"], hex::encode([7; 32]));
+        assert!(
+            lines[0]["action"]
+                .as_str()
+                .unwrap()
+                .contains("`d` excluded")
+        );
+        assert_eq!(lines[1]["kind"], "threshold-relay-fault");
+        assert!(lines[1]["at_fault"].is_null());
+        assert!(
+            lines[1]["action"]
+                .as_str()
+                .unwrap()
+                .contains("nobody excluded")
+        );
+    }
 }

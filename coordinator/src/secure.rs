@@ -1415,6 +1415,16 @@ mod tests {
         );
         assert!(load_key(dir.path()).unwrap().is_none());
         assert_eq!(excluded(dir.path()).unwrap(), vec!["b".to_string()]);
+        // A judged fault adds to the list, once, durably.
+        assert_eq!(
+            exclude(dir.path(), "c").unwrap(),
+            vec!["b".to_string(), "c".to_string()]
+        );
+        exclude(dir.path(), "c").unwrap();
+        assert_eq!(
+            excluded(dir.path()).unwrap(),
+            vec!["b".to_string(), "c".to_string()]
+        );
     }
 
     /// `<state>/keys/federation-key.json` exactly as this module wrote it

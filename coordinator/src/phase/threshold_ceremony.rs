@@ -502,33 +502,15 @@ pub async fn run(
             recipient_key: None,
             complaint: &empty,
         };
-        let boxes_signed = d.boxes.values().all(|b| {
-            let slot = if b.recipient < *dealer {
-                b.recipient
-            } else {
-                b.recipient - 1
-            } as usize;
-            h.box_digests.get(slot).is_some_and(|x| {
-                x.as_slice()
-                    == consortia_proto::sealed_subshares_digest(
-                        &session.id,
-                        &hub.task_hash,
-                        *dealer,
-                        b,
-                    )
-            })
-        });
-        if !judge::dealing_signed(&case, *dealer, h) || !boxes_signed {
+        if let Some(v) = judge::check_sent(&case, *dealer, d.boxes.values()) {
             let name = committee[*dealer as usize].clone();
             unsigned.push(Judged {
-                fault: judge::Fault::Dealer,
+                fault: v.fault,
                 partner: Some(name.clone()),
                 dealer: name,
                 complainer: None,
-                why: "its dealing as sent to the coordinator is not signed by it over its \
-                      commitments and every box it sent"
-                    .into(),
-                evidence: consortia_proto::sha256(&h.signature),
+                why: v.why,
+                evidence: v.evidence,
             });
         }
     }

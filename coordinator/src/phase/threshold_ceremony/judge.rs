@@ -113,6 +113,52 @@ pub fn dealing_signed(case: &Case<'_>, dealer: u32, dealing: &ThresholdDealing) 
     verifier(case.transcript, dealer).is_some_and(|v| v.verify_hash(&digest, &dealing.signature))
 }
 
+/// The coordinator's own check of `case.dealing` as its dealer sent it,
+/// with the `boxes` it sent: signed over its commitments and box digests,
+/// and every box the one whose digest it signed. `Some`: the dealer is at
+/// fault (the evidence: the digest its signature should cover).
+pub fn check_sent<'b>(
+    case: &Case<'_>,
+    dealer: u32,
+    boxes: impl IntoIterator<Item = &'b SealedSubshares>,
+) -> Option<Verdict> {
+    let h = case.dealing;
+    let fault = |why: &str| {
+        let evidence = threshold_dealing_digest(
+            &case.session.id,
+            case.task_hash,
+            dealer,
+            case.names.get(dealer as usize).map_or("", String::as_str),
+            case.committee.parties(),
+            case.committee.threshold(),
+            &h.commitments,
+            &h.box_digests,
+        );
+        Some(Verdict {
+            fault: Fault::Dealer,
+            why: why.to_string(),
+            evidence,
+        })
+    };
+    if !dealing_signed(case, dealer, h) {
+        return fault("its dealing as sent to the coordinator is not signed by it");
+    }
+    let all_signed = boxes.into_iter().all(|b| {
+        b.recipient != dealer
+            && b.recipient < case.committee.parties()
+            && h.box_digests
+                .get(slot(dealer, b.recipient))
+                .is_some_and(|d| {
+                    d.as_slice()
+                        == sealed_subshares_digest(&case.session.id, case.task_hash, dealer, b)
+                })
+    });
+    if !all_signed {
+        return fault("a box it sent to the coordinator is not one whose digest it signed");
+    }
+    None
+}
+
 /// The slot of `recipient` among the holders other than `dealer`, in party order.
 fn slot(dealer: u32, recipient: u32) -> usize {
     if recipient < dealer {
@@ -737,6 +783,38 @@ mod tests {
             "{}",
             v.why
         );
+    }
+
+    /// The coordinator's own check of a dealing as sent: the honest one
+    /// passes; a box other than the signed one, or a signature that does not
+    /// verify, is the dealer's fault.
+    #[test]
+    fn a_dealing_sent_unsigned_or_with_an_unsigned_box_is_the_dealers_fault() {
+        let w = world(false);
+        let empty = ThresholdComplaint::default();
+        let case = |dealing| Case {
+            session: &w.session,
+            task_hash: &TASK,
+            committee: &w.committee,
+            names: &w.names,
+            transcript: &w.transcript,
+            recipient: RECIPIENT,
+            dealing,
+            relayed: None,
+            recipient_key: None,
+            complaint: &empty,
+        };
+        assert_eq!(check_sent(&case(&w.dealing), DEALER, [&w.boxed]), None);
+        let mut other = w.boxed.clone();
+        other.ciphertext[0] ^= 1;
+        let v = check_sent(&case(&w.dealing), DEALER, [&other]).unwrap();
+        assert_eq!(v.fault, Fault::Dealer);
+        assert!(v.why.contains("box"), "{}", v.why);
+        let mut unsigned = w.dealing.clone();
+        unsigned.signature[5] ^= 1;
+        let v = check_sent(&case(&unsigned), DEALER, [&w.boxed]).unwrap();
+        assert_eq!(v.fault, Fault::Dealer);
+        assert!(v.why.contains("not signed"), "{}", v.why);
     }
 
     /// The evidence digest is the one the complaint's signature covers.
