@@ -380,3 +380,99 @@ fn the_coordinator_re_keys_by_itself_when_too_few_key_holders_stay_reachable() {
         "{text}"
     );
 }
+
+/// Starts the coordinator and the five agents, partner `i` with `env`, and
+/// waits for the task to complete.
+fn run_with_hook(fed: &mut Federation, i: usize, env: &[(&str, &str)]) {
+    fed.start_coordinator();
+    for j in 0..fed.partners.len() {
+        if j == i {
+            fed.start_agent_with_env(j, None, &[], env);
+        } else {
+            fed.start_agent(j, None);
+        }
+    }
+    let status = fed.wait_coordinator(LONG);
+    assert!(status.success(), "coordinator failed\n{}", fed.logs());
+    for (name, _) in fed.partners.clone() {
+        let s = fed.wait_agent(&name, Duration::from_secs(60));
+        assert!(s.success(), "agent {name} failed\n{}", fed.logs());
+    }
+}
+
+/// The incidents the coordinator recorded, one JSON object a line.
+fn incidents(fed: &Federation) -> Vec<serde_json::Value> {
+    fed.read(&fed.path("state/incidents.log"))
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("incident line"))
+        .collect()
+}
+
+/// One of five partners deals a bad subshare, signed as its own: the
+/// holder it was sealed to complains with its evidence, the coordinator
+/// judges the dealer at fault, records the incident, excludes it and makes
+/// the key again with the other four, who deal it 3-of-4; the task completes.
+#[test]
+fn a_dealer_of_a_bad_subshare_is_excluded_and_the_others_make_the_key() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let data = five_partner_data(data_dir.path());
+    let mut fed = Federation::with_data(&threshold_task(1), &data, "shard");
+    let cheat = fed.partners[0].0.clone();
+    run_with_hook(&mut fed, 0, &[("CONSORTIA_TEST_BAD_SUBSHARE", "1")]);
+    let found = incidents(&fed);
+    assert_eq!(found.len(), 1, "{found:?}\n{}", fed.logs());
+    assert_eq!(found[0]["kind"], "threshold-dealer-at-fault");
+    assert_eq!(found[0]["at_fault"], cheat.as_str());
+    assert_eq!(found[0]["dealer"], cheat.as_str());
+    assert!(
+        found[0]["detail"].as_str().unwrap().contains("signed box"),
+        "{found:?}"
+    );
+    assert_eq!(found[0]["evidence_sha256"].as_str().unwrap().len(), 64);
+    let excluded: Vec<String> =
+        serde_json::from_str(&fed.read(&fed.path("state/keys/excluded.json"))).unwrap();
+    assert_eq!(excluded, vec![cheat.clone()]);
+    let record: serde_json::Value =
+        serde_json::from_str(&fed.read(&fed.path("state/keys/threshold-holders.json"))).unwrap();
+    let holders: Vec<&str> = record["holders_stored"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap())
+        .collect();
+    assert_eq!(holders.len(), 4, "{record}");
+    assert!(!holders.contains(&cheat.as_str()), "{record}");
+    let store = consortia_coordinator::store::Store::open(&fed.path("state")).unwrap();
+    assert_eq!(store.last_round().unwrap(), 1);
+}
+
+/// One of five partners complains falsely about an honest dealer: the box
+/// it reveals opens and matches the dealer's commitments, so the
+/// coordinator excludes the complainer, not the dealer, and the others make
+/// the key.
+#[test]
+fn a_false_complainer_is_excluded_instead_of_the_dealer() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let data = five_partner_data(data_dir.path());
+    let mut fed = Federation::with_data(&threshold_task(1), &data, "shard");
+    let liar = fed.partners[1].0.clone();
+    run_with_hook(&mut fed, 1, &[("CONSORTIA_TEST_FALSE_COMPLAINT", "1")]);
+    let found = incidents(&fed);
+    assert_eq!(found.len(), 1, "{found:?}\n{}", fed.logs());
+    assert_eq!(found[0]["kind"], "threshold-false-complaint");
+    assert_eq!(found[0]["at_fault"], liar.as_str());
+    assert_eq!(found[0]["complainer"], liar.as_str());
+    assert_ne!(found[0]["dealer"], liar.as_str());
+    assert!(
+        found[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("complaint is false"),
+        "{found:?}"
+    );
+    let excluded: Vec<String> =
+        serde_json::from_str(&fed.read(&fed.path("state/keys/excluded.json"))).unwrap();
+    assert_eq!(excluded, vec![liar]);
+    let store = consortia_coordinator::store::Store::open(&fed.path("state")).unwrap();
+    assert_eq!(store.last_round().unwrap(), 1);
+}

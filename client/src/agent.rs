@@ -708,6 +708,7 @@ async fn threshold_step(
                             commitments: Vec::new(),
                             signature: Vec::new(),
                             sealed: vec![b],
+                            box_digests: Vec::new(),
                         }),
                     )
                     .await?;
@@ -753,6 +754,7 @@ async fn threshold_step(
                 dealer: party,
                 subset: subset.unwrap_or_default(),
                 reason: message,
+                complaint: keys.take_threshold_complaint(),
             }
         }
         Err(e) => {

@@ -30,13 +30,16 @@ pub enum AgentError {
         /// What is wrong.
         message: String,
     },
-    /// A dealer's part of a t-of-N key failed this key holder's checks: the
-    /// complaint (docs/threshold.md, step 2), naming the dealer and, where
-    /// one subshare is at fault, its holder set `T`.
+    /// A dealer's part of a t-of-N key, as relayed, failed this key holder's
+    /// checks: the complaint (docs/threshold.md, "Complaints"), naming the
+    /// dealer and, where one subshare is at fault, its holder set `T`; the
+    /// message says when the relay, not the dealer, is at fault.
     #[error(
         "threshold key refused: dealer `{dealer}` (party {party}){}: {message}. This key \
-         holder does not store a threshold share for this key; the operator re-keys without \
-         the dealer (`consortia rekey --state <dir> --without {dealer}`)",
+         holder does not store a threshold share for this key and sends the coordinator its \
+         signed complaint with the evidence; the coordinator excludes whoever the evidence \
+         shows at fault (the dealer, or this holder if the complaint is false) and makes the \
+         key again",
         subset.as_ref().map(|t| format!(", holder set T = {t}")).unwrap_or_default()
     )]
     ThresholdDealing {

@@ -158,6 +158,8 @@ pub struct KeyHolder {
     pending: Option<(KeySession, KeyShare)>,
     /// The threshold extension of the key ceremony in progress, if any.
     ceremony: Option<threshold::ThresholdCeremony>,
+    /// The signed complaint of the last refused threshold dealing, until sent.
+    complaint: Option<consortia_proto::ThresholdComplaint>,
     /// The federation key, once distributed and installed.
     pub current: Option<InstalledKey>,
     /// This partner's latest signed encrypted update, kept until its round ends.
@@ -232,6 +234,7 @@ impl KeyHolder {
             ca: None,
             pending: None,
             ceremony: None,
+            complaint: None,
             current: None,
             own: None,
         }
@@ -2644,10 +2647,13 @@ mod tests {
             assert_eq!(opened, vec![6; VALUES]);
         }
 
-        /// What the coordinator could try while relaying: each is refused,
-        /// naming the dealer (and the holder set of a bad subshare).
+        /// What the coordinator could try while relaying: each is refused as
+        /// the relay's fault, never the dealer's (the dealer's signature
+        /// covers its commitments and every box); a bad subshare in a box the
+        /// dealer signed is the dealer's, and the complaint reveals the key
+        /// that opens it.
         #[test]
-        fn a_tampered_relay_is_refused_naming_the_dealer() {
+        fn a_tampered_relay_is_refused_as_the_relays_fault_and_a_bad_dealer_as_its_own() {
             let mut f = five();
             let (keys, dealings) = keys_and_dealings(&mut f);
             // A subshare key substituted by the coordinator: the dealer refuses
@@ -2671,7 +2677,8 @@ mod tests {
                 .threshold_deal(&fresh.task, &HASH, &fresh_keys)
                 .unwrap();
 
-            // A flipped bit in the box d sealed to b: refused, naming d.
+            use consortia_proto::ThresholdComplaintKind as Kind;
+            // A flipped bit in the box d sealed to b: not the box d signed.
             let mut flipped = dealings.clone();
             let b = flipped[3]
                 .sealed
@@ -2679,17 +2686,26 @@ mod tests {
                 .find(|s| s.recipient == 1)
                 .unwrap();
             b.ciphertext[10] ^= 1;
+            let flipped_box = b.clone();
             let (dealer, party, _, message) = dealing_refusal(
                 f.holders[1]
                     .threshold_collect(&f.task, &HASH, &flipped)
                     .unwrap_err(),
             );
             assert_eq!((dealer.as_str(), party), ("d", 3));
-            assert!(message.contains("do not open"), "{message}");
+            assert!(
+                message.contains("not the one `d` signed") && message.contains("relay's fault"),
+                "{message}"
+            );
+            let c = f.holders[1].take_threshold_complaint().unwrap();
+            assert_eq!((c.dealer, c.kind), (3, Kind::Relay as i32));
+            assert_eq!(c.sealed.as_ref(), Some(&flipped_box));
+            assert!(c.recipient_key.is_empty(), "a relay fault reveals no key");
+            assert!(f.holders[1].take_threshold_complaint().is_none());
 
             // A box the coordinator sealed itself to c's (public) key for d,
-            // holding subshares of another share: each opens, none matches d's
-            // signed commitments.
+            // holding subshares of another share: d's signature does not
+            // cover it, so it is the relay's fault, and nothing is opened.
             let session = KeySession::new(HeParams::Fast64, [ID; 32]);
             let th = Threshold::new(5, 3).unwrap();
             let other = KeyShareGen::new(&session).generate(PartyId(3));
@@ -2723,17 +2739,91 @@ mod tests {
                 .find(|s| s.recipient == 2)
                 .unwrap();
             b.dealer_key = boxed.dealer_key.to_vec();
-            b.ciphertext = boxed.ciphertext;
+            b.ciphertext = boxed.ciphertext.clone();
             let (dealer, party, subset, message) = dealing_refusal(
                 f.holders[2]
                     .threshold_collect(&f.task, &HASH, &forged)
                     .unwrap_err(),
             );
             assert_eq!((dealer.as_str(), party), ("d", 3));
+            assert!(subset.is_none(), "{message}");
+            assert!(message.contains("relay's fault"), "{message}");
+            let c = f.holders[2].take_threshold_complaint().unwrap();
+            assert_eq!(c.kind, Kind::Relay as i32);
+
+            // The same kind of box in a fresh ceremony, signed by d as its
+            // own: d's fault; the complaint reveals c's key for d, which
+            // opens the box.
+            let slot = 2; // c among d's other holders a, b, c, e
+            let mut g = five();
+            let (g_keys, mut g_dealings) = keys_and_dealings(&mut g);
+            let d_signer = Signer::from_pkcs8_pem_file(g.pki.partner_key_path("d")).unwrap();
+            let g_c_key: [u8; 32] = g_keys[2]
+                .keys
+                .iter()
+                .find(|k| k.dealer == 3)
+                .unwrap()
+                .public_key
+                .as_slice()
+                .try_into()
+                .unwrap();
+            let boxed = crate::seal::seal(&ctx, &g_c_key, &plain).unwrap();
+            let b = g_dealings[3]
+                .sealed
+                .iter_mut()
+                .find(|s| s.recipient == 2)
+                .unwrap();
+            b.dealer_key = boxed.dealer_key.to_vec();
+            b.ciphertext = boxed.ciphertext;
+            let signed_box = b.clone();
+            g_dealings[3].box_digests[slot] =
+                consortia_proto::sealed_subshares_digest(&[ID; 32], &HASH, 3, &signed_box).to_vec();
+            let digest = consortia_proto::threshold_dealing_digest(
+                &[ID; 32],
+                &HASH,
+                3,
+                "d",
+                5,
+                3,
+                &g_dealings[3].commitments,
+                &g_dealings[3].box_digests,
+            );
+            g_dealings[3].signature = d_signer.sign_hash(&digest).unwrap();
+            let (dealer, party, subset, message) = dealing_refusal(
+                g.holders[2]
+                    .threshold_collect(&g.task, &HASH, &g_dealings)
+                    .unwrap_err(),
+            );
+            assert_eq!((dealer.as_str(), party), ("d", 3));
             assert!(subset.is_some(), "{message}");
             assert!(message.contains("dealer 3"), "{message}");
+            let c = g.holders[2].take_threshold_complaint().unwrap();
+            assert_eq!((c.dealer, c.kind), (3, Kind::Subshares as i32));
+            assert_eq!(c.sealed.as_ref(), Some(&signed_box));
+            let revealed: [u8; 32] = c.recipient_key.as_slice().try_into().unwrap();
+            assert_eq!(crate::seal::public_of(&revealed), g_c_key);
+            let opened = crate::seal::open_with(
+                &revealed,
+                &ctx,
+                &crate::seal::Sealed {
+                    dealer_key: signed_box.dealer_key.as_slice().try_into().unwrap(),
+                    ciphertext: signed_box.ciphertext.clone(),
+                },
+            )
+            .unwrap();
+            assert_eq!(opened.as_slice(), plain.as_slice());
+            // Signed by c over the evidence.
+            let evidence = consortia_proto::threshold_complaint_evidence_digest(
+                c.kind,
+                &consortia_proto::sealed_subshares_digest(&[ID; 32], &HASH, 3, &signed_box),
+                &c.recipient_key,
+            );
+            let digest =
+                consortia_proto::threshold_complaint_digest(&[ID; 32], &HASH, 3, 2, "c", &evidence);
+            let c_signer = Signer::from_pkcs8_pem_file(g.pki.partner_key_path("c")).unwrap();
+            assert!(c_signer.verifier().verify_hash(&digest, &c.signature));
 
-            // Commitments whose signature is not e's: refused, naming e.
+            // A dealing whose signature is not e's: the relay's fault.
             let mut unsigned = dealings.clone();
             unsigned[4].signature[8] ^= 1;
             let (dealer, party, _, message) = dealing_refusal(
@@ -2742,7 +2832,10 @@ mod tests {
                     .unwrap_err(),
             );
             assert_eq!((dealer.as_str(), party), ("e", 4));
-            assert!(message.contains("not signed by `e`"), "{message}");
+            assert!(
+                message.contains("not signed by `e`") && message.contains("relay's fault"),
+                "{message}"
+            );
             let shown = AgentError::ThresholdDealing {
                 dealer,
                 party,
@@ -2751,7 +2844,7 @@ mod tests {
             }
             .to_string();
             assert!(
-                shown.contains("consortia rekey") && shown.contains("--without e"),
+                shown.contains("signed complaint") && shown.contains("excludes whoever"),
                 "{shown}"
             );
 

@@ -26,8 +26,9 @@ pub mod keys;
 pub mod local;
 pub mod pins;
 pub mod policy;
-pub mod seal;
+pub use consortia_seal as seal;
 pub mod telemetry;
+mod test_hooks;
 pub mod training;
 pub mod user_factors;
 

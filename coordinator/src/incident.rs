@@ -65,6 +65,44 @@ pub fn undeclared_sum(
     )
 }
 
+/// Records a judged fault of a t-of-N key's dealing
+/// (`phase::threshold_ceremony::judge`): who is at fault, why, the dealer
+/// and complainer, and the evidence's digest. `excluded`: whether the party
+/// at fault is left out of the key made again.
+pub fn threshold_fault(
+    state_dir: &Path,
+    fault: &crate::phase::threshold_ceremony::Judged,
+    excluded: bool,
+) -> Result<(), CoordinatorError> {
+    use crate::phase::threshold_ceremony::judge::Fault;
+    let kind = match fault.fault {
+        Fault::Dealer => "threshold-dealer-at-fault",
+        Fault::Complainer => "threshold-false-complaint",
+        Fault::Relay => "threshold-relay-fault",
+    };
+    let action = match (&fault.partner, excluded) {
+        (Some(p), true) => format!(
+            "key abandoned; `{p}` excluded from the federation key (keys/excluded.json; \
+             `consortia rekey` lists it again); the key is made again without it"
+        ),
+        (Some(p), false) => format!("key abandoned; `{p}` was already excluded"),
+        (None, _) => "key abandoned and made again; nobody excluded (the coordinator's relay \
+                      is at fault: check its host)"
+            .to_string(),
+    };
+    let line = serde_json::json!({
+        "time_unix_ms": now_ms(),
+        "kind": kind,
+        "at_fault": fault.partner,
+        "dealer": fault.dealer,
+        "complainer": fault.complainer,
+        "evidence_sha256": hex::encode(fault.evidence),
+        "detail": fault.why,
+        "action": action,
+    });
+    append(state_dir, &line)
+}
+
 /// Appends an incident (JSON, one line) to `<state>/incidents.log`, synced.
 fn record(
     state_dir: &Path,
@@ -90,7 +128,6 @@ fn record_kind(
     detail: &str,
     action: &str,
 ) -> Result<(), CoordinatorError> {
-    use std::io::Write;
     let line = serde_json::json!({
         "time_unix_ms": now_ms(),
         "round": round,
@@ -99,6 +136,12 @@ fn record_kind(
         "detail": detail,
         "action": action,
     });
+    append(state_dir, &line)
+}
+
+/// Appends `line` to `<state>/incidents.log`, synced.
+fn append(state_dir: &Path, line: &serde_json::Value) -> Result<(), CoordinatorError> {
+    use std::io::Write;
     let path = state_dir.join(LOG);
     let append = || -> Result<(), std::io::Error> {
         let mut f = std::fs::OpenOptions::new()
@@ -136,6 +179,50 @@ mod tests {
                 .as_str()
                 .unwrap()
                 .contains("nothing applied")
+        );
+    }
+
+    #[test]
+    fn a_judged_threshold_fault_is_recorded_with_who_why_and_the_evidence() {
+        use crate::phase::threshold_ceremony::{Judged, judge::Fault};
+        let dir = tempfile::tempdir().unwrap();
+        let dealer = Judged {
+            fault: Fault::Dealer,
+            partner: Some("d".into()),
+            dealer: "d".into(),
+            complainer: Some("b".into()),
+            why: "a subshare in its signed box: c − a ⊙ r is not small".into(),
+            evidence: [7; 32],
+        };
+        threshold_fault(dir.path(), &dealer, true).unwrap();
+        let relay = Judged {
+            fault: Fault::Relay,
+            partner: None,
+            ..dealer.clone()
+        };
+        threshold_fault(dir.path(), &relay, false).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(LOG)).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["kind"], "threshold-dealer-at-fault");
+        assert_eq!(lines[0]["at_fault"], "d");
+        assert_eq!(lines[0]["complainer"], "b");
+        assert_eq!(lines[0]["evidence_sha256"], hex::encode([7; 32]));
+        assert!(
+            lines[0]["action"]
+                .as_str()
+                .unwrap()
+                .contains("`d` excluded")
+        );
+        assert_eq!(lines[1]["kind"], "threshold-relay-fault");
+        assert!(lines[1]["at_fault"].is_null());
+        assert!(
+            lines[1]["action"]
+                .as_str()
+                .unwrap()
+                .contains("nobody excluded")
         );
     }
 }

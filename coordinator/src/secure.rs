@@ -151,6 +151,21 @@ pub fn excluded(state_dir: &Path) -> Result<Vec<String>, CoordinatorError> {
     }
 }
 
+/// Adds `partner` to the partners left out of the next federation key (as
+/// `consortia rekey --without` does), durably; returns the list.
+pub fn exclude(state_dir: &Path, partner: &str) -> Result<Vec<String>, CoordinatorError> {
+    let mut list = excluded(state_dir)?;
+    if !list.iter().any(|p| p == partner) {
+        list.push(partner.to_string());
+    }
+    let dir = state_dir.join("keys");
+    std::fs::create_dir_all(&dir).map_err(CoordinatorError::file(&dir))?;
+    let text = serde_json::to_string(&list)
+        .map_err(|e| CoordinatorError::Corrupt(format!("excluded partners: {e}")))?;
+    write_durably(&dir.join("excluded.json"), "tmp", text.as_bytes())?;
+    Ok(list)
+}
+
 /// Replaces `path` with `bytes` atomically and durably: written to a
 /// sibling with extension `tmp_extension`, synced, then renamed.
 pub(crate) fn write_durably(
@@ -1426,6 +1441,16 @@ mod tests {
         );
         assert!(load_key(dir.path()).unwrap().is_none());
         assert_eq!(excluded(dir.path()).unwrap(), vec!["b".to_string()]);
+        // A judged fault adds to the list, once, durably.
+        assert_eq!(
+            exclude(dir.path(), "c").unwrap(),
+            vec!["b".to_string(), "c".to_string()]
+        );
+        exclude(dir.path(), "c").unwrap();
+        assert_eq!(
+            excluded(dir.path()).unwrap(),
+            vec!["b".to_string(), "c".to_string()]
+        );
     }
 
     /// `<state>/keys/federation-key.json` exactly as this module wrote it

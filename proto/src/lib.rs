@@ -188,12 +188,16 @@ pub fn key_share_digest(
     h.finalize().into()
 }
 
-/// What a dealer of a t-of-N key signs of its subshare commitments: SHA-256
-/// over the domain tag `consortia/threshold-dealing/v1`, the 32-byte session
-/// id, the task's 32-byte canonical hash, the dealer's party number and name
-/// (u32; u64 length, UTF-8), the committee size and threshold (u32 each) and
-/// the SHA-256 of the commitments' wire form. Two different commitments signed
-/// by one dealer for one session are a proof of misbehaviour on their own.
+/// What a dealer of a t-of-N key signs of its dealing: SHA-256 over the
+/// domain tag `consortia/threshold-dealing/v2`, the 32-byte session id, the
+/// task's 32-byte canonical hash, the dealer's party number and name (u32;
+/// u64 length, UTF-8), the committee size and threshold (u32 each), the
+/// SHA-256 of the commitments' wire form, and the number of sealed boxes
+/// (u64) followed by each box's digest ([`sealed_subshares_digest`], u64
+/// length then bytes), in recipient order. Two different dealings signed by
+/// one dealer for one session are a proof of misbehaviour on their own; a box
+/// whose digest is not among them was not sealed by the dealer.
+#[allow(clippy::too_many_arguments)]
 pub fn threshold_dealing_digest(
     session_id: &[u8; 32],
     task_hash: &[u8; 32],
@@ -202,10 +206,11 @@ pub fn threshold_dealing_digest(
     parties: u32,
     threshold: u32,
     commitments: &[u8],
+    box_digests: &[Vec<u8>],
 ) -> [u8; 32] {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
-    h.update(b"consortia/threshold-dealing/v1");
+    h.update(b"consortia/threshold-dealing/v2");
     h.update(session_id);
     h.update(task_hash);
     h.update(dealer.to_le_bytes());
@@ -214,6 +219,82 @@ pub fn threshold_dealing_digest(
     h.update(parties.to_le_bytes());
     h.update(threshold.to_le_bytes());
     h.update(sha256(commitments));
+    h.update((box_digests.len() as u64).to_le_bytes());
+    for d in box_digests {
+        h.update((d.len() as u64).to_le_bytes());
+        h.update(d);
+    }
+    h.finalize().into()
+}
+
+/// The digest of one box of subshares a dealer sealed, which its dealing's
+/// signature covers: SHA-256 over the domain tag `consortia/sealed-subshares/v1`,
+/// the 32-byte session id, the task's 32-byte canonical hash, the dealer's and
+/// the recipient's party numbers (u32 each), the dealer's X25519 key and the
+/// ciphertext (u64 length then bytes each).
+pub fn sealed_subshares_digest(
+    session_id: &[u8; 32],
+    task_hash: &[u8; 32],
+    dealer: u32,
+    sealed: &SealedSubshares,
+) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"consortia/sealed-subshares/v1");
+    h.update(session_id);
+    h.update(task_hash);
+    h.update(dealer.to_le_bytes());
+    h.update(sealed.recipient.to_le_bytes());
+    h.update((sealed.dealer_key.len() as u64).to_le_bytes());
+    h.update(&sealed.dealer_key);
+    h.update((sealed.ciphertext.len() as u64).to_le_bytes());
+    h.update(&sealed.ciphertext);
+    h.finalize().into()
+}
+
+/// The digest of a complaint's evidence: SHA-256 over the domain tag
+/// `consortia/threshold-complaint-evidence/v1`, the kind (i32), the box's
+/// [`sealed_subshares_digest`] (32 zero bytes without a box) and the revealed
+/// private key (u64 length then bytes; empty without one). Recorded in the
+/// coordinator's incident log.
+pub fn threshold_complaint_evidence_digest(
+    kind: i32,
+    box_digest: &[u8; 32],
+    recipient_key: &[u8],
+) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"consortia/threshold-complaint-evidence/v1");
+    h.update(kind.to_le_bytes());
+    h.update(box_digest);
+    h.update((recipient_key.len() as u64).to_le_bytes());
+    h.update(recipient_key);
+    h.finalize().into()
+}
+
+/// What a complainer signs: SHA-256 over the domain tag
+/// `consortia/threshold-complaint/v1`, the 32-byte session id, the task's
+/// 32-byte canonical hash, the dealer's party number (u32), the complainer's
+/// party number and name (u32; u64 length, UTF-8) and the evidence digest
+/// ([`threshold_complaint_evidence_digest`]).
+pub fn threshold_complaint_digest(
+    session_id: &[u8; 32],
+    task_hash: &[u8; 32],
+    dealer: u32,
+    recipient: u32,
+    recipient_name: &str,
+    evidence: &[u8; 32],
+) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"consortia/threshold-complaint/v1");
+    h.update(session_id);
+    h.update(task_hash);
+    h.update(dealer.to_le_bytes());
+    h.update(recipient.to_le_bytes());
+    h.update((recipient_name.len() as u64).to_le_bytes());
+    h.update(recipient_name.as_bytes());
+    h.update(evidence);
     h.finalize().into()
 }
 

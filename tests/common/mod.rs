@@ -202,6 +202,19 @@ impl Federation {
         data: Option<&Path>,
         extra: &[&str],
     ) -> String {
+        self.start_agent_with_env(i, data, extra, &[])
+    }
+
+    /// [`start_agent_with`](Self::start_agent_with) with extra environment
+    /// variables (the client's test hooks, honoured only in builds with its
+    /// `test-hooks` feature, which the workspace's tests enable).
+    pub(crate) fn start_agent_with_env(
+        &mut self,
+        i: usize,
+        data: Option<&Path>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> String {
         let (name, own) = self.partners[i].clone();
         let addr = self.addr.clone().expect("coordinator started");
         let child = Command::new(EXE)
@@ -219,6 +232,7 @@ impl Federation {
                 vec!["--policy".into(), self.path("policy.toml")]
             })
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::from(
                 std::fs::File::create(self.path(&format!("logs/{name}.out"))).unwrap(),
             ))

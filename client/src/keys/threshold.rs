@@ -19,12 +19,23 @@
 //!    ([`ThresholdKeyCollector`]), then stores its [`ThresholdKeyShare`] in
 //!    `<session>.threshold` (0600, checksum) beside its secret share.
 //!
-//! A failed check refuses the threshold key with
-//! [`AgentError::ThresholdDealing`], naming the dealer and, for a subshare,
-//! its holder set `T`: the complaint. The sealed boxes are not signed by the
-//! dealer: a box the coordinator made up to a recipient's (public) key holds
-//! subshares that fail their signed commitments (opening a commitment two
-//! ways solves Ring-SIS, `consortia_he::threshold` module docs).
+//! The dealer's signature covers its commitments and the digest of every box
+//! it sealed ([`consortia_proto::sealed_subshares_digest`]), so a recipient
+//! tells the dealer's faults from the relay's. A failed check refuses the
+//! threshold key with [`AgentError::ThresholdDealing`], naming the dealer and,
+//! for a subshare, its holder set `T`, and leaves a signed
+//! [`ThresholdComplaint`] for the coordinator ([`KeyHolder::take_threshold_complaint`],
+//! `docs/threshold.md`, "Complaints"):
+//!
+//! - a dealing or box the dealer's signature does not cover: the relay's
+//!   fault (`THRESHOLD_COMPLAINT_KIND_RELAY`, the box as received);
+//! - signed commitments that are malformed or do not add up to the dealer's
+//!   public share: anyone checks them from the signed dealing (`…_COMMITMENTS`);
+//! - a signed box that does not open, or whose subshares fail the signed
+//!   commitments (`…_SUBSHARES`): the complaint reveals this holder's X25519
+//!   private key for that dealer, so that anyone can open the box again and
+//!   see who lied. The key was drawn for that dealer and this ceremony only,
+//!   and the key being dealt is abandoned.
 
 use consortia_he::{
     HeError, PartyId, PublicKeyShare, Subshare, SubshareCommitments, Threshold, ThresholdDealer,
@@ -33,14 +44,17 @@ use consortia_he::{
 use consortia_ledger::Verifier;
 use consortia_model::TaskSpec;
 use consortia_proto::{
-    SealedSubshares, SubshareRecipientKey, ThresholdDealing, ThresholdRecipientKeys,
-    subshare_recipient_key_digest, threshold_dealing_digest,
+    SealedSubshares, SubshareRecipientKey, ThresholdComplaint, ThresholdComplaintKind,
+    ThresholdDealing, ThresholdRecipientKeys, sealed_subshares_digest,
+    subshare_recipient_key_digest, threshold_complaint_digest, threshold_complaint_evidence_digest,
+    threshold_dealing_digest,
 };
 use zeroize::Zeroizing;
 
 use super::{InstalledKey, KeyHolder};
 use crate::AgentError;
 use crate::seal::{PUBLIC_KEY_LEN, RecipientKeys, SealContext, Sealed, seal};
+use crate::test_hooks;
 
 /// A key holder's threshold ceremony in progress: in memory only (a holder
 /// that restarts takes part in a new ceremony).
@@ -100,6 +114,48 @@ fn he_complaint(fed: &InstalledKey, dealer: PartyId, e: HeError) -> AgentError {
         _ => None,
     };
     complaint_on(fed, dealer, subset, e.to_string())
+}
+
+/// What a complaint shows: the dealer, what is at fault and the box as
+/// received; `reveal`: the recipient's private key for the dealer goes with it.
+struct Evidence {
+    dealer: u32,
+    kind: ThresholdComplaintKind,
+    sealed: Option<SealedSubshares>,
+    reveal: bool,
+}
+
+/// A refused dealing: the error, and the evidence of a complaint.
+struct Refusal {
+    error: AgentError,
+    evidence: Option<Box<Evidence>>,
+}
+
+impl From<AgentError> for Refusal {
+    fn from(error: AgentError) -> Self {
+        Refusal {
+            error,
+            evidence: None,
+        }
+    }
+}
+
+/// `error` about `dealer`, with the evidence of kind `kind`.
+fn blame(
+    dealer: PartyId,
+    kind: ThresholdComplaintKind,
+    sealed: Option<&SealedSubshares>,
+    error: AgentError,
+) -> Refusal {
+    Refusal {
+        error,
+        evidence: Some(Box::new(Evidence {
+            dealer: dealer.0,
+            kind,
+            sealed: sealed.cloned(),
+            reveal: kind == ThresholdComplaintKind::Subshares,
+        })),
+    }
 }
 
 /// The verifier of party `party`'s certificate in the key's transcript
@@ -289,29 +345,20 @@ impl KeyHolder {
             .deal(secret)
             .map_err(|e| protocol(format!("cannot deal this holder's share: {e}")))?;
         let commitments = dealing.commitments().to_bytes();
-        let digest = threshold_dealing_digest(
-            &session,
-            task_hash,
-            party.0,
-            &self.partner,
-            committee.parties(),
-            committee.threshold(),
-            &commitments,
-        );
-        let signature = self
-            .signer
-            .as_ref()
-            .ok_or_else(|| AgentError::Protocol("no signing key loaded".into()))?
-            .sign_hash(&digest)
-            .map_err(|e| protocol(format!("cannot sign the dealing: {e}")))?;
         let mut sealed = Vec::with_capacity(to.len());
-        for (r, public) in to {
+        for (i, (r, public)) in to.into_iter().enumerate() {
             let subshares = dealing
                 .subshares_for(PartyId(r))
                 .map_err(|e| protocol(e.to_string()))?;
             let mut plain = Zeroizing::new(Vec::new());
             for s in &subshares {
                 plain.extend_from_slice(&s.to_bytes());
+            }
+            if i == 0 && test_hooks::enabled(test_hooks::BAD_SUBSHARE) {
+                // The last byte of the first subshare's top coefficient.
+                let at = Subshare::encoded_len(secret.session().params) - 1;
+                plain[at] ^= 0x40;
+                tracing::warn!("test hook: dealing a bad subshare to party {r}");
             }
             let ctx = SealContext {
                 session,
@@ -326,6 +373,26 @@ impl KeyHolder {
                 ciphertext: boxed.ciphertext,
             });
         }
+        let box_digests: Vec<Vec<u8>> = sealed
+            .iter()
+            .map(|b| sealed_subshares_digest(&session, task_hash, party.0, b).to_vec())
+            .collect();
+        let digest = threshold_dealing_digest(
+            &session,
+            task_hash,
+            party.0,
+            &self.partner,
+            committee.parties(),
+            committee.threshold(),
+            &commitments,
+            &box_digests,
+        );
+        let signature = self
+            .signer
+            .as_ref()
+            .ok_or_else(|| AgentError::Protocol("no signing key loaded".into()))?
+            .sign_hash(&digest)
+            .map_err(|e| protocol(format!("cannot sign the dealing: {e}")))?;
         let own = dealing
             .subshares_for(party)
             .map_err(|e| protocol(e.to_string()))?;
@@ -338,6 +405,7 @@ impl KeyHolder {
             commitments,
             signature,
             sealed,
+            box_digests,
         })
     }
 
@@ -385,14 +453,16 @@ impl KeyHolder {
     /// Step 3: checks every dealer's dealing (`dealings`, one per holder,
     /// this holder's own included; each with at least the box sealed to this
     /// holder) and stores this holder's threshold share. A failed check is a
-    /// complaint naming the dealer ([`AgentError::ThresholdDealing`]); nothing
-    /// is stored then.
+    /// complaint naming the dealer ([`AgentError::ThresholdDealing`]), whose
+    /// signed evidence [`KeyHolder::take_threshold_complaint`] gives;
+    /// nothing is stored then.
     pub fn threshold_collect(
         &mut self,
         task: &TaskSpec,
         task_hash: &[u8; 32],
         dealings: &[ThresholdDealing],
     ) -> Result<(), AgentError> {
+        self.complaint = None;
         // Taken out: a ceremony whose collection fails is over (each subshare
         // key opens one box only).
         let mut ceremony = match self.ceremony.take() {
@@ -405,6 +475,88 @@ impl KeyHolder {
                 ));
             }
         };
+        match self.check_dealings(&mut ceremony, task, task_hash, dealings) {
+            Ok(share) => {
+                let path = self.path(&ceremony.session, "threshold");
+                share.save(&path).map_err(|e| AgentError::KeyShare {
+                    path: path.clone(),
+                    party: ceremony.party.0,
+                    message: format!("cannot store the threshold share: {e}"),
+                })?;
+                if let Some(cur) = self.current.as_mut() {
+                    cur.threshold = Some(share);
+                }
+                Ok(())
+            }
+            Err(Refusal { error, evidence }) => {
+                if let Some(evidence) = evidence {
+                    self.complaint =
+                        Some(self.sign_complaint(&mut ceremony, task_hash, *evidence)?);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// The signed complaint left by the last refused dealing, once.
+    pub fn take_threshold_complaint(&mut self) -> Option<ThresholdComplaint> {
+        self.complaint.take()
+    }
+
+    /// Signs `evidence` as this holder's complaint (its X25519 key for the
+    /// dealer revealed when the evidence says so).
+    fn sign_complaint(
+        &self,
+        ceremony: &mut ThresholdCeremony,
+        task_hash: &[u8; 32],
+        evidence: Evidence,
+    ) -> Result<ThresholdComplaint, AgentError> {
+        let recipient_key = if evidence.reveal {
+            ceremony
+                .keys
+                .reveal(evidence.dealer)
+                .map(|k| k.to_vec())
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let box_digest = evidence.sealed.as_ref().map_or([0; 32], |b| {
+            sealed_subshares_digest(&ceremony.session, task_hash, evidence.dealer, b)
+        });
+        let evidence_digest =
+            threshold_complaint_evidence_digest(evidence.kind as i32, &box_digest, &recipient_key);
+        let digest = threshold_complaint_digest(
+            &ceremony.session,
+            task_hash,
+            evidence.dealer,
+            ceremony.party.0,
+            &self.partner,
+            &evidence_digest,
+        );
+        let signature = self
+            .signer
+            .as_ref()
+            .ok_or_else(|| AgentError::Protocol("no signing key loaded".into()))?
+            .sign_hash(&digest)
+            .map_err(|e| protocol(format!("cannot sign the complaint: {e}")))?;
+        Ok(ThresholdComplaint {
+            dealer: evidence.dealer,
+            kind: evidence.kind as i32,
+            sealed: evidence.sealed,
+            recipient_key,
+            signature,
+        })
+    }
+
+    /// The checks of step 3, in dealer order; the first failure refuses.
+    fn check_dealings(
+        &self,
+        ceremony: &mut ThresholdCeremony,
+        task: &TaskSpec,
+        task_hash: &[u8; 32],
+        dealings: &[ThresholdDealing],
+    ) -> Result<ThresholdKeyShare, Refusal> {
+        use ThresholdComplaintKind::{Commitments, Relay, Subshares};
         let (fed, committee) = self.threshold_key(task)?;
         let secret = fed.secret.as_ref().expect("checked by threshold_key");
         let party = secret.party();
@@ -413,28 +565,36 @@ impl KeyHolder {
         if ceremony.session != session {
             return Err(protocol(
                 "the threshold ceremony in progress is for another key session".into(),
-            ));
+            )
+            .into());
         }
         let mut collector = ThresholdKeyCollector::new(&key_session, &committee, party)
             .map_err(|e| protocol(e.to_string()))?;
         let per_holder = committee.held_by(party).count();
         let sub_len = Subshare::encoded_len(key_session.params);
+        let mut false_complaint = test_hooks::enabled(test_hooks::FALSE_COMPLAINT);
         for d in 0..committee.parties() {
             let dealer = PartyId(d);
             let name = &fed.committee[d as usize];
+            let relay = |why: String| {
+                blame(
+                    dealer,
+                    Relay,
+                    None,
+                    complaint(
+                        fed,
+                        dealer,
+                        format!("{why}: the relay's fault, not the dealer's"),
+                    ),
+                )
+            };
             let mut of = dealings.iter().filter(|x| x.dealer == d);
             let (Some(dealing), None) = (of.next(), of.next()) else {
-                return Err(complaint(
-                    fed,
-                    dealer,
-                    "its dealing is missing or given twice",
-                ));
+                return Err(relay("its dealing is missing or relayed twice".into()));
             };
             if dealing.session_id != session {
-                return Err(complaint(
-                    fed,
-                    dealer,
-                    "its dealing is for another key session",
+                return Err(relay(
+                    "its dealing is relayed for another key session".into(),
                 ));
             }
             let digest = threshold_dealing_digest(
@@ -445,23 +605,35 @@ impl KeyHolder {
                 committee.parties(),
                 committee.threshold(),
                 &dealing.commitments,
+                &dealing.box_digests,
             );
             if !verifier_of(fed, d)?.verify_hash(&digest, &dealing.signature) {
-                return Err(complaint(
+                return Err(relay(format!(
+                    "the dealing relayed is not signed by `{name}` for this key and task"
+                )));
+            }
+            // Signed by the dealer from here on: what fails is its fault.
+            let signed = |e: AgentError| blame(dealer, Commitments, None, e);
+            if dealing.box_digests.len() != committee.parties() as usize - 1 {
+                return Err(signed(complaint(
                     fed,
                     dealer,
-                    format!("its commitments are not signed by `{name}` for this key and task"),
-                ));
+                    format!(
+                        "it signed {} box digests for {} other holders",
+                        dealing.box_digests.len(),
+                        committee.parties() - 1
+                    ),
+                )));
             }
             let commitments =
                 SubshareCommitments::from_bytes(&dealing.commitments, &key_session, &committee)
-                    .map_err(|e| he_complaint(fed, dealer, e))?;
+                    .map_err(|e| signed(he_complaint(fed, dealer, e)))?;
             if commitments.dealer() != dealer {
-                return Err(complaint(
+                return Err(signed(complaint(
                     fed,
                     dealer,
                     format!("its commitments name dealer {}", commitments.dealer().0),
-                ));
+                )));
             }
             let public = fed
                 .transcript
@@ -473,9 +645,9 @@ impl KeyHolder {
                 })?;
             collector
                 .add_dealer(&commitments, &public)
-                .map_err(|e| he_complaint(fed, dealer, e))?;
+                .map_err(|e| signed(he_complaint(fed, dealer, e)))?;
             if dealer == party {
-                for s in ceremony.own.as_ref().expect("checked above") {
+                for s in ceremony.own.as_ref().expect("checked by threshold_collect") {
                     collector
                         .add_subshare(s)
                         .map_err(|e| he_complaint(fed, dealer, e))?;
@@ -484,17 +656,34 @@ impl KeyHolder {
             }
             let mut boxes = dealing.sealed.iter().filter(|s| s.recipient == party.0);
             let (Some(b), None) = (boxes.next(), boxes.next()) else {
-                return Err(complaint(
-                    fed,
-                    dealer,
-                    "no box of subshares sealed to this holder, or several",
+                return Err(relay(
+                    "no box of subshares sealed to this holder is relayed, or several".into(),
                 ));
             };
+            // This holder's slot among the other holders, in party order.
+            let slot = if party.0 < d { party.0 } else { party.0 - 1 } as usize;
+            let box_digest = sealed_subshares_digest(&session, task_hash, d, b);
+            if dealing.box_digests[slot] != box_digest {
+                return Err(blame(
+                    dealer,
+                    Relay,
+                    Some(b),
+                    complaint(
+                        fed,
+                        dealer,
+                        format!(
+                            "the box relayed to this holder is not the one `{name}` signed: \
+                             the relay's fault, not the dealer's"
+                        ),
+                    ),
+                ));
+            }
+            let bad = |e: AgentError| blame(dealer, Subshares, Some(b), e);
             let dealer_key: [u8; PUBLIC_KEY_LEN] = b
                 .dealer_key
                 .as_slice()
                 .try_into()
-                .map_err(|_| complaint(fed, dealer, "its X25519 key is not 32 bytes"))?;
+                .map_err(|_| bad(complaint(fed, dealer, "its X25519 key is not 32 bytes")))?;
             let ctx = SealContext {
                 session,
                 task_hash: *task_hash,
@@ -510,9 +699,9 @@ impl KeyHolder {
                         ciphertext: b.ciphertext.clone(),
                     },
                 )
-                .map_err(|e| complaint(fed, dealer, e))?;
+                .map_err(|e| bad(complaint(fed, dealer, e)))?;
             if plain.len() != per_holder * sub_len {
-                return Err(complaint(
+                return Err(bad(complaint(
                     fed,
                     dealer,
                     format!(
@@ -520,35 +709,29 @@ impl KeyHolder {
                         plain.len(),
                         per_holder * sub_len
                     ),
-                ));
+                )));
             }
             for bytes in plain.chunks_exact(sub_len) {
                 let s = Subshare::from_bytes(bytes, &key_session, &committee)
-                    .map_err(|e| he_complaint(fed, dealer, e))?;
+                    .map_err(|e| bad(he_complaint(fed, dealer, e)))?;
                 if s.dealer() != dealer {
-                    return Err(complaint(
+                    return Err(bad(complaint(
                         fed,
                         dealer,
                         format!("its box holds a subshare of dealer {}", s.dealer().0),
-                    ));
+                    )));
                 }
                 collector
                     .add_subshare(&s)
-                    .map_err(|e| he_complaint(fed, dealer, e))?;
+                    .map_err(|e| bad(he_complaint(fed, dealer, e)))?;
+            }
+            if std::mem::take(&mut false_complaint) {
+                tracing::warn!("test hook: complaining falsely about party {d}");
+                return Err(bad(complaint(fed, dealer, "a false complaint (test hook)")));
             }
         }
-        let share = collector
+        collector
             .finish()
-            .map_err(|e| protocol(format!("incomplete dealing: {e}")))?;
-        let path = self.path(&session, "threshold");
-        share.save(&path).map_err(|e| AgentError::KeyShare {
-            path: path.clone(),
-            party: party.0,
-            message: format!("cannot store the threshold share: {e}"),
-        })?;
-        if let Some(cur) = self.current.as_mut() {
-            cur.threshold = Some(share);
-        }
-        Ok(())
+            .map_err(|e| protocol(format!("incomplete dealing: {e}")).into())
     }
 }

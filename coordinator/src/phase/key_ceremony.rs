@@ -286,7 +286,8 @@ pub async fn ensure_key(
         );
         return Ok(k);
     }
-    let excluded = crate::secure::excluded(store.dir())?;
+    let mut excluded = crate::secure::excluded(store.dir())?;
+    let mut relay_faults = 0u32;
     // A t-of-N key needs at least t holders and at most MAX_THRESHOLD_PARTIES
     // (the first ones by name; the others encrypt under the key like any partner).
     let threshold = hub.task.key_threshold;
@@ -322,13 +323,15 @@ pub async fn ensure_key(
                     Outbound::Message(message(Kind::CollectiveKey(msg.clone()))),
                 );
             }
-            match threshold_ceremony::run(hub, key.key.session(), &key.committee, t, deadline)
-                .await?
-            {
+            match threshold_ceremony::run(hub, &key, t, deadline).await? {
                 threshold_ceremony::Outcome::Stored => {
                     threshold_ceremony::record(store.dir(), &key, t)?;
                 }
                 threshold_ceremony::Outcome::Abandoned => continue,
+                threshold_ceremony::Outcome::Faults(faults) => {
+                    excluded = exclude_at_fault(store, &faults, &mut relay_faults)?;
+                    continue;
+                }
             }
         }
         store.save_federation_key(&key)?;
@@ -445,6 +448,62 @@ pub async fn renew_if_holders_unreachable(
          (made when too few holders stay reachable, or by `consortia rekey`)"
     );
     Ok(Some(new))
+}
+
+/// How many times one key ceremony starts again for a fault of the relay
+/// (the coordinator's own) before it stops the task: every other fault
+/// excludes a partner, so the committee shrinks each time.
+pub const MAX_RELAY_FAULTS: u32 = 3;
+
+/// Records each judged fault of a t-of-N dealing in `<state>/incidents.log`
+/// and excludes the partner at fault from the key made next (an excluded
+/// partner is outside every later committee, so it cannot complain again);
+/// returns the excluded partners. A relay fault excludes nobody; past
+/// [`MAX_RELAY_FAULTS`] of them the task stops.
+fn exclude_at_fault(
+    store: &Store,
+    faults: &[threshold_ceremony::Judged],
+    relay_faults: &mut u32,
+) -> Result<Vec<String>, CoordinatorError> {
+    let mut excluded = crate::secure::excluded(store.dir())?;
+    let mut relay = false;
+    for f in faults {
+        let newly = match &f.partner {
+            Some(p) if !excluded.contains(p) => {
+                excluded = crate::secure::exclude(store.dir(), p)?;
+                true
+            }
+            Some(_) => false,
+            None => {
+                relay = true;
+                false
+            }
+        };
+        crate::incident::threshold_fault(store.dir(), f, newly)?;
+        tracing::error!(
+            at_fault = ?f.partner,
+            dealer = %f.dealer,
+            complainer = ?f.complainer,
+            "INCIDENT: the threshold key's dealing failed ({}); {}; making the key again",
+            f.why,
+            f.partner.as_ref().map_or_else(
+                || "the relay is at fault, nobody is excluded".to_string(),
+                |p| format!("`{p}` is excluded")
+            )
+        );
+    }
+    if relay {
+        *relay_faults += 1;
+        if *relay_faults > MAX_RELAY_FAULTS {
+            return Err(CoordinatorError::SecureAggregation(format!(
+                "the threshold key's dealing failed {} times through the coordinator's own \
+                 relay (see {}): stopped; check the coordinator's host",
+                *relay_faults,
+                store.dir().join(crate::incident::LOG).display()
+            )));
+        }
+    }
+    Ok(excluded)
 }
 
 /// Retires the federation key (and every stored ciphertext) and makes a new one.

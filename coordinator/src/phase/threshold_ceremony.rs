@@ -12,18 +12,26 @@
 //!    stored, or a complaint naming the dealer.
 //!
 //! The coordinator reads none of the subshares (each box is sealed to its
-//! recipient's signed key) and checks only shapes and sizes; every holder
-//! checks the signatures and the commitments itself. It records which holders
-//! stored their share (`<state>/keys/threshold-holders.json`).
+//! recipient's signed key); it checks shapes and sizes, and that each dealing
+//! is signed by its dealer over its commitments and the digest of every box
+//! it relays (a dealer whose dealing is not is at fault). Every holder checks
+//! the signatures and the commitments itself. A holder's complaint carries
+//! signed evidence, which [`judge`] weighs publicly: the dealer, the
+//! complainer or the relay is at fault ([`Outcome::Faults`]; the key
+//! ceremony excludes the party at fault and starts again). It records which
+//! holders stored their share (`<state>/keys/threshold-holders.json`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use consortia_he::{HeParams, Subshare, SubshareCommitments, Threshold};
 use consortia_proto::{
-    SealedSubshares, ThresholdDealRequest, ThresholdDealing, ThresholdKeyResult,
-    ThresholdRecipientKeys, ThresholdStart, server_message::Kind,
+    SealedSubshares, SubshareRecipientKey, ThresholdComplaint, ThresholdDealRequest,
+    ThresholdDealing, ThresholdKeyResult, ThresholdRecipientKeys, ThresholdStart,
+    server_message::Kind,
 };
+
+pub mod judge;
 
 use super::key_ceremony::{Ceremony, Step};
 use super::{Ending, Phase, Progress, drive};
@@ -75,6 +83,25 @@ pub struct ThresholdRelay {
     keys: BTreeMap<u32, ThresholdRecipientKeys>,
     dealings: BTreeMap<u32, Incoming>,
     results: BTreeMap<u32, ThresholdKeyResult>,
+}
+
+/// A fault found in the threshold ceremony: by the coordinator's own check of
+/// a dealing, or by judging a holder's complaint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Judged {
+    /// Who is at fault.
+    pub fault: judge::Fault,
+    /// The partner at fault (the dealer or the complainer); `None` for the relay.
+    pub partner: Option<String>,
+    /// The dealer complained about, and the complainer (`None` when the
+    /// coordinator found the fault itself).
+    pub dealer: String,
+    /// The complainer.
+    pub complainer: Option<String>,
+    /// Why.
+    pub why: String,
+    /// The evidence's digest.
+    pub evidence: [u8; 32],
 }
 
 impl ThresholdRelay {
@@ -181,11 +208,21 @@ impl ThresholdRelay {
                 if msg.commitments.len() != commitments_len
                     || msg.signature.is_empty()
                     || msg.signature.len() > MAX_SIGNATURE_BYTES
+                    || msg.box_digests.len() != parties as usize - 1
+                    || msg.box_digests.iter().any(|d| d.len() != 32)
                 {
                     return Err(Rejection::invalid(
                         subject,
-                        format!("{commitments_len} bytes of commitments with a signature"),
-                        format!("{} bytes", msg.commitments.len()),
+                        format!(
+                            "{commitments_len} bytes of commitments with {} box digests and a \
+                             signature",
+                            parties - 1
+                        ),
+                        format!(
+                            "{} bytes and {} digests",
+                            msg.commitments.len(),
+                            msg.box_digests.len()
+                        ),
                     ));
                 }
                 if incoming.header.is_some() {
@@ -198,7 +235,8 @@ impl ThresholdRelay {
                 incoming.header = Some(msg);
             }
             (true, [b]) => {
-                if b.recipient >= parties
+                if !msg.box_digests.is_empty()
+                    || b.recipient >= parties
                     || b.recipient == party
                     || b.dealer_key.len() != X25519_LEN
                     || b.ciphertext.len() != box_len
@@ -243,6 +281,25 @@ impl ThresholdRelay {
         let mut msg = msg.clone();
         msg.reason.truncate(1024);
         msg.subset.truncate(64);
+        let box_len = self.threshold.held_by(consortia_he::PartyId(0)).count()
+            * Subshare::encoded_len(self.params)
+            + 16;
+        if let Some(c) = &msg.complaint
+            && (c.signature.len() > MAX_SIGNATURE_BYTES
+                || c.recipient_key.len() > X25519_LEN
+                || c.sealed.as_ref().is_some_and(|b| {
+                    b.dealer_key.len() > X25519_LEN || b.ciphertext.len() > box_len
+                }))
+        {
+            return Err(Rejection::invalid(
+                subject,
+                format!(
+                    "a complaint with a box of at most {box_len} bytes, a 32-byte key and a \
+                     signature"
+                ),
+                "a larger one",
+            ));
+        }
         if self.results.insert(party, msg).is_some() {
             return Err(Rejection::invalid(
                 subject,
@@ -326,19 +383,22 @@ pub enum Outcome {
     Stored,
     /// A holder left or did not answer: make the key again.
     Abandoned,
+    /// A dealing was refused: who is at fault, as judged (the key is
+    /// abandoned; exclude the partners at fault and make it again).
+    Faults(Vec<Judged>),
 }
 
-/// Runs the threshold ceremony for the key `session` just sent to
-/// `committee`; `threshold` is the task's `key_threshold`. A complaint stops
-/// the task with an error naming the dealer, for the operator to re-key
-/// without it.
+/// Runs the threshold ceremony for the key `key` just sent to its
+/// committee; `threshold` is the task's `key_threshold`. A refused dealing
+/// ends it with [`Outcome::Faults`]: each complaint judged ([`judge`]).
 pub async fn run(
     hub: &Hub,
-    session: consortia_he::KeySession,
-    committee: &[String],
+    key: &crate::secure::FederationKey,
     threshold: u32,
     deadline: Duration,
 ) -> Result<Outcome, CoordinatorError> {
+    let session = key.key.session();
+    let committee = &key.committee[..];
     let th = Threshold::new(committee.len() as u32, threshold)
         .map_err(|e| CoordinatorError::SecureAggregation(format!("threshold key: {e}")))?;
     if !dealing_fits(session.params, th.parties(), threshold) {
@@ -354,7 +414,7 @@ pub async fn run(
             session: session.id,
             params: session.params,
             committee: committee.to_vec(),
-            threshold: th,
+            threshold: th.clone(),
             step: RelayStep::Keys,
             keys: BTreeMap::new(),
             dealings: BTreeMap::new(),
@@ -396,32 +456,87 @@ pub async fn run(
         hub.end_stage();
         return Ok(Outcome::Abandoned);
     }
-    // Each holder gets every dealer's commitments and the box sealed to it.
-    let per_recipient: Vec<Vec<ThresholdDealing>> = {
+    // Each dealing must be signed by its dealer over its commitments and
+    // the digest of every box it sent: else the dealer is at fault.
+    let dealings: BTreeMap<u32, Incoming> = {
         let mut stage = hub.stage();
         let Stage::KeyCeremony(Ceremony::Threshold(r)) = &mut *stage else {
             return Ok(Outcome::Abandoned);
         };
         r.step = RelayStep::Results;
-        let dealings = std::mem::take(&mut r.dealings);
-        (0..committee.len() as u32)
-            .map(|recipient| {
-                dealings
-                    .iter()
-                    .filter_map(|(dealer, d)| {
-                        let h = d.header.as_ref()?;
-                        Some(ThresholdDealing {
-                            session_id: h.session_id.clone(),
-                            dealer: *dealer,
-                            commitments: h.commitments.clone(),
-                            signature: h.signature.clone(),
-                            sealed: d.boxes.get(&recipient).cloned().into_iter().collect(),
-                        })
-                    })
-                    .collect()
-            })
-            .collect()
+        std::mem::take(&mut r.dealings)
     };
+    let judging = |recipient: u32,
+                   dealing: &ThresholdDealing,
+                   complaint: &ThresholdComplaint,
+                   relayed: Option<&SealedSubshares>,
+                   recipient_key: Option<&SubshareRecipientKey>| {
+        judge::judge(&judge::Case {
+            session: &session,
+            task_hash: &hub.task_hash,
+            committee: &th,
+            names: committee,
+            transcript: &key.transcript,
+            recipient,
+            dealing,
+            relayed,
+            recipient_key,
+            complaint,
+        })
+    };
+    let empty = ThresholdComplaint::default();
+    let mut unsigned = Vec::new();
+    for (dealer, d) in &dealings {
+        let Some(h) = d.header.as_ref() else {
+            return Ok(Outcome::Abandoned);
+        };
+        let case = judge::Case {
+            session: &session,
+            task_hash: &hub.task_hash,
+            committee: &th,
+            names: committee,
+            transcript: &key.transcript,
+            recipient: 0,
+            dealing: h,
+            relayed: None,
+            recipient_key: None,
+            complaint: &empty,
+        };
+        if let Some(v) = judge::check_sent(&case, *dealer, d.boxes.values()) {
+            let name = committee[*dealer as usize].clone();
+            unsigned.push(Judged {
+                fault: v.fault,
+                partner: Some(name.clone()),
+                dealer: name,
+                complainer: None,
+                why: v.why,
+                evidence: v.evidence,
+            });
+        }
+    }
+    if !unsigned.is_empty() {
+        hub.end_stage();
+        return Ok(Outcome::Faults(unsigned));
+    }
+    // Each holder gets every dealer's commitments and the box sealed to it.
+    let per_recipient: Vec<Vec<ThresholdDealing>> = (0..committee.len() as u32)
+        .map(|recipient| {
+            dealings
+                .iter()
+                .filter_map(|(dealer, d)| {
+                    let h = d.header.as_ref()?;
+                    Some(ThresholdDealing {
+                        session_id: h.session_id.clone(),
+                        dealer: *dealer,
+                        commitments: h.commitments.clone(),
+                        signature: h.signature.clone(),
+                        sealed: d.boxes.get(&recipient).cloned().into_iter().collect(),
+                        box_digests: h.box_digests.clone(),
+                    })
+                })
+                .collect()
+        })
+        .collect();
     for (p, dealings) in committee.iter().zip(per_recipient) {
         for d in dealings {
             hub.send_to(p, Outbound::Message(message(Kind::ThresholdDealing(d))));
@@ -431,35 +546,71 @@ pub async fn run(
         hub.end_stage();
         return Ok(Outcome::Abandoned);
     }
-    let results = match hub.end_stage() {
-        Stage::KeyCeremony(Ceremony::Threshold(r)) => r.results,
+    let (results, keys) = match hub.end_stage() {
+        Stage::KeyCeremony(Ceremony::Threshold(r)) => (r.results, r.keys),
         _ => return Ok(Outcome::Abandoned),
     };
-    let complaints: Vec<String> = results
-        .iter()
-        .filter(|(_, r)| !r.stored)
-        .map(|(holder, r)| {
-            let by = &committee[*holder as usize];
-            let dealer = committee.get(r.dealer as usize).map_or("?", String::as_str);
-            if r.subset.is_empty() {
-                format!("`{by}` refuses dealer `{dealer}`: {}", r.reason)
-            } else {
-                format!(
-                    "`{by}` refuses dealer `{dealer}` (holder set T = {}): {}",
-                    r.subset, r.reason
-                )
+    let mut faults = Vec::new();
+    for (holder, r) in results.iter().filter(|(_, r)| !r.stored) {
+        let by = committee[*holder as usize].clone();
+        let named = committee.get(r.dealer as usize).map_or("?", String::as_str);
+        tracing::error!(
+            complainer = %by,
+            dealer = %named,
+            subset = %r.subset,
+            reason = %r.reason,
+            "threshold key refused: judging the complaint's evidence"
+        );
+        let complaint = r.complaint.clone().unwrap_or_default();
+        let dealing = dealings
+            .get(&complaint.dealer)
+            .and_then(|d| d.header.as_ref().map(|h| (d, h)));
+        let verdict = match (r.complaint.as_ref(), dealing) {
+            (Some(c), Some((d, h))) if c.dealer == r.dealer => {
+                let recipient_key = keys
+                    .get(holder)
+                    .and_then(|k| k.keys.iter().find(|k| k.dealer == c.dealer));
+                judging(*holder, h, c, d.boxes.get(holder), recipient_key)
             }
-        })
-        .collect();
-    if !complaints.is_empty() {
-        for c in &complaints {
-            tracing::error!(complaint = %c, "threshold key refused");
+            _ => judge::Verdict {
+                fault: judge::Fault::Complainer,
+                why: "a complaint without evidence, or about a dealer other than the one it \
+                      names"
+                    .into(),
+                evidence: consortia_proto::threshold_complaint_evidence_digest(0, &[0; 32], &[]),
+            },
+        };
+        let dealer = committee
+            .get(complaint.dealer as usize)
+            .cloned()
+            .unwrap_or_else(|| named.to_string());
+        let partner = match verdict.fault {
+            judge::Fault::Dealer => Some(dealer.clone()),
+            judge::Fault::Complainer => Some(by.clone()),
+            judge::Fault::Relay => None,
+        };
+        faults.push(Judged {
+            fault: verdict.fault,
+            partner,
+            dealer,
+            complainer: Some(by),
+            why: verdict.why,
+            evidence: verdict.evidence,
+        });
+    }
+    if !faults.is_empty() {
+        for f in &faults {
+            tracing::error!(
+                fault = ?f.fault,
+                at_fault = ?f.partner,
+                dealer = %f.dealer,
+                complainer = ?f.complainer,
+                evidence = %hex::encode(f.evidence),
+                "threshold complaint judged: {}",
+                f.why
+            );
         }
-        return Err(CoordinatorError::SecureAggregation(format!(
-            "the threshold key was refused: {}. Stop the coordinator and re-key without the \
-             dealer named (`consortia rekey --state <dir> --without <dealer>`)",
-            complaints.join("; ")
-        )));
+        return Ok(Outcome::Faults(faults));
     }
     tracing::info!(holders = ?committee, threshold, "every key holder stored its threshold share");
     Ok(Outcome::Stored)
@@ -546,6 +697,7 @@ mod tests {
             commitments: vec![0; SubshareCommitments::encoded_len(HeParams::Fast64, &r.threshold)],
             signature: vec![1; 70],
             sealed: Vec::new(),
+            box_digests: vec![vec![0; 32]; 2],
         };
         assert!(matches!(
             r.dealing("a", header.clone()),
@@ -556,6 +708,19 @@ mod tests {
         long.commitments.push(0);
         assert!(matches!(
             r.dealing("a", long),
+            Err(Rejection::Invalid { .. })
+        ));
+        // One signed box digest per other holder, of 32 bytes.
+        let mut few = header.clone();
+        few.box_digests.pop();
+        assert!(matches!(
+            r.dealing("a", few),
+            Err(Rejection::Invalid { .. })
+        ));
+        let mut odd = header.clone();
+        odd.box_digests[1].push(0);
+        assert!(matches!(
+            r.dealing("a", odd),
             Err(Rejection::Invalid { .. })
         ));
         assert!(matches!(
@@ -573,6 +738,7 @@ mod tests {
                 dealer_key: vec![5; 32],
                 ciphertext: vec![0; len],
             }],
+            box_digests: Vec::new(),
             ..header.clone()
         };
         assert!(matches!(

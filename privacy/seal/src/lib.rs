@@ -4,12 +4,11 @@
 //!
 //! Construction (all from `ring` 0.17):
 //!
-//! 1. The recipient draws one X25519 ephemeral key per dealer
-//!    ([`RecipientKeys`]; RFC 7748; `ring::agreement::EphemeralPrivateKey` is
-//!    single-use, so one per dealer, kept in memory for the ceremony only) and
-//!    publishes each public key signed with its certificate key
-//!    ([`consortia_proto::subshare_recipient_key_digest`]), so that the
-//!    coordinator cannot substitute its own.
+//! 1. The recipient draws one X25519 key per dealer ([`RecipientKeys`];
+//!    RFC 7748, `x25519-dalek`; one per dealer and ceremony, kept in memory
+//!    for the ceremony only) and publishes each public key signed with its
+//!    certificate key (`consortia_proto::subshare_recipient_key_digest`), so
+//!    that the coordinator cannot substitute its own.
 //! 2. The dealer draws a fresh ephemeral key of its own per recipient, agrees
 //!    on the shared secret with the recipient's key for it, and derives a
 //!    ChaCha20-Poly1305 key (RFC 8439) with HKDF-SHA256 (RFC 5869): the salt
@@ -21,15 +20,28 @@
 //! 3. The plaintext is every subshare the dealer gives that recipient,
 //!    concatenated (their wire forms have a fixed length); it and the derived
 //!    key are zeroized when dropped.
+//!
+//! A complaint about a box the dealer signed reveals the recipient's private
+//! key for that dealer ([`RecipientKeys::reveal`]): anyone can then open the
+//! box again ([`open_with`]) and check the subshares against the dealer's
+//! signed commitments, which decides who lied (`docs/threshold.md`,
+//! "Complaints"). The key was drawn for this dealer and ceremony only, and a
+//! key whose dealing is complained about is abandoned, so revealing it
+//! exposes nothing that is ever used.
+
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 
 use ring::aead::{self, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use ring::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey, X25519};
 use ring::hkdf;
-use ring::rand::SystemRandom;
+use ring::rand::{SecureRandom, SystemRandom};
 use sha2::Digest;
 use zeroize::Zeroizing;
+
+/// Length of an X25519 private key (the scalar as drawn, before clamping).
+pub const PRIVATE_KEY_LEN: usize = 32;
 
 /// Domain tag of the HKDF salt.
 const SALT_TAG: &[u8] = b"consortia/subshare-seal/v1";
@@ -185,42 +197,102 @@ pub fn seal(
     })
 }
 
-/// A recipient's ephemeral keys, one per dealer; each opens one sealed box
-/// and is then gone. Held in memory for the ceremony only.
+/// A recipient's X25519 keys, one per dealer; each opens one sealed box and
+/// can then only be revealed for a complaint. Held in memory for the
+/// ceremony only; zeroized when dropped.
 pub struct RecipientKeys {
-    keys: BTreeMap<u32, (EphemeralPrivateKey, [u8; PUBLIC_KEY_LEN])>,
+    keys: BTreeMap<u32, x25519_dalek::StaticSecret>,
+    spent: BTreeMap<u32, x25519_dalek::StaticSecret>,
 }
 
 impl std::fmt::Debug for RecipientKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RecipientKeys")
             .field("dealers", &self.keys.keys().collect::<Vec<_>>())
+            .field("spent", &self.spent.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
 
+/// The X25519 public key of the private key `private` (RFC 7748 §6.1).
+pub fn public_of(private: &[u8; PRIVATE_KEY_LEN]) -> [u8; PUBLIC_KEY_LEN] {
+    let secret = x25519_dalek::StaticSecret::from(*private);
+    x25519_dalek::PublicKey::from(&secret).to_bytes()
+}
+
+/// Opens `sealed` with the recipient's private key `private` for
+/// `ctx.dealer`: what the recipient does, and what a judge of its complaint
+/// does with the key it revealed. The size is checked first.
+pub fn open_with(
+    private: &[u8; PRIVATE_KEY_LEN],
+    ctx: &SealContext,
+    sealed: &Sealed,
+) -> Result<Zeroizing<Vec<u8>>, SealError> {
+    open_secret(&x25519_dalek::StaticSecret::from(*private), ctx, sealed)
+}
+
+fn open_secret(
+    secret: &x25519_dalek::StaticSecret,
+    ctx: &SealContext,
+    sealed: &Sealed,
+) -> Result<Zeroizing<Vec<u8>>, SealError> {
+    if sealed.ciphertext.len() > MAX_SEALED_LEN {
+        return Err(SealError::TooLarge {
+            got: sealed.ciphertext.len(),
+            max: MAX_SEALED_LEN,
+        });
+    }
+    let public = x25519_dalek::PublicKey::from(secret).to_bytes();
+    let shared = secret.diffie_hellman(&x25519_dalek::PublicKey::from(sealed.dealer_key));
+    // RFC 7748 §6.1: an all-zero shared secret (a small-order dealer key) is
+    // refused, as ring refuses it on the sealing side.
+    if !shared.was_contributory() {
+        return Err(SealError::BadPublicKey { whose: "dealer's" });
+    }
+    let key = ctx
+        .key(shared.as_bytes(), &sealed.dealer_key, &public)
+        .map_err(|()| SealError::Open { dealer: ctx.dealer })?;
+    let mut buffer = Zeroizing::new(sealed.ciphertext.clone());
+    let len = key
+        .open_in_place(
+            Nonce::assume_unique_for_key([0; aead::NONCE_LEN]),
+            Aad::from(ctx.aad(&sealed.dealer_key, &public)),
+            &mut buffer,
+        )
+        .map_err(|_| SealError::Open { dealer: ctx.dealer })?
+        .len();
+    buffer.truncate(len);
+    Ok(buffer)
+}
+
 impl RecipientKeys {
-    /// Draws a key for every dealer in `dealers`.
+    /// Draws a key for every dealer in `dealers` (32 bytes from the operating
+    /// system's generator each, clamped by X25519).
     pub fn new(dealers: impl IntoIterator<Item = u32>) -> Result<Self, SealError> {
         let rng = SystemRandom::new();
         let mut keys = BTreeMap::new();
         for dealer in dealers {
-            let k = EphemeralPrivateKey::generate(&X25519, &rng).map_err(|_| SealError::Random)?;
-            let public = k.compute_public_key().map_err(|_| SealError::Random)?;
-            let mut p = [0u8; PUBLIC_KEY_LEN];
-            p.copy_from_slice(public.as_ref());
-            keys.insert(dealer, (k, p));
+            let mut bytes = Zeroizing::new([0u8; PRIVATE_KEY_LEN]);
+            rng.fill(bytes.as_mut()).map_err(|_| SealError::Random)?;
+            keys.insert(dealer, x25519_dalek::StaticSecret::from(*bytes));
         }
-        Ok(Self { keys })
+        Ok(Self {
+            keys,
+            spent: BTreeMap::new(),
+        })
     }
 
     /// The public key to publish (signed) for `dealer`.
     pub fn public_for(&self, dealer: u32) -> Option<[u8; PUBLIC_KEY_LEN]> {
-        self.keys.get(&dealer).map(|(_, p)| *p)
+        self.keys
+            .get(&dealer)
+            .or_else(|| self.spent.get(&dealer))
+            .map(|k| x25519_dalek::PublicKey::from(k).to_bytes())
     }
 
     /// Opens the box `ctx.dealer` sealed to this recipient, using up that
-    /// dealer's key. The size is checked before anything else.
+    /// dealer's key (a second box of that dealer is refused). The size is
+    /// checked before anything else.
     pub fn open(
         &mut self,
         ctx: &SealContext,
@@ -232,28 +304,22 @@ impl RecipientKeys {
                 max: MAX_SEALED_LEN,
             });
         }
-        let (mine, public) = self
+        let secret = self
             .keys
             .remove(&ctx.dealer)
             .ok_or(SealError::NoKey { dealer: ctx.dealer })?;
-        let key = agreement::agree_ephemeral(
-            mine,
-            &UnparsedPublicKey::new(&X25519, &sealed.dealer_key),
-            |shared| ctx.key(shared, &sealed.dealer_key, &public),
-        )
-        .map_err(|_| SealError::BadPublicKey { whose: "dealer's" })?
-        .map_err(|()| SealError::Open { dealer: ctx.dealer })?;
-        let mut buffer = Zeroizing::new(sealed.ciphertext.clone());
-        let len = key
-            .open_in_place(
-                Nonce::assume_unique_for_key([0; aead::NONCE_LEN]),
-                Aad::from(ctx.aad(&sealed.dealer_key, &public)),
-                &mut buffer,
-            )
-            .map_err(|_| SealError::Open { dealer: ctx.dealer })?
-            .len();
-        buffer.truncate(len);
-        Ok(buffer)
+        let opened = open_secret(&secret, ctx, sealed);
+        self.spent.insert(ctx.dealer, secret);
+        opened
+    }
+
+    /// The private key drawn for `dealer`, to reveal in a complaint about the
+    /// box that dealer signed; the key is gone from this set afterwards.
+    pub fn reveal(&mut self, dealer: u32) -> Option<Zeroizing<[u8; PRIVATE_KEY_LEN]>> {
+        self.spent
+            .remove(&dealer)
+            .or_else(|| self.keys.remove(&dealer))
+            .map(|k| Zeroizing::new(k.to_bytes()))
     }
 }
 
@@ -312,6 +378,32 @@ mod tests {
         assert_eq!(
             keys.open(&ctx(3, 2), &to_zero),
             Err(SealError::Open { dealer: 3 })
+        );
+    }
+
+    #[test]
+    fn a_revealed_key_opens_the_box_for_anyone_and_matches_the_published_key() {
+        let secret = b"subshares".to_vec();
+        let mut keys = RecipientKeys::new([1]).unwrap();
+        let public = keys.public_for(1).unwrap();
+        let sealed = seal(&ctx(1, 2), &public, &secret).unwrap();
+        assert_eq!(keys.open(&ctx(1, 2), &sealed).unwrap().as_slice(), secret);
+        let private = keys.reveal(1).unwrap();
+        assert_eq!(public_of(&private), public);
+        assert_eq!(
+            open_with(&private, &ctx(1, 2), &sealed).unwrap().as_slice(),
+            secret
+        );
+        assert_eq!(
+            open_with(&private, &ctx(1, 3), &sealed),
+            Err(SealError::Open { dealer: 1 })
+        );
+        assert!(keys.reveal(1).is_none());
+        // Another key does not open it.
+        let other = RecipientKeys::new([1]).unwrap().reveal(1).unwrap();
+        assert_eq!(
+            open_with(&other, &ctx(1, 2), &sealed),
+            Err(SealError::Open { dealer: 1 })
         );
     }
 
