@@ -2,7 +2,7 @@
 //! coordinator, which relays them, cannot read them (`docs/threshold.md`,
 //! "The scheme", step 1).
 //!
-//! Construction (all from `ring` 0.17):
+//! Construction (`ring` 0.17, and `x25519-dalek` for the recipient's keys):
 //!
 //! 1. The recipient draws one X25519 key per dealer ([`RecipientKeys`];
 //!    RFC 7748, `x25519-dalek`; one per dealer and ceremony, kept in memory
