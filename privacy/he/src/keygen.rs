@@ -38,6 +38,18 @@ pub const MAX_PARTIES: u32 = 1024;
 pub struct PartyId(pub u32);
 
 impl PartyId {
+    /// `Ok` if this is a position in a committee of `parties`, else
+    /// [`HeError::UnknownParty`].
+    pub fn check(self, parties: u32) -> Result<(), HeError> {
+        if self.0 >= parties {
+            return Err(HeError::UnknownParty {
+                party: self,
+                parties,
+            });
+        }
+        Ok(())
+    }
+
     /// Whether this party's key enters the collective key negated.
     pub(crate) fn negated(self) -> bool {
         self.0 % 2 == 1
@@ -747,13 +759,7 @@ impl CollectiveKeyAggregator {
     }
 
     fn check_party(&self, party: PartyId) -> Result<(), HeError> {
-        if party.0 >= self.parties {
-            return Err(HeError::UnknownParty {
-                party,
-                parties: self.parties,
-            });
-        }
-        Ok(())
+        party.check(self.parties)
     }
 
     /// Records `party`'s commitment (once).

@@ -233,13 +233,7 @@ impl Threshold {
     }
 
     fn check_party(&self, party: PartyId) -> Result<(), HeError> {
-        if party.0 >= self.parties {
-            return Err(HeError::UnknownParty {
-                party,
-                parties: self.parties,
-            });
-        }
-        Ok(())
+        party.check(self.parties)
     }
 
     /// The decryption set `Q` of `members`: each in the committee, once, and
