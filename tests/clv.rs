@@ -272,32 +272,15 @@ fn a_private_clv_task_reports_a_noised_evaluation_charged_in_both_ledgers() {
     assert!(m.rmse.is_finite() && m.mae.is_finite(), "{m:?}");
     assert!(m.deviance.is_nan() && m.gini.is_nan() && m.top20_capture.is_nan());
 
-    let evaluations = |entries: &[consortia_ledger::LedgerEntry]| -> Vec<u64> {
-        entries
-            .iter()
-            .filter(|e| e.record.mechanism == consortia_dp::EVALUATION_MECHANISM)
-            .map(|e| e.record.round)
-            .collect()
-    };
-    let theirs = consortia_ledger::load_entries(fed.path("state/privacy-ledger.json")).unwrap();
-    assert_eq!(
-        evaluations(&theirs),
-        [3],
-        "the final evaluation, asked in round 3"
-    );
-    for (name, _) in &fed.partners {
-        let own = consortia_ledger::load_entries(fed.agent_state(name).join("ledger")).unwrap();
-        assert_eq!(evaluations(&own), [3], "{name}'s ledger");
-        let e = own
-            .iter()
-            .find(|e| e.record.mechanism == consortia_dp::EVALUATION_MECHANISM)
-            .unwrap();
+    // The final evaluation, asked in round 3, charged once in every ledger.
+    for (name, e) in common::assert_one_private_evaluation(&fed, 3) {
         assert_eq!(
             e.record.charged.as_ref().unwrap().events,
             vec![consortia_ledger::entry::StoredEvent::Zcdp {
                 rho: 0.005,
                 count: 1
-            }]
+            }],
+            "{name}'s charge"
         );
     }
 }

@@ -1067,23 +1067,8 @@ fn a_private_recommendation_task_reports_a_noised_evaluation_charged_in_both_led
     );
     assert!((0.0..=1.0).contains(&m.ndcg_at_10) && (0.0..=1.0).contains(&m.recall_at_10));
 
-    let evaluations = |entries: &[consortia_ledger::LedgerEntry]| -> Vec<u64> {
-        entries
-            .iter()
-            .filter(|e| e.record.mechanism == consortia_dp::EVALUATION_MECHANISM)
-            .map(|e| e.record.round)
-            .collect()
-    };
-    let theirs = consortia_ledger::load_entries(fed.path("state/privacy-ledger.json")).unwrap();
-    assert_eq!(
-        evaluations(&theirs),
-        [3],
-        "the final evaluation, asked in round 3"
-    );
-    for (name, _) in &fed.partners {
-        let own = consortia_ledger::load_entries(fed.agent_state(name).join("ledger")).unwrap();
-        assert_eq!(evaluations(&own), [3], "{name}'s ledger");
-    }
+    // The final evaluation, asked in round 3, charged once in every ledger.
+    common::assert_one_private_evaluation(&fed, 3);
 }
 
 /// Runs `task` (partner-level DP, two rounds) on the MovieLens federation and checks

@@ -359,6 +359,38 @@ pub(crate) fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>)
     }
 }
 
+/// The private evaluations (`consortia_dp::EVALUATION_MECHANISM`) that the coordinator's
+/// ledger and every partner's own record: exactly one each, that of `round` (the round that
+/// asked for it). Returns each partner's entry, by partner, for checks of its charge. Read
+/// the ledgers after the federation has finished.
+pub(crate) fn assert_one_private_evaluation(
+    fed: &Federation,
+    round: u64,
+) -> Vec<(String, consortia_ledger::LedgerEntry)> {
+    let evaluations = |entries: Vec<consortia_ledger::LedgerEntry>| {
+        entries
+            .into_iter()
+            .filter(|e| e.record.mechanism == consortia_dp::EVALUATION_MECHANISM)
+            .collect::<Vec<_>>()
+    };
+    let rounds = |entries: &[consortia_ledger::LedgerEntry]| {
+        entries.iter().map(|e| e.record.round).collect::<Vec<_>>()
+    };
+    let theirs = consortia_ledger::load_entries(fed.path("state/privacy-ledger.json"))
+        .expect("the coordinator's ledger");
+    let theirs = evaluations(theirs);
+    assert_eq!(rounds(&theirs), [round], "the coordinator's ledger");
+    let mut own_entries = Vec::new();
+    for (name, _) in &fed.partners {
+        let own = consortia_ledger::load_entries(fed.agent_state(name).join("ledger"))
+            .unwrap_or_else(|e| panic!("{name}'s ledger: {e}"));
+        let mut own = evaluations(own);
+        assert_eq!(rounds(&own), [round], "{name}'s ledger");
+        own_entries.push((name.clone(), own.remove(0)));
+    }
+    own_entries
+}
+
 /// The exact ROC-AUC of the coordinator's final model on the pooled held-out rows of every
 /// partner (the split each agent makes, [`consortia_client::local::LocalData::load`]), at the
 /// full [`consortia_model::SCORE_BINS`] resolution. A `[privacy]` task's stored metrics are
