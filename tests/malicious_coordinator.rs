@@ -1082,6 +1082,7 @@ async fn ask_decryption(
     let (masks, digest) = claimed_masks(c, key, values, ask);
     let attempt = ask.attempt;
     peer.send_kind(Down::Decrypt(DecryptRequest {
+        toss: 0,
         round: 1,
         contributions: ask
             .named
@@ -1101,6 +1102,7 @@ async fn ask_decryption(
     .await;
     for (i, m) in masks.into_iter().enumerate() {
         peer.send_kind(Down::AggregateMasks(AggregateMasks {
+            toss: 0,
             round: 1,
             attempt,
             index: i as u32,
@@ -1133,6 +1135,7 @@ async fn ask_decryption(
             .map(|(holder, commitment)| HolderCommitment { holder, commitment })
             .collect();
         peer.send_kind(Down::ChallengeCommitments(ChallengeCommitments {
+            toss: 0,
             round: 1,
             attempt,
             commitments,
@@ -1157,6 +1160,7 @@ async fn ask_decryption(
             })
             .collect();
         peer.send_kind(Down::ChallengeReveals(ChallengeReveals {
+            toss: 0,
             round: 1,
             attempt,
             seeds: reveals,
@@ -1168,6 +1172,7 @@ async fn ask_decryption(
             .map(|(h, s)| (h, s.try_into().expect("32-byte seed")))
             .collect();
         let challenge = DecryptionContext {
+            toss: 0,
             task_hash: *task_hash,
             key_id: key.key_id(),
             round: 1,
@@ -1179,6 +1184,7 @@ async fn ask_decryption(
         // asked if it signed an update for it, else for the attempt it did.
         for sketched in [attempt, 1] {
             peer.send_kind(Down::SketchRequest(SketchRequest {
+                toss: 0,
                 round: 1,
                 attempt: sketched,
                 challenge: challenge.to_vec(),
@@ -1219,6 +1225,7 @@ async fn ask_decryption(
         .map(|(_, s)| s.clone())
         .collect();
     peer.send_kind(Down::ContributorSketches(ContributorSketches {
+        toss: 0,
         round: 1,
         attempt,
         sketches,

@@ -75,8 +75,8 @@ use consortia_proto::federation_key::{parse_params, parse_session_id};
 use consortia_proto::{
     AggregateMasks, ChallengeCommit, ChallengeCommitments, ChallengeReveals, ChallengeSeed,
     CollectiveKey, ContributionDigest, ContributorSketches, DecryptRequest, DecryptionContext,
-    FederationKey, FederationKeyError, KeyGenRequest, MAX_CONTRIBUTORS, SignedSketch,
-    SketchRequest, key_share_digest, sha256, sketch_digest,
+    FederationKey, FederationKeyError, KeyGenRequest, MAX_CONTRIBUTORS, MAX_TOSSES_PER_ATTEMPT,
+    SignedSketch, SketchRequest, key_share_digest, sha256, sketch_digest,
 };
 use rand::TryRngCore;
 
@@ -173,6 +173,11 @@ struct OwnUpdate {
     shape: Shape,
     /// Each chunk's masks (little-endian words).
     masks: Vec<Vec<u8>>,
+    /// The coin tosses of this attempt sketched for, with their challenge:
+    /// one challenge per toss, tosses strictly increasing and below
+    /// [`MAX_TOSSES_PER_ATTEMPT`] (the same toss and challenge may be asked
+    /// again: the same sketch).
+    sketched: std::sync::Mutex<Vec<(u32, [u8; 32])>>,
 }
 
 /// A key holder's joint decryption in progress (module docs): the
@@ -180,6 +185,9 @@ struct OwnUpdate {
 /// contributors' sketches.
 pub struct DecryptJob {
     ctx: DecryptionContext,
+    /// [`contributions_digest`] of the request: with the aggregate's digest,
+    /// what every toss of this (round, attempt) must repeat exactly.
+    contributions: [u8; 32],
     holder: String,
     /// Each contributor: name, example count, its certificate's key.
     contributors: Vec<(String, u64, Verifier)>,
@@ -313,6 +321,7 @@ impl KeyHolder {
             example_count,
             shape: *shape,
             masks: own,
+            sketched: std::sync::Mutex::new(Vec::new()),
         });
         Ok(signature)
     }
@@ -359,6 +368,30 @@ impl KeyHolder {
                 req.challenge.len()
             ))
         })?;
+        // One challenge per coin toss, a bounded number of tosses per attempt.
+        if req.toss >= MAX_TOSSES_PER_ATTEMPT {
+            return Err(refuse(format!(
+                "coin toss {} is past the most a decryption attempt takes \
+                 ({MAX_TOSSES_PER_ATTEMPT})",
+                req.toss
+            )));
+        }
+        {
+            let mut sketched = own
+                .sketched
+                .lock()
+                .map_err(|_| refuse("the record of sketches is poisoned".into()))?;
+            let again = sketched.contains(&(req.toss, challenge));
+            if let Some((last, _)) = sketched.last().filter(|(t, _)| !again && *t >= req.toss) {
+                return Err(refuse(format!(
+                    "this partner already sketched its update for coin toss {last} of that \
+                     attempt (one challenge per toss, tosses strictly increasing)"
+                )));
+            }
+            if !again {
+                sketched.push((req.toss, challenge));
+            }
+        }
         let mut sketcher = Sketcher::new(&own.shape, &challenge);
         for (index, masks) in own.masks.iter().enumerate() {
             sketcher
@@ -374,6 +407,7 @@ impl KeyHolder {
             task_hash,
             req.round,
             req.attempt,
+            req.toss,
             &self.partner,
             own.example_count,
             &challenge,
@@ -388,6 +422,7 @@ impl KeyHolder {
         Ok(SignedSketch {
             round: req.round,
             attempt: req.attempt,
+            toss: req.toss,
             sketch,
             signature,
         })
@@ -726,6 +761,14 @@ impl KeyHolder {
                 req.values
             )));
         }
+        // N-of-N: every holder decrypts, so there is no other set to toss again with.
+        if req.toss > 0 && fed.threshold.is_none() {
+            return Err(AgentError::Protocol(format!(
+                "decryption of round {} refused: coin toss {} asked, and this task's key is \
+                 N-of-N (further tosses of an attempt are for key_threshold keys only)",
+                req.round, req.toss
+            )));
+        }
         let digest: [u8; 32] = req
             .aggregate_digest
             .as_slice()
@@ -755,7 +798,24 @@ impl KeyHolder {
             contributors.push((c.partner.clone(), c.example_count, verifier));
         }
         let used = read_lines(&fed.used_path)?;
-        check_fresh(&used, req)?;
+        let contributions = contributions_digest(&req.contributions);
+        let names: Vec<&str> = req
+            .contributions
+            .iter()
+            .map(|c| c.partner.as_str())
+            .collect();
+        check_fresh(
+            &used,
+            &Toss {
+                round: req.round,
+                attempt: req.attempt,
+                toss: req.toss,
+                aggregate: digest,
+                contributions,
+            },
+            &names,
+            false,
+        )?;
         // Each release publishes flooded coefficients; the flooding's security
         // argument holds for a bounded number of them per key (`privacy::he`).
         let answered = used.iter().filter(|l| l.starts_with("answered ")).count() as u64;
@@ -776,8 +836,10 @@ impl KeyHolder {
                 key_id: fed.key.key_id(),
                 round: req.round,
                 attempt: req.attempt,
+                toss: req.toss,
                 aggregate_digest: digest,
             },
+            contributions,
             holder: self.partner.clone(),
             contributors,
             min,
@@ -801,7 +863,7 @@ impl KeyHolder {
         let fed = self.current.as_ref().ok_or_else(|| {
             AgentError::Protocol("decryption asked before the collective key was installed".into())
         })?;
-        job.expect(list.round, list.attempt, "challenge commitments")?;
+        job.expect(list.round, list.attempt, list.toss, "challenge commitments")?;
         let JobStage::Committed { seed, commitment } = job.stage else {
             return Err(job.out_of_order("challenge commitments"));
         };
@@ -847,7 +909,7 @@ impl KeyHolder {
             return Err(refuse("change this key holder's own commitment".into()));
         }
         let used = read_lines(&fed.used_path)?;
-        check_fresh_parts(&used, job.ctx.round, job.ctx.attempt, &job.names(), false)?;
+        check_fresh(&used, &job.toss(), &job.names(), false)?;
         let tossed = used
             .iter()
             .filter(|l| l.starts_with(&format!("challenge {} ", job.ctx.round)))
@@ -858,14 +920,14 @@ impl KeyHolder {
                  in (a coordinator must not rerun a round without end)"
             )));
         }
-        append_lines(
-            &fed.used_path,
-            &[format!("challenge {} {}", job.ctx.round, job.ctx.attempt)],
-        )?;
+        // Durable before the seed leaves: this toss, and the sum it is for,
+        // which every further toss of this (round, attempt) must repeat.
+        append_lines(&fed.used_path, &[job.toss().record()])?;
         job.stage = JobStage::Revealed { seed, commitments };
         Ok(ChallengeSeed {
             round: job.ctx.round,
             attempt: job.ctx.attempt,
+            toss: job.ctx.toss,
             seed: seed.to_vec(),
         })
     }
@@ -889,7 +951,12 @@ impl KeyHolder {
             .secret
             .as_ref()
             .ok_or_else(|| AgentError::Protocol("not a key holder".into()))?;
-        job.expect(sketches.round, sketches.attempt, "contributors' sketches")?;
+        job.expect(
+            sketches.round,
+            sketches.attempt,
+            sketches.toss,
+            "contributors' sketches",
+        )?;
         let JobStage::Challenged { challenge, set } = &job.stage else {
             return Err(job.out_of_order("contributors' sketches"));
         };
@@ -952,7 +1019,7 @@ impl KeyHolder {
         // since `begin_decrypt` may be reused.
         let used = read_lines(&fed.used_path)?;
         let names = job.names();
-        check_fresh_parts(&used, job.ctx.round, job.ctx.attempt, &names, true)?;
+        let retoss = check_fresh(&used, &job.toss(), &names, true)?;
         let refused = |e: consortia_he::HeError| {
             key_err(&format!("decryption of round {} refused", job.ctx.round), e)
         };
@@ -974,7 +1041,10 @@ impl KeyHolder {
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 let q = share.committee().decryption_set(members).map_err(refused)?;
-                if answered.contains(&job.ctx.aggregate_digest) {
+                // Only a further toss of the identical sum (same attempt,
+                // aggregate and contributions, `check_fresh`) may open it again:
+                // the same plaintext, nothing new.
+                if answered.contains(&job.ctx.aggregate_digest) && !retoss {
                     return Err(refuse("this aggregate was already decrypted".into()));
                 }
                 ThresholdPartialDecryptor::new(share, &fed.key)
@@ -1007,17 +1077,33 @@ impl DecryptJob {
         self.ctx.attempt
     }
 
+    /// The coin toss of this attempt.
+    pub fn toss_number(&self) -> u32 {
+        self.ctx.toss
+    }
+
     fn names(&self) -> Vec<&str> {
         self.contributors.iter().map(|(n, ..)| n.as_str()).collect()
     }
 
-    /// Refuses a message of another (round, attempt) than this job's.
-    fn expect(&self, round: u64, attempt: u64, what: &str) -> Result<(), AgentError> {
-        if (round, attempt) != (self.ctx.round, self.ctx.attempt) {
+    /// What this job's toss is of, as the key holder's records keep it.
+    fn toss(&self) -> Toss {
+        Toss {
+            round: self.ctx.round,
+            attempt: self.ctx.attempt,
+            toss: self.ctx.toss,
+            aggregate: self.ctx.aggregate_digest,
+            contributions: self.contributions,
+        }
+    }
+
+    /// Refuses a message of another (round, attempt, toss) than this job's.
+    fn expect(&self, round: u64, attempt: u64, toss: u32, what: &str) -> Result<(), AgentError> {
+        if (round, attempt, toss) != (self.ctx.round, self.ctx.attempt, self.ctx.toss) {
             return Err(AgentError::Protocol(format!(
-                "{what} for attempt {attempt} of round {round} while decrypting attempt {} of \
-                 round {}",
-                self.ctx.attempt, self.ctx.round
+                "{what} for coin toss {toss} of attempt {attempt} of round {round} while \
+                 decrypting toss {} of attempt {} of round {}",
+                self.ctx.toss, self.ctx.attempt, self.ctx.round
             )));
         }
         Ok(())
@@ -1036,7 +1122,7 @@ impl DecryptJob {
     /// 32-byte seed from the operating system and returns the commitment to
     /// send ([`DecryptionContext::commitment`]).
     pub fn add_masks(&mut self, m: &AggregateMasks) -> Result<Option<ChallengeCommit>, AgentError> {
-        self.expect(m.round, m.attempt, "aggregate masks")?;
+        self.expect(m.round, m.attempt, m.toss, "aggregate masks")?;
         if !matches!(self.stage, JobStage::Masks) || m.index != self.next_chunk {
             return Err(AgentError::Protocol(format!(
                 "decryption of round {} refused: chunk {} of the aggregate's masks out of order \
@@ -1071,17 +1157,18 @@ impl DecryptJob {
         Ok(Some(ChallengeCommit {
             round: self.ctx.round,
             attempt: self.ctx.attempt,
+            toss: self.ctx.toss,
             commitment: commitment.to_vec(),
         }))
     }
 
     /// Coin toss, step 3: every holder's seed. Each must open the commitment
     /// that holder made (a holder whose commitment is never opened fails the
-    /// attempt: the coordinator gets no second toss), and this holder's own
+    /// toss: whatever follows is a new toss, under a new context), and this holder's own
     /// must be the one it revealed. Draws the joint challenge
     /// ([`DecryptionContext::joint_challenge`]).
     pub fn take_reveals(&mut self, r: &ChallengeReveals) -> Result<(), AgentError> {
-        self.expect(r.round, r.attempt, "challenge seeds")?;
+        self.expect(r.round, r.attempt, r.toss, "challenge seeds")?;
         let JobStage::Revealed { seed, commitments } = &self.stage else {
             return Err(self.out_of_order("challenge seeds"));
         };
@@ -1178,43 +1265,130 @@ fn check_committee(
         .map_err(|e| AgentError::Protocol(format!("the key {e}")))
 }
 
-/// Refuses a decryption whose (round, attempt) is not newer than every one
-/// answered or tossed a coin for in that round, or whose sum reuses a
-/// contribution.
-fn check_fresh(used: &[String], req: &DecryptRequest) -> Result<(), AgentError> {
-    let names: Vec<&str> = req
-        .contributions
-        .iter()
-        .map(|c| c.partner.as_str())
-        .collect();
-    check_fresh_parts(used, req.round, req.attempt, &names, false)
-}
-
-/// [`check_fresh`] on the parts of a request; `own_toss`: this holder has
-/// tossed the coin for this very (round, attempt) (it is finishing it).
-fn check_fresh_parts(
-    used: &[String],
+/// One coin toss of a decryption, as the key holder's record keeps it
+/// (`challenge R A T <aggregate digest> <contributions digest>`, hex),
+/// written durably before its seed leaves.
+struct Toss {
     round: u64,
     attempt: u64,
+    toss: u32,
+    aggregate: [u8; 32],
+    contributions: [u8; 32],
+}
+
+impl Toss {
+    fn record(&self) -> String {
+        format!(
+            "challenge {} {} {} {} {}",
+            self.round,
+            self.attempt,
+            self.toss,
+            hex::encode(self.aggregate),
+            hex::encode(self.contributions)
+        )
+    }
+}
+
+/// SHA-256 over the domain tag `consortia/decrypt-contributions/v1`, the
+/// number of contributions (u64), then each in order: name (u64 length,
+/// UTF-8), example count and the SHA-256 of its certificate: what every
+/// toss of one (round, attempt) must name exactly.
+fn contributions_digest(contributions: &[consortia_proto::Contribution]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"consortia/decrypt-contributions/v1");
+    h.update((contributions.len() as u64).to_le_bytes());
+    for c in contributions {
+        h.update((c.partner.len() as u64).to_le_bytes());
+        h.update(c.partner.as_bytes());
+        h.update(c.example_count.to_le_bytes());
+        h.update(sha256(&c.certificate));
+    }
+    h.finalize().into()
+}
+
+/// A line of the key holder's record, split: kind, round, attempt, and the
+/// rest (a contributor's name; a toss's number and digests).
+fn parse_record(line: &str) -> (Option<&str>, Option<u64>, Option<u64>, Vec<&str>) {
+    let mut parts = line.split(' ');
+    let kind = parts.next();
+    let num = |x: Option<&str>| x.and_then(|x| x.parse::<u64>().ok());
+    let round = num(parts.next());
+    let attempt = num(parts.next());
+    (kind, round, attempt, parts.collect())
+}
+
+/// Refuses a coin toss `t` unless it is fresh: its (round, attempt) newer
+/// than every one answered or tossed a coin for in that round, and none of
+/// its contributions in a sum already decrypted; or a further toss of that
+/// very (round, attempt) — toss numbers strictly increasing, below
+/// [`MAX_TOSSES_PER_ATTEMPT`] — for exactly the aggregate and contributions
+/// every earlier toss of it recorded (re-opening the same sum: the same
+/// plaintext, nothing new). `own_toss`: this holder has tossed the coin for
+/// `t` itself (it is finishing it). True when an earlier toss of the same
+/// sum is recorded (its share may already have been released).
+fn check_fresh(
+    used: &[String],
+    t: &Toss,
     names: &[&str],
     own_toss: bool,
-) -> Result<(), AgentError> {
-    let parse = |line: &String| {
-        let parts: Vec<String> = line.splitn(4, ' ').map(str::to_string).collect();
-        let num = |i: usize| parts.get(i).and_then(|x| x.parse::<u64>().ok());
-        (
-            parts.first().cloned(),
-            num(1),
-            num(2),
-            parts.get(3).cloned(),
-        )
-    };
+) -> Result<bool, AgentError> {
+    let (round, attempt) = (t.round, t.attempt);
+    if t.toss >= MAX_TOSSES_PER_ATTEMPT {
+        return Err(AgentError::Protocol(format!(
+            "decryption of attempt {attempt} of round {round} refused: coin toss {} is past the \
+             most one attempt takes ({MAX_TOSSES_PER_ATTEMPT})",
+            t.toss
+        )));
+    }
+    // The earlier tosses of this very (round, attempt): all of this sum.
+    let mut earlier = false;
+    let mut refused = None;
+    for line in used {
+        let (kind, r, a, rest) = parse_record(line);
+        if kind != Some("challenge") || r != Some(round) || a != Some(attempt) {
+            continue;
+        }
+        let recorded = match rest.as_slice() {
+            [toss, aggregate, contributions] => toss
+                .parse::<u32>()
+                .ok()
+                .map(|toss| (toss, *aggregate, *contributions)),
+            _ => None,
+        };
+        let why = match recorded {
+            None => Some("one challenge per attempt, attempts strictly increasing".to_string()),
+            Some((_, aggregate, contributions))
+                if aggregate != hex::encode(t.aggregate)
+                    || contributions != hex::encode(t.contributions) =>
+            {
+                Some(
+                    "for another sum (another aggregate or other contributions); a further \
+                     toss is only for the same sum"
+                        .to_string(),
+                )
+            }
+            Some((toss, ..)) if toss > t.toss || toss == t.toss && !own_toss => Some(format!(
+                "its coin toss {toss}, so not toss {} (tosses strictly increasing)",
+                t.toss
+            )),
+            Some((toss, ..)) => {
+                earlier |= toss < t.toss;
+                None
+            }
+        };
+        if let Some(why) = why {
+            refused.get_or_insert(AgentError::Protocol(format!(
+                "decryption of attempt {attempt} of round {round} refused: this key holder \
+                 already tossed the coin for attempt {attempt} of that round ({why})"
+            )));
+        }
+    }
     // Decrypted attempts first: they say the most.
     for line in used {
-        if let (Some(kind), Some(r), Some(a), _) = parse(line)
-            && kind == "answered"
+        if let (Some("answered"), Some(r), Some(a), _) = parse_record(line)
             && r == round
-            && a >= attempt
+            && (a > attempt || a == attempt && !earlier)
         {
             return Err(AgentError::Protocol(format!(
                 "decryption of attempt {attempt} of round {round} refused: this key holder \
@@ -1223,25 +1397,25 @@ fn check_fresh_parts(
             )));
         }
     }
+    if let Some(e) = refused {
+        return Err(e);
+    }
     for line in used {
-        match parse(line) {
-            (Some(kind), Some(r), Some(a), _)
-                if kind == "challenge"
-                    && r == round
-                    && (a > attempt || a == attempt && !own_toss) =>
-            {
+        match parse_record(line) {
+            (Some("challenge"), Some(r), Some(a), _) if r == round && a > attempt => {
                 return Err(AgentError::Protocol(format!(
                     "decryption of attempt {attempt} of round {round} refused: this key holder \
                      already tossed the coin for attempt {a} of that round (one challenge per \
                      attempt, attempts strictly increasing)"
                 )));
             }
-            (Some(kind), Some(r), Some(a), Some(p))
-                if kind == "contribution"
-                    && r == round
+            (Some("contribution"), Some(r), Some(a), rest)
+                if r == round
                     && a == attempt
-                    && names.contains(&p.as_str()) =>
+                    && !earlier
+                    && names.contains(&rest.join(" ").as_str()) =>
             {
+                let p = rest.join(" ");
                 return Err(AgentError::Protocol(format!(
                     "decryption of round {round} refused: `{p}`'s update of attempt {attempt} \
                      was already in a sum this key holder decrypted (no contribution is \
@@ -1251,7 +1425,7 @@ fn check_fresh_parts(
             _ => {}
         }
     }
-    Ok(())
+    Ok(earlier)
 }
 
 fn read_lines(path: &Path) -> Result<Vec<String>, AgentError> {
@@ -1699,14 +1873,22 @@ mod tests {
             .collect()
     }
 
-    /// The contributors' signed sketches for (round 4, `attempt`) under
-    /// `challenge`, as the coordinator relays them.
+    /// The contributors' signed sketches for (round 4, `attempt`, toss 0)
+    /// under `challenge`, as the coordinator relays them. Each contributor's
+    /// record of the challenges it sketched is cleared first: these tests
+    /// play many decryptions of one attempt against holder a, each for
+    /// contributors meeting toss 0 for the first time (the contributors'
+    /// own bound is `contributors_sketch_one_challenge_per_toss_...`).
     fn sketches(c: &Committee, attempt: u64, challenge: &[u8; 32]) -> Vec<ContributorSketch> {
         c.holders
             .iter()
             .zip(NAMES)
             .map(|(h, name)| {
+                if let Some(own) = &h.own {
+                    own.sketched.lock().unwrap().clear();
+                }
                 let req = SketchRequest {
+                    toss: 0,
                     round: 4,
                     attempt,
                     challenge: challenge.to_vec(),
@@ -1758,6 +1940,7 @@ mod tests {
         let mut commit = None;
         for i in 0..shape.chunks() {
             commit = job.add_masks(&AggregateMasks {
+                toss: 0,
                 round: 4,
                 attempt: ask.attempt,
                 index: i,
@@ -1778,6 +1961,7 @@ mod tests {
             });
         }
         let list = ChallengeCommitments {
+            toss: 0,
             round: 4,
             attempt: ask.attempt,
             commitments,
@@ -1792,6 +1976,7 @@ mod tests {
             seed: seed.to_vec(),
         }));
         job.take_reveals(&ChallengeReveals {
+            toss: 0,
             round: 4,
             attempt: ask.attempt,
             seeds,
@@ -1800,6 +1985,7 @@ mod tests {
         a.finish_decrypt(
             job,
             &ContributorSketches {
+                toss: 0,
                 round: 4,
                 attempt: ask.attempt,
                 sketches: relay(&challenge),
@@ -1811,6 +1997,7 @@ mod tests {
     /// `c`'s key, the aggregate's mask digest `digest`.
     fn context(c: &Committee, attempt: u64, digest: [u8; 32]) -> DecryptionContext {
         DecryptionContext {
+            toss: 0,
             task_hash: HASH,
             key_id: c.key.key_id(),
             round: 4,
@@ -1830,6 +2017,7 @@ mod tests {
         task_hash: [u8; 32],
     ) -> DecryptRequest {
         DecryptRequest {
+            toss: 0,
             round: 4,
             contributions: named
                 .iter()
@@ -2020,6 +2208,7 @@ mod tests {
             .to_string();
         assert!(e.contains("already signed"), "{e}");
         let ask = |attempt| SketchRequest {
+            toss: 0,
             round: 4,
             attempt,
             challenge: vec![1; 32],
@@ -2032,7 +2221,17 @@ mod tests {
             want.add_chunk_masks(i as u32, masks).unwrap();
         }
         assert_eq!(s.sketch, want.finish().unwrap().to_bytes());
-        let digest = sketch_digest(&c.key.key_id(), &HASH, 4, 1, "a", 100, &[1; 32], &s.sketch);
+        let digest = sketch_digest(
+            &c.key.key_id(),
+            &HASH,
+            4,
+            1,
+            0,
+            "a",
+            100,
+            &[1; 32],
+            &s.sketch,
+        );
         assert!(
             Verifier::from_cert_der(&c.certs[0])
                 .unwrap()
@@ -2102,7 +2301,10 @@ mod tests {
         // The record survives a restart of the key holder.
         let used = read_lines(&c.holders[0].current.as_ref().unwrap().used_path).unwrap();
         assert!(used.contains(&"answered 4 3".to_string()), "{used:?}");
-        assert!(used.contains(&"challenge 4 2".to_string()), "{used:?}");
+        assert!(
+            used.iter().any(|l| l.starts_with("challenge 4 2 0 ")),
+            "{used:?}"
+        );
         assert!(used.contains(&"contribution 4 1 a".to_string()), "{used:?}");
     }
 
@@ -2131,6 +2333,7 @@ mod tests {
             for i in 0..shape.chunks() {
                 commit = job
                     .add_masks(&AggregateMasks {
+                        toss: 0,
                         round: 4,
                         attempt,
                         index: i,
@@ -2145,6 +2348,7 @@ mod tests {
             commitment: context(&c, attempt, digest).commitment(h, seed).to_vec(),
         };
         let list = |attempt, commitments| ChallengeCommitments {
+            toss: 0,
             round: 4,
             attempt,
             commitments,
@@ -2200,6 +2404,7 @@ mod tests {
         ];
         let seed = c.holders[0].reveal_seed(&mut job, &list(1, good)).unwrap();
         let reveals = |seeds: Vec<(&str, Vec<u8>)>| ChallengeReveals {
+            toss: 0,
             round: 4,
             attempt: 1,
             seeds: seeds
@@ -2532,6 +2737,7 @@ mod tests {
             let cert =
                 |n: &str| consortia_pki::read_ca_certificate(&f.pki.partner_cert_path(n)).unwrap();
             let req = DecryptRequest {
+                toss: 0,
                 round: 4,
                 contributions: ["a", "b", "c"]
                     .iter()
@@ -2558,6 +2764,7 @@ mod tests {
                 for i in 0..shape.chunks() {
                     commit = job
                         .add_masks(&AggregateMasks {
+                            toss: 0,
                             round: 4,
                             attempt: 1,
                             index: i,
@@ -2573,6 +2780,7 @@ mod tests {
             }
             // Two holders are fewer than the threshold: refused.
             let two = ChallengeCommitments {
+                toss: 0,
                 round: 4,
                 attempt: 1,
                 commitments: commitments[..2].to_vec(),
@@ -2583,6 +2791,7 @@ mod tests {
                 .to_string();
             assert!(e.contains("fewer than the key's threshold 3"), "{e}");
             let list = ChallengeCommitments {
+                toss: 0,
                 round: 4,
                 attempt: 1,
                 commitments,
@@ -2599,6 +2808,7 @@ mod tests {
                 })
                 .collect();
             let reveals = ChallengeReveals {
+                toss: 0,
                 round: 4,
                 attempt: 1,
                 seeds,
@@ -2608,6 +2818,7 @@ mod tests {
             }
             let challenge = jobs[0].challenge().unwrap();
             let sketches = ContributorSketches {
+                toss: 0,
                 round: 4,
                 attempt: 1,
                 sketches: (0..3)
@@ -2615,6 +2826,7 @@ mod tests {
                         let s = f.holders[i]
                             .sketch(
                                 &SketchRequest {
+                                    toss: 0,
                                     round: 4,
                                     attempt: 1,
                                     challenge: challenge.to_vec(),

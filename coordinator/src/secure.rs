@@ -744,6 +744,14 @@ pub struct Decryption {
     word_bytes: usize,
     /// Why the decryption cannot complete, once known.
     pub failed: Option<String>,
+    /// t-of-N: the key's threshold `t` (`None`: N-of-N, every holder decrypts).
+    threshold: Option<u32>,
+    /// Key holders asked in this toss that refused, left or broke their
+    /// answer: none of them is asked again in a further toss.
+    dropped: Vec<String>,
+    /// True when only key holders failed the toss (not a contributor, nor
+    /// the sum): a further toss with other holders can still open it.
+    holders_only: bool,
 }
 
 impl Decryption {
@@ -768,6 +776,7 @@ impl Decryption {
                 key_id: key.key.key_id(),
                 round,
                 attempt,
+                toss: 0,
                 aggregate_digest: aggregate.mask_digest(),
             },
             shape,
@@ -784,7 +793,92 @@ impl Decryption {
             streams: BTreeMap::new(),
             word_bytes: shape.params.word_bytes(),
             failed: None,
+            threshold: None,
+            dropped: Vec::new(),
+            holders_only: false,
         })
+    }
+
+    /// A t-of-N key's decryption (`threshold`: the key's `t`), at coin toss
+    /// `toss` of its attempt: a holder that leaves before it committed is
+    /// left out of the decryption set (while `t` remain), and a failed toss
+    /// says with whom a further one can be made ([`Decryption::retry_with`]).
+    pub fn with_threshold(mut self, threshold: u32, toss: u32) -> Self {
+        self.threshold = Some(threshold);
+        self.ctx.toss = toss;
+        self
+    }
+
+    /// The coin toss of the attempt being decrypted.
+    pub fn toss(&self) -> u32 {
+        self.ctx.toss
+    }
+
+    /// t-of-N, at the commitments: the decryption set `Q` is the holders
+    /// that committed; the others are left out (their shares count as
+    /// nothing). Fails the decryption when fewer than `t` committed.
+    pub fn close_commitments(&mut self) -> Result<(), String> {
+        let t = self
+            .threshold
+            .ok_or("an N-of-N key waits for every key holder")? as usize;
+        if self.commitments.len() < t {
+            let why = format!(
+                "{} key holder(s) committed to a challenge seed in time, fewer than the key's \
+                 threshold {t}",
+                self.commitments.len()
+            );
+            self.failed.get_or_insert_with(|| why.clone());
+            return Err(why);
+        }
+        let late: Vec<String> = self
+            .asked
+            .iter()
+            .filter(|p| !self.commitments.contains_key(*p))
+            .cloned()
+            .collect();
+        for p in &late {
+            self.leave_out(p).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Takes `partner` out of the holders asked; its share counts as nothing.
+    fn leave_out(&mut self, partner: &str) -> Result<(), consortia_he::HeError> {
+        if let Some(i) = self.committee.iter().position(|p| p == partner) {
+            self.combiner.complete_share(PartyId(i as u32))?;
+        }
+        self.asked.retain(|p| p != partner);
+        Ok(())
+    }
+
+    /// After a failed toss of a t-of-N decryption that only key holders
+    /// failed: the holders of the key that a further toss for the same
+    /// aggregate asks, those of `connected` not dropped in this toss, if at
+    /// least `t` (and `None` otherwise, or when a contributor or the sum
+    /// failed it).
+    pub fn retry_with(&self, connected: &[String]) -> Option<Vec<String>> {
+        let t = self.threshold? as usize;
+        // Every contributor signs a sketch under each toss's own challenge.
+        if !self.holders_only
+            || self
+                .contributors
+                .iter()
+                .any(|c| !connected.contains(&c.name))
+        {
+            return None;
+        }
+        let holders: Vec<String> = self
+            .committee
+            .iter()
+            .filter(|p| connected.contains(p) && !self.dropped.contains(p))
+            .cloned()
+            .collect();
+        (holders.len() >= t).then_some(holders)
+    }
+
+    /// Key holders asked in this toss that refused, left or broke their answer.
+    pub fn dropped(&self) -> &[String] {
+        &self.dropped
     }
 
     /// Asks only `holders` (t-of-N: the decryption set `Q`, at least the
@@ -826,6 +920,12 @@ impl Decryption {
     /// The attempt being decrypted.
     pub fn attempt(&self) -> u64 {
         self.ctx.attempt
+    }
+
+    /// The key holders asked (t-of-N, once the commitments are closed: the
+    /// decryption set `Q`).
+    pub fn asked(&self) -> &[String] {
+        &self.asked
     }
 
     /// The step in progress.
@@ -878,13 +978,32 @@ impl Decryption {
         self.step == DecryptionStep::Shares && self.combiner.missing() == 0
     }
 
-    /// A key holder (or, until its sketch is in, a contributor) refused or went away.
+    /// A key holder (or, until its sketch is in, a contributor) refused or
+    /// went away. t-of-N: a holder that has not committed yet is left out,
+    /// while at least `t` others are asked.
     pub fn fail(&mut self, partner: &str, why: &str) {
+        let holder = self.asked.iter().any(|p| p == partner);
+        if holder && !self.dropped.iter().any(|p| p == partner) {
+            self.dropped.push(partner.to_string());
+        }
         if self.failed.is_some() {
             return;
         }
-        if self.asked.iter().any(|p| p == partner) {
+        if let Some(t) = self.threshold
+            && holder
+            && self.step == DecryptionStep::Commitments
+            && !self.commitments.contains_key(partner)
+            && self.asked.len() > t as usize
+            && self.leave_out(partner).is_ok()
+        {
+            return;
+        }
+        if holder {
             self.failed = Some(format!("key holder `{partner}`: {why}"));
+            // A contributor's sketch is asked again in a further toss.
+            self.holders_only = !(self.step <= DecryptionStep::Sketches
+                && self.contributors.iter().any(|c| c.name == partner)
+                && !self.sketches.contains_key(partner));
         } else if self.step <= DecryptionStep::Sketches
             && self.contributors.iter().any(|c| c.name == partner)
             && !self.sketches.contains_key(partner)
@@ -895,18 +1014,27 @@ impl Decryption {
         }
     }
 
-    fn check_message(&self, subject: Subject, round: u64, attempt: u64) -> Result<(), Rejection> {
+    fn check_message(
+        &self,
+        subject: Subject,
+        round: u64,
+        attempt: u64,
+        toss: u32,
+    ) -> Result<(), Rejection> {
         if round != self.ctx.round {
             return Err(Rejection::WrongRound {
                 got: round,
                 open: self.ctx.round,
             });
         }
-        if attempt != self.ctx.attempt {
+        if attempt != self.ctx.attempt || toss != self.ctx.toss {
             return Err(Rejection::out_of_phase(
                 subject,
-                format!("it is for attempt {attempt}"),
-                format!("attempt {} of round {}", self.ctx.attempt, self.ctx.round),
+                format!("it is for coin toss {toss} of attempt {attempt}"),
+                format!(
+                    "coin toss {} of attempt {} of round {}",
+                    self.ctx.toss, self.ctx.attempt, self.ctx.round
+                ),
             ));
         }
         Ok(())
@@ -950,7 +1078,7 @@ impl Decryption {
     /// A key holder's commitment to its challenge seed.
     pub fn commit(&mut self, partner: &str, msg: &ChallengeCommit) -> Result<(), Rejection> {
         let subject = Subject::ChallengeCommitment;
-        self.check_message(subject, msg.round, msg.attempt)?;
+        self.check_message(subject, msg.round, msg.attempt, msg.toss)?;
         self.holder(subject, partner)?;
         self.at_step(subject, DecryptionStep::Commitments)?;
         let c = Self::bytes32(subject, "commitment", &msg.commitment)?;
@@ -969,6 +1097,7 @@ impl Decryption {
         ChallengeCommitments {
             round: self.ctx.round,
             attempt: self.ctx.attempt,
+            toss: self.ctx.toss,
             commitments: self
                 .commitments
                 .iter()
@@ -984,7 +1113,7 @@ impl Decryption {
     /// not open it fails the decryption (there is no second toss).
     pub fn reveal(&mut self, partner: &str, msg: &ChallengeSeed) -> Result<(), Rejection> {
         let subject = Subject::ChallengeSeed;
-        self.check_message(subject, msg.round, msg.attempt)?;
+        self.check_message(subject, msg.round, msg.attempt, msg.toss)?;
         self.holder(subject, partner)?;
         self.at_step(subject, DecryptionStep::Seeds)?;
         if self.seeds.contains_key(partner) {
@@ -1020,6 +1149,7 @@ impl Decryption {
         let reveals = ChallengeReveals {
             round: self.ctx.round,
             attempt: self.ctx.attempt,
+            toss: self.ctx.toss,
             seeds: self
                 .seeds
                 .iter()
@@ -1037,7 +1167,7 @@ impl Decryption {
     /// key holders would refuse it anyway).
     pub fn add_sketch(&mut self, partner: &str, msg: &SignedSketch) -> Result<(), Rejection> {
         let subject = Subject::Sketch;
-        self.check_message(subject, msg.round, msg.attempt)?;
+        self.check_message(subject, msg.round, msg.attempt, msg.toss)?;
         self.at_step(subject, DecryptionStep::Sketches)?;
         let Some(c) = self.contributors.iter().find(|c| c.name == partner) else {
             return Err(Rejection::out_of_phase(
@@ -1124,6 +1254,7 @@ impl Decryption {
         Ok(ContributorSketches {
             round: self.ctx.round,
             attempt: self.ctx.attempt,
+            toss: self.ctx.toss,
             sketches: self.sketches.values().cloned().collect(),
         })
     }
@@ -1149,6 +1280,15 @@ impl Decryption {
             });
         }
         let subject = Subject::DecryptionShare;
+        // A share of an abandoned toss is discarded (it was made for another
+        // decryption set).
+        if p.toss != self.ctx.toss {
+            return Err(Rejection::out_of_phase(
+                subject,
+                format!("it is for coin toss {}", p.toss),
+                format!("shares of coin toss {}", self.ctx.toss),
+            ));
+        }
         if self.step != DecryptionStep::Shares && self.committee.iter().any(|c| c == partner) {
             return Err(Rejection::out_of_phase(
                 subject,

@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 use consortia_dp::{NoisePlacement, PrivacySpec, PrivacyUnit};
 use consortia_he::update::{Declared, SumError, UpdateEncoding};
 use consortia_model::AggregatedUpdate;
-use consortia_proto::{DecryptRequest, SketchRequest, server_message::Kind};
+use consortia_proto::{
+    DecryptRequest, MAX_TOSSES_PER_ATTEMPT, SketchRequest, server_message::Kind,
+};
 
 use super::{Ending, Phase, Progress, drive};
 use crate::CoordinatorError;
@@ -82,12 +84,45 @@ impl fmt::Display for DecryptionFailed {
     }
 }
 
+/// How long a t-of-N decryption waits for the key holders' commitments
+/// before it goes on with those that committed (if at least `t`): a quarter
+/// of the decryption's deadline, at most [`MAX_COMMIT_WINDOW`].
+pub fn commit_window(deadline: Duration) -> Duration {
+    (deadline / 4).min(MAX_COMMIT_WINDOW)
+}
+
+/// The longest a t-of-N coin toss waits for commitments ([`commit_window`]).
+pub const MAX_COMMIT_WINDOW: Duration = Duration::from_secs(30);
+
+/// Why a coin toss failed, and with whom a further one can be tossed.
+struct TossFailed {
+    why: DecryptionFailed,
+    /// t-of-N: the key holders still connected and not dropped, if at least
+    /// `t` and only key holders failed the toss.
+    retry_with: Option<Vec<String>>,
+    /// The key holders that failed the toss.
+    dropped: Vec<String>,
+}
+
+impl From<DecryptionFailed> for TossFailed {
+    fn from(why: DecryptionFailed) -> Self {
+        TossFailed {
+            why,
+            retry_with: None,
+            dropped: Vec::new(),
+        }
+    }
+}
+
 /// Waits for every answer to one step of the decryption; at the last step
-/// ([`DecryptionStep::Shares`]) ends with the decrypted sum.
+/// ([`DecryptionStep::Shares`]) ends with the decrypted sum. `window`: at
+/// the commitments of a t-of-N key, the deadline only closes the
+/// commitments (the decryption set is those that committed).
 struct Waiting {
     step: DecryptionStep,
     failed: Option<String>,
     waiting_for: Vec<String>,
+    window: bool,
 }
 
 impl Waiting {
@@ -96,26 +131,39 @@ impl Waiting {
             step,
             failed: None,
             waiting_for: Vec::new(),
+            window: false,
         }
     }
 
-    /// Why the step did not complete; the decryption is over.
-    fn failure(self, hub: &Hub, ending: Ending) -> DecryptionFailed {
+    /// The commitments of a t-of-N toss, until the commit window closes.
+    fn commit_window() -> Self {
+        Waiting {
+            window: true,
+            ..Waiting::new(DecryptionStep::Commitments)
+        }
+    }
+
+    /// Why the step did not complete; the toss is over.
+    fn failure(self, hub: &Hub, ending: Ending) -> TossFailed {
         match (ending, hub.end_stage()) {
-            (_, Stage::Decryption(_)) => match self.failed {
-                Some(why) => DecryptionFailed::KeyHolder(why),
-                None => DecryptionFailed::Missing {
-                    what: self.step.expects(),
-                    from: self.waiting_for,
+            (_, Stage::Decryption(d)) => TossFailed {
+                why: match self.failed {
+                    Some(why) => DecryptionFailed::KeyHolder(why),
+                    None => DecryptionFailed::Missing {
+                        what: self.step.expects(),
+                        from: self.waiting_for,
+                    },
                 },
+                retry_with: d.retry_with(&hub.connected()),
+                dropped: d.dropped().to_vec(),
             },
-            _ => DecryptionFailed::Lost,
+            _ => DecryptionFailed::Lost.into(),
         }
     }
 }
 
 impl Phase for Waiting {
-    type Output = Result<Option<Vec<u64>>, DecryptionFailed>;
+    type Output = Result<Option<Vec<u64>>, TossFailed>;
 
     fn poll(&mut self, hub: &Hub) -> Progress {
         match &*hub.stage() {
@@ -135,6 +183,13 @@ impl Phase for Waiting {
     }
 
     fn finish(self, hub: &Hub, ending: Ending) -> Self::Output {
+        if self.window && ending == Ending::Deadline {
+            // The decryption set is those that committed, if at least t.
+            match with_decryption(hub, Decryption::close_commitments) {
+                Some(Ok(())) => return Ok(None),
+                _ => return Err(self.failure(hub, ending)),
+            }
+        }
         if ending != Ending::Complete {
             return Err(self.failure(hub, ending));
         }
@@ -142,8 +197,11 @@ impl Phase for Waiting {
             return Ok(None);
         }
         match hub.end_stage() {
-            Stage::Decryption(d) => d.finish().map(Some).map_err(DecryptionFailed::Combine),
-            _ => Err(DecryptionFailed::Lost),
+            Stage::Decryption(d) => d
+                .finish()
+                .map(Some)
+                .map_err(|e| DecryptionFailed::Combine(e).into()),
+            _ => Err(DecryptionFailed::Lost.into()),
         }
     }
 }
@@ -170,7 +228,10 @@ fn send_each(hub: &Hub, partners: &[String], kind: &Kind) {
 /// Asks every key holder of `key` to decrypt `result`'s encrypted sum (of at
 /// least `min` contributors), with the coin toss and the contributors'
 /// sketches in between (module docs), and waits for every step until
-/// `deadline` (for the whole decryption).
+/// `deadline` (for the whole decryption). With a t-of-N key, a toss that
+/// key holders fail after its commitment list was sent is tossed again for
+/// the same aggregate with the holders still connected, while at least `t`
+/// remain, at most [`MAX_TOSSES_PER_ATTEMPT`] tosses in all.
 pub async fn decrypt_round(
     hub: &Hub,
     key: &FederationKey,
@@ -190,8 +251,9 @@ pub async fn decrypt_round(
         .filter(|p| !connected.contains(p))
         .cloned()
         .collect();
+    let threshold = hub.task.key_threshold;
     // N-of-N: every holder. t-of-N: the holders connected now, if at least t.
-    let asked: Vec<String> = match hub.task.key_threshold {
+    let mut asked: Vec<String> = match threshold {
         Some(t) if key.committee.len() - absent.len() >= t as usize => key
             .committee
             .iter()
@@ -235,29 +297,96 @@ pub async fn decrypt_round(
         values: aggregate.shape().values,
         attempt: hub.attempt(),
         task_hash: hub.task_hash.to_vec(),
+        toss: 0,
     };
-    let decryption = Decryption::new(
-        round,
-        hub.attempt(),
-        hub.task_hash,
-        &aggregate,
-        key,
-        contributors,
-    )
-    .and_then(|d| d.with_holders(&asked))
-    .map_err(|_| DecryptionFailed::UnusableSum)?;
-    drop(aggregate);
+    let mut toss = 0;
+    loop {
+        let mut decryption = Decryption::new(
+            round,
+            hub.attempt(),
+            hub.task_hash,
+            &aggregate,
+            key,
+            contributors.clone(),
+        )
+        .and_then(|d| d.with_holders(&asked))
+        .map_err(|_| DecryptionFailed::UnusableSum)?;
+        if let Some(t) = threshold {
+            decryption = decryption.with_threshold(t, toss);
+        }
+        let request = DecryptRequest {
+            toss,
+            ..request.clone()
+        };
+        match toss_coin(
+            hub,
+            decryption,
+            request,
+            threshold.is_some(),
+            deadline,
+            until,
+        )
+        .await
+        {
+            Ok(sum) => return Ok(sum),
+            Err(failed) => {
+                let Some(holders) = failed
+                    .retry_with
+                    .filter(|_| toss + 1 < MAX_TOSSES_PER_ATTEMPT && Instant::now() < until)
+                else {
+                    return Err(failed.why);
+                };
+                toss += 1;
+                // Each toss's shares are further releases under the key.
+                if let Some(c) = &hub.ciphertexts {
+                    count_release(key, c.state_dir())
+                        .map_err(|e| DecryptionFailed::Storage(e.to_string()))?;
+                }
+                tracing::warn!(
+                    round,
+                    phase = "decryption",
+                    toss,
+                    dropped = ?failed.dropped,
+                    holders = holders.len(),
+                    "further coin toss {toss} for the same aggregate of attempt {} of round \
+                     {round}: the last one failed ({}); asking the {} key holders still \
+                     connected",
+                    hub.attempt(),
+                    failed.why,
+                    holders.len()
+                );
+                asked = holders;
+            }
+        }
+    }
+}
+
+/// One coin toss of a decryption (module docs): the request and the
+/// aggregate's masks to every holder asked, their commitments (t-of-N:
+/// those in by the commit window), their seeds, the contributors' sketches
+/// and the holders' shares.
+async fn toss_coin(
+    hub: &Hub,
+    decryption: Decryption,
+    request: DecryptRequest,
+    threshold: bool,
+    deadline: Duration,
+    until: Instant,
+) -> Result<Vec<u64>, TossFailed> {
+    let round = request.round;
+    let toss = request.toss;
+    let holders: Vec<String> = decryption.asked().to_vec();
     let masks = decryption.masks();
     hub.begin(Stage::Decryption(Box::new(decryption)));
     tracing::info!(
         round,
         phase = "decryption",
-        holders = asked.len(),
+        toss,
+        holders = holders.len(),
         contributors = request.contributions.len(),
         "asking the key holders to decrypt the sum"
     );
-    let holders = &asked;
-    for p in holders {
+    for p in &holders {
         let sent = hub.send_to(
             p,
             Outbound::Decrypt {
@@ -270,11 +399,17 @@ pub async fn decrypt_round(
         }
     }
     drop(masks);
-    // The coin toss: every commitment, then every seed.
-    drive(hub, Waiting::new(DecryptionStep::Commitments), until).await?;
-    let list =
-        with_decryption(hub, Decryption::commitments_message).ok_or(DecryptionFailed::Lost)?;
-    send_each(hub, holders, &Kind::ChallengeCommitments(list));
+    // The coin toss: every commitment (t-of-N: those in by the commit
+    // window), then every seed.
+    if threshold {
+        let window = (Instant::now() + commit_window(deadline)).min(until);
+        drive(hub, Waiting::commit_window(), window).await?;
+    } else {
+        drive(hub, Waiting::new(DecryptionStep::Commitments), until).await?;
+    }
+    let (list, holders) = with_decryption(hub, |d| (d.commitments_message(), d.asked().to_vec()))
+        .ok_or(DecryptionFailed::Lost)?;
+    send_each(hub, &holders, &Kind::ChallengeCommitments(list));
     drive(hub, Waiting::new(DecryptionStep::Seeds), until).await?;
     let (reveals, challenge, contributors) = with_decryption(hub, |d| {
         let (reveals, challenge) = d.reveals_message();
@@ -282,11 +417,19 @@ pub async fn decrypt_round(
         (reveals, challenge, names)
     })
     .ok_or(DecryptionFailed::Lost)?;
-    send_each(hub, holders, &Kind::ChallengeReveals(reveals));
+    send_each(hub, &holders, &Kind::ChallengeReveals(reveals));
+    tracing::info!(
+        round,
+        phase = "decryption",
+        toss,
+        holders = holders.len(),
+        "challenge seeds relayed; asking the contributors for their sketches"
+    );
     // Every contributor signs the sketch of its own masks.
     let ask = SketchRequest {
         round,
-        attempt: hub.attempt(),
+        attempt: request.attempt,
+        toss,
         challenge: challenge.to_vec(),
     };
     send_each(hub, &contributors, &Kind::SketchRequest(ask));
@@ -297,13 +440,19 @@ pub async fn decrypt_round(
         Ok(s) => s,
         Err(why) => {
             hub.end_stage();
-            return Err(DecryptionFailed::KeyHolder(why));
+            return Err(DecryptionFailed::KeyHolder(why).into());
         }
     };
-    send_each(hub, holders, &Kind::ContributorSketches(sketches));
+    send_each(hub, &holders, &Kind::ContributorSketches(sketches));
+    tracing::info!(
+        round,
+        phase = "decryption",
+        toss,
+        "contributors' sketches relayed; waiting for the key holders' shares"
+    );
     drive(hub, Waiting::new(DecryptionStep::Shares), until)
         .await?
-        .ok_or(DecryptionFailed::Lost)
+        .ok_or(DecryptionFailed::Lost.into())
 }
 
 /// Opens a secure training round's sum when at least `min` updates went
@@ -818,6 +967,7 @@ mod phase_tests {
             }
             assert_eq!(agg.mask_digest().to_vec(), request.aggregate_digest);
             ctx = Some(DecryptionContext {
+                toss: 0,
                 task_hash: hub.task_hash,
                 key_id: hub_key(hub).key_id(),
                 round: 1,
@@ -833,6 +983,7 @@ mod phase_tests {
             hub.challenge_commit(
                 p,
                 &ChallengeCommit {
+                    toss: 0,
                     round: 1,
                     attempt,
                     commitment: c.to_vec(),
@@ -848,6 +999,7 @@ mod phase_tests {
         }
         for (i, p) in HOLDERS.iter().enumerate() {
             let msg = ChallengeSeed {
+                toss: 0,
                 round: 1,
                 attempt,
                 seed: vec![i as u8; 32],
@@ -881,6 +1033,18 @@ mod phase_tests {
         masks_of: &str,
         challenge: &[u8; 32],
     ) -> SignedSketch {
+        signed_in(0, r, hub, name, masks_of, challenge)
+    }
+
+    /// [`signed`] for coin toss `toss`.
+    fn signed_in(
+        toss: u32,
+        r: &Round,
+        hub: &Hub,
+        name: &str,
+        masks_of: &str,
+        challenge: &[u8; 32],
+    ) -> SignedSketch {
         let sketch = Sketch::of_vector(&r.updates[masks_of], challenge)
             .unwrap()
             .to_bytes();
@@ -889,12 +1053,14 @@ mod phase_tests {
             &hub.task_hash,
             1,
             hub.attempt(),
+            toss,
             name,
             10,
             challenge,
             &sketch,
         );
         SignedSketch {
+            toss,
             round: 1,
             attempt: hub.attempt(),
             signature: r.signers[name].sign_hash(&d).unwrap(),
