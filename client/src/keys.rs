@@ -939,6 +939,13 @@ impl KeyHolder {
     /// masks this holder received. Then records the (round, attempt), every
     /// contribution and the aggregate's digest as answered (durably) and
     /// returns the partial decryption's wire form.
+    ///
+    /// In a further coin toss of a t-of-N decryption, no sketches (an empty
+    /// list) are accepted only if this key holder already checked them and
+    /// answered in an earlier toss of the identical sum (its own record: the
+    /// same attempt, aggregate digest and contributions): what it checked
+    /// then still holds for the same sum, whoever of its contributors has
+    /// gone since.
     pub fn finish_decrypt(
         &self,
         job: DecryptJob,
@@ -967,59 +974,22 @@ impl KeyHolder {
                 job.ctx.round
             ))
         };
-        let params = job.aggregate.shape().params;
-        let mut sum = Sketch::zero(params);
-        let mut seen = HashSet::new();
-        for s in &sketches.sketches {
-            let Some((name, examples, verifier)) =
-                job.contributors.iter().find(|(n, ..)| n == &s.partner)
-            else {
-                return Err(refuse(format!(
-                    "a sketch is given as `{}`'s, who is not a contributor to this sum",
-                    s.partner
-                )));
-            };
-            if !seen.insert(name.as_str()) {
-                return Err(refuse(format!("two sketches are given as `{name}`'s")));
-            }
-            // Length-checked (a few hundred bytes) before anything is decoded.
-            let sketch = Sketch::from_bytes(&s.sketch, params)
-                .map_err(|e| refuse(format!("the sketch given as `{name}`'s: {e}")))?;
-            let digest = job
-                .ctx
-                .sketch_digest(name, *examples, &challenge, &s.sketch);
-            if !verifier.verify_hash(&digest, &s.signature) {
-                return Err(refuse(format!(
-                    "the sketch given as `{name}`'s is not signed by `{name}` for this \
-                     decryption (its round, attempt, example count and challenge)"
-                )));
-            }
-            sum.add(&sketch).map_err(|e| refuse(e.to_string()))?;
-        }
-        if let Some((missing, ..)) = job
-            .contributors
-            .iter()
-            .find(|(n, ..)| !seen.contains(n.as_str()))
-        {
-            return Err(refuse(format!("no sketch from contributor `{missing}`")));
-        }
-        // The defence (module docs): the sketches of the contributors' own
-        // masks add up to the sketch of the aggregate's only if the aggregate
-        // is their sum, but for probability at most 2^-80.
-        if Sketch::of_aggregate(&job.aggregate, &challenge) != sum {
-            return Err(refuse(
-                "the aggregate's masks are not the sum of the named contributors' masks (their \
-                 signed sketches do not add up to its sketch): the coordinator asks to open \
-                 another sum than the one it names"
-                    .into(),
-            ));
-        }
-        let answered = read_answered(&fed.answered_path)?;
-        // Checked again right before the share is made: nothing answered
-        // since `begin_decrypt` may be reused.
         let used = read_lines(&fed.used_path)?;
         let names = job.names();
         let retoss = check_fresh(&used, &job.toss(), &names, true)?;
+        if sketches.sketches.is_empty() && !job.contributors.is_empty() {
+            let answered_before = format!("answered {} {}", job.ctx.round, job.ctx.attempt);
+            if !(retoss && used.contains(&answered_before)) {
+                return Err(refuse(format!(
+                    "no contributor's sketch was sent, and this key holder did not check the \
+                     sketches of this sum in an earlier coin toss of attempt {}",
+                    job.ctx.attempt
+                )));
+            }
+        } else {
+            job.check_sketches(&challenge, sketches)?;
+        }
+        let answered = read_answered(&fed.answered_path)?;
         let refused = |e: consortia_he::HeError| {
             key_err(&format!("decryption of round {} refused", job.ctx.round), e)
         };
@@ -1095,6 +1065,73 @@ impl DecryptJob {
             aggregate: self.ctx.aggregate_digest,
             contributions: self.contributions,
         }
+    }
+
+    /// The sketch check (module docs): every contributor named gives exactly
+    /// one sketch, signed with the key of the certificate given for it over
+    /// this toss's `challenge`, and together they add up to the sketch of
+    /// the aggregate's masks.
+    fn check_sketches(
+        &self,
+        challenge: &[u8; 32],
+        sketches: &ContributorSketches,
+    ) -> Result<(), AgentError> {
+        let challenge = *challenge;
+        let job = self;
+        let refuse = |why: String| {
+            AgentError::Protocol(format!(
+                "decryption of round {} refused: {why}",
+                job.ctx.round
+            ))
+        };
+        let params = job.aggregate.shape().params;
+        let mut sum = Sketch::zero(params);
+        let mut seen = HashSet::new();
+        for s in &sketches.sketches {
+            let Some((name, examples, verifier)) =
+                job.contributors.iter().find(|(n, ..)| n == &s.partner)
+            else {
+                return Err(refuse(format!(
+                    "a sketch is given as `{}`'s, who is not a contributor to this sum",
+                    s.partner
+                )));
+            };
+            if !seen.insert(name.as_str()) {
+                return Err(refuse(format!("two sketches are given as `{name}`'s")));
+            }
+            // Length-checked (a few hundred bytes) before anything is decoded.
+            let sketch = Sketch::from_bytes(&s.sketch, params)
+                .map_err(|e| refuse(format!("the sketch given as `{name}`'s: {e}")))?;
+            let digest = job
+                .ctx
+                .sketch_digest(name, *examples, &challenge, &s.sketch);
+            if !verifier.verify_hash(&digest, &s.signature) {
+                return Err(refuse(format!(
+                    "the sketch given as `{name}`'s is not signed by `{name}` for this \
+                     decryption (its round, attempt, example count and challenge)"
+                )));
+            }
+            sum.add(&sketch).map_err(|e| refuse(e.to_string()))?;
+        }
+        if let Some((missing, ..)) = job
+            .contributors
+            .iter()
+            .find(|(n, ..)| !seen.contains(n.as_str()))
+        {
+            return Err(refuse(format!("no sketch from contributor `{missing}`")));
+        }
+        // The defence (module docs): the sketches of the contributors' own
+        // masks add up to the sketch of the aggregate's only if the aggregate
+        // is their sum, but for probability at most 2^-80.
+        if Sketch::of_aggregate(&job.aggregate, &challenge) != sum {
+            return Err(refuse(
+                "the aggregate's masks are not the sum of the named contributors' masks (their \
+                 signed sketches do not add up to its sketch): the coordinator asks to open \
+                 another sum than the one it names"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Refuses a message of another (round, attempt, toss) than this job's.
@@ -1384,7 +1421,9 @@ fn check_fresh(
             )));
         }
     }
-    // Decrypted attempts first: they say the most.
+    if let Some(e) = refused {
+        return Err(e);
+    }
     for line in used {
         if let (Some("answered"), Some(r), Some(a), _) = parse_record(line)
             && r == round
@@ -1396,9 +1435,6 @@ fn check_fresh(
                  attempts strictly increasing)"
             )));
         }
-    }
-    if let Some(e) = refused {
-        return Err(e);
     }
     for line in used {
         match parse_record(line) {
@@ -2263,11 +2299,15 @@ mod tests {
             summed: first.iter().map(Vec::as_slice).collect(),
         };
         assert!(decrypt(&c, &all(1), |ch| sketches(&c, 1, ch)).is_ok());
-        // The same round and attempt again: refused.
+        // The same round, attempt and toss again: refused.
         let e = decrypt(&c, &all(1), |ch| sketches(&c, 1, ch))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("already decrypted attempt 1"), "{e}");
+        assert!(
+            e.contains("already tossed the coin for attempt 1")
+                && e.contains("strictly increasing"),
+            "{e}"
+        );
         // An older attempt: refused.
         let e = decrypt(&c, &all(0), |ch| sketches(&c, 1, ch))
             .unwrap_err()
@@ -2854,6 +2894,370 @@ mod tests {
             let set = th.decryption_set(q.map(|j| PartyId(j as u32))).unwrap();
             let opened = threshold_combine(&agg, &set, &shares).unwrap();
             assert_eq!(opened, vec![6; VALUES]);
+        }
+
+        /// A 3-of-5 key (Secure128) whose holders a, b and c signed updates
+        /// for attempt 1 of round 4 (every value 1, 2, 3), and their sum.
+        fn summed() -> (Five, Aggregate) {
+            // Secure128: Fast64's flooding allows no release.
+            let mut f = five_with(HeParams::Secure128);
+            let (_, dealings) = keys_and_dealings(&mut f);
+            for h in &mut f.holders {
+                h.threshold_collect(&f.task, &HASH, &dealings).unwrap();
+            }
+            let shape = Shape::new(&f.key, VALUES as u64).unwrap();
+            let mut agg = Aggregate::new(shape).unwrap();
+            for i in 0..3 {
+                let ch = chunks(&f.key, i as u64 + 1);
+                f.holders[i]
+                    .sign_update(&shape, &HASH, 4, 1, 100, &ch)
+                    .unwrap();
+                for (k, b) in ch.iter().enumerate() {
+                    agg.add_bytes(k as u32, b).unwrap();
+                }
+            }
+            (f, agg)
+        }
+
+        /// Coin toss `toss` of attempt `attempt` of round 4 for `digest`, the
+        /// sum of a, b and c (each of 100 examples).
+        fn retoss_request(f: &Five, digest: [u8; 32], attempt: u64, toss: u32) -> DecryptRequest {
+            let cert =
+                |n: &str| consortia_pki::read_ca_certificate(&f.pki.partner_cert_path(n)).unwrap();
+            DecryptRequest {
+                toss,
+                round: 4,
+                contributions: ["a", "b", "c"]
+                    .iter()
+                    .map(|n| Contribution {
+                        partner: n.to_string(),
+                        example_count: 100,
+                        certificate: cert(n),
+                    })
+                    .collect(),
+                min_contributors: 1,
+                aggregate_digest: digest.to_vec(),
+                values: VALUES as u64,
+                attempt,
+                task_hash: HASH.to_vec(),
+            }
+        }
+
+        /// The contributors' sketches relayed in a toss.
+        enum Relay {
+            /// a, b and c sketch under this toss's challenge.
+            Fresh,
+            /// None: the holders checked them in an earlier toss.
+            Checked,
+            /// a, b and c's sketches of the given toss, signed then.
+            Of(Vec<ContributorSketch>),
+        }
+
+        /// a, b and c's signed sketches under `challenge` for toss `toss` of
+        /// attempt 1.
+        fn sketched(f: &Five, toss: u32, challenge: &[u8; 32]) -> Vec<ContributorSketch> {
+            (0..3)
+                .map(|i| {
+                    let s = f.holders[i]
+                        .sketch(
+                            &SketchRequest {
+                                toss,
+                                round: 4,
+                                attempt: 1,
+                                challenge: challenge.to_vec(),
+                            },
+                            &HASH,
+                        )
+                        .unwrap();
+                    ContributorSketch {
+                        partner: f.names[i].clone(),
+                        sketch: s.sketch,
+                        signature: s.signature,
+                    }
+                })
+                .collect()
+        }
+
+        /// Plays coin toss `req.toss` with holders `q` (indices) up to the
+        /// sketches, and the holders of `answer` (within `q`) to their
+        /// shares; the others leave once the seeds are out. Returns the
+        /// challenge and each answering holder's result.
+        fn play(
+            f: &Five,
+            agg: &Aggregate,
+            req: &DecryptRequest,
+            q: &[usize],
+            answer: &[usize],
+            relay: Relay,
+        ) -> ([u8; 32], Vec<Result<Vec<u8>, AgentError>>) {
+            let shape = *agg.shape();
+            let mut jobs = Vec::new();
+            let mut commitments = Vec::new();
+            for &j in q {
+                let mut job = f.holders[j]
+                    .begin_decrypt(req, 3, VALUES as u64, &HASH)
+                    .unwrap();
+                let mut commit = None;
+                for i in 0..shape.chunks() {
+                    commit = job
+                        .add_masks(&AggregateMasks {
+                            toss: req.toss,
+                            round: 4,
+                            attempt: req.attempt,
+                            index: i,
+                            masks: agg.mask_chunk(i).unwrap(),
+                        })
+                        .unwrap();
+                }
+                commitments.push(HolderCommitment {
+                    holder: f.names[j].clone(),
+                    commitment: commit.unwrap().commitment,
+                });
+                jobs.push(job);
+            }
+            let list = ChallengeCommitments {
+                toss: req.toss,
+                round: 4,
+                attempt: req.attempt,
+                commitments,
+            };
+            let seeds: Vec<HolderSeed> = q
+                .iter()
+                .zip(&mut jobs)
+                .map(|(&j, job)| HolderSeed {
+                    holder: f.names[j].clone(),
+                    seed: f.holders[j].reveal_seed(job, &list).unwrap().seed,
+                })
+                .collect();
+            let reveals = ChallengeReveals {
+                toss: req.toss,
+                round: 4,
+                attempt: req.attempt,
+                seeds,
+            };
+            for job in &mut jobs {
+                job.take_reveals(&reveals).unwrap();
+            }
+            let challenge = jobs[0].challenge().unwrap();
+            let sketches = ContributorSketches {
+                toss: req.toss,
+                round: 4,
+                attempt: req.attempt,
+                sketches: match relay {
+                    Relay::Fresh => sketched(f, req.toss, &challenge),
+                    Relay::Checked => Vec::new(),
+                    Relay::Of(s) => s,
+                },
+            };
+            let results = q
+                .iter()
+                .zip(jobs)
+                .filter(|(j, _)| answer.contains(j))
+                .map(|(&j, job)| f.holders[j].finish_decrypt(job, &sketches))
+                .collect();
+            (challenge, results)
+        }
+
+        /// Opens the sum from the shares of `q` (indices).
+        fn open(agg: &Aggregate, q: &[usize], shares: Vec<Vec<u8>>) -> Vec<u64> {
+            let shares: Vec<DecryptionShare> = shares
+                .iter()
+                .map(|b| DecryptionShare::from_bytes(b, agg.shape()).unwrap())
+                .collect();
+            let th = Threshold::new(5, 3).unwrap();
+            let set = th
+                .decryption_set(q.iter().map(|&j| PartyId(j as u32)))
+                .unwrap();
+            threshold_combine(agg, &set, &shares).unwrap()
+        }
+
+        /// Toss 0 of attempt 1 with all five holders fails once the sketches
+        /// are out: b and d leave (a, c and e answered). Toss 1 of the same
+        /// aggregate with a, c and e opens it, and so does toss 2 with the
+        /// same three, who checked the sketches already and are sent none
+        /// (the contributors may be gone by then). Each share counts
+        /// against the key's release budget.
+        #[test]
+        fn a_further_toss_of_the_same_sum_with_fewer_holders_opens_it() {
+            let (f, agg) = summed();
+            let digest = agg.mask_digest();
+            let all = [0, 1, 2, 3, 4];
+            let ace = [0, 2, 4];
+            let (_, first) = play(
+                &f,
+                &agg,
+                &retoss_request(&f, digest, 1, 0),
+                &all,
+                &ace,
+                Relay::Fresh,
+            );
+            assert!(first.iter().all(Result::is_ok));
+            let (_, second) = play(
+                &f,
+                &agg,
+                &retoss_request(&f, digest, 1, 1),
+                &ace,
+                &ace,
+                Relay::Fresh,
+            );
+            let shares = second.into_iter().map(Result::unwrap).collect();
+            assert_eq!(open(&agg, &ace, shares), vec![6; VALUES]);
+            let (_, third) = play(
+                &f,
+                &agg,
+                &retoss_request(&f, digest, 1, 2),
+                &ace,
+                &ace,
+                Relay::Checked,
+            );
+            let shares = third.into_iter().map(Result::unwrap).collect();
+            assert_eq!(open(&agg, &ace, shares), vec![6; VALUES]);
+            // Three releases each, counted; every toss recorded with its sum.
+            let used = read_lines(&f.holders[0].current.as_ref().unwrap().used_path).unwrap();
+            let answered = used.iter().filter(|l| *l == "answered 4 1").count();
+            assert_eq!(answered, 3, "{used:?}");
+            for toss in 0..3 {
+                let line = format!("challenge 4 1 {toss} {} ", hex::encode(digest));
+                assert!(used.iter().any(|l| l.starts_with(&line)), "{used:?}");
+            }
+            // b never saw the sketches checked: with none sent, it refuses.
+            let (_, b) = play(
+                &f,
+                &agg,
+                &retoss_request(&f, digest, 1, 3),
+                &[0, 1, 2],
+                &[1],
+                Relay::Checked,
+            );
+            let e = b.into_iter().next().unwrap().unwrap_err().to_string();
+            assert!(e.contains("did not check the sketches"), "{e}");
+        }
+
+        /// Once a holder tossed the coin for attempt 1 (and answered), a
+        /// further toss is refused for another aggregate, other
+        /// contributions, a toss number used already or past the bound, or
+        /// another attempt; messages and sketches of one toss are refused in
+        /// the next.
+        #[test]
+        fn a_further_toss_for_another_sum_or_out_of_order_is_refused() {
+            let (f, agg) = summed();
+            let digest = agg.mask_digest();
+            let (toss0_challenge, first) = play(
+                &f,
+                &agg,
+                &retoss_request(&f, digest, 1, 0),
+                &[0, 2, 4],
+                &[0, 2, 4],
+                Relay::Fresh,
+            );
+            assert!(first.iter().all(Result::is_ok));
+            let a = &f.holders[0];
+            let begin = |req: &DecryptRequest| {
+                a.begin_decrypt(req, 3, VALUES as u64, &HASH)
+                    .err()
+                    .map(|e| e.to_string())
+            };
+            // Another aggregate digest: {a, b, c} then another sum.
+            let e = begin(&retoss_request(&f, [7; 32], 1, 1)).unwrap();
+            assert!(e.contains("for another sum"), "{e}");
+            // Other contributions: d instead of c, or another example count.
+            let mut other = retoss_request(&f, digest, 1, 1);
+            other.contributions[2] = Contribution {
+                partner: "d".into(),
+                example_count: 100,
+                certificate: consortia_pki::read_ca_certificate(&f.pki.partner_cert_path("d"))
+                    .unwrap(),
+            };
+            let e = begin(&other).unwrap();
+            assert!(e.contains("for another sum"), "{e}");
+            let mut counts = retoss_request(&f, digest, 1, 1);
+            counts.contributions[0].example_count = 101;
+            let e = begin(&counts).unwrap();
+            assert!(e.contains("for another sum"), "{e}");
+            // The same toss again, and a toss past the bound.
+            let e = begin(&retoss_request(&f, digest, 1, 0)).unwrap();
+            assert!(e.contains("tosses strictly increasing"), "{e}");
+            let e = begin(&retoss_request(&f, digest, 1, MAX_TOSSES_PER_ATTEMPT)).unwrap();
+            assert!(e.contains("past the most"), "{e}");
+            // An older attempt.
+            let e = begin(&retoss_request(&f, digest, 0, 1)).unwrap();
+            assert!(e.contains("already decrypted attempt 1"), "{e}");
+            // Toss 1 of attempt 1: toss 0's messages are refused.
+            let req = retoss_request(&f, digest, 1, 1);
+            let mut job = a.begin_decrypt(&req, 3, VALUES as u64, &HASH).unwrap();
+            let masks = |toss| AggregateMasks {
+                toss,
+                round: 4,
+                attempt: 1,
+                index: 0,
+                masks: agg.mask_chunk(0).unwrap(),
+            };
+            let e = job.add_masks(&masks(0)).unwrap_err().to_string();
+            assert!(e.contains("for coin toss 0"), "{e}");
+            // Toss 0's sketches, signed for toss 0's challenge, relayed in
+            // toss 1: not signed for this toss.
+            let (_, relayed) = play(
+                &f,
+                &agg,
+                &retoss_request(&f, digest, 1, 2),
+                &[0, 2, 4],
+                &[0],
+                Relay::Of(sketched(&f, 0, &toss0_challenge)),
+            );
+            let e = relayed.into_iter().next().unwrap().unwrap_err().to_string();
+            assert!(e.contains("is not signed by"), "{e}");
+            // A commitment made under toss 1's context does not open under
+            // toss 2's, and toss 2's list refuses a seed of toss 1.
+            let ctx = |toss| DecryptionContext {
+                task_hash: HASH,
+                key_id: f.key.key_id(),
+                round: 4,
+                attempt: 1,
+                toss,
+                aggregate_digest: digest,
+            };
+            assert!(!ctx(2).opens("b", &[1; 32], &ctx(1).commitment("b", &[1; 32])));
+            // The same aggregate under a later attempt: without sketches (the
+            // contributors signed none for it) it is not opened again.
+            let (_, other) = play(
+                &f,
+                &agg,
+                &retoss_request(&f, digest, 2, 1),
+                &[0, 2, 4],
+                &[0],
+                Relay::Checked,
+            );
+            let e = other.into_iter().next().unwrap().unwrap_err().to_string();
+            assert!(e.contains("did not check the sketches"), "{e}");
+        }
+
+        /// A contributor sketches one challenge per coin toss of the attempt
+        /// it signed an update for, tosses strictly increasing, below the
+        /// bound.
+        #[test]
+        fn contributors_sketch_one_challenge_per_toss_of_their_attempt() {
+            let (f, _) = summed();
+            let a = &f.holders[0];
+            let ask = |attempt, toss, challenge: u8| SketchRequest {
+                toss,
+                round: 4,
+                attempt,
+                challenge: vec![challenge; 32],
+            };
+            assert!(a.sketch(&ask(1, 0, 1), &HASH).is_ok());
+            // The same toss and challenge again: the same sketch.
+            assert!(a.sketch(&ask(1, 0, 1), &HASH).is_ok());
+            let e = a.sketch(&ask(1, 0, 2), &HASH).unwrap_err().to_string();
+            assert!(e.contains("already sketched"), "{e}");
+            assert!(a.sketch(&ask(1, 2, 3), &HASH).is_ok());
+            let e = a.sketch(&ask(1, 1, 4), &HASH).unwrap_err().to_string();
+            assert!(e.contains("already sketched"), "{e}");
+            let e = a
+                .sketch(&ask(1, MAX_TOSSES_PER_ATTEMPT, 5), &HASH)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("past the most"), "{e}");
+            assert!(a.sketch(&ask(2, 3, 6), &HASH).is_err());
         }
 
         /// What the coordinator could try while relaying: each is refused,

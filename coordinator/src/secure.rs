@@ -704,6 +704,27 @@ impl DecryptionStep {
     }
 }
 
+/// With whom a further coin toss for the same aggregate is made
+/// ([`Decryption::retry_with`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retry {
+    /// These key holders; every contributor signs a sketch under the new
+    /// toss's challenge.
+    Sketched(Vec<String>),
+    /// These key holders, each of which checked the contributors' sketches
+    /// of this sum in the toss that failed; no sketch is asked for.
+    Checked(Vec<String>),
+}
+
+impl Retry {
+    /// The key holders asked.
+    pub fn holders(&self) -> &[String] {
+        match self {
+            Retry::Sketched(h) | Retry::Checked(h) => h,
+        }
+    }
+}
+
 /// One contributor to the sum being decrypted, as it sent its update.
 #[derive(Debug, Clone)]
 pub struct Contributor {
@@ -752,6 +773,9 @@ pub struct Decryption {
     /// True when only key holders failed the toss (not a contributor, nor
     /// the sum): a further toss with other holders can still open it.
     holders_only: bool,
+    /// Every holder asked checked this sum's sketches in an earlier toss
+    /// ([`Retry::Checked`]).
+    checked: bool,
 }
 
 impl Decryption {
@@ -796,6 +820,7 @@ impl Decryption {
             threshold: None,
             dropped: Vec::new(),
             holders_only: false,
+            checked: false,
         })
     }
 
@@ -806,6 +831,13 @@ impl Decryption {
     pub fn with_threshold(mut self, threshold: u32, toss: u32) -> Self {
         self.threshold = Some(threshold);
         self.ctx.toss = toss;
+        self
+    }
+
+    /// Every holder asked checked this sum's sketches in an earlier toss:
+    /// none are asked for ([`Decryption::checked_sketches_message`]).
+    pub fn with_checked_sketches(mut self) -> Self {
+        self.checked = true;
         self
     }
 
@@ -852,28 +884,45 @@ impl Decryption {
     }
 
     /// After a failed toss of a t-of-N decryption that only key holders
-    /// failed: the holders of the key that a further toss for the same
-    /// aggregate asks, those of `connected` not dropped in this toss, if at
-    /// least `t` (and `None` otherwise, or when a contributor or the sum
-    /// failed it).
-    pub fn retry_with(&self, connected: &[String]) -> Option<Vec<String>> {
+    /// failed it: with whom a further toss for the same aggregate is made,
+    /// if at least `t` (and `None` otherwise, or when a contributor or the
+    /// sum failed it). With every contributor still connected, the holders
+    /// of `connected` not dropped, and the contributors sketch under the new
+    /// toss's challenge ([`Retry::Sketched`]); otherwise, once this toss's
+    /// sketches were sent to its decryption set, those of that set still
+    /// connected and not dropped, who checked them ([`Retry::Checked`]).
+    pub fn retry_with(&self, connected: &[String]) -> Option<Retry> {
         let t = self.threshold? as usize;
-        // Every contributor signs a sketch under each toss's own challenge.
-        if !self.holders_only
-            || self
-                .contributors
-                .iter()
-                .any(|c| !connected.contains(&c.name))
-        {
+        if !self.holders_only {
             return None;
         }
-        let holders: Vec<String> = self
-            .committee
+        let healthy = |p: &&String| connected.contains(p) && !self.dropped.contains(p);
+        if self
+            .contributors
             .iter()
-            .filter(|p| connected.contains(p) && !self.dropped.contains(p))
-            .cloned()
-            .collect();
-        (holders.len() >= t).then_some(holders)
+            .all(|c| connected.contains(&c.name))
+        {
+            let holders: Vec<String> = self.committee.iter().filter(healthy).cloned().collect();
+            return (holders.len() >= t).then_some(Retry::Sketched(holders));
+        }
+        if self.step != DecryptionStep::Shares && !self.checked {
+            return None;
+        }
+        let holders: Vec<String> = self.asked.iter().filter(healthy).cloned().collect();
+        (holders.len() >= t).then_some(Retry::Checked(holders))
+    }
+
+    /// A further toss whose holders all checked the contributors' sketches
+    /// of this same sum in an earlier toss: no sketch is asked for, the
+    /// holders are sent none, and the shares are taken next.
+    pub fn checked_sketches_message(&mut self) -> ContributorSketches {
+        self.step = DecryptionStep::Shares;
+        ContributorSketches {
+            round: self.ctx.round,
+            attempt: self.ctx.attempt,
+            toss: self.ctx.toss,
+            sketches: Vec::new(),
+        }
     }
 
     /// Key holders asked in this toss that refused, left or broke their answer.
@@ -1005,6 +1054,7 @@ impl Decryption {
                 && self.contributors.iter().any(|c| c.name == partner)
                 && !self.sketches.contains_key(partner));
         } else if self.step <= DecryptionStep::Sketches
+            && !self.checked
             && self.contributors.iter().any(|c| c.name == partner)
             && !self.sketches.contains_key(partner)
         {

@@ -33,7 +33,7 @@ use super::{Ending, Phase, Progress, drive};
 use crate::CoordinatorError;
 use crate::hub::{Hub, Stage};
 use crate::round::{Discard, RoundResult};
-use crate::secure::{Contributor, Decryption, DecryptionStep, FederationKey, count_release};
+use crate::secure::{Contributor, Decryption, DecryptionStep, FederationKey, Retry, count_release};
 use crate::session::{Outbound, message};
 
 /// Why a round's sum could not be decrypted.
@@ -97,9 +97,9 @@ pub const MAX_COMMIT_WINDOW: Duration = Duration::from_secs(30);
 /// Why a coin toss failed, and with whom a further one can be tossed.
 struct TossFailed {
     why: DecryptionFailed,
-    /// t-of-N: the key holders still connected and not dropped, if at least
-    /// `t` and only key holders failed the toss.
-    retry_with: Option<Vec<String>>,
+    /// t-of-N: with whom a further toss can be made, if only key holders
+    /// failed this one ([`Decryption::retry_with`]).
+    retry_with: Option<Retry>,
     /// The key holders that failed the toss.
     dropped: Vec<String>,
 }
@@ -300,6 +300,8 @@ pub async fn decrypt_round(
         toss: 0,
     };
     let mut toss = 0;
+    // Whether the holders asked all checked the sketches in an earlier toss.
+    let mut checked = false;
     loop {
         let mut decryption = Decryption::new(
             round,
@@ -314,28 +316,25 @@ pub async fn decrypt_round(
         if let Some(t) = threshold {
             decryption = decryption.with_threshold(t, toss);
         }
+        if checked {
+            decryption = decryption.with_checked_sketches();
+        }
         let request = DecryptRequest {
             toss,
             ..request.clone()
         };
-        match toss_coin(
-            hub,
-            decryption,
-            request,
-            threshold.is_some(),
-            deadline,
-            until,
-        )
-        .await
-        {
+        let t_of_n = threshold.is_some();
+        match toss_coin(hub, decryption, request, t_of_n, checked, deadline, until).await {
             Ok(sum) => return Ok(sum),
             Err(failed) => {
-                let Some(holders) = failed
+                let Some(retry) = failed
                     .retry_with
                     .filter(|_| toss + 1 < MAX_TOSSES_PER_ATTEMPT && Instant::now() < until)
                 else {
                     return Err(failed.why);
                 };
+                checked |= matches!(retry, Retry::Checked(_));
+                let holders = retry.holders().to_vec();
                 toss += 1;
                 // Each toss's shares are further releases under the key.
                 if let Some(c) = &hub.ciphertexts {
@@ -348,12 +347,18 @@ pub async fn decrypt_round(
                     toss,
                     dropped = ?failed.dropped,
                     holders = holders.len(),
+                    checked,
                     "further coin toss {toss} for the same aggregate of attempt {} of round \
                      {round}: the last one failed ({}); asking the {} key holders still \
-                     connected",
+                     connected{}",
                     hub.attempt(),
                     failed.why,
-                    holders.len()
+                    holders.len(),
+                    if checked {
+                        ", which checked the contributors' sketches of this sum already"
+                    } else {
+                        ""
+                    }
                 );
                 asked = holders;
             }
@@ -370,6 +375,7 @@ async fn toss_coin(
     decryption: Decryption,
     request: DecryptRequest,
     threshold: bool,
+    checked: bool,
     deadline: Duration,
     until: Instant,
 ) -> Result<Vec<u64>, TossFailed> {
@@ -423,8 +429,17 @@ async fn toss_coin(
         phase = "decryption",
         toss,
         holders = holders.len(),
-        "challenge seeds relayed; asking the contributors for their sketches"
+        "challenge seeds relayed"
     );
+    if checked {
+        // Every holder asked checked this sum's sketches in an earlier toss.
+        let none = with_decryption(hub, Decryption::checked_sketches_message)
+            .ok_or(DecryptionFailed::Lost)?;
+        send_each(hub, &holders, &Kind::ContributorSketches(none));
+        return drive(hub, Waiting::new(DecryptionStep::Shares), until)
+            .await?
+            .ok_or(DecryptionFailed::Lost.into());
+    }
     // Every contributor signs the sketch of its own masks.
     let ask = SketchRequest {
         round,
