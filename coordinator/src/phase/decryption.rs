@@ -1256,4 +1256,229 @@ mod phase_tests {
             })
         );
     }
+
+    /// The secure example task with `key_threshold = 2` (a 2-of-3 key of a, b, c).
+    fn two_of_three() -> String {
+        let mut spec = consortia_model::TaskSpec::from_toml_str(SECURE_TASK).unwrap();
+        spec.key_threshold = Some(2);
+        spec.to_toml_string().unwrap()
+    }
+
+    /// Plays key holders `holders` through coin toss `toss` (commitments to
+    /// seeds `[i; 32]`, then seeds), as honest agents do; returns the
+    /// challenge. The holders' decryption requests were already taken.
+    async fn toss_among(
+        hub: &Hub,
+        inbox: &mut Inboxes,
+        holders: &[&str],
+        toss: u32,
+        digest: [u8; 32],
+    ) -> [u8; 32] {
+        let ctx = DecryptionContext {
+            task_hash: hub.task_hash,
+            key_id: hub_key(hub).key_id(),
+            round: 1,
+            attempt: hub.attempt(),
+            toss,
+            aggregate_digest: digest,
+        };
+        for (i, p) in holders.iter().enumerate() {
+            let commit = ChallengeCommit {
+                round: 1,
+                attempt: hub.attempt(),
+                toss,
+                commitment: ctx.commitment(p, &[i as u8; 32]).to_vec(),
+            };
+            hub.challenge_commit(p, &commit).unwrap();
+        }
+        for p in holders {
+            match next_message(inbox.get_mut(*p).unwrap()).await {
+                Kind::ChallengeCommitments(l) => {
+                    assert_eq!((l.commitments.len(), l.toss), (holders.len(), toss))
+                }
+                other => panic!("expected the commitments, got {other:?}"),
+            }
+        }
+        let mut seeds = Vec::new();
+        for (i, p) in holders.iter().enumerate() {
+            let msg = ChallengeSeed {
+                round: 1,
+                attempt: hub.attempt(),
+                toss,
+                seed: vec![i as u8; 32],
+            };
+            hub.challenge_seed(p, &msg).unwrap();
+            seeds.push((*p, [i as u8; 32]));
+        }
+        for p in holders {
+            assert!(matches!(
+                next_message(inbox.get_mut(*p).unwrap()).await,
+                Kind::ChallengeReveals(r) if r.toss == toss
+            ));
+        }
+        ctx.joint_challenge(seeds.iter().map(|(h, s)| (*h, s)))
+    }
+
+    /// The decryption request `p` is sent next (its masks skipped).
+    async fn request_to(inbox: &mut Inboxes, p: &str) -> DecryptRequest {
+        match next(inbox.get_mut(p).unwrap()).await {
+            Outbound::Decrypt { request, .. } => request,
+            other => panic!("expected a decryption request for {p}, got {other:?}"),
+        }
+    }
+
+    /// 2-of-3: c commits late and is left out of toss 0 (the holders asked
+    /// then are a and b, and c is sent no commitment list); after the
+    /// sketches are relayed, b refuses: toss 1 of the same aggregate asks a
+    /// and c (every contributor is still connected, so each sketches again
+    /// under toss 1's challenge), and shares of toss 0 are refused in it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_late_holder_is_left_out_and_a_refusal_after_the_sketches_tosses_again() {
+        let task = two_of_three();
+        let (hub, mut inbox) = hub_with(&task, &HOLDERS);
+        let mut r = round(&hub, &HOLDERS);
+        hub.set_federation_key(Some(r.key.clone()));
+        // Commit window: 1 s.
+        let running = start(&hub, &mut r, Duration::from_secs(4));
+        let mut digest = [0u8; 32];
+        for p in HOLDERS {
+            let req = request_to(&mut inbox, p).await;
+            assert_eq!(req.toss, 0);
+            digest = req.aggregate_digest.try_into().unwrap();
+        }
+        let challenge = toss_among(&hub, &mut inbox, &["a", "b"], 0, digest).await;
+        // c's commitment after the window: refused, it takes no part.
+        let late = ChallengeCommit {
+            round: 1,
+            attempt: hub.attempt(),
+            toss: 0,
+            commitment: vec![0; 32],
+        };
+        assert!(hub.challenge_commit("c", &late).is_err());
+        for p in HOLDERS {
+            assert!(matches!(
+                next_message(inbox.get_mut(p).unwrap()).await,
+                Kind::SketchRequest(s) if s.toss == 0
+            ));
+        }
+        for p in HOLDERS {
+            hub.add_sketch(p, &signed_in(0, &r, &hub, p, p, &challenge))
+                .unwrap();
+        }
+        for p in ["a", "b"] {
+            assert!(matches!(
+                next_message(inbox.get_mut(p).unwrap()).await,
+                Kind::ContributorSketches(s) if s.sketches.len() == 3 && s.toss == 0
+            ));
+        }
+        hub.decline(
+            "b",
+            1,
+            "gone fishing".into(),
+            consortia_proto::DeclineKind::Decryption,
+        )
+        .unwrap();
+        // Toss 1: a and c, fresh sketches from every contributor.
+        for p in ["a", "c"] {
+            let req = request_to(&mut inbox, p).await;
+            assert_eq!((req.toss, req.attempt), (1, hub.attempt()));
+            assert_eq!(req.aggregate_digest, digest.to_vec());
+        }
+        assert!(inbox.get_mut("b").unwrap().try_recv().is_err());
+        let challenge = toss_among(&hub, &mut inbox, &["a", "c"], 1, digest).await;
+        for p in HOLDERS {
+            assert!(matches!(
+                next_message(inbox.get_mut(p).unwrap()).await,
+                Kind::SketchRequest(s) if s.toss == 1
+            ));
+        }
+        // A sketch of toss 0 is refused in toss 1.
+        let stale = signed_in(0, &r, &hub, "a", "a", &challenge);
+        assert!(hub.add_sketch("a", &stale).is_err());
+        for p in HOLDERS {
+            hub.add_sketch(p, &signed_in(1, &r, &hub, p, p, &challenge))
+                .unwrap();
+        }
+        for p in ["a", "c"] {
+            assert!(matches!(
+                next_message(inbox.get_mut(p).unwrap()).await,
+                Kind::ContributorSketches(s) if s.sketches.len() == 3 && s.toss == 1
+            ));
+        }
+        // A share of toss 0 is discarded.
+        let stale = consortia_proto::share_pieces(1, &[0; 64]).next().unwrap();
+        assert!(matches!(
+            hub.add_share_piece("a", stale),
+            Err(r @ Rejection::OutOfPhase { .. }) if r.to_string().contains("coin toss 0")
+        ));
+        // No shares: the toss runs out at the deadline, naming a and c.
+        let failed = running.await.unwrap().unwrap_err();
+        assert_eq!(
+            failed,
+            DecryptionFailed::Missing {
+                what: "decryption shares",
+                from: vec!["a".into(), "c".into()]
+            }
+        );
+    }
+
+    /// 2-of-3: c leaves once the sketches were relayed to a, b and c. A
+    /// contributor is gone, so toss 1 asks a and b, who checked the
+    /// sketches in toss 0, and sends them none; with one more holder gone
+    /// fewer than t remain and the attempt fails.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_contributor_holder_gone_after_the_sketches_tosses_again_without_them() {
+        let task = two_of_three();
+        let (hub, mut inbox) = hub_with(&task, &["a", "b"]);
+        let (c_session, c_inbox) = crate::testing::connect(&hub, "c");
+        inbox.insert("c".into(), c_inbox);
+        let mut r = round(&hub, &HOLDERS);
+        hub.set_federation_key(Some(r.key.clone()));
+        let running = start(&hub, &mut r, Duration::from_secs(20));
+        let mut digest = [0u8; 32];
+        for p in HOLDERS {
+            digest = request_to(&mut inbox, p)
+                .await
+                .aggregate_digest
+                .try_into()
+                .unwrap();
+        }
+        let challenge = toss_among(&hub, &mut inbox, &HOLDERS, 0, digest).await;
+        for p in HOLDERS {
+            next_message(inbox.get_mut(p).unwrap()).await;
+            hub.add_sketch(p, &signed_in(0, &r, &hub, p, p, &challenge))
+                .unwrap();
+        }
+        for p in HOLDERS {
+            assert!(matches!(
+                next_message(inbox.get_mut(p).unwrap()).await,
+                Kind::ContributorSketches(s) if s.sketches.len() == 3
+            ));
+        }
+        hub.unregister("c", c_session);
+        for p in ["a", "b"] {
+            assert_eq!(request_to(&mut inbox, p).await.toss, 1);
+        }
+        toss_among(&hub, &mut inbox, &["a", "b"], 1, digest).await;
+        // No sketch is asked for: a and b are sent none.
+        for p in ["a", "b"] {
+            assert!(matches!(
+                next_message(inbox.get_mut(p).unwrap()).await,
+                Kind::ContributorSketches(s) if s.sketches.is_empty() && s.toss == 1
+            ));
+        }
+        hub.decline(
+            "b",
+            1,
+            "gone too".into(),
+            consortia_proto::DeclineKind::Decryption,
+        )
+        .unwrap();
+        let failed = running.await.unwrap().unwrap_err();
+        assert_eq!(
+            failed,
+            DecryptionFailed::KeyHolder("key holder `b`: gone too".into())
+        );
+        assert!(inbox.get_mut("a").unwrap().try_recv().is_err());
+    }
 }
