@@ -1310,7 +1310,7 @@ fn a_second_decryption_of_a_nested_set_in_the_same_round_is_refused() {
         &c,
         &names,
         "the nested sum",
-        "already decrypted attempt 1 of that round",
+        "already tossed the coin for attempt 1 of that round (for another sum",
     );
     for name in &names {
         assert!(
@@ -1323,13 +1323,21 @@ fn a_second_decryption_of_a_nested_set_in_the_same_round_is_refused() {
 
 /// A rerun that reuses the same updates under a new attempt number: the
 /// contributors sign sketches only for the attempt they sent an update
-/// for, so every key holder refuses.
+/// for, and only one challenge per coin toss of it (so the rogue's second
+/// ask, for toss 0 of attempt 1 under the new challenge, is refused too):
+/// it has no sketch to relay, and every key holder refuses.
 #[test]
 fn a_rerun_reusing_contributions_under_a_new_attempt_is_refused() {
     let (rogue, c, names) = decryption_attack(|committee| {
         vec![ask(committee, 1, Forged::No), ask(committee, 2, Forged::No)]
     });
-    answered_then_refused(&rogue, &c, &names, "the rerun", "is not signed by");
+    answered_then_refused(
+        &rogue,
+        &c,
+        &names,
+        "the rerun",
+        "did not check the sketches of this sum",
+    );
     for name in &names {
         // As a contributor, it refused to sketch an attempt it sent nothing for.
         assert!(
