@@ -12,14 +12,17 @@
 //! * `<session>.answered` — digests of every aggregate this partner has
 //!   partially decrypted, appended and synced *before* the share leaves, so
 //!   no aggregate is ever decrypted twice, across restarts too;
-//! * `<session>.used` — every (round, attempt) this key holder drew a
-//!   challenge for (`challenge R A`) or decrypted (`answered R A`), and every
-//!   contribution (partner, round, attempt) in the sums it decrypted: a key
-//!   holder takes part in at most one coin toss and answers at most one
-//!   decryption per (round, attempt), with attempts strictly increasing, and
-//!   never opens a sum that reuses a contribution — so a coordinator cannot
-//!   open {A, B, C, D} and then {A, B, C} and subtract, nor toss the coin
-//!   again for the same sum;
+//! * `<session>.used` — every coin toss this key holder drew a challenge for
+//!   (`challenge R A T <aggregate digest> <contributions digest>`), every
+//!   share it released (`answered R A`), and every contribution (partner,
+//!   round, attempt) in the sums it decrypted: a key holder opens one sum
+//!   per (round, attempt), attempts strictly increasing, and never opens a
+//!   sum that reuses a contribution — so a coordinator cannot open {A, B, C,
+//!   D} and then {A, B, C} and subtract. With a t-of-N key it takes part in
+//!   further coin tosses of an attempt (toss numbers strictly increasing,
+//!   fewer than [`MAX_TOSSES_PER_ATTEMPT`]) only for exactly the sum it
+//!   recorded for that attempt: the same plaintext, each share counted
+//!   against the release budget;
 //! * `<session>.signed` — every (round, attempt) this partner signed an
 //!   update for: it never signs two updates for one (round, attempt).
 //!

@@ -15,9 +15,12 @@
 //!    into the round's aggregate.
 //!
 //! A key holder or contributor that refuses, leaves or does not answer a step
-//! by the deadline fails the attempt, named in the error. The round is marked
-//! durably first, so that its ciphertexts are never used again whatever
-//! happens.
+//! by the deadline fails the attempt, named in the error. With a t-of-N key,
+//! the decryption set is the holders that commit within [`commit_window`],
+//! and a toss that only key holders fail after that is tossed again for the
+//! same aggregate while at least `t` holders remain (README, "Decrypting
+//! with any `t` holders"). The round is marked durably first, so that its
+//! ciphertexts are never used again whatever happens.
 
 use std::fmt;
 use std::time::{Duration, Instant};
