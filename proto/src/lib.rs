@@ -245,13 +245,16 @@ pub fn subshare_recipient_key_digest(
 
 /// The protocol this build speaks, sent in `Hello.protocol_version`:
 /// 2 is joint decryption by the aggregate's masks and signed sketches (key
-/// holders no longer receive every contributor's masks). Agents that predate
-/// the field send 0; a coordinator serving a secure task refuses them at
-/// `Hello`, since they would wait for masks that never come.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// holders no longer receive every contributor's masks); 3 numbers every
+/// coin toss of an attempt and binds the number into the commitment,
+/// challenge and sketch hashes (`DecryptionContext`, formats v2), so that a
+/// t-of-N decryption can be tossed again for the same aggregate. Agents that
+/// predate the field send 0; a coordinator serving a secure task refuses
+/// older agents at `Hello`, since their hashes would not match.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The oldest `Hello.protocol_version` a coordinator serving a secure task accepts.
-pub const MIN_SECURE_PROTOCOL_VERSION: u32 = 2;
+pub const MIN_SECURE_PROTOCOL_VERSION: u32 = 3;
 
 /// Most contributors one decryption request may name; every contributor's
 /// signed sketch then still fits one `ContributorSketches` message.
