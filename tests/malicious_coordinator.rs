@@ -1082,6 +1082,7 @@ async fn ask_decryption(
     let (masks, digest) = claimed_masks(c, key, values, ask);
     let attempt = ask.attempt;
     peer.send_kind(Down::Decrypt(DecryptRequest {
+        toss: 0,
         round: 1,
         contributions: ask
             .named
@@ -1101,6 +1102,7 @@ async fn ask_decryption(
     .await;
     for (i, m) in masks.into_iter().enumerate() {
         peer.send_kind(Down::AggregateMasks(AggregateMasks {
+            toss: 0,
             round: 1,
             attempt,
             index: i as u32,
@@ -1133,6 +1135,7 @@ async fn ask_decryption(
             .map(|(holder, commitment)| HolderCommitment { holder, commitment })
             .collect();
         peer.send_kind(Down::ChallengeCommitments(ChallengeCommitments {
+            toss: 0,
             round: 1,
             attempt,
             commitments,
@@ -1157,6 +1160,7 @@ async fn ask_decryption(
             })
             .collect();
         peer.send_kind(Down::ChallengeReveals(ChallengeReveals {
+            toss: 0,
             round: 1,
             attempt,
             seeds: reveals,
@@ -1168,6 +1172,7 @@ async fn ask_decryption(
             .map(|(h, s)| (h, s.try_into().expect("32-byte seed")))
             .collect();
         let challenge = DecryptionContext {
+            toss: 0,
             task_hash: *task_hash,
             key_id: key.key_id(),
             round: 1,
@@ -1179,6 +1184,7 @@ async fn ask_decryption(
         // asked if it signed an update for it, else for the attempt it did.
         for sketched in [attempt, 1] {
             peer.send_kind(Down::SketchRequest(SketchRequest {
+                toss: 0,
                 round: 1,
                 attempt: sketched,
                 challenge: challenge.to_vec(),
@@ -1219,6 +1225,7 @@ async fn ask_decryption(
         .map(|(_, s)| s.clone())
         .collect();
     peer.send_kind(Down::ContributorSketches(ContributorSketches {
+        toss: 0,
         round: 1,
         attempt,
         sketches,
@@ -1303,7 +1310,7 @@ fn a_second_decryption_of_a_nested_set_in_the_same_round_is_refused() {
         &c,
         &names,
         "the nested sum",
-        "already decrypted attempt 1 of that round",
+        "already tossed the coin for attempt 1 of that round (for another sum",
     );
     for name in &names {
         assert!(
@@ -1316,13 +1323,21 @@ fn a_second_decryption_of_a_nested_set_in_the_same_round_is_refused() {
 
 /// A rerun that reuses the same updates under a new attempt number: the
 /// contributors sign sketches only for the attempt they sent an update
-/// for, so every key holder refuses.
+/// for, and only one challenge per coin toss of it (so the rogue's second
+/// ask, for toss 0 of attempt 1 under the new challenge, is refused too):
+/// it has no sketch to relay, and every key holder refuses.
 #[test]
 fn a_rerun_reusing_contributions_under_a_new_attempt_is_refused() {
     let (rogue, c, names) = decryption_attack(|committee| {
         vec![ask(committee, 1, Forged::No), ask(committee, 2, Forged::No)]
     });
-    answered_then_refused(&rogue, &c, &names, "the rerun", "is not signed by");
+    answered_then_refused(
+        &rogue,
+        &c,
+        &names,
+        "the rerun",
+        "did not check the sketches of this sum",
+    );
     for name in &names {
         // As a contributor, it refused to sketch an attempt it sent nothing for.
         assert!(

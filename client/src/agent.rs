@@ -21,9 +21,10 @@ use consortia_observability::progress::RoundProgress;
 use consortia_pki::{ClientTls, ClientTlsFiles};
 use consortia_proto::federation_client::FederationClient;
 use consortia_proto::{
-    ClientMessage, Decline, DeclineKind, EncryptedChunk, EvalReport, Hello, KeyCommit,
-    KeyShare as KeyShareMsg, MAX_MESSAGE_BYTES, RoundStart, StatsReport, UpdateChunk, chunk_count,
-    chunk_range, client_message::Kind as Up, server_message::Kind as Down, share_pieces,
+    ClientMessage, Decline, DeclineKind, DecryptionSharePiece, EncryptedChunk, EvalReport, Hello,
+    KeyCommit, KeyShare as KeyShareMsg, MAX_MESSAGE_BYTES, RoundStart, StatsReport, UpdateChunk,
+    chunk_count, chunk_range, client_message::Kind as Up, server_message::Kind as Down,
+    share_pieces,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -605,7 +606,7 @@ async fn run_session(
                 let Step::Decrypting(job) = std::mem::replace(step, Step::Idle) else {
                     continue;
                 };
-                let round = job.round();
+                let (round, toss) = (job.round(), job.toss_number());
                 let Some(keys) = state.keys.as_ref() else {
                     continue;
                 };
@@ -618,7 +619,7 @@ async fn run_session(
                 };
                 match tokio::task::block_in_place(decrypt) {
                     Ok(share) => {
-                        send_share(&tx, round, &share).await?;
+                        send_share(&tx, round, toss, &share).await?;
                         consortia_observability::progress::clear();
                         tracing::info!("round {round}: partial decryption sent");
                     }
@@ -823,10 +824,15 @@ async fn refuse_decryption(
 async fn send_share(
     tx: &mpsc::Sender<ClientMessage>,
     round: u64,
+    toss: u32,
     share: &[u8],
 ) -> Result<(), SessionEnd> {
     for piece in share_pieces(round, share) {
-        send(tx, Up::DecryptionShare(piece)).await?;
+        send(
+            tx,
+            Up::DecryptionShare(DecryptionSharePiece { toss, ..piece }),
+        )
+        .await?;
     }
     Ok(())
 }

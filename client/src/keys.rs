@@ -12,14 +12,17 @@
 //! * `<session>.answered` — digests of every aggregate this partner has
 //!   partially decrypted, appended and synced *before* the share leaves, so
 //!   no aggregate is ever decrypted twice, across restarts too;
-//! * `<session>.used` — every (round, attempt) this key holder drew a
-//!   challenge for (`challenge R A`) or decrypted (`answered R A`), and every
-//!   contribution (partner, round, attempt) in the sums it decrypted: a key
-//!   holder takes part in at most one coin toss and answers at most one
-//!   decryption per (round, attempt), with attempts strictly increasing, and
-//!   never opens a sum that reuses a contribution — so a coordinator cannot
-//!   open {A, B, C, D} and then {A, B, C} and subtract, nor toss the coin
-//!   again for the same sum;
+//! * `<session>.used` — every coin toss this key holder drew a challenge for
+//!   (`challenge R A T <aggregate digest> <contributions digest>`), every
+//!   share it released (`answered R A`), and every contribution (partner,
+//!   round, attempt) in the sums it decrypted: a key holder opens one sum
+//!   per (round, attempt), attempts strictly increasing, and never opens a
+//!   sum that reuses a contribution — so a coordinator cannot open {A, B, C,
+//!   D} and then {A, B, C} and subtract. With a t-of-N key it takes part in
+//!   further coin tosses of an attempt (toss numbers strictly increasing,
+//!   fewer than [`MAX_TOSSES_PER_ATTEMPT`]) only for exactly the sum it
+//!   recorded for that attempt: the same plaintext, each share counted
+//!   against the release budget;
 //! * `<session>.signed` — every (round, attempt) this partner signed an
 //!   update for: it never signs two updates for one (round, attempt).
 //!
@@ -75,8 +78,8 @@ use consortia_proto::federation_key::{parse_params, parse_session_id};
 use consortia_proto::{
     AggregateMasks, ChallengeCommit, ChallengeCommitments, ChallengeReveals, ChallengeSeed,
     CollectiveKey, ContributionDigest, ContributorSketches, DecryptRequest, DecryptionContext,
-    FederationKey, FederationKeyError, KeyGenRequest, MAX_CONTRIBUTORS, SignedSketch,
-    SketchRequest, key_share_digest, sha256, sketch_digest,
+    FederationKey, FederationKeyError, KeyGenRequest, MAX_CONTRIBUTORS, MAX_TOSSES_PER_ATTEMPT,
+    SignedSketch, SketchRequest, key_share_digest, sha256, sketch_digest,
 };
 use rand::TryRngCore;
 
@@ -175,6 +178,11 @@ struct OwnUpdate {
     shape: Shape,
     /// Each chunk's masks (little-endian words).
     masks: Vec<Vec<u8>>,
+    /// The coin tosses of this attempt sketched for, with their challenge:
+    /// one challenge per toss, tosses strictly increasing and below
+    /// [`MAX_TOSSES_PER_ATTEMPT`] (the same toss and challenge may be asked
+    /// again: the same sketch).
+    sketched: std::sync::Mutex<Vec<(u32, [u8; 32])>>,
 }
 
 /// A key holder's joint decryption in progress (module docs): the
@@ -182,6 +190,9 @@ struct OwnUpdate {
 /// contributors' sketches.
 pub struct DecryptJob {
     ctx: DecryptionContext,
+    /// [`contributions_digest`] of the request: with the aggregate's digest,
+    /// what every toss of this (round, attempt) must repeat exactly.
+    contributions: [u8; 32],
     holder: String,
     /// Each contributor: name, example count, its certificate's key.
     contributors: Vec<(String, u64, Verifier)>,
@@ -316,6 +327,7 @@ impl KeyHolder {
             example_count,
             shape: *shape,
             masks: own,
+            sketched: std::sync::Mutex::new(Vec::new()),
         });
         Ok(signature)
     }
@@ -362,6 +374,30 @@ impl KeyHolder {
                 req.challenge.len()
             ))
         })?;
+        // One challenge per coin toss, a bounded number of tosses per attempt.
+        if req.toss >= MAX_TOSSES_PER_ATTEMPT {
+            return Err(refuse(format!(
+                "coin toss {} is past the most a decryption attempt takes \
+                 ({MAX_TOSSES_PER_ATTEMPT})",
+                req.toss
+            )));
+        }
+        {
+            let mut sketched = own
+                .sketched
+                .lock()
+                .map_err(|_| refuse("the record of sketches is poisoned".into()))?;
+            let again = sketched.contains(&(req.toss, challenge));
+            if let Some((last, _)) = sketched.last().filter(|(t, _)| !again && *t >= req.toss) {
+                return Err(refuse(format!(
+                    "this partner already sketched its update for coin toss {last} of that \
+                     attempt (one challenge per toss, tosses strictly increasing)"
+                )));
+            }
+            if !again {
+                sketched.push((req.toss, challenge));
+            }
+        }
         let mut sketcher = Sketcher::new(&own.shape, &challenge);
         for (index, masks) in own.masks.iter().enumerate() {
             sketcher
@@ -377,6 +413,7 @@ impl KeyHolder {
             task_hash,
             req.round,
             req.attempt,
+            req.toss,
             &self.partner,
             own.example_count,
             &challenge,
@@ -391,6 +428,7 @@ impl KeyHolder {
         Ok(SignedSketch {
             round: req.round,
             attempt: req.attempt,
+            toss: req.toss,
             sketch,
             signature,
         })
@@ -729,6 +767,14 @@ impl KeyHolder {
                 req.values
             )));
         }
+        // N-of-N: every holder decrypts, so there is no other set to toss again with.
+        if req.toss > 0 && fed.threshold.is_none() {
+            return Err(AgentError::Protocol(format!(
+                "decryption of round {} refused: coin toss {} asked, and this task's key is \
+                 N-of-N (further tosses of an attempt are for key_threshold keys only)",
+                req.round, req.toss
+            )));
+        }
         let digest: [u8; 32] = req
             .aggregate_digest
             .as_slice()
@@ -758,7 +804,24 @@ impl KeyHolder {
             contributors.push((c.partner.clone(), c.example_count, verifier));
         }
         let used = read_lines(&fed.used_path)?;
-        check_fresh(&used, req)?;
+        let contributions = contributions_digest(&req.contributions);
+        let names: Vec<&str> = req
+            .contributions
+            .iter()
+            .map(|c| c.partner.as_str())
+            .collect();
+        check_fresh(
+            &used,
+            &Toss {
+                round: req.round,
+                attempt: req.attempt,
+                toss: req.toss,
+                aggregate: digest,
+                contributions,
+            },
+            &names,
+            false,
+        )?;
         // Each release publishes flooded coefficients; the flooding's security
         // argument holds for a bounded number of them per key (`privacy::he`).
         let answered = used.iter().filter(|l| l.starts_with("answered ")).count() as u64;
@@ -779,8 +842,10 @@ impl KeyHolder {
                 key_id: fed.key.key_id(),
                 round: req.round,
                 attempt: req.attempt,
+                toss: req.toss,
                 aggregate_digest: digest,
             },
+            contributions,
             holder: self.partner.clone(),
             contributors,
             min,
@@ -804,7 +869,7 @@ impl KeyHolder {
         let fed = self.current.as_ref().ok_or_else(|| {
             AgentError::Protocol("decryption asked before the collective key was installed".into())
         })?;
-        job.expect(list.round, list.attempt, "challenge commitments")?;
+        job.expect(list.round, list.attempt, list.toss, "challenge commitments")?;
         let JobStage::Committed { seed, commitment } = job.stage else {
             return Err(job.out_of_order("challenge commitments"));
         };
@@ -850,7 +915,7 @@ impl KeyHolder {
             return Err(refuse("change this key holder's own commitment".into()));
         }
         let used = read_lines(&fed.used_path)?;
-        check_fresh_parts(&used, job.ctx.round, job.ctx.attempt, &job.names(), false)?;
+        check_fresh(&used, &job.toss(), &job.names(), false)?;
         let tossed = used
             .iter()
             .filter(|l| l.starts_with(&format!("challenge {} ", job.ctx.round)))
@@ -861,14 +926,14 @@ impl KeyHolder {
                  in (a coordinator must not rerun a round without end)"
             )));
         }
-        append_lines(
-            &fed.used_path,
-            &[format!("challenge {} {}", job.ctx.round, job.ctx.attempt)],
-        )?;
+        // Durable before the seed leaves: this toss, and the sum it is for,
+        // which every further toss of this (round, attempt) must repeat.
+        append_lines(&fed.used_path, &[job.toss().record()])?;
         job.stage = JobStage::Revealed { seed, commitments };
         Ok(ChallengeSeed {
             round: job.ctx.round,
             attempt: job.ctx.attempt,
+            toss: job.ctx.toss,
             seed: seed.to_vec(),
         })
     }
@@ -880,6 +945,13 @@ impl KeyHolder {
     /// masks this holder received. Then records the (round, attempt), every
     /// contribution and the aggregate's digest as answered (durably) and
     /// returns the partial decryption's wire form.
+    ///
+    /// In a further coin toss of a t-of-N decryption, no sketches (an empty
+    /// list) are accepted only if this key holder already checked them and
+    /// answered in an earlier toss of the identical sum (its own record: the
+    /// same attempt, aggregate digest and contributions): what it checked
+    /// then still holds for the same sum, whoever of its contributors has
+    /// gone since.
     pub fn finish_decrypt(
         &self,
         job: DecryptJob,
@@ -892,11 +964,126 @@ impl KeyHolder {
             .secret
             .as_ref()
             .ok_or_else(|| AgentError::Protocol("not a key holder".into()))?;
-        job.expect(sketches.round, sketches.attempt, "contributors' sketches")?;
+        job.expect(
+            sketches.round,
+            sketches.attempt,
+            sketches.toss,
+            "contributors' sketches",
+        )?;
         let JobStage::Challenged { challenge, set } = &job.stage else {
             return Err(job.out_of_order("contributors' sketches"));
         };
         let challenge = *challenge;
+        let refuse = |why: String| {
+            AgentError::Protocol(format!(
+                "decryption of round {} refused: {why}",
+                job.ctx.round
+            ))
+        };
+        let used = read_lines(&fed.used_path)?;
+        let names = job.names();
+        let retoss = check_fresh(&used, &job.toss(), &names, true)?;
+        if sketches.sketches.is_empty() && !job.contributors.is_empty() {
+            let answered_before = format!("answered {} {}", job.ctx.round, job.ctx.attempt);
+            if !(retoss && used.contains(&answered_before)) {
+                return Err(refuse(format!(
+                    "no contributor's sketch was sent, and this key holder did not check the \
+                     sketches of this sum in an earlier coin toss of attempt {}",
+                    job.ctx.attempt
+                )));
+            }
+        } else {
+            job.check_sketches(&challenge, sketches)?;
+        }
+        let answered = read_answered(&fed.answered_path)?;
+        let refused = |e: consortia_he::HeError| {
+            key_err(&format!("decryption of round {} refused", job.ctx.round), e)
+        };
+        let share = match &fed.threshold {
+            None => {
+                let mut decryptor = PartialDecryptor::new(secret);
+                decryptor.remember(answered);
+                decryptor
+                    .partial_decrypt(&job.aggregate, job.min)
+                    .map_err(refused)?
+            }
+            Some(share) => {
+                // The set `Q` of the coin toss, by party number.
+                let members = set
+                    .iter()
+                    .map(|h| {
+                        fed.party(h)
+                            .ok_or_else(|| refuse(format!("`{h}` holds no share")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let q = share.committee().decryption_set(members).map_err(refused)?;
+                // Only a further toss of the identical sum (same attempt,
+                // aggregate and contributions, `check_fresh`) may open it again:
+                // the same plaintext, nothing new.
+                if answered.contains(&job.ctx.aggregate_digest) && !retoss {
+                    return Err(refuse("this aggregate was already decrypted".into()));
+                }
+                ThresholdPartialDecryptor::new(share, &fed.key)
+                    .and_then(|mut d| d.partial_decrypt(&job.aggregate, &q, job.min))
+                    .map_err(refused)?
+            }
+        };
+        // Durable before the share leaves: this (round, attempt) and every
+        // contribution in the sum are never opened again.
+        let mut lines = vec![format!("answered {} {}", job.ctx.round, job.ctx.attempt)];
+        lines.extend(
+            names
+                .iter()
+                .map(|n| format!("contribution {} {} {n}", job.ctx.round, job.ctx.attempt)),
+        );
+        append_lines(&fed.used_path, &lines)?;
+        append_answered(&fed.answered_path, &job.ctx.aggregate_digest)?;
+        Ok(share.to_bytes())
+    }
+}
+
+impl DecryptJob {
+    /// The round being decrypted.
+    pub fn round(&self) -> u64 {
+        self.ctx.round
+    }
+
+    /// The attempt being decrypted.
+    pub fn attempt(&self) -> u64 {
+        self.ctx.attempt
+    }
+
+    /// The coin toss of this attempt.
+    pub fn toss_number(&self) -> u32 {
+        self.ctx.toss
+    }
+
+    fn names(&self) -> Vec<&str> {
+        self.contributors.iter().map(|(n, ..)| n.as_str()).collect()
+    }
+
+    /// What this job's toss is of, as the key holder's records keep it.
+    fn toss(&self) -> Toss {
+        Toss {
+            round: self.ctx.round,
+            attempt: self.ctx.attempt,
+            toss: self.ctx.toss,
+            aggregate: self.ctx.aggregate_digest,
+            contributions: self.contributions,
+        }
+    }
+
+    /// The sketch check (module docs): every contributor named gives exactly
+    /// one sketch, signed with the key of the certificate given for it over
+    /// this toss's `challenge`, and together they add up to the sketch of
+    /// the aggregate's masks.
+    fn check_sketches(
+        &self,
+        challenge: &[u8; 32],
+        sketches: &ContributorSketches,
+    ) -> Result<(), AgentError> {
+        let challenge = *challenge;
+        let job = self;
         let refuse = |why: String| {
             AgentError::Protocol(format!(
                 "decryption of round {} refused: {why}",
@@ -950,77 +1137,16 @@ impl KeyHolder {
                     .into(),
             ));
         }
-        let answered = read_answered(&fed.answered_path)?;
-        // Checked again right before the share is made: nothing answered
-        // since `begin_decrypt` may be reused.
-        let used = read_lines(&fed.used_path)?;
-        let names = job.names();
-        check_fresh_parts(&used, job.ctx.round, job.ctx.attempt, &names, true)?;
-        let refused = |e: consortia_he::HeError| {
-            key_err(&format!("decryption of round {} refused", job.ctx.round), e)
-        };
-        let share = match &fed.threshold {
-            None => {
-                let mut decryptor = PartialDecryptor::new(secret);
-                decryptor.remember(answered);
-                decryptor
-                    .partial_decrypt(&job.aggregate, job.min)
-                    .map_err(refused)?
-            }
-            Some(share) => {
-                // The set `Q` of the coin toss, by party number.
-                let members = set
-                    .iter()
-                    .map(|h| {
-                        fed.party(h)
-                            .ok_or_else(|| refuse(format!("`{h}` holds no share")))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                let q = share.committee().decryption_set(members).map_err(refused)?;
-                if answered.contains(&job.ctx.aggregate_digest) {
-                    return Err(refuse("this aggregate was already decrypted".into()));
-                }
-                ThresholdPartialDecryptor::new(share, &fed.key)
-                    .and_then(|mut d| d.partial_decrypt(&job.aggregate, &q, job.min))
-                    .map_err(refused)?
-            }
-        };
-        // Durable before the share leaves: this (round, attempt) and every
-        // contribution in the sum are never opened again.
-        let mut lines = vec![format!("answered {} {}", job.ctx.round, job.ctx.attempt)];
-        lines.extend(
-            names
-                .iter()
-                .map(|n| format!("contribution {} {} {n}", job.ctx.round, job.ctx.attempt)),
-        );
-        append_lines(&fed.used_path, &lines)?;
-        append_answered(&fed.answered_path, &job.ctx.aggregate_digest)?;
-        Ok(share.to_bytes())
-    }
-}
-
-impl DecryptJob {
-    /// The round being decrypted.
-    pub fn round(&self) -> u64 {
-        self.ctx.round
+        Ok(())
     }
 
-    /// The attempt being decrypted.
-    pub fn attempt(&self) -> u64 {
-        self.ctx.attempt
-    }
-
-    fn names(&self) -> Vec<&str> {
-        self.contributors.iter().map(|(n, ..)| n.as_str()).collect()
-    }
-
-    /// Refuses a message of another (round, attempt) than this job's.
-    fn expect(&self, round: u64, attempt: u64, what: &str) -> Result<(), AgentError> {
-        if (round, attempt) != (self.ctx.round, self.ctx.attempt) {
+    /// Refuses a message of another (round, attempt, toss) than this job's.
+    fn expect(&self, round: u64, attempt: u64, toss: u32, what: &str) -> Result<(), AgentError> {
+        if (round, attempt, toss) != (self.ctx.round, self.ctx.attempt, self.ctx.toss) {
             return Err(AgentError::Protocol(format!(
-                "{what} for attempt {attempt} of round {round} while decrypting attempt {} of \
-                 round {}",
-                self.ctx.attempt, self.ctx.round
+                "{what} for coin toss {toss} of attempt {attempt} of round {round} while \
+                 decrypting toss {} of attempt {} of round {}",
+                self.ctx.toss, self.ctx.attempt, self.ctx.round
             )));
         }
         Ok(())
@@ -1039,7 +1165,7 @@ impl DecryptJob {
     /// 32-byte seed from the operating system and returns the commitment to
     /// send ([`DecryptionContext::commitment`]).
     pub fn add_masks(&mut self, m: &AggregateMasks) -> Result<Option<ChallengeCommit>, AgentError> {
-        self.expect(m.round, m.attempt, "aggregate masks")?;
+        self.expect(m.round, m.attempt, m.toss, "aggregate masks")?;
         if !matches!(self.stage, JobStage::Masks) || m.index != self.next_chunk {
             return Err(AgentError::Protocol(format!(
                 "decryption of round {} refused: chunk {} of the aggregate's masks out of order \
@@ -1074,17 +1200,18 @@ impl DecryptJob {
         Ok(Some(ChallengeCommit {
             round: self.ctx.round,
             attempt: self.ctx.attempt,
+            toss: self.ctx.toss,
             commitment: commitment.to_vec(),
         }))
     }
 
     /// Coin toss, step 3: every holder's seed. Each must open the commitment
     /// that holder made (a holder whose commitment is never opened fails the
-    /// attempt: the coordinator gets no second toss), and this holder's own
+    /// toss: whatever follows is a new toss, under a new context), and this holder's own
     /// must be the one it revealed. Draws the joint challenge
     /// ([`DecryptionContext::joint_challenge`]).
     pub fn take_reveals(&mut self, r: &ChallengeReveals) -> Result<(), AgentError> {
-        self.expect(r.round, r.attempt, "challenge seeds")?;
+        self.expect(r.round, r.attempt, r.toss, "challenge seeds")?;
         let JobStage::Revealed { seed, commitments } = &self.stage else {
             return Err(self.out_of_order("challenge seeds"));
         };
@@ -1181,43 +1308,132 @@ fn check_committee(
         .map_err(|e| AgentError::Protocol(format!("the key {e}")))
 }
 
-/// Refuses a decryption whose (round, attempt) is not newer than every one
-/// answered or tossed a coin for in that round, or whose sum reuses a
-/// contribution.
-fn check_fresh(used: &[String], req: &DecryptRequest) -> Result<(), AgentError> {
-    let names: Vec<&str> = req
-        .contributions
-        .iter()
-        .map(|c| c.partner.as_str())
-        .collect();
-    check_fresh_parts(used, req.round, req.attempt, &names, false)
-}
-
-/// [`check_fresh`] on the parts of a request; `own_toss`: this holder has
-/// tossed the coin for this very (round, attempt) (it is finishing it).
-fn check_fresh_parts(
-    used: &[String],
+/// One coin toss of a decryption, as the key holder's record keeps it
+/// (`challenge R A T <aggregate digest> <contributions digest>`, hex),
+/// written durably before its seed leaves.
+struct Toss {
     round: u64,
     attempt: u64,
+    toss: u32,
+    aggregate: [u8; 32],
+    contributions: [u8; 32],
+}
+
+impl Toss {
+    fn record(&self) -> String {
+        format!(
+            "challenge {} {} {} {} {}",
+            self.round,
+            self.attempt,
+            self.toss,
+            hex::encode(self.aggregate),
+            hex::encode(self.contributions)
+        )
+    }
+}
+
+/// SHA-256 over the domain tag `consortia/decrypt-contributions/v1`, the
+/// number of contributions (u64), then each in order: name (u64 length,
+/// UTF-8), example count and the SHA-256 of its certificate: what every
+/// toss of one (round, attempt) must name exactly.
+fn contributions_digest(contributions: &[consortia_proto::Contribution]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"consortia/decrypt-contributions/v1");
+    h.update((contributions.len() as u64).to_le_bytes());
+    for c in contributions {
+        h.update((c.partner.len() as u64).to_le_bytes());
+        h.update(c.partner.as_bytes());
+        h.update(c.example_count.to_le_bytes());
+        h.update(sha256(&c.certificate));
+    }
+    h.finalize().into()
+}
+
+/// A line of the key holder's record, split: kind, round, attempt, and the
+/// rest (a contributor's name; a toss's number and digests).
+fn parse_record(line: &str) -> (Option<&str>, Option<u64>, Option<u64>, Vec<&str>) {
+    let mut parts = line.split(' ');
+    let kind = parts.next();
+    let num = |x: Option<&str>| x.and_then(|x| x.parse::<u64>().ok());
+    let round = num(parts.next());
+    let attempt = num(parts.next());
+    (kind, round, attempt, parts.collect())
+}
+
+/// Refuses a coin toss `t` unless it is fresh: its (round, attempt) newer
+/// than every one answered or tossed a coin for in that round, and none of
+/// its contributions in a sum already decrypted; or a further toss of that
+/// very (round, attempt) — toss numbers strictly increasing, below
+/// [`MAX_TOSSES_PER_ATTEMPT`] — for exactly the aggregate and contributions
+/// every earlier toss of it recorded (re-opening the same sum: the same
+/// plaintext, nothing new). `own_toss`: this holder has tossed the coin for
+/// `t` itself (it is finishing it). True when an earlier toss of the same
+/// sum is recorded (its share may already have been released).
+fn check_fresh(
+    used: &[String],
+    t: &Toss,
     names: &[&str],
     own_toss: bool,
-) -> Result<(), AgentError> {
-    let parse = |line: &String| {
-        let parts: Vec<String> = line.splitn(4, ' ').map(str::to_string).collect();
-        let num = |i: usize| parts.get(i).and_then(|x| x.parse::<u64>().ok());
-        (
-            parts.first().cloned(),
-            num(1),
-            num(2),
-            parts.get(3).cloned(),
-        )
-    };
-    // Decrypted attempts first: they say the most.
+) -> Result<bool, AgentError> {
+    let (round, attempt) = (t.round, t.attempt);
+    if t.toss >= MAX_TOSSES_PER_ATTEMPT {
+        return Err(AgentError::Protocol(format!(
+            "decryption of attempt {attempt} of round {round} refused: coin toss {} is past the \
+             most one attempt takes ({MAX_TOSSES_PER_ATTEMPT})",
+            t.toss
+        )));
+    }
+    // The earlier tosses of this very (round, attempt): all of this sum.
+    let mut earlier = false;
+    let mut refused = None;
     for line in used {
-        if let (Some(kind), Some(r), Some(a), _) = parse(line)
-            && kind == "answered"
+        let (kind, r, a, rest) = parse_record(line);
+        if kind != Some("challenge") || r != Some(round) || a != Some(attempt) {
+            continue;
+        }
+        let recorded = match rest.as_slice() {
+            [toss, aggregate, contributions] => toss
+                .parse::<u32>()
+                .ok()
+                .map(|toss| (toss, *aggregate, *contributions)),
+            _ => None,
+        };
+        let why = match recorded {
+            None => Some("one challenge per attempt, attempts strictly increasing".to_string()),
+            Some((_, aggregate, contributions))
+                if aggregate != hex::encode(t.aggregate)
+                    || contributions != hex::encode(t.contributions) =>
+            {
+                Some(
+                    "for another sum (another aggregate or other contributions); a further \
+                     toss is only for the same sum"
+                        .to_string(),
+                )
+            }
+            Some((toss, ..)) if toss > t.toss || toss == t.toss && !own_toss => Some(format!(
+                "its coin toss {toss}, so not toss {} (tosses strictly increasing)",
+                t.toss
+            )),
+            Some((toss, ..)) => {
+                earlier |= toss < t.toss;
+                None
+            }
+        };
+        if let Some(why) = why {
+            refused.get_or_insert(AgentError::Protocol(format!(
+                "decryption of attempt {attempt} of round {round} refused: this key holder \
+                 already tossed the coin for attempt {attempt} of that round ({why})"
+            )));
+        }
+    }
+    if let Some(e) = refused {
+        return Err(e);
+    }
+    for line in used {
+        if let (Some("answered"), Some(r), Some(a), _) = parse_record(line)
             && r == round
-            && a >= attempt
+            && (a > attempt || a == attempt && !earlier)
         {
             return Err(AgentError::Protocol(format!(
                 "decryption of attempt {attempt} of round {round} refused: this key holder \
@@ -1227,24 +1443,21 @@ fn check_fresh_parts(
         }
     }
     for line in used {
-        match parse(line) {
-            (Some(kind), Some(r), Some(a), _)
-                if kind == "challenge"
-                    && r == round
-                    && (a > attempt || a == attempt && !own_toss) =>
-            {
+        match parse_record(line) {
+            (Some("challenge"), Some(r), Some(a), _) if r == round && a > attempt => {
                 return Err(AgentError::Protocol(format!(
                     "decryption of attempt {attempt} of round {round} refused: this key holder \
                      already tossed the coin for attempt {a} of that round (one challenge per \
                      attempt, attempts strictly increasing)"
                 )));
             }
-            (Some(kind), Some(r), Some(a), Some(p))
-                if kind == "contribution"
-                    && r == round
+            (Some("contribution"), Some(r), Some(a), rest)
+                if r == round
                     && a == attempt
-                    && names.contains(&p.as_str()) =>
+                    && !earlier
+                    && names.contains(&rest.join(" ").as_str()) =>
             {
+                let p = rest.join(" ");
                 return Err(AgentError::Protocol(format!(
                     "decryption of round {round} refused: `{p}`'s update of attempt {attempt} \
                      was already in a sum this key holder decrypted (no contribution is \
@@ -1254,7 +1467,7 @@ fn check_fresh_parts(
             _ => {}
         }
     }
-    Ok(())
+    Ok(earlier)
 }
 
 fn read_lines(path: &Path) -> Result<Vec<String>, AgentError> {
@@ -1702,14 +1915,22 @@ mod tests {
             .collect()
     }
 
-    /// The contributors' signed sketches for (round 4, `attempt`) under
-    /// `challenge`, as the coordinator relays them.
+    /// The contributors' signed sketches for (round 4, `attempt`, toss 0)
+    /// under `challenge`, as the coordinator relays them. Each contributor's
+    /// record of the challenges it sketched is cleared first: these tests
+    /// play many decryptions of one attempt against holder a, each for
+    /// contributors meeting toss 0 for the first time (the contributors'
+    /// own bound is `contributors_sketch_one_challenge_per_toss_...`).
     fn sketches(c: &Committee, attempt: u64, challenge: &[u8; 32]) -> Vec<ContributorSketch> {
         c.holders
             .iter()
             .zip(NAMES)
             .map(|(h, name)| {
+                if let Some(own) = &h.own {
+                    own.sketched.lock().unwrap().clear();
+                }
                 let req = SketchRequest {
+                    toss: 0,
                     round: 4,
                     attempt,
                     challenge: challenge.to_vec(),
@@ -1761,6 +1982,7 @@ mod tests {
         let mut commit = None;
         for i in 0..shape.chunks() {
             commit = job.add_masks(&AggregateMasks {
+                toss: 0,
                 round: 4,
                 attempt: ask.attempt,
                 index: i,
@@ -1781,6 +2003,7 @@ mod tests {
             });
         }
         let list = ChallengeCommitments {
+            toss: 0,
             round: 4,
             attempt: ask.attempt,
             commitments,
@@ -1795,6 +2018,7 @@ mod tests {
             seed: seed.to_vec(),
         }));
         job.take_reveals(&ChallengeReveals {
+            toss: 0,
             round: 4,
             attempt: ask.attempt,
             seeds,
@@ -1803,6 +2027,7 @@ mod tests {
         a.finish_decrypt(
             job,
             &ContributorSketches {
+                toss: 0,
                 round: 4,
                 attempt: ask.attempt,
                 sketches: relay(&challenge),
@@ -1814,6 +2039,7 @@ mod tests {
     /// `c`'s key, the aggregate's mask digest `digest`.
     fn context(c: &Committee, attempt: u64, digest: [u8; 32]) -> DecryptionContext {
         DecryptionContext {
+            toss: 0,
             task_hash: HASH,
             key_id: c.key.key_id(),
             round: 4,
@@ -1833,6 +2059,7 @@ mod tests {
         task_hash: [u8; 32],
     ) -> DecryptRequest {
         DecryptRequest {
+            toss: 0,
             round: 4,
             contributions: named
                 .iter()
@@ -2023,6 +2250,7 @@ mod tests {
             .to_string();
         assert!(e.contains("already signed"), "{e}");
         let ask = |attempt| SketchRequest {
+            toss: 0,
             round: 4,
             attempt,
             challenge: vec![1; 32],
@@ -2035,7 +2263,17 @@ mod tests {
             want.add_chunk_masks(i as u32, masks).unwrap();
         }
         assert_eq!(s.sketch, want.finish().unwrap().to_bytes());
-        let digest = sketch_digest(&c.key.key_id(), &HASH, 4, 1, "a", 100, &[1; 32], &s.sketch);
+        let digest = sketch_digest(
+            &c.key.key_id(),
+            &HASH,
+            4,
+            1,
+            0,
+            "a",
+            100,
+            &[1; 32],
+            &s.sketch,
+        );
         assert!(
             Verifier::from_cert_der(&c.certs[0])
                 .unwrap()
@@ -2067,11 +2305,15 @@ mod tests {
             summed: first.iter().map(Vec::as_slice).collect(),
         };
         assert!(decrypt(&c, &all(1), |ch| sketches(&c, 1, ch)).is_ok());
-        // The same round and attempt again: refused.
+        // The same round, attempt and toss again: refused.
         let e = decrypt(&c, &all(1), |ch| sketches(&c, 1, ch))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("already decrypted attempt 1"), "{e}");
+        assert!(
+            e.contains("already tossed the coin for attempt 1")
+                && e.contains("strictly increasing"),
+            "{e}"
+        );
         // An older attempt: refused.
         let e = decrypt(&c, &all(0), |ch| sketches(&c, 1, ch))
             .unwrap_err()
@@ -2105,7 +2347,10 @@ mod tests {
         // The record survives a restart of the key holder.
         let used = read_lines(&c.holders[0].current.as_ref().unwrap().used_path).unwrap();
         assert!(used.contains(&"answered 4 3".to_string()), "{used:?}");
-        assert!(used.contains(&"challenge 4 2".to_string()), "{used:?}");
+        assert!(
+            used.iter().any(|l| l.starts_with("challenge 4 2 0 ")),
+            "{used:?}"
+        );
         assert!(used.contains(&"contribution 4 1 a".to_string()), "{used:?}");
     }
 
@@ -2134,6 +2379,7 @@ mod tests {
             for i in 0..shape.chunks() {
                 commit = job
                     .add_masks(&AggregateMasks {
+                        toss: 0,
                         round: 4,
                         attempt,
                         index: i,
@@ -2148,6 +2394,7 @@ mod tests {
             commitment: context(&c, attempt, digest).commitment(h, seed).to_vec(),
         };
         let list = |attempt, commitments| ChallengeCommitments {
+            toss: 0,
             round: 4,
             attempt,
             commitments,
@@ -2203,6 +2450,7 @@ mod tests {
         ];
         let seed = c.holders[0].reveal_seed(&mut job, &list(1, good)).unwrap();
         let reveals = |seeds: Vec<(&str, Vec<u8>)>| ChallengeReveals {
+            toss: 0,
             round: 4,
             attempt: 1,
             seeds: seeds
@@ -2535,6 +2783,7 @@ mod tests {
             let cert =
                 |n: &str| consortia_pki::read_ca_certificate(&f.pki.partner_cert_path(n)).unwrap();
             let req = DecryptRequest {
+                toss: 0,
                 round: 4,
                 contributions: ["a", "b", "c"]
                     .iter()
@@ -2561,6 +2810,7 @@ mod tests {
                 for i in 0..shape.chunks() {
                     commit = job
                         .add_masks(&AggregateMasks {
+                            toss: 0,
                             round: 4,
                             attempt: 1,
                             index: i,
@@ -2576,6 +2826,7 @@ mod tests {
             }
             // Two holders are fewer than the threshold: refused.
             let two = ChallengeCommitments {
+                toss: 0,
                 round: 4,
                 attempt: 1,
                 commitments: commitments[..2].to_vec(),
@@ -2586,6 +2837,7 @@ mod tests {
                 .to_string();
             assert!(e.contains("fewer than the key's threshold 3"), "{e}");
             let list = ChallengeCommitments {
+                toss: 0,
                 round: 4,
                 attempt: 1,
                 commitments,
@@ -2602,6 +2854,7 @@ mod tests {
                 })
                 .collect();
             let reveals = ChallengeReveals {
+                toss: 0,
                 round: 4,
                 attempt: 1,
                 seeds,
@@ -2611,6 +2864,7 @@ mod tests {
             }
             let challenge = jobs[0].challenge().unwrap();
             let sketches = ContributorSketches {
+                toss: 0,
                 round: 4,
                 attempt: 1,
                 sketches: (0..3)
@@ -2618,6 +2872,7 @@ mod tests {
                         let s = f.holders[i]
                             .sketch(
                                 &SketchRequest {
+                                    toss: 0,
                                     round: 4,
                                     attempt: 1,
                                     challenge: challenge.to_vec(),
@@ -2645,6 +2900,380 @@ mod tests {
             let set = th.decryption_set(q.map(|j| PartyId(j as u32))).unwrap();
             let opened = threshold_combine(&agg, &set, &shares).unwrap();
             assert_eq!(opened, vec![6; VALUES]);
+        }
+
+        /// A 3-of-5 key (Secure128) whose holders a, b and c signed updates
+        /// for attempt 1 of round 4 (every value 1, 2, 3), and their sum.
+        fn summed() -> (Five, Aggregate) {
+            // Secure128: Fast64's flooding allows no release.
+            let mut f = five_with(HeParams::Secure128);
+            let (_, dealings) = keys_and_dealings(&mut f);
+            for h in &mut f.holders {
+                h.threshold_collect(&f.task, &HASH, &dealings).unwrap();
+            }
+            let shape = Shape::new(&f.key, VALUES as u64).unwrap();
+            let mut agg = Aggregate::new(shape).unwrap();
+            for i in 0..3 {
+                let ch = chunks(&f.key, i as u64 + 1);
+                f.holders[i]
+                    .sign_update(&shape, &HASH, 4, 1, 100, &ch)
+                    .unwrap();
+                for (k, b) in ch.iter().enumerate() {
+                    agg.add_bytes(k as u32, b).unwrap();
+                }
+            }
+            (f, agg)
+        }
+
+        /// Coin toss `toss` of attempt `attempt` of round 4 for `digest`, the
+        /// sum of a, b and c (each of 100 examples).
+        fn retoss_request(f: &Five, digest: [u8; 32], attempt: u64, toss: u32) -> DecryptRequest {
+            let cert =
+                |n: &str| consortia_pki::read_ca_certificate(&f.pki.partner_cert_path(n)).unwrap();
+            DecryptRequest {
+                toss,
+                round: 4,
+                contributions: ["a", "b", "c"]
+                    .iter()
+                    .map(|n| Contribution {
+                        partner: n.to_string(),
+                        example_count: 100,
+                        certificate: cert(n),
+                    })
+                    .collect(),
+                min_contributors: 1,
+                aggregate_digest: digest.to_vec(),
+                values: VALUES as u64,
+                attempt,
+                task_hash: HASH.to_vec(),
+            }
+        }
+
+        /// The contributors' sketches relayed in a toss.
+        enum Relay {
+            /// a, b and c sketch under this toss's challenge.
+            Fresh,
+            /// None: the holders checked them in an earlier toss.
+            Checked,
+            /// a, b and c's sketches of the given toss, signed then.
+            Of(Vec<ContributorSketch>),
+        }
+
+        /// a, b and c's signed sketches under `challenge` for toss `toss` of
+        /// attempt 1.
+        fn sketched(f: &Five, toss: u32, challenge: &[u8; 32]) -> Vec<ContributorSketch> {
+            (0..3)
+                .map(|i| {
+                    let s = f.holders[i]
+                        .sketch(
+                            &SketchRequest {
+                                toss,
+                                round: 4,
+                                attempt: 1,
+                                challenge: challenge.to_vec(),
+                            },
+                            &HASH,
+                        )
+                        .unwrap();
+                    ContributorSketch {
+                        partner: f.names[i].clone(),
+                        sketch: s.sketch,
+                        signature: s.signature,
+                    }
+                })
+                .collect()
+        }
+
+        /// Plays coin toss `req.toss` with holders `q` (indices) up to the
+        /// sketches, and the holders of `answer` (within `q`) to their
+        /// shares; the others leave once the seeds are out. Returns the
+        /// challenge and each answering holder's result.
+        fn play(
+            f: &Five,
+            agg: &Aggregate,
+            req: &DecryptRequest,
+            q: &[usize],
+            answer: &[usize],
+            relay: Relay,
+        ) -> ([u8; 32], Vec<Result<Vec<u8>, AgentError>>) {
+            let shape = *agg.shape();
+            let mut jobs = Vec::new();
+            let mut commitments = Vec::new();
+            for &j in q {
+                let mut job = f.holders[j]
+                    .begin_decrypt(req, 3, VALUES as u64, &HASH)
+                    .unwrap();
+                let mut commit = None;
+                for i in 0..shape.chunks() {
+                    commit = job
+                        .add_masks(&AggregateMasks {
+                            toss: req.toss,
+                            round: 4,
+                            attempt: req.attempt,
+                            index: i,
+                            masks: agg.mask_chunk(i).unwrap(),
+                        })
+                        .unwrap();
+                }
+                commitments.push(HolderCommitment {
+                    holder: f.names[j].clone(),
+                    commitment: commit.unwrap().commitment,
+                });
+                jobs.push(job);
+            }
+            let list = ChallengeCommitments {
+                toss: req.toss,
+                round: 4,
+                attempt: req.attempt,
+                commitments,
+            };
+            let seeds: Vec<HolderSeed> = q
+                .iter()
+                .zip(&mut jobs)
+                .map(|(&j, job)| HolderSeed {
+                    holder: f.names[j].clone(),
+                    seed: f.holders[j].reveal_seed(job, &list).unwrap().seed,
+                })
+                .collect();
+            let reveals = ChallengeReveals {
+                toss: req.toss,
+                round: 4,
+                attempt: req.attempt,
+                seeds,
+            };
+            for job in &mut jobs {
+                job.take_reveals(&reveals).unwrap();
+            }
+            let challenge = jobs[0].challenge().unwrap();
+            let sketches = ContributorSketches {
+                toss: req.toss,
+                round: 4,
+                attempt: req.attempt,
+                sketches: match relay {
+                    Relay::Fresh => sketched(f, req.toss, &challenge),
+                    Relay::Checked => Vec::new(),
+                    Relay::Of(s) => s,
+                },
+            };
+            let results = q
+                .iter()
+                .zip(jobs)
+                .filter(|(j, _)| answer.contains(j))
+                .map(|(&j, job)| f.holders[j].finish_decrypt(job, &sketches))
+                .collect();
+            (challenge, results)
+        }
+
+        /// The first answering holder's refusal (a share it released instead
+        /// is not printed).
+        fn refusal(results: Vec<Result<Vec<u8>, AgentError>>) -> String {
+            match results.into_iter().next() {
+                Some(Err(e)) => e.to_string(),
+                Some(Ok(_)) => panic!("the holder released a share"),
+                None => panic!("no holder answered"),
+            }
+        }
+
+        /// Opens the sum from the shares of `q` (indices).
+        fn open(agg: &Aggregate, q: &[usize], shares: Vec<Vec<u8>>) -> Vec<u64> {
+            let shares: Vec<DecryptionShare> = shares
+                .iter()
+                .map(|b| DecryptionShare::from_bytes(b, agg.shape()).unwrap())
+                .collect();
+            let th = Threshold::new(5, 3).unwrap();
+            let set = th
+                .decryption_set(q.iter().map(|&j| PartyId(j as u32)))
+                .unwrap();
+            threshold_combine(agg, &set, &shares).unwrap()
+        }
+
+        /// Toss 0 of attempt 1 with all five holders fails once the sketches
+        /// are out: b and d leave (a, c and e answered). Toss 1 of the same
+        /// aggregate with a, c and e opens it, and so does toss 2 with the
+        /// same three, who checked the sketches already and are sent none
+        /// (the contributors may be gone by then). Each share counts
+        /// against the key's release budget.
+        #[test]
+        fn a_further_toss_of_the_same_sum_with_fewer_holders_opens_it() {
+            let (f, agg) = summed();
+            let digest = agg.mask_digest();
+            let all = [0, 1, 2, 3, 4];
+            let ace = [0, 2, 4];
+            let (_, first) = play(
+                &f,
+                &agg,
+                &retoss_request(&f, digest, 1, 0),
+                &all,
+                &ace,
+                Relay::Fresh,
+            );
+            assert!(first.iter().all(Result::is_ok));
+            let (_, second) = play(
+                &f,
+                &agg,
+                &retoss_request(&f, digest, 1, 1),
+                &ace,
+                &ace,
+                Relay::Fresh,
+            );
+            let shares = second.into_iter().map(Result::unwrap).collect();
+            assert_eq!(open(&agg, &ace, shares), vec![6; VALUES]);
+            let (_, third) = play(
+                &f,
+                &agg,
+                &retoss_request(&f, digest, 1, 2),
+                &ace,
+                &ace,
+                Relay::Checked,
+            );
+            let shares = third.into_iter().map(Result::unwrap).collect();
+            assert_eq!(open(&agg, &ace, shares), vec![6; VALUES]);
+            // Three releases each, counted; every toss recorded with its sum.
+            let used = read_lines(&f.holders[0].current.as_ref().unwrap().used_path).unwrap();
+            let answered = used.iter().filter(|l| *l == "answered 4 1").count();
+            assert_eq!(answered, 3, "{used:?}");
+            for toss in 0..3 {
+                let line = format!("challenge 4 1 {toss} {} ", hex::encode(digest));
+                assert!(used.iter().any(|l| l.starts_with(&line)), "{used:?}");
+            }
+            // b never saw the sketches checked: with none sent, it refuses.
+            let (_, b) = play(
+                &f,
+                &agg,
+                &retoss_request(&f, digest, 1, 3),
+                &[0, 1, 2],
+                &[1],
+                Relay::Checked,
+            );
+            let e = refusal(b);
+            assert!(e.contains("did not check the sketches"), "{e}");
+        }
+
+        /// Once a holder tossed the coin for attempt 1 (and answered), a
+        /// further toss is refused for another aggregate, other
+        /// contributions, a toss number used already or past the bound, or
+        /// another attempt; messages and sketches of one toss are refused in
+        /// the next.
+        #[test]
+        fn a_further_toss_for_another_sum_or_out_of_order_is_refused() {
+            let (f, agg) = summed();
+            let digest = agg.mask_digest();
+            let (toss0_challenge, first) = play(
+                &f,
+                &agg,
+                &retoss_request(&f, digest, 1, 0),
+                &[0, 2, 4],
+                &[0, 2, 4],
+                Relay::Fresh,
+            );
+            assert!(first.iter().all(Result::is_ok));
+            let a = &f.holders[0];
+            let begin = |req: &DecryptRequest| {
+                a.begin_decrypt(req, 3, VALUES as u64, &HASH)
+                    .err()
+                    .map(|e| e.to_string())
+            };
+            // Another aggregate digest: {a, b, c} then another sum.
+            let e = begin(&retoss_request(&f, [7; 32], 1, 1)).unwrap();
+            assert!(e.contains("for another sum"), "{e}");
+            // Other contributions: d instead of c, or another example count.
+            let mut other = retoss_request(&f, digest, 1, 1);
+            other.contributions[2] = Contribution {
+                partner: "d".into(),
+                example_count: 100,
+                certificate: consortia_pki::read_ca_certificate(&f.pki.partner_cert_path("d"))
+                    .unwrap(),
+            };
+            let e = begin(&other).unwrap();
+            assert!(e.contains("for another sum"), "{e}");
+            let mut counts = retoss_request(&f, digest, 1, 1);
+            counts.contributions[0].example_count = 101;
+            let e = begin(&counts).unwrap();
+            assert!(e.contains("for another sum"), "{e}");
+            // The same toss again, and a toss past the bound.
+            let e = begin(&retoss_request(&f, digest, 1, 0)).unwrap();
+            assert!(e.contains("tosses strictly increasing"), "{e}");
+            let e = begin(&retoss_request(&f, digest, 1, MAX_TOSSES_PER_ATTEMPT)).unwrap();
+            assert!(e.contains("past the most"), "{e}");
+            // An older attempt.
+            let e = begin(&retoss_request(&f, digest, 0, 1)).unwrap();
+            assert!(e.contains("already decrypted attempt 1"), "{e}");
+            // Toss 1 of attempt 1: toss 0's messages are refused.
+            let req = retoss_request(&f, digest, 1, 1);
+            let mut job = a.begin_decrypt(&req, 3, VALUES as u64, &HASH).unwrap();
+            let masks = |toss| AggregateMasks {
+                toss,
+                round: 4,
+                attempt: 1,
+                index: 0,
+                masks: agg.mask_chunk(0).unwrap(),
+            };
+            let e = job.add_masks(&masks(0)).unwrap_err().to_string();
+            assert!(e.contains("for coin toss 0"), "{e}");
+            // Toss 0's sketches, signed for toss 0's challenge, relayed in
+            // toss 1: not signed for this toss.
+            let (_, relayed) = play(
+                &f,
+                &agg,
+                &retoss_request(&f, digest, 1, 2),
+                &[0, 2, 4],
+                &[0],
+                Relay::Of(sketched(&f, 0, &toss0_challenge)),
+            );
+            let e = refusal(relayed);
+            assert!(e.contains("is not signed by"), "{e}");
+            // A commitment made under toss 1's context does not open under
+            // toss 2's, and toss 2's list refuses a seed of toss 1.
+            let ctx = |toss| DecryptionContext {
+                task_hash: HASH,
+                key_id: f.key.key_id(),
+                round: 4,
+                attempt: 1,
+                toss,
+                aggregate_digest: digest,
+            };
+            assert!(!ctx(2).opens("b", &[1; 32], &ctx(1).commitment("b", &[1; 32])));
+            // The same aggregate under a later attempt: without sketches (the
+            // contributors signed none for it) it is not opened again.
+            let (_, other) = play(
+                &f,
+                &agg,
+                &retoss_request(&f, digest, 2, 1),
+                &[0, 2, 4],
+                &[0],
+                Relay::Checked,
+            );
+            let e = refusal(other);
+            assert!(e.contains("did not check the sketches"), "{e}");
+        }
+
+        /// A contributor sketches one challenge per coin toss of the attempt
+        /// it signed an update for, tosses strictly increasing, below the
+        /// bound.
+        #[test]
+        fn contributors_sketch_one_challenge_per_toss_of_their_attempt() {
+            let (f, _) = summed();
+            let a = &f.holders[0];
+            let ask = |attempt, toss, challenge: u8| SketchRequest {
+                toss,
+                round: 4,
+                attempt,
+                challenge: vec![challenge; 32],
+            };
+            assert!(a.sketch(&ask(1, 0, 1), &HASH).is_ok());
+            // The same toss and challenge again: the same sketch.
+            assert!(a.sketch(&ask(1, 0, 1), &HASH).is_ok());
+            let e = a.sketch(&ask(1, 0, 2), &HASH).unwrap_err().to_string();
+            assert!(e.contains("already sketched"), "{e}");
+            assert!(a.sketch(&ask(1, 2, 3), &HASH).is_ok());
+            let e = a.sketch(&ask(1, 1, 4), &HASH).unwrap_err().to_string();
+            assert!(e.contains("already sketched"), "{e}");
+            let e = a
+                .sketch(&ask(1, MAX_TOSSES_PER_ATTEMPT, 5), &HASH)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("past the most"), "{e}");
+            assert!(a.sketch(&ask(2, 3, 6), &HASH).is_err());
         }
 
         /// What the coordinator could try while relaying: each is refused as

@@ -663,7 +663,19 @@ impl Hub {
         partner: &str,
         msg: &consortia_proto::SignedSketch,
     ) -> Result<(), Rejection> {
-        self.with_decryption(Subject::Sketch, msg.round, |d| d.add_sketch(partner, msg))
+        let taken =
+            self.with_decryption(Subject::Sketch, msg.round, |d| d.add_sketch(partner, msg));
+        if taken.is_ok() {
+            tracing::info!(
+                round = msg.round,
+                phase = "decryption",
+                toss = msg.toss,
+                "round {}: sketch of `{partner}`'s update taken (coin toss {})",
+                msg.round,
+                msg.toss
+            );
+        }
+        taken
     }
 
     /// One piece of a key holder's partial decryption.

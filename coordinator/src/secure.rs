@@ -719,6 +719,27 @@ impl DecryptionStep {
     }
 }
 
+/// With whom a further coin toss for the same aggregate is made
+/// ([`Decryption::retry_with`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retry {
+    /// These key holders; every contributor signs a sketch under the new
+    /// toss's challenge.
+    Sketched(Vec<String>),
+    /// These key holders, each of which checked the contributors' sketches
+    /// of this sum in the toss that failed; no sketch is asked for.
+    Checked(Vec<String>),
+}
+
+impl Retry {
+    /// The key holders asked.
+    pub fn holders(&self) -> &[String] {
+        match self {
+            Retry::Sketched(h) | Retry::Checked(h) => h,
+        }
+    }
+}
+
 /// One contributor to the sum being decrypted, as it sent its update.
 #[derive(Debug, Clone)]
 pub struct Contributor {
@@ -761,6 +782,17 @@ pub struct Decryption {
     pub failed: Option<String>,
     /// The key holder that failed it, and why, when it was one.
     failed_holder: Option<(String, String)>,
+    /// t-of-N: the key's threshold `t` (`None`: N-of-N, every holder decrypts).
+    threshold: Option<u32>,
+    /// Key holders asked in this toss that refused, left or broke their
+    /// answer: none of them is asked again in a further toss.
+    dropped: Vec<String>,
+    /// True when only key holders failed the toss (not a contributor, nor
+    /// the sum): a further toss with other holders can still open it.
+    holders_only: bool,
+    /// Every holder asked checked this sum's sketches in an earlier toss
+    /// ([`Retry::Checked`]).
+    checked: bool,
 }
 
 impl Decryption {
@@ -785,6 +817,7 @@ impl Decryption {
                 key_id: key.key.key_id(),
                 round,
                 attempt,
+                toss: 0,
                 aggregate_digest: aggregate.mask_digest(),
             },
             shape,
@@ -802,7 +835,117 @@ impl Decryption {
             word_bytes: shape.params.word_bytes(),
             failed: None,
             failed_holder: None,
+            threshold: None,
+            dropped: Vec::new(),
+            holders_only: false,
+            checked: false,
         })
+    }
+
+    /// A t-of-N key's decryption (`threshold`: the key's `t`), at coin toss
+    /// `toss` of its attempt: a holder that leaves before it committed is
+    /// left out of the decryption set (while `t` remain), and a failed toss
+    /// says with whom a further one can be made ([`Decryption::retry_with`]).
+    pub fn with_threshold(mut self, threshold: u32, toss: u32) -> Self {
+        self.threshold = Some(threshold);
+        self.ctx.toss = toss;
+        self
+    }
+
+    /// Every holder asked checked this sum's sketches in an earlier toss:
+    /// none are asked for ([`Decryption::checked_sketches_message`]).
+    pub fn with_checked_sketches(mut self) -> Self {
+        self.checked = true;
+        self
+    }
+
+    /// The coin toss of the attempt being decrypted.
+    pub fn toss(&self) -> u32 {
+        self.ctx.toss
+    }
+
+    /// t-of-N, at the commitments: the decryption set `Q` is the holders
+    /// that committed; the others are left out (their shares count as
+    /// nothing). Fails the decryption when fewer than `t` committed.
+    pub fn close_commitments(&mut self) -> Result<(), String> {
+        let t = self
+            .threshold
+            .ok_or("an N-of-N key waits for every key holder")? as usize;
+        if self.commitments.len() < t {
+            let why = format!(
+                "{} key holder(s) committed to a challenge seed in time, fewer than the key's \
+                 threshold {t}",
+                self.commitments.len()
+            );
+            self.failed.get_or_insert_with(|| why.clone());
+            return Err(why);
+        }
+        let late: Vec<String> = self
+            .asked
+            .iter()
+            .filter(|p| !self.commitments.contains_key(*p))
+            .cloned()
+            .collect();
+        for p in &late {
+            self.leave_out(p).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Takes `partner` out of the holders asked; its share counts as nothing.
+    fn leave_out(&mut self, partner: &str) -> Result<(), consortia_he::HeError> {
+        if let Some(i) = self.committee.iter().position(|p| p == partner) {
+            self.combiner.complete_share(PartyId(i as u32))?;
+        }
+        self.asked.retain(|p| p != partner);
+        Ok(())
+    }
+
+    /// After a failed toss of a t-of-N decryption that only key holders
+    /// failed it: with whom a further toss for the same aggregate is made,
+    /// if at least `t` (and `None` otherwise, or when a contributor or the
+    /// sum failed it). With every contributor still connected, the holders
+    /// of `connected` not dropped, and the contributors sketch under the new
+    /// toss's challenge ([`Retry::Sketched`]); otherwise, once this toss's
+    /// sketches were sent to its decryption set, those of that set still
+    /// connected and not dropped, who checked them ([`Retry::Checked`]).
+    pub fn retry_with(&self, connected: &[String]) -> Option<Retry> {
+        let t = self.threshold? as usize;
+        if !self.holders_only {
+            return None;
+        }
+        let healthy = |p: &&String| connected.contains(p) && !self.dropped.contains(p);
+        if self
+            .contributors
+            .iter()
+            .all(|c| connected.contains(&c.name))
+        {
+            let holders: Vec<String> = self.committee.iter().filter(healthy).cloned().collect();
+            return (holders.len() >= t).then_some(Retry::Sketched(holders));
+        }
+        if self.step != DecryptionStep::Shares && !self.checked {
+            return None;
+        }
+        let holders: Vec<String> = self.asked.iter().filter(healthy).cloned().collect();
+        (holders.len() >= t).then_some(Retry::Checked(holders))
+    }
+
+    /// A further toss whose holders all checked the contributors' sketches
+    /// of this same sum in an earlier toss: no sketch is asked for, the
+    /// holders are sent none, and the shares are taken next.
+    pub fn checked_sketches_message(&mut self) -> ContributorSketches {
+        self.step = DecryptionStep::Shares;
+        ContributorSketches {
+            round: self.ctx.round,
+            attempt: self.ctx.attempt,
+            toss: self.ctx.toss,
+            sketches: Vec::new(),
+        }
+    }
+
+    /// Key holders asked in this toss that refused, left or broke their answer.
+    pub fn dropped(&self) -> &[String] {
+        &self.dropped
     }
 
     /// Asks only `holders` (t-of-N: the decryption set `Q`, at least the
@@ -846,14 +989,15 @@ impl Decryption {
         self.ctx.attempt
     }
 
+    /// The key holders asked (t-of-N, once the commitments are closed: the
+    /// decryption set `Q`).
+    pub fn asked(&self) -> &[String] {
+        &self.asked
+    }
+
     /// The step in progress.
     pub fn step(&self) -> DecryptionStep {
         self.step
-    }
-
-    /// The key holders asked (the decryption set).
-    pub fn asked(&self) -> &[String] {
-        &self.asked
     }
 
     /// The key holders asked whose whole partial decryption is in.
@@ -918,15 +1062,35 @@ impl Decryption {
         self.step == DecryptionStep::Shares && self.combiner.missing() == 0
     }
 
-    /// A key holder (or, until its sketch is in, a contributor) refused or went away.
+    /// A key holder (or, until its sketch is in, a contributor) refused or
+    /// went away. t-of-N: a holder that has not committed yet is left out,
+    /// while at least `t` others are asked.
     pub fn fail(&mut self, partner: &str, why: &str) {
+        let holder = self.asked.iter().any(|p| p == partner);
+        if holder && !self.dropped.iter().any(|p| p == partner) {
+            self.dropped.push(partner.to_string());
+        }
         if self.failed.is_some() {
             return;
         }
-        if self.asked.iter().any(|p| p == partner) {
+        if let Some(t) = self.threshold
+            && holder
+            && self.step == DecryptionStep::Commitments
+            && !self.commitments.contains_key(partner)
+            && self.asked.len() > t as usize
+            && self.leave_out(partner).is_ok()
+        {
+            return;
+        }
+        if holder {
             self.failed = Some(format!("key holder `{partner}`: {why}"));
             self.failed_holder = Some((partner.to_string(), why.to_string()));
+            // A contributor's sketch is asked again in a further toss.
+            self.holders_only = !(self.step <= DecryptionStep::Sketches
+                && self.contributors.iter().any(|c| c.name == partner)
+                && !self.sketches.contains_key(partner));
         } else if self.step <= DecryptionStep::Sketches
+            && !self.checked
             && self.contributors.iter().any(|c| c.name == partner)
             && !self.sketches.contains_key(partner)
         {
@@ -936,18 +1100,27 @@ impl Decryption {
         }
     }
 
-    fn check_message(&self, subject: Subject, round: u64, attempt: u64) -> Result<(), Rejection> {
+    fn check_message(
+        &self,
+        subject: Subject,
+        round: u64,
+        attempt: u64,
+        toss: u32,
+    ) -> Result<(), Rejection> {
         if round != self.ctx.round {
             return Err(Rejection::WrongRound {
                 got: round,
                 open: self.ctx.round,
             });
         }
-        if attempt != self.ctx.attempt {
+        if attempt != self.ctx.attempt || toss != self.ctx.toss {
             return Err(Rejection::out_of_phase(
                 subject,
-                format!("it is for attempt {attempt}"),
-                format!("attempt {} of round {}", self.ctx.attempt, self.ctx.round),
+                format!("it is for coin toss {toss} of attempt {attempt}"),
+                format!(
+                    "coin toss {} of attempt {} of round {}",
+                    self.ctx.toss, self.ctx.attempt, self.ctx.round
+                ),
             ));
         }
         Ok(())
@@ -991,7 +1164,7 @@ impl Decryption {
     /// A key holder's commitment to its challenge seed.
     pub fn commit(&mut self, partner: &str, msg: &ChallengeCommit) -> Result<(), Rejection> {
         let subject = Subject::ChallengeCommitment;
-        self.check_message(subject, msg.round, msg.attempt)?;
+        self.check_message(subject, msg.round, msg.attempt, msg.toss)?;
         self.holder(subject, partner)?;
         self.at_step(subject, DecryptionStep::Commitments)?;
         let c = Self::bytes32(subject, "commitment", &msg.commitment)?;
@@ -1010,6 +1183,7 @@ impl Decryption {
         ChallengeCommitments {
             round: self.ctx.round,
             attempt: self.ctx.attempt,
+            toss: self.ctx.toss,
             commitments: self
                 .commitments
                 .iter()
@@ -1025,7 +1199,7 @@ impl Decryption {
     /// not open it fails the decryption (there is no second toss).
     pub fn reveal(&mut self, partner: &str, msg: &ChallengeSeed) -> Result<(), Rejection> {
         let subject = Subject::ChallengeSeed;
-        self.check_message(subject, msg.round, msg.attempt)?;
+        self.check_message(subject, msg.round, msg.attempt, msg.toss)?;
         self.holder(subject, partner)?;
         self.at_step(subject, DecryptionStep::Seeds)?;
         if self.seeds.contains_key(partner) {
@@ -1061,6 +1235,7 @@ impl Decryption {
         let reveals = ChallengeReveals {
             round: self.ctx.round,
             attempt: self.ctx.attempt,
+            toss: self.ctx.toss,
             seeds: self
                 .seeds
                 .iter()
@@ -1078,7 +1253,7 @@ impl Decryption {
     /// key holders would refuse it anyway).
     pub fn add_sketch(&mut self, partner: &str, msg: &SignedSketch) -> Result<(), Rejection> {
         let subject = Subject::Sketch;
-        self.check_message(subject, msg.round, msg.attempt)?;
+        self.check_message(subject, msg.round, msg.attempt, msg.toss)?;
         self.at_step(subject, DecryptionStep::Sketches)?;
         let Some(c) = self.contributors.iter().find(|c| c.name == partner) else {
             return Err(Rejection::out_of_phase(
@@ -1165,6 +1340,7 @@ impl Decryption {
         Ok(ContributorSketches {
             round: self.ctx.round,
             attempt: self.ctx.attempt,
+            toss: self.ctx.toss,
             sketches: self.sketches.values().cloned().collect(),
         })
     }
@@ -1190,6 +1366,15 @@ impl Decryption {
             });
         }
         let subject = Subject::DecryptionShare;
+        // A share of an abandoned toss is discarded (it was made for another
+        // decryption set).
+        if p.toss != self.ctx.toss {
+            return Err(Rejection::out_of_phase(
+                subject,
+                format!("it is for coin toss {}", p.toss),
+                format!("shares of coin toss {}", self.ctx.toss),
+            ));
+        }
         if self.step != DecryptionStep::Shares && self.committee.iter().any(|c| c == partner) {
             return Err(Rejection::out_of_phase(
                 subject,

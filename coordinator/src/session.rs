@@ -223,7 +223,7 @@ async fn send_masks(
     request: DecryptRequest,
     masks: &[Vec<u8>],
 ) -> Result<(), Gone> {
-    let (round, attempt) = (request.round, request.attempt);
+    let (round, attempt, toss) = (request.round, request.attempt, request.toss);
     out.send(Ok(message(Kind::Decrypt(request))))
         .await
         .map_err(|_| Gone)?;
@@ -231,6 +231,7 @@ async fn send_masks(
         let m = AggregateMasks {
             round,
             attempt,
+            toss,
             index: index as u32,
             masks: chunk.clone(),
         };

@@ -326,13 +326,16 @@ pub fn subshare_recipient_key_digest(
 
 /// The protocol this build speaks, sent in `Hello.protocol_version`:
 /// 2 is joint decryption by the aggregate's masks and signed sketches (key
-/// holders no longer receive every contributor's masks). Agents that predate
-/// the field send 0; a coordinator serving a secure task refuses them at
-/// `Hello`, since they would wait for masks that never come.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// holders no longer receive every contributor's masks); 3 numbers every
+/// coin toss of an attempt and binds the number into the commitment,
+/// challenge and sketch hashes (`DecryptionContext`, formats v2), so that a
+/// t-of-N decryption can be tossed again for the same aggregate. Agents that
+/// predate the field send 0; a coordinator serving a secure task refuses
+/// older agents at `Hello`, since their hashes would not match.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The oldest `Hello.protocol_version` a coordinator serving a secure task accepts.
-pub const MIN_SECURE_PROTOCOL_VERSION: u32 = 2;
+pub const MIN_SECURE_PROTOCOL_VERSION: u32 = 3;
 
 /// Most contributors one decryption request may name; every contributor's
 /// signed sketch then still fits one `ContributorSketches` message.
@@ -341,9 +344,15 @@ pub const MAX_CONTRIBUTORS: usize = 1024;
 /// Bytes of a challenge seed, a challenge and a commitment.
 pub const CHALLENGE_BYTES: usize = 32;
 
-/// One attempt at jointly decrypting a round's sum, as every hash of its
-/// coin toss and sketches binds it: the task's canonical hash, the collective
-/// key's id, the round, the attempt and the digest of the aggregate's masks.
+/// Most coin tosses per (round, attempt): a t-of-N decryption whose key
+/// holder leaves after the commitment list was sent is tossed again for the
+/// same aggregate with the holders left, at most this many times in all.
+pub const MAX_TOSSES_PER_ATTEMPT: u32 = 4;
+
+/// One coin toss at jointly decrypting a round's sum, as every hash of it
+/// and of its sketches binds it: the task's canonical hash, the collective
+/// key's id, the round, the attempt, the toss and the digest of the
+/// aggregate's masks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecryptionContext {
     /// The task's 32-byte canonical hash.
@@ -354,6 +363,9 @@ pub struct DecryptionContext {
     pub round: u64,
     /// The attempt being decrypted.
     pub attempt: u64,
+    /// The coin toss of that attempt (0 first, then 1, ... for the same
+    /// aggregate, below [`MAX_TOSSES_PER_ATTEMPT`]).
+    pub toss: u32,
     /// The digest of the aggregate's masks.
     pub aggregate_digest: [u8; 32],
 }
@@ -361,7 +373,7 @@ pub struct DecryptionContext {
 impl DecryptionContext {
     /// The context every challenge hash of this decryption starts with:
     /// domain tag, task hash, key id (u64 length, bytes), round, attempt,
-    /// the aggregate's mask digest.
+    /// toss (u32), the aggregate's mask digest.
     fn challenge_hash(&self, tag: &[u8]) -> sha2::Sha256 {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
@@ -371,18 +383,19 @@ impl DecryptionContext {
         h.update(self.key_id);
         h.update(self.round.to_le_bytes());
         h.update(self.attempt.to_le_bytes());
+        h.update(self.toss.to_le_bytes());
         h.update(self.aggregate_digest);
         h
     }
 
     /// Key holder `holder`'s commitment to its challenge seed `seed`:
-    /// SHA-256 over the domain tag `consortia/challenge-commit/v1`, the task
-    /// hash, the key id, round, attempt, the aggregate's mask digest, the
+    /// SHA-256 over the domain tag `consortia/challenge-commit/v2`, the task
+    /// hash, the key id, round, attempt, toss, the aggregate's mask digest, the
     /// holder's name (u64 length, UTF-8) and the 32-byte seed (a hash
     /// commitment: binding and, for a uniformly random seed, hiding).
     pub fn commitment(&self, holder: &str, seed: &[u8; 32]) -> [u8; 32] {
         use sha2::Digest;
-        let mut h = self.challenge_hash(b"consortia/challenge-commit/v1");
+        let mut h = self.challenge_hash(b"consortia/challenge-commit/v2");
         h.update((holder.len() as u64).to_le_bytes());
         h.update(holder.as_bytes());
         h.update(seed);
@@ -396,7 +409,7 @@ impl DecryptionContext {
     }
 
     /// The joint challenge: SHA-256 over the domain tag
-    /// `consortia/challenge/v1`, the same context as
+    /// `consortia/challenge/v2`, the same context as
     /// [`DecryptionContext::commitment`], and every (holder, seed) sorted by
     /// holder name (u64 length, UTF-8, 32-byte seed). Uniformly random as
     /// long as one holder's seed is, whatever the others chose after seeing
@@ -406,7 +419,7 @@ impl DecryptionContext {
         seeds: impl IntoIterator<Item = (&'a str, &'a [u8; 32])>,
     ) -> [u8; 32] {
         use sha2::Digest;
-        let mut h = self.challenge_hash(b"consortia/challenge/v1");
+        let mut h = self.challenge_hash(b"consortia/challenge/v2");
         let mut seeds: Vec<(&str, &[u8; 32])> = seeds.into_iter().collect();
         seeds.sort_by(|a, b| a.0.cmp(b.0));
         for (holder, seed) in seeds {
@@ -432,6 +445,7 @@ impl DecryptionContext {
             &self.task_hash,
             self.round,
             self.attempt,
+            self.toss,
             partner,
             example_count,
             challenge,
@@ -441,16 +455,17 @@ impl DecryptionContext {
 }
 
 /// What a contributor signs of its sketch: SHA-256 over the domain tag
-/// `consortia/mask-sketch/v1`, the key id (u64 length, bytes), the task
+/// `consortia/mask-sketch/v2`, the key id (u64 length, bytes), the task
 /// hash, round, attempt, the contributor's name (u64 length, UTF-8), its
-/// example count, the 32-byte challenge and the SHA-256 of the sketch's
-/// wire form.
+/// example count, the coin toss (u32), the 32-byte challenge and the
+/// SHA-256 of the sketch's wire form.
 #[allow(clippy::too_many_arguments)]
 pub fn sketch_digest(
     key_id: &[u8],
     task_hash: &[u8; 32],
     round: u64,
     attempt: u64,
+    toss: u32,
     partner: &str,
     example_count: u64,
     challenge: &[u8; 32],
@@ -458,7 +473,7 @@ pub fn sketch_digest(
 ) -> [u8; 32] {
     use sha2::Digest;
     let mut h = contributor_hash(
-        b"consortia/mask-sketch/v1",
+        b"consortia/mask-sketch/v2",
         key_id,
         task_hash,
         round,
@@ -466,6 +481,7 @@ pub fn sketch_digest(
         partner,
         example_count,
     );
+    h.update(toss.to_le_bytes());
     h.update(challenge);
     h.update(sha256(sketch));
     h.finalize().into()
@@ -484,6 +500,7 @@ pub fn share_pieces(round: u64, share: &[u8]) -> impl Iterator<Item = Decryption
             piece_count,
             bytes: bytes.to_vec(),
             total_bytes: share.len() as u64,
+            toss: 0,
         })
 }
 
@@ -535,6 +552,7 @@ mod tests {
         let msg = ServerMessage {
             kind: Some(server_message::Kind::ContributorSketches(
                 ContributorSketches {
+                    toss: 0,
                     round: u64::MAX,
                     attempt: u64::MAX,
                     sketches: vec![
@@ -557,6 +575,7 @@ mod tests {
             key_id: [2; 32],
             round: 7,
             attempt,
+            toss: 0,
             aggregate_digest,
         }
     }
@@ -577,6 +596,14 @@ mod tests {
             c,
             context(9, [0; 32]).joint_challenge([("a", &a), ("b", &b)])
         );
+        // Another toss of the same attempt and aggregate: nothing carries over.
+        let next = DecryptionContext { toss: 1, ..x };
+        assert_ne!(c, next.joint_challenge([("a", &a), ("b", &b)]));
+        assert_ne!(x.commitment("a", &a), next.commitment("a", &a));
+        assert_ne!(
+            x.sketch_digest("a", 100, &c, b"sketch"),
+            next.sketch_digest("a", 100, &c, b"sketch")
+        );
         let m = x.commitment("a", &a);
         assert_ne!(m, x.commitment("b", &a));
         assert_ne!(m, x.commitment("a", &b));
@@ -593,20 +620,20 @@ mod tests {
         let (a, b) = ([4u8; 32], [5u8; 32]);
         assert_eq!(
             hex::encode(x.commitment("a", &a)),
-            "1930bab3b4d1bf4af79d9916043d8239ac50692ce2d334337974a6ea6922500d"
+            "8cfbb7130d76b24679557fc672f76f8447a8d3dee940d347d456889592702d12"
         );
         assert_eq!(
             hex::encode(x.joint_challenge([("b", &b), ("a", &a)])),
-            "d5c7dbd074b5f7851d775698955b8ed70865ab8cdd57e6c4b07cdbf5fa2f3048"
+            "ba67394e9d012ac6006f080b97bae18190932b948787d8da67a3e71521b4e6b1"
         );
         let sketch = x.sketch_digest("a", 100, &[6; 32], b"sketch");
         assert_eq!(
             hex::encode(sketch),
-            "04b2095ca73ef077d5e26796144e3d66e78a6645cfe3a68f678193eb09e2178c"
+            "44220d4c053458f81e26bd8272eb2f98a08802b52fb3957f5ec2b54876f63928"
         );
         assert_eq!(
             sketch,
-            sketch_digest(&[2; 32], &[1; 32], 7, 9, "a", 100, &[6; 32], b"sketch")
+            sketch_digest(&[2; 32], &[1; 32], 7, 9, 0, "a", 100, &[6; 32], b"sketch")
         );
         let mut update = ContributionDigest::new(&[2; 32], &[1; 32], 7, 9, "a", 100);
         update.chunk(&[8; 32], &[9; 32]);

@@ -75,6 +75,7 @@ fn client_corpus() -> Vec<Vec<u8>> {
             signature: vec![6; 64],
         }),
         Kind::DecryptionShare(DecryptionSharePiece {
+            toss: 0,
             round: 4,
             index: 0,
             piece_count: 1,
@@ -86,16 +87,19 @@ fn client_corpus() -> Vec<Vec<u8>> {
             hash: vec![9; 32],
         }),
         Kind::ChallengeCommit(ChallengeCommit {
+            toss: 0,
             round: 4,
             attempt: 5,
             commitment: vec![3; 32],
         }),
         Kind::ChallengeSeed(ChallengeSeed {
+            toss: 0,
             round: 4,
             attempt: 5,
             seed: vec![4; 32],
         }),
         Kind::Sketch(SignedSketch {
+            toss: 0,
             round: 4,
             attempt: 5,
             sketch: vec![5; 1288],

@@ -15,9 +15,12 @@
 //!    into the round's aggregate.
 //!
 //! A key holder or contributor that refuses, leaves or does not answer a step
-//! by the deadline fails the attempt, named in the error. The round is marked
-//! durably first, so that its ciphertexts are never used again whatever
-//! happens.
+//! by the deadline fails the attempt, named in the error. With a t-of-N key,
+//! the decryption set is the holders that commit within [`commit_window`],
+//! and a toss that only key holders fail after that is tossed again for the
+//! same aggregate while at least `t` holders remain (README, "Decrypting
+//! with any `t` holders"). The round is marked durably first, so that its
+//! ciphertexts are never used again whatever happens.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -25,13 +28,15 @@ use std::time::{Duration, Instant};
 use consortia_dp::{NoisePlacement, PrivacySpec, PrivacyUnit};
 use consortia_he::update::{Declared, SumError, UpdateEncoding};
 use consortia_model::AggregatedUpdate;
-use consortia_proto::{DecryptRequest, SketchRequest, server_message::Kind};
+use consortia_proto::{
+    DecryptRequest, MAX_TOSSES_PER_ATTEMPT, SketchRequest, server_message::Kind,
+};
 
 use super::{Ending, Phase, Progress, drive};
 use crate::CoordinatorError;
 use crate::hub::{Hub, Stage};
 use crate::round::{Discard, RoundResult};
-use crate::secure::{Contributor, Decryption, DecryptionStep, FederationKey, count_release};
+use crate::secure::{Contributor, Decryption, DecryptionStep, FederationKey, Retry, count_release};
 use crate::session::{Outbound, message};
 
 /// Why a round's sum could not be decrypted.
@@ -82,12 +87,45 @@ impl fmt::Display for DecryptionFailed {
     }
 }
 
+/// How long a t-of-N decryption waits for the key holders' commitments
+/// before it goes on with those that committed (if at least `t`): a quarter
+/// of the decryption's deadline, at most [`MAX_COMMIT_WINDOW`].
+pub fn commit_window(deadline: Duration) -> Duration {
+    (deadline / 4).min(MAX_COMMIT_WINDOW)
+}
+
+/// The longest a t-of-N coin toss waits for commitments ([`commit_window`]).
+pub const MAX_COMMIT_WINDOW: Duration = Duration::from_secs(30);
+
+/// Why a coin toss failed, and with whom a further one can be tossed.
+struct TossFailed {
+    why: DecryptionFailed,
+    /// t-of-N: with whom a further toss can be made, if only key holders
+    /// failed this one ([`Decryption::retry_with`]).
+    retry_with: Option<Retry>,
+    /// The key holders that failed the toss.
+    dropped: Vec<String>,
+}
+
+impl From<DecryptionFailed> for TossFailed {
+    fn from(why: DecryptionFailed) -> Self {
+        TossFailed {
+            why,
+            retry_with: None,
+            dropped: Vec::new(),
+        }
+    }
+}
+
 /// Waits for every answer to one step of the decryption; at the last step
-/// ([`DecryptionStep::Shares`]) ends with the decrypted sum.
+/// ([`DecryptionStep::Shares`]) ends with the decrypted sum. `window`: at
+/// the commitments of a t-of-N key, the deadline only closes the
+/// commitments (the decryption set is those that committed).
 struct Waiting {
     step: DecryptionStep,
     failed: Option<String>,
     waiting_for: Vec<String>,
+    window: bool,
 }
 
 impl Waiting {
@@ -96,26 +134,39 @@ impl Waiting {
             step,
             failed: None,
             waiting_for: Vec::new(),
+            window: false,
         }
     }
 
-    /// Why the step did not complete; the decryption is over.
-    fn failure(self, hub: &Hub, ending: Ending) -> DecryptionFailed {
+    /// The commitments of a t-of-N toss, until the commit window closes.
+    fn commit_window() -> Self {
+        Waiting {
+            window: true,
+            ..Waiting::new(DecryptionStep::Commitments)
+        }
+    }
+
+    /// Why the step did not complete; the toss is over.
+    fn failure(self, hub: &Hub, ending: Ending) -> TossFailed {
         match (ending, hub.end_stage()) {
-            (_, Stage::Decryption(_)) => match self.failed {
-                Some(why) => DecryptionFailed::KeyHolder(why),
-                None => DecryptionFailed::Missing {
-                    what: self.step.expects(),
-                    from: self.waiting_for,
+            (_, Stage::Decryption(d)) => TossFailed {
+                why: match self.failed {
+                    Some(why) => DecryptionFailed::KeyHolder(why),
+                    None => DecryptionFailed::Missing {
+                        what: self.step.expects(),
+                        from: self.waiting_for,
+                    },
                 },
+                retry_with: d.retry_with(&hub.connected()),
+                dropped: d.dropped().to_vec(),
             },
-            _ => DecryptionFailed::Lost,
+            _ => DecryptionFailed::Lost.into(),
         }
     }
 }
 
 impl Phase for Waiting {
-    type Output = Result<Option<Vec<u64>>, DecryptionFailed>;
+    type Output = Result<Option<Vec<u64>>, TossFailed>;
 
     fn poll(&mut self, hub: &Hub) -> Progress {
         match &*hub.stage() {
@@ -135,6 +186,13 @@ impl Phase for Waiting {
     }
 
     fn finish(self, hub: &Hub, ending: Ending) -> Self::Output {
+        if self.window && ending == Ending::Deadline {
+            // The decryption set is those that committed, if at least t.
+            match with_decryption(hub, Decryption::close_commitments) {
+                Some(Ok(())) => return Ok(None),
+                _ => return Err(self.failure(hub, ending)),
+            }
+        }
         if ending != Ending::Complete {
             return Err(self.failure(hub, ending));
         }
@@ -142,8 +200,11 @@ impl Phase for Waiting {
             return Ok(None);
         }
         match hub.end_stage() {
-            Stage::Decryption(d) => d.finish().map(Some).map_err(DecryptionFailed::Combine),
-            _ => Err(DecryptionFailed::Lost),
+            Stage::Decryption(d) => d
+                .finish()
+                .map(Some)
+                .map_err(|e| DecryptionFailed::Combine(e).into()),
+            _ => Err(DecryptionFailed::Lost.into()),
         }
     }
 }
@@ -170,7 +231,10 @@ fn send_each(hub: &Hub, partners: &[String], kind: &Kind) {
 /// Asks every key holder of `key` to decrypt `result`'s encrypted sum (of at
 /// least `min` contributors), with the coin toss and the contributors'
 /// sketches in between (module docs), and waits for every step until
-/// `deadline` (for the whole decryption).
+/// `deadline` (for the whole decryption). With a t-of-N key, a toss that
+/// key holders fail after its commitment list was sent is tossed again for
+/// the same aggregate with the holders still connected, while at least `t`
+/// remain, at most [`MAX_TOSSES_PER_ATTEMPT`] tosses in all.
 pub async fn decrypt_round(
     hub: &Hub,
     key: &FederationKey,
@@ -190,8 +254,9 @@ pub async fn decrypt_round(
         .filter(|p| !connected.contains(p))
         .cloned()
         .collect();
+    let threshold = hub.task.key_threshold;
     // N-of-N: every holder. t-of-N: the holders connected now, if at least t.
-    let asked: Vec<String> = match hub.task.key_threshold {
+    let mut asked: Vec<String> = match threshold {
         Some(t) if key.committee.len() - absent.len() >= t as usize => key
             .committee
             .iter()
@@ -235,29 +300,102 @@ pub async fn decrypt_round(
         values: aggregate.shape().values,
         attempt: hub.attempt(),
         task_hash: hub.task_hash.to_vec(),
+        toss: 0,
     };
-    let decryption = Decryption::new(
-        round,
-        hub.attempt(),
-        hub.task_hash,
-        &aggregate,
-        key,
-        contributors,
-    )
-    .and_then(|d| d.with_holders(&asked))
-    .map_err(|_| DecryptionFailed::UnusableSum)?;
-    drop(aggregate);
+    let mut toss = 0;
+    // Whether the holders asked all checked the sketches in an earlier toss.
+    let mut checked = false;
+    loop {
+        let mut decryption = Decryption::new(
+            round,
+            hub.attempt(),
+            hub.task_hash,
+            &aggregate,
+            key,
+            contributors.clone(),
+        )
+        .and_then(|d| d.with_holders(&asked))
+        .map_err(|_| DecryptionFailed::UnusableSum)?;
+        if let Some(t) = threshold {
+            decryption = decryption.with_threshold(t, toss);
+        }
+        if checked {
+            decryption = decryption.with_checked_sketches();
+        }
+        let request = DecryptRequest {
+            toss,
+            ..request.clone()
+        };
+        let t_of_n = threshold.is_some();
+        match toss_coin(hub, decryption, request, t_of_n, checked, deadline, until).await {
+            Ok(sum) => return Ok(sum),
+            Err(failed) => {
+                let Some(retry) = failed
+                    .retry_with
+                    .filter(|_| toss + 1 < MAX_TOSSES_PER_ATTEMPT && Instant::now() < until)
+                else {
+                    return Err(failed.why);
+                };
+                checked |= matches!(retry, Retry::Checked(_));
+                let holders = retry.holders().to_vec();
+                toss += 1;
+                // Each toss's shares are further releases under the key.
+                if let Some(c) = &hub.ciphertexts {
+                    count_release(key, c.state_dir())
+                        .map_err(|e| DecryptionFailed::Storage(e.to_string()))?;
+                }
+                tracing::warn!(
+                    round,
+                    phase = "decryption",
+                    toss,
+                    dropped = ?failed.dropped,
+                    holders = holders.len(),
+                    checked,
+                    "further coin toss {toss} for the same aggregate of attempt {} of round \
+                     {round}: the last one failed ({}); asking the {} key holders still \
+                     connected{}",
+                    hub.attempt(),
+                    failed.why,
+                    holders.len(),
+                    if checked {
+                        ", which checked the contributors' sketches of this sum already"
+                    } else {
+                        ""
+                    }
+                );
+                asked = holders;
+            }
+        }
+    }
+}
+
+/// One coin toss of a decryption (module docs): the request and the
+/// aggregate's masks to every holder asked, their commitments (t-of-N:
+/// those in by the commit window), their seeds, the contributors' sketches
+/// and the holders' shares.
+async fn toss_coin(
+    hub: &Hub,
+    decryption: Decryption,
+    request: DecryptRequest,
+    threshold: bool,
+    checked: bool,
+    deadline: Duration,
+    until: Instant,
+) -> Result<Vec<u64>, TossFailed> {
+    let round = request.round;
+    let toss = request.toss;
+    let holders: Vec<String> = decryption.asked().to_vec();
     let masks = decryption.masks();
     hub.begin(Stage::Decryption(Box::new(decryption)));
     tracing::info!(
         round,
         phase = "decryption",
-        holders = asked.len(),
+        toss,
+        holders = holders.len(),
         contributors = request.contributions.len(),
         "asking the key holders to decrypt the sum"
     );
-    let holders = &asked;
-    for p in holders {
+    for p in &holders {
         let sent = hub.send_to(
             p,
             Outbound::Decrypt {
@@ -270,11 +408,17 @@ pub async fn decrypt_round(
         }
     }
     drop(masks);
-    // The coin toss: every commitment, then every seed.
-    drive(hub, Waiting::new(DecryptionStep::Commitments), until).await?;
-    let list =
-        with_decryption(hub, Decryption::commitments_message).ok_or(DecryptionFailed::Lost)?;
-    send_each(hub, holders, &Kind::ChallengeCommitments(list));
+    // The coin toss: every commitment (t-of-N: those in by the commit
+    // window), then every seed.
+    if threshold {
+        let window = (Instant::now() + commit_window(deadline)).min(until);
+        drive(hub, Waiting::commit_window(), window).await?;
+    } else {
+        drive(hub, Waiting::new(DecryptionStep::Commitments), until).await?;
+    }
+    let (list, holders) = with_decryption(hub, |d| (d.commitments_message(), d.asked().to_vec()))
+        .ok_or(DecryptionFailed::Lost)?;
+    send_each(hub, &holders, &Kind::ChallengeCommitments(list));
     drive(hub, Waiting::new(DecryptionStep::Seeds), until).await?;
     let (reveals, challenge, contributors) = with_decryption(hub, |d| {
         let (reveals, challenge) = d.reveals_message();
@@ -282,11 +426,28 @@ pub async fn decrypt_round(
         (reveals, challenge, names)
     })
     .ok_or(DecryptionFailed::Lost)?;
-    send_each(hub, holders, &Kind::ChallengeReveals(reveals));
+    send_each(hub, &holders, &Kind::ChallengeReveals(reveals));
+    tracing::info!(
+        round,
+        phase = "decryption",
+        toss,
+        holders = holders.len(),
+        "challenge seeds relayed"
+    );
+    if checked {
+        // Every holder asked checked this sum's sketches in an earlier toss.
+        let none = with_decryption(hub, Decryption::checked_sketches_message)
+            .ok_or(DecryptionFailed::Lost)?;
+        send_each(hub, &holders, &Kind::ContributorSketches(none));
+        return drive(hub, Waiting::new(DecryptionStep::Shares), until)
+            .await?
+            .ok_or(DecryptionFailed::Lost.into());
+    }
     // Every contributor signs the sketch of its own masks.
     let ask = SketchRequest {
         round,
-        attempt: hub.attempt(),
+        attempt: request.attempt,
+        toss,
         challenge: challenge.to_vec(),
     };
     send_each(hub, &contributors, &Kind::SketchRequest(ask));
@@ -297,13 +458,19 @@ pub async fn decrypt_round(
         Ok(s) => s,
         Err(why) => {
             hub.end_stage();
-            return Err(DecryptionFailed::KeyHolder(why));
+            return Err(DecryptionFailed::KeyHolder(why).into());
         }
     };
-    send_each(hub, holders, &Kind::ContributorSketches(sketches));
+    send_each(hub, &holders, &Kind::ContributorSketches(sketches));
+    tracing::info!(
+        round,
+        phase = "decryption",
+        toss,
+        "contributors' sketches relayed; waiting for the key holders' shares"
+    );
     drive(hub, Waiting::new(DecryptionStep::Shares), until)
         .await?
-        .ok_or(DecryptionFailed::Lost)
+        .ok_or(DecryptionFailed::Lost.into())
 }
 
 /// Opens a secure training round's sum when at least `min` updates went
@@ -825,6 +992,7 @@ mod phase_tests {
             }
             assert_eq!(agg.mask_digest().to_vec(), request.aggregate_digest);
             ctx = Some(DecryptionContext {
+                toss: 0,
                 task_hash: hub.task_hash,
                 key_id: hub_key(hub).key_id(),
                 round: 1,
@@ -840,6 +1008,7 @@ mod phase_tests {
             hub.challenge_commit(
                 p,
                 &ChallengeCommit {
+                    toss: 0,
                     round: 1,
                     attempt,
                     commitment: c.to_vec(),
@@ -855,6 +1024,7 @@ mod phase_tests {
         }
         for (i, p) in HOLDERS.iter().enumerate() {
             let msg = ChallengeSeed {
+                toss: 0,
                 round: 1,
                 attempt,
                 seed: vec![i as u8; 32],
@@ -888,6 +1058,18 @@ mod phase_tests {
         masks_of: &str,
         challenge: &[u8; 32],
     ) -> SignedSketch {
+        signed_in(0, r, hub, name, masks_of, challenge)
+    }
+
+    /// [`signed`] for coin toss `toss`.
+    fn signed_in(
+        toss: u32,
+        r: &Round,
+        hub: &Hub,
+        name: &str,
+        masks_of: &str,
+        challenge: &[u8; 32],
+    ) -> SignedSketch {
         let sketch = Sketch::of_vector(&r.updates[masks_of], challenge)
             .unwrap()
             .to_bytes();
@@ -896,12 +1078,14 @@ mod phase_tests {
             &hub.task_hash,
             1,
             hub.attempt(),
+            toss,
             name,
             10,
             challenge,
             &sketch,
         );
         SignedSketch {
+            toss,
             round: 1,
             attempt: hub.attempt(),
             signature: r.signers[name].sign_hash(&d).unwrap(),
@@ -1081,5 +1265,230 @@ mod phase_tests {
                 from: vec!["a".into(), "b".into(), "c".into()]
             })
         );
+    }
+
+    /// The secure example task with `key_threshold = 2` (a 2-of-3 key of a, b, c).
+    fn two_of_three() -> String {
+        let mut spec = consortia_model::TaskSpec::from_toml_str(SECURE_TASK).unwrap();
+        spec.key_threshold = Some(2);
+        spec.to_toml_string().unwrap()
+    }
+
+    /// Plays key holders `holders` through coin toss `toss` (commitments to
+    /// seeds `[i; 32]`, then seeds), as honest agents do; returns the
+    /// challenge. The holders' decryption requests were already taken.
+    async fn toss_among(
+        hub: &Hub,
+        inbox: &mut Inboxes,
+        holders: &[&str],
+        toss: u32,
+        digest: [u8; 32],
+    ) -> [u8; 32] {
+        let ctx = DecryptionContext {
+            task_hash: hub.task_hash,
+            key_id: hub_key(hub).key_id(),
+            round: 1,
+            attempt: hub.attempt(),
+            toss,
+            aggregate_digest: digest,
+        };
+        for (i, p) in holders.iter().enumerate() {
+            let commit = ChallengeCommit {
+                round: 1,
+                attempt: hub.attempt(),
+                toss,
+                commitment: ctx.commitment(p, &[i as u8; 32]).to_vec(),
+            };
+            hub.challenge_commit(p, &commit).unwrap();
+        }
+        for p in holders {
+            match next_message(inbox.get_mut(*p).unwrap()).await {
+                Kind::ChallengeCommitments(l) => {
+                    assert_eq!((l.commitments.len(), l.toss), (holders.len(), toss))
+                }
+                other => panic!("expected the commitments, got {other:?}"),
+            }
+        }
+        let mut seeds = Vec::new();
+        for (i, p) in holders.iter().enumerate() {
+            let msg = ChallengeSeed {
+                round: 1,
+                attempt: hub.attempt(),
+                toss,
+                seed: vec![i as u8; 32],
+            };
+            hub.challenge_seed(p, &msg).unwrap();
+            seeds.push((*p, [i as u8; 32]));
+        }
+        for p in holders {
+            assert!(matches!(
+                next_message(inbox.get_mut(*p).unwrap()).await,
+                Kind::ChallengeReveals(r) if r.toss == toss
+            ));
+        }
+        ctx.joint_challenge(seeds.iter().map(|(h, s)| (*h, s)))
+    }
+
+    /// The decryption request `p` is sent next (its masks skipped).
+    async fn request_to(inbox: &mut Inboxes, p: &str) -> DecryptRequest {
+        match next(inbox.get_mut(p).unwrap()).await {
+            Outbound::Decrypt { request, .. } => request,
+            other => panic!("expected a decryption request for {p}, got {other:?}"),
+        }
+    }
+
+    /// 2-of-3: c commits late and is left out of toss 0 (the holders asked
+    /// then are a and b, and c is sent no commitment list); after the
+    /// sketches are relayed, b refuses: toss 1 of the same aggregate asks a
+    /// and c (every contributor is still connected, so each sketches again
+    /// under toss 1's challenge), and shares of toss 0 are refused in it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_late_holder_is_left_out_and_a_refusal_after_the_sketches_tosses_again() {
+        let task = two_of_three();
+        let (hub, mut inbox) = hub_with(&task, &HOLDERS);
+        let mut r = round(&hub, &HOLDERS);
+        hub.set_federation_key(Some(r.key.clone()));
+        // Commit window: 1 s.
+        let running = start(&hub, &mut r, Duration::from_secs(4));
+        let mut digest = [0u8; 32];
+        for p in HOLDERS {
+            let req = request_to(&mut inbox, p).await;
+            assert_eq!(req.toss, 0);
+            digest = req.aggregate_digest.try_into().unwrap();
+        }
+        let challenge = toss_among(&hub, &mut inbox, &["a", "b"], 0, digest).await;
+        // c's commitment after the window: refused, it takes no part.
+        let late = ChallengeCommit {
+            round: 1,
+            attempt: hub.attempt(),
+            toss: 0,
+            commitment: vec![0; 32],
+        };
+        assert!(hub.challenge_commit("c", &late).is_err());
+        for p in HOLDERS {
+            assert!(matches!(
+                next_message(inbox.get_mut(p).unwrap()).await,
+                Kind::SketchRequest(s) if s.toss == 0
+            ));
+        }
+        for p in HOLDERS {
+            hub.add_sketch(p, &signed_in(0, &r, &hub, p, p, &challenge))
+                .unwrap();
+        }
+        for p in ["a", "b"] {
+            assert!(matches!(
+                next_message(inbox.get_mut(p).unwrap()).await,
+                Kind::ContributorSketches(s) if s.sketches.len() == 3 && s.toss == 0
+            ));
+        }
+        hub.decline(
+            "b",
+            1,
+            "gone fishing".into(),
+            consortia_proto::DeclineKind::Decryption,
+        )
+        .unwrap();
+        // Toss 1: a and c, fresh sketches from every contributor.
+        for p in ["a", "c"] {
+            let req = request_to(&mut inbox, p).await;
+            assert_eq!((req.toss, req.attempt), (1, hub.attempt()));
+            assert_eq!(req.aggregate_digest, digest.to_vec());
+        }
+        assert!(inbox.get_mut("b").unwrap().try_recv().is_err());
+        let challenge = toss_among(&hub, &mut inbox, &["a", "c"], 1, digest).await;
+        for p in HOLDERS {
+            assert!(matches!(
+                next_message(inbox.get_mut(p).unwrap()).await,
+                Kind::SketchRequest(s) if s.toss == 1
+            ));
+        }
+        // A sketch of toss 0 is refused in toss 1.
+        let stale = signed_in(0, &r, &hub, "a", "a", &challenge);
+        assert!(hub.add_sketch("a", &stale).is_err());
+        for p in HOLDERS {
+            hub.add_sketch(p, &signed_in(1, &r, &hub, p, p, &challenge))
+                .unwrap();
+        }
+        for p in ["a", "c"] {
+            assert!(matches!(
+                next_message(inbox.get_mut(p).unwrap()).await,
+                Kind::ContributorSketches(s) if s.sketches.len() == 3 && s.toss == 1
+            ));
+        }
+        // A share of toss 0 is discarded.
+        let stale = consortia_proto::share_pieces(1, &[0; 64]).next().unwrap();
+        assert!(matches!(
+            hub.add_share_piece("a", stale),
+            Err(r @ Rejection::OutOfPhase { .. }) if r.to_string().contains("coin toss 0")
+        ));
+        // No shares: the toss runs out at the deadline, naming a and c.
+        let failed = running.await.unwrap().unwrap_err();
+        assert_eq!(
+            failed,
+            DecryptionFailed::Missing {
+                what: "decryption shares",
+                from: vec!["a".into(), "c".into()]
+            }
+        );
+    }
+
+    /// 2-of-3: c leaves once the sketches were relayed to a, b and c. A
+    /// contributor is gone, so toss 1 asks a and b, who checked the
+    /// sketches in toss 0, and sends them none; with one more holder gone
+    /// fewer than t remain and the attempt fails.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_contributor_holder_gone_after_the_sketches_tosses_again_without_them() {
+        let task = two_of_three();
+        let (hub, mut inbox) = hub_with(&task, &["a", "b"]);
+        let (c_session, c_inbox) = crate::testing::connect(&hub, "c");
+        inbox.insert("c".into(), c_inbox);
+        let mut r = round(&hub, &HOLDERS);
+        hub.set_federation_key(Some(r.key.clone()));
+        let running = start(&hub, &mut r, Duration::from_secs(20));
+        let mut digest = [0u8; 32];
+        for p in HOLDERS {
+            digest = request_to(&mut inbox, p)
+                .await
+                .aggregate_digest
+                .try_into()
+                .unwrap();
+        }
+        let challenge = toss_among(&hub, &mut inbox, &HOLDERS, 0, digest).await;
+        for p in HOLDERS {
+            next_message(inbox.get_mut(p).unwrap()).await;
+            hub.add_sketch(p, &signed_in(0, &r, &hub, p, p, &challenge))
+                .unwrap();
+        }
+        for p in HOLDERS {
+            assert!(matches!(
+                next_message(inbox.get_mut(p).unwrap()).await,
+                Kind::ContributorSketches(s) if s.sketches.len() == 3
+            ));
+        }
+        hub.unregister("c", c_session);
+        for p in ["a", "b"] {
+            assert_eq!(request_to(&mut inbox, p).await.toss, 1);
+        }
+        toss_among(&hub, &mut inbox, &["a", "b"], 1, digest).await;
+        // No sketch is asked for: a and b are sent none.
+        for p in ["a", "b"] {
+            assert!(matches!(
+                next_message(inbox.get_mut(p).unwrap()).await,
+                Kind::ContributorSketches(s) if s.sketches.is_empty() && s.toss == 1
+            ));
+        }
+        hub.decline(
+            "b",
+            1,
+            "gone too".into(),
+            consortia_proto::DeclineKind::Decryption,
+        )
+        .unwrap();
+        let failed = running.await.unwrap().unwrap_err();
+        assert_eq!(
+            failed,
+            DecryptionFailed::KeyHolder("key holder `b`: gone too".into())
+        );
+        assert!(inbox.get_mut("a").unwrap().try_recv().is_err());
     }
 }
