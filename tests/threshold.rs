@@ -590,3 +590,72 @@ fn a_three_of_five_round_completes_in_the_same_attempt_when_two_holders_die_afte
     assert_eq!(round1.participants.len(), 5);
     assert_eq!(store.last_round().unwrap(), 2, "{log}");
 }
+
+/// N = 5, t = 3: two key holders stay connected but fall silent after round
+/// 1's coin toss (each paused, not killed, as soon as the coordinator took
+/// its sketch). Once the three others sent their shares, the coordinator
+/// waits the straggler window (a quarter of the 40 s round deadline), drops
+/// the two silent ones from the toss and tosses again for the same aggregate
+/// with the three: round 1 completes in its first attempt with all five
+/// updates, although no holder disconnected.
+#[test]
+fn a_three_of_five_round_completes_in_the_same_attempt_when_two_holders_fall_silent() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let data = five_partner_data(data_dir.path());
+    let mut spec = consortia_model::TaskSpec::from_toml_str(&threshold_task(1)).unwrap();
+    spec.round_deadline_secs = 40;
+    let mut fed = Federation::with_data(&spec.to_toml_string().unwrap(), &data, "shard");
+    fed.start_coordinator();
+    fed.start_all_agents();
+    let names: Vec<String> = fed.partners.iter().map(|(n, _)| n.clone()).collect();
+    let (alive, silent) = names.split_at(3);
+    let (alive, silent) = (alive.to_vec(), silent.to_vec());
+    let log_path = fed.coordinator_log(1);
+    let mut paused: Vec<String> = Vec::new();
+    let until = std::time::Instant::now() + LONG;
+    while paused.len() < silent.len() {
+        assert!(std::time::Instant::now() < until, "{}", fed.logs());
+        let log = fed.read(&log_path);
+        for v in &silent {
+            let taken = format!("round 1: sketch of `{v}`'s update taken (coin toss 0)");
+            if !paused.contains(v) && log.contains(&taken) {
+                pause_agent(&fed, v);
+                paused.push(v.clone());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Still connected, silent: the coordinator cuts them after the window.
+    let retossed = common::wait_until(LONG, || {
+        fed.read(&log_path)
+            .contains("further coin toss 1 for the same aggregate")
+            .then_some(())
+    });
+    assert!(retossed.is_some(), "{}", fed.logs());
+    let log = fed.read(&log_path);
+    assert!(log.contains("straggler window"), "{log}");
+    assert!(
+        !log.contains("disconnected during decryption"),
+        "the silent holders were still connected\n{log}"
+    );
+    // Out of the way of the final evaluation.
+    for v in &silent {
+        fed.kill_agent(v);
+    }
+    let status = fed.wait_coordinator(LONG);
+    assert!(status.success(), "coordinator failed\n{}", fed.logs());
+    let log = fed.read(&log_path);
+    let started = log
+        .lines()
+        .filter(|l| l.contains("round started") && l.contains("round=1 "))
+        .count();
+    assert_eq!(started, 1, "{log}");
+    let store = consortia_coordinator::store::Store::open(&fed.path("state")).unwrap();
+    let round1 = store.round(1).unwrap().expect("round 1 recorded");
+    assert_eq!(round1.participants.len(), 5, "{:?}", round1.participants);
+    assert_eq!(store.last_round().unwrap(), 1, "{log}");
+    for name in &alive {
+        let s = fed.wait_agent(name, Duration::from_secs(60));
+        assert!(s.success(), "agent {name} failed\n{}", fed.logs());
+    }
+}

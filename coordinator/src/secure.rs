@@ -909,12 +909,28 @@ impl Decryption {
     /// toss's challenge ([`Retry::Sketched`]); otherwise, once this toss's
     /// sketches were sent to its decryption set, those of that set still
     /// connected and not dropped, who checked them ([`Retry::Checked`]).
+    /// Before either: once at least `t` holders of the decryption set sent
+    /// their whole share, those of them still connected ([`Retry::Checked`]:
+    /// each recorded that it checked this sum's sketches).
     pub fn retry_with(&self, connected: &[String]) -> Option<Retry> {
         let t = self.threshold? as usize;
         if !self.holders_only {
             return None;
         }
         let healthy = |p: &&String| connected.contains(p) && !self.dropped.contains(p);
+        // Holders of this toss that sent their whole share checked the
+        // sketches and recorded this sum first: `t` of them toss again
+        // without sketches (e.g. once the others were cut as stragglers).
+        if self.step == DecryptionStep::Shares {
+            let answered: Vec<String> = self
+                .answered()
+                .into_iter()
+                .filter(|p| healthy(&p))
+                .collect();
+            if answered.len() >= t {
+                return Some(Retry::Checked(answered));
+            }
+        }
         if self
             .contributors
             .iter()

@@ -97,6 +97,15 @@ pub fn commit_window(deadline: Duration) -> Duration {
 /// The longest a t-of-N coin toss waits for commitments ([`commit_window`]).
 pub const MAX_COMMIT_WINDOW: Duration = Duration::from_secs(30);
 
+/// t-of-N: how long, once `t` holders of the decryption set revealed their
+/// seeds (or sent their shares), the others are waited for before they are
+/// dropped from the toss as stragglers: the commit window again, a quarter of
+/// the decryption's deadline, at most [`MAX_COMMIT_WINDOW`]. A holder that
+/// stays connected but silent then costs a further toss, not the attempt.
+pub fn straggler_window(deadline: Duration) -> Duration {
+    commit_window(deadline)
+}
+
 /// Why a coin toss failed, and with whom a further one can be tossed.
 struct TossFailed {
     why: DecryptionFailed,
@@ -126,6 +135,12 @@ struct Waiting {
     failed: Option<String>,
     waiting_for: Vec<String>,
     window: bool,
+    /// t-of-N: complete once this many holders answered the step (the
+    /// others are then given the straggler window).
+    quorum: Option<usize>,
+    /// t-of-N: at the deadline (the straggler window's end), the holders
+    /// still silent are dropped from the toss, named.
+    cut: Option<Duration>,
 }
 
 impl Waiting {
@@ -135,6 +150,24 @@ impl Waiting {
             failed: None,
             waiting_for: Vec::new(),
             window: false,
+            quorum: None,
+            cut: None,
+        }
+    }
+
+    /// A step of the holders of a t-of-N toss, until `t` of them answered.
+    fn quorum(step: DecryptionStep, t: usize) -> Self {
+        Waiting {
+            quorum: Some(t),
+            ..Waiting::new(step)
+        }
+    }
+
+    /// The rest of that step, for at most the straggler window `window`.
+    fn stragglers(step: DecryptionStep, window: Duration) -> Self {
+        Waiting {
+            cut: Some(window),
+            ..Waiting::new(step)
         }
     }
 
@@ -178,14 +211,19 @@ impl Phase for Waiting {
                     Progress::Complete
                 } else {
                     self.waiting_for = d.waiting_for();
-                    Progress::Waiting
+                    let answered = d.asked().len().saturating_sub(self.waiting_for.len());
+                    if self.quorum.is_some_and(|t| answered >= t) {
+                        Progress::Complete
+                    } else {
+                        Progress::Waiting
+                    }
                 }
             }
             _ => Progress::Failed,
         }
     }
 
-    fn finish(self, hub: &Hub, ending: Ending) -> Self::Output {
+    fn finish(mut self, hub: &Hub, ending: Ending) -> Self::Output {
         if self.window && ending == Ending::Deadline {
             // The decryption set is those that committed, if at least t.
             match with_decryption(hub, Decryption::close_commitments) {
@@ -193,10 +231,34 @@ impl Phase for Waiting {
                 _ => return Err(self.failure(hub, ending)),
             }
         }
+        if let (Some(window), Ending::Deadline) = (self.cut, ending) {
+            // The holders still silent are dropped; a further toss can do
+            // without them (`Decryption::retry_with`).
+            let what = self.step.expects();
+            let why = format!(
+                "sent no {what} within {} s of {} other key holders (straggler window)",
+                window.as_secs_f64(),
+                if self.step == DecryptionStep::Shares {
+                    "the"
+                } else {
+                    "enough"
+                }
+            );
+            self.failed = with_decryption(hub, |d| {
+                for p in d.waiting_for() {
+                    d.fail(&p, &why);
+                }
+                d.failed.clone()
+            })
+            .flatten();
+            if self.failed.is_some() {
+                return Err(self.failure(hub, Ending::Failed));
+            }
+        }
         if ending != Ending::Complete {
             return Err(self.failure(hub, ending));
         }
-        if self.step != DecryptionStep::Shares {
+        if self.step != DecryptionStep::Shares || self.quorum.is_some() {
             return Ok(None);
         }
         match hub.end_stage() {
@@ -419,7 +481,8 @@ async fn toss_coin(
     let (list, holders) = with_decryption(hub, |d| (d.commitments_message(), d.asked().to_vec()))
         .ok_or(DecryptionFailed::Lost)?;
     send_each(hub, &holders, &Kind::ChallengeCommitments(list));
-    drive(hub, Waiting::new(DecryptionStep::Seeds), until).await?;
+    let quorum = threshold.then(|| hub.task.key_threshold.unwrap_or(0) as usize);
+    holders_answer(hub, DecryptionStep::Seeds, quorum, deadline, until).await?;
     let (reveals, challenge, contributors) = with_decryption(hub, |d| {
         let (reveals, challenge) = d.reveals_message();
         let names: Vec<String> = d.contributors().iter().map(|c| c.name.clone()).collect();
@@ -439,7 +502,7 @@ async fn toss_coin(
         let none = with_decryption(hub, Decryption::checked_sketches_message)
             .ok_or(DecryptionFailed::Lost)?;
         send_each(hub, &holders, &Kind::ContributorSketches(none));
-        return drive(hub, Waiting::new(DecryptionStep::Shares), until)
+        return holders_answer(hub, DecryptionStep::Shares, quorum, deadline, until)
             .await?
             .ok_or(DecryptionFailed::Lost.into());
     }
@@ -468,9 +531,30 @@ async fn toss_coin(
         toss,
         "contributors' sketches relayed; waiting for the key holders' shares"
     );
-    drive(hub, Waiting::new(DecryptionStep::Shares), until)
+    holders_answer(hub, DecryptionStep::Shares, quorum, deadline, until)
         .await?
         .ok_or(DecryptionFailed::Lost.into())
+}
+
+/// Waits for every key holder's answer to `step` (their seeds, or their
+/// shares) until `until`. t-of-N (`quorum`: the key's threshold): once that
+/// many holders of the decryption set answered, the others are waited for
+/// the [`straggler_window`] at most, then dropped from the toss, named, so
+/// that a further toss can go on without them.
+async fn holders_answer(
+    hub: &Hub,
+    step: DecryptionStep,
+    quorum: Option<usize>,
+    deadline: Duration,
+    until: Instant,
+) -> Result<Option<Vec<u64>>, TossFailed> {
+    let Some(t) = quorum else {
+        return drive(hub, Waiting::new(step), until).await;
+    };
+    drive(hub, Waiting::quorum(step, t), until).await?;
+    let window = straggler_window(deadline);
+    let cut = (Instant::now() + window).min(until);
+    drive(hub, Waiting::stragglers(step, window), cut).await
 }
 
 /// Opens a secure training round's sum when at least `min` updates went
@@ -1430,6 +1514,80 @@ mod phase_tests {
                 from: vec!["a".into(), "c".into()]
             }
         );
+    }
+
+    /// 2-of-3: a, b and c toss the coin, the sketches are relayed, a and b
+    /// send their shares and c stays connected but silent. Once the
+    /// straggler window (a quarter of the 4 s deadline) has passed, c is
+    /// dropped from the toss and toss 1 of the same aggregate asks a and b,
+    /// who answered toss 0 (so checked its sketches): they are sent no
+    /// sketches, and c is sent nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_silent_holder_is_cut_after_the_straggler_window_and_the_others_toss_again() {
+        let task = two_of_three();
+        let (hub, mut inbox) = hub_with(&task, &HOLDERS);
+        let mut r = round(&hub, &HOLDERS);
+        hub.set_federation_key(Some(r.key.clone()));
+        let running = start(&hub, &mut r, Duration::from_secs(4));
+        let mut copy = None;
+        for p in HOLDERS {
+            let Outbound::Decrypt { request, masks } = next(inbox.get_mut(p).unwrap()).await else {
+                panic!("a decryption request first");
+            };
+            let shape = Shape::new(&hub_key(&hub), request.values).unwrap();
+            let mut agg = Aggregate::new(shape).unwrap();
+            for (i, m) in masks.iter().enumerate() {
+                agg.set_mask_chunk(i as u32, m, 3).unwrap();
+            }
+            copy = Some(agg);
+        }
+        let copy = copy.unwrap();
+        let digest = copy.mask_digest();
+        let challenge = toss_among(&hub, &mut inbox, &HOLDERS, 0, digest).await;
+        for p in HOLDERS {
+            assert!(matches!(
+                next_message(inbox.get_mut(p).unwrap()).await,
+                Kind::SketchRequest(s) if s.toss == 0
+            ));
+        }
+        for p in HOLDERS {
+            hub.add_sketch(p, &signed_in(0, &r, &hub, p, p, &challenge))
+                .unwrap();
+        }
+        for p in HOLDERS {
+            assert!(matches!(
+                next_message(inbox.get_mut(p).unwrap()).await,
+                Kind::ContributorSketches(s) if s.sketches.len() == 3
+            ));
+        }
+        for (i, p) in ["a", "b"].iter().enumerate() {
+            let share = PartialDecryptor::new(&r.secrets[i])
+                .partial_decrypt(&copy, 2)
+                .unwrap()
+                .to_bytes();
+            for piece in consortia_proto::share_pieces(1, &share) {
+                hub.add_share_piece(p, piece).unwrap();
+            }
+        }
+        // c says nothing; after the window, toss 1 asks a and b only.
+        for p in ["a", "b"] {
+            let req = request_to(&mut inbox, p).await;
+            assert_eq!(
+                (req.toss, req.aggregate_digest.clone()),
+                (1, digest.to_vec())
+            );
+        }
+        assert!(inbox.get_mut("c").unwrap().try_recv().is_err());
+        toss_among(&hub, &mut inbox, &["a", "b"], 1, digest).await;
+        for p in ["a", "b"] {
+            assert!(matches!(
+                next_message(inbox.get_mut(p).unwrap()).await,
+                Kind::ContributorSketches(s) if s.sketches.is_empty() && s.toss == 1
+            ));
+        }
+        // No shares in toss 1: it runs out at the deadline.
+        assert!(running.await.unwrap().is_err());
+        assert!(inbox.get_mut("c").unwrap().try_recv().is_err());
     }
 
     /// 2-of-3: c leaves once the sketches were relayed to a, b and c. A
