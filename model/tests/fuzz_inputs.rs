@@ -172,6 +172,7 @@ fn texts(corpus: Vec<String>) -> impl Strategy<Value = String> {
 const TASKS: &[&str] = &[
     include_str!("../../examples/telco_churn_task.toml"),
     include_str!("../../examples/telco_churn_secure.toml"),
+    include_str!("../../examples/telco_churn_threshold.toml"),
     include_str!("../../examples/telco_churn_dp_eps1.toml"),
     include_str!("../../examples/telco_churn_ddg_eps1.toml"),
     include_str!("../../examples/telco_churn_mlp.toml"),
