@@ -7,8 +7,10 @@
 //! `cargo bench`).
 //!
 //! The secure run is the same task file with `secure_aggregation = true` (key ceremony,
-//! encrypted updates, joint decryption of each round's sum). Plain and secure runs
-//! alternate, `--repeats` times per scenario, so that both see the same machine.
+//! encrypted updates, joint decryption of each round's sum); the `threshold` mode adds
+//! `key_threshold = 2` (a 2-of-3 key: the threshold dealing after the key ceremony, and
+//! each round decrypted with replicated-sharing shares). The modes' runs alternate,
+//! `--repeats` times per scenario, so that all see the same machine.
 //!
 //! For each run: `wall`, the whole `consortia demo` command (splitting the data, the PKI,
 //! starting the processes, the federation, the agents' exit); `federation`, what the demo
@@ -21,6 +23,7 @@
 //!
 //! ```text
 //! cargo bench --bench scenarios -- [--repeats 2] [--scenario churn,churn-mlp,clv,recommend]
+//!     [--modes plain,secure,threshold]   (default plain,secure)
 //! ```
 
 use std::path::Path;
@@ -134,12 +137,23 @@ fn main() {
             "unknown scenario {name} (churn, churn-mlp, clv, recommend)"
         );
     }
+    let modes: Vec<&str> = arg(&args, "--modes")
+        .map(|s| s.split(',').collect())
+        .unwrap_or_else(|| vec!["plain", "secure"]);
+    for m in &modes {
+        assert!(
+            ["plain", "secure", "threshold"].contains(m),
+            "unknown mode {m} (plain, secure, threshold)"
+        );
+    }
+    assert_eq!(modes.first(), Some(&"plain"), "--modes starts with plain (the ratios' base)");
     println!(
-        "bundled scenarios, 3 partners, 20 rounds, {repeats} runs per mode (plain and secure alternating); load average {}",
+        "bundled scenarios, 3 partners, 20 rounds, {repeats} runs per mode ({} alternating); load average {}",
+        modes.join(", "),
         loadavg()
     );
     println!(
-        "{:<10} {:<7} {:>8} {:>11} {:>10}   {:<34} secure/plain",
+        "{:<10} {:<9} {:>8} {:>11} {:>10}   {:<34} round / plain round",
         "scenario", "mode", "wall s", "federation", "round ms", "runs (wall/federation/round ms)"
     );
     for (name, demo_args, file) in SCENARIOS.iter().filter(|s| chosen.contains(&s.0)) {
@@ -147,22 +161,32 @@ fn main() {
         let secure = plain.replace("secure_aggregation = false", "secure_aggregation = true");
         assert_ne!(plain, secure, "{file} sets secure_aggregation = false");
         assert!(plain.contains("rounds = 20\n"), "{file} runs 20 rounds");
-        let mut runs: [Vec<Times>; 2] = [Vec::new(), Vec::new()];
+        let threshold = secure.replace(
+            "secure_aggregation = true",
+            "secure_aggregation = true\nkey_threshold = 2",
+        );
+        let task = |mode: &str| match mode {
+            "plain" => &plain,
+            "secure" => &secure,
+            _ => &threshold,
+        };
+        let mut runs: Vec<Vec<Times>> = vec![Vec::new(); modes.len()];
         for _ in 0..repeats {
-            runs[0].push(run(demo_args, &plain));
-            runs[1].push(run(demo_args, &secure));
+            for (m, mode) in modes.iter().enumerate() {
+                runs[m].push(run(demo_args, task(mode)));
+            }
         }
         let plain_round = mean(runs[0].iter().map(|t| t.round));
-        for (mode, times) in ["plain", "secure"].iter().zip(&runs) {
+        for (mode, times) in modes.iter().zip(&runs) {
             let each: Vec<String> = times
                 .iter()
                 .map(|t| format!("{:.1}/{:.1}/{:.0}", t.wall, t.federation, t.round * 1000.0))
                 .collect();
             let round = mean(times.iter().map(|t| t.round));
-            let ratio = if *mode == "secure" {
+            let ratio = if *mode != "plain" {
                 // Also the median of each alternating pair's ratio, less sensitive to a
                 // burst of load on the shared machine.
-                let mut pairs: Vec<f64> = runs[1]
+                let mut pairs: Vec<f64> = times
                     .iter()
                     .zip(&runs[0])
                     .map(|(s, p)| s.round / p.round)
@@ -178,7 +202,7 @@ fn main() {
                 String::new()
             };
             println!(
-                "{name:<10} {mode:<7} {:>8.2} {:>11.2} {:>10.1}   {:<34} {ratio}",
+                "{name:<10} {mode:<9} {:>8.2} {:>11.2} {:>10.1}   {:<34} {ratio}",
                 mean(times.iter().map(|t| t.wall)),
                 mean(times.iter().map(|t| t.federation)),
                 round * 1000.0,
