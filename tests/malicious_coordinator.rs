@@ -1081,18 +1081,20 @@ async fn ask_decryption(
         .collect();
     let (masks, digest) = claimed_masks(c, key, values, ask);
     let attempt = ask.attempt;
+    let contributions: Vec<Contribution> = ask
+        .named
+        .iter()
+        .map(|n| Contribution {
+            partner: n.clone(),
+            example_count: updates[n].2,
+            certificate: certificates[n].clone(),
+        })
+        .collect();
+    let sum = consortia_proto::contributions_digest(&contributions);
     peer.send_kind(Down::Decrypt(DecryptRequest {
         toss: 0,
         round: 1,
-        contributions: ask
-            .named
-            .iter()
-            .map(|n| Contribution {
-                partner: n.clone(),
-                example_count: updates[n].2,
-                certificate: certificates[n].clone(),
-            })
-            .collect(),
+        contributions,
         min_contributors: 2,
         aggregate_digest: digest.to_vec(),
         values,
@@ -1188,6 +1190,8 @@ async fn ask_decryption(
                 round: 1,
                 attempt: sketched,
                 challenge: challenge.to_vec(),
+                aggregate_digest: digest.to_vec(),
+                contributions_digest: sum.to_vec(),
             }))
             .await;
             if let Ok(ClientMessage {
