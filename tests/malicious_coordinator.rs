@@ -226,11 +226,11 @@ fn a_secure_task_from_a_coordinator_of_an_older_protocol_is_refused() {
         "agent accepted ({status})\n{}",
         rogue.report()
     );
-    assert!(
-        log.contains("the coordinator speaks protocol 0; this agent needs 2 or newer"),
-        "{}",
-        rogue.report()
+    let needs = format!(
+        "the coordinator speaks protocol 0; this agent needs {} or newer",
+        consortia_proto::MIN_SECURE_PROTOCOL_VERSION
     );
+    assert!(log.contains(&needs), "{}", rogue.report());
     assert!(!log.contains(LOADED_ROWS), "{}", rogue.report());
     rogue.assert_nothing_private(&name);
 }
