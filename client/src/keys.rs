@@ -51,9 +51,10 @@
 //!    is thus unknown to the coordinator until the aggregate is fixed;
 //! 3. every contributor sketches its own masks under the challenge
 //!    ([`consortia_he::Sketch`]) and signs the sketch with its certificate key
+//!    for the one sum it is asked for, one sum per attempt
 //!    ([`consortia_proto::sketch_digest`], [`KeyHolder::sketch`]); the holder
-//!    checks every contributor's signature and that the sketches add up to
-//!    the sketch of the aggregate's masks. A wrong aggregate passes with
+//!    checks every contributor's signature over its own sum and that the
+//!    sketches add up to the sketch of the aggregate's masks. A wrong aggregate passes with
 //!    probability at most 2^-80 per attempt (`consortia_he::sketch`), so the
 //!    coordinator can neither pass one partner's update off as a sum, pad it
 //!    with updates of its own making, nor count a contribution twice.
