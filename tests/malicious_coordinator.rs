@@ -226,11 +226,11 @@ fn a_secure_task_from_a_coordinator_of_an_older_protocol_is_refused() {
         "agent accepted ({status})\n{}",
         rogue.report()
     );
-    assert!(
-        log.contains("the coordinator speaks protocol 0; this agent needs 2 or newer"),
-        "{}",
-        rogue.report()
+    let needs = format!(
+        "the coordinator speaks protocol 0; this agent needs {} or newer",
+        consortia_proto::MIN_SECURE_PROTOCOL_VERSION
     );
+    assert!(log.contains(&needs), "{}", rogue.report());
     assert!(!log.contains(LOADED_ROWS), "{}", rogue.report());
     rogue.assert_nothing_private(&name);
 }
@@ -628,6 +628,8 @@ enum Answer {
     Refused(String),
     /// Nothing within the wait.
     Silent,
+    /// Its signed sketch (asked for alone, [`Ask::sketch_only`]).
+    Sketched,
 }
 
 impl Ceremony {
@@ -892,6 +894,10 @@ struct Ask {
     named: Vec<String>,
     attempt: u64,
     forged: Forged,
+    /// Only the contributors' sketches are asked for, in coin toss 1, as
+    /// when the sum is opened by other key holders than these (a t-of-N
+    /// key's disjoint decryption set): no decryption request is sent.
+    sketch_only: bool,
 }
 
 /// The decryption of attempt `attempt` of the sum of `named`, `forged`.
@@ -900,6 +906,7 @@ fn ask(named: &[String], attempt: u64, forged: Forged) -> Ask {
         named: named.to_vec(),
         attempt,
         forged,
+        sketch_only: false,
     }
 }
 
@@ -1081,18 +1088,36 @@ async fn ask_decryption(
         .collect();
     let (masks, digest) = claimed_masks(c, key, values, ask);
     let attempt = ask.attempt;
+    let contributions: Vec<Contribution> = ask
+        .named
+        .iter()
+        .map(|n| Contribution {
+            partner: n.clone(),
+            example_count: updates[n].2,
+            certificate: certificates[n].clone(),
+        })
+        .collect();
+    let sum = consortia_proto::contributions_digest(&contributions);
+    if ask.sketch_only {
+        peer.send_kind(Down::SketchRequest(SketchRequest {
+            toss: 1,
+            round: 1,
+            attempt,
+            challenge: vec![7; 32],
+            aggregate_digest: digest.to_vec(),
+            contributions_digest: sum.to_vec(),
+        }))
+        .await;
+        return match answer(peer, "SignedSketch").await {
+            Ok(_) => Answer::Sketched,
+            Err(why) if why.is_empty() => Answer::Silent,
+            Err(why) => Answer::Refused(why),
+        };
+    }
     peer.send_kind(Down::Decrypt(DecryptRequest {
         toss: 0,
         round: 1,
-        contributions: ask
-            .named
-            .iter()
-            .map(|n| Contribution {
-                partner: n.clone(),
-                example_count: updates[n].2,
-                certificate: certificates[n].clone(),
-            })
-            .collect(),
+        contributions,
         min_contributors: 2,
         aggregate_digest: digest.to_vec(),
         values,
@@ -1188,6 +1213,8 @@ async fn ask_decryption(
                 round: 1,
                 attempt: sketched,
                 challenge: challenge.to_vec(),
+                aggregate_digest: digest.to_vec(),
+                contributions_digest: sum.to_vec(),
             }))
             .await;
             if let Ok(ClientMessage {
@@ -1315,6 +1342,40 @@ fn a_second_decryption_of_a_nested_set_in_the_same_round_is_refused() {
     for name in &names {
         assert!(
             rogue.agent_log(name).contains("decryption refused"),
+            "{}",
+            rogue.report()
+        );
+    }
+}
+
+/// Two sums of one attempt, the second opened by other key holders (a t-of-N
+/// key's disjoint decryption set, which no holder's record links to the
+/// first): the contributors sign sketches for one sum per attempt, so after
+/// the honest decryption of {A, B, C} every agent refuses to sketch its
+/// update for {A, B} (C's update would be the difference), and says so.
+#[test]
+fn contributors_refuse_to_sketch_a_second_sum_of_the_attempt() {
+    let (rogue, c, names) = decryption_attack(|committee| {
+        vec![
+            ask(committee, 1, Forged::No),
+            Ask {
+                sketch_only: true,
+                ..ask(&committee[..2], 1, Forged::No)
+            },
+        ]
+    });
+    answered_then_refused(
+        &rogue,
+        &c,
+        &names,
+        "a sketch for the nested sum",
+        "already sketched its update for another sum of this attempt",
+    );
+    for name in &names {
+        assert!(
+            rogue
+                .agent_log(name)
+                .contains("a coordinator may open one sum per attempt"),
             "{}",
             rogue.report()
         );

@@ -51,9 +51,10 @@
 //!    is thus unknown to the coordinator until the aggregate is fixed;
 //! 3. every contributor sketches its own masks under the challenge
 //!    ([`consortia_he::Sketch`]) and signs the sketch with its certificate key
+//!    for the one sum it is asked for, one sum per attempt
 //!    ([`consortia_proto::sketch_digest`], [`KeyHolder::sketch`]); the holder
-//!    checks every contributor's signature and that the sketches add up to
-//!    the sketch of the aggregate's masks. A wrong aggregate passes with
+//!    checks every contributor's signature over its own sum and that the
+//!    sketches add up to the sketch of the aggregate's masks. A wrong aggregate passes with
 //!    probability at most 2^-80 per attempt (`consortia_he::sketch`), so the
 //!    coordinator can neither pass one partner's update off as a sum, pad it
 //!    with updates of its own making, nor count a contribution twice.
@@ -79,7 +80,8 @@ use consortia_proto::{
     AggregateMasks, ChallengeCommit, ChallengeCommitments, ChallengeReveals, ChallengeSeed,
     CollectiveKey, ContributionDigest, ContributorSketches, DecryptRequest, DecryptionContext,
     FederationKey, FederationKeyError, KeyGenRequest, MAX_CONTRIBUTORS, MAX_TOSSES_PER_ATTEMPT,
-    SignedSketch, SketchRequest, key_share_digest, sha256, sketch_digest,
+    SignedSketch, SketchRequest, SketchedSum, contributions_digest, key_share_digest, sha256,
+    sketch_digest,
 };
 use rand::TryRngCore;
 
@@ -178,11 +180,24 @@ struct OwnUpdate {
     shape: Shape,
     /// Each chunk's masks (little-endian words).
     masks: Vec<Vec<u8>>,
-    /// The coin tosses of this attempt sketched for, with their challenge:
-    /// one challenge per toss, tosses strictly increasing and below
-    /// [`MAX_TOSSES_PER_ATTEMPT`] (the same toss and challenge may be asked
-    /// again: the same sketch).
-    sketched: std::sync::Mutex<Vec<(u32, [u8; 32])>>,
+    /// What this attempt's sketches were signed for.
+    sketched: std::sync::Mutex<Sketched>,
+}
+
+/// The sketches a contributor signed in its attempt (in memory, with its
+/// update): one sum, and one challenge per coin toss of it.
+#[derive(Default)]
+struct Sketched {
+    /// The one sum (aggregate and contributions digests) sketches are
+    /// signed for in this attempt: the first asked. A coordinator that got
+    /// sketches for two sums of one attempt could open both with disjoint
+    /// t-of-N decryption sets and difference them (README "Why a further
+    /// toss is safe").
+    sum: Option<SketchedSum>,
+    /// The coin tosses sketched for, with their challenge: one challenge per
+    /// toss, tosses strictly increasing and below [`MAX_TOSSES_PER_ATTEMPT`]
+    /// (the same toss and challenge may be asked again: the same sketch).
+    tosses: Vec<(u32, [u8; 32])>,
 }
 
 /// A key holder's joint decryption in progress (module docs): the
@@ -327,7 +342,7 @@ impl KeyHolder {
             example_count,
             shape: *shape,
             masks: own,
-            sketched: std::sync::Mutex::new(Vec::new()),
+            sketched: std::sync::Mutex::new(Sketched::default()),
         });
         Ok(signature)
     }
@@ -341,9 +356,12 @@ impl KeyHolder {
     /// decryption of (`req.round`, `req.attempt`) under `req.challenge`, for
     /// the task with hash `task_hash`. Answered only for the (round, attempt)
     /// this partner signed its latest update for, while it still holds that
-    /// update's masks. Reveals nothing the coordinator does not know: the
-    /// masks are public to it; the signature binds this partner's name, its
-    /// example count and the challenge ([`consortia_proto::sketch_digest`]).
+    /// update's masks, and for one sum per attempt: the first sum asked
+    /// (`req.aggregate_digest`, `req.contributions_digest`); a request naming
+    /// another sum of the attempt is refused. Reveals nothing the coordinator
+    /// does not know: the masks are public to it; the signature binds this
+    /// partner's name, its example count, the sum and the challenge
+    /// ([`consortia_proto::sketch_digest`]).
     pub fn sketch(
         &self,
         req: &SketchRequest,
@@ -374,6 +392,18 @@ impl KeyHolder {
                 req.challenge.len()
             ))
         })?;
+        let digest_of = |what: &str, bytes: &[u8]| -> Result<[u8; 32], AgentError> {
+            bytes.try_into().map_err(|_| {
+                refuse(format!(
+                    "{what} of {} bytes, not 32, names no sum",
+                    bytes.len()
+                ))
+            })
+        };
+        let sum = SketchedSum {
+            aggregate_digest: digest_of("an aggregate digest", &req.aggregate_digest)?,
+            contributions_digest: digest_of("a contributions digest", &req.contributions_digest)?,
+        };
         // One challenge per coin toss, a bounded number of tosses per attempt.
         if req.toss >= MAX_TOSSES_PER_ATTEMPT {
             return Err(refuse(format!(
@@ -387,15 +417,30 @@ impl KeyHolder {
                 .sketched
                 .lock()
                 .map_err(|_| refuse("the record of sketches is poisoned".into()))?;
-            let again = sketched.contains(&(req.toss, challenge));
-            if let Some((last, _)) = sketched.last().filter(|(t, _)| !again && *t >= req.toss) {
+            // One sum per attempt: sketches for two sums of one attempt could
+            // be opened by disjoint decryption sets and differenced.
+            if sketched.sum.is_some_and(|first| first != sum) {
+                return Err(refuse(
+                    "this partner already sketched its update for another sum of this attempt \
+                     (another aggregate or contribution list): a coordinator may open one sum \
+                     per attempt"
+                        .into(),
+                ));
+            }
+            let again = sketched.tosses.contains(&(req.toss, challenge));
+            if let Some((last, _)) = sketched
+                .tosses
+                .last()
+                .filter(|(t, _)| !again && *t >= req.toss)
+            {
                 return Err(refuse(format!(
                     "this partner already sketched its update for coin toss {last} of that \
                      attempt (one challenge per toss, tosses strictly increasing)"
                 )));
             }
+            sketched.sum = Some(sum);
             if !again {
-                sketched.push((req.toss, challenge));
+                sketched.tosses.push((req.toss, challenge));
             }
         }
         let mut sketcher = Sketcher::new(&own.shape, &challenge);
@@ -416,6 +461,7 @@ impl KeyHolder {
             req.toss,
             &self.partner,
             own.example_count,
+            &sum,
             &challenge,
             &sketch,
         );
@@ -1075,8 +1121,9 @@ impl DecryptJob {
 
     /// The sketch check (module docs): every contributor named gives exactly
     /// one sketch, signed with the key of the certificate given for it over
-    /// this toss's `challenge`, and together they add up to the sketch of
-    /// the aggregate's masks.
+    /// this toss's `challenge` and this job's sum (its aggregate digest and
+    /// contributions digest: a sketch signed for another sum is refused),
+    /// and together they add up to the sketch of the aggregate's masks.
     fn check_sketches(
         &self,
         challenge: &[u8; 32],
@@ -1108,13 +1155,14 @@ impl DecryptJob {
             // Length-checked (a few hundred bytes) before anything is decoded.
             let sketch = Sketch::from_bytes(&s.sketch, params)
                 .map_err(|e| refuse(format!("the sketch given as `{name}`'s: {e}")))?;
-            let digest = job
-                .ctx
-                .sketch_digest(name, *examples, &challenge, &s.sketch);
+            let digest =
+                job.ctx
+                    .sketch_digest(name, *examples, &self.contributions, &challenge, &s.sketch);
             if !verifier.verify_hash(&digest, &s.signature) {
                 return Err(refuse(format!(
                     "the sketch given as `{name}`'s is not signed by `{name}` for this \
-                     decryption (its round, attempt, example count and challenge)"
+                     decryption (its round, attempt, example count, challenge and sum: a \
+                     sketch signed for another sum of the attempt does not open this one)"
                 )));
             }
             sum.add(&sketch).map_err(|e| refuse(e.to_string()))?;
@@ -1330,24 +1378,6 @@ impl Toss {
             hex::encode(self.contributions)
         )
     }
-}
-
-/// SHA-256 over the domain tag `consortia/decrypt-contributions/v1`, the
-/// number of contributions (u64), then each in order: name (u64 length,
-/// UTF-8), example count and the SHA-256 of its certificate: what every
-/// toss of one (round, attempt) must name exactly.
-fn contributions_digest(contributions: &[consortia_proto::Contribution]) -> [u8; 32] {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    h.update(b"consortia/decrypt-contributions/v1");
-    h.update((contributions.len() as u64).to_le_bytes());
-    for c in contributions {
-        h.update((c.partner.len() as u64).to_le_bytes());
-        h.update(c.partner.as_bytes());
-        h.update(c.example_count.to_le_bytes());
-        h.update(sha256(&c.certificate));
-    }
-    h.finalize().into()
 }
 
 /// A line of the key holder's record, split: kind, round, attempt, and the
@@ -1916,25 +1946,27 @@ mod tests {
     }
 
     /// The contributors' signed sketches for (round 4, `attempt`, toss 0)
-    /// under `challenge`, as the coordinator relays them. Each contributor's
-    /// record of the challenges it sketched is cleared first: these tests
-    /// play many decryptions of one attempt against holder a, each for
-    /// contributors meeting toss 0 for the first time (the contributors'
-    /// own bound is `contributors_sketch_one_challenge_per_toss_...`).
-    fn sketches(c: &Committee, attempt: u64, challenge: &[u8; 32]) -> Vec<ContributorSketch> {
+    /// of the sum `sum` under `challenge`, as the coordinator relays them.
+    /// Each contributor's record of the sum and challenges it sketched is
+    /// cleared first: these tests play many decryptions of one attempt
+    /// against holder a, each for contributors meeting toss 0 for the first
+    /// time (the contributors' own bounds are
+    /// `contributors_sketch_one_challenge_per_toss_...` and
+    /// `contributors_sketch_one_sum_per_attempt`).
+    fn sketches(
+        c: &Committee,
+        attempt: u64,
+        challenge: &[u8; 32],
+        sum: &SketchedSum,
+    ) -> Vec<ContributorSketch> {
         c.holders
             .iter()
             .zip(NAMES)
             .map(|(h, name)| {
                 if let Some(own) = &h.own {
-                    own.sketched.lock().unwrap().clear();
+                    *own.sketched.lock().unwrap() = Sketched::default();
                 }
-                let req = SketchRequest {
-                    toss: 0,
-                    round: 4,
-                    attempt,
-                    challenge: challenge.to_vec(),
-                };
+                let req = sketch_request(attempt, 0, challenge, sum);
                 let s = h.sketch(&req, &HASH).unwrap();
                 ContributorSketch {
                     partner: name.into(),
@@ -1960,7 +1992,7 @@ mod tests {
     fn decrypt(
         c: &Committee,
         ask: &Ask<'_>,
-        relay: impl Fn(&[u8; 32]) -> Vec<ContributorSketch>,
+        relay: impl Fn(&[u8; 32], &SketchedSum) -> Vec<ContributorSketch>,
     ) -> Result<Vec<u8>, AgentError> {
         let shape = Shape::new(&c.key, VALUES as u64).unwrap();
         let mut summed = Aggregate::new(shape).unwrap();
@@ -1977,6 +2009,7 @@ mod tests {
                 .unwrap();
         }
         let req = request(c, &ask.named, 1, agg.mask_digest(), ask.attempt, HASH);
+        let job_sum = sum_of(&req);
         let a = &c.holders[0];
         let mut job = a.begin_decrypt(&req, 3, VALUES as u64, &HASH)?;
         let mut commit = None;
@@ -2030,9 +2063,35 @@ mod tests {
                 toss: 0,
                 round: 4,
                 attempt: ask.attempt,
-                sketches: relay(&challenge),
+                sketches: relay(&challenge, &job_sum),
             },
         )
+    }
+
+    /// The sum a decryption request names, as a contributor's sketch binds it.
+    fn sum_of(req: &DecryptRequest) -> SketchedSum {
+        SketchedSum {
+            aggregate_digest: req.aggregate_digest.as_slice().try_into().unwrap(),
+            contributions_digest: contributions_digest(&req.contributions),
+        }
+    }
+
+    /// The request for a contributor's sketch of (round 4, `attempt`, `toss`)
+    /// of `sum` under `challenge`.
+    fn sketch_request(
+        attempt: u64,
+        toss: u32,
+        challenge: &[u8; 32],
+        sum: &SketchedSum,
+    ) -> SketchRequest {
+        SketchRequest {
+            toss,
+            round: 4,
+            attempt,
+            challenge: challenge.to_vec(),
+            aggregate_digest: sum.aggregate_digest.to_vec(),
+            contributions_digest: sum.contributions_digest.to_vec(),
+        }
     }
 
     /// Attempt `attempt` at decrypting round 4 of the task `HASH` under
@@ -2093,14 +2152,14 @@ mod tests {
             named: vec![("a", 0), ("b", 1), ("c", 1)],
             ..ask(1)
         };
-        let e = decrypt(&c, &wrong_cert, |ch| sketches(&c, 1, ch))
+        let e = decrypt(&c, &wrong_cert, |ch, sum| sketches(&c, 1, ch, sum))
             .unwrap_err()
             .to_string();
         assert!(e.contains("names `b`"), "{e}");
         // b's sketch signed under another challenge does not carry over.
-        let e = decrypt(&c, &ask(1), |ch| {
-            let mut s = sketches(&c, 1, ch);
-            s[1] = sketches(&c, 1, &[0; 32]).swap_remove(1);
+        let e = decrypt(&c, &ask(1), |ch, sum| {
+            let mut s = sketches(&c, 1, ch, sum);
+            s[1] = sketches(&c, 1, &[0; 32], sum).swap_remove(1);
             s
         })
         .unwrap_err()
@@ -2113,9 +2172,11 @@ mod tests {
             named: ALL.to_vec(),
             summed: updates.iter().map(Vec::as_slice).collect(),
         };
-        let e = decrypt(&c, &ask(2), |ch| sketches(&c, 2, ch)[..2].to_vec())
-            .unwrap_err()
-            .to_string();
+        let e = decrypt(&c, &ask(2), |ch, sum| {
+            sketches(&c, 2, ch, sum)[..2].to_vec()
+        })
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("no sketch from contributor `c`"), "{e}");
         let updates = genuine(&mut c, 3);
         let ask = |attempt| Ask {
@@ -2123,8 +2184,8 @@ mod tests {
             named: ALL.to_vec(),
             summed: updates.iter().map(Vec::as_slice).collect(),
         };
-        let e = decrypt(&c, &ask(3), |ch| {
-            let mut s = sketches(&c, 3, ch);
+        let e = decrypt(&c, &ask(3), |ch, sum| {
+            let mut s = sketches(&c, 3, ch, sum);
             s[2].partner = "mallory".into();
             s
         })
@@ -2138,7 +2199,7 @@ mod tests {
             named: ALL[..2].to_vec(),
             summed: updates[..2].iter().map(Vec::as_slice).collect(),
         };
-        let e = decrypt(&c, &two, |ch| sketches(&c, 4, ch)[..2].to_vec())
+        let e = decrypt(&c, &two, |ch, sum| sketches(&c, 4, ch, sum)[..2].to_vec())
             .unwrap_err()
             .to_string();
         assert!(e.contains("at least 3"), "{e}");
@@ -2148,8 +2209,8 @@ mod tests {
             named: ALL.to_vec(),
             summed: updates.iter().map(Vec::as_slice).collect(),
         };
-        assert!(decrypt(&c, &ask, |ch| sketches(&c, 4, ch)).is_ok());
-        let e = decrypt(&c, &ask, |ch| sketches(&c, 4, ch))
+        assert!(decrypt(&c, &ask, |ch, sum| sketches(&c, 4, ch, sum)).is_ok());
+        let e = decrypt(&c, &ask, |ch, sum| sketches(&c, 4, ch, sum))
             .unwrap_err()
             .to_string();
         assert!(e.contains("refused"), "{e}");
@@ -2177,7 +2238,7 @@ mod tests {
                 named: ALL.to_vec(),
                 summed,
             };
-            let e = decrypt(&c, &ask, |ch| sketches(&c, attempt, ch))
+            let e = decrypt(&c, &ask, |ch, sum| sketches(&c, attempt, ch, sum))
                 .unwrap_err()
                 .to_string();
             assert!(
@@ -2191,7 +2252,7 @@ mod tests {
             named: ALL.to_vec(),
             summed: updates.iter().map(Vec::as_slice).collect(),
         };
-        assert!(decrypt(&c, &ask, |ch| sketches(&c, 4, ch)).is_ok());
+        assert!(decrypt(&c, &ask, |ch, sum| sketches(&c, 4, ch, sum)).is_ok());
     }
 
     #[test]
@@ -2229,7 +2290,7 @@ mod tests {
             named: ALL.to_vec(),
             summed: updates.iter().map(Vec::as_slice).collect(),
         };
-        let e = decrypt(&c, &ask, |ch| sketches(&c, 1, ch))
+        let e = decrypt(&c, &ask, |ch, sum| sketches(&c, 1, ch, sum))
             .unwrap_err()
             .to_string();
         assert!(e.contains("most its flooding tolerates"), "{e}");
@@ -2249,12 +2310,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("already signed"), "{e}");
-        let ask = |attempt| SketchRequest {
-            toss: 0,
-            round: 4,
-            attempt,
-            challenge: vec![1; 32],
+        let sum = SketchedSum {
+            aggregate_digest: [7; 32],
+            contributions_digest: [8; 32],
         };
+        let ask = |attempt| sketch_request(attempt, 0, &[1; 32], &sum);
         // The sketch is of the update's masks, signed for this request.
         let s = c.holders[0].sketch(&ask(1), &HASH).unwrap();
         let mut want = Sketcher::new(&shape, &[1; 32]);
@@ -2271,6 +2331,7 @@ mod tests {
             0,
             "a",
             100,
+            &sum,
             &[1; 32],
             &s.sketch,
         );
@@ -2304,9 +2365,9 @@ mod tests {
             named: ALL.to_vec(),
             summed: first.iter().map(Vec::as_slice).collect(),
         };
-        assert!(decrypt(&c, &all(1), |ch| sketches(&c, 1, ch)).is_ok());
+        assert!(decrypt(&c, &all(1), |ch, sum| sketches(&c, 1, ch, sum)).is_ok());
         // The same round, attempt and toss again: refused.
-        let e = decrypt(&c, &all(1), |ch| sketches(&c, 1, ch))
+        let e = decrypt(&c, &all(1), |ch, sum| sketches(&c, 1, ch, sum))
             .unwrap_err()
             .to_string();
         assert!(
@@ -2315,13 +2376,13 @@ mod tests {
             "{e}"
         );
         // An older attempt: refused.
-        let e = decrypt(&c, &all(0), |ch| sketches(&c, 1, ch))
+        let e = decrypt(&c, &all(0), |ch, sum| sketches(&c, 1, ch, sum))
             .unwrap_err()
             .to_string();
         assert!(e.contains("already decrypted attempt 1"), "{e}");
         // The same updates under a new attempt: their sketches are signed for
         // attempt 1 only.
-        let e = decrypt(&c, &all(2), |ch| sketches(&c, 1, ch))
+        let e = decrypt(&c, &all(2), |ch, sum| sketches(&c, 1, ch, sum))
             .unwrap_err()
             .to_string();
         assert!(e.contains("is not signed by `a`"), "{e}");
@@ -2332,7 +2393,7 @@ mod tests {
             named: ALL.to_vec(),
             summed: second.iter().map(Vec::as_slice).collect(),
         };
-        let e = decrypt(&c, &fresh(2), |ch| sketches(&c, 2, ch))
+        let e = decrypt(&c, &fresh(2), |ch, sum| sketches(&c, 2, ch, sum))
             .unwrap_err()
             .to_string();
         assert!(e.contains("already tossed the coin for attempt 2"), "{e}");
@@ -2343,7 +2404,7 @@ mod tests {
             named: ALL.to_vec(),
             summed: third.iter().map(Vec::as_slice).collect(),
         };
-        assert!(decrypt(&c, &ask, |ch| sketches(&c, 3, ch)).is_ok());
+        assert!(decrypt(&c, &ask, |ch, sum| sketches(&c, 3, ch, sum)).is_ok());
         // The record survives a restart of the key holder.
         let used = read_lines(&c.holders[0].current.as_ref().unwrap().used_path).unwrap();
         assert!(used.contains(&"answered 4 3".to_string()), "{used:?}");
@@ -2870,15 +2931,7 @@ mod tests {
                 sketches: (0..3)
                     .map(|i| {
                         let s = f.holders[i]
-                            .sketch(
-                                &SketchRequest {
-                                    toss: 0,
-                                    round: 4,
-                                    attempt: 1,
-                                    challenge: challenge.to_vec(),
-                                },
-                                &HASH,
-                            )
+                            .sketch(&sketch_request(1, 0, &challenge, &sum_of(&req)), &HASH)
                             .unwrap();
                         ContributorSketch {
                             partner: f.names[i].clone(),
@@ -2905,6 +2958,12 @@ mod tests {
         /// A 3-of-5 key (Secure128) whose holders a, b and c signed updates
         /// for attempt 1 of round 4 (every value 1, 2, 3), and their sum.
         fn summed() -> (Five, Aggregate) {
+            let (f, agg, _) = summed_updates();
+            (f, agg)
+        }
+
+        /// [`summed`], with a, b and c's encrypted updates.
+        fn summed_updates() -> (Five, Aggregate, Vec<Vec<Vec<u8>>>) {
             // Secure128: Fast64's flooding allows no release.
             let mut f = five_with(HeParams::Secure128);
             let (_, dealings) = keys_and_dealings(&mut f);
@@ -2913,6 +2972,7 @@ mod tests {
             }
             let shape = Shape::new(&f.key, VALUES as u64).unwrap();
             let mut agg = Aggregate::new(shape).unwrap();
+            let mut updates = Vec::new();
             for i in 0..3 {
                 let ch = chunks(&f.key, i as u64 + 1);
                 f.holders[i]
@@ -2921,8 +2981,9 @@ mod tests {
                 for (k, b) in ch.iter().enumerate() {
                     agg.add_bytes(k as u32, b).unwrap();
                 }
+                updates.push(ch);
             }
-            (f, agg)
+            (f, agg, updates)
         }
 
         /// Coin toss `toss` of attempt `attempt` of round 4 for `digest`, the
@@ -2957,23 +3018,34 @@ mod tests {
             Checked,
             /// a, b and c's sketches of the given toss, signed then.
             Of(Vec<ContributorSketch>),
+            /// The contributors given (indices) sketch under this toss's
+            /// challenge for the sum given, whatever sum the toss opens.
+            For(SketchedSum, Vec<usize>),
         }
 
-        /// a, b and c's signed sketches under `challenge` for toss `toss` of
-        /// attempt 1.
-        fn sketched(f: &Five, toss: u32, challenge: &[u8; 32]) -> Vec<ContributorSketch> {
-            (0..3)
-                .map(|i| {
+        /// a, b and c's signed sketches of `sum` under `challenge` for toss
+        /// `toss` of attempt 1.
+        fn sketched(
+            f: &Five,
+            toss: u32,
+            challenge: &[u8; 32],
+            sum: &SketchedSum,
+        ) -> Vec<ContributorSketch> {
+            sketched_by(f, &[0, 1, 2], toss, challenge, sum)
+        }
+
+        /// [`sketched`] by the contributors `by` (indices) only.
+        fn sketched_by(
+            f: &Five,
+            by: &[usize],
+            toss: u32,
+            challenge: &[u8; 32],
+            sum: &SketchedSum,
+        ) -> Vec<ContributorSketch> {
+            by.iter()
+                .map(|&i| {
                     let s = f.holders[i]
-                        .sketch(
-                            &SketchRequest {
-                                toss,
-                                round: 4,
-                                attempt: 1,
-                                challenge: challenge.to_vec(),
-                            },
-                            &HASH,
-                        )
+                        .sketch(&sketch_request(1, toss, challenge, sum), &HASH)
                         .unwrap();
                     ContributorSketch {
                         partner: f.names[i].clone(),
@@ -3050,9 +3122,10 @@ mod tests {
                 round: 4,
                 attempt: req.attempt,
                 sketches: match relay {
-                    Relay::Fresh => sketched(f, req.toss, &challenge),
+                    Relay::Fresh => sketched(f, req.toss, &challenge, &sum_of(req)),
                     Relay::Checked => Vec::new(),
                     Relay::Of(s) => s,
+                    Relay::For(sum, by) => sketched_by(f, &by, req.toss, &challenge, &sum),
                 },
             };
             let results = q
@@ -3218,7 +3291,12 @@ mod tests {
                 &retoss_request(&f, digest, 1, 2),
                 &[0, 2, 4],
                 &[0],
-                Relay::Of(sketched(&f, 0, &toss0_challenge)),
+                Relay::Of(sketched(
+                    &f,
+                    0,
+                    &toss0_challenge,
+                    &sum_of(&retoss_request(&f, digest, 1, 0)),
+                )),
             );
             let e = refusal(relayed);
             assert!(e.contains("is not signed by"), "{e}");
@@ -3252,13 +3330,11 @@ mod tests {
         /// bound.
         #[test]
         fn contributors_sketch_one_challenge_per_toss_of_their_attempt() {
-            let (f, _) = summed();
+            let (f, agg) = summed();
             let a = &f.holders[0];
-            let ask = |attempt, toss, challenge: u8| SketchRequest {
-                toss,
-                round: 4,
-                attempt,
-                challenge: vec![challenge; 32],
+            let sum = sum_of(&retoss_request(&f, agg.mask_digest(), 1, 0));
+            let ask = |attempt, toss, challenge: u8| {
+                sketch_request(attempt, toss, &[challenge; 32], &sum)
             };
             assert!(a.sketch(&ask(1, 0, 1), &HASH).is_ok());
             // The same toss and challenge again: the same sketch.
@@ -3274,6 +3350,120 @@ mod tests {
                 .to_string();
             assert!(e.contains("past the most"), "{e}");
             assert!(a.sketch(&ask(2, 3, 6), &HASH).is_err());
+        }
+
+        /// A contributor signs sketches for one sum per attempt: the first
+        /// it is asked for. Another aggregate, or another contribution list,
+        /// of the same attempt is refused, whatever the toss; the same sum in
+        /// a later toss is sketched. (With a 3-of-6 key, two disjoint
+        /// decryption sets could otherwise open the sums of {a, b, c, d} and
+        /// of {a, b, c} of one attempt, neither holder's record seeing the
+        /// other, and their difference is d's update.)
+        #[test]
+        fn contributors_sketch_one_sum_per_attempt() {
+            let (f, agg) = summed();
+            let digest = agg.mask_digest();
+            let req = retoss_request(&f, digest, 1, 0);
+            let x = sum_of(&req);
+            // Another aggregate of the same contributions, and the same
+            // aggregate named with another contribution list.
+            let other_aggregate = SketchedSum {
+                aggregate_digest: [9; 32],
+                ..x
+            };
+            let mut fewer = req.clone();
+            fewer.contributions.pop();
+            let other_list = sum_of(&fewer);
+            assert_ne!(x, other_list);
+            let a = &f.holders[0];
+            assert!(a.sketch(&sketch_request(1, 0, &[1; 32], &x), &HASH).is_ok());
+            for y in [&other_aggregate, &other_list] {
+                for toss in [1, 3] {
+                    let e = a
+                        .sketch(&sketch_request(1, toss, &[2; 32], y), &HASH)
+                        .unwrap_err()
+                        .to_string();
+                    assert!(
+                        e.contains("already sketched its update for another sum of this attempt"),
+                        "{e}"
+                    );
+                    assert!(e.contains("one sum per attempt"), "{e}");
+                }
+            }
+            // The same sum in a later toss: sketched, and again after it.
+            assert!(a.sketch(&sketch_request(1, 1, &[3; 32], &x), &HASH).is_ok());
+            assert!(a.sketch(&sketch_request(1, 1, &[3; 32], &x), &HASH).is_ok());
+            // The sum asked first is the one: b, asked for the shorter list
+            // first, refuses the full one.
+            let b = &f.holders[1];
+            assert!(
+                b.sketch(&sketch_request(1, 0, &[1; 32], &other_list), &HASH)
+                    .is_ok()
+            );
+            let e = b
+                .sketch(&sketch_request(1, 1, &[4; 32], &x), &HASH)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("another sum of this attempt"), "{e}");
+            // A malformed sum is no sum.
+            let mut short = sketch_request(1, 2, &[5; 32], &x);
+            short.contributions_digest.pop();
+            let e = a.sketch(&short, &HASH).unwrap_err().to_string();
+            assert!(e.contains("names no sum"), "{e}");
+        }
+
+        /// Key holders check each sketch's signature over their own sum: a
+        /// sketch signed under this toss's challenge but for another sum of
+        /// the attempt (another aggregate digest, or another contribution
+        /// list) is refused, naming its contributor; the same sketches signed
+        /// for the sum the holders open pass.
+        #[test]
+        fn a_sketch_signed_for_another_sum_does_not_open_this_one() {
+            let (f, agg) = summed();
+            let req = |toss| retoss_request(&f, agg.mask_digest(), 1, toss);
+            let sum = sum_of(&req(0));
+            let other_aggregate = SketchedSum {
+                aggregate_digest: [9; 32],
+                ..sum
+            };
+            let mut fewer = req(0);
+            fewer.contributions.pop();
+            let other_list = SketchedSum {
+                contributions_digest: contributions_digest(&fewer.contributions),
+                ..sum
+            };
+            // c, d and e open a, b and c's sum, toss after toss; the
+            // contributors' records are forgotten before each toss, so that
+            // only the key holders' check stands.
+            let forget = || {
+                for h in &f.holders[..3] {
+                    *h.own.as_ref().unwrap().sketched.lock().unwrap() = Sketched::default();
+                }
+            };
+            for (toss, signed_for) in [(0, other_aggregate), (1, other_list)] {
+                forget();
+                let (_, results) = play(
+                    &f,
+                    &agg,
+                    &req(toss),
+                    &[2, 3, 4],
+                    &[3],
+                    Relay::For(signed_for, vec![0, 1, 2]),
+                );
+                let e = refusal(results);
+                assert!(e.contains("is not signed by `a`"), "{e}");
+                assert!(e.contains("another sum"), "{e}");
+            }
+            forget();
+            let (_, results) = play(
+                &f,
+                &agg,
+                &req(2),
+                &[2, 3, 4],
+                &[3],
+                Relay::For(sum, vec![0, 1, 2]),
+            );
+            assert!(results.into_iter().all(|r| r.is_ok()));
         }
 
         /// What the coordinator could try while relaying: each is refused as

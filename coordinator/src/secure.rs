@@ -768,6 +768,9 @@ pub struct Decryption {
     /// one of them commits in the coin toss and is the decryption set `Q`.
     asked: Vec<String>,
     contributors: Vec<Contributor>,
+    /// [`consortia_proto::contributions_digest`] of `contributors`: with the
+    /// aggregate's digest, the sum every sketch is signed for.
+    contributions: [u8; 32],
     /// The aggregate's masks, chunk by chunk, in mask-chunk wire form.
     masks: std::sync::Arc<Vec<Vec<u8>>>,
     step: DecryptionStep,
@@ -811,6 +814,16 @@ impl Decryption {
         let masks = (0..shape.chunks())
             .map(|i| aggregate.mask_chunk(i))
             .collect::<Result<Vec<_>, _>>()?;
+        let contributions = consortia_proto::contributions_digest(
+            &contributors
+                .iter()
+                .map(|c| consortia_proto::Contribution {
+                    partner: c.name.clone(),
+                    example_count: c.examples,
+                    certificate: c.certificate.clone(),
+                })
+                .collect::<Vec<_>>(),
+        );
         Ok(Decryption {
             ctx: DecryptionContext {
                 task_hash,
@@ -824,6 +837,7 @@ impl Decryption {
             committee: key.committee.clone(),
             asked: key.committee.clone(),
             contributors,
+            contributions,
             masks: std::sync::Arc::new(masks),
             step: DecryptionStep::Commitments,
             commitments: BTreeMap::new(),
@@ -1287,9 +1301,13 @@ impl Decryption {
             });
         }
         let challenge = self.challenge.unwrap_or_default();
-        let digest = self
-            .ctx
-            .sketch_digest(partner, c.examples, &challenge, &msg.sketch);
+        let digest = self.ctx.sketch_digest(
+            partner,
+            c.examples,
+            &self.contributions,
+            &challenge,
+            &msg.sketch,
+        );
         let checked =
             Sketch::from_bytes(&msg.sketch, self.shape.params)
                 .map_err(|e| e.to_string())
@@ -1301,7 +1319,7 @@ impl Decryption {
                         Ok(())
                     } else {
                         Err("its signature does not verify with the certificate it sent its update \
-                         with, over this decryption's challenge"
+                         with, over this decryption's challenge and sum"
                         .to_string())
                     }
                 });

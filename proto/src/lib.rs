@@ -329,7 +329,10 @@ pub fn subshare_recipient_key_digest(
 /// holders no longer receive every contributor's masks); 3 numbers every
 /// coin toss of an attempt and binds the number into the commitment,
 /// challenge and sketch hashes (`DecryptionContext`, formats v2), so that a
-/// t-of-N decryption can be tossed again for the same aggregate. Agents that
+/// t-of-N decryption can be tossed again for the same aggregate, and binds
+/// the sum a sketch is for (aggregate and contributions digests, sketch
+/// format v3) into the sketch hash, a contributor signing sketches for one
+/// sum per attempt. Agents that
 /// predate the field send 0; a coordinator serving a secure task refuses
 /// older agents at `Hello`, since their hashes would not match.
 pub const PROTOCOL_VERSION: u32 = 3;
@@ -431,12 +434,15 @@ impl DecryptionContext {
     }
 
     /// What contributor `partner`, of `example_count` examples, signs of its
-    /// sketch `sketch` under `challenge` in this decryption ([`sketch_digest`]:
-    /// the aggregate's digest is not part of it).
+    /// sketch `sketch` under `challenge` in this decryption of the sum of
+    /// the contributions with digest `contributions` ([`sketch_digest`]: it
+    /// binds this context's aggregate digest and `contributions`, the one
+    /// sum the sketch may open).
     pub fn sketch_digest(
         &self,
         partner: &str,
         example_count: u64,
+        contributions: &[u8; 32],
         challenge: &[u8; 32],
         sketch: &[u8],
     ) -> [u8; 32] {
@@ -448,17 +454,33 @@ impl DecryptionContext {
             self.toss,
             partner,
             example_count,
+            &SketchedSum {
+                aggregate_digest: self.aggregate_digest,
+                contributions_digest: *contributions,
+            },
             challenge,
             sketch,
         )
     }
 }
 
+/// The one sum a contributor's sketch is signed for: the digest of the
+/// aggregate's masks and [`contributions_digest`] of the contributions
+/// summed (`SketchRequest.aggregate_digest`, `.contributions_digest`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SketchedSum {
+    /// The digest of the aggregate's masks.
+    pub aggregate_digest: [u8; 32],
+    /// [`contributions_digest`] of the sum's contributions.
+    pub contributions_digest: [u8; 32],
+}
+
 /// What a contributor signs of its sketch: SHA-256 over the domain tag
-/// `consortia/mask-sketch/v2`, the key id (u64 length, bytes), the task
+/// `consortia/mask-sketch/v3`, the key id (u64 length, bytes), the task
 /// hash, round, attempt, the contributor's name (u64 length, UTF-8), its
-/// example count, the coin toss (u32), the 32-byte challenge and the
-/// SHA-256 of the sketch's wire form.
+/// example count, the coin toss (u32), the sum's aggregate digest and
+/// contributions digest (32 bytes each, [`SketchedSum`]), the 32-byte
+/// challenge and the SHA-256 of the sketch's wire form.
 #[allow(clippy::too_many_arguments)]
 pub fn sketch_digest(
     key_id: &[u8],
@@ -468,12 +490,13 @@ pub fn sketch_digest(
     toss: u32,
     partner: &str,
     example_count: u64,
+    sum: &SketchedSum,
     challenge: &[u8; 32],
     sketch: &[u8],
 ) -> [u8; 32] {
     use sha2::Digest;
     let mut h = contributor_hash(
-        b"consortia/mask-sketch/v2",
+        b"consortia/mask-sketch/v3",
         key_id,
         task_hash,
         round,
@@ -482,8 +505,29 @@ pub fn sketch_digest(
         example_count,
     );
     h.update(toss.to_le_bytes());
+    h.update(sum.aggregate_digest);
+    h.update(sum.contributions_digest);
     h.update(challenge);
     h.update(sha256(sketch));
+    h.finalize().into()
+}
+
+/// SHA-256 over the domain tag `consortia/decrypt-contributions/v1`, the
+/// number of contributions (u64), then each in order: name (u64 length,
+/// UTF-8), example count and the SHA-256 of its certificate: what every
+/// toss of one (round, attempt) must name exactly, and what a contributor's
+/// signed sketch names of the sum it is for ([`SketchedSum`]).
+pub fn contributions_digest(contributions: &[Contribution]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"consortia/decrypt-contributions/v1");
+    h.update((contributions.len() as u64).to_le_bytes());
+    for c in contributions {
+        h.update((c.partner.len() as u64).to_le_bytes());
+        h.update(c.partner.as_bytes());
+        h.update(c.example_count.to_le_bytes());
+        h.update(sha256(&c.certificate));
+    }
     h.finalize().into()
 }
 
@@ -601,9 +645,17 @@ mod tests {
         assert_ne!(c, next.joint_challenge([("a", &a), ("b", &b)]));
         assert_ne!(x.commitment("a", &a), next.commitment("a", &a));
         assert_ne!(
-            x.sketch_digest("a", 100, &c, b"sketch"),
-            next.sketch_digest("a", 100, &c, b"sketch")
+            x.sketch_digest("a", 100, &[7; 32], &c, b"sketch"),
+            next.sketch_digest("a", 100, &[7; 32], &c, b"sketch")
         );
+        // A sketch names its sum: another aggregate or another contribution
+        // list of the same attempt and toss is another digest.
+        let signed = x.sketch_digest("a", 100, &[7; 32], &c, b"sketch");
+        assert_ne!(
+            signed,
+            context(9, [0; 32]).sketch_digest("a", 100, &[7; 32], &c, b"sketch")
+        );
+        assert_ne!(signed, x.sketch_digest("a", 100, &[8; 32], &c, b"sketch"));
         let m = x.commitment("a", &a);
         assert_ne!(m, x.commitment("b", &a));
         assert_ne!(m, x.commitment("a", &b));
@@ -626,14 +678,29 @@ mod tests {
             hex::encode(x.joint_challenge([("b", &b), ("a", &a)])),
             "ba67394e9d012ac6006f080b97bae18190932b948787d8da67a3e71521b4e6b1"
         );
-        let sketch = x.sketch_digest("a", 100, &[6; 32], b"sketch");
+        let sketch = x.sketch_digest("a", 100, &[7; 32], &[6; 32], b"sketch");
         assert_eq!(
             hex::encode(sketch),
-            "44220d4c053458f81e26bd8272eb2f98a08802b52fb3957f5ec2b54876f63928"
+            "ba04d7c1a100e3b200edb8bbca5f123f92dfe16060e346037dfb4bcf55a55c2f"
         );
+        let sum = SketchedSum {
+            aggregate_digest: [3; 32],
+            contributions_digest: [7; 32],
+        };
         assert_eq!(
             sketch,
-            sketch_digest(&[2; 32], &[1; 32], 7, 9, 0, "a", 100, &[6; 32], b"sketch")
+            sketch_digest(
+                &[2; 32], &[1; 32], 7, 9, 0, "a", 100, &sum, &[6; 32], b"sketch"
+            )
+        );
+        let one = Contribution {
+            partner: "a".into(),
+            example_count: 100,
+            certificate: b"cert".to_vec(),
+        };
+        assert_eq!(
+            hex::encode(contributions_digest(std::slice::from_ref(&one))),
+            "d4aa66c36ca1de7e8248590be04aa372c80622c9f17a9e37c4c8e675db89009b"
         );
         let mut update = ContributionDigest::new(&[2; 32], &[1; 32], 7, 9, "a", 100);
         update.chunk(&[8; 32], &[9; 32]);

@@ -507,11 +507,16 @@ async fn toss_coin(
             .ok_or(DecryptionFailed::Lost.into());
     }
     // Every contributor signs the sketch of its own masks.
+    // The sum they sign for: a contributor signs sketches for one sum per
+    // attempt, and the key holders check the signatures over theirs.
     let ask = SketchRequest {
         round,
         attempt: request.attempt,
         toss,
         challenge: challenge.to_vec(),
+        aggregate_digest: request.aggregate_digest.clone(),
+        contributions_digest: consortia_proto::contributions_digest(&request.contributions)
+            .to_vec(),
     };
     send_each(hub, &contributors, &Kind::SketchRequest(ask));
     drive(hub, Waiting::new(DecryptionStep::Sketches), until).await?;
@@ -953,7 +958,7 @@ mod phase_tests {
         Sketch,
     };
     use consortia_proto::{
-        ChallengeCommit, ChallengeSeed, DecryptionContext, SignedSketch, sketch_digest,
+        ChallengeCommit, ChallengeSeed, DecryptionContext, SignedSketch, SketchedSum, sketch_digest,
     };
     use std::sync::Arc;
 
@@ -969,6 +974,8 @@ mod phase_tests {
         signers: BTreeMap<String, consortia_ledger::Signer>,
         updates: BTreeMap<String, EncryptedVector>,
         result: Option<RoundResult>,
+        /// The sum the contributors' sketches are signed for.
+        sum: SketchedSum,
     }
 
     use std::collections::BTreeMap;
@@ -998,6 +1005,18 @@ mod phase_tests {
             });
         }
         let key = FederationKey::new(k, names[..3].to_vec(), vec![]).unwrap();
+        let contributions: Vec<consortia_proto::Contribution> = stored
+            .iter()
+            .map(|u| consortia_proto::Contribution {
+                partner: u.partner.clone(),
+                example_count: u.examples,
+                certificate: u.certificate.clone(),
+            })
+            .collect();
+        let sketched_sum = SketchedSum {
+            aggregate_digest: sum.mask_digest(),
+            contributions_digest: consortia_proto::contributions_digest(&contributions),
+        };
         let mut result = RoundCollector::new(
             1,
             0,
@@ -1024,6 +1043,7 @@ mod phase_tests {
             signers,
             updates,
             result: Some(result),
+            sum: sketched_sum,
         }
     }
 
@@ -1165,6 +1185,7 @@ mod phase_tests {
             toss,
             name,
             10,
+            &r.sum,
             challenge,
             &sketch,
         );
@@ -1183,7 +1204,12 @@ mod phase_tests {
         let (copy, challenge) = coin_toss(&hub, &mut inbox, &HOLDERS).await;
         for p in HOLDERS {
             match next_message(inbox.get_mut(p).unwrap()).await {
-                Kind::SketchRequest(s) => assert_eq!(s.challenge, challenge.to_vec()),
+                Kind::SketchRequest(s) => {
+                    assert_eq!(s.challenge, challenge.to_vec());
+                    // It names the sum, as the key holders compute it.
+                    assert_eq!(s.aggregate_digest, r.sum.aggregate_digest.to_vec());
+                    assert_eq!(s.contributions_digest, r.sum.contributions_digest.to_vec());
+                }
                 other => panic!("expected a sketch request, got {other:?}"),
             }
         }
