@@ -146,7 +146,11 @@ fn main() {
             "unknown mode {m} (plain, secure, threshold)"
         );
     }
-    assert_eq!(modes.first(), Some(&"plain"), "--modes starts with plain (the ratios' base)");
+    assert_eq!(
+        modes.first(),
+        Some(&"plain"),
+        "--modes starts with plain (the ratios' base)"
+    );
     println!(
         "bundled scenarios, 3 partners, 20 rounds, {repeats} runs per mode ({} alternating); load average {}",
         modes.join(", "),
