@@ -503,6 +503,26 @@ fn pause_agent(fed: &Federation, name: &str) {
     assert!(paused.success(), "could not pause agent {name}");
 }
 
+/// Pauses each of `victims` the moment the coordinator took its sketch of
+/// round 1's coin toss 0 (its log says so), within [`LONG`].
+fn pause_when_sketched(fed: &Federation, victims: &[String]) {
+    let log_path = fed.coordinator_log(1);
+    let mut paused: Vec<&String> = Vec::new();
+    let until = std::time::Instant::now() + LONG;
+    while paused.len() < victims.len() {
+        assert!(std::time::Instant::now() < until, "{}", fed.logs());
+        let log = fed.read(&log_path);
+        for v in victims {
+            let taken = format!("round 1: sketch of `{v}`'s update taken (coin toss 0)");
+            if !paused.contains(&v) && log.contains(&taken) {
+                pause_agent(fed, v);
+                paused.push(v);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// The agent `name`'s log (stdout and stderr).
 fn agent_log(fed: &Federation, name: &str) -> String {
     fed.read(&fed.path(&format!("logs/{name}.out")))
@@ -527,21 +547,7 @@ fn a_three_of_five_round_completes_in_the_same_attempt_when_two_holders_die_afte
     let (alive, dead) = names.split_at(3);
     let (alive, dead) = (alive.to_vec(), dead.to_vec());
     let log_path = fed.coordinator_log(1);
-    // Paused the moment the coordinator took each one's sketch of toss 0.
-    let mut paused: Vec<String> = Vec::new();
-    let until = std::time::Instant::now() + LONG;
-    while paused.len() < dead.len() {
-        assert!(std::time::Instant::now() < until, "{}", fed.logs());
-        let log = fed.read(&log_path);
-        for v in &dead {
-            let taken = format!("round 1: sketch of `{v}`'s update taken (coin toss 0)");
-            if !paused.contains(v) && log.contains(&taken) {
-                pause_agent(&fed, v);
-                paused.push(v.clone());
-            }
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    pause_when_sketched(&fed, &dead);
     // The three others check the sketches and send their shares of toss 0.
     let shared = common::wait_until(LONG, || {
         alive
@@ -611,20 +617,7 @@ fn a_three_of_five_round_completes_in_the_same_attempt_when_two_holders_fall_sil
     let (alive, silent) = names.split_at(3);
     let (alive, silent) = (alive.to_vec(), silent.to_vec());
     let log_path = fed.coordinator_log(1);
-    let mut paused: Vec<String> = Vec::new();
-    let until = std::time::Instant::now() + LONG;
-    while paused.len() < silent.len() {
-        assert!(std::time::Instant::now() < until, "{}", fed.logs());
-        let log = fed.read(&log_path);
-        for v in &silent {
-            let taken = format!("round 1: sketch of `{v}`'s update taken (coin toss 0)");
-            if !paused.contains(v) && log.contains(&taken) {
-                pause_agent(&fed, v);
-                paused.push(v.clone());
-            }
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    pause_when_sketched(&fed, &silent);
     // Still connected, silent: the coordinator cuts them after the window.
     let retossed = common::wait_until(LONG, || {
         fed.read(&log_path)
