@@ -58,6 +58,12 @@ fn budgets_are_enforced_by_the_coordinator_and_by_each_partner_and_ledgers_agree
     let names: Vec<String> = fed.partners.iter().map(|(n, _)| n.clone()).collect();
     assert_eq!(names, ["month-to-month", "one-year", "two-year"]);
     fed.start_agent(0, None);
+    // month-to-month, whose ledger is reconciled below, connects before the
+    // feature statistics are requested (at the second connection). A partner
+    // that connects after that request is not asked for statistics, so the
+    // coordinator charges its first round without its row count, and the two
+    // ledgers would disagree on `dataset_size`.
+    fed.wait_log(1, "partner connected partner=month-to-month", LONG);
     fed.start_agent(1, None);
     fed.start_agent_with(
         2,
