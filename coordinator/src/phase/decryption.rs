@@ -388,8 +388,11 @@ pub async fn decrypt_round(
             toss,
             ..request.clone()
         };
-        let t_of_n = threshold.is_some();
-        match toss_coin(hub, decryption, request, t_of_n, checked, deadline, until).await {
+        match toss_coin(
+            hub, decryption, request, threshold, checked, deadline, until,
+        )
+        .await
+        {
             Ok(sum) => return Ok(sum),
             Err(failed) => {
                 let Some(retry) = failed
@@ -434,12 +437,12 @@ pub async fn decrypt_round(
 /// One coin toss of a decryption (module docs): the request and the
 /// aggregate's masks to every holder asked, their commitments (t-of-N:
 /// those in by the commit window), their seeds, the contributors' sketches
-/// and the holders' shares.
+/// and the holders' shares. `threshold`: the key's `t` (`None`: N-of-N).
 async fn toss_coin(
     hub: &Hub,
     decryption: Decryption,
     request: DecryptRequest,
-    threshold: bool,
+    threshold: Option<u32>,
     checked: bool,
     deadline: Duration,
     until: Instant,
@@ -472,7 +475,7 @@ async fn toss_coin(
     drop(masks);
     // The coin toss: every commitment (t-of-N: those in by the commit
     // window), then every seed.
-    if threshold {
+    if threshold.is_some() {
         let window = (Instant::now() + commit_window(deadline)).min(until);
         drive(hub, Waiting::commit_window(), window).await?;
     } else {
@@ -481,7 +484,7 @@ async fn toss_coin(
     let (list, holders) = with_decryption(hub, |d| (d.commitments_message(), d.asked().to_vec()))
         .ok_or(DecryptionFailed::Lost)?;
     send_each(hub, &holders, &Kind::ChallengeCommitments(list));
-    let quorum = threshold.then(|| hub.task.key_threshold.unwrap_or(0) as usize);
+    let quorum = threshold.map(|t| t as usize);
     holders_answer(hub, DecryptionStep::Seeds, quorum, deadline, until).await?;
     let (reveals, challenge, contributors) = with_decryption(hub, |d| {
         let (reveals, challenge) = d.reveals_message();
